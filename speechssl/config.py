@@ -1,0 +1,164 @@
+"""YAML <-> typed dataclass configs, strict about keys.
+
+A misspelt key is the most common silent bug in research configs, so every
+key must name a field: `unknown key 'mask_prb' in conf/x.yaml (section model);
+did you mean 'mask_prob'?`. Nested dataclasses map onto YAML sections; lists
+are YAML lists; tuples come back as tuples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit its dataclass."""
+
+
+def _describe(source: str | None, section: str) -> str:
+    where = f" in {source}" if source else ""
+    return f"{where} (section {section})" if section else where
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _convert(value: Any, tp: Any, source: str | None, section: str) -> Any:
+    tp, optional = _unwrap_optional(tp)
+    if value is None:
+        if optional or tp is Any:
+            return None
+        raise ConfigError(f"'{section}' may not be null{_describe(source, '')}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"expected a mapping for '{section}'{_describe(source, '')}, found {value!r}")
+        return from_dict(tp, value, source=source, section=section)
+    origin = typing.get_origin(tp)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(
+                f"expected a list for '{section}'{_describe(source, '')}, found {value!r}"
+                " (lists are YAML lists, not comma-joined strings)"
+            )
+        args = typing.get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise ConfigError(f"expected {len(args)} items for '{section}'{_describe(source, '')}, found {len(value)}")
+            items = [_convert(v, a, source, f"{section}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
+        else:
+            item_tp = args[0] if args else Any
+            items = [_convert(v, item_tp, source, f"{section}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"expected a mapping for '{section}'{_describe(source, '')}, found {value!r}")
+        return dict(value)
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, bool):
+        raise ConfigError(f"expected int for '{section}'{_describe(source, '')}, found {value!r}")
+    if tp in (int, str, bool) and not isinstance(value, tp):
+        raise ConfigError(f"expected {tp.__name__} for '{section}'{_describe(source, '')}, found {value!r}")
+    if origin is typing.Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(
+                f"'{section}' must be one of {', '.join(map(repr, allowed))}{_describe(source, '')}, found {value!r}"
+            )
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], *, source: str | None = None, section: str = "") -> T:
+    """Build dataclass `cls` from a mapping; unknown keys raise ConfigError."""
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(fields))}"
+            raise ConfigError(f"unknown key '{key}'{_describe(source, section)}{hint}")
+        name = f"{section}.{key}" if section else key
+        kwargs[key] = _convert(value, hints[key], source, name)
+    try:
+        return cls(**kwargs)
+    except TypeError as err:  # a required field is missing
+        raise ConfigError(f"{err}{_describe(source, section)}") from None
+    except ValueError as err:  # __post_init__ validation
+        raise ConfigError(f"{err}{_describe(source, section)}") from None
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Dataclass -> plain YAML-able dict (tuples become lists)."""
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v) if f.init}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(config)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; an empty file is an empty mapping."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping at the top level, found {type(data).__name__}")
+    return data
+
+
+def load_config(cls: type[T], path: str | Path, overrides: list[str] | None = None) -> T:
+    """Read `path` into `cls`, then apply `key.sub=value` overrides (values parsed as YAML)."""
+    data = load_yaml(path)
+    for item in overrides or []:
+        apply_override(data, item)
+    return from_dict(cls, data, source=str(path))
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """Apply one `a.b.c=value` override to a nested mapping in place."""
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' must look like key=value (e.g. optim.lr=1e-4)")
+    key, raw = item.split("=", 1)
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{item}': '{part}' is not a section")
+    node[parts[-1]] = yaml.safe_load(raw)
+
+
+def save_config(config: Any, path: str | Path) -> None:
+    """Write a dataclass config as YAML (atomic: temp file, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    tmp.replace(path)

@@ -1,0 +1,1 @@
+"""Kaldi data dirs, audio I/O, datasets and batch sampling."""

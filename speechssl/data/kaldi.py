@@ -1,0 +1,69 @@
+"""Kaldi data-dir files: `key value...` tables, sorted in C locale.
+
+The files of a data dir (wav.scp, text, utt2spk, spk2utt, segments, utt2dur,
+reco2dur, and our extras such as phones, phone_ctm, intent) are all
+"first token is the key, the rest is the value". Keys are compared as bytes
+(C locale), as Kaldi's `sort` with LC_ALL=C does.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+
+def c_sort_key(key: str) -> bytes:
+    """Sort key matching `LC_ALL=C sort`: byte order of the UTF-8 encoding."""
+    return key.encode("utf-8")
+
+
+def read_table_lines(path: str | Path) -> list[tuple[int, str, str]]:
+    """(line number, key, value) for each non-empty line; value may be ''."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            line = line.rstrip("\n").rstrip("\r")
+            if not line.strip():
+                continue
+            parts = line.split(maxsplit=1)
+            rows.append((lineno, parts[0], parts[1].strip() if len(parts) > 1 else ""))
+    return rows
+
+
+def read_table(path: str | Path) -> dict[str, str]:
+    """Read `key value` lines into a dict; a duplicate key is an error naming the lines."""
+    table: dict[str, str] = {}
+    first_line: dict[str, int] = {}
+    for lineno, key, value in read_table_lines(path):
+        if key in table:
+            raise ValueError(f"{path}:{lineno}: duplicate key '{key}' (first on line {first_line[key]})")
+        table[key] = value
+        first_line[key] = lineno
+    return table
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write through a temp file and rename, so a crash never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_table(path: str | Path, table: Mapping[str, object] | Iterable[tuple[str, object]]) -> None:
+    """Write `key value` lines sorted by key in C locale (atomically).
+
+    Values that are lists/tuples are joined with spaces; callers format floats.
+    """
+    items = table.items() if isinstance(table, Mapping) else table
+    lines = []
+    for key, value in sorted(items, key=lambda kv: c_sort_key(kv[0])):
+        if isinstance(value, (list, tuple)):
+            value = " ".join(map(str, value))
+        value = str(value)
+        lines.append(f"{key} {value}\n" if value != "" else f"{key}\n")
+    atomic_write_text(path, "".join(lines))
