@@ -1,0 +1,75 @@
+"""Strict YAML -> dataclass configs: a misspelt key is an error, never ignored."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from speechssl.config import ConfigError, from_dict, load_config, save_config, to_dict
+
+
+@dataclass(frozen=True, kw_only=True)
+class MaskSection:
+    mask_prob: float = 0.65
+    mask_length: int = 10
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToyConfig:
+    name: str = "toy"
+    conv_dim: tuple[int, ...] = (32, 32)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    lr: float = 1e-3
+    mask: MaskSection = field(default_factory=MaskSection)
+    note: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, found {self.lr}")
+
+
+def test_misspelt_key_names_key_file_section_and_suggestion(tmp_path):
+    path = tmp_path / "hubert_tiny.yaml"
+    path.write_text("mask:\n  mask_prb: 0.5\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'mask_prb' in .*hubert_tiny.yaml \(section mask\); did you mean 'mask_prob'\?"):
+        load_config(ToyConfig, path)
+
+
+def test_unknown_key_without_close_match_lists_valid_keys():
+    with pytest.raises(ConfigError, match=r"unknown key 'zzz'.*valid keys: conv_dim, lr, mask, name, note, precision"):
+        from_dict(ToyConfig, {"zzz": 1})
+
+
+def test_types_lists_literals_and_validation_are_checked():
+    with pytest.raises(ConfigError, match="comma-joined"):
+        from_dict(ToyConfig, {"conv_dim": "32,32"})
+    with pytest.raises(ConfigError, match=r"'precision' must be one of 'fp32', 'bf16', 'fp16'"):
+        from_dict(ToyConfig, {"precision": "fp8"})
+    with pytest.raises(ConfigError, match="expected int for 'mask.mask_length'"):
+        from_dict(ToyConfig, {"mask": {"mask_length": "ten"}})
+    with pytest.raises(ConfigError, match="lr must be positive"):
+        from_dict(ToyConfig, {"lr": -1})
+
+
+def test_round_trip_and_overrides(tmp_path):
+    cfg = from_dict(ToyConfig, {"conv_dim": [8, 16, 16], "lr": 2, "mask": {"mask_prob": 0.3}})
+    assert cfg.conv_dim == (8, 16, 16) and isinstance(cfg.lr, float)
+    path = tmp_path / "c.yaml"
+    save_config(cfg, path)
+    assert load_config(ToyConfig, path) == cfg
+    over = load_config(ToyConfig, path, overrides=["mask.mask_length=3", "note=hello"])
+    assert over.mask.mask_length == 3 and over.note == "hello"
+    assert to_dict(over)["conv_dim"] == [8, 16, 16]
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(ToyConfig, path, overrides=["mask.mask_length"])
+    with pytest.raises(ConfigError, match="unknown key 'mask_lenght'.*did you mean 'mask_length'"):
+        load_config(ToyConfig, path, overrides=["mask.mask_lenght=3"])
+
+
+def test_invalid_yaml_names_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("a: [1, 2\n")
+    with pytest.raises(ConfigError, match="bad.yaml is not valid YAML"):
+        load_config(ToyConfig, path)
