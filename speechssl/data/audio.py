@@ -1,0 +1,191 @@
+"""Audio I/O: read a (segment of a) file as float32 at the model's sample rate.
+
+Reading goes through soundfile (libsndfile: wav, flac, ogg/vorbis, ...) and
+seeks to the segment, so a 2 s Kaldi segment of a 1 h recording costs 2 s of
+decoding, not 1 h. Integer PCM (16/24/32 bit) is scaled to [-1, 1) by
+libsndfile; float files are returned as stored (nominally [-1, 1], never
+clipped, so nothing is silently changed).
+
+Resampling policy: a file whose rate differs from ``sample_rate`` is
+resampled with ``torchaudio.functional.resample`` (windowed sinc, Hann window,
+torchaudio's defaults), after cutting the segment. This is logged once per
+(file rate, target rate) pair so a corpus at the wrong rate is visible in the
+log without flooding it. Pass ``sample_rate=None`` to keep the file's rate.
+
+Segment times follow Kaldi's ``extract-segments``: ``start``/``end`` are
+seconds, rounded to the nearest sample; an ``end`` that overshoots the file by
+less than ``max_overshoot`` seconds (0.5 s, Kaldi's default) is truncated to
+the file's end, a larger one is an error.
+
+Every failure is an ``AudioError`` (a ``ValueError``) naming the utterance id
+and the path.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+from dataclasses import dataclass
+
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+
+logger = logging.getLogger(__name__)
+
+MAX_OVERSHOOT = 0.5  # seconds an end time may pass the end of the file (Kaldi extract-segments)
+
+_logged_rates: set[tuple[int, int]] = set()
+_logged_lock = threading.Lock()
+
+
+class AudioError(ValueError):
+    """An audio file (or segment of one) that cannot be read as asked."""
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What the file header says; no samples are decoded."""
+
+    sample_rate: int
+    num_frames: int  # samples per channel
+    num_channels: int
+    format: str  # e.g. WAV, FLAC, OGG
+    subtype: str  # e.g. PCM_16, PCM_24, FLOAT, VORBIS
+
+    @property
+    def duration(self) -> float:
+        """Seconds of audio."""
+        return self.num_frames / self.sample_rate
+
+
+def _where(path: str | os.PathLike, utt_id: str | None) -> str:
+    return f"utterance '{utt_id}' ({path})" if utt_id is not None else f"{path}"
+
+
+def _check_path(path: str | os.PathLike, utt_id: str | None) -> None:
+    text = os.fspath(path)
+    if text.rstrip().endswith("|"):
+        raise AudioError(
+            f"{_where(path, utt_id)}: piped wav.scp commands are not supported; "
+            "convert the audio to files (e.g. flac) first"
+        )
+    if not os.path.exists(text):
+        raise AudioError(f"{_where(path, utt_id)}: file not found")
+    if os.path.isdir(text):
+        raise AudioError(f"{_where(path, utt_id)}: is a directory, not an audio file")
+
+
+def audio_info(path: str | os.PathLike, *, utt_id: str | None = None) -> AudioInfo:
+    """Read the header of `path`; raises AudioError if it is missing or unreadable."""
+    _check_path(path, utt_id)
+    try:
+        info = sf.info(os.fspath(path))
+    except (sf.LibsndfileError, RuntimeError, OSError) as err:
+        raise AudioError(f"{_where(path, utt_id)}: cannot read audio header: {err}") from None
+    return AudioInfo(
+        sample_rate=int(info.samplerate),
+        num_frames=int(info.frames),
+        num_channels=int(info.channels),
+        format=str(info.format),
+        subtype=str(info.subtype),
+    )
+
+
+def audio_duration(path: str | os.PathLike, *, utt_id: str | None = None) -> float:
+    """Duration in seconds from the header (no decoding)."""
+    return audio_info(path, utt_id=utt_id).duration
+
+
+def segment_frames(
+    start: float,
+    end: float | None,
+    info: AudioInfo,
+    *,
+    where: str,
+    max_overshoot: float = MAX_OVERSHOOT,
+) -> tuple[int, int]:
+    """[first, last) sample indices of a segment in seconds, checked against the file."""
+    if not (math.isfinite(start) and start >= 0):
+        raise AudioError(f"{where}: segment start must be a finite time >= 0, found {start}")
+    if end is not None and not math.isfinite(end):
+        raise AudioError(f"{where}: segment end must be finite, found {end}")
+    if end is not None and end <= start:
+        raise AudioError(f"{where}: segment end ({end}) must be after its start ({start})")
+    sr, total = info.sample_rate, info.num_frames
+    first = round(start * sr)
+    if first >= total:
+        raise AudioError(
+            f"{where}: segment starts at {start:.3f} s, at or after the end of the file ({info.duration:.3f} s)"
+        )
+    if end is None:
+        return first, total
+    last = round(end * sr)
+    if last > total:
+        if end - info.duration > max_overshoot:
+            raise AudioError(
+                f"{where}: segment ends at {end:.3f} s, past the end of the file ({info.duration:.3f} s) "
+                f"by more than {max_overshoot} s"
+            )
+        last = total
+    return first, last
+
+
+def _log_resample_once(orig: int, new: int) -> None:
+    with _logged_lock:
+        if (orig, new) in _logged_rates:
+            return
+        _logged_rates.add((orig, new))
+    logger.info("resampling audio from %d Hz to %d Hz (torchaudio sinc interpolation)", orig, new)
+
+
+def load_audio(
+    path: str | os.PathLike,
+    *,
+    start: float = 0.0,
+    end: float | None = None,
+    sample_rate: int | None = 16000,
+    channel: int | None = None,
+    utt_id: str | None = None,
+    max_overshoot: float = MAX_OVERSHOOT,
+) -> torch.Tensor:
+    """Read seconds [start, end) of `path` as a float32 tensor (samples,) at `sample_rate`.
+
+    `end=None` reads to the end of the file. Multi-channel files need
+    `channel` (0-based); mono files accept `channel=None` or 0.
+    `sample_rate=None` returns the file's own rate (see `audio_info`).
+    """
+    where = _where(path, utt_id)
+    info = audio_info(path, utt_id=utt_id)
+    if info.num_frames == 0:
+        raise AudioError(f"{where}: file holds no samples")
+    if channel is None and info.num_channels > 1:
+        raise AudioError(
+            f"{where}: file has {info.num_channels} channels; choose one with channel=0..{info.num_channels - 1}"
+        )
+    if channel is not None and not 0 <= channel < info.num_channels:
+        raise AudioError(f"{where}: channel {channel} requested, file has {info.num_channels} channel(s)")
+    first, last = segment_frames(start, end, info, where=where, max_overshoot=max_overshoot)
+    num = last - first
+    try:
+        with sf.SoundFile(os.fspath(path)) as f:
+            if first:
+                f.seek(first)
+            data = f.read(num, dtype="float32", always_2d=True)  # (samples, channels)
+    except (sf.LibsndfileError, RuntimeError, OSError) as err:
+        raise AudioError(f"{where}: cannot decode audio: {err}") from None
+    if data.shape[0] != num:
+        raise AudioError(
+            f"{where}: expected {num} samples from {first}, decoded {data.shape[0]} (truncated or corrupt file)"
+        )
+    wav = torch.from_numpy(data[:, channel or 0].copy())  # (samples,)
+    if not torch.isfinite(wav).all():
+        raise AudioError(f"{where}: audio holds NaN or infinite samples")
+    if sample_rate is not None and sample_rate != info.sample_rate:
+        if sample_rate <= 0:
+            raise ValueError(f"sample_rate must be positive, found {sample_rate}")
+        _log_resample_once(info.sample_rate, sample_rate)
+        wav = AF.resample(wav, info.sample_rate, sample_rate)  # (ceil(samples * new / orig),)
+    return wav
