@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -67,3 +68,87 @@ def write_table(path: str | Path, table: Mapping[str, object] | Iterable[tuple[s
         value = str(value)
         lines.append(f"{key} {value}\n" if value != "" else f"{key}\n")
     atomic_write_text(path, "".join(lines))
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One defect found in a data dir: where it is (file, 1-based line, id) and what is wrong.
+
+    `line` is None when the defect concerns a whole file (missing, unsorted...);
+    `key` is None when no id applies.
+    """
+
+    file: str
+    line: int | None
+    key: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        who = f" '{self.key}'" if self.key is not None else ""
+        return f"{where}:{who} {self.message}"
+
+
+@dataclass(frozen=True)
+class Row:
+    """A parsed `key value` line; `fields` is the value split on whitespace."""
+
+    line: int
+    key: str
+    value: str
+
+    @property
+    def fields(self) -> list[str]:
+        return self.value.split()
+
+
+def scan_table(path: str | Path) -> tuple[list[Row], list[Problem]]:
+    """Read every non-empty line of a table, collecting (not raising) problems.
+
+    Reports lines that are not UTF-8, duplicate keys (the later line; the first
+    one wins), and the first line out of C-locale order (once per file, since
+    one misplaced line makes every later comparison meaningless).
+    Returns all rows in file order, duplicates included.
+    """
+    path = Path(path)
+    rows: list[Row] = []
+    problems: list[Problem] = []
+    first_line: dict[str, int] = {}
+    unsorted_reported = False
+    prev: Row | None = None
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                problems.append(Problem(str(path), lineno, None, f"is not valid UTF-8 ({err.reason})"))
+                continue
+            line = line.rstrip("\n").rstrip("\r")
+            if not line.strip():
+                continue
+            parts = line.split(maxsplit=1)
+            row = Row(lineno, parts[0], parts[1].strip() if len(parts) > 1 else "")
+            if row.key in first_line:
+                problems.append(
+                    Problem(str(path), lineno, row.key, f"duplicate id (first on line {first_line[row.key]})")
+                )
+            else:
+                first_line[row.key] = lineno
+            if (
+                prev is not None
+                and not unsorted_reported
+                and c_sort_key(row.key) < c_sort_key(prev.key)
+            ):
+                problems.append(
+                    Problem(
+                        str(path),
+                        lineno,
+                        row.key,
+                        f"file is not sorted in C locale: this id comes after '{prev.key}' (line {prev.line});"
+                        " sort with `LC_ALL=C sort` or run `speechssl data fix`",
+                    )
+                )
+                unsorted_reported = True
+            prev = row
+            rows.append(row)
+    return rows, problems
