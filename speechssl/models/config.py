@@ -1,0 +1,181 @@
+"""Typed configs of the wav2vec 2.0 / HuBERT model family.
+
+One `ModelConfig` describes the network only (frontend + transformer
+encoder). Pretraining objectives (masking, quantizer, HuBERT heads) live in
+`speechssl.objectives` with their own configs that hold a `ModelConfig`, so
+an exported or distilled model never carries training-only settings.
+
+Field comments give the fairseq / transformers names, because users compare
+configs with those of published checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from speechssl.config import from_dict
+
+ACTIVATIONS = ("gelu", "relu", "gelu_new", "swish")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConvFrontendConfig:
+    """The strided 1-D conv waveform encoder of wav2vec 2.0 / HuBERT."""
+
+    type: Literal["conv"] = "conv"
+    conv_dim: list[int] = field(default_factory=lambda: [512] * 7)  # fairseq: conv_feature_layers; HF: conv_dim
+    conv_kernel: list[int] = field(default_factory=lambda: [10, 3, 3, 3, 3, 2, 2])  # HF: conv_kernel
+    conv_stride: list[int] = field(default_factory=lambda: [5, 2, 2, 2, 2, 2, 2])  # HF: conv_stride
+    conv_bias: bool = False  # fairseq: conv_bias; HF: conv_bias
+    # fairseq extractor_mode "default" = group_norm (GroupNorm in layer 0 only),
+    # "layer_norm" = LayerNorm over channels after every conv; HF feat_extract_norm "group"/"layer".
+    mode: Literal["group_norm", "layer_norm"] = "group_norm"
+    feature_grad_mult: float = 1.0  # fairseq: feature_grad_mult (0 = frozen frontend, no graph)
+
+    def __post_init__(self) -> None:
+        n = len(self.conv_dim)
+        if n == 0 or len(self.conv_kernel) != n or len(self.conv_stride) != n:
+            raise ValueError(
+                "conv_dim, conv_kernel and conv_stride must be non-empty lists of the same length, found "
+                f"{len(self.conv_dim)}, {len(self.conv_kernel)} and {len(self.conv_stride)} items"
+            )
+        if min(self.conv_dim + self.conv_kernel + self.conv_stride) <= 0:
+            raise ValueError("conv_dim, conv_kernel and conv_stride must be positive")
+        if self.feature_grad_mult < 0:
+            raise ValueError(f"feature_grad_mult must be >= 0, found {self.feature_grad_mult}")
+
+    @property
+    def output_dim(self) -> int:
+        return self.conv_dim[-1]
+
+    @property
+    def downsample_rate(self) -> int:
+        return math.prod(self.conv_stride)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FbankFrontendConfig:
+    """Log-mel fbank (Kaldi-compatible, 100 Hz) + conv subsampler (Fast-HuBERT / MelHuBERT style)."""
+
+    type: Literal["fbank"] = "fbank"
+    num_mel_bins: int = 80
+    frame_rate: Literal[50, 25] = 50  # output frames per second: 1 or 2 stride-2 conv layers
+    subsampler_dim: int = 256  # channels of every subsampler conv layer (= output_dim)
+    subsampler_kernel: int = 3
+    normalize: bool = True  # utterance mean/variance normalisation over valid frames
+    waveform_scale: float = 32768.0  # Kaldi convention: fbank of int16-range samples
+    feature_grad_mult: float = 1.0  # scales gradients into the subsampler, as for the conv frontend
+
+    def __post_init__(self) -> None:
+        if self.num_mel_bins <= 0 or self.subsampler_dim <= 0:
+            raise ValueError("num_mel_bins and subsampler_dim must be positive")
+        if self.subsampler_kernel < 1 or self.subsampler_kernel % 2 == 0:
+            raise ValueError(f"subsampler_kernel must be odd and positive, found {self.subsampler_kernel}")
+        if self.feature_grad_mult < 0:
+            raise ValueError(f"feature_grad_mult must be >= 0, found {self.feature_grad_mult}")
+
+    @property
+    def num_subsample_layers(self) -> int:
+        return {50: 1, 25: 2}[self.frame_rate]
+
+    @property
+    def output_dim(self) -> int:
+        return self.subsampler_dim
+
+    @property
+    def downsample_rate(self) -> int:
+        return 160 * 2**self.num_subsample_layers  # 10 ms fbank shift at 16 kHz, then stride 2 per layer
+
+
+FrontendConfig = ConvFrontendConfig | FbankFrontendConfig
+FRONTEND_CONFIGS: dict[str, type] = {"conv": ConvFrontendConfig, "fbank": FbankFrontendConfig}
+
+
+def frontend_config_from_dict(data: dict[str, Any], *, source: str | None = None) -> FrontendConfig:
+    """Pick the frontend config class by its `type` key; the error lists the valid names."""
+    kind = data.get("type", "conv")
+    if kind not in FRONTEND_CONFIGS:
+        raise ValueError(f"unknown frontend type '{kind}'; valid types: {', '.join(FRONTEND_CONFIGS)}")
+    return from_dict(FRONTEND_CONFIGS[kind], data, source=source, section="frontend")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EncoderConfig:
+    """Feature projection + conv positional embedding + transformer layers."""
+
+    embed_dim: int = 768  # fairseq: encoder_embed_dim; HF: hidden_size
+    num_layers: int = 12  # fairseq: encoder_layers; HF: num_hidden_layers
+    num_heads: int = 12  # fairseq: encoder_attention_heads; HF: num_attention_heads
+    ffn_dim: int = 3072  # fairseq: encoder_ffn_embed_dim; HF: intermediate_size
+    layer_norm_first: bool = False  # fairseq: layer_norm_first; HF: do_stable_layer_norm (pre-LN)
+    pos_conv_kernel: int = 128  # fairseq: conv_pos; HF: num_conv_pos_embeddings
+    pos_conv_groups: int = 16  # fairseq: conv_pos_groups; HF: num_conv_pos_embedding_groups
+    dropout: float = 0.1  # fairseq: dropout; HF: hidden_dropout
+    attention_dropout: float = 0.1  # fairseq: attention_dropout; HF: attention_dropout
+    activation_dropout: float = 0.0  # fairseq: activation_dropout; HF: activation_dropout
+    feature_proj_dropout: float = 0.1  # fairseq: dropout_input; HF: feat_proj_dropout
+    layerdrop: float = 0.05  # fairseq: encoder_layerdrop; HF: layerdrop
+    activation: str = "gelu"  # fairseq: activation_fn; HF: hidden_act
+    layer_norm_eps: float = 1e-5  # HF: layer_norm_eps
+    # Pruned (heterogeneous) models: per-layer head count / FFN width; 0 removes the block.
+    layer_num_heads: list[int] | None = None
+    layer_ffn_dims: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim ({self.embed_dim}) is not divisible by num_heads ({self.num_heads})")
+        if self.embed_dim % self.pos_conv_groups:
+            raise ValueError(
+                f"embed_dim ({self.embed_dim}) is not divisible by pos_conv_groups ({self.pos_conv_groups})"
+            )
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation '{self.activation}'; valid: {', '.join(ACTIVATIONS)}")
+        for name in ("dropout", "attention_dropout", "activation_dropout", "feature_proj_dropout", "layerdrop"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), found {value}")
+        for name in ("layer_num_heads", "layer_ffn_dims"):
+            values = getattr(self, name)
+            if values is not None and (len(values) != self.num_layers or min(values, default=0) < 0):
+                raise ValueError(
+                    f"{name} must list one non-negative value per layer ({self.num_layers}), found {values}"
+                )
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+    def heads_of(self, layer: int) -> int:
+        return self.num_heads if self.layer_num_heads is None else self.layer_num_heads[layer]
+
+    def ffn_dim_of(self, layer: int) -> int:
+        return self.ffn_dim if self.layer_ffn_dims is None else self.layer_ffn_dims[layer]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """A wav2vec 2.0 / HuBERT network: frontend -> feature projection -> transformer encoder.
+
+    `frontend` may be given as a mapping with a `type` key ("conv" | "fbank").
+    Objective settings (mask, quantizer, HuBERT heads) are NOT here: they are
+    in `speechssl.objectives`' PretrainConfig, which holds a ModelConfig.
+    """
+
+    family: Literal["hubert", "wav2vec2"] = "hubert"
+    frontend: ConvFrontendConfig | FbankFrontendConfig = field(default_factory=ConvFrontendConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    # Zero-mean / unit-variance per utterance before the frontend (HF do_normalize,
+    # fairseq task.normalize); True for HuBERT Large and wav2vec 2.0 Large LV-60.
+    normalize_waveform: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.frontend, dict):
+            object.__setattr__(self, "frontend", frontend_config_from_dict(self.frontend))
+        if not isinstance(self.frontend, (ConvFrontendConfig, FbankFrontendConfig)):
+            raise ValueError(f"frontend must be a frontend config or mapping, found {self.frontend!r}")
+
+    @property
+    def downsample_rate(self) -> int:
+        return self.frontend.downsample_rate
