@@ -1,0 +1,26 @@
+"""Discrete units: k-means fit/label over dumped features, unit-quality metrics.
+
+`fit_kmeans` / `label` turn features (speechssl.features) into `labels` files
+(`uttid u1 u2 ...` at the feature frame rate); `unit_quality` scores them
+against phone alignments (PNMI, phone purity, cluster purity, HuBERT paper);
+`check_label_lengths` is the trainer's guard against label/frame mismatches.
+"""
+
+from speechssl.units.check import LabelLengthError, check_label_lengths
+from speechssl.units.kmeans import KMeansConfig, KMeansModel, fit_kmeans, label, read_labels
+from speechssl.units.metrics import UnitQuality, align_frames, joint_counts, quality_from_counts, unit_quality
+
+__all__ = [
+    "KMeansConfig",
+    "KMeansModel",
+    "LabelLengthError",
+    "UnitQuality",
+    "align_frames",
+    "check_label_lengths",
+    "fit_kmeans",
+    "joint_counts",
+    "label",
+    "quality_from_counts",
+    "read_labels",
+    "unit_quality",
+]

@@ -1,0 +1,231 @@
+"""k-means units: fit on dumped features, label every frame.
+
+Fitting is scikit-learn's MiniBatchKMeans with the settings of fairseq's
+examples/hubert/simple_kmeans/learn_kmeans.py (k-means++ init, max_iter 100,
+batch_size 10000, tol 0, max_no_improvement 100, n_init 20,
+reassignment_ratio 0), on all frames or a random `percent` of the utterances
+of each shard. The model directory holds
+
+    centroids.npy   (num_clusters, dim) float32, loaded with allow_pickle=False
+    kmeans.json     the fit's settings, feature provenance and inertia
+
+and never a pickle (a joblib/pickle file can run code when loaded).
+
+Labelling assigns each frame its nearest centroid (squared Euclidean, as
+sklearn's predict) with one matmul per block of frames, and writes
+
+    labels      `uttid u1 u2 ...` (Kaldi table, C-sorted; one unit per frame)
+    dict.txt    fairseq's unit dictionary: `<unit> <count>` for units 0..K-1 in order
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from speechssl.data.kaldi import atomic_write_text, read_table_lines, write_table
+from speechssl.features.dump import FeatureReader
+
+logger = logging.getLogger(__name__)
+
+CENTROIDS = "centroids.npy"
+PARAMS = "kmeans.json"
+
+
+@dataclass(frozen=True, kw_only=True)
+class KMeansConfig:
+    """MiniBatchKMeans settings; defaults are fairseq's learn_kmeans.py."""
+
+    num_clusters: int
+    percent: float = 1.0  # fraction of utterances per shard to fit on (fairseq: --percent, -1 = all)
+    seed: int = 0
+    init: str = "k-means++"
+    max_iter: int = 100
+    batch_size: int = 10000
+    tol: float = 0.0
+    max_no_improvement: int = 100
+    n_init: int = 20
+    reassignment_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.num_clusters < 2:
+            raise ValueError(f"num_clusters must be >= 2, found {self.num_clusters}")
+        if not 0 < self.percent <= 1:
+            raise ValueError(f"percent must be in (0, 1], found {self.percent}")
+        if self.init not in ("k-means++", "random"):
+            raise ValueError(f"init must be 'k-means++' or 'random', found '{self.init}'")
+        for name in ("max_iter", "batch_size", "n_init"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, found {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class KMeansModel:
+    """Centroids plus what produced them."""
+
+    centroids: np.ndarray  # (K, D) float32
+    params: dict
+
+    @property
+    def num_clusters(self) -> int:
+        return int(self.centroids.shape[0])
+
+    def save(self, km_dir: str | Path) -> None:
+        """Write centroids.npy and kmeans.json (each atomically)."""
+        km_dir = Path(km_dir)
+        km_dir.mkdir(parents=True, exist_ok=True)
+        tmp = km_dir / f".{CENTROIDS}.tmp"
+        with open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(self.centroids, dtype=np.float32), allow_pickle=False)
+        tmp.replace(km_dir / CENTROIDS)
+        atomic_write_text(km_dir / PARAMS, json.dumps(self.params, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, km_dir: str | Path) -> KMeansModel:
+        km_dir = Path(km_dir)
+        path = km_dir / CENTROIDS
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist; run `speechssl kmeans fit --out {km_dir}` first")
+        centroids = np.load(path, allow_pickle=False)
+        if centroids.ndim != 2:
+            raise ValueError(f"{path}: expected (clusters, dim) centroids, found shape {centroids.shape}")
+        params = json.loads((km_dir / PARAMS).read_text()) if (km_dir / PARAMS).is_file() else {}
+        return cls(centroids.astype(np.float32), params)
+
+    def predict(self, feats: np.ndarray | torch.Tensor, block: int = 65536) -> np.ndarray:
+        """(frames, D) -> (frames,) int64 index of the nearest centroid."""
+        return nearest_centroid(torch.as_tensor(np.asarray(feats, dtype=np.float32)),
+                                torch.from_numpy(self.centroids), block=block).numpy()
+
+
+def nearest_centroid(x: torch.Tensor, centroids: torch.Tensor, block: int = 65536) -> torch.Tensor:
+    """x: (N, D), centroids: (K, D) -> (N,) argmin_k ||x - c_k||^2 via ||c||^2 - 2 x.c
+    (||x||^2 is the same for every k, so it is left out)."""
+    if x.shape[-1] != centroids.shape[-1]:
+        raise ValueError(f"features have {x.shape[-1]} dims but the centroids have {centroids.shape[-1]}")
+    c = centroids.to(torch.float32)
+    c_sq = (c * c).sum(dim=1)  # (K,)
+    out = torch.empty(x.shape[0], dtype=torch.int64)
+    for a in range(0, x.shape[0], block):
+        xb = x[a : a + block].to(c.device, torch.float32)  # (n, D)
+        dist = c_sq.unsqueeze(0) - 2.0 * (xb @ c.T)  # (n, K)
+        out[a : a + block] = dist.argmin(dim=1).cpu()
+    return out
+
+
+def _memory(num_frames: int, dim: int, config: KMeansConfig) -> int:
+    """Bytes for the sampled float32 frames plus MiniBatchKMeans' working arrays
+    (init sample of 3 * batch_size rows, batch distances to every centroid)."""
+    init_rows = min(num_frames, 3 * config.batch_size)
+    return 4 * num_frames * dim + 8 * (init_rows * (dim + config.num_clusters) + config.batch_size * config.num_clusters)
+
+
+def fit_kmeans(
+    reader: FeatureReader,
+    num_clusters: int,
+    *,
+    percent: float = 1.0,
+    seed: int = 0,
+    out_dir: str | Path | None = None,
+    **options,
+) -> KMeansModel:
+    """Fit k-means on (a `percent` sample of) the dumped features; save to `out_dir` if given.
+
+    `options` are the other KMeansConfig fields (n_init, max_iter, batch_size, ...).
+    """
+    from sklearn.cluster import MiniBatchKMeans
+
+    config = KMeansConfig(num_clusters=num_clusters, percent=percent, seed=seed, **options)
+    selection = reader.select(config.percent, config.seed)
+    num_frames = reader.count_frames(selection)
+    if num_frames < num_clusters:
+        raise ValueError(f"{reader.dir}: {num_frames} frames sampled, fewer than the {num_clusters} clusters")
+    need = _memory(num_frames, reader.feature_dim, config)
+    logger.info(
+        "k-means: %d clusters on %d frames of %d utterances (%.1f%%) x %d dims; needs about %.1f MiB of memory",
+        num_clusters, num_frames, len(selection), 100 * config.percent, reader.feature_dim, need / 2**20,
+    )
+    feats = reader.gather(selection)  # (N, D) float32
+    if not np.isfinite(feats).all():
+        raise ValueError(f"{reader.dir}: features hold NaN or infinite values")
+    km = MiniBatchKMeans(
+        n_clusters=config.num_clusters,
+        init=config.init,
+        max_iter=config.max_iter,
+        batch_size=config.batch_size,
+        tol=config.tol,
+        max_no_improvement=config.max_no_improvement,
+        n_init=config.n_init,
+        reassignment_ratio=config.reassignment_ratio,
+        init_size=None,
+        compute_labels=False,
+        random_state=config.seed,
+    )
+    km.fit(feats)
+    inertia = float(-km.score(feats) / len(feats))
+    logger.info("k-means: inertia per frame %.5f", inertia)
+    params = {
+        **asdict(config),
+        "feature": reader.feature_name,
+        "feature_dim": reader.feature_dim,
+        "frame_rate": reader.frame_rate,
+        "feats_dir": str(reader.dir),
+        "num_fit_frames": num_frames,
+        "num_fit_utts": len(selection),
+        "inertia_per_frame": inertia,
+    }
+    model = KMeansModel(km.cluster_centers_.astype(np.float32), params)
+    if out_dir is not None:
+        model.save(out_dir)
+    return model
+
+
+def label(
+    reader: FeatureReader,
+    km_dir: str | Path | KMeansModel,
+    out_dir: str | Path,
+    *,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict[str, list[int]]:
+    """Assign every frame of every utterance its unit; write `labels` and `dict.txt` in `out_dir`."""
+    model = km_dir if isinstance(km_dir, KMeansModel) else KMeansModel.load(km_dir)
+    if model.centroids.shape[1] != reader.feature_dim:
+        raise ValueError(
+            f"k-means model has {model.centroids.shape[1]}-dim centroids but {reader.dir} holds "
+            f"{reader.feature_dim}-dim features ({reader.feature_name})"
+        )
+    centroids = torch.from_numpy(model.centroids).to(device)
+    counts = np.zeros(model.num_clusters, dtype=np.int64)
+    labels: dict[str, list[int]] = {}
+    for utt, feats in tqdm(reader, total=len(reader), desc="label", unit="utt", disable=not progress):
+        units = nearest_centroid(torch.from_numpy(np.array(feats, dtype=np.float32)), centroids).numpy()
+        counts += np.bincount(units, minlength=model.num_clusters)
+        labels[utt] = units.tolist()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_table(out_dir / "labels", labels)
+    atomic_write_text(out_dir / "dict.txt", "".join(f"{k} {int(c)}\n" for k, c in enumerate(counts)))
+    used = int((counts > 0).sum())
+    logger.info("labelled %d utterances, %d frames; %d of %d units used; wrote %s",
+                len(labels), int(counts.sum()), used, model.num_clusters, out_dir / "labels")
+    return labels
+
+
+def read_labels(path: str | Path) -> dict[str, list[int]]:
+    """Read a `uttid u1 u2 ...` labels file; a non-integer unit is an error naming file:line."""
+    labels: dict[str, list[int]] = {}
+    for lineno, utt, value in read_table_lines(path):
+        if utt in labels:
+            raise ValueError(f"{path}:{lineno}: duplicate utterance '{utt}'")
+        try:
+            labels[utt] = [int(u) for u in value.split()]
+        except ValueError:
+            raise ValueError(f"{path}:{lineno}: utterance '{utt}': units must be integers, found '{value[:40]}'") from None
+    return labels
