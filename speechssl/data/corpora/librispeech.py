@@ -1,0 +1,110 @@
+"""LibriSpeech (OpenSLR 12) from a local copy into Kaldi data dirs.
+
+Layout expected under `root` (the folder that holds the subsets, usually
+`.../LibriSpeech`):
+
+    <subset>/<reader>/<chapter>/<reader>-<chapter>-<utt>.flac
+    <subset>/<reader>/<chapter>/<reader>-<chapter>.trans.txt
+
+As in Kaldi's egs/librispeech, the speaker of an utterance is
+`<reader>-<chapter>` (one recording session), utterance ids are the file
+stems, and each subset becomes `out/<subset with _ for ->`
+(train-clean-100 -> train_clean_100). Audio stays in FLAC, read directly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from speechssl.data.datadir import compute_durations, write_data_dir
+
+logger = logging.getLogger(__name__)
+
+SUBSETS = (
+    "dev-clean",
+    "dev-other",
+    "test-clean",
+    "test-other",
+    "train-clean-100",
+    "train-clean-360",
+    "train-other-500",
+)
+
+
+def _find_subset(root: Path, subset: str) -> Path:
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"LibriSpeech root {root} does not exist. speechssl downloads nothing: get LibriSpeech"
+            " yourself (OpenSLR resource 12), unpack it, and pass the folder that holds the subsets"
+            " (e.g. /data/LibriSpeech)"
+        )
+    path = root / subset
+    if not path.is_dir():
+        found = sorted(p.name for p in root.iterdir() if p.is_dir())
+        raise FileNotFoundError(
+            f"LibriSpeech subset {subset} not found under {root} (found: {', '.join(found) or 'nothing'})"
+        )
+    return path
+
+
+def read_transcripts(chapter_dir: Path) -> dict[str, str]:
+    """`<reader>-<chapter>.trans.txt` -> {utt_id: transcript}."""
+    files = sorted(chapter_dir.glob("*.trans.txt"))
+    if len(files) != 1:
+        raise ValueError(f"{chapter_dir}: expected one *.trans.txt file, found {len(files)}")
+    text = {}
+    for lineno, line in enumerate(files[0].read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split(maxsplit=1)
+        if len(parts) < 2:
+            raise ValueError(f"{files[0]}:{lineno}: utterance {parts[0]} has an empty transcript")
+        text[parts[0]] = parts[1]
+    return text
+
+
+def prepare_librispeech(
+    root: str | Path,
+    out_dir: str | Path,
+    subsets: Sequence[str] = ("train-clean-100", "dev-clean", "dev-other", "test-clean", "test-other"),
+    *,
+    nj: int = 1,
+) -> dict[str, Path]:
+    """Write one data dir per subset (wav.scp, text, utt2spk, spk2utt, utt2dur)."""
+    root, out_dir = Path(root), Path(out_dir)
+    for subset in subsets:
+        if subset not in SUBSETS:
+            raise ValueError(f"unknown LibriSpeech subset '{subset}'; valid: {', '.join(SUBSETS)}")
+    written = {}
+    for subset in subsets:
+        subset_dir = _find_subset(root, subset)
+        wav_scp, text, utt2spk = {}, {}, {}
+        chapters = sorted(p for p in subset_dir.glob("*/*") if p.is_dir())
+        for chapter_dir in tqdm(chapters, desc=f"librispeech {subset}", unit="chapter"):
+            transcripts = read_transcripts(chapter_dir)
+            audio = {p.stem: p for p in chapter_dir.glob("*.flac")}
+            if set(audio) != set(transcripts):
+                missing = sorted(set(transcripts) - set(audio))[:3]
+                extra = sorted(set(audio) - set(transcripts))[:3]
+                raise ValueError(
+                    f"{chapter_dir}: transcripts and .flac files disagree"
+                    f" (no audio for {missing}, no transcript for {extra})"
+                )
+            speaker = f"{chapter_dir.parent.name}-{chapter_dir.name}"
+            for utt_id, path in audio.items():
+                wav_scp[utt_id] = str(path.resolve())
+                text[utt_id] = transcripts[utt_id]
+                utt2spk[utt_id] = speaker
+        if not wav_scp:
+            raise ValueError(f"{subset_dir}: no utterances found (expected <reader>/<chapter>/*.flac)")
+        target = out_dir / subset.replace("-", "_")
+        target.mkdir(parents=True, exist_ok=True)
+        write_data_dir(target, wav_scp, utt2spk=utt2spk, text=text)
+        compute_durations(target, nj=nj)
+        logger.info("%s: %d utterances, %d speakers -> %s", subset, len(wav_scp), len(set(utt2spk.values())), target)
+        written[subset] = target
+    return written

@@ -1,0 +1,55 @@
+"""LibriSpeech preparation on a fake tree the test builds (nothing is downloaded)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from speechssl.data.corpora.librispeech import prepare_librispeech
+from speechssl.data.datadir import DataDir, validate_data_dir
+
+
+def make_fake_librispeech(root, subset="dev-clean", readers=(("84", "121123"), ("174", "50561")), per_chapter=2):
+    rng = np.random.default_rng(0)
+    for reader, chapter in readers:
+        chapter_dir = root / subset / reader / chapter
+        chapter_dir.mkdir(parents=True)
+        lines = []
+        for i in range(per_chapter):
+            utt = f"{reader}-{chapter}-{i:04d}"
+            seconds = 0.5 + 0.25 * i
+            sf.write(chapter_dir / f"{utt}.flac", 0.1 * rng.standard_normal(int(16000 * seconds)), 16000)
+            lines.append(f"{utt} HELLO WORLD NUMBER {i}")
+        (chapter_dir / f"{reader}-{chapter}.trans.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_prepares_valid_data_dirs_with_kaldi_speaker_convention(tmp_path):
+    root = make_fake_librispeech(tmp_path / "LibriSpeech")
+    written = prepare_librispeech(root, tmp_path / "data", ["dev-clean"])
+    data_dir = written["dev-clean"]
+    assert data_dir.name == "dev_clean"
+    assert validate_data_dir(data_dir) == []
+    data = DataDir.load(data_dir)
+    assert data.utt_ids() == ["174-50561-0000", "174-50561-0001", "84-121123-0000", "84-121123-0001"]
+    assert data.utt2spk["84-121123-0001"] == "84-121123"
+    assert data.text["84-121123-0001"] == "HELLO WORLD NUMBER 1"
+    assert data.utt2dur["84-121123-0001"] == pytest.approx(0.75, abs=1e-3)
+
+
+def test_missing_root_or_subset_says_what_to_pass(tmp_path):
+    with pytest.raises(FileNotFoundError, match="downloads nothing.*pass the folder that holds the subsets"):
+        prepare_librispeech(tmp_path / "nowhere", tmp_path / "data", ["dev-clean"])
+    root = make_fake_librispeech(tmp_path / "LibriSpeech")
+    with pytest.raises(FileNotFoundError, match=r"subset test-clean not found .*\(found: dev-clean\)"):
+        prepare_librispeech(root, tmp_path / "data", ["test-clean"])
+    with pytest.raises(ValueError, match="unknown LibriSpeech subset 'dev_clean'"):
+        prepare_librispeech(root, tmp_path / "data", ["dev_clean"])
+
+
+def test_transcript_audio_mismatch_names_the_chapter(tmp_path):
+    root = make_fake_librispeech(tmp_path / "LibriSpeech")
+    (root / "dev-clean" / "84" / "121123" / "84-121123-0001.flac").unlink()
+    with pytest.raises(ValueError, match=r"121123: transcripts and .flac files disagree \(no audio for \['84-121123-0001'\]"):
+        prepare_librispeech(root, tmp_path / "data", ["dev-clean"])
