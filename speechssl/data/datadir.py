@@ -40,7 +40,22 @@ SPK_FILES = ("spk2utt", "spk2gender", "cmvn.scp")
 CORE_FILES = ("wav.scp", "segments", "utt2spk", "spk2utt", "text", "utt2dur", "reco2dur")
 # Top-level files that are not `key value` tables keyed by utterance.
 NON_TABLE_FILES = ("frame_shift", "num_jobs", "cmvn_opts", "README", "README.md")
-NON_TABLE_SUFFIXES = (".sh", ".txt", ".md", ".yaml", ".yml", ".json", ".log", ".done", ".lock", ".pt", ".npy")
+NON_TABLE_SUFFIXES = (
+    ".orig",
+    ".bak",
+    "~",
+    ".sh",
+    ".txt",
+    ".md",
+    ".yaml",
+    ".yml",
+    ".json",
+    ".log",
+    ".done",
+    ".lock",
+    ".pt",
+    ".npy",
+)
 PIPE_POLICY = (
     "Kaldi pipe entries (`cmd |`) are not supported: write the audio to files first"
     " (e.g. run the command once per recording into a .wav/.flac) and list those paths in wav.scp"
@@ -110,7 +125,10 @@ def parse_rows(name: str, file: str, rows: list[Row]) -> tuple[dict, list[Proble
             table[row.key] = fields
         elif name == "segments":
             if len(fields) != 3:
-                bad(row, f"expected '<utt-id> <reco-id> <start> <end>' (4 fields), found {len(fields) + 1} fields")
+                bad(
+                    row,
+                    f"expected '<utt-id> <reco-id> <start> <end>' (4 fields), found {len(fields) + 1} fields",
+                )
                 continue
             start, end = _float(fields[1]), _float(fields[2])
             if start is None or end is None:
@@ -120,7 +138,10 @@ def parse_rows(name: str, file: str, rows: list[Row]) -> tuple[dict, list[Proble
         elif name in ("utt2dur", "reco2dur"):
             value = _float(fields[0]) if len(fields) == 1 else None
             if value is None or value < 0:
-                bad(row, f"expected '<id> <duration in seconds>' (one non-negative number), found '{row.value}'")
+                bad(
+                    row,
+                    f"expected '<id> <duration in seconds>' (one non-negative number), found '{row.value}'",
+                )
                 continue
             table[row.key] = value
         else:  # text and extras: free-form value (an empty text is a validation problem, not a parse one)
@@ -297,7 +318,12 @@ def write_data_dir(
     utt_ids = segments.keys() if segments is not None else wav_scp.keys()
     if utt2spk is None:
         utt2spk = {utt: utt for utt in utt_ids}
-    for name, table in (("wav.scp", wav_scp), ("utt2spk", utt2spk), ("text", text or {}), *(extra or {}).items()):
+    for name, table in (
+        ("wav.scp", wav_scp),
+        ("utt2spk", utt2spk),
+        ("text", text or {}),
+        *(extra or {}).items(),
+    ):
         for key in table:
             if not key or key.split() != [key]:
                 raise ValueError(f"{name}: id {key!r} must be non-empty and contain no whitespace")
@@ -316,4 +342,466 @@ def write_data_dir(
         extra={k: dict(v) for k, v in (extra or {}).items()},
     )
     data.write(path)
+    return data
+
+
+# ---------------------------------------------------------------- audio headers
+
+
+def audio_duration(path: str) -> float:
+    """Duration in seconds from the audio header (soundfile.info; nothing is decoded).
+
+    Raises FileNotFoundError for a missing file and ValueError for one that
+    soundfile cannot parse, both naming the path.
+    """
+    import soundfile
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"audio file {path} does not exist")
+    try:
+        info = soundfile.info(path)
+    except Exception as err:  # libsndfile raises its own error types for corrupt/unknown files
+        raise ValueError(f"cannot read the audio header of {path}: {err}") from None
+    if info.samplerate <= 0:
+        raise ValueError(f"audio file {path} has a sample rate of {info.samplerate}")
+    return info.frames / info.samplerate
+
+
+def _header_durations(
+    paths: Mapping[str, str], nj: int, progress: bool, desc: str
+) -> dict[str, float | Exception]:
+    """id -> duration or the error, reading headers on `nj` threads with a progress bar."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    def one(item: tuple[str, str]) -> tuple[str, float | Exception]:
+        key, audio = item
+        try:
+            return key, audio_duration(audio)
+        except (FileNotFoundError, ValueError) as err:
+            return key, err
+
+    items = list(paths.items())
+    with ThreadPoolExecutor(max_workers=max(1, nj)) as pool:
+        results = pool.map(one, items)
+        return dict(tqdm(results, total=len(items), desc=desc, unit="file", disable=not progress))
+
+
+# ---------------------------------------------------------------- validate
+
+SEGMENT_TOLERANCE = 0.01  # seconds a segment may run past its recording (Kaldi's validate_data_dir.sh)
+
+
+@dataclass(frozen=True)
+class DataSummary:
+    """What a valid data dir holds."""
+
+    num_utterances: int
+    num_speakers: int
+    num_recordings: int
+    seconds: float
+
+    @property
+    def hours(self) -> float:
+        return self.seconds / 3600.0
+
+    def __str__(self) -> str:
+        return (
+            f"{self.num_utterances} utterances, {self.num_speakers} speakers,"
+            f" {self.num_recordings} recordings, {self.hours:.3f} hours"
+        )
+
+
+class _Files:
+    """Scanned rows, parsed tables and line numbers of every file in a dir."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows: dict[str, list[Row]] = {}
+        self.tables: dict[str, dict] = {}
+        self.lines: dict[str, dict[str, int]] = {}
+        self.problems: list[Problem] = []
+        names = list(CORE_FILES + UTT_FILES + RECO_FILES + SPK_FILES)
+        names += [
+            p.name for p in sorted(path.iterdir(), key=lambda p: c_sort_key(p.name)) if is_extra_table(p)
+        ]
+        self.extras = [n for n in names if n not in CORE_FILES + UTT_FILES + RECO_FILES + SPK_FILES]
+        for name in dict.fromkeys(names):
+            file = path / name
+            if not file.is_file():
+                continue
+            rows, problems = scan_table(file)
+            table, parse_problems = parse_rows(name, str(file), rows)
+            self.rows[name], self.tables[name] = rows, table
+            self.lines[name] = {}
+            for row in rows:
+                self.lines[name].setdefault(row.key, row.line)
+            self.problems += problems + parse_problems
+
+    def file(self, name: str) -> str:
+        return str(self.path / name)
+
+    def has(self, name: str) -> bool:
+        return name in self.tables
+
+    def keys(self, name: str) -> dict[str, int]:
+        """Every id of a file (malformed lines included) -> its first line."""
+        return self.lines[name]
+
+    def utt_files(self) -> list[str]:
+        """Files keyed by utterance id that are present (wav.scp when there is no segments)."""
+        names = [n for n in UTT_FILES if n != "utt2spk" and self.has(n)]
+        if not self.has("segments"):
+            names.insert(0, "wav.scp")
+        return names + [n for n in self.extras if self.has(n)]
+
+
+def validate_data_dir(path: str | Path, *, check_audio: bool = True) -> list[Problem]:
+    """Check a data dir as Kaldi's utils/validate_data_dir.sh does; return every problem found.
+
+    Checks: each file sorted (C locale) with unique ids and well-formed lines;
+    the same utterance ids in every utterance-level file; utt2spk and spk2utt
+    agree; utterance ids sort like their speakers; non-empty transcripts;
+    audio files exist and have readable headers; segments name known
+    recordings, start < end, and end within the recording (+0.01 s).
+    An empty list means the dir is valid.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"data dir {path} does not exist")
+    files = _Files(path)
+    problems = list(files.problems)
+    if not files.has("wav.scp"):
+        problems.append(
+            Problem(files.file("wav.scp"), None, None, "is missing: every data dir needs wav.scp")
+        )
+        return problems
+    problems += _check_speakers(files)
+    problems += _check_utt_ids(files)
+    problems += _check_text(files)
+    problems += _check_recordings(files, check_audio)
+    return problems
+
+
+def _check_speakers(files: _Files) -> list[Problem]:
+    if not files.has("utt2spk"):
+        return [
+            Problem(
+                files.file("utt2spk"),
+                None,
+                None,
+                "is missing: every data dir needs utt2spk (if speakers are unknown, make each utterance its own speaker)",
+            )
+        ]
+    problems = []
+    utt2spk: dict[str, str] = files.tables["utt2spk"]
+    lines = files.keys("utt2spk")
+    # Kaldi requires that sorting by speaker keeps utterances sorted (speaker-prefixed ids).
+    previous: tuple[str, str] | None = None
+    for utt in sorted(utt2spk, key=c_sort_key):
+        spk = utt2spk[utt]
+        if previous is not None and c_sort_key(spk) < c_sort_key(previous[1]):
+            problems.append(
+                Problem(
+                    files.file("utt2spk"),
+                    lines[utt],
+                    utt,
+                    f"speaker '{spk}' sorts before speaker '{previous[1]}' of the previous utterance"
+                    f" '{previous[0]}': utterance ids must sort like their speakers (prefix each id with its speaker id)",
+                )
+            )
+            break
+        previous = (utt, spk)
+    if not files.has("spk2utt"):
+        problems.append(
+            Problem(
+                files.file("spk2utt"), None, None, "is missing; `speechssl data fix` rebuilds it from utt2spk"
+            )
+        )
+        return problems
+    expected = spk2utt_from_utt2spk(utt2spk)
+    spk2utt: dict[str, list[str]] = files.tables["spk2utt"]
+    spk_file, spk_lines = files.file("spk2utt"), files.keys("spk2utt")
+    for spk, utts in spk2utt.items():
+        line = spk_lines[spk]
+        for utt in dict.fromkeys(utts):
+            if utt not in utt2spk:
+                problems.append(
+                    Problem(spk_file, line, spk, f"lists utterance '{utt}', which is not in utt2spk")
+                )
+            elif utt2spk[utt] != spk:
+                problems.append(
+                    Problem(
+                        spk_file,
+                        line,
+                        spk,
+                        f"lists utterance '{utt}', whose speaker in utt2spk is '{utt2spk[utt]}'",
+                    )
+                )
+        for utt in expected.get(spk, []):
+            if utt not in utts:
+                problems.append(
+                    Problem(
+                        spk_file, line, spk, f"does not list utterance '{utt}' (utt2spk line {lines[utt]})"
+                    )
+                )
+        if len(set(utts)) != len(utts):
+            problems.append(Problem(spk_file, line, spk, "lists an utterance more than once"))
+        elif utts != sorted(utts, key=c_sort_key):
+            problems.append(Problem(spk_file, line, spk, "utterances are not sorted in C locale"))
+    for spk, utts in expected.items():
+        if spk not in spk2utt:
+            problems.append(
+                Problem(files.file("utt2spk"), lines[utts[0]], utts[0], f"speaker '{spk}' is not in spk2utt")
+            )
+    return problems
+
+
+def _check_utt_ids(files: _Files) -> list[Problem]:
+    """Every utterance-level file holds exactly the utterances of utt2spk."""
+    if files.has("utt2spk"):
+        reference = "utt2spk"
+    else:
+        reference = "segments" if files.has("segments") else "wav.scp"
+    utts = files.keys(reference)
+    problems = []
+    for name in files.utt_files():
+        if name == reference:
+            continue
+        keys = files.keys(name)
+        for key, line in keys.items():
+            if key not in utts:
+                problems.append(Problem(files.file(name), line, key, f"utterance is not in {reference}"))
+        for utt, line in utts.items():
+            if utt not in keys:
+                problems.append(
+                    Problem(files.file(reference), line, utt, f"utterance has no entry in {name}")
+                )
+    return problems
+
+
+def _check_text(files: _Files) -> list[Problem]:
+    if not files.has("text"):
+        return []
+    return [
+        Problem(files.file("text"), files.keys("text")[utt], utt, "empty transcript")
+        for utt, words in files.tables["text"].items()
+        if not words.strip()
+    ]
+
+
+def _check_recordings(files: _Files, check_audio: bool) -> list[Problem]:
+    """Audio headers, reco2dur ids, and segment bounds against recording durations."""
+    problems = []
+    wav_scp: dict[str, str] = files.tables["wav.scp"]
+    wav_lines = files.keys("wav.scp")
+    durations: dict[str, tuple[float, str]] = {}  # reco -> (seconds, where the number came from)
+    if files.has("reco2dur"):
+        reco_lines = files.keys("reco2dur")
+        for reco, line in reco_lines.items():
+            if reco not in wav_lines:
+                problems.append(Problem(files.file("reco2dur"), line, reco, "recording is not in wav.scp"))
+        for reco, line in wav_lines.items():
+            if reco not in reco_lines:
+                problems.append(
+                    Problem(files.file("wav.scp"), line, reco, "recording has no entry in reco2dur")
+                )
+        durations.update({k: (v, "reco2dur") for k, v in files.tables["reco2dur"].items()})
+    if check_audio:
+        for reco, result in _header_durations(wav_scp, 1, False, "headers").items():
+            if isinstance(result, Exception):
+                problems.append(Problem(files.file("wav.scp"), wav_lines[reco], reco, str(result)))
+            elif result <= 0:
+                problems.append(
+                    Problem(
+                        files.file("wav.scp"),
+                        wav_lines[reco],
+                        reco,
+                        f"audio file {wav_scp[reco]} has no samples",
+                    )
+                )
+            else:
+                durations.setdefault(reco, (result, "audio header"))
+    if not files.has("segments"):
+        return problems
+    seg_file = files.file("segments")
+    seg_lines = files.keys("segments")
+    for utt, (reco, start, end) in files.tables["segments"].items():
+        line = seg_lines[utt]
+        if reco not in wav_lines:
+            problems.append(Problem(seg_file, line, utt, f"recording '{reco}' is not in wav.scp"))
+            continue
+        if start < 0:
+            problems.append(Problem(seg_file, line, utt, f"start {start:g} s is negative"))
+        if start >= end:
+            problems.append(Problem(seg_file, line, utt, f"start {start:g} s is not before end {end:g} s"))
+        if reco in durations:
+            seconds, source = durations[reco]
+            if end > seconds + SEGMENT_TOLERANCE:
+                problems.append(
+                    Problem(
+                        seg_file,
+                        line,
+                        utt,
+                        f"end {end:g} s is past the end of recording '{reco}' ({seconds:g} s, from {source};"
+                        f" tolerance {SEGMENT_TOLERANCE} s)",
+                    )
+                )
+    return problems
+
+
+def summarize_data_dir(path: str | Path) -> DataSummary:
+    """Counts and total duration: from utt2dur, else segments, else audio headers."""
+    data = DataDir.load(path)
+    utts = data.utt_ids()
+    if data.utt2dur is not None:
+        seconds = sum(data.utt2dur.get(u, 0.0) for u in utts)
+    elif data.segments is not None:
+        seconds = sum(data.segments[u][2] - data.segments[u][1] for u in utts if u in data.segments)
+    else:
+        seconds = sum(audio_duration(data.wav_scp[u]) for u in utts if u in data.wav_scp)
+    speakers = set(data.utt2spk.values()) if data.utt2spk is not None else set(utts)
+    return DataSummary(len(utts), len(speakers), len(data.wav_scp), seconds)
+
+
+# ---------------------------------------------------------------- fix
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """An id removed by `fix_data_dir`, and the files that lacked it (or why)."""
+
+    kind: str  # "utterance" | "recording" | "speaker"
+    key: str
+    files: tuple[str, ...]
+    reason: str
+
+    def __str__(self) -> str:
+        return f"dropped {self.kind} '{self.key}': {self.reason} {', '.join(self.files)}"
+
+
+@dataclass(frozen=True)
+class FixReport:
+    """What `fix_data_dir` removed; originals are in `backup_dir`."""
+
+    dropped: tuple[Dropped, ...]
+    removed_lines: tuple[Problem, ...]  # malformed or duplicate lines (the first of duplicates is kept)
+    backup_dir: Path
+    num_utterances: int
+
+
+def _backup(path: Path) -> Path:
+    """Copy every top-level file into path/.backup (as fix_data_dir.sh does), replacing older copies."""
+    import shutil
+
+    backup = path / ".backup"
+    backup.mkdir(exist_ok=True)
+    for file in path.iterdir():
+        if file.is_file() and not file.name.startswith("."):
+            shutil.copy2(file, backup / file.name)
+    return backup
+
+
+def fix_data_dir(path: str | Path) -> FixReport:
+    """Make a data dir consistent, as Kaldi's utils/fix_data_dir.sh does.
+
+    Backs up the originals to path/.backup, drops malformed and duplicate lines,
+    keeps only utterances present in every utterance-level file (and, with
+    segments, whose segment is well-formed and whose recording is in wav.scp
+    and reco2dur), keeps only recordings some kept segment uses, rebuilds
+    spk2utt, filters speaker files, and rewrites every file C-sorted (atomically).
+    """
+    path = Path(path)
+    for name in ("wav.scp", "utt2spk"):
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"{path / name} does not exist: fix needs wav.scp and utt2spk")
+    backup = _backup(path)
+    files = _Files(path)
+    removed = tuple(p for p in files.problems if "not sorted" not in p.message)
+    lines = {
+        name: {row.key: row for row in reversed(rows)} for name, rows in files.rows.items()
+    }  # first wins
+    dropped: list[Dropped] = []
+
+    # Recordings usable by segments: in wav.scp and every recording-level file.
+    segments = files.has("segments")
+    if segments:
+        reco_files = ["wav.scp"] + [n for n in RECO_FILES if files.has(n)]
+        recos = set.intersection(*(set(files.tables[n]) for n in reco_files))
+    utt_files = ["utt2spk"] + files.utt_files()
+    all_utts = set().union(*(files.keys(n) for n in utt_files))
+    kept_utts = []
+    for utt in sorted(all_utts, key=c_sort_key):
+        lacking = tuple(n for n in utt_files if utt not in files.tables[n])
+        if lacking:
+            dropped.append(Dropped("utterance", utt, lacking, "missing or malformed in"))
+            continue
+        if segments:
+            reco, start, end = files.tables["segments"][utt]
+            if reco not in recos:
+                missing = tuple(n for n in reco_files if reco not in files.tables[n])
+                dropped.append(Dropped("utterance", utt, missing, f"its recording '{reco}' is missing from"))
+                continue
+            if not 0 <= start < end:
+                dropped.append(
+                    Dropped("utterance", utt, ("segments",), f"bad segment times {start:g}..{end:g} in")
+                )
+                continue
+        kept_utts.append(utt)
+    kept = set(kept_utts)
+
+    tables: dict[str, dict[str, str]] = {}
+    for name in utt_files:
+        tables[name] = {u: lines[name][u].value for u in kept_utts}
+    if segments:
+        used = {files.tables["segments"][u][0] for u in kept}
+        for reco in sorted(files.keys("wav.scp"), key=c_sort_key):
+            if reco not in used:
+                dropped.append(Dropped("recording", reco, ("segments",), "not used by any kept utterance in"))
+        for name in reco_files:
+            tables[name] = {r: lines[name][r].value for r in used}
+    elif files.has("reco2dur"):  # without segments a recording is an utterance
+        tables["reco2dur"] = {u: lines["reco2dur"][u].value for u in kept if u in lines["reco2dur"]}
+    utt2spk = {u: files.tables["utt2spk"][u] for u in kept_utts}
+    speakers = set(utt2spk.values())
+    tables["spk2utt"] = {s: " ".join(u) for s, u in spk2utt_from_utt2spk(utt2spk).items()}
+    for name in SPK_FILES[1:]:
+        if files.has(name):
+            tables[name] = {s: lines[name][s].value for s in speakers if s in lines[name]}
+    for spk in sorted(set(files.tables.get("spk2utt", {})) - speakers, key=c_sort_key):
+        dropped.append(Dropped("speaker", spk, ("utt2spk",), "has no kept utterance in"))
+    for name, table in tables.items():
+        write_table(path / name, table)
+    return FixReport(tuple(dropped), removed, backup, len(kept_utts))
+
+
+# ---------------------------------------------------------------- durations
+
+
+def compute_durations(path: str | Path, *, nj: int = 1, progress: bool = True) -> DataDir:
+    """Write utt2dur (and reco2dur when there are segments) from audio headers; nothing is decoded.
+
+    With segments, an utterance lasts end - start (as Kaldi's get_utt2dur.sh).
+    If any header cannot be read, raises ValueError naming every bad entry and
+    writes nothing.
+    """
+    data = DataDir.load(path)
+    headers = _header_durations(data.wav_scp, nj, progress, "durations")
+    lines = {row.key: row.line for row in scan_table(data.path / "wav.scp")[0]}
+    errors = [
+        f"{data.path / 'wav.scp'}:{lines[k]}: '{k}' {v}"
+        for k, v in headers.items()
+        if isinstance(v, Exception)
+    ]
+    if errors:
+        more = f"\n... and {len(errors) - 10} more" if len(errors) > 10 else ""
+        raise ValueError(f"cannot read {len(errors)} audio headers:\n" + "\n".join(errors[:10]) + more)
+    if data.segments is not None:
+        data.reco2dur = dict(headers)
+        data.utt2dur = {u: end - start for u, (_, start, end) in data.segments.items()}
+        write_table(data.path / "reco2dur", {k: _fmt_seconds(v) for k, v in data.reco2dur.items()})
+    else:
+        data.utt2dur = dict(headers)
+    write_table(data.path / "utt2dur", {k: _fmt_seconds(v) for k, v in data.utt2dur.items()})
     return data

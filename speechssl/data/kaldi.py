@@ -134,11 +134,7 @@ def scan_table(path: str | Path) -> tuple[list[Row], list[Problem]]:
                 )
             else:
                 first_line[row.key] = lineno
-            if (
-                prev is not None
-                and not unsorted_reported
-                and c_sort_key(row.key) < c_sort_key(prev.key)
-            ):
+            if prev is not None and not unsorted_reported and c_sort_key(row.key) < c_sort_key(prev.key):
                 problems.append(
                     Problem(
                         str(path),

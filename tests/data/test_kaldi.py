@@ -1,0 +1,44 @@
+"""Kaldi tables: C-locale order, scan_table's problems with line numbers, atomic writes."""
+
+from __future__ import annotations
+
+import pytest
+
+from speechssl.data.kaldi import Problem, c_sort_key, read_table, scan_table, write_table
+
+
+def test_c_sort_is_byte_order():
+    assert sorted(["b", "a_1", "B", "a-1", "é"], key=c_sort_key) == ["B", "a-1", "a_1", "b", "é"]
+
+
+def test_write_table_sorts_and_round_trips(tmp_path):
+    write_table(tmp_path / "t", {"b": ["x", 1], "a": "y z", "c": ""})
+    assert (tmp_path / "t").read_text() == "a y z\nb x 1\nc\n"
+    assert read_table(tmp_path / "t") == {"a": "y z", "b": "x 1", "c": ""}
+    assert not list(tmp_path.glob(".t.tmp*"))
+
+
+def test_read_table_names_duplicate_lines(tmp_path):
+    (tmp_path / "t").write_text("a 1\nb 2\na 3\n")
+    with pytest.raises(ValueError, match=r"t:3: duplicate key 'a' \(first on line 1\)"):
+        read_table(tmp_path / "t")
+
+
+def test_scan_table_reports_every_problem_with_lines(tmp_path):
+    (tmp_path / "t").write_bytes(b"b 1\n\na 2\nb 3\n\xff\xfe bad\nc  spaced   value \n")
+    rows, problems = scan_table(tmp_path / "t")
+    assert [(r.line, r.key, r.value) for r in rows] == [
+        (1, "b", "1"),
+        (3, "a", "2"),
+        (4, "b", "3"),
+        (6, "c", "spaced   value"),
+    ]
+    assert [(p.line, p.key) for p in problems] == [(3, "a"), (4, "b"), (5, None)]
+    assert "not sorted in C locale: this id comes after 'b' (line 1)" in problems[0].message
+    assert problems[1].message == "duplicate id (first on line 1)"
+    assert "not valid UTF-8" in problems[2].message
+
+
+def test_problem_str_names_file_line_and_id():
+    assert str(Problem("d/text", 3, "u1", "empty transcript")) == "d/text:3: 'u1' empty transcript"
+    assert str(Problem("d/spk2utt", None, None, "is missing")) == "d/spk2utt: is missing"
