@@ -409,7 +409,7 @@ class DataSummary:
     def __str__(self) -> str:
         return (
             f"{self.num_utterances} utterances, {self.num_speakers} speakers,"
-            f" {self.num_recordings} recordings, {self.hours:.3f} hours"
+            f" {self.num_recordings} recordings, {self.hours:.3f} hours ({self.seconds:.1f} s)"
         )
 
 
