@@ -129,7 +129,10 @@ class AudioDataset(Dataset):
     max_seconds: crop longer utterances to this many seconds (`durations` are
         reported after cropping); `crop` picks the window: "start", or a
         "random" one drawn from (seed, epoch, index), see `set_epoch`.
-        Targets are not cropped; use it with utterance-level targets only.
+        Utterance-level targets are kept whole; frame-level targets named in
+        `label_rates` (name -> frames per second, e.g. 50 for HuBERT units)
+        are cropped to the same window, whose random offset is then snapped
+        to a frame of the lowest label rate so audio and labels stay aligned.
     """
 
     def __init__(
@@ -143,6 +146,7 @@ class AudioDataset(Dataset):
         skip_bad: bool = False,
         max_seconds: float | None = None,
         crop: Literal["start", "random"] = "start",
+        label_rates: Mapping[str, float] | None = None,
         seed: int = 0,
     ) -> None:
         data = data_dir if isinstance(data_dir, DataDir) else DataDir.load(data_dir)
@@ -150,6 +154,12 @@ class AudioDataset(Dataset):
             raise ValueError(f"max_seconds must be a positive number of seconds or None, found {max_seconds}")
         if crop not in ("start", "random"):
             raise ValueError(f"crop must be 'start' or 'random', found {crop!r}")
+        self.label_rates = dict(label_rates or {})
+        unknown_rates = sorted(set(self.label_rates) - set(targets or {}))
+        if unknown_rates:
+            raise ValueError(f"label_rates for unknown target(s) {unknown_rates}; targets are {sorted(targets or {})}")
+        if any(not (r > 0 and math.isfinite(r)) for r in self.label_rates.values()):
+            raise ValueError(f"label_rates must be positive frames per second, found {self.label_rates}")
         transforms = dict(target_transforms or {})
         unknown = sorted(set(transforms) - set(targets or {}))
         if unknown:
@@ -261,21 +271,32 @@ class AudioDataset(Dataset):
     def __len__(self) -> int:
         return len(self.utterances)
 
-    def _window(self, index: int) -> tuple[float, float | None]:
-        """(start, end) seconds to read, after cropping to max_seconds."""
-        u = self.utterances[index]
+    def _crop_offset(self, index: int) -> float | None:
+        """Seconds into the utterance where the crop window starts; None = no crop."""
         full = self.full_durations[index]
         if self.max_seconds is None or full <= self.max_seconds:
-            return u.start, u.end
-        offset = 0.0
-        if self.crop == "random":
-            rng = np.random.default_rng([self.seed, self.epoch, index])
-            offset = float(rng.uniform(0.0, full - self.max_seconds))
-        return u.start + offset, u.start + offset + self.max_seconds
+            return None
+        if self.crop == "start":
+            return 0.0
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        offset = float(rng.uniform(0.0, full - self.max_seconds))
+        if self.label_rates:
+            frame = 1.0 / min(self.label_rates.values())
+            offset = math.floor(offset / frame) * frame  # align with label frames
+        return offset
+
+    def _crop_target(self, name: str, value: Any, offset: float) -> Any:
+        """Cut a frame-level target to the audio's crop window."""
+        rate = self.label_rates.get(name)
+        if rate is None:
+            return value
+        first = round(offset * rate)
+        return value[first : first + round(self.max_seconds * rate)]  # (frames, ...)
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         u = self.utterances[index]
-        start, end = self._window(index)
+        offset = self._crop_offset(index)
+        start, end = (u.start, u.end) if offset is None else (u.start + offset, u.start + offset + self.max_seconds)
         try:
             wav = load_audio(
                 u.path, start=start, end=end, sample_rate=self.sample_rate, channel=self.channel, utt_id=u.utt_id
@@ -286,6 +307,8 @@ class AudioDataset(Dataset):
             for name, table in self.targets.items():
                 try:
                     item[name] = self.target_transforms[name](table[u.utt_id])
+                    if offset is not None:
+                        item[name] = self._crop_target(name, item[name], offset)
                 except ValueError as err:
                     raise ValueError(f"utterance '{u.utt_id}': target '{name}': {err}") from None
         except ValueError as err:

@@ -219,3 +219,32 @@ def test_dataloader_with_sampler_end_to_end(tmp_path):
         assert torch.equal(batch.wav_lens, torch.tensor([round(lengths[u] * SR) for u in batch.utt_ids]))
         seen += batch.utt_ids
     assert sorted(seen) == sorted(lengths)
+
+
+def test_random_crop_keeps_frame_labels_aligned(tmp_path):
+    data = make_dir(tmp_path, {"long": 1.0, "short": 0.2})
+    units = {"long": " ".join(str(k) for k in range(50)), "short": "0 1 2 3 4 5 6 7 8 9"}
+    full = AudioDataset(data)[0]["wav"]
+    ds = AudioDataset(
+        data,
+        targets={"units": units, "spk": {"long": "A", "short": "B"}},
+        target_transforms={"units": parse_units},
+        max_seconds=0.5,
+        crop="random",
+        label_rates={"units": 50},
+        seed=3,
+    )
+    firsts = set()
+    for epoch in range(4):
+        ds.set_epoch(epoch)
+        item = ds[0]
+        labels = item["units"]
+        first = int(labels[0])
+        assert labels.tolist() == list(range(first, first + 25))  # 0.5 s at 50 Hz
+        assert torch.equal(item["wav"], full[first * 320 : first * 320 + 8000])  # same window
+        assert item["spk"] == "A"  # utterance-level target untouched
+        firsts.add(first)
+    assert len(firsts) > 1
+    assert ds[1]["units"].tolist() == list(range(10))  # not cropped
+    with pytest.raises(ValueError, match=r"label_rates for unknown target\(s\) \['km'\]"):
+        AudioDataset(data, targets={"units": units}, label_rates={"km": 50})
