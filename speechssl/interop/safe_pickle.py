@@ -1,0 +1,165 @@
+"""Read fairseq / s3prl `.pt` checkpoints without running code from them.
+
+fairseq pickles its configs (argparse.Namespace in 2020-era files, omegaconf
+DictConfig in later ones) and, for HuBERT, its label `Dictionary` objects.
+Plain `torch.load` would import and call whatever the pickle names, so we use
+`torch.load(weights_only=True)` with an explicit allow-list of the few types
+those files hold. fairseq's own classes are not importable here (fairseq is
+not a dependency); they are mapped onto inert stand-ins that only receive
+attribute state. Any other global in the file is refused, with its name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import pickle
+import re
+import typing
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["UnsafeCheckpointError", "FairseqDictionary", "load_checkpoint", "to_plain", "allowed_globals"]
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint that names a type or function outside the allow-list."""
+
+
+class FairseqDictionary:
+    """Stand-in for `fairseq.data.dictionary.Dictionary` (HuBERT label sets).
+
+    Unpickling only fills `__dict__` (symbols, count, indices, ...); no
+    fairseq code is imported or run.
+    """
+
+    symbols: list[str]
+
+    def __len__(self) -> int:
+        return len(getattr(self, "symbols", []))
+
+
+def _omegaconf_globals() -> list[Any]:
+    """omegaconf containers and untyped value nodes, if omegaconf is installed.
+
+    fairseq re-creates its config with `OmegaConf.create(to_container(...))`
+    before saving, so every leaf is an AnyNode; typed nodes are allowed too
+    because they only hold a primitive value. EnumNode is left out: it would
+    need the (fairseq) enum class.
+    """
+    try:
+        from omegaconf import base, dictconfig, listconfig, nodes
+    except ImportError:  # pragma: no cover - omegaconf ships with s3prl/hydra
+        return []
+    found = [dictconfig.DictConfig, listconfig.ListConfig, base.ContainerMetadata, base.Metadata]
+    for name in ("AnyNode", "StringNode", "IntegerNode", "FloatNode", "BooleanNode", "BytesNode", "PathNode"):
+        if hasattr(nodes, name):
+            found.append(getattr(nodes, name))
+    return found
+
+
+def _numpy_globals() -> list[Any]:
+    """numpy scalars: fairseq stores e.g. `extra_state.val_loss` as np.float64."""
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover
+        return []
+    scalar = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
+    found: list[Any] = [
+        np.dtype,
+        (scalar, "numpy.core.multiarray.scalar"),  # files written with numpy 1.x
+        (scalar, "numpy._core.multiarray.scalar"),  # files written with numpy 2.x
+    ]
+    dtypes = getattr(np, "dtypes", None)
+    for name in ("Float64DType", "Float32DType", "Float16DType", "Int64DType", "Int32DType", "BoolDType"):
+        if dtypes is not None and hasattr(dtypes, name):
+            found.append(getattr(dtypes, name))
+    return found
+
+
+def allowed_globals() -> list[Any]:
+    """Everything `load_checkpoint` lets a pickle name, besides torch's own tensor types."""
+    return [
+        argparse.Namespace,
+        collections.defaultdict,
+        (typing.Any, "typing.Any"),
+        dict,
+        list,
+        int,
+        float,
+        str,
+        bool,
+        (FairseqDictionary, "fairseq.data.dictionary.Dictionary"),
+        *_omegaconf_globals(),
+        *_numpy_globals(),
+    ]
+
+
+def _allowed_names() -> set[str]:
+    names = set()
+    for item in allowed_globals():
+        if isinstance(item, tuple):
+            names.add(item[1])
+        else:
+            names.add(f"{item.__module__}.{item.__qualname__}")
+    return names
+
+
+def _refused_globals(path: Path, err: Exception) -> list[str]:
+    """Names of the globals that made the weights-only unpickler stop."""
+    names: list[str] = []
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:  # legacy (non-zip) files cannot be scanned; fall back to the message
+        names = []
+    allowed = _allowed_names()
+    names = [n for n in names if n not in allowed]
+    if not names:
+        names = re.findall(r"GLOBAL ([\w.]+)", str(err))
+    return names
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """torch.load(`path`) with weights_only=True and our allow-list.
+
+    Raises FileNotFoundError for a missing file and UnsafeCheckpointError naming
+    the refused types (and the file) when the pickle holds anything else.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        with torch.serialization.safe_globals(allowed_globals()):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        names = _refused_globals(path, err)
+        what = ", ".join(names) if names else str(err).splitlines()[-1]
+        raise UnsafeCheckpointError(
+            f"{path}: refusing to unpickle {what}; only tensors, plain containers, argparse.Namespace, "
+            "omegaconf configs and fairseq Dictionary objects are read (loading never runs code from the file)"
+        ) from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a checkpoint dict at the top level, found {type(obj).__name__}")
+    return obj
+
+
+def to_plain(obj: Any) -> Any:
+    """Namespace / DictConfig / ListConfig (nested) -> plain dicts and lists."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+    except ImportError:  # pragma: no cover
+        DictConfig = ListConfig = ()  # type: ignore[assignment]
+    if DictConfig and isinstance(obj, (DictConfig, ListConfig)):
+        try:
+            return OmegaConf.to_container(obj, resolve=True)
+        except Exception:  # an interpolation pointing outside this node: keep it unresolved
+            return OmegaConf.to_container(obj, resolve=False)
+    if isinstance(obj, argparse.Namespace):
+        return {k: to_plain(v) for k, v in vars(obj).items()}
+    if isinstance(obj, dict):
+        return {k: to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_plain(v) for v in obj)
+    return obj
