@@ -105,6 +105,8 @@ def test_resample_to_16k_keeps_length_and_frequency(tmp_path, orig_sr, caplog):
         load_audio(path, sample_rate=16000)
     assert len(wav) == 16000
     assert dominant_hz(wav, 16000) == pytest.approx(1000, abs=1.5)
+    ideal = 0.5 * torch.sin(2 * torch.pi * 1000 * torch.arange(16000, dtype=torch.float64) / 16000)
+    assert (wav.double() - ideal)[200:-200].abs().max() < 1e-3  # measured 8.5e-5 (8 kHz), 2.0e-4 (44.1 kHz)
     logged = [r for r in caplog.records if f"from {orig_sr} Hz to 16000 Hz" in r.getMessage()]
     assert len(logged) <= 1  # once per rate pair (may have been logged by an earlier test)
     # segment then resample: 0.5 s -> 8000 samples
