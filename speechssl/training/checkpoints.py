@@ -1,0 +1,249 @@
+"""Atomic, verifiable, resumable checkpoints.
+
+Layout (DESIGN.md):
+
+    EXP/checkpoints/step_<N>/model.safetensors   weights of the unwrapped model
+                            /config.yaml         written by the caller's `save_config`
+                            /trainer_state.pt    optimizer, scheduler, scaler, sampler, step, RNG
+                            /manifest.json       size + sha256 of every file; written last
+    EXP/checkpoints/last -> step_<N>             relative symlinks, replaced atomically
+    EXP/checkpoints/best -> step_<M>             (lowest validation loss)
+
+A checkpoint is built in `.tmp_step_<N>.<pid>/` and renamed into place, so a
+crash leaves either the old state or the complete new one. The manifest makes
+later damage (a truncated copy, a full disk during rsync) detectable:
+`load_checkpoint` verifies it and names the newest checkpoint that still verifies.
+`last`/`best` are symlinks (not pointer files) so that every tool that takes a
+checkpoint dir, e.g. `speechssl.load_upstream("exp/x/checkpoints/last")`, can
+use them directly; each is swapped by creating a temp link and `os.replace`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "trainer_state.pt"
+CONFIG_FILE = "config.yaml"
+MANIFEST_FILE = "manifest.json"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+# --- RNG state: exact resume needs python, numpy, torch CPU and CUDA generators exactly
+# where they were, in a form `torch.load(weights_only=True)` reads (no tuples of numpy arrays).
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def capture_rng() -> dict[str, Any]:
+    version, state, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    out: dict[str, Any] = {
+        "python": {"version": version, "state": list(state), "gauss": gauss},
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    npy = state["numpy"]
+    np.random.set_state((npy["name"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                         npy["cached_gaussian"]))
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, incomplete or corrupt."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def step_dirs(root: str | Path) -> list[Path]:
+    """`step_<N>` dirs under `root`, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def _model_tensors(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous CPU copies; tied weights are stored once per name (safetensors
+    refuses shared storage), which `load_state_dict` re-ties on load."""
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state_dict.items()}
+
+
+def save_checkpoint(
+    root: str | Path,
+    step: int,
+    model_state: dict[str, torch.Tensor],
+    trainer_state: dict[str, Any],
+    save_config: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write `root/step_<step>/` atomically and point `last` at it. Returns the dir."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step}"
+    tmp = root / f".tmp_step_{step}.{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_file(_model_tensors(model_state), str(tmp / MODEL_FILE), metadata={"format": "pt"})
+    torch.save(trainer_state, tmp / STATE_FILE)
+    if save_config is not None:
+        save_config(tmp / CONFIG_FILE)
+    manifest = {}
+    for f in sorted(tmp.iterdir()):
+        with open(f, "rb+") as fh:
+            os.fsync(fh.fileno())
+        manifest[f.name] = {"bytes": f.stat().st_size, "sha256": _sha256(f)}
+    (tmp / MANIFEST_FILE).write_text(json.dumps({"step": step, "files": manifest}, indent=1))
+    _fsync_dir(tmp)
+    if final.exists():  # re-saving a step (e.g. after a resume): move the old one aside first
+        old = root / f".old_step_{step}.{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, final)
+    _fsync_dir(root)
+    point(root, "last", final)
+    return final
+
+
+def point(root: str | Path, name: str, target: Path) -> None:
+    """Atomically make `root/name` a relative symlink to `target`."""
+    root = Path(root)
+    tmp = root / f".{name}.tmp{os.getpid()}"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(target.name, tmp)
+    os.replace(tmp, root / name)
+
+
+def resolve(root: str | Path, name: str) -> Path | None:
+    """The dir `root/name` (last/best) points to, or None."""
+    link = Path(root) / name
+    if not link.is_symlink() and not link.exists():
+        return None
+    return link.resolve()
+
+
+def clean_temporary(root: str | Path) -> None:
+    """Remove half-written `.tmp_step_*` dirs left by a killed run."""
+    root = Path(root)
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.name.startswith((".tmp_step_", ".old_step_")) and p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def prune(root: str | Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest `keep_last` step dirs, never `last` or `best`. Returns the deleted."""
+    protected = {p for p in (resolve(root, "last"), resolve(root, "best")) if p is not None}
+    dirs = step_dirs(root)
+    doomed = [p for p in dirs[: max(len(dirs) - keep_last, 0)] if p.resolve() not in protected]
+    for p in doomed:
+        shutil.rmtree(p)
+    return doomed
+
+
+def verify(ckpt: str | Path) -> None:
+    """Raise CheckpointError (without the fallback hint) unless every manifest entry matches."""
+    ckpt = Path(ckpt)
+    if not ckpt.is_dir():
+        raise CheckpointError(f"checkpoint {ckpt} does not exist")
+    manifest_path = ckpt / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise CheckpointError(f"checkpoint {ckpt} is incomplete: {MANIFEST_FILE} is missing "
+                              "(the run stopped while writing it?)")
+    try:
+        files = json.loads(manifest_path.read_text())["files"]
+    except (ValueError, KeyError) as err:
+        raise CheckpointError(f"checkpoint {ckpt} is corrupt: {MANIFEST_FILE} is unreadable ({err})") from None
+    for name, entry in files.items():
+        path = ckpt / name
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {ckpt} is corrupt: {name} is missing")
+        size = path.stat().st_size
+        if size != entry["bytes"]:
+            raise CheckpointError(f"checkpoint {ckpt} is corrupt: {name} has {size} bytes, "
+                                  f"expected {entry['bytes']} (truncated?)")
+        if _sha256(path) != entry["sha256"]:
+            raise CheckpointError(f"checkpoint {ckpt} is corrupt: {name} does not match its sha256 checksum")
+
+
+def previous_good(ckpt: Path) -> Path | None:
+    """Newest step dir older than `ckpt` that verifies."""
+    m = _STEP_DIR.match(ckpt.name)
+    limit = int(m.group(1)) if m else None
+    for p in reversed(step_dirs(ckpt.parent)):
+        if limit is not None and int(p.name.split("_")[1]) >= limit:
+            continue
+        try:
+            verify(p)
+            return p
+        except CheckpointError:
+            continue
+    return None
+
+
+def verify_or_explain(ckpt: str | Path) -> None:
+    """`verify`, with an error that names the previous good checkpoint to resume from."""
+    ckpt = Path(ckpt).resolve() if Path(ckpt).is_symlink() else Path(ckpt)
+    try:
+        verify(ckpt)
+    except CheckpointError as err:
+        good = previous_good(ckpt)
+        if good is None:
+            hint = "no earlier checkpoint verifies; start again without resuming"
+        else:
+            hint = (f"the previous good checkpoint is {good}; resume from it "
+                    f"(resume='{good}', or delete {ckpt})")
+        raise CheckpointError(f"{err}; {hint}") from None
+
+
+def load_checkpoint(ckpt: str | Path, *, map_location: str | torch.device = "cpu"
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Verify, then read (model tensors, trainer state). Never unpickles code."""
+    ckpt = Path(ckpt)
+    verify_or_explain(ckpt)
+    model_state = load_file(str(ckpt / MODEL_FILE), device=str(map_location))
+    trainer_state = torch.load(ckpt / STATE_FILE, map_location=map_location, weights_only=True)
+    return model_state, trainer_state

@@ -1,0 +1,73 @@
+"""TrainerConfig: every knob of the training loop, typed and validated.
+
+Names follow fairseq where a speech researcher would look for them
+(`update_freq` -> `accum_steps`, `clip_norm`, `max_update` -> `max_steps`,
+tri-stage `phase_ratio` -> `tri_stage_ratios`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+Precision = Literal["fp32", "bf16", "fp16"]
+ScheduleName = Literal["linear", "polynomial", "tri_stage", "constant"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainerConfig:
+    max_steps: int = 1000  # optimizer updates (fairseq: max_update)
+    accum_steps: int = 1  # micro-batches per update (fairseq: update_freq)
+    precision: Precision = "fp32"  # autocast dtype; fp16 adds a GradScaler
+    clip_norm: float = 0.0  # max global grad norm; 0 = no clipping (norm is still logged)
+    # AdamW
+    lr: float = 5e-4  # peak learning rate
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    weight_decay: float = 0.01  # never applied to norms, biases or other 1-d params
+    # schedule (see schedules.py)
+    schedule: ScheduleName = "linear"
+    warmup_steps: int = 0  # linear / polynomial: 0 -> peak over this many updates
+    end_lr_scale: float = 0.0  # linear / polynomial: final lr = lr * end_lr_scale
+    power: float = 1.0  # polynomial decay power (1.0 = linear)
+    tri_stage_ratios: tuple[float, float, float] = (0.1, 0.4, 0.5)  # warmup, hold, decay of max_steps
+    init_lr_scale: float = 0.01  # tri_stage: lr at step 0 = lr * init_lr_scale
+    final_lr_scale: float = 0.05  # tri_stage: lr after decay = lr * final_lr_scale
+    # checkpoints, validation, logging
+    save_every: int = 500  # updates between checkpoints (one is always written at the end)
+    keep_last: int = 3  # step_<N> dirs kept (the `best` one is never deleted)
+    valid_every: int = 0  # updates between validations; 0 = only at checkpoints
+    log_every: int = 50  # updates between TensorBoard points / console lines
+    max_bad_steps: int = 25  # consecutive NaN/inf updates that stop the run
+    # reproducibility and loading
+    seed: int = 1
+    num_workers: int = 0  # DataLoader workers per rank
+    pin_memory: bool = True  # only used on CUDA
+    sample_rate: int = 16000  # to turn batch lengths (samples) into audio seconds
+    find_unused_parameters: bool | None = None  # None: True iff the model has LayerDrop > 0
+    fp16_init_scale: float = 2.0**16
+
+    def __post_init__(self) -> None:
+        def positive(name: str) -> None:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, found {getattr(self, name)}")
+
+        for name in ("max_steps", "accum_steps", "lr", "save_every", "keep_last", "log_every",
+                     "max_bad_steps", "sample_rate"):
+            positive(name)
+        if self.clip_norm < 0 or self.weight_decay < 0 or self.valid_every < 0 or self.num_workers < 0:
+            raise ValueError("clip_norm, weight_decay, valid_every and num_workers must be >= 0")
+        if not 0 <= self.warmup_steps <= self.max_steps:
+            raise ValueError(f"warmup_steps must be in [0, max_steps={self.max_steps}], found {self.warmup_steps}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be in [0, 1), found {self.betas}")
+        if any(r < 0 for r in self.tri_stage_ratios) or not math.isclose(sum(self.tri_stage_ratios), 1.0,
+                                                                         abs_tol=1e-6):
+            raise ValueError(f"tri_stage_ratios (warmup, hold, decay) must be >= 0 and sum to 1, "
+                             f"found {self.tri_stage_ratios}")
+        for name in ("init_lr_scale", "final_lr_scale"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in (0, 1], found {getattr(self, name)}")
+        if not 0 <= self.end_lr_scale <= 1:
+            raise ValueError(f"end_lr_scale must be in [0, 1], found {self.end_lr_scale}")

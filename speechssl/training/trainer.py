@@ -1,0 +1,508 @@
+"""The training loop: DDP, AMP, accumulation, clipping, schedules, NaN skipping,
+exact resume.
+
+Generic over any model whose `forward(batch)` returns `(loss, metrics)`
+(`loss` a scalar mean over the micro-batch, `metrics` a dict of scalar
+tensors), any map-style dataset + collate, and any batch sampler with
+`set_epoch`, `state_dict`, `load_state_dict` (and `__len__`) that already
+shards batches by rank.
+
+Loss normalisation: each micro-batch loss is a mean; an update averages the
+`accum_steps` micro-batches of a rank and DDP averages over ranks, so
+`world_size x accum_steps` micro-batches weigh equally whatever the split:
+1 process x accum 2 == 2 processes x accum 1 on the same micro-batches.
+
+Host syncs: none per update except on log steps (and at checkpoints). A
+NaN/inf loss or gradient is detected on the device and handed to the fused
+AdamW kernel as `found_inf`, which skips the update there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from speechssl.config import save_config as write_config_yaml
+from speechssl.config import to_dict
+from speechssl.training import checkpoints as ckpt
+from speechssl.training.config import TrainerConfig
+from speechssl.training.distributed import (
+    DistInfo,
+    all_gather_object,
+    all_reduce_max,
+    all_reduce_sum,
+    barrier,
+    distributed,
+)
+from speechssl.training.logging import TrainLogger, format_duration, memory_stats
+from speechssl.training.optim import build_optimizer
+from speechssl.training.schedules import build_schedule, set_lr
+
+log = logging.getLogger("speechssl.training")
+
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_LENGTH_KEYS = ("wav_lens", "lengths", "audio_lengths")
+
+
+class BadStepsError(RuntimeError):
+    """Too many consecutive updates with a NaN/inf loss or gradient."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    step: int
+    epoch: int
+    skipped_steps: int
+    best_valid_loss: float | None
+    last_checkpoint: Path | None
+    best_checkpoint: Path | None
+    wall_seconds: float
+    audio_seconds: float  # this rank's audio, all epochs of this session
+
+
+def default_batch_lengths(batch: Any) -> torch.Tensor | None:
+    """Valid samples per utterance, from a dict batch's `wav_lens`/`lengths`/`audio_lengths`."""
+    if isinstance(batch, dict):
+        for key in _LENGTH_KEYS:
+            value = batch.get(key)
+            if isinstance(value, torch.Tensor) and value.ndim == 1:
+                return value
+    return None
+
+
+def to_device(batch: Any, device: torch.device, non_blocking: bool = False) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=non_blocking)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device, non_blocking) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)) and not hasattr(batch, "_fields"):
+        return type(batch)(to_device(v, device, non_blocking) for v in batch)
+    return batch
+
+
+class _SkipBatches:
+    """A batch sampler minus its first `skip` batches (the ones consumed before a resume)."""
+
+    def __init__(self, batch_sampler: Any, skip: int) -> None:
+        self.batch_sampler, self.skip = batch_sampler, skip
+
+    def __iter__(self) -> Iterator[list[int]]:
+        it = iter(self.batch_sampler)
+        for _ in range(self.skip):
+            if next(it, None) is None:
+                return
+        yield from it
+
+    def __len__(self) -> int:
+        return max(len(self.batch_sampler) - self.skip, 0)
+
+
+class MicroBatchStream:
+    """Endless micro-batches across epochs; knows (epoch, batches consumed in it).
+
+    The trainer, not the sampler, owns the in-epoch position: with DataLoader
+    prefetching, a sampler has already yielded batches that were never trained
+    on. On resume the sampler gets `load_state_dict` + `set_epoch(epoch)` and the
+    first `batches_done` batches of that epoch are skipped (indices only, no I/O)."""
+
+    def __init__(self, dataset, collate, batch_sampler, config: TrainerConfig, info: DistInfo,
+                 epoch: int = 0, batches_done: int = 0) -> None:
+        self.dataset, self.collate, self.batch_sampler = dataset, collate, batch_sampler
+        self.config, self.info = config, info
+        self.epoch, self.batches_done = epoch, batches_done
+        self._it: Iterator | None = None
+
+    def _open_epoch(self) -> None:
+        if hasattr(self.batch_sampler, "set_epoch"):
+            self.batch_sampler.set_epoch(self.epoch)
+        if self.info.world_size > 1 and hasattr(self.batch_sampler, "__len__"):
+            lengths = all_gather_object(len(self.batch_sampler))
+            if len(set(lengths)) > 1:
+                raise ValueError(
+                    f"the batch sampler gives ranks different numbers of batches in epoch {self.epoch} "
+                    f"({lengths}); DDP would hang at the end of the epoch. Use a sampler that gives every "
+                    "rank the same number of batches (DurationBucketSampler does)")
+        # Own generator: worker seeds must not consume the global torch RNG (exact resume).
+        generator = torch.Generator().manual_seed(self.config.seed * 100_003 + self.epoch)
+        loader = DataLoader(
+            self.dataset, batch_sampler=_SkipBatches(self.batch_sampler, self.batches_done),
+            collate_fn=self.collate, num_workers=self.config.num_workers, generator=generator,
+            pin_memory=self.config.pin_memory and self.info.device.type == "cuda")
+        self._it = iter(loader)
+
+    def next(self) -> Any:
+        for _ in range(3):  # an epoch may be exhausted right at a resume point
+            if self._it is None:
+                self._open_epoch()
+            try:
+                batch = next(self._it)
+            except StopIteration:
+                if self.batches_done == 0:
+                    raise ValueError(f"the batch sampler yielded no batches in epoch {self.epoch}") from None
+                self._it = None
+                self.epoch += 1
+                self.batches_done = 0
+                continue
+            self.batches_done += 1
+            return batch
+        raise AssertionError("unreachable: two empty epochs in a row")
+
+
+def _uses_layerdrop(model: nn.Module) -> bool:
+    return any(float(getattr(m, name, 0.0) or 0.0) > 0 for m in model.modules()
+               for name in ("layerdrop", "layer_drop"))
+
+
+class _Interval:
+    """Per-update statistics summed on the device between two log steps (no host syncs)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        z = torch.zeros((), device=self.device)
+        self.loss, self.grad_norm, self.good, self.bad = z.clone(), z.clone(), z.clone(), z.clone()
+        self.metrics: dict[str, torch.Tensor] = {}
+        self.audio_seconds = 0.0  # python floats: lengths live on the CPU before transfer
+        self.padded_seconds = 0.0
+        self.start = time.monotonic()
+        self.paused = 0.0  # validation and checkpoint time, excluded from throughput
+
+
+class Trainer:
+    """One training run; see `train` for the arguments."""
+
+    def __init__(self, model: nn.Module, train_dataset, collate: Callable, batch_sampler,
+                 config: TrainerConfig, out_dir: str | Path, info: DistInfo, *,
+                 valid_dataset=None, valid_sampler=None, resume: bool | str | Path = False,
+                 save_config: Callable[[Path], None] | Any | None = None,
+                 batch_lengths: Callable[[Any], torch.Tensor | None] = default_batch_lengths) -> None:
+        self.config, self.info = config, info
+        self.out_dir = Path(out_dir)
+        self.ckpt_root = self.out_dir / "checkpoints"
+        self.device = info.device
+        self.batch_sampler = batch_sampler
+        self.valid_dataset, self.valid_sampler = valid_dataset, valid_sampler
+        self.collate = collate
+        self.batch_lengths = batch_lengths
+        if save_config is not None and not callable(save_config):
+            config_obj = save_config
+            save_config = lambda path: write_config_yaml(config_obj, path)  # noqa: E731
+        self.save_config = save_config
+
+        self.module = model.to(self.device)
+        self.optimizer = build_optimizer(self.module, config)
+        self.fused = bool(getattr(self.optimizer, "_step_supports_amp_scaling", False))
+        self.schedule = build_schedule(config)
+        self.scaler = torch.amp.GradScaler(self.device.type, init_scale=config.fp16_init_scale,
+                                           enabled=config.precision == "fp16")
+        self.step, self.best_valid_loss = 0, math.inf
+        self.skipped_total = torch.zeros((), device=self.device)
+        self.consecutive_bad = torch.zeros((), device=self.device)
+        self.max_consecutive_bad = torch.zeros((), device=self.device)
+        epoch, batches_done, rng_state = 0, 0, None
+        if info.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.clean_temporary(self.ckpt_root)
+        source = self._resume_source(resume)
+        if source is not None:
+            epoch, batches_done, rng_state = self._load(source)
+        else:
+            ckpt.seed_everything(config.seed + info.rank)
+        self.stream = MicroBatchStream(train_dataset, collate, batch_sampler, config, info, epoch, batches_done)
+        self.start_step = self.step
+        self.model: nn.Module = self.module
+        if info.world_size > 1:
+            find_unused = config.find_unused_parameters
+            if find_unused is None:
+                find_unused = _uses_layerdrop(self.module)
+            self.model = DistributedDataParallel(
+                self.module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=find_unused)
+        self.logger = TrainLogger(self.out_dir, enabled=info.is_main, max_steps=config.max_steps,
+                                  start_step=self.step)
+        if rng_state is not None:  # last: nothing above may move the generators
+            ckpt.restore_rng(rng_state)
+
+    # --- resume ------------------------------------------------------------------------
+    def _resume_source(self, resume: bool | str | Path) -> Path | None:
+        if resume is False or resume is None:
+            return None
+        if resume is True:
+            last = ckpt.resolve(self.ckpt_root, "last")
+            if last is None:
+                dirs = ckpt.step_dirs(self.ckpt_root)
+                last = dirs[-1] if dirs else None
+            if last is None:
+                log.info("resume: no checkpoint under %s; starting from scratch", self.ckpt_root)
+            return last
+        path = Path(resume)
+        if not path.is_dir():
+            raise FileNotFoundError(f"resume checkpoint {path} does not exist")
+        return path
+
+    def _load(self, path: Path) -> tuple[int, int, dict | None]:
+        model_state, state = ckpt.load_checkpoint(path)
+        missing, unexpected = self.module.load_state_dict(model_state, strict=False)
+        if missing or unexpected:
+            raise ckpt.CheckpointError(f"checkpoint {path} does not fit the model: missing {missing[:5]}, "
+                                       f"unexpected {unexpected[:5]}")
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if hasattr(self.batch_sampler, "load_state_dict") and state.get("sampler") is not None:
+            self.batch_sampler.load_state_dict(state["sampler"])
+        self.step = int(state["step"])
+        self.best_valid_loss = float(state.get("best_valid_loss", math.inf))
+        self.skipped_total.fill_(float(state.get("skipped_steps", 0)))
+        rngs = state["rng"]
+        rng_state = None
+        if len(rngs) == self.info.world_size:
+            rng_state = rngs[self.info.rank]
+        else:
+            log.warning("checkpoint was written by %d ranks, now %d: RNG streams are reseeded, "
+                        "so the run continues but not bit-exactly", len(rngs), self.info.world_size)
+            ckpt.seed_everything(self.config.seed + self.info.rank + 7919 * self.step)
+        log.info("resumed from %s at step %d (epoch %d, batch %d of the epoch)", path, self.step,
+                 state["epoch"], state["batches_done"])
+        return int(state["epoch"]), int(state["batches_done"]), rng_state
+
+    # --- one update --------------------------------------------------------------------
+    def _autocast(self):
+        if self.config.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=_AMP_DTYPES[self.config.precision])
+
+    def _update(self, interval: _Interval) -> None:
+        cfg = self.config
+        self.model.train()
+        step_loss = torch.zeros((), device=self.device)
+        step_metrics: dict[str, torch.Tensor] = {}
+        for micro in range(cfg.accum_steps):
+            batch = self.stream.next()
+            lengths = self.batch_lengths(batch)
+            if lengths is not None and lengths.device.type == "cpu" and len(lengths):
+                interval.audio_seconds += float(lengths.sum()) / cfg.sample_rate
+                interval.padded_seconds += float(lengths.max()) * len(lengths) / cfg.sample_rate
+            batch = to_device(batch, self.device, non_blocking=cfg.pin_memory)
+            last_micro = micro == cfg.accum_steps - 1
+            sync = contextlib.nullcontext() if last_micro or self.model is self.module else self.model.no_sync()
+            with sync:
+                with self._autocast():
+                    loss, metrics = self.model(batch)
+                self.scaler.scale(loss.float() / cfg.accum_steps).backward()
+            step_loss += loss.detach().float()
+            for key, value in metrics.items():
+                value = torch.as_tensor(value, device=self.device).detach().float()
+                step_metrics[key] = step_metrics.get(key, 0) + value
+        self.scaler.unscale_(self.optimizer)  # no-op unless fp16
+        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if cfg.clip_norm > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm)
+        else:
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        step_loss /= cfg.accum_steps
+        bad = (~torch.isfinite(grad_norm) | ~torch.isfinite(step_loss)).float()
+        bad = all_reduce_max(bad)  # a loss that is inf on one rank only must skip everywhere
+        set_lr(self.optimizer, cfg.lr, self.schedule, self.step)
+        if self.fused:  # skipped inside the kernel: no host sync
+            self.optimizer.grad_scale, self.optimizer.found_inf = None, bad
+            self.optimizer.step()
+        elif not bad.item():
+            self.optimizer.step()
+        if self.scaler.is_enabled():
+            self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        good = 1.0 - bad
+        interval.good += good
+        interval.bad += bad
+        interval.loss += torch.where(bad > 0, 0.0, step_loss)
+        interval.grad_norm += torch.where(bad > 0, 0.0, grad_norm.float())
+        for key, value in step_metrics.items():
+            value = torch.where(bad > 0, 0.0, value / cfg.accum_steps)
+            interval.metrics[key] = interval.metrics.get(key, 0) + value
+        self.skipped_total += bad
+        self.consecutive_bad = (self.consecutive_bad + 1) * bad
+        self.max_consecutive_bad = torch.maximum(self.max_consecutive_bad, self.consecutive_bad)
+
+    def _check_bad_steps(self) -> None:
+        """Called every min(log_every, max_bad_steps) updates: the only sync for NaN checks."""
+        worst = int(self.max_consecutive_bad.item())
+        self.max_consecutive_bad.zero_()
+        if worst >= self.config.max_bad_steps:
+            raise BadStepsError(
+                f"stopping at step {self.step}: {worst} consecutive updates had a NaN/inf loss or gradient "
+                f"(max_bad_steps={self.config.max_bad_steps}; {int(self.skipped_total.item())} skipped in "
+                f"total). Try: a lower lr (now {self.config.lr:g}) or a longer warmup, precision fp32 or "
+                f"bf16 instead of fp16, clip_norm (now {self.config.clip_norm:g}), and check the data for "
+                "empty, silent or corrupt utterances and label/frame mismatches")
+
+    def _log(self, interval: _Interval) -> None:
+        keys = sorted(interval.metrics)
+        all_keys = all_gather_object(keys)
+        if any(k != keys for k in all_keys):
+            raise RuntimeError(f"ranks report different metrics: {all_keys}")
+        packed = torch.stack([interval.loss, interval.grad_norm, interval.good, interval.bad,
+                              *(interval.metrics[k] for k in keys),
+                              torch.tensor(interval.audio_seconds, device=self.device),
+                              torch.tensor(interval.padded_seconds, device=self.device)])
+        values = all_reduce_sum(packed.double()).tolist()  # the log-step sync
+        loss, gnorm, good, bad, *rest = values
+        metrics, (audio, padded) = rest[: len(keys)], rest[len(keys):]
+        elapsed = max(time.monotonic() - interval.start - interval.paused, 1e-9)
+        out = {"train/lr": self.config.lr * self.schedule(self.step - 1),
+               "train/skipped_steps": float(self.skipped_total.item())}
+        if good > 0:
+            out["train/loss"] = loss / good
+            out["train/grad_norm"] = gnorm / good
+            out.update({f"train/{k}": v / good for k, v in zip(keys, metrics)})
+        if audio > 0:
+            out["train/audio_seconds_per_second"] = audio / elapsed
+            out["train/padding_efficiency"] = audio / padded
+        if self.scaler.is_enabled():
+            out["train/loss_scale"] = float(self.scaler.get_scale())
+        out.update(memory_stats(self.device))
+        self.logger.scalars(self.step, out)
+        self.logger.progress(self.step, self.stream.epoch, out)
+        self.total_audio += interval.audio_seconds
+        interval.reset()
+
+    # --- validation and checkpoints ----------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Mean loss/metrics over the validation batches of all ranks. Uses a fixed seed
+        (same masks every time, so losses are comparable) and restores the training RNG."""
+        saved = ckpt.capture_rng()
+        ckpt.seed_everything(self.config.seed)
+        self.module.eval()
+        sums: dict[str, torch.Tensor] = {}
+        count = 0
+        if hasattr(self.valid_sampler, "set_epoch"):
+            self.valid_sampler.set_epoch(0)
+        loader = DataLoader(self.valid_dataset, batch_sampler=self.valid_sampler, collate_fn=self.collate,
+                            num_workers=self.config.num_workers)
+        for batch in loader:
+            with self._autocast():
+                loss, metrics = self.module(to_device(batch, self.device))
+            for key, value in {"loss": loss, **metrics}.items():
+                sums[key] = sums.get(key, 0) + torch.as_tensor(value, device=self.device).detach().double()
+            count += 1
+        keys = sorted(set().union(*all_gather_object(sorted(sums))))
+        packed = torch.stack([torch.as_tensor(sums.get(k, 0.0), device=self.device, dtype=torch.float64)
+                              for k in keys] + [torch.tensor(float(count), device=self.device,
+                                                             dtype=torch.float64)])
+        values = all_reduce_sum(packed).tolist()
+        self.module.train()
+        ckpt.restore_rng(saved)
+        total = values[-1]
+        if total == 0:
+            raise ValueError("the validation sampler yielded no batches on any rank")
+        return {f"valid/{k}": v / total for k, v in zip(keys, values[:-1])}
+
+    def save(self, valid_loss: float | None) -> Path | None:
+        rngs = all_gather_object(ckpt.capture_rng())
+        path = None
+        if self.info.is_main:
+            state = {
+                "step": self.step,
+                "epoch": self.stream.epoch,
+                "batches_done": self.stream.batches_done,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": {"name": self.config.schedule, "step": self.step},
+                "scaler": self.scaler.state_dict(),
+                "sampler": self.batch_sampler.state_dict() if hasattr(self.batch_sampler, "state_dict") else None,
+                "rng": rngs,
+                "world_size": self.info.world_size,
+                "best_valid_loss": min(self.best_valid_loss, valid_loss if valid_loss is not None else math.inf),
+                "skipped_steps": int(self.skipped_total.item()),
+                "trainer_config": to_dict(self.config),
+            }
+            path = ckpt.save_checkpoint(self.ckpt_root, self.step, self.module.state_dict(), state,
+                                        self.save_config)
+            if valid_loss is not None and valid_loss < self.best_valid_loss:
+                ckpt.point(self.ckpt_root, "best", path)
+            ckpt.prune(self.ckpt_root, self.config.keep_last)
+        if valid_loss is not None:
+            self.best_valid_loss = min(self.best_valid_loss, valid_loss)
+        barrier()
+        return path
+
+    # --- the loop ----------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        cfg = self.config
+        start = time.monotonic()
+        self.total_audio = 0.0
+        interval = _Interval(self.device)
+        check_every = min(cfg.log_every, cfg.max_bad_steps)
+        has_valid = self.valid_dataset is not None and self.valid_sampler is not None
+        try:
+            while self.step < cfg.max_steps:
+                self._update(interval)
+                final = self.step == cfg.max_steps
+                if self.step % check_every == 0 or final or not self.fused:
+                    self._check_bad_steps()
+                if self.step % cfg.log_every == 0 or final:
+                    self._log(interval)
+                is_save = self.step % cfg.save_every == 0 or final
+                is_valid = has_valid and (is_save or (cfg.valid_every and self.step % cfg.valid_every == 0))
+                paused_from = time.monotonic()
+                valid_loss = None
+                if is_valid:
+                    values = self.validate()
+                    valid_loss = values["valid/loss"]
+                    self.logger.valid(self.step, values)
+                if is_save:
+                    self.save(valid_loss)
+                interval.paused += time.monotonic() - paused_from
+        finally:
+            self.logger.close()
+        wall = time.monotonic() - start
+        result = TrainResult(
+            step=self.step, epoch=self.stream.epoch, skipped_steps=int(self.skipped_total.item()),
+            best_valid_loss=self.best_valid_loss if math.isfinite(self.best_valid_loss) else None,
+            last_checkpoint=ckpt.resolve(self.ckpt_root, "last"),
+            best_checkpoint=ckpt.resolve(self.ckpt_root, "best"),
+            wall_seconds=wall, audio_seconds=self.total_audio)
+        lines = {"updates": f"{self.step} ({self.step - self.start_step} in this session, "
+                            f"{result.skipped_steps} skipped for NaN/inf)",
+                 "wall time": format_duration(wall),
+                 "audio seen": f"{self.total_audio * self.info.world_size / 3600:.2f} h "
+                               f"(~{self.total_audio * self.info.world_size / max(wall, 1e-9):.0f} audio-s/s, "
+                               f"all ranks)",
+                 "last checkpoint": str(result.last_checkpoint)}
+        if result.best_valid_loss is not None:
+            lines["best valid loss"] = f"{result.best_valid_loss:.4g} ({result.best_checkpoint})"
+        lines["tensorboard"] = str(self.out_dir / "tensorboard")
+        self.logger.summary(lines)
+        return result
+
+
+def train(model: nn.Module, train_dataset, collate: Callable, batch_sampler, config: TrainerConfig,
+          out_dir: str | Path, *, valid_dataset=None, valid_sampler=None,
+          resume: bool | str | Path = False, save_config: Callable[[Path], None] | Any | None = None,
+          batch_lengths: Callable[[Any], torch.Tensor | None] = default_batch_lengths) -> TrainResult:
+    """Train `model` for `config.max_steps` updates, writing `out_dir/checkpoints/` and
+    `out_dir/tensorboard/`. Under torchrun joins (and leaves) the process group.
+
+    resume: False (fresh), True (from `checkpoints/last`, or fresh if there is none) or a
+    checkpoint dir. save_config: a dataclass (written as config.yaml) or `fn(path)`.
+    batch_lengths: batch -> valid samples per utterance (CPU), for audio-seconds and padding
+    efficiency. The model is trained in place."""
+    with distributed() as info:
+        trainer = Trainer(model, train_dataset, collate, batch_sampler, config, out_dir, info,
+                          valid_dataset=valid_dataset, valid_sampler=valid_sampler, resume=resume,
+                          save_config=save_config, batch_lengths=batch_lengths)
+        return trainer.fit()
