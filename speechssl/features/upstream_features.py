@@ -1,0 +1,87 @@
+"""Layer-L features of any `load_upstream` source (HuBERT iteration 2+, probing).
+
+Layer numbering is the Upstream contract's (DESIGN.md): 0 is the input of the
+first transformer layer, L >= 1 the output of layer L, i.e. transformers'
+hidden_states[L] and fairseq's `extract_features(output_layer=L)` (the HuBERT
+recipe clusters HuBERT Base iteration-1 layer 6). Frames come at
+sample_rate / downsample_rate (50 Hz for the conv frontend), which is the
+label rate of the next iteration.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def pads_safely(upstream: nn.Module) -> bool:
+    """Whether zero padding leaves an utterance's features unchanged (not a group-norm conv frontend)."""
+    frontend = getattr(getattr(upstream, "config", None), "frontend", None)
+    return getattr(frontend, "mode", None) != "group_norm"
+
+
+class UpstreamExtractor:
+    """The `FeatureExtractor` (speechssl.features.dump) for layer `layer` of an upstream.
+
+    Waveforms of one call are padded into one batch; the model sees the true
+    lengths (`wav_lens`), and each output is cut to its valid frames. A
+    group-norm conv frontend (fairseq extractor_mode "default": HuBERT /
+    wav2vec 2.0 Base) normalises each channel over the whole padded input, so
+    padding would change the features; such models run one utterance per
+    forward, as fairseq's dump_hubert_feature.py does.
+    """
+
+    sample_rate = 16000  # the Upstream contract: waveforms at 16 kHz
+
+    def __init__(
+        self,
+        upstream: nn.Module | str | Path,
+        layer: int,
+        *,
+        device: str | None = None,
+        name: str | None = None,
+    ) -> None:
+        if isinstance(upstream, (str, Path)):
+            import speechssl
+
+            source = str(upstream)
+            upstream = speechssl.load_upstream(upstream)
+        else:
+            source = type(upstream).__name__
+        self.device = torch.device(device or default_device())
+        self.upstream = upstream.eval().to(self.device)
+        num_layers = int(upstream.num_layers)
+        if not 0 <= layer <= num_layers:
+            raise ValueError(
+                f"layer must be in 0..{num_layers} for {source} (0: transformer input, L: output of layer L), "
+                f"found {layer}"
+            )
+        self.layer = layer
+        self.feature_dim = int(upstream.hidden_dim)
+        self.frame_rate = self.sample_rate / float(upstream.downsample_rate)
+        self.name = name or f"upstream:{source}:layer{layer}"
+        self.batched = pads_safely(upstream)
+
+    def extract(self, wavs: list[Tensor]) -> list[np.ndarray]:
+        """(samples,) waveforms -> (frames, hidden_dim) float32 arrays of layer `layer`."""
+        if self.batched:
+            return self._forward(wavs)
+        return [f for w in wavs for f in self._forward([w])]
+
+    @torch.inference_mode()
+    def _forward(self, wavs: list[Tensor]) -> list[np.ndarray]:
+        lengths = torch.tensor([w.numel() for w in wavs], dtype=torch.long)  # (B,)
+        batch = torch.zeros(len(wavs), int(lengths.max()))  # (B, S_max), zero padded
+        for i, w in enumerate(wavs):
+            batch[i, : w.numel()] = w
+        out = self.upstream(batch.to(self.device), lengths.to(self.device))
+        hidden = out.hidden_states[self.layer].float().cpu()  # (B, T, D)
+        frames = out.lengths.cpu().tolist()
+        return [hidden[i, : frames[i]].numpy() for i in range(len(wavs))]
