@@ -25,6 +25,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="skip reading audio headers (existence, readability, durations)",
     )
+    validate.add_argument(
+        "--no-spk-sort",
+        action="store_true",
+        help="do not require utterance ids to sort like their speakers (Kaldi's --no-spk-sort)",
+    )
     validate.set_defaults(func=run_validate)
 
     fix = actions.add_parser(
@@ -42,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    problems = validate_data_dir(args.dir, check_audio=not args.no_audio)
+    problems = validate_data_dir(args.dir, check_audio=not args.no_audio, check_spk_sort=not args.no_spk_sort)
     for problem in problems:
         print(problem)
     if problems:

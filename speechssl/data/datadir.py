@@ -26,6 +26,7 @@ as in Kaldi recipes; absolute paths are safest.
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -457,12 +458,15 @@ class _Files:
         return names + [n for n in self.extras if self.has(n)]
 
 
-def validate_data_dir(path: str | Path, *, check_audio: bool = True) -> list[Problem]:
+def validate_data_dir(
+    path: str | Path, *, check_audio: bool = True, check_spk_sort: bool = True
+) -> list[Problem]:
     """Check a data dir as Kaldi's utils/validate_data_dir.sh does; return every problem found.
 
     Checks: each file sorted (C locale) with unique ids and well-formed lines;
     the same utterance ids in every utterance-level file; utt2spk and spk2utt
-    agree; utterance ids sort like their speakers; non-empty transcripts;
+    agree; utterance ids sort like their speakers (unless not `check_spk_sort`,
+    Kaldi's --no-spk-sort); transcripts non-empty, without control characters;
     audio files exist and have readable headers; segments name known
     recordings, start < end, and end within the recording (+0.01 s).
     An empty list means the dir is valid.
@@ -477,14 +481,14 @@ def validate_data_dir(path: str | Path, *, check_audio: bool = True) -> list[Pro
             Problem(files.file("wav.scp"), None, None, "is missing: every data dir needs wav.scp")
         )
         return problems
-    problems += _check_speakers(files)
+    problems += _check_speakers(files, check_spk_sort)
     problems += _check_utt_ids(files)
     problems += _check_text(files)
     problems += _check_recordings(files, check_audio)
     return problems
 
 
-def _check_speakers(files: _Files) -> list[Problem]:
+def _check_speakers(files: _Files, check_spk_sort: bool) -> list[Problem]:
     if not files.has("utt2spk"):
         return [
             Problem(
@@ -499,7 +503,7 @@ def _check_speakers(files: _Files) -> list[Problem]:
     lines = files.keys("utt2spk")
     # Kaldi requires that sorting by speaker keeps utterances sorted (speaker-prefixed ids).
     previous: tuple[str, str] | None = None
-    for utt in sorted(utt2spk, key=c_sort_key):
+    for utt in sorted(utt2spk, key=c_sort_key) if check_spk_sort else []:
         spk = utt2spk[utt]
         if previous is not None and c_sort_key(spk) < c_sort_key(previous[1]):
             problems.append(
@@ -582,13 +586,21 @@ def _check_utt_ids(files: _Files) -> list[Problem]:
 
 
 def _check_text(files: _Files) -> list[Problem]:
+    """Empty transcripts and control characters (Kaldi rejects non-printing bytes in text)."""
     if not files.has("text"):
         return []
-    return [
-        Problem(files.file("text"), files.keys("text")[utt], utt, "empty transcript")
-        for utt, words in files.tables["text"].items()
-        if not words.strip()
-    ]
+    problems = []
+    for utt, words in files.tables["text"].items():
+        line = files.keys("text")[utt]
+        if not words.strip():
+            problems.append(Problem(files.file("text"), line, utt, "empty transcript"))
+        bad = sorted({c for c in words if unicodedata.category(c) == "Cc" and c != "\t"})
+        if bad:
+            codes = ", ".join(f"U+{ord(c):04X}" for c in bad)
+            problems.append(
+                Problem(files.file("text"), line, utt, f"transcript has control characters ({codes})")
+            )
+    return problems
 
 
 def _check_recordings(files: _Files, check_audio: bool) -> list[Problem]:

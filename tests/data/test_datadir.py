@@ -138,6 +138,16 @@ def test_spk2utt_naming_wrong_speaker_and_speaker_order(tmp_path):
     (data.path / "spk2utt").write_text("w b\nx a\n")
     problems = [str(p) for p in validate_data_dir(data.path, check_audio=False)]
     assert problems[0].startswith(f"{data.path}/utt2spk:2: 'b' speaker 'w' sorts before speaker 'x'")
+    assert not any(
+        "sorts before" in p for p in validate_data_dir(data.path, check_audio=False, check_spk_sort=False)
+    )
+
+
+def test_control_characters_in_text(data_dir):
+    text = data_dir.path / "text"
+    text.write_text(text.read_text().replace("spk1-utt2 bravo", "spk1-utt2 bra\x07vo"))
+    (problem,) = validate_data_dir(data_dir.path)
+    assert str(problem) == f"{text}:2: 'spk1-utt2' transcript has control characters (U+0007)"
 
 
 def test_segment_end_uses_reco2dur_within_tolerance(segmented_data_dir):
@@ -250,3 +260,22 @@ def test_durations_fail_without_writing_on_unreadable_audio(data_dir):
     ):
         compute_durations(data_dir.path, progress=False)
     assert (data_dir.path / "utt2dur").read_text() == before
+
+
+@pytest.mark.parametrize(
+    "defect",
+    [
+        "unsorted",
+        "duplicate_id",
+        "text_extra_utt",
+        "spk2utt_mismatch",
+        "malformed_line",
+        "segment_start_ge_end",
+    ],
+)
+def test_fix_repairs_id_and_order_defects(tmp_path, defect):
+    # Audio defects, empty transcripts and segments past the end are left to the user, as in Kaldi.
+    data = make_data_dir(tmp_path, segments=defect.startswith("segment"))
+    plant_defect(data.path, defect)
+    fix_data_dir(data.path)
+    assert validate_data_dir(data.path) == []
