@@ -1,0 +1,124 @@
+"""Upstream: the one interface downstream code, s3prl-style users and exporters see.
+
+`load_upstream(source)` accepts a speechssl checkpoint dir, a transformers dir,
+a fairseq `.pt` or an s3prl converted `.pt`; all become the same SSLModel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from speechssl.models.checkpoint import is_checkpoint_dir, load_model, load_state_into
+from speechssl.models.config import ModelConfig
+from speechssl.models.frontends import lengths_to_padding_mask
+from speechssl.models.model import SSLModel, build_model
+
+
+@dataclass
+class UpstreamOutput:
+    hidden_states: list[Tensor]  # num_layers + 1 tensors (B, T, D)
+    lengths: Tensor  # (B,) valid frames
+
+
+def normalize_waveform(wavs: Tensor, lengths: Tensor, eps: float = 1e-7) -> Tensor:
+    """Zero mean / unit variance per utterance over its valid samples; padding stays 0.
+    (transformers' Wav2Vec2FeatureExtractor do_normalize, same eps; fairseq normalize=True.)"""
+    valid = (~lengths_to_padding_mask(lengths, wavs.shape[1])).to(wavs.dtype)  # (B, S)
+    count = lengths.clamp(min=1).to(wavs.dtype)[:, None]
+    mean = (wavs * valid).sum(dim=1, keepdim=True) / count
+    var = ((wavs - mean).pow(2) * valid).sum(dim=1, keepdim=True) / count
+    return (wavs - mean) * torch.rsqrt(var + eps) * valid
+
+
+class Upstream(nn.Module):
+    """A frozen-feature view of an SSLModel: waveforms -> all hidden states + frame lengths."""
+
+    def __init__(self, model: SSLModel, config: ModelConfig, extras: dict[str, Any] | None = None):
+        super().__init__()
+        self.model = model
+        self.config = config
+        # What the source had beyond the backbone, under its own names:
+        # extras["pretraining"]: head weights (HF Wav2Vec2ForPreTraining's quantizer.*, project_q.*,
+        # project_hid.*; fairseq's final_proj, label_embs_concat, quantizer ...) for the objectives;
+        # extras["finetuning"]: CTC heads (lm_head.* / w2v_encoder.proj); fairseq adds its raw cfgs.
+        self.extras = dict(extras or {})
+
+    @property
+    def downsample_rate(self) -> int:
+        return self.model.downsample_rate
+
+    @property
+    def num_layers(self) -> int:
+        return self.model.num_layers
+
+    @property
+    def hidden_dim(self) -> int:
+        return self.model.hidden_dim
+
+    def forward(self, wavs: Tensor, wav_lens: Tensor | None = None) -> UpstreamOutput:
+        """wavs: (B, S) float at 16 kHz; wav_lens: (B,) valid samples (None: all S)."""
+        if wav_lens is None:
+            wav_lens = torch.full((wavs.shape[0],), wavs.shape[1], dtype=torch.long, device=wavs.device)
+        if self.config.normalize_waveform:
+            wavs = normalize_waveform(wavs, wav_lens)
+        out = self.model(wavs, wav_lens, output_hidden_states=True)
+        return UpstreamOutput(hidden_states=out.hidden_states, lengths=out.lengths)
+
+
+def upstream_from_state(
+    config: ModelConfig, state: dict[str, Tensor], source: str, extras: dict[str, Any] | None = None
+) -> Upstream:
+    """Build the model of `config`, load `state` strictly (errors list keys), wrap as Upstream (eval)."""
+    from speechssl.interop.transformers_io import complete_masked_spec_embed
+
+    model = build_model(config)
+    state = complete_masked_spec_embed(state, model.state_dict())
+    load_state_into(model, state, source)
+    return Upstream(model.eval(), config, extras).eval()
+
+
+def load_upstream(source: str | Path) -> Upstream:
+    """Load any supported checkpoint as an Upstream in eval mode.
+
+    - speechssl checkpoint dir (config.yaml + model.safetensors)
+    - transformers dir (config.json + model.safetensors / pytorch_model.bin)
+    - fairseq `.pt` (speechssl.interop.fairseq_io) or s3prl converted `.pt` (speechssl.interop.s3prl_io)
+    """
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"upstream source {path} does not exist")
+    if path.is_dir():
+        if is_checkpoint_dir(path):
+            model, config = load_model(path)
+            return Upstream(model, config).eval()
+        from speechssl.interop.transformers_io import is_transformers_dir, load_transformers
+
+        if is_transformers_dir(path):
+            config, state, extras = load_transformers(path)
+            return upstream_from_state(config, state, str(path), extras)
+        raise ValueError(
+            f"{path} is neither a speechssl checkpoint (config.yaml + model.safetensors) "
+            "nor a transformers dir (config.json + model.safetensors or pytorch_model.bin)"
+        )
+    if path.suffix in (".pt", ".ckpt"):
+        return _load_pt(path)
+    raise ValueError(f"{path}: unsupported upstream file; expected a checkpoint dir or a fairseq/s3prl .pt file")
+
+
+def _load_pt(path: Path) -> Upstream:
+    """fairseq or s3prl converted checkpoint; the readers live in their own modules."""
+    try:
+        from speechssl.interop import fairseq_io, s3prl_io
+        from speechssl.interop.safe_pickle import load_checkpoint
+    except ImportError as err:
+        raise ValueError(f"{path}: loading .pt checkpoints is not supported yet ({err})") from None
+    if s3prl_io.is_s3prl_checkpoint(load_checkpoint(path)):
+        config, state, extras = s3prl_io.load_s3prl(path)
+    else:
+        config, state, extras = fairseq_io.load_fairseq(path)
+    return upstream_from_state(config, state, str(path), extras)
