@@ -15,6 +15,7 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -23,6 +24,7 @@ pytest.importorskip("s3prl")
 from s3prl.upstream.hubert.hubert_model import HubertConfig, HubertModel, HubertPretrainingConfig  # noqa: E402
 from s3prl.upstream.wav2vec2.wav2vec2_model import Wav2Vec2Config, Wav2Vec2Model  # noqa: E402
 
+import speechssl  # noqa: E402
 from speechssl.interop.fairseq_io import (  # noqa: E402
     CheckpointKeyError,
     fairseq_to_ours,
@@ -139,7 +141,11 @@ def pickle_as_fairseq_dictionary(symbols):
 def save_fairseq(path: Path, model, model_cfg: dict, *, style: str = "dict", normalize: bool = False) -> Path:
     """Write `model` as fairseq does: cfg as plain dict, omegaconf DictConfig, or old argparse args."""
     task = {"_name": f"{model_cfg['_name']}_pretraining", "normalize": normalize, "sample_rate": 16000}
-    ckpt = {"model": model.state_dict(), "optimizer_history": [], "extra_state": {"val_loss": 1.5}}
+    ckpt = {
+        "model": model.state_dict(),
+        "optimizer_history": [],
+        "extra_state": {"val_loss": np.float64(1.5)},
+    }
     if style == "args":
         ckpt["args"] = argparse.Namespace(
             arch=model_cfg["_name"],
@@ -246,7 +252,9 @@ def test_import_matches_fairseq_hidden_states(tmp_path, name, style):
     path = save_fairseq(tmp_path / "ckpt.pt", ref, model_cfg, style=style)
     config, state_dict, extras = load_fairseq(path)
     assert config.family == VARIANTS[name][0]
-    err = check_parity(ref, ours_from(config, state_dict), waves())
+    up = speechssl.load_upstream(path)  # the same reader, behind the public entry point
+    assert up.config == config and up.extras["fairseq_model_cfg"]["_name"] == VARIANTS[name][0]
+    err = check_parity(ref, up.model, waves())
     print(f"{name}/{style}: max abs error {err:.2e}")
     assert err < TOL
     if config.family == "hubert":
