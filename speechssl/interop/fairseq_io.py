@@ -36,6 +36,7 @@ __all__ = [
     "ours_to_fairseq",
     "load_fairseq",
     "to_fairseq",
+    "config_from_checkpoint",
     "PRETRAINING_PREFIXES",
 ]
 

@@ -391,3 +391,30 @@ def load_fairseq_from_state(sd, model_cfg):
     config, _, _ = config_from_checkpoint({"cfg": {"model": model_cfg, "task": {}}}, "<test>")
     ours, extras = fairseq_to_ours(sd, config)
     return config, ours, extras
+
+
+def test_parametrized_weight_norm_keys_are_accepted(tmp_path):
+    """Newer torch saves weight norm as parametrizations.weight.original0/1 instead of weight_g/_v."""
+    ref, model_cfg = build_reference("hubert_layer_preln_bias")
+    renames = {
+        "weight_g": "parametrizations.weight.original0",
+        "weight_v": "parametrizations.weight.original1",
+    }
+    sd = {}
+    for k, v in ref.state_dict().items():
+        head, _, leaf = k.rpartition(".")
+        sd[f"{head}.{renames[leaf]}" if k.startswith("encoder.pos_conv.0.") and leaf in renames else k] = v
+    torch.save({"cfg": {"model": model_cfg, "task": {}}, "model": sd}, tmp_path / "p.pt")
+    config, ours, extras = load_fairseq(tmp_path / "p.pt")
+    assert check_parity(ref, ours_from(config, ours), waves()[:1]) < TOL
+    exported = to_fairseq(config, ours, extras=extras, fairseq_pos_conv="parametrizations")["model"]
+    assert set(exported) == set(sd)
+
+
+def test_checkpoint_without_config_is_named(tmp_path):
+    torch.save({"model": {}, "cfg": None, "args": None}, tmp_path / "nocfg.pt")
+    with pytest.raises(ValueError, match=r"nocfg\.pt: no fairseq config found"):
+        load_fairseq(tmp_path / "nocfg.pt")
+    torch.save({"cfg": {"model": {"_name": "data2vec_audio"}, "task": {}}, "model": {}}, tmp_path / "d2v.pt")
+    with pytest.raises(ValueError, match=r"d2v\.pt: unsupported fairseq model 'data2vec_audio'"):
+        load_fairseq(tmp_path / "d2v.pt")
