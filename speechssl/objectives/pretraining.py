@@ -1,0 +1,384 @@
+"""Pretraining models: an SSLModel plus the heads of its objective, returning (loss, metrics).
+
+`forward(wavs, lengths, targets)` draws the masks (and wav2vec 2.0 distractors) itself,
+with an optional explicit generator, unless they are passed in. The loss is normalised
+per predicted frame (fairseq sums and divides by `sample_size`; `metrics["sample_size"]`
+gives that count back). Metrics are 0-dim tensors: no `.item()`, no host syncs per step
+beyond selecting the masked frames.
+
+Module names follow transformers: `Wav2Vec2PretrainModel` holds `wav2vec2`, `quantizer`,
+`project_hid`, `project_q` like Wav2Vec2ForPreTraining; `HubertPretrainModel` holds
+`hubert` and `head` (fairseq's `final_proj` and `label_embs_concat`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from speechssl.models import presets
+from speechssl.models.config import ModelConfig
+from speechssl.models.model import EncoderOutput, SSLModel, build_model
+from speechssl.models.quantizer import GumbelVectorQuantizer, QuantizerConfig
+from speechssl.objectives.hubert import (
+    HubertObjectiveConfig,
+    build_label_head,
+    check_labels,
+    masked_prediction_loss,
+)
+from speechssl.objectives.masking import MaskConfig, compute_channel_mask, compute_time_mask
+from speechssl.objectives.wav2vec2 import (
+    Wav2Vec2ObjectiveConfig,
+    contrastive_logits,
+    contrastive_loss,
+    diversity_loss,
+    feature_penalty,
+    sample_negatives,
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PretrainModelConfig:
+    """A network plus its pretraining objective. The objective section must match
+    `model.family`: `hubert` for "hubert", `wav2vec2` for "wav2vec2" (defaults if omitted)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    hubert: HubertObjectiveConfig | None = None
+    wav2vec2: Wav2Vec2ObjectiveConfig | None = None
+
+    def __post_init__(self) -> None:
+        family = self.model.family
+        other = "wav2vec2" if family == "hubert" else "hubert"
+        if getattr(self, other) is not None:
+            raise ValueError(f"section '{other}' does not apply to a model of family '{family}'; remove it")
+        if getattr(self, family) is None:
+            default = HubertObjectiveConfig() if family == "hubert" else Wav2Vec2ObjectiveConfig()
+            object.__setattr__(self, family, default)
+
+
+def _frame_lengths(model: SSLModel, wavs: Tensor, lengths: Tensor) -> tuple[Tensor, int]:
+    """Valid frames per utterance and the padded frame count, before running the network."""
+    extractor = model.feature_extractor
+    num_frames = int(extractor.output_lengths(torch.tensor(wavs.shape[1])))  # CPU scalar: no device sync
+    return extractor.output_lengths(lengths), num_frames
+
+
+def _default_lengths(wavs: Tensor, lengths: Tensor | None) -> Tensor:
+    if lengths is None:
+        return torch.full((wavs.shape[0],), wavs.shape[1], dtype=torch.long, device=wavs.device)
+    return lengths
+
+
+def _ratio(num: Tensor, den: Tensor) -> Tensor:
+    return num.float() / den.float().clamp(min=1.0)
+
+
+class HubertPredictions(NamedTuple):
+    encoder: EncoderOutput
+    mask: Tensor  # (B, T) bool time mask used
+    logits_masked: list[Tensor]  # per label set, (M, classes_i) over masked valid frames (time order)
+    labels_masked: list[Tensor]  # per label set, (M,) with -100 where no label
+    logits_unmasked: list[Tensor]  # empty when pred_nomask_weight is 0 (fairseq skip_nomask)
+    labels_unmasked: list[Tensor]
+
+
+class HubertPretrainModel(nn.Module):
+    """HuBERT masked prediction over one or several label sets (fairseq: HubertModel + criterion)."""
+
+    def __init__(self, model: SSLModel, head: nn.Module, mask: MaskConfig, objective: HubertObjectiveConfig):
+        super().__init__()
+        self.hubert = model
+        self.head = head
+        self.mask_config = mask
+        self.objective = objective
+
+    def predict(
+        self,
+        wavs: Tensor,
+        lengths: Tensor | None,
+        targets: Tensor | Sequence[Tensor],
+        *,
+        mask_time_indices: Tensor | None = None,
+        mask_channel_indices: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> HubertPredictions:
+        """wavs: (B, S); lengths: (B,) samples; targets: (B, T') unit ids per label set, -100 = none.
+        Labels longer than the T model frames are cut, shorter ones padded with -100."""
+        lengths = _default_lengths(wavs, lengths)
+        label_sets = [targets] if isinstance(targets, Tensor) else list(targets)
+        check_labels(label_sets, self.objective.num_classes, wavs.shape[0])
+        if mask_time_indices is None:
+            frame_lengths, num_frames = _frame_lengths(self.hubert, wavs, lengths)
+            mask_time_indices = compute_time_mask(frame_lengths, num_frames, self.mask_config, generator=generator)
+        if mask_channel_indices is None:
+            mask_channel_indices = compute_channel_mask(
+                wavs.shape[0], self.hubert.hidden_dim, self.mask_config, device=wavs.device, generator=generator
+            )
+        out = self.hubert(
+            wavs, lengths, mask_time_indices=mask_time_indices, mask_channel_indices=mask_channel_indices
+        )
+        B, T, D = out.last_hidden_state.shape  # batch, frames, embed_dim
+        mask = mask_time_indices & ~out.padding_mask
+        frames = out.last_hidden_state.reshape(B * T, D)
+        labels = [F.pad(t[:, :T], (0, max(0, T - t.shape[1])), value=-100).reshape(B * T).long() for t in label_sets]
+
+        def on(selected: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+            index = selected.reshape(-1).nonzero().squeeze(1)  # (M,) the one host sync: selection size
+            return self.head(frames[index]), [lab[index] for lab in labels]
+
+        logits_m, labels_m = on(mask) if self.objective.pred_masked_weight > 0 else ([], [])
+        unmasked = ~mask_time_indices & ~out.padding_mask
+        logits_u, labels_u = on(unmasked) if self.objective.pred_nomask_weight > 0 else ([], [])
+        return HubertPredictions(out, mask, logits_m, labels_m, logits_u, labels_u)
+
+    def forward(
+        self,
+        wavs: Tensor,
+        lengths: Tensor | None,
+        targets: Tensor | Sequence[Tensor],
+        *,
+        mask_time_indices: Tensor | None = None,
+        mask_channel_indices: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Returns (loss per predicted frame, metrics). Metric names: loss, masked_loss,
+        masked_accuracy (and unmasked_* when pred_nomask_weight > 0), feature_penalty,
+        sample_size; label set i > 0 adds the suffix `_{i}`."""
+        p = self.predict(
+            wavs, lengths, targets, mask_time_indices=mask_time_indices,
+            mask_channel_indices=mask_channel_indices, generator=generator,
+        )  # fmt: skip
+        cfg = self.objective
+        out = p.encoder
+        valid = ~out.padding_mask
+        num_masked = p.mask.sum()
+        sample_size = num_masked if cfg.pred_masked_weight > 0 else (valid & ~p.mask).sum()
+        metrics: dict[str, Tensor] = {}
+        total = out.last_hidden_state.new_zeros((), dtype=torch.float32)
+        for kind, weight, logits, labels in (
+            ("masked", cfg.pred_masked_weight, p.logits_masked, p.labels_masked),
+            ("unmasked", cfg.pred_nomask_weight, p.logits_unmasked, p.labels_unmasked),
+        ):
+            for i, (lg, lab) in enumerate(zip(logits, labels)):
+                loss_sum, correct, counted = masked_prediction_loss(lg, lab)
+                total = total + weight * loss_sum
+                suffix = f"_{i}" if i else ""
+                metrics[f"{kind}_loss{suffix}"] = _ratio(loss_sum.detach(), counted)
+                metrics[f"{kind}_accuracy{suffix}"] = _ratio(correct, counted)
+        loss = total / sample_size.float().clamp(min=1.0)
+        if cfg.feature_penalty_weight > 0:
+            pen = feature_penalty(out.features_unnormed, out.padding_mask)
+            loss = loss + cfg.feature_penalty_weight * pen
+            metrics["feature_penalty"] = pen.detach()
+        metrics["loss"] = loss.detach()
+        metrics["sample_size"] = sample_size
+        return loss, metrics
+
+
+class Wav2Vec2Predictions(NamedTuple):
+    encoder: EncoderOutput
+    mask: Tensor  # (B, T) bool
+    negative_indices: Tensor  # (B, T, K) flat indices into B * T
+    logits: Tensor  # (M, 1 + K) over masked frames in time order, positive first
+    code_perplexity: Tensor
+    prob_perplexity: Tensor
+
+
+class Wav2Vec2PretrainModel(nn.Module):
+    """wav2vec 2.0 contrastive pretraining (fairseq: Wav2Vec2Model + wav2vec criterion)."""
+
+    def __init__(
+        self,
+        model: SSLModel,
+        quantizer: GumbelVectorQuantizer,
+        project_hid: nn.Linear,
+        project_q: nn.Linear,
+        mask: MaskConfig,
+        objective: Wav2Vec2ObjectiveConfig,
+    ):
+        super().__init__()
+        self.wav2vec2 = model
+        self.quantizer = quantizer
+        self.project_hid = project_hid  # fairseq: final_proj
+        self.project_q = project_q
+        self.dropout_features = nn.Dropout(objective.dropout_features)
+        self.mask_config = mask
+        self.objective = objective
+
+    def set_num_updates(self, num_updates: int) -> None:
+        """Anneal the quantizer temperature (call once per optimizer step, and after resuming)."""
+        self.quantizer.set_num_updates(num_updates)
+
+    def predict(
+        self,
+        wavs: Tensor,
+        lengths: Tensor | None = None,
+        *,
+        mask_time_indices: Tensor | None = None,
+        mask_channel_indices: Tensor | None = None,
+        negative_indices: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Wav2Vec2Predictions:
+        """wavs: (B, S); lengths: (B,) samples. negative_indices: (B, T, K) as transformers'
+        `sampled_negative_indices` (drawn here when None)."""
+        cfg = self.objective
+        lengths = _default_lengths(wavs, lengths)
+        if mask_time_indices is None:
+            frame_lengths, num_frames = _frame_lengths(self.wav2vec2, wavs, lengths)
+            mask_time_indices = compute_time_mask(frame_lengths, num_frames, self.mask_config, generator=generator)
+        if mask_channel_indices is None:
+            mask_channel_indices = compute_channel_mask(
+                wavs.shape[0], self.wav2vec2.hidden_dim, self.mask_config, device=wavs.device, generator=generator
+            )
+        out = self.wav2vec2(
+            wavs, lengths, mask_time_indices=mask_time_indices, mask_channel_indices=mask_channel_indices
+        )
+        B, T, _ = out.last_hidden_state.shape  # batch, frames, embed_dim
+        mask = mask_time_indices & ~out.padding_mask
+        predicted = self.project_hid(out.last_hidden_state)  # (B, T, final_dim)
+        q = self.quantizer(self.dropout_features(out.extract_features), mask, generator=generator)
+        targets = self.project_q(q.codevectors.to(self.project_q.weight.dtype))  # (B, T, final_dim)
+        if negative_indices is None:
+            negative_indices = sample_negatives(
+                mask, cfg.num_negatives, cross_sample_negatives=cfg.cross_sample_negatives,
+                lengths=out.lengths, from_everywhere=cfg.negatives_from_everywhere, generator=generator,
+            )  # fmt: skip
+        index = mask.reshape(-1).nonzero().squeeze(1)  # (M,) the one host sync: selection size
+        flat_targets = targets.reshape(B * T, -1)
+        negatives = flat_targets[negative_indices.reshape(B * T, -1)[index]]  # (M, K, final_dim)
+        logits = contrastive_logits(
+            predicted.reshape(B * T, -1)[index], flat_targets[index], negatives, cfg.logit_temp
+        )  # (M, 1 + K)
+        return Wav2Vec2Predictions(out, mask, negative_indices, logits, q.code_perplexity, q.prob_perplexity)
+
+    def forward(
+        self,
+        wavs: Tensor,
+        lengths: Tensor | None = None,
+        targets: None = None,
+        *,
+        mask_time_indices: Tensor | None = None,
+        mask_channel_indices: Tensor | None = None,
+        negative_indices: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Returns (loss per masked frame, metrics): loss, contrastive_loss, diversity_loss,
+        feature_penalty, accuracy, code_perplexity, prob_perplexity, temperature, sample_size.
+        `targets` must be None: wav2vec 2.0 learns its own targets."""
+        if targets is not None:
+            raise ValueError("wav2vec 2.0 pretraining takes no labels (targets must be None)")
+        cfg = self.objective
+        p = self.predict(
+            wavs, lengths, mask_time_indices=mask_time_indices, mask_channel_indices=mask_channel_indices,
+            negative_indices=negative_indices, generator=generator,
+        )  # fmt: skip
+        sample_size = p.mask.sum()
+        nce_sum, correct = contrastive_loss(p.logits)
+        ppl = p.prob_perplexity if cfg.diversity_perplexity == "prob" else p.code_perplexity
+        div = diversity_loss(ppl, self.quantizer.num_codevectors)
+        loss = nce_sum / sample_size.float().clamp(min=1.0) + cfg.diversity_weight * div
+        metrics = {
+            "contrastive_loss": _ratio(nce_sum.detach(), sample_size),
+            "diversity_loss": div.detach(),
+            "accuracy": _ratio(correct, sample_size),
+            "code_perplexity": p.code_perplexity.detach(),
+            "prob_perplexity": p.prob_perplexity.detach(),
+            "temperature": torch.tensor(self.quantizer.temperature),
+            "sample_size": sample_size,
+        }
+        if cfg.feature_penalty_weight > 0:
+            pen = feature_penalty(p.encoder.features_unnormed, p.encoder.padding_mask)
+            loss = loss + cfg.feature_penalty_weight * pen
+            metrics["feature_penalty"] = pen.detach()
+        metrics["loss"] = loss.detach()
+        return loss, metrics
+
+
+def build_pretrain_model(config: PretrainModelConfig) -> HubertPretrainModel | Wav2Vec2PretrainModel:
+    """The one place a PretrainModelConfig becomes modules."""
+    model = build_model(config.model)
+    if config.model.family == "hubert":
+        assert config.hubert is not None  # filled by PretrainModelConfig.__post_init__
+        head = build_label_head(model.hidden_dim, config.hubert)
+        return HubertPretrainModel(model, head, config.mask, config.hubert)
+    obj = config.wav2vec2
+    assert obj is not None
+    quantizer = GumbelVectorQuantizer(config.model.frontend.output_dim, obj.quantizer)
+    project_hid = nn.Linear(model.hidden_dim, obj.final_dim)
+    project_q = nn.Linear(obj.quantizer.codevector_dim, obj.final_dim)
+    return Wav2Vec2PretrainModel(model, quantizer, project_hid, project_q, config.mask, obj)
+
+
+# Presets: fairseq's pretraining defaults (hubert_base_librispeech.yaml, wav2vec2_base_librispeech.yaml,
+# the *_large_* configs); tiny ones keep the masking of Base and shrink the heads.
+
+
+def hubert_base(num_classes: int = 500) -> PretrainModelConfig:
+    """HuBERT Base: mask_prob 0.8, span 10, cosine head to 256-d, masked frames only."""
+    return PretrainModelConfig(
+        model=presets.hubert_base(), mask=MaskConfig(mask_prob=0.8), hubert=HubertObjectiveConfig(num_classes=[num_classes])
+    )
+
+
+def hubert_large(num_classes: int = 500) -> PretrainModelConfig:
+    """HuBERT Large: as Base with final_dim 768."""
+    objective = HubertObjectiveConfig(num_classes=[num_classes], final_dim=768)
+    return PretrainModelConfig(model=presets.hubert_large(), mask=MaskConfig(mask_prob=0.8), hubert=objective)
+
+
+def wav2vec2_base() -> PretrainModelConfig:
+    """wav2vec 2.0 Base: mask_prob 0.65, 2 x 320 codes of 256-d, 100 distractors, weights 0.1 / 10."""
+    return PretrainModelConfig(model=presets.wav2vec2_base(), mask=MaskConfig(mask_prob=0.65))
+
+
+def wav2vec2_large_lv60() -> PretrainModelConfig:
+    """wav2vec 2.0 Large LV-60: 768-d codes and projections, temperature 2 -> 0.1, no feature penalty."""
+    objective = Wav2Vec2ObjectiveConfig(
+        quantizer=QuantizerConfig(codevector_dim=768, min_temp=0.1), final_dim=768,
+        dropout_features=0.0, feature_penalty_weight=0.0,
+    )  # fmt: skip
+    return PretrainModelConfig(model=presets.wav2vec2_large_lv60(), mask=MaskConfig(mask_prob=0.65), wav2vec2=objective)
+
+
+def hubert_tiny(num_classes: int = 50) -> PretrainModelConfig:
+    """Tiny HuBERT for CPU tests and the embedded recipe: 32-d cosine head."""
+    objective = HubertObjectiveConfig(num_classes=[num_classes], final_dim=32)
+    return PretrainModelConfig(model=presets.hubert_tiny(), mask=MaskConfig(mask_prob=0.8), hubert=objective)
+
+
+def hubert_tiny_fbank(num_classes: int = 50) -> PretrainModelConfig:
+    """hubert_tiny on the fbank frontend (Fast-HuBERT style): linear head, no feature penalty."""
+    objective = HubertObjectiveConfig(num_classes=[num_classes], head="linear", feature_penalty_weight=0.0)
+    return PretrainModelConfig(model=presets.hubert_tiny_fbank(), mask=MaskConfig(mask_prob=0.8), hubert=objective)
+
+
+def wav2vec2_tiny() -> PretrainModelConfig:
+    """Tiny wav2vec 2.0: 2 x 16 codes of 32-d, 32-d projections, 10 distractors."""
+    objective = Wav2Vec2ObjectiveConfig(
+        quantizer=QuantizerConfig(num_groups=2, num_vars=16, codevector_dim=32), final_dim=32, num_negatives=10
+    )
+    return PretrainModelConfig(model=presets.wav2vec2_tiny(), mask=MaskConfig(mask_prob=0.65), wav2vec2=objective)
+
+
+PRETRAIN_PRESETS: dict[str, Callable[[], PretrainModelConfig]] = {
+    "hubert_base": hubert_base,
+    "hubert_large": hubert_large,
+    "wav2vec2_base": wav2vec2_base,
+    "wav2vec2_large_lv60": wav2vec2_large_lv60,
+    "hubert_tiny": hubert_tiny,
+    "hubert_tiny_fbank": hubert_tiny_fbank,
+    "wav2vec2_tiny": wav2vec2_tiny,
+}
+
+
+def get_pretrain_preset(name: str, **overrides: object) -> PretrainModelConfig:
+    """PretrainModelConfig of a preset by name, with top-level fields replaced; the error lists names."""
+    if name not in PRETRAIN_PRESETS:
+        raise ValueError(f"unknown pretraining preset '{name}'; valid presets: {', '.join(PRETRAIN_PRESETS)}")
+    return replace(PRETRAIN_PRESETS[name](), **overrides)
