@@ -347,3 +347,25 @@ class FeatureReader:
             out[pos : pos + b - a] = self._array(rank)[a:b]
             pos += b - a
         return out
+
+
+FEATURES = ("mfcc", "upstream")
+
+
+def build_extractor(
+    feature: str, *, upstream: str | Path | None = None, layer: int | None = None, device: str | None = None
+) -> FeatureExtractor:
+    """The extractor named `feature`: "mfcc" (39-dim, 50 Hz) or "upstream" (layer `layer` of `upstream`)."""
+    if feature == "mfcc":
+        if upstream is not None or layer is not None:
+            raise ValueError("--upstream/--layer apply to --feature upstream only, not mfcc")
+        from speechssl.features.mfcc import MfccExtractor
+
+        return MfccExtractor()
+    if feature == "upstream":
+        if upstream is None or layer is None:
+            raise ValueError("--feature upstream needs --upstream SRC (checkpoint dir, transformers dir or .pt) and --layer L")
+        from speechssl.features.upstream_features import UpstreamExtractor
+
+        return UpstreamExtractor(upstream, layer, device=device)
+    raise ValueError(f"unknown feature '{feature}'; valid features: {', '.join(FEATURES)}")

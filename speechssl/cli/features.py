@@ -1,0 +1,42 @@
+"""`speechssl features`: dump MFCC or upstream-layer features of a data dir, one shard per job."""
+
+from __future__ import annotations
+
+import argparse
+
+from speechssl.features.dump import FEATURES, build_extractor, dump_features
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "features",
+        help="dump MFCC or layer-L upstream features (sharded) for k-means",
+        description=(
+            "Write shard RANK of NSHARD of a data dir as OUT/<rank>_<nshard>.{npy,len,ids,json}. "
+            "mfcc: 13 MFCC + deltas + delta-deltas (39 dims, Kaldi settings of fairseq's HuBERT recipe), "
+            "every 2nd 10 ms frame: 50 Hz, frame for frame the conv frontend's count. "
+            "upstream: layer L (0 = transformer input, L = output of layer L) of any load_upstream source, "
+            "at its own rate (50 Hz for the conv frontend). A finished shard is skipped."
+        ),
+    )
+    parser.add_argument("--data", required=True, help="Kaldi data dir (wav.scp [segments] utt2spk)")
+    parser.add_argument("--feature", required=True, choices=FEATURES)
+    parser.add_argument("--upstream", help="with --feature upstream: speechssl/transformers dir or fairseq/s3prl .pt")
+    parser.add_argument("--layer", type=int, help="with --feature upstream: hidden-state index L")
+    parser.add_argument("--out", required=True, help="feature dir (shared by all shards)")
+    parser.add_argument("--nshard", type=int, default=1, help="number of shards (jobs); default 1")
+    parser.add_argument("--rank", type=int, default=0, help="which shard this job writes, 0..nshard-1")
+    parser.add_argument("--batch-seconds", type=float, default=60.0,
+                        help="padded audio seconds per model call (upstream; default 60)")
+    parser.add_argument("--device", help="torch device for --feature upstream (default: cuda if available)")
+    parser.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                        help="storage type of the .npy (default float32)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    extractor = build_extractor(args.feature, upstream=args.upstream, layer=args.layer, device=args.device)
+    path = dump_features(args.data, extractor, args.out, nshard=args.nshard, rank=args.rank,
+                         dtype=args.dtype, batch_seconds=args.batch_seconds)
+    print(f"features: {path}")
+    return 0

@@ -1,0 +1,51 @@
+"""`speechssl kmeans fit|label`: k-means on dumped features, then one unit per frame."""
+
+from __future__ import annotations
+
+import argparse
+
+from speechssl.features.dump import FeatureReader
+from speechssl.units.kmeans import KMeansConfig, fit_kmeans, label
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "kmeans",
+        help="fit k-means on dumped features, or label every frame with its unit",
+        description="MiniBatchKMeans with fairseq's HuBERT settings; centroids stored as .npy (no pickle).",
+    )
+    actions = parser.add_subparsers(dest="action", metavar="<action>", required=True)
+    defaults = KMeansConfig(num_clusters=2)
+
+    fit = actions.add_parser("fit", help="fit centroids: KM/centroids.npy + KM/kmeans.json")
+    fit.add_argument("--feats", required=True, help="feature dir written by `speechssl features`")
+    fit.add_argument("--num-clusters", type=int, required=True, help="K (HuBERT: 100 on MFCC, 500 on layer 6)")
+    fit.add_argument("--out", required=True, help="k-means model dir")
+    fit.add_argument("--percent", type=float, default=defaults.percent,
+                     help="fraction of the utterances of each shard to fit on, in (0, 1] (default: all)")
+    fit.add_argument("--seed", type=int, default=defaults.seed)
+    fit.add_argument("--n-init", type=int, default=defaults.n_init, help=f"default {defaults.n_init}")
+    fit.add_argument("--max-iter", type=int, default=defaults.max_iter, help=f"default {defaults.max_iter}")
+    fit.add_argument("--batch-size", type=int, default=defaults.batch_size, help=f"default {defaults.batch_size}")
+    fit.set_defaults(func=run_fit)
+
+    lab = actions.add_parser("label", help="write OUT/labels (uttid u1 u2 ...) and OUT/dict.txt")
+    lab.add_argument("--feats", required=True, help="feature dir written by `speechssl features`")
+    lab.add_argument("--model", required=True, help="k-means model dir from `speechssl kmeans fit`")
+    lab.add_argument("--out", required=True, help="output dir for labels and dict.txt")
+    lab.add_argument("--device", default="cpu", help="torch device for the distance matmul (default cpu)")
+    lab.set_defaults(func=run_label)
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    model = fit_kmeans(FeatureReader(args.feats), args.num_clusters, percent=args.percent, seed=args.seed,
+                       out_dir=args.out, n_init=args.n_init, max_iter=args.max_iter, batch_size=args.batch_size)
+    print(f"kmeans: {model.num_clusters} centroids in {args.out} "
+          f"(inertia per frame {model.params['inertia_per_frame']:.4f})")
+    return 0
+
+
+def run_label(args: argparse.Namespace) -> int:
+    labels = label(FeatureReader(args.feats), args.model, args.out, device=args.device)
+    print(f"kmeans: labelled {len(labels)} utterances into {args.out}/labels")
+    return 0

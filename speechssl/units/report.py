@@ -1,0 +1,114 @@
+"""Score label files against a phone CTM; print a table, write JSON and a PNG chart.
+
+Several label sets (k-means on different layers, HuBERT iterations, cluster
+counts) are scored against the same alignments so they can be compared side by
+side: `speechssl units score --labels a/labels b/labels --alignments phone_ctm`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from speechssl.data.kaldi import atomic_write_text
+from speechssl.units.kmeans import read_labels
+from speechssl.units.metrics import UnitQuality, unit_quality
+
+METRICS = (("pnmi", "PNMI"), ("phone_purity", "phone purity"), ("cluster_purity", "cluster purity"))
+
+
+def default_names(paths: Sequence[str | Path]) -> list[str]:
+    """A short name per labels file: its directory name for `<dir>/labels`, else the file name;
+    made unique with the parent directories when two collide."""
+    paths = [Path(p) for p in paths]
+    depth = 1
+    while True:
+        names = ["/".join((p.parent if p.name == "labels" else p).parts[-depth:]) for p in paths]
+        if len(set(names)) == len(names) or depth > max(len(p.parts) for p in paths):
+            return names
+        depth += 1
+
+
+def score_label_files(
+    label_paths: Sequence[str | Path],
+    ctm_path: str | Path,
+    *,
+    frame_shift: float = 0.02,
+    names: Sequence[str] | None = None,
+    tolerance: int = 1,
+) -> dict[str, UnitQuality]:
+    """{name: UnitQuality} for each labels file against the phones of `ctm_path` at `frame_shift` s."""
+    from speechssl.data.alignments import ctm_to_frame_labels, read_phone_ctm
+
+    names = list(names) if names else default_names(label_paths)
+    if len(names) != len(label_paths):
+        raise ValueError(f"{len(names)} names given for {len(label_paths)} label files")
+    if len(set(names)) != len(names):
+        raise ValueError(f"names must be unique, found {names}")
+    phones = ctm_to_frame_labels(read_phone_ctm(ctm_path), frame_shift)
+    results = {}
+    for name, path in zip(names, label_paths):
+        try:
+            results[name] = unit_quality(phones, read_labels(path), tolerance=tolerance)
+        except ValueError as err:
+            raise ValueError(f"{path} vs {ctm_path} at {frame_shift} s per frame: {err}") from None
+    return results
+
+
+def format_table(results: Mapping[str, UnitQuality]) -> str:
+    """A plain-text table, one row per label set."""
+    header = ["labels", "PNMI", "phone pur.", "cluster pur.", "units", "phones", "frames", "utts"]
+    rows = [
+        [name, f"{q.pnmi:.4f}", f"{q.phone_purity:.4f}", f"{q.cluster_purity:.4f}",
+         str(q.num_units), str(q.num_phones), str(q.num_frames), str(q.num_utts)]
+        for name, q in results.items()
+    ]  # fmt: skip
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)]) + "\n"
+
+
+def write_json(
+    results: Mapping[str, UnitQuality], path: str | Path, *, extra: Mapping[str, object] | None = None
+) -> None:
+    """{..extra, "results": [{"name", "pnmi", ...}]} written atomically."""
+    doc = {**(extra or {}), "results": [{"name": n, **q.to_dict()} for n, q in results.items()]}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
+
+
+def plot_quality(results: Mapping[str, UnitQuality], path: str | Path, *, title: str = "Unit quality") -> None:
+    """Grouped bars (PNMI, phone purity, cluster purity) per label set, as a PNG (atomic)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on cluster nodes
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = list(results)
+    x = np.arange(len(names))
+    width = 0.8 / len(METRICS)
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(names) + 2), 3.5))
+    for i, (key, label) in enumerate(METRICS):
+        values = [getattr(results[n], key) for n in names]
+        bars = ax.bar(x + (i - (len(METRICS) - 1) / 2) * width, values, width, label=label)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.set_xticks(x, names, rotation=20 if len(names) > 3 else 0, ha="right" if len(names) > 3 else "center")
+    ax.set_ylim(0, 1.1)
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper left", ncols=3)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(buffer.getvalue())
+    os.replace(tmp, path)
