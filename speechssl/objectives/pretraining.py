@@ -289,7 +289,7 @@ class Wav2Vec2PretrainModel(nn.Module):
             "accuracy": _ratio(correct, sample_size),
             "code_perplexity": p.code_perplexity.detach(),
             "prob_perplexity": p.prob_perplexity.detach(),
-            "temperature": torch.tensor(self.quantizer.temperature),
+            "temperature": torch.tensor(self.quantizer.temperature, device=loss.device),
             "sample_size": sample_size,
         }
         if cfg.feature_penalty_weight > 0:
