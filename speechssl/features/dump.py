@@ -264,7 +264,7 @@ class FeatureReader:
         for rank in range(nshard):
             paths = shard_paths(self.dir, rank, nshard)
             meta = json.loads(paths["json"].read_text())
-            lengths = np.loadtxt(paths["len"], dtype=np.int64, ndmin=1)
+            lengths = np.array(paths["len"].read_text().split(), dtype=np.int64)  # (utts,)
             ids = paths["ids"].read_text().split()
             if len(ids) != len(lengths) or int(lengths.sum()) != meta["num_frames"]:
                 raise ValueError(

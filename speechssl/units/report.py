@@ -100,9 +100,9 @@ def plot_quality(results: Mapping[str, UnitQuality], path: str | Path, *, title:
         bars = ax.bar(x + (i - (len(METRICS) - 1) / 2) * width, values, width, label=label)
         ax.bar_label(bars, fmt="%.2f", fontsize=7)
     ax.set_xticks(x, names, rotation=20 if len(names) > 3 else 0, ha="right" if len(names) > 3 else "center")
-    ax.set_ylim(0, 1.1)
+    ax.set_ylim(0, 1.25)  # room for the legend above the bars
     ax.set_title(title)
-    ax.legend(fontsize=8, loc="upper left", ncols=3)
+    ax.legend(fontsize=8, loc="upper center", ncols=3, frameon=False)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)

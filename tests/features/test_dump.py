@@ -116,3 +116,12 @@ def test_reader_errors(tmp_path):
     write_shard(tmp_path / "f", {"b": np.zeros((2, 3))}, feature="x", frame_rate=50.0, rank=0, nshard=2)
     with pytest.raises(ValueError, match=r"mixes dumps with nshard \[1, 2\]"):
         FeatureReader(tmp_path / "f")
+
+
+def test_more_shards_than_utterances(tiny_data, tmp_path):
+    out = tmp_path / "feats"
+    for rank in range(7):
+        dump_features(tiny_data, MfccExtractor(), out, nshard=7, rank=rank, progress=False)
+    reader = FeatureReader(out)
+    assert reader.num_utts == 5 and [len(i) for i in reader.ids].count(0) == 2
+    assert reader.gather(reader.select(1.0)).shape == (reader.num_frames, 39)
