@@ -114,6 +114,16 @@ class ToyBatchSampler:
         self.epoch, self.seed = int(state["epoch"]), int(state["seed"])
 
 
+def subprocess_env() -> dict[str, str]:
+    """os.environ for a child training run: one CPU thread, no GPU, no inherited torchrun vars."""
+    import os
+
+    drop = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    return env
+
+
 def run_toy(out: Path, spec: dict) -> None:
     """Train the toy setup described by `spec` (see `main`); save final parameters."""
     from safetensors.torch import save_file

@@ -1,0 +1,92 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from speechssl.testing.training import ToyModel
+from speechssl.training import checkpoints as ckpt
+
+
+def _save(root: Path, step: int, model: torch.nn.Module) -> Path:
+    state = {"step": step, "rng": [ckpt.capture_rng()], "note": "x", "nested": {"a": [1, 2.5, None]}}
+    return ckpt.save_checkpoint(root, step, model.state_dict(), state,
+                                lambda p: p.write_text(f"step: {step}\n"))
+
+
+def test_roundtrip_layout_and_weights_only(tmp_path):
+    model = ToyModel()
+    path = _save(tmp_path, 3, model)
+    assert sorted(os.listdir(path)) == ["config.yaml", "manifest.json", "model.safetensors", "trainer_state.pt"]
+    assert (tmp_path / "last").is_symlink() and os.readlink(tmp_path / "last") == "step_3"
+    weights, state = ckpt.load_checkpoint(tmp_path / "last")
+    assert state["nested"] == {"a": [1, 2.5, None]}
+    for k, v in model.state_dict().items():
+        assert torch.equal(weights[k], v)
+    # weights_only load of the raw file works too (no pickled code inside)
+    torch.load(path / "trainer_state.pt", weights_only=True)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp leftovers
+
+
+def test_rng_capture_restore_is_exact():
+    import random
+
+    import numpy as np
+
+    state = ckpt.capture_rng()
+    a = (random.random(), np.random.rand(), torch.rand(3))
+    ckpt.restore_rng(state)
+    b = (random.random(), np.random.rand(), torch.rand(3))
+    assert a[0] == b[0] and a[1] == b[1] and torch.equal(a[2], b[2])
+
+
+@pytest.mark.parametrize("victim", ["model.safetensors", "trainer_state.pt"])
+def test_truncated_checkpoint_names_previous_good(tmp_path, victim):
+    model = ToyModel()
+    good = _save(tmp_path, 2, model)
+    bad = _save(tmp_path, 4, model)
+    with open(bad / victim, "r+b") as f:
+        f.truncate(os.path.getsize(bad / victim) // 2)
+    with pytest.raises(ckpt.CheckpointError,
+                       match=rf"checkpoint .*step_4 is corrupt: {victim} has \d+ bytes, expected \d+ "
+                             rf"\(truncated\?\); the previous good checkpoint is {good}"):
+        ckpt.load_checkpoint(tmp_path / "last")
+
+
+def test_flipped_byte_and_missing_manifest(tmp_path):
+    model = ToyModel()
+    _save(tmp_path, 1, model)
+    bad = _save(tmp_path, 2, model)
+    data = bytearray((bad / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (bad / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ckpt.CheckpointError, match="does not match its sha256.*previous good checkpoint is .*step_1"):
+        ckpt.load_checkpoint(bad)
+    (tmp_path / "step_1" / "manifest.json").unlink()
+    with pytest.raises(ckpt.CheckpointError, match="step_1 is incomplete.*no earlier checkpoint verifies"):
+        ckpt.load_checkpoint(tmp_path / "step_1")
+
+
+def test_prune_keeps_last_k_and_best(tmp_path):
+    model = ToyModel()
+    for step in (1, 2, 3, 4, 5):
+        path = _save(tmp_path, step, model)
+        if step == 2:
+            ckpt.point(tmp_path, "best", path)
+        ckpt.prune(tmp_path, keep_last=2)
+    assert [p.name for p in ckpt.step_dirs(tmp_path)] == ["step_2", "step_4", "step_5"]
+    assert ckpt.resolve(tmp_path, "best").name == "step_2"
+    assert ckpt.resolve(tmp_path, "last").name == "step_5"
+
+
+def test_resave_same_step_and_clean_temporary(tmp_path):
+    model = ToyModel()
+    _save(tmp_path, 1, model)
+    (tmp_path / ".tmp_step_9.123").mkdir()  # left behind by a killed run
+    ckpt.clean_temporary(tmp_path)
+    assert not (tmp_path / ".tmp_step_9.123").exists()
+    with torch.no_grad():
+        model.out.bias.fill_(7.0)
+    _save(tmp_path, 1, model)
+    weights, _ = ckpt.load_checkpoint(tmp_path / "step_1")
+    assert weights["out.bias"].item() == 7.0

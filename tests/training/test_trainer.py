@@ -1,0 +1,64 @@
+import math
+
+import pytest
+import torch
+
+from speechssl.testing.training import ToyBatchSampler, ToyDataset, ToyModel, toy_collate
+from speechssl.training import BadStepsError, TrainerConfig, load_checkpoint, train
+
+
+def _run(tmp_path, *, nan_items=(), valid=False, **trainer):
+    torch.manual_seed(0)
+    data = ToyDataset(16, nan_items=nan_items)
+    model = ToyModel(dropout=0.1)
+    cfg = TrainerConfig(**{"max_steps": 8, "save_every": 4, "log_every": 2, "lr": 0.01, **trainer})
+    kwargs = {}
+    if valid:
+        kwargs = {"valid_dataset": ToyDataset(8, seed=5), "valid_sampler": ToyBatchSampler(8, 4, shuffle=False)}
+    result = train(model, data, toy_collate, ToyBatchSampler(16, 4, shuffle=False), cfg, tmp_path, **kwargs)
+    return model, result
+
+
+def test_nan_steps_are_skipped_and_counted(tmp_path):
+    model, result = _run(tmp_path, nan_items=(0,))  # batch 0 of each epoch (4 batches) is NaN
+    assert result.skipped_steps == 2
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    _, state = load_checkpoint(tmp_path / "checkpoints" / "last")
+    assert state["skipped_steps"] == 2
+    steps = {int(s["step"]) for s in state["optimizer"]["state"].values()}
+    assert steps == {6}  # 8 updates, 2 skipped inside the fused kernel
+
+
+def test_consecutive_bad_steps_stop_with_advice(tmp_path):
+    with pytest.raises(BadStepsError, match=r"3 consecutive updates had a NaN/inf loss or gradient .*"
+                                            r"Try: a lower lr .*fp32 or bf16 instead of fp16.*check the data"):
+        _run(tmp_path, nan_items=tuple(range(16)), max_bad_steps=3, log_every=10)
+
+
+def test_keep_last_best_and_tensorboard_tags(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, result = _run(tmp_path, valid=True, save_every=2, keep_last=2, accum_steps=2, clip_norm=1.0)
+    ckpts = sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*"))
+    assert result.best_checkpoint is not None and result.best_checkpoint.name in ckpts
+    assert {"step_6", "step_8"} <= set(ckpts) and len(ckpts) <= 3
+    assert result.best_valid_loss is not None and math.isfinite(result.best_valid_loss)
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    expected = {"train/loss", "train/mae", "train/pred_mean", "train/lr", "train/grad_norm",
+                "train/audio_seconds_per_second", "train/padding_efficiency", "train/skipped_steps",
+                "memory/max_rss_gib", "valid/loss", "valid/mae"}
+    assert expected <= tags, expected - tags
+    assert [e.step for e in acc.Scalars("train/loss")] == [2, 4, 6, 8]
+    eff = acc.Scalars("train/padding_efficiency")[0].value
+    assert 0 < eff <= 1
+
+
+def test_resume_true_without_checkpoint_starts_fresh_and_bad_resume_path(tmp_path):
+    result = train(ToyModel(), ToyDataset(8), toy_collate, ToyBatchSampler(8, 4), TrainerConfig(max_steps=2),
+                   tmp_path, resume=True)
+    assert result.step == 2 and result.last_checkpoint.name == "step_2"
+    with pytest.raises(FileNotFoundError, match="resume checkpoint .*nope does not exist"):
+        train(ToyModel(), ToyDataset(8), toy_collate, ToyBatchSampler(8, 4), TrainerConfig(max_steps=1),
+              tmp_path / "x", resume=tmp_path / "nope")
