@@ -125,3 +125,15 @@ def test_more_shards_than_utterances(tiny_data, tmp_path):
     reader = FeatureReader(out)
     assert reader.num_utts == 5 and [len(i) for i in reader.ids].count(0) == 2
     assert reader.gather(reader.select(1.0)).shape == (reader.num_frames, 39)
+
+
+def test_segments_are_cut_from_their_recording(tmp_path):
+    from speechssl.testing.datadirs import make_data_dir
+
+    data = make_data_dir(tmp_path, segments=True)
+    dump_features(data.path, MfccExtractor(), tmp_path / "feats", progress=False)
+    got = dict(iter(FeatureReader(tmp_path / "feats")))
+    assert list(got) == data.utt_ids()
+    for utt in data.utterances():
+        wav = load_audio(utt.path, start=utt.start, end=utt.end)
+        np.testing.assert_array_equal(got[utt.utt_id], mfcc_features(wav).numpy(), err_msg=utt.utt_id)
