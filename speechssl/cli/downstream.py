@@ -1,0 +1,82 @@
+"""`speechssl downstream train|evaluate|report`: SUPERB-style evaluation of an upstream."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from speechssl.config import load_config
+from speechssl.downstream.config import DownstreamConfig
+from speechssl.downstream.report import write_report
+from speechssl.downstream.runner import evaluate_downstream, train_downstream
+from speechssl.downstream.tasks import TASKS
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "downstream",
+        help="train/evaluate a task head on a frozen (or tuned) upstream; compare upstreams",
+        description="SUPERB protocol: featurizer over the upstream's layers + a light head per task.",
+    )
+    actions = parser.add_subparsers(dest="action", metavar="<action>", required=True)
+
+    tr = actions.add_parser("train", help="train a head; dev picks the checkpoint (and the lr of a sweep)")
+    tr.add_argument("--task", required=True, choices=list(TASKS), help="pr, asr, ks, ic, sid or asv")
+    tr.add_argument("--upstream", required=True,
+                    help="'fbank', a speechssl checkpoint dir, a transformers dir, or a fairseq/s3prl .pt")
+    tr.add_argument("--data", required=True, help="dir holding the task's train/, dev/ and test/ data dirs")
+    tr.add_argument("--out", required=True, help="experiment dir")
+    tr.add_argument("--config", help="YAML mapped onto DownstreamConfig (unknown keys are errors)")
+    tr.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override, e.g. lr=1e-4 or featurizer.name=hconv (repeatable)")
+    tr.add_argument("--max-steps", type=int, help="override max_steps")
+    tr.add_argument("--resume", action="store_true", help="continue from the last checkpoints of EXP")
+    tr.set_defaults(func=run_train)
+
+    ev = actions.add_parser("evaluate", help="score the chosen checkpoint; writes EXP/results.json")
+    ev.add_argument("--out", required=True, help="experiment dir of `speechssl downstream train`")
+    ev.add_argument("--split", default="test", help="data split to score (default test)")
+    ev.set_defaults(func=run_evaluate)
+
+    rep = actions.add_parser("report", help="table of results.json files + layer-weight PNG")
+    rep.add_argument("--exps", nargs="+", required=True, help="experiment dirs (evaluated)")
+    rep.add_argument("--out", required=True, help="dir for results.md, results.json, layer_weights.png")
+    rep.set_defaults(func=run_report)
+
+
+def _config(args: argparse.Namespace) -> DownstreamConfig:
+    if args.config:
+        return load_config(DownstreamConfig, args.config, args.override)
+    if args.override:
+        from speechssl.config import apply_override, from_dict
+
+        data: dict = {}
+        for item in args.override:
+            apply_override(data, item)
+        return from_dict(DownstreamConfig, data, source="--override")
+    return DownstreamConfig()
+
+
+def run_train(args: argparse.Namespace) -> int:
+    if args.max_steps is not None and args.max_steps <= 0:
+        raise ValueError(f"--max-steps must be > 0, found {args.max_steps}")
+    best = train_downstream(args.task, args.upstream, args.data, args.out, _config(args),
+                            max_steps=args.max_steps, resume=args.resume)
+    if best:
+        dev = best["dev"][best["metric"]] if best.get("dev") else None
+        print(f"downstream train: {args.task} on {args.upstream}: best {best['run_dir']}/{best['checkpoint']} "
+              f"(lr {best['lr']:g}, dev {best['metric']} {dev if dev is None else f'{dev:.4f}'})")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    results = evaluate_downstream(args.out, split=args.split)
+    print(json.dumps({k: results[k] for k in ("task", "metric", "value", "split", "upstream",
+                                              "trainable_params", "total_params")}))
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    written = write_report(args.exps, args.out)
+    print((args.out.rstrip("/") + "/results.md:\n") + written["markdown"].read_text(), end="")
+    return 0

@@ -1,0 +1,94 @@
+"""DownstreamModel: upstream -> featurizer -> task head, with the trainer's
+`forward(batch) -> (loss, metrics)` interface.
+
+The upstream is frozen unless some of its parameters require grad (full
+fine-tuning, or a tuning method that added trainable weights). A frozen
+upstream runs under torch.no_grad in eval mode (no dropout), and its weights
+are left out of `state_dict()`: checkpoints hold the featurizer, the head and
+the tuned upstream weights only, apart from the upstream they came from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.module import _IncompatibleKeys
+
+from speechssl.data.dataset import Batch, collate_audio
+
+UPSTREAM = "upstream."
+
+
+def collate_batch(items: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
+    """`collate_audio`, flattened to the dict the trainer moves to the device:
+    utt_ids, wavs (B, S), wav_lens (B,), each target, and `<target>_lens` for sequences."""
+    batch: Batch = collate_audio(items)
+    out: dict[str, Any] = {"utt_ids": batch.utt_ids, "wavs": batch.wavs, "wav_lens": batch.wav_lens}
+    out.update(batch.targets)
+    out.update({f"{k}_lens": v for k, v in batch.target_lens.items()})
+    return out
+
+
+class DownstreamModel(nn.Module):
+    def __init__(self, upstream: nn.Module, featurizer: nn.Module, head: nn.Module, task: Any) -> None:
+        super().__init__()
+        self.upstream, self.featurizer, self.head = upstream, featurizer, head
+        self.task = task  # plain object: no parameters
+
+    # --- which upstream weights train -------------------------------------------------
+    def upstream_trainable(self) -> bool:
+        return any(p.requires_grad for p in self.upstream.parameters())
+
+    def _frozen_upstream_keys(self) -> set[str]:
+        params = dict(self.upstream.named_parameters())
+        if params and all(p.requires_grad for p in params.values()):
+            return set()  # full fine-tuning: the whole upstream is part of the result
+        keys = {UPSTREAM + k for k in self.upstream.state_dict()}
+        return keys - {UPSTREAM + n for n, p in params.items() if p.requires_grad}
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:  # type: ignore[override]
+        state = super().state_dict(*args, **kwargs)
+        prefix = kwargs.get("prefix", "")
+        for key in self._frozen_upstream_keys():
+            state.pop(prefix + key, None)
+        return state
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # type: ignore[override]
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        frozen = self._frozen_upstream_keys()
+        missing = [k for k in result.missing_keys if k not in frozen]
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(f"downstream checkpoint does not fit the model: missing {missing[:5]}, "
+                               f"unexpected {result.unexpected_keys[:5]}")
+        return _IncompatibleKeys(missing, result.unexpected_keys)
+
+    def train(self, mode: bool = True) -> DownstreamModel:
+        super().train(mode)
+        if not self.upstream_trainable():
+            self.upstream.eval()  # frozen features: no dropout / layerdrop, as at test time
+        return self
+
+    def num_parameters(self) -> tuple[int, int]:
+        """(trainable, total) parameter counts, upstream included in total."""
+        params = list(self.parameters())
+        return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+    # --- forward ------------------------------------------------------------------------
+    def features(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """Upstream + featurizer: ((B, T, D), valid frames (B,))."""
+        grad = contextlib.nullcontext() if self.upstream_trainable() else torch.no_grad()
+        with grad:
+            out = self.upstream(batch["wavs"], batch["wav_lens"])
+        return self.featurizer(out.hidden_states, out.lengths)
+
+    def forward(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+        x, lengths = self.features(batch)
+        return self.task.loss(self.head, x, lengths, batch)
+
+    def layer_weights(self) -> list[float] | None:
+        fn = getattr(self.featurizer, "layer_weights", None)
+        return fn().tolist() if fn is not None else None

@@ -1,0 +1,106 @@
+"""Compare upstreams task by task: a markdown + JSON table of results.json files and a
+PNG of the learned layer weights (one panel per task, one bar series per upstream)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from speechssl.data.kaldi import atomic_write_text
+from speechssl.downstream.runner import RESULTS_FILE
+from speechssl.downstream.tasks import TASKS
+
+_PERCENT_METRICS = ("per", "wer", "accuracy", "eer")
+
+
+def load_results(exp_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
+    rows = []
+    for exp in exp_dirs:
+        path = Path(exp) / RESULTS_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist: run `speechssl downstream evaluate --out {exp}` first")
+        rows.append({**json.loads(path.read_text()), "exp": str(exp)})
+    return rows
+
+
+def _format(metric: str, value: float) -> str:
+    return f"{100 * value:.2f}" if metric in _PERCENT_METRICS else f"{value:.4f}"
+
+
+def results_table(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """{"upstreams": [...], "tasks": {task: {"metric", "split", "values": {upstream: value}}}}."""
+    upstreams = list(dict.fromkeys(r["upstream"] for r in rows))
+    order = {name: i for i, name in enumerate(TASKS)}
+    tasks: dict[str, Any] = {}
+    for r in sorted(rows, key=lambda r: order.get(r["task"], len(order))):
+        entry = tasks.setdefault(r["task"], {"metric": r["metric"], "split": r["split"], "values": {}, "extra": {}})
+        if r["upstream"] in entry["values"]:
+            raise ValueError(f"two experiments give task {r['task']} for upstream {r['upstream']} "
+                             f"({r['exp']} and another); pass one per task and upstream")
+        entry["values"][r["upstream"]] = r["value"]
+        if r["task"] == "asv" and "min_dcf" in r.get("metrics", {}):
+            entry["extra"].setdefault("min_dcf", {})[r["upstream"]] = r["metrics"]["min_dcf"]
+    return {"upstreams": upstreams, "tasks": tasks}
+
+
+def markdown_table(table: dict[str, Any]) -> str:
+    """Tasks as rows, upstreams as columns; error rates and accuracies in %."""
+    ups = table["upstreams"]
+    lines = ["| task | metric | " + " | ".join(ups) + " |", "|---|---|" + "---:|" * len(ups)]
+    for task, entry in table["tasks"].items():
+        metric = entry["metric"]
+        unit = " (%)" if metric in _PERCENT_METRICS else ""
+        cells = [_format(metric, entry["values"][u]) if u in entry["values"] else "-" for u in ups]
+        lines.append(f"| {task} | {metric}{unit} ({entry['split']}) | " + " | ".join(cells) + " |")
+        for name, values in entry["extra"].items():
+            cells = [f"{values[u]:.4f}" if u in values else "-" for u in ups]
+            lines.append(f"| {task} | {name} ({entry['split']}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_layer_weights(rows: list[dict[str, Any]], path: Path) -> bool:
+    """Bar charts of softmax layer weights per task; False (no file) if no run learned any."""
+    with_weights = [r for r in rows if r.get("layer_weights") and len(r["layer_weights"]) > 1]
+    if not with_weights:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(r["task"] for r in with_weights))
+    fig, axes = plt.subplots(len(tasks), 1, figsize=(7, 2.4 * len(tasks)), squeeze=False)
+    for ax, task in zip(axes[:, 0], tasks):
+        group = [r for r in with_weights if r["task"] == task]
+        width = 0.8 / len(group)
+        for k, r in enumerate(group):
+            weights = r["layer_weights"]
+            ax.bar([i + k * width for i in range(len(weights))], weights, width=width, label=r["upstream"])
+        ax.set_title(f"{task}: learned layer weights")
+        ax.set_xlabel("hidden state (0 = input of layer 1)")
+        ax.set_ylabel("weight")
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return True
+
+
+def write_report(exp_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[str, Path]:
+    """Write results.md, results.json and layer_weights.png (when any run has layer weights)
+    under out_dir; returns the paths written."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = load_results(exp_dirs)
+    table = results_table(rows)
+    written = {"markdown": out_dir / "results.md", "json": out_dir / "results.json"}
+    atomic_write_text(written["markdown"], markdown_table(table))
+    atomic_write_text(written["json"], json.dumps({**table, "experiments": rows}, indent=2) + "\n")
+    png = out_dir / "layer_weights.png"
+    if plot_layer_weights(rows, png):
+        written["png"] = png
+    return written

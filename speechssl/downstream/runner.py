@@ -1,0 +1,264 @@
+"""Train and evaluate a task head on an upstream (SUPERB protocol), with the shared trainer.
+
+Experiment layout (EXP = out_dir):
+    EXP/downstream.yaml      task, upstream, data dir and the resolved DownstreamConfig
+    EXP/task/                vocabularies (tokens.txt, classes.txt, spm.model, ...)
+    EXP/[lr_<lr>/]checkpoints/step_<N>/   head (+ tuned upstream) weights every eval_every updates
+    EXP/[lr_<lr>/]dev_scores.json         dev metric of every checkpoint
+    EXP/best.json            the chosen run and checkpoint (best dev metric over steps and lrs)
+    EXP/results.json         written by evaluate_downstream
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader
+
+from speechssl.config import from_dict, to_dict
+from speechssl.data.kaldi import atomic_write_text
+from speechssl.data.sampler import DurationBucketSampler
+from speechssl.downstream.config import DownstreamConfig
+from speechssl.downstream.featurizers import build_featurizer
+from speechssl.downstream.model import DownstreamModel, collate_batch
+from speechssl.downstream.tasks import Task, build_task
+from speechssl.downstream.upstreams import get_upstream, upstream_name
+from speechssl.training import TrainerConfig, train
+from speechssl.training.checkpoints import load_checkpoint, step_dirs
+from speechssl.training.distributed import env_rank, env_world_size
+
+log = logging.getLogger(__name__)
+
+EXP_FILE = "downstream.yaml"
+BEST_FILE = "best.json"
+RESULTS_FILE = "results.json"
+
+# --- efficient tuning plug-in -----------------------------------------------------------
+# A tuning method is `fn(upstream, **options) -> upstream`: it receives the upstream with every
+# parameter frozen and returns it (or a wrapper with the same interface) with its own
+# trainable parameters (requires_grad=True). Those join the optimizer and the checkpoints;
+# the frozen upstream weights are never saved by the runner.
+TuningMethod = Callable[..., nn.Module]
+_TUNING_METHODS: dict[str, TuningMethod] = {}
+
+
+def register_tuning(name: str, method: TuningMethod) -> None:
+    """Make a tuning method available to `DownstreamConfig.tuning` by name."""
+    _TUNING_METHODS[name] = method
+
+
+def get_tuning(name: str) -> TuningMethod:
+    if name not in _TUNING_METHODS:
+        try:  # speechssl.tuning registers its methods (adapters, LoRA, BitFit, prefix) when imported
+            import speechssl.tuning  # noqa: F401
+        except ImportError:
+            pass
+    if name not in _TUNING_METHODS:
+        raise ValueError(f"unknown tuning method '{name}'; valid methods: {', '.join(sorted(_TUNING_METHODS)) or '(none)'}")
+    return _TUNING_METHODS[name]
+
+
+# --- building blocks ---------------------------------------------------------------------
+def prepare_upstream(spec: str | Path, config: DownstreamConfig) -> nn.Module:
+    upstream = get_upstream(spec)
+    upstream.requires_grad_(config.upstream_trainable)
+    if config.tuning:
+        upstream = get_tuning(config.tuning)(upstream, **config.tuning_options)
+    return upstream
+
+
+def build_model(task: Task, upstream: nn.Module, config: DownstreamConfig) -> DownstreamModel:
+    featurizer = build_featurizer(config.featurizer, upstream.num_layers + 1, upstream.hidden_dim)
+    head = task.build_head(featurizer.output_dim)
+    return DownstreamModel(upstream, featurizer, head, task)
+
+
+def _sampler(durations: list[float], config: DownstreamConfig, *, train: bool, distributed: bool = False):
+    return DurationBucketSampler(
+        durations, config.batch_seconds, max_batch_size=config.max_batch_size,
+        num_replicas=env_world_size() if distributed else 1, rank=env_rank() if distributed else 0,
+        seed=config.seed, shuffle=train, long_utterances="crop" if train and config.max_seconds else "drop")
+
+
+def eval_batches(task: Task, split: str, config: DownstreamConfig, device: torch.device) -> Iterator[dict]:
+    """Every utterance of a split once, in duration order (little padding)."""
+    dataset = task.dataset(split, train=False)
+    longest = max(dataset.durations)
+    cfg = replace(config, batch_seconds=max(config.batch_seconds, longest))  # never drop at test time
+    loader = DataLoader(dataset, batch_sampler=_sampler(dataset.durations, cfg, train=False),
+                        collate_fn=collate_batch, num_workers=config.num_workers)
+    for batch in loader:
+        yield {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+@torch.no_grad()
+def score_split(model: DownstreamModel, split: str, config: DownstreamConfig) -> dict[str, float]:
+    device = next(model.parameters()).device
+    model.eval()
+    return model.task.evaluate(model.features, model.head, eval_batches(model.task, split, config, device), split)
+
+
+def _device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def _load_weights(model: DownstreamModel, checkpoint: Path) -> None:
+    state, _ = load_checkpoint(checkpoint)
+    model.load_state_dict(state)
+
+
+# --- training ----------------------------------------------------------------------------
+def _trainer_config(config: DownstreamConfig, lr: float) -> TrainerConfig:
+    saves = math.ceil(config.max_steps / config.eval_every)
+    return TrainerConfig(
+        max_steps=config.max_steps, lr=lr, schedule=config.schedule, warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay, clip_norm=config.clip_norm, precision=config.precision,
+        save_every=config.eval_every, keep_last=saves + 1, log_every=min(config.log_every, config.max_steps),
+        seed=config.seed, num_workers=config.num_workers)
+
+
+def _select_checkpoint(task: Task, upstream_spec: str, run_dir: Path, config: DownstreamConfig) -> dict[str, Any]:
+    """Score every checkpoint of a run on dev (cached in dev_scores.json); the best one wins."""
+    ckpts = step_dirs(run_dir / "checkpoints")
+    if not ckpts:
+        raise FileNotFoundError(f"no checkpoints under {run_dir / 'checkpoints'}")
+    if not task.has_split("dev"):
+        log.warning("%s: no dev split for task %s; using the last checkpoint", task.data_dir, task.name)
+        return {"step": int(ckpts[-1].name.split("_")[1]), "checkpoint": str(ckpts[-1].relative_to(run_dir)),
+                "dev": None}
+    cache_path = run_dir / "dev_scores.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    model = None
+    for ckpt in ckpts:
+        if ckpt.name in cache:
+            continue
+        if model is None:
+            model = build_model(task, prepare_upstream(upstream_spec, config), config).to(_device())
+        _load_weights(model, ckpt)
+        cache[ckpt.name] = score_split(model, "dev", config)
+        log.info("%s: dev %s", ckpt, cache[ckpt.name])
+        _write_json(cache_path, cache)
+    best = None
+    for ckpt in ckpts:
+        value = cache[ckpt.name][task.metric]
+        if best is None or task.better(value, best[1]):
+            best = (ckpt, value)
+    assert best is not None
+    return {"step": int(best[0].name.split("_")[1]), "checkpoint": str(best[0].relative_to(run_dir)),
+            "dev": cache[best[0].name]}
+
+
+def _train_run(task: Task, upstream_spec: str, run_dir: Path, config: DownstreamConfig, lr: float,
+               resume: bool) -> dict[str, Any]:
+    done = run_dir / "selection.json"
+    if resume and done.is_file():
+        selection = json.loads(done.read_text())
+        if selection.get("max_steps") == config.max_steps:
+            log.info("%s: already trained and scored; skipping", run_dir)
+            return selection
+    model = build_model(task, prepare_upstream(upstream_spec, config), config)
+    trainable, total = model.num_parameters()
+    log.info("task %s, upstream %s, lr %g: %d trainable / %d parameters", task.name, upstream_spec, lr,
+             trainable, total)
+    dataset = task.dataset("train", train=True)
+    sampler = _sampler(dataset.durations, config, train=True, distributed=True)
+    train(model, dataset, collate_batch, sampler, _trainer_config(config, lr), run_dir, resume=resume,
+          save_config=lambda path: atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False)))
+    if env_rank() != 0:
+        return {}
+    selection = {"lr": lr, "max_steps": config.max_steps, **_select_checkpoint(task, upstream_spec, run_dir, config)}
+    _write_json(done, selection)
+    return selection
+
+
+def train_downstream(task: str, upstream_spec: str | Path, data_dir: str | Path, out_dir: str | Path,
+                     config: DownstreamConfig | None = None, *, max_steps: int | None = None,
+                     resume: bool = False) -> dict[str, Any]:
+    """Train `task` on `data_dir/{train,dev,test}` over `upstream_spec` ("fbank" or any
+    load_upstream source) into `out_dir`; returns (and writes to best.json) the chosen run.
+
+    With `config.lr_sweep` one run per lr goes to `out_dir/lr_<lr>/` and the best dev metric wins."""
+    config = config or DownstreamConfig()
+    if max_steps is not None:
+        config = replace(config, max_steps=max_steps, eval_every=min(config.eval_every, max_steps))
+    out_dir, data_dir = Path(out_dir), Path(data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"data dir {data_dir} does not exist (expected {data_dir}/{{train,dev,test}})")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    exp = {"task": task, "upstream": str(upstream_spec), "data_dir": str(data_dir.resolve()),
+           "config": to_dict(config)}
+    exp_path = out_dir / EXP_FILE
+    if resume and exp_path.is_file():
+        previous = yaml.safe_load(exp_path.read_text())
+        if {k: previous.get(k) for k in ("task", "upstream")} != {"task": task, "upstream": str(upstream_spec)}:
+            raise ValueError(f"{exp_path}: cannot resume task {task} / upstream {upstream_spec} in an experiment "
+                             f"of task {previous.get('task')} / upstream {previous.get('upstream')}")
+    if env_rank() == 0:
+        atomic_write_text(exp_path, yaml.safe_dump(exp, sort_keys=False))
+    task_obj = build_task(task, data_dir, out_dir, config)
+    runs = []
+    for lr in config.lr_sweep or [config.lr]:
+        run_dir = out_dir / f"lr_{lr:g}" if config.lr_sweep else out_dir
+        selection = _train_run(task_obj, str(upstream_spec), run_dir, config, lr, resume)
+        runs.append({"run_dir": str(run_dir.relative_to(out_dir)), **selection})
+    if env_rank() != 0:
+        return {}
+    best = runs[0]
+    for run in runs[1:]:
+        if run["dev"] is not None and (best["dev"] is None or task_obj.better(run["dev"][task_obj.metric],
+                                                                            best["dev"][task_obj.metric])):
+            best = run
+    summary = {**best, "metric": task_obj.metric, "runs": runs}
+    _write_json(out_dir / BEST_FILE, summary)
+    log.info("best: %s", {k: v for k, v in summary.items() if k != "runs"})
+    return summary
+
+
+# --- evaluation --------------------------------------------------------------------------
+def load_experiment(out_dir: str | Path) -> tuple[dict[str, Any], DownstreamConfig]:
+    path = Path(out_dir) / EXP_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: train the experiment first (speechssl downstream train)")
+    exp = yaml.safe_load(path.read_text())
+    return exp, from_dict(DownstreamConfig, exp["config"], source=str(path), section="config")
+
+
+def evaluate_downstream(out_dir: str | Path, split: str = "test") -> dict[str, Any]:
+    """Score the best checkpoint of an experiment on `split`; writes out_dir/results.json."""
+    out_dir = Path(out_dir)
+    exp, config = load_experiment(out_dir)
+    best_path = out_dir / BEST_FILE
+    if not best_path.is_file():
+        raise FileNotFoundError(f"{best_path} does not exist: training of {out_dir} did not finish")
+    best = json.loads(best_path.read_text())
+    config = replace(config, lr=best["lr"])
+    task = build_task(exp["task"], exp["data_dir"], out_dir, config)
+    if not task.has_split(split):
+        raise FileNotFoundError(f"task {task.name}: no usable '{split}' split under {exp['data_dir']}")
+    model = build_model(task, prepare_upstream(exp["upstream"], config), config).to(_device())
+    checkpoint = out_dir / best["run_dir"] / best["checkpoint"]
+    _load_weights(model, checkpoint)
+    values = score_split(model, split, config)
+    trainable, total = model.num_parameters()
+    results = {
+        "task": task.name, "metric": task.metric, "value": values[task.metric], "split": split,
+        "upstream": upstream_name(exp["upstream"]), "upstream_source": exp["upstream"],
+        "trainable_params": trainable, "total_params": total, "metrics": values,
+        "lr": best["lr"], "step": best["step"], "checkpoint": str(checkpoint),
+        "featurizer": config.featurizer.name, "layer_weights": model.layer_weights(),
+    }
+    _write_json(out_dir / RESULTS_FILE, results)
+    return results
