@@ -142,7 +142,15 @@ def dump_features(
             pending: list[tuple[str, torch.Tensor]] = []
 
             def flush() -> None:
-                feats = extractor.extract([w for _, w in pending])
+                try:
+                    feats = extractor.extract([w for _, w in pending])
+                except ValueError as err:  # find the utterance it is about, and name it
+                    for utt, wav in pending:
+                        try:
+                            extractor.extract([wav])
+                        except ValueError as single:
+                            raise ValueError(f"utterance '{utt}': {single}") from None
+                    raise ValueError(f"utterances {', '.join(u for u, _ in pending)}: {err}") from None
                 for (utt, wav), f in zip(pending, feats, strict=True):
                     if f.ndim != 2 or f.shape[1] != extractor.feature_dim:
                         raise ValueError(

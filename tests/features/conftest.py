@@ -33,3 +33,9 @@ def make_data_dir(root: Path, durations: dict[str, float], sample_rate: int = 16
 @pytest.fixture
 def tiny_data(tmp_path) -> Path:
     return make_data_dir(tmp_path, {"utt_a": 0.5, "utt_b": 1.03, "utt_c": 0.77, "utt_d": 0.3, "utt_e": 0.61})
+
+
+@pytest.fixture
+def data_dir_factory(tmp_path):
+    """make_data_dir bound to this test's tmp dir: factory({utt: seconds}) -> data dir."""
+    return lambda durations: make_data_dir(tmp_path, durations)

@@ -137,3 +137,10 @@ def test_segments_are_cut_from_their_recording(tmp_path):
     for utt in data.utterances():
         wav = load_audio(utt.path, start=utt.start, end=utt.end)
         np.testing.assert_array_equal(got[utt.utt_id], mfcc_features(wav).numpy(), err_msg=utt.utt_id)
+
+
+def test_too_short_utterance_is_named(data_dir_factory, tmp_path):
+    data = data_dir_factory({"ok1": 0.5, "short": 0.02, "ok2": 0.4})
+    with pytest.raises(ValueError, match=r"utterance 'short': waveform of 320 samples is shorter than one 25.0 ms window"):
+        dump_features(data, MfccExtractor(), tmp_path / "f", progress=False)
+    assert not (tmp_path / "f" / "0_1.json").exists()
