@@ -40,7 +40,8 @@ RECO_FILES = ("reco2dur", "reco2file_and_channel")
 SPK_FILES = ("spk2utt", "spk2gender", "cmvn.scp")
 CORE_FILES = ("wav.scp", "segments", "utt2spk", "spk2utt", "text", "utt2dur", "reco2dur")
 # Top-level files that are not `key value` tables keyed by utterance.
-NON_TABLE_FILES = ("frame_shift", "num_jobs", "cmvn_opts", "README", "README.md")
+# trials (`enroll test target|nontarget`) and phone_ctm (one line per phone) repeat keys by design.
+NON_TABLE_FILES = ("frame_shift", "num_jobs", "cmvn_opts", "README", "README.md", "trials", "phone_ctm")
 NON_TABLE_SUFFIXES = (
     ".orig",
     ".bak",

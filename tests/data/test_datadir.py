@@ -280,3 +280,12 @@ def test_fix_repairs_id_and_order_defects(tmp_path, defect):
     plant_defect(data.path, defect)
     fix_data_dir(data.path)
     assert validate_data_dir(data.path) == []
+
+
+def test_trials_and_phone_ctm_are_not_utterance_tables(data_dir):
+    (data_dir.path / "trials").write_text("spk1-utt1 spk2-utt1 nontarget\nspk1-utt1 spk1-utt2 target\n")
+    (data_dir.path / "phone_ctm").write_text("spk1-utt1 1 0.00 0.10 a\nspk1-utt1 1 0.10 0.20 b\n")
+    (data_dir.path / "intent").write_text("spk1-utt1 x\n")
+    problems = [str(p) for p in validate_data_dir(data_dir.path)]
+    assert len(problems) == 3 and all("utterance has no entry in intent" in p for p in problems)
+    assert set(DataDir.load(data_dir.path).extra) == {"intent"}
