@@ -20,6 +20,7 @@ AdamW kernel as `found_inf`, which skips the update there.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import math
 import time
@@ -108,19 +109,29 @@ class _SkipBatches:
         return max(len(self.batch_sampler) - self.skip, 0)
 
 
+def sampler_tracks_position(batch_sampler: Any) -> bool:
+    """True for samplers whose `state_dict(batches_consumed=...)` records the in-epoch
+    position and whose `load_state_dict` resumes there (DurationBucketSampler)."""
+    state_dict = getattr(batch_sampler, "state_dict", None)
+    return state_dict is not None and "batches_consumed" in inspect.signature(state_dict).parameters
+
+
 class MicroBatchStream:
     """Endless micro-batches across epochs; knows (epoch, batches consumed in it).
 
-    The trainer, not the sampler, owns the in-epoch position: with DataLoader
-    prefetching, a sampler has already yielded batches that were never trained
-    on. On resume the sampler gets `load_state_dict` + `set_epoch(epoch)` and the
-    first `batches_done` batches of that epoch are skipped (indices only, no I/O)."""
+    The trainer counts consumed batches itself: with DataLoader prefetching, a
+    sampler has already yielded batches that were never trained on. On resume
+    the sampler gets `load_state_dict` + `set_epoch(epoch)`; a sampler that
+    tracks its position (`state_dict(batches_consumed=n)`) restarts there by
+    itself, for any other the first `skip` batches of the epoch are dropped
+    here (indices only, no I/O)."""
 
     def __init__(self, dataset, collate, batch_sampler, config: TrainerConfig, info: DistInfo,
-                 epoch: int = 0, batches_done: int = 0) -> None:
+                 epoch: int = 0, batches_done: int = 0, skip: int = 0) -> None:
         self.dataset, self.collate, self.batch_sampler = dataset, collate, batch_sampler
         self.config, self.info = config, info
         self.epoch, self.batches_done = epoch, batches_done
+        self._skip = skip  # only for the first epoch opened
         self._it: Iterator | None = None
 
     def _open_epoch(self) -> None:
@@ -136,10 +147,11 @@ class MicroBatchStream:
         # Own generator: worker seeds must not consume the global torch RNG (exact resume).
         generator = torch.Generator().manual_seed(self.config.seed * 100_003 + self.epoch)
         loader = DataLoader(
-            self.dataset, batch_sampler=_SkipBatches(self.batch_sampler, self.batches_done),
+            self.dataset, batch_sampler=_SkipBatches(self.batch_sampler, self._skip),
             collate_fn=self.collate, num_workers=self.config.num_workers, generator=generator,
             pin_memory=self.config.pin_memory and self.info.device.type == "cuda")
         self._it = iter(loader)
+        self._skip = 0
 
     def next(self) -> Any:
         for _ in range(3):  # an epoch may be exhausted right at a resume point
@@ -221,7 +233,10 @@ class Trainer:
             epoch, batches_done, rng_state = self._load(source)
         else:
             ckpt.seed_everything(config.seed + info.rank)
-        self.stream = MicroBatchStream(train_dataset, collate, batch_sampler, config, info, epoch, batches_done)
+        self.tracks_position = sampler_tracks_position(batch_sampler)
+        skip = 0 if self.tracks_position else batches_done
+        self.stream = MicroBatchStream(train_dataset, collate, batch_sampler, config, info, epoch,
+                                       batches_done, skip)
         self.start_step = self.step
         self.model: nn.Module = self.module
         if info.world_size > 1:
@@ -412,6 +427,11 @@ class Trainer:
             raise ValueError("the validation sampler yielded no batches on any rank")
         return {f"valid/{k}": v / total for k, v in zip(keys, values[:-1])}
 
+    def _sampler_state(self) -> dict | None:
+        if self.tracks_position:
+            return self.batch_sampler.state_dict(batches_consumed=self.stream.batches_done)
+        return self.batch_sampler.state_dict() if hasattr(self.batch_sampler, "state_dict") else None
+
     def save(self, valid_loss: float | None) -> Path | None:
         rngs = all_gather_object(ckpt.capture_rng())
         path = None
@@ -423,7 +443,7 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": {"name": self.config.schedule, "step": self.step},
                 "scaler": self.scaler.state_dict(),
-                "sampler": self.batch_sampler.state_dict() if hasattr(self.batch_sampler, "state_dict") else None,
+                "sampler": self._sampler_state(),
                 "rng": rngs,
                 "world_size": self.info.world_size,
                 "best_valid_loss": min(self.best_valid_loss, valid_loss if valid_loss is not None else math.inf),

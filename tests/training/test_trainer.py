@@ -62,3 +62,43 @@ def test_resume_true_without_checkpoint_starts_fresh_and_bad_resume_path(tmp_pat
     with pytest.raises(FileNotFoundError, match="resume checkpoint .*nope does not exist"):
         train(ToyModel(), ToyDataset(8), toy_collate, ToyBatchSampler(8, 4), TrainerConfig(max_steps=1),
               tmp_path / "x", resume=tmp_path / "nope")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_runs_and_scaler_state_is_saved(tmp_path, precision):
+    model, result = _run(tmp_path, precision=precision, max_steps=4, save_every=4, log_every=4)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    _, state = load_checkpoint(tmp_path / "checkpoints" / "last")
+    if precision == "fp16":  # the first update overflows at scale 2**16: skipped, scale halved
+        assert result.skipped_steps == 1 and state["scaler"]["scale"] == 2.0**15
+    else:
+        assert result.skipped_steps == 0 and state["scaler"] == {}
+
+
+def _bucket_sampler(data):
+    from speechssl.data.sampler import DurationBucketSampler
+
+    return DurationBucketSampler([float(n) for n in data.lengths], 30.0, seed=3, num_buckets=2)
+
+
+@pytest.mark.parametrize("kind", ["toy", "duration_bucket"])
+def test_resume_from_mid_epoch_checkpoint_is_bit_exact(tmp_path, kind):
+    """Samplers that track their position (DurationBucketSampler) and ones that do not
+    (ToyBatchSampler: the trainer skips consumed batches) both resume exactly."""
+
+    def fresh():
+        torch.manual_seed(0)
+        data = ToyDataset(24)
+        sampler = ToyBatchSampler(24, 3, seed=3) if kind == "toy" else _bucket_sampler(data)
+        return ToyModel(dropout=0.3), data, sampler
+
+    cfg = TrainerConfig(max_steps=10, save_every=5, keep_last=5, log_every=5, lr=0.01, warmup_steps=2)
+    model, data, sampler = fresh()
+    assert 5 % len(sampler) != 0  # the checkpoint at step 5 is mid-epoch
+    train(model, data, toy_collate, sampler, cfg, tmp_path / "a")
+    resumed, data, sampler = fresh()
+    result = train(resumed, data, toy_collate, sampler, cfg, tmp_path / "b",
+                   resume=tmp_path / "a" / "checkpoints" / "step_5")
+    assert result.step == 10
+    for (name, a), b in zip(model.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name

@@ -1,0 +1,253 @@
+"""`speechssl pretrain`: a YAML config + Kaldi data dirs (+ k-means units) -> a trained model.
+
+This is the glue of the pretraining recipe stage: it reads the config, checks that
+every utterance's units fit the model's frame count, builds the duration-bucketed
+datasets and the objective's model, and hands them to the generic Trainer. The
+checkpoints it writes (`EXP/checkpoints/step_<N>/`, `last`, `best`) hold the whole
+pretraining model; `load_upstream` reads them as upstreams (backbone only).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from speechssl.config import ConfigError, apply_override, from_dict, load_yaml, save_config
+from speechssl.data.dataset import AudioDataset, Batch, collate_audio, parse_units
+from speechssl.data.kaldi import atomic_write_text, read_table
+from speechssl.data.sampler import DurationBucketSampler
+from speechssl.models.config import ModelConfig
+from speechssl.objectives.hubert import HubertObjectiveConfig
+from speechssl.objectives.masking import MaskConfig
+from speechssl.objectives.pretraining import PretrainModelConfig, build_pretrain_model
+from speechssl.objectives.wav2vec2 import Wav2Vec2ObjectiveConfig
+from speechssl.training.config import TrainerConfig
+from speechssl.training.distributed import env_rank, env_world_size
+from speechssl.training.trainer import TrainResult, train
+from speechssl.units.check import check_label_lengths
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PretrainDataConfig:
+    """How utterances become batches (fairseq: task.max_sample_size, dataset.max_tokens)."""
+
+    max_batch_seconds: float = 87.5  # padded audio-seconds per device and micro-batch (fairseq max_tokens 1.4M)
+    max_batch_size: int | None = None  # utterances per micro-batch, on top of the seconds cap
+    max_seconds: float | None = 15.625  # longer utterances are cropped (fairseq max_sample_size 250000)
+    crop: Literal["random", "start"] = "random"  # where the crop window goes (random: new each epoch)
+    num_buckets: int = 100  # length buckets of the sampler (more: less padding, less shuffling)
+    skip_bad: bool = False  # skip unreadable utterances (counted and logged) instead of stopping
+    label_rate: float = 50.0  # units per second (HuBERT: 50 for the conv frontend)
+
+    def __post_init__(self) -> None:
+        if self.max_batch_seconds <= 0:
+            raise ValueError(f"max_batch_seconds must be > 0, found {self.max_batch_seconds}")
+        if self.max_seconds is not None and self.max_seconds > self.max_batch_seconds:
+            raise ValueError(
+                f"max_seconds ({self.max_seconds}) exceeds max_batch_seconds ({self.max_batch_seconds}):"
+                " a cropped utterance would not fit in a batch"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class PretrainConfig:
+    """Everything `speechssl pretrain` needs: the network, its objective, data and trainer."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    hubert: HubertObjectiveConfig | None = None  # for model.family == "hubert"
+    wav2vec2: Wav2Vec2ObjectiveConfig | None = None  # for model.family == "wav2vec2"
+    data: PretrainDataConfig = field(default_factory=PretrainDataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def network(self) -> PretrainModelConfig:
+        return PretrainModelConfig(model=self.model, mask=self.mask, hubert=self.hubert, wav2vec2=self.wav2vec2)
+
+    def __post_init__(self) -> None:
+        self.network()  # validates that the objective section fits model.family
+
+
+def units_num_classes(units_dir: Path) -> int:
+    """K of a units dir, from its fairseq-style `dict.txt` (one `unit count` line per unit)."""
+    dict_path = units_dir / "dict.txt"
+    if not dict_path.is_file():
+        raise FileNotFoundError(f"{dict_path} is missing: write units with `speechssl kmeans label`")
+    return len(read_table(dict_path))
+
+
+def load_pretrain_config(
+    path: str | Path, overrides: Sequence[str] = (), *, units_dirs: Sequence[Path] = (), seed: int | None = None
+) -> PretrainConfig:
+    """Read the YAML, apply `--set key=value` overrides, and take HuBERT's class counts from the
+    units when the config leaves them out (a stated count must match the units)."""
+    data = load_yaml(path)
+    for item in overrides:
+        apply_override(data, item)
+    if seed is not None:
+        data.setdefault("trainer", {})["seed"] = seed
+    if units_dirs:
+        counts = [units_num_classes(d) for d in units_dirs]
+        hubert = data.setdefault("hubert", {}) or {}
+        data["hubert"] = hubert
+        stated = hubert.get("num_classes")
+        if stated is None:
+            hubert["num_classes"] = counts
+        elif list(stated) != counts:
+            raise ConfigError(
+                f"hubert.num_classes {list(stated)} in {path} does not match the units"
+                f" ({', '.join(f'{d}: {k}' for d, k in zip(units_dirs, counts))})"
+            )
+    return from_dict(PretrainConfig, data, source=str(path))
+
+
+class BatchObjective(nn.Module):
+    """Feeds a collated Batch to a pretraining model: batch -> (loss, metrics).
+
+    Registered under the family name (`hubert.` / `wav2vec2.`) is the backbone, so the
+    checkpoint keys are those of the pretraining model itself."""
+
+    def __init__(self, model: nn.Module, units: Sequence[str]) -> None:
+        super().__init__()
+        self.objective = model
+        self.units = list(units)
+
+    def forward(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        targets = [batch.targets[name] for name in self.units]
+        return self.objective(batch.wavs, batch.wav_lens, targets) if targets else self.objective(
+            batch.wavs, batch.wav_lens
+        )
+
+    def set_num_updates(self, num_updates: int) -> None:
+        """Quantizer temperature annealing (wav2vec 2.0); a no-op for HuBERT."""
+        if hasattr(self.objective, "set_num_updates"):
+            self.objective.set_num_updates(num_updates)
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
+        return self.objective.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:  # type: ignore[override]
+        return self.objective.load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def _units_dirs(data_dir: Path, units: Sequence[str]) -> list[Path]:
+    return [data_dir / name for name in units]
+
+
+def build_dataset(
+    data_dir: Path, units: Sequence[str], config: PretrainConfig, frames_for_samples, *, train: bool
+) -> AudioDataset:
+    """An AudioDataset with its units (checked against the model's frame counts)."""
+    targets = {name: str(data_dir / name / "labels") for name in units}
+    data = config.data
+    dataset = AudioDataset(
+        data_dir,
+        targets=targets or None,
+        target_transforms={name: parse_units for name in units} or None,
+        skip_bad=data.skip_bad,
+        max_seconds=data.max_seconds if train else None,
+        crop=data.crop,
+        label_rates={name: data.label_rate for name in units} or None,
+        seed=config.trainer.seed,
+    )
+    for name in units:
+        labels = {utt: value.split() for utt, value in read_table(data_dir / name / "labels").items()}
+        num_samples = {utt: round(sec * 16000) for utt, sec in zip(dataset.utt_ids(), dataset.full_durations)}
+        try:
+            check_label_lengths(labels, num_samples, frames_for_samples)
+        except ValueError as err:
+            raise ValueError(f"{data_dir / name / 'labels'}: {err}") from None
+    return dataset
+
+
+def pretrain(
+    config_path: str | Path,
+    train_dir: str | Path,
+    valid_dir: str | Path | None,
+    out_dir: str | Path,
+    *,
+    units: Sequence[str] = (),
+    overrides: Sequence[str] = (),
+    max_steps: int | None = None,
+    save_every: int | None = None,
+    seed: int | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Pretrain HuBERT (with `units`) or wav2vec 2.0 (without) and write EXP/checkpoints."""
+    train_dir, out_dir = Path(train_dir), Path(out_dir)
+    config = load_pretrain_config(config_path, overrides, units_dirs=_units_dirs(train_dir, units), seed=seed)
+    trainer_changes = {k: v for k, v in (("max_steps", max_steps), ("save_every", save_every)) if v is not None}
+    if trainer_changes:
+        trainer = replace(config.trainer, **trainer_changes)
+        if trainer.warmup_steps > trainer.max_steps:
+            trainer = replace(trainer, warmup_steps=trainer.max_steps // 10)
+        config = replace(config, trainer=trainer)
+    family = config.model.family
+    if family == "hubert" and not units:
+        raise ValueError("HuBERT pretraining needs --units NAME (k-means labels in DATA/NAME/labels)")
+    if family == "wav2vec2" and units:
+        raise ValueError("wav2vec 2.0 pretraining takes no --units; remove it or use a HuBERT config")
+    torch.manual_seed(config.trainer.seed)  # the same initial weights on every rank
+    model = build_pretrain_model(config.network())
+    backbone = getattr(model, family)
+
+    def frames_for_samples(samples: int) -> int:
+        return int(backbone.feature_extractor.output_lengths(torch.tensor(samples)))
+
+    train_set = build_dataset(train_dir, units, config, frames_for_samples, train=True)
+    data = config.data
+    sampler_args = dict(
+        max_batch_size=data.max_batch_size, num_replicas=env_world_size(), rank=env_rank(),
+        seed=config.trainer.seed, num_buckets=data.num_buckets,
+    )  # fmt: skip
+    train_sampler = DurationBucketSampler(
+        train_set.durations, data.max_batch_seconds, long_utterances="crop" if data.max_seconds else "drop",
+        **sampler_args,
+    )
+    valid_set = valid_sampler = None
+    if valid_dir is not None:
+        valid_set = build_dataset(Path(valid_dir), units, config, frames_for_samples, train=False)
+        valid_sampler = DurationBucketSampler(
+            valid_set.durations, data.max_batch_seconds, shuffle=False, **sampler_args
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if env_rank() == 0:
+        save_config(config, out_dir / "config.yaml")  # the resolved config, next to the experiment
+    logger.info(
+        "pretraining %s: %d train utterances (%.2f h), %d batches/epoch/rank, padding efficiency %.2f",
+        family, len(train_set), sum(train_set.durations) / 3600, len(train_sampler),
+        train_sampler.padding_efficiency(),
+    )  # fmt: skip
+    result = train(
+        BatchObjective(model, units), train_set, collate_audio, train_sampler, config.trainer, out_dir,
+        valid_dataset=valid_set, valid_sampler=valid_sampler, resume=resume, save_config=config,
+    )  # fmt: skip
+    if env_rank() == 0:
+        write_run_summary(out_dir, result, world_size=env_world_size())
+    return result
+
+
+def write_run_summary(out_dir: Path, result: TrainResult, *, world_size: int) -> None:
+    """EXP/train_summary.json: what the recipe's summary stage reports for this run."""
+    wall = max(result.wall_seconds, 1e-9)
+    summary = {
+        "steps": result.step,
+        "skipped_steps": result.skipped_steps,
+        "wall_seconds": round(result.wall_seconds, 2),
+        "audio_hours": round(result.audio_seconds * world_size / 3600, 4),
+        "audio_seconds_per_second": round(result.audio_seconds * world_size / wall, 2),
+        "world_size": world_size,
+        "best_valid_loss": result.best_valid_loss,
+        "last_checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None,
+        "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
+        "tensorboard": str(out_dir / "tensorboard"),
+    }
+    atomic_write_text(out_dir / "train_summary.json", json.dumps(summary, indent=2) + "\n")
