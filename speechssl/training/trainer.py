@@ -73,7 +73,11 @@ class TrainResult:
 
 
 def default_batch_lengths(batch: Any) -> torch.Tensor | None:
-    """Valid samples per utterance, from a dict batch's `wav_lens`/`lengths`/`audio_lengths`."""
+    """Valid samples per utterance: a batch object's `wav_lens` (speechssl.data.dataset.Batch)
+    or a dict batch's `wav_lens`/`lengths`/`audio_lengths`."""
+    value = getattr(batch, "wav_lens", None)
+    if isinstance(value, torch.Tensor) and value.ndim == 1:
+        return value
     if isinstance(batch, dict):
         for key in _LENGTH_KEYS:
             value = batch.get(key)
@@ -83,12 +87,15 @@ def default_batch_lengths(batch: Any) -> torch.Tensor | None:
 
 
 def to_device(batch: Any, device: torch.device, non_blocking: bool = False) -> Any:
+    """Tensors, dicts/lists of them, or any batch object with `.to(device, non_blocking=)`."""
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=non_blocking)
     if isinstance(batch, dict):
         return {k: to_device(v, device, non_blocking) for k, v in batch.items()}
     if isinstance(batch, (list, tuple)) and not hasattr(batch, "_fields"):
         return type(batch)(to_device(v, device, non_blocking) for v in batch)
+    if callable(getattr(batch, "to", None)):
+        return batch.to(device, non_blocking=non_blocking)
     return batch
 
 

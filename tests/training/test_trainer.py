@@ -102,3 +102,15 @@ def test_resume_from_mid_epoch_checkpoint_is_bit_exact(tmp_path, kind):
     assert result.step == 10
     for (name, a), b in zip(model.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_batch_helpers_understand_the_dataset_batch():
+    from speechssl.data.dataset import collate_audio
+    from speechssl.training.trainer import default_batch_lengths, to_device
+
+    batch = collate_audio([{"utt_id": "a", "wav": torch.zeros(16000)}, {"utt_id": "b", "wav": torch.zeros(8000)}])
+    assert default_batch_lengths(batch).tolist() == [16000, 8000]
+    moved = to_device(batch, torch.device("cpu"))
+    assert moved.wavs.shape == (2, 16000)
+    assert default_batch_lengths({"lengths": torch.tensor([3, 4])}).tolist() == [3, 4]
+    assert default_batch_lengths((torch.zeros(2),)) is None
