@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from speechssl.models.checkpoint import is_checkpoint_dir, load_model, load_state_into
+from speechssl.models.checkpoint import is_checkpoint_dir, load_model_with_heads, load_state_into
 from speechssl.models.config import ModelConfig
 from speechssl.models.frontends import lengths_to_padding_mask
 from speechssl.models.model import SSLModel, build_model
@@ -94,8 +94,8 @@ def load_upstream(source: str | Path) -> Upstream:
         raise FileNotFoundError(f"upstream source {path} does not exist")
     if path.is_dir():
         if is_checkpoint_dir(path):
-            model, config = load_model(path)
-            return Upstream(model, config).eval()
+            model, config, heads = load_model_with_heads(path)
+            return Upstream(model, config, {"pretraining": heads} if heads else None).eval()
         from speechssl.interop.transformers_io import is_transformers_dir, load_transformers
 
         if is_transformers_dir(path):

@@ -92,16 +92,37 @@ def load_state_into(model: SSLModel, state: dict[str, Tensor], source: str) -> S
     return model
 
 
-def load_model(path: str | Path, *, map_location: str | torch.device = "cpu") -> tuple[SSLModel, ModelConfig]:
-    """Build the model of a checkpoint dir and load its weights -> (model in eval mode, config)."""
+def split_pretraining_state(state: dict[str, Tensor], family: str) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """A pretraining checkpoint holds the backbone under `<family>.` (as transformers'
+    Wav2Vec2ForPreTraining does) beside its objective heads -> (backbone, heads).
+    A plain backbone checkpoint comes back unchanged with no heads."""
+    prefix = f"{family}."
+    if not any(k.startswith(prefix) for k in state):
+        return state, {}
+    backbone = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    heads = {k: v for k, v in state.items() if not k.startswith(prefix)}
+    return backbone, heads
+
+
+def load_model_with_heads(
+    path: str | Path, *, map_location: str | torch.device = "cpu"
+) -> tuple[SSLModel, ModelConfig, dict[str, Tensor]]:
+    """Like `load_model`, also returning the pretraining-head weights of a training checkpoint."""
     path = Path(path)
     if not is_checkpoint_dir(path):
         raise FileNotFoundError(f"{path} is not a speechssl checkpoint (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
     config = load_model_config(path / CONFIG_NAME)
     model = build_model(config)
-    state = load_file(str(path / WEIGHTS_NAME), device=str(map_location))
+    state, heads = split_pretraining_state(load_file(str(path / WEIGHTS_NAME), device=str(map_location)), config.family)
     load_state_into(model, state, str(path / WEIGHTS_NAME))
-    return model.eval(), config
+    return model.eval(), config, heads
+
+
+def load_model(path: str | Path, *, map_location: str | torch.device = "cpu") -> tuple[SSLModel, ModelConfig]:
+    """Build the model of a checkpoint dir and load its weights -> (model in eval mode, config).
+    Training checkpoints (`speechssl pretrain`) load too: their heads are left out."""
+    model, config, _ = load_model_with_heads(path, map_location=map_location)
+    return model, config
 
 
 def resolve_model_config(spec: str | Path | ModelConfig) -> ModelConfig:
