@@ -1,0 +1,29 @@
+"""Efficient tuning of an upstream: adapters, LoRA, BitFit, prefix tuning, full
+fine-tuning (frontend frozen), and wav2vec 2.0-style CTC fine-tuning."""
+
+from speechssl.tuning.adapters import AdapterConfig, AdapterLinear, BottleneckAdapter
+from speechssl.tuning.bitfit import BitFitConfig
+from speechssl.tuning.lora import LoRAConfig, LoRALinear, merge_lora
+from speechssl.tuning.methods import (
+    METHODS,
+    AppliedTuning,
+    TuningConfig,
+    TuningReport,
+    apply_tuning,
+    count_parameters,
+    load_tuned,
+    load_tuned_state_dict,
+    merge_tuning,
+    read_tuned,
+    save_tuned,
+    tuned_state_dict,
+    tuning_config,
+)
+from speechssl.tuning.prefix import PrefixConfig, PrefixSelfAttention, fold_prefixes
+
+__all__ = [
+    "METHODS", "AdapterConfig", "AdapterLinear", "AppliedTuning", "BitFitConfig", "BottleneckAdapter",
+    "LoRAConfig", "LoRALinear", "PrefixConfig", "PrefixSelfAttention", "TuningConfig", "TuningReport",
+    "apply_tuning", "count_parameters", "fold_prefixes", "load_tuned", "load_tuned_state_dict", "merge_lora",
+    "merge_tuning", "read_tuned", "save_tuned", "tuned_state_dict", "tuning_config",
+]
