@@ -55,7 +55,8 @@ class FbankUpstream(nn.Module):
         parts = [feats]
         for _ in range(self.delta_order):
             # compute_deltas works on (..., freq, time)
-            parts.append(compute_deltas(parts[-1].transpose(1, 2), win_length=self.delta_window).transpose(1, 2))
+            delta = compute_deltas(parts[-1].transpose(1, 2), win_length=self.delta_window).transpose(1, 2)
+            parts.append(_repeat_last_valid(delta, lengths))  # next order sees replicate padding too
         x = torch.cat(parts, dim=-1)  # (B, T, M * (1 + order))
         if self.cmvn:
             x = masked_mean_var_norm(x, lengths)
