@@ -287,6 +287,7 @@ class Trainer:
         if hasattr(self.batch_sampler, "load_state_dict") and state.get("sampler") is not None:
             self.batch_sampler.load_state_dict(state["sampler"])
         self.step = int(state["step"])
+        self._set_num_updates()
         self.best_valid_loss = float(state.get("best_valid_loss", math.inf))
         self.skipped_total.fill_(float(state.get("skipped_steps", 0)))
         rngs = state["rng"]
@@ -348,6 +349,7 @@ class Trainer:
             self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        self._set_num_updates()
         good = 1.0 - bad
         interval.good += good
         interval.bad += bad
@@ -466,6 +468,11 @@ class Trainer:
             self.best_valid_loss = min(self.best_valid_loss, valid_loss)
         barrier()
         return path
+
+    def _set_num_updates(self) -> None:
+        """Step-dependent model state (wav2vec 2.0's Gumbel temperature), as fairseq's set_num_updates."""
+        if hasattr(self.module, "set_num_updates"):
+            self.module.set_num_updates(self.step)
 
     # --- the loop ----------------------------------------------------------------------
     def fit(self) -> TrainResult:

@@ -1,0 +1,93 @@
+"""`speechssl pretrain`: config + data dirs + units -> checkpoints that load as upstreams."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import speechssl
+from speechssl.cli.main import main
+from speechssl.data.kaldi import read_table, write_table
+from speechssl.features.dump import FeatureReader, build_extractor, dump_features
+from speechssl.testing.datadirs import make_data_dir
+from speechssl.units.kmeans import fit_kmeans, label
+
+CONF = Path(__file__).resolve().parents[2] / "egs" / "mini_synth" / "ssl1" / "conf"
+TINY = [
+    "--set", "model.encoder.embed_dim=32", "--set", "model.encoder.num_layers=2",
+    "--set", "model.encoder.ffn_dim=64", "--set", "model.encoder.pos_conv_kernel=8",
+    "--set", "model.frontend.conv_dim=[32, 32, 32, 32, 32, 32, 32]",
+    "--set", "trainer.log_every=1", "--set", "trainer.num_workers=0",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """train/dev data dirs of tones with 4-cluster MFCC units in units_iter1/."""
+    root = tmp_path_factory.mktemp("corpus")
+    for name, speakers in (("train", 3), ("dev", 2)):
+        make_data_dir(root, num_speakers=speakers, utts_per_speaker=2, base_seconds=1.0, name=name)
+        dump_features(root / name, build_extractor("mfcc"), root / "feats" / name, progress=False)
+    km = fit_kmeans(FeatureReader(root / "feats" / "train"), 4, n_init=1, out_dir=root / "km")
+    for name in ("train", "dev"):
+        label(FeatureReader(root / "feats" / name), km, root / name / "units_iter1", progress=False)
+    return root
+
+
+def run_pretrain(corpus, out, *extra):
+    return main([
+        "pretrain", "--config", str(CONF / "pretrain_hubert_tiny.yaml"), "--train", str(corpus / "train"),
+        "--valid", str(corpus / "dev"), "--out", str(out), "--max-steps", "2", *TINY, *extra,
+    ])  # fmt: skip
+
+
+def test_hubert_pretraining_writes_checkpoints_that_load_as_upstreams(corpus, tmp_path):
+    assert run_pretrain(corpus, tmp_path / "exp", "--units", "units_iter1") == 0
+    resolved = (tmp_path / "exp" / "config.yaml").read_text()
+    assert "num_classes:\n  - 4" in resolved  # taken from the units' dict.txt
+    summary = json.loads((tmp_path / "exp" / "train_summary.json").read_text())
+    assert summary["steps"] == 2 and summary["audio_seconds_per_second"] > 0
+    up = speechssl.load_upstream(tmp_path / "exp" / "checkpoints" / "last")
+    assert up.num_layers == 2 and "head.label_embs_concat" in up.extras["pretraining"]
+    assert (tmp_path / "exp" / "checkpoints" / "best").is_symlink()
+
+
+def test_wav2vec2_pretraining_runs_without_units(corpus, tmp_path):
+    code = main([
+        "pretrain", "--config", str(CONF / "pretrain_wav2vec2_tiny.yaml"), "--train", str(corpus / "train"),
+        "--out", str(tmp_path / "w2v"), "--max-steps", "2", *TINY,
+    ])  # fmt: skip
+    assert code == 0
+    assert speechssl.load_upstream(tmp_path / "w2v" / "checkpoints" / "last").extras["pretraining"]
+
+
+def test_label_frame_mismatch_lists_the_utterance_and_both_counts(corpus, tmp_path, capsys):
+    bad = tmp_path / "train"
+    make_data_dir(tmp_path, num_speakers=3, utts_per_speaker=2, base_seconds=1.0, name="train")
+    (bad / "units_iter1").mkdir()
+    labels = read_table(corpus / "train" / "units_iter1" / "labels")
+    utt = sorted(labels)[1]
+    units = labels[utt].split()
+    labels[utt] = " ".join(units[:-5])
+    write_table(bad / "units_iter1" / "labels", labels)
+    (bad / "units_iter1" / "dict.txt").write_text((corpus / "train" / "units_iter1" / "dict.txt").read_text())
+    code = main([
+        "pretrain", "--config", str(CONF / "pretrain_hubert_tiny.yaml"), "--train", str(bad),
+        "--out", str(tmp_path / "exp"), "--units", "units_iter1", "--max-steps", "2", *TINY,
+    ])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"{utt}: {len(units) - 5} labels, model gives {len(units)} frames" in err
+    assert "units_iter1/labels" in err
+    assert not (tmp_path / "exp" / "checkpoints").exists()
+
+
+def test_config_errors_name_the_key_and_file(corpus, tmp_path, capsys):
+    assert run_pretrain(corpus, tmp_path / "a", "--units", "units_iter1", "--set", "trainer.lrr=1") == 1
+    assert "unknown key 'lrr' in" in capsys.readouterr().err
+    assert run_pretrain(corpus, tmp_path / "b", "--units", "units_iter1", "--set", "hubert.num_classes=[7]") == 1
+    assert "hubert.num_classes [7]" in capsys.readouterr().err
+    assert run_pretrain(corpus, tmp_path / "c") == 1
+    assert "HuBERT pretraining needs --units" in capsys.readouterr().err
