@@ -43,8 +43,9 @@ BEST_FILE = "best.json"
 RESULTS_FILE = "results.json"
 
 # --- efficient tuning plug-in -----------------------------------------------------------
-# A tuning method is `fn(upstream, **options) -> upstream`: it receives the upstream with every
-# parameter frozen and returns it (or a wrapper with the same interface) with its own
+# A tuning method is `fn(upstream, **options) -> upstream` (speechssl.tuning's methods are
+# reached through its `apply_tuning`): it receives the upstream with every parameter
+# frozen and returns it (or a wrapper with the same interface) with its own
 # trainable parameters (requires_grad=True). Those join the optimizer and the checkpoints;
 # the frozen upstream weights are never saved by the runner.
 TuningMethod = Callable[..., nn.Module]
@@ -56,15 +57,26 @@ def register_tuning(name: str, method: TuningMethod) -> None:
     _TUNING_METHODS[name] = method
 
 
-def get_tuning(name: str) -> TuningMethod:
-    if name not in _TUNING_METHODS:
-        try:  # speechssl.tuning registers its methods (adapters, LoRA, BitFit, prefix) when imported
-            import speechssl.tuning  # noqa: F401
-        except ImportError:
-            pass
-    if name not in _TUNING_METHODS:
-        raise ValueError(f"unknown tuning method '{name}'; valid methods: {', '.join(sorted(_TUNING_METHODS)) or '(none)'}")
-    return _TUNING_METHODS[name]
+def _library_methods() -> dict[str, Any]:
+    try:
+        from speechssl.tuning import METHODS
+    except ImportError:
+        return {}
+    return dict(METHODS)
+
+
+def apply_tuning_by_name(upstream: nn.Module, name: str, options: dict[str, Any]) -> nn.Module:
+    """Methods registered here first, then speechssl.tuning's (adapter, lora, bitfit, prefix, full)."""
+    if name in _TUNING_METHODS:
+        return _TUNING_METHODS[name](upstream, **options)
+    if name not in _library_methods():
+        valid = sorted(set(_TUNING_METHODS) | set(_library_methods()))
+        raise ValueError(f"unknown tuning method '{name}'; valid methods: {', '.join(valid) or '(none)'}")
+    from speechssl.tuning import apply_tuning, tuning_config
+
+    report = apply_tuning(upstream, tuning_config(name, options, source="tuning_options"))
+    log.info("tuning %s", report)
+    return upstream
 
 
 # --- building blocks ---------------------------------------------------------------------
@@ -72,7 +84,7 @@ def prepare_upstream(spec: str | Path, config: DownstreamConfig) -> nn.Module:
     upstream = get_upstream(spec)
     upstream.requires_grad_(config.upstream_trainable)
     if config.tuning:
-        upstream = get_tuning(config.tuning)(upstream, **config.tuning_options)
+        upstream = apply_tuning_by_name(upstream, config.tuning, dict(config.tuning_options))
     return upstream
 
 

@@ -170,3 +170,14 @@ def test_asr_with_sentencepiece_units(task_data, tmp_path):
                      small_config(asr_units="sentencepiece", sentencepiece_vocab_size=30), max_steps=2)
     assert (out / "task" / "spm.model").is_file()
     assert evaluate_downstream(out)["metric"] == "wer"
+
+
+def test_lora_from_speechssl_tuning_trains_only_its_weights(task_data, tiny_upstream, tmp_path):
+    pytest.importorskip("speechssl.tuning")
+    out = tmp_path / "lora"
+    train_downstream("ks", tiny_upstream, task_data["ks"], out, small_config(tuning="lora"), max_steps=2)
+    state = load_file(str(out / "checkpoints" / "step_2" / "model.safetensors"))
+    upstream_keys = [k for k in state if k.startswith("upstream.")]
+    assert upstream_keys and all("lora" in k for k in upstream_keys)
+    results = evaluate_downstream(out)
+    assert 0 < results["trainable_params"] < results["total_params"]
