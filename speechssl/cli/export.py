@@ -1,0 +1,21 @@
+"""`speechssl export`: write any upstream source in another toolkit's format."""
+
+from __future__ import annotations
+
+import argparse
+
+from speechssl.interop.export import FORMATS, export_upstream
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("export", help="export a model to transformers / s3prl / fairseq")
+    parser.add_argument("--checkpoint", required=True, help="any load_upstream source")
+    parser.add_argument("--format", required=True, choices=FORMATS,
+                        help="hf: a transformers dir; s3prl / fairseq: a .pt file")
+    parser.add_argument("--out", required=True, help="output dir (hf) or file (s3prl, fairseq)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    export_upstream(args.checkpoint, args.format, args.out)
+    return 0

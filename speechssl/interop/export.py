@@ -1,0 +1,68 @@
+"""`speechssl export`: any `load_upstream` source -> the formats the field loads.
+
+Only the backbone is exported (what an upstream is); pretraining heads travel
+along where the target format has a place for them under its own names
+(fairseq / s3prl sources keep theirs).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from speechssl.interop.upstream import Upstream, load_upstream
+from speechssl.models.config import ConvFrontendConfig
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("hf", "s3prl", "fairseq")
+HETEROGENEOUS_FORMATS = ("a speechssl checkpoint dir (the source itself)",)
+
+
+def _fairseq_extras(up: Upstream) -> dict | None:
+    """Heads under fairseq names exist only when the source was fairseq / s3prl."""
+    return up.extras if "fairseq_model_cfg" in up.extras else None
+
+
+def _save_pt(checkpoint: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    torch.save(checkpoint, tmp)
+    tmp.replace(out)
+
+
+def _refuse_heterogeneous(up: Upstream, fmt: str) -> None:
+    enc = up.config.encoder
+    if enc.layer_num_heads is not None or enc.layer_ffn_dims is not None or not isinstance(
+        up.config.frontend, ConvFrontendConfig
+    ):
+        raise ValueError(
+            f"format '{fmt}' cannot carry this model (its layers differ in size, or it has a filterbank"
+            f" frontend); formats that can: {', '.join(HETEROGENEOUS_FORMATS)}"
+        )
+
+
+def export_upstream(source: str | Path, fmt: str, out: str | Path) -> Path:
+    """Write `source` as `fmt` at `out` (a directory for hf, a .pt file for s3prl / fairseq)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format '{fmt}'; valid formats: {', '.join(FORMATS)}")
+    up = load_upstream(source)
+    _refuse_heterogeneous(up, fmt)
+    out = Path(out)
+    state = up.model.state_dict()
+    if fmt == "hf":
+        from speechssl.interop.transformers_io import save_transformers
+
+        save_transformers(state, up.config, out)
+    elif fmt == "fairseq":
+        from speechssl.interop.fairseq_io import to_fairseq
+
+        _save_pt(to_fairseq(up.config, state, extras=_fairseq_extras(up)), out)
+    else:
+        from speechssl.interop.s3prl_io import to_s3prl
+
+        _save_pt(to_s3prl(up.config, state, extras=_fairseq_extras(up)), out)
+    logger.info("exported %s as %s -> %s", source, fmt, out)
+    return out
