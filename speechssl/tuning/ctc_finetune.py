@@ -1,0 +1,323 @@
+"""wav2vec 2.0-style CTC fine-tuning of a whole upstream on characters.
+
+As fairseq's `audio_finetuning` with `wav2vec_ctc` (configs base_10h, ...):
+a linear CTC head on the encoder output (`final_proj`, after `final_dropout`),
+the conv frontend frozen (feature_grad_mult 0), the whole upstream run under
+no_grad for the first `freeze_finetune_updates` updates so only the head
+learns, time/channel masking and LayerDrop while training, a tri-stage
+schedule, loss summed over frames and averaged over utterances
+(sentence_avg), zero_infinity. Characters with a word separator "|" and the
+blank at index 0. Any tuning method can stand in for "full" (e.g. LoRA + CTC).
+
+    result = finetune_ctc(load_upstream(src), "data/train", "exp/ft", CTCFinetuneConfig(), valid_dir="data/dev")
+    scores = evaluate_ctc(result.model, "data/test")   # {"loss": ..., "cer": ...}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchaudio
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from speechssl.data.dataset import AudioDataset, collate_audio
+from speechssl.data.kaldi import atomic_write_text, read_table
+from speechssl.data.sampler import DurationBucketSampler
+from speechssl.interop.upstream import Upstream, normalize_waveform
+from speechssl.models.checkpoint import save_checkpoint
+from speechssl.models.frontends import lengths_to_padding_mask
+from speechssl.objectives.masking import MaskConfig, compute_channel_mask, compute_time_mask
+from speechssl.training import TrainerConfig, TrainResult, train
+from speechssl.training.checkpoints import seed_everything
+from speechssl.training.distributed import env_rank, env_world_size
+from speechssl.tuning.methods import TuningConfig, TuningReport, apply_tuning, count_parameters, save_tuned
+
+log = logging.getLogger(__name__)
+
+BLANK, UNK, SEPARATOR = "<blank>", "<unk>", "|"
+
+
+def _default_trainer() -> TrainerConfig:
+    # fairseq base_10h: lr 5e-5, 20k updates, tri-stage 0.1/0.4/0.5, adam eps 1e-8, no weight decay
+    return TrainerConfig(max_steps=20000, lr=5e-5, schedule="tri_stage", tri_stage_ratios=(0.1, 0.4, 0.5),
+                         eps=1e-8, weight_decay=0.0, save_every=1000, log_every=200)
+
+
+def _default_mask() -> MaskConfig:
+    # fairseq base_10h: mask_prob 0.65 (length 10), mask_channel_prob 0.5 (length 64)
+    return MaskConfig(mask_prob=0.65, mask_length=10, channel_prob=0.5, channel_length=64)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CTCFinetuneConfig:
+    trainer: TrainerConfig = field(default_factory=_default_trainer)
+    tuning: TuningConfig = field(default_factory=lambda: TuningConfig(method="full"))
+    freeze_finetune_updates: int = 10000  # fairseq: updates during which only the head trains
+    mask: MaskConfig = field(default_factory=_default_mask)  # applied in training only
+    apply_mask: bool = True  # fairseq: apply_mask
+    layerdrop: float | None = 0.1  # fairseq: layerdrop (of the encoder while fine-tuning); None: keep the model's
+    final_dropout: float = 0.0  # fairseq: final_dropout (before the CTC head)
+    batch_seconds: float = 200.0  # padded audio per batch and rank (fairseq max_tokens 3.2M samples)
+    max_batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.freeze_finetune_updates <= self.trainer.max_steps:
+            raise ValueError(f"freeze_finetune_updates must be in [0, max_steps={self.trainer.max_steps}], "
+                             f"found {self.freeze_finetune_updates}")
+        if self.layerdrop is not None and not 0 <= self.layerdrop < 1:
+            raise ValueError(f"layerdrop must be in [0, 1) or null, found {self.layerdrop}")
+        if not 0 <= self.final_dropout < 1:
+            raise ValueError(f"final_dropout must be in [0, 1), found {self.final_dropout}")
+        if not self.batch_seconds > 0:
+            raise ValueError(f"batch_seconds must be > 0, found {self.batch_seconds}")
+        if self.tuning.method == "frozen":
+            raise ValueError("CTC fine-tuning needs a tuning method that trains something; found 'frozen' "
+                             "(use `speechssl downstream` for frozen-upstream evaluation)")
+
+
+# ----------------------------------------------------------------------------- characters
+
+
+class CharVocab:
+    """Characters of the training transcripts; index 0 = blank, 1 = <unk>, words joined by "|"."""
+
+    def __init__(self, tokens: list[str]) -> None:
+        if tokens[:2] != [BLANK, UNK] or len(set(tokens)) != len(tokens):
+            raise ValueError(f"a char vocab starts with {BLANK}, {UNK} and has no duplicates; found {tokens[:5]}...")
+        self.tokens = tokens
+        self.index = {t: i for i, t in enumerate(tokens)}
+
+    @classmethod
+    def from_texts(cls, texts: list[str]) -> CharVocab:
+        chars = sorted({c for t in texts for c in SEPARATOR.join(t.split())} - {SEPARATOR})
+        return cls([BLANK, UNK, SEPARATOR, *chars])
+
+    @classmethod
+    def load(cls, path: str | Path) -> CharVocab:
+        return cls(Path(path).read_text(encoding="utf-8").splitlines())
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_text(path, "".join(t + "\n" for t in self.tokens))
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def encode(self, text: str) -> Tensor:
+        """'ab cd' -> long (chars,) over 'a b | c d'; unknown characters map to <unk>."""
+        unk = self.index[UNK]
+        return torch.tensor([self.index.get(c, unk) for c in SEPARATOR.join(text.split())], dtype=torch.long)
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(self.tokens[i] for i in ids if i > 1).replace(SEPARATOR, " ").strip()
+
+
+def greedy_decode(log_probs: Tensor, lengths: Tensor) -> list[list[int]]:
+    """(B, T, V) -> best path per utterance, repeats collapsed, blanks (0) removed."""
+    best = log_probs.argmax(dim=-1)  # (B, T)
+    out = []
+    for b in range(best.shape[0]):
+        path = torch.unique_consecutive(best[b, : int(lengths[b])])
+        out.append([int(i) for i in path if i != 0])
+    return out
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class CTCFinetuneModel(nn.Module):
+    """Upstream encoder + dropout + Linear CTC head; forward(batch) -> (loss, metrics) for the Trainer.
+
+    Counts its training micro-batches in a buffer (saved in checkpoints, so a resumed
+    run knows how many updates are done) to know when `freeze_finetune_updates` is over."""
+
+    def __init__(self, upstream: Upstream, vocab: CharVocab, config: CTCFinetuneConfig) -> None:
+        super().__init__()
+        self.upstream = upstream
+        self.vocab = vocab
+        self.config = config
+        self.final_dropout = nn.Dropout(config.final_dropout)
+        self.head = nn.Linear(upstream.hidden_dim, len(vocab))  # fairseq: w2v_encoder.proj; HF: lm_head
+        self.register_buffer("num_micro_batches", torch.zeros((), dtype=torch.long))
+        self._count: int | None = None  # host mirror of the buffer: no device sync per step
+        self.register_load_state_dict_post_hook(lambda module, _: setattr(module, "_count", None))
+
+    @property
+    def num_updates(self) -> int:
+        if self._count is None:
+            self._count = int(self.num_micro_batches)
+        return self._count // self.config.trainer.accum_steps
+
+    def encode(self, wavs: Tensor, wav_lens: Tensor) -> tuple[Tensor, Tensor]:
+        """wavs: (B, S), wav_lens: (B,) -> encoder output (B, T, D), frames (B,); masked in training."""
+        up, model = self.upstream, self.upstream.model
+        if up.config.normalize_waveform:
+            wavs = normalize_waveform(wavs, wav_lens)
+        feats, lengths = model.frontend_forward(wavs, wav_lens)  # (B, T, C), (B,)
+        B, T, _ = feats.shape  # batch, frames, channels
+        padding_mask = lengths_to_padding_mask(lengths, T)  # (B, T)
+        x, _ = model.feature_projection(feats)  # (B, T, D)
+        if self.training and self.config.apply_mask:
+            time_mask = compute_time_mask(lengths, T, self.config.mask) if self.config.mask.mask_prob > 0 else None
+            channel_mask = compute_channel_mask(B, x.shape[-1], self.config.mask, device=x.device)
+            x = model.apply_masks(x, time_mask, channel_mask)
+        last, _ = model.encoder_forward(x, padding_mask)  # (B, T, D)
+        return last, lengths
+
+    def log_probs(self, wavs: Tensor, wav_lens: Tensor, *, frozen: bool = False) -> tuple[Tensor, Tensor]:
+        """(B, T, V) float32 log-probabilities and frames (B,); `frozen`: the upstream runs without grad."""
+        with torch.no_grad() if frozen else contextlib.nullcontext():
+            x, lengths = self.encode(wavs, wav_lens)
+        return self.head(self.final_dropout(x)).float().log_softmax(dim=-1), lengths
+
+    def forward(self, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
+        """batch: wavs (B, S), wav_lens (B,), targets (B, L) padded, target_lens (B,)."""
+        frozen = False
+        if self.training:
+            frozen = self.num_updates < self.config.freeze_finetune_updates
+            self._count = (self._count or 0) + 1  # num_updates read it from the buffer above
+            self.num_micro_batches.add_(1)
+        log_probs, lengths = self.log_probs(batch["wavs"], batch["wav_lens"], frozen=frozen)  # (B, T, V)
+        loss = ctc_loss(log_probs, lengths, batch["targets"], batch["target_lens"])
+        metrics: dict[str, Tensor] = {}
+        if not self.training:
+            errors, chars = char_errors(log_probs, lengths, batch["targets"], batch["target_lens"])
+            metrics["cer"] = torch.tensor(errors / max(chars, 1))
+        return loss, metrics
+
+
+def ctc_loss(log_probs: Tensor, lengths: Tensor, targets: Tensor, target_lens: Tensor) -> Tensor:
+    """Summed over frames, averaged over utterances (fairseq sentence_avg); impossible alignments
+    (fewer frames than labels) count 0 (zero_infinity). targets: (B, L) padded with any value."""
+    return F.ctc_loss(log_probs.transpose(0, 1), targets.clamp(min=0), lengths, target_lens, blank=0,
+                      reduction="sum", zero_infinity=True) / max(len(lengths), 1)
+
+
+def char_errors(log_probs: Tensor, lengths: Tensor, targets: Tensor, target_lens: Tensor) -> tuple[int, int]:
+    """(edit distance of the greedy hypotheses, reference length), summed over the batch."""
+    errors = chars = 0
+    for b, hyp in enumerate(greedy_decode(log_probs.detach(), lengths)):
+        ref = targets[b, : int(target_lens[b])].tolist()
+        errors += torchaudio.functional.edit_distance(hyp, ref)
+        chars += len(ref)
+    return errors, chars
+
+
+# ----------------------------------------------------------------------------- data and runs
+
+
+def _dataset(data_dir: str | Path, vocab: CharVocab) -> AudioDataset:
+    text = Path(data_dir) / "text"
+    if not text.is_file():
+        raise FileNotFoundError(f"CTC fine-tuning needs transcripts: {text} does not exist")
+    return AudioDataset(data_dir, targets={"text": text}, target_transforms={"text": vocab.encode})
+
+
+def collate_ctc(items: list) -> dict:
+    """Dataset items -> the dict the Trainer moves to the device and CTCFinetuneModel reads."""
+    batch = collate_audio(items, target_pad_value=-1)
+    return {"utt_ids": batch.utt_ids, "wavs": batch.wavs, "wav_lens": batch.wav_lens,
+            "targets": batch.targets["text"], "target_lens": batch.target_lens["text"]}
+
+
+def _sampler(dataset: AudioDataset, config: CTCFinetuneConfig, *, shuffle: bool) -> DurationBucketSampler:
+    return DurationBucketSampler(dataset.durations, config.batch_seconds, max_batch_size=config.max_batch_size,
+                                 num_replicas=env_world_size(), rank=env_rank(), seed=config.trainer.seed,
+                                 shuffle=shuffle)
+
+
+def build_vocab(train_dir: str | Path, out_dir: str | Path, *, resume: bool = False) -> CharVocab:
+    """Characters of train_dir/text, written to out_dir/vocab.txt (a resumed run must find the same)."""
+    text = Path(train_dir) / "text"
+    if not text.is_file():
+        raise FileNotFoundError(f"CTC fine-tuning needs transcripts: {text} does not exist")
+    vocab = CharVocab.from_texts(list(read_table(text).values()))
+    path = Path(out_dir) / "vocab.txt"
+    if path.is_file() and resume:
+        saved = CharVocab.load(path)
+        if saved.tokens != vocab.tokens:
+            raise ValueError(f"{path} does not match the characters of {text}; resume with the same training data")
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    vocab.save(path)
+    return vocab
+
+
+def prepare_ctc_finetune(upstream: Upstream, vocab: CharVocab, config: CTCFinetuneConfig) -> CTCFinetuneModel:
+    """Apply `config.tuning` to `upstream` (in place), set LayerDrop, add the CTC head (seeded)."""
+    seed_everything(config.trainer.seed)
+    apply_tuning(upstream, config.tuning)
+    if config.layerdrop is not None:
+        upstream.model.encoder.layerdrop = config.layerdrop
+    return CTCFinetuneModel(upstream, vocab, config)
+
+
+@dataclass(frozen=True)
+class CTCFinetuneResult:
+    model: CTCFinetuneModel
+    report: TuningReport  # trainable parameters of the whole model (upstream + head)
+    train: TrainResult
+    final_dir: Path  # upstream/ (full) or tuned.safetensors, ctc_head.safetensors, vocab.txt
+
+
+def finetune_ctc(upstream: Upstream, train_dir: str | Path, out_dir: str | Path, config: CTCFinetuneConfig, *,
+                 valid_dir: str | Path | None = None, resume: bool = False) -> CTCFinetuneResult:
+    """Fine-tune `upstream` (in place) with a character CTC head on a Kaldi data dir with `text`.
+
+    Writes out_dir/vocab.txt, checkpoints/ and tensorboard/ (the Trainer), and out_dir/final/:
+    `upstream/` (a speechssl checkpoint dir, for "full") or `tuned.safetensors` (other methods),
+    plus `ctc_head.safetensors` and `vocab.txt`."""
+    out_dir = Path(out_dir)
+    vocab = build_vocab(train_dir, out_dir, resume=resume)
+    model = prepare_ctc_finetune(upstream, vocab, config)
+    report = count_parameters(model)
+    log.info("CTC fine-tuning %s; head over %d characters", report, len(vocab))
+    trainer_config = config.trainer
+    if config.freeze_finetune_updates > 0 and trainer_config.find_unused_parameters is None:
+        trainer_config = replace(trainer_config, find_unused_parameters=True)  # DDP: frozen updates skip the encoder
+    train_set = _dataset(train_dir, vocab)
+    valid_set = _dataset(valid_dir, vocab) if valid_dir is not None else None
+    result = train(model, train_set, collate_ctc, _sampler(train_set, config, shuffle=True), trainer_config, out_dir,
+                   valid_dataset=valid_set, valid_sampler=_sampler(valid_set, config, shuffle=False) if valid_set else None,
+                   resume=resume, save_config=config)
+    final = out_dir / "final"
+    if env_rank() == 0:
+        final.mkdir(parents=True, exist_ok=True)
+        if config.tuning.method == "full":
+            save_checkpoint(upstream.model, upstream.config, final / "upstream")
+        else:
+            save_tuned(upstream, final / "tuned.safetensors")
+        head = {k: v.detach().cpu().contiguous().clone() for k, v in model.head.state_dict().items()}
+        tmp = final / ".ctc_head.safetensors.tmp"
+        save_file(head, str(tmp))
+        tmp.replace(final / "ctc_head.safetensors")
+        vocab.save(final / "vocab.txt")
+    return CTCFinetuneResult(model, report, result, final)
+
+
+@torch.no_grad()
+def evaluate_ctc(model: CTCFinetuneModel, data_dir: str | Path, *, batch_seconds: float = 100.0) -> dict[str, float]:
+    """Mean CTC loss per utterance and greedy character error rate (|edits| / |reference chars|,
+    the "|" separators included) over a data dir."""
+    was_training = model.training
+    model.eval()
+    dataset = _dataset(data_dir, model.vocab)
+    sampler = DurationBucketSampler(dataset.durations, batch_seconds, shuffle=False)
+    loss_sum, errors, chars, count = 0.0, 0, 0, 0
+    device = model.head.weight.device
+    for indices in sampler:
+        batch = collate_ctc([dataset[i] for i in indices])
+        batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+        log_probs, lengths = model.log_probs(batch["wavs"], batch["wav_lens"])  # (B, T, V)
+        e, c = char_errors(log_probs, lengths, batch["targets"], batch["target_lens"])
+        errors, chars = errors + e, chars + c
+        loss_sum += float(ctc_loss(log_probs, lengths, batch["targets"], batch["target_lens"])) * len(indices)
+        count += len(indices)
+    model.train(was_training)
+    if count == 0:
+        raise ValueError(f"{data_dir}: no utterance fits in a batch of {batch_seconds} s")
+    return {"loss": loss_sum / count, "cer": errors / max(chars, 1)}
