@@ -4,6 +4,7 @@ frozen for freeze_finetune_updates, outputs reload; vocab, greedy decoding and c
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -138,3 +139,13 @@ def test_config_errors(train_dir, tmp_path):
     (tmp_path / "out" / "vocab.txt").write_text("<blank>\n<unk>\n|\nz\n")
     with pytest.raises(ValueError, match="vocab.txt does not match the characters of"):
         build_vocab(train_dir, tmp_path / "out", resume=True)
+
+
+def test_resume_continues_the_update_count(train_dir, tmp_path):
+    """The micro-batch counter travels in the checkpoint: a resumed run knows the frozen updates are over."""
+    config = small_config(max_steps=3, freeze=2)
+    finetune_ctc(tiny_upstream(), train_dir, tmp_path / "exp", config)
+    longer = replace(config, trainer=replace(config.trainer, max_steps=5, save_every=5))
+    result = finetune_ctc(tiny_upstream(), train_dir, tmp_path / "exp", longer, resume=True)
+    assert result.train.step == 5 and int(result.model.num_micro_batches) == 5
+    assert result.model.num_updates == 5
