@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from speechssl.data.sampler import DurationBucketSampler, pack_greedy, split_to_multiple
+from speechssl.data.sampler import _EPS, DurationBucketSampler, pack_greedy, split_to_multiple
 
 durations_st = st.lists(st.floats(0.1, 12.0, allow_nan=False), min_size=0, max_size=120)
 cases = st.fixed_dictionaries(
@@ -26,7 +26,7 @@ cases = st.fixed_dictionaries(
         "drop_last": st.booleans(),
     }
 )
-FAST = settings(max_examples=60, deadline=None)
+FAST = settings(max_examples=60, deadline=None, derandomize=True)  # CI runs the same examples every time
 
 
 def make_all_ranks(case: dict) -> list[DurationBucketSampler]:
@@ -60,7 +60,7 @@ def test_every_utterance_once_per_epoch_across_ranks(case):
     s0 = samplers[0]
     expected = set(range(len(case["durations"]))) - set(s0.dropped)
     if case["long_utterances"] == "drop":
-        assert set(s0.dropped) == {i for i, d in enumerate(case["durations"]) if d > case["max_batch_seconds"]}
+        assert set(s0.dropped) == {i for i, d in enumerate(case["durations"]) if d > case["max_batch_seconds"] + _EPS}
         assert s0.num_dropped == len(s0.dropped)
     else:
         assert s0.num_dropped == 0
