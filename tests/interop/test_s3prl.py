@@ -8,11 +8,11 @@ import torch
 pytest.importorskip("s3prl")
 from s3prl.upstream.hubert.expert import UpstreamExpert as HubertExpert  # noqa: E402
 from s3prl.upstream.wav2vec2.expert import UpstreamExpert as Wav2Vec2Expert  # noqa: E402
-from tests.interop.test_fairseq import VARIANTS, build_reference, perturb, waves  # noqa: E402
 
 import speechssl  # noqa: E402
 from speechssl.interop.s3prl_io import load_s3prl, to_s3prl  # noqa: E402
 from speechssl.models.model import build_model  # noqa: E402
+from tests.interop.test_fairseq import VARIANTS, build_reference, perturb, waves  # noqa: E402
 
 TOL = 1e-4
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.nn.utils.weight_norm.*:FutureWarning")
