@@ -134,12 +134,13 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(cls: type[T], path: str | Path, overrides: list[str] | None = None) -> T:
-    """Read `path` into `cls`, then apply `key.sub=value` overrides (values parsed as YAML)."""
-    data = load_yaml(path)
+def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | None = None) -> T:
+    """Read `path` (None: the defaults) into `cls`, then apply `key.sub=value` overrides
+    (values parsed as YAML)."""
+    data = load_yaml(path) if path is not None else {}
     for item in overrides or []:
         apply_override(data, item)
-    return from_dict(cls, data, source=str(path))
+    return from_dict(cls, data, source=str(path) if path is not None else "--set")
 
 
 def apply_override(data: dict[str, Any], item: str) -> None:

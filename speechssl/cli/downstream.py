@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tr.add_argument("--data", required=True, help="dir holding the task's train/, dev/ and test/ data dirs")
     tr.add_argument("--out", required=True, help="experiment dir")
     tr.add_argument("--config", help="YAML mapped onto DownstreamConfig (unknown keys are errors)")
-    tr.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+    tr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="config override, e.g. lr=1e-4 or featurizer.name=hconv (repeatable)")
     tr.add_argument("--max-steps", type=int, help="override max_steps")
     tr.add_argument("--resume", action="store_true", help="continue from the last checkpoints of EXP")
@@ -45,16 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _config(args: argparse.Namespace) -> DownstreamConfig:
-    if args.config:
-        return load_config(DownstreamConfig, args.config, args.override)
-    if args.override:
-        from speechssl.config import apply_override, from_dict
-
-        data: dict = {}
-        for item in args.override:
-            apply_override(data, item)
-        return from_dict(DownstreamConfig, data, source="--override")
-    return DownstreamConfig()
+    return load_config(DownstreamConfig, args.config, args.overrides)
 
 
 def run_train(args: argparse.Namespace) -> int:
