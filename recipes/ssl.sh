@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# Self-supervised pretraining template (ESPnet style). A corpus's run.sh sets
+# options and calls this script; every stage is one `speechssl <command>`.
+#
+#   Stage 1: data preparation (local/data.sh)            -> data/<set>
+#   Stage 2: validate the data dirs, write utt2dur
+#   For each iteration n = 1..N (HuBERT; wav2vec 2.0 has one iteration, no units):
+#   Stage 3: features: MFCC (n = 1) or layer L of iteration n-1's model
+#   Stage 4: k-means fit on the training features
+#   Stage 5: k-means labels for every set               -> data/<set>/units_iter<n>/labels
+#   Stage 6: unit quality (PNMI, purities) when data/<set>/phone_ctm exists
+#   Stage 7: pretraining                                  -> exp/<tag>_iter<n>/
+#   Stage 8: export the final model (transformers format)
+#   Stage 9: summary (unit quality per iteration, throughput, where things are)
+#
+# Each finished step leaves a .done marker, so re-running skips it; delete the
+# marker (or the output) to redo it.
+set -euo pipefail
+
+log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') ($(basename "$0"):${BASH_LINENO[0]}) $*"; }
+
+# General options
+stage=1                 # first stage to run
+stop_stage=100          # last stage to run
+nj=2                    # parallel jobs for data preparation and feature dumping
+ngpu=0                  # GPUs for pretraining: 0 = CPU, >1 = torchrun DDP on one node
+seed=0                  # seed of pretraining
+dumpdir=dump            # features go here
+expdir=exp              # models go here
+tag=""                  # experiment name prefix (default: ssl_type)
+
+# Data
+train_set=train         # training data dir name under data/
+valid_set=dev           # validation data dir name under data/
+local_data_opts=""      # options passed to local/data.sh
+
+# Pretraining
+ssl_type=hubert         # hubert | wav2vec2
+pretrain_configs=""     # one YAML per iteration (HuBERT) or one (wav2vec 2.0)
+pretrain_args=""        # extra arguments for `speechssl pretrain`, e.g. "--max-steps 100"
+
+# Units (HuBERT), one value per iteration
+n_clusters="100 500"    # k-means clusters per iteration
+km_layers="6"           # for iteration n >= 2: layer of iteration n-1's model to cluster
+km_percent=1.0          # fraction of training utterances k-means is fitted on
+frame_shift=0.02        # seconds per unit (the model's frame rate)
+
+# Export
+export_format=hf        # format of stage 8: hf | s3prl | fairseq | onnx | torchscript
+
+help_message="Usage: $0 [options]; see the option block of recipes/ssl.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/utils/parse_options.sh"
+
+if [ -z "${pretrain_configs}" ]; then
+    log "Error: --pretrain_configs is required (one YAML per iteration)"; exit 2
+fi
+[ -z "${tag}" ] && tag="${ssl_type}"
+read -r -a configs <<< "${pretrain_configs}"
+read -r -a clusters <<< "${n_clusters}"
+read -r -a layers <<< "${km_layers}"
+case "${ssl_type}" in
+    hubert) num_iters=${#configs[@]}
+            if [ "${#clusters[@]}" -lt "${num_iters}" ]; then
+                log "Error: --n_clusters has ${#clusters[@]} values for ${num_iters} iterations"; exit 2
+            fi
+            if [ "${num_iters}" -gt 1 ] && [ "${#layers[@]}" -lt $((num_iters - 1)) ]; then
+                log "Error: --km_layers needs one layer per iteration after the first"; exit 2
+            fi ;;
+    wav2vec2) num_iters=1 ;;
+    *) log "Error: --ssl_type must be hubert or wav2vec2, got '${ssl_type}'"; exit 2 ;;
+esac
+
+if [ "${ngpu}" -gt 1 ]; then
+    pretrain_cmd="torchrun --standalone --nproc_per_node=${ngpu} -m speechssl pretrain"
+else
+    pretrain_cmd="speechssl pretrain"
+fi
+run_stage() { [ "${stage}" -le "$1" ] && [ "${stop_stage}" -ge "$1" ]; }
+done_or() { [ -f "$1" ]; }   # a .done marker exists
+
+if run_stage 1; then
+    log "Stage 1: data preparation (local/data.sh ${local_data_opts})"
+    if ! done_or data/.prep.done; then
+        # shellcheck disable=SC2086
+        local/data.sh ${local_data_opts}
+        touch data/.prep.done
+    fi
+fi
+
+if run_stage 2; then
+    log "Stage 2: validate data dirs and write utt2dur"
+    for dset in "${train_set}" "${valid_set}"; do
+        if [ ! -d "data/${dset}" ]; then
+            log "Error: data/${dset} is missing: run stage 1"; exit 2
+        fi
+        done_or "data/${dset}/.validated.done" && continue
+        [ -f "data/${dset}/utt2dur" ] || speechssl data durations "data/${dset}" --nj "${nj}"
+        speechssl data validate "data/${dset}"
+        touch "data/${dset}/.validated.done"
+    done
+fi
+
+model_of_iter() { echo "${expdir}/${tag}_iter$1/checkpoints/last"; }
+
+for ((it = 1; it <= num_iters; it++)); do
+    units="units_iter${it}"
+    pexp="${expdir}/${tag}_iter${it}"
+    if [ "${ssl_type}" = hubert ]; then
+        k=${clusters[$((it - 1))]}
+        if [ "${it}" -eq 1 ]; then
+            feat_args="--feature mfcc"; feat_name=mfcc
+        else
+            layer=${layers[$((it - 2))]}
+            prev=$(model_of_iter $((it - 1)))
+            feat_args="--feature upstream --upstream ${prev} --layer ${layer}"; feat_name="iter$((it - 1))_layer${layer}"
+        fi
+        if run_stage 3; then
+            log "Stage 3 (iteration ${it}): ${feat_name} features"
+            for dset in "${train_set}" "${valid_set}"; do
+                fdir="${dumpdir}/${feat_name}/${dset}"
+                for ((r = 0; r < nj; r++)); do
+                    # shellcheck disable=SC2086
+                    speechssl features --data "data/${dset}" ${feat_args} --out "${fdir}" --nshard "${nj}" --rank "${r}" &
+                done
+                wait
+            done
+        fi
+        kmdir="${expdir}/kmeans_iter${it}_${feat_name}_k${k}"
+        if run_stage 4; then
+            log "Stage 4 (iteration ${it}): k-means, K=${k} on ${feat_name}"
+            done_or "${kmdir}/.done" || {
+                speechssl kmeans fit --feats "${dumpdir}/${feat_name}/${train_set}" --num-clusters "${k}" \
+                    --percent "${km_percent}" --seed "${seed}" --out "${kmdir}"
+                touch "${kmdir}/.done"; }
+        fi
+        if run_stage 5; then
+            log "Stage 5 (iteration ${it}): units -> data/<set>/${units}"
+            for dset in "${train_set}" "${valid_set}"; do
+                done_or "data/${dset}/${units}/.done" && continue
+                speechssl kmeans label --feats "${dumpdir}/${feat_name}/${dset}" --model "${kmdir}" --out "data/${dset}/${units}"
+                touch "data/${dset}/${units}/.done"
+            done
+        fi
+        if run_stage 6; then
+            if [ -f "data/${valid_set}/phone_ctm" ]; then
+                log "Stage 6 (iteration ${it}): unit quality on ${valid_set}"
+                speechssl units score --labels "data/${valid_set}/${units}/labels" --names "iter${it}_${feat_name}_k${k}" \
+                    --alignments "data/${valid_set}/phone_ctm" --frame-shift "${frame_shift}" \
+                    --out "${expdir}/unit_quality_iter${it}.json"
+            else
+                log "Stage 6 (iteration ${it}): skipped, data/${valid_set}/phone_ctm does not exist"
+            fi
+        fi
+        units_arg="--units ${units}"
+    else
+        units_arg=""
+    fi
+    if run_stage 7; then
+        log "Stage 7 (iteration ${it}): pretraining ${configs[$((it - 1))]} -> ${pexp}"
+        if ! done_or "${pexp}/.done"; then
+            resume=""; [ -d "${pexp}/checkpoints" ] && resume="--resume"
+            # shellcheck disable=SC2086
+            ${pretrain_cmd} --config "${configs[$((it - 1))]}" --train "data/${train_set}" --valid "data/${valid_set}" \
+                --out "${pexp}" ${units_arg} --seed "${seed}" ${resume} ${pretrain_args}
+            touch "${pexp}/.done"
+        fi
+    fi
+done
+
+final_model=$(model_of_iter "${num_iters}")
+if run_stage 8; then
+    log "Stage 8: export ${final_model} as ${export_format}"
+    speechssl export --checkpoint "${final_model}" --format "${export_format}" --out "${expdir}/${tag}_export_${export_format}"
+fi
+
+if run_stage 9; then
+    log "Stage 9: summary"
+    labels=(); names=(); runs=()
+    for ((it = 1; it <= num_iters; it++)); do
+        runs+=("${expdir}/${tag}_iter${it}")
+        if [ -f "data/${valid_set}/units_iter${it}/labels" ]; then
+            labels+=("data/${valid_set}/units_iter${it}/labels"); names+=("iter${it}")
+        fi
+    done
+    scores=()
+    if [ "${#labels[@]}" -gt 0 ] && [ -f "data/${valid_set}/phone_ctm" ]; then
+        # one table and one PNG for the units of every iteration
+        speechssl units score --labels "${labels[@]}" --names "${names[@]}" --alignments "data/${valid_set}/phone_ctm" \
+            --frame-shift "${frame_shift}" --out "${expdir}/unit_quality.json" --plot "${expdir}/unit_quality.png"
+        scores=("${expdir}/unit_quality.json")
+    fi
+    speechssl summarize --runs "${runs[@]}" ${scores[@]+--unit-scores "${scores[@]}"} --out "${expdir}/summary.md"
+    log "Summary written to ${expdir}/summary.md; TensorBoard: tensorboard --logdir ${expdir}"
+fi
+log "Finished."

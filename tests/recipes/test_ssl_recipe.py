@@ -1,0 +1,72 @@
+"""The embedded pretraining recipe (egs/mini_synth/ssl1) end to end, every stage, tiny settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import speechssl
+
+REPO = Path(__file__).resolve().parents[2]
+RECIPE = REPO / "egs" / "mini_synth" / "ssl1"
+TINY = (
+    "--max-steps 3 --save-every 3 --set trainer.log_every=1 --set trainer.num_workers=0"
+    " --set model.encoder.num_layers=2 --set model.encoder.embed_dim=32 --set model.encoder.ffn_dim=64"
+)
+
+
+def copy_recipe(dest: Path) -> Path:
+    """The recipe dir as a user has it, outside the repo so the test writes nothing there."""
+    shutil.copytree(RECIPE / "conf", dest / "conf")
+    shutil.copytree(RECIPE / "local", dest / "local")
+    shutil.copy2(RECIPE / "run.sh", dest / "run.sh")
+    (dest / "ssl.sh").symlink_to(REPO / "recipes" / "ssl.sh")
+    (dest / "utils").symlink_to(REPO / "recipes" / "utils")
+    return dest
+
+
+def run_recipe(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    return subprocess.run(["./run.sh", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_mini_recipe_runs_every_stage_and_resumes_from_markers(tmp_path):
+    cwd = copy_recipe(tmp_path / "ssl1")
+    tiny = ["--local_data_opts", "--hours 0.03 --nj 2", "--n_clusters", "8 10", "--km_layers", "1",
+            "--pretrain_args", TINY]  # fmt: skip
+    result = run_recipe(cwd, *tiny)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for stage in range(1, 10):
+        assert f"Stage {stage}" in result.stdout
+    # two HuBERT iterations, each with units, their quality and a checkpoint that loads
+    for it in (1, 2):
+        assert (cwd / f"data/read/train/units_iter{it}/labels").is_file()
+        up = speechssl.load_upstream(cwd / f"exp/hubert_iter{it}/checkpoints/last")
+        assert up.num_layers == 2
+    quality = json.loads((cwd / "exp/unit_quality.json").read_text())
+    assert [r["name"] for r in quality["results"]] == ["iter1", "iter2"]
+    assert all(0.0 <= r["pnmi"] <= 1.0 for r in quality["results"])
+    assert (cwd / "exp/unit_quality.png").is_file()
+    assert (cwd / "exp/hubert_export_hf/config.json").is_file()
+    summary = (cwd / "exp/summary.md").read_text()
+    assert "PNMI" in summary and "exp/hubert_iter2" in summary
+
+    # a second run skips what is done (.done markers) and still ends with the summary
+    again = run_recipe(cwd, *tiny, "--stage", "3")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "pretraining" in again.stdout and "step 1/" not in again.stdout + again.stderr
+
+
+def test_misspelt_option_and_missing_input_stop_with_exit_2(tmp_path):
+    cwd = copy_recipe(tmp_path / "ssl1")
+    bad = run_recipe(cwd, "--n_cluster", "5")
+    assert bad.returncode == 2 and "unknown option --n_cluster" in bad.stderr
+    missing = run_recipe(cwd, "--stage", "2", "--stop_stage", "2")
+    assert missing.returncode == 2 and "data/read/train is missing: run stage 1" in missing.stdout
