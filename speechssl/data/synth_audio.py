@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torchaudio.functional as AF
+from scipy.fft import next_fast_len
 
 from speechssl.data.alignments import SILENCE_PHONE
 
@@ -87,11 +88,12 @@ def resample(audio: np.ndarray, orig_freq: int, new_freq: int) -> np.ndarray:
 
 def coloured_noise(rng: np.random.Generator, num_samples: int, exponent: float) -> np.ndarray:
     """Unit-RMS noise with power spectrum ~ 1/f**exponent (0 white, 1 pink, 2 brown)."""
-    white = rng.standard_normal(num_samples)
+    length = next_fast_len(num_samples, real=True)  # a prime length would make the FFT slow
+    white = rng.standard_normal(length)
     spectrum = np.fft.rfft(white)
     freqs = np.arange(spectrum.shape[0], dtype=np.float64)
     freqs[0] = 1.0
-    noise = np.fft.irfft(spectrum / freqs ** (exponent / 2.0), n=num_samples)
+    noise = np.fft.irfft(spectrum / freqs ** (exponent / 2.0), n=length)[:num_samples]
     rms = np.sqrt(np.mean(noise**2)) + 1e-12
     return (noise / rms).astype(np.float32)
 
