@@ -8,14 +8,19 @@ from speechssl.interop.export import FORMATS, export_upstream
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("export", help="export a model to transformers / s3prl / fairseq")
+    parser = subparsers.add_parser(
+        "export", help="export a model to transformers / s3prl / fairseq / ONNX / TorchScript"
+    )
     parser.add_argument("--checkpoint", required=True, help="any load_upstream source")
     parser.add_argument("--format", required=True, choices=FORMATS,
-                        help="hf: a transformers dir; s3prl / fairseq: a .pt file")
-    parser.add_argument("--out", required=True, help="output dir (hf) or file (s3prl, fairseq)")
+                        help="hf: a transformers dir; s3prl / fairseq: a .pt file; onnx: a .onnx file; "
+                             "torchscript: a torch.jit.load-able .pt file")
+    parser.add_argument("--out", required=True, help="output dir (hf) or file (the other formats)")
+    parser.add_argument("--no-verify", dest="verify", action="store_false",
+                        help="onnx / torchscript: skip the check of the written file against the PyTorch model")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    export_upstream(args.checkpoint, args.format, args.out)
+    export_upstream(args.checkpoint, args.format, args.out, verify=args.verify)
     return 0

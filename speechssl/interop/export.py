@@ -17,8 +17,10 @@ from speechssl.models.config import ConvFrontendConfig
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("hf", "s3prl", "fairseq")
-HETEROGENEOUS_FORMATS = ("a speechssl checkpoint dir (the source itself)",)
+FORMATS = ("hf", "s3prl", "fairseq", "onnx", "torchscript")
+# Graph formats carry any speechssl network: per-layer sizes, removed blocks, fbank frontends.
+GRAPH_FORMATS = ("onnx", "torchscript")
+HETEROGENEOUS_FORMATS = (*GRAPH_FORMATS, "a speechssl checkpoint dir (the source itself)")
 
 
 def _fairseq_extras(up: Upstream) -> dict | None:
@@ -44,13 +46,29 @@ def _refuse_heterogeneous(up: Upstream, fmt: str) -> None:
         )
 
 
-def export_upstream(source: str | Path, fmt: str, out: str | Path) -> Path:
-    """Write `source` as `fmt` at `out` (a directory for hf, a .pt file for s3prl / fairseq)."""
+def export_upstream(source: str | Path, fmt: str, out: str | Path, *, verify: bool = True) -> Path:
+    """Write `source` as `fmt` at `out` (a directory for hf, a file for the others).
+
+    onnx / torchscript files are checked after writing (with `verify`): onnxruntime or
+    torch.jit.load must match the PyTorch model to 1e-4 on a padded batch of other sizes
+    than the export batch, else nothing is left at `out`.
+    """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format '{fmt}'; valid formats: {', '.join(FORMATS)}")
     up = load_upstream(source)
-    _refuse_heterogeneous(up, fmt)
     out = Path(out)
+    if fmt in GRAPH_FORMATS:
+        if fmt == "onnx":
+            from speechssl.interop.onnx_export import export_onnx
+
+            export_onnx(up, out, verify=verify)
+        else:
+            from speechssl.interop.torchscript_export import export_torchscript
+
+            export_torchscript(up, out, verify=verify)
+        logger.info("exported %s as %s -> %s", source, fmt, out)
+        return out
+    _refuse_heterogeneous(up, fmt)
     state = up.model.state_dict()
     if fmt == "hf":
         from speechssl.interop.transformers_io import save_transformers

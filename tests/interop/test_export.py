@@ -57,4 +57,6 @@ def test_models_with_per_layer_sizes_are_refused_naming_what_can_carry_them(tmp_
     config = get_preset("hubert_tiny_fbank")
     save_checkpoint(build_model(config), config, tmp_path / "fbank")
     assert main(["export", "--checkpoint", str(tmp_path / "fbank"), "--format", "hf", "--out", str(tmp_path / "x")]) == 1
-    assert "cannot carry this model" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    err = capsys.readouterr().err
+    assert "cannot carry this model" in err and not (tmp_path / "x").exists()
+    assert "formats that can: onnx, torchscript" in err
