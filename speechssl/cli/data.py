@@ -5,13 +5,19 @@ from __future__ import annotations
 import argparse
 import sys
 
-from speechssl.data.datadir import compute_durations, fix_data_dir, summarize_data_dir, validate_data_dir
+from speechssl.data.datadir import (
+    combine_data_dirs,
+    compute_durations,
+    fix_data_dir,
+    summarize_data_dir,
+    validate_data_dir,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "data",
-        help="validate, fix or measure a Kaldi data dir",
+        help="validate, fix, measure or combine Kaldi data dirs",
         description="Kaldi data-dir tools (validate_data_dir.sh, fix_data_dir.sh, get_utt2dur.sh).",
     )
     actions = parser.add_subparsers(dest="action", metavar="<action>", required=True)
@@ -44,6 +50,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     durations.add_argument("dir")
     durations.add_argument("--nj", type=int, default=1, help="parallel header readers (default: 1)")
     durations.set_defaults(func=run_durations)
+
+    combine = actions.add_parser("combine", help="union of data dirs (utils/combine_data.sh)")
+    combine.add_argument("--out", required=True, help="data dir to write")
+    combine.add_argument("sources", nargs="+", help="data dirs to combine")
+    combine.set_defaults(func=run_combine)
 
 
 def run_validate(args: argparse.Namespace) -> int:
@@ -80,4 +91,10 @@ def run_durations(args: argparse.Namespace) -> int:
     written = "utt2dur and reco2dur" if data.reco2dur is not None and data.segments is not None else "utt2dur"
     total = sum(data.utt2dur.values()) if data.utt2dur else 0.0
     print(f"{args.dir}: wrote {written} for {len(data.utt2dur or {})} utterances ({total / 3600:.3f} hours)")
+    return 0
+
+
+def run_combine(args: argparse.Namespace) -> int:
+    data = combine_data_dirs(args.out, args.sources)
+    print(f"{args.out}: {len(data.utt_ids())} utterances from {len(args.sources)} data dirs")
     return 0

@@ -818,3 +818,40 @@ def compute_durations(path: str | Path, *, nj: int = 1, progress: bool = True) -
         data.utt2dur = dict(headers)
     write_table(data.path / "utt2dur", {k: _fmt_seconds(v) for k, v in data.utt2dur.items()})
     return data
+
+
+# ---------------------------------------------------------------- combine
+
+
+def combine_data_dirs(out: str | Path, sources: list[str | Path]) -> DataDir:
+    """Union of data dirs (Kaldi's utils/combine_data.sh), e.g. train_960 from the three
+    LibriSpeech training subsets. A file is kept only if every source has it (as Kaldi
+    does, so no utterance lacks an entry); an id found in two sources is an error naming both."""
+    if not sources:
+        raise ValueError("combine needs at least one source data dir")
+    dirs = [DataDir.load(src) for src in sources]
+    if len({d.segments is None for d in dirs}) > 1:
+        raise ValueError("cannot combine data dirs with and without segments: " + ", ".join(map(str, sources)))
+
+    def union(name: str, tables: list[Mapping | None]) -> dict | None:
+        if any(t is None for t in tables):
+            return None
+        merged: dict = {}
+        for src, table in zip(sources, tables):
+            for key, value in table.items():
+                if key in merged:
+                    raise ValueError(f"id '{key}' of {name} is in more than one source (again in {src})")
+                merged[key] = value
+        return merged
+
+    extra_names = set.intersection(*(set(d.extra) for d in dirs))
+    return write_data_dir(
+        out,
+        union("wav.scp", [d.wav_scp for d in dirs]),
+        utt2spk=union("utt2spk", [d.utt2spk for d in dirs]),
+        text=union("text", [d.text for d in dirs]),
+        segments=union("segments", [d.segments for d in dirs]),
+        utt2dur=union("utt2dur", [d.utt2dur for d in dirs]),
+        reco2dur=union("reco2dur", [d.reco2dur for d in dirs]),
+        extra={name: union(name, [d.extra[name] for d in dirs]) for name in sorted(extra_names)},
+    )

@@ -53,3 +53,39 @@ def test_transcript_audio_mismatch_names_the_chapter(tmp_path):
     (root / "dev-clean" / "84" / "121123" / "84-121123-0001.flac").unlink()
     with pytest.raises(ValueError, match=r"121123: transcripts and .flac files disagree \(no audio for \['84-121123-0001'\]"):
         prepare_librispeech(root, tmp_path / "data", ["dev-clean"])
+
+
+def test_recipe_data_stage_prepares_subsets_and_train_960(tmp_path):
+    """egs/librispeech/ssl1/local/data.sh on a fake tree: the subsets and their union."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[3]
+    root = tmp_path / "LibriSpeech"
+    for i, subset in enumerate(("train-clean-100", "train-clean-360", "train-other-500", "dev-clean")):
+        make_fake_librispeech(root, subset, readers=((str(100 + i), "1000"),), per_chapter=2)
+    cwd = tmp_path / "ssl1"
+    shutil.copytree(repo / "egs/librispeech/ssl1/local", cwd / "local")
+    (cwd / "utils").symlink_to(repo / "recipes/utils")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    subsets = "train-clean-100 train-clean-360 train-other-500 dev-clean"
+    run = subprocess.run(["local/data.sh", "--librispeech_dir", str(root), "--subsets", subsets, "--nj", "1"],
+                         cwd=cwd, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert validate_data_dir(cwd / "data/train_960") == []
+    assert len(DataDir.load(cwd / "data/train_960").utt_ids()) == 6
+    missing = subprocess.run(["local/data.sh"], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "--librispeech_dir is required" in missing.stderr
+
+
+def test_combine_refuses_an_id_in_two_sources(tmp_path):
+    from speechssl.data.datadir import combine_data_dirs
+
+    root = make_fake_librispeech(tmp_path / "LibriSpeech")
+    prepare_librispeech(root, tmp_path / "a", ["dev-clean"])
+    prepare_librispeech(root, tmp_path / "b", ["dev-clean"])
+    with pytest.raises(ValueError, match=r"id '174-50561-0000' of wav.scp is in more than one source"):
+        combine_data_dirs(tmp_path / "c", [tmp_path / "a/dev_clean", tmp_path / "b/dev_clean"])
