@@ -39,7 +39,9 @@ def _pruned() -> ModelConfig:
 EXPORT_CASES: dict[str, ModelConfig] = {
     "conv_group_norm": tiny_config(),
     # pre-LN + layer-norm conv + waveform normalisation: the Large / LV-60 layout
-    "conv_layer_norm": replace(tiny_config(mode="layer_norm", layer_norm_first=True), normalize_waveform=True),
+    "conv_layer_norm": replace(
+        tiny_config(mode="layer_norm", layer_norm_first=True), normalize_waveform=True
+    ),
     "fbank": get_preset("hubert_tiny_fbank"),
     "pruned": _pruned(),
 }
@@ -58,7 +60,9 @@ def reference(checkpoint: Path, wavs: torch.Tensor, lens: torch.Tensor) -> tuple
     return torch.stack(out.hidden_states).numpy(), out.lengths.numpy()
 
 
-def assert_valid_frames_close(hidden: np.ndarray, lengths: np.ndarray, ref: np.ndarray, ref_lens: np.ndarray) -> None:
+def assert_valid_frames_close(
+    hidden: np.ndarray, lengths: np.ndarray, ref: np.ndarray, ref_lens: np.ndarray
+) -> None:
     """hidden / ref: (L + 1, B, T, D); only frames below each utterance's length count."""
     assert hidden.shape == ref.shape
     np.testing.assert_array_equal(lengths, ref_lens)
@@ -75,12 +79,16 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
 @pytest.mark.parametrize("name", list(EXPORT_CASES))
 def test_onnxruntime_agrees_with_pytorch_at_new_batch_sizes_and_lengths(checkpoints, tmp_path, name):
     out = tmp_path / f"{name}.onnx"
-    assert main(["export", "--checkpoint", str(checkpoints[name]), "--format", "onnx", "--out", str(out)]) == 0
+    assert (
+        main(["export", "--checkpoint", str(checkpoints[name]), "--format", "onnx", "--out", str(out)]) == 0
+    )
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     up = speechssl.load_upstream(checkpoints[name])
     for lengths in CHECK_LENGTHS:
         wavs, lens = random_waves(lengths, seed=3)
-        hidden, frames = session.run(["hidden_states", "lengths"], {"wavs": wavs.numpy(), "wav_lens": lens.numpy()})
+        hidden, frames = session.run(
+            ["hidden_states", "lengths"], {"wavs": wavs.numpy(), "wav_lens": lens.numpy()}
+        )
         ref, ref_lens = reference(checkpoints[name], wavs, lens)
         assert hidden.shape[0] == up.num_layers + 1 and hidden.shape[-1] == up.hidden_dim
         assert frames.dtype == np.int64
@@ -92,7 +100,10 @@ def test_onnx_graph_declares_the_contract_with_symbolic_batch_and_time(checkpoin
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     inputs = {i.name: (i.type, i.shape) for i in session.get_inputs()}
     outputs = {o.name: (o.type, o.shape) for o in session.get_outputs()}
-    assert inputs == {"wavs": ("tensor(float)", ["batch", "samples"]), "wav_lens": ("tensor(int64)", ["batch"])}
+    assert inputs == {
+        "wavs": ("tensor(float)", ["batch", "samples"]),
+        "wav_lens": ("tensor(int64)", ["batch"]),
+    }
     assert outputs["lengths"] == ("tensor(int64)", ["batch"])
     kind, shape = outputs["hidden_states"]
     assert kind == "tensor(float)" and shape[0] == 5 and shape[1] == "batch" and isinstance(shape[2], str)
