@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -215,11 +214,10 @@ def export_metadata(upstream: Upstream) -> dict[str, Any]:
 
 
 def atomic_target(out: Path) -> Path:
-    """A temp path beside `out` (same filesystem, so the final rename is atomic)."""
+    """A temp path beside `out` (same filesystem, so the final rename is atomic); created by the
+    writer, so the file gets the usual umask permissions (mkstemp's would be 0600)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    return Path(tmp)
+    return out.with_name(f".{out.name}.{os.getpid()}.tmp")
 
 
 @contextlib.contextmanager
