@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Lay out the embedded synthetic corpus as SUPERB task data dirs (offline).
+#   local/data.sh [--hours 3] [--seed 0] [--nj 2] [--clean false] [--corpus_dir DIR] [out_dir (default: data)]
+# Without --corpus_dir the corpus is built with `speechssl synth` into <out_dir>/corpus
+# (~1 min for 3 h on 2 cores); with it, an existing `speechssl synth` output is used as is.
+#
+#   <out_dir>/pr, asr, sid/{train,dev,test} -> corpus read/{train,dev,test}  (phones, text, utt2spk)
+#   <out_dir>/ks/{train,dev,test}           -> corpus keywords/...           (text = keyword class)
+#   <out_dir>/ic/{train,dev,test}           -> corpus commands/...           (intent)
+#   <out_dir>/asv/train -> read/train (the 40 seen speakers train the speaker head)
+#   <out_dir>/asv/test  -> asv/test (10 unseen speakers, its trials)
+#   <out_dir>/asv/dev   = read/dev + read/test with every pair as a trial: held-out utterances
+#                         of seen speakers, used only to pick the checkpoint (never the unseen
+#                         test speakers, so the reported EER is not tuned on test)
+set -euo pipefail
+
+hours=3         # total hours of audio of a corpus built here
+seed=0          # the same seed gives byte-identical files
+nj=2            # parallel synthesis processes
+clean=false     # true: no noise, gain or speed perturbation
+corpus_dir=""   # an existing corpus (`speechssl synth --out DIR`); default: build <out_dir>/corpus
+
+help_message="Usage: $0 [--hours H] [--seed S] [--nj N] [--clean true|false] [--corpus_dir DIR] [out_dir (default: data)]"
+. utils/parse_options.sh
+
+if [ $# -gt 1 ]; then
+    echo "$help_message" >&2
+    exit 2
+fi
+out_dir="${1:-data}"
+mkdir -p "${out_dir}"
+
+if [ -n "${corpus_dir}" ]; then
+    if [ ! -f "${corpus_dir}/summary.json" ] || [ ! -d "${corpus_dir}/read/train" ]; then
+        echo "$0: --corpus_dir ${corpus_dir} is not a speechssl synth corpus (no summary.json or read/train);" \
+             "build one with 'speechssl synth --out DIR' or leave --corpus_dir out" >&2
+        exit 2
+    fi
+else
+    corpus_dir="${out_dir}/corpus"
+    if [ ! -f "${corpus_dir}/summary.json" ]; then
+        clean_opt=""
+        [ "${clean}" = true ] && clean_opt="--clean"
+        # shellcheck disable=SC2086
+        speechssl synth --out "${corpus_dir}" --hours "${hours}" --seed "${seed}" --nj "${nj}" ${clean_opt}
+    fi
+fi
+corpus=$(cd "${corpus_dir}" && pwd)
+
+link_task() {  # link_task TASK SUBSET: <out_dir>/TASK/<split> -> corpus/SUBSET/<split>
+    local task="$1" subset="$2" split
+    mkdir -p "${out_dir}/${task}"
+    for split in train dev test; do
+        if [ ! -d "${corpus}/${subset}/${split}" ]; then
+            echo "$0: ${corpus}/${subset}/${split} is missing from the corpus" >&2; exit 2
+        fi
+        ln -sfn "${corpus}/${subset}/${split}" "${out_dir}/${task}/${split}"
+    done
+}
+link_task pr read
+link_task asr read
+link_task sid read
+link_task ks keywords
+link_task ic commands
+
+# ASV
+mkdir -p "${out_dir}/asv"
+ln -sfn "${corpus}/read/train" "${out_dir}/asv/train"
+if [ ! -f "${corpus}/asv/test/trials" ]; then
+    echo "$0: ${corpus}/asv/test/trials is missing from the corpus" >&2; exit 2
+fi
+ln -sfn "${corpus}/asv/test" "${out_dir}/asv/test"
+dev="${out_dir}/asv/dev"
+rm -rf "${dev}.tmp"; mkdir -p "${dev}.tmp"
+for f in wav.scp utt2spk text utt2dur; do
+    cat "${corpus}/read/dev/${f}" "${corpus}/read/test/${f}" | LC_ALL=C sort -k1,1 > "${dev}.tmp/${f}"
+done
+# spk2utt from utt2spk; trials: every pair (enroll < test in sorted order)
+awk '{ u[$2] = u[$2] " " $1 } END { for (s in u) print s u[s] }' "${dev}.tmp/utt2spk" | LC_ALL=C sort -k1,1 \
+    > "${dev}.tmp/spk2utt"
+awk '{ utt[NR] = $1; spk[NR] = $2 }
+     END { for (i = 1; i <= NR; i++) for (j = i + 1; j <= NR; j++)
+               print utt[i], utt[j], (spk[i] == spk[j] ? "target" : "nontarget") }' \
+    "${dev}.tmp/utt2spk" > "${dev}.tmp/trials"
+if ! grep -q ' target$' "${dev}.tmp/trials" || ! grep -q ' nontarget$' "${dev}.tmp/trials"; then
+    echo "$0: ${dev}/trials needs target and nontarget trials; the corpus is too small" >&2; exit 2
+fi
+rm -rf "${dev}"; mv "${dev}.tmp" "${dev}"
+echo "$0: task data dirs under ${out_dir}: pr asr sid ks ic asv (corpus ${corpus})"
