@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+
 from speechssl.features.dump import FEATURES, build_extractor, dump_features
 
 
@@ -31,10 +33,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", help="torch device for --feature upstream (default: cuda if available)")
     parser.add_argument("--dtype", choices=("float32", "float16"), default="float32",
                         help="storage type of the .npy (default float32)")
+    parser.add_argument("--num-threads", type=int, default=0,
+                        help="torch CPU threads (default: 1 for mfcc, torch's default for upstream)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    elif args.feature == "mfcc":
+        # MFCC works on one short utterance at a time: intra-op threads only contend with the
+        # other shards a recipe runs in parallel (measured 9 ms vs 190 ms per 7 s utterance).
+        torch.set_num_threads(1)
     extractor = build_extractor(args.feature, upstream=args.upstream, layer=args.layer, device=args.device)
     path = dump_features(args.data, extractor, args.out, nshard=args.nshard, rank=args.rank,
                          dtype=args.dtype, batch_seconds=args.batch_seconds)
