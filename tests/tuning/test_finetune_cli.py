@@ -1,0 +1,91 @@
+"""`speechssl finetune` and `speechssl finetune evaluate` on a tiny upstream and tone data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from speechssl.cli.finetune import finetune_config, load_finetuned
+from speechssl.cli.main import main
+from speechssl.models.checkpoint import save_checkpoint
+from speechssl.models.model import build_model
+from speechssl.testing.datadirs import make_data_dir
+from speechssl.testing.models import tiny_config
+from speechssl.tuning.ctc_finetune import evaluate_ctc
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ft")
+    config = tiny_config()
+    torch.manual_seed(0)
+    save_checkpoint(build_model(config), config, root / "hubert_tiny")
+    train = make_data_dir(root / "corpus", name="train").path
+    conf = root / "ft.yaml"
+    conf.write_text(yaml.safe_dump({
+        "trainer": {"max_steps": 40, "lr": 3.0e-3, "schedule": "tri_stage", "weight_decay": 0.0,
+                    "save_every": 40, "log_every": 40},
+        "freeze_finetune_updates": 10, "layerdrop": 0.0, "batch_seconds": 4.0,
+        "mask": {"mask_prob": 0.2, "mask_length": 2, "channel_prob": 0.1, "channel_length": 4}}))
+    return {"upstream": root / "hubert_tiny", "train": train, "conf": conf}
+
+
+def _finetune(setup, out: Path, *extra: str) -> int:
+    return main(["finetune", "--upstream", str(setup["upstream"]), "--train", str(setup["train"]),
+                 "--valid", str(setup["train"]), "--out", str(out), "--config", str(setup["conf"]), *extra])
+
+
+def test_lora_finetune_then_evaluate_prints_cer_and_loss(setup, tmp_path, capsys):
+    out = tmp_path / "exp"
+    assert _finetune(setup, out, "--method", "lora", "--max-steps", "4", "--set", "tuning.lora.rank=2") == 0
+    assert "finetune (lora): " in capsys.readouterr().out
+    exp = yaml.safe_load((out / "finetune.yaml").read_text())
+    assert exp["upstream"] == str(setup["upstream"])
+    assert exp["config"]["tuning"]["method"] == "lora" and exp["config"]["tuning"]["lora"]["rank"] == 2
+    assert exp["config"]["trainer"]["max_steps"] == 4 and exp["config"]["freeze_finetune_updates"] == 1  # 10/40 kept
+    assert (out / "final" / "tuned.safetensors").is_file() and not (out / "final" / "upstream").exists()
+
+    assert main(["finetune", "evaluate", "--out", str(out), "--data", str(setup["train"])]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(printed) == {"data", "cer", "loss"} and printed["loss"] > 0 and 0 <= printed["cer"]
+    assert json.loads((out / "eval_train.json").read_text()) == printed
+
+
+def test_full_finetune_reloads_to_the_same_scores_and_resumes(setup, tmp_path, capsys):
+    out = tmp_path / "full"
+    assert _finetune(setup, out, "--max-steps", "6") == 0
+    model = load_finetuned(out)
+    assert not model.training
+    before = evaluate_ctc(model, setup["train"])
+    assert main(["finetune", "evaluate", "--out", str(out), "--data", str(setup["train"])]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["cer"] == pytest.approx(before["cer"]) and printed["loss"] == pytest.approx(before["loss"], rel=1e-5)
+    # resuming a finished run with more steps continues from its checkpoint
+    assert _finetune(setup, out, "--max-steps", "8", "--resume") == 0
+    assert "8 updates" in capsys.readouterr().out
+
+
+def test_config_options_compose():
+    config = finetune_config(None, ["trainer.lr=0.001"], method="bitfit", max_steps=2000)
+    assert config.tuning.method == "bitfit" and config.trainer.lr == 0.001
+    assert config.trainer.max_steps == 2000 and config.freeze_finetune_updates == 1000  # fairseq: 10k of 20k
+
+
+def test_user_errors_are_one_line(setup, tmp_path, capsys):
+    assert main(["finetune", "--upstream", str(setup["upstream"])]) == 1
+    assert "needs --train, --out" in capsys.readouterr().err
+    assert main(["finetune", "--upstream", str(setup["upstream"]), "--train", str(tmp_path / "nope"),
+                 "--out", str(tmp_path / "x")]) == 1
+    assert f"--train {tmp_path / 'nope'} is not a data dir" in capsys.readouterr().err
+    assert _finetune(setup, tmp_path / "x", "--max-steps", "0") == 1
+    assert "--max-steps must be > 0" in capsys.readouterr().err
+    assert _finetune(setup, tmp_path / "x", "--set", "trainer.lrr=1") == 1
+    assert "lrr" in capsys.readouterr().err
+    assert main(["finetune", "evaluate", "--out", str(tmp_path / "none"), "--data", str(setup["train"])]) == 1
+    assert "finetune.yaml does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["finetune", "--method", "dora"])
