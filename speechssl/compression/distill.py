@@ -1,0 +1,266 @@
+"""DistilHuBERT-style layer distillation (and Recycle-and-Distill masking distillation).
+
+The student is the teacher's frontend, feature projection, positional conv and its
+lower transformer layers (copied), with linear prediction heads that map the
+student's last layer to chosen teacher layers (DistilHuBERT: 4, 8, 12 of 12). The
+loss per head is L1 + cos_weight * (-log sigmoid(cos)) over valid frames. The
+`Distiller` also serves structured pruning (speechssl.compression.prune): there the
+student is the gated teacher and each student layer matches the same teacher layer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from speechssl.compression.config import DistillConfig, LossConfig, StudentConfig
+from speechssl.config import apply_override, from_dict, load_yaml
+from speechssl.data.dataset import AudioDataset, Batch, collate_audio
+from speechssl.data.sampler import DurationBucketSampler
+from speechssl.interop.upstream import Upstream, load_upstream, normalize_waveform
+from speechssl.models.checkpoint import save_checkpoint
+from speechssl.models.config import ModelConfig
+from speechssl.models.model import SSLModel, build_model
+from speechssl.objectives.masking import MaskConfig, compute_mask_indices
+from speechssl.training.distributed import env_rank, env_world_size
+from speechssl.training.pretrain import build_dataset
+from speechssl.training.trainer import TrainResult, train
+
+logger = logging.getLogger(__name__)
+
+
+def layer_loss(pred: Tensor, target: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+    """pred, target: (B, T, D); valid: (B, T) bool. Returns (L1, -log sigmoid(cos)), each a mean
+    over valid frames (L1 also over channels), as DistilHuBERT."""
+    weight = valid.to(pred.dtype)  # (B, T)
+    count = weight.sum().clamp(min=1.0)
+    l1 = ((pred - target).abs().mean(dim=-1) * weight).sum() / count
+    cos = F.cosine_similarity(pred, target, dim=-1)  # (B, T)
+    cos_term = (-F.logsigmoid(cos) * weight).sum() / count
+    return l1, cos_term
+
+
+def build_student(teacher: SSLModel, teacher_config: ModelConfig, config: StudentConfig) -> tuple[SSLModel, ModelConfig]:
+    """A student with the teacher's frontend and width and `config.num_layers` layers, initialised
+    (unless `init_from_teacher` is False) from the teacher's frontend and the listed layers."""
+    copy_from = config.teacher_layers_to_copy()
+    enc = teacher_config.encoder
+    if max(copy_from) > enc.num_layers:
+        raise ValueError(f"student.init_layers {copy_from} exceed the teacher's {enc.num_layers} layers")
+    per_layer = {
+        name: None if getattr(enc, name) is None else [getattr(enc, name)[i - 1] for i in copy_from]
+        for name in ("layer_num_heads", "layer_ffn_dims")
+    }
+    student_config = replace(
+        teacher_config,
+        encoder=replace(enc, num_layers=config.num_layers, layerdrop=config.layerdrop, **per_layer),
+    )
+    student = build_model(student_config)
+    if config.init_from_teacher:
+        source = teacher.state_dict()
+        state = {}
+        for key in student.state_dict():
+            if key.startswith("encoder.layers."):
+                _, _, index, rest = key.split(".", 3)
+                key_in_teacher = f"encoder.layers.{copy_from[int(index)] - 1}.{rest}"
+            else:
+                key_in_teacher = key
+            state[key] = source[key_in_teacher].detach().clone()
+        student.load_state_dict(state, strict=True)
+    return student, student_config
+
+
+class FrozenTeacher(nn.Module):
+    """Holds the teacher in eval mode without gradients; its weights stay out of checkpoints
+    (state_dict / load_state_dict skip `teacher.`), so resuming needs only the student."""
+
+    teacher: SSLModel
+
+    def _freeze_teacher(self, teacher: SSLModel) -> None:
+        self.teacher = teacher.eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> FrozenTeacher:
+        super().train(mode)
+        self.teacher.eval()  # never dropout / LayerDrop in the teacher
+        return self
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
+        state = super().state_dict(*args, **kwargs)
+        return type(state)((k, v) for k, v in state.items() if not k.startswith("teacher."))
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:  # type: ignore[override]
+        full = dict(state_dict)
+        full.update({f"teacher.{k}": v for k, v in self.teacher.state_dict().items()})
+        return super().load_state_dict(full, strict=strict, assign=assign)
+
+
+class Distiller(FrozenTeacher):
+    """batch -> (loss, metrics): student layer `student_layers[k]` (through head k, if heads)
+    predicts teacher layer `teacher_layers[k]`.
+
+    student: an SSLModel or anything with its forward signature (the gated model of pruning).
+    heads: one Linear per pair (DistilHuBERT), else the hidden states are compared directly.
+    mask: masking distillation; the student's input frames are masked with its
+    `masked_spec_embed`, the teacher sees the unmasked input.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: SSLModel,
+        *,
+        teacher_layers: Sequence[int],
+        student_layers: Sequence[int],
+        heads: bool,
+        loss: LossConfig,
+        mask: MaskConfig | None = None,
+        normalize_waveform: bool = False,
+    ) -> None:
+        super().__init__()
+        if len(teacher_layers) != len(student_layers):
+            raise ValueError(f"teacher_layers {list(teacher_layers)} and student_layers {list(student_layers)} "
+                             "must have the same length")
+        if max(teacher_layers) > teacher.num_layers:
+            raise ValueError(f"target layers {list(teacher_layers)} exceed the teacher's {teacher.num_layers} layers")
+        self.student = student
+        self._freeze_teacher(teacher)
+        self.teacher_layers, self.student_layers = list(teacher_layers), list(student_layers)
+        D_t, D_s = teacher.hidden_dim, student.hidden_dim
+        self.heads = nn.ModuleList(nn.Linear(D_s, D_t) for _ in teacher_layers) if heads else None
+        if not heads and D_s != D_t:
+            raise ValueError(f"without heads the student width ({D_s}) must equal the teacher's ({D_t})")
+        self.loss_config = loss
+        self.mask = mask
+        self.normalize_waveform = normalize_waveform
+
+    def _mask_indices(self, wav_lens: Tensor) -> Tensor | None:
+        if self.mask is None or not self.training:
+            return None
+        frames = self.student.feature_extractor.output_lengths(wav_lens)  # (B,)
+        m = self.mask
+        return compute_mask_indices(frames, int(frames.max()), mask_prob=m.mask_prob, mask_length=m.mask_length,
+                                    min_masks=m.min_masks, no_overlap=m.no_overlap, min_space=m.min_space,
+                                    require_same_masks=m.require_same_masks)
+
+    def distill_loss(self, wavs: Tensor, wav_lens: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        if self.normalize_waveform:
+            wavs = normalize_waveform(wavs, wav_lens)
+        with torch.no_grad():
+            target = self.teacher(wavs, wav_lens, num_layers=max(self.teacher_layers)).hidden_states
+        out = self.student(wavs, wav_lens, mask_time_indices=self._mask_indices(wav_lens),
+                           num_layers=max(self.student_layers))
+        valid = ~out.padding_mask  # (B, T)
+        total = wavs.new_zeros(())
+        metrics: dict[str, Tensor] = {}
+        for k, (s, t) in enumerate(zip(self.student_layers, self.teacher_layers)):
+            pred = out.hidden_states[s]  # (B, T, D_s)
+            if self.heads is not None:
+                pred = self.heads[k](pred)  # (B, T, D_t)
+            l1, cos = layer_loss(pred, target[t], valid)
+            total = total + self.loss_config.l1_weight * l1 + self.loss_config.cos_weight * cos
+            metrics[f"l1_{t}"], metrics[f"cos_{t}"] = l1.detach(), cos.detach()
+        return total, metrics
+
+    def forward(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.distill_loss(batch.wavs, batch.wav_lens)
+
+
+def build_samplers(config: Any, train_dir: Path, valid_dir: Path | None, frames_for_samples):
+    """(train_set, train_sampler, valid_set, valid_sampler) from a config with `data` and `trainer`
+    sections (the ones of PretrainConfig), as `speechssl pretrain` builds them (no units)."""
+    data = config.data
+    sampler_args = dict(max_batch_size=data.max_batch_size, num_replicas=env_world_size(), rank=env_rank(),
+                        seed=config.trainer.seed, num_buckets=data.num_buckets)
+    train_set: AudioDataset = build_dataset(train_dir, (), config, frames_for_samples, train=True)
+    train_sampler = DurationBucketSampler(train_set.durations, data.max_batch_seconds,
+                                          long_utterances="crop" if data.max_seconds else "drop", **sampler_args)
+    valid_set = valid_sampler = None
+    if valid_dir is not None:
+        valid_set = build_dataset(valid_dir, (), config, frames_for_samples, train=False)
+        valid_sampler = DurationBucketSampler(valid_set.durations, data.max_batch_seconds, shuffle=False,
+                                              **sampler_args)
+    return train_set, train_sampler, valid_set, valid_sampler
+
+
+def load_section_config(cls: type, path: str | Path, overrides: Sequence[str] = ()) -> Any:
+    data = load_yaml(path)
+    for item in overrides:
+        apply_override(data, item)
+    return from_dict(cls, data, source=str(path))
+
+
+def with_steps(trainer_config, max_steps: int | None):
+    """A short debug run keeps the warmup ratio (as `speechssl pretrain --max-steps`)."""
+    if not max_steps:
+        return trainer_config
+    warmup = trainer_config.warmup_steps * max_steps // trainer_config.max_steps
+    return replace(trainer_config, max_steps=max_steps, warmup_steps=min(warmup, max_steps))
+
+
+def run_training(module: nn.Module, config: Any, train_dir: Path, valid_dir: Path | None, out_dir: Path,
+                 frames_for_samples, *, resume: bool, save_config: Any) -> TrainResult:
+    train_set, train_sampler, valid_set, valid_sampler = build_samplers(config, train_dir, valid_dir,
+                                                                        frames_for_samples)
+    return train(module, train_set, collate_audio, train_sampler, config.trainer, out_dir,
+                 valid_dataset=valid_set, valid_sampler=valid_sampler, resume=resume, save_config=save_config)
+
+
+def load_teacher(source: str | Path) -> Upstream:
+    upstream = load_upstream(source)
+    logger.info("teacher %s: %s, %d layers, %.2fM parameters", source, upstream.config.family,
+                upstream.num_layers, sum(p.numel() for p in upstream.model.parameters()) / 1e6)
+    return upstream
+
+
+def build_distiller(teacher: Upstream, config: DistillConfig) -> tuple[Distiller, ModelConfig]:
+    student, student_config = build_student(teacher.model, teacher.config, config.student)
+    distiller = Distiller(
+        student, teacher.model, teacher_layers=config.target_layers,
+        student_layers=[config.student.num_layers] * len(config.target_layers), heads=True,
+        loss=config.loss, mask=config.mask, normalize_waveform=teacher.config.normalize_waveform,
+    )  # fmt: skip
+    return distiller, student_config
+
+
+def distill(
+    teacher_source: str | Path,
+    config_path: str | Path,
+    train_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    valid_dir: str | Path | None = None,
+    max_steps: int | None = None,
+    resume: bool = False,
+    overrides: Sequence[str] = (),
+) -> Path:
+    """Distil `teacher_source` (any load_upstream source) into a student; returns EXP/final, a
+    speechssl checkpoint that load_upstream reads (the heads are training-only and left out)."""
+    out_dir = Path(out_dir)
+    config: DistillConfig = load_section_config(DistillConfig, config_path, overrides)
+    config = replace(config, trainer=with_steps(config.trainer, max_steps))
+    teacher = load_teacher(teacher_source)
+    torch.manual_seed(config.trainer.seed)
+    distiller, student_config = build_distiller(teacher, config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_training(distiller, config, Path(train_dir), Path(valid_dir) if valid_dir else None, out_dir,
+                 lambda n: int(teacher.model.feature_extractor.output_lengths(torch.tensor(n))),
+                 resume=resume, save_config=config)
+    final = out_dir / "final"
+    if env_rank() == 0:
+        save_checkpoint(distiller.student, student_config, final)
+        logger.info("student: %.2fM parameters (teacher %.2fM) -> %s", count_params(distiller.student) / 1e6,
+                    count_params(teacher.model) / 1e6, final)
+    return final
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
