@@ -449,7 +449,7 @@ def prune(
     run_training(pruner, config, train_dir, valid, out_dir, frames, resume=resume, save_config=config)
     gated: GatedModel = pruner.student
     gated.eval()
-    expected = float(gated.expected_params())
+    expected = float(gated.expected_params().detach())
     by_rule = gated.deterministic_params()
     final_count = gated.fix_gates(pruner.target_params)
     model, model_config = prune_model(gated)

@@ -91,7 +91,8 @@ def test_lagrangian_drives_expected_sparsity_to_target():
     gated = pruner.student.eval()
     count = gated.fix_gates(pruner.target_params)
     model, _ = prune_model(gated)
-    assert abs(count_params(model) - pruner.target_params) / pruner.target_params < 0.02
+    assert count_params(model) == count
+    assert abs(count - pruner.target_params) / pruner.target_params < 0.02
 
 
 def test_joint_step_trains_gates_and_student_but_never_the_teacher():

@@ -1,0 +1,34 @@
+"""`speechssl distill`: DistilHuBERT-style distillation of any upstream into a smaller student."""
+
+from __future__ import annotations
+
+import argparse
+
+from speechssl.compression.distill import distill
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "distill",
+        help="distil a teacher (any load_upstream source) into a student with fewer layers",
+        description="DistilHuBERT: student = teacher frontend + lower layers, linear heads predict chosen "
+        "teacher layers (L1 + cosine). YAML sections: student, target_layers, loss, mask, data, trainer. "
+        "Writes EXP/final (a speechssl checkpoint).",
+    )
+    parser.add_argument("--teacher", required=True, help="speechssl checkpoint dir, transformers dir or .pt")
+    parser.add_argument("--config", required=True, help="distillation YAML")
+    parser.add_argument("--train", required=True, help="training data dir")
+    parser.add_argument("--valid", help="validation data dir")
+    parser.add_argument("--out", required=True, help="experiment dir")
+    parser.add_argument("--max-steps", type=int, help="override trainer.max_steps")
+    parser.add_argument("--resume", action="store_true", help="continue from EXP/checkpoints/last")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set trainer.lr=2e-4 (repeatable)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    final = distill(args.teacher, args.config, args.train, args.out, valid_dir=args.valid,
+                    max_steps=args.max_steps, resume=args.resume, overrides=args.overrides)
+    print(final)
+    return 0
