@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from speechssl.data.audio import audio_duration
 from speechssl.data.kaldi import Problem, Row, c_sort_key, scan_table, write_table
 
 # Files whose keys are utterance ids (besides extras); wav.scp is one of them
@@ -348,25 +349,6 @@ def write_data_dir(
 
 
 # ---------------------------------------------------------------- audio headers
-
-
-def audio_duration(path: str) -> float:
-    """Duration in seconds from the audio header (soundfile.info; nothing is decoded).
-
-    Raises FileNotFoundError for a missing file and ValueError for one that
-    soundfile cannot parse, both naming the path.
-    """
-    import soundfile
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"audio file {path} does not exist")
-    try:
-        info = soundfile.info(path)
-    except Exception as err:  # libsndfile raises its own error types for corrupt/unknown files
-        raise ValueError(f"cannot read the audio header of {path}: {err}") from None
-    if info.samplerate <= 0:
-        raise ValueError(f"audio file {path} has a sample rate of {info.samplerate}")
-    return info.frames / info.samplerate
 
 
 def _header_durations(

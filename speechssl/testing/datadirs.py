@@ -152,9 +152,9 @@ def plant_defect(data_dir: str | Path, defect: str) -> Planted:
         audio = Path(audio.strip())
         if defect == "missing_audio":
             audio.unlink()
-            return Planted(d / "wav.scp", 1, key, "audio file .* does not exist")
+            return Planted(d / "wav.scp", 1, key, ".* file not found")
         audio.write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunkjunkjunkjunk")
-        return Planted(d / "wav.scp", 2, key, "cannot read the audio header of")
+        return Planted(d / "wav.scp", 2, key, ".* cannot read audio header")
     if defect == "segment_past_end":  # the first segment ends 0.5 s after its recording
         utt, reco, start, end = _lines(d / "segments")[0].split()
         last = max(float(line.split()[3]) for line in _lines(d / "segments") if line.split()[1] == reco)

@@ -257,7 +257,7 @@ def test_durations_fail_without_writing_on_unreadable_audio(data_dir):
     before = (data_dir.path / "utt2dur").read_text()
     with pytest.raises(
         ValueError,
-        match=r"cannot read 1 audio headers:\n.*wav.scp:2: 'spk1-utt2' cannot read the audio header",
+        match=r"cannot read 1 audio headers:\n.*wav.scp:2: 'spk1-utt2' .*cannot read audio header",
     ):
         compute_durations(data_dir.path, progress=False)
     assert (data_dir.path / "utt2dur").read_text() == before
