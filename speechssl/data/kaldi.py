@@ -9,7 +9,10 @@ reco2dur, and our extras such as phones, phone_ctm, intent) are all
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +56,28 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+@contextmanager
+def atomic_directory(path: str | Path) -> Iterator[Path]:
+    """Yield a temp dir beside `path` to write into; when the block ends it replaces `path`
+    (the old dir is removed), and when the block raises it is deleted. A crash leaves either
+    the old directory or the new one, never a mix."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old{os.getpid()}")
+            path.replace(old)
+            tmp.replace(path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.replace(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def write_table(path: str | Path, table: Mapping[str, object] | Iterable[tuple[str, object]]) -> None:

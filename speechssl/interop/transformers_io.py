@@ -10,15 +10,13 @@ is JSON, weights are safetensors or a `torch.load(weights_only=True)` file.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from speechssl.data.kaldi import atomic_directory
 from speechssl.models.config import ConvFrontendConfig, EncoderConfig, ModelConfig
 
 SUPPORTED_MODEL_TYPES = ("hubert", "wav2vec2")
@@ -215,20 +213,8 @@ def save_transformers(model_or_state: Any, config: ModelConfig, path: str | Path
         "do_normalize": config.normalize_waveform,
         "return_attention_mask": True,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_directory(path) as tmp:
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
         (tmp / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        if path.exists():
-            old = path.with_name(f".{path.name}.old{os.getpid()}")
-            path.replace(old)
-            tmp.replace(path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.replace(path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path

@@ -7,8 +7,6 @@ dataclasses, so loading never executes code from the files.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -16,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from speechssl.config import ConfigError, from_dict, load_yaml, save_config
+from speechssl.data.kaldi import atomic_directory
 from speechssl.models.config import ModelConfig
 from speechssl.models.model import SSLModel, build_model
 from speechssl.models.presets import PRESETS, get_preset
@@ -39,21 +38,9 @@ def save_checkpoint(model_or_state: nn.Module | dict[str, Tensor], config: Model
     state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
     # safetensors refuses shared or non-contiguous storage: store independent copies
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_directory(path) as tmp:
         save_config(config, tmp / CONFIG_NAME)
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "library": "speechssl"})
-        if path.exists():
-            old = path.with_name(f".{path.name}.old{os.getpid()}")
-            path.replace(old)
-            tmp.replace(path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.replace(path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 
