@@ -232,16 +232,18 @@ class GatedModel(nn.Module):
                     candidates.append((float(la[u]), key, u))
         candidates.sort(reverse=not shrink)
 
-        def values_after(chosen: list[int]) -> dict[str, Tensor]:
-            new = {k: v.clone() for k, v in values.items()}
+        def apply(base: dict[str, Tensor], chosen: Sequence[int]) -> dict[str, Tensor]:
+            new = {k: v.clone() for k, v in base.items()}
+            by_key: dict[str, list[int]] = {}
             for c in chosen:
-                _, key, u = candidates[c]
-                g = self.gates[key]
-                new[key][u] = 0.0 if shrink else torch.sigmoid(g.log_alpha[u] / g.beta * 0.8)
-            return self._complete(new)
+                by_key.setdefault(candidates[c][1], []).append(candidates[c][2])
+            for key, units in by_key.items():
+                g, index = self.gates[key], torch.tensor(units)
+                new[key][index] = 0.0 if shrink else torch.sigmoid(g.log_alpha[index] / g.beta * 0.8)
+            return new
 
-        def count_after(chosen: list[int]) -> int:
-            masks = {k: (v > 0).float() for k, v in values_after(chosen).items()}
+        def count_of(raw: dict[str, Tensor]) -> int:
+            masks = {k: (v > 0).float() for k, v in self._complete({k: v.clone() for k, v in raw.items()}).items()}
             return self.fixed_params + int(round(float(self.prunable_params(masks))))
 
         def reached(c: int) -> bool:
@@ -250,20 +252,22 @@ class GatedModel(nn.Module):
         lo, hi = 0, len(candidates)  # bisection: the fewest units (in log_alpha order) that reach the target
         while lo < hi:
             mid = (lo + hi) // 2
-            lo, hi = (lo, mid) if reached(count_after(list(range(mid)))) else (mid + 1, hi)
-        chosen = list(range(max(lo - 1, 0)))
+            lo, hi = (lo, mid) if reached(count_of(apply(values, range(mid)))) else (mid + 1, hi)
+        crossing = apply(values, range(lo))
+        current = apply(values, range(max(lo - 1, 0)))
         # the unit that crosses may be large (a head): try the next ones in order, taking each
         # one that does not cross, to end within one small unit of the target
-        for c in range(len(chosen), min(len(chosen) + 512, len(candidates))):
-            if not reached(count_after(chosen + [c])) or count_after(chosen + [c]) == target_params:
-                chosen.append(c)
-        options = [chosen, list(range(lo))]
-        best = min(options, key=lambda option: abs(count_after(option) - target_params))
-        for key, v in values_after(best).items():
+        for c in range(max(lo - 1, 0), min(lo + 255, len(candidates))):
+            trial = apply(current, [c])
+            n = count_of(trial)
+            if not reached(n) or n == target_params:
+                current = trial
+        best = min((current, crossing), key=lambda raw: abs(count_of(raw) - target_params))
+        for key, v in self._complete(best).items():
             self.gates[key].fix(v)
         final = self.deterministic_params()
-        logger.info("gates fixed: %d parameters by the rule, %d after moving %d units (target %d)",
-                    count, final, len(best), target_params)
+        logger.info("gates fixed: %d parameters by the rule, %d after adjusting (target %d)",
+                    count, final, target_params)
         return final
 
     def forward(self, wavs: Tensor, lengths: Tensor | None = None, **kwargs: Any) -> EncoderOutput:
