@@ -1,0 +1,161 @@
+"""Row groups 2 and 3: one pretraining step (forward, backward, AdamW step).
+
+2. our HuBERT vs torchaudio's HuBERTPretrainModel, our wav2vec 2.0 vs transformers'
+   Wav2Vec2ForPreTraining: the same architecture, weights, batch and optimizer; each
+   draws its masks (and distractors) the way its own training code does, inside the step.
+3. the Fast-HuBERT trade: our HuBERT with the fbank frontend vs with the conv frontend,
+   equal transformer size, throughput in audio seconds per second of training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from benchmarks.common import model_config, padded_batch, waves
+from benchmarks.harness import Case, Row, Settings, Spec, Step, run_cases
+from speechssl.models.config import FbankFrontendConfig
+from speechssl.objectives import MaskConfig, PretrainModelConfig, build_pretrain_model, get_pretrain_preset
+from speechssl.testing.references import (
+    to_torchaudio_pretrain_state,
+    torchaudio_hubert_pretrain,
+    transformers_pretrain,
+)
+
+GROUP = "pretrain"
+FRONTEND_GROUP = "frontends"
+
+
+def pretrain_config(
+    family: str, preset: str, num_layers: int | None, frontend: str = "conv", frame_rate: int = 50
+) -> PretrainModelConfig:
+    """The pretraining preset of `preset` (e.g. "hubert_base"), LayerDrop off, optionally fewer layers
+    or the fbank frontend (subsampler as wide as the conv frontend's output)."""
+    config = get_pretrain_preset(preset)
+    model = model_config(preset, num_layers)
+    if frontend == "fbank":
+        fe = FbankFrontendConfig(subsampler_dim=model.frontend.output_dim, frame_rate=frame_rate)  # type: ignore[arg-type]
+        model = replace(model, frontend=fe)
+    assert model.family == family
+    return replace(config, model=model)
+
+
+def _optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
+
+
+def _train_step(model: torch.nn.Module, loss_fn) -> Step:
+    optimizer = _optimizer(model.train())
+
+    def step() -> None:
+        loss = loss_fn()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def pretrain_step(
+    contender: str, family: str, preset: str, seconds: list[float], num_layers: int | None = None,
+    frontend: str = "conv", frame_rate: int = 50,
+) -> Step:  # fmt: skip
+    """One optimizer step of `contender` ("ours" | "torchaudio" | "transformers") on a padded batch."""
+    config = pretrain_config(family, preset, num_layers, frontend, frame_rate)
+    torch.manual_seed(0)
+    ours = build_pretrain_model(config)
+    wavs, lengths = waves(seconds)
+    frames = ours.hubert.feature_extractor.output_lengths(lengths) if family == "hubert" else None
+    generator = torch.Generator().manual_seed(1)
+    if family == "hubert":
+        T = int(frames.max())
+        labels = torch.randint(0, config.hubert.num_classes[0], (len(seconds), T), generator=generator)
+        if contender == "ours":
+            return _train_step(ours, lambda: ours(wavs, lengths, labels, generator=generator)[0])
+        if contender != "torchaudio":
+            raise ValueError(f"unknown HuBERT contender '{contender}'; valid: ours, torchaudio")
+        ref = torchaudio_hubert_pretrain(config)
+        ref.load_state_dict(to_torchaudio_pretrain_state(ours.state_dict()))
+        weight = config.hubert.feature_penalty_weight
+
+        def ta_loss() -> torch.Tensor:
+            # torchaudio's recipe (examples/hubert/loss): CE over (positive, classes) logits, summed
+            logit_m, _, penalty = ref(wavs, labels, lengths)
+            target = torch.zeros(logit_m.shape[0], dtype=torch.long)
+            return F.cross_entropy(logit_m, target, reduction="sum") / logit_m.shape[0] + weight * penalty
+
+        return _train_step(ref, ta_loss)
+    if contender == "ours":
+        return _train_step(ours, lambda: ours(wavs, lengths, generator=generator)[0])
+    if contender != "transformers":
+        raise ValueError(f"unknown wav2vec 2.0 contender '{contender}'; valid: ours, transformers")
+    from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices, _sample_negative_indices
+
+    ref = transformers_pretrain(config)
+    ref.load_state_dict(ours.state_dict())
+    hf_frames = ours.wav2vec2.feature_extractor.output_lengths(lengths)
+    T = int(hf_frames.max())
+    sample_mask = (torch.arange(wavs.shape[1])[None, :] < lengths[:, None]).long()
+    frame_mask = (torch.arange(T)[None, :] < hf_frames[:, None]).long()
+    mask_cfg: MaskConfig = config.mask
+    num_negatives = config.wav2vec2.num_negatives
+    np.random.seed(0)
+
+    def hf_loss() -> torch.Tensor:
+        # as transformers' run_wav2vec2_pretraining_no_trainer collator: numpy masks and distractors per batch
+        mask = _compute_mask_indices((len(seconds), T), mask_cfg.mask_prob, mask_cfg.mask_length,
+                                     attention_mask=frame_mask, min_masks=2)  # fmt: skip
+        negatives = _sample_negative_indices((len(seconds), T), num_negatives, mask_time_indices=mask)
+        out = ref(wavs, attention_mask=sample_mask, mask_time_indices=torch.from_numpy(mask),
+                  sampled_negative_indices=torch.from_numpy(negatives).long())  # fmt: skip
+        return out.loss / max(int(mask.sum()), 1)
+
+    return _train_step(ref, hf_loss)
+
+
+def _sizes(settings: Settings) -> tuple[str, str, int | None, list[float]]:
+    if settings.tiny:
+        return "hubert_tiny", "wav2vec2_tiny", None, [0.5, 0.45]
+    if settings.quick:
+        return "hubert_base", "wav2vec2_base", 2, padded_batch(1.5, 2)
+    return "hubert_base", "wav2vec2_base", None, padded_batch(4.0, 4)
+
+
+def _label(preset: str, num_layers: int | None, seconds: list[float]) -> str:
+    layers = "" if num_layers is None else f" ({num_layers} layers)"
+    return f"{preset}{layers} step, batch {len(seconds)} x <= {max(seconds):g} s"
+
+
+def run(settings: Settings) -> list[Row]:
+    hubert, w2v, layers, secs = _sizes(settings)
+
+    def spec(contender: str, family: str, preset: str) -> Spec:
+        kwargs = {"contender": contender, "family": family, "preset": preset, "seconds": secs, "num_layers": layers}
+        return Spec(module=__name__, factory="pretrain_step", kwargs=kwargs)
+
+    cases = [
+        Case(name=_label(hubert, layers, secs), work=sum(secs), unit="audio-s/s",
+             contenders={"ours": spec("ours", "hubert", hubert), "torchaudio": spec("torchaudio", "hubert", hubert)}),
+        Case(name=_label(w2v, layers, secs), work=sum(secs), unit="audio-s/s",
+             contenders={"ours": spec("ours", "wav2vec2", w2v), "transformers": spec("transformers", "wav2vec2", w2v)}),
+    ]  # fmt: skip
+    return run_cases(GROUP, cases, settings, note="fwd+bwd+AdamW, LayerDrop off, fp32")
+
+
+def run_frontends(settings: Settings) -> list[Row]:
+    hubert, _, layers, secs = _sizes(settings)
+    rows: list[Row] = []
+    for rate in (50, 25):
+        kwargs = {"family": "hubert", "preset": hubert, "seconds": secs, "num_layers": layers}
+        contenders = {
+            "ours": Spec(module=__name__, factory="pretrain_step",
+                         kwargs={**kwargs, "contender": "ours", "frontend": "fbank", "frame_rate": rate}),
+            "conv frontend": Spec(module=__name__, factory="pretrain_step", kwargs={**kwargs, "contender": "ours"}),
+        }  # fmt: skip
+        name = f"fbank@{rate} Hz vs conv@50 Hz, {_label(hubert, layers, secs)}"
+        rows += run_cases(FRONTEND_GROUP, [Case(name=name, work=sum(secs), unit="audio-s/s", contenders=contenders)],
+                          settings, note="same encoder and head; PNMI: not measured here")  # fmt: skip
+    return rows

@@ -1,0 +1,65 @@
+"""Smoke test of the benchmark harness at tiny sizes: well-formed rows and files, never timings."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from benchmarks.__main__ import main, parse_args
+from benchmarks.harness import Case, Settings, Spec, make_row, peak_memory_mib, run_cases, time_interleaved
+from benchmarks.mfu import forward_flops
+from speechssl.models import get_preset
+
+ROW_KEYS = {"group", "name", "ours", "reference", "unit", "ratio", "higher_is_better", "note"}
+
+
+def test_ratio_is_oriented_so_that_above_one_is_better():
+    assert make_row("g", "fast", 4.0, 2.0, "audio-s/s").ratio == 2.0  # throughput: ours / ref
+    assert make_row("g", "small", 100.0, 300.0, "MiB", higher_is_better=False).ratio == 3.0  # cost: ref / ours
+    assert make_row("g", "none", 1.0, None, "x").ratio is None
+
+
+def test_interleaved_timing_calls_contenders_round_robin():
+    calls: list[str] = []
+    medians = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, warmup=1, repeats=2)
+    assert calls == ["a", "b"] * 3 and set(medians) == {"a", "b"}
+
+
+def test_cli_writes_json_and_markdown(tmp_path):
+    out_json, out_md = tmp_path / "bench.json", tmp_path / "bench.md"
+    args = ["--tiny", "--no-memory", "--only", "head", "units", "compression", "--json", str(out_json), "--md", str(out_md)]
+    assert main(args) == 0
+    data = json.loads(out_json.read_text())
+    assert {"date", "cpu", "torch", "threads", "mode"} <= set(data["meta"]) and data["meta"]["mode"] == "tiny"
+    rows = data["rows"]
+    assert {r["group"] for r in rows} == {"hubert head", "units + data", "compression"}
+    for row in rows:
+        assert set(row) == ROW_KEYS
+        if row["ratio"] is not None:
+            assert row["ours"] > 0 and row["reference"] > 0 and math.isfinite(row["ratio"])
+    table = out_md.read_text()
+    assert "| group | benchmark |" in table and table.count("\n| ") == len(rows) + 1
+
+
+def test_memory_probe_rows(tmp_path):
+    spec = Spec(module="benchmarks.head", factory="head_step",
+                kwargs={"contender": "linear", "num_frames": 32, "embed_dim": 16, "num_classes": 8, "final_dim": 8})
+    (mib,) = peak_memory_mib([spec], threads=1)
+    assert mib is not None and mib >= 0
+    rows = run_cases("g", [Case(name="c", work=32, unit="frames/s", contenders={"ours": spec, "other": spec})],
+                     Settings(tiny=True, repeats=1, threads=1, memory=False))  # fmt: skip
+    assert [r.name for r in rows] == ["c: throughput vs other"]
+
+
+def test_unknown_group_is_an_error(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--only", "upstrem"])
+    assert "unknown row group(s) ['upstrem']" in capsys.readouterr().err
+
+
+def test_forward_flops_of_hubert_base():
+    # transformer ~ 12 x (8 D^2 + 4 D F) x 49 frames = 8.3 GFLOP; conv frontend ~ 4.9 GFLOP per second
+    gflop = forward_flops(get_preset("hubert_base"), 1.0) / 1e9
+    assert 12 < gflop < 16
