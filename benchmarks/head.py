@@ -46,7 +46,7 @@ def head_step(contender: str, num_frames: int, embed_dim: int, num_classes: int,
 
 
 def run(settings: Settings) -> list[Row]:
-    n, d, c, f = (64, 32, 20, 16) if settings.tiny else (2000, 768, 500, 256) if settings.quick else (8000, 768, 500, 256)
+    n, d, c, f = (64, 32, 20, 16) if settings.tiny else (500, 768, 500, 256) if settings.quick else (8000, 768, 500, 256)
     kw = {"num_frames": n, "embed_dim": d, "num_classes": c, "final_dim": f}
 
     def spec(contender: str) -> Spec:
