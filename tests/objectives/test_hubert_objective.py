@@ -9,6 +9,7 @@ from speechssl.models.config import ConvFrontendConfig, EncoderConfig, ModelConf
 from speechssl.objectives.hubert import HubertObjectiveConfig, build_label_head, masked_prediction_loss
 from speechssl.objectives.masking import compute_mask_indices
 from speechssl.objectives.pretraining import PretrainModelConfig, build_pretrain_model
+from speechssl.testing.references import to_torchaudio_pretrain_state
 
 CONV = [(32, 10, 5), (32, 3, 2), (32, 3, 2), (32, 3, 2), (32, 3, 2), (64, 2, 2), (64, 2, 2)]
 NUM_CLASSES = 20
@@ -50,33 +51,12 @@ def _torchaudio(layer_norm_first=False):
     ).eval()  # fmt: skip
 
 
-def _to_torchaudio(state: dict) -> dict:
-    """Our (transformers-named) keys -> torchaudio's HuBERTPretrainModel keys."""
-    renames = [
-        ("hubert.masked_spec_embed", "mask_generator.mask_embedding"),
-        ("hubert.feature_extractor.", "wav2vec2.feature_extractor."),
-        ("hubert.feature_projection.", "wav2vec2.encoder.feature_projection."),
-        ("hubert.encoder.", "wav2vec2.encoder.transformer."),
-        ("head.final_proj.", "logit_generator.final_proj."),
-        ("head.label_embs_concat", "logit_generator.label_embeddings"),
-    ]
-    out = {}
-    for key, value in state.items():
-        for old, new in renames:
-            if key.startswith(old):
-                out[new + key[len(old) :]] = value
-                break
-        else:
-            raise KeyError(f"unmapped key {key}")
-    return out
-
-
 @pytest.mark.parametrize("layer_norm_first", [False, True])
 def test_encoder_and_logits_equal_torchaudio(monkeypatch, layer_norm_first):
     ours = _ours(HubertObjectiveConfig(num_classes=[NUM_CLASSES], final_dim=32, pred_nomask_weight=1.0),
                  layer_norm_first)  # fmt: skip
     ref = _torchaudio(layer_norm_first)
-    ref.load_state_dict(_to_torchaudio(ours.state_dict()))
+    ref.load_state_dict(to_torchaudio_pretrain_state(ours.state_dict()))
 
     g = torch.Generator().manual_seed(0)
     wavs = torch.randn(3, 8000, generator=g)
