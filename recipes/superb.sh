@@ -252,6 +252,6 @@ if run_stage 5; then
         done
     done
     speechssl downstream report --exps "${exps[@]}" --out "${report_dir}"
-    log "Report: ${report_dir}/results.md, results.json, layer_weights.png"
+    log "Report: ${report_dir}/results.md and results.json$([ -f "${report_dir}/layer_weights.png" ] && echo ", layer_weights.png")"
 fi
 log "Finished."
