@@ -72,9 +72,15 @@ def _convert(value: Any, tp: Any, source: str | None, section: str) -> Any:
         return dict(value)
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        # YAML 1.1 reads `1e-3` (no dot) as a string; it is a float to anyone writing a config
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"expected float for '{section}'{_describe(source, '')}, found {value!r}") from None
     if tp is int and isinstance(value, bool):
         raise ConfigError(f"expected int for '{section}'{_describe(source, '')}, found {value!r}")
-    if tp in (int, str, bool) and not isinstance(value, tp):
+    if tp in (int, str, bool, float) and not isinstance(value, tp):
         raise ConfigError(f"expected {tp.__name__} for '{section}'{_describe(source, '')}, found {value!r}")
     if origin is typing.Literal:
         allowed = typing.get_args(tp)
@@ -83,6 +89,31 @@ def _convert(value: Any, tp: Any, source: str | None, section: str) -> Any:
                 f"'{section}' must be one of {', '.join(map(repr, allowed))}{_describe(source, '')}, found {value!r}"
             )
     return value
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            value = _deep_merge(merged[key], value)
+        merged[key] = value
+    return merged
+
+
+def _over_field_default(f: dataclasses.Field, tp: Any, value: Any) -> Any:
+    """A partial section fills in from the field's own default (e.g. a fine-tuning config's
+    `trainer` default with 20k steps), not from the section class's defaults."""
+    if not isinstance(value, dict) or not dataclasses.is_dataclass(tp):
+        return value
+    if f.default_factory is not dataclasses.MISSING:
+        default = f.default_factory()
+    elif f.default is not dataclasses.MISSING:
+        default = f.default
+    else:
+        return value
+    if not dataclasses.is_dataclass(default):
+        return value
+    return _deep_merge(to_dict(default), value)
 
 
 def from_dict(cls: type[T], data: dict[str, Any], *, source: str | None = None, section: str = "") -> T:
@@ -96,6 +127,7 @@ def from_dict(cls: type[T], data: dict[str, Any], *, source: str | None = None, 
             hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(fields))}"
             raise ConfigError(f"unknown key '{key}'{_describe(source, section)}{hint}")
         name = f"{section}.{key}" if section else key
+        value = _over_field_default(fields[key], hints[key], value)
         kwargs[key] = _convert(value, hints[key], source, name)
     try:
         return cls(**kwargs)

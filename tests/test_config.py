@@ -73,3 +73,20 @@ def test_invalid_yaml_names_the_file(tmp_path):
     path.write_text("a: [1, 2\n")
     with pytest.raises(ConfigError, match="bad.yaml is not valid YAML"):
         load_config(ToyConfig, path)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outer:
+    mask: MaskSection = field(default_factory=lambda: MaskSection(mask_prob=0.3, mask_length=4))
+
+
+def test_partial_section_keeps_the_fields_own_default():
+    assert from_dict(Outer, {"mask": {"mask_length": 7}}).mask == MaskSection(mask_prob=0.3, mask_length=7)
+
+
+def test_exponent_floats_without_a_dot_are_floats(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 1e-3\n")  # YAML 1.1 reads this as a string
+    assert load_config(ToyConfig, path).lr == 1e-3
+    with pytest.raises(ConfigError, match="expected float for 'lr'"):
+        from_dict(ToyConfig, {"lr": "fast"})
