@@ -16,6 +16,7 @@ blank at index 0. Any tuning method can stand in for "full" (e.g. LoRA + CTC).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,9 +24,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import torchaudio
+import yaml
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from speechssl.config import from_dict, load_config, to_dict
 from speechssl.data.dataset import AudioDataset, collate_audio
 from speechssl.data.kaldi import atomic_write_text, read_table
 from speechssl.data.sampler import DurationBucketSampler
@@ -321,3 +324,88 @@ def evaluate_ctc(model: CTCFinetuneModel, data_dir: str | Path, *, batch_seconds
     if count == 0:
         raise ValueError(f"{data_dir}: no utterance fits in a batch of {batch_seconds} s")
     return {"loss": loss_sum / count, "cer": errors / max(chars, 1)}
+
+
+# ---------------------------------------------------------------- experiments (`speechssl finetune`)
+
+EXPERIMENT_FILE = "finetune.yaml"  # upstream source, data dirs and the resolved config of a run
+
+
+def load_finetune_config(config_path: str | Path | None, overrides: list[str] = (), *, method: str | None = None,
+                         max_steps: int | None = None) -> CTCFinetuneConfig:
+    """The YAML (or the defaults) with `key=value` overrides, then a method and a run length.
+    A shorter run keeps the head-only share of updates (`freeze_finetune_updates`)."""
+    config = load_config(CTCFinetuneConfig, config_path, list(overrides))
+    if method is not None:
+        config = replace(config, tuning=replace(config.tuning, method=method))
+    if max_steps is not None:
+        if max_steps <= 0:
+            raise ValueError(f"max_steps must be > 0, found {max_steps}")
+        trainer = config.trainer
+        config = replace(
+            config,
+            freeze_finetune_updates=round(config.freeze_finetune_updates * max_steps / trainer.max_steps),
+            trainer=replace(trainer, max_steps=max_steps, save_every=min(trainer.save_every, max_steps),
+                            log_every=min(trainer.log_every, max_steps),
+                            warmup_steps=min(trainer.warmup_steps, max_steps)),
+        )  # fmt: skip
+    return config
+
+
+def run_finetune_experiment(upstream_source: str | Path, train_dir: str | Path, out_dir: str | Path,
+                            config: CTCFinetuneConfig, *, valid_dir: str | Path | None = None,
+                            resume: bool = False) -> CTCFinetuneResult:
+    """`finetune_ctc` plus EXP/finetune.yaml, so a finished run can be rebuilt by `load_finetuned`."""
+    from speechssl.interop.upstream import load_upstream
+
+    out_dir = Path(out_dir)
+    record = out_dir / EXPERIMENT_FILE
+    if resume and record.is_file():
+        previous = yaml.safe_load(record.read_text())
+        if previous.get("upstream") != str(upstream_source):
+            raise ValueError(f"{record}: cannot resume a run of upstream {previous.get('upstream')} "
+                             f"with upstream {upstream_source}")
+    for name, path in (("train", train_dir), ("valid", valid_dir)):
+        if path is not None and not Path(path).is_dir():
+            raise FileNotFoundError(f"{name} data dir {path} does not exist")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(record, yaml.safe_dump({
+        "upstream": str(upstream_source), "train": str(train_dir), "valid": valid_dir and str(valid_dir),
+        "config": to_dict(config)}, sort_keys=False))  # fmt: skip
+    return finetune_ctc(load_upstream(upstream_source), train_dir, out_dir, config, valid_dir=valid_dir, resume=resume)
+
+
+def load_finetuned(exp_dir: str | Path) -> CTCFinetuneModel:
+    """Rebuild a finished run's model (eval mode) from EXP/finetune.yaml and EXP/final/."""
+    from safetensors.torch import load_file
+
+    from speechssl.interop.upstream import load_upstream
+    from speechssl.tuning.methods import load_tuned
+
+    exp_dir = Path(exp_dir)
+    record, final = exp_dir / EXPERIMENT_FILE, exp_dir / "final"
+    if not record.is_file():
+        raise FileNotFoundError(f"{record} does not exist: run `speechssl finetune --out {exp_dir} ...` first")
+    if not (final / "ctc_head.safetensors").is_file():
+        raise FileNotFoundError(f"{final / 'ctc_head.safetensors'} does not exist: the run in {exp_dir} did not finish")
+    exp = yaml.safe_load(record.read_text())
+    config = from_dict(CTCFinetuneConfig, exp["config"], source=str(record), section="config")
+    if config.tuning.method == "full":
+        upstream = load_upstream(final / "upstream")
+    else:
+        upstream = load_upstream(exp["upstream"])
+        load_tuned(upstream, final / "tuned.safetensors")
+    model = CTCFinetuneModel(upstream, CharVocab.load(final / "vocab.txt"), replace(config, final_dropout=0.0))
+    model.head.load_state_dict(load_file(str(final / "ctc_head.safetensors")))
+    return model.eval()
+
+
+def evaluate_finetuned(exp_dir: str | Path, data_dir: str | Path, *, batch_seconds: float = 100.0) -> dict:
+    """Score a finished run on a data dir; also written to EXP/eval_<data dir name>.json."""
+    model = load_finetuned(exp_dir)
+    if torch.cuda.is_available():
+        model = model.cuda()
+    scores = evaluate_ctc(model, data_dir, batch_seconds=batch_seconds)
+    result = {"data": str(data_dir), "cer": scores["cer"], "loss": scores["loss"]}
+    atomic_write_text(Path(exp_dir) / f"eval_{Path(data_dir).name}.json", json.dumps(result, indent=2) + "\n")
+    return result

@@ -9,13 +9,12 @@ import pytest
 import torch
 import yaml
 
-from speechssl.cli.finetune import finetune_config, load_finetuned
 from speechssl.cli.main import main
 from speechssl.models.checkpoint import save_checkpoint
 from speechssl.models.model import build_model
 from speechssl.testing.datadirs import make_data_dir
 from speechssl.testing.models import tiny_config
-from speechssl.tuning.ctc_finetune import evaluate_ctc
+from speechssl.tuning.ctc_finetune import evaluate_ctc, load_finetune_config, load_finetuned
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +69,7 @@ def test_full_finetune_reloads_to_the_same_scores_and_resumes(setup, tmp_path, c
 
 
 def test_config_options_compose():
-    config = finetune_config(None, ["trainer.lr=0.001"], method="bitfit", max_steps=2000)
+    config = load_finetune_config(None, ["trainer.lr=0.001"], method="bitfit", max_steps=2000)
     assert config.tuning.method == "bitfit" and config.trainer.lr == 0.001
     assert config.trainer.max_steps == 2000 and config.freeze_finetune_updates == 1000  # fairseq: 10k of 20k
 
@@ -80,9 +79,9 @@ def test_user_errors_are_one_line(setup, tmp_path, capsys):
     assert "needs --train, --out" in capsys.readouterr().err
     assert main(["finetune", "--upstream", str(setup["upstream"]), "--train", str(tmp_path / "nope"),
                  "--out", str(tmp_path / "x")]) == 1
-    assert f"--train {tmp_path / 'nope'} is not a data dir" in capsys.readouterr().err
+    assert f"train data dir {tmp_path / 'nope'} does not exist" in capsys.readouterr().err
     assert _finetune(setup, tmp_path / "x", "--max-steps", "0") == 1
-    assert "--max-steps must be > 0" in capsys.readouterr().err
+    assert "max_steps must be > 0" in capsys.readouterr().err
     assert _finetune(setup, tmp_path / "x", "--set", "trainer.lrr=1") == 1
     assert "lrr" in capsys.readouterr().err
     assert main(["finetune", "evaluate", "--out", str(tmp_path / "none"), "--data", str(setup["train"])]) == 1
