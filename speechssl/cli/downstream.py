@@ -38,6 +38,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--split", default="test", help="data split to score (default test)")
     ev.set_defaults(func=run_evaluate)
 
+    tok = actions.add_parser("tokenizer", help="train the sentencepiece model of the ASR task (OUT/spm.model)")
+    tok.add_argument("--text", required=True, help="Kaldi text file of the training set")
+    tok.add_argument("--vocab-size", type=int, default=300, help="soft limit on the number of pieces")
+    tok.add_argument("--out", required=True, help="output dir")
+    tok.set_defaults(func=run_tokenizer)
+
     rep = actions.add_parser("report", help="table of results.json files + layer-weight PNG")
     rep.add_argument("--exps", nargs="+", required=True, help="experiment dirs (evaluated)")
     rep.add_argument("--out", required=True, help="dir for results.md, results.json, layer_weights.png")
@@ -70,4 +76,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def run_report(args: argparse.Namespace) -> int:
     written = write_report(args.exps, args.out)
     print((args.out.rstrip("/") + "/results.md:\n") + written["markdown"].read_text(), end="")
+    return 0
+
+
+def run_tokenizer(args: argparse.Namespace) -> int:
+    from speechssl.downstream.tasks import train_tokenizer
+
+    print(f"tokenizer: {train_tokenizer(args.text, args.out, args.vocab_size)}")
     return 0

@@ -127,6 +127,17 @@ def train_sentencepiece(text_file: str | Path, model_prefix: str | Path, vocab_s
     return model_prefix.with_suffix(".model")
 
 
+def train_tokenizer(text: str | Path, out_dir: str | Path, vocab_size: int) -> Path:
+    """OUT/spm.model: a sentencepiece model on the transcripts of a Kaldi `text` file (ids dropped)."""
+    text, out_dir = Path(text), Path(out_dir)
+    if not text.is_file():
+        raise FileNotFoundError(f"transcripts {text} do not exist")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lines = out_dir / "spm_train.txt"
+    atomic_write_text(lines, "".join(f"{v}\n" for v in read_table(text).values()))
+    return train_sentencepiece(lines, out_dir / "spm", vocab_size)
+
+
 def ctc_greedy(logits: Tensor, lengths: Tensor, blank: int = 0) -> list[list[int]]:
     """Best path: argmax per frame, merge repeats, drop blanks. logits (B, T, V)."""
     best = logits.argmax(dim=-1).cpu()  # (B, T)
@@ -267,12 +278,7 @@ class SpeechRecognition(_CTCTask):
         if self.config.asr_units == "sentencepiece":
             model = self.task_dir / "spm.model"
             if not model.is_file():
-                train_text = self.data_dir / "train" / "text"
-                if not train_text.is_file():
-                    raise FileNotFoundError(f"task asr: {train_text} does not exist")
-                lines = self.task_dir / "spm_train.txt"
-                atomic_write_text(lines, "".join(f"{v}\n" for v in read_table(train_text).values()))
-                train_sentencepiece(lines, self.task_dir / "spm", self.config.sentencepiece_vocab_size)
+                train_tokenizer(self.data_dir / "train" / "text", self.task_dir, self.config.sentencepiece_vocab_size)
             import sentencepiece as spm
 
             self.sp = spm.SentencePieceProcessor(model_file=str(model))
