@@ -1,0 +1,32 @@
+"""`speechssl compare`: parameters, MACs and CPU time of several upstreams (teacher first)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "compare", help="compare upstreams: parameters, MACs per audio-second, CPU time (teacher first)"
+    )
+    parser.add_argument("--upstreams", nargs="+", required=True, metavar="NAME=SOURCE",
+                        help="named load_upstream sources, e.g. teacher=exp/hubert distilled=exp/distill/final")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of the test utterance")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per model (median)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--out", required=True, help="markdown file (a .json is written beside it)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from speechssl.compression.report import compare_upstreams, write_comparison
+
+    sources = {}
+    for item in args.upstreams:
+        name, sep, source = item.partition("=")
+        if not sep or not name or not source:
+            raise ValueError(f"--upstreams takes NAME=SOURCE items, found '{item}'")
+        sources[name] = source
+    profiles = compare_upstreams(sources, seconds=args.seconds, repeats=args.repeats, threads=args.threads)
+    print(write_comparison(profiles, args.out), end="")
+    return 0
