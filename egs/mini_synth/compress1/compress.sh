@@ -1,0 +1,1 @@
+../../../recipes/compress.sh
