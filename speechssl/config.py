@@ -91,11 +91,15 @@ def _convert(value: Any, tp: Any, source: str | None, section: str) -> Any:
     return value
 
 
-def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+def _merge_sections(cls: type, base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override` on top of `base`, descending only into sections typed as one dataclass (a union
+    section such as the frontend is taken whole: its keys depend on the chosen type)."""
+    hints = typing.get_type_hints(cls)
     merged = dict(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            value = _deep_merge(merged[key], value)
+        tp = hints.get(key)
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and dataclasses.is_dataclass(tp):
+            value = _merge_sections(tp, merged[key], value)
         merged[key] = value
     return merged
 
@@ -113,7 +117,7 @@ def _over_field_default(f: dataclasses.Field, tp: Any, value: Any) -> Any:
         return value
     if not dataclasses.is_dataclass(default):
         return value
-    return _deep_merge(to_dict(default), value)
+    return _merge_sections(tp, to_dict(default), value)
 
 
 def from_dict(cls: type[T], data: dict[str, Any], *, source: str | None = None, section: str = "") -> T:

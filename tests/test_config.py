@@ -90,3 +90,32 @@ def test_exponent_floats_without_a_dot_are_floats(tmp_path):
     assert load_config(ToyConfig, path).lr == 1e-3
     with pytest.raises(ConfigError, match="expected float for 'lr'"):
         from_dict(ToyConfig, {"lr": "fast"})
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConvSection:
+    type: str = "conv"
+    conv_dim: int = 8
+
+
+@dataclass(frozen=True, kw_only=True)
+class FbankSection:
+    type: str = "fbank"
+    num_mel_bins: int = 80
+
+
+@dataclass(frozen=True, kw_only=True)
+class Net:
+    frontend: ConvSection | FbankSection = field(default_factory=ConvSection)
+    mask: MaskSection = field(default_factory=MaskSection)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Run:
+    net: Net = field(default_factory=lambda: Net(mask=MaskSection(mask_length=3)))
+
+
+def test_a_union_section_is_replaced_whole_not_merged_with_the_other_type():
+    run = from_dict(Run, {"net": {"frontend": {"type": "fbank", "num_mel_bins": 40}, "mask": {"mask_prob": 0.1}}})
+    assert run.net.frontend == {"type": "fbank", "num_mel_bins": 40}  # raw: the owner picks the class by type
+    assert run.net.mask == MaskSection(mask_prob=0.1, mask_length=3)  # nested default of the parent's factory
