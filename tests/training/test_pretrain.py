@@ -18,7 +18,6 @@ CONF = Path(__file__).resolve().parents[2] / "egs" / "mini_synth" / "ssl1" / "co
 TINY = [
     "--set", "model.encoder.embed_dim=32", "--set", "model.encoder.num_layers=2",
     "--set", "model.encoder.ffn_dim=64", "--set", "model.encoder.pos_conv_kernel=8",
-    "--set", "model.frontend.conv_dim=[32, 32, 32, 32, 32, 32, 32]",
     "--set", "trainer.log_every=1", "--set", "trainer.num_workers=0",
 ]  # fmt: skip
 
