@@ -10,7 +10,7 @@
 #   Stage 5: k-means labels for every set               -> data/<set>/units_iter<n>/labels
 #   Stage 6: unit quality (PNMI, purities) when data/<set>/phone_ctm exists
 #   Stage 7: pretraining                                  -> exp/<tag>_iter<n>/
-#   Stage 8: export the final model (transformers format)
+#   Stage 8: export the final model (--export_format: hf by default; the mini recipe uses onnx)
 #   Stage 9: summary (unit quality per iteration, throughput, where things are)
 #
 # Each finished step leaves a .done marker, so re-running skips it; delete the
@@ -46,7 +46,7 @@ km_percent=1.0          # fraction of training utterances k-means is fitted on
 frame_shift=0.02        # seconds per unit (the model's frame rate)
 
 # Export
-export_format=hf        # format of stage 8: hf | s3prl | fairseq | onnx | torchscript
+export_format=hf        # format of stage 8: hf | s3prl | fairseq (conv frontend, equal layers) | onnx | torchscript
 
 help_message="Usage: $0 [options]; see the option block of recipes/ssl.sh"
 . "$(dirname "${BASH_SOURCE[0]}")/utils/parse_options.sh"
@@ -101,6 +101,11 @@ if run_stage 2; then
 fi
 
 model_of_iter() { echo "${expdir}/${tag}_iter$1/checkpoints/last"; }
+# what the units of iteration n are: mfcc_k100, iter1_layer6_k500, ...
+units_name() {
+    if [ "$1" -eq 1 ]; then echo "mfcc_k${clusters[0]}"
+    else echo "iter$(($1 - 1))_layer${layers[$(($1 - 2))]}_k${clusters[$(($1 - 1))]}"; fi
+}
 
 for ((it = 1; it <= num_iters; it++)); do
     units="units_iter${it}"
@@ -118,11 +123,15 @@ for ((it = 1; it <= num_iters; it++)); do
             log "Stage 3 (iteration ${it}): ${feat_name} features"
             for dset in "${train_set}" "${valid_set}"; do
                 fdir="${dumpdir}/${feat_name}/${dset}"
+                pids=()
                 for ((r = 0; r < nj; r++)); do
                     # shellcheck disable=SC2086
                     speechssl features --data "data/${dset}" ${feat_args} --out "${fdir}" --nshard "${nj}" --rank "${r}" &
+                    pids+=($!)
                 done
-                wait
+                for pid in "${pids[@]}"; do  # a failed shard stops the recipe here, with its own error above
+                    wait "${pid}" || { log "Error: a feature shard of ${dset} failed"; exit 1; }
+                done
             done
         fi
         kmdir="${expdir}/kmeans_iter${it}_${feat_name}_k${k}"
@@ -144,7 +153,7 @@ for ((it = 1; it <= num_iters; it++)); do
         if run_stage 6; then
             if [ -f "data/${valid_set}/phone_ctm" ]; then
                 log "Stage 6 (iteration ${it}): unit quality on ${valid_set}"
-                speechssl units score --labels "data/${valid_set}/${units}/labels" --names "iter${it}_${feat_name}_k${k}" \
+                speechssl units score --labels "data/${valid_set}/${units}/labels" --names "$(units_name "${it}")" \
                     --alignments "data/${valid_set}/phone_ctm" --frame-shift "${frame_shift}" \
                     --out "${expdir}/unit_quality_iter${it}.json"
             else
@@ -169,8 +178,13 @@ done
 
 final_model=$(model_of_iter "${num_iters}")
 if run_stage 8; then
-    log "Stage 8: export ${final_model} as ${export_format}"
-    speechssl export --checkpoint "${final_model}" --format "${export_format}" --out "${expdir}/${tag}_export_${export_format}"
+    case "${export_format}" in
+        hf) export_out="${expdir}/${tag}_hf" ;;
+        onnx) export_out="${expdir}/${tag}.onnx" ;;
+        *) export_out="${expdir}/${tag}_${export_format}.pt" ;;
+    esac
+    log "Stage 8: export ${final_model} as ${export_format} -> ${export_out}"
+    speechssl export --checkpoint "${final_model}" --format "${export_format}" --out "${export_out}"
 fi
 
 if run_stage 9; then
@@ -179,7 +193,7 @@ if run_stage 9; then
     for ((it = 1; it <= num_iters; it++)); do
         runs+=("${expdir}/${tag}_iter${it}")
         if [ -f "data/${valid_set}/units_iter${it}/labels" ]; then
-            labels+=("data/${valid_set}/units_iter${it}/labels"); names+=("iter${it}")
+            labels+=("data/${valid_set}/units_iter${it}/labels"); names+=("$(units_name "${it}")")
         fi
     done
     scores=()

@@ -21,16 +21,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from speechssl.compression.config import DistillConfig, LossConfig, StudentConfig
-from speechssl.config import apply_override, from_dict, load_yaml
-from speechssl.data.dataset import AudioDataset, Batch, collate_audio
-from speechssl.data.sampler import DurationBucketSampler
+from speechssl.config import load_config
+from speechssl.data.dataset import Batch, collate_audio
 from speechssl.interop.upstream import Upstream, load_upstream, normalize_waveform
 from speechssl.models.checkpoint import save_checkpoint
 from speechssl.models.config import ModelConfig
 from speechssl.models.model import SSLModel, build_model
 from speechssl.objectives.masking import MaskConfig, compute_mask_indices
-from speechssl.training.distributed import env_rank, env_world_size
-from speechssl.training.pretrain import build_dataset
+from speechssl.training.distributed import env_rank
+from speechssl.training.pretrain import build_data
 from speechssl.training.trainer import TrainResult, train
 
 logger = logging.getLogger(__name__)
@@ -174,30 +173,6 @@ class Distiller(FrozenTeacher):
         return self.distill_loss(batch.wavs, batch.wav_lens)
 
 
-def build_samplers(config: Any, train_dir: Path, valid_dir: Path | None, frames_for_samples):
-    """(train_set, train_sampler, valid_set, valid_sampler) from a config with `data` and `trainer`
-    sections (the ones of PretrainConfig), as `speechssl pretrain` builds them (no units)."""
-    data = config.data
-    sampler_args = dict(max_batch_size=data.max_batch_size, num_replicas=env_world_size(), rank=env_rank(),
-                        seed=config.trainer.seed, num_buckets=data.num_buckets)
-    train_set: AudioDataset = build_dataset(train_dir, (), config, frames_for_samples, train=True)
-    train_sampler = DurationBucketSampler(train_set.durations, data.max_batch_seconds,
-                                          long_utterances="crop" if data.max_seconds else "drop", **sampler_args)
-    valid_set = valid_sampler = None
-    if valid_dir is not None:
-        valid_set = build_dataset(valid_dir, (), config, frames_for_samples, train=False)
-        valid_sampler = DurationBucketSampler(valid_set.durations, data.max_batch_seconds, shuffle=False,
-                                              **sampler_args)
-    return train_set, train_sampler, valid_set, valid_sampler
-
-
-def load_section_config(cls: type, path: str | Path, overrides: Sequence[str] = ()) -> Any:
-    data = load_yaml(path)
-    for item in overrides:
-        apply_override(data, item)
-    return from_dict(cls, data, source=str(path))
-
-
 def with_steps(trainer_config, max_steps: int | None):
     """A short debug run keeps the warmup ratio (as `speechssl pretrain --max-steps`)."""
     if not max_steps:
@@ -207,9 +182,9 @@ def with_steps(trainer_config, max_steps: int | None):
 
 
 def run_training(module: nn.Module, config: Any, train_dir: Path, valid_dir: Path | None, out_dir: Path,
-                 frames_for_samples, *, resume: bool, save_config: Any) -> TrainResult:
-    train_set, train_sampler, valid_set, valid_sampler = build_samplers(config, train_dir, valid_dir,
-                                                                        frames_for_samples)
+                 teacher: SSLModel, *, resume: bool, save_config: Any) -> TrainResult:
+    """Train `module` on the audio of `train_dir` (the teacher gives the frame counts)."""
+    train_set, train_sampler, valid_set, valid_sampler = build_data(config, teacher, train_dir, valid_dir)
     return train(module, train_set, collate_audio, train_sampler, config.trainer, out_dir,
                  valid_dataset=valid_set, valid_sampler=valid_sampler, resume=resume, save_config=save_config)
 
@@ -245,15 +220,14 @@ def distill(
     """Distil `teacher_source` (any load_upstream source) into a student; returns EXP/final, a
     speechssl checkpoint that load_upstream reads (the heads are training-only and left out)."""
     out_dir = Path(out_dir)
-    config: DistillConfig = load_section_config(DistillConfig, config_path, overrides)
+    config: DistillConfig = load_config(DistillConfig, config_path, list(overrides))
     config = replace(config, trainer=with_steps(config.trainer, max_steps))
     teacher = load_teacher(teacher_source)
     torch.manual_seed(config.trainer.seed)
     distiller, student_config = build_distiller(teacher, config)
     out_dir.mkdir(parents=True, exist_ok=True)
     run_training(distiller, config, Path(train_dir), Path(valid_dir) if valid_dir else None, out_dir,
-                 lambda n: int(teacher.model.feature_extractor.output_lengths(torch.tensor(n))),
-                 resume=resume, save_config=config)
+                 teacher.model, resume=resume, save_config=config)
     final = out_dir / "final"
     if env_rank() == 0:
         save_checkpoint(distiller.student, student_config, final)

@@ -40,12 +40,12 @@ from speechssl.compression.config import GatesConfig, PruneConfig
 from speechssl.compression.distill import (
     Distiller,
     count_params,
-    load_section_config,
     load_teacher,
     run_training,
     with_steps,
 )
 from speechssl.compression.hardconcrete import HardConcrete
+from speechssl.config import load_config
 from speechssl.data.kaldi import atomic_write_text
 from speechssl.models.checkpoint import load_state_into, save_checkpoint
 from speechssl.models.config import ConvFrontendConfig, ModelConfig
@@ -431,7 +431,7 @@ def prune(
     """DPHuBERT on any load_upstream teacher. Writes EXP/pruned (dense pruned model), and EXP/final
     (after the final distillation, or the pruned model itself without one); returns EXP/final."""
     out_dir = Path(out_dir)
-    config: PruneConfig = load_section_config(PruneConfig, config_path, overrides)
+    config: PruneConfig = load_config(PruneConfig, config_path, list(overrides))
     changes: dict[str, Any] = {"trainer": with_steps(config.trainer, max_steps)}
     if target_sparsity is not None:
         changes["target_sparsity"] = target_sparsity
@@ -445,12 +445,8 @@ def prune(
     pruner = build_pruner(teacher.model, teacher.config, config)
     train_dir = Path(train_dir)
     valid = Path(valid_dir) if valid_dir else None
-
-    def frames(n: int) -> int:
-        return int(teacher.model.feature_extractor.output_lengths(torch.tensor(n)))
-
     out_dir.mkdir(parents=True, exist_ok=True)
-    run_training(pruner, config, train_dir, valid, out_dir, frames, resume=resume, save_config=config)
+    run_training(pruner, config, train_dir, valid, out_dir, teacher.model, resume=resume, save_config=config)
     gated: GatedModel = pruner.student
     gated.eval()
     expected = float(gated.expected_params().detach())
@@ -479,7 +475,7 @@ def prune(
                               heads=False, loss=config.loss, normalize_waveform=teacher.config.normalize_waveform)
         stage = replace(config, trainer=replace(config.trainer, max_steps=config.final_distill_steps,
                                                 warmup_steps=0))
-        run_training(distiller, stage, train_dir, valid, out_dir / "final_distill", frames, resume=resume,
+        run_training(distiller, stage, train_dir, valid, out_dir / "final_distill", teacher.model, resume=resume,
                      save_config=stage)
     if env_rank() == 0:
         save_checkpoint(model, model_config, final)

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from speechssl.models.checkpoint import is_checkpoint_dir, load_model_with_heads, load_state_into
 from speechssl.models.config import ModelConfig
-from speechssl.models.frontends import lengths_to_padding_mask
+from speechssl.models.frontends import normalize_waveform
 from speechssl.models.model import SSLModel, build_model
 
 
@@ -23,16 +23,6 @@ from speechssl.models.model import SSLModel, build_model
 class UpstreamOutput:
     hidden_states: list[Tensor]  # num_layers + 1 tensors (B, T, D)
     lengths: Tensor  # (B,) valid frames
-
-
-def normalize_waveform(wavs: Tensor, lengths: Tensor, eps: float = 1e-7) -> Tensor:
-    """Zero mean / unit variance per utterance over its valid samples; padding stays 0.
-    (transformers' Wav2Vec2FeatureExtractor do_normalize, same eps; fairseq normalize=True.)"""
-    valid = (~lengths_to_padding_mask(lengths, wavs.shape[1])).to(wavs.dtype)  # (B, S)
-    count = lengths.clamp(min=1).to(wavs.dtype)[:, None]
-    mean = (wavs * valid).sum(dim=1, keepdim=True) / count
-    var = ((wavs - mean).pow(2) * valid).sum(dim=1, keepdim=True) / count
-    return (wavs - mean) * torch.rsqrt(var + eps) * valid
 
 
 class Upstream(nn.Module):

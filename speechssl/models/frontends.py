@@ -36,6 +36,16 @@ def lengths_to_padding_mask(lengths: Tensor, max_len: int) -> Tensor:
     return torch.arange(max_len, device=lengths.device)[None, :] >= lengths[:, None]
 
 
+def normalize_waveform(wavs: Tensor, lengths: Tensor, eps: float = 1e-7) -> Tensor:
+    """Zero mean / unit variance per utterance over its valid samples; padding stays 0.
+    (transformers' Wav2Vec2FeatureExtractor do_normalize, same eps; fairseq normalize=True.)"""
+    valid = (~lengths_to_padding_mask(lengths, wavs.shape[1])).to(wavs.dtype)  # (B, S)
+    count = lengths.clamp(min=1).to(wavs.dtype)[:, None]
+    mean = (wavs * valid).sum(dim=1, keepdim=True) / count
+    var = ((wavs - mean).pow(2) * valid).sum(dim=1, keepdim=True) / count
+    return (wavs - mean) * torch.rsqrt(var + eps) * valid
+
+
 class ChannelLayerNorm(nn.LayerNorm):
     """LayerNorm over channels of a (batch, channels, time) tensor (fairseq "layer_norm" mode)."""
 

@@ -157,8 +157,12 @@ class HubertPretrainModel(nn.Module):
         cfg = self.objective
         out = p.encoder
         valid = ~out.padding_mask
-        num_masked = p.mask.sum()
-        sample_size = num_masked if cfg.pred_masked_weight > 0 else (valid & ~p.mask).sum()
+        # fairseq's hubert_criterion: the frames of every predicted kind (masked, unmasked)
+        sample_size = p.mask.new_zeros((), dtype=torch.long)
+        if cfg.pred_masked_weight > 0:
+            sample_size = sample_size + p.mask.sum()
+        if cfg.pred_nomask_weight > 0:
+            sample_size = sample_size + (valid & ~p.mask).sum()
         metrics: dict[str, Tensor] = {}
         total = out.last_hidden_state.new_zeros((), dtype=torch.float32)
         for kind, weight, logits, labels in (

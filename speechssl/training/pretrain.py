@@ -14,7 +14,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +24,8 @@ from speechssl.data.dataset import AudioDataset, Batch, collate_audio, parse_uni
 from speechssl.data.kaldi import atomic_write_text, read_table
 from speechssl.data.sampler import DurationBucketSampler
 from speechssl.models.config import ModelConfig
+from speechssl.models.frontends import normalize_waveform
+from speechssl.models.model import SSLModel
 from speechssl.objectives.hubert import HubertObjectiveConfig
 from speechssl.objectives.masking import MaskConfig
 from speechssl.objectives.pretraining import PretrainModelConfig, build_pretrain_model
@@ -32,6 +34,7 @@ from speechssl.training.config import TrainerConfig
 from speechssl.training.distributed import env_rank, env_world_size
 from speechssl.training.trainer import TrainResult, train
 from speechssl.units.check import check_label_lengths
+from speechssl.units.kmeans import read_labels
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +49,7 @@ class PretrainDataConfig:
     crop: Literal["random", "start"] = "random"  # where the crop window goes (random: new each epoch)
     num_buckets: int = 100  # length buckets of the sampler (more: less padding, less shuffling)
     skip_bad: bool = False  # skip unreadable utterances (counted and logged) instead of stopping
-    label_rate: float = 50.0  # units per second (HuBERT: 50 for the conv frontend)
+    label_rate: float | None = None  # units per second; None: the model's frame rate (a stated one must match)
 
     def __post_init__(self) -> None:
         if self.max_batch_seconds <= 0:
@@ -115,16 +118,18 @@ class BatchObjective(nn.Module):
     Registered under the family name (`hubert.` / `wav2vec2.`) is the backbone, so the
     checkpoint keys are those of the pretraining model itself."""
 
-    def __init__(self, model: nn.Module, units: Sequence[str]) -> None:
+    def __init__(self, model: nn.Module, units: Sequence[str], *, normalize: bool = False) -> None:
         super().__init__()
         self.objective = model
         self.units = list(units)
+        self.normalize = normalize  # the model's normalize_waveform: trained as it will be used
 
     def forward(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        wavs = normalize_waveform(batch.wavs, batch.wav_lens) if self.normalize else batch.wavs
         targets = [batch.targets[name] for name in self.units]
-        return self.objective(batch.wavs, batch.wav_lens, targets) if targets else self.objective(
-            batch.wavs, batch.wav_lens
-        )
+        if targets:
+            return self.objective(wavs, batch.wav_lens, targets)
+        return self.objective(wavs, batch.wav_lens)
 
     def set_num_updates(self, num_updates: int) -> None:
         """Quantizer temperature annealing (wav2vec 2.0); a no-op for HuBERT."""
@@ -142,30 +147,84 @@ def _units_dirs(data_dir: Path, units: Sequence[str]) -> list[Path]:
     return [data_dir / name for name in units]
 
 
+class TrainData(NamedTuple):
+    train_set: AudioDataset
+    train_sampler: DurationBucketSampler
+    valid_set: AudioDataset | None
+    valid_sampler: DurationBucketSampler | None
+
+
+def _frames_for(model: SSLModel, samples: int) -> int:
+    return int(model.feature_extractor.output_lengths(torch.tensor(samples)))
+
+
 def build_dataset(
-    data_dir: Path, units: Sequence[str], config: PretrainConfig, frames_for_samples, *, train: bool
-) -> AudioDataset:
-    """An AudioDataset with its units (checked against the model's frame counts)."""
-    targets = {name: str(data_dir / name / "labels") for name in units}
+    data_dir: Path, config: Any, model: SSLModel, *, units: Sequence[str] = (),
+    num_classes: Sequence[int] = (), train: bool,
+) -> AudioDataset:  # fmt: skip
+    """An AudioDataset for `model`, with its units checked before any training step: every
+    utterance gives at least one frame, every label count fits the model's frame count, and
+    every unit id is below its label set's class count. `config` has `data` and `trainer`."""
     data = config.data
+    label_rate = 16000 / model.downsample_rate  # units come at the model's frame rate
+    if data.label_rate is not None and abs(data.label_rate - label_rate) > 1e-6:
+        raise ValueError(
+            f"data.label_rate {data.label_rate} does not match the model's frame rate ({label_rate:g} per second)"
+        )
     dataset = AudioDataset(
         data_dir,
-        targets=targets or None,
+        targets={name: str(data_dir / name / "labels") for name in units} or None,
         target_transforms={name: parse_units for name in units} or None,
         skip_bad=data.skip_bad,
         max_seconds=data.max_seconds if train else None,
         crop=data.crop,
-        label_rates={name: data.label_rate for name in units} or None,
+        label_rates={name: label_rate for name in units} or None,
         seed=config.trainer.seed,
     )
-    for name in units:
-        labels = {utt: value.split() for utt, value in read_table(data_dir / name / "labels").items()}
-        num_samples = {utt: round(sec * 16000) for utt, sec in zip(dataset.utt_ids(), dataset.full_durations)}
+    num_samples = {utt: round(sec * 16000) for utt, sec in zip(dataset.utt_ids(), dataset.full_durations)}
+    too_short = [utt for utt, n in num_samples.items() if _frames_for(model, n) < 1]
+    if too_short:
+        raise ValueError(
+            f"{data_dir}: {len(too_short)} utterance(s) are shorter than one model frame"
+            f" ({model.downsample_rate} samples), e.g. {', '.join(too_short[:5])}; remove them"
+            f" (speechssl data fix after deleting their lines)"
+        )
+    for i, name in enumerate(units):
+        path = data_dir / name / "labels"
+        labels = read_labels(path)
         try:
-            check_label_lengths(labels, num_samples, frames_for_samples)
+            check_label_lengths(labels, num_samples, lambda n: _frames_for(model, n))
         except ValueError as err:
-            raise ValueError(f"{data_dir / name / 'labels'}: {err}") from None
+            raise ValueError(f"{path}: {err}") from None
+        if i < len(num_classes):
+            bad = [utt for utt, seq in labels.items() if seq and (max(seq) >= num_classes[i] or min(seq) < 0)]
+            if bad:
+                raise ValueError(f"{path}: unit ids outside 0..{num_classes[i] - 1} in {', '.join(bad[:5])}")
     return dataset
+
+
+def build_data(
+    config: Any, model: SSLModel, train_dir: Path, valid_dir: Path | None, *,
+    units: Sequence[str] = (), num_classes: Sequence[int] = (),
+) -> TrainData:  # fmt: skip
+    """Datasets and duration-bucketed samplers of a training run (this rank's share)."""
+    data = config.data
+    sampler_args = dict(
+        max_batch_size=data.max_batch_size, num_replicas=env_world_size(), rank=env_rank(),
+        seed=config.trainer.seed, num_buckets=data.num_buckets,
+    )  # fmt: skip
+    train_set = build_dataset(train_dir, config, model, units=units, num_classes=num_classes, train=True)
+    train_sampler = DurationBucketSampler(
+        train_set.durations, data.max_batch_seconds, long_utterances="crop" if data.max_seconds else "drop",
+        **sampler_args,
+    )
+    valid_set = valid_sampler = None
+    if valid_dir is not None:
+        valid_set = build_dataset(Path(valid_dir), config, model, units=units, num_classes=num_classes, train=False)
+        # validation keeps every utterance: the cap grows to the longest one
+        cap = max(data.max_batch_seconds, max(valid_set.durations, default=0.0))
+        valid_sampler = DurationBucketSampler(valid_set.durations, cap, shuffle=False, **sampler_args)
+    return TrainData(train_set, train_sampler, valid_set, valid_sampler)
 
 
 def pretrain(
@@ -196,27 +255,10 @@ def pretrain(
         raise ValueError("wav2vec 2.0 pretraining takes no --units; remove it or use a HuBERT config")
     torch.manual_seed(config.trainer.seed)  # the same initial weights on every rank
     model = build_pretrain_model(config.network())
-    backbone = getattr(model, family)
-
-    def frames_for_samples(samples: int) -> int:
-        return int(backbone.feature_extractor.output_lengths(torch.tensor(samples)))
-
-    train_set = build_dataset(train_dir, units, config, frames_for_samples, train=True)
-    data = config.data
-    sampler_args = dict(
-        max_batch_size=data.max_batch_size, num_replicas=env_world_size(), rank=env_rank(),
-        seed=config.trainer.seed, num_buckets=data.num_buckets,
-    )  # fmt: skip
-    train_sampler = DurationBucketSampler(
-        train_set.durations, data.max_batch_seconds, long_utterances="crop" if data.max_seconds else "drop",
-        **sampler_args,
+    num_classes = config.hubert.num_classes if family == "hubert" else ()
+    train_set, train_sampler, valid_set, valid_sampler = build_data(
+        config, getattr(model, family), train_dir, valid_dir, units=units, num_classes=num_classes
     )
-    valid_set = valid_sampler = None
-    if valid_dir is not None:
-        valid_set = build_dataset(Path(valid_dir), units, config, frames_for_samples, train=False)
-        valid_sampler = DurationBucketSampler(
-            valid_set.durations, data.max_batch_seconds, shuffle=False, **sampler_args
-        )
     out_dir.mkdir(parents=True, exist_ok=True)
     if env_rank() == 0:
         save_config(config, out_dir / "config.yaml")  # the resolved config, next to the experiment
@@ -226,7 +268,7 @@ def pretrain(
         train_sampler.padding_efficiency(),
     )  # fmt: skip
     result = train(
-        BatchObjective(model, units), train_set, collate_audio, train_sampler, config.trainer, out_dir,
+        BatchObjective(model, units, normalize=config.model.normalize_waveform), train_set, collate_audio, train_sampler, config.trainer, out_dir,
         valid_dataset=valid_set, valid_sampler=valid_sampler, resume=resume, save_config=config,
     )  # fmt: skip
     if env_rank() == 0:

@@ -67,3 +67,23 @@ def test_config_round_trip_and_errors():
         get_pretrain_preset("hubert_huge")
     with pytest.raises(ValueError, match="takes no labels"):
         build_pretrain_model(get_pretrain_preset("wav2vec2_tiny"))(torch.randn(1, 4000), None, torch.zeros(1, 12))
+
+
+def test_hubert_loss_is_per_predicted_frame_masked_and_unmasked():
+    """fairseq's hubert_criterion divides by the count of every predicted frame kind."""
+    import torch
+
+    from speechssl.objectives.hubert import HubertObjectiveConfig
+    from speechssl.objectives.pretraining import build_pretrain_model, get_pretrain_preset
+
+    config = get_pretrain_preset("hubert_tiny")
+    model = build_pretrain_model(
+        type(config)(model=config.model, mask=config.mask,
+                     hubert=HubertObjectiveConfig(num_classes=[5], pred_nomask_weight=1.0))
+    ).eval()  # fmt: skip
+    wavs = torch.randn(2, 8000)
+    lengths = torch.tensor([8000, 6400])
+    labels = torch.randint(0, 5, (2, 25))
+    _, metrics = model(wavs, lengths, labels, generator=torch.Generator().manual_seed(0))
+    frames = int(model.hubert.feature_extractor.output_lengths(lengths).sum())
+    assert int(metrics["sample_size"]) == frames  # masked + unmasked valid frames

@@ -16,4 +16,5 @@ cd "$(dirname "$0")"
     --n_clusters "50 100" \
     --km_layers "2" \
     --nj 2 \
+    --export_format onnx \
     "$@"
