@@ -173,14 +173,6 @@ class Distiller(FrozenTeacher):
         return self.distill_loss(batch.wavs, batch.wav_lens)
 
 
-def with_steps(trainer_config, max_steps: int | None):
-    """A short debug run keeps the warmup ratio (as `speechssl pretrain --max-steps`)."""
-    if not max_steps:
-        return trainer_config
-    warmup = trainer_config.warmup_steps * max_steps // trainer_config.max_steps
-    return replace(trainer_config, max_steps=max_steps, warmup_steps=min(warmup, max_steps))
-
-
 def run_training(module: nn.Module, config: Any, train_dir: Path, valid_dir: Path | None, out_dir: Path,
                  teacher: SSLModel, *, resume: bool, save_config: Any) -> TrainResult:
     """Train `module` on the audio of `train_dir` (the teacher gives the frame counts)."""
@@ -221,7 +213,7 @@ def distill(
     speechssl checkpoint that load_upstream reads (the heads are training-only and left out)."""
     out_dir = Path(out_dir)
     config: DistillConfig = load_config(DistillConfig, config_path, list(overrides))
-    config = replace(config, trainer=with_steps(config.trainer, max_steps))
+    config = replace(config, trainer=config.trainer.with_max_steps(max_steps))
     teacher = load_teacher(teacher_source)
     torch.manual_seed(config.trainer.seed)
     distiller, student_config = build_distiller(teacher, config)

@@ -42,7 +42,6 @@ from speechssl.compression.distill import (
     count_params,
     load_teacher,
     run_training,
-    with_steps,
 )
 from speechssl.compression.hardconcrete import HardConcrete
 from speechssl.config import load_config
@@ -432,7 +431,7 @@ def prune(
     (after the final distillation, or the pruned model itself without one); returns EXP/final."""
     out_dir = Path(out_dir)
     config: PruneConfig = load_config(PruneConfig, config_path, list(overrides))
-    changes: dict[str, Any] = {"trainer": with_steps(config.trainer, max_steps)}
+    changes: dict[str, Any] = {"trainer": config.trainer.with_max_steps(max_steps)}
     if target_sparsity is not None:
         changes["target_sparsity"] = target_sparsity
     if final_distill_steps is not None:

@@ -69,6 +69,22 @@ def _frame_lengths(model: SSLModel, wavs: Tensor, lengths: Tensor) -> tuple[Tens
     return extractor.output_lengths(lengths), num_frames
 
 
+def masked_forward(
+    model: SSLModel, config: MaskConfig, wavs: Tensor, lengths: Tensor,
+    mask_time_indices: Tensor | None, mask_channel_indices: Tensor | None, generator: torch.Generator | None,
+) -> tuple[EncoderOutput, Tensor]:
+    """Run `model` on masked input, drawing the time / channel masks that were not given."""
+    if mask_time_indices is None:
+        frame_lengths, num_frames = _frame_lengths(model, wavs, lengths)
+        mask_time_indices = compute_time_mask(frame_lengths, num_frames, config, generator=generator)
+    if mask_channel_indices is None:
+        mask_channel_indices = compute_channel_mask(
+            wavs.shape[0], model.hidden_dim, config, device=wavs.device, generator=generator
+        )
+    out = model(wavs, lengths, mask_time_indices=mask_time_indices, mask_channel_indices=mask_channel_indices)
+    return out, mask_time_indices
+
+
 def _default_lengths(wavs: Tensor, lengths: Tensor | None) -> Tensor:
     if lengths is None:
         return torch.full((wavs.shape[0],), wavs.shape[1], dtype=torch.long, device=wavs.device)
@@ -113,15 +129,8 @@ class HubertPretrainModel(nn.Module):
         lengths = _default_lengths(wavs, lengths)
         label_sets = [targets] if isinstance(targets, Tensor) else list(targets)
         check_labels(label_sets, self.objective.num_classes, wavs.shape[0])
-        if mask_time_indices is None:
-            frame_lengths, num_frames = _frame_lengths(self.hubert, wavs, lengths)
-            mask_time_indices = compute_time_mask(frame_lengths, num_frames, self.mask_config, generator=generator)
-        if mask_channel_indices is None:
-            mask_channel_indices = compute_channel_mask(
-                wavs.shape[0], self.hubert.hidden_dim, self.mask_config, device=wavs.device, generator=generator
-            )
-        out = self.hubert(
-            wavs, lengths, mask_time_indices=mask_time_indices, mask_channel_indices=mask_channel_indices
+        out, mask_time_indices = masked_forward(
+            self.hubert, self.mask_config, wavs, lengths, mask_time_indices, mask_channel_indices, generator
         )
         B, T, D = out.last_hidden_state.shape  # batch, frames, embed_dim
         mask = mask_time_indices & ~out.padding_mask
@@ -233,15 +242,8 @@ class Wav2Vec2PretrainModel(nn.Module):
         `sampled_negative_indices` (drawn here when None)."""
         cfg = self.objective
         lengths = _default_lengths(wavs, lengths)
-        if mask_time_indices is None:
-            frame_lengths, num_frames = _frame_lengths(self.wav2vec2, wavs, lengths)
-            mask_time_indices = compute_time_mask(frame_lengths, num_frames, self.mask_config, generator=generator)
-        if mask_channel_indices is None:
-            mask_channel_indices = compute_channel_mask(
-                wavs.shape[0], self.wav2vec2.hidden_dim, self.mask_config, device=wavs.device, generator=generator
-            )
-        out = self.wav2vec2(
-            wavs, lengths, mask_time_indices=mask_time_indices, mask_channel_indices=mask_channel_indices
+        out, mask_time_indices = masked_forward(
+            self.wav2vec2, self.mask_config, wavs, lengths, mask_time_indices, mask_channel_indices, generator
         )
         B, T, _ = out.last_hidden_state.shape  # batch, frames, embed_dim
         mask = mask_time_indices & ~out.padding_mask

@@ -8,7 +8,7 @@ tri-stage `phase_ratio` -> `tri_stage_ratios`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -71,3 +71,16 @@ class TrainerConfig:
                 raise ValueError(f"{name} must be in (0, 1], found {getattr(self, name)}")
         if not 0 <= self.end_lr_scale <= 1:
             raise ValueError(f"end_lr_scale must be in [0, 1], found {self.end_lr_scale}")
+
+    def with_max_steps(self, max_steps: int | None) -> TrainerConfig:
+        """The same run shortened (or lengthened) to `max_steps` updates, for `--max-steps`:
+        the warmup keeps its share of the run; save and log intervals fit inside it."""
+        if max_steps is None:
+            return self
+        if max_steps <= 0:
+            raise ValueError(f"max_steps must be > 0, found {max_steps}")
+        return replace(
+            self, max_steps=max_steps, warmup_steps=self.warmup_steps * max_steps // self.max_steps,
+            save_every=min(self.save_every, max_steps), log_every=min(self.log_every, max_steps),
+        )  # fmt: skip
+

@@ -243,11 +243,10 @@ def pretrain(
     """Pretrain HuBERT (with `units`) or wav2vec 2.0 (without) and write EXP/checkpoints."""
     train_dir, out_dir = Path(train_dir), Path(out_dir)
     config = load_pretrain_config(config_path, overrides, units_dirs=_units_dirs(train_dir, units), seed=seed)
-    changes: dict[str, int] = {k: v for k, v in (("max_steps", max_steps), ("save_every", save_every)) if v}
-    if max_steps and config.trainer.warmup_steps > max_steps:  # a short debug run keeps the warmup ratio
-        changes["warmup_steps"] = config.trainer.warmup_steps * max_steps // config.trainer.max_steps
-    if changes:
-        config = replace(config, trainer=replace(config.trainer, **changes))
+    trainer = config.trainer.with_max_steps(max_steps)
+    if save_every:
+        trainer = replace(trainer, save_every=save_every)
+    config = replace(config, trainer=trainer)
     family = config.model.family
     if family == "hubert" and not units:
         raise ValueError("HuBERT pretraining needs --units NAME (k-means labels in DATA/NAME/labels)")

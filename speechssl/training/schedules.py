@@ -62,14 +62,18 @@ class TriStage:
 
 @dataclass(frozen=True)
 class Constant:
+    """The peak lr after an optional linear warmup (fairseq's `fixed` with warmup_updates)."""
+
+    warmup_steps: int = 0
+
     def __call__(self, step: int) -> float:
-        return 1.0
+        return step / self.warmup_steps if step < self.warmup_steps else 1.0
 
 
 def build_schedule(config: TrainerConfig) -> PolynomialDecay | TriStage | Constant:
     """The schedule named by `config.schedule`."""
     if config.schedule == "constant":
-        return Constant()
+        return Constant(config.warmup_steps)
     if config.schedule in ("linear", "polynomial"):
         power = 1.0 if config.schedule == "linear" else config.power
         return PolynomialDecay(config.warmup_steps, config.max_steps, config.end_lr_scale, power)

@@ -235,6 +235,10 @@ class Trainer:
         if info.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             ckpt.clean_temporary(self.ckpt_root)
+        if not resume and ckpt.step_dirs(self.ckpt_root):
+            # a fresh run must not mix with an earlier one's step dirs, `best` and pruning order
+            raise ValueError(f"{self.ckpt_root} holds checkpoints of an earlier run: resume it (--resume) "
+                             "or train into another output dir")
         source = self._resume_source(resume)
         if source is not None:
             epoch, batches_done, rng_state = self._load(source)

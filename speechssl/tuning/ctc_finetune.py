@@ -339,16 +339,9 @@ def load_finetune_config(config_path: str | Path | None, overrides: list[str] = 
     if method is not None:
         config = replace(config, tuning=replace(config.tuning, method=method))
     if max_steps is not None:
-        if max_steps <= 0:
-            raise ValueError(f"max_steps must be > 0, found {max_steps}")
-        trainer = config.trainer
-        config = replace(
-            config,
-            freeze_finetune_updates=round(config.freeze_finetune_updates * max_steps / trainer.max_steps),
-            trainer=replace(trainer, max_steps=max_steps, save_every=min(trainer.save_every, max_steps),
-                            log_every=min(trainer.log_every, max_steps),
-                            warmup_steps=min(trainer.warmup_steps, max_steps)),
-        )  # fmt: skip
+        trainer = config.trainer.with_max_steps(max_steps)
+        config = replace(config, trainer=trainer, freeze_finetune_updates=round(
+            config.freeze_finetune_updates * trainer.max_steps / config.trainer.max_steps))
     return config
 
 

@@ -90,3 +90,10 @@ def test_config_errors_name_the_key_and_file(corpus, tmp_path, capsys):
     assert "hubert.num_classes [7]" in capsys.readouterr().err
     assert run_pretrain(corpus, tmp_path / "c") == 1
     assert "HuBERT pretraining needs --units" in capsys.readouterr().err
+
+
+def test_a_fresh_run_refuses_an_experiment_dir_with_checkpoints(corpus, tmp_path, capsys):
+    assert run_pretrain(corpus, tmp_path / "exp", "--units", "units_iter1") == 0
+    assert run_pretrain(corpus, tmp_path / "exp", "--units", "units_iter1") == 1
+    assert "holds checkpoints of an earlier run: resume it (--resume)" in capsys.readouterr().err
+    assert run_pretrain(corpus, tmp_path / "exp", "--units", "units_iter1", "--resume") == 0

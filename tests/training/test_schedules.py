@@ -48,3 +48,11 @@ def test_config_rejects_bad_values_with_names():
         from_dict(TrainerConfig, {"precision": "fp8"})
     with pytest.raises(ValueError, match="warmup_steps"):
         TrainerConfig(max_steps=10, warmup_steps=20)
+
+
+def test_constant_schedule_honours_warmup():
+    from speechssl.training.config import TrainerConfig
+    from speechssl.training.schedules import build_schedule
+
+    schedule = build_schedule(TrainerConfig(schedule="constant", warmup_steps=10, max_steps=100))
+    assert schedule(0) == 0.0 and schedule(5) == 0.5 and schedule(10) == 1.0 and schedule(99) == 1.0

@@ -86,5 +86,5 @@ def test_user_errors_are_one_line(setup, tmp_path, capsys):
     assert "lrr" in capsys.readouterr().err
     assert main(["finetune", "evaluate", "--out", str(tmp_path / "none"), "--data", str(setup["train"])]) == 1
     assert "finetune.yaml does not exist" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["finetune", "--method", "dora"])
+    assert _finetune(setup, tmp_path / "x", "--method", "dora") == 1
+    assert "unknown tuning method 'dora'; valid: adapter, bitfit" in capsys.readouterr().err
