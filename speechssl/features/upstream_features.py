@@ -27,6 +27,16 @@ def pads_safely(upstream: nn.Module) -> bool:
     return getattr(frontend, "mode", None) != "group_norm"
 
 
+def _weights_fingerprint(source: Path) -> str:
+    """Which weights a path means now (`checkpoints/last` moves): a finished feature shard of
+    other weights must not be taken for this model's."""
+    weights = source / "model.safetensors" if source.is_dir() else source
+    if not weights.is_file():
+        return "unknown"
+    stat = weights.resolve().stat()
+    return f"{stat.st_size}-{int(stat.st_mtime_ns)}"
+
+
 class UpstreamExtractor:
     """The `FeatureExtractor` (speechssl.features.dump) for layer `layer` of an upstream.
 
@@ -51,7 +61,7 @@ class UpstreamExtractor:
         if isinstance(upstream, (str, Path)):
             import speechssl
 
-            source = str(upstream)
+            source = f"{upstream}@{_weights_fingerprint(Path(upstream))}"
             upstream = speechssl.load_upstream(upstream)
         else:
             source = type(upstream).__name__
