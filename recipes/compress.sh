@@ -6,7 +6,7 @@
 #   Stage 2: DPHuBERT structured pruning     -> exp/prune/final (+ prune_summary.json)
 #   Stage 3: parameters, MACs and CPU time of teacher vs distilled vs pruned -> exp/compare.md
 #   Stage 4: SUPERB evaluation of the three  (the recipe in --superb_dir)
-#   Stage 5: export: distilled -> transformers, pruned -> ONNX and TorchScript
+#   Stage 5: export both models (--export_formats, ONNX and TorchScript by default)
 #
 # Each finished step leaves a .done marker, so re-running skips it.
 set -euo pipefail
@@ -27,6 +27,7 @@ prune_args=""            # extra arguments for `speechssl prune`, e.g. "--max-st
 superb_dir=""            # a SUPERB recipe dir (with run.sh) to evaluate the three models; empty: skip stage 4
 superb_args=""           # extra arguments for that run.sh
 compare_seconds=10       # utterance length of stage 3's timing
+export_formats="onnx torchscript"  # stage 5, for both models (hf/s3prl/fairseq: conv frontend, equal layers only)
 
 help_message="Usage: $0 --teacher SRC --train_set DIR [options]; see the option block of recipes/compress.sh"
 . "$(dirname "${BASH_SOURCE[0]}")/utils/parse_options.sh"
@@ -82,9 +83,17 @@ if run_stage 4; then
 fi
 
 if run_stage 5; then
-    log "Stage 5: export"
-    speechssl export --checkpoint "${distilled}" --format hf --out "${expdir}/export/distilled_hf"
-    speechssl export --checkpoint "${pruned}" --format onnx --out "${expdir}/export/pruned.onnx"
-    speechssl export --checkpoint "${pruned}" --format torchscript --out "${expdir}/export/pruned_torchscript.pt"
+    log "Stage 5: export (${export_formats})"
+    for name in distilled pruned; do
+        src="${expdir}/distill/final"; [ "${name}" = pruned ] && src="${pruned}"
+        for fmt in ${export_formats}; do
+            case "${fmt}" in
+                hf) out="${expdir}/export/${name}_hf" ;;
+                onnx) out="${expdir}/export/${name}.onnx" ;;
+                *) out="${expdir}/export/${name}_${fmt}.pt" ;;
+            esac
+            speechssl export --checkpoint "${src}" --format "${fmt}" --out "${out}"
+        done
+    done
 fi
 log "Finished."

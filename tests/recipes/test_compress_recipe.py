@@ -37,8 +37,8 @@ def test_compress_recipe_distils_prunes_compares_and_exports(tmp_path):
     assert speechssl.load_upstream(cwd / "exp/prune/final").num_layers == 2
     rows = {r["name"]: r for r in json.loads((cwd / "exp/compare.json").read_text())}
     assert rows["pruned"]["params"] < rows["teacher"]["params"]
-    assert (cwd / "exp/export/distilled_hf/config.json").is_file()
-    assert (cwd / "exp/export/pruned.onnx").is_file() and (cwd / "exp/export/pruned_torchscript.pt").is_file()
+    for name in ("distilled", "pruned"):
+        assert (cwd / f"exp/export/{name}.onnx").is_file() and (cwd / f"exp/export/{name}_torchscript.pt").is_file()
 
 
 def test_missing_teacher_stops_with_exit_2(tmp_path):
