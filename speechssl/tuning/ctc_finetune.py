@@ -309,7 +309,8 @@ def evaluate_ctc(model: CTCFinetuneModel, data_dir: str | Path, *, batch_seconds
     was_training = model.training
     model.eval()
     dataset = _dataset(data_dir, model.vocab)
-    sampler = DurationBucketSampler(dataset.durations, batch_seconds, shuffle=False)
+    # every utterance is scored: the cap grows to the longest one
+    sampler = DurationBucketSampler(dataset.durations, max([batch_seconds, *dataset.durations]), shuffle=False)
     loss_sum, errors, chars, count = 0.0, 0, 0, 0
     device = model.head.weight.device
     for indices in sampler:
@@ -321,8 +322,8 @@ def evaluate_ctc(model: CTCFinetuneModel, data_dir: str | Path, *, batch_seconds
         loss_sum += float(ctc_loss(log_probs, lengths, batch["targets"], batch["target_lens"])) * len(indices)
         count += len(indices)
     model.train(was_training)
-    if count == 0:
-        raise ValueError(f"{data_dir}: no utterance fits in a batch of {batch_seconds} s")
+
+
     return {"loss": loss_sum / count, "cer": errors / max(chars, 1)}
 
 
