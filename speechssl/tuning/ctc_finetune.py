@@ -322,8 +322,8 @@ def evaluate_ctc(model: CTCFinetuneModel, data_dir: str | Path, *, batch_seconds
         loss_sum += float(ctc_loss(log_probs, lengths, batch["targets"], batch["target_lens"])) * len(indices)
         count += len(indices)
     model.train(was_training)
-
-
+    if count == 0:
+        raise ValueError(f"{data_dir}: no utterance to score")
     return {"loss": loss_sum / count, "cer": errors / max(chars, 1)}
 
 
