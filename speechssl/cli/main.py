@@ -42,10 +42,24 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if args.command is None else 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as err:
-        # User-input errors: one clear line, no traceback.
-        print(f"speechssl {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as err:
+        if not _is_user_error(err):
+            raise
+        # User-input errors and runs stopped with advice: one clear line, no traceback.
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"speechssl {args.command}: error: {message}", file=sys.stderr)
         return 1
+
+
+def _is_user_error(err: BaseException) -> bool:
+    """Errors that explain themselves; anything else (a bug) keeps its traceback."""
+    if isinstance(err, (ValueError, FileNotFoundError)):
+        return True
+    from speechssl.data.espeak import EspeakError
+    from speechssl.interop.fairseq_io import CheckpointKeyError
+    from speechssl.training.trainer import BadStepsError
+
+    return isinstance(err, (EspeakError, CheckpointKeyError, BadStepsError))
 
 
 if __name__ == "__main__":
