@@ -90,7 +90,8 @@ def test_upstream_feature_cli(phone_corpus, tmp_path):
                  "--layer", "1", "--out", str(tmp_path / "f"), "--device", "cpu"]) == 0
     reader = FeatureReader(tmp_path / "f")
     assert reader.feature_dim == 64 and reader.frame_rate == 50.0
-    assert reader.feature_name == f"upstream:{ckpt}:layer1"
+    # the name records which weights made the features (a retrained checkpoints/last differs)
+    assert reader.feature_name.startswith(f"upstream:{ckpt}@") and reader.feature_name.endswith(":layer1")
 
 
 def test_default_names_and_table():
