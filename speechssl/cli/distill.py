@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from speechssl.cli.common import add_training_arguments
 from speechssl.compression.distill import distill
 
 
@@ -16,14 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Writes EXP/final (a speechssl checkpoint).",
     )
     parser.add_argument("--teacher", required=True, help="speechssl checkpoint dir, transformers dir or .pt")
-    parser.add_argument("--config", required=True, help="distillation YAML")
-    parser.add_argument("--train", required=True, help="training data dir")
-    parser.add_argument("--valid", help="validation data dir")
-    parser.add_argument("--out", required=True, help="experiment dir")
-    parser.add_argument("--max-steps", type=int, help="override trainer.max_steps")
-    parser.add_argument("--resume", action="store_true", help="continue from EXP/checkpoints/last")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set trainer.lr=2e-4 (repeatable)")
+    add_training_arguments(parser, "distillation YAML (sections student, target_layers, loss, mask, data, trainer)")
     parser.set_defaults(func=run)
 
 

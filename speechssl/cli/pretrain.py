@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from speechssl.cli.common import add_training_arguments
 from speechssl.training.pretrain import pretrain
 
 
@@ -14,18 +15,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Pretrain a model from a YAML config (sections model, mask, hubert|wav2vec2, data, trainer). "
         "Multi-GPU: torchrun --nproc_per_node=N -m speechssl pretrain ...",
     )
-    parser.add_argument("--config", required=True, help="pretraining YAML, e.g. conf/pretrain_hubert_tiny.yaml")
-    parser.add_argument("--train", required=True, help="training data dir")
-    parser.add_argument("--valid", help="validation data dir (best checkpoint by its loss)")
-    parser.add_argument("--out", required=True, help="experiment dir: checkpoints/, tensorboard/, config.yaml")
+    add_training_arguments(parser, "pretraining YAML, e.g. conf/pretrain_hubert_tiny.yaml")
     parser.add_argument("--units", nargs="+", default=[], metavar="NAME",
                         help="HuBERT targets: DATA/NAME/labels (+ dict.txt) for each label set")
-    parser.add_argument("--max-steps", type=int, help="override trainer.max_steps")
     parser.add_argument("--save-every", type=int, help="override trainer.save_every")
     parser.add_argument("--seed", type=int, help="override trainer.seed")
-    parser.add_argument("--resume", action="store_true", help="continue exactly from checkpoints/last")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set trainer.lr=2e-4 (repeatable)")
     parser.set_defaults(func=run)
 
 

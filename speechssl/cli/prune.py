@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from speechssl.cli.common import add_training_arguments
 from speechssl.compression.prune import prune
 
 
@@ -16,16 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Writes EXP/pruned, EXP/final and EXP/prune_summary.json.",
     )
     parser.add_argument("--teacher", required=True, help="speechssl checkpoint dir, transformers dir or .pt")
-    parser.add_argument("--config", required=True, help="pruning YAML")
-    parser.add_argument("--train", required=True, help="training data dir")
-    parser.add_argument("--valid", help="validation data dir")
-    parser.add_argument("--out", required=True, help="experiment dir")
+    add_training_arguments(parser, "pruning YAML (sections target_sparsity, gates, distill_layers, loss, data, trainer)")
     parser.add_argument("--target-sparsity", type=float, help="fraction of parameters to remove (override)")
-    parser.add_argument("--max-steps", type=int, help="override trainer.max_steps")
     parser.add_argument("--final-distill-steps", type=int, help="override final_distill_steps")
-    parser.add_argument("--resume", action="store_true", help="continue from EXP/checkpoints/last")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value (repeatable)")
     parser.set_defaults(func=run)
 
 
