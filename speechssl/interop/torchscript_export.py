@@ -187,10 +187,14 @@ def check_parity(
 ) -> float:
     """Run `run(wavs, wav_lens) -> (hidden, lengths)` on a batch unlike the trace batch; error if off."""
     wavs, wav_lens = example_inputs(lengths, seed=1)
-    error = max_valid_error(reference_outputs(upstream, wavs, wav_lens), run(wavs, wav_lens))
-    if not error <= TOLERANCE:
+    expected = reference_outputs(upstream, wavs, wav_lens)
+    error = max_valid_error(expected, run(wavs, wav_lens))
+    # float32 rounding grows with the activations: a trained model's hidden states reach tens,
+    # so the bound is TOLERANCE per unit of the largest |hidden state| (and never below TOLERANCE)
+    bound = TOLERANCE * max(1.0, float(expected[0].abs().max()))
+    if not error <= bound:
         raise RuntimeError(
-            f"{what} differs from the PyTorch model by {error:.2e} (> {TOLERANCE:g}) on lengths {lengths}"
+            f"{what} differs from the PyTorch model by {error:.2e} (> {bound:.2e}) on lengths {lengths}"
         )
     return error
 
