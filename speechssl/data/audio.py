@@ -41,6 +41,10 @@ _logged_rates: set[tuple[int, int]] = set()
 _logged_lock = threading.Lock()
 
 
+# integer PCM cannot hold NaN or infinity, so its samples need no finiteness scan
+_INTEGER_SUBTYPES = frozenset({"PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32", "ULAW", "ALAW"})
+
+
 class AudioError(ValueError):
     """An audio file (or segment of one) that cannot be read as asked."""
 
@@ -78,20 +82,32 @@ def _check_path(path: str | os.PathLike, utt_id: str | None) -> None:
         raise AudioError(f"{_where(path, utt_id)}: is a directory, not an audio file")
 
 
+def _open(path: str | os.PathLike, utt_id: str | None) -> sf.SoundFile:
+    """Open `path` for reading; the path is only examined further when opening fails,
+    so the common case costs one open (the reason for the failure is named either way)."""
+    try:
+        return sf.SoundFile(os.fspath(path))
+    except (sf.LibsndfileError, RuntimeError, OSError) as err:
+        _check_path(path, utt_id)
+        raise AudioError(f"{_where(path, utt_id)}: cannot read audio header: {err}") from None
+
+
+def _info(f: sf.SoundFile) -> AudioInfo:
+    return AudioInfo(
+        sample_rate=int(f.samplerate),
+        num_frames=int(f.frames),
+        num_channels=int(f.channels),
+        format=str(f.format),
+        subtype=str(f.subtype),
+    )
+
+
 def audio_info(path: str | os.PathLike, *, utt_id: str | None = None) -> AudioInfo:
     """Read the header of `path`; raises AudioError if it is missing or unreadable."""
-    _check_path(path, utt_id)
-    try:
-        info = sf.info(os.fspath(path))
-    except (sf.LibsndfileError, RuntimeError, OSError) as err:
-        raise AudioError(f"{_where(path, utt_id)}: cannot read audio header: {err}") from None
-    return AudioInfo(
-        sample_rate=int(info.samplerate),
-        num_frames=int(info.frames),
-        num_channels=int(info.channels),
-        format=str(info.format),
-        subtype=str(info.subtype),
-    )
+    if os.fspath(path).rstrip().endswith("|"):
+        _check_path(path, utt_id)
+    with _open(path, utt_id) as f:
+        return _info(f)
 
 
 def audio_duration(path: str | os.PathLike, *, utt_id: str | None = None) -> float:
@@ -158,30 +174,33 @@ def load_audio(
     `sample_rate=None` returns the file's own rate (see `audio_info`).
     """
     where = _where(path, utt_id)
-    info = audio_info(path, utt_id=utt_id)
-    if info.num_frames == 0:
-        raise AudioError(f"{where}: file holds no samples")
-    if channel is None and info.num_channels > 1:
-        raise AudioError(
-            f"{where}: file has {info.num_channels} channels; choose one with channel=0..{info.num_channels - 1}"
-        )
-    if channel is not None and not 0 <= channel < info.num_channels:
-        raise AudioError(f"{where}: channel {channel} requested, file has {info.num_channels} channel(s)")
-    first, last = segment_frames(start, end, info, where=where, max_overshoot=max_overshoot)
-    num = last - first
-    try:
-        with sf.SoundFile(os.fspath(path)) as f:
+    if os.fspath(path).rstrip().endswith("|"):
+        _check_path(path, utt_id)
+    with _open(path, utt_id) as f:
+        info = _info(f)
+        if info.num_frames == 0:
+            raise AudioError(f"{where}: file holds no samples")
+        if channel is None and info.num_channels > 1:
+            raise AudioError(
+                f"{where}: file has {info.num_channels} channels; choose one with channel=0..{info.num_channels - 1}"
+            )
+        if channel is not None and not 0 <= channel < info.num_channels:
+            raise AudioError(f"{where}: channel {channel} requested, file has {info.num_channels} channel(s)")
+        first, last = segment_frames(start, end, info, where=where, max_overshoot=max_overshoot)
+        num = last - first
+        try:
             if first:
                 f.seek(first)
             data = f.read(num, dtype="float32", always_2d=True)  # (samples, channels)
-    except (sf.LibsndfileError, RuntimeError, OSError) as err:
-        raise AudioError(f"{where}: cannot decode audio: {err}") from None
+        except (sf.LibsndfileError, RuntimeError, OSError) as err:
+            raise AudioError(f"{where}: cannot decode audio: {err}") from None
     if data.shape[0] != num:
         raise AudioError(
             f"{where}: expected {num} samples from {first}, decoded {data.shape[0]} (truncated or corrupt file)"
         )
-    wav = torch.from_numpy(data[:, channel or 0].copy())  # (samples,)
-    if not torch.isfinite(wav).all():
+    # a mono read is already contiguous; a channel of a multi-channel file is copied out
+    wav = torch.from_numpy(data[:, 0] if info.num_channels == 1 else data[:, channel].copy())  # (samples,)
+    if info.subtype not in _INTEGER_SUBTYPES and not torch.isfinite(wav).all():
         raise AudioError(f"{where}: audio holds NaN or infinite samples")
     if sample_rate is not None and sample_rate != info.sample_rate:
         if sample_rate <= 0:
