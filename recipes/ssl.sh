@@ -7,7 +7,8 @@
 #   For each iteration n = 1..N (HuBERT; wav2vec 2.0 has one iteration, no units):
 #   Stage 3: features: MFCC (n = 1) or layer L of iteration n-1's model
 #   Stage 4: k-means fit on the training features
-#   Stage 5: k-means labels for every set               -> data/<set>/units_iter<n>/labels
+#   Stage 5: k-means labels for every set               -> data/<set>/units_<name>/labels
+#            (<name>: mfcc_k<K> for n = 1, <tag>_iter<n-1>_layer<L>_k<K> after)
 #   Stage 6: unit quality (PNMI, purities) when data/<set>/phone_ctm exists
 #   Stage 7: pretraining                                  -> exp/<tag>_iter<n>/
 #   Stage 8: export the final model (--export_format: hf by default; the mini recipe uses onnx)
@@ -101,14 +102,15 @@ if run_stage 2; then
 fi
 
 model_of_iter() { echo "${expdir}/${tag}_iter$1/checkpoints/last"; }
-# what the units of iteration n are: mfcc_k100, iter1_layer6_k500, ...
+# what the units of iteration n are: mfcc_k100, hubert_iter1_layer6_k500, ... Units learnt from a
+# model carry its tag, so two tagged experiments on the same data never share (or skip) them.
 units_name() {
     if [ "$1" -eq 1 ]; then echo "mfcc_k${clusters[0]}"
-    else echo "iter$(($1 - 1))_layer${layers[$(($1 - 2))]}_k${clusters[$(($1 - 1))]}"; fi
+    else echo "${tag}_iter$(($1 - 1))_layer${layers[$(($1 - 2))]}_k${clusters[$(($1 - 1))]}"; fi
 }
 
 for ((it = 1; it <= num_iters; it++)); do
-    units="units_iter${it}"
+    units="units_$(units_name "${it}")"
     pexp="${expdir}/${tag}_iter${it}"
     if [ "${ssl_type}" = hubert ]; then
         k=${clusters[$((it - 1))]}
@@ -117,7 +119,7 @@ for ((it = 1; it <= num_iters; it++)); do
         else
             layer=${layers[$((it - 2))]}
             prev=$(model_of_iter $((it - 1)))
-            feat_args="--feature upstream --upstream ${prev} --layer ${layer}"; feat_name="iter$((it - 1))_layer${layer}"
+            feat_args="--feature upstream --upstream ${prev} --layer ${layer}"; feat_name="${tag}_iter$((it - 1))_layer${layer}"
         fi
         if run_stage 3; then
             log "Stage 3 (iteration ${it}): ${feat_name} features"
@@ -155,7 +157,7 @@ for ((it = 1; it <= num_iters; it++)); do
                 log "Stage 6 (iteration ${it}): unit quality on ${valid_set}"
                 speechssl units score --labels "data/${valid_set}/${units}/labels" --names "$(units_name "${it}")" \
                     --alignments "data/${valid_set}/phone_ctm" --frame-shift "${frame_shift}" \
-                    --out "${expdir}/unit_quality_iter${it}.json"
+                    --out "${expdir}/unit_quality_$(units_name "${it}").json"
             else
                 log "Stage 6 (iteration ${it}): skipped, data/${valid_set}/phone_ctm does not exist"
             fi
@@ -192,18 +194,18 @@ if run_stage 9; then
     labels=(); names=(); runs=()
     for ((it = 1; it <= num_iters; it++)); do
         runs+=("${expdir}/${tag}_iter${it}")
-        if [ -f "data/${valid_set}/units_iter${it}/labels" ]; then
-            labels+=("data/${valid_set}/units_iter${it}/labels"); names+=("$(units_name "${it}")")
+        if [ -f "data/${valid_set}/units_$(units_name "${it}")/labels" ]; then
+            labels+=("data/${valid_set}/units_$(units_name "${it}")/labels"); names+=("$(units_name "${it}")")
         fi
     done
     scores=()
     if [ "${#labels[@]}" -gt 0 ] && [ -f "data/${valid_set}/phone_ctm" ]; then
         # one table and one PNG for the units of every iteration
         speechssl units score --labels "${labels[@]}" --names "${names[@]}" --alignments "data/${valid_set}/phone_ctm" \
-            --frame-shift "${frame_shift}" --out "${expdir}/unit_quality.json" --plot "${expdir}/unit_quality.png"
-        scores=("${expdir}/unit_quality.json")
+            --frame-shift "${frame_shift}" --out "${expdir}/${tag}_unit_quality.json" --plot "${expdir}/${tag}_unit_quality.png"
+        scores=("${expdir}/${tag}_unit_quality.json")
     fi
-    speechssl summarize --runs "${runs[@]}" ${scores[@]+--unit-scores "${scores[@]}"} --out "${expdir}/summary.md"
-    log "Summary written to ${expdir}/summary.md; TensorBoard: tensorboard --logdir ${expdir}"
+    speechssl summarize --runs "${runs[@]}" ${scores[@]+--unit-scores "${scores[@]}"} --out "${expdir}/${tag}_summary.md"
+    log "Summary written to ${expdir}/${tag}_summary.md; TensorBoard: tensorboard --logdir ${expdir}"
 fi
 log "Finished."

@@ -46,16 +46,16 @@ def test_mini_recipe_runs_every_stage_and_resumes_from_markers(tmp_path):
     for stage in range(1, 10):
         assert f"Stage {stage}" in result.stdout
     # two HuBERT iterations, each with units, their quality and a checkpoint that loads
-    for it in (1, 2):
-        assert (cwd / f"data/read/train/units_iter{it}/labels").is_file()
+    for it, units in ((1, "mfcc_k8"), (2, "hubert_iter1_layer1_k10")):
+        assert (cwd / f"data/read/train/units_{units}/labels").is_file()
         up = speechssl.load_upstream(cwd / f"exp/hubert_iter{it}/checkpoints/last")
         assert up.num_layers == 2
-    quality = json.loads((cwd / "exp/unit_quality.json").read_text())
-    assert [r["name"] for r in quality["results"]] == ["mfcc_k8", "iter1_layer1_k10"]
+    quality = json.loads((cwd / "exp/hubert_unit_quality.json").read_text())
+    assert [r["name"] for r in quality["results"]] == ["mfcc_k8", "hubert_iter1_layer1_k10"]
     assert all(0.0 <= r["pnmi"] <= 1.0 for r in quality["results"])
-    assert (cwd / "exp/unit_quality.png").is_file()
+    assert (cwd / "exp/hubert_unit_quality.png").is_file()
     assert (cwd / "exp/hubert.onnx").is_file()  # the filterbank frontend exports to ONNX (not hf)
-    summary = (cwd / "exp/summary.md").read_text()
+    summary = (cwd / "exp/hubert_summary.md").read_text()
     assert "PNMI" in summary and "exp/hubert_iter2" in summary
 
     # a second run skips what is done (.done markers) and still ends with the summary
