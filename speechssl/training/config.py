@@ -20,6 +20,7 @@ class TrainerConfig:
     max_steps: int = 1000  # optimizer updates (fairseq: max_update)
     accum_steps: int = 1  # micro-batches per update (fairseq: update_freq)
     precision: Precision = "fp32"  # autocast dtype; fp16 adds a GradScaler
+    compile: bool = False  # torch.compile the training forward (dynamic shapes: bucketed batches vary)
     clip_norm: float = 0.0  # max global grad norm; 0 = no clipping (norm is still logged)
     # AdamW
     lr: float = 5e-4  # peak learning rate

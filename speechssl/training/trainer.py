@@ -257,6 +257,10 @@ class Trainer:
             self.model = DistributedDataParallel(
                 self.module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=find_unused)
+        self.ddp = self.model if isinstance(self.model, DistributedDataParallel) else None
+        if config.compile:
+            # dynamic: every bucket has its own (batch, samples), so one graph must serve them all
+            self.model = torch.compile(self.model, dynamic=True)
         self.logger = TrainLogger(self.out_dir, enabled=info.is_main, max_steps=config.max_steps,
                                   start_step=self.step)
         if rng_state is not None:  # last: nothing above may move the generators
@@ -325,7 +329,7 @@ class Trainer:
                 interval.padded_seconds += float(lengths.max()) * len(lengths) / cfg.sample_rate
             batch = to_device(batch, self.device, non_blocking=cfg.pin_memory)
             last_micro = micro == cfg.accum_steps - 1
-            sync = contextlib.nullcontext() if last_micro or self.model is self.module else self.model.no_sync()
+            sync = contextlib.nullcontext() if last_micro or self.ddp is None else self.ddp.no_sync()
             with sync:
                 with self._autocast():
                     loss, metrics = self.model(batch)

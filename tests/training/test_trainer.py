@@ -7,10 +7,10 @@ from speechssl.testing.training import ToyBatchSampler, ToyDataset, ToyModel, to
 from speechssl.training import BadStepsError, TrainerConfig, load_checkpoint, train
 
 
-def _run(tmp_path, *, nan_items=(), valid=False, **trainer):
+def _run(tmp_path, *, nan_items=(), valid=False, dropout_free=False, **trainer):
     torch.manual_seed(0)
     data = ToyDataset(16, nan_items=nan_items)
-    model = ToyModel(dropout=0.1)
+    model = ToyModel(dropout=0.0 if dropout_free else 0.1)
     cfg = TrainerConfig(**{"max_steps": 8, "save_every": 4, "log_every": 2, "lr": 0.01, **trainer})
     kwargs = {}
     if valid:
@@ -114,3 +114,18 @@ def test_batch_helpers_understand_the_dataset_batch():
     assert moved.wavs.shape == (2, 16000)
     assert default_batch_lengths({"lengths": torch.tensor([3, 4])}).tolist() == [3, 4]
     assert default_batch_lengths((torch.zeros(2),)) is None
+
+
+def test_compiled_training_matches_eager(tmp_path):
+    """trainer.compile=true trains the same model (same losses, same final weights) and its
+    checkpoints hold the plain module's keys, loadable without torch.compile."""
+    from torch._dynamo.utils import counters
+
+    eager, _ = _run(tmp_path / "eager", dropout_free=True, accum_steps=2)
+    counters.clear()
+    compiled, _ = _run(tmp_path / "compiled", dropout_free=True, accum_steps=2, compile=True)
+    assert counters["stats"]["unique_graphs"] >= 1  # the forward really went through dynamo
+    for (name, a), (_, b) in zip(eager.state_dict().items(), compiled.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+    model_state, _ = load_checkpoint(tmp_path / "compiled" / "checkpoints" / "last")
+    assert set(model_state) == set(eager.state_dict())
