@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     repeats = args.repeats or (1 if args.tiny else 3)
-    settings = Settings(quick=args.quick, tiny=args.tiny, repeats=repeats, warmup=1, threads=threads,
+    settings = Settings(quick=args.quick, tiny=args.tiny, repeats=repeats, warmup=1 if args.tiny else 2,
+                        min_seconds=0.0 if args.tiny else 1.5, threads=threads,
                         memory=not args.no_memory)  # fmt: skip
     mode = "tiny" if args.tiny else "quick" if args.quick else "full"
     start = time.perf_counter()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -34,8 +35,9 @@ class Settings:
     """How hard to measure. `quick` shrinks sizes; `threads` is set for every contender."""
 
     quick: bool = False
-    warmup: int = 1
+    warmup: int = 2
     repeats: int = 3
+    min_seconds: float = 0.0  # per contender and case: fast calls are repeated until then
     threads: int = 2
     memory: bool = True  # peak memory rows (one subprocess per contender and group)
     tiny: bool = False  # smoke-test sizes: well-formed rows in seconds, numbers meaningless
@@ -84,19 +86,30 @@ def make_row(
     )  # fmt: skip
 
 
-def time_interleaved(steps: dict[str, Step], *, warmup: int, repeats: int) -> dict[str, float]:
-    """Median seconds per call of each step, calling them round-robin (A, B, A, B, ...)."""
+def time_interleaved(
+    steps: dict[str, Step], *, warmup: int, repeats: int, min_seconds: float = 0.0, max_repeats: int = 25
+) -> dict[str, float]:
+    """Median seconds per call of each step, calling them round-robin (A, B, A, B, ...).
+
+    At least `repeats` rounds, more (up to `max_repeats`) until each contender has run for
+    about `min_seconds`, so a fast call gets enough samples for its median to beat the noise."""
     for _ in range(warmup):
         for step in steps.values():
             step()
     samples: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(repeats):
+    rounds = repeats
+    done = 0
+    while done < rounds:
         for name, step in steps.items():
             t0 = time.perf_counter()
             step()
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             samples[name].append(time.perf_counter() - t0)
+        done += 1
+        if done == 1 and min_seconds > 0:
+            slowest = max(values[0] for values in samples.values())
+            rounds = max(repeats, min(max_repeats, math.ceil(min_seconds / max(slowest, 1e-9))))
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
@@ -203,7 +216,8 @@ def run_cases(group: str, cases: Sequence[Case], settings: Settings, *, note: st
     timings: list[dict[str, float]] = []
     for case in cases:
         steps = {label: spec.build() for label, spec in case.contenders.items()}
-        timings.append(time_interleaved(steps, warmup=settings.warmup, repeats=settings.repeats))
+        timings.append(time_interleaved(steps, warmup=settings.warmup, repeats=settings.repeats,
+                                        min_seconds=settings.min_seconds))
         del steps
     memory: dict[str, list[float | None]] = {}
     if settings.memory:

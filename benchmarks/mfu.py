@@ -72,7 +72,8 @@ def run(settings: Settings) -> list[Row]:
 
     family = config.family
     train = pretrain_step("ours", family, preset, train_secs, layers)
-    seconds = time_interleaved({"infer": infer, "train": train}, warmup=settings.warmup, repeats=settings.repeats)
+    seconds = time_interleaved({"infer": infer, "train": train}, warmup=settings.warmup, repeats=settings.repeats,
+                               min_seconds=settings.min_seconds)
     infer_flops = forward_flops(config, infer_s)
     train_flops = 3 * sum(forward_flops(model_config(preset, layers), s) for s in train_secs)  # fwd + 2x bwd
     layer_note = "" if layers is None else f" ({layers} layers)"

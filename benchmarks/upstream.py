@@ -64,12 +64,12 @@ def parity(preset: str, seconds: list[float], num_layers: int | None = None) -> 
     """Max |ours - reference| of the last hidden state over valid frames, per reference."""
     wavs, lengths = waves(seconds)
     out = {}
+    models = {name: build(name, preset, num_layers) for name in CONTENDERS}  # built as users build them
     with torch.inference_mode():
-        ours = build("ours", preset, num_layers)
-        mine = ours(wavs, lengths)
+        mine = models["ours"](wavs, lengths)
         valid = ~mine.padding_mask
         for name in CONTENDERS[1:]:
-            theirs = _runner(name, build(name, preset, num_layers), seconds)()
+            theirs = _runner(name, models[name], seconds)()
             out[name] = float((mine.last_hidden_state - theirs)[valid].abs().max())
     return out
 

@@ -27,6 +27,12 @@ def test_interleaved_timing_calls_contenders_round_robin():
     assert calls == ["a", "b"] * 3 and set(medians) == {"a", "b"}
 
 
+def test_fast_calls_are_repeated_up_to_the_cap():
+    calls: list[str] = []
+    time_interleaved({"a": lambda: calls.append("a")}, warmup=0, repeats=2, min_seconds=10.0, max_repeats=7)
+    assert len(calls) == 7  # a near-zero call would need millions of rounds for 10 s: capped
+
+
 def test_cli_writes_json_and_markdown(tmp_path):
     out_json, out_md = tmp_path / "bench.json", tmp_path / "bench.md"
     args = ["--tiny", "--no-memory", "--only", "head", "units", "compression", "--json", str(out_json), "--md", str(out_md)]
