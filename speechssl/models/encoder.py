@@ -177,14 +177,13 @@ class TransformerEncoder(nn.Module):
     def forward(
         self, x: Tensor, padding_mask: Tensor | None = None, *, num_layers: int | None = None
     ) -> tuple[Tensor, list[Tensor]]:
-        """x: (B, T, D); padding_mask: (B, T) bool, True = pad (None: nothing padded).
+        """x: (B, T, D); padding_mask: (B, T) bool, True = pad, or None when nothing is padded
+        (pass None then: without a mask SDPA may use its fused kernels; the caller knows from
+        the lengths, see SSLModel.frontend_forward, so no device sync is spent finding out).
         `num_layers` stops early (feature extraction from a lower layer).
         Returns (last_hidden_state, hidden_states)."""
         if padding_mask is not None:
-            if not padding_mask.any():
-                padding_mask = None  # lets SDPA use its fused kernels
-            else:
-                x = x.masked_fill(padding_mask[..., None], 0.0)  # padding must not leak through the pos conv
+            x = x.masked_fill(padding_mask[..., None], 0.0)  # padding must not leak through the pos conv
         x = x + self.pos_conv_embed(x)
         if not self.layer_norm_first:
             x = self.layer_norm(x)

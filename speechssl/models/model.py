@@ -56,19 +56,28 @@ class SSLModel(nn.Module):
     def hidden_dim(self) -> int:
         return self.config.encoder.embed_dim
 
-    def frontend_forward(self, wavs: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """wavs: (B, S) float, lengths: (B,) valid samples -> (features (B, T, C), frames (B,))."""
+    def frontend_forward(self, wavs: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, bool]:
+        """wavs: (B, S) float, lengths: (B,) valid samples -> (features (B, T, C), frames (B,),
+        whether any utterance is padded).
+
+        The frame counts are read on the host once, before the frontend runs, to reject
+        utterances too short for one frame and to learn whether the batch is padded (an
+        unpadded batch needs no attention mask, so SDPA may pick its fused kernels). With
+        `lengths` on the CPU and `wavs` on an accelerator that read costs no device sync."""
         if wavs.dim() != 2:
             raise ValueError(f"expected waveforms of shape (batch, samples), found {tuple(wavs.shape)}")
-        feats, frame_lengths = self.feature_extractor(wavs, lengths)
-        too_short = (frame_lengths <= 0).nonzero().flatten().tolist()
+        extractor = self.feature_extractor
+        num_frames = int(extractor.output_lengths(torch.tensor(wavs.shape[1])))  # CPU scalar
+        frames = extractor.output_lengths(lengths).tolist()  # the one host read
+        too_short = [i for i, n in enumerate(frames) if n <= 0]
         if too_short:
-            field = getattr(self.feature_extractor, "receptive_field", "?")
+            field = getattr(extractor, "receptive_field", "?")
             raise ValueError(
                 f"utterance(s) at batch index {too_short} are too short for one frame "
                 f"(lengths {lengths[too_short].tolist()} samples; need at least {field})"
             )
-        return feats, frame_lengths
+        feats, frame_lengths = extractor(wavs, lengths.to(wavs.device, non_blocking=True))
+        return feats, frame_lengths, min(frames) < num_frames
 
     def apply_masks(
         self, x: Tensor, mask_time_indices: Tensor | None, mask_channel_indices: Tensor | None
@@ -108,13 +117,13 @@ class SSLModel(nn.Module):
         """wavs: (B, S) float at 16 kHz; lengths: (B,) valid samples (None: all S).
         mask_time_indices: (B, T) bool; mask_channel_indices: (B, D) bool (D = embed_dim,
         applied after the projection as in fairseq / transformers)."""
-        if lengths is None:
-            lengths = torch.full((wavs.shape[0],), wavs.shape[1], dtype=torch.long, device=wavs.device)
-        feats, frame_lengths = self.frontend_forward(wavs, lengths)  # (B, T, C)
+        if lengths is None:  # on the host: nothing to read back from the device
+            lengths = torch.full((wavs.shape[0],), wavs.shape[1], dtype=torch.long)
+        feats, frame_lengths, padded = self.frontend_forward(wavs, lengths)  # (B, T, C)
         padding_mask = lengths_to_padding_mask(frame_lengths, feats.shape[1])  # (B, T)
         x, extract_features = self.feature_projection(feats)  # (B, T, D), (B, T, C)
         x = self.apply_masks(x, mask_time_indices, mask_channel_indices)
-        last, hidden_states = self.encoder_forward(x, padding_mask, num_layers=num_layers)
+        last, hidden_states = self.encoder_forward(x, padding_mask if padded else None, num_layers=num_layers)
         return EncoderOutput(
             last_hidden_state=last,
             hidden_states=hidden_states if output_hidden_states else [],

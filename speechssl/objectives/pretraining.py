@@ -3,8 +3,9 @@
 `forward(wavs, lengths, targets)` draws the masks (and wav2vec 2.0 distractors) itself,
 with an optional explicit generator, unless they are passed in. The loss is normalised
 per predicted frame (fairseq sums and divides by `sample_size`; `metrics["sample_size"]`
-gives that count back). Metrics are 0-dim tensors: no `.item()`, no host syncs per step
-beyond selecting the masked frames.
+gives that count back). Metrics are 0-dim tensors: no `.item()`. The host syncs of a step
+are two: reading the frame counts before the network runs (SSLModel.frontend_forward) and
+the size of the masked-frame selection.
 
 Module names follow transformers: `Wav2Vec2PretrainModel` holds `wav2vec2`, `quantizer`,
 `project_hid`, `project_q` like Wav2Vec2ForPreTraining; `HubertPretrainModel` holds

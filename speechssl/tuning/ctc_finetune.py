@@ -161,7 +161,7 @@ class CTCFinetuneModel(nn.Module):
         up, model = self.upstream, self.upstream.model
         if up.config.normalize_waveform:
             wavs = normalize_waveform(wavs, wav_lens)
-        feats, lengths = model.frontend_forward(wavs, wav_lens)  # (B, T, C), (B,)
+        feats, lengths, padded = model.frontend_forward(wavs, wav_lens)  # (B, T, C), (B,)
         B, T, _ = feats.shape  # batch, frames, channels
         padding_mask = lengths_to_padding_mask(lengths, T)  # (B, T)
         x, _ = model.feature_projection(feats)  # (B, T, D)
@@ -169,7 +169,7 @@ class CTCFinetuneModel(nn.Module):
             time_mask = compute_time_mask(lengths, T, self.config.mask) if self.config.mask.mask_prob > 0 else None
             channel_mask = compute_channel_mask(B, x.shape[-1], self.config.mask, device=x.device)
             x = model.apply_masks(x, time_mask, channel_mask)
-        last, _ = model.encoder_forward(x, padding_mask)  # (B, T, D)
+        last, _ = model.encoder_forward(x, padding_mask if padded else None)  # (B, T, D)
         return last, lengths
 
     def log_probs(self, wavs: Tensor, wav_lens: Tensor, *, frozen: bool = False) -> tuple[Tensor, Tensor]:

@@ -70,7 +70,7 @@ def test_masks_replace_frames_and_zero_channels():
     time_mask[0, 3:8] = True
     channel_mask = torch.zeros(2, D, dtype=torch.bool)
     channel_mask[1, :4] = True
-    feats, _ = model.frontend_forward(wavs, lens)
+    feats, _, _ = model.frontend_forward(wavs, lens)
     x, _ = model.feature_projection(feats)
     masked = model.apply_masks(x, time_mask, channel_mask)
     assert torch.equal(masked[0, 3:8], model.masked_spec_embed.expand(5, D))
@@ -122,3 +122,18 @@ def test_config_errors_name_the_problem():
         EncoderConfig(layer_ffn_dims=[1, 2])
     config = from_dict(ModelConfig, {"frontend": {"type": "fbank", "frame_rate": 25}})
     assert config.downsample_rate == 640
+
+
+def test_the_encoder_gets_an_attention_mask_only_for_padded_batches():
+    """Whether a batch is padded is decided from the lengths before the network runs (one host
+    read, none for CPU lengths): unpadded batches go mask-free so SDPA can use fused kernels."""
+    model = build_model(tiny_config()).eval()
+    seen = []
+    model.encoder.register_forward_pre_hook(lambda module, args: seen.append(args[1]))
+    wavs, lens = random_waves([6400, 4000])
+    with torch.no_grad():
+        model(wavs, lens)
+        model(wavs[:1], lens[:1])
+        model(wavs)  # no lengths: nothing padded
+    assert seen[0] is not None and seen[0][1].any() and not seen[0][0].any()
+    assert seen[1] is None and seen[2] is None
