@@ -1,8 +1,10 @@
 """Row groups 2 and 3: one pretraining step (forward, backward, AdamW step).
 
 2. our HuBERT vs torchaudio's HuBERTPretrainModel, our wav2vec 2.0 vs transformers'
-   Wav2Vec2ForPreTraining: the same architecture, weights, batch and optimizer; each
-   draws its masks (and distractors) the way its own training code does, inside the step.
+   Wav2Vec2ForPreTraining: the same architecture, weights and batch; each draws its masks
+   (and distractors) the way its own training code does, inside the step. Twice: with each
+   toolkit's own optimizer (what a user of it gets) and with the same torch AdamW (the
+   models alone).
 3. the Fast-HuBERT trade: our HuBERT with the fbank frontend vs with the conv frontend,
    equal transformer size, throughput in audio seconds per second of training.
 """
@@ -24,6 +26,8 @@ from speechssl.testing.references import (
     torchaudio_hubert_pretrain,
     transformers_pretrain,
 )
+from speechssl.training import TrainerConfig
+from speechssl.training.optim import build_optimizer
 
 GROUP = "pretrain"
 FRONTEND_GROUP = "frontends"
@@ -43,12 +47,22 @@ def pretrain_config(
     return replace(config, model=model)
 
 
-def _optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
+OPTIMIZERS = ("recipe", "torch")
+
+
+def _optimizer(model: torch.nn.Module, optimizer: str, ours: bool) -> torch.optim.Optimizer:
+    """"recipe": what each toolkit's own pretraining uses: speechssl's trainer builds fused AdamW
+    (build_optimizer), torchaudio's HuBERT and transformers' wav2vec 2.0 recipes torch's default
+    AdamW. "torch": torch's default AdamW for every contender (the model alone compared)."""
+    if optimizer == "recipe" and ours:
+        return build_optimizer(model, TrainerConfig(lr=1e-5, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01))
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer '{optimizer}'; valid: {', '.join(OPTIMIZERS)}")
     return torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
 
 
-def _train_step(model: torch.nn.Module, loss_fn) -> Step:
-    optimizer = _optimizer(model.train())
+def _train_step(model: torch.nn.Module, loss_fn, optimizer: str = "recipe", ours: bool = True) -> Step:
+    optimizer = _optimizer(model.train(), optimizer, ours)
 
     def step() -> None:
         loss = loss_fn()
@@ -61,9 +75,10 @@ def _train_step(model: torch.nn.Module, loss_fn) -> Step:
 
 def pretrain_step(
     contender: str, family: str, preset: str, seconds: list[float], num_layers: int | None = None,
-    frontend: str = "conv", frame_rate: int = 50,
+    frontend: str = "conv", frame_rate: int = 50, optimizer: str = "recipe",
 ) -> Step:  # fmt: skip
-    """One optimizer step of `contender` ("ours" | "torchaudio" | "transformers") on a padded batch."""
+    """One optimizer step of `contender` ("ours" | "torchaudio" | "transformers") on a padded batch
+    (`optimizer`: see `_optimizer`)."""
     config = pretrain_config(family, preset, num_layers, frontend, frame_rate)
     torch.manual_seed(0)
     ours = build_pretrain_model(config)
@@ -74,7 +89,7 @@ def pretrain_step(
         T = int(frames.max())
         labels = torch.randint(0, config.hubert.num_classes[0], (len(seconds), T), generator=generator)
         if contender == "ours":
-            return _train_step(ours, lambda: ours(wavs, lengths, labels, generator=generator)[0])
+            return _train_step(ours, lambda: ours(wavs, lengths, labels, generator=generator)[0], optimizer)
         if contender != "torchaudio":
             raise ValueError(f"unknown HuBERT contender '{contender}'; valid: ours, torchaudio")
         ref = torchaudio_hubert_pretrain(config)
@@ -87,9 +102,9 @@ def pretrain_step(
             target = torch.zeros(logit_m.shape[0], dtype=torch.long)
             return F.cross_entropy(logit_m, target, reduction="sum") / logit_m.shape[0] + weight * penalty
 
-        return _train_step(ref, ta_loss)
+        return _train_step(ref, ta_loss, optimizer, ours=False)
     if contender == "ours":
-        return _train_step(ours, lambda: ours(wavs, lengths, generator=generator)[0])
+        return _train_step(ours, lambda: ours(wavs, lengths, generator=generator)[0], optimizer)
     if contender != "transformers":
         raise ValueError(f"unknown wav2vec 2.0 contender '{contender}'; valid: ours, transformers")
     from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices, _sample_negative_indices
@@ -113,7 +128,7 @@ def pretrain_step(
                   sampled_negative_indices=torch.from_numpy(negatives).long())  # fmt: skip
         return out.loss / max(int(mask.sum()), 1)
 
-    return _train_step(ref, hf_loss)
+    return _train_step(ref, hf_loss, optimizer, ours=False)
 
 
 def _sizes(settings: Settings) -> tuple[str, str, int | None, list[float]]:
@@ -132,17 +147,25 @@ def _label(preset: str, num_layers: int | None, seconds: list[float]) -> str:
 def run(settings: Settings) -> list[Row]:
     hubert, w2v, layers, secs = _sizes(settings)
 
-    def spec(contender: str, family: str, preset: str) -> Spec:
-        kwargs = {"contender": contender, "family": family, "preset": preset, "seconds": secs, "num_layers": layers}
+    def spec(contender: str, family: str, preset: str, optimizer: str) -> Spec:
+        kwargs = {"contender": contender, "family": family, "preset": preset, "seconds": secs, "num_layers": layers,
+                  "optimizer": optimizer}  # fmt: skip
         return Spec(module=__name__, factory="pretrain_step", kwargs=kwargs)
 
-    cases = [
-        Case(name=_label(hubert, layers, secs), work=sum(secs), unit="audio-s/s",
-             contenders={"ours": spec("ours", "hubert", hubert), "torchaudio": spec("torchaudio", "hubert", hubert)}),
-        Case(name=_label(w2v, layers, secs), work=sum(secs), unit="audio-s/s",
-             contenders={"ours": spec("ours", "wav2vec2", w2v), "transformers": spec("transformers", "wav2vec2", w2v)}),
-    ]  # fmt: skip
-    return run_cases(GROUP, cases, settings, note="fwd+bwd+AdamW, LayerDrop off, fp32")
+    rows: list[Row] = []
+    for optimizer, note in (("recipe", "each toolkit's own optimizer: ours fused AdamW, theirs torch AdamW"),
+                            ("torch", "torch AdamW for both: the models alone")):  # fmt: skip
+        suffix = "" if optimizer == "recipe" else " (same optimizer)"
+        cases = [
+            Case(name=_label(hubert, layers, secs) + suffix, work=sum(secs), unit="audio-s/s",
+                 contenders={"ours": spec("ours", "hubert", hubert, optimizer),
+                             "torchaudio": spec("torchaudio", "hubert", hubert, optimizer)}),
+            Case(name=_label(w2v, layers, secs) + suffix, work=sum(secs), unit="audio-s/s",
+                 contenders={"ours": spec("ours", "wav2vec2", w2v, optimizer),
+                             "transformers": spec("transformers", "wav2vec2", w2v, optimizer)}),
+        ]  # fmt: skip
+        rows += run_cases(GROUP, cases, settings, note=f"fwd+bwd+AdamW, LayerDrop off, fp32; {note}")
+    return rows
 
 
 def run_frontends(settings: Settings) -> list[Row]:
@@ -157,5 +180,5 @@ def run_frontends(settings: Settings) -> list[Row]:
         }  # fmt: skip
         name = f"fbank@{rate} Hz vs conv@50 Hz, {_label(hubert, layers, secs)}"
         rows += run_cases(FRONTEND_GROUP, [Case(name=name, work=sum(secs), unit="audio-s/s", contenders=contenders)],
-                          settings, note="same encoder and head; PNMI: not measured here")  # fmt: skip
+                          settings, note="same encoder and head; unit quality: benchmarks/frontend_quality.sh")  # fmt: skip
     return rows
