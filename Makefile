@@ -31,7 +31,7 @@ test: install
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure" >&2; exit 1; fi; exit $$rc
 
 bench: install
-	$(PY) -m benchmarks --json benchmarks/latest.json
+	$(PY) -m benchmarks --json benchmarks/latest.json --md benchmarks/latest.md
 
 lint: install
 	$(VENV)/bin/ruff check speechssl tests benchmarks

@@ -53,19 +53,20 @@ def main(argv: list[str] | None = None) -> int:
     mode = "tiny" if args.tiny else "quick" if args.quick else "full"
     start = time.perf_counter()
     rows: list[Row] = []
-    for name in args.only or list(GROUPS):
+    meta = machine_info(threads)
+    meta.update(mode=mode, command="python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv))
+    names = args.only or list(GROUPS)
+    for i, name in enumerate(names):
         t0 = time.perf_counter()
         rows += GROUPS[name](settings)
         print(f"[{name}] {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    meta = machine_info(threads)
-    meta.update(mode=mode, command="python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv),
-                wall_s=time.perf_counter() - start)  # fmt: skip
-    table = to_markdown(rows, meta)
-    print(table)
-    if args.json:
-        write_atomic(args.json, json.dumps({"meta": meta, "rows": [r.as_dict() for r in rows]}, indent=1) + "\n")
-    if args.md:
-        write_atomic(args.md, table)
+        # written after every group, so a run that dies later (OOM, ^C) keeps what it measured
+        meta.update(wall_s=time.perf_counter() - start, groups_done=names[: i + 1])
+        if args.json:
+            write_atomic(args.json, json.dumps({"meta": meta, "rows": [r.as_dict() for r in rows]}, indent=1) + "\n")
+        if args.md:
+            write_atomic(args.md, to_markdown(rows, meta))
+    print(to_markdown(rows, meta))
     return 0
 
 

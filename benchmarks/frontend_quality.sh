@@ -4,7 +4,9 @@
 # the filterbank frontend (conf/pretrain_hubert_tiny.yaml) and once with a conv waveform frontend
 # of the same width (7 layers x 128 channels, 50 Hz). Each model's layer 2 is clustered (K=100)
 # and scored against the forced phone alignments (PNMI, purities), as the recipe's iteration 2
-# would. Training throughput comes from each run's train_summary.json.
+# would. The last column is each run's audio seconds per wall-clock second from its
+# train_summary.json (validation and checkpoints included); the step throughput of the two
+# frontends is measured cleanly by `python -m benchmarks --only frontends`.
 #
 #   benchmarks/frontend_quality.sh [WORK_DIR] [UPDATES] [HOURS]
 #
@@ -43,7 +45,7 @@ import json, sys
 from pathlib import Path
 
 updates = sys.argv[1]
-print(f"| frontend | updates | PNMI (layer 2, K=100) | phone purity | cluster purity | train audio-s/s |")
+print("| frontend | updates | PNMI (layer 2, K=100) | phone purity | cluster purity | run audio-s/s (wall) |")
 print("|---|---|---|---|---|---|")
 mfcc = json.loads(Path("exp/unit_quality_mfcc_k50.json").read_text())["results"][0]
 print(f"| (MFCC K=50: the targets) | - | {mfcc['pnmi']:.3f} | {mfcc['phone_purity']:.3f} | {mfcc['cluster_purity']:.3f} | - |")
