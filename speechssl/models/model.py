@@ -77,7 +77,7 @@ class SSLModel(nn.Module):
                 f"(lengths {lengths[too_short].tolist()} samples; need at least {field})"
             )
         feats, frame_lengths = extractor(wavs, lengths.to(wavs.device, non_blocking=True))
-        return feats, frame_lengths, min(frames) < num_frames
+        return feats, frame_lengths, any(n < num_frames for n in frames)
 
     def apply_masks(
         self, x: Tensor, mask_time_indices: Tensor | None, mask_channel_indices: Tensor | None
