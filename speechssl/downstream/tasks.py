@@ -38,6 +38,7 @@ from speechssl.downstream.heads import (
     MeanPoolClassifier,
     XVectorHead,
 )
+from speechssl.objectives.ctc import ctc_greedy, ctc_loss
 
 log = logging.getLogger(__name__)
 
@@ -138,16 +139,6 @@ def train_tokenizer(text: str | Path, out_dir: str | Path, vocab_size: int) -> P
     return train_sentencepiece(lines, out_dir / "spm", vocab_size)
 
 
-def ctc_greedy(logits: Tensor, lengths: Tensor, blank: int = 0) -> list[list[int]]:
-    """Best path: argmax per frame, merge repeats, drop blanks. logits (B, T, V)."""
-    best = logits.argmax(dim=-1).cpu()  # (B, T)
-    out = []
-    for b, n in enumerate(lengths.tolist()):
-        path = torch.unique_consecutive(best[b, :n]).tolist()
-        out.append([t for t in path if t != blank])
-    return out
-
-
 # ---------------------------------------------------------------- tasks
 
 
@@ -225,11 +216,8 @@ class _CTCTask(Task):
 
     def loss(self, head, x, lengths, batch):
         logits, out_lens = head(x, lengths)  # (B, T, V)
-        log_probs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)  # (T, B, V)
         targets, target_lens = batch[self.target_name], batch[f"{self.target_name}_lens"]
-        loss = F.ctc_loss(log_probs, targets.clamp(min=0), out_lens, target_lens, blank=0,
-                          reduction="sum", zero_infinity=True) / max(len(target_lens), 1)
-        return loss, {}
+        return ctc_loss(F.log_softmax(logits.float(), dim=-1), out_lens, targets, target_lens), {}
 
     def predict(self, head, x, lengths, batch):
         logits, out_lens = head(x, lengths)

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import torchaudio
 import yaml
 from safetensors.torch import save_file
@@ -35,6 +34,7 @@ from speechssl.data.sampler import DurationBucketSampler
 from speechssl.interop.upstream import Upstream, normalize_waveform
 from speechssl.models.checkpoint import save_checkpoint
 from speechssl.models.frontends import lengths_to_padding_mask
+from speechssl.objectives.ctc import ctc_greedy, ctc_loss
 from speechssl.objectives.masking import MaskConfig, compute_channel_mask, compute_time_mask
 from speechssl.training import TrainerConfig, TrainResult, train
 from speechssl.training.checkpoints import seed_everything
@@ -120,16 +120,6 @@ class CharVocab:
         return "".join(self.tokens[i] for i in ids if i > 1).replace(SEPARATOR, " ").strip()
 
 
-def greedy_decode(log_probs: Tensor, lengths: Tensor) -> list[list[int]]:
-    """(B, T, V) -> best path per utterance, repeats collapsed, blanks (0) removed."""
-    best = log_probs.argmax(dim=-1)  # (B, T)
-    out = []
-    for b in range(best.shape[0]):
-        path = torch.unique_consecutive(best[b, : int(lengths[b])])
-        out.append([int(i) for i in path if i != 0])
-    return out
-
-
 # ----------------------------------------------------------------------------- model
 
 
@@ -194,17 +184,10 @@ class CTCFinetuneModel(nn.Module):
         return loss, metrics
 
 
-def ctc_loss(log_probs: Tensor, lengths: Tensor, targets: Tensor, target_lens: Tensor) -> Tensor:
-    """Summed over frames, averaged over utterances (fairseq sentence_avg); impossible alignments
-    (fewer frames than labels) count 0 (zero_infinity). targets: (B, L) padded with any value."""
-    return F.ctc_loss(log_probs.transpose(0, 1), targets.clamp(min=0), lengths, target_lens, blank=0,
-                      reduction="sum", zero_infinity=True) / max(len(lengths), 1)
-
-
 def char_errors(log_probs: Tensor, lengths: Tensor, targets: Tensor, target_lens: Tensor) -> tuple[int, int]:
     """(edit distance of the greedy hypotheses, reference length), summed over the batch."""
     errors = chars = 0
-    for b, hyp in enumerate(greedy_decode(log_probs.detach(), lengths)):
+    for b, hyp in enumerate(ctc_greedy(log_probs.detach(), lengths)):
         ref = targets[b, : int(target_lens[b])].tolist()
         errors += torchaudio.functional.edit_distance(hyp, ref)
         chars += len(ref)

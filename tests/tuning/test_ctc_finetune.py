@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from speechssl.data.datadir import write_data_dir
 from speechssl.interop.upstream import Upstream, load_upstream
 from speechssl.models.model import build_model
+from speechssl.objectives.ctc import ctc_greedy
 from speechssl.objectives.masking import MaskConfig
 from speechssl.testing.models import tiny_config
 from speechssl.training import TrainerConfig
@@ -26,7 +27,6 @@ from speechssl.tuning.ctc_finetune import (
     build_vocab,
     evaluate_ctc,
     finetune_ctc,
-    greedy_decode,
     prepare_ctc_finetune,
 )
 
@@ -124,7 +124,7 @@ def test_vocab_and_greedy_decoding():
     assert vocab.decode([3, 4, 2, 4, 3]) == "ab ba"
     path = torch.tensor([[0, 3, 3, 0, 3, 4, 4, 2, 0], [5, 5, 0, 5, 0, 0, 0, 0, 0]])
     log_probs = torch.nn.functional.one_hot(path, 6).float().log()
-    assert greedy_decode(log_probs, torch.tensor([9, 4])) == [[3, 3, 4, 2], [5, 5]]
+    assert ctc_greedy(log_probs, torch.tensor([9, 4])) == [[3, 3, 4, 2], [5, 5]]
 
 
 def test_config_errors(train_dir, tmp_path):
