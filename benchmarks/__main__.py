@@ -12,7 +12,8 @@ from collections.abc import Callable
 import torch
 
 from benchmarks import compression, head, mfu, pretrain, units_data, upstream
-from benchmarks.harness import Row, Settings, machine_info, to_markdown, write_atomic
+from benchmarks.harness import Row, Settings, machine_info, to_markdown
+from speechssl.data.kaldi import atomic_write_text
 
 GROUPS: dict[str, Callable[[Settings], list[Row]]] = {
     "upstream": upstream.run,
@@ -63,9 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         # written after every group, so a run that dies later (OOM, ^C) keeps what it measured
         meta.update(wall_s=time.perf_counter() - start, groups_done=names[: i + 1])
         if args.json:
-            write_atomic(args.json, json.dumps({"meta": meta, "rows": [r.as_dict() for r in rows]}, indent=1) + "\n")
+            atomic_write_text(args.json, json.dumps({"meta": meta, "rows": [r.as_dict() for r in rows]}, indent=1) + "\n")
         if args.md:
-            write_atomic(args.md, to_markdown(rows, meta))
+            atomic_write_text(args.md, to_markdown(rows, meta))
     print(to_markdown(rows, meta))
     return 0
 

@@ -18,7 +18,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -183,20 +182,6 @@ def to_markdown(rows: Sequence[Row], meta: dict[str, Any]) -> str:
             f"| {r.group} | {r.name} | {_fmt(r.ours)} | {_fmt(r.reference)} | {r.unit} | {ratio} | {r.note} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def write_atomic(path: str | Path, text: str) -> None:
-    """Write via a temp file in the same directory and rename, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 @dataclass(frozen=True, kw_only=True)

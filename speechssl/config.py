@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from speechssl.data.kaldi import atomic_write_text
+
 T = TypeVar("T")
 
 
@@ -195,7 +197,4 @@ def apply_override(data: dict[str, Any], item: str) -> None:
 
 def save_config(config: Any, path: str | Path) -> None:
     """Write a dataclass config as YAML (atomic: temp file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-    tmp.replace(path)
+    atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from speechssl.data.kaldi import atomic_write_text
+from speechssl.data.kaldi import atomic_file, atomic_write_text
 from speechssl.downstream.runner import RESULTS_FILE
 from speechssl.downstream.tasks import TASKS
 
@@ -83,10 +83,9 @@ def plot_layer_weights(rows: list[dict[str, Any]], path: Path) -> bool:
         ax.set_ylabel("weight")
         ax.legend(fontsize="small")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    tmp.replace(path)
     return True
 
 

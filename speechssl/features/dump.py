@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from speechssl.data.kaldi import atomic_write_text
+from speechssl.data.kaldi import atomic_file, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -86,14 +86,10 @@ def _is_finished(paths: dict[str, Path], utt_ids: list[str], extractor: FeatureE
 
 def _write_npy_from_raw(raw: Path, dest: Path, shape: tuple[int, int], dtype: np.dtype) -> None:
     """Prefix streamed raw frames with an .npy header (atomic rename into `dest`)."""
-    tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
     header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
-    with open(tmp, "wb") as out, open(raw, "rb") as src:
+    with atomic_file(dest) as tmp, open(tmp, "wb") as out, open(raw, "rb") as src:
         np.lib.format.write_array_header_1_0(out, header)
         shutil.copyfileobj(src, out, length=16 << 20)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, dest)
 
 
 def dump_features(
@@ -231,10 +227,8 @@ def write_shard(
     paths = shard_paths(out_dir, rank, nshard)
     paths["json"].unlink(missing_ok=True)
     array = np.concatenate([np.asarray(f, dtype=dtype) for f in feats.values()])  # (frames, dim)
-    tmp = paths["npy"].with_name(f".{paths['npy'].name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, array, allow_pickle=False)
-    os.replace(tmp, paths["npy"])
+    with atomic_file(paths["npy"]) as tmp:
+        np.save(tmp, array, allow_pickle=False)
     _finish_shard(paths, list(feats), [len(f) for f in feats.values()], feature, dims.pop(), frame_rate,
                   dtype, rank=rank, nshard=nshard, data_dir="")
     return paths["npy"]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from speechssl.data.kaldi import atomic_file
 from speechssl.interop.upstream import Upstream, load_upstream
 from speechssl.models.config import ConvFrontendConfig
 
@@ -29,10 +30,8 @@ def _fairseq_extras(up: Upstream) -> dict | None:
 
 
 def _save_pt(checkpoint: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    torch.save(checkpoint, tmp)
-    tmp.replace(out)
+    with atomic_file(out) as tmp:
+        torch.save(checkpoint, tmp)
 
 
 def _refuse_heterogeneous(up: Upstream, fmt: str) -> None:

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
+from speechssl.data.kaldi import atomic_file
 from speechssl.interop.torchscript_export import (
     TRACE_LENGTHS,
     ExportableUpstream,
-    atomic_target,
     check_parity,
     example_inputs,
     export_metadata,
@@ -90,8 +90,7 @@ def export_onnx(upstream: Upstream, out: str | Path, *, verify: bool = True) -> 
     out = Path(out)
     start = time.perf_counter()
     wrapper = ExportableUpstream(upstream).eval()
-    tmp = atomic_target(out)
-    try:
+    with atomic_file(out) as tmp:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
             torch.onnx.export(
@@ -110,8 +109,5 @@ def export_onnx(upstream: Upstream, out: str | Path, *, verify: bool = True) -> 
             session = onnx_session(tmp)
             error = check_parity(upstream, lambda w, n: run_onnx(session, w, n), what=f"ONNX export {out}")
             logger.info("onnxruntime matches PyTorch: max error %.2e on valid frames", error)
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
     logger.info("wrote %s (%.1f MB) in %.1f s", out, out.stat().st_size / 1e6, time.perf_counter() - start)
     return out

@@ -16,7 +16,6 @@ import copy
 import json
 import logging
 import math
-import os
 import time
 import warnings
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from speechssl.data.kaldi import atomic_file
 from speechssl.interop.upstream import Upstream, normalize_waveform
 from speechssl.models.frontends import FbankFrontend, KaldiFbank, lengths_to_padding_mask
 from speechssl.models.model import SSLModel
@@ -217,13 +217,6 @@ def export_metadata(upstream: Upstream) -> dict[str, Any]:
     }
 
 
-def atomic_target(out: Path) -> Path:
-    """A temp path beside `out` (same filesystem, so the final rename is atomic); created by the
-    writer, so the file gets the usual umask permissions (mkstemp's would be 0600)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return out.with_name(f".{out.name}.{os.getpid()}.tmp")
-
-
 @contextlib.contextmanager
 def quiet_jit_deprecation() -> Iterator[None]:
     """torch.jit is deprecated upstream but it is what TorchScript consumers load: hide that notice only."""
@@ -265,8 +258,7 @@ def export_torchscript(upstream: Upstream, out: str | Path, *, verify: bool = Tr
     out = Path(out)
     start = time.perf_counter()
     traced = trace_upstream(upstream)
-    tmp = atomic_target(out)
-    try:
+    with atomic_file(out) as tmp:
         with quiet_jit_deprecation():
             torch.jit.save(traced, str(tmp), _extra_files={EXTRA_FILE: json.dumps(export_metadata(upstream))})
         if verify:
@@ -274,8 +266,5 @@ def export_torchscript(upstream: Upstream, out: str | Path, *, verify: bool = Tr
             with torch.no_grad():
                 error = check_parity(upstream, loaded, what=f"TorchScript export {out}")
             logger.info("TorchScript export matches PyTorch: max error %.2e on valid frames", error)
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
     logger.info("wrote %s (%.1f MB) in %.1f s", out, out.stat().st_size / 1e6, time.perf_counter() - start)
     return out

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from speechssl.config import from_dict, load_config, to_dict
 from speechssl.data.dataset import AudioDataset, collate_audio
-from speechssl.data.kaldi import atomic_write_text, read_table
+from speechssl.data.kaldi import atomic_file, atomic_write_text, read_table
 from speechssl.data.sampler import DurationBucketSampler
 from speechssl.interop.upstream import Upstream, normalize_waveform
 from speechssl.models.checkpoint import save_checkpoint
@@ -278,9 +278,8 @@ def finetune_ctc(upstream: Upstream, train_dir: str | Path, out_dir: str | Path,
         else:
             save_tuned(upstream, final / "tuned.safetensors")
         head = {k: v.detach().cpu().contiguous().clone() for k, v in model.head.state_dict().items()}
-        tmp = final / ".ctc_head.safetensors.tmp"
-        save_file(head, str(tmp))
-        tmp.replace(final / "ctc_head.safetensors")
+        with atomic_file(final / "ctc_head.safetensors") as tmp:
+            save_file(head, str(tmp))
         vocab.save(final / "vocab.txt")
     return CTCFinetuneResult(model, report, result, final)
 

@@ -14,8 +14,6 @@ weights can be saved and loaded apart from the frozen upstream.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,6 +25,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from speechssl.config import ConfigError, from_dict, to_dict
+from speechssl.data.kaldi import atomic_file
 from speechssl.models.model import SSLModel
 from speechssl.tuning.adapters import AdapterConfig, add_adapters
 from speechssl.tuning.bitfit import BitFitConfig, bias_names
@@ -235,16 +234,9 @@ def save_tuned(upstream: nn.Module, path: str | Path) -> Path:
     """Write the tuned weights and the TuningConfig (safetensors metadata) atomically."""
     applied = applied_tuning(upstream)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.to("cpu").contiguous().clone() for k, v in tuned_state_dict(upstream).items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(to_dict(applied.config))})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp:
+        save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(to_dict(applied.config))})
     return path
 
 

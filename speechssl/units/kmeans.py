@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from speechssl.data.kaldi import atomic_write_text, read_table_lines, write_table
+from speechssl.data.kaldi import atomic_file, atomic_write_text, read_table_lines, write_table
 from speechssl.features.dump import FeatureReader
 
 logger = logging.getLogger(__name__)
@@ -80,10 +80,8 @@ class KMeansModel:
         """Write centroids.npy and kmeans.json (each atomically)."""
         km_dir = Path(km_dir)
         km_dir.mkdir(parents=True, exist_ok=True)
-        tmp = km_dir / f".{CENTROIDS}.tmp"
-        with open(tmp, "wb") as f:
-            np.save(f, np.ascontiguousarray(self.centroids, dtype=np.float32), allow_pickle=False)
-        tmp.replace(km_dir / CENTROIDS)
+        with atomic_file(km_dir / CENTROIDS) as tmp:
+            np.save(tmp, np.ascontiguousarray(self.centroids, dtype=np.float32), allow_pickle=False)
         atomic_write_text(km_dir / PARAMS, json.dumps(self.params, indent=2) + "\n")
 
     @classmethod

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from speechssl.data.kaldi import atomic_write_text
+from speechssl.data.kaldi import atomic_file, atomic_write_text
 from speechssl.units.kmeans import read_labels
 from speechssl.units.metrics import UnitQuality, unit_quality
 
@@ -107,8 +106,5 @@ def plot_quality(results: Mapping[str, UnitQuality], path: str | Path, *, title:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(buffer.getvalue())
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from speechssl.data.kaldi import Problem, c_sort_key, read_table, scan_table, write_table
+from speechssl.data.kaldi import Problem, atomic_file, c_sort_key, read_table, scan_table, write_table
 
 
 def test_c_sort_is_byte_order():
@@ -42,3 +42,16 @@ def test_scan_table_reports_every_problem_with_lines(tmp_path):
 def test_problem_str_names_file_line_and_id():
     assert str(Problem("d/text", 3, "u1", "empty transcript")) == "d/text:3: 'u1' empty transcript"
     assert str(Problem("d/spk2utt", None, None, "is missing")) == "d/spk2utt: is missing"
+
+
+def test_atomic_file_replaces_on_success_and_keeps_the_old_file_on_error(tmp_path):
+    path = tmp_path / "sub" / "model.npy"
+    with atomic_file(path) as tmp:
+        assert tmp.parent == path.parent and tmp.suffix == ".npy"  # writers that infer the format
+        tmp.write_bytes(b"first")
+    assert path.read_bytes() == b"first"
+    with pytest.raises(RuntimeError), atomic_file(path) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("writer died")
+    assert path.read_bytes() == b"first"  # the old file is untouched
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.npy"]  # no temp file left
