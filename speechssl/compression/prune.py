@@ -278,6 +278,13 @@ class GatedModel(nn.Module):
 
 
 @torch.no_grad()
+def _kept_units(z_units: Tensor, z_block: Tensor) -> Tensor:
+    """Indices of the units (heads, FFN units) whose gate is open; none when the block's gate is shut."""
+    if not bool(z_block > 0):
+        return torch.zeros(0, dtype=torch.long)
+    return (z_units > 0).nonzero().flatten()
+
+
 def prune_model(gated: GatedModel) -> tuple[SSLModel, ModelConfig]:
     """Physically remove what the evaluation gates remove: a dense SSLModel whose config records
     each layer's heads and FFN width and the conv widths, with the gate values folded into the
@@ -315,7 +322,7 @@ def prune_model(gated: GatedModel) -> tuple[SSLModel, ModelConfig]:
         if layer.attention is not None:
             z_units = values.get(f"heads_{i}", torch.ones(enc.heads_of(i)))
             z_block = values.get(f"attention_{i}", torch.ones(1))
-            kept = (z_units > 0).nonzero().flatten() if bool(z_block > 0) else torch.zeros(0, dtype=torch.long)
+            kept = _kept_units(z_units, z_block)
             num_heads = int(kept.numel())
             rows = (kept[:, None] * d + torch.arange(d)[None, :]).flatten()  # (H' * d,)
             if num_heads:
@@ -334,7 +341,7 @@ def prune_model(gated: GatedModel) -> tuple[SSLModel, ModelConfig]:
         if layer.feed_forward is not None:
             z_units = values.get(f"ffn_units_{i}", torch.ones(enc.ffn_dim_of(i)))
             z_block = values.get(f"ffn_{i}", torch.ones(1))
-            kept = (z_units > 0).nonzero().flatten() if bool(z_block > 0) else torch.zeros(0, dtype=torch.long)
+            kept = _kept_units(z_units, z_block)
             width = int(kept.numel())
             if width:
                 state[f"{prefix}intermediate_dense.weight"] = state[f"{prefix}intermediate_dense.weight"][kept]
