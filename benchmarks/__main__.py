@@ -13,7 +13,7 @@ import torch
 
 from benchmarks import compression, head, mfu, pretrain, units_data, upstream
 from benchmarks.harness import Row, Settings, machine_info, to_markdown
-from speechssl.data.kaldi import atomic_write_text
+from speechssl.io import atomic_write_text
 
 GROUPS: dict[str, Callable[[Settings], list[Row]]] = {
     "upstream": upstream.run,

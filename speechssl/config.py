@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from speechssl.data.kaldi import atomic_write_text
+from speechssl.io import atomic_write_text
 
 T = TypeVar("T")
 

@@ -1,4 +1,4 @@
-"""Arguments shared by the training commands (pretrain, distill, prune)."""
+"""Arguments shared by several commands: the training ones (pretrain, distill, prune) and --overwrite."""
 
 from __future__ import annotations
 
@@ -15,3 +15,10 @@ def add_training_arguments(parser: argparse.ArgumentParser, config_help: str) ->
     parser.add_argument("--resume", action="store_true", help="continue exactly from EXP/checkpoints/last")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set trainer.lr=2e-4 (repeatable)")
+
+
+def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
+    """--overwrite, worded the same for every command with an --out (see speechssl.outputs)."""
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an --out that holds files this command did not write "
+                             "(never an input or an experiment dir)")

@@ -10,6 +10,7 @@ import sys
 
 import speechssl
 import speechssl.cli as cli_package
+from speechssl.errors import SpeechSSLError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if args.command is None else 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as err:
+    except (SpeechSSLError, ValueError, FileNotFoundError, KeyError, RuntimeError) as err:
         if not _is_user_error(err):
             raise
         # User-input errors and runs stopped with advice: one clear line, no traceback.
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _is_user_error(err: BaseException) -> bool:
     """Errors that explain themselves; anything else (a bug) keeps its traceback."""
-    if isinstance(err, (ValueError, FileNotFoundError)):
+    if isinstance(err, (SpeechSSLError, ValueError, FileNotFoundError)):
         return True
     from speechssl.data.espeak import EspeakError
     from speechssl.interop.fairseq_io import CheckpointKeyError

@@ -45,7 +45,7 @@ from speechssl.compression.distill import (
 )
 from speechssl.compression.hardconcrete import HardConcrete
 from speechssl.config import load_config
-from speechssl.data.kaldi import atomic_write_text
+from speechssl.io import atomic_write_text
 from speechssl.models.checkpoint import load_state_into, save_checkpoint
 from speechssl.models.config import ConvFrontendConfig, ModelConfig
 from speechssl.models.model import EncoderOutput, SSLModel, build_model

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula
 
-from speechssl.data.kaldi import atomic_write_text
 from speechssl.interop.upstream import Upstream, load_upstream
+from speechssl.io import atomic_write_text
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,11 @@ reco2dur, and our extras such as phones, phone_ctm, intent) are all
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from speechssl.io import atomic_write_text
 
 
 def c_sort_key(key: str) -> bytes:
@@ -45,52 +43,6 @@ def read_table(path: str | Path) -> dict[str, str]:
         table[key] = value
         first_line[key] = lineno
     return table
-
-
-@contextmanager
-def atomic_file(path: str | Path) -> Iterator[Path]:
-    """Yield a temp path beside `path` for any writer that takes a path (torch.save, np.save,
-    safetensors, savefig, exporters). When the block ends the file is synced and renamed over
-    `path`; when it raises, the temp file is removed. A crash never leaves half a file at
-    `path`. The temp name keeps the suffix, for writers that infer the format from it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write through a temp file and rename, so a crash never leaves half a file."""
-    with atomic_file(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
-@contextmanager
-def atomic_directory(path: str | Path) -> Iterator[Path]:
-    """Yield a temp dir beside `path` to write into; when the block ends it replaces `path`
-    (the old dir is removed), and when the block raises it is deleted. A crash leaves either
-    the old directory or the new one, never a mix."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old{os.getpid()}")
-            path.replace(old)
-            tmp.replace(path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.replace(path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def write_table(path: str | Path, table: Mapping[str, object] | Iterable[tuple[str, object]]) -> None:

@@ -30,7 +30,6 @@ from speechssl.data import synth_text
 from speechssl.data.alignments import SILENCE_PHONE, PhoneSegment, format_ctm
 from speechssl.data.datadir import write_data_dir
 from speechssl.data.espeak import get_espeak
-from speechssl.data.kaldi import atomic_write_text
 from speechssl.data.synth_audio import (
     Degradation,
     SpeechSegments,
@@ -42,6 +41,7 @@ from speechssl.data.synth_audio import (
     speed_orig_freq,
     to_int16,
 )
+from speechssl.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from speechssl.data.kaldi import atomic_file, atomic_write_text
 from speechssl.downstream.runner import RESULTS_FILE
 from speechssl.downstream.tasks import TASKS
+from speechssl.io import atomic_file, atomic_write_text
 
 _PERCENT_METRICS = ("per", "wer", "accuracy", "eer")
 

@@ -25,13 +25,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from speechssl.config import from_dict, to_dict
-from speechssl.data.kaldi import atomic_write_text
 from speechssl.data.sampler import DurationBucketSampler
 from speechssl.downstream.config import DownstreamConfig
 from speechssl.downstream.featurizers import build_featurizer
 from speechssl.downstream.model import DownstreamModel, collate_batch
 from speechssl.downstream.tasks import Task, build_task
 from speechssl.downstream.upstreams import get_upstream, upstream_name
+from speechssl.io import atomic_write_text
 from speechssl.training import TrainerConfig, train
 from speechssl.training.checkpoints import load_checkpoint, step_dirs
 from speechssl.training.distributed import env_rank, env_world_size

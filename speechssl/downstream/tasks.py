@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from speechssl.data.datadir import CORE_FILES, DataDir, read_file
 from speechssl.data.dataset import AudioDataset
-from speechssl.data.kaldi import atomic_write_text, read_table, read_table_lines
+from speechssl.data.kaldi import read_table, read_table_lines
 from speechssl.downstream import metrics
 from speechssl.downstream.config import DownstreamConfig
 from speechssl.downstream.heads import (
@@ -38,6 +38,7 @@ from speechssl.downstream.heads import (
     MeanPoolClassifier,
     XVectorHead,
 )
+from speechssl.io import atomic_write_text
 from speechssl.objectives.ctc import ctc_greedy, ctc_loss
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from speechssl.data.kaldi import atomic_file, atomic_write_text
+from speechssl.io import atomic_file, atomic_write_text
 
 logger = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from speechssl.data.kaldi import atomic_file
 from speechssl.interop.upstream import Upstream, load_upstream
+from speechssl.io import atomic_file
 from speechssl.models.config import ConvFrontendConfig
 
 logger = logging.getLogger(__name__)

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 
-from speechssl.data.kaldi import atomic_file
 from speechssl.interop.torchscript_export import (
     TRACE_LENGTHS,
     ExportableUpstream,
@@ -28,6 +27,7 @@ from speechssl.interop.torchscript_export import (
     export_metadata,
 )
 from speechssl.interop.upstream import Upstream
+from speechssl.io import atomic_file
 
 logger = logging.getLogger(__name__)
 

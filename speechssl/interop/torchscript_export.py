@@ -26,8 +26,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from speechssl.data.kaldi import atomic_file
 from speechssl.interop.upstream import Upstream, normalize_waveform
+from speechssl.io import atomic_file
 from speechssl.models.frontends import FbankFrontend, KaldiFbank, lengths_to_padding_mask
 from speechssl.models.model import SSLModel
 

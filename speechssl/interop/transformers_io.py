@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from speechssl.data.kaldi import atomic_directory
+from speechssl.io import atomic_directory
 from speechssl.models.config import ConvFrontendConfig, EncoderConfig, ModelConfig
 
 SUPPORTED_MODEL_TYPES = ("hubert", "wav2vec2")

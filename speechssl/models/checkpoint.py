@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from speechssl.config import ConfigError, from_dict, load_yaml, save_config
-from speechssl.data.kaldi import atomic_directory
+from speechssl.io import atomic_directory
 from speechssl.models.config import ModelConfig
 from speechssl.models.model import SSLModel, build_model
 from speechssl.models.presets import PRESETS, get_preset

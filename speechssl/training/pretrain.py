@@ -21,8 +21,9 @@ from torch import Tensor, nn
 
 from speechssl.config import ConfigError, apply_override, from_dict, load_yaml, save_config
 from speechssl.data.dataset import AudioDataset, Batch, collate_audio, parse_units
-from speechssl.data.kaldi import atomic_write_text, read_table
+from speechssl.data.kaldi import read_table
 from speechssl.data.sampler import DurationBucketSampler
+from speechssl.io import atomic_write_text
 from speechssl.models.config import ModelConfig
 from speechssl.models.frontends import normalize_waveform
 from speechssl.models.model import SSLModel

@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from speechssl.data.kaldi import atomic_write_text
+from speechssl.io import atomic_write_text
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:

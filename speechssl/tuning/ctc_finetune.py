@@ -29,9 +29,10 @@ from torch import Tensor, nn
 
 from speechssl.config import from_dict, load_config, to_dict
 from speechssl.data.dataset import AudioDataset, collate_audio
-from speechssl.data.kaldi import atomic_file, atomic_write_text, read_table
+from speechssl.data.kaldi import read_table
 from speechssl.data.sampler import DurationBucketSampler
 from speechssl.interop.upstream import Upstream, normalize_waveform
+from speechssl.io import atomic_file, atomic_write_text
 from speechssl.models.checkpoint import save_checkpoint
 from speechssl.models.frontends import lengths_to_padding_mask
 from speechssl.objectives.ctc import ctc_greedy, ctc_loss

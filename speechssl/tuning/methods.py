@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from speechssl.config import ConfigError, from_dict, to_dict
-from speechssl.data.kaldi import atomic_file
+from speechssl.io import atomic_file
 from speechssl.models.model import SSLModel
 from speechssl.tuning.adapters import AdapterConfig, add_adapters
 from speechssl.tuning.bitfit import BitFitConfig, bias_names

@@ -29,8 +29,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from speechssl.data.kaldi import atomic_file, atomic_write_text, read_table_lines, write_table
+from speechssl.data.kaldi import read_table_lines, write_table
 from speechssl.features.dump import FeatureReader
+from speechssl.io import atomic_file, atomic_write_text
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from speechssl.data.kaldi import atomic_file, atomic_write_text
+from speechssl.io import atomic_file, atomic_write_text
 from speechssl.units.kmeans import read_labels
 from speechssl.units.metrics import UnitQuality, unit_quality
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from speechssl.data.kaldi import Problem, atomic_file, c_sort_key, read_table, scan_table, write_table
+from speechssl.data.kaldi import Problem, c_sort_key, read_table, scan_table, write_table
+from speechssl.io import atomic_file
 
 
 def test_c_sort_is_byte_order():

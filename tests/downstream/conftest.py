@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from speechssl.data.kaldi import atomic_write_text, write_table
+from speechssl.data.kaldi import write_table
+from speechssl.io import atomic_write_text
 from speechssl.testing.datadirs import write_tone
 
 TASK_SUBSETS = {"pr": "read", "asr": "read", "sid": "read", "ks": "keywords", "ic": "commands"}

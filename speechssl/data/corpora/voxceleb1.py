@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from speechssl.data.datadir import compute_durations, write_data_dir
-from speechssl.data.kaldi import atomic_write_text
+from speechssl.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 

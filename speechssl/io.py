@@ -1,0 +1,150 @@
+"""Atomic writes: every file and directory speechssl writes goes to a temp sibling and is renamed
+into place, so a crash, a kill or a full disk leaves the old file or the new one, never half of one.
+
+A write that fails for a reason of the machine (disk full, quota, read-only file system) becomes a
+one-line `WriteFailedError` naming the path, and its temp file is removed. Temp names carry the
+writer's pid (`.<name>.<pid>.tmp...`), so `remove_stale_temporaries` can tell a killed job's
+leftovers from a live writer's.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from speechssl.errors import SpeechSSLError, WriteFailedError
+
+# errnos that say "the machine cannot take this write", not "the program is wrong"
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO, errno.EACCES, errno.EPERM}
+# Writers that are not Python file objects (torch.save, safetensors, onnx) report ENOSPC in words.
+_WRITE_FAILURE_WORDS = ("no space left", "disk quota", "file write failed", "failed writing", "read-only file system")
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp")
+
+
+def _write_failure(path: Path, err: BaseException) -> WriteFailedError | None:
+    """The one-line error for a failed write, or None when `err` is not about the machine."""
+    if isinstance(err, SpeechSSLError):
+        return None
+    if isinstance(err, OSError) and err.errno in _WRITE_ERRNOS:
+        return WriteFailedError(f"cannot write {path}: {err.strerror or err}")
+    text = str(err).lower()
+    if any(word in text for word in _WRITE_FAILURE_WORDS):
+        return WriteFailedError(f"cannot write {path}: {str(err).splitlines()[0]}")
+    return None
+
+
+def _temp_name(path: Path) -> Path:
+    return path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+
+
+def _make_parent(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise (_write_failure(path.parent, err) or err) from None
+
+
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temp path beside `path` for any writer that takes a path (torch.save, np.save,
+    safetensors, savefig, exporters). When the block ends the file is synced and renamed over
+    `path`; when it raises, the temp file is removed. The temp name keeps the suffix, for
+    writers that infer the format from it."""
+    path = Path(path)
+    _make_parent(path)
+    tmp = _temp_name(path)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        failure = _write_failure(path, err)
+        if failure is not None:
+            raise failure from None
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write text through a temp file and rename."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def atomic_write_json(path: str | Path, data: Any) -> None:
+    """Write `data` as indented JSON (one trailing newline) through a temp file and rename."""
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+@contextmanager
+def atomic_directory(path: str | Path) -> Iterator[Path]:
+    """Yield a temp dir beside `path` to write into; when the block ends it replaces `path`
+    (the old dir is removed), and when the block raises it is deleted. A crash leaves either
+    the old directory or the new one, never a mix. Callers that replace a directory they did not
+    write check it first (`speechssl.outputs.check_output`)."""
+    path = Path(path)
+    _make_parent(path)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.tmp", dir=path.parent))
+    except OSError as err:
+        raise (_write_failure(path, err) or err) from None
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.{os.getpid()}.tmpold")
+            path.replace(old)
+            tmp.replace(path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.replace(path)
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        failure = _write_failure(path, err)
+        if failure is not None:
+            raise failure from None
+        raise
+
+
+def is_temporary(name: str) -> bool:
+    """Whether a file name is one of our temp names (a write in progress, or a killed job's)."""
+    return _TEMP_NAME.match(name) is not None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(directory: str | Path) -> list[Path]:
+    """Remove the temp files and dirs of `atomic_file` / `atomic_directory` in `directory` whose
+    writer no longer runs (a killed job). Returns what was removed."""
+    directory = Path(directory)
+    removed: list[Path] = []
+    if not directory.is_dir():
+        return removed
+    for entry in directory.iterdir():
+        m = _TEMP_NAME.match(entry.name)
+        if m is None or pid_alive(int(m.group("pid"))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed

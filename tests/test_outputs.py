@@ -1,0 +1,154 @@
+"""The output-path rule, the experiment lock, atomic writes and full disks (speechssl.io, speechssl.outputs)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from speechssl.errors import ExperimentLockedError, OutputExistsError, WriteFailedError
+from speechssl.io import atomic_directory, atomic_file, atomic_write_text, remove_stale_temporaries
+from speechssl.outputs import LOCK, ExperimentLock, check_output, write_marker
+
+
+def test_new_and_empty_outputs_are_accepted(tmp_path):
+    assert check_output(tmp_path / "new", "export hf") == tmp_path / "new"
+    (tmp_path / "empty").mkdir()
+    check_output(tmp_path / "empty", "export hf")
+
+
+def test_foreign_directory_is_refused_and_kept(tmp_path):
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / "keep").write_text("x")
+    with pytest.raises(OutputExistsError, match=r"--out .*/d already holds files .*\(keep\).*--overwrite"):
+        check_output(out, "export hf")
+    assert (out / "keep").read_text() == "x"
+    check_output(out, "export hf", overwrite=True)  # the user said so
+
+
+def test_own_earlier_output_is_rewritten_without_overwrite(tmp_path):
+    out = tmp_path / "d"
+    out.mkdir()
+    write_marker(out, "features")
+    (out / "0_1.npy").write_text("x")
+    check_output(out, "features")
+    with pytest.raises(OutputExistsError, match="did not write"):
+        check_output(out, "kmeans label")
+
+
+def test_experiment_dirs_and_inputs_are_refused_even_with_overwrite(tmp_path):
+    exp = tmp_path / "exp"
+    (exp / "checkpoints").mkdir(parents=True)
+    with pytest.raises(OutputExistsError, match="is an experiment dir"):
+        check_output(exp, "export hf", overwrite=True)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    with pytest.raises(OutputExistsError, match="is an input of this command"):
+        check_output(ckpt, "export hf", overwrite=True, inputs=(ckpt,))
+    with pytest.raises(OutputExistsError, match="contains an input of this command"):
+        check_output(tmp_path, "export hf", overwrite=True, inputs=(ckpt,))
+
+
+def test_existing_file_needs_overwrite(tmp_path):
+    f = tmp_path / "model.onnx"
+    f.write_text("mine")
+    with pytest.raises(OutputExistsError, match="already exists.*--overwrite"):
+        check_output(f, "export onnx", is_file=True)
+    check_output(f, "export onnx", is_file=True, overwrite=True)
+    with pytest.raises(OutputExistsError, match="is a directory"):
+        check_output(tmp_path, "export onnx", is_file=True)
+
+
+_HOLD = textwrap.dedent(
+    """
+    import sys, time
+    from speechssl.outputs import ExperimentLock
+    with ExperimentLock(sys.argv[1], "pretrain"):
+        print("locked", flush=True)
+        time.sleep(60)
+    """
+)
+
+
+def test_lock_refuses_a_second_process_and_names_the_holder(tmp_path):
+    exp = tmp_path / "exp"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(exp)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ExperimentLockedError, match=rf"in use by `speechssl pretrain` \(pid {holder.pid} on host"):
+            ExperimentLock(exp, "pretrain").acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder was killed: its lock file stays, holds no flock, and is taken over
+    assert (exp / LOCK).exists()
+    with ExperimentLock(exp, "pretrain"):
+        pass
+    assert not (exp / LOCK).exists()
+
+
+def test_atomic_file_leaves_old_content_when_the_writer_fails(tmp_path):
+    f = tmp_path / "a.txt"
+    f.write_text("old")
+    with pytest.raises(RuntimeError), atomic_file(f) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("writer crashed")
+    assert f.read_text() == "old"
+    assert os.listdir(tmp_path) == ["a.txt"]
+
+
+def _enospc(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_full_disk_is_one_line_naming_the_path_and_leaves_no_temp(tmp_path, monkeypatch):
+    f = tmp_path / "a.txt"
+    f.write_text("old")
+    monkeypatch.setattr(Path, "write_text", _enospc)
+    with pytest.raises(WriteFailedError, match=rf"cannot write {f}: No space left on device"):
+        atomic_write_text(f, "new")
+    monkeypatch.undo()
+    assert f.read_text() == "old"
+    assert os.listdir(tmp_path) == ["a.txt"]
+    # torch.save reports it in words; the checkpoint dir is built in a temp dir that goes away
+    monkeypatch.setattr(torch, "save", lambda *a, **k: (_ for _ in ()).throw(
+        RuntimeError("[enforce fail at inline_container.cc] . PytorchStreamWriter failed writing file data/0")))
+    with pytest.raises(WriteFailedError, match=rf"cannot write {tmp_path / 'ckpt'}: .*failed writing"):
+        with atomic_directory(tmp_path / "ckpt") as tmp:
+            torch.save({}, tmp / "state.pt")
+    assert os.listdir(tmp_path) == ["a.txt"]
+
+
+def test_full_disk_on_a_real_tiny_file_system(tmp_path):
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root?); the monkeypatched ENOSPC test covers the logic")
+    try:
+        (mnt / "keep.txt").write_text("precious")
+        with pytest.raises(WriteFailedError, match=rf"cannot write {mnt / 'big.bin'}: No space left on device"):
+            with atomic_file(mnt / "big.bin") as tmp:
+                tmp.write_bytes(b"\0" * (1 << 20))
+        assert sorted(os.listdir(mnt)) == ["keep.txt"]
+        assert (mnt / "keep.txt").read_text() == "precious"
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    stale = tmp_path / f".0_1.{dead_pid}.tmp.npy"
+    stale.write_text("x")
+    live = tmp_path / f".0_2.{os.getpid()}.tmp.npy"
+    live.write_text("x")
+    (tmp_path / "0_1.npy").write_text("done")
+    assert remove_stale_temporaries(tmp_path) == [stale]
+    assert sorted(os.listdir(tmp_path)) == sorted([live.name, "0_1.npy"])
