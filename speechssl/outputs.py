@@ -3,7 +3,8 @@
 Rule for every `--out`:
 - a path that does not exist, or an empty directory, is written;
 - a directory that holds this command's own earlier output (its `.speechssl_output` marker names
-  the command) is written again: re-running a stage is safe;
+  the command), or a file this command wrote and nobody changed since (`record_output` notes its
+  size and mtime in the parent's `.speechssl_files.json`), is written again: re-running a stage is safe;
 - anything else (a non-empty directory without that marker, an existing file) is refused unless
   the user passes `--overwrite`;
 - an input of the command, a directory that contains one, or an experiment dir of another
@@ -30,6 +31,7 @@ from speechssl.io import atomic_write_json, is_temporary
 logger = logging.getLogger(__name__)
 
 MARKER = ".speechssl_output"
+FILES_RECORD = ".speechssl_files.json"
 LOCK = ".lock"
 # Files that show a directory is an experiment (older runs have no marker).
 _EXPERIMENT_SIGNS = ("checkpoints", "tensorboard", "train_summary.json", LOCK)
@@ -50,6 +52,37 @@ def write_marker(directory: str | Path, command: str) -> None:
     atomic_write_json(Path(directory) / MARKER, {"command": command, "speechssl": __version__})
 
 
+def _read_record(directory: Path) -> dict:
+    try:
+        record = json.loads((directory / FILES_RECORD).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def record_output(path: str | Path, command: str) -> None:
+    """Note that `command` wrote the file `path` (call after writing it), so that the same command
+    may replace it later, as long as nobody changed it in between (size and mtime must match)."""
+    path = Path(path)
+    stat = path.stat()
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # concurrent writers into one dir (parallel recipe jobs)
+        record = _read_record(path.parent)
+        record[path.name] = {"command": command, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        atomic_write_json(path.parent / FILES_RECORD, record)
+    finally:
+        os.close(fd)
+
+
+def _is_own_file(path: Path, command: str) -> bool:
+    entry = _read_record(path.parent).get(path.name)
+    if not isinstance(entry, dict) or entry.get("command") != command:
+        return False
+    stat = path.stat()
+    return entry.get("bytes") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns
+
+
 def is_experiment_dir(path: str | Path) -> bool:
     path = Path(path)
     return path.is_dir() and any((path / sign).exists() or (path / sign).is_symlink() for sign in _EXPERIMENT_SIGNS)
@@ -57,7 +90,7 @@ def is_experiment_dir(path: str | Path) -> bool:
 
 def _contents(directory: Path) -> list[str]:
     """Names in `directory` other than our marker and live or dead temp files."""
-    return sorted(p.name for p in directory.iterdir() if p.name != MARKER and not is_temporary(p.name))
+    return sorted(p.name for p in directory.iterdir() if p.name not in (MARKER, FILES_RECORD) and not is_temporary(p.name))
 
 
 def _is_within(path: Path, parent: Path) -> bool:
@@ -107,7 +140,7 @@ def check_output(
         )
     if not is_file:
         raise OutputExistsError(f"--out {out} is a file; {command} writes a directory there")
-    if overwrite:
+    if overwrite or _is_own_file(out, command):
         return out
     raise OutputExistsError(f"--out {out} already exists; choose another --out, or pass --overwrite to replace it")
 

@@ -14,7 +14,7 @@ import torch
 
 from speechssl.errors import ExperimentLockedError, OutputExistsError, WriteFailedError
 from speechssl.io import atomic_directory, atomic_file, atomic_write_text, remove_stale_temporaries
-from speechssl.outputs import LOCK, ExperimentLock, check_output, write_marker
+from speechssl.outputs import LOCK, ExperimentLock, check_output, record_output, write_marker
 
 
 def test_new_and_empty_outputs_are_accepted(tmp_path):
@@ -152,3 +152,15 @@ def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
     (tmp_path / "0_1.npy").write_text("done")
     assert remove_stale_temporaries(tmp_path) == [stale]
     assert sorted(os.listdir(tmp_path)) == sorted([live.name, "0_1.npy"])
+
+
+def test_a_file_this_command_wrote_is_replaced_until_someone_edits_it(tmp_path):
+    f = tmp_path / "compare.md"
+    f.write_text("table")
+    record_output(f, "compare")
+    check_output(f, "compare", is_file=True)  # re-running the recipe stage
+    with pytest.raises(OutputExistsError, match="already exists"):
+        check_output(f, "summarize", is_file=True)
+    f.write_text("table with my notes")  # the user edited it: no longer ours to replace
+    with pytest.raises(OutputExistsError, match="already exists"):
+        check_output(f, "compare", is_file=True)
