@@ -145,6 +145,18 @@ def check_output(
     raise OutputExistsError(f"--out {out} already exists; choose another --out, or pass --overwrite to replace it")
 
 
+def claim_directories(
+    outs: list[str | Path], command: str, *, overwrite: bool = False, inputs: tuple[str | Path, ...] = ()
+) -> None:
+    """`check_output` every output dir of a command first, then create and mark each: a command
+    that writes several dirs refuses before it has written any of them."""
+    for out in outs:
+        check_output(out, command, overwrite=overwrite, inputs=inputs)
+    for out in outs:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        write_marker(out, command)
+
+
 def _holder(lock_path: Path) -> dict:
     try:
         return json.loads(lock_path.read_text() or "{}")

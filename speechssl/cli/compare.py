@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from speechssl.cli.common import add_overwrite_argument
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -15,11 +17,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per model (median)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--out", required=True, help="markdown file (a .json is written beside it)")
+    add_overwrite_argument(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from speechssl.compression.report import compare_upstreams, write_comparison
+    from speechssl.compression.report import check_comparison_output, compare_upstreams, write_comparison
+
+    check_comparison_output(args.out, overwrite=args.overwrite)
 
     sources = {}
     for item in args.upstreams:
@@ -28,5 +33,5 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--upstreams takes NAME=SOURCE items, found '{item}'")
         sources[name] = source
     profiles = compare_upstreams(sources, seconds=args.seconds, repeats=args.repeats, threads=args.threads)
-    print(write_comparison(profiles, args.out), end="")
+    print(write_comparison(profiles, args.out, overwrite=args.overwrite), end="")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from speechssl.cli.common import add_overwrite_argument
 from speechssl.data.synth import SynthConfig, build_corpus
 
 
@@ -21,6 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--nj", type=int, default=1, help="parallel processes (default: 1)")
     parser.add_argument("--clean", action="store_true", help="no noise, gain or speed perturbation")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_overwrite_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -33,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         clean=args.clean,
         progress=not args.no_progress,
     )
-    summary = build_corpus(config)
+    summary = build_corpus(config, overwrite=args.overwrite)
     brief = {k: summary[k] for k in ("hours", "utterances", "speakers", "num_phones", "vocabulary_size")}
     print(json.dumps(brief))
     return 0

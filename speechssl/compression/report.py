@@ -8,7 +8,6 @@ warm-up, so every model sees the same machine state.
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from collections.abc import Mapping
@@ -19,7 +18,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula
 
 from speechssl.interop.upstream import Upstream, load_upstream
-from speechssl.io import atomic_write_text
+from speechssl.io import atomic_write_json, atomic_write_text
+from speechssl.outputs import check_output, record_output
 
 
 @dataclass(frozen=True)
@@ -98,10 +98,19 @@ def format_comparison(profiles: list[ModelProfile]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_comparison(profiles: list[ModelProfile], out: str | Path) -> str:
+def check_comparison_output(out: str | Path, *, overwrite: bool = False) -> None:
+    """Refuse OUT or its .json twin when they hold what `compare` did not write (before any timing)."""
+    for path in (Path(out), Path(out).with_suffix(".json")):
+        check_output(path, "compare", overwrite=overwrite, is_file=True)
+
+
+def write_comparison(profiles: list[ModelProfile], out: str | Path, *, overwrite: bool = False) -> str:
     """OUT (markdown) and OUT with .json beside it."""
     out = Path(out)
+    check_comparison_output(out, overwrite=overwrite)
     text = format_comparison(profiles)
     atomic_write_text(out, text)
-    atomic_write_text(out.with_suffix(".json"), json.dumps([asdict(p) for p in profiles], indent=2) + "\n")
+    atomic_write_json(out.with_suffix(".json"), [asdict(p) for p in profiles])
+    for path in (out, out.with_suffix(".json")):
+        record_output(path, "compare")
     return text

@@ -42,6 +42,7 @@ from speechssl.data.synth_audio import (
     to_int16,
 )
 from speechssl.io import atomic_write_text
+from speechssl.outputs import claim_directories
 
 log = logging.getLogger(__name__)
 
@@ -382,10 +383,11 @@ def make_trials(specs: list[UttSpec], seed: int, max_trials: int = 20000) -> lis
     return [(a, b, "target" if spk[a] == spk[b] else "nontarget") for a, b in pairs]
 
 
-def build_corpus(config: SynthConfig) -> dict:
-    """Synthesize the corpus under config.out_dir; returns (and writes) summary.json's content."""
+def build_corpus(config: SynthConfig, *, overwrite: bool = False) -> dict:
+    """Synthesize the corpus under config.out_dir; returns (and writes) summary.json's content.
+    An out_dir with files `synth` did not write is refused unless `overwrite` (speechssl.outputs)."""
     out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_directories([out], "synth", overwrite=overwrite)
     specs = plan_utterances(config)
     log.info("synthesizing %d utterances (%.2f h requested) into %s with %d job(s)",
              len(specs), config.hours, out, config.num_jobs)  # fmt: skip

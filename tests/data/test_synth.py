@@ -199,3 +199,20 @@ def test_segment_time_changes_keep_contiguity():
 def test_config_errors(kwargs, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         SynthConfig(out_dir=str(tmp_path), **kwargs)
+
+
+def test_synth_refuses_an_out_dir_with_foreign_files(tmp_path, capsys):
+    from speechssl.cli.main import main
+
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "NOTES").write_text("my notes")
+    assert main(["synth", "--out", str(out), "--hours", str(TINY_HOURS), "--no-progress"]) == 1
+    assert "already holds files that `speechssl synth` did not write (NOTES)" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["NOTES"]
+
+
+def test_synth_reruns_into_its_own_output(corpus):
+    out, summary, _ = corpus
+    again = build_corpus(SynthConfig(out_dir=str(out), hours=TINY_HOURS, seed=0, progress=False))
+    assert again == summary

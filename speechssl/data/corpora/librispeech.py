@@ -21,6 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from speechssl.data.datadir import compute_durations, write_data_dir
+from speechssl.outputs import claim_directories
 
 logger = logging.getLogger(__name__)
 
@@ -73,15 +74,19 @@ def prepare_librispeech(
     subsets: Sequence[str] = ("train-clean-100", "dev-clean", "dev-other", "test-clean", "test-other"),
     *,
     nj: int = 1,
+    overwrite: bool = False,
 ) -> dict[str, Path]:
-    """Write one data dir per subset (wav.scp, text, utt2spk, spk2utt, utt2dur)."""
+    """Write one data dir per subset (wav.scp, text, utt2spk, spk2utt, utt2dur); a subset dir that
+    holds files this command did not write is refused unless `overwrite` (speechssl.outputs)."""
     root, out_dir = Path(root), Path(out_dir)
     for subset in subsets:
         if subset not in SUBSETS:
             raise ValueError(f"unknown LibriSpeech subset '{subset}'; valid: {', '.join(SUBSETS)}")
+    subset_dirs = {subset: _find_subset(root, subset) for subset in subsets}  # inputs before outputs
+    targets = [out_dir / subset.replace("-", "_") for subset in subsets]
+    claim_directories(targets, "prepare librispeech", overwrite=overwrite, inputs=(root,))
     written = {}
-    for subset in subsets:
-        subset_dir = _find_subset(root, subset)
+    for subset, subset_dir in subset_dirs.items():
         wav_scp, text, utt2spk = {}, {}, {}
         chapters = sorted(p for p in subset_dir.glob("*/*") if p.is_dir())
         for chapter_dir in tqdm(chapters, desc=f"librispeech {subset}", unit="chapter"):
@@ -102,7 +107,6 @@ def prepare_librispeech(
         if not wav_scp:
             raise ValueError(f"{subset_dir}: no utterances found (expected <reader>/<chapter>/*.flac)")
         target = out_dir / subset.replace("-", "_")
-        target.mkdir(parents=True, exist_ok=True)
         write_data_dir(target, wav_scp, utt2spk=utt2spk, text=text)
         compute_durations(target, nj=nj)
         logger.info("%s: %d utterances, %d speakers -> %s", subset, len(wav_scp), len(set(utt2spk.values())), target)

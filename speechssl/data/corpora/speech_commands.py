@@ -26,6 +26,7 @@ import numpy as np
 import soundfile as sf
 
 from speechssl.data.datadir import compute_durations, write_data_dir
+from speechssl.outputs import claim_directories
 
 logger = logging.getLogger(__name__)
 
@@ -113,8 +114,10 @@ def cut_silence(root: Path, out_dir: Path, chunk_seconds: float = 1.0) -> dict[s
     return per_split
 
 
-def prepare_speech_commands(root: str | Path, out_dir: str | Path, *, nj: int = 1) -> dict[str, Path]:
-    """Write out_dir/{train,dev,test} (text = one of the 12 classes); returns the dirs written."""
+def prepare_speech_commands(root: str | Path, out_dir: str | Path, *, nj: int = 1, overwrite: bool = False
+                            ) -> dict[str, Path]:
+    """Write out_dir/{train,dev,test} (text = one of the 12 classes); returns the dirs written.
+    A target dir with files this command did not write is refused unless `overwrite`."""
     root, out_dir = Path(root), Path(out_dir)
     _check_root(root)
     listed = {split: read_split_list(root / name, root) for split, name in SPLIT_LISTS.items()}
@@ -132,6 +135,8 @@ def prepare_speech_commands(root: str | Path, out_dir: str | Path, *, nj: int = 
             if utt in t["wav"]:
                 raise ValueError(f"{rel}: utterance id {utt} is not unique")
             t["wav"][utt], t["spk"][utt], t["text"][utt] = str(wav.resolve()), speaker, keyword_class(word)
+    targets = [out_dir / split for split in tables] + [out_dir / SILENCE]
+    claim_directories(targets, "prepare speech_commands", overwrite=overwrite, inputs=(root,))
     for split, chunks in cut_silence(root, out_dir).items():
         t = tables[split]
         for utt, wav in chunks:

@@ -29,6 +29,7 @@ import numpy as np
 
 from speechssl.data.datadir import compute_durations, write_data_dir
 from speechssl.io import atomic_write_text
+from speechssl.outputs import claim_directories
 
 logger = logging.getLogger(__name__)
 
@@ -130,9 +131,10 @@ def dev_trials(utts: list[str], seed: int) -> list[tuple[str, str, str]]:
 
 def prepare_voxceleb1(root: str | Path, out_dir: str | Path, *, tasks: tuple[str, ...] = ("sid", "asv"),
                       iden_split: str | Path | None = None, veri_trials: str | Path | None = None,
-                      seed: int = 0, nj: int = 1) -> dict[str, Path]:
+                      seed: int = 0, nj: int = 1, overwrite: bool = False) -> dict[str, Path]:
     """Write out_dir/sid/{train,dev,test} and/or out_dir/asv/{train,dev,test} (with trials).
-    iden_split / veri_trials default to root/iden_split.txt and root/veri_test2.txt."""
+    iden_split / veri_trials default to root/iden_split.txt and root/veri_test2.txt. A target dir
+    with files this command did not write is refused unless `overwrite`."""
     root, out_dir = Path(root), Path(out_dir)
     for task in tasks:
         if task not in ("sid", "asv"):
@@ -145,14 +147,16 @@ def prepare_voxceleb1(root: str | Path, out_dir: str | Path, *, tasks: tuple[str
     for lineno, split, rel in rows:
         utt, _ = utt_id(rel)
         splits[split][utt] = resolve(rel, f"{iden_path}:{lineno}")
+    trial_path = Path(veri_trials) if veri_trials else root / "veri_test2.txt"
+    trials = read_veri_trials(trial_path) if "asv" in tasks else []  # every input read before any output
+    targets = [out_dir / task / split for task in tasks for split in ("train", "dev", "test")]
+    claim_directories(targets, "prepare voxceleb1", overwrite=overwrite, inputs=(root,))
     if "sid" in tasks:
         for split, wavs in splits.items():
             if not wavs:
                 raise ValueError(f"{iden_path}: no utterances in split {split}")
             written[f"sid/{split}"] = _write(out_dir / "sid" / split, wavs, nj)
     if "asv" in tasks:
-        trial_path = Path(veri_trials) if veri_trials else root / "veri_test2.txt"
-        trials = read_veri_trials(trial_path)
         test: dict[str, str] = {}
         lines = []
         for lineno, a, b, target in trials:

@@ -89,3 +89,20 @@ def test_combine_refuses_an_id_in_two_sources(tmp_path):
     prepare_librispeech(root, tmp_path / "b", ["dev-clean"])
     with pytest.raises(ValueError, match=r"id '174-50561-0000' of wav.scp is in more than one source"):
         combine_data_dirs(tmp_path / "c", [tmp_path / "a/dev_clean", tmp_path / "b/dev_clean"])
+
+
+def test_a_subset_dir_with_foreign_files_is_refused_before_anything_is_written(tmp_path, capsys):
+    from speechssl.cli.main import main
+
+    root = make_fake_librispeech(tmp_path / "LibriSpeech")
+    mine = tmp_path / "data" / "dev_clean"
+    mine.mkdir(parents=True)
+    (mine / "wav.scp").write_text("my-utt /my/audio.wav\n")
+    args = ["prepare", "librispeech", "--root", str(root), "--out", str(tmp_path / "data"), "--subsets", "dev-clean"]
+    assert main(args) == 1
+    assert "already holds files that `speechssl prepare librispeech` did not write (wav.scp)" in capsys.readouterr().err
+    assert (mine / "wav.scp").read_text() == "my-utt /my/audio.wav\n"
+    assert sorted(p.name for p in mine.iterdir()) == ["wav.scp"]
+    assert main([*args, "--overwrite"]) == 0  # the user said so
+    assert len((mine / "wav.scp").read_text().splitlines()) == 4
+    assert main(args) == 0  # its own earlier output: re-running is safe

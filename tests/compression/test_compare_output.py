@@ -1,0 +1,26 @@
+"""`speechssl compare --out`: the output-path rule (re-run replaces its own table, never the user's)."""
+
+from __future__ import annotations
+
+from speechssl.cli.main import main
+from speechssl.models import build_model, get_preset, save_checkpoint
+
+
+def test_compare_refuses_a_file_it_did_not_write_before_timing_anything(tmp_path, capsys, monkeypatch):
+    config = get_preset("hubert_tiny")
+    save_checkpoint(build_model(config), config, tmp_path / "teacher")
+    out = tmp_path / "compare.md"
+    out.write_text("my notes")
+    import speechssl.compression.report as report
+
+    monkeypatch.setattr(report, "compare_upstreams", lambda *a, **k: (_ for _ in ()).throw(AssertionError("timed")))
+    args = ["compare", "--upstreams", f"teacher={tmp_path / 'teacher'}", "--seconds", "0.5", "--repeats", "1",
+            "--out", str(out)]  # fmt: skip
+    assert main(args) == 1
+    assert "compare.md already exists" in capsys.readouterr().err
+    assert out.read_text() == "my notes"
+    monkeypatch.undo()
+    assert main([*args, "--overwrite"]) == 0
+    assert main(args) == 0  # compare wrote it: a re-run replaces it
+    out.write_text(out.read_text() + "edited\n")
+    assert main(args) == 1  # edited since: not compare's any more
