@@ -17,6 +17,11 @@ seconds, rounded to the nearest sample; an ``end`` that overshoots the file by
 less than ``max_overshoot`` seconds (0.5 s, Kaldi's default) is truncated to
 the file's end, a larger one is an error.
 
+Only regular files are opened (a FIFO or device in wav.scp would block the
+reader forever), and a WAV whose data chunk is shorter than its header declares
+(a truncated copy or download) is an error, not a shorter utterance: libsndfile
+would silently report the frames that are present.
+
 Every failure is an ``AudioError`` (a ``ValueError``) naming the utterance id
 and the path.
 """
@@ -26,6 +31,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import stat
+import struct
 import threading
 from dataclasses import dataclass
 
@@ -40,6 +47,11 @@ MAX_OVERSHOOT = 0.5  # seconds an end time may pass the end of the file (Kaldi e
 _logged_rates: set[tuple[int, int]] = set()
 _logged_lock = threading.Lock()
 
+
+# bytes per sample of the WAV subtypes whose frames have a fixed size
+_SAMPLE_BYTES = {"PCM_U8": 1, "PCM_S8": 1, "ULAW": 1, "ALAW": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4,
+                 "FLOAT": 4, "DOUBLE": 8}
+_STREAMED_SIZES = (0, 0xFFFFFFFF)  # data chunk size written by streaming writers that did not know it
 
 # integer PCM cannot hold NaN or infinity, so its samples need no finiteness scan
 _INTEGER_SUBTYPES = frozenset({"PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32", "ULAW", "ALAW"})
@@ -82,14 +94,86 @@ def _check_path(path: str | os.PathLike, utt_id: str | None) -> None:
         raise AudioError(f"{_where(path, utt_id)}: is a directory, not an audio file")
 
 
-def _open(path: str | os.PathLike, utt_id: str | None) -> sf.SoundFile:
-    """Open `path` for reading; the path is only examined further when opening fails,
-    so the common case costs one open (the reason for the failure is named either way)."""
+def _file_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def _regular_size(path: str | os.PathLike, utt_id: str | None) -> int:
+    """The size of `path`, checked to be a regular file before anything opens it (opening a FIFO blocks)."""
     try:
-        return sf.SoundFile(os.fspath(path))
+        st = os.stat(path)
+    except OSError:
+        _check_path(path, utt_id)  # names a pipe entry or a missing file
+        raise AudioError(f"{_where(path, utt_id)}: cannot read the file") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise AudioError(f"{_where(path, utt_id)}: is a directory, not an audio file")
+    if not stat.S_ISREG(st.st_mode):
+        raise AudioError(
+            f"{_where(path, utt_id)}: is {_file_kind(st.st_mode)}, not an audio file;"
+            " wav.scp must list regular audio files"
+        )
+    return st.st_size
+
+
+def _wav_data_chunk(path: str | os.PathLike, size: int) -> tuple[int, int] | None:
+    """(declared, present) bytes of the data chunk of a RIFF/WAVE file, or None when the file is
+    not one or its data size is unknown (streamed)."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        pos = 12
+        while pos + 8 <= size:
+            f.seek(pos)
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return None
+            declared = struct.unpack("<I", chunk[4:])[0]
+            if chunk[:4] == b"data":
+                return None if declared in _STREAMED_SIZES else (declared, size - pos - 8)
+            pos += 8 + declared + (declared & 1)  # chunks are padded to an even size
+    return None
+
+
+def _check_complete(path: str | os.PathLike, size: int, info: AudioInfo, where: str) -> None:
+    """A WAV whose header declares more audio than the file holds is truncated: an error."""
+    if info.format not in ("WAV", "WAVEX"):
+        return
+    chunk = _wav_data_chunk(path, size)
+    if chunk is None or chunk[1] >= chunk[0]:
+        return
+    declared, present = chunk
+    frame = _SAMPLE_BYTES.get(info.subtype, 0) * info.num_channels
+    if frame:
+        what = (f"its header declares {declared // frame} samples ({declared // frame / info.sample_rate:.3f} s),"
+                f" the file holds {present // frame} ({present // frame / info.sample_rate:.3f} s)")
+    else:
+        what = f"its header declares {declared} bytes of audio, the file holds {present}"
+    raise AudioError(f"{where}: truncated WAV file: {what}; copy or convert it again")
+
+
+def _open(path: str | os.PathLike, utt_id: str | None) -> tuple[sf.SoundFile, AudioInfo]:
+    """Open a regular audio file for reading and check that it is complete; the reason for a
+    failure (missing, pipe, FIFO, truncated, unreadable) is named either way."""
+    size = _regular_size(path, utt_id)
+    try:
+        f = sf.SoundFile(os.fspath(path))
     except (sf.LibsndfileError, RuntimeError, OSError) as err:
         _check_path(path, utt_id)
         raise AudioError(f"{_where(path, utt_id)}: cannot read audio header: {err}") from None
+    try:
+        info = _info(f)
+        _check_complete(path, size, info, _where(path, utt_id))
+    except BaseException:
+        f.close()
+        raise
+    return f, info
 
 
 def _info(f: sf.SoundFile) -> AudioInfo:
@@ -106,8 +190,9 @@ def audio_info(path: str | os.PathLike, *, utt_id: str | None = None) -> AudioIn
     """Read the header of `path`; raises AudioError if it is missing or unreadable."""
     if os.fspath(path).rstrip().endswith("|"):
         _check_path(path, utt_id)
-    with _open(path, utt_id) as f:
-        return _info(f)
+    f, info = _open(path, utt_id)
+    f.close()
+    return info
 
 
 def audio_duration(path: str | os.PathLike, *, utt_id: str | None = None) -> float:
@@ -176,8 +261,8 @@ def load_audio(
     where = _where(path, utt_id)
     if os.fspath(path).rstrip().endswith("|"):
         _check_path(path, utt_id)
-    with _open(path, utt_id) as f:
-        info = _info(f)
+    f, info = _open(path, utt_id)
+    with f:
         if info.num_frames == 0:
             raise AudioError(f"{where}: file holds no samples")
         if channel is None and info.num_channels > 1:

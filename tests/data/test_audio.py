@@ -151,3 +151,53 @@ def test_missing_corrupt_empty_files_name_utt_and_path(tmp_path):
 
 def test_audio_error_is_value_error():
     assert issubclass(AudioError, ValueError)
+
+
+def _truncate(path, num_bytes):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - num_bytes])
+
+
+@pytest.mark.parametrize("cut", [1, 16000])
+def test_truncated_wav_is_an_error_naming_utterance_and_path_not_a_shorter_file(tmp_path, cut):
+    # a copy cut short: libsndfile reports only the frames present, so the header is checked
+    path = tmp_path / "a.wav"
+    sf.write(path, ramp(16000), 16000, subtype="PCM_16")
+    _truncate(path, cut)
+    message = rf"utterance 'u1' \({path}\): truncated WAV file: its header declares 16000 samples \(1.000 s\)"
+    with pytest.raises(AudioError, match=message):
+        audio_info(path, utt_id="u1")
+    with pytest.raises(AudioError, match=message):
+        load_audio(path, utt_id="u1")
+    with pytest.raises(AudioError, match="truncated WAV file"):
+        audio_duration(path)
+
+
+def test_streamed_wav_of_unknown_length_still_reads(tmp_path):
+    # writers that stream to a pipe leave 0xFFFFFFFF as the data size: the frames present are the audio
+    path = tmp_path / "a.wav"
+    sf.write(path, ramp(1600), 16000, subtype="PCM_16")
+    data = bytearray(path.read_bytes())
+    assert data[36:40] == b"data"
+    data[40:44] = b"\xff\xff\xff\xff"
+    path.write_bytes(bytes(data))
+    assert len(load_audio(path)) == 1600
+
+
+@pytest.mark.timeout(10)
+def test_fifo_is_refused_without_blocking(tmp_path):
+    import os
+
+    fifo = tmp_path / "a.wav"
+    os.mkfifo(fifo)  # nobody writes it: opening it would block forever
+    with pytest.raises(AudioError, match=rf"utterance 'u1' \({fifo}\): is a FIFO \(named pipe\), not an audio file"):
+        audio_info(fifo, utt_id="u1")
+    with pytest.raises(AudioError, match="is a FIFO"):
+        load_audio(fifo, utt_id="u1")
+
+
+def test_directory_and_missing_file_are_named(tmp_path):
+    with pytest.raises(AudioError, match=rf"utterance 'u1' \({tmp_path}\): is a directory"):
+        audio_info(tmp_path, utt_id="u1")
+    with pytest.raises(AudioError, match="file not found"):
+        load_audio(tmp_path / "nope.wav", utt_id="u1")
