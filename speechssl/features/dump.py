@@ -5,17 +5,25 @@
     <out>/<rank>_<nshard>.npy    (frames, dim) float32/float16, every utterance concatenated
     <out>/<rank>_<nshard>.len    frames per utterance, one per line
     <out>/<rank>_<nshard>.ids    utterance ids, one per line, same order
-    <out>/<rank>_<nshard>.json   what made it (feature, dim, frame rate, counts); written last
+    <out>/<rank>_<nshard>.json   what made it; written last
 
 Each file is written to a temp name and renamed; the .json is the "finished"
-marker, so a killed job leaves no marker and is redone, and a shard whose
-marker matches the same utterances and feature is skipped. Shards are
-contiguous ranges of the C-sorted utterance ids, so N jobs can run at once.
-`FeatureReader` reads all shards of one `nshard` back.
+marker, so a killed job leaves no marker and is redone (its temp files are
+removed by the next run). The .json records a fingerprint of the inputs (per
+utterance: audio path, segment, file size and mtime; the feature's settings,
+including the upstream weights' fingerprint; the dtype) and checks of the
+outputs (.npy byte size, sha256 of .len and .ids). A re-run skips a shard only
+when all of these still match, and otherwise redoes it with a log line saying
+why (which utterance changed, which file is truncated). `FeatureReader`
+refuses a damaged shard with an error naming the file. Shards are contiguous
+ranges of the C-sorted utterance ids, so N jobs can run at once into one dir.
+Recordings longer than an extractor's `stream_samples` are read and computed
+in chunks when the extractor can (`extract_stream`; MFCC), in bounded memory.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -24,24 +32,38 @@ import re
 import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from speechssl.io import atomic_file, atomic_write_text
+from speechssl.errors import SpeechSSLError
+from speechssl.io import atomic_file, atomic_write_text, pid_alive, remove_stale_temporaries
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: input fingerprints and output checks in the .json
 _SHARD_RE = re.compile(r"^(\d+)_(\d+)\.json$")
+_SHARD_FILE_RE = re.compile(r"^\d+_\d+\.(npy|len|ids|json)$")
+_OLD_RAW_TEMP_RE = re.compile(r"^\.\d+_\d+\.raw\.tmp(\d+)$")  # temp name of speechssl <= format 1
+
+
+class DamagedShardError(SpeechSSLError, ValueError):
+    """A feature shard whose files disagree with each other or with what was recorded when it was written."""
+
+
+class NonFiniteFeaturesError(SpeechSSLError, ValueError):
+    """Features holding NaN or infinite values (a broken upstream, or a float16 overflow)."""
 
 
 class FeatureExtractor(Protocol):
     """What `dump_features` needs from a feature: MFCC, upstream layer, ..."""
 
     name: str  # recorded in the shard's json (e.g. "mfcc", "upstream:<src>:layer6")
+    # Optionally also `settings: dict` (everything the output depends on, JSON-able: recorded in the
+    # .json and compared on re-runs), and `stream_samples: int` with `extract_stream(read, num_samples)`
+    # yielding (frames, feature_dim) blocks of one long recording (see MfccExtractor).
     feature_dim: int
     frame_rate: float  # output frames per second
     sample_rate: int  # audio is loaded at this rate
@@ -66,22 +88,143 @@ def shard_paths(out_dir: str | Path, rank: int, nshard: int) -> dict[str, Path]:
     return {ext: out_dir / f"{stem}.{ext}" for ext in ("npy", "len", "ids", "json")}
 
 
-def _is_finished(paths: dict[str, Path], utt_ids: list[str], extractor: FeatureExtractor, dtype: str) -> bool:
-    if not all(paths[k].is_file() for k in ("npy", "len", "ids", "json")):
-        return False
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _audio_fingerprint(utt) -> list:
+    """[path, start, end, size, mtime_ns] of an utterance's audio: a file rewritten under the same
+    id changes size or mtime. A missing file gets size -1 (load_audio names it when it is read)."""
+    try:
+        stat = os.stat(utt.path)
+        size, mtime = int(stat.st_size), int(stat.st_mtime_ns)
+    except OSError:
+        size, mtime = -1, -1
+    return [str(utt.path), utt.start, utt.end, size, mtime]
+
+
+def _describe_change(utt: str, old: list, new: list) -> str:
+    if old[0] != new[0]:
+        return f"utterance '{utt}' now reads {new[0]} (was {old[0]})"
+    if old[1:3] != new[1:3]:
+        return f"utterance '{utt}': its segment is now {new[1]}-{new[2]} s (was {old[1]}-{old[2]} s)"
+    if old[3] != new[3]:
+        return f"utterance '{utt}': {new[0]} changed size ({old[3]} -> {new[3]} bytes)"
+    return f"utterance '{utt}': {new[0]} was modified after the shard was written"
+
+
+def _settings(extractor: FeatureExtractor) -> dict[str, Any]:
+    return json.loads(json.dumps(getattr(extractor, "settings", {}), default=str))  # as the .json stores it
+
+
+def _npy_problem(path: Path, shape: tuple[int, int], dtype: str) -> str | None:
+    """Why the .npy at `path` is not a complete (shape) array of dtype, or None."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                found_shape, fortran, found_dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                found_shape, fortran, found_dtype = np.lib.format.read_array_header_2_0(f)
+            offset = f.tell()
+    except (OSError, ValueError) as err:
+        return f"{path} is not a readable .npy file ({err})"
+    if tuple(found_shape) != shape or found_dtype != np.dtype(dtype) or fortran:
+        return f"{path} holds a {found_dtype} array of shape {tuple(found_shape)}, its .len/.json say {dtype} {shape}"
+    expected = offset + math.prod(shape) * np.dtype(dtype).itemsize
+    size = path.stat().st_size
+    if size != expected:
+        what = "truncated" if size < expected else "longer than its header says"
+        return f"{path} is {what} ({size} of {expected} bytes)"
+    return None
+
+
+def read_shard_meta(paths: dict[str, Path]) -> tuple[dict | None, str | None]:
+    """(the .json of a finished shard, None) when its files agree with each other and with what was
+    recorded when it was written; (meta or None, why not) otherwise. Costs a read of .len/.ids and
+    of the .npy header, never of the features."""
+    missing = [paths[k].name for k in ("npy", "len", "ids") if not paths[k].is_file()]
     try:
         meta = json.loads(paths["json"].read_text())
-    except json.JSONDecodeError:
+        if not isinstance(meta, dict) or not {"feature", "feature_dim", "num_frames"} <= set(meta):
+            raise ValueError("not a shard description")
+    except (OSError, ValueError) as err:
+        return None, f"{paths['json']} is damaged ({err})"
+    if missing:
+        return meta, f"{', '.join(missing)} of {paths['json']} missing"
+    for key in ("len", "ids"):
+        recorded = meta.get(f"{key}_sha256")
+        if recorded is not None and _sha256(paths[key]) != recorded:
+            return meta, f"{paths[key]} was changed or damaged after it was written (its checksum differs)"
+    text = paths["len"].read_text(errors="replace").split()
+    bad = next((i for i, v in enumerate(text) if not v.isdigit()), None)
+    if bad is not None:
+        return meta, f"{paths['len']} line {bad + 1}: '{text[bad][:20]}' is not a frame count"
+    lengths = [int(v) for v in text]
+    ids = paths["ids"].read_text(errors="replace").split()
+    num_utts = meta.get("num_utts", len(ids))
+    if not len(ids) == len(lengths) == num_utts or sum(lengths) != meta["num_frames"]:
+        return meta, (
+            f"{paths['ids']} ({len(ids)} ids), {paths['len']} ({len(lengths)} lengths, {sum(lengths)} frames) "
+            f"and {paths['json']} ({num_utts} utterances, {meta['num_frames']} frames) disagree"
+        )
+    problem = _npy_problem(paths["npy"], (int(meta["num_frames"]), int(meta["feature_dim"])),
+                           meta.get("dtype", "float32"))
+    return meta, problem
+
+
+def _redo_reason(
+    paths: dict[str, Path], utterances: list, fingerprints: list[list], extractor: FeatureExtractor, dtype: str
+) -> str | None:
+    """Why the shard in `paths` cannot be reused for these inputs, or None when it can."""
+    if not paths["json"].exists():
+        return "not dumped yet"
+    meta, problem = read_shard_meta(paths)
+    if problem:
+        return problem
+    if meta.get("format_version", 1) < 2:
+        return f"{paths['json']} was written by an older speechssl that recorded no input fingerprints"
+    if (meta["feature"], meta["feature_dim"]) != (extractor.name, extractor.feature_dim):
+        return f"it holds {meta['feature']} ({meta['feature_dim']} dims), not {extractor.name}"
+    if meta.get("settings") != _settings(extractor):
+        return f"it was made with other {extractor.name} settings ({meta.get('settings')})"
+    if meta.get("dtype") != dtype:
+        return f"it is stored as {meta.get('dtype')}, not {dtype}"
+    ids = paths["ids"].read_text().split()
+    utt_ids = [u.utt_id for u in utterances]
+    if ids != utt_ids:
+        gone, new = sorted(set(ids) - set(utt_ids)), sorted(set(utt_ids) - set(ids))
+        detail = f"'{new[0]}' is new" if new else f"'{gone[0]}' is gone" if gone else "their order differs"
+        return f"the data dir's utterances of this shard changed ({detail})"
+    recorded = meta.get("inputs", [])
+    changed = [i for i, fp in enumerate(fingerprints) if i >= len(recorded) or recorded[i] != fp]
+    if changed:
+        i = changed[0]
+        more = f" (and {len(changed) - 1} more utterance(s))" if len(changed) > 1 else ""
+        return _describe_change(utt_ids[i], recorded[i], fingerprints[i]) + more
+    return None
+
+
+def _remove_killed_temporaries(out_dir: Path) -> None:
+    """Temp files of killed jobs (any shard: a pid that no longer runs) go; live writers' stay."""
+    removed = remove_stale_temporaries(out_dir)
+    for p in out_dir.iterdir():
+        m = _OLD_RAW_TEMP_RE.match(p.name)
+        if m and not pid_alive(int(m.group(1))):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    if removed:
+        logger.info("removed %d temp file(s) of killed jobs from %s: %s", len(removed), out_dir,
+                    ", ".join(p.name for p in removed[:5]))
+
+
+def is_feature_dump(path: str | Path) -> bool:
+    """Whether `path` is a dir holding only feature shards (e.g. written before output markers)."""
+    path = Path(path)
+    if not path.is_dir():
         return False
-    same = (
-        meta.get("feature") == extractor.name
-        and meta.get("feature_dim") == extractor.feature_dim
-        and meta.get("dtype") == dtype
-        and paths["ids"].read_text().split() == utt_ids
-    )
-    if not same:
-        logger.info("%s exists but was made from other utterances or another feature: redoing it", paths["json"])
-    return same
+    names = [p.name for p in path.iterdir() if not p.name.startswith(".")]
+    return bool(names) and all(_SHARD_FILE_RE.match(n) for n in names)
 
 
 def _write_npy_from_raw(raw: Path, dest: Path, shape: tuple[int, int], dtype: np.dtype) -> None:
@@ -90,6 +233,40 @@ def _write_npy_from_raw(raw: Path, dest: Path, shape: tuple[int, int], dtype: np
     with atomic_file(dest) as tmp, open(tmp, "wb") as out, open(raw, "rb") as src:
         np.lib.format.write_array_header_1_0(out, header)
         shutil.copyfileobj(src, out, length=16 << 20)
+
+
+def _check_finite(block: np.ndarray, utt: str, extractor: FeatureExtractor, dtype: str) -> None:
+    """Refuse features that would poison k-means: NaN/inf from the extractor, or a float16 overflow."""
+    if np.isfinite(block).all():
+        return
+    frame = int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
+    if dtype == "float16" and np.isfinite(block.astype(np.float32)).all():
+        raise NonFiniteFeaturesError(
+            f"utterance '{utt}': {extractor.name} features exceed the float16 range (frame {frame}); "
+            "use --dtype float32"
+        )
+    raise NonFiniteFeaturesError(
+        f"utterance '{utt}': {extractor.name} gave NaN or infinite features (frame {frame}); "
+        "nothing was written for this shard (check the model or audio they come from)"
+    )
+
+
+def _stream_reader(utt, sample_rate: int):
+    """(num_samples, read(a, b)) reading samples [a, b) of an utterance straight from its file, or
+    None when the file is at another rate (it is then loaded and resampled whole)."""
+    from speechssl.data.audio import audio_info, load_audio, segment_frames
+
+    info = audio_info(utt.path, utt_id=utt.utt_id)
+    if info.sample_rate != sample_rate:
+        return None
+    first, last = segment_frames(utt.start, utt.end, info, where=f"utterance '{utt.utt_id}' ({utt.path})")
+
+    def read(a: int, b: int) -> torch.Tensor:
+        # whole samples through load_audio's checks (channels, truncation, NaN), in seconds it rounds back
+        return load_audio(utt.path, start=(first + a) / sample_rate, end=(first + b) / sample_rate,
+                          sample_rate=None, utt_id=utt.utt_id)
+
+    return last - first, read
 
 
 def dump_features(
@@ -107,7 +284,8 @@ def dump_features(
 
     `batch_seconds` bounds the padded audio per extractor call (matters for
     upstream models; MFCC is computed per utterance anyway). A finished shard
-    (same utterances, feature and dtype) is left untouched.
+    whose recorded inputs and files still check out is left untouched; any other
+    is redone, with a log line saying why.
     """
     from speechssl.data.audio import load_audio
     from speechssl.data.datadir import DataDir
@@ -120,22 +298,38 @@ def dump_features(
     start, end = shard_range(len(utterances), nshard, rank)
     utterances = utterances[start:end]
     utt_ids = [u.utt_id for u in utterances]
+    fingerprints = [_audio_fingerprint(u) for u in utterances]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    _remove_killed_temporaries(out_dir)
     paths = shard_paths(out_dir, rank, nshard)
-    if _is_finished(paths, utt_ids, extractor, dtype):
+    reason = _redo_reason(paths, utterances, fingerprints, extractor, dtype)
+    if reason is None:
         logger.info("shard %d/%d of %s is already dumped in %s: skipping", rank, nshard, data_dir, out_dir)
         return paths["npy"]
+    if paths["json"].exists():
+        logger.warning("redoing shard %d/%d in %s: %s", rank, nshard, out_dir, reason)
     paths["json"].unlink(missing_ok=True)  # from here on the shard is unfinished
 
     np_dtype = np.dtype(dtype)
-    raw = out_dir / f".{rank}_{nshard}.raw.tmp{os.getpid()}"
+    raw = out_dir / f".{rank}_{nshard}.raw.{os.getpid()}.tmp"  # remove_stale_temporaries' pattern
     lengths: list[int] = []
     budget = int(batch_seconds * extractor.sample_rate)
+    stream_samples = getattr(extractor, "stream_samples", None) if hasattr(extractor, "extract_stream") else None
     bar = tqdm(total=len(utterances), desc=f"{extractor.name} shard {rank}/{nshard}", unit="utt", disable=not progress)
     try:
         with open(raw, "wb") as sink:
             pending: list[tuple[str, torch.Tensor]] = []
+
+            def write(utt: str, block: np.ndarray) -> None:
+                if block.ndim != 2 or block.shape[1] != extractor.feature_dim:
+                    raise ValueError(
+                        f"utterance '{utt}': extractor returned shape {tuple(block.shape)},"
+                        f" expected (frames, {extractor.feature_dim})"
+                    )
+                block = np.ascontiguousarray(block, dtype=np_dtype)
+                _check_finite(block, utt, extractor, dtype)
+                sink.write(block.tobytes())
 
             def flush() -> None:
                 try:
@@ -148,20 +342,38 @@ def dump_features(
                             raise ValueError(f"utterance '{utt}': {single}") from None
                     raise ValueError(f"utterances {', '.join(u for u, _ in pending)}: {err}") from None
                 for (utt, wav), f in zip(pending, feats, strict=True):
-                    if f.ndim != 2 or f.shape[1] != extractor.feature_dim:
-                        raise ValueError(
-                            f"utterance '{utt}': extractor returned shape {tuple(f.shape)},"
-                            f" expected (frames, {extractor.feature_dim})"
-                        )
-                    if f.shape[0] == 0:
+                    if f.ndim == 2 and f.shape[0] == 0:
                         raise ValueError(f"utterance '{utt}': {wav.numel()} samples give no feature frame (too short)")
-                    sink.write(np.ascontiguousarray(f, dtype=np_dtype).tobytes())
+                    write(utt, f)
                     lengths.append(int(f.shape[0]))
                 bar.update(len(pending))
                 pending.clear()
 
+            def stream(utt: str, num_samples: int, read) -> None:
+                """One long recording, chunk by chunk, straight into the sink."""
+                frames = 0
+                try:
+                    for block in extractor.extract_stream(read, num_samples):
+                        write(utt, block)
+                        frames += int(block.shape[0])
+                except NonFiniteFeaturesError:
+                    raise
+                except ValueError as err:
+                    raise ValueError(f"utterance '{utt}': {err}") from None
+                lengths.append(frames)
+                bar.update(1)
+
             longest = 0
             for utt in utterances:
+                reader = None
+                if stream_samples is not None:
+                    reader = _stream_reader(utt, extractor.sample_rate)
+                if reader is not None and reader[0] > stream_samples:
+                    if pending:
+                        flush()
+                        longest = 0
+                    stream(utt.utt_id, *reader)
+                    continue
                 # load_audio's errors name the utterance and file already
                 wav = load_audio(utt.path, start=utt.start, end=utt.end,
                                  sample_rate=extractor.sample_rate, utt_id=utt.utt_id)  # (S,)
@@ -179,7 +391,8 @@ def dump_features(
         bar.close()
         raw.unlink(missing_ok=True)
     _finish_shard(paths, utt_ids, lengths, extractor.name, extractor.feature_dim, extractor.frame_rate,
-                  dtype, rank=rank, nshard=nshard, data_dir=str(data_dir))
+                  dtype, rank=rank, nshard=nshard, data_dir=str(data_dir), settings=_settings(extractor),
+                  inputs=fingerprints)
     logger.info("wrote %d utterances, %d frames to %s", len(utt_ids), num_frames, paths["npy"])
     return paths["npy"]
 
@@ -187,6 +400,7 @@ def dump_features(
 def _finish_shard(
     paths: dict[str, Path], utt_ids: list[str], lengths: list[int], feature: str, feature_dim: int,
     frame_rate: float, dtype: str, *, rank: int, nshard: int, data_dir: str,
+    settings: dict | None = None, inputs: list[list] | None = None,
 ) -> None:
     """Write .len and .ids, then the .json marker that makes the shard finished."""
     atomic_write_text(paths["len"], "".join(f"{n}\n" for n in lengths))
@@ -197,11 +411,16 @@ def _finish_shard(
         "feature_dim": feature_dim,
         "frame_rate": frame_rate,
         "dtype": dtype,
+        "settings": settings or {},
         "num_utts": len(utt_ids),
         "num_frames": int(sum(lengths)),
         "rank": rank,
         "nshard": nshard,
         "data_dir": data_dir,
+        "npy_bytes": paths["npy"].stat().st_size,
+        "len_sha256": _sha256(paths["len"]),
+        "ids_sha256": _sha256(paths["ids"]),
+        "inputs": inputs or [],  # per utterance of .ids: [audio path, start, end, size, mtime_ns]
     }
     atomic_write_text(paths["json"], json.dumps(meta, indent=2) + "\n")
 
@@ -265,14 +484,14 @@ class FeatureReader:
         seen: dict[str, int] = {}
         for rank in range(nshard):
             paths = shard_paths(self.dir, rank, nshard)
-            meta = json.loads(paths["json"].read_text())
+            meta, problem = read_shard_meta(paths)
+            if problem:
+                raise DamagedShardError(
+                    f"feature shard {rank}_{nshard} is damaged: {problem}; re-run `speechssl features ... "
+                    f"--nshard {nshard} --rank {rank}` (it redoes damaged shards)"
+                )
             lengths = np.array(paths["len"].read_text().split(), dtype=np.int64)  # (utts,)
             ids = paths["ids"].read_text().split()
-            if len(ids) != len(lengths) or int(lengths.sum()) != meta["num_frames"]:
-                raise ValueError(
-                    f"{paths['ids']} ({len(ids)} ids), {paths['len']} ({len(lengths)} lengths, "
-                    f"{int(lengths.sum())} frames) and {paths['json']} ({meta['num_frames']} frames) disagree"
-                )
             for utt in ids:
                 if utt in seen:
                     raise ValueError(f"utterance '{utt}' is in shards {seen[utt]} and {rank} of {self.dir}")
@@ -287,6 +506,9 @@ class FeatureReader:
         self.feature_name: str = first["feature"]
         self.feature_dim: int = first["feature_dim"]
         self.frame_rate: float = first["frame_rate"]
+
+    def npy_path(self, rank: int) -> Path:
+        return shard_paths(self.dir, rank, self.nshard)["npy"]
 
     def _array(self, rank: int) -> np.ndarray:
         if self._arrays[rank] is None:
@@ -313,12 +535,15 @@ class FeatureReader:
         return [u for ids in self.ids for u in ids]
 
     def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
-        """(utt_id, (frames, dim) read-only view in the stored dtype), shard by shard."""
+        """(utt_id, (frames, dim) read-only view in the stored dtype), shard by shard; NaN or
+        infinite features are an error naming the shard file and utterance."""
         for rank in range(self.nshard):
             arr = self._array(rank)
             offsets = np.concatenate([[0], np.cumsum(self.lengths[rank])])
             for i, utt in enumerate(self.ids[rank]):
-                yield utt, arr[offsets[i] : offsets[i + 1]]
+                feats = arr[offsets[i] : offsets[i + 1]]
+                self.check_finite(rank, i, feats)
+                yield utt, feats
 
     def select(self, percent: float = 1.0, seed: int = 0) -> list[tuple[int, int]]:
         """(shard, utterance index) of a random `percent` of the utterances of each shard
@@ -339,6 +564,19 @@ class FeatureReader:
     def count_frames(self, selection: Sequence[tuple[int, int]]) -> int:
         return int(sum(int(self.lengths[r][i]) for r, i in selection))
 
+    def check_finite(self, rank: int, index: int, feats: np.ndarray) -> None:
+        """Raise NonFiniteFeaturesError naming the shard file and utterance when `feats` (the frames of
+        utterance `index` of shard `rank`) hold NaN or infinite values."""
+        finite = np.isfinite(feats).all(axis=1)  # (frames,)
+        if finite.all():
+            return
+        bad = int((~finite).sum())
+        raise NonFiniteFeaturesError(
+            f"{self.npy_path(rank)}: utterance '{self.ids[rank][index]}' holds NaN or infinite features "
+            f"({bad} of its {len(finite)} frames, first at frame {int(np.flatnonzero(~finite)[0])}); they come "
+            f"from {self.feature_name}: fix that model or audio and dump the features again"
+        )
+
     def gather(self, selection: Sequence[tuple[int, int]]) -> np.ndarray:
         """The frames of the selected utterances, concatenated: (frames, dim) float32."""
         out = np.empty((self.count_frames(selection), self.feature_dim), dtype=np.float32)
@@ -347,6 +585,7 @@ class FeatureReader:
         for rank, i in selection:
             a, b = offsets[rank][i], offsets[rank][i + 1]
             out[pos : pos + b - a] = self._array(rank)[a:b]
+            self.check_finite(rank, i, out[pos : pos + b - a])
             pos += b - a
         return out
 

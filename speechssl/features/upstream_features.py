@@ -10,6 +10,7 @@ label rate of the next iteration.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -28,13 +29,18 @@ def pads_safely(upstream: nn.Module) -> bool:
 
 
 def _weights_fingerprint(source: Path) -> str:
-    """Which weights a path means now (`checkpoints/last` moves): a finished feature shard of
-    other weights must not be taken for this model's."""
-    weights = source / "model.safetensors" if source.is_dir() else source
-    if not weights.is_file():
+    """Which weights and config a path means now (`checkpoints/last` moves): a finished feature
+    shard of other weights must not be taken for this model's. Size and mtime of the file, or of
+    every file of a checkpoint / transformers dir (weights, shards, config), hashed short."""
+    source = source.resolve()
+    if source.is_dir():
+        files = sorted(p for p in source.iterdir() if p.is_file() and not p.name.startswith("."))
+    else:
+        files = [source] if source.is_file() else []
+    if not files:
         return "unknown"
-    stat = weights.resolve().stat()
-    return f"{stat.st_size}-{int(stat.st_mtime_ns)}"
+    stamp = ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+    return hashlib.sha256(stamp.encode()).hexdigest()[:16]
 
 
 class UpstreamExtractor:
@@ -61,9 +67,11 @@ class UpstreamExtractor:
         if isinstance(upstream, (str, Path)):
             import speechssl
 
-            source = f"{upstream}@{_weights_fingerprint(Path(upstream))}"
+            weights = _weights_fingerprint(Path(upstream))
+            source = f"{upstream}@{weights}"
             upstream = speechssl.load_upstream(upstream)
         else:
+            weights = "in-memory"
             source = type(upstream).__name__
         self.device = torch.device(device or default_device())
         self.upstream = upstream.eval().to(self.device)
@@ -78,6 +86,8 @@ class UpstreamExtractor:
         self.frame_rate = self.sample_rate / float(upstream.downsample_rate)
         self.name = name or f"upstream:{source}:layer{layer}"
         self.batched = pads_safely(upstream)
+        # what the features depend on, recorded in each shard (the device and batching do not change them)
+        self.settings = {"extractor": "upstream", "source": source, "weights": weights, "layer": layer}
 
     def extract(self, wavs: list[Tensor]) -> list[np.ndarray]:
         """(samples,) waveforms -> (frames, hidden_dim) float32 arrays of layer `layer`."""
