@@ -6,7 +6,8 @@ import argparse
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, config_help: str) -> None:
-    """--config --train --valid --out --max-steps --resume --set, worded the same everywhere."""
+    """--config --train --valid --out --max-steps --resume --set --overwrite, worded the same everywhere.
+    The --out is an experiment dir: locked while a run writes it (speechssl.training.experiment)."""
     parser.add_argument("--config", required=True, help=config_help)
     parser.add_argument("--train", required=True, help="training data dir")
     parser.add_argument("--valid", help="validation data dir (best checkpoint by its loss)")
@@ -15,6 +16,7 @@ def add_training_arguments(parser: argparse.ArgumentParser, config_help: str) ->
     parser.add_argument("--resume", action="store_true", help="continue exactly from EXP/checkpoints/last")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set trainer.lr=2e-4 (repeatable)")
+    add_overwrite_argument(parser)
 
 
 def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:

@@ -23,6 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     final = distill(args.teacher, args.config, args.train, args.out, valid_dir=args.valid,
-                    max_steps=args.max_steps, resume=args.resume, overrides=args.overrides)
+                    max_steps=args.max_steps, resume=args.resume, overrides=args.overrides,
+                    overwrite=args.overwrite)
     print(final)
     return 0

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from speechssl.cli.common import add_overwrite_argument
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -30,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-steps", type=int,
                         help="override trainer.max_steps; freeze_finetune_updates keeps its share of the run")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint of EXP")
+    add_overwrite_argument(parser)
     parser.set_defaults(func=run_finetune)
 
     actions = parser.add_subparsers(dest="action", metavar="[evaluate]")
@@ -48,7 +51,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         raise ValueError(f"speechssl finetune needs {', '.join(missing)} (or use `speechssl finetune evaluate`)")
     config = load_finetune_config(args.config, args.overrides, method=args.method, max_steps=args.max_steps)
     result = run_finetune_experiment(args.upstream, args.train, args.out, config, valid_dir=args.valid,
-                                     resume=args.resume)
+                                     resume=args.resume, overwrite=args.overwrite)
     r = result.report  # of the whole model: upstream and CTC head
     print(f"finetune ({config.tuning.method}): {r.trainable:,} of {r.total:,} parameters trainable "
           f"({100 * r.fraction:.3f}%); {result.train.step} updates; final model in {result.final_dir}")

@@ -27,5 +27,6 @@ def run(args: argparse.Namespace) -> int:
     result = pretrain(
         args.config, args.train, args.valid, args.out, units=args.units, overrides=args.overrides,
         max_steps=args.max_steps, save_every=args.save_every, seed=args.seed, resume=args.resume,
+        overwrite=args.overwrite,
     )  # fmt: skip
     return 0 if result.step > 0 else 1

@@ -26,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     final = prune(args.teacher, args.config, args.train, args.out, valid_dir=args.valid,
                   target_sparsity=args.target_sparsity, max_steps=args.max_steps,
-                  final_distill_steps=args.final_distill_steps, resume=args.resume, overrides=args.overrides)
+                  final_distill_steps=args.final_distill_steps, resume=args.resume, overrides=args.overrides,
+                  overwrite=args.overwrite)
     print(final)
     return 0

@@ -6,6 +6,7 @@ setting (batch seconds, lr, steps) means the same thing in every stage.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -29,8 +30,10 @@ class LossConfig:
     cos_weight: float = 1.0  # DistilHuBERT: lambda = 1
 
     def __post_init__(self) -> None:
-        if self.l1_weight < 0 or self.cos_weight < 0 or self.l1_weight + self.cos_weight == 0:
-            raise ValueError(f"l1_weight and cos_weight must be >= 0 and not both 0, found "
+        if not (math.isfinite(self.l1_weight) and math.isfinite(self.cos_weight)) or (
+            self.l1_weight < 0 or self.cos_weight < 0 or self.l1_weight + self.cos_weight == 0
+        ):
+            raise ValueError(f"l1_weight and cos_weight must be finite, >= 0 and not both 0, found "
                              f"{self.l1_weight}, {self.cos_weight}")
 
 
@@ -90,8 +93,8 @@ class GatesConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.init_keep_prob < 1.0:
             raise ValueError(f"gates.init_keep_prob must be in (0, 1), found {self.init_keep_prob}")
-        if self.lr_scale <= 0:
-            raise ValueError(f"gates.lr_scale must be > 0, found {self.lr_scale}")
+        if not (math.isfinite(self.lr_scale) and self.lr_scale > 0):
+            raise ValueError(f"gates.lr_scale must be a finite number > 0, found {self.lr_scale}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,8 +117,8 @@ class PruneConfig:
             raise ValueError(f"target_sparsity must be in (0, 1), found {self.target_sparsity}")
         if self.sparsity_warmup_steps < 0 or self.final_distill_steps < 0:
             raise ValueError("sparsity_warmup_steps and final_distill_steps must be >= 0")
-        if self.lambda_lr <= 0:
-            raise ValueError(f"lambda_lr must be > 0, found {self.lambda_lr}")
+        if not (math.isfinite(self.lambda_lr) and self.lambda_lr > 0):
+            raise ValueError(f"lambda_lr must be a finite number > 0, found {self.lambda_lr}")
         _check_layers("distill_layers", self.distill_layers)
 
     def layers_for(self, num_layers: int) -> list[int]:

@@ -11,7 +11,7 @@ student is the gated teacher and each student layer matches the same teacher lay
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,8 @@ from speechssl.models.checkpoint import save_checkpoint
 from speechssl.models.config import ModelConfig
 from speechssl.models.model import SSLModel, build_model
 from speechssl.objectives.masking import MaskConfig, compute_mask_indices
-from speechssl.training.distributed import env_rank
+from speechssl.training.distributed import distributed, env_rank
+from speechssl.training.experiment import experiment
 from speechssl.training.pretrain import build_data
 from speechssl.training.trainer import TrainResult, train
 
@@ -174,9 +175,13 @@ class Distiller(FrozenTeacher):
 
 
 def run_training(module: nn.Module, config: Any, train_dir: Path, valid_dir: Path | None, out_dir: Path,
-                 teacher: SSLModel, *, resume: bool, save_config: Any) -> TrainResult:
-    """Train `module` on the audio of `train_dir` (the teacher gives the frame counts)."""
+                 teacher: SSLModel, *, resume: bool | Path, save_config: Any,
+                 begin: Callable[[], None] | None = None) -> TrainResult:
+    """Train `module` on the audio of `train_dir` (the teacher gives the frame counts). `begin`
+    runs once the data is checked, before anything is written (Experiment.begin)."""
     train_set, train_sampler, valid_set, valid_sampler = build_data(config, teacher, train_dir, valid_dir)
+    if begin is not None:
+        begin()
     return train(module, train_set, collate_audio, train_sampler, config.trainer, out_dir,
                  valid_dataset=valid_set, valid_sampler=valid_sampler, resume=resume, save_config=save_config)
 
@@ -208,23 +213,26 @@ def distill(
     max_steps: int | None = None,
     resume: bool = False,
     overrides: Sequence[str] = (),
+    overwrite: bool = False,
 ) -> Path:
     """Distil `teacher_source` (any load_upstream source) into a student; returns EXP/final, a
-    speechssl checkpoint that load_upstream reads (the heads are training-only and left out)."""
+    speechssl checkpoint that load_upstream reads (the heads are training-only and left out).
+    EXP is locked and checked before any write (speechssl.training.experiment)."""
     out_dir = Path(out_dir)
     config: DistillConfig = load_config(DistillConfig, config_path, list(overrides))
     config = replace(config, trainer=config.trainer.with_max_steps(max_steps))
-    teacher = load_teacher(teacher_source)
-    torch.manual_seed(config.trainer.seed)
-    distiller, student_config = build_distiller(teacher, config)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    run_training(distiller, config, Path(train_dir), Path(valid_dir) if valid_dir else None, out_dir,
-                 teacher.model, resume=resume, save_config=config)
-    final = out_dir / "final"
-    if env_rank() == 0:
-        save_checkpoint(distiller.student, student_config, final)
-        logger.info("student: %.2fM parameters (teacher %.2fM) -> %s", count_params(distiller.student) / 1e6,
-                    count_params(teacher.model) / 1e6, final)
+    with distributed(), experiment(out_dir, "distill", resume=resume, config=config, overwrite=overwrite,
+                                   inputs=(train_dir, valid_dir, teacher_source)) as run:
+        teacher = load_teacher(teacher_source)
+        torch.manual_seed(config.trainer.seed)
+        distiller, student_config = build_distiller(teacher, config)
+        run_training(distiller, config, Path(train_dir), Path(valid_dir) if valid_dir else None, out_dir,
+                     teacher.model, resume=run.resume_from or False, save_config=config, begin=run.begin)
+        final = out_dir / "final"
+        if env_rank() == 0:
+            save_checkpoint(distiller.student, student_config, final)
+            logger.info("student: %.2fM parameters (teacher %.2fM) -> %s", count_params(distiller.student) / 1e6,
+                        count_params(teacher.model) / 1e6, final)
     return final
 
 

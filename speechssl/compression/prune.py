@@ -49,7 +49,8 @@ from speechssl.io import atomic_write_text
 from speechssl.models.checkpoint import load_state_into, save_checkpoint
 from speechssl.models.config import ConvFrontendConfig, ModelConfig
 from speechssl.models.model import EncoderOutput, SSLModel, build_model
-from speechssl.training.distributed import env_rank
+from speechssl.training.distributed import distributed, env_rank
+from speechssl.training.experiment import RESUMABLE_KEYS, Experiment, experiment
 
 logger = logging.getLogger(__name__)
 
@@ -433,6 +434,7 @@ def prune(
     final_distill_steps: int | None = None,
     resume: bool = False,
     overrides: Sequence[str] = (),
+    overwrite: bool = False,
 ) -> Path:
     """DPHuBERT on any load_upstream teacher. Writes EXP/pruned (dense pruned model), and EXP/final
     (after the final distillation, or the pruned model itself without one); returns EXP/final."""
@@ -446,13 +448,24 @@ def prune(
     if max_steps and config.sparsity_warmup_steps > max_steps:
         changes["sparsity_warmup_steps"] = config.sparsity_warmup_steps * max_steps // config.trainer.max_steps
     config = replace(config, **changes)
+    train_dir = Path(train_dir)
+    valid = Path(valid_dir) if valid_dir else None
+    with distributed(), experiment(out_dir, "prune", resume=resume, config=config, overwrite=overwrite,
+                                   inputs=(train_dir, valid, teacher_source), allowed=_RESUMABLE) as run:
+        return _prune(teacher_source, config, train_dir, valid, out_dir, run)
+
+
+# a resumed run may also change how long the sparsity target ramps and the final distillation runs
+_RESUMABLE = RESUMABLE_KEYS | {"sparsity_warmup_steps", "final_distill_steps"}
+
+
+def _prune(teacher_source: str | Path, config: PruneConfig, train_dir: Path, valid: Path | None, out_dir: Path,
+           run: Experiment) -> Path:
     teacher = load_teacher(teacher_source)
     torch.manual_seed(config.trainer.seed)
     pruner = build_pruner(teacher.model, teacher.config, config)
-    train_dir = Path(train_dir)
-    valid = Path(valid_dir) if valid_dir else None
-    out_dir.mkdir(parents=True, exist_ok=True)
-    run_training(pruner, config, train_dir, valid, out_dir, teacher.model, resume=resume, save_config=config)
+    run_training(pruner, config, train_dir, valid, out_dir, teacher.model, resume=run.resume_from or False,
+                 save_config=config, begin=run.begin)
     gated: GatedModel = pruner.student
     gated.eval()
     expected = float(gated.expected_params().detach())
@@ -481,8 +494,8 @@ def prune(
                               heads=False, loss=config.loss, normalize_waveform=teacher.config.normalize_waveform)
         stage = replace(config, trainer=replace(config.trainer, max_steps=config.final_distill_steps,
                                                 warmup_steps=0))
-        run_training(distiller, stage, train_dir, valid, out_dir / "final_distill", teacher.model, resume=resume,
-                     save_config=stage)
+        run_training(distiller, stage, train_dir, valid, out_dir / "final_distill", teacher.model,
+                     resume=not run.fresh, save_config=stage)
     if env_rank() == 0:
         save_checkpoint(model, model_config, final)
     return final

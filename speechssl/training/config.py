@@ -11,6 +11,10 @@ import math
 from dataclasses import dataclass, replace
 from typing import Literal
 
+# Every float knob (tuples item by item): each must be finite.
+_FLOAT_KEYS = ("clip_norm", "lr", "betas", "eps", "weight_decay", "end_lr_scale", "power", "tri_stage_ratios",
+               "init_lr_scale", "final_lr_scale", "fp16_init_scale")
+
 Precision = Literal["fp32", "bf16", "fp16"]
 ScheduleName = Literal["linear", "polynomial", "tri_stage", "constant"]
 
@@ -50,12 +54,19 @@ class TrainerConfig:
     fp16_init_scale: float = 2.0**16
 
     def __post_init__(self) -> None:
+        # inf or NaN passes every `<= 0` test and trains a NaN model that exits 0: refuse them first
+        for name in _FLOAT_KEYS:
+            values = getattr(self, name)
+            for value in values if isinstance(values, tuple) else (values,):
+                if not math.isfinite(value):
+                    raise ValueError(f"{name} must be a finite number, found {value}")
+
         def positive(name: str) -> None:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, found {getattr(self, name)}")
 
-        for name in ("max_steps", "accum_steps", "lr", "save_every", "keep_last", "log_every",
-                     "max_bad_steps", "sample_rate"):
+        for name in ("max_steps", "accum_steps", "lr", "eps", "power", "save_every", "keep_last", "log_every",
+                     "max_bad_steps", "sample_rate", "fp16_init_scale"):
             positive(name)
         if self.clip_norm < 0 or self.weight_decay < 0 or self.valid_every < 0 or self.num_workers < 0:
             raise ValueError("clip_norm, weight_decay, valid_every and num_workers must be >= 0")

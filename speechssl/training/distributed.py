@@ -117,3 +117,24 @@ def all_gather_object(obj):
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def on_main_rank(fn):
+    """`fn()` on global rank 0 only; the others wait for it. A user error it raises (a
+    SpeechSSLError, ValueError or OSError: a locked or refused output dir, a bad checkpoint)
+    is raised on every rank, so no rank trains on while its peer has stopped. Returns fn's
+    result on rank 0, None elsewhere."""
+    from speechssl.errors import SpeechSSLError
+
+    result, error = None, None
+    if env_rank() == 0:
+        try:
+            result = fn()
+        except (SpeechSSLError, ValueError, OSError) as err:
+            error = err
+    errors = all_gather_object(error)
+    if errors[0] is not None:
+        if error is not None:
+            raise error
+        raise errors[0]
+    return result

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from speechssl.config import ConfigError, apply_override, from_dict, load_yaml, save_config
+from speechssl.data.audio import audio_info
 from speechssl.data.dataset import AudioDataset, Batch, collate_audio, parse_units
 from speechssl.data.kaldi import read_table
 from speechssl.data.sampler import DurationBucketSampler
@@ -32,7 +34,8 @@ from speechssl.objectives.masking import MaskConfig
 from speechssl.objectives.pretraining import PretrainModelConfig, build_pretrain_model
 from speechssl.objectives.wav2vec2 import Wav2Vec2ObjectiveConfig
 from speechssl.training.config import TrainerConfig
-from speechssl.training.distributed import env_rank, env_world_size
+from speechssl.training.distributed import distributed, env_rank, env_world_size
+from speechssl.training.experiment import experiment
 from speechssl.training.trainer import TrainResult, train
 from speechssl.units.check import check_label_lengths
 from speechssl.units.kmeans import read_labels
@@ -53,8 +56,10 @@ class PretrainDataConfig:
     label_rate: float | None = None  # units per second; None: the model's frame rate (a stated one must match)
 
     def __post_init__(self) -> None:
-        if self.max_batch_seconds <= 0:
-            raise ValueError(f"max_batch_seconds must be > 0, found {self.max_batch_seconds}")
+        for name in ("max_batch_seconds", "max_seconds", "label_rate"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, found {value}")
         if self.max_seconds is not None and self.max_seconds > self.max_batch_seconds:
             raise ValueError(
                 f"max_seconds ({self.max_seconds}) exceeds max_batch_seconds ({self.max_batch_seconds}):"
@@ -182,6 +187,13 @@ def build_dataset(
         label_rates={name: label_rate for name in units} or None,
         seed=config.trainer.seed,
     )
+    role = "training" if train else "validation"
+    if len(dataset) == 0:
+        skipped = f" ({dataset.num_skipped} skipped as unreadable)" if dataset.num_skipped else ""
+        raise ValueError(f"{role} data dir {data_dir} holds no utterances{skipped}: its wav.scp is empty;"
+                         f" give a non-empty {role} set" + ("" if train else " or leave --valid out"))
+    if not train and not data.skip_bad:
+        check_audio_readable(dataset)
     num_samples = {utt: round(sec * 16000) for utt, sec in zip(dataset.utt_ids(), dataset.full_durations)}
     too_short = [utt for utt, n in num_samples.items() if _frames_for(model, n) < 1]
     if too_short:
@@ -204,6 +216,27 @@ def build_dataset(
     return dataset
 
 
+def check_audio_readable(dataset: AudioDataset) -> None:
+    """Open every file's header once (no decoding): a missing or broken validation file is found
+    at start-up, not at the first checkpoint after hours of training."""
+    seen: set[str] = set()
+    for u in dataset.utterances:
+        if u.path not in seen:
+            seen.add(u.path)
+            audio_info(u.path, utt_id=u.utt_id)
+
+
+def check_units_match(train_dir: Path, valid_dir: Path, units: Sequence[str]) -> None:
+    """Validation units must come from the same k-means model as the training units."""
+    for name in units:
+        theirs = valid_dir / name / "dict.txt"
+        if theirs.is_file() and units_num_classes(valid_dir / name) != units_num_classes(train_dir / name):
+            raise ValueError(
+                f"{theirs} has {units_num_classes(valid_dir / name)} units but {train_dir / name / 'dict.txt'}"
+                f" has {units_num_classes(train_dir / name)}: label both sets with the same k-means model"
+            )
+
+
 def build_data(
     config: Any, model: SSLModel, train_dir: Path, valid_dir: Path | None, *,
     units: Sequence[str] = (), num_classes: Sequence[int] = (),
@@ -221,6 +254,7 @@ def build_data(
     )
     valid_set = valid_sampler = None
     if valid_dir is not None:
+        check_units_match(train_dir, Path(valid_dir), units)
         valid_set = build_dataset(Path(valid_dir), config, model, units=units, num_classes=num_classes, train=False)
         # validation keeps every utterance: the cap grows to the longest one
         cap = max(data.max_batch_seconds, max(valid_set.durations, default=0.0))
@@ -240,8 +274,12 @@ def pretrain(
     save_every: int | None = None,
     seed: int | None = None,
     resume: bool = False,
+    overwrite: bool = False,
 ) -> TrainResult:
-    """Pretrain HuBERT (with `units`) or wav2vec 2.0 (without) and write EXP/checkpoints."""
+    """Pretrain HuBERT (with `units`) or wav2vec 2.0 (without) and write EXP/checkpoints.
+
+    Everything is checked before EXP is written: the config, the experiment dir (locked for the
+    run; see speechssl.training.experiment), the resume checkpoint and the data."""
     train_dir, out_dir = Path(train_dir), Path(out_dir)
     config = load_pretrain_config(config_path, overrides, units_dirs=_units_dirs(train_dir, units), seed=seed)
     trainer = config.trainer.with_max_steps(max_steps)
@@ -253,26 +291,30 @@ def pretrain(
         raise ValueError("HuBERT pretraining needs --units NAME (k-means labels in DATA/NAME/labels)")
     if family == "wav2vec2" and units:
         raise ValueError("wav2vec 2.0 pretraining takes no --units; remove it or use a HuBERT config")
-    torch.manual_seed(config.trainer.seed)  # the same initial weights on every rank
-    model = build_pretrain_model(config.network())
-    num_classes = config.hubert.num_classes if family == "hubert" else ()
-    train_set, train_sampler, valid_set, valid_sampler = build_data(
-        config, getattr(model, family), train_dir, valid_dir, units=units, num_classes=num_classes
-    )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if env_rank() == 0:
-        save_config(config, out_dir / "config.yaml")  # the resolved config, next to the experiment
-    logger.info(
-        "pretraining %s: %d train utterances (%.2f h), %d batches/epoch/rank, padding efficiency %.2f",
-        family, len(train_set), sum(train_set.durations) / 3600, len(train_sampler),
-        train_sampler.padding_efficiency(),
-    )  # fmt: skip
-    result = train(
-        BatchObjective(model, units, normalize=config.model.normalize_waveform), train_set, collate_audio, train_sampler, config.trainer, out_dir,
-        valid_dataset=valid_set, valid_sampler=valid_sampler, resume=resume, save_config=config,
-    )  # fmt: skip
-    if env_rank() == 0:
-        write_run_summary(out_dir, result, world_size=env_world_size())
+    with distributed(), experiment(out_dir, "pretrain", resume=resume, config=config, overwrite=overwrite,
+                                   inputs=(train_dir, valid_dir)) as run:
+        torch.manual_seed(config.trainer.seed)  # the same initial weights on every rank
+        model = build_pretrain_model(config.network())
+        num_classes = config.hubert.num_classes if family == "hubert" else ()
+        train_set, train_sampler, valid_set, valid_sampler = build_data(
+            config, getattr(model, family), train_dir, valid_dir, units=units, num_classes=num_classes
+        )
+        run.begin()
+        if env_rank() == 0:
+            save_config(config, out_dir / "config.yaml")  # the resolved config, next to the experiment
+        logger.info(
+            "pretraining %s: %d train utterances (%.2f h), %d batches/epoch/rank, padding efficiency %.2f",
+            family, len(train_set), sum(train_set.durations) / 3600, len(train_sampler),
+            train_sampler.padding_efficiency(),
+        )  # fmt: skip
+        objective = BatchObjective(model, units, normalize=config.model.normalize_waveform)
+        result = train(
+            objective, train_set, collate_audio, train_sampler, config.trainer, out_dir,
+            valid_dataset=valid_set, valid_sampler=valid_sampler, resume=run.resume_from or False,
+            save_config=config,
+        )  # fmt: skip
+        if env_rank() == 0:
+            write_run_summary(out_dir, result, world_size=env_world_size())
     return result
 
 

@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader
 
 from speechssl.config import save_config as write_config_yaml
 from speechssl.config import to_dict
+from speechssl.errors import SpeechSSLError
 from speechssl.training import checkpoints as ckpt
 from speechssl.training.config import TrainerConfig
 from speechssl.training.distributed import (
@@ -58,6 +59,10 @@ _LENGTH_KEYS = ("wav_lens", "lengths", "audio_lengths")
 
 class BadStepsError(RuntimeError):
     """Too many consecutive updates with a NaN/inf loss or gradient."""
+
+
+class NonFiniteWeightsError(SpeechSSLError):
+    """The weights went NaN/inf; the run stops before it would save them."""
 
 
 @dataclass(frozen=True)
@@ -285,7 +290,12 @@ class Trainer:
 
     def _load(self, path: Path) -> tuple[int, int, dict | None]:
         model_state, state = ckpt.load_checkpoint(path)
-        missing, unexpected = self.module.load_state_dict(model_state, strict=False)
+        try:
+            missing, unexpected = self.module.load_state_dict(model_state, strict=False)
+        except RuntimeError as err:  # shapes differ: torch lists every tensor over many lines
+            sizes = [line.strip() for line in str(err).splitlines() if "size mismatch" in line]
+            shown = "; ".join(sizes[:3]) + (f"; and {len(sizes) - 3} more" if len(sizes) > 3 else "")
+            raise ckpt.CheckpointError(f"checkpoint {path} does not fit the model: {shown or err}") from None
         if missing or unexpected:
             raise ckpt.CheckpointError(f"checkpoint {path} does not fit the model: missing {missing[:5]}, "
                                        f"unexpected {unexpected[:5]}")
@@ -449,7 +459,22 @@ class Trainer:
             return self.batch_sampler.state_dict(batches_consumed=self.stream.batches_done)
         return self.batch_sampler.state_dict() if hasattr(self.batch_sampler, "state_dict") else None
 
+    def _check_finite_weights(self) -> None:
+        """A checkpoint never holds NaN/inf weights: `last` must stay a model worth resuming."""
+        params = [p for p in self.module.parameters() if p.is_floating_point()]
+        if not params or bool(torch.stack([p.detach().isfinite().all() for p in params]).all()):
+            return
+        bad = [name for name, p in self.module.named_parameters()
+               if p.is_floating_point() and not bool(p.detach().isfinite().all())]
+        last = ckpt.resolve(self.ckpt_root, "last")
+        raise NonFiniteWeightsError(
+            f"step {self.step}: the model's weights hold NaN/inf ({', '.join(bad[:5])}"
+            f"{f' and {len(bad) - 5} more' if len(bad) > 5 else ''}); no checkpoint is written"
+            f" (the last good one is {last or 'none'}). Try a lower lr (now {self.config.lr:g}) or a longer"
+            f" warmup, or clip_norm (now {self.config.clip_norm:g})")
+
     def save(self, valid_loss: float | None) -> Path | None:
+        self._check_finite_weights()
         rngs = all_gather_object(ckpt.capture_rng())
         path = None
         if self.info.is_main:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -39,7 +41,8 @@ from speechssl.objectives.ctc import ctc_greedy, ctc_loss
 from speechssl.objectives.masking import MaskConfig, compute_channel_mask, compute_time_mask
 from speechssl.training import TrainerConfig, TrainResult, train
 from speechssl.training.checkpoints import seed_everything
-from speechssl.training.distributed import env_rank, env_world_size
+from speechssl.training.distributed import distributed, env_rank, env_world_size
+from speechssl.training.experiment import RESUMABLE_KEYS, experiment
 from speechssl.tuning.methods import TuningConfig, TuningReport, apply_tuning, count_parameters, save_tuned
 
 log = logging.getLogger(__name__)
@@ -78,8 +81,8 @@ class CTCFinetuneConfig:
             raise ValueError(f"layerdrop must be in [0, 1) or null, found {self.layerdrop}")
         if not 0 <= self.final_dropout < 1:
             raise ValueError(f"final_dropout must be in [0, 1), found {self.final_dropout}")
-        if not self.batch_seconds > 0:
-            raise ValueError(f"batch_seconds must be > 0, found {self.batch_seconds}")
+        if not (self.batch_seconds > 0 and math.isfinite(self.batch_seconds)):
+            raise ValueError(f"batch_seconds must be a finite number > 0, found {self.batch_seconds}")
         if self.tuning.method == "frozen":
             raise ValueError("CTC fine-tuning needs a tuning method that trains something; found 'frozen' "
                              "(use `speechssl downstream` for frozen-upstream evaluation)")
@@ -198,11 +201,15 @@ def char_errors(log_probs: Tensor, lengths: Tensor, targets: Tensor, target_lens
 # ----------------------------------------------------------------------------- data and runs
 
 
-def _dataset(data_dir: str | Path, vocab: CharVocab) -> AudioDataset:
+def _dataset(data_dir: str | Path, vocab: CharVocab, role: str = "evaluation") -> AudioDataset:
     text = Path(data_dir) / "text"
     if not text.is_file():
         raise FileNotFoundError(f"CTC fine-tuning needs transcripts: {text} does not exist")
-    return AudioDataset(data_dir, targets={"text": text}, target_transforms={"text": vocab.encode})
+    dataset = AudioDataset(data_dir, targets={"text": text}, target_transforms={"text": vocab.encode})
+    if len(dataset) == 0:  # found now, not at the first checkpoint
+        raise ValueError(f"{role} data dir {data_dir} holds no utterances: its wav.scp is empty;"
+                         f" give a non-empty {role} set")
+    return dataset
 
 
 def collate_ctc(items: list) -> dict:
@@ -220,6 +227,14 @@ def _sampler(dataset: AudioDataset, config: CTCFinetuneConfig, *, shuffle: bool)
 
 def build_vocab(train_dir: str | Path, out_dir: str | Path, *, resume: bool = False) -> CharVocab:
     """Characters of train_dir/text, written to out_dir/vocab.txt (a resumed run must find the same)."""
+    vocab = check_vocab(train_dir, out_dir, resume=resume)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    vocab.save(Path(out_dir) / "vocab.txt")
+    return vocab
+
+
+def check_vocab(train_dir: str | Path, out_dir: str | Path, *, resume: bool = False) -> CharVocab:
+    """`build_vocab` without the write: the characters, checked against a resumed run's vocab.txt."""
     text = Path(train_dir) / "text"
     if not text.is_file():
         raise FileNotFoundError(f"CTC fine-tuning needs transcripts: {text} does not exist")
@@ -229,8 +244,6 @@ def build_vocab(train_dir: str | Path, out_dir: str | Path, *, resume: bool = Fa
         saved = CharVocab.load(path)
         if saved.tokens != vocab.tokens:
             raise ValueError(f"{path} does not match the characters of {text}; resume with the same training data")
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    vocab.save(path)
     return vocab
 
 
@@ -252,22 +265,29 @@ class CTCFinetuneResult:
 
 
 def finetune_ctc(upstream: Upstream, train_dir: str | Path, out_dir: str | Path, config: CTCFinetuneConfig, *,
-                 valid_dir: str | Path | None = None, resume: bool = False) -> CTCFinetuneResult:
+                 valid_dir: str | Path | None = None, resume: bool | Path = False,
+                 begin: Callable[[], None] | None = None) -> CTCFinetuneResult:
     """Fine-tune `upstream` (in place) with a character CTC head on a Kaldi data dir with `text`.
 
     Writes out_dir/vocab.txt, checkpoints/ and tensorboard/ (the Trainer), and out_dir/final/:
     `upstream/` (a speechssl checkpoint dir, for "full") or `tuned.safetensors` (other methods),
-    plus `ctc_head.safetensors` and `vocab.txt`."""
+    plus `ctc_head.safetensors` and `vocab.txt`. The data is checked before anything is written;
+    `begin` then runs first (Experiment.begin)."""
     out_dir = Path(out_dir)
-    vocab = build_vocab(train_dir, out_dir, resume=resume)
+    vocab = check_vocab(train_dir, out_dir, resume=bool(resume))
     model = prepare_ctc_finetune(upstream, vocab, config)
     report = count_parameters(model)
     log.info("CTC fine-tuning %s; head over %d characters", report, len(vocab))
     trainer_config = config.trainer
     if config.freeze_finetune_updates > 0 and trainer_config.find_unused_parameters is None:
         trainer_config = replace(trainer_config, find_unused_parameters=True)  # DDP: frozen updates skip the encoder
-    train_set = _dataset(train_dir, vocab)
-    valid_set = _dataset(valid_dir, vocab) if valid_dir is not None else None
+    train_set = _dataset(train_dir, vocab, "training")
+    valid_set = _dataset(valid_dir, vocab, "validation") if valid_dir is not None else None
+    if begin is not None:
+        begin()
+    if env_rank() == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        vocab.save(out_dir / "vocab.txt")
     result = train(model, train_set, collate_ctc, _sampler(train_set, config, shuffle=True), trainer_config, out_dir,
                    valid_dataset=valid_set, valid_sampler=_sampler(valid_set, config, shuffle=False) if valid_set else None,
                    resume=resume, save_config=config)
@@ -331,25 +351,37 @@ def load_finetune_config(config_path: str | Path | None, overrides: list[str] = 
 
 def run_finetune_experiment(upstream_source: str | Path, train_dir: str | Path, out_dir: str | Path,
                             config: CTCFinetuneConfig, *, valid_dir: str | Path | None = None,
-                            resume: bool = False) -> CTCFinetuneResult:
-    """`finetune_ctc` plus EXP/finetune.yaml, so a finished run can be rebuilt by `load_finetuned`."""
+                            resume: bool = False, overwrite: bool = False) -> CTCFinetuneResult:
+    """`finetune_ctc` plus EXP/finetune.yaml, so a finished run can be rebuilt by `load_finetuned`.
+    EXP is locked and checked before any write (speechssl.training.experiment)."""
     from speechssl.interop.upstream import load_upstream
 
     out_dir = Path(out_dir)
-    record = out_dir / EXPERIMENT_FILE
-    if resume and record.is_file():
-        previous = yaml.safe_load(record.read_text())
-        if previous.get("upstream") != str(upstream_source):
-            raise ValueError(f"{record}: cannot resume a run of upstream {previous.get('upstream')} "
-                             f"with upstream {upstream_source}")
     for name, path in (("train", train_dir), ("valid", valid_dir)):
         if path is not None and not Path(path).is_dir():
             raise FileNotFoundError(f"{name} data dir {path} does not exist")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(record, yaml.safe_dump({
-        "upstream": str(upstream_source), "train": str(train_dir), "valid": valid_dir and str(valid_dir),
-        "config": to_dict(config)}, sort_keys=False))  # fmt: skip
-    return finetune_ctc(load_upstream(upstream_source), train_dir, out_dir, config, valid_dir=valid_dir, resume=resume)
+    record = out_dir / EXPERIMENT_FILE
+    with distributed(), experiment(out_dir, "finetune", resume=resume, config=config, overwrite=overwrite,
+                                   inputs=(train_dir, valid_dir, upstream_source), allowed=_RESUMABLE) as run:
+        if run.resume_from is not None and record.is_file():
+            previous = yaml.safe_load(record.read_text())
+            if previous.get("upstream") != str(upstream_source):
+                raise ValueError(f"{record}: cannot resume a run of upstream {previous.get('upstream')} "
+                                 f"with upstream {upstream_source}")
+
+        def begin() -> None:
+            run.begin()
+            if env_rank() == 0:
+                atomic_write_text(record, yaml.safe_dump({
+                    "upstream": str(upstream_source), "train": str(train_dir), "valid": valid_dir and str(valid_dir),
+                    "config": to_dict(config)}, sort_keys=False))  # fmt: skip
+
+        return finetune_ctc(load_upstream(upstream_source), train_dir, out_dir, config, valid_dir=valid_dir,
+                            resume=run.resume_from or False, begin=begin)
+
+
+# a shorter or longer resumed run keeps the head-only share of updates (load_finetune_config)
+_RESUMABLE = RESUMABLE_KEYS | {"freeze_finetune_updates"}
 
 
 def load_finetuned(exp_dir: str | Path) -> CTCFinetuneModel:

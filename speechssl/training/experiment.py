@@ -1,0 +1,191 @@
+"""Experiment dirs of the training commands: locked for the whole run, checked before any write.
+
+`speechssl pretrain | distill | prune | finetune` share one sequence (`experiment`):
+
+1. the output rule (`speechssl.outputs.check_output`): a new or empty dir, or this command's own
+   earlier experiment; checkpoints of an earlier run need `--resume`;
+2. the lock (`EXP/.lock`, pid and host): a second run on the same `--out` is refused naming it;
+3. on `--resume`: the checkpoint verifies (manifest) and its config matches the new one, except
+   for keys that only set the run's length, logging and loading (`RESUMABLE_KEYS`);
+4. the command checks its inputs, then calls `begin()` (the marker is written) and only then
+   writes into EXP (config.yaml, tensorboard/, summaries).
+
+So a refused or failed start leaves EXP byte for byte as it was. Under torchrun global rank 0
+alone does 1-4 while the other ranks wait, and every rank raises the same one-line error.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from speechssl.config import to_dict
+from speechssl.errors import OutputExistsError, SpeechSSLError
+from speechssl.outputs import LOCK, ExperimentLock, check_output, read_marker, write_marker
+from speechssl.training import checkpoints as ckpt
+from speechssl.training.distributed import all_gather_object, env_rank, on_main_rank
+
+logger = logging.getLogger(__name__)
+
+# Config keys a resumed run may change: how long it runs, how often it logs and saves, how it
+# loads data. Anything else (the model, the objective, the optimizer) must match the checkpoint.
+RESUMABLE_KEYS = frozenset({
+    "trainer.max_steps", "trainer.warmup_steps", "trainer.save_every", "trainer.keep_last",
+    "trainer.valid_every", "trainer.log_every", "trainer.max_bad_steps", "trainer.num_workers",
+    "trainer.pin_memory", "trainer.compile", "data.skip_bad",
+})  # fmt: skip
+
+
+class ConfigMismatchError(SpeechSSLError):
+    """A resumed run's config differs from its checkpoint's in keys that must match."""
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: value}
+
+
+def config_differences(saved: dict, config: Any, *, allowed: Iterable[str] = RESUMABLE_KEYS) -> list[str]:
+    """`key (checkpoint A, now B)` for every key of `config` (a dataclass) that differs from the
+    `saved` mapping (a checkpoint's config.yaml), leaving out `allowed` keys."""
+    now = _flatten(yaml.safe_load(yaml.safe_dump(to_dict(config), sort_keys=False)))
+    before = _flatten(saved)
+    allowed = set(allowed)
+    return [f"{key} (checkpoint {before.get(key, '<absent>')!r}, now {now.get(key, '<absent>')!r})"
+            for key in sorted(set(now) | set(before)) if key not in allowed and now.get(key) != before.get(key)]
+
+
+def resume_checkpoint(out: Path, resume: bool | str | Path) -> Path | None:
+    """The checkpoint a run resumes from: `resume` itself, or EXP/checkpoints/last (or the newest
+    step dir); None for a fresh run or when there is none yet (the run starts from scratch)."""
+    if resume is False or resume is None:
+        return None
+    if resume is not True:
+        path = Path(resume)
+        if not path.is_dir():
+            raise FileNotFoundError(f"resume checkpoint {path} does not exist")
+        return path
+    root = out / "checkpoints"
+    last = ckpt.resolve(root, "last")
+    if last is None:
+        dirs = ckpt.step_dirs(root)
+        last = dirs[-1] if dirs else None
+    return last
+
+
+def check_resume(source: Path, config: Any, *, allowed: Iterable[str] = RESUMABLE_KEYS) -> None:
+    """Raise unless checkpoint `source` verifies and was trained with `config` (up to `allowed`)."""
+    ckpt.verify_or_explain(source)
+    saved_path = source / ckpt.CONFIG_FILE
+    if config is None or not saved_path.is_file():
+        return
+    try:
+        saved = yaml.safe_load(saved_path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ckpt.CheckpointError(f"checkpoint {source} is corrupt: {saved_path.name} is not YAML ({err})") from None
+    diffs = config_differences(saved, config, allowed=allowed)
+    if diffs:
+        shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
+        raise ConfigMismatchError(
+            f"cannot resume from {source}: the config differs from the checkpoint's in {shown};"
+            " resume with the checkpoint's values, or train into another --out"
+        )
+
+
+def check_experiment_out(out: Path, command: str, *, resume: bool, overwrite: bool = False,
+                         inputs: tuple[str | Path, ...] = ()) -> None:
+    """The output rule for an experiment dir (step 1 above); `inputs`: the data the run reads."""
+    target = out.resolve()
+    for source in inputs:  # never into the data the run reads, whatever the dir holds
+        path = Path(source).resolve()
+        if path == target or target in path.parents:
+            what = "is" if path == target else "contains"
+            raise OutputExistsError(f"--out {out} {what} an input of this command ({source}); choose another --out")
+    marker = read_marker(out)
+    if out.is_dir() and marker in (None, command) and ckpt.step_dirs(out / "checkpoints"):
+        if not resume:
+            raise OutputExistsError(
+                f"{out / 'checkpoints'} holds checkpoints of an earlier run: resume it (--resume)"
+                " or train into another output dir"
+            )
+        if marker is None:
+            return  # an experiment of a speechssl without markers: its own checks follow
+    check_output(out, command, overwrite=overwrite)
+
+
+def _lock(out: Path, command: str, *, resume: bool, overwrite: bool, inputs: tuple) -> ExperimentLock:
+    if (out / LOCK).exists():
+        # a live holder is named before anything else is said about the dir; a stale lock
+        # (its run was killed) is removed so that the dir is judged on its own files
+        probe = ExperimentLock(out, command)
+        probe.acquire()
+        probe.release()
+    check_experiment_out(out, command, resume=resume, overwrite=overwrite, inputs=inputs)
+    lock = ExperimentLock(out, command)
+    lock.acquire()
+    return lock
+
+
+class Experiment:
+    """What `experiment` yields: the checked checkpoint to resume from (or None) and `begin()`."""
+
+    def __init__(self, out: Path, command: str, resume_from: Path | None, *, fresh: bool) -> None:
+        self.out, self.command, self.resume_from, self.fresh = out, command, resume_from, fresh
+        self.begun = False
+
+    def begin(self) -> None:
+        """Every check passed: mark the dir as this command's experiment (rank 0). Call before
+        the first write into EXP."""
+        if env_rank() == 0 and read_marker(self.out) != self.command:
+            write_marker(self.out, self.command)
+        self.begun = True
+
+
+@contextmanager
+def experiment(
+    out: str | Path, command: str, *, resume: bool | str | Path = False, config: Any = None,
+    overwrite: bool = False, inputs: Iterable[str | Path | None] = (), allowed: Iterable[str] = RESUMABLE_KEYS,
+) -> Iterator[Experiment]:  # fmt: skip
+    """Lock and check `out` for a run of `command` (see the module docstring). Under torchrun,
+    enter it inside `speechssl.training.distributed.distributed()`."""
+    out = Path(out)
+    created = not out.exists()
+    read = tuple(p for p in inputs if p is not None)
+    locks: list[ExperimentLock] = []
+
+    def start() -> str | None:
+        locks.append(_lock(out, command, resume=bool(resume), overwrite=overwrite, inputs=read))
+        source = resume_checkpoint(out, resume)
+        if source is not None:
+            check_resume(source, config, allowed=allowed)
+        elif resume:
+            logger.info("resume: no checkpoint under %s; starting from scratch", out / "checkpoints")
+        return None if source is None else str(source)
+
+    run: Experiment | None = None
+    try:
+        source = all_gather_object(on_main_rank(start))[0]  # every rank resumes from rank 0's choice
+        run = Experiment(out, command, None if source is None else Path(source), fresh=source is None)
+        yield run
+    finally:
+        for lock in locks:
+            lock.release()
+            if created and not (run is not None and run.begun):
+                _remove_if_empty(out)
+
+
+def _remove_if_empty(out: Path) -> None:
+    """A refused start leaves no empty dir behind that it created itself."""
+    try:
+        out.rmdir()
+    except OSError:
+        pass
