@@ -1,17 +1,20 @@
-"""`speechssl data validate|fix|durations DIR`: check, repair and measure Kaldi data dirs."""
+"""`speechssl data validate|fix|durations DIR`, `data combine --out DIR SRC...`: check, repair, measure and
+combine Kaldi data dirs."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from speechssl.cli.common import add_overwrite_argument
 from speechssl.data.datadir import (
+    SAMPLE_RATE,
+    check_data_dir,
     combine_data_dirs,
     compute_durations,
-    fix_data_dir,
     summarize_data_dir,
-    validate_data_dir,
 )
+from speechssl.data.fix import fix_data_dir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,12 +39,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="do not require utterance ids to sort like their speakers (Kaldi's --no-spk-sort)",
     )
+    validate.add_argument(
+        "--sample-rate",
+        type=int,
+        default=SAMPLE_RATE,
+        help=f"rate training reads audio at; other rates are noted, since they are resampled (default: {SAMPLE_RATE})",
+    )
     validate.set_defaults(func=run_validate)
 
     fix = actions.add_parser(
-        "fix", help="sort files, keep ids present everywhere, rebuild spk2utt (originals in DIR/.backup)"
+        "fix",
+        help="sort tables, keep ids present everywhere, rebuild spk2utt"
+        " (originals in DIR/.backup, later fixes in DIR/.backup.1, ...)",
     )
     fix.add_argument("dir")
+    fix.add_argument(
+        "--allow-empty", action="store_true", help="write the dir even when no utterance would be kept"
+    )
     fix.set_defaults(func=run_fix)
 
     durations = actions.add_parser(
@@ -54,16 +68,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     combine = actions.add_parser("combine", help="union of data dirs (utils/combine_data.sh)")
     combine.add_argument("--out", required=True, help="data dir to write")
     combine.add_argument("sources", nargs="+", help="data dirs to combine")
+    add_overwrite_argument(combine)
     combine.set_defaults(func=run_combine)
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    problems = validate_data_dir(args.dir, check_audio=not args.no_audio, check_spk_sort=not args.no_spk_sort)
-    for problem in problems:
+    check = check_data_dir(
+        args.dir, check_audio=not args.no_audio, check_spk_sort=not args.no_spk_sort, sample_rate=args.sample_rate
+    )
+    for problem in check.problems:
         print(problem)
-    if problems:
+    for note in check.notes:
+        print(f"note: {note}")
+    if check.problems:
         print(
-            f"{args.dir}: {len(problems)} problem(s); `speechssl data fix {args.dir}` repairs ids and sorting",
+            f"{args.dir}: {len(check.problems)} problem(s); `speechssl data fix {args.dir}` repairs ids and sorting",
             file=sys.stderr,
         )
         return 1
@@ -72,15 +91,23 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 def run_fix(args: argparse.Namespace) -> int:
-    report = fix_data_dir(args.dir)
+    report = fix_data_dir(args.dir, allow_empty=args.allow_empty)
     for problem in report.removed_lines:
         print(f"removed line: {problem}")
+    for problem in report.cleaned:
+        print(f"cleaned: {problem}")
     for dropped in report.dropped:
         print(dropped)
-    print(
-        f"{args.dir}: kept {report.num_utterances} utterances, dropped"
-        f" {sum(d.kind == 'utterance' for d in report.dropped)}; originals in {report.backup_dir}"
-    )
+    if report.ignored:
+        print(f"ignored (not data-dir tables, left as they are): {', '.join(report.ignored)}")
+    dropped = sum(d.kind == "utterance" for d in report.dropped)
+    if report.backup_dir is None:
+        print(f"{args.dir}: nothing to change; {report.num_utterances} utterances")
+    else:
+        print(
+            f"{args.dir}: kept {report.num_utterances} utterances, dropped {dropped}; changed"
+            f" {', '.join(report.changed)}; originals in {report.backup_dir}"
+        )
     return 0
 
 
@@ -95,6 +122,6 @@ def run_durations(args: argparse.Namespace) -> int:
 
 
 def run_combine(args: argparse.Namespace) -> int:
-    data = combine_data_dirs(args.out, args.sources)
+    data = combine_data_dirs(args.out, args.sources, overwrite=args.overwrite)
     print(f"{args.out}: {len(data.utt_ids())} utterances from {len(args.sources)} data dirs")
     return 0

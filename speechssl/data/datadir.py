@@ -10,10 +10,11 @@ A data dir is the unit of exchange between recipe stages (DESIGN.md):
     utt2dur    <utt-id> <seconds>         optional (`speechssl data durations`)
     reco2dur   <reco-id> <seconds>        optional, with segments
 
-Every file is sorted by key in C locale (byte order). Any other top-level
-`key value` file (phones, intent, labels...) is an utterance-level "extra"
-table: kept by `write`, filtered by `fix`, checked for id consistency by
-`validate`.
+Every file is sorted by key in C locale (byte order). Which other top-level
+files are tables (phones, intent, utt2*, *.scp, spk2*...) and which are left
+alone (NOTES, audio beside the tables...) is the rule of `speechssl.data.layout`:
+utterance tables beyond the core are DataDir's "extra" tables, kept by `write`,
+filtered by `fix`, checked for id consistency by `validate`.
 
 Policy for Kaldi pipes: a wav.scp entry such as `utt1 sox in.flac -t wav - |`
 is not supported, since we read audio with soundfile, never through a shell.
@@ -26,39 +27,24 @@ as in Kaldi recipes; absolute paths are safest.
 from __future__ import annotations
 
 import math
-import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from speechssl.data.audio import audio_duration
-from speechssl.data.kaldi import Problem, Row, c_sort_key, scan_table, write_table
-
-# Files whose keys are utterance ids (besides extras); wav.scp is one of them
-# only when there is no segments file.
-UTT_FILES = ("utt2spk", "text", "segments", "utt2dur", "utt2num_frames", "feats.scp", "utt2lang", "utt2uniq")
-RECO_FILES = ("reco2dur", "reco2file_and_channel")
-SPK_FILES = ("spk2utt", "spk2gender", "cmvn.scp")
-CORE_FILES = ("wav.scp", "segments", "utt2spk", "spk2utt", "text", "utt2dur", "reco2dur")
-# Top-level files that are not `key value` tables keyed by utterance.
-# trials (`enroll test target|nontarget`) and phone_ctm (one line per phone) repeat keys by design.
-NON_TABLE_FILES = ("frame_shift", "num_jobs", "cmvn_opts", "README", "README.md", "trials", "phone_ctm")
-NON_TABLE_SUFFIXES = (
-    ".orig",
-    ".bak",
-    "~",
-    ".sh",
-    ".txt",
-    ".md",
-    ".yaml",
-    ".yml",
-    ".json",
-    ".log",
-    ".done",
-    ".lock",
-    ".pt",
-    ".npy",
+from speechssl.data.audio import AudioInfo, audio_info
+from speechssl.data.kaldi import HARMLESS, Problem, Row, c_sort_key, scan_table, write_table
+from speechssl.data.layout import (
+    CORE_FILES,
+    RECORDING,
+    SPEAKER,
+    UTTERANCE,
+    Listing,
+    describe_ignored,
+    list_data_dir,
 )
+from speechssl.io import atomic_directory
+from speechssl.outputs import check_output, write_marker
+
 PIPE_POLICY = (
     "Kaldi pipe entries (`cmd |`) are not supported: write the audio to files first"
     " (e.g. run the command once per recording into a .wav/.flac) and list those paths in wav.scp"
@@ -159,18 +145,16 @@ def read_file(path: Path) -> tuple[dict, list[Problem]]:
     return table, problems + parse_problems
 
 
-def is_extra_table(path: Path) -> bool:
-    """Whether a top-level file of a data dir is an utterance-level extra table."""
-    name = path.name
-    return (
-        path.is_file()
-        and not name.startswith(".")
-        and name not in CORE_FILES
-        and name not in RECO_FILES
-        and name not in SPK_FILES
-        and name not in NON_TABLE_FILES
-        and not name.endswith(NON_TABLE_SUFFIXES)
-    )
+def _fatal(problems: list[Problem]) -> list[Problem]:
+    """The problems a reader cannot accept (unsorted lines, CR endings or a byte-order mark it can)."""
+    return [p for p in problems if p.kind not in HARMLESS]
+
+
+def _not_regular(path: Path, listing: Listing) -> list[Problem]:
+    return [
+        Problem(str(path / name), None, None, f"is {kind}, not a regular file: not read")
+        for name, kind in listing.not_regular.items()
+    ]
 
 
 # ---------------------------------------------------------------- DataDir
@@ -197,22 +181,20 @@ class DataDir:
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"data dir {path} does not exist")
-        if not (path / "wav.scp").is_file():
+        listing = list_data_dir(path)
+        problems = _not_regular(path, listing)
+        if "wav.scp" not in listing.tables and not problems:
             raise FileNotFoundError(f"{path / 'wav.scp'} does not exist: every data dir needs a wav.scp")
-        tables: dict[str, dict | None] = {}
-        problems: list[Problem] = []
-        for name in CORE_FILES:
-            file = path / name
-            if file.is_file():
-                tables[name], found = read_file(file)
-                problems += [p for p in found if "not sorted" not in p.message]
-            else:
-                tables[name] = None
+        tables: dict[str, dict | None] = {name: None for name in CORE_FILES}
         extra = {}
-        for file in sorted(path.iterdir(), key=lambda p: c_sort_key(p.name)):
-            if is_extra_table(file):
-                extra[file.name], found = read_file(file)
-                problems += [p for p in found if "not sorted" not in p.message]
+        for name, level in listing.tables.items():
+            if name in CORE_FILES or level == UTTERANCE:
+                table, found = read_file(path / name)
+                problems += _fatal(found)
+                if name in CORE_FILES:
+                    tables[name] = table
+                else:
+                    extra[name] = table
         if problems:
             more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
             raise ValueError(f"{problems[0]}{more}; run `speechssl data validate {path}` to list them all")
@@ -261,10 +243,12 @@ class DataDir:
         if name in self.extra:
             return self.extra[name]
         file = self.path / name
-        if not file.is_file():
+        if not file.exists():
             raise FileNotFoundError(f"{file} does not exist")
+        if not file.is_file():
+            raise ValueError(f"{file}: is not a regular file: not read")
         rows, problems = scan_table(file)
-        problems = [p for p in problems if "not sorted" not in p.message]
+        problems = _fatal(problems)
         if problems:
             raise ValueError(str(problems[0]))
         return {row.key: row.value for row in rows}
@@ -351,18 +335,16 @@ def write_data_dir(
 # ---------------------------------------------------------------- audio headers
 
 
-def _header_durations(
-    paths: Mapping[str, str], nj: int, progress: bool, desc: str
-) -> dict[str, float | Exception]:
-    """id -> duration or the error, reading headers on `nj` threads with a progress bar."""
+def _headers(paths: Mapping[str, str], nj: int, progress: bool, desc: str) -> dict[str, AudioInfo | Exception]:
+    """id -> header or the error, reading headers on `nj` threads with a progress bar."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm import tqdm
 
-    def one(item: tuple[str, str]) -> tuple[str, float | Exception]:
+    def one(item: tuple[str, str]) -> tuple[str, AudioInfo | Exception]:
         key, audio = item
         try:
-            return key, audio_duration(audio)
+            return key, audio_info(audio)
         except (FileNotFoundError, ValueError) as err:
             return key, err
 
@@ -375,6 +357,7 @@ def _header_durations(
 # ---------------------------------------------------------------- validate
 
 SEGMENT_TOLERANCE = 0.01  # seconds a segment may run past its recording (Kaldi's validate_data_dir.sh)
+SAMPLE_RATE = 16000  # what training reads (the Upstream contract); other rates are resampled when read
 
 
 @dataclass(frozen=True)
@@ -397,24 +380,19 @@ class DataSummary:
         )
 
 
-class _Files:
-    """Scanned rows, parsed tables and line numbers of every file in a dir."""
+class ScannedDir:
+    """Scanned rows, parsed tables and line numbers of every table of a data dir (the table rule
+    of `speechssl.data.layout`; ignored files are listed, never opened)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.listing = list_data_dir(path)
         self.rows: dict[str, list[Row]] = {}
         self.tables: dict[str, dict] = {}
         self.lines: dict[str, dict[str, int]] = {}
-        self.problems: list[Problem] = []
-        names = list(CORE_FILES + UTT_FILES + RECO_FILES + SPK_FILES)
-        names += [
-            p.name for p in sorted(path.iterdir(), key=lambda p: c_sort_key(p.name)) if is_extra_table(p)
-        ]
-        self.extras = [n for n in names if n not in CORE_FILES + UTT_FILES + RECO_FILES + SPK_FILES]
-        for name in dict.fromkeys(names):
+        self.problems: list[Problem] = _not_regular(path, self.listing)
+        for name in self.listing.tables:
             file = path / name
-            if not file.is_file():
-                continue
             rows, problems = scan_table(file)
             table, parse_problems = parse_rows(name, str(file), rows)
             self.rows[name], self.tables[name] = rows, table
@@ -433,45 +411,78 @@ class _Files:
         """Every id of a file (malformed lines included) -> its first line."""
         return self.lines[name]
 
+    def _level(self, level: str) -> list[str]:
+        return [n for n, lv in self.listing.tables.items() if lv == level]
+
     def utt_files(self) -> list[str]:
-        """Files keyed by utterance id that are present (wav.scp when there is no segments)."""
-        names = [n for n in UTT_FILES if n != "utt2spk" and self.has(n)]
-        if not self.has("segments"):
-            names.insert(0, "wav.scp")
-        return names + [n for n in self.extras if self.has(n)]
+        """Files keyed by utterance id that are present (wav.scp when there is no segments), utt2spk aside."""
+        names = [n for n in self._level(UTTERANCE) if n != "utt2spk"]
+        return names if self.has("segments") else ["wav.scp", *names]
+
+    def reco_files(self) -> list[str]:
+        """Recording-level tables that are present, wav.scp aside."""
+        return self._level(RECORDING)
+
+    def spk_files(self) -> list[str]:
+        """Speaker-level tables that are present, spk2utt aside."""
+        return [n for n in self._level(SPEAKER) if n != "spk2utt"]
+
+
+@dataclass(frozen=True)
+class DataDirCheck:
+    """What `check_data_dir` found: problems (the dir is invalid while any remain) and notes
+    (ignored files, audio that is resampled when read), each naming a file and where possible
+    a line and an id."""
+
+    problems: list[Problem]
+    notes: list[Problem]
 
 
 def validate_data_dir(
     path: str | Path, *, check_audio: bool = True, check_spk_sort: bool = True
 ) -> list[Problem]:
-    """Check a data dir as Kaldi's utils/validate_data_dir.sh does; return every problem found.
+    """Every problem `check_data_dir` finds; an empty list means the dir is valid."""
+    return check_data_dir(path, check_audio=check_audio, check_spk_sort=check_spk_sort).problems
 
-    Checks: each file sorted (C locale) with unique ids and well-formed lines;
-    the same utterance ids in every utterance-level file; utt2spk and spk2utt
-    agree; utterance ids sort like their speakers (unless not `check_spk_sort`,
-    Kaldi's --no-spk-sort); transcripts non-empty, without control characters;
-    audio files exist and have readable headers; segments name known
-    recordings, start < end, and end within the recording (+0.01 s).
-    An empty list means the dir is valid.
+
+def check_data_dir(
+    path: str | Path, *, check_audio: bool = True, check_spk_sort: bool = True, sample_rate: int = SAMPLE_RATE
+) -> DataDirCheck:
+    """Check a data dir as Kaldi's utils/validate_data_dir.sh does, and what training will accept.
+
+    Problems: each table sorted (C locale) with unique ids and well-formed
+    lines, without invisible characters, CR line endings or a byte-order mark;
+    tables are regular files; the same utterance ids in every utterance-level
+    table; utt2spk and spk2utt agree, speaker tables name known speakers;
+    utterance ids sort like their speakers (unless not `check_spk_sort`,
+    Kaldi's --no-spk-sort); transcripts non-empty; audio files are regular,
+    complete, readable and mono (every later stage reads mono audio); segments
+    name known recordings, start < end, and end within the recording (+0.01 s).
+    Notes: files that are not tables (ignored, listed once) and audio whose
+    rate is not `sample_rate` (resampled when read, as `load_audio` logs).
     """
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"data dir {path} does not exist")
-    files = _Files(path)
+    files = ScannedDir(path)
     problems = list(files.problems)
+    notes = []
+    if files.listing.ignored:
+        notes.append(Problem(str(path), None, None, f"ignored {len(files.listing.ignored)} file(s) that are not"
+                             f" data-dir tables (left as they are): {describe_ignored(files.listing.ignored)}"))
     if not files.has("wav.scp"):
-        problems.append(
-            Problem(files.file("wav.scp"), None, None, "is missing: every data dir needs wav.scp")
-        )
-        return problems
+        if "wav.scp" not in files.listing.not_regular:
+            problems.append(Problem(files.file("wav.scp"), None, None, "is missing: every data dir needs wav.scp"))
+        return DataDirCheck(problems, notes)
     problems += _check_speakers(files, check_spk_sort)
+    problems += _check_speaker_tables(files)
     problems += _check_utt_ids(files)
     problems += _check_text(files)
-    problems += _check_recordings(files, check_audio)
-    return problems
+    found, rate_notes = _check_recordings(files, check_audio, sample_rate)
+    return DataDirCheck(problems + found, notes + rate_notes)
 
 
-def _check_speakers(files: _Files, check_spk_sort: bool) -> list[Problem]:
+def _check_speakers(files: ScannedDir, check_spk_sort: bool) -> list[Problem]:
     if not files.has("utt2spk"):
         return [
             Problem(
@@ -545,7 +556,20 @@ def _check_speakers(files: _Files, check_spk_sort: bool) -> list[Problem]:
     return problems
 
 
-def _check_utt_ids(files: _Files) -> list[Problem]:
+def _check_speaker_tables(files: ScannedDir) -> list[Problem]:
+    """Speaker tables (spk2gender, spk2age...) name only speakers of utt2spk (`fix` drops the others)."""
+    if not files.has("utt2spk"):
+        return []
+    speakers = set(files.tables["utt2spk"].values())
+    return [
+        Problem(files.file(name), line, spk, "speaker is not in utt2spk")
+        for name in files.spk_files()
+        for spk, line in files.keys(name).items()
+        if spk not in speakers
+    ]
+
+
+def _check_utt_ids(files: ScannedDir) -> list[Problem]:
     """Every utterance-level file holds exactly the utterances of utt2spk."""
     if files.has("utt2spk"):
         reference = "utt2spk"
@@ -568,58 +592,60 @@ def _check_utt_ids(files: _Files) -> list[Problem]:
     return problems
 
 
-def _check_text(files: _Files) -> list[Problem]:
-    """Empty transcripts and control characters (Kaldi rejects non-printing bytes in text)."""
+def _check_text(files: ScannedDir) -> list[Problem]:
+    """Empty transcripts (control and other invisible characters are reported by `scan_table`)."""
     if not files.has("text"):
         return []
-    problems = []
-    for utt, words in files.tables["text"].items():
-        line = files.keys("text")[utt]
-        if not words.strip():
-            problems.append(Problem(files.file("text"), line, utt, "empty transcript"))
-        bad = sorted({c for c in words if unicodedata.category(c) == "Cc" and c != "\t"})
-        if bad:
-            codes = ", ".join(f"U+{ord(c):04X}" for c in bad)
-            problems.append(
-                Problem(files.file("text"), line, utt, f"transcript has control characters ({codes})")
-            )
-    return problems
+    return [
+        Problem(files.file("text"), files.keys("text")[utt], utt, "empty transcript")
+        for utt, words in files.tables["text"].items()
+        if not words.strip()
+    ]
 
 
-def _check_recordings(files: _Files, check_audio: bool) -> list[Problem]:
-    """Audio headers, reco2dur ids, and segment bounds against recording durations."""
-    problems = []
+def _check_recordings(
+    files: ScannedDir, check_audio: bool, sample_rate: int
+) -> tuple[list[Problem], list[Problem]]:
+    """Recording tables' ids, audio headers (readable, complete, mono; other rates are notes),
+    and segment bounds against recording durations. Returns (problems, notes)."""
+    problems: list[Problem] = []
+    notes: list[Problem] = []
     wav_scp: dict[str, str] = files.tables["wav.scp"]
     wav_lines = files.keys("wav.scp")
+    wav_file = files.file("wav.scp")
     durations: dict[str, tuple[float, str]] = {}  # reco -> (seconds, where the number came from)
+    for name in files.reco_files():
+        for reco, line in files.keys(name).items():
+            if reco not in wav_lines:
+                problems.append(Problem(files.file(name), line, reco, "recording is not in wav.scp"))
     if files.has("reco2dur"):
         reco_lines = files.keys("reco2dur")
-        for reco, line in reco_lines.items():
-            if reco not in wav_lines:
-                problems.append(Problem(files.file("reco2dur"), line, reco, "recording is not in wav.scp"))
         for reco, line in wav_lines.items():
             if reco not in reco_lines:
-                problems.append(
-                    Problem(files.file("wav.scp"), line, reco, "recording has no entry in reco2dur")
-                )
+                problems.append(Problem(wav_file, line, reco, "recording has no entry in reco2dur"))
         durations.update({k: (v, "reco2dur") for k, v in files.tables["reco2dur"].items()})
     if check_audio:
-        for reco, result in _header_durations(wav_scp, 1, False, "headers").items():
-            if isinstance(result, Exception):
-                problems.append(Problem(files.file("wav.scp"), wav_lines[reco], reco, str(result)))
-            elif result <= 0:
-                problems.append(
-                    Problem(
-                        files.file("wav.scp"),
-                        wav_lines[reco],
-                        reco,
-                        f"audio file {wav_scp[reco]} has no samples",
-                    )
-                )
+        rates: dict[int, list[str]] = {}
+        for reco, info in _headers(wav_scp, 1, False, "headers").items():
+            line = wav_lines[reco]
+            if isinstance(info, Exception):
+                problems.append(Problem(wav_file, line, reco, str(info)))
+            elif info.num_frames <= 0:
+                problems.append(Problem(wav_file, line, reco, f"audio file {wav_scp[reco]} has no samples"))
+            elif info.num_channels != 1:
+                problems.append(Problem(
+                    wav_file, line, reco, f"audio file {wav_scp[reco]} has {info.num_channels} channels; training,"
+                    " features and evaluation read mono audio: keep one channel (e.g. `sox IN OUT remix 1`)"))
             else:
-                durations.setdefault(reco, (result, "audio header"))
+                durations.setdefault(reco, (info.duration, "audio header"))
+                if info.sample_rate != sample_rate:
+                    rates.setdefault(info.sample_rate, []).append(reco)
+        for rate, recos in sorted(rates.items()):
+            notes.append(Problem(
+                wav_file, wav_lines[recos[0]], recos[0], f"{len(recos)} recording(s) at {rate} Hz, this one first:"
+                f" resampled to {sample_rate} Hz when read"))
     if not files.has("segments"):
-        return problems
+        return problems, notes
     seg_file = files.file("segments")
     seg_lines = files.keys("segments")
     for utt, (reco, start, end) in files.tables["segments"].items():
@@ -643,7 +669,7 @@ def _check_recordings(files: _Files, check_audio: bool) -> list[Problem]:
                         f" tolerance {SEGMENT_TOLERANCE} s)",
                     )
                 )
-    return problems
+    return problems, notes
 
 
 def summarize_data_dir(path: str | Path) -> DataSummary:
@@ -655,120 +681,9 @@ def summarize_data_dir(path: str | Path) -> DataSummary:
     elif data.segments is not None:
         seconds = sum(data.segments[u][2] - data.segments[u][1] for u in utts if u in data.segments)
     else:
-        seconds = sum(audio_duration(data.wav_scp[u]) for u in utts if u in data.wav_scp)
+        seconds = sum(audio_info(data.wav_scp[u], utt_id=u).duration for u in utts if u in data.wav_scp)
     speakers = set(data.utt2spk.values()) if data.utt2spk is not None else set(utts)
     return DataSummary(len(utts), len(speakers), len(data.wav_scp), seconds)
-
-
-# ---------------------------------------------------------------- fix
-
-
-@dataclass(frozen=True)
-class Dropped:
-    """An id removed by `fix_data_dir`, and the files that lacked it (or why)."""
-
-    kind: str  # "utterance" | "recording" | "speaker"
-    key: str
-    files: tuple[str, ...]
-    reason: str
-
-    def __str__(self) -> str:
-        return f"dropped {self.kind} '{self.key}': {self.reason} {', '.join(self.files)}"
-
-
-@dataclass(frozen=True)
-class FixReport:
-    """What `fix_data_dir` removed; originals are in `backup_dir`."""
-
-    dropped: tuple[Dropped, ...]
-    removed_lines: tuple[Problem, ...]  # malformed or duplicate lines (the first of duplicates is kept)
-    backup_dir: Path
-    num_utterances: int
-
-
-def _backup(path: Path) -> Path:
-    """Copy every top-level file into path/.backup (as fix_data_dir.sh does), replacing older copies."""
-    import shutil
-
-    backup = path / ".backup"
-    backup.mkdir(exist_ok=True)
-    for file in path.iterdir():
-        if file.is_file() and not file.name.startswith("."):
-            shutil.copy2(file, backup / file.name)
-    return backup
-
-
-def fix_data_dir(path: str | Path) -> FixReport:
-    """Make a data dir consistent, as Kaldi's utils/fix_data_dir.sh does.
-
-    Backs up the originals to path/.backup, drops malformed and duplicate lines,
-    keeps only utterances present in every utterance-level file (and, with
-    segments, whose segment is well-formed and whose recording is in wav.scp
-    and reco2dur), keeps only recordings some kept segment uses, rebuilds
-    spk2utt, filters speaker files, and rewrites every file C-sorted (atomically).
-    """
-    path = Path(path)
-    for name in ("wav.scp", "utt2spk"):
-        if not (path / name).is_file():
-            raise FileNotFoundError(f"{path / name} does not exist: fix needs wav.scp and utt2spk")
-    backup = _backup(path)
-    files = _Files(path)
-    removed = tuple(p for p in files.problems if "not sorted" not in p.message)
-    lines = {
-        name: {row.key: row for row in reversed(rows)} for name, rows in files.rows.items()
-    }  # first wins
-    dropped: list[Dropped] = []
-
-    # Recordings usable by segments: in wav.scp and every recording-level file.
-    segments = files.has("segments")
-    if segments:
-        reco_files = ["wav.scp"] + [n for n in RECO_FILES if files.has(n)]
-        recos = set.intersection(*(set(files.tables[n]) for n in reco_files))
-    utt_files = ["utt2spk"] + files.utt_files()
-    all_utts = set().union(*(files.keys(n) for n in utt_files))
-    kept_utts = []
-    for utt in sorted(all_utts, key=c_sort_key):
-        lacking = tuple(n for n in utt_files if utt not in files.tables[n])
-        if lacking:
-            dropped.append(Dropped("utterance", utt, lacking, "missing or malformed in"))
-            continue
-        if segments:
-            reco, start, end = files.tables["segments"][utt]
-            if reco not in recos:
-                missing = tuple(n for n in reco_files if reco not in files.tables[n])
-                dropped.append(Dropped("utterance", utt, missing, f"its recording '{reco}' is missing from"))
-                continue
-            if not 0 <= start < end:
-                dropped.append(
-                    Dropped("utterance", utt, ("segments",), f"bad segment times {start:g}..{end:g} in")
-                )
-                continue
-        kept_utts.append(utt)
-    kept = set(kept_utts)
-
-    tables: dict[str, dict[str, str]] = {}
-    for name in utt_files:
-        tables[name] = {u: lines[name][u].value for u in kept_utts}
-    if segments:
-        used = {files.tables["segments"][u][0] for u in kept}
-        for reco in sorted(files.keys("wav.scp"), key=c_sort_key):
-            if reco not in used:
-                dropped.append(Dropped("recording", reco, ("segments",), "not used by any kept utterance in"))
-        for name in reco_files:
-            tables[name] = {r: lines[name][r].value for r in used}
-    elif files.has("reco2dur"):  # without segments a recording is an utterance
-        tables["reco2dur"] = {u: lines["reco2dur"][u].value for u in kept if u in lines["reco2dur"]}
-    utt2spk = {u: files.tables["utt2spk"][u] for u in kept_utts}
-    speakers = set(utt2spk.values())
-    tables["spk2utt"] = {s: " ".join(u) for s, u in spk2utt_from_utt2spk(utt2spk).items()}
-    for name in SPK_FILES[1:]:
-        if files.has(name):
-            tables[name] = {s: lines[name][s].value for s in speakers if s in lines[name]}
-    for spk in sorted(set(files.tables.get("spk2utt", {})) - speakers, key=c_sort_key):
-        dropped.append(Dropped("speaker", spk, ("utt2spk",), "has no kept utterance in"))
-    for name, table in tables.items():
-        write_table(path / name, table)
-    return FixReport(tuple(dropped), removed, backup, len(kept_utts))
 
 
 # ---------------------------------------------------------------- durations
@@ -782,16 +697,17 @@ def compute_durations(path: str | Path, *, nj: int = 1, progress: bool = True) -
     writes nothing.
     """
     data = DataDir.load(path)
-    headers = _header_durations(data.wav_scp, nj, progress, "durations")
+    infos = _headers(data.wav_scp, nj, progress, "durations")
     lines = {row.key: row.line for row in scan_table(data.path / "wav.scp")[0]}
     errors = [
         f"{data.path / 'wav.scp'}:{lines[k]}: '{k}' {v}"
-        for k, v in headers.items()
+        for k, v in infos.items()
         if isinstance(v, Exception)
     ]
     if errors:
         more = f"\n... and {len(errors) - 10} more" if len(errors) > 10 else ""
         raise ValueError(f"cannot read {len(errors)} audio headers:\n" + "\n".join(errors[:10]) + more)
+    headers = {k: v.duration for k, v in infos.items()}
     if data.segments is not None:
         data.reco2dur = dict(headers)
         data.utt2dur = {u: end - start for u, (_, start, end) in data.segments.items()}
@@ -805,12 +721,21 @@ def compute_durations(path: str | Path, *, nj: int = 1, progress: bool = True) -
 # ---------------------------------------------------------------- combine
 
 
-def combine_data_dirs(out: str | Path, sources: list[str | Path]) -> DataDir:
+COMBINE = "data combine"  # the command named in the output marker of a combined dir
+
+
+def combine_data_dirs(out: str | Path, sources: list[str | Path], *, overwrite: bool = False) -> DataDir:
     """Union of data dirs (Kaldi's utils/combine_data.sh), e.g. train_960 from the three
     LibriSpeech training subsets. A file is kept only if every source has it (as Kaldi
-    does, so no utterance lacks an entry); an id found in two sources is an error naming both."""
+    does, so no utterance lacks an entry); an id found in two sources is an error naming both.
+
+    `out` follows the output-path rule (`speechssl.outputs.check_output`): never a source or a
+    dir holding one; a non-empty dir only if an earlier combine wrote it, or with `overwrite`.
+    The new dir is written beside `out` and renamed over it, so no file of an earlier output
+    survives into the new one."""
     if not sources:
         raise ValueError("combine needs at least one source data dir")
+    check_output(out, COMBINE, overwrite=overwrite, inputs=tuple(sources))
     dirs = [DataDir.load(src) for src in sources]
     if len({d.segments is None for d in dirs}) > 1:
         raise ValueError("cannot combine data dirs with and without segments: " + ", ".join(map(str, sources)))
@@ -827,9 +752,8 @@ def combine_data_dirs(out: str | Path, sources: list[str | Path]) -> DataDir:
         return merged
 
     extra_names = set.intersection(*(set(d.extra) for d in dirs))
-    return write_data_dir(
-        out,
-        union("wav.scp", [d.wav_scp for d in dirs]),
+    tables = dict(
+        wav_scp=union("wav.scp", [d.wav_scp for d in dirs]),
         utt2spk=union("utt2spk", [d.utt2spk for d in dirs]),
         text=union("text", [d.text for d in dirs]),
         segments=union("segments", [d.segments for d in dirs]),
@@ -837,3 +761,8 @@ def combine_data_dirs(out: str | Path, sources: list[str | Path]) -> DataDir:
         reco2dur=union("reco2dur", [d.reco2dur for d in dirs]),
         extra={name: union(name, [d.extra[name] for d in dirs]) for name in sorted(extra_names)},
     )
+    with atomic_directory(out) as tmp:
+        write_marker(tmp, COMBINE)
+        data = write_data_dir(tmp, **tables)
+    data.path = Path(out)
+    return data

@@ -2,14 +2,24 @@
 
 The files of a data dir (wav.scp, text, utt2spk, spk2utt, segments, utt2dur,
 reco2dur, and our extras such as phones, phone_ctm, intent) are all
-"first token is the key, the rest is the value". Keys are compared as bytes
-(C locale), as Kaldi's `sort` with LC_ALL=C does.
+"first token is the key, the rest is the value". Fields are separated by
+ASCII spaces and tabs only, as in Kaldi (a no-break space is part of an id, not
+a separator). Keys are compared as bytes (C locale), as Kaldi's `sort` with
+LC_ALL=C does.
+
+Invisible characters (a UTF-8 byte-order mark, Windows CR line endings,
+zero-width and other format characters, control characters, non-ASCII spaces)
+are reported by `scan_table` with file and line, and `clean_line` removes them:
+the rows it returns are already clean, so one invisible character does not
+turn into a missing utterance in every other file.
 """
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from speechssl.io import atomic_write_text
@@ -20,16 +30,61 @@ def c_sort_key(key: str) -> bytes:
     return key.encode("utf-8")
 
 
+BOM = "\ufeff"
+_SEPARATOR = re.compile(r"[ \t]+")
+
+
+def split_line(line: str) -> tuple[str, str] | None:
+    """(key, value) of a table line split on ASCII spaces and tabs, or None for a blank line."""
+    line = line.strip(" \t")
+    if not line:
+        return None
+    parts = _SEPARATOR.split(line, maxsplit=1)
+    return parts[0], parts[1] if len(parts) > 1 else ""
+
+
+def _is_invisible(c: str) -> bool:
+    if c.isascii() and (c.isprintable() or c == "\t"):
+        return False
+    category = unicodedata.category(c)
+    return category in ("Cf", "Cc", "Zl", "Zp") or (category == "Zs" and c != " ")
+
+
+def invisible_characters(text: str) -> list[str]:
+    """Characters a reader cannot see that change an id or a value: format characters (zero-width
+    space, joiners, byte-order mark), control characters other than tab, and spaces other than
+    the ASCII one (no-break space, line separators)."""
+    return [c for c in text if _is_invisible(c)]
+
+
+def describe_characters(chars: Iterable[str]) -> str:
+    """'U+200B (ZERO WIDTH SPACE), U+00A0 (NO-BREAK SPACE)', each once, in order of appearance."""
+    return ", ".join(f"U+{ord(c):04X} ({unicodedata.name(c, 'control character')})" for c in dict.fromkeys(chars))
+
+
+def clean_line(text: str) -> str:
+    """`text` without invisible characters: spaces become ASCII spaces, the others are removed."""
+    out = []
+    for c in text:
+        if not _is_invisible(c):
+            out.append(c)
+        elif unicodedata.category(c) in ("Zs", "Zl", "Zp"):
+            out.append(" ")
+    return "".join(out)
+
+
 def read_table_lines(path: str | Path) -> list[tuple[int, str, str]]:
-    """(line number, key, value) for each non-empty line; value may be ''."""
+    """(line number, key, value) for each non-empty line; value may be ''. A byte-order mark and
+    CR line endings are dropped (`scan_table` reports them)."""
     rows = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             line = line.rstrip("\n").rstrip("\r")
-            if not line.strip():
-                continue
-            parts = line.split(maxsplit=1)
-            rows.append((lineno, parts[0], parts[1].strip() if len(parts) > 1 else ""))
+            if lineno == 1:
+                line = line.removeprefix(BOM)
+            parts = split_line(line)
+            if parts is not None:
+                rows.append((lineno, *parts))
     return rows
 
 
@@ -45,11 +100,8 @@ def read_table(path: str | Path) -> dict[str, str]:
     return table
 
 
-def write_table(path: str | Path, table: Mapping[str, object] | Iterable[tuple[str, object]]) -> None:
-    """Write `key value` lines sorted by key in C locale (atomically).
-
-    Values that are lists/tuples are joined with spaces; callers format floats.
-    """
+def format_table(table: Mapping[str, object] | Iterable[tuple[str, object]]) -> str:
+    """`key value` lines sorted by key in C locale; list/tuple values are joined with spaces."""
     items = table.items() if isinstance(table, Mapping) else table
     lines = []
     for key, value in sorted(items, key=lambda kv: c_sort_key(kv[0])):
@@ -57,7 +109,15 @@ def write_table(path: str | Path, table: Mapping[str, object] | Iterable[tuple[s
             value = " ".join(map(str, value))
         value = str(value)
         lines.append(f"{key} {value}\n" if value != "" else f"{key}\n")
-    atomic_write_text(path, "".join(lines))
+    return "".join(lines)
+
+
+def write_table(path: str | Path, table: Mapping[str, object] | Iterable[tuple[str, object]]) -> None:
+    """Write `key value` lines sorted by key in C locale (atomically).
+
+    Values that are lists/tuples are joined with spaces; callers format floats.
+    """
+    atomic_write_text(path, format_table(table))
 
 
 @dataclass(frozen=True)
@@ -65,18 +125,25 @@ class Problem:
     """One defect found in a data dir: where it is (file, 1-based line, id) and what is wrong.
 
     `line` is None when the defect concerns a whole file (missing, unsorted...);
-    `key` is None when no id applies.
+    `key` is None when no id applies. `kind` lets readers tell problems that do not change what
+    a file means (UNSORTED, LINE_ENDINGS, BYTE_ORDER_MARK) from the others.
     """
 
     file: str
     line: int | None
     key: str | None
     message: str
+    kind: str = field(default="", compare=False)
 
     def __str__(self) -> str:
         where = self.file if self.line is None else f"{self.file}:{self.line}"
         who = f" '{self.key}'" if self.key is not None else ""
         return f"{where}:{who} {self.message}"
+
+
+UNSORTED, LINE_ENDINGS, BYTE_ORDER_MARK, INVISIBLE = "unsorted", "line endings", "byte-order mark", "invisible"
+# problems a reader may accept: the rows scan_table returns are right despite them
+HARMLESS = frozenset({UNSORTED, LINE_ENDINGS, BYTE_ORDER_MARK})
 
 
 @dataclass(frozen=True)
@@ -96,9 +163,11 @@ def scan_table(path: str | Path) -> tuple[list[Row], list[Problem]]:
     """Read every non-empty line of a table, collecting (not raising) problems.
 
     Reports lines that are not UTF-8, duplicate keys (the later line; the first
-    one wins), and the first line out of C-locale order (once per file, since
-    one misplaced line makes every later comparison meaningless).
-    Returns all rows in file order, duplicates included.
+    one wins), the first line out of C-locale order (once per file, since
+    one misplaced line makes every later comparison meaningless), a byte-order
+    mark, CR line endings (once per file, with their count) and every line
+    with other invisible characters. Returns all rows in file order, duplicates
+    included, with the invisible characters removed (`clean_line`).
     """
     path = Path(path)
     rows: list[Row] = []
@@ -106,6 +175,8 @@ def scan_table(path: str | Path) -> tuple[list[Row], list[Problem]]:
     first_line: dict[str, int] = {}
     unsorted_reported = False
     prev: Row | None = None
+    crlf: list[int] = []
+    fix = "`speechssl data fix` removes it"
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             try:
@@ -113,11 +184,29 @@ def scan_table(path: str | Path) -> tuple[list[Row], list[Problem]]:
             except UnicodeDecodeError as err:
                 problems.append(Problem(str(path), lineno, None, f"is not valid UTF-8 ({err.reason})"))
                 continue
-            line = line.rstrip("\n").rstrip("\r")
-            if not line.strip():
+            line = line.rstrip("\n")
+            if line.endswith("\r"):
+                crlf.append(lineno)
+                line = line[:-1]
+            found: list[Problem] = []
+            if lineno == 1 and line.startswith(BOM):
+                line = line[1:]
+                found.append(Problem(str(path), 1, None, f"file starts with a UTF-8 byte-order mark (U+FEFF), an"
+                                     f" invisible character that becomes part of the first id; {fix}",
+                                     BYTE_ORDER_MARK))
+            invisible = invisible_characters(line)
+            if invisible:
+                raw_parts = split_line(line)
+                where = "id" if raw_parts and invisible_characters(raw_parts[0]) else "value"
+                found.append(Problem(str(path), lineno, None, f"invisible character(s) {describe_characters(invisible)}"
+                                     f" in the {where}; {fix}", INVISIBLE))
+                line = clean_line(line)
+            parts = split_line(line)
+            if parts is None:
+                problems += found
                 continue
-            parts = line.split(maxsplit=1)
-            row = Row(lineno, parts[0], parts[1].strip() if len(parts) > 1 else "")
+            row = Row(lineno, *parts)
+            problems += [Problem(p.file, p.line, row.key, p.message, p.kind) for p in found]
             if row.key in first_line:
                 problems.append(
                     Problem(str(path), lineno, row.key, f"duplicate id (first on line {first_line[row.key]})")
@@ -132,9 +221,13 @@ def scan_table(path: str | Path) -> tuple[list[Row], list[Problem]]:
                         row.key,
                         f"file is not sorted in C locale: this id comes after '{prev.key}' (line {prev.line});"
                         " sort with `LC_ALL=C sort` or run `speechssl data fix`",
+                        UNSORTED,
                     )
                 )
                 unsorted_reported = True
             prev = row
             rows.append(row)
+    if crlf:
+        problems.append(Problem(str(path), crlf[0], None, f"has Windows line endings (CR LF) on {len(crlf)} line(s),"
+                                " first on this one; `speechssl data fix` rewrites them with LF", LINE_ENDINGS))
     return rows, problems

@@ -52,7 +52,8 @@ def test_fix_reports_dropped_ids_then_validates(data_dir, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"dropped utterance '{planted.key}': missing or malformed in utt2spk, wav.scp, utt2dur"
     assert (
-        out[1] == f"{data_dir.path}: kept 4 utterances, dropped 1; originals in {data_dir.path / '.backup'}"
+        out[1]
+        == f"{data_dir.path}: kept 4 utterances, dropped 1; changed text; originals in {data_dir.path / '.backup'}"
     )
     assert main(["data", "validate", str(data_dir.path)]) == 0
 

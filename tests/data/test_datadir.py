@@ -13,11 +13,11 @@ from speechssl.data.datadir import (
     DataDir,
     Utterance,
     compute_durations,
-    fix_data_dir,
     summarize_data_dir,
     validate_data_dir,
     write_data_dir,
 )
+from speechssl.data.fix import fix_data_dir
 from speechssl.testing.datadirs import DEFECTS, make_data_dir, plant_defect, utt_seconds
 
 
@@ -148,7 +148,10 @@ def test_control_characters_in_text(data_dir):
     text = data_dir.path / "text"
     text.write_text(text.read_text().replace("spk1-utt2 bravo", "spk1-utt2 bra\x07vo"))
     (problem,) = validate_data_dir(data_dir.path)
-    assert str(problem) == f"{text}:2: 'spk1-utt2' transcript has control characters (U+0007)"
+    assert str(problem) == (
+        f"{text}:2: 'spk1-utt2' invisible character(s) U+0007 (control character) in the value;"
+        " `speechssl data fix` removes it"
+    )
 
 
 def test_segment_end_uses_reco2dur_within_tolerance(segmented_data_dir):

@@ -1,0 +1,179 @@
+"""`speechssl data fix`: make a data dir consistent (Kaldi's utils/fix_data_dir.sh) without losing data.
+
+What it may touch: only the tables of `speechssl.data.layout` (other files are listed as ignored,
+never read, never changed), and it never deletes a file. Before it changes anything, the
+originals of every table are copied into a new backup dir: `.backup/` the first time, then
+`.backup.1/`, `.backup.2/`..., so the first originals are never replaced. The backup is written
+to a temp dir and renamed; the changed tables are written as temp files and renamed together at
+the end, so a crash leaves every table whole (old or new) and the originals in the backup. A fix
+that would keep no utterance changes nothing unless asked (`allow_empty`), and a fix with nothing
+to change writes nothing (no backup either).
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import shutil
+import tempfile
+from collections import Counter
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+from speechssl.data.datadir import ScannedDir, spk2utt_from_utt2spk
+from speechssl.data.kaldi import BYTE_ORDER_MARK, INVISIBLE, LINE_ENDINGS, Problem, c_sort_key, format_table
+from speechssl.io import atomic_file
+
+BACKUP = ".backup"
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """An id removed by `fix_data_dir`, and the files that lacked it (or why)."""
+
+    kind: str  # "utterance" | "recording" | "speaker"
+    key: str
+    files: tuple[str, ...]
+    reason: str
+
+    def __str__(self) -> str:
+        return f"dropped {self.kind} '{self.key}': {self.reason} {', '.join(self.files)}"
+
+
+@dataclass(frozen=True)
+class FixReport:
+    """What `fix_data_dir` changed; the originals are in `backup_dir` (None when nothing changed)."""
+
+    dropped: tuple[Dropped, ...]
+    removed_lines: tuple[Problem, ...]  # malformed or duplicate lines (the first of duplicates is kept)
+    cleaned: tuple[Problem, ...]  # byte-order marks, CR line endings and invisible characters removed
+    changed: tuple[str, ...]  # tables rewritten or created, by name
+    ignored: tuple[str, ...]  # files that are not tables: never read, never changed
+    backup_dir: Path | None
+    num_utterances: int
+
+
+def _write_backup(path: Path, names: list[str]) -> Path:
+    """Copy the tables `names` into the first free backup dir (.backup, .backup.1, ...), whole or not at all."""
+    tmp = Path(tempfile.mkdtemp(prefix=f"{BACKUP}.{os.getpid()}.tmp", dir=path))
+    try:
+        for name in names:
+            shutil.copy2(path / name, tmp / name)
+        for n in itertools.count():
+            target = path / (BACKUP if n == 0 else f"{BACKUP}.{n}")
+            if target.exists() or target.is_symlink():
+                continue
+            try:
+                os.rename(tmp, target)
+            except OSError as err:  # another fix took this name between the check and the rename
+                if err.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    continue
+                raise
+            return target
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    raise AssertionError("unreachable")
+
+
+def _why_empty(dropped: list[Dropped], total: int) -> str:
+    counts = Counter(name for d in dropped if d.kind == "utterance" for name in d.files)
+    worst = ", ".join(f"{name} ({count})" for name, count in counts.most_common(3))
+    return f"all {total} utterances lack an entry in some table; the tables lacking most: {worst}"
+
+
+def fix_data_dir(path: str | Path, *, allow_empty: bool = False) -> FixReport:
+    """Make a data dir consistent, as Kaldi's utils/fix_data_dir.sh does.
+
+    Drops malformed and duplicate lines, removes invisible characters, keeps
+    only utterances present in every utterance-level table (and, with
+    segments, whose segment is well-formed and whose recording is in wav.scp
+    and every recording table), keeps only recordings some kept segment uses,
+    rebuilds spk2utt, filters speaker tables, and rewrites the tables that
+    change C-sorted. See the module docstring for what keeps this safe.
+    """
+    path = Path(path)
+    files = ScannedDir(path)
+    if files.listing.not_regular:
+        name, kind = next(iter(files.listing.not_regular.items()))
+        raise ValueError(f"{path / name}: is {kind}, not a regular file; fix reads only regular files: nothing changed")
+    for name in ("wav.scp", "utt2spk"):
+        if not files.has(name):
+            raise FileNotFoundError(f"{path / name} does not exist: fix needs wav.scp and utt2spk")
+    removed = tuple(p for p in files.problems if not p.kind)
+    cleaned = tuple(p for p in files.problems if p.kind in (BYTE_ORDER_MARK, LINE_ENDINGS, INVISIBLE))
+    lines = {name: {row.key: row for row in reversed(rows)} for name, rows in files.rows.items()}  # first wins
+    dropped: list[Dropped] = []
+
+    # Recordings usable by segments: in wav.scp and every recording-level table.
+    segments = files.has("segments")
+    reco_files = ["wav.scp", *files.reco_files()]
+    recos = set.intersection(*(set(files.tables[n]) for n in reco_files))
+    utt_files = ["utt2spk", *files.utt_files()]
+    all_utts = set().union(*(files.keys(n) for n in utt_files))
+    kept_utts = []
+    for utt in sorted(all_utts, key=c_sort_key):
+        lacking = tuple(n for n in utt_files if utt not in files.tables[n])
+        if lacking:
+            dropped.append(Dropped("utterance", utt, lacking, "missing or malformed in"))
+            continue
+        if segments:
+            reco, start, end = files.tables["segments"][utt]
+            if reco not in recos:
+                missing = tuple(n for n in reco_files if reco not in files.tables[n])
+                dropped.append(Dropped("utterance", utt, missing, f"its recording '{reco}' is missing from"))
+                continue
+            if not 0 <= start < end:
+                dropped.append(Dropped("utterance", utt, ("segments",), f"bad segment times {start:g}..{end:g} in"))
+                continue
+        kept_utts.append(utt)
+    if not kept_utts and not allow_empty:
+        raise ValueError(
+            f"{path}: fix would keep no utterance ({_why_empty(dropped, len(all_utts))}); nothing changed."
+            " Run `speechssl data validate` to see why, or pass --allow-empty to write an empty data dir"
+        )
+    kept = set(kept_utts)
+
+    tables: dict[str, dict[str, str]] = {}
+    for name in utt_files:
+        tables[name] = {u: lines[name][u].value for u in kept_utts}
+    if segments:
+        used = {files.tables["segments"][u][0] for u in kept}
+        for reco in sorted(files.keys("wav.scp"), key=c_sort_key):
+            if reco not in used:
+                dropped.append(Dropped("recording", reco, ("segments",), "not used by any kept utterance in"))
+        for name in reco_files:
+            tables[name] = {r: lines[name][r].value for r in used}
+    else:  # without segments a recording is an utterance
+        for name in files.reco_files():
+            tables[name] = {u: lines[name][u].value for u in kept if u in files.tables[name]}
+    utt2spk = {u: files.tables["utt2spk"][u] for u in kept_utts}
+    speakers = set(utt2spk.values())
+    tables["spk2utt"] = {s: " ".join(u) for s, u in spk2utt_from_utt2spk(utt2spk).items()}
+    for name in files.spk_files():
+        tables[name] = {s: lines[name][s].value for s in speakers if s in files.tables[name]}
+    for spk in sorted(set(files.tables.get("spk2utt", {})) - speakers, key=c_sort_key):
+        dropped.append(Dropped("speaker", spk, ("utt2spk",), "has no kept utterance in"))
+
+    contents = {name: format_table(table) for name, table in tables.items()}
+    changed = [
+        name for name in tables
+        if not files.has(name) or (path / name).read_bytes() != contents[name].encode("utf-8")
+    ]
+    backup = None
+    if changed:
+        backup = _write_backup(path, list(files.listing.tables))
+        with ExitStack() as stack:  # every temp file is written before the first rename
+            for name in changed:
+                stack.enter_context(atomic_file(path / name)).write_text(contents[name], encoding="utf-8")
+    return FixReport(
+        dropped=tuple(dropped),
+        removed_lines=removed,
+        cleaned=cleaned,
+        changed=tuple(sorted(changed, key=c_sort_key)),
+        ignored=files.listing.ignored,
+        backup_dir=backup,
+        num_utterances=len(kept_utts),
+    )
