@@ -40,6 +40,8 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
+from speechssl.data.layout import file_kind
+
 logger = logging.getLogger(__name__)
 
 MAX_OVERSHOOT = 0.5  # seconds an end time may pass the end of the file (Kaldi extract-segments)
@@ -94,16 +96,6 @@ def _check_path(path: str | os.PathLike, utt_id: str | None) -> None:
         raise AudioError(f"{_where(path, utt_id)}: is a directory, not an audio file")
 
 
-def _file_kind(mode: int) -> str:
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe)"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "not a regular file"
-
-
 def _regular_size(path: str | os.PathLike, utt_id: str | None) -> int:
     """The size of `path`, checked to be a regular file before anything opens it (opening a FIFO blocks)."""
     try:
@@ -115,7 +107,7 @@ def _regular_size(path: str | os.PathLike, utt_id: str | None) -> int:
         raise AudioError(f"{_where(path, utt_id)}: is a directory, not an audio file")
     if not stat.S_ISREG(st.st_mode):
         raise AudioError(
-            f"{_where(path, utt_id)}: is {_file_kind(st.st_mode)}, not an audio file;"
+            f"{_where(path, utt_id)}: is {file_kind(st.st_mode)}, not an audio file;"
             " wav.scp must list regular audio files"
         )
     return st.st_size
