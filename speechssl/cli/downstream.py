@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from speechssl.cli.common import add_overwrite_argument
 from speechssl.config import load_config
 from speechssl.downstream.config import DownstreamConfig
 from speechssl.downstream.report import write_report
@@ -25,7 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tr.add_argument("--upstream", required=True,
                     help="'fbank', a speechssl checkpoint dir, a transformers dir, or a fairseq/s3prl .pt")
     tr.add_argument("--data", required=True, help="dir holding the task's train/, dev/ and test/ data dirs")
-    tr.add_argument("--out", required=True, help="experiment dir")
+    tr.add_argument("--out", required=True,
+                    help="experiment dir: new or empty (an earlier run of this command only with --resume); "
+                         "locked while the run writes it")
     tr.add_argument("--config", help="YAML mapped onto DownstreamConfig (unknown keys are errors)")
     tr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="config override, e.g. lr=1e-4 or featurizer.name=hconv (repeatable)")
@@ -33,20 +36,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tr.add_argument("--resume", action="store_true", help="continue from the last checkpoints of EXP")
     tr.set_defaults(func=run_train)
 
-    ev = actions.add_parser("evaluate", help="score the chosen checkpoint; writes EXP/results.json")
+    ev = actions.add_parser("evaluate", help="score the chosen checkpoint; writes EXP/results_<split>.json")
     ev.add_argument("--out", required=True, help="experiment dir of `speechssl downstream train`")
-    ev.add_argument("--split", default="test", help="data split to score (default test)")
+    ev.add_argument("--split", default="test",
+                    help="data split to score (default test; only test also writes EXP/results.json)")
     ev.set_defaults(func=run_evaluate)
 
     tok = actions.add_parser("tokenizer", help="train the sentencepiece model of the ASR task (OUT/spm.model)")
     tok.add_argument("--text", required=True, help="Kaldi text file of the training set")
     tok.add_argument("--vocab-size", type=int, default=300, help="soft limit on the number of pieces")
-    tok.add_argument("--out", required=True, help="output dir")
+    tok.add_argument("--out", required=True, help="output dir (new, empty or an earlier tokenizer's)")
+    add_overwrite_argument(tok)
     tok.set_defaults(func=run_tokenizer)
 
     rep = actions.add_parser("report", help="table of results.json files + layer-weight PNG")
     rep.add_argument("--exps", nargs="+", required=True, help="experiment dirs (evaluated)")
-    rep.add_argument("--out", required=True, help="dir for results.md, results.json, layer_weights.png")
+    rep.add_argument("--out", required=True,
+                     help="dir for results.md, results.json, layer_weights.png (new, empty or an earlier report's)")
+    rep.add_argument("--split", default="test", help="which evaluation to tabulate (default test)")
+    add_overwrite_argument(rep)
     rep.set_defaults(func=run_report)
 
 
@@ -74,7 +82,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    written = write_report(args.exps, args.out)
+    written = write_report(args.exps, args.out, split=args.split, overwrite=args.overwrite)
     print((args.out.rstrip("/") + "/results.md:\n") + written["markdown"].read_text(), end="")
     return 0
 
@@ -82,5 +90,5 @@ def run_report(args: argparse.Namespace) -> int:
 def run_tokenizer(args: argparse.Namespace) -> int:
     from speechssl.downstream.tasks import train_tokenizer
 
-    print(f"tokenizer: {train_tokenizer(args.text, args.out, args.vocab_size)}")
+    print(f"tokenizer: {train_tokenizer(args.text, args.out, args.vocab_size, overwrite=args.overwrite)}")
     return 0

@@ -53,6 +53,10 @@ class DownstreamConfig:
     # ASR units
     asr_units: Literal["char", "sentencepiece"] = "char"
     sentencepiece_vocab_size: int = 300
+    sentencepiece_model: str | None = None  # a model of `speechssl downstream tokenizer` (else trained here)
+    # labels: a dev/test label (ks, ic, sid, pr) unseen in train and undeclared in <data>/labels.txt is
+    # an error, unless this names a training class that such labels are mapped to (e.g. "_unknown_")
+    unknown_label: str | None = None
     seed: int = 1
     log_every: int = 50
 
@@ -66,5 +70,7 @@ class DownstreamConfig:
             raise ValueError(f"lr_sweep has duplicates: {self.lr_sweep}")
         if self.max_seconds is not None and not self.max_seconds > 0:
             raise ValueError(f"max_seconds must be > 0 or null, found {self.max_seconds}")
+        if self.unknown_label is not None and not self.unknown_label.strip():
+            raise ValueError("unknown_label must be a label or null, found an empty string")
         if self.upstream_trainable and self.tuning:
             raise ValueError("choose either upstream_trainable (full fine-tuning) or a tuning method, not both")

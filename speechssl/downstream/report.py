@@ -8,19 +8,34 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from speechssl.downstream.runner import RESULTS_FILE
+from speechssl.downstream.runner import RESULTS_FILE, results_file
 from speechssl.downstream.tasks import TASKS
 from speechssl.io import atomic_file, atomic_write_text
+from speechssl.outputs import check_output, write_marker
+
+REPORT_COMMAND = "downstream report"
 
 _PERCENT_METRICS = ("per", "wer", "accuracy", "eer")
 
 
-def load_results(exp_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
+def _results_path(exp: Path, split: str) -> Path | None:
+    """EXP/results_<split>.json, else (older experiments) results.json when it holds that split."""
+    path = exp / results_file(split)
+    if path.is_file():
+        return path
+    legacy = exp / RESULTS_FILE
+    if legacy.is_file() and json.loads(legacy.read_text()).get("split") == split:
+        return legacy
+    return None
+
+
+def load_results(exp_dirs: Sequence[str | Path], split: str = "test") -> list[dict[str, Any]]:
     rows = []
     for exp in exp_dirs:
-        path = Path(exp) / RESULTS_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist: run `speechssl downstream evaluate --out {exp}` first")
+        path = _results_path(Path(exp), split)
+        if path is None:
+            raise FileNotFoundError(f"{Path(exp) / results_file(split)} does not exist: run `speechssl downstream "
+                                    f"evaluate --out {exp} --split {split}` first")
         rows.append({**json.loads(path.read_text()), "exp": str(exp)})
     return rows
 
@@ -89,12 +104,16 @@ def plot_layer_weights(rows: list[dict[str, Any]], path: Path) -> bool:
     return True
 
 
-def write_report(exp_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[str, Path]:
+def write_report(exp_dirs: Sequence[str | Path], out_dir: str | Path, *, split: str = "test",
+                 overwrite: bool = False) -> dict[str, Path]:
     """Write results.md, results.json and layer_weights.png (when any run has layer weights)
-    under out_dir; returns the paths written."""
+    of the `split` scores under out_dir; returns the paths written. out_dir follows the
+    output-path rule (new, empty, an earlier report, or --overwrite; never an experiment)."""
     out_dir = Path(out_dir)
+    rows = load_results(exp_dirs, split)
+    check_output(out_dir, REPORT_COMMAND, overwrite=overwrite, inputs=tuple(exp_dirs))
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = load_results(exp_dirs)
+    write_marker(out_dir, REPORT_COMMAND)
     table = results_table(rows)
     written = {"markdown": out_dir / "results.md", "json": out_dir / "results.json"}
     atomic_write_text(written["markdown"], markdown_table(table))

@@ -6,7 +6,12 @@ Experiment layout (EXP = out_dir):
     EXP/[lr_<lr>/]checkpoints/step_<N>/   head (+ tuned upstream) weights every eval_every updates
     EXP/[lr_<lr>/]dev_scores.json         dev metric of every checkpoint
     EXP/best.json            the chosen run and checkpoint (best dev metric over steps and lrs)
-    EXP/results.json         written by evaluate_downstream
+    EXP/results_<split>.json written by evaluate_downstream (results.json: the test split's, as before)
+
+Before any compute `train_downstream` checks, in this order and in seconds: EXP follows the
+output rule (new, empty, or this command's own experiment; a finished one needs --resume),
+every split of the data (`Task.check_split`: non-empty, targets cover the utterances, dev/test
+labels known, ASV trials sound), then it takes the experiment lock (`EXP/.lock`) for the run.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import json
 import logging
 import math
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -29,9 +35,11 @@ from speechssl.data.sampler import DurationBucketSampler
 from speechssl.downstream.config import DownstreamConfig
 from speechssl.downstream.featurizers import build_featurizer
 from speechssl.downstream.model import DownstreamModel, collate_batch
-from speechssl.downstream.tasks import Task, build_task
+from speechssl.downstream.tasks import SPLITS, DataCheckError, Task, build_task
 from speechssl.downstream.upstreams import get_upstream, upstream_name
+from speechssl.errors import OutputExistsError
 from speechssl.io import atomic_write_text
+from speechssl.outputs import ExperimentLock, check_output, read_marker, write_marker
 from speechssl.training import TrainerConfig, train
 from speechssl.training.checkpoints import load_checkpoint, step_dirs
 from speechssl.training.distributed import env_rank, env_world_size
@@ -40,7 +48,12 @@ log = logging.getLogger(__name__)
 
 EXP_FILE = "downstream.yaml"
 BEST_FILE = "best.json"
-RESULTS_FILE = "results.json"
+RESULTS_FILE = "results.json"  # the test split's results (what `report` reads by default)
+TRAIN_COMMAND = "downstream train"
+
+
+def results_file(split: str) -> str:
+    return f"results_{split}.json"
 
 # --- efficient tuning plug-in -----------------------------------------------------------
 # A tuning method is `fn(upstream, **options) -> upstream` (speechssl.tuning's methods are
@@ -104,6 +117,8 @@ def _sampler(durations: list[float], config: DownstreamConfig, *, train: bool, d
 def eval_batches(task: Task, split: str, config: DownstreamConfig, device: torch.device) -> Iterator[dict]:
     """Every utterance of a split once, in duration order (little padding)."""
     dataset = task.dataset(split, train=False)
+    if not dataset.durations:
+        raise DataCheckError(f"task {task.name}: {task.data_dir / split} has no usable utterances")
     longest = max(dataset.durations)
     cfg = replace(config, batch_seconds=max(config.batch_seconds, longest))  # never drop at test time
     loader = DataLoader(dataset, batch_sampler=_sampler(dataset.durations, cfg, train=False),
@@ -196,35 +211,74 @@ def _train_run(task: Task, upstream_spec: str, run_dir: Path, config: Downstream
     return selection
 
 
+def check_task_data(task: Task, splits: tuple[str, ...] = SPLITS) -> None:
+    """Every split checked in seconds (`Task.check_split`); a missing dev dir means 'select the
+    last checkpoint' (said here, not at the end)."""
+    for split in splits:
+        if split == "dev" and not (task.data_dir / "dev").exists():
+            log.warning("%s: no dev split for task %s; the last checkpoint will be used", task.data_dir, task.name)
+            continue
+        task.check_split(split)
+
+
+def _check_experiment_out(out_dir: Path, task: str, upstream_spec: str, resume: bool,
+                          inputs: tuple[Path, ...]) -> None:
+    """The output rule for EXP: new, empty, or this command's own experiment (a finished one
+    only with --resume, and only for the same task and upstream); an unmarked experiment of an
+    older speechssl with its downstream.yaml is resumed as its own."""
+    exp_path = out_dir / EXP_FILE
+    if not (resume and exp_path.is_file() and read_marker(out_dir) is None):
+        check_output(out_dir, TRAIN_COMMAND, inputs=inputs)
+    if not exp_path.is_file():
+        return
+    if not resume:
+        raise OutputExistsError(f"{out_dir} holds an earlier downstream run ({EXP_FILE}): continue it with "
+                                "--resume, or train into another --out")
+    previous = yaml.safe_load(exp_path.read_text()) or {}
+    if {k: previous.get(k) for k in ("task", "upstream")} != {"task": task, "upstream": upstream_spec}:
+        raise ValueError(f"{exp_path}: cannot resume task {task} / upstream {upstream_spec} in an experiment "
+                         f"of task {previous.get('task')} / upstream {previous.get('upstream')}")
+
+
 def train_downstream(task: str, upstream_spec: str | Path, data_dir: str | Path, out_dir: str | Path,
                      config: DownstreamConfig | None = None, *, max_steps: int | None = None,
                      resume: bool = False) -> dict[str, Any]:
     """Train `task` on `data_dir/{train,dev,test}` over `upstream_spec` ("fbank" or any
     load_upstream source) into `out_dir`; returns (and writes to best.json) the chosen run.
 
-    With `config.lr_sweep` one run per lr goes to `out_dir/lr_<lr>/` and the best dev metric wins."""
+    With `config.lr_sweep` one run per lr goes to `out_dir/lr_<lr>/` and the best dev metric wins.
+    Every input is checked before anything is written (see the module docstring)."""
     config = config or DownstreamConfig()
     if max_steps is not None:
         config = replace(config, max_steps=max_steps, eval_every=min(config.eval_every, max_steps))
     out_dir, data_dir = Path(out_dir), Path(data_dir)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"data dir {data_dir} does not exist (expected {data_dir}/{{train,dev,test}})")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    exp = {"task": task, "upstream": str(upstream_spec), "data_dir": str(data_dir.resolve()),
-           "config": to_dict(config)}
+    task_obj = build_task(task, data_dir, out_dir, config)  # reads nothing yet
+    main = env_rank() == 0
+    if main:
+        inputs = (data_dir, *([Path(upstream_spec)] if Path(upstream_spec).exists() else []))
+        _check_experiment_out(out_dir, task, str(upstream_spec), resume, inputs)
+    check_task_data(task_obj)
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_marker(out_dir, TRAIN_COMMAND)
+    with ExperimentLock(out_dir, TRAIN_COMMAND) if main else nullcontext():
+        return _train_locked(task_obj, str(upstream_spec), data_dir, out_dir, config, resume)
+
+
+def _train_locked(task_obj: Task, upstream_spec: str, data_dir: Path, out_dir: Path, config: DownstreamConfig,
+                  resume: bool) -> dict[str, Any]:
+    task = task_obj.name
+    exp = {"task": task, "upstream": upstream_spec, "data_dir": str(data_dir.resolve()), "config": to_dict(config)}
     exp_path = out_dir / EXP_FILE
-    if resume and exp_path.is_file():
-        previous = yaml.safe_load(exp_path.read_text())
-        if {k: previous.get(k) for k in ("task", "upstream")} != {"task": task, "upstream": str(upstream_spec)}:
-            raise ValueError(f"{exp_path}: cannot resume task {task} / upstream {upstream_spec} in an experiment "
-                             f"of task {previous.get('task')} / upstream {previous.get('upstream')}")
     if env_rank() == 0:
         atomic_write_text(exp_path, yaml.safe_dump(exp, sort_keys=False))
-    task_obj = build_task(task, data_dir, out_dir, config)
+        task_obj.save()
     runs = []
     for lr in config.lr_sweep or [config.lr]:
         run_dir = out_dir / f"lr_{lr:g}" if config.lr_sweep else out_dir
-        selection = _train_run(task_obj, str(upstream_spec), run_dir, config, lr, resume)
+        selection = _train_run(task_obj, upstream_spec, run_dir, config, lr, resume)
         runs.append({"run_dir": str(run_dir.relative_to(out_dir)), **selection})
     if env_rank() != 0:
         return {}
@@ -249,7 +303,9 @@ def load_experiment(out_dir: str | Path) -> tuple[dict[str, Any], DownstreamConf
 
 
 def evaluate_downstream(out_dir: str | Path, split: str = "test") -> dict[str, Any]:
-    """Score the best checkpoint of an experiment on `split`; writes out_dir/results.json."""
+    """Score the best checkpoint of an experiment on `split`; writes out_dir/results_<split>.json
+    (and results.json for the test split, so a dev score never replaces the test score).
+    The split is checked before the upstream is loaded."""
     out_dir = Path(out_dir)
     exp, config = load_experiment(out_dir)
     best_path = out_dir / BEST_FILE
@@ -260,6 +316,7 @@ def evaluate_downstream(out_dir: str | Path, split: str = "test") -> dict[str, A
     task = build_task(exp["task"], exp["data_dir"], out_dir, config)
     if not task.has_split(split):
         raise FileNotFoundError(f"task {task.name}: no usable '{split}' split under {exp['data_dir']}")
+    task.check_split(split)
     model = build_model(task, prepare_upstream(exp["upstream"], config), config).to(_device())
     checkpoint = out_dir / best["run_dir"] / best["checkpoint"]
     _load_weights(model, checkpoint)
@@ -272,5 +329,7 @@ def evaluate_downstream(out_dir: str | Path, split: str = "test") -> dict[str, A
         "lr": best["lr"], "step": best["step"], "checkpoint": str(checkpoint),
         "featurizer": config.featurizer.name, "layer_weights": model.layer_weights(),
     }
-    _write_json(out_dir / RESULTS_FILE, results)
+    _write_json(out_dir / results_file(split), results)
+    if split == "test":
+        _write_json(out_dir / RESULTS_FILE, results)
     return results

@@ -1,9 +1,18 @@
 """SUPERB tasks: each knows its data files, vocabulary, head, loss, decoding and metric.
 
 A task is built once per experiment with `build_task(name, data_dir, exp_dir, config)`:
-vocabularies are made from the data (or read back from `exp_dir/task/`, so
-evaluation uses the same indices as training), then the runner asks it for
-datasets, a head, a loss per batch, and a metric per split.
+vocabularies are made from the training split plus the labels the data dir declares
+in `labels.txt` (or read back from `exp_dir/task/`, so evaluation uses the same
+indices as training); `check_split` checks a split in seconds before any compute
+(the runner calls it for every split at start-up), `save` writes the vocabularies
+once the experiment dir is the runner's; then the runner asks for datasets, a head,
+a loss per batch, and a metric per split.
+
+Labels: a dev/test label (KS keyword, IC slot value, SID speaker, PR phone) that is
+neither in the training split nor declared in `<data>/labels.txt` (one label per line;
+IC: a whole "action object location" intent) is an error naming file, line and label,
+unless `unknown_label` names a training class to map it to. ASR characters the training
+text lacks map to the `<unk>` token (WER is scored on the words, so they count as errors).
 
 | task | data file (per split)  | head                        | loss        | metric      |
 |------|------------------------|-----------------------------|-------------|-------------|
@@ -18,7 +27,11 @@ datasets, a head, a loss per batch, and a metric per split.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterable, Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from speechssl.data.datadir import CORE_FILES, DataDir, read_file
-from speechssl.data.dataset import AudioDataset
+from speechssl.data.dataset import AudioDataset, load_targets
 from speechssl.data.kaldi import read_table, read_table_lines
 from speechssl.downstream import metrics
 from speechssl.downstream.config import DownstreamConfig
@@ -38,14 +51,21 @@ from speechssl.downstream.heads import (
     MeanPoolClassifier,
     XVectorHead,
 )
-from speechssl.io import atomic_write_text
+from speechssl.io import atomic_file, atomic_write_text
 from speechssl.objectives.ctc import ctc_greedy, ctc_loss
+from speechssl.outputs import check_output, write_marker
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test")
 BLANK = "<blank>"
 WORD_SEP = "|"
+UNK = "<unk>"
+LABELS_FILE = "labels.txt"  # <data>/labels.txt: labels the task may see beyond those of train/
+
+
+class DataCheckError(ValueError):
+    """A task's data fails a start-up check (empty split, unseen label, bad trials)."""
 
 
 # ---------------------------------------------------------------- vocabularies
@@ -100,40 +120,72 @@ def load_core_data_dir(path: Path) -> DataDir:
                    reco2dur=tables["reco2dur"])
 
 
-def _split_dirs(data_dir: Path) -> list[Path]:
-    return [data_dir / s for s in SPLITS if (data_dir / s).is_dir()]
-
-
-def _values(data_dir: Path, filename: str) -> list[tuple[Path, int, str, str]]:
-    """(file, line, utt, value) over every split that has `filename`."""
+def _values(data_dir: Path, filename: str, splits: Sequence[str] = SPLITS) -> list[tuple[Path, int, str, str]]:
+    """(file, line, utt, value) over the `splits` that have `filename`."""
     rows = []
-    for split in _split_dirs(data_dir):
-        path = split / filename
+    for split in splits:
+        path = data_dir / split / filename
         if path.is_file():
             rows += [(path, line, key, value) for line, key, value in read_table_lines(path)]
     return rows
 
 
+def declared_labels(data_dir: Path) -> list[str]:
+    """The labels of `<data>/labels.txt` (one per line, blank lines skipped); [] without it."""
+    path = data_dir / LABELS_FILE
+    if not path.is_file():
+        return []
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def split_utterances(split_dir: Path) -> list[str]:
+    """Utterance ids of a split (as the dataset reads them); an error naming the dir when none."""
+    data = load_core_data_dir(split_dir)
+    ids = data.utt_ids()
+    if not ids:
+        source = "utt2spk" if data.utt2spk is not None else "segments" if data.segments is not None else "wav.scp"
+        raise DataCheckError(f"{split_dir}: the split has no utterances ({split_dir / source} is empty)")
+    return ids
+
+
 def train_sentencepiece(text_file: str | Path, model_prefix: str | Path, vocab_size: int, *,
                         model_type: str = "unigram") -> Path:
     """Train a sentencepiece model on `text_file` (one sentence per line); returns the .model path.
-    The vocabulary is a soft limit, so tiny corpora still train."""
+    The vocabulary is a soft limit, so tiny corpora still train. Trained in a temp dir and
+    renamed, so a killed run leaves no half-written model."""
     import sentencepiece as spm
 
     model_prefix = Path(model_prefix)
     model_prefix.parent.mkdir(parents=True, exist_ok=True)
-    spm.SentencePieceTrainer.train(
-        input=str(text_file), model_prefix=str(model_prefix), vocab_size=vocab_size, model_type=model_type,
-        character_coverage=1.0, hard_vocab_limit=False, bos_id=-1, eos_id=-1, unk_id=1, pad_id=0,
-        pad_piece=BLANK, minloglevel=2)
+    # a temp name `remove_stale_temporaries` knows, so a killed run's leftovers are cleaned
+    tmp = Path(tempfile.mkdtemp(prefix=f".{model_prefix.name}.{os.getpid()}.tmp", dir=model_prefix.parent))
+    try:
+        spm.SentencePieceTrainer.train(
+            input=str(text_file), model_prefix=str(tmp / model_prefix.name), vocab_size=vocab_size,
+            model_type=model_type, character_coverage=1.0, hard_vocab_limit=False, bos_id=-1, eos_id=-1,
+            unk_id=1, pad_id=0, pad_piece=BLANK, minloglevel=2)
+        for suffix in (".model", ".vocab"):
+            os.replace(tmp / f"{model_prefix.name}{suffix}", model_prefix.with_suffix(suffix))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return model_prefix.with_suffix(".model")
 
 
-def train_tokenizer(text: str | Path, out_dir: str | Path, vocab_size: int) -> Path:
-    """OUT/spm.model: a sentencepiece model on the transcripts of a Kaldi `text` file (ids dropped)."""
+TOKENIZER_COMMAND = "downstream tokenizer"
+
+
+def train_tokenizer(text: str | Path, out_dir: str | Path, vocab_size: int, *, overwrite: bool = False,
+                    check_out: bool = True) -> Path:
+    """OUT/spm.model: a sentencepiece model on the transcripts of a Kaldi `text` file (ids dropped).
+    `out_dir` follows the output-path rule (speechssl.outputs) unless `check_out` is False
+    (the ASR task training its own model inside its experiment)."""
     text, out_dir = Path(text), Path(out_dir)
     if not text.is_file():
         raise FileNotFoundError(f"transcripts {text} do not exist")
+    if check_out:
+        check_output(out_dir, TOKENIZER_COMMAND, overwrite=overwrite, inputs=(text,))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_marker(out_dir, TOKENIZER_COMMAND)
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = out_dir / "spm_train.txt"
     atomic_write_text(lines, "".join(f"{v}\n" for v in read_table(text).values()))
@@ -144,16 +196,115 @@ def train_tokenizer(text: str | Path, out_dir: str | Path, vocab_size: int) -> P
 
 
 class Task:
-    """Base: a task's data, head and metric. Subclasses set the class attributes."""
+    """Base: a task's data, head and metric. Subclasses set the class attributes.
+    Vocabularies are properties built on first use (from train/ and labels.txt, or read back
+    from EXP/task/), so building a task reads nothing and writes nothing."""
 
     name: str = ""
     metric: str = ""
     higher_is_better: bool = True
+    target_file: str = ""  # the per-split file of targets
+    target_help: str = ""  # what it holds, for messages
+    uses_unknown_label: bool = False  # does `unknown_label` apply to this task?
 
     def __init__(self, data_dir: Path, exp_dir: Path, config: DownstreamConfig) -> None:
         self.data_dir, self.exp_dir, self.config = Path(data_dir), Path(exp_dir), config
         self.task_dir = self.exp_dir / "task"
+        self._unsaved: dict[str, TokenTable] = {}
+
+    # vocabularies
+    def _table(self, filename: str, build: Callable[[], list[str]]) -> TokenTable:
+        """EXP/task/<filename> when it exists (evaluation, resume), else built from the data
+        and written by `save`."""
+        path = self.task_dir / filename
+        if path.is_file():
+            return TokenTable.load(path)
+        table = TokenTable(build())
+        self._unsaved[filename] = table
+        return table
+
+    def _train_rows(self) -> list[tuple[Path, int, str, str]]:
+        rows = _values(self.data_dir, self.target_file, ("train",))
+        if not rows:
+            raise DataCheckError(f"task {self.name}: {self.data_dir / 'train' / self.target_file} does not exist "
+                                 f"or is empty ({self.target_help})")
+        return rows
+
+    def save(self) -> None:
+        """Write the vocabularies built from the data into EXP/task/ (the runner calls it once
+        every check has passed and EXP is its own)."""
+        self.vocabularies()
         self.task_dir.mkdir(parents=True, exist_ok=True)
+        for filename, table in self._unsaved.items():
+            table.save(self.task_dir / filename)
+        self._unsaved.clear()
+
+    def vocabularies(self) -> list[TokenTable]:
+        """Every vocabulary of the task (building them)."""
+        return []
+
+    # start-up checks
+    def required_files(self, split: str) -> tuple[str, ...]:
+        return (self.target_file,)
+
+    def check_split(self, split: str) -> None:
+        """Seconds, before any compute: the split exists, has utterances, its target file covers
+        them, and (dev/test) every label is known. Errors name the file and line or utterance."""
+        split_dir = self.data_dir / split
+        if not split_dir.is_dir():
+            raise FileNotFoundError(f"task {self.name}: data dir {split_dir} does not exist "
+                                    f"(expected {self.data_dir}/{{train,dev,test}})")
+        ids = split_utterances(split_dir)
+        for filename in self.required_files(split):
+            if not (split_dir / filename).is_file():
+                raise FileNotFoundError(f"task {self.name}: {split_dir / filename} does not exist ({self.target_help})")
+        if split == "train":
+            self.check_unknown_label()
+        self.check_targets(split, split_dir, ids)
+
+    def check_unknown_label(self) -> None:
+        unknown = self.config.unknown_label
+        if unknown is None:
+            return
+        if not self.uses_unknown_label:
+            raise DataCheckError(f"unknown_label is set ('{unknown}') but task {self.name} has no labels to map; "
+                                 "it applies to ks, ic, sid and pr")
+        if not any(unknown in table.index for table in self.vocabularies()):
+            first = self.vocabularies()[0].symbols
+            shown = ", ".join(first[:5]) + (", ..." if len(first) > 5 else "")
+            raise DataCheckError(f"unknown_label '{unknown}' is not a label of {self.data_dir / 'train'} "
+                                 f"({self.target_file}) nor of {self.data_dir / LABELS_FILE} (labels: {shown})")
+
+    def check_targets(self, split: str, split_dir: Path, ids: list[str]) -> None:
+        """The target file has exactly the split's utterances; dev/test labels are known."""
+        path = split_dir / self.target_file
+        load_targets(self.target_file, path, ids, data_dir=split_dir)
+        if split != "train":
+            for line, utt, value in read_table_lines(path):
+                self.check_label(path, line, utt, value)
+
+    def check_label(self, path: Path, line: int, utt: str, value: str) -> None:
+        """Raise `DataCheckError` naming `path:line` when `value` holds a label training never saw."""
+
+    def _known(self, table: TokenTable, label: str) -> str | None:
+        """`label`, or the unknown class it maps to, or None."""
+        if label in table.index:
+            return label
+        unknown = self.config.unknown_label
+        return unknown if unknown is not None and unknown in table.index else None
+
+    def _unseen(self, path: Path, line: int, utt: str, label: str, what: str, table: TokenTable) -> DataCheckError:
+        unknown = self.config.unknown_label
+        hint = (f"unknown_label '{unknown}' is not one of them" if unknown else
+                f"declare it in {self.data_dir / LABELS_FILE} or set unknown_label to a training class to map it to")
+        return DataCheckError(f"{path}:{line}: {what} '{label}' of utterance '{utt}' is not in the training set "
+                              f"({len(table)} known); {hint}")
+
+    def _encode_label(self, table: TokenTable, label: str) -> str:
+        known = self._known(table, label)
+        if known is None:
+            raise DataCheckError(f"label '{label}' is not in the training set ({len(table)} known)")
+        return known
 
     # data
     def targets(self, split_dir: Path, *, train: bool) -> tuple[dict[str, Any], dict[str, Callable[[str], Any]]]:
@@ -208,12 +359,15 @@ class _CTCTask(Task):
     higher_is_better = False
     target_name = "tokens"
 
-    def __init__(self, data_dir: Path, exp_dir: Path, config: DownstreamConfig) -> None:
-        super().__init__(data_dir, exp_dir, config)
-        self.tokens = self.load_or_build_tokens()
+    @cached_property
+    def tokens(self) -> TokenTable:
+        return self.load_or_build_tokens()
 
     def load_or_build_tokens(self) -> TokenTable:
         raise NotImplementedError
+
+    def vocabularies(self) -> list[TokenTable]:
+        return [self.tokens]
 
     def loss(self, head, x, lengths, batch):
         logits, out_lens = head(x, lengths)  # (B, T, V)
@@ -233,22 +387,25 @@ class PhoneRecognition(_CTCTask):
     """PR: phones file (space-separated phone symbols) -> linear CTC head; PER."""
 
     name, metric = "pr", "per"
+    target_file, target_help = "phones", "the space-separated phones of each utterance"
+    uses_unknown_label = True
 
     def load_or_build_tokens(self) -> TokenTable:
-        path = self.task_dir / "tokens.txt"
-        if path.is_file():
-            return TokenTable.load(path)
-        rows = _values(self.data_dir, "phones")
-        if not rows:
-            raise FileNotFoundError(f"task pr: no 'phones' file under {self.data_dir}/{{train,dev,test}}")
-        symbols = sorted({p for *_, value in rows for p in value.split()}, key=str.encode)
-        table = TokenTable([BLANK, *symbols])
-        table.save(path)
-        return table
+        def build() -> list[str]:
+            phones = {p for *_, value in self._train_rows() for p in value.split()}
+            return [BLANK, *sorted(phones | set(declared_labels(self.data_dir)) - {BLANK}, key=str.encode)]
+
+        return self._table("tokens.txt", build)
+
+    def check_label(self, path, line, utt, value):
+        for phone in value.split():
+            if self._known(self.tokens, phone) is None:
+                raise self._unseen(path, line, utt, phone, "phone", self.tokens)
 
     def targets(self, split_dir, *, train):
         return ({self.target_name: split_dir / "phones"},
-                {self.target_name: lambda v: self.tokens.encode(v.split())})
+                {self.target_name: lambda v: self.tokens.encode([self._encode_label(self.tokens, p)
+                                                                 for p in v.split()])})
 
     def build_head(self, input_dim):
         return LinearCTCHead(input_dim, len(self.tokens))
@@ -258,35 +415,83 @@ class PhoneRecognition(_CTCTask):
 
 
 class SpeechRecognition(_CTCTask):
-    """ASR: text -> characters ('|' between words) or sentencepiece units; BiLSTM CTC head; WER."""
+    """ASR: text -> characters ('|' between words) or sentencepiece units; BiLSTM CTC head; WER.
+    Characters of dev/test that the training text lacks become `<unk>` (said once at start-up);
+    the WER is scored on the words, so such a word still counts as an error."""
 
     name, metric = "asr", "wer"
+    target_file, target_help = "text", "the transcript of each utterance"
+
+    def _spm_source(self) -> Path | None:
+        """The sentencepiece model to use: EXP/task/spm.model, else `sentencepiece_model`."""
+        own = self.task_dir / "spm.model"
+        if own.is_file():
+            return own
+        if self.config.sentencepiece_model is not None:
+            given = Path(self.config.sentencepiece_model)
+            if not given.is_file():
+                raise FileNotFoundError(f"sentencepiece_model {given} does not exist "
+                                        "(train one with `speechssl downstream tokenizer`)")
+            return given
+        return None
+
+    @cached_property
+    def sp(self):
+        if self.config.asr_units != "sentencepiece":
+            return None
+        model = self._spm_source()
+        if model is None:
+            raise RuntimeError("the sentencepiece model is trained by save(); call it first")
+        import sentencepiece as spm
+
+        return spm.SentencePieceProcessor(model_file=str(model))
+
+    def save(self) -> None:
+        if self.config.asr_units == "sentencepiece":
+            self.task_dir.mkdir(parents=True, exist_ok=True)
+            model, own = self._spm_source(), self.task_dir / "spm.model"
+            if model is None:
+                train_tokenizer(self.data_dir / "train" / "text", self.task_dir,
+                                self.config.sentencepiece_vocab_size, check_out=False)
+            elif model != own:  # the experiment keeps its own copy (evaluation reads it back)
+                with atomic_file(own) as tmp:
+                    shutil.copyfile(model, tmp)
+        super().save()
+
+    def vocabularies(self) -> list[TokenTable]:
+        return [] if self.config.asr_units == "sentencepiece" and self._spm_source() is None else [self.tokens]
 
     def load_or_build_tokens(self) -> TokenTable:
-        self.sp = None
-        if self.config.asr_units == "sentencepiece":
-            model = self.task_dir / "spm.model"
-            if not model.is_file():
-                train_tokenizer(self.data_dir / "train" / "text", self.task_dir, self.config.sentencepiece_vocab_size)
-            import sentencepiece as spm
-
-            self.sp = spm.SentencePieceProcessor(model_file=str(model))
+        if self.sp is not None:
             return TokenTable([self.sp.id_to_piece(i) for i in range(self.sp.get_piece_size())])
-        path = self.task_dir / "tokens.txt"
-        if path.is_file():
-            return TokenTable.load(path)
-        rows = _values(self.data_dir, "text")
-        if not rows:
-            raise FileNotFoundError(f"task asr: no 'text' file under {self.data_dir}/{{train,dev,test}}")
-        chars = sorted({c for *_, value in rows for c in value.replace(" ", "")}, key=str.encode)
-        table = TokenTable([BLANK, WORD_SEP, *chars])
-        table.save(path)
-        return table
+
+        def build() -> list[str]:
+            chars = {c for *_, value in self._train_rows() for c in value.replace(" ", "")}
+            return [BLANK, WORD_SEP, UNK, *sorted(chars - {BLANK, WORD_SEP, UNK}, key=str.encode)]
+
+        return self._table("tokens.txt", build)
+
+    def check_targets(self, split, split_dir, ids):
+        super().check_targets(split, split_dir, ids)
+        if split == "train" or self.config.asr_units == "sentencepiece":
+            return  # sentencepiece has its own unknown piece
+        path = split_dir / "text"
+        unseen = [(line, c) for line, _, value in read_table_lines(path) for c in value.replace(" ", "")
+                  if c not in self.tokens.index]
+        if unseen and UNK not in self.tokens.index:  # an experiment of an older speechssl
+            raise DataCheckError(f"{path}:{unseen[0][0]}: character '{unseen[0][1]}' is not in the training text "
+                                 f"({len(self.tokens)} known)")
+        if unseen:
+            chars = "".join(sorted({c for _, c in unseen}))
+            log.warning("%s: %d character(s) the training text lacks ('%s', first on line %d) are scored as %s",
+                        path, len(unseen), chars, unseen[0][0], UNK)
 
     def _encode(self, text: str) -> Tensor:
         if self.sp is not None:
             return torch.tensor(self.sp.encode(text), dtype=torch.long)
-        return self.tokens.encode(WORD_SEP.join(text.split()))
+        known = self.tokens.index
+        chars = WORD_SEP.join(text.split())
+        return self.tokens.encode(c if c in known or UNK not in known else UNK for c in chars)
 
     def _decode(self, ids: list[int]) -> str:
         if self.sp is not None:
@@ -313,35 +518,34 @@ class SpeechRecognition(_CTCTask):
 
 
 class _ClassificationTask(Task):
-    """Utterance-level classes from a `utt value` file; the class list is the union over
-    splits (so a class missing from a tiny train split still has an index)."""
+    """Utterance-level classes from a `utt value` file: those of the training split plus the
+    ones `<data>/labels.txt` declares."""
 
     metric = "accuracy"
-    filename = ""
     target_name = "label"
+    uses_unknown_label = True
+    what = "label"
 
-    def __init__(self, data_dir, exp_dir, config):
-        super().__init__(data_dir, exp_dir, config)
-        self.classes = self._load_or_build(self.filename, "classes.txt", lambda v: [v.strip()])
+    @cached_property
+    def classes(self) -> TokenTable:
+        def build() -> list[str]:
+            labels = {value.strip() for *_, value in self._train_rows()} | set(declared_labels(self.data_dir))
+            return sorted(labels, key=str.encode)
 
-    def _load_or_build(self, filename: str, table_file: str, parts: Callable[[str], list[str]],
-                       splits: Sequence[str] = SPLITS) -> TokenTable:
-        path = self.task_dir / table_file
-        if path.is_file():
-            return TokenTable.load(path)
-        rows = [r for r in _values(self.data_dir, filename) if r[0].parent.name in splits]
-        if not rows:
-            raise FileNotFoundError(f"task {self.name}: no '{filename}' file under {self.data_dir}/"
-                                    f"{{{','.join(splits)}}}")
-        table = TokenTable(sorted({p for *_, value in rows for p in parts(value)}, key=str.encode))
-        table.save(path)
-        return table
+        return self._table("classes.txt", build)
+
+    def vocabularies(self) -> list[TokenTable]:
+        return [self.classes]
+
+    def check_label(self, path, line, utt, value):
+        if self._known(self.classes, value.strip()) is None:
+            raise self._unseen(path, line, utt, value.strip(), self.what, self.classes)
 
     def _encode_class(self, value: str) -> Tensor:
-        return self.classes.encode([value.strip()])[0]
+        return self.classes.encode([self._encode_label(self.classes, value.strip())])[0]
 
     def targets(self, split_dir, *, train):
-        return {self.target_name: split_dir / self.filename}, {self.target_name: self._encode_class}
+        return {self.target_name: split_dir / self.target_file}, {self.target_name: self._encode_class}
 
     def build_head(self, input_dim):
         return MeanPoolClassifier(input_dim, len(self.classes), hidden_dim=self.config.head.hidden_dim)
@@ -362,37 +566,65 @@ class _ClassificationTask(Task):
 class KeywordSpotting(_ClassificationTask):
     """KS: `text` holds the keyword class (12 in Speech Commands v1 protocol)."""
 
-    name, filename = "ks", "text"
+    name, target_file, target_help, what = "ks", "text", "the keyword of each utterance", "keyword"
 
 
 class SpeakerIdentification(_ClassificationTask):
-    """SID: the speaker of `utt2spk`."""
+    """SID: the speaker of `utt2spk`; dev/test speakers must be training speakers."""
 
-    name, filename = "sid", "utt2spk"
+    name, target_file, target_help, what = "sid", "utt2spk", "the speaker of each utterance", "speaker"
 
 
 class IntentClassification(_ClassificationTask):
     """IC: `intent` holds one value per slot ("action object location"); a head per slot;
     an utterance is right only when every slot is."""
 
-    name, filename = "ic", "intent"
+    name, target_file, target_help = "ic", "intent", "the 'action object location' intent of each utterance"
 
-    def __init__(self, data_dir, exp_dir, config):
-        Task.__init__(self, data_dir, exp_dir, config)
-        rows = _values(self.data_dir, "intent")
-        self.num_slots = len(rows[0][3].split()) if rows else 3
-        for path, line, utt, value in rows:
+    @cached_property
+    def num_slots(self) -> int:
+        """As many as the saved slot tables (evaluation), else as the first training intent."""
+        saved = 0
+        while (self.task_dir / f"slot{saved}.txt").is_file():
+            saved += 1
+        return saved or len(self._train_rows()[0][3].split())
+
+    @cached_property
+    def slots(self) -> list[TokenTable]:
+        declared = declared_labels(self.data_dir)
+        for k, intent in enumerate(declared, start=1):
+            if len(intent.split()) != self.num_slots:
+                raise DataCheckError(f"{self.data_dir / LABELS_FILE}:{k}: intent '{intent}' has "
+                                     f"{len(intent.split())} slots, expected {self.num_slots}")
+
+        def build(k: int) -> list[str]:
+            values = {v.split()[k] for *_, v in self._train_rows()} | {d.split()[k] for d in declared}
+            return sorted(values, key=str.encode)
+
+        return [self._table(f"slot{k}.txt", lambda k=k: build(k)) for k in range(self.num_slots)]
+
+    def vocabularies(self) -> list[TokenTable]:
+        return self.slots
+
+    def check_targets(self, split, split_dir, ids):
+        path = split_dir / "intent"
+        for line, utt, value in read_table_lines(path):
             if len(value.split()) != self.num_slots:
-                raise ValueError(f"{path}:{line}: utterance '{utt}' has {len(value.split())} intent slots, "
-                                 f"expected {self.num_slots} (as {rows[0][0]}:{rows[0][1]})")
-        self.slots = [self._load_or_build("intent", f"slot{k}.txt", lambda v, k=k: [v.split()[k]])
-                      for k in range(self.num_slots)]
+                raise DataCheckError(f"{path}:{line}: utterance '{utt}' has {len(value.split())} intent slots, "
+                                     f"expected {self.num_slots} (as {self.data_dir / 'train' / 'intent'})")
+        super().check_targets(split, split_dir, ids)
+
+    def check_label(self, path, line, utt, value):
+        for k, (slot, part) in enumerate(zip(self.slots, value.split())):
+            if self._known(slot, part) is None:
+                raise self._unseen(path, line, utt, part, f"slot {k} value", slot)
 
     def _encode_intent(self, value: str) -> Tensor:
         parts = value.split()
         if len(parts) != self.num_slots:
             raise ValueError(f"expected {self.num_slots} intent slots, found {len(parts)} ('{value}')")
-        return torch.stack([slot.encode([p])[0] for slot, p in zip(self.slots, parts)])  # (num_slots,)
+        return torch.stack([slot.encode([self._encode_label(slot, p)])[0]
+                            for slot, p in zip(self.slots, parts)])  # (num_slots,)
 
     def targets(self, split_dir, *, train):
         return {self.target_name: split_dir / "intent"}, {self.target_name: self._encode_intent}
@@ -420,18 +652,34 @@ class SpeakerVerification(Task):
     `<split>/trials` (`enroll_utt test_utt target|nontarget`); EER (and minDCF)."""
 
     name, metric, higher_is_better = "asv", "eer", False
+    target_file, target_help = "utt2spk", "the speaker of each training utterance"
 
-    def __init__(self, data_dir, exp_dir, config):
-        super().__init__(data_dir, exp_dir, config)
-        path = self.task_dir / "speakers.txt"
-        if path.is_file():
-            self.speakers = TokenTable.load(path)
-        else:
-            utt2spk = self.data_dir / "train" / "utt2spk"
-            if not utt2spk.is_file():
-                raise FileNotFoundError(f"task asv: {utt2spk} does not exist (training speakers)")
-            self.speakers = TokenTable(sorted(set(read_table(utt2spk).values()), key=str.encode))
-            self.speakers.save(path)
+    @cached_property
+    def speakers(self) -> TokenTable:
+        return self._table("speakers.txt", lambda: sorted({v.strip() for *_, v in self._train_rows()},
+                                                          key=str.encode))
+
+    def vocabularies(self) -> list[TokenTable]:
+        return [self.speakers]
+
+    def required_files(self, split):
+        return ("utt2spk",) if split == "train" else ("trials",)
+
+    def check_targets(self, split, split_dir, ids):
+        if split == "train":
+            return  # utt2spk is a core file: read (and checked) with the data dir
+        path = split_dir / "trials"
+        known = set(ids)
+        kinds = set()
+        for line_no, a, b, target in self.read_trials(split):
+            for utt in (a, b):
+                if utt not in known:
+                    raise DataCheckError(f"{path}:{line_no}: utterance '{utt}' is not in {split_dir} "
+                                         "(trials name utterances of their own split)")
+            kinds.add(target)
+        for kind, name in ((True, "target"), (False, "nontarget")):
+            if kind not in kinds:
+                raise DataCheckError(f"{path}: no {name} trials (the EER needs both target and nontarget trials)")
 
     def targets(self, split_dir, *, train):
         if not train:
@@ -453,7 +701,8 @@ class SpeakerVerification(Task):
         loss, cosine = head["am_softmax"](head["xvector"](x, lengths).float(), batch["speaker"])
         return loss, {"accuracy": (cosine.argmax(-1) == batch["speaker"]).float().mean().detach()}
 
-    def read_trials(self, split: str) -> list[tuple[str, str, bool]]:
+    def read_trials(self, split: str) -> list[tuple[int, str, str, bool]]:
+        """(line, enroll_utt, test_utt, is_target) for each trial of `<split>/trials`."""
         path = self.data_dir / split / "trials"
         if not path.is_file():
             raise FileNotFoundError(f"task asv: {path} does not exist (lines: enroll_utt test_utt target|nontarget)")
@@ -463,9 +712,9 @@ class SpeakerVerification(Task):
                 continue
             parts = line.split()
             if len(parts) != 3 or parts[2] not in ("target", "nontarget"):
-                raise ValueError(f"{path}:{line_no}: expected 'enroll_utt test_utt target|nontarget', "
-                                 f"found '{line.strip()}'")
-            trials.append((parts[0], parts[1], parts[2] == "target"))
+                raise DataCheckError(f"{path}:{line_no}: expected 'enroll_utt test_utt target|nontarget', "
+                                     f"found '{line.strip()}'")
+            trials.append((line_no, parts[0], parts[1], parts[2] == "target"))
         return trials
 
     def evaluate(self, features, head, batches, split):
@@ -476,11 +725,11 @@ class SpeakerVerification(Task):
             emb = F.normalize(head["xvector"](x, lengths).float(), dim=-1).cpu()  # (B, E)
             embeddings.update(zip(batch["utt_ids"], emb))
         scores, labels = [], []
-        for line_no, (a, b, target) in enumerate(trials, start=1):
+        for line_no, a, b, target in trials:
             for utt in (a, b):
                 if utt not in embeddings:
-                    raise ValueError(f"{self.data_dir / split / 'trials'}:{line_no}: utterance '{utt}' is not "
-                                     f"in {self.data_dir / split}")
+                    raise DataCheckError(f"{self.data_dir / split / 'trials'}:{line_no}: utterance '{utt}' is not "
+                                         f"in {self.data_dir / split}")
             scores.append(float(embeddings[a] @ embeddings[b]))
             labels.append(target)
         return {"eer": metrics.equal_error_rate(scores, labels), "min_dcf": metrics.min_dcf(scores, labels)}

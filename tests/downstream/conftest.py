@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from speechssl.data.kaldi import write_table
+from speechssl.data.kaldi import read_table, write_table
 from speechssl.io import atomic_write_text
 from speechssl.testing.datadirs import write_tone
 
@@ -74,8 +74,19 @@ def corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def task_data(corpus, tmp_path_factory) -> dict[str, Path]:
     """task -> dir holding train/dev/test. ASV trains on the keyword speakers and is scored
-    on the unseen asv/test speakers (dev = test here, for selection on tiny data)."""
+    on the unseen asv/test speakers (dev = test here, for selection on tiny data). PR and IC
+    declare their label inventory in labels.txt (the tiny train split lacks some phones and
+    slot values that dev/test have), as a corpus with a fixed phone set and intents does."""
     dirs = {task: corpus / subset for task, subset in TASK_SUBSETS.items()}
+    for task, filename in (("pr", "phones"), ("ic", "intent")):
+        task_dir = tmp_path_factory.mktemp(f"{task}_task")
+        labels: set[str] = set()
+        for split in ("train", "dev", "test"):
+            (task_dir / split).symlink_to(dirs[task] / split)
+            for value in read_table(dirs[task] / split / filename).values():
+                labels |= set(value.split()) if task == "pr" else {value}
+        atomic_write_text(task_dir / "labels.txt", "".join(f"{label}\n" for label in sorted(labels)))
+        dirs[task] = task_dir
     asv = tmp_path_factory.mktemp("asv_task")
     (asv / "train").symlink_to(corpus / "keywords" / "train")
     (asv / "dev").symlink_to(corpus / "asv" / "test")

@@ -124,15 +124,22 @@ def test_cli_train_evaluate_report(task_data, tmp_path, capsys):
     exp = tmp_path / "exp_fbank"
     assert main(["downstream", "train", "--task", "ks", "--upstream", "fbank", "--data", str(task_data["ks"]),
                  "--out", str(exp), "--config", str(conf), "--max-steps", "2"]) == 0
+    assert main(["downstream", "evaluate", "--out", str(exp)]) == 0
+    test_results = (exp / "results.json").read_text()
     assert main(["downstream", "evaluate", "--out", str(exp), "--split", "dev"]) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["task"] == "ks" and line["split"] == "dev" and line["upstream"] == "fbank"
+    # a dev score goes to its own file: the test score that `report` reads by default stays
+    assert (exp / "results.json").read_text() == test_results == (exp / "results_test.json").read_text()
+    assert json.loads((exp / "results_dev.json").read_text())["split"] == "dev"
     bad = tmp_path / "bad.yaml"
     bad.write_text("lr_swep: [0.1]\n")
     assert main(["downstream", "train", "--task", "ks", "--upstream", "fbank", "--data", str(task_data["ks"]),
                  "--out", str(tmp_path / "x"), "--config", str(bad)]) == 1
     assert "unknown key 'lr_swep'" in capsys.readouterr().err
     assert main(["downstream", "report", "--exps", str(exp), "--out", str(tmp_path / "report")]) == 0
+    assert "| ks | accuracy (%) (test) |" in (tmp_path / "report" / "results.md").read_text()
+    assert main(["downstream", "report", "--exps", str(exp), "--out", str(tmp_path / "report"), "--split", "dev"]) == 0
     assert "| ks | accuracy (%) (dev) |" in (tmp_path / "report" / "results.md").read_text()
 
 
@@ -154,7 +161,7 @@ def test_report_table_and_layer_weight_png(tmp_path):
     table = json.loads(written["json"].read_text())
     assert table["tasks"]["ks"]["values"] == {"fbank": 0.5, "hubert": 0.75}
     assert written["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with pytest.raises(FileNotFoundError, match="results.json does not exist: run `speechssl downstream evaluate"):
+    with pytest.raises(FileNotFoundError, match="results_test.json does not exist: run `speechssl downstream evaluate"):
         write_report([tmp_path / "nothing"], tmp_path / "r2")
 
 
