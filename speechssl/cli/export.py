@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from speechssl.cli.common import add_overwrite_argument
 from speechssl.interop.export import FORMATS, export_upstream
 
 
@@ -15,12 +16,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--format", required=True, choices=FORMATS,
                         help="hf: a transformers dir; s3prl / fairseq: a .pt file; onnx: a .onnx file; "
                              "torchscript: a torch.jit.load-able .pt file")
-    parser.add_argument("--out", required=True, help="output dir (hf) or file (the other formats)")
+    parser.add_argument("--out", required=True,
+                        help="output dir (hf) or file (the other formats); never the source or an experiment dir")
+    add_overwrite_argument(parser)
     parser.add_argument("--no-verify", dest="verify", action="store_false",
-                        help="onnx / torchscript: skip the check of the written file against the PyTorch model")
+                        help="onnx / torchscript: skip the check of the written file against the PyTorch model "
+                             "(the source checkpoint is verified always)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    export_upstream(args.checkpoint, args.format, args.out, verify=args.verify)
+    export_upstream(args.checkpoint, args.format, args.out, verify=args.verify, overwrite=args.overwrite)
     return 0

@@ -12,9 +12,12 @@ from pathlib import Path
 
 import torch
 
+from speechssl.errors import OutputExistsError
 from speechssl.interop.upstream import Upstream, load_upstream
 from speechssl.io import atomic_file
+from speechssl.models.checkpoint import is_checkpoint_dir
 from speechssl.models.config import ConvFrontendConfig
+from speechssl.outputs import check_output, is_experiment_dir, record_output
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +25,32 @@ FORMATS = ("hf", "s3prl", "fairseq", "onnx", "torchscript")
 # Graph formats carry any speechssl network: per-layer sizes, removed blocks, fbank frontends.
 GRAPH_FORMATS = ("onnx", "torchscript")
 HETEROGENEOUS_FORMATS = (*GRAPH_FORMATS, "a speechssl checkpoint dir (the source itself)")
+COMMAND = "export"  # the output marker's name: a re-run of export may replace its own earlier output
+
+
+def check_export_output(source: str | Path, fmt: str, out: str | Path, *, overwrite: bool = False) -> Path:
+    """The output-path rule for export, checked before any model is loaded: `out` may be new, an
+    empty dir, or export's own earlier output; anything else needs `overwrite`. The source, a
+    dir holding it, an experiment dir, and (even with `overwrite`) a speechssl checkpoint or
+    anything existing inside the source or an experiment dir are refused."""
+    out, is_file = Path(out), fmt != "hf"
+    check_output(out, COMMAND, overwrite=overwrite, inputs=(source,), is_file=is_file)
+    if not overwrite:
+        return out
+    try:
+        check_output(out, COMMAND, inputs=(source,), is_file=is_file)
+        return out  # new, empty or export's own earlier output: --overwrite replaces nothing foreign
+    except OutputExistsError:
+        pass
+    target, src = out.resolve(), Path(source).resolve()
+    inside = [p for p in target.parents if p == src or is_experiment_dir(p)]
+    if is_checkpoint_dir(out) or inside:
+        where = f"inside {inside[0]}" if inside else "a speechssl checkpoint"
+        raise OutputExistsError(
+            f"--out {out} is {where}; export never replaces a checkpoint or files of an experiment, even with"
+            " --overwrite: choose another --out"
+        )
+    return out
 
 
 def _fairseq_extras(up: Upstream) -> dict | None:
@@ -45,17 +74,21 @@ def _refuse_heterogeneous(up: Upstream, fmt: str) -> None:
         )
 
 
-def export_upstream(source: str | Path, fmt: str, out: str | Path, *, verify: bool = True) -> Path:
+def export_upstream(
+    source: str | Path, fmt: str, out: str | Path, *, verify: bool = True, overwrite: bool = False
+) -> Path:
     """Write `source` as `fmt` at `out` (a directory for hf, a file for the others).
 
-    onnx / torchscript files are checked after writing (with `verify`): onnxruntime or
-    torch.jit.load must match the PyTorch model to 1e-4 on a padded batch of other sizes
-    than the export batch, else nothing is left at `out`.
+    `out` follows the output-path rule (`check_export_output`) before the source is read. The
+    source is verified in full (manifest sha256, finite weights) whatever `verify` says: an
+    export is what others will use. onnx / torchscript files are checked after writing (with
+    `verify`): onnxruntime or torch.jit.load must match the PyTorch model to 1e-4 on a padded
+    batch of other sizes than the export batch, else nothing is left at `out`.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format '{fmt}'; valid formats: {', '.join(FORMATS)}")
-    up = load_upstream(source)
-    out = Path(out)
+    out = check_export_output(source, fmt, out, overwrite=overwrite)
+    up = load_upstream(source, verify="sha256")
     if fmt in GRAPH_FORMATS:
         if fmt == "onnx":
             from speechssl.interop.onnx_export import export_onnx
@@ -65,6 +98,7 @@ def export_upstream(source: str | Path, fmt: str, out: str | Path, *, verify: bo
             from speechssl.interop.torchscript_export import export_torchscript
 
             export_torchscript(up, out, verify=verify)
+        record_output(out, COMMAND)
         logger.info("exported %s as %s -> %s", source, fmt, out)
         return out
     _refuse_heterogeneous(up, fmt)
@@ -72,7 +106,7 @@ def export_upstream(source: str | Path, fmt: str, out: str | Path, *, verify: bo
     if fmt == "hf":
         from speechssl.interop.transformers_io import save_transformers
 
-        save_transformers(state, up.config, out)
+        save_transformers(state, up.config, out, marker=COMMAND)
     elif fmt == "fairseq":
         from speechssl.interop.fairseq_io import to_fairseq
 
@@ -81,5 +115,7 @@ def export_upstream(source: str | Path, fmt: str, out: str | Path, *, verify: bo
         from speechssl.interop.s3prl_io import to_s3prl
 
         _save_pt(to_s3prl(up.config, state, extras=_fairseq_extras(up)), out)
+    if fmt != "hf":
+        record_output(out, COMMAND)
     logger.info("exported %s as %s -> %s", source, fmt, out)
     return out

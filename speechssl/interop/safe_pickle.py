@@ -21,11 +21,16 @@ from typing import Any
 
 import torch
 
-__all__ = ["UnsafeCheckpointError", "FairseqDictionary", "load_checkpoint", "to_plain", "allowed_globals"]
+from speechssl.models.checkpoint import CheckpointError
+
+__all__ = [
+    "UnsafeCheckpointError", "FairseqDictionary", "load_checkpoint", "load_state_dict_file", "to_plain",
+    "allowed_globals",
+]
 
 
-class UnsafeCheckpointError(ValueError):
-    """A checkpoint that names a type or function outside the allow-list."""
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint that names a type or function outside the allow-list (never unpickled)."""
 
 
 class FairseqDictionary:
@@ -121,28 +126,53 @@ def _refused_globals(path: Path, err: Exception) -> list[str]:
     return names
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """torch.load(`path`) with weights_only=True and our allow-list.
+def _unsafe(path: Path, err: Exception, allowed: str) -> UnsafeCheckpointError:
+    names = _refused_globals(path, err)
+    what = ", ".join(names) if names else str(err).strip().splitlines()[-1]
+    return UnsafeCheckpointError(
+        f"{path}: refusing to unpickle {what}: the file holds code or objects that are not weights"
+        f" (only {allowed} are read; loading never runs code from a file)"
+    )
 
-    Raises FileNotFoundError for a missing file and UnsafeCheckpointError naming
-    the refused types (and the file) when the pickle holds anything else.
-    """
-    path = Path(path)
+
+def _torch_load(path: Path, extra_globals: list[Any], allowed: str) -> Any:
+    """torch.load(weights_only=True) whose every failure is one line naming `path`."""
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        with torch.serialization.safe_globals(allowed_globals()):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(extra_globals):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        names = _refused_globals(path, err)
-        what = ", ".join(names) if names else str(err).splitlines()[-1]
-        raise UnsafeCheckpointError(
-            f"{path}: refusing to unpickle {what}; only tensors, plain containers, argparse.Namespace, "
-            "omegaconf configs and fairseq Dictionary objects are read (loading never runs code from the file)"
-        ) from None
+        raise _unsafe(path, err, allowed) from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError, AttributeError) as err:
+        # truncated zip, bad magic number, a file that is not a torch checkpoint at all
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {reason}") from None
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """torch.load(`path`) with weights_only=True and our allow-list.
+
+    Raises FileNotFoundError for a missing file, UnsafeCheckpointError naming the refused
+    types (and the file) when the pickle holds anything else, CheckpointError for a damaged file.
+    """
+    path = Path(path)
+    obj = _torch_load(path, allowed_globals(),
+                      "tensors, plain containers, argparse.Namespace, omegaconf configs and fairseq Dictionary objects")
     if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a checkpoint dict at the top level, found {type(obj).__name__}")
+        raise CheckpointError(f"{path}: expected a checkpoint dict at the top level, found {type(obj).__name__}")
     return obj
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A pickled state dict (transformers' pytorch_model.bin): tensors under string keys and
+    nothing else; a file naming any other type or function is refused, never run."""
+    path = Path(path)
+    obj = _torch_load(path, [], "tensors in a dict")
+    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        raise CheckpointError(f"{path}: expected a state dict (tensor name -> tensor), found {type(obj).__name__}"
+                              " holding other values")
+    return dict(obj)
 
 
 def to_plain(obj: Any) -> Any:

@@ -10,6 +10,7 @@ is JSON, weights are safetensors or a `torch.load(weights_only=True)` file.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from torch import Tensor
 
 from speechssl.io import atomic_directory
 from speechssl.models.config import ConvFrontendConfig, EncoderConfig, ModelConfig
+from speechssl.outputs import write_marker
 
 SUPPORTED_MODEL_TYPES = ("hubert", "wav2vec2")
 # Weights of heads on top of the backbone, returned separately (Wav2Vec2ForPreTraining's
@@ -40,56 +42,119 @@ def is_transformers_dir(path: str | Path) -> bool:
     )
 
 
-def _require(hf: dict[str, Any], key: str, source: str) -> Any:
-    if key not in hf:
-        raise ValueError(f"{source}: config.json has no '{key}'")
-    return hf[key]
+# Our ModelConfig fields as config.json names them (for errors about a config that does not fit).
+HF_NAMES = {
+    "num_layers": "num_hidden_layers", "embed_dim": "hidden_size", "ffn_dim": "intermediate_size",
+    "pos_conv_kernel": "num_conv_pos_embeddings", "conv_dim": "conv_dim", "conv_kernel": "conv_kernel",
+}
+
+
+class _Reader:
+    """Typed reads of config.json values: a wrong type, a negative size or a string for an
+    int is a one-line error naming the file and the key (never a traceback from deep inside)."""
+
+    def __init__(self, hf: dict[str, Any], source: str):
+        self.hf, self.source = hf, source
+
+    def error(self, key: str, expected: str) -> ValueError:
+        return ValueError(f"{self.source}: '{key}' must be {expected}, found {self.hf.get(key)!r}")
+
+    def require(self, key: str) -> Any:
+        if key not in self.hf:
+            raise ValueError(f"{self.source}: config.json has no '{key}'")
+        return self.hf[key]
+
+    def int(self, key: str, default: Any = None, *, minimum: int = 1) -> int:
+        value = self.require(key) if default is None else self.hf.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise self.error(key, f"an integer >= {minimum}")
+        return value
+
+    def ints(self, key: str) -> list[int]:
+        value = self.require(key)
+        if (not isinstance(value, list) or not value
+                or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in value)):
+            raise self.error(key, "a non-empty list of positive integers")
+        return value
+
+    def float(self, key: str, default: float, *, low: float, high: float, open_high: bool = False) -> float:
+        value = self.hf.get(key, default)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok or value < low or value > high or (open_high and value == high):
+            raise self.error(key, f"a number in [{low}, {high}{')' if open_high else ']'}")
+        return float(value)
+
+    def bool(self, key: str, default: bool) -> bool:
+        value = self.hf.get(key, default)
+        if not isinstance(value, bool):
+            raise self.error(key, "true or false")
+        return value
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...] | dict[str, str]) -> str:
+        value = self.hf.get(key, default)
+        if not isinstance(value, str) or value not in choices:
+            raise self.error(key, f"one of {', '.join(choices)}")
+        return value
 
 
 def config_from_transformers(hf: dict[str, Any], *, source: str = "config.json", normalize: bool = False) -> ModelConfig:
-    """Map a HubertConfig / Wav2Vec2Config dict onto ModelConfig; refuse what we cannot compute."""
+    """Map a HubertConfig / Wav2Vec2Config dict onto ModelConfig; refuse what we cannot compute
+    and any value of the wrong type or range, naming the key."""
+    if not isinstance(hf, dict):
+        raise ValueError(f"{source}: expected a JSON object at the top level, found {type(hf).__name__}")
     model_type = hf.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(
             f"{source}: model_type '{model_type}' is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
         )
+    read = _Reader(hf, source)
     unsupported = {
         "feat_extract_activation": hf.get("feat_extract_activation", "gelu") != "gelu",
-        "conv_pos_batch_norm": bool(hf.get("conv_pos_batch_norm", False)),
-        "feat_proj_layer_norm": not hf.get("feat_proj_layer_norm", True),
-        "add_adapter": bool(hf.get("add_adapter", False)),
+        "conv_pos_batch_norm": read.bool("conv_pos_batch_norm", False),
+        "feat_proj_layer_norm": not read.bool("feat_proj_layer_norm", True),
+        "add_adapter": read.bool("add_adapter", False),
         "adapter_attn_dim": hf.get("adapter_attn_dim") is not None,
-        "hidden_act": hf.get("hidden_act", "gelu") not in _ACTIVATION_NAMES,
     }
     bad = [k for k, v in unsupported.items() if v]
     if bad:
         raise ValueError(f"{source}: unsupported transformers option(s): {', '.join(f'{k}={hf.get(k)!r}' for k in bad)}")
-    norm = hf.get("feat_extract_norm", "group")
-    if norm not in ("group", "layer"):
-        raise ValueError(f"{source}: feat_extract_norm must be 'group' or 'layer', found {norm!r}")
+    activation = read.choice("hidden_act", "gelu", _ACTIVATION_NAMES)
+    norm = read.choice("feat_extract_norm", "group", ("group", "layer"))
+    conv_dim, conv_kernel, conv_stride = read.ints("conv_dim"), read.ints("conv_kernel"), read.ints("conv_stride")
+    if not len(conv_dim) == len(conv_kernel) == len(conv_stride):
+        raise ValueError(f"{source}: 'conv_dim', 'conv_kernel' and 'conv_stride' must have the same length, "
+                         f"found {len(conv_dim)}, {len(conv_kernel)} and {len(conv_stride)}")
+    if "num_feat_extract_layers" in hf and read.int("num_feat_extract_layers") != len(conv_dim):
+        raise read.error("num_feat_extract_layers", f"the length of 'conv_dim' ({len(conv_dim)})")
+    hidden, heads = read.int("hidden_size"), read.int("num_attention_heads")
+    groups = read.int("num_conv_pos_embedding_groups", 16)
+    if hidden % heads:
+        raise read.error("num_attention_heads", f"a divisor of hidden_size ({hidden})")
+    if hidden % groups:
+        raise read.error("num_conv_pos_embedding_groups", f"a divisor of hidden_size ({hidden})")
     frontend = ConvFrontendConfig(
-        conv_dim=list(_require(hf, "conv_dim", source)),
-        conv_kernel=list(_require(hf, "conv_kernel", source)),
-        conv_stride=list(_require(hf, "conv_stride", source)),
-        conv_bias=bool(hf.get("conv_bias", False)),
+        conv_dim=conv_dim,
+        conv_kernel=conv_kernel,
+        conv_stride=conv_stride,
+        conv_bias=read.bool("conv_bias", False),
         mode="group_norm" if norm == "group" else "layer_norm",
         feature_grad_mult=1.0,
     )
     encoder = EncoderConfig(
-        embed_dim=_require(hf, "hidden_size", source),
-        num_layers=_require(hf, "num_hidden_layers", source),
-        num_heads=_require(hf, "num_attention_heads", source),
-        ffn_dim=_require(hf, "intermediate_size", source),
-        layer_norm_first=bool(hf.get("do_stable_layer_norm", False)),
-        pos_conv_kernel=hf.get("num_conv_pos_embeddings", 128),
-        pos_conv_groups=hf.get("num_conv_pos_embedding_groups", 16),
-        dropout=float(hf.get("hidden_dropout", 0.1)),
-        attention_dropout=float(hf.get("attention_dropout", 0.1)),
-        activation_dropout=float(hf.get("activation_dropout", 0.1)),
-        feature_proj_dropout=float(hf.get("feat_proj_dropout", 0.0)),
-        layerdrop=float(hf.get("layerdrop", 0.1)),
-        activation=_ACTIVATION_NAMES[hf.get("hidden_act", "gelu")],
-        layer_norm_eps=float(hf.get("layer_norm_eps", 1e-5)),
+        embed_dim=hidden,
+        num_layers=read.int("num_hidden_layers"),
+        num_heads=heads,
+        ffn_dim=read.int("intermediate_size"),
+        layer_norm_first=read.bool("do_stable_layer_norm", False),
+        pos_conv_kernel=read.int("num_conv_pos_embeddings", 128),
+        pos_conv_groups=groups,
+        dropout=read.float("hidden_dropout", 0.1, low=0.0, high=1.0, open_high=True),
+        attention_dropout=read.float("attention_dropout", 0.1, low=0.0, high=1.0, open_high=True),
+        activation_dropout=read.float("activation_dropout", 0.1, low=0.0, high=1.0, open_high=True),
+        feature_proj_dropout=read.float("feat_proj_dropout", 0.0, low=0.0, high=1.0, open_high=True),
+        layerdrop=read.float("layerdrop", 0.1, low=0.0, high=1.0, open_high=True),
+        activation=_ACTIVATION_NAMES[activation],
+        layer_norm_eps=read.float("layer_norm_eps", 1e-5, low=0.0, high=1.0),
     )
     return ModelConfig(family=model_type, frontend=frontend, encoder=encoder, normalize_waveform=normalize)
 
@@ -131,20 +196,37 @@ def config_to_transformers(config: ModelConfig) -> dict[str, Any]:
     }
 
 
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+
+
 def _read_weights(path: Path) -> dict[str, Tensor]:
-    from safetensors.torch import load_file
+    from speechssl.interop.safe_pickle import load_state_dict_file
+    from speechssl.models.checkpoint import load_safetensors
 
     if (path / "model.safetensors").is_file():
-        return load_file(str(path / "model.safetensors"))
+        return load_safetensors(path / "model.safetensors")
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        data = _read_json(index)
+        weight_map = data.get("weight_map") if isinstance(data, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise ValueError(f"{index}: expected a 'weight_map' object of tensor name -> shard file")
         state: dict[str, Tensor] = {}
-        for shard in shards:
-            state.update(load_file(str(path / shard)))
+        for shard in sorted(set(weight_map.values())):
+            if Path(shard).name != shard or shard in (".", ".."):
+                raise ValueError(f"{index}: shard '{shard}' is not a file name in {path}")
+            if not (path / shard).is_file():
+                raise FileNotFoundError(f"{index}: shard {path / shard} does not exist")
+            state.update(load_safetensors(path / shard))
         return state
-    # pickle-based format: tensors only, never arbitrary objects
-    return torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    # pickle-based format: tensors only, never arbitrary objects (refused naming the file)
+    return load_state_dict_file(path / "pytorch_model.bin")
 
 
 def split_transformers_state(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -178,11 +260,14 @@ def load_transformers(path: str | Path) -> tuple[ModelConfig, dict[str, Tensor],
     path = Path(path)
     if not is_transformers_dir(path):
         raise FileNotFoundError(f"{path} is not a transformers model dir (needs config.json and model weights)")
-    hf = json.loads((path / "config.json").read_text())
+    hf = _read_json(path / "config.json")
     normalize = False
     preprocessor = path / "preprocessor_config.json"
     if preprocessor.is_file():
-        normalize = bool(json.loads(preprocessor.read_text()).get("do_normalize", False))
+        pre = _read_json(preprocessor)
+        if not isinstance(pre, dict):
+            raise ValueError(f"{preprocessor}: expected a JSON object at the top level, found {type(pre).__name__}")
+        normalize = _Reader(pre, str(preprocessor)).bool("do_normalize", False)
     config = config_from_transformers(hf, source=str(path / "config.json"), normalize=normalize)
     backbone, extras = split_transformers_state(_read_weights(path))
     return config, backbone, extras
@@ -195,9 +280,12 @@ def complete_masked_spec_embed(state: dict[str, Tensor], model_state: dict[str, 
     return state
 
 
-def save_transformers(model_or_state: Any, config: ModelConfig, path: str | Path) -> Path:
+def save_transformers(model_or_state: Any, config: ModelConfig, path: str | Path, *, marker: str | None = None) -> Path:
     """Write a transformers directory (config.json, preprocessor_config.json, model.safetensors)
-    that HubertModel / Wav2Vec2Model.from_pretrained loads; atomic (temp dir, then rename)."""
+    that HubertModel / Wav2Vec2Model.from_pretrained loads; atomic (temp dir, then rename).
+    `marker`: the command to name in the dir's output marker (speechssl.outputs), written into
+    the temp dir first so that it lands with the files. Callers check `path` first
+    (speechssl.outputs.check_output): an existing `path` is replaced."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -214,6 +302,8 @@ def save_transformers(model_or_state: Any, config: ModelConfig, path: str | Path
         "return_attention_mask": True,
     }
     with atomic_directory(path) as tmp:
+        if marker is not None:
+            write_marker(tmp, marker)
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
         (tmp / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})

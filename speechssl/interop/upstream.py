@@ -13,7 +13,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from speechssl.models.checkpoint import is_checkpoint_dir, load_model_with_heads, load_state_into
+from speechssl.models.checkpoint import (
+    VerifyLevel,
+    check_config_fits,
+    check_finite,
+    is_checkpoint_dir,
+    load_model_with_heads,
+    load_state_into,
+)
 from speechssl.models.config import ModelConfig
 from speechssl.models.frontends import normalize_waveform
 from speechssl.models.model import SSLModel, build_model
@@ -61,19 +68,40 @@ class Upstream(nn.Module):
 
 
 def upstream_from_state(
-    config: ModelConfig, state: dict[str, Tensor], source: str, extras: dict[str, Any] | None = None
+    config: ModelConfig,
+    state: dict[str, Tensor],
+    source: str,
+    extras: dict[str, Any] | None = None,
+    *,
+    config_source: str | None = None,
+    config_names: dict[str, str] | None = None,
 ) -> Upstream:
-    """Build the model of `config`, load `state` strictly (errors list keys), wrap as Upstream (eval)."""
+    """Check `state` is finite and has the shapes `config` declares (before anything is built:
+    a config declaring a huge model allocates nothing), then build the model, load `state`
+    strictly and wrap it as Upstream (eval). `config_names`: the config file's names of our
+    fields, for the error message."""
     from speechssl.interop.transformers_io import complete_masked_spec_embed
 
+    check_finite(state, source)
+    check_finite({k: v for part in (extras or {}).values() if isinstance(part, dict)
+                  for k, v in part.items() if isinstance(v, Tensor)}, source)
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    if "masked_spec_embed" not in shapes:  # completed from our init below
+        shapes["masked_spec_embed"] = (config.encoder.embed_dim,)
+    check_config_fits(config, shapes, weights=source, config_source=config_source or source, names=config_names)
     model = build_model(config)
     state = complete_masked_spec_embed(state, model.state_dict())
     load_state_into(model, state, source)
     return Upstream(model.eval(), config, extras).eval()
 
 
-def load_upstream(source: str | Path) -> Upstream:
+def load_upstream(source: str | Path, *, verify: VerifyLevel = "auto") -> Upstream:
     """Load any supported checkpoint as an Upstream in eval mode.
+
+    Nothing is built before the files are checked: a speechssl checkpoint's manifest (`verify`:
+    "auto" | "size" | "sha256", see speechssl.models.checkpoint), the declared sizes against
+    the weights' shapes, and every weight is finite. Pickled `.pt` / `.bin` files are read
+    with an allow-list: one that holds code is refused, never run.
 
     - speechssl checkpoint dir (config.yaml + model.safetensors)
     - transformers dir (config.json + model.safetensors / pytorch_model.bin)
@@ -84,13 +112,17 @@ def load_upstream(source: str | Path) -> Upstream:
         raise FileNotFoundError(f"upstream source {path} does not exist")
     if path.is_dir():
         if is_checkpoint_dir(path):
-            model, config, heads = load_model_with_heads(path)
+            model, config, heads = load_model_with_heads(path, verify=verify)
             return Upstream(model, config, {"pretraining": heads} if heads else None).eval()
         from speechssl.interop.transformers_io import is_transformers_dir, load_transformers
 
         if is_transformers_dir(path):
+            from speechssl.interop.transformers_io import HF_NAMES
+
             config, state, extras = load_transformers(path)
-            return upstream_from_state(config, state, str(path), extras)
+            weights = next((path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()), path)
+            return upstream_from_state(config, state, str(weights), extras, config_source=str(path / "config.json"),
+                                       config_names=HF_NAMES)
         raise ValueError(
             f"{path} is neither a speechssl checkpoint (config.yaml + model.safetensors) "
             "nor a transformers dir (config.json + model.safetensors or pytorch_model.bin)"

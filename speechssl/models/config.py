@@ -41,8 +41,10 @@ class ConvFrontendConfig:
                 "conv_dim, conv_kernel and conv_stride must be non-empty lists of the same length, found "
                 f"{len(self.conv_dim)}, {len(self.conv_kernel)} and {len(self.conv_stride)} items"
             )
-        if min(self.conv_dim + self.conv_kernel + self.conv_stride) <= 0:
-            raise ValueError("conv_dim, conv_kernel and conv_stride must be positive")
+        values = [*self.conv_dim, *self.conv_kernel, *self.conv_stride]
+        if any(not isinstance(v, int) or isinstance(v, bool) or v <= 0 for v in values):
+            raise ValueError("conv_dim, conv_kernel and conv_stride must be positive integers, found "
+                             f"{self.conv_dim}, {self.conv_kernel} and {self.conv_stride}")
         if self.feature_grad_mult < 0:
             raise ValueError(f"feature_grad_mult must be >= 0, found {self.feature_grad_mult}")
 
@@ -124,6 +126,12 @@ class EncoderConfig:
     layer_ffn_dims: list[int] | None = None
 
     def __post_init__(self) -> None:
+        for name in ("embed_dim", "num_layers", "num_heads", "ffn_dim", "pos_conv_kernel", "pos_conv_groups"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, found {value!r}")
+        if not self.layer_norm_eps > 0:
+            raise ValueError(f"layer_norm_eps must be positive, found {self.layer_norm_eps}")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim ({self.embed_dim}) is not divisible by num_heads ({self.num_heads})")
         if self.embed_dim % self.pos_conv_groups:

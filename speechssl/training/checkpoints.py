@@ -9,8 +9,10 @@ Layout (DESIGN.md):
     EXP/checkpoints/last -> step_<N>             relative symlinks, replaced atomically
     EXP/checkpoints/best -> step_<M>             (lowest validation loss)
 
-A checkpoint is built in `.tmp_step_<N>.<pid>/` and renamed into place, so a
-crash leaves either the old state or the complete new one. The manifest makes
+A checkpoint is built in a temp dir `.step_<N>.<pid>.tmp*` (speechssl.io.atomic_directory)
+and renamed into place, so a crash leaves either the old state or the complete new one; a
+full disk is a one-line WriteFailedError naming the checkpoint, with the temp dir removed and
+`last` still on the previous checkpoint. The manifest makes
 later damage (a truncated copy, a full disk during rsync) detectable:
 `load_checkpoint` verifies it and names the newest checkpoint that still verifies.
 `last`/`best` are symlinks (not pointer files) so that every tool that takes a
@@ -20,9 +22,9 @@ use them directly; each is swapped by creating a temp link and `os.replace`.
 
 from __future__ import annotations
 
-import hashlib
-import json
+import errno
 import os
+import pickle
 import random
 import re
 import shutil
@@ -32,7 +34,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+
+from speechssl.errors import WriteFailedError
+from speechssl.io import atomic_directory, remove_stale_temporaries
+from speechssl.models.checkpoint import (
+    CheckpointError,
+    check_finite,
+    load_safetensors,
+    sha256_file,
+    verify_manifest,
+    write_manifest,
+)
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "trainer_state.pt"
@@ -74,16 +87,7 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, incomplete or corrupt."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "verify", "sha256_file"]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -116,35 +120,35 @@ def save_checkpoint(
     trainer_state: dict[str, Any],
     save_config: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write `root/step_<step>/` atomically and point `last` at it. Returns the dir."""
+    """Write `root/step_<step>/` atomically and point `last` at it. Returns the dir.
+
+    A write failure (disk full, quota, read-only file system) raises WriteFailedError naming the
+    checkpoint; the temp dir is removed and `last` keeps pointing at the previous checkpoint."""
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step}"
-    tmp = root / f".tmp_step_{step}.{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    save_file(_model_tensors(model_state), str(tmp / MODEL_FILE), metadata={"format": "pt"})
-    torch.save(trainer_state, tmp / STATE_FILE)
-    if save_config is not None:
-        save_config(tmp / CONFIG_FILE)
-    manifest = {}
-    for f in sorted(tmp.iterdir()):
-        with open(f, "rb+") as fh:
-            os.fsync(fh.fileno())
-        manifest[f.name] = {"bytes": f.stat().st_size, "sha256": _sha256(f)}
-    (tmp / MANIFEST_FILE).write_text(json.dumps({"step": step, "files": manifest}, indent=1))
-    _fsync_dir(tmp)
-    if final.exists():  # re-saving a step (e.g. after a resume): move the old one aside first
-        old = root / f".old_step_{step}.{os.getpid()}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, final)
-    _fsync_dir(root)
-    point(root, "last", final)
+    tensors = _model_tensors(model_state)
+    try:
+        with atomic_directory(final) as tmp:
+            save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": "pt"})
+            torch.save(trainer_state, tmp / STATE_FILE)
+            if save_config is not None:
+                save_config(tmp / CONFIG_FILE)
+            write_manifest(tmp, {"step": step})
+            _fsync_dir(tmp)
+        _fsync_dir(root)
+        point(root, "last", final)
+    except WriteFailedError as err:  # name the checkpoint, not a temp file inside it
+        reason = str(err).split(": ", 1)[-1]
+        raise WriteFailedError(f"cannot write checkpoint {final}: {reason}") from None
+    except OSError as err:
+        if err.errno in _WRITE_ERRNOS:
+            raise WriteFailedError(f"cannot write checkpoint {final}: {err.strerror or err}") from None
+        raise
     return final
+
+
+# errnos of a machine that cannot take a write (as speechssl.io's), for the `last` symlink swap
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM}
 
 
 def point(root: str | Path, name: str, target: Path) -> None:
@@ -153,8 +157,12 @@ def point(root: str | Path, name: str, target: Path) -> None:
     tmp = root / f".{name}.tmp{os.getpid()}"
     if tmp.is_symlink() or tmp.exists():
         tmp.unlink()
-    os.symlink(target.name, tmp)
-    os.replace(tmp, root / name)
+    try:
+        os.symlink(target.name, tmp)
+        os.replace(tmp, root / name)
+    finally:
+        if tmp.is_symlink():
+            tmp.unlink()
 
 
 def resolve(root: str | Path, name: str) -> Path | None:
@@ -166,9 +174,11 @@ def resolve(root: str | Path, name: str) -> Path | None:
 
 
 def clean_temporary(root: str | Path) -> None:
-    """Remove half-written `.tmp_step_*` dirs left by a killed run."""
+    """Remove half-written checkpoint dirs left by a killed run (this version's `.step_<N>.<pid>.tmp*`
+    of a dead pid, and older versions' `.tmp_step_*` / `.old_step_*`)."""
     root = Path(root)
     if root.is_dir():
+        remove_stale_temporaries(root)
         for p in root.iterdir():
             if p.name.startswith((".tmp_step_", ".old_step_")) and p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
@@ -185,28 +195,15 @@ def prune(root: str | Path, keep_last: int) -> list[Path]:
 
 
 def verify(ckpt: str | Path) -> None:
-    """Raise CheckpointError (without the fallback hint) unless every manifest entry matches."""
+    """Raise CheckpointError (without the fallback hint) unless every manifest entry matches
+    (sizes and sha256) and the manifest lists the weights and the trainer state."""
     ckpt = Path(ckpt)
     if not ckpt.is_dir():
         raise CheckpointError(f"checkpoint {ckpt} does not exist")
-    manifest_path = ckpt / MANIFEST_FILE
-    if not manifest_path.is_file():
+    if not (ckpt / MANIFEST_FILE).is_file():
         raise CheckpointError(f"checkpoint {ckpt} is incomplete: {MANIFEST_FILE} is missing "
                               "(the run stopped while writing it?)")
-    try:
-        files = json.loads(manifest_path.read_text())["files"]
-    except (ValueError, KeyError) as err:
-        raise CheckpointError(f"checkpoint {ckpt} is corrupt: {MANIFEST_FILE} is unreadable ({err})") from None
-    for name, entry in files.items():
-        path = ckpt / name
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint {ckpt} is corrupt: {name} is missing")
-        size = path.stat().st_size
-        if size != entry["bytes"]:
-            raise CheckpointError(f"checkpoint {ckpt} is corrupt: {name} has {size} bytes, "
-                                  f"expected {entry['bytes']} (truncated?)")
-        if _sha256(path) != entry["sha256"]:
-            raise CheckpointError(f"checkpoint {ckpt} is corrupt: {name} does not match its sha256 checksum")
+    verify_manifest(ckpt, level="sha256", required=(MODEL_FILE, STATE_FILE))
 
 
 def previous_good(ckpt: Path) -> Path | None:
@@ -241,9 +238,19 @@ def verify_or_explain(ckpt: str | Path) -> None:
 
 def load_checkpoint(ckpt: str | Path, *, map_location: str | torch.device = "cpu"
                     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Verify, then read (model tensors, trainer state). Never unpickles code."""
+    """Verify (sha256), then read (model tensors, trainer state). Never unpickles code; NaN or
+    inf weights are an error naming the file and the tensor."""
     ckpt = Path(ckpt)
     verify_or_explain(ckpt)
-    model_state = load_file(str(ckpt / MODEL_FILE), device=str(map_location))
-    trainer_state = torch.load(ckpt / STATE_FILE, map_location=map_location, weights_only=True)
+    model_state = load_safetensors(ckpt / MODEL_FILE, device=str(map_location))
+    try:
+        check_finite(model_state, ckpt / MODEL_FILE)
+    except CheckpointError as err:
+        good = previous_good(ckpt.resolve())
+        raise CheckpointError(f"{err}" + (f"; the previous good checkpoint is {good}" if good else "")) from None
+    try:
+        trainer_state = torch.load(ckpt / STATE_FILE, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"{ckpt / STATE_FILE} holds code or objects that are not training state; refusing "
+                              f"to load it ({str(err).strip().splitlines()[-1]})") from None
     return model_state, trainer_state

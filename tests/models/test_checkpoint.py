@@ -43,6 +43,7 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path):
     state.pop("encoder.layer_norm.weight")
     state["encoder.extra.weight"] = torch.zeros(1)
     save_file(state, str(path))
+    (tmp_path / "ckpt" / "manifest.json").unlink()  # a hand-edited dir (the manifest would refuse it)
     with pytest.raises(ValueError, match="missing keys: encoder.layer_norm.weight .* unexpected keys: encoder.extra.weight"):
         load_model(tmp_path / "ckpt")
 
