@@ -235,20 +235,24 @@ def _write_npy_from_raw(raw: Path, dest: Path, shape: tuple[int, int], dtype: np
         shutil.copyfileobj(src, out, length=16 << 20)
 
 
-def _check_finite(block: np.ndarray, utt: str, extractor: FeatureExtractor, dtype: str) -> None:
-    """Refuse features that would poison k-means: NaN/inf from the extractor, or a float16 overflow."""
-    if np.isfinite(block).all():
-        return
-    frame = int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
-    if dtype == "float16" and np.isfinite(block.astype(np.float32)).all():
+def _checked(block: np.ndarray, utt: str, extractor: FeatureExtractor, dtype: np.dtype) -> np.ndarray:
+    """`block` in the storage dtype; NaN/inf (from the extractor, or a float16 overflow) is refused,
+    as it would poison k-means."""
+    if not np.isfinite(block).all():
+        frame = int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
         raise NonFiniteFeaturesError(
-            f"utterance '{utt}': {extractor.name} features exceed the float16 range (frame {frame}); "
+            f"utterance '{utt}': {extractor.name} gave NaN or infinite features (frame {frame}); "
+            "nothing was written for this shard (check the model or audio they come from)"
+        )
+    with np.errstate(over="ignore"):
+        stored = np.ascontiguousarray(block, dtype=dtype)
+    if not np.isfinite(stored).all():
+        frame = int(np.flatnonzero(~np.isfinite(stored).all(axis=1))[0])
+        raise NonFiniteFeaturesError(
+            f"utterance '{utt}': {extractor.name} features exceed the {dtype} range (frame {frame}); "
             "use --dtype float32"
         )
-    raise NonFiniteFeaturesError(
-        f"utterance '{utt}': {extractor.name} gave NaN or infinite features (frame {frame}); "
-        "nothing was written for this shard (check the model or audio they come from)"
-    )
+    return stored
 
 
 def _stream_reader(utt, sample_rate: int):
@@ -327,9 +331,7 @@ def dump_features(
                         f"utterance '{utt}': extractor returned shape {tuple(block.shape)},"
                         f" expected (frames, {extractor.feature_dim})"
                     )
-                block = np.ascontiguousarray(block, dtype=np_dtype)
-                _check_finite(block, utt, extractor, dtype)
-                sink.write(block.tobytes())
+                sink.write(_checked(block, utt, extractor, np_dtype).tobytes())
 
             def flush() -> None:
                 try:

@@ -171,7 +171,7 @@ class MfccExtractor:
 
     def _one(self, wav: Tensor) -> np.ndarray:
         if wav.ndim == 1 and wav.numel() > self.stream_samples:  # the whole-file pass would need GBs
-            return torch.cat(list(self.extract_stream(lambda a, b: wav[a:b], wav.numel()))).numpy()
+            return np.concatenate(list(self.extract_stream(lambda a, b: wav[a:b], wav.numel())))
         return mfcc_features(wav, self.config).numpy()
 
     @property

@@ -53,3 +53,21 @@ def test_too_short_and_bad_shape():
         mfcc_features(torch.zeros(2, 1000))
     with pytest.raises(ValueError, match="delta_order must be 0, 1 or 2"):
         MfccConfig(delta_order=3)
+
+
+@pytest.mark.parametrize(("num_samples", "chunk_frames"), [(400, 1), (1200, 1), (12345, 24), (12345, 1000), (48077, 64)])
+def test_chunked_equals_whole_file(num_samples, chunk_frames):
+    """Long recordings are computed in chunks (bounded memory): the same frames as one pass."""
+    from speechssl.features.mfcc import iter_mfcc
+
+    torch.manual_seed(num_samples)
+    wav = torch.randn(num_samples) * 0.1
+    whole = mfcc_features(wav)
+    blocks = list(iter_mfcc(lambda a, b: wav[a:b], num_samples, chunk_frames=chunk_frames))
+    chunked = torch.cat(blocks)
+    assert chunked.shape == whole.shape
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-4)
+    for config in (MfccConfig(subsample=1, delta_order=1), MfccConfig(subsample=3, delta_win_length=7)):
+        whole = mfcc_features(wav, config)
+        chunked = torch.cat(list(iter_mfcc(lambda a, b: wav[a:b], num_samples, config, chunk_frames=chunk_frames)))
+        torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-4)
