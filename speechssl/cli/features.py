@@ -3,11 +3,38 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
-from speechssl.features.dump import FEATURES, build_extractor, dump_features
+from speechssl.cli.common import add_overwrite_argument
+from speechssl.errors import OutputExistsError
+from speechssl.features.dump import FEATURES, build_extractor, dump_features, is_feature_dump
+from speechssl.outputs import check_output, read_marker, write_marker
+
+logger = logging.getLogger(__name__)
+
+COMMAND = "features"  # the marker's name: every shard job of one dump writes the same dir
+
+
+def check_own_output(out: str | Path, command: str, *, overwrite: bool, inputs: tuple = (),
+                     is_file: bool = False, written_by_us: Callable[[Path], bool] | None = None) -> Path:
+    """`check_output`, also accepting an --out that holds only what `command` writes but no marker
+    (written before markers existed): it is marked and reused, so old recipe dirs keep working."""
+    try:
+        return check_output(out, command, overwrite=overwrite, inputs=inputs, is_file=is_file)
+    except OutputExistsError:
+        out = Path(out)
+        if written_by_us is None or read_marker(out) is not None or not written_by_us(out):
+            raise
+        check_output(out, command, overwrite=True, inputs=inputs, is_file=is_file)  # inputs still refused
+        if not is_file:
+            write_marker(out, command)
+        logger.info("%s holds only earlier output of `speechssl %s`: reusing it", out, command)
+        return out
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,7 +46,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "mfcc: 13 MFCC + deltas + delta-deltas (39 dims, Kaldi settings of fairseq's HuBERT recipe), "
             "every 2nd 10 ms frame: 50 Hz, frame for frame the conv frontend's count. "
             "upstream: layer L (0 = transformer input, L = output of layer L) of any load_upstream source, "
-            "at its own rate (50 Hz for the conv frontend). A finished shard is skipped."
+            "at its own rate (50 Hz for the conv frontend). A finished shard is skipped when its recorded "
+            "inputs (audio path, size and mtime per utterance; feature settings; upstream weights) and files "
+            "still check out; otherwise it is redone, with a log line saying why. Recordings longer than "
+            "60 s are computed in chunks (MFCC) in bounded memory. All shard jobs may write one --out at once."
         ),
     )
     parser.add_argument("--data", required=True, help="Kaldi data dir (wav.scp [segments] utt2spk)")
@@ -27,6 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--upstream", help="with --feature upstream: speechssl/transformers dir or fairseq/s3prl .pt")
     parser.add_argument("--layer", type=int, help="with --feature upstream: hidden-state index L")
     parser.add_argument("--out", required=True, help="feature dir (shared by all shards)")
+    add_overwrite_argument(parser)
     parser.add_argument("--nshard", type=int, default=1, help="number of shards (jobs); default 1")
     parser.add_argument("--rank", type=int, default=0, help="which shard this job writes, 0..nshard-1")
     parser.add_argument("--batch-seconds", type=float, default=60.0,
@@ -48,7 +79,11 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(1)
     else:  # the recipe runs the shards at once: share the cores instead of oversubscribing them
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.nshard))
+    inputs = (args.data,) + ((args.upstream,) if args.upstream else ())
+    out = check_own_output(args.out, COMMAND, overwrite=args.overwrite, inputs=inputs, written_by_us=is_feature_dump)
     extractor = build_extractor(args.feature, upstream=args.upstream, layer=args.layer, device=args.device)
+    out.mkdir(parents=True, exist_ok=True)
+    write_marker(out, COMMAND)  # first: a parallel shard job's check then sees our marker
     path = dump_features(args.data, extractor, args.out, nshard=args.nshard, rank=args.rank,
                          dtype=args.dtype, batch_seconds=args.batch_seconds)
     print(f"features: {path}")

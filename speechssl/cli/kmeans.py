@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from speechssl.cli.common import add_overwrite_argument
+from speechssl.cli.features import check_own_output
 from speechssl.features.dump import FeatureReader
-from speechssl.units.kmeans import KMeansConfig, fit_kmeans, label
+from speechssl.outputs import write_marker
+from speechssl.units.kmeans import KMeansConfig, KMeansModel, fit_kmeans, is_kmeans_output, label
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,6 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fit.add_argument("--feats", required=True, help="feature dir written by `speechssl features`")
     fit.add_argument("--num-clusters", type=int, required=True, help="K (HuBERT: 100 on MFCC, 500 on layer 6)")
     fit.add_argument("--out", required=True, help="k-means model dir")
+    add_overwrite_argument(fit)
     fit.add_argument("--percent", type=float, default=defaults.percent,
                      help="fraction of the utterances of each shard to fit on, in (0, 1] (default: all)")
     fit.add_argument("--seed", type=int, default=defaults.seed)
@@ -32,13 +37,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     lab = actions.add_parser("label", help="write OUT/labels (uttid u1 u2 ...) and OUT/dict.txt")
     lab.add_argument("--feats", required=True, help="feature dir written by `speechssl features`")
     lab.add_argument("--model", required=True, help="k-means model dir from `speechssl kmeans fit`")
-    lab.add_argument("--out", required=True, help="output dir for labels and dict.txt")
+    lab.add_argument("--out", required=True, help="output dir for labels and dict.txt (written as one pair)")
+    add_overwrite_argument(lab)
     lab.add_argument("--device", default="cpu", help="torch device for the distance matmul (default cpu)")
     lab.set_defaults(func=run_label)
 
 
+def _claim(out: str, command: str, overwrite: bool, inputs: tuple, labels: bool) -> Path:
+    path = check_own_output(out, command, overwrite=overwrite, inputs=inputs,
+                            written_by_us=lambda p: is_kmeans_output(p, labels=labels))
+    path.mkdir(parents=True, exist_ok=True)
+    write_marker(path, command)
+    return path
+
+
 def run_fit(args: argparse.Namespace) -> int:
-    model = fit_kmeans(FeatureReader(args.feats), args.num_clusters, percent=args.percent, seed=args.seed,
+    reader = FeatureReader(args.feats)  # a damaged shard is named before the output dir is touched
+    _claim(args.out, "kmeans fit", args.overwrite, (args.feats,), labels=False)
+    model = fit_kmeans(reader, args.num_clusters, percent=args.percent, seed=args.seed,
                        out_dir=args.out, n_init=args.n_init, max_iter=args.max_iter, batch_size=args.batch_size)
     print(f"kmeans: {model.num_clusters} centroids in {args.out} "
           f"(inertia per frame {model.params['inertia_per_frame']:.4f})")
@@ -46,6 +62,8 @@ def run_fit(args: argparse.Namespace) -> int:
 
 
 def run_label(args: argparse.Namespace) -> int:
-    labels = label(FeatureReader(args.feats), args.model, args.out, device=args.device)
+    reader, model = FeatureReader(args.feats), KMeansModel.load(args.model)
+    _claim(args.out, "kmeans label", args.overwrite, (args.feats, args.model), labels=True)
+    labels = label(reader, model, args.out, device=args.device)
     print(f"kmeans: labelled {len(labels)} utterances into {args.out}/labels")
     return 0

@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from speechssl.units.report import format_table, plot_quality, score_label_files, write_json
+from speechssl.cli.common import add_overwrite_argument
+from speechssl.cli.features import check_own_output
+from speechssl.units.report import format_table, is_score_file, plot_quality, score_label_files, write_json
+
+COMMAND = "units score"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,17 +35,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     score.add_argument("--names", nargs="+", help="one name per labels file (default: their directory names)")
     score.add_argument("--out", help="JSON file for the scores")
     score.add_argument("--plot", help="PNG bar chart of the scores")
+    add_overwrite_argument(score)
     score.set_defaults(func=run_score)
 
 
 def run_score(args: argparse.Namespace) -> int:
+    plot = args.plot or (str(Path(args.out).with_suffix(".png")) if args.out and len(args.labels) > 1 else None)
+    inputs = (*args.labels, args.alignments)
+    for path in (args.out, plot):  # checked before any scoring; an earlier score file of ours is replaced
+        if path:
+            check_own_output(path, COMMAND, overwrite=args.overwrite, inputs=inputs, is_file=True,
+                             written_by_us=is_score_file)
     results = score_label_files(args.labels, args.alignments, frame_shift=args.frame_shift, names=args.names)
     print(format_table(results), end="")
     if args.out:
         write_json(results, args.out, extra={"alignments": args.alignments, "frame_shift": args.frame_shift,
                                              "labels": dict(zip(results, args.labels))})
         print(f"units: scores in {args.out}")
-    plot = args.plot or (str(Path(args.out).with_suffix(".png")) if args.out and len(results) > 1 else None)
     if plot:
         plot_quality(results, plot)
         print(f"units: chart in {plot}")

@@ -16,12 +16,19 @@ sklearn's predict) with one matmul per block of frames, and writes
 
     labels      `uttid u1 u2 ...` (Kaldi table, C-sorted; one unit per frame)
     dict.txt    fairseq's unit dictionary: `<unit> <count>` for units 0..K-1 in order
+
+Each pair (centroids.npy + kmeans.json, labels + dict.txt) is written as one
+unit (`write_pair`): a failed or killed run leaves the old pair, or the new
+first file without the second, never files of two different runs. NaN or
+infinite features are refused naming the shard file and utterance.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,14 +36,50 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from speechssl.data.kaldi import read_table_lines, write_table
-from speechssl.features.dump import FeatureReader
-from speechssl.io import atomic_file, atomic_write_text
+from speechssl.data.kaldi import c_sort_key, read_table_lines
+from speechssl.features.dump import FeatureReader, NonFiniteFeaturesError
+from speechssl.io import atomic_file
 
 logger = logging.getLogger(__name__)
 
 CENTROIDS = "centroids.npy"
 PARAMS = "kmeans.json"
+LABELS = "labels"
+DICT = "dict.txt"
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def write_pair(first: Path, write_first: Callable[[Path], None], second: Path,
+               write_second: Callable[[Path], None]) -> None:
+    """Write two files that only mean something together (labels and their dict.txt).
+
+    Both are written and synced to temp names first, so a full disk or an error leaves the old
+    pair untouched; then the old `second` is removed, `first` renamed into place, then `second`.
+    A kill between the renames leaves `first` without `second` (a missing file, named by whatever
+    reads it), never files of two runs."""
+    with atomic_file(second) as tmp_second:
+        write_second(tmp_second)
+        _fsync(tmp_second)
+        with atomic_file(first) as tmp_first:
+            write_first(tmp_first)
+            _fsync(tmp_first)
+            second.unlink(missing_ok=True)
+        # leaving the blocks renames `first`, then `second`
+
+
+def is_kmeans_output(path: str | Path, *, labels: bool = False) -> bool:
+    """Whether `path` is a dir holding only a k-means model (or, with `labels`, a labels dir), e.g. one
+    written before output markers existed; the recipe's `.done` may be there too."""
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    names = {p.name for p in path.iterdir() if not p.name.startswith(".")}
+    own = {LABELS, DICT} if labels else {CENTROIDS, PARAMS}
+    return bool(names) and names <= own
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,12 +121,12 @@ class KMeansModel:
         return int(self.centroids.shape[0])
 
     def save(self, km_dir: str | Path) -> None:
-        """Write centroids.npy and kmeans.json (each atomically)."""
+        """Write centroids.npy and kmeans.json, as one pair (`write_pair`)."""
         km_dir = Path(km_dir)
         km_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_file(km_dir / CENTROIDS) as tmp:
-            np.save(tmp, np.ascontiguousarray(self.centroids, dtype=np.float32), allow_pickle=False)
-        atomic_write_text(km_dir / PARAMS, json.dumps(self.params, indent=2) + "\n")
+        centroids = np.ascontiguousarray(self.centroids, dtype=np.float32)
+        write_pair(km_dir / CENTROIDS, lambda tmp: np.save(tmp, centroids, allow_pickle=False),
+                   km_dir / PARAMS, lambda tmp: tmp.write_text(json.dumps(self.params, indent=2) + "\n"))
 
     @classmethod
     def load(cls, km_dir: str | Path) -> KMeansModel:
@@ -94,6 +137,8 @@ class KMeansModel:
         centroids = np.load(path, allow_pickle=False)
         if centroids.ndim != 2:
             raise ValueError(f"{path}: expected (clusters, dim) centroids, found shape {centroids.shape}")
+        if not np.isfinite(centroids).all():
+            raise NonFiniteFeaturesError(f"{path}: centroids hold NaN or infinite values; fit the model again")
         params = json.loads((km_dir / PARAMS).read_text()) if (km_dir / PARAMS).is_file() else {}
         return cls(centroids.astype(np.float32), params)
 
@@ -150,9 +195,7 @@ def fit_kmeans(
         "k-means: %d clusters on %d frames of %d utterances (%.1f%%) x %d dims; needs about %.1f MiB of memory",
         num_clusters, num_frames, len(selection), 100 * config.percent, reader.feature_dim, need / 2**20,
     )
-    feats = reader.gather(selection)  # (N, D) float32
-    if not np.isfinite(feats).all():
-        raise ValueError(f"{reader.dir}: features hold NaN or infinite values")
+    feats = reader.gather(selection)  # (N, D) float32; NaN/inf is an error naming shard and utterance
     km = MiniBatchKMeans(
         n_clusters=config.num_clusters,
         init=config.init,
@@ -193,7 +236,9 @@ def label(
     device: str = "cpu",
     progress: bool = True,
 ) -> dict[str, list[int]]:
-    """Assign every frame of every utterance its unit; write `labels` and `dict.txt` in `out_dir`."""
+    """Assign every frame of every utterance its unit; write `labels` and `dict.txt` in `out_dir`
+    (as one pair: see `write_pair`). NaN or infinite features are an error naming the shard file
+    and utterance, and leave `out_dir` as it was."""
     model = km_dir if isinstance(km_dir, KMeansModel) else KMeansModel.load(km_dir)
     if model.centroids.shape[1] != reader.feature_dim:
         raise ValueError(
@@ -209,8 +254,16 @@ def label(
         labels[utt] = units.tolist()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_table(out_dir / "labels", labels)
-    atomic_write_text(out_dir / "dict.txt", "".join(f"{k} {int(c)}\n" for k, c in enumerate(counts)))
+
+    def write_labels(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for utt in sorted(labels, key=c_sort_key):
+                f.write(f"{utt} {' '.join(map(str, labels[utt]))}\n")
+
+    def write_dict(tmp: Path) -> None:
+        tmp.write_text("".join(f"{k} {int(c)}\n" for k, c in enumerate(counts)), encoding="utf-8")
+
+    write_pair(out_dir / LABELS, write_labels, out_dir / DICT, write_dict)
     used = int((counts > 0).sum())
     logger.info("labelled %d utterances, %d frames; %d of %d units used; wrote %s",
                 len(labels), int(counts.sum()), used, model.num_clusters, out_dir / "labels")
