@@ -17,7 +17,7 @@ from speechssl.interop.upstream import Upstream, load_upstream
 from speechssl.io import atomic_file
 from speechssl.models.checkpoint import is_checkpoint_dir
 from speechssl.models.config import ConvFrontendConfig
-from speechssl.outputs import check_output, is_experiment_dir, record_output
+from speechssl.outputs import check_output, record_output
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,9 @@ def check_export_output(source: str | Path, fmt: str, out: str | Path, *, overwr
     except OutputExistsError:
         pass
     target, src = out.resolve(), Path(source).resolve()
-    inside = [p for p in target.parents if p == src or is_experiment_dir(p)]
+    # EXP/x or EXP/checkpoints/step_N: an experiment shows by its checkpoints, not by a bare .lock
+    near = target.parents[:2]
+    inside = [p for p in target.parents if p == src] + [p for p in near if (p / "checkpoints").is_dir()]
     if is_checkpoint_dir(out) or inside:
         where = f"inside {inside[0]}" if inside else "a speechssl checkpoint"
         raise OutputExistsError(

@@ -130,7 +130,8 @@ def save_checkpoint(
     try:
         with atomic_directory(final) as tmp:
             save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": "pt"})
-            torch.save(trainer_state, tmp / STATE_FILE)
+            with open(tmp / STATE_FILE, "wb") as f:  # a file object: ENOSPC stays an OSError in the chain
+                torch.save(trainer_state, f)
             if save_config is not None:
                 save_config(tmp / CONFIG_FILE)
             write_manifest(tmp, {"step": step})
@@ -140,15 +141,27 @@ def save_checkpoint(
     except WriteFailedError as err:  # name the checkpoint, not a temp file inside it
         reason = str(err).split(": ", 1)[-1]
         raise WriteFailedError(f"cannot write checkpoint {final}: {reason}") from None
-    except OSError as err:
-        if err.errno in _WRITE_ERRNOS:
-            raise WriteFailedError(f"cannot write checkpoint {final}: {err.strerror or err}") from None
-        raise
+    except Exception as err:
+        reason = _machine_failure(err)
+        if reason is None:
+            raise
+        raise WriteFailedError(f"cannot write checkpoint {final}: {reason}") from None
     return final
 
 
-# errnos of a machine that cannot take a write (as speechssl.io's), for the `last` symlink swap
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM}
+# errnos of a machine that cannot take a write (as speechssl.io's)
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO, errno.EACCES, errno.EPERM}
+
+
+def _machine_failure(err: BaseException) -> str | None:
+    """The reason when `err` or an error it was raised from says the disk cannot take the write:
+    torch.save reports a full disk as "unexpected pos ..." with the OSError only in the chain."""
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, OSError) and err.errno in _WRITE_ERRNOS:
+            return err.strerror or str(err)
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return None
 
 
 def point(root: str | Path, name: str, target: Path) -> None:

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from speechssl.errors import WriteFailedError
 from speechssl.testing.training import ToyModel
 from speechssl.training import checkpoints as ckpt
 
@@ -90,3 +91,80 @@ def test_resave_same_step_and_clean_temporary(tmp_path):
     _save(tmp_path, 1, model)
     weights, _ = ckpt.load_checkpoint(tmp_path / "step_1")
     assert weights["out.bias"].item() == 7.0
+
+
+# --- a full disk (issue 12, item 9): one line naming the checkpoint, the temp dir gone,
+# the previous checkpoint and `last` untouched.
+def _assert_previous_intact(root: Path, model: torch.nn.Module) -> None:
+    assert ckpt.resolve(root, "last").name == "step_1"
+    assert [p.name for p in ckpt.step_dirs(root)] == ["step_1"]
+    weights, _ = ckpt.load_checkpoint(root / "last")  # still verifies (sha256)
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+    assert not [p.name for p in root.iterdir() if p.name.startswith(".")]  # no temp left
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "safetensors", "manifest"])
+def test_enospc_from_any_writer_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch, writer):
+    import errno
+
+    model = ToyModel()
+    _save(tmp_path, 1, model)
+
+    def full(*args, **kwargs):
+        if writer == "torch.save":
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 128 vs 0\n"
+                               "PytorchStreamWriter failed writing file data/0: file write failed")
+        if writer == "safetensors":
+            raise Exception('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
+                            'message: "No space left on device" })')
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    target = {"torch.save": "torch.save", "safetensors": "speechssl.training.checkpoints.save_file",
+              "manifest": "speechssl.training.checkpoints.write_manifest"}[writer]
+    monkeypatch.setattr(target, full)
+    with pytest.raises(WriteFailedError) as info:
+        _save(tmp_path, 2, model)
+    message = str(info.value)
+    assert message.startswith(f"cannot write checkpoint {tmp_path / 'step_2'}: ") and "\n" not in message
+    monkeypatch.undo()
+    _assert_previous_intact(tmp_path, model)
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    """A size-limited tmpfs (root only; skipped where mounting is not allowed)."""
+    import subprocess
+
+    mount = tmp_path / "fs"
+    mount.mkdir()
+    def mount_with(size_kb: int) -> Path:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(mount)],
+                              capture_output=True)
+        if done.returncode != 0:
+            pytest.skip("cannot mount a tmpfs here (needs root)")
+        return mount
+    yield mount_with
+    subprocess.run(["umount", "--lazy", str(mount)], capture_output=True)  # lazy: an open handle in a traceback
+
+
+def test_a_real_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, tiny_fs):
+    model = ToyModel()
+    probe = _save(tmp_path / "probe", 1, model)
+    size_kb = sum(p.stat().st_size for p in probe.iterdir()) // 1024
+    root = tiny_fs(size_kb + 16 + size_kb // 2)  # room for one checkpoint, not for two
+    _save(root, 1, model)
+    with pytest.raises(WriteFailedError, match=rf"^cannot write checkpoint {root / 'step_2'}: .*"
+                                               r"(No space left on device|file write failed)"):
+        _save(root, 2, model)
+    _assert_previous_intact(root, model)
+
+
+def test_an_empty_or_partial_manifest_does_not_verify(tmp_path):
+    model = ToyModel()
+    path = _save(tmp_path, 1, model)
+    (path / "manifest.json").write_text('{"step": 1, "files": {}}')
+    with pytest.raises(ckpt.CheckpointError, match="step_1 is corrupt: manifest.json lists no files"):
+        ckpt.load_checkpoint(path)
+    (path / "manifest.json").write_text('{"files": {"config.yaml": {"bytes": 8, "sha256": "%s"}}}' % ("0" * 64))
+    with pytest.raises(ckpt.CheckpointError, match="manifest.json does not list model.safetensors"):
+        ckpt.load_checkpoint(path)
