@@ -15,6 +15,7 @@ from speechssl.data.datadir import (
     summarize_data_dir,
 )
 from speechssl.data.fix import fix_data_dir
+from speechssl.data.layout import describe_ignored
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -99,10 +100,10 @@ def run_fix(args: argparse.Namespace) -> int:
     for dropped in report.dropped:
         print(dropped)
     if report.ignored:
-        print(f"ignored (not data-dir tables, left as they are): {', '.join(report.ignored)}")
+        print(f"ignored (not data-dir tables, left as they are): {describe_ignored(report.ignored)}")
     dropped = sum(d.kind == "utterance" for d in report.dropped)
     if report.backup_dir is None:
-        print(f"{args.dir}: nothing to change; {report.num_utterances} utterances")
+        print(f"{args.dir}: nothing to change ({report.num_utterances} utterances)")
     else:
         print(
             f"{args.dir}: kept {report.num_utterances} utterances, dropped {dropped}; changed"

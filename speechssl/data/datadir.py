@@ -41,6 +41,7 @@ from speechssl.data.layout import (
     Listing,
     describe_ignored,
     list_data_dir,
+    table_level,
 )
 from speechssl.io import atomic_directory
 from speechssl.outputs import check_output, write_marker
@@ -145,8 +146,9 @@ def read_file(path: Path) -> tuple[dict, list[Problem]]:
     return table, problems + parse_problems
 
 
-def _fatal(problems: list[Problem]) -> list[Problem]:
-    """The problems a reader cannot accept (unsorted lines, CR endings or a byte-order mark it can)."""
+def fatal_problems(problems: list[Problem]) -> list[Problem]:
+    """The problems a reader cannot accept: unsorted lines, CR line endings and a byte-order mark
+    do not change what `scan_table` returns, so readers accept them (`validate` still names them)."""
     return [p for p in problems if p.kind not in HARMLESS]
 
 
@@ -190,7 +192,7 @@ class DataDir:
         for name, level in listing.tables.items():
             if name in CORE_FILES or level == UTTERANCE:
                 table, found = read_file(path / name)
-                problems += _fatal(found)
+                problems += fatal_problems(found)
                 if name in CORE_FILES:
                     tables[name] = table
                 else:
@@ -248,7 +250,7 @@ class DataDir:
         if not file.is_file():
             raise ValueError(f"{file}: is not a regular file: not read")
         rows, problems = scan_table(file)
-        problems = _fatal(problems)
+        problems = fatal_problems(problems)
         if problems:
             raise ValueError(str(problems[0]))
         return {row.key: row.value for row in rows}
@@ -315,8 +317,11 @@ def write_data_dir(
             if not key or key.split() != [key]:
                 raise ValueError(f"{name}: id {key!r} must be non-empty and contain no whitespace")
     for name in extra or {}:
-        if name in CORE_FILES or "/" in name or name.startswith("."):
-            raise ValueError(f"extra table name '{name}' must be a plain file name other than {CORE_FILES}")
+        if name in CORE_FILES or table_level(name) != UTTERANCE:
+            raise ValueError(
+                f"extra table name '{name}' is not an utterance table name other than {CORE_FILES}"
+                " (phones, intent, utt2<name>, <name>.scp: see speechssl.data.layout)"
+            )
     data = DataDir(
         path=Path(path),
         wav_scp=dict(wav_scp),

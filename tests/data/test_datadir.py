@@ -292,3 +292,10 @@ def test_trials_and_phone_ctm_are_not_utterance_tables(data_dir):
     problems = [str(p) for p in validate_data_dir(data_dir.path)]
     assert len(problems) == 3 and all("utterance has no entry in intent" in p for p in problems)
     assert set(DataDir.load(data_dir.path).extra) == {"intent"}
+
+
+def test_extra_tables_must_be_named_as_tables(tmp_path):
+    # a name the table rule ignores would be written and then never read back
+    with pytest.raises(ValueError, match="extra table name 'NOTES' is not an utterance table name"):
+        write_data_dir(tmp_path / "d", {"u1": "/x.wav"}, extra={"NOTES": {"u1": "x"}})
+    assert not (tmp_path / "d").exists()
