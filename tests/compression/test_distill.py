@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -21,6 +22,7 @@ from speechssl.config import ConfigError, from_dict
 from speechssl.data.dataset import Batch
 from speechssl.models import build_model, save_checkpoint
 from speechssl.objectives.masking import MaskConfig
+from speechssl.outputs import ExperimentLock
 from speechssl.testing.datadirs import make_data_dir
 from speechssl.testing.models import perturb_, random_waves, tiny_config
 
@@ -133,3 +135,39 @@ def test_cli_distill_and_prune_write_upstreams(tmp_path):
     with torch.no_grad():
         out = final(wavs, lens)
     assert len(out.hidden_states) == 3 and out.lengths.tolist() == [15, 9]
+
+
+def _snapshot(directory):
+    return {str(p.relative_to(directory)): (p.read_bytes() if p.is_file() and not p.is_symlink() else str(p))
+            for p in sorted(directory.rglob("*"))}
+
+
+def test_distill_and_prune_guard_their_experiment_dirs(tmp_path, capsys):
+    """Each command's --out is its own: another command's experiment, a locked dir, an empty --valid and a
+    resume with another student are refused in one line before anything in EXP changes."""
+    teacher, config = _teacher(num_layers=2)
+    save_checkpoint(teacher, config, tmp_path / "teacher")
+    data = make_data_dir(tmp_path, num_speakers=2, utts_per_speaker=2)
+    (tmp_path / "distill.yaml").write_text("student: {num_layers: 1}\ntarget_layers: [1, 2]\n" + TRAIN)
+    (tmp_path / "prune.yaml").write_text("target_sparsity: 0.5\n" + TRAIN)
+    common = ["--teacher", str(tmp_path / "teacher"), "--train", str(data.path), "--max-steps", "2"]
+    distill_args = ["distill", *common, "--config", str(tmp_path / "distill.yaml"), "--out", str(tmp_path / "d")]
+    assert main(distill_args) == 0
+    before = _snapshot(tmp_path / "d")
+    capsys.readouterr()
+
+    assert main(["prune", *common, "--config", str(tmp_path / "prune.yaml"), "--out", str(tmp_path / "d")]) == 1
+    assert "is an experiment dir of `speechssl distill`" in capsys.readouterr().err
+    assert main([*distill_args, "--resume", "--set", "student.num_layers=2"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "cannot resume from" in err and "student.num_layers (checkpoint 1, now 2)" in err
+    assert "\n" not in err
+    with ExperimentLock(tmp_path / "d", "distill"):
+        assert main([*distill_args, "--resume"]) == 1
+    assert f"(pid {os.getpid()} on host" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "wav.scp").write_text("")
+    assert main([*distill_args, "--resume", "--valid", str(empty)]) == 1
+    assert f"validation data dir {empty} holds no utterances" in capsys.readouterr().err
+    assert _snapshot(tmp_path / "d") == before

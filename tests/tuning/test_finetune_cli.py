@@ -88,3 +88,35 @@ def test_user_errors_are_one_line(setup, tmp_path, capsys):
     assert "finetune.yaml does not exist" in capsys.readouterr().err
     assert _finetune(setup, tmp_path / "x", "--method", "dora") == 1
     assert "unknown tuning method 'dora'; valid: adapter, bitfit" in capsys.readouterr().err
+
+
+def test_finetune_out_is_guarded_and_a_failed_resume_changes_nothing(setup, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("precious")
+    assert _finetune(setup, mine, "--max-steps", "2") == 1
+    assert "already holds files that `speechssl finetune` did not write (notes.txt)" in capsys.readouterr().err
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+    out = tmp_path / "exp"
+    assert _finetune(setup, out, "--max-steps", "2") == 0
+    before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and not p.is_symlink()}
+    capsys.readouterr()
+    assert _finetune(setup, out, "--max-steps", "2", "--resume", "--set", "trainer.lr=1.0") == 1
+    err = capsys.readouterr().err.strip()
+    assert "cannot resume from" in err and "trainer.lr (checkpoint 0.003, now 1.0)" in err and "\n" not in err
+    assert _finetune(setup, out, "--max-steps", "2") == 1  # a fresh run: checkpoints need --resume
+    assert "holds checkpoints of an earlier run: resume it (--resume)" in capsys.readouterr().err
+    after = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and not p.is_symlink()}
+    assert after == before  # finetune.yaml, vocab.txt, tensorboard untouched
+
+
+def test_finetune_refuses_an_empty_valid_dir_at_start_up(setup, tmp_path, capsys):
+    empty = tmp_path / "dev"
+    empty.mkdir()
+    for name in ("wav.scp", "text"):
+        (empty / name).write_text("")
+    assert main(["finetune", "--upstream", str(setup["upstream"]), "--train", str(setup["train"]),
+                 "--valid", str(empty), "--out", str(tmp_path / "exp"), "--config", str(setup["conf"])]) == 1
+    assert f"validation data dir {empty} holds no utterances" in capsys.readouterr().err
+    assert not (tmp_path / "exp").exists()
