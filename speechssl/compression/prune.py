@@ -422,6 +422,10 @@ def build_pruner(teacher_model: SSLModel, teacher_config: ModelConfig, config: P
     return Pruner(gated, teacher_model, config, normalize_waveform=teacher_config.normalize_waveform)
 
 
+# a resumed run may also change how long the sparsity target ramps and the final distillation runs
+_RESUMABLE = RESUMABLE_KEYS | {"sparsity_warmup_steps", "final_distill_steps"}
+
+
 def prune(
     teacher_source: str | Path,
     config_path: str | Path,
@@ -453,10 +457,6 @@ def prune(
     with distributed(), experiment(out_dir, "prune", resume=resume, config=config, overwrite=overwrite,
                                    inputs=(train_dir, valid, teacher_source), allowed=_RESUMABLE) as run:
         return _prune(teacher_source, config, train_dir, valid, out_dir, run)
-
-
-# a resumed run may also change how long the sparsity target ramps and the final distillation runs
-_RESUMABLE = RESUMABLE_KEYS | {"sparsity_warmup_steps", "final_distill_steps"}
 
 
 def _prune(teacher_source: str | Path, config: PruneConfig, train_dir: Path, valid: Path | None, out_dir: Path,
