@@ -1,4 +1,4 @@
-"""Kaldi data dirs: load, write, validate, fix and measure durations.
+"""Kaldi data dirs: load, write, validate, combine and measure durations (`fix` is in data/fix.py).
 
 A data dir is the unit of exchange between recipe stages (DESIGN.md):
 
@@ -14,7 +14,7 @@ Every file is sorted by key in C locale (byte order). Which other top-level
 files are tables (phones, intent, utt2*, *.scp, spk2*...) and which are left
 alone (NOTES, audio beside the tables...) is the rule of `speechssl.data.layout`:
 utterance tables beyond the core are DataDir's "extra" tables, kept by `write`,
-filtered by `fix`, checked for id consistency by `validate`.
+filtered by `fix` (speechssl.data.fix), checked for id consistency by `validate`.
 
 Policy for Kaldi pipes: a wav.scp entry such as `utt1 sox in.flac -t wav - |`
 is not supported, since we read audio with soundfile, never through a shell.
