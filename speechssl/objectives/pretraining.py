@@ -39,6 +39,7 @@ from speechssl.objectives.wav2vec2 import (
     contrastive_loss,
     diversity_loss,
     feature_penalty,
+    gather_rows,
     sample_negatives,
 )
 
@@ -258,9 +259,10 @@ class Wav2Vec2PretrainModel(nn.Module):
             )  # fmt: skip
         index = mask.reshape(-1).nonzero().squeeze(1)  # (M,) the one host sync: selection size
         flat_targets = targets.reshape(B * T, -1)
-        negatives = flat_targets[negative_indices.reshape(B * T, -1)[index]]  # (M, K, final_dim)
+        negatives = gather_rows(flat_targets, negative_indices.reshape(B * T, -1)[index])  # (M, K, final_dim)
         logits = contrastive_logits(
-            predicted.reshape(B * T, -1)[index], flat_targets[index], negatives, cfg.logit_temp
+            gather_rows(predicted.reshape(B * T, -1), index), gather_rows(flat_targets, index), negatives,
+            cfg.logit_temp,
         )  # (M, 1 + K)
         return Wav2Vec2Predictions(out, mask, negative_indices, logits, q.code_perplexity, q.prob_perplexity)
 

@@ -102,6 +102,19 @@ def sample_negatives(
     return torch.where(mask[..., None], indices, self_index)
 
 
+def gather_rows(frames: Tensor, index: Tensor) -> Tensor:
+    """frames[index] for frames (N, D) and long index of any shape -> (*index.shape, D), with a
+    gradient that does not depend on thread scheduling (exact resume needs bit-identical steps).
+
+    Distractors repeat rows, so the backward sums many gradients into one row. On CPU,
+    advanced indexing sums them with parallel atomic adds whose order (hence rounding) varies
+    from run to run; index_select's backward (index_add_) sums in index order. On CUDA it is
+    the other way round: index_add_ uses atomics, advanced indexing a sorted, ordered sum."""
+    if frames.device.type == "cpu":
+        return frames.index_select(0, index.reshape(-1)).view(*index.shape, frames.shape[-1])
+    return frames[index]
+
+
 def contrastive_logits(predicted: Tensor, positives: Tensor, negatives: Tensor, temperature: float) -> Tensor:
     """predicted, positives: (N, D); negatives: (N, K, D). Returns (N, 1 + K) cosine / temperature,
     positive first; a distractor equal to its positive gets -inf (fairseq, transformers)."""
