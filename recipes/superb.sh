@@ -5,7 +5,7 @@
 #   Stage 1: data preparation (local/data.sh)     -> data/<task>/{train,dev,test}
 #   Stage 2: tokenizer: a sentencepiece model for ASR (only with --asr_units sentencepiece)
 #   Stage 3: train a head for each task x upstream  -> exp/<task>_<upstream>/ (dev picks the checkpoint)
-#   Stage 4: evaluate each on --eval_split          -> exp/<task>_<upstream>/results.json
+#   Stage 4: evaluate each on --eval_split          -> exp/<task>_<upstream>/results_<split>.json
 #   Stage 5: report: one table (markdown + JSON) and a PNG of the learned layer weights
 #
 # Upstreams are 'fbank' (SUPERB's FBANK row) or any checkpoint `speechssl downstream`
@@ -23,7 +23,7 @@ log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') ($(basename "$0"):${BASH_LINENO[0]}) 
 stage=1                 # first stage to run
 stop_stage=100          # last stage to run
 ngpu=0                  # GPUs per training: 0 = CPU (or one GPU if visible), >1 = torchrun DDP on one node
-nj=1                    # trainings (and evaluations) run at the same time; logs go to <exp>/{train,evaluate}.log
+nj=1                    # trainings (and evaluations) run at the same time; logs: <exp>.train.log, <exp>/evaluate.log
 datadir=data            # task data dirs: <datadir>/<task>/{train,dev,test}
 expdir=exp              # experiments go here
 local_data_opts=""      # options passed to local/data.sh
@@ -203,18 +203,19 @@ if run_stage 3; then
             name="${names[$u]}"; exp=$(exp_of "${task}" "${name}")
             [ -f "${exp}/.train.done" ] && continue
             up=$(upstream_arg "${upstream_list[$u]}" "${name}")
-            log "Stage 3: train ${task} on ${name} -> ${exp} (log: ${exp}/train.log)"
-            mkdir -p "${exp}"
+            # The log stays beside EXP: `downstream train` refuses an EXP holding files it did not write.
+            log "Stage 3: train ${task} on ${name} -> ${exp} (log: ${exp}.train.log)"
+            mkdir -p "${expdir}"
             extra=()
             if [ "${task}" = asr ]; then
                 extra=("${asr_args[@]+"${asr_args[@]}"}")
                 if [ -f "${tokenizer_dir}/spm.model" ]; then
-                    mkdir -p "${exp}/task"; cp "${tokenizer_dir}/spm.model" "${exp}/task/spm.model"
+                    extra+=(--set "sentencepiece_model=${tokenizer_dir}/spm.model")
                 fi
             fi
             resume=(); [ -f "${exp}/downstream.yaml" ] && resume=(--resume)
             # shellcheck disable=SC2086
-            submit "${exp}/train.log" bash -c '"$@" && touch "'"${exp}"'/.train.done"' _ \
+            submit "${exp}.train.log" bash -c '"$@" && touch "'"${exp}"'/.train.done"' _ \
                 "${train_cmd[@]}" --task "${task}" --upstream "${up}" --data "${datadir}/${task}" --out "${exp}" \
                 --config "$(task_config "${task}")" "${steps_args[@]+"${steps_args[@]}"}" \
                 "${sweep_args[@]+"${sweep_args[@]}"}" "${extra[@]+"${extra[@]}"}" "${resume[@]+"${resume[@]}"}" ${train_args}
@@ -245,13 +246,13 @@ if run_stage 5; then
     for task in "${task_list[@]}"; do
         for name in "${names[@]}"; do
             exp=$(exp_of "${task}" "${name}")
-            if [ ! -f "${exp}/results.json" ]; then
-                log "Error: ${exp}/results.json is missing: run stage 4 first"; exit 2
+            if [ ! -f "${exp}/results_${eval_split}.json" ] && [ ! -f "${exp}/results.json" ]; then
+                log "Error: ${exp}/results_${eval_split}.json is missing: run stage 4 first"; exit 2
             fi
             exps+=("${exp}")
         done
     done
-    speechssl downstream report --exps "${exps[@]}" --out "${report_dir}"
+    speechssl downstream report --exps "${exps[@]}" --out "${report_dir}" --split "${eval_split}"
     log "Report: ${report_dir}/results.md and results.json$([ -f "${report_dir}/layer_weights.png" ] && echo ", layer_weights.png")"
 fi
 log "Finished."

@@ -473,8 +473,11 @@ class SpeechRecognition(_CTCTask):
 
     def check_targets(self, split, split_dir, ids):
         super().check_targets(split, split_dir, ids)
-        if split == "train" or self.config.asr_units == "sentencepiece":
-            return  # sentencepiece has its own unknown piece
+        if self.config.asr_units == "sentencepiece":
+            self._spm_source()  # a given model must exist; sentencepiece has its own unknown piece
+            return
+        if split == "train":
+            return
         path = split_dir / "text"
         unseen = [(line, c) for line, _, value in read_table_lines(path) for c in value.replace(" ", "")
                   if c not in self.tokens.index]

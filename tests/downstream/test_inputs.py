@@ -213,3 +213,18 @@ def test_tokenizer_into_a_foreign_dir_is_refused_with_its_files_intact(tmp_path,
                  "--overwrite"]) == 0
     assert main(["downstream", "tokenizer", "--text", str(text), "--vocab-size", "20", "--out", str(out)]) == 0
     assert not [p for p in os.listdir(out) if ".tmp" in p]  # no temp dir of the training is left
+
+
+def test_asr_uses_the_model_of_downstream_tokenizer(task_data, tmp_path):
+    from speechssl.downstream.tasks import train_tokenizer
+
+    model = train_tokenizer(task_data["asr"] / "train" / "text", tmp_path / "tok", 30)
+    out = tmp_path / "asr"
+    config = small_config(asr_units="sentencepiece", sentencepiece_model=str(model))
+    train_downstream("asr", "fbank", task_data["asr"], out, config, max_steps=1)
+    assert (out / "task" / "spm.model").read_bytes() == model.read_bytes()  # the experiment keeps its copy
+    with pytest.raises(FileNotFoundError, match="sentencepiece_model .*/nothing.model does not exist"):
+        train_downstream("asr", "fbank", task_data["asr"], tmp_path / "x",
+                         small_config(asr_units="sentencepiece", sentencepiece_model=str(tmp_path / "nothing.model")),
+                         max_steps=1)
+    assert not (tmp_path / "x").exists()

@@ -63,6 +63,11 @@ link_task sid read
 link_task ks keywords
 link_task ic commands
 
+# The label inventories of the corpus (a tiny train split lacks some phones and intents that
+# dev/test have; an undeclared unseen label is an error of `speechssl downstream train`).
+cut -d' ' -f1 "${corpus}/phones.txt" | LC_ALL=C sort -u > "${out_dir}/pr/labels.txt"
+cat "${corpus}"/commands/{train,dev,test}/intent | cut -d' ' -f2- | LC_ALL=C sort -u > "${out_dir}/ic/labels.txt"
+
 # ASV
 mkdir -p "${out_dir}/asv"
 ln -sfn "${corpus}/read/train" "${out_dir}/asv/train"
