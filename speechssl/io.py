@@ -24,17 +24,26 @@ from speechssl.errors import SpeechSSLError, WriteFailedError
 
 # errnos that say "the machine cannot take this write", not "the program is wrong"
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO, errno.EACCES, errno.EPERM}
-# Writers that are not Python file objects (torch.save, safetensors, onnx) report ENOSPC in words.
-_WRITE_FAILURE_WORDS = ("no space left", "disk quota", "file write failed", "failed writing", "read-only file system")
+# Writers that are not Python file objects (torch.save, safetensors, onnx) report ENOSPC in words;
+# torch.save(path) on a full disk says only "unexpected pos" or "basic_ios::clear: iostream error".
+_WRITE_FAILURE_WORDS = ("no space left", "disk quota", "file write failed", "failed writing", "read-only file system",
+                        "unexpected pos", "iostream error")
 _TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp")
 
 
-def _write_failure(path: Path, err: BaseException) -> WriteFailedError | None:
-    """The one-line error for a failed write, or None when `err` is not about the machine."""
+def write_failure(path: str | Path, err: BaseException) -> WriteFailedError | None:
+    """The one-line error for a failed write of `path`, or None when `err` is not about the machine.
+    An OSError with a write errno anywhere in the chain (`raise ... from`) counts: torch.save given a
+    file object keeps the ENOSPC there."""
     if isinstance(err, SpeechSSLError):
         return None
-    if isinstance(err, OSError) and err.errno in _WRITE_ERRNOS:
-        return WriteFailedError(f"cannot write {path}: {err.strerror or err}")
+    cause: BaseException | None = err
+    for _ in range(10):
+        if cause is None:
+            break
+        if isinstance(cause, OSError) and cause.errno in _WRITE_ERRNOS:
+            return WriteFailedError(f"cannot write {path}: {cause.strerror or cause}")
+        cause = cause.__cause__ or cause.__context__
     text = str(err).lower()
     if any(word in text for word in _WRITE_FAILURE_WORDS):
         return WriteFailedError(f"cannot write {path}: {str(err).splitlines()[0]}")
@@ -49,7 +58,7 @@ def _make_parent(path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise (_write_failure(path.parent, err) or err) from None
+        raise (write_failure(path.parent, err) or err) from None
 
 
 @contextmanager
@@ -67,7 +76,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as err:
-        failure = _write_failure(path, err)
+        failure = write_failure(path, err)
         if failure is not None:
             raise failure from None
         raise
@@ -97,7 +106,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.tmp", dir=path.parent))
     except OSError as err:
-        raise (_write_failure(path, err) or err) from None
+        raise (write_failure(path, err) or err) from None
     try:
         yield tmp
         if path.exists():
@@ -109,7 +118,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
             tmp.replace(path)
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        failure = _write_failure(path, err)
+        failure = write_failure(path, err)
         if failure is not None:
             raise failure from None
         raise

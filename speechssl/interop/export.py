@@ -61,8 +61,8 @@ def _fairseq_extras(up: Upstream) -> dict | None:
 
 
 def _save_pt(checkpoint: dict, out: Path) -> None:
-    with atomic_file(out) as tmp:
-        torch.save(checkpoint, tmp)
+    with atomic_file(out) as tmp, open(tmp, "wb") as f:
+        torch.save(checkpoint, f)  # a file object keeps a full disk's OSError in the chain
 
 
 def _refuse_heterogeneous(up: Upstream, fmt: str) -> None:

@@ -22,7 +22,6 @@ use them directly; each is swapped by creating a temp link and `os.replace`.
 
 from __future__ import annotations
 
-import errno
 import os
 import pickle
 import random
@@ -37,7 +36,7 @@ import torch
 from safetensors.torch import save_file
 
 from speechssl.errors import WriteFailedError
-from speechssl.io import atomic_directory, remove_stale_temporaries
+from speechssl.io import atomic_directory, remove_stale_temporaries, write_failure
 from speechssl.models.checkpoint import (
     CheckpointError,
     check_finite,
@@ -142,26 +141,11 @@ def save_checkpoint(
         reason = str(err).split(": ", 1)[-1]
         raise WriteFailedError(f"cannot write checkpoint {final}: {reason}") from None
     except Exception as err:
-        reason = _machine_failure(err)
-        if reason is None:
+        failure = write_failure(f"checkpoint {final}", err)
+        if failure is None:
             raise
-        raise WriteFailedError(f"cannot write checkpoint {final}: {reason}") from None
+        raise failure from None
     return final
-
-
-# errnos of a machine that cannot take a write (as speechssl.io's)
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO, errno.EACCES, errno.EPERM}
-
-
-def _machine_failure(err: BaseException) -> str | None:
-    """The reason when `err` or an error it was raised from says the disk cannot take the write:
-    torch.save reports a full disk as "unexpected pos ..." with the OSError only in the chain."""
-    seen = 0
-    while err is not None and seen < 10:
-        if isinstance(err, OSError) and err.errno in _WRITE_ERRNOS:
-            return err.strerror or str(err)
-        err, seen = err.__cause__ or err.__context__, seen + 1
-    return None
 
 
 def point(root: str | Path, name: str, target: Path) -> None:
