@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from speechssl.data.kaldi import c_sort_key, read_table_lines
 from speechssl.features.dump import FeatureReader, NonFiniteFeaturesError
-from speechssl.io import atomic_file
+from speechssl.io import atomic_file, remove_stale_temporaries
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,9 @@ def write_pair(first: Path, write_first: Callable[[Path], None], second: Path,
     Both are written and synced to temp names first, so a full disk or an error leaves the old
     pair untouched; then the old `second` is removed, `first` renamed into place, then `second`.
     A kill between the renames leaves `first` without `second` (a missing file, named by whatever
-    reads it), never files of two runs."""
+    reads it), never files of two runs. Temp files of an earlier killed run are removed first."""
+    for stale in remove_stale_temporaries(first.parent):
+        logger.info("removed %s (a temp file of a killed run)", stale)
     with atomic_file(second) as tmp_second:
         write_second(tmp_second)
         _fsync(tmp_second)

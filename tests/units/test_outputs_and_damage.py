@@ -114,7 +114,12 @@ def test_labels_and_dict_are_written_as_one_unit(tmp_path, monkeypatch):
         label(FeatureReader(feats), km3, out, progress=False)
     monkeypatch.undo()
     assert Path(calls[0]).name == "labels" and not (out / "dict.txt").exists()
+    killed = subprocess.Popen([sys.executable, "-c", "pass"])
+    killed.wait()
+    stale = out / f".dict.{killed.pid}.tmp.txt"  # what a kill -9 during the write leaves
+    stale.write_text("0 1\n")
     label(FeatureReader(feats), km3, out, progress=False)  # the re-run completes the pair
+    assert not stale.exists() and sorted(p.name for p in out.iterdir()) == ["dict.txt", "labels"]
     counts = [int(line.split()[1]) for line in (out / "dict.txt").read_text().splitlines()]
     units = [int(u) for line in (out / "labels").read_text().splitlines() for u in line.split()[1:]]
     assert counts == np.bincount(units, minlength=3).tolist()
