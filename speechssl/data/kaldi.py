@@ -16,12 +16,15 @@ turn into a missing utterance in every other file.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from speechssl.data.layout import file_kind
 from speechssl.io import atomic_write_text
 
 
@@ -73,10 +76,18 @@ def clean_line(text: str) -> str:
     return "".join(out)
 
 
+def check_regular_file(path: str | Path) -> None:
+    """Refuse a FIFO, device or directory before opening it: reading one would block or fail."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{path} is {file_kind(mode)}, not a regular file")
+
+
 def read_table_lines(path: str | Path) -> list[tuple[int, str, str]]:
     """(line number, key, value) for each non-empty line; value may be ''. A byte-order mark and
     CR line endings are dropped (`scan_table` reports them)."""
     rows = []
+    check_regular_file(path)
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             line = line.rstrip("\n").rstrip("\r")

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from speechssl.data.datadir import CORE_FILES, DataDir, read_file
+from speechssl.data.datadir import CORE_FILES, DataDir, fatal_problems, read_file
 from speechssl.data.dataset import AudioDataset, load_targets
 from speechssl.data.kaldi import read_table, read_table_lines
 from speechssl.downstream import metrics
@@ -112,7 +112,7 @@ def load_core_data_dir(path: Path) -> DataDir:
         tables[name] = None
         if file.is_file():
             tables[name], problems = read_file(file)
-            problems = [p for p in problems if "not sorted" not in p.message]
+            problems = fatal_problems(problems)
             if problems:
                 raise ValueError(f"{problems[0]}; run `speechssl data validate {path}` to list them all")
     return DataDir(path=path, wav_scp=tables["wav.scp"], segments=tables["segments"], utt2spk=tables["utt2spk"],

@@ -56,3 +56,13 @@ def test_atomic_file_replaces_on_success_and_keeps_the_old_file_on_error(tmp_pat
         raise RuntimeError("writer died")
     assert path.read_bytes() == b"first"  # the old file is untouched
     assert sorted(p.name for p in path.parent.iterdir()) == ["model.npy"]  # no temp file left
+
+
+@pytest.mark.timeout(20)
+def test_a_fifo_given_as_a_table_is_refused_without_blocking(tmp_path):
+    import os
+
+    fifo = tmp_path / "labels"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match=r"labels is a FIFO \(named pipe\), not a regular file"):
+        read_table(fifo)
