@@ -178,3 +178,36 @@ def test_training_step_backward_reaches_every_parameter():
     assert set(metrics) >= {"loss", "contrastive_loss", "diversity_loss", "accuracy", "code_perplexity",
                             "prob_perplexity", "temperature", "sample_size"}  # fmt: skip
     assert all(isinstance(v, torch.Tensor) for v in metrics.values())
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+    torch.use_deterministic_algorithms(False)
+
+
+def test_gradient_does_not_depend_on_thread_scheduling(two_threads):
+    # Distractors repeat frames, so their gradients are summed; with parallel atomic adds the
+    # order (and rounding) follows the threads and exact resume breaks (issue 12 item 11).
+    # torch's deterministic algorithms sum in index order: a step must match them bit for bit.
+    ours, _ = _tiny_pair()
+    ours.train()
+    g = torch.Generator().manual_seed(7)
+    wavs, lengths = torch.randn(3, 64000, generator=g), torch.tensor([64000, 55000, 47000])
+
+    def grads(deterministic: bool) -> dict[str, torch.Tensor]:
+        torch.use_deterministic_algorithms(deterministic)
+        ours.zero_grad(set_to_none=True)
+        loss, metrics = ours(wavs, lengths, generator=torch.Generator().manual_seed(0))
+        loss.backward()
+        assert metrics["sample_size"] * 10 * 24 > 32768  # the gather is big enough to run in parallel
+        return {n: p.grad.clone() for n, p in ours.named_parameters() if p.grad is not None}
+
+    reference = grads(True)
+    for _ in range(2):
+        got = grads(False)
+        differ = [n for n in reference if not torch.equal(reference[n], got[n])]
+        assert differ == [], differ

@@ -22,7 +22,7 @@ from speechssl.testing.training import subprocess_env
 
 CONF = Path(__file__).resolve().parents[2] / "egs" / "mini_synth" / "ssl1" / "conf" / "pretrain_wav2vec2_tiny.yaml"
 ARGS = [
-    "--max-steps", "12", "--save-every", "4",
+    "--max-steps", "8", "--save-every", "3",  # 2 batches per epoch: step 3 is mid-epoch
     "--set", "model.encoder.embed_dim=32", "--set", "model.encoder.num_layers=2",
     "--set", "model.encoder.ffn_dim=64", "--set", "model.encoder.pos_conv_kernel=8",
     "--set", "trainer.num_workers=0", "--set", "trainer.log_every=1",
@@ -58,9 +58,9 @@ def _assert_same_weights(a: Path, b: Path) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """A data dir of 9 tones (1.0-1.3 s) and one uninterrupted 12-step run on it."""
+    """A data dir of 6 tones (1.0-1.2 s) and one uninterrupted 8-step run on it."""
     root = tmp_path_factory.mktemp("w2v_exact")
-    make_data_dir(root, num_speakers=3, utts_per_speaker=3, base_seconds=1.0, name="train")
+    make_data_dir(root, num_speakers=3, utts_per_speaker=2, base_seconds=1.0, name="train")
     _run(root / "train", root / "reference")
     return root
 
@@ -80,7 +80,7 @@ def test_sigkill_after_a_checkpoint_then_resume_is_bit_exact(runs):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         deadline = time.monotonic() + 120
-        while not (out / "checkpoints" / "step_4").is_dir():
+        while not (out / "checkpoints" / "step_3").is_dir():
             assert proc.poll() is None, "training ended before it could be killed"
             assert time.monotonic() < deadline, "no checkpoint appeared"
             time.sleep(0.005)
@@ -89,8 +89,8 @@ def test_sigkill_after_a_checkpoint_then_resume_is_bit_exact(runs):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert not (out / "checkpoints" / "step_12").exists(), "the run finished before it was killed"
+    assert not (out / "checkpoints" / "step_8").exists(), "the run finished before it was killed"
 
     resumed = _run(runs / "train", out, "--resume")
-    assert "resumed from" in resumed.stderr
+    assert "resumed from" in resumed.stderr and "epoch 1" in resumed.stderr
     _assert_same_weights(runs / "reference", out)
