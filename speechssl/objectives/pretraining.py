@@ -35,7 +35,7 @@ from speechssl.objectives.hubert import (
 from speechssl.objectives.masking import MaskConfig, compute_channel_mask, compute_time_mask
 from speechssl.objectives.wav2vec2 import (
     Wav2Vec2ObjectiveConfig,
-    contrastive_logits,
+    candidate_logits,
     contrastive_loss,
     diversity_loss,
     feature_penalty,
@@ -258,12 +258,9 @@ class Wav2Vec2PretrainModel(nn.Module):
                 lengths=out.lengths, from_everywhere=cfg.negatives_from_everywhere, generator=generator,
             )  # fmt: skip
         index = mask.reshape(-1).nonzero().squeeze(1)  # (M,) the one host sync: selection size
-        flat_targets = targets.reshape(B * T, -1)
-        negatives = gather_rows(flat_targets, negative_indices.reshape(B * T, -1)[index])  # (M, K, final_dim)
-        logits = contrastive_logits(
-            gather_rows(predicted.reshape(B * T, -1), index), gather_rows(flat_targets, index), negatives,
-            cfg.logit_temp,
-        )  # (M, 1 + K)
+        rows = torch.cat([index[:, None], negative_indices.reshape(B * T, -1)[index]], dim=1)  # (M, 1 + K)
+        candidates = gather_rows(targets.reshape(B * T, -1), rows)  # (M, 1 + K, final_dim): positive first
+        logits = candidate_logits(gather_rows(predicted.reshape(B * T, -1), index), candidates, cfg.logit_temp)
         return Wav2Vec2Predictions(out, mask, negative_indices, logits, q.code_perplexity, q.prob_perplexity)
 
     def forward(

@@ -118,9 +118,14 @@ def gather_rows(frames: Tensor, index: Tensor) -> Tensor:
 def contrastive_logits(predicted: Tensor, positives: Tensor, negatives: Tensor, temperature: float) -> Tensor:
     """predicted, positives: (N, D); negatives: (N, K, D). Returns (N, 1 + K) cosine / temperature,
     positive first; a distractor equal to its positive gets -inf (fairseq, transformers)."""
-    candidates = torch.cat([positives[:, None], negatives], dim=1)  # (N, 1 + K, D)
+    return candidate_logits(predicted, torch.cat([positives[:, None], negatives], dim=1), temperature)
+
+
+def candidate_logits(predicted: Tensor, candidates: Tensor, temperature: float) -> Tensor:
+    """contrastive_logits with candidates (N, 1 + K, D) = positive then distractors, as one
+    gather of the targets gives them (no concatenation to copy forward and split backward)."""
     logits = F.cosine_similarity(predicted[:, None].float(), candidates.float(), dim=-1) / temperature
-    same = (negatives == positives[:, None]).all(dim=-1)  # (N, K)
+    same = (candidates[:, 1:] == candidates[:, :1]).all(dim=-1)  # (N, K)
     same = F.pad(same, (1, 0))  # never hide the positive itself
     return logits.masked_fill(same, float("-inf"))
 
