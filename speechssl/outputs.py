@@ -23,6 +23,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from speechssl.errors import ExperimentLockedError, OutputExistsError
@@ -93,8 +94,14 @@ def _contents(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if p.name not in (MARKER, FILES_RECORD) and not is_temporary(p.name))
 
 
-def _is_within(path: Path, parent: Path) -> bool:
-    return path == parent or parent in path.parents
+def refuse_inputs(out: str | Path, inputs: tuple[str | Path, ...]) -> None:
+    """Raise when `out` is one of the command's inputs or a directory that contains one."""
+    target = Path(out).resolve()
+    for source in inputs:
+        source_path = Path(source).resolve()
+        if source_path == target or target in source_path.parents:
+            what = "is" if source_path == target else "contains"
+            raise OutputExistsError(f"--out {out} {what} an input of this command ({source}); choose another --out")
 
 
 def check_output(
@@ -104,19 +111,17 @@ def check_output(
     overwrite: bool = False,
     inputs: tuple[str | Path, ...] = (),
     is_file: bool = False,
+    earlier_output: Callable[[Path], bool] | None = None,
 ) -> Path:
     """Raise `OutputExistsError` unless `command` may write `out` (the rule of this module).
 
-    `inputs` are the paths the command reads; `is_file` says `out` is a file, not a directory.
-    Call it before any compute is spent. Returns `out` as a Path.
+    `inputs` are the paths the command reads; `is_file` says `out` is a file, not a directory;
+    `earlier_output(out)` recognises this command's output of a speechssl that wrote no markers
+    (dumps, k-means dirs), which is then reused like a marked one. Call it before any compute is
+    spent. Returns `out` as a Path.
     """
     out = Path(out)
-    target = out.resolve()
-    for source in inputs:
-        source_path = Path(source).resolve()
-        if _is_within(source_path, target):
-            what = "is" if source_path == target else "contains"
-            raise OutputExistsError(f"--out {out} {what} an input of this command ({source}); choose another --out")
+    refuse_inputs(out, inputs)
     if not out.exists() and not out.is_symlink():
         return out
     if out.is_dir():
@@ -131,7 +136,7 @@ def check_output(
                 f"--out {out} is an experiment dir {owner}; {command} never writes over one: choose another --out"
             )
         contents = _contents(out)
-        if not contents or overwrite:
+        if not contents or overwrite or (marker is None and earlier_output is not None and earlier_output(out)):
             return out
         shown = ", ".join(contents[:5]) + (f" and {len(contents) - 5} more" if len(contents) > 5 else "")
         raise OutputExistsError(

@@ -5,36 +5,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
 from speechssl.cli.common import add_overwrite_argument
-from speechssl.errors import OutputExistsError
 from speechssl.features.dump import FEATURES, build_extractor, dump_features, is_feature_dump
-from speechssl.outputs import check_output, read_marker, write_marker
+from speechssl.outputs import check_output, write_marker
 
 logger = logging.getLogger(__name__)
 
 COMMAND = "features"  # the marker's name: every shard job of one dump writes the same dir
-
-
-def check_own_output(out: str | Path, command: str, *, overwrite: bool, inputs: tuple = (),
-                     is_file: bool = False, written_by_us: Callable[[Path], bool] | None = None) -> Path:
-    """`check_output`, also accepting an --out that holds only what `command` writes but no marker
-    (written before markers existed): it is marked and reused, so old recipe dirs keep working."""
-    try:
-        return check_output(out, command, overwrite=overwrite, inputs=inputs, is_file=is_file)
-    except OutputExistsError:
-        out = Path(out)
-        if written_by_us is None or read_marker(out) is not None or not written_by_us(out):
-            raise
-        check_output(out, command, overwrite=True, inputs=inputs, is_file=is_file)  # inputs still refused
-        if not is_file:
-            write_marker(out, command)
-        logger.info("%s holds only earlier output of `speechssl %s`: reusing it", out, command)
-        return out
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -80,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     else:  # the recipe runs the shards at once: share the cores instead of oversubscribing them
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.nshard))
     inputs = (args.data,) + ((args.upstream,) if args.upstream else ())
-    out = check_own_output(args.out, COMMAND, overwrite=args.overwrite, inputs=inputs, written_by_us=is_feature_dump)
+    out = check_output(args.out, COMMAND, overwrite=args.overwrite, inputs=inputs, earlier_output=is_feature_dump)
     extractor = build_extractor(args.feature, upstream=args.upstream, layer=args.layer, device=args.device)
     out.mkdir(parents=True, exist_ok=True)
     write_marker(out, COMMAND)  # first: a parallel shard job's check then sees our marker

@@ -6,9 +6,8 @@ import argparse
 from pathlib import Path
 
 from speechssl.cli.common import add_overwrite_argument
-from speechssl.cli.features import check_own_output
 from speechssl.features.dump import FeatureReader
-from speechssl.outputs import write_marker
+from speechssl.outputs import check_output, write_marker
 from speechssl.units.kmeans import KMeansConfig, KMeansModel, fit_kmeans, is_kmeans_output, label
 
 
@@ -44,8 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _claim(out: str, command: str, overwrite: bool, inputs: tuple, labels: bool) -> Path:
-    path = check_own_output(out, command, overwrite=overwrite, inputs=inputs,
-                            written_by_us=lambda p: is_kmeans_output(p, labels=labels))
+    path = check_output(out, command, overwrite=overwrite, inputs=inputs,
+                        earlier_output=lambda p: is_kmeans_output(p, labels=labels))
     path.mkdir(parents=True, exist_ok=True)
     write_marker(path, command)
     return path

@@ -6,10 +6,8 @@ import argparse
 from pathlib import Path
 
 from speechssl.cli.common import add_overwrite_argument
-from speechssl.cli.features import check_own_output
-from speechssl.units.report import format_table, is_score_file, plot_quality, score_label_files, write_json
-
-COMMAND = "units score"
+from speechssl.outputs import check_output
+from speechssl.units.report import COMMAND, format_table, plot_quality, score_label_files, write_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,8 +42,7 @@ def run_score(args: argparse.Namespace) -> int:
     inputs = (*args.labels, args.alignments)
     for path in (args.out, plot):  # checked before any scoring; an earlier score file of ours is replaced
         if path:
-            check_own_output(path, COMMAND, overwrite=args.overwrite, inputs=inputs, is_file=True,
-                             written_by_us=is_score_file)
+            check_output(path, COMMAND, overwrite=args.overwrite, inputs=inputs, is_file=True)
     results = score_label_files(args.labels, args.alignments, frame_shift=args.frame_shift, names=args.names)
     print(format_table(results), end="")
     if args.out:

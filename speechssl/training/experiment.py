@@ -26,7 +26,7 @@ import yaml
 
 from speechssl.config import to_dict
 from speechssl.errors import OutputExistsError, SpeechSSLError
-from speechssl.outputs import LOCK, ExperimentLock, check_output, read_marker, write_marker
+from speechssl.outputs import LOCK, ExperimentLock, check_output, read_marker, refuse_inputs, write_marker
 from speechssl.training import checkpoints as ckpt
 from speechssl.training.distributed import all_gather_object, env_rank, on_main_rank
 
@@ -104,12 +104,7 @@ def check_resume(source: Path, config: Any, *, allowed: Iterable[str] = RESUMABL
 def check_experiment_out(out: Path, command: str, *, resume: bool, overwrite: bool = False,
                          inputs: tuple[str | Path, ...] = ()) -> None:
     """The output rule for an experiment dir (step 1 above); `inputs`: the data the run reads."""
-    target = out.resolve()
-    for source in inputs:  # never into the data the run reads, whatever the dir holds
-        path = Path(source).resolve()
-        if path == target or target in path.parents:
-            what = "is" if path == target else "contains"
-            raise OutputExistsError(f"--out {out} {what} an input of this command ({source}); choose another --out")
+    refuse_inputs(out, inputs)  # never into the data the run reads, whatever the dir holds
     marker = read_marker(out)
     if out.is_dir() and marker in (None, command) and ckpt.step_dirs(out / "checkpoints"):
         if not resume:

@@ -8,31 +8,16 @@ side: `speechssl units score --labels a/labels b/labels --alignments phone_ctm`.
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from speechssl.io import atomic_file, atomic_write_text
+from speechssl.io import atomic_file, atomic_write_json
+from speechssl.outputs import record_output
 from speechssl.units.kmeans import read_labels
 from speechssl.units.metrics import UnitQuality, unit_quality
 
 METRICS = (("pnmi", "PNMI"), ("phone_purity", "phone purity"), ("cluster_purity", "cluster purity"))
-WRITTEN_BY = "speechssl units score"  # in the JSON and the PNG's metadata: a re-run may replace its own files
-
-
-def is_score_file(path: str | Path) -> bool:
-    """Whether `path` is a JSON or PNG that `units score` wrote (so a re-run may replace it)."""
-    path = Path(path)
-    try:
-        head = path.read_bytes()[:4096] if path.is_file() else b""
-    except OSError:
-        return False
-    if head.startswith(b"\x89PNG"):
-        return WRITTEN_BY.encode() in head  # a tEXt chunk near the start
-    try:
-        return json.loads(path.read_text()).get("written_by") == WRITTEN_BY
-    except (OSError, ValueError, AttributeError):
-        return False
+COMMAND = "units score"
 
 
 def default_names(paths: Sequence[str | Path]) -> list[str]:
@@ -93,9 +78,9 @@ def write_json(
     results: Mapping[str, UnitQuality], path: str | Path, *, extra: Mapping[str, object] | None = None
 ) -> None:
     """{..extra, "results": [{"name", "pnmi", ...}]} written atomically."""
-    doc = {"written_by": WRITTEN_BY, **(extra or {}), "results": [{"name": n, **q.to_dict()} for n, q in results.items()]}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
+    doc = {**(extra or {}), "results": [{"name": n, **q.to_dict()} for n, q in results.items()]}
+    atomic_write_json(path, doc)
+    record_output(path, COMMAND)  # a re-run may replace it
 
 
 def plot_quality(results: Mapping[str, UnitQuality], path: str | Path, *, title: str = "Unit quality") -> None:
@@ -120,7 +105,8 @@ def plot_quality(results: Mapping[str, UnitQuality], path: str | Path, *, title:
     ax.legend(fontsize=8, loc="upper center", ncols=3, frameon=False)
     fig.tight_layout()
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120, metadata={"Software": WRITTEN_BY})
+    fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
     with atomic_file(path) as tmp:
         tmp.write_bytes(buffer.getvalue())
+    record_output(path, COMMAND)
