@@ -11,6 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from speechssl.io import atomic_write_text
+from speechssl.outputs import check_output, record_output
+
+COMMAND = "summarize"
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -45,7 +48,11 @@ def summarize_runs(runs: Sequence[str | Path], unit_scores: Sequence[str | Path]
     return "\n".join(lines) + "\n"
 
 
-def write_summary(out: str | Path, runs: Sequence[str | Path], unit_scores: Sequence[str | Path] = ()) -> str:
+def write_summary(out: str | Path, runs: Sequence[str | Path], unit_scores: Sequence[str | Path] = (), *,
+                  overwrite: bool = False) -> str:
+    """Write the summary to `out` (the output-path rule: a re-run replaces its own file)."""
+    check_output(out, COMMAND, overwrite=overwrite, inputs=(*runs, *unit_scores), is_file=True)
     text = summarize_runs(runs, unit_scores)
     atomic_write_text(out, text)
+    record_output(out, COMMAND)
     return text
