@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -122,6 +124,30 @@ def subprocess_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     return env
+
+
+# `speechssl pretrain --set ...` arguments that shrink the mini_synth tiny configs to test size
+TINY_PRETRAIN_ARGS = [
+    "--set", "model.encoder.embed_dim=32", "--set", "model.encoder.num_layers=2",
+    "--set", "model.encoder.ffn_dim=64", "--set", "model.encoder.pos_conv_kernel=8",
+    "--set", "trainer.log_every=1", "--set", "trainer.num_workers=0",
+]  # fmt: skip
+
+
+def kill_when(proc: subprocess.Popen, path: Path, *, timeout: float = 120.0, poll: float = 0.005) -> None:
+    """SIGKILL `proc` as soon as `path` exists (e.g. a checkpoint dir), as a crash would; fails
+    when the process ends first or nothing appears within `timeout` seconds."""
+    try:
+        deadline = time.monotonic() + timeout
+        while not path.exists():
+            assert proc.poll() is None, f"the process ended before {path} appeared"
+            assert time.monotonic() < deadline, f"{path} did not appear within {timeout} s"
+            time.sleep(poll)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def run_toy(out: Path, spec: dict) -> None:

@@ -19,18 +19,20 @@ from speechssl.cli.main import main
 from speechssl.errors import ExperimentLockedError, OutputExistsError
 from speechssl.outputs import LOCK, MARKER, ExperimentLock, read_marker, write_marker
 from speechssl.testing.datadirs import make_data_dir
-from speechssl.testing.training import ToyBatchSampler, ToyDataset, ToyModel, subprocess_env, toy_collate
+from speechssl.testing.training import (
+    TINY_PRETRAIN_ARGS,
+    ToyBatchSampler,
+    ToyDataset,
+    ToyModel,
+    subprocess_env,
+    toy_collate,
+)
 from speechssl.training import TrainerConfig, train
 from speechssl.training import checkpoints as ckpt
 from speechssl.training.experiment import experiment
 from speechssl.training.trainer import NonFiniteWeightsError
 
 CONF = Path(__file__).resolve().parents[2] / "egs" / "mini_synth" / "ssl1" / "conf" / "pretrain_wav2vec2_tiny.yaml"
-TINY = [
-    "--set", "model.encoder.embed_dim=32", "--set", "model.encoder.num_layers=2",
-    "--set", "model.encoder.ffn_dim=64", "--set", "model.encoder.pos_conv_kernel=8",
-    "--set", "trainer.log_every=1", "--set", "trainer.num_workers=0",
-]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,7 @@ def corpus(tmp_path_factory):
 def pretrain_args(corpus, out, *extra, valid=True):
     valid_args = ["--valid", str(corpus / "dev")] if valid is True else (["--valid", str(valid)] if valid else [])
     return ["pretrain", "--config", str(CONF), "--train", str(corpus / "train"), *valid_args,
-            "--out", str(out), "--max-steps", "2", *TINY, *extra]  # fmt: skip
+            "--out", str(out), "--max-steps", "2", *TINY_PRETRAIN_ARGS, *extra]  # fmt: skip
 
 
 def snapshot(directory: Path) -> dict[str, bytes]:

@@ -12,14 +12,10 @@ from speechssl.cli.main import main
 from speechssl.data.kaldi import read_table, write_table
 from speechssl.features.dump import FeatureReader, build_extractor, dump_features
 from speechssl.testing.datadirs import make_data_dir
+from speechssl.testing.training import TINY_PRETRAIN_ARGS
 from speechssl.units.kmeans import fit_kmeans, label
 
 CONF = Path(__file__).resolve().parents[2] / "egs" / "mini_synth" / "ssl1" / "conf"
-TINY = [
-    "--set", "model.encoder.embed_dim=32", "--set", "model.encoder.num_layers=2",
-    "--set", "model.encoder.ffn_dim=64", "--set", "model.encoder.pos_conv_kernel=8",
-    "--set", "trainer.log_every=1", "--set", "trainer.num_workers=0",
-]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +34,7 @@ def corpus(tmp_path_factory):
 def run_pretrain(corpus, out, *extra):
     return main([
         "pretrain", "--config", str(CONF / "pretrain_hubert_tiny.yaml"), "--train", str(corpus / "train"),
-        "--valid", str(corpus / "dev"), "--out", str(out), "--max-steps", "2", *TINY, *extra,
+        "--valid", str(corpus / "dev"), "--out", str(out), "--max-steps", "2", *TINY_PRETRAIN_ARGS, *extra,
     ])  # fmt: skip
 
 
@@ -56,7 +52,7 @@ def test_hubert_pretraining_writes_checkpoints_that_load_as_upstreams(corpus, tm
 def test_wav2vec2_pretraining_runs_without_units(corpus, tmp_path):
     code = main([
         "pretrain", "--config", str(CONF / "pretrain_wav2vec2_tiny.yaml"), "--train", str(corpus / "train"),
-        "--out", str(tmp_path / "w2v"), "--max-steps", "2", *TINY,
+        "--out", str(tmp_path / "w2v"), "--max-steps", "2", *TINY_PRETRAIN_ARGS,
     ])  # fmt: skip
     assert code == 0
     assert speechssl.load_upstream(tmp_path / "w2v" / "checkpoints" / "last").extras["pretraining"]
@@ -74,7 +70,7 @@ def test_label_frame_mismatch_lists_the_utterance_and_both_counts(corpus, tmp_pa
     (bad / "units_iter1" / "dict.txt").write_text((corpus / "train" / "units_iter1" / "dict.txt").read_text())
     code = main([
         "pretrain", "--config", str(CONF / "pretrain_hubert_tiny.yaml"), "--train", str(bad),
-        "--out", str(tmp_path / "exp"), "--units", "units_iter1", "--max-steps", "2", *TINY,
+        "--out", str(tmp_path / "exp"), "--units", "units_iter1", "--max-steps", "2", *TINY_PRETRAIN_ARGS,
     ])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 1

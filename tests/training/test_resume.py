@@ -1,16 +1,14 @@
 """SIGKILL a run mid-epoch after a checkpoint, resume, and match an uninterrupted run bit for bit."""
 
 import json
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from speechssl.testing.training import subprocess_env
+from speechssl.testing.training import kill_when, subprocess_env
 
 SPEC = {
     "data": {"num_items": 24},  # 6 batches of 4 per epoch: step 8 is batch 2 of epoch 1
@@ -38,17 +36,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_exact(tmp_path):
     out = tmp_path / "killed"
     proc = subprocess.Popen([*RUNNER, "--out", str(out), "--json", json.dumps(slow)], env=subprocess_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 90
-        while not (out / "checkpoints" / "step_8").is_dir():
-            assert proc.poll() is None, "training ended before it could be killed"
-            assert time.monotonic() < deadline, "no checkpoint appeared"
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(timeout=10) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_when(proc, out / "checkpoints" / "step_8", timeout=90, poll=0.01)
     assert not (out / "final.safetensors").exists()
 
     resumed = _run(out, dict(SPEC, resume=True))

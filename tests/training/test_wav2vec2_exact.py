@@ -7,10 +7,8 @@ thread scheduling (issue 12 item 11). The comparison with `torch.use_determinist
 happen to be scheduled differently.
 """
 
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from speechssl.testing.datadirs import make_data_dir
-from speechssl.testing.training import subprocess_env
+from speechssl.testing.training import kill_when, subprocess_env
 
 CONF = Path(__file__).resolve().parents[2] / "egs" / "mini_synth" / "ssl1" / "conf" / "pretrain_wav2vec2_tiny.yaml"
 ARGS = [
@@ -78,17 +76,7 @@ def test_sigkill_after_a_checkpoint_then_resume_is_bit_exact(runs):
     out = runs / "killed"
     proc = subprocess.Popen(_command(runs / "train", out), env=subprocess_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while not (out / "checkpoints" / "step_3").is_dir():
-            assert proc.poll() is None, "training ended before it could be killed"
-            assert time.monotonic() < deadline, "no checkpoint appeared"
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(timeout=10) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_when(proc, out / "checkpoints" / "step_3")
     assert not (out / "checkpoints" / "step_8").exists(), "the run finished before it was killed"
 
     resumed = _run(runs / "train", out, "--resume")
