@@ -113,13 +113,18 @@ trainer: {max_steps: 100, lr: 0.002, save_every: 100, log_every: 1}
 """
 
 
-def test_cli_distill_and_prune_write_upstreams(tmp_path):
+def _cli_setup(tmp_path, prune_yaml: str, max_steps: int) -> list[str]:
+    """A 2-layer teacher, a data dir and distill.yaml / prune.yaml -> the arguments both commands share."""
     teacher, config = _teacher(num_layers=2)
     save_checkpoint(teacher, config, tmp_path / "teacher")
     data = make_data_dir(tmp_path, num_speakers=2, utts_per_speaker=2)
     (tmp_path / "distill.yaml").write_text("student: {num_layers: 1}\ntarget_layers: [1, 2]\n" + TRAIN)
-    (tmp_path / "prune.yaml").write_text("target_sparsity: 0.5\nsparsity_warmup_steps: 2\n" + TRAIN)
-    common = ["--teacher", str(tmp_path / "teacher"), "--train", str(data.path), "--max-steps", "3"]
+    (tmp_path / "prune.yaml").write_text(prune_yaml + TRAIN)
+    return ["--teacher", str(tmp_path / "teacher"), "--train", str(data.path), "--max-steps", str(max_steps)]
+
+
+def test_cli_distill_and_prune_write_upstreams(tmp_path):
+    common = _cli_setup(tmp_path, "target_sparsity: 0.5\nsparsity_warmup_steps: 2\n", max_steps=3)
     assert main(["distill", *common, "--config", str(tmp_path / "distill.yaml"), "--out", str(tmp_path / "d")]) == 0
     distilled = load_upstream(tmp_path / "d" / "final")
     assert distilled.num_layers == 1
@@ -145,12 +150,7 @@ def _snapshot(directory):
 def test_distill_and_prune_guard_their_experiment_dirs(tmp_path, capsys):
     """Each command's --out is its own: another command's experiment, a locked dir, an empty --valid and a
     resume with another student are refused in one line before anything in EXP changes."""
-    teacher, config = _teacher(num_layers=2)
-    save_checkpoint(teacher, config, tmp_path / "teacher")
-    data = make_data_dir(tmp_path, num_speakers=2, utts_per_speaker=2)
-    (tmp_path / "distill.yaml").write_text("student: {num_layers: 1}\ntarget_layers: [1, 2]\n" + TRAIN)
-    (tmp_path / "prune.yaml").write_text("target_sparsity: 0.5\n" + TRAIN)
-    common = ["--teacher", str(tmp_path / "teacher"), "--train", str(data.path), "--max-steps", "2"]
+    common = _cli_setup(tmp_path, "target_sparsity: 0.5\n", max_steps=2)
     distill_args = ["distill", *common, "--config", str(tmp_path / "distill.yaml"), "--out", str(tmp_path / "d")]
     assert main(distill_args) == 0
     before = _snapshot(tmp_path / "d")
