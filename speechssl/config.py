@@ -178,7 +178,8 @@ def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | No
     data = load_yaml(path) if path is not None else {}
     for item in overrides or []:
         apply_override(data, item)
-    return from_dict(cls, data, source=str(path) if path is not None else "--set")
+    source = " with ".join([*([str(path)] if path is not None else []), *(f"--set {o}" for o in overrides or [])])
+    return from_dict(cls, data, source=source or None)
 
 
 def apply_override(data: dict[str, Any], item: str) -> None:

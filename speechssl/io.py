@@ -22,8 +22,8 @@ from typing import Any
 
 from speechssl.errors import SpeechSSLError, WriteFailedError
 
-# errnos that say "the machine cannot take this write", not "the program is wrong"
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO, errno.EACCES, errno.EPERM}
+# errnos that say "the machine cannot take this write" (or read), not "the program is wrong"
+MACHINE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO, errno.EACCES, errno.EPERM}
 # Writers that are not Python file objects (torch.save, safetensors, onnx) report ENOSPC in words;
 # torch.save(path) on a full disk says only "unexpected pos" or "basic_ios::clear: iostream error".
 _WRITE_FAILURE_WORDS = ("no space left", "disk quota", "file write failed", "failed writing", "read-only file system",
@@ -41,13 +41,34 @@ def write_failure(path: str | Path, err: BaseException) -> WriteFailedError | No
     for _ in range(10):
         if cause is None:
             break
-        if isinstance(cause, OSError) and cause.errno in _WRITE_ERRNOS:
+        if isinstance(cause, OSError) and cause.errno in MACHINE_ERRNOS:
             return WriteFailedError(f"cannot write {path}: {cause.strerror or cause}")
         cause = cause.__cause__ or cause.__context__
     text = str(err).lower()
     if any(word in text for word in _WRITE_FAILURE_WORDS):
         return WriteFailedError(f"cannot write {path}: {str(err).splitlines()[0]}")
     return None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _share(path: Path) -> None:
+    """Give a written file or dir the mode the user's umask gives a new one (mkdtemp and
+    safetensors make them private, 0700 / 0600): colleagues on a shared cluster can load them."""
+    mask = _umask()
+    if path.is_dir():
+        os.chmod(path, 0o777 & ~mask)
+        for root, dirs, files in os.walk(path):
+            for name in dirs:
+                os.chmod(os.path.join(root, name), 0o777 & ~mask)
+            for name in files:
+                os.chmod(os.path.join(root, name), 0o666 & ~mask)
+    else:
+        os.chmod(path, 0o666 & ~mask)
 
 
 def _temp_name(path: Path) -> Path:
@@ -74,6 +95,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        _share(tmp)
         os.replace(tmp, path)
     except BaseException as err:
         failure = write_failure(path, err)
@@ -109,6 +131,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         raise (write_failure(path, err) or err) from None
     try:
         yield tmp
+        _share(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.{os.getpid()}.tmpold")
             path.replace(old)

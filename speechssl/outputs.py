@@ -8,11 +8,14 @@ Rule for every `--out`:
 - anything else (a non-empty directory without that marker, an existing file) is refused unless
   the user passes `--overwrite`;
 - an input of the command, a directory that contains one, or an experiment dir of another
-  command is refused even with `--overwrite`.
+  command is refused even with `--overwrite`; so is anything that already exists inside an
+  input or an experiment dir (new files may be added there), unless this command wrote it.
 
 Experiment dirs (pretrain, distill, prune, finetune, downstream train) are locked while a run
-writes them: `EXP/.lock` holds the pid and host of the holder and an advisory `flock`, which the
-kernel releases when the holder dies, so a stale lock (a killed run) is told from a live one.
+writes them: `EXP/.lock` holds the pid and host of the holder and a POSIX record lock
+(`lockf`), which the kernel releases when the holder dies and which, unlike `flock`, the
+holder's forked data-loader workers do not inherit; so a stale lock (a killed run) is told from
+a live one at once.
 """
 
 from __future__ import annotations
@@ -23,34 +26,70 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from speechssl.errors import ExperimentLockedError, OutputExistsError
-from speechssl.io import atomic_write_json, is_temporary
+from speechssl.io import atomic_directory, atomic_write_json, is_temporary
 
 logger = logging.getLogger(__name__)
 
 MARKER = ".speechssl_output"
 FILES_RECORD = ".speechssl_files.json"
-LOCK = ".lock"
+LOCK = ".speechssl_lock"
 # Files that show a directory is an experiment (older runs have no marker).
 _EXPERIMENT_SIGNS = ("checkpoints", "tensorboard", "train_summary.json", LOCK)
 
 
 def read_marker(directory: str | Path) -> str | None:
     """The command whose output `directory` is, or None when it has no (readable) marker."""
-    try:
-        return json.loads((Path(directory) / MARKER).read_text())["command"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    command = _marker(Path(directory)).get("command")
+    return command if isinstance(command, str) else None
 
 
-def write_marker(directory: str | Path, command: str) -> None:
-    """Mark `directory` as the output of `command` (call before writing anything else into it)."""
+def write_marker(directory: str | Path, command: str, *, experiment: bool = False,
+                 files: list[str] | None = None) -> None:
+    """Mark `directory` as the output of `command` (call before writing anything else into it);
+    `experiment`: a training run's dir, whose files no other command ever writes over; `files`:
+    the names the command wrote (`output_directory` drops them, and only them, on a re-run)."""
     from speechssl import __version__
 
-    atomic_write_json(Path(directory) / MARKER, {"command": command, "speechssl": __version__})
+    content: dict = {"command": command, "speechssl": __version__}
+    if experiment:
+        content["experiment"] = True
+    if files is not None:
+        content["files"] = files
+    atomic_write_json(Path(directory) / MARKER, content)
+
+
+@contextmanager
+def output_directory(out: str | Path, command: str) -> Iterator[Path]:
+    """Build a command's output dir in a temp sibling and swap it in whole (`atomic_directory`):
+    what the command's earlier output held and this run does not write again is dropped, so no
+    stale file survives; anything else already there (a model card, notes) is carried over. A
+    symlinked `out` is replaced at its target. Check `out` first (`check_output`)."""
+    out = Path(out)
+    if out.is_symlink():
+        out = out.resolve()
+    with atomic_directory(out) as tmp:
+        yield tmp
+        written = sorted(p.name for p in tmp.iterdir())
+        write_marker(tmp, command, files=written)
+        if out.is_dir():
+            earlier = _marker(out).get("files") if read_marker(out) == command else None
+            dropped = set(written) | set(earlier if isinstance(earlier, list) else ()) | {MARKER}
+            for entry in out.iterdir():
+                if entry.name not in dropped and not is_temporary(entry.name):
+                    os.rename(entry, tmp / entry.name)
+
+
+def _marker(directory: Path) -> dict:
+    try:
+        content = json.loads((directory / MARKER).read_text())
+    except (OSError, ValueError):
+        return {}
+    return content if isinstance(content, dict) else {}
 
 
 def _read_record(directory: Path) -> dict:
@@ -84,14 +123,38 @@ def _is_own_file(path: Path, command: str) -> bool:
     return entry.get("bytes") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns
 
 
-def is_experiment_dir(path: str | Path) -> bool:
+def is_experiment_dir(path: str | Path, *, strict: bool = False) -> bool:
+    """Whether `path` is a training run's dir: its marker says so, or it holds our lock or step
+    checkpoints; unless `strict`, also the signs of a run of a speechssl without markers."""
     path = Path(path)
-    return path.is_dir() and any((path / sign).exists() or (path / sign).is_symlink() for sign in _EXPERIMENT_SIGNS)
+    if not path.is_dir():
+        return False
+    if _marker(path).get("experiment") or (path / LOCK).exists() or any((path / "checkpoints").glob("step_*")):
+        return True
+    return not strict and any((path / sign).exists() or (path / sign).is_symlink() for sign in _EXPERIMENT_SIGNS)
 
 
 def _contents(directory: Path) -> list[str]:
     """Names in `directory` other than our marker and live or dead temp files."""
     return sorted(p.name for p in directory.iterdir() if p.name not in (MARKER, FILES_RECORD) and not is_temporary(p.name))
+
+
+def _enclosing_experiment(path: Path) -> Path | None:
+    """The nearest experiment dir that holds `path` (as written, or with symlinks resolved)."""
+    for candidate in (path.absolute(), path.resolve()):
+        for parent in candidate.parents:
+            if is_experiment_dir(parent, strict=True):
+                return parent
+    return None
+
+
+def _refuse_parent_files(out: Path) -> None:
+    """A parent that exists but is not a directory makes every write fail: say so first."""
+    for parent in out.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputExistsError(f"--out {out}: {parent} is a file, not a directory")
+            return
 
 
 def refuse_inputs(out: str | Path, inputs: tuple[str | Path, ...]) -> None:
@@ -122,13 +185,23 @@ def check_output(
     """
     out = Path(out)
     refuse_inputs(out, inputs)
+    _refuse_parent_files(out)
     if not out.exists() and not out.is_symlink():
         return out
+    own = read_marker(out) == command if out.is_dir() else _is_own_file(out, command)
+    if not own:  # inside an input or an experiment, --overwrite never applies
+        for root in (*(Path(p) for p in inputs), _enclosing_experiment(out)):
+            if root is not None and root.is_dir() and root.resolve() in out.resolve().parents:
+                kind = "an input of this command" if root in map(Path, inputs) else "an experiment dir"
+                raise OutputExistsError(
+                    f"--out {out} already exists inside {root} ({kind}); {command} never writes over it,"
+                    " even with --overwrite: choose another --out"
+                )
     if out.is_dir():
         if is_file:
             raise OutputExistsError(f"--out {out} is a directory; {command} writes a file there: name a file")
         marker = read_marker(out)
-        if marker == command:
+        if own:
             return out
         if is_experiment_dir(out):
             owner = f"of `speechssl {marker}`" if marker else "with checkpoints or logs"
@@ -145,7 +218,7 @@ def check_output(
         )
     if not is_file:
         raise OutputExistsError(f"--out {out} is a file; {command} writes a directory there")
-    if overwrite or _is_own_file(out, command):
+    if overwrite or own:
         return out
     raise OutputExistsError(f"--out {out} already exists; choose another --out, or pass --overwrite to replace it")
 
@@ -169,12 +242,22 @@ def _holder(lock_path: Path) -> dict:
         return {}
 
 
+def _holder_of(fd: int) -> dict:
+    try:
+        return json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except (OSError, ValueError):
+        return {}
+
+
+_HELD: dict[str, str] = {}  # lock files this process holds -> the command holding each
+
+
 class ExperimentLock:
     """Advisory lock on an experiment dir: `with ExperimentLock(exp, "pretrain"): ...`.
 
     A second process (any host sharing the file system) gets `ExperimentLockedError` naming the
     holder's pid, host and command. The lock file is removed on exit; one left by a killed run
-    holds no flock and is taken over with a log line.
+    holds no lock and is taken over with a log line.
     """
 
     def __init__(self, directory: str | Path, command: str):
@@ -185,11 +268,17 @@ class ExperimentLock:
 
     def acquire(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
+        key = str(self.path.resolve())
+        if key in _HELD:  # POSIX locks do not exclude their own process: keep a list of our own
+            raise ExperimentLockedError(
+                f"{self.directory} is in use by `speechssl {_HELD[key]}` in this process (pid {os.getpid()});"
+                " wait for it or choose another --out"
+            )
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # EACCES or EAGAIN: held by a live process
                 os.close(fd)
                 h = _holder(self.path)
                 raise ExperimentLockedError(
@@ -202,8 +291,8 @@ class ExperimentLock:
                     break
             except FileNotFoundError:
                 pass
-            os.close(fd)  # the holder released (and removed) the file between our open and flock
-        stale = _holder(self.path)
+            os.close(fd)  # the holder released (and removed) the file between our open and lock
+        stale = _holder_of(fd)  # through our fd: closing another one would drop a POSIX lock
         if stale:
             logger.warning("%s: removing the stale lock of pid %s on host %s (that run is gone)",
                            self.directory, stale.get("pid", "?"), stale.get("host", "?"))
@@ -211,13 +300,15 @@ class ExperimentLock:
                 "started": time.strftime("%Y-%m-%d %H:%M:%S")}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
-        self._fd = fd
+        self._fd, self._key = fd, key
+        _HELD[key] = self.command
 
     def release(self) -> None:
         if self._fd is None:
             return
         self.path.unlink(missing_ok=True)
         os.close(self._fd)
+        _HELD.pop(self._key, None)
         self._fd = None
 
     def __enter__(self) -> ExperimentLock:

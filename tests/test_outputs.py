@@ -14,7 +14,15 @@ import torch
 
 from speechssl.errors import ExperimentLockedError, OutputExistsError, WriteFailedError
 from speechssl.io import atomic_directory, atomic_file, atomic_write_text, remove_stale_temporaries
-from speechssl.outputs import LOCK, ExperimentLock, check_output, record_output, write_marker
+from speechssl.outputs import (
+    LOCK,
+    MARKER,
+    ExperimentLock,
+    check_output,
+    output_directory,
+    record_output,
+    write_marker,
+)
 
 
 def test_new_and_empty_outputs_are_accepted(tmp_path):
@@ -126,20 +134,14 @@ def test_full_disk_is_one_line_naming_the_path_and_leaves_no_temp(tmp_path, monk
     assert os.listdir(tmp_path) == ["a.txt"]
 
 
-def test_full_disk_on_a_real_tiny_file_system(tmp_path):
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (not root?); the monkeypatched ENOSPC test covers the logic")
-    try:
-        (mnt / "keep.txt").write_text("precious")
-        with pytest.raises(WriteFailedError, match=rf"cannot write {mnt / 'big.bin'}: No space left on device"):
-            with atomic_file(mnt / "big.bin") as tmp:
-                tmp.write_bytes(b"\0" * (1 << 20))
-        assert sorted(os.listdir(mnt)) == ["keep.txt"]
-        assert (mnt / "keep.txt").read_text() == "precious"
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
+def test_full_disk_on_a_real_tiny_file_system(tiny_fs):
+    mnt = tiny_fs(64)
+    (mnt / "keep.txt").write_text("precious")
+    with pytest.raises(WriteFailedError, match=rf"cannot write {mnt / 'big.bin'}: No space left on device"):
+        with atomic_file(mnt / "big.bin") as tmp:
+            tmp.write_bytes(b"\0" * (1 << 20))
+    assert sorted(os.listdir(mnt)) == ["keep.txt"]
+    assert (mnt / "keep.txt").read_text() == "precious"
 
 
 def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
@@ -164,3 +166,82 @@ def test_a_file_this_command_wrote_is_replaced_until_someone_edits_it(tmp_path):
     f.write_text("table with my notes")  # the user edited it: no longer ours to replace
     with pytest.raises(OutputExistsError, match="already exists"):
         check_output(f, "compare", is_file=True)
+
+
+def test_overwrite_never_applies_inside_an_experiment_or_an_input(tmp_path):
+    exp = tmp_path / "exp"
+    (exp / "checkpoints" / "step_2").mkdir(parents=True)
+    weights = exp / "checkpoints" / "step_2" / "model.safetensors"
+    weights.write_bytes(b"weights")
+    for out, is_file in ((exp / "checkpoints", False), (weights, True), (exp / "checkpoints" / "step_2", False)):
+        with pytest.raises(OutputExistsError, match=r"already exists inside .*exp \(an experiment dir\).*even with"):
+            check_output(out, "summarize", overwrite=True, is_file=is_file)
+    check_output(exp / "compare.md", "compare", is_file=True)  # a new file beside the run is fine
+    model = tmp_path / "hf_model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    with pytest.raises(OutputExistsError, match=r"config.json already exists inside .*hf_model \(an input"):
+        check_output(model / "config.json", "compare", overwrite=True, is_file=True, inputs=(model,))
+    assert (model / "config.json").read_text() == "{}"
+
+
+def test_a_parent_that_is_a_file_is_named(tmp_path):
+    (tmp_path / "feats.npy").write_text("x")
+    with pytest.raises(OutputExistsError, match=r"feats.npy is a file, not a directory"):
+        check_output(tmp_path / "feats.npy" / "sub" / "out", "features")
+
+
+def test_output_directory_drops_its_own_stale_files_and_keeps_the_users(tmp_path):
+    out = tmp_path / "hf"
+    with output_directory(out, "export") as tmp:
+        (tmp / "config.json").write_text("1")
+        (tmp / "old_only.bin").write_text("stale")
+    (out / "README.md").write_text("my model card")
+    (out / "notes").mkdir()
+    (out / "notes" / "a.txt").write_text("mine")
+    with output_directory(out, "export") as tmp:
+        (tmp / "config.json").write_text("2")
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "README.md", "config.json", "notes"]
+    assert (out / "config.json").read_text() == "2"
+    assert (out / "README.md").read_text() == "my model card" and (out / "notes" / "a.txt").read_text() == "mine"
+
+
+_HOLD_AND_FORK = textwrap.dedent(
+    """
+    import os, sys, time
+    from speechssl.outputs import ExperimentLock
+    lock = ExperimentLock(sys.argv[1], "pretrain")
+    lock.acquire()
+    if os.fork() == 0:  # a data-loader worker: outlives its parent by a few seconds
+        time.sleep(5)
+        os._exit(0)
+    print("locked", flush=True)
+    time.sleep(60)
+    """
+)
+
+
+def test_a_forked_worker_does_not_keep_a_killed_runs_lock(tmp_path):
+    exp = tmp_path / "exp"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_AND_FORK, str(exp)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    holder.kill()
+    holder.wait()
+    with ExperimentLock(exp, "pretrain"):  # at once, while the orphaned worker still lives
+        pass
+
+
+def test_written_files_and_dirs_get_the_umask_mode_not_private_temp_modes(tmp_path):
+    from safetensors.torch import save_file
+
+    old = os.umask(0o022)
+    try:
+        with atomic_file(tmp_path / "w.safetensors") as tmp:
+            save_file({"a": torch.zeros(2)}, str(tmp))  # safetensors creates 0600
+        with atomic_directory(tmp_path / "ckpt") as tmp:  # mkdtemp creates 0700
+            save_file({"a": torch.zeros(2)}, str(tmp / "model.safetensors"))
+    finally:
+        os.umask(old)
+    assert oct((tmp_path / "w.safetensors").stat().st_mode & 0o777) == "0o644"
+    assert oct((tmp_path / "ckpt").stat().st_mode & 0o777) == "0o755"
+    assert oct((tmp_path / "ckpt" / "model.safetensors").stat().st_mode & 0o777) == "0o644"

@@ -24,14 +24,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from speechssl.compression.report import check_comparison_output, compare_upstreams, write_comparison
 
-    check_comparison_output(args.out, overwrite=args.overwrite)
-
     sources = {}
     for item in args.upstreams:
         name, sep, source = item.partition("=")
         if not sep or not name or not source:
             raise ValueError(f"--upstreams takes NAME=SOURCE items, found '{item}'")
         sources[name] = source
+    check_comparison_output(args.out, overwrite=args.overwrite, sources=sources.values())
     profiles = compare_upstreams(sources, seconds=args.seconds, repeats=args.repeats, threads=args.threads)
     print(write_comparison(profiles, args.out, overwrite=args.overwrite), end="")
     return 0

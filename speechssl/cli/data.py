@@ -83,7 +83,8 @@ def run_validate(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     if check.problems:
         print(
-            f"{args.dir}: {len(check.problems)} problem(s); `speechssl data fix {args.dir}` repairs ids and sorting",
+            f"{args.dir}: {len(check.problems)} problem(s); `speechssl data fix {args.dir}` repairs the tables"
+            " (ids, sorting, invisible characters, utterances missing from a table), not the audio files",
             file=sys.stderr,
         )
         return 1

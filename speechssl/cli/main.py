@@ -11,6 +11,7 @@ import sys
 import speechssl
 import speechssl.cli as cli_package
 from speechssl.errors import SpeechSSLError
+from speechssl.io import MACHINE_ERRNOS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,11 +44,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if args.command is None else 2
     try:
         return int(args.func(args) or 0)
-    except (SpeechSSLError, ValueError, FileNotFoundError, KeyError, RuntimeError) as err:
+    except (SpeechSSLError, ValueError, FileNotFoundError, KeyError, RuntimeError, OSError) as err:
         if not _is_user_error(err):
             raise
         # User-input errors and runs stopped with advice: one clear line, no traceback.
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        if isinstance(err, OSError) and err.errno in MACHINE_ERRNOS and err.filename is not None:
+            message = f"{err.filename}: {err.strerror}"
         print(f"speechssl {args.command}: error: {message}", file=sys.stderr)
         return 1
 
@@ -56,6 +59,8 @@ def _is_user_error(err: BaseException) -> bool:
     """Errors that explain themselves; anything else (a bug) keeps its traceback."""
     if isinstance(err, (SpeechSSLError, ValueError, FileNotFoundError)):
         return True
+    if isinstance(err, OSError):  # a full disk, a read-only file system, no permission: "PATH: reason"
+        return err.errno in MACHINE_ERRNOS and err.filename is not None
     from speechssl.data.espeak import EspeakError
     from speechssl.interop.fairseq_io import CheckpointKeyError
     from speechssl.training.trainer import BadStepsError

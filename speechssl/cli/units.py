@@ -40,6 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_score(args: argparse.Namespace) -> int:
     plot = args.plot or (str(Path(args.out).with_suffix(".png")) if args.out and len(args.labels) > 1 else None)
     inputs = (*args.labels, args.alignments)
+    if args.out and plot and Path(args.out).resolve() == Path(plot).resolve():
+        raise ValueError(f"--out and --plot are the same file ({args.out}): name two files")
     for path in (args.out, plot):  # checked before any scoring; an earlier score file of ours is replaced
         if path:
             check_output(path, COMMAND, overwrite=args.overwrite, inputs=inputs, is_file=True)

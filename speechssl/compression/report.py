@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -98,16 +98,17 @@ def format_comparison(profiles: list[ModelProfile]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def check_comparison_output(out: str | Path, *, overwrite: bool = False) -> None:
-    """Refuse OUT or its .json twin when they hold what `compare` did not write (before any timing)."""
+def check_comparison_output(out: str | Path, *, overwrite: bool = False, sources: Iterable[str | Path] = ()) -> None:
+    """Refuse OUT or its .json twin when they hold what `compare` did not write, or lie in one of
+    the compared models (before any timing)."""
     for path in (Path(out), Path(out).with_suffix(".json")):
-        check_output(path, "compare", overwrite=overwrite, is_file=True)
+        check_output(path, "compare", overwrite=overwrite, is_file=True, inputs=tuple(sources))
 
 
 def write_comparison(profiles: list[ModelProfile], out: str | Path, *, overwrite: bool = False) -> str:
     """OUT (markdown) and OUT with .json beside it."""
     out = Path(out)
-    check_comparison_output(out, overwrite=overwrite)
+    check_comparison_output(out, overwrite=overwrite, sources=[p.source for p in profiles])
     text = format_comparison(profiles)
     atomic_write_text(out, text)
     atomic_write_json(out.with_suffix(".json"), [asdict(p) for p in profiles])

@@ -259,7 +259,8 @@ def load_audio(
             raise AudioError(f"{where}: file holds no samples")
         if channel is None and info.num_channels > 1:
             raise AudioError(
-                f"{where}: file has {info.num_channels} channels; choose one with channel=0..{info.num_channels - 1}"
+                f"{where}: file has {info.num_channels} channels and speechssl reads mono audio: mix it down or"
+                f" keep one channel (e.g. `sox IN OUT remix 1`), or pass channel=0..{info.num_channels - 1} to load_audio"
             )
         if channel is not None and not 0 <= channel < info.num_channels:
             raise AudioError(f"{where}: channel {channel} requested, file has {info.num_channels} channel(s)")

@@ -43,8 +43,7 @@ from speechssl.data.layout import (
     list_data_dir,
     table_level,
 )
-from speechssl.io import atomic_directory
-from speechssl.outputs import check_output, write_marker
+from speechssl.outputs import check_output, output_directory
 
 PIPE_POLICY = (
     "Kaldi pipe entries (`cmd |`) are not supported: write the audio to files first"
@@ -736,8 +735,8 @@ def combine_data_dirs(out: str | Path, sources: list[str | Path], *, overwrite: 
 
     `out` follows the output-path rule (`speechssl.outputs.check_output`): never a source or a
     dir holding one; a non-empty dir only if an earlier combine wrote it, or with `overwrite`.
-    The new dir is written beside `out` and renamed over it, so no file of an earlier output
-    survives into the new one."""
+    The new dir is written beside `out` and renamed over it (`output_directory`): no table of an
+    earlier combine survives into the new one, and files you added there are carried over."""
     if not sources:
         raise ValueError("combine needs at least one source data dir")
     check_output(out, COMBINE, overwrite=overwrite, inputs=tuple(sources))
@@ -766,8 +765,7 @@ def combine_data_dirs(out: str | Path, sources: list[str | Path], *, overwrite: 
         reco2dur=union("reco2dur", [d.reco2dur for d in dirs]),
         extra={name: union(name, [d.extra[name] for d in dirs]) for name in sorted(extra_names)},
     )
-    with atomic_directory(out) as tmp:
-        write_marker(tmp, COMBINE)
+    with output_directory(out, COMBINE) as tmp:
         data = write_data_dir(tmp, **tables)
     data.path = Path(out)
     return data

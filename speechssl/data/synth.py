@@ -12,10 +12,10 @@ resampling, so the files are byte-identical for a seed whatever --nj is.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import multiprocessing
-import os
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -41,7 +41,7 @@ from speechssl.data.synth_audio import (
     speed_orig_freq,
     to_int16,
 )
-from speechssl.io import atomic_write_text
+from speechssl.io import atomic_file, atomic_write_text
 from speechssl.outputs import claim_directories
 
 log = logging.getLogger(__name__)
@@ -306,11 +306,10 @@ def synthesize_utterance(spec: UttSpec, config: SynthConfig) -> UttResult:
 
 
 def _write_wav(path: str, samples: np.ndarray, sample_rate: int) -> None:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    sf.write(tmp, samples, sample_rate, subtype="PCM_16", format="WAV")
-    os.replace(tmp, target)
+    buffer = io.BytesIO()  # libsndfile says only "System error" on a full disk; Python's write names it
+    sf.write(buffer, samples, sample_rate, subtype="PCM_16", format="WAV")
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
 
 
 # --- running the units ---

@@ -162,10 +162,6 @@ def _select_checkpoint(task: Task, upstream_spec: str, run_dir: Path, config: Do
     ckpts = step_dirs(run_dir / "checkpoints")
     if not ckpts:
         raise FileNotFoundError(f"no checkpoints under {run_dir / 'checkpoints'}")
-    if not task.has_split("dev"):
-        log.warning("%s: no dev split for task %s; using the last checkpoint", task.data_dir, task.name)
-        return {"step": int(ckpts[-1].name.split("_")[1]), "checkpoint": str(ckpts[-1].relative_to(run_dir)),
-                "dev": None}
     cache_path = run_dir / "dev_scores.json"
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     model = None
@@ -212,12 +208,9 @@ def _train_run(task: Task, upstream_spec: str, run_dir: Path, config: Downstream
 
 
 def check_task_data(task: Task, splits: tuple[str, ...] = SPLITS) -> None:
-    """Every split checked in seconds (`Task.check_split`); a missing dev dir means 'select the
-    last checkpoint' (said here, not at the end)."""
+    """Every split checked in seconds (`Task.check_split`): dev chooses the checkpoint and the
+    learning rate, so it is required like train and test."""
     for split in splits:
-        if split == "dev" and not (task.data_dir / "dev").exists():
-            log.warning("%s: no dev split for task %s; the last checkpoint will be used", task.data_dir, task.name)
-            continue
         task.check_split(split)
 
 
@@ -262,7 +255,7 @@ def train_downstream(task: str, upstream_spec: str | Path, data_dir: str | Path,
     check_task_data(task_obj)
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_marker(out_dir, TRAIN_COMMAND)
+        write_marker(out_dir, TRAIN_COMMAND, experiment=True)
     with ExperimentLock(out_dir, TRAIN_COMMAND) if main else nullcontext():
         return _train_locked(task_obj, str(upstream_spec), data_dir, out_dir, config, resume)
 

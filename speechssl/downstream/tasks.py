@@ -257,7 +257,8 @@ class Task:
         ids = split_utterances(split_dir)
         for filename in self.required_files(split):
             if not (split_dir / filename).is_file():
-                raise FileNotFoundError(f"task {self.name}: {split_dir / filename} does not exist ({self.target_help})")
+                what = self.target_help if filename == self.target_file else "`enroll_utt test_utt target|nontarget` lines"
+                raise FileNotFoundError(f"task {self.name}: {split_dir / filename} does not exist ({what})")
         if split == "train":
             self.check_unknown_label()
         self.check_targets(split, split_dir, ids)

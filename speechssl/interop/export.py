@@ -29,28 +29,14 @@ COMMAND = "export"  # the output marker's name: a re-run of export may replace i
 
 
 def check_export_output(source: str | Path, fmt: str, out: str | Path, *, overwrite: bool = False) -> Path:
-    """The output-path rule for export, checked before any model is loaded: `out` may be new, an
-    empty dir, or export's own earlier output; anything else needs `overwrite`. The source, a
-    dir holding it, an experiment dir, and (even with `overwrite`) a speechssl checkpoint or
-    anything existing inside the source or an experiment dir are refused."""
+    """The output-path rule for export (`speechssl.outputs.check_output`), checked before any model
+    is loaded; a speechssl checkpoint dir is never replaced, even with `overwrite`."""
     out, is_file = Path(out), fmt != "hf"
     check_output(out, COMMAND, overwrite=overwrite, inputs=(source,), is_file=is_file)
-    if not overwrite:
-        return out
-    try:
-        check_output(out, COMMAND, inputs=(source,), is_file=is_file)
-        return out  # new, empty or export's own earlier output: --overwrite replaces nothing foreign
-    except OutputExistsError:
-        pass
-    target, src = out.resolve(), Path(source).resolve()
-    # EXP/x or EXP/checkpoints/step_N: an experiment shows by its checkpoints, not by a bare .lock
-    near = target.parents[:2]
-    inside = [p for p in target.parents if p == src] + [p for p in near if (p / "checkpoints").is_dir()]
-    if is_checkpoint_dir(out) or inside:
-        where = f"inside {inside[0]}" if inside else "a speechssl checkpoint"
+    if is_checkpoint_dir(out):
         raise OutputExistsError(
-            f"--out {out} is {where}; export never replaces a checkpoint or files of an experiment, even with"
-            " --overwrite: choose another --out"
+            f"--out {out} is a speechssl checkpoint; export never replaces one, even with --overwrite:"
+            " choose another --out"
         )
     return out
 

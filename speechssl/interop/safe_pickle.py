@@ -16,6 +16,7 @@ import collections
 import pickle
 import re
 import typing
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -126,11 +127,15 @@ def _refused_globals(path: Path, err: Exception) -> list[str]:
     return names
 
 
-def _unsafe(path: Path, err: Exception, allowed: str) -> UnsafeCheckpointError:
+def _unsafe(path: Path, err: Exception, allowed: str) -> CheckpointError:
     names = _refused_globals(path, err)
-    what = ", ".join(names) if names else str(err).strip().splitlines()[-1]
+    if not names:  # no forbidden type named: the pickle is corrupt or uses instructions torch does not read
+        reason = re.search(r"WeightsUnpickler error: \s*(.+?)\s*(?:\n|$)", str(err))
+        detail = f" ({reason.group(1)})" if reason else ""
+        return CheckpointError(f"{path} is not a readable PyTorch checkpoint: its pickle cannot be read as weights"
+                               f"{detail}; nothing in it was run")
     return UnsafeCheckpointError(
-        f"{path}: refusing to unpickle {what}: the file holds code or objects that are not weights"
+        f"{path}: refusing to unpickle {', '.join(names)}: the file holds code or objects that are not weights"
         f" (only {allowed} are read; loading never runs code from a file)"
     )
 
@@ -140,7 +145,8 @@ def _torch_load(path: Path, extra_globals: list[Any], allowed: str) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        with torch.serialization.safe_globals(extra_globals):
+        with torch.serialization.safe_globals(extra_globals), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Detected pickle protocol 4": our error says what matters
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise _unsafe(path, err, allowed) from None

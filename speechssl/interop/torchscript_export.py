@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import json
 import logging
 import math
@@ -258,9 +259,11 @@ def export_torchscript(upstream: Upstream, out: str | Path, *, verify: bool = Tr
     out = Path(out)
     start = time.perf_counter()
     traced = trace_upstream(upstream)
+    buffer = io.BytesIO()  # torch.jit.save(path) aborts the process on a full disk; Python's write raises
+    with quiet_jit_deprecation():
+        torch.jit.save(traced, buffer, _extra_files={EXTRA_FILE: json.dumps(export_metadata(upstream))})
     with atomic_file(out) as tmp:
-        with quiet_jit_deprecation():
-            torch.jit.save(traced, str(tmp), _extra_files={EXTRA_FILE: json.dumps(export_metadata(upstream))})
+        tmp.write_bytes(buffer.getvalue())
         if verify:
             loaded = load_torchscript(tmp)
             with torch.no_grad():

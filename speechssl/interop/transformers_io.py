@@ -19,7 +19,7 @@ from torch import Tensor
 
 from speechssl.io import atomic_directory
 from speechssl.models.config import ConvFrontendConfig, EncoderConfig, ModelConfig
-from speechssl.outputs import write_marker
+from speechssl.outputs import output_directory
 
 SUPPORTED_MODEL_TYPES = ("hubert", "wav2vec2")
 # Weights of heads on top of the backbone, returned separately (Wav2Vec2ForPreTraining's
@@ -283,9 +283,9 @@ def complete_masked_spec_embed(state: dict[str, Tensor], model_state: dict[str, 
 def save_transformers(model_or_state: Any, config: ModelConfig, path: str | Path, *, marker: str | None = None) -> Path:
     """Write a transformers directory (config.json, preprocessor_config.json, model.safetensors)
     that HubertModel / Wav2Vec2Model.from_pretrained loads; atomic (temp dir, then rename).
-    `marker`: the command to name in the dir's output marker (speechssl.outputs), written into
-    the temp dir first so that it lands with the files. Callers check `path` first
-    (speechssl.outputs.check_output): an existing `path` is replaced."""
+    `marker`: the command whose output the dir is (`speechssl.outputs.output_directory`: a re-run
+    replaces its own files and keeps the user's); callers check `path` first (`check_output`).
+    Without it an existing `path` is replaced whole."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -301,9 +301,7 @@ def save_transformers(model_or_state: Any, config: ModelConfig, path: str | Path
         "do_normalize": config.normalize_waveform,
         "return_attention_mask": True,
     }
-    with atomic_directory(path) as tmp:
-        if marker is not None:
-            write_marker(tmp, marker)
+    with output_directory(path, marker) if marker is not None else atomic_directory(path) as tmp:
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
         (tmp / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})

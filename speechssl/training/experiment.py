@@ -141,7 +141,7 @@ class Experiment:
         """Every check passed: mark the dir as this command's experiment (rank 0). Call before
         the first write into EXP."""
         if env_rank() == 0 and read_marker(self.out) != self.command:
-            write_marker(self.out, self.command)
+            write_marker(self.out, self.command, experiment=True)
         self.begun = True
 
 

@@ -118,7 +118,7 @@ def test_multichannel_needs_channel(tmp_path):
     path = tmp_path / "stereo.wav"
     left, right = ramp(800, 0.5), -ramp(800, 0.25)
     sf.write(path, np.stack([left, right], axis=1), 16000, subtype="FLOAT")
-    with pytest.raises(AudioError, match=r"utterance 'u1' .*has 2 channels; choose one with channel=0..1"):
+    with pytest.raises(AudioError, match=r"utterance 'u1' .*has 2 channels and speechssl reads mono audio: .*channel=0..1"):
         load_audio(path, utt_id="u1")
     np.testing.assert_allclose(load_audio(path, channel=1).numpy(), right, atol=1e-7)
     np.testing.assert_allclose(load_audio(path, channel=0).numpy(), left, atol=1e-7)

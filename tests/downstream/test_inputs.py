@@ -61,6 +61,17 @@ def test_empty_dev_split_is_refused_before_any_step(task_data, tmp_path, capsys)
     assert not out.exists()
 
 
+def test_a_missing_dev_split_is_refused_before_any_step(task_data, tmp_path):
+    data = _task_copy(task_data["ks"], tmp_path / "ks", copy=("dev",))
+    for name in os.listdir(data / "dev"):
+        (data / "dev" / name).unlink()
+    (data / "dev").rmdir()
+    out = tmp_path / "exp"
+    with pytest.raises(FileNotFoundError, match=rf"task ks: data dir {data}/dev does not exist"):
+        train_downstream("ks", "fbank", data, out, small_config(), max_steps=2)
+    assert not out.exists()
+
+
 def test_asv_trials_naming_an_unknown_utterance_are_refused_at_start_up(task_data, tmp_path):
     data = _task_copy(task_data["asv"], tmp_path / "asv", copy=("dev",))
     trials = data / "dev" / "trials"

@@ -4,6 +4,7 @@ that the files already there survive."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 
 import pytest
@@ -66,7 +67,9 @@ def test_an_experiment_dir_is_refused_even_with_overwrite(checkpoint, tmp_path, 
     assert (exp / "train.log").read_text() == "log\n"
     # a dir inside the experiment, even a checkpoint of it, is not replaced either
     assert _export(checkpoint, "hf", exp / "checkpoints", "--overwrite") == 1
-    assert "export never replaces a checkpoint or files of an experiment" in capsys.readouterr().err
+    assert "(an experiment dir); export never writes over it, even with --overwrite" in capsys.readouterr().err
+    assert _export(checkpoint, "onnx", exp / "checkpoints" / "step_4" / "model.safetensors", "--overwrite") == 1
+    assert "(an experiment dir); export never writes over it" in capsys.readouterr().err
     assert (exp / "checkpoints" / "step_4" / "model.safetensors").read_bytes() == b"weights"
 
 
@@ -77,7 +80,7 @@ def test_the_source_itself_is_refused_even_with_overwrite(checkpoint, tmp_path, 
     assert _export(checkpoint, "hf", checkpoint.parent, "--overwrite") == 1  # a dir holding the source
     assert "contains an input of this command" in capsys.readouterr().err
     assert _export(checkpoint, "onnx", checkpoint / "config.yaml", "--overwrite") == 1  # a file inside it
-    assert "export never replaces a checkpoint" in capsys.readouterr().err
+    assert "(an input of this command); export never writes over it, even with --overwrite" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in checkpoint.iterdir()} == before
     # a fairseq .pt exported as itself
     pt = tmp_path / "model.pt"
@@ -125,3 +128,14 @@ def test_no_verify_export_of_a_nan_checkpoint_is_refused(tmp_path, capsys, fmt):
     assert "nan/model.safetensors: weight 'encoder.layers.0.attention.q_proj.weight' holds NaN or inf" in err
     assert len(err.strip().splitlines()) == 1 and not out.exists()
     assert torch.isinf(load_file(str(src / "model.safetensors"))["encoder.layers.0.attention.q_proj.weight"][0, 0])
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx", "hf"])
+def test_a_full_disk_is_one_line_and_leaves_no_temp(checkpoint, tiny_fs, capsys, fmt):
+    disk = tiny_fs(96)
+    (disk / "keep.txt").write_text("precious")
+    out = disk / ("model_hf" if fmt == "hf" else "model.pt")
+    assert _export(checkpoint, fmt, out, "--no-verify") == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "No space left on device" in err, err
+    assert sorted(os.listdir(disk)) == ["keep.txt"]

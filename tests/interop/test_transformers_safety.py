@@ -62,6 +62,17 @@ def test_a_truncated_pytorch_model_bin_is_one_line_naming_the_file(hf_dir):
         speechssl.load_upstream(hf_dir)
 
 
+def test_a_plain_pickle_is_not_called_code_and_names_no_torch_advice(hf_dir, recwarn):
+    import pickle
+
+    (hf_dir / "model.safetensors").unlink()
+    (hf_dir / "pytorch_model.bin").write_bytes(pickle.dumps({"a": [1, 2]}, protocol=4))
+    with pytest.raises(CheckpointError, match=r"pytorch_model.bin is not a readable PyTorch checkpoint: its pickle cannot"
+                                              r" be read as weights \(Unsupported operand \d+\); nothing in it was run$"):
+        speechssl.load_upstream(hf_dir)
+    assert not [w for w in recwarn if "pickle protocol" in str(w.message)]
+
+
 def test_a_fairseq_pt_holding_code_is_refused_naming_the_file(tmp_path):
     flag = tmp_path / "pwned"
     torch.save({"model": {}, "cfg": {}, "args": _Evil(flag)}, tmp_path / "hubert.pt")

@@ -130,23 +130,6 @@ def test_enospc_from_any_writer_is_one_line_and_keeps_the_previous_checkpoint(tm
     _assert_previous_intact(tmp_path, model)
 
 
-@pytest.fixture
-def tiny_fs(tmp_path):
-    """A size-limited tmpfs (root only; skipped where mounting is not allowed)."""
-    import subprocess
-
-    mount = tmp_path / "fs"
-    mount.mkdir()
-    def mount_with(size_kb: int) -> Path:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(mount)],
-                              capture_output=True)
-        if done.returncode != 0:
-            pytest.skip("cannot mount a tmpfs here (needs root)")
-        return mount
-    yield mount_with
-    subprocess.run(["umount", "--lazy", str(mount)], capture_output=True)  # lazy: an open handle in a traceback
-
-
 def test_a_real_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, tiny_fs):
     model = ToyModel()
     probe = _save(tmp_path / "probe", 1, model)

@@ -210,6 +210,9 @@ def test_units_score_out_and_plot_rule(phone_corpus, tmp_path, capsys):
     capsys.readouterr()
     assert main([*score, "--out", str(report)]) == 1
     assert f"--out {report} already exists" in capsys.readouterr().err and report.read_text() == "my own report"
+    same = tmp_path / "same.json"
+    assert main([*score, "--out", str(same), "--plot", str(same)]) == 1
+    assert "--out and --plot are the same file" in capsys.readouterr().err and not same.exists()
     plot = tmp_path / "mine.png"
     plot.write_bytes(b"not ours")
     assert main([*score, "--out", str(tmp_path / "s.json"), "--plot", str(plot)]) == 1
