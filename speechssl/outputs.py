@@ -271,8 +271,8 @@ class ExperimentLock:
         key = str(self.path.resolve())
         if key in _HELD:  # POSIX locks do not exclude their own process: keep a list of our own
             raise ExperimentLockedError(
-                f"{self.directory} is in use by `speechssl {_HELD[key]}` in this process (pid {os.getpid()});"
-                " wait for it or choose another --out"
+                f"{self.directory} is in use by `speechssl {_HELD[key]}` (pid {os.getpid()} on host"
+                f" {socket.gethostname()}, this very process); wait for it or choose another --out"
             )
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
