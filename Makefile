@@ -27,6 +27,7 @@ demo: install
 	cd egs/mini_synth/ssl1 && PATH="$(CURDIR)/$(VENV)/bin:$$PATH" ./run.sh
 
 test: install
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure" >&2; exit 1; fi; exit $$rc
 

@@ -21,6 +21,7 @@ a live one at once.
 from __future__ import annotations
 
 import fcntl
+import importlib.metadata
 import json
 import logging
 import os
@@ -53,14 +54,19 @@ def write_marker(directory: str | Path, command: str, *, experiment: bool = Fals
     """Mark `directory` as the output of `command` (call before writing anything else into it);
     `experiment`: a training run's dir, whose files no other command ever writes over; `files`:
     the names the command wrote (`output_directory` drops them, and only them, on a re-run)."""
-    from speechssl import __version__
-
-    content: dict = {"command": command, "speechssl": __version__}
+    content: dict = {"command": command, "speechssl": _version()}
     if experiment:
         content["experiment"] = True
     if files is not None:
         content["files"] = files
     atomic_write_json(Path(directory) / MARKER, content)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("speechssl")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
 
 
 @contextmanager
