@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from speechssl.data.audio import AudioInfo, audio_info
+from speechssl.data.audio import SAMPLE_RATE, AudioInfo, audio_info
 from speechssl.data.kaldi import HARMLESS, Problem, Row, c_sort_key, scan_table, write_table
 from speechssl.data.layout import (
     CORE_FILES,
@@ -361,7 +361,6 @@ def _headers(paths: Mapping[str, str], nj: int, progress: bool, desc: str) -> di
 # ---------------------------------------------------------------- validate
 
 SEGMENT_TOLERANCE = 0.01  # seconds a segment may run past its recording (Kaldi's validate_data_dir.sh)
-SAMPLE_RATE = 16000  # what training reads (the Upstream contract); other rates are resampled when read
 
 
 @dataclass(frozen=True)
