@@ -17,13 +17,12 @@ from typing import Any, TypeVar
 
 import yaml
 
-from speechssl.errors import SpeechSSLError
 from speechssl.io import atomic_write_text
 
 T = TypeVar("T")
 
 
-class ConfigError(SpeechSSLError, ValueError):
+class ConfigError(ValueError):
     """A config file or override that does not fit its dataclass."""
 
 

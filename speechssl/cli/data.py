@@ -7,15 +7,10 @@ import argparse
 import sys
 
 from speechssl.cli.common import add_overwrite_argument
-from speechssl.data.datadir import (
-    SAMPLE_RATE,
-    check_data_dir,
-    combine_data_dirs,
-    compute_durations,
-    summarize_data_dir,
-)
+from speechssl.data.datadir import combine_data_dirs, compute_durations, summarize_data_dir
 from speechssl.data.fix import fix_data_dir
-from speechssl.data.layout import describe_ignored
+from speechssl.data.layout import UTTERANCE, describe_ignored
+from speechssl.data.validate import SAMPLE_RATE, check_data_dir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -102,7 +97,7 @@ def run_fix(args: argparse.Namespace) -> int:
         print(dropped)
     if report.ignored:
         print(f"ignored (not data-dir tables, left as they are): {describe_ignored(report.ignored)}")
-    dropped = sum(d.kind == "utterance" for d in report.dropped)
+    dropped = sum(d.kind == UTTERANCE for d in report.dropped)
     if report.backup_dir is None:
         print(f"{args.dir}: nothing to change ({report.num_utterances} utterances)")
     else:

@@ -1,4 +1,5 @@
-"""Kaldi data dirs: load, write, validate, combine and measure durations (`fix` is in data/fix.py).
+"""Kaldi data dirs: load, write, combine and measure durations (`validate` is data/validate.py,
+`fix` is data/fix.py).
 
 A data dir is the unit of exchange between recipe stages (DESIGN.md):
 
@@ -14,7 +15,7 @@ Every file is sorted by key in C locale (byte order). Which other top-level
 files are tables (phones, intent, utt2*, *.scp, spk2*...) and which are left
 alone (NOTES, audio beside the tables...) is the rule of `speechssl.data.layout`:
 utterance tables beyond the core are DataDir's "extra" tables, kept by `write`,
-filtered by `fix` (speechssl.data.fix), checked for id consistency by `validate`.
+filtered by `fix` (speechssl.data.fix), checked for id consistency by `validate` (speechssl.data.validate).
 
 Policy for Kaldi pipes: a wav.scp entry such as `utt1 sox in.flac -t wav - |`
 is not supported, since we read audio with soundfile, never through a shell.
@@ -31,15 +32,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from speechssl.data.audio import SAMPLE_RATE, AudioInfo, audio_info
-from speechssl.data.kaldi import HARMLESS, Problem, Row, c_sort_key, scan_table, write_table
+from speechssl.data.audio import AudioInfo, audio_info
+from speechssl.data.kaldi import (
+    Problem,
+    ProblemKind,
+    Row,
+    c_sort_key,
+    fatal_problems,
+    scan_table,
+    write_table,
+)
 from speechssl.data.layout import (
     CORE_FILES,
-    RECORDING,
-    SPEAKER,
     UTTERANCE,
     Listing,
-    describe_ignored,
     list_data_dir,
     table_level,
 )
@@ -87,8 +93,8 @@ def parse_rows(name: str, file: str, rows: list[Row]) -> tuple[dict, list[Proble
     table: dict = {}
     problems: list[Problem] = []
 
-    def bad(row: Row, message: str) -> None:
-        problems.append(Problem(file, row.line, row.key, message))
+    def bad(row: Row, message: str, kind: ProblemKind = ProblemKind.MALFORMED) -> None:
+        problems.append(Problem(file, row.line, row.key, message, kind))
 
     for row in rows:
         if row.key in table:
@@ -99,7 +105,7 @@ def parse_rows(name: str, file: str, rows: list[Row]) -> tuple[dict, list[Proble
                 bad(row, "expected '<id> <audio path>', found no path")
                 continue
             if row.value.endswith("|") or row.value.startswith("|"):
-                bad(row, PIPE_POLICY)
+                bad(row, PIPE_POLICY, ProblemKind.PIPE)
                 continue
             table[row.key] = row.value
         elif name == "utt2spk":
@@ -145,15 +151,11 @@ def read_file(path: Path) -> tuple[dict, list[Problem]]:
     return table, problems + parse_problems
 
 
-def fatal_problems(problems: list[Problem]) -> list[Problem]:
-    """The problems a reader cannot accept: unsorted lines, CR line endings and a byte-order mark
-    do not change what `scan_table` returns, so readers accept them (`validate` still names them)."""
-    return [p for p in problems if p.kind not in HARMLESS]
 
-
-def _not_regular(path: Path, listing: Listing) -> list[Problem]:
+def not_regular_problems(path: Path, listing: Listing) -> list[Problem]:
+    """A problem for each table name of `listing` that is not a regular file (never opened)."""
     return [
-        Problem(str(path / name), None, None, f"is {kind}, not a regular file: not read")
+        Problem(str(path / name), None, None, f"is {kind}, not a regular file: not read", ProblemKind.NOT_REGULAR)
         for name, kind in listing.not_regular.items()
     ]
 
@@ -183,7 +185,7 @@ class DataDir:
         if not path.is_dir():
             raise FileNotFoundError(f"data dir {path} does not exist")
         listing = list_data_dir(path)
-        problems = _not_regular(path, listing)
+        problems = not_regular_problems(path, listing)
         if "wav.scp" not in listing.tables and not problems:
             raise FileNotFoundError(f"{path / 'wav.scp'} does not exist: every data dir needs a wav.scp")
         tables: dict[str, dict | None] = {name: None for name in CORE_FILES}
@@ -336,11 +338,12 @@ def write_data_dir(
     return data
 
 
+
 # ---------------------------------------------------------------- audio headers
 
 
-def _headers(paths: Mapping[str, str], nj: int, progress: bool, desc: str) -> dict[str, AudioInfo | Exception]:
-    """id -> header or the error, reading headers on `nj` threads with a progress bar."""
+def read_headers(paths: Mapping[str, str], nj: int, progress: bool, desc: str) -> dict[str, AudioInfo | Exception]:
+    """id -> header of the audio file `paths[id]` or the error, reading headers on `nj` threads with a progress bar."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm import tqdm
@@ -358,9 +361,7 @@ def _headers(paths: Mapping[str, str], nj: int, progress: bool, desc: str) -> di
         return dict(tqdm(results, total=len(items), desc=desc, unit="file", disable=not progress))
 
 
-# ---------------------------------------------------------------- validate
-
-SEGMENT_TOLERANCE = 0.01  # seconds a segment may run past its recording (Kaldi's validate_data_dir.sh)
+# ---------------------------------------------------------------- summary
 
 
 @dataclass(frozen=True)
@@ -381,298 +382,6 @@ class DataSummary:
             f"{self.num_utterances} utterances, {self.num_speakers} speakers,"
             f" {self.num_recordings} recordings, {self.hours:.3f} hours ({self.seconds:.1f} s)"
         )
-
-
-class ScannedDir:
-    """Scanned rows, parsed tables and line numbers of every table of a data dir (the table rule
-    of `speechssl.data.layout`; ignored files are listed, never opened)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.listing = list_data_dir(path)
-        self.rows: dict[str, list[Row]] = {}
-        self.tables: dict[str, dict] = {}
-        self.lines: dict[str, dict[str, int]] = {}
-        self.problems: list[Problem] = _not_regular(path, self.listing)
-        for name in self.listing.tables:
-            file = path / name
-            rows, problems = scan_table(file)
-            table, parse_problems = parse_rows(name, str(file), rows)
-            self.rows[name], self.tables[name] = rows, table
-            self.lines[name] = {}
-            for row in rows:
-                self.lines[name].setdefault(row.key, row.line)
-            self.problems += problems + parse_problems
-
-    def file(self, name: str) -> str:
-        return str(self.path / name)
-
-    def has(self, name: str) -> bool:
-        return name in self.tables
-
-    def keys(self, name: str) -> dict[str, int]:
-        """Every id of a file (malformed lines included) -> its first line."""
-        return self.lines[name]
-
-    def _level(self, level: str) -> list[str]:
-        return [n for n, lv in self.listing.tables.items() if lv == level]
-
-    def utt_files(self) -> list[str]:
-        """Files keyed by utterance id that are present (wav.scp when there is no segments), utt2spk aside."""
-        names = [n for n in self._level(UTTERANCE) if n != "utt2spk"]
-        return names if self.has("segments") else ["wav.scp", *names]
-
-    def reco_files(self) -> list[str]:
-        """Recording-level tables that are present, wav.scp aside."""
-        return self._level(RECORDING)
-
-    def spk_files(self) -> list[str]:
-        """Speaker-level tables that are present, spk2utt aside."""
-        return [n for n in self._level(SPEAKER) if n != "spk2utt"]
-
-
-@dataclass(frozen=True)
-class DataDirCheck:
-    """What `check_data_dir` found: problems (the dir is invalid while any remain) and notes
-    (ignored files, audio that is resampled when read), each naming a file and where possible
-    a line and an id."""
-
-    problems: list[Problem]
-    notes: list[Problem]
-
-
-def validate_data_dir(
-    path: str | Path, *, check_audio: bool = True, check_spk_sort: bool = True
-) -> list[Problem]:
-    """Every problem `check_data_dir` finds; an empty list means the dir is valid."""
-    return check_data_dir(path, check_audio=check_audio, check_spk_sort=check_spk_sort).problems
-
-
-def check_data_dir(
-    path: str | Path, *, check_audio: bool = True, check_spk_sort: bool = True, sample_rate: int = SAMPLE_RATE
-) -> DataDirCheck:
-    """Check a data dir as Kaldi's utils/validate_data_dir.sh does, and what training will accept.
-
-    Problems: each table sorted (C locale) with unique ids and well-formed
-    lines, without invisible characters, CR line endings or a byte-order mark;
-    tables are regular files; the same utterance ids in every utterance-level
-    table; utt2spk and spk2utt agree, speaker tables name known speakers;
-    utterance ids sort like their speakers (unless not `check_spk_sort`,
-    Kaldi's --no-spk-sort); transcripts non-empty; audio files are regular,
-    complete, readable and mono (every later stage reads mono audio); segments
-    name known recordings, start < end, and end within the recording (+0.01 s).
-    Notes: files that are not tables (ignored, listed once) and audio whose
-    rate is not `sample_rate` (resampled when read, as `load_audio` logs).
-    """
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"data dir {path} does not exist")
-    files = ScannedDir(path)
-    problems = list(files.problems)
-    notes = []
-    if files.listing.ignored:
-        notes.append(Problem(str(path), None, None, f"ignored {len(files.listing.ignored)} file(s) that are not"
-                             f" data-dir tables (left as they are): {describe_ignored(files.listing.ignored)}"))
-    if not files.has("wav.scp"):
-        if "wav.scp" not in files.listing.not_regular:
-            problems.append(Problem(files.file("wav.scp"), None, None, "is missing: every data dir needs wav.scp"))
-        return DataDirCheck(problems, notes)
-    problems += _check_speakers(files, check_spk_sort)
-    problems += _check_speaker_tables(files)
-    problems += _check_utt_ids(files)
-    problems += _check_text(files)
-    found, rate_notes = _check_recordings(files, check_audio, sample_rate)
-    return DataDirCheck(problems + found, notes + rate_notes)
-
-
-def _check_speakers(files: ScannedDir, check_spk_sort: bool) -> list[Problem]:
-    if not files.has("utt2spk"):
-        return [
-            Problem(
-                files.file("utt2spk"),
-                None,
-                None,
-                "is missing: every data dir needs utt2spk (if speakers are unknown, make each utterance its own speaker)",
-            )
-        ]
-    problems = []
-    utt2spk: dict[str, str] = files.tables["utt2spk"]
-    lines = files.keys("utt2spk")
-    # Kaldi requires that sorting by speaker keeps utterances sorted (speaker-prefixed ids).
-    previous: tuple[str, str] | None = None
-    for utt in sorted(utt2spk, key=c_sort_key) if check_spk_sort else []:
-        spk = utt2spk[utt]
-        if previous is not None and c_sort_key(spk) < c_sort_key(previous[1]):
-            problems.append(
-                Problem(
-                    files.file("utt2spk"),
-                    lines[utt],
-                    utt,
-                    f"speaker '{spk}' sorts before speaker '{previous[1]}' of the previous utterance"
-                    f" '{previous[0]}': utterance ids must sort like their speakers (prefix each id with its speaker id)",
-                )
-            )
-            break
-        previous = (utt, spk)
-    if not files.has("spk2utt"):
-        problems.append(
-            Problem(
-                files.file("spk2utt"), None, None, "is missing; `speechssl data fix` rebuilds it from utt2spk"
-            )
-        )
-        return problems
-    expected = spk2utt_from_utt2spk(utt2spk)
-    spk2utt: dict[str, list[str]] = files.tables["spk2utt"]
-    spk_file, spk_lines = files.file("spk2utt"), files.keys("spk2utt")
-    for spk, utts in spk2utt.items():
-        line = spk_lines[spk]
-        for utt in dict.fromkeys(utts):
-            if utt not in utt2spk:
-                problems.append(
-                    Problem(spk_file, line, spk, f"lists utterance '{utt}', which is not in utt2spk")
-                )
-            elif utt2spk[utt] != spk:
-                problems.append(
-                    Problem(
-                        spk_file,
-                        line,
-                        spk,
-                        f"lists utterance '{utt}', whose speaker in utt2spk is '{utt2spk[utt]}'",
-                    )
-                )
-        for utt in expected.get(spk, []):
-            if utt not in utts:
-                problems.append(
-                    Problem(
-                        spk_file, line, spk, f"does not list utterance '{utt}' (utt2spk line {lines[utt]})"
-                    )
-                )
-        if len(set(utts)) != len(utts):
-            problems.append(Problem(spk_file, line, spk, "lists an utterance more than once"))
-        elif utts != sorted(utts, key=c_sort_key):
-            problems.append(Problem(spk_file, line, spk, "utterances are not sorted in C locale"))
-    for spk, utts in expected.items():
-        if spk not in spk2utt:
-            problems.append(
-                Problem(files.file("utt2spk"), lines[utts[0]], utts[0], f"speaker '{spk}' is not in spk2utt")
-            )
-    return problems
-
-
-def _check_speaker_tables(files: ScannedDir) -> list[Problem]:
-    """Speaker tables (spk2gender, spk2age...) name only speakers of utt2spk (`fix` drops the others)."""
-    if not files.has("utt2spk"):
-        return []
-    speakers = set(files.tables["utt2spk"].values())
-    return [
-        Problem(files.file(name), line, spk, "speaker is not in utt2spk")
-        for name in files.spk_files()
-        for spk, line in files.keys(name).items()
-        if spk not in speakers
-    ]
-
-
-def _check_utt_ids(files: ScannedDir) -> list[Problem]:
-    """Every utterance-level file holds exactly the utterances of utt2spk."""
-    if files.has("utt2spk"):
-        reference = "utt2spk"
-    else:
-        reference = "segments" if files.has("segments") else "wav.scp"
-    utts = files.keys(reference)
-    problems = []
-    for name in files.utt_files():
-        if name == reference:
-            continue
-        keys = files.keys(name)
-        for key, line in keys.items():
-            if key not in utts:
-                problems.append(Problem(files.file(name), line, key, f"utterance is not in {reference}"))
-        for utt, line in utts.items():
-            if utt not in keys:
-                problems.append(
-                    Problem(files.file(reference), line, utt, f"utterance has no entry in {name}")
-                )
-    return problems
-
-
-def _check_text(files: ScannedDir) -> list[Problem]:
-    """Empty transcripts (control and other invisible characters are reported by `scan_table`)."""
-    if not files.has("text"):
-        return []
-    return [
-        Problem(files.file("text"), files.keys("text")[utt], utt, "empty transcript")
-        for utt, words in files.tables["text"].items()
-        if not words.strip()
-    ]
-
-
-def _check_recordings(
-    files: ScannedDir, check_audio: bool, sample_rate: int
-) -> tuple[list[Problem], list[Problem]]:
-    """Recording tables' ids, audio headers (readable, complete, mono; other rates are notes),
-    and segment bounds against recording durations. Returns (problems, notes)."""
-    problems: list[Problem] = []
-    notes: list[Problem] = []
-    wav_scp: dict[str, str] = files.tables["wav.scp"]
-    wav_lines = files.keys("wav.scp")
-    wav_file = files.file("wav.scp")
-    durations: dict[str, tuple[float, str]] = {}  # reco -> (seconds, where the number came from)
-    for name in files.reco_files():
-        for reco, line in files.keys(name).items():
-            if reco not in wav_lines:
-                problems.append(Problem(files.file(name), line, reco, "recording is not in wav.scp"))
-    if files.has("reco2dur"):
-        reco_lines = files.keys("reco2dur")
-        for reco, line in wav_lines.items():
-            if reco not in reco_lines:
-                problems.append(Problem(wav_file, line, reco, "recording has no entry in reco2dur"))
-        durations.update({k: (v, "reco2dur") for k, v in files.tables["reco2dur"].items()})
-    if check_audio:
-        rates: dict[int, list[str]] = {}
-        for reco, info in _headers(wav_scp, 1, False, "headers").items():
-            line = wav_lines[reco]
-            if isinstance(info, Exception):
-                problems.append(Problem(wav_file, line, reco, str(info)))
-            elif info.num_frames <= 0:
-                problems.append(Problem(wav_file, line, reco, f"audio file {wav_scp[reco]} has no samples"))
-            elif info.num_channels != 1:
-                problems.append(Problem(
-                    wav_file, line, reco, f"audio file {wav_scp[reco]} has {info.num_channels} channels; training,"
-                    " features and evaluation read mono audio: keep one channel (e.g. `sox IN OUT remix 1`)"))
-            else:
-                durations.setdefault(reco, (info.duration, "audio header"))
-                if info.sample_rate != sample_rate:
-                    rates.setdefault(info.sample_rate, []).append(reco)
-        for rate, recos in sorted(rates.items()):
-            notes.append(Problem(
-                wav_file, wav_lines[recos[0]], recos[0], f"{len(recos)} recording(s) at {rate} Hz, this one first:"
-                f" resampled to {sample_rate} Hz when read"))
-    if not files.has("segments"):
-        return problems, notes
-    seg_file = files.file("segments")
-    seg_lines = files.keys("segments")
-    for utt, (reco, start, end) in files.tables["segments"].items():
-        line = seg_lines[utt]
-        if reco not in wav_lines:
-            problems.append(Problem(seg_file, line, utt, f"recording '{reco}' is not in wav.scp"))
-            continue
-        if start < 0:
-            problems.append(Problem(seg_file, line, utt, f"start {start:g} s is negative"))
-        if start >= end:
-            problems.append(Problem(seg_file, line, utt, f"start {start:g} s is not before end {end:g} s"))
-        if reco in durations:
-            seconds, source = durations[reco]
-            if end > seconds + SEGMENT_TOLERANCE:
-                problems.append(
-                    Problem(
-                        seg_file,
-                        line,
-                        utt,
-                        f"end {end:g} s is past the end of recording '{reco}' ({seconds:g} s, from {source};"
-                        f" tolerance {SEGMENT_TOLERANCE} s)",
-                    )
-                )
-    return problems, notes
 
 
 def summarize_data_dir(path: str | Path) -> DataSummary:
@@ -700,7 +409,7 @@ def compute_durations(path: str | Path, *, nj: int = 1, progress: bool = True) -
     writes nothing.
     """
     data = DataDir.load(path)
-    infos = _headers(data.wav_scp, nj, progress, "durations")
+    infos = read_headers(data.wav_scp, nj, progress, "durations")
     lines = {row.key: row.line for row in scan_table(data.path / "wav.scp")[0]}
     errors = [
         f"{data.path / 'wav.scp'}:{lines[k]}: '{k}' {v}"

@@ -22,18 +22,23 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from speechssl.data.datadir import ScannedDir, spk2utt_from_utt2spk
-from speechssl.data.kaldi import BYTE_ORDER_MARK, INVISIBLE, LINE_ENDINGS, Problem, c_sort_key, format_table
+from speechssl.data.datadir import spk2utt_from_utt2spk
+from speechssl.data.kaldi import Problem, ProblemKind, c_sort_key, format_table
+from speechssl.data.layout import RECORDING, SPEAKER, UTTERANCE
+from speechssl.data.validate import ScannedDir
 from speechssl.io import atomic_file
 
 BACKUP = ".backup"
+# lines fix removes (the first of duplicates is kept) and characters it removes from the lines it keeps
+REMOVED_LINES = frozenset({ProblemKind.NOT_UTF8, ProblemKind.DUPLICATE, ProblemKind.MALFORMED, ProblemKind.PIPE})
+CLEANED = frozenset({ProblemKind.BYTE_ORDER_MARK, ProblemKind.LINE_ENDINGS, ProblemKind.INVISIBLE})
 
 
 @dataclass(frozen=True)
 class Dropped:
     """An id removed by `fix_data_dir`, and the files that lacked it (or why)."""
 
-    kind: str  # "utterance" | "recording" | "speaker"
+    kind: str  # UTTERANCE, RECORDING or SPEAKER (speechssl.data.layout)
     key: str
     files: tuple[str, ...]
     reason: str
@@ -79,7 +84,7 @@ def _write_backup(path: Path, names: list[str]) -> Path:
 
 
 def _why_empty(dropped: list[Dropped], total: int) -> str:
-    counts = Counter(name for d in dropped if d.kind == "utterance" for name in d.files)
+    counts = Counter(name for d in dropped if d.kind == UTTERANCE for name in d.files)
     worst = ", ".join(f"{name} ({count})" for name, count in counts.most_common(3))
     return f"all {total} utterances lack an entry in some table; the tables lacking most: {worst}"
 
@@ -102,8 +107,8 @@ def fix_data_dir(path: str | Path, *, allow_empty: bool = False) -> FixReport:
     for name in ("wav.scp", "utt2spk"):
         if not files.has(name):
             raise FileNotFoundError(f"{path / name} does not exist: fix needs wav.scp and utt2spk")
-    removed = tuple(p for p in files.problems if not p.kind)
-    cleaned = tuple(p for p in files.problems if p.kind in (BYTE_ORDER_MARK, LINE_ENDINGS, INVISIBLE))
+    removed = tuple(p for p in files.problems if p.kind in REMOVED_LINES)
+    cleaned = tuple(p for p in files.problems if p.kind in CLEANED)
     lines = {name: {row.key: row for row in reversed(rows)} for name, rows in files.rows.items()}  # first wins
     dropped: list[Dropped] = []
 
@@ -117,16 +122,16 @@ def fix_data_dir(path: str | Path, *, allow_empty: bool = False) -> FixReport:
     for utt in sorted(all_utts, key=c_sort_key):
         lacking = tuple(n for n in utt_files if utt not in files.tables[n])
         if lacking:
-            dropped.append(Dropped("utterance", utt, lacking, "missing or malformed in"))
+            dropped.append(Dropped(UTTERANCE, utt, lacking, "missing or malformed in"))
             continue
         if segments:
             reco, start, end = files.tables["segments"][utt]
             if reco not in recos:
                 missing = tuple(n for n in reco_files if reco not in files.tables[n])
-                dropped.append(Dropped("utterance", utt, missing, f"its recording '{reco}' is missing from"))
+                dropped.append(Dropped(UTTERANCE, utt, missing, f"its recording '{reco}' is missing from"))
                 continue
             if not 0 <= start < end:
-                dropped.append(Dropped("utterance", utt, ("segments",), f"bad segment times {start:g}..{end:g} in"))
+                dropped.append(Dropped(UTTERANCE, utt, ("segments",), f"bad segment times {start:g}..{end:g} in"))
                 continue
         kept_utts.append(utt)
     if not kept_utts and not allow_empty:
@@ -143,7 +148,7 @@ def fix_data_dir(path: str | Path, *, allow_empty: bool = False) -> FixReport:
         used = {files.tables["segments"][u][0] for u in kept}
         for reco in sorted(files.keys("wav.scp"), key=c_sort_key):
             if reco not in used:
-                dropped.append(Dropped("recording", reco, ("segments",), "not used by any kept utterance in"))
+                dropped.append(Dropped(RECORDING, reco, ("segments",), "not used by any kept utterance in"))
         for name in reco_files:
             tables[name] = {r: lines[name][r].value for r in used}
     else:  # without segments a recording is an utterance
@@ -155,7 +160,7 @@ def fix_data_dir(path: str | Path, *, allow_empty: bool = False) -> FixReport:
     for name in files.spk_files():
         tables[name] = {s: lines[name][s].value for s in speakers if s in files.tables[name]}
     for spk in sorted(set(files.tables.get("spk2utt", {})) - speakers, key=c_sort_key):
-        dropped.append(Dropped("speaker", spk, ("utt2spk",), "has no kept utterance in"))
+        dropped.append(Dropped(SPEAKER, spk, ("utt2spk",), "has no kept utterance in"))
 
     contents = {name: format_table(table) for name, table in tables.items()}
     changed = [

@@ -22,6 +22,7 @@ import stat
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 from speechssl.data.layout import file_kind
@@ -131,20 +132,56 @@ def write_table(path: str | Path, table: Mapping[str, object] | Iterable[tuple[s
     atomic_write_text(path, format_table(table))
 
 
+class ProblemKind(str, Enum):
+    """What is wrong, for code that must tell problems apart (never by their message text)."""
+
+    # one line of a table (scan_table, parse_rows)
+    NOT_UTF8 = "not UTF-8"
+    DUPLICATE = "duplicate id"
+    MALFORMED = "malformed line"  # wrong number of fields, a number that is not one, no audio path
+    PIPE = "pipe entry"  # a Kaldi `cmd |` entry in wav.scp (PIPE_POLICY)
+    # a table as a whole, whose rows are still right (HARMLESS)
+    UNSORTED = "unsorted"
+    LINE_ENDINGS = "line endings"
+    BYTE_ORDER_MARK = "byte-order mark"
+    INVISIBLE = "invisible"  # invisible characters inside a line (removed from the rows)
+    # the files of a data dir
+    NOT_REGULAR = "not a regular file"
+    MISSING_FILE = "missing file"
+    # consistency between tables (validate)
+    SPEAKER_ORDER = "speaker order"  # utterance ids do not sort like their speakers
+    SPEAKERS = "speakers"  # utt2spk, spk2utt and speaker tables disagree
+    MISSING_ID = "missing id"  # an id of one table is not in another
+    EMPTY_TEXT = "empty transcript"
+    # audio and segments (validate)
+    AUDIO = "audio"  # unreadable, empty or not mono
+    SEGMENT = "segment"  # bad times, unknown recording, past the end of its recording
+    # notes (validate): not problems, shown for information
+    IGNORED_FILES = "ignored files"
+    RESAMPLED = "resampled"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# problems a reader may accept: the rows scan_table returns are right despite them
+HARMLESS = frozenset({ProblemKind.UNSORTED, ProblemKind.LINE_ENDINGS, ProblemKind.BYTE_ORDER_MARK})
+
+
 @dataclass(frozen=True)
 class Problem:
-    """One defect found in a data dir: where it is (file, 1-based line, id) and what is wrong.
+    """One defect found in a data dir: where it is (file, 1-based line, id), what is wrong (`kind`,
+    for code) and how to say it (`message`, for people).
 
     `line` is None when the defect concerns a whole file (missing, unsorted...);
-    `key` is None when no id applies. `kind` lets readers tell problems that do not change what
-    a file means (UNSORTED, LINE_ENDINGS, BYTE_ORDER_MARK) from the others.
+    `key` is None when no id applies. Code tells problems apart by `kind` only.
     """
 
     file: str
     line: int | None
     key: str | None
     message: str
-    kind: str = field(default="", compare=False)
+    kind: ProblemKind = field(compare=False)
 
     def __str__(self) -> str:
         where = self.file if self.line is None else f"{self.file}:{self.line}"
@@ -152,9 +189,10 @@ class Problem:
         return f"{where}:{who} {self.message}"
 
 
-UNSORTED, LINE_ENDINGS, BYTE_ORDER_MARK, INVISIBLE = "unsorted", "line endings", "byte-order mark", "invisible"
-# problems a reader may accept: the rows scan_table returns are right despite them
-HARMLESS = frozenset({UNSORTED, LINE_ENDINGS, BYTE_ORDER_MARK})
+def fatal_problems(problems: list[Problem]) -> list[Problem]:
+    """The problems a reader cannot accept: unsorted lines, CR line endings and a byte-order mark
+    do not change what `scan_table` returns, so readers accept them (`validate` still names them)."""
+    return [p for p in problems if p.kind not in HARMLESS]
 
 
 @dataclass(frozen=True)
@@ -193,7 +231,9 @@ def scan_table(path: str | Path) -> tuple[list[Row], list[Problem]]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                problems.append(Problem(str(path), lineno, None, f"is not valid UTF-8 ({err.reason})"))
+                problems.append(
+                    Problem(str(path), lineno, None, f"is not valid UTF-8 ({err.reason})", ProblemKind.NOT_UTF8)
+                )
                 continue
             line = line.rstrip("\n")
             if line.endswith("\r"):
@@ -204,13 +244,13 @@ def scan_table(path: str | Path) -> tuple[list[Row], list[Problem]]:
                 line = line[1:]
                 found.append(Problem(str(path), 1, None, f"file starts with a UTF-8 byte-order mark (U+FEFF), an"
                                      f" invisible character that becomes part of the first id; {fix}",
-                                     BYTE_ORDER_MARK))
+                                     ProblemKind.BYTE_ORDER_MARK))
             invisible = invisible_characters(line)
             if invisible:
                 raw_parts = split_line(line)
                 where = "id" if raw_parts and invisible_characters(raw_parts[0]) else "value"
                 found.append(Problem(str(path), lineno, None, f"invisible character(s) {describe_characters(invisible)}"
-                                     f" in the {where}; {fix}", INVISIBLE))
+                                     f" in the {where}; {fix}", ProblemKind.INVISIBLE))
                 line = clean_line(line)
             parts = split_line(line)
             if parts is None:
@@ -220,7 +260,13 @@ def scan_table(path: str | Path) -> tuple[list[Row], list[Problem]]:
             problems += [Problem(p.file, p.line, row.key, p.message, p.kind) for p in found]
             if row.key in first_line:
                 problems.append(
-                    Problem(str(path), lineno, row.key, f"duplicate id (first on line {first_line[row.key]})")
+                    Problem(
+                        str(path),
+                        lineno,
+                        row.key,
+                        f"duplicate id (first on line {first_line[row.key]})",
+                        ProblemKind.DUPLICATE,
+                    )
                 )
             else:
                 first_line[row.key] = lineno
@@ -232,7 +278,7 @@ def scan_table(path: str | Path) -> tuple[list[Row], list[Problem]]:
                         row.key,
                         f"file is not sorted in C locale: this id comes after '{prev.key}' (line {prev.line});"
                         " sort with `LC_ALL=C sort` or run `speechssl data fix`",
-                        UNSORTED,
+                        ProblemKind.UNSORTED,
                     )
                 )
                 unsorted_reported = True
@@ -240,5 +286,5 @@ def scan_table(path: str | Path) -> tuple[list[Row], list[Problem]]:
             rows.append(row)
     if crlf:
         problems.append(Problem(str(path), crlf[0], None, f"has Windows line endings (CR LF) on {len(crlf)} line(s),"
-                                " first on this one; `speechssl data fix` rewrites them with LF", LINE_ENDINGS))
+                                " first on this one; `speechssl data fix` rewrites them with LF", ProblemKind.LINE_ENDINGS))
     return rows, problems

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from speechssl.data.datadir import CORE_FILES, DataDir, fatal_problems, read_file
+from speechssl.data.datadir import DataDir
 from speechssl.data.dataset import AudioDataset, load_targets
 from speechssl.data.kaldi import read_table, read_table_lines
 from speechssl.downstream import metrics
@@ -51,7 +51,6 @@ from speechssl.downstream.heads import (
     MeanPoolClassifier,
     XVectorHead,
 )
-from speechssl.errors import SpeechSSLError
 from speechssl.io import atomic_file, atomic_write_text
 from speechssl.objectives.ctc import ctc_greedy, ctc_loss
 from speechssl.outputs import check_output, write_marker
@@ -65,7 +64,7 @@ UNK = "<unk>"
 LABELS_FILE = "labels.txt"  # <data>/labels.txt: labels the task may see beyond those of train/
 
 
-class DataCheckError(SpeechSSLError, ValueError):
+class DataCheckError(ValueError):
     """A task's data fails a start-up check (empty split, unseen label, bad trials)."""
 
 
@@ -101,26 +100,6 @@ class TokenTable:
         return cls([line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines()])
 
 
-def load_core_data_dir(path: Path) -> DataDir:
-    """A data dir's Kaldi core files only. Task files (phones, intent) are read as targets,
-    and multi-line files that sit in task data dirs (trials, phone_ctm) are not utterance
-    tables, so `DataDir.load` (which parses every extra file) is not used here."""
-    if not (path / "wav.scp").is_file():
-        raise FileNotFoundError(f"{path / 'wav.scp'} does not exist: every data dir needs a wav.scp")
-    tables = {}
-    for name in CORE_FILES:
-        file = path / name
-        tables[name] = None
-        if file.is_file():
-            tables[name], problems = read_file(file)
-            problems = fatal_problems(problems)
-            if problems:
-                raise ValueError(f"{problems[0]}; run `speechssl data validate {path}` to list them all")
-    return DataDir(path=path, wav_scp=tables["wav.scp"], segments=tables["segments"], utt2spk=tables["utt2spk"],
-                   spk2utt=tables["spk2utt"], text=tables["text"], utt2dur=tables["utt2dur"],
-                   reco2dur=tables["reco2dur"])
-
-
 def _values(data_dir: Path, filename: str, splits: Sequence[str] = SPLITS) -> list[tuple[Path, int, str, str]]:
     """(file, line, utt, value) over the `splits` that have `filename`."""
     rows = []
@@ -141,7 +120,7 @@ def declared_labels(data_dir: Path) -> list[str]:
 
 def split_utterances(split_dir: Path) -> list[str]:
     """Utterance ids of a split (as the dataset reads them); an error naming the dir when none."""
-    data = load_core_data_dir(split_dir)
+    data = DataDir.load(split_dir)
     ids = data.utt_ids()
     if not ids:
         source = "utt2spk" if data.utt2spk is not None else "segments" if data.segments is not None else "wav.scp"
@@ -318,7 +297,7 @@ class Task:
             raise FileNotFoundError(f"task {self.name}: data dir {split_dir} does not exist "
                                     f"(expected {self.data_dir}/{{train,dev,test}})")
         targets, transforms = self.targets(split_dir, train=train)
-        return AudioDataset(load_core_data_dir(split_dir), targets=targets, target_transforms=transforms,
+        return AudioDataset(DataDir.load(split_dir), targets=targets, target_transforms=transforms,
                             max_seconds=self.config.max_seconds if train else None,
                             crop="random" if train else "start", seed=self.config.seed)
 

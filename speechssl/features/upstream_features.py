@@ -17,8 +17,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from speechssl.data.audio import SAMPLE_RATE
-
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -56,7 +54,7 @@ class UpstreamExtractor:
     forward, as fairseq's dump_hubert_feature.py does.
     """
 
-    sample_rate = SAMPLE_RATE  # the Upstream contract: waveforms at 16 kHz
+    sample_rate = 16000  # the Upstream contract: waveforms at 16 kHz
 
     def __init__(
         self,

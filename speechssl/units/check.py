@@ -14,10 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from speechssl.errors import SpeechSSLError
 
-
-class LabelLengthError(SpeechSSLError, ValueError):
+class LabelLengthError(ValueError):
     """Labels whose frame count does not match the model's for the audio."""
 
 

@@ -14,10 +14,11 @@ from speechssl.data.datadir import (
     Utterance,
     compute_durations,
     summarize_data_dir,
-    validate_data_dir,
     write_data_dir,
 )
 from speechssl.data.fix import fix_data_dir
+from speechssl.data.kaldi import ProblemKind
+from speechssl.data.validate import validate_data_dir
 from speechssl.testing.datadirs import DEFECTS, make_data_dir, plant_defect, utt_seconds
 
 
@@ -138,6 +139,7 @@ def test_spk2utt_naming_wrong_speaker_and_speaker_order(tmp_path):
     (data.path / "spk2utt").write_text("w b\nx a\n")
     problems = [str(p) for p in validate_data_dir(data.path, check_audio=False)]
     assert problems[0].startswith(f"{data.path}/utt2spk:2: 'b' speaker 'w' sorts before speaker 'x'")
+    assert validate_data_dir(data.path, check_audio=False)[0].kind == ProblemKind.SPEAKER_ORDER
     assert not any(
         "sorts before" in p.message
         for p in validate_data_dir(data.path, check_audio=False, check_spk_sort=False)

@@ -13,8 +13,9 @@ import pytest
 import soundfile as sf
 
 from speechssl.cli.main import main
-from speechssl.data.datadir import DataDir, check_data_dir, combine_data_dirs, validate_data_dir
+from speechssl.data.datadir import DataDir, combine_data_dirs
 from speechssl.data.fix import fix_data_dir
+from speechssl.data.validate import check_data_dir, validate_data_dir
 from speechssl.errors import WriteFailedError
 from speechssl.testing.datadirs import make_data_dir, plant_defect, write_tone
 

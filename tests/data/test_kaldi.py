@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from speechssl.data.kaldi import Problem, c_sort_key, read_table, scan_table, write_table
+from speechssl.data.kaldi import Problem, ProblemKind, c_sort_key, read_table, scan_table, write_table
 from speechssl.io import atomic_file
 
 
@@ -38,11 +38,12 @@ def test_scan_table_reports_every_problem_with_lines(tmp_path):
     assert "not sorted in C locale: this id comes after 'b' (line 1)" in problems[0].message
     assert problems[1].message == "duplicate id (first on line 1)"
     assert "not valid UTF-8" in problems[2].message
+    assert [p.kind for p in problems] == [ProblemKind.UNSORTED, ProblemKind.DUPLICATE, ProblemKind.NOT_UTF8]
 
 
 def test_problem_str_names_file_line_and_id():
-    assert str(Problem("d/text", 3, "u1", "empty transcript")) == "d/text:3: 'u1' empty transcript"
-    assert str(Problem("d/spk2utt", None, None, "is missing")) == "d/spk2utt: is missing"
+    assert str(Problem("d/text", 3, "u1", "empty transcript", ProblemKind.EMPTY_TEXT)) == "d/text:3: 'u1' empty transcript"
+    assert str(Problem("d/spk2utt", None, None, "is missing", ProblemKind.MISSING_FILE)) == "d/spk2utt: is missing"
 
 
 def test_atomic_file_replaces_on_success_and_keeps_the_old_file_on_error(tmp_path):

@@ -13,11 +13,11 @@ import soundfile as sf
 
 from speechssl.data import synth_text
 from speechssl.data.alignments import SILENCE_PHONE, read_phone_ctm
-from speechssl.data.datadir import validate_data_dir
 from speechssl.data.espeak import get_espeak
 from speechssl.data.kaldi import read_table
 from speechssl.data.synth import PLAN, SynthConfig, build_corpus, build_speakers
 from speechssl.data.synth_audio import pad_segments, rescale_segments, segments_from_events
+from speechssl.data.validate import validate_data_dir
 
 TINY_HOURS = 0.005  # the per-subset minimums make this about 2 minutes of audio
 DATA_DIRS = [f"{p.subset}/{p.split}" for p in PLAN]

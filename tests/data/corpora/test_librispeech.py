@@ -7,7 +7,8 @@ import pytest
 import soundfile as sf
 
 from speechssl.data.corpora.librispeech import prepare_librispeech
-from speechssl.data.datadir import DataDir, validate_data_dir
+from speechssl.data.datadir import DataDir
+from speechssl.data.validate import validate_data_dir
 
 
 def make_fake_librispeech(root, subset="dev-clean", readers=(("84", "121123"), ("174", "50561")), per_chapter=2):

@@ -13,7 +13,8 @@ import soundfile as sf
 
 from speechssl.cli.main import main
 from speechssl.data.corpora.speech_commands import CLASSES, prepare_speech_commands
-from speechssl.data.datadir import DataDir, validate_data_dir
+from speechssl.data.datadir import DataDir
+from speechssl.data.validate import validate_data_dir
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -13,7 +13,8 @@ import soundfile as sf
 
 from speechssl.cli.main import main
 from speechssl.data.corpora.voxceleb1 import prepare_voxceleb1
-from speechssl.data.datadir import DataDir, validate_data_dir
+from speechssl.data.datadir import DataDir
+from speechssl.data.validate import validate_data_dir
 
 REPO = Path(__file__).resolve().parents[3]
 TRAIN_SPEAKERS = ("id10001", "id10002", "id10003")
