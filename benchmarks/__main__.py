@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", help="write {meta, rows} here")
     parser.add_argument("--md", help="write the markdown table here")
     parser.add_argument("--only", nargs="+", metavar="NAME", help=f"row groups to run: {', '.join(GROUPS)}")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads for every contender (default: all cores)")
+    parser.add_argument("--num-threads", type=int, default=None, help="torch threads for every contender (default: all cores)")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per contender (default 3, tiny 1)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     args = parser.parse_args(argv)
@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    threads = args.threads or torch.get_num_threads()
+    threads = args.num_threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     repeats = args.repeats or (1 if args.tiny else 3)
     settings = Settings(quick=args.quick, tiny=args.tiny, repeats=repeats, warmup=1 if args.tiny else 2,

@@ -92,7 +92,7 @@ if run_stage 5; then
                 onnx) out="${expdir}/export/${name}.onnx" ;;
                 *) out="${expdir}/export/${name}_${fmt}.pt" ;;
             esac
-            speechssl export --checkpoint "${src}" --format "${fmt}" --out "${out}"
+            speechssl export --upstream "${src}" --format "${fmt}" --out "${out}"
         done
     done
 fi

@@ -186,7 +186,7 @@ if run_stage 8; then
         *) export_out="${expdir}/${tag}_${export_format}.pt" ;;
     esac
     log "Stage 8: export ${final_model} as ${export_format} -> ${export_out}"
-    speechssl export --checkpoint "${final_model}" --format "${export_format}" --out "${export_out}"
+    speechssl export --upstream "${final_model}" --format "${export_format}" --out "${export_out}"
 fi
 
 if run_stage 9; then

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 
@@ -21,3 +22,89 @@ def test_help_lists_every_command(capsys):
 def test_python_dash_m_runs_the_cli():
     result = subprocess.run([sys.executable, "-m", "speechssl", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("speechssl ")
+
+
+def test_every_user_error_class_derives_from_speechssl_error():
+    from speechssl.config import ConfigError
+    from speechssl.data.audio import AudioError
+    from speechssl.data.espeak import EspeakError
+    from speechssl.downstream.tasks import DataCheckError
+    from speechssl.errors import SpeechSSLError
+    from speechssl.interop.fairseq_io import CheckpointKeyError
+    from speechssl.interop.safe_pickle import UnsafeCheckpointError
+    from speechssl.models.checkpoint import CheckpointError
+    from speechssl.training.trainer import BadStepsError
+    from speechssl.units.check import LabelLengthError
+
+    classes = (ConfigError, AudioError, EspeakError, DataCheckError, CheckpointKeyError,
+               UnsafeCheckpointError, CheckpointError, BadStepsError, LabelLengthError)
+    for cls in classes:
+        assert issubclass(cls, SpeechSSLError), cls
+    # the second bases existing callers catch stay
+    assert issubclass(ConfigError, ValueError) and issubclass(AudioError, ValueError)
+    assert issubclass(CheckpointKeyError, KeyError) and issubclass(BadStepsError, RuntimeError)
+    assert issubclass(EspeakError, RuntimeError)
+
+
+def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback(monkeypatch, capsys):
+    import argparse
+
+    import pytest
+
+    from speechssl.cli import main as cli_main
+    from speechssl.data.espeak import EspeakError
+    from speechssl.interop.fairseq_io import CheckpointKeyError
+
+    def parser_running(func):
+        parser = argparse.ArgumentParser(prog="speechssl")
+        parser.add_argument("-v", "--verbose", action="store_true")
+        sub = parser.add_subparsers(dest="command")
+        sub.add_parser("demo").set_defaults(func=func)
+        return lambda: parser
+
+    def espeak(_):
+        raise EspeakError("espeak-ng is not installed")
+
+    monkeypatch.setattr(cli_main, "build_parser", parser_running(espeak))
+    assert cli_main.main(["demo"]) == 1
+    assert capsys.readouterr().err == "speechssl demo: error: espeak-ng is not installed\n"
+
+    def keys(_):
+        raise CheckpointKeyError("x.pt: missing keys: a")
+
+    monkeypatch.setattr(cli_main, "build_parser", parser_running(keys))
+    assert cli_main.main(["demo"]) == 1
+    assert capsys.readouterr().err == "speechssl demo: error: x.pt: missing keys: a\n"
+
+    def bug(_):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cli_main, "build_parser", parser_running(bug))
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli_main.main(["demo"])
+
+
+def _options_by_command() -> dict[str, set[str]]:
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # noqa: SLF001 - argparse has no public API
+    options: dict[str, set[str]] = {}
+
+    def walk(name, sub):
+        options[name] = {opt for action in sub._actions for opt in action.option_strings}  # noqa: SLF001
+        for action in sub._actions:  # noqa: SLF001
+            if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+                for child, child_parser in action.choices.items():
+                    walk(f"{name} {child}", child_parser)
+
+    for name, sub in commands.items():
+        walk(name, sub)
+    return options
+
+
+def test_one_name_per_option_across_commands():
+    options = _options_by_command()
+    assert "--upstream" in options["export"]  # any load_upstream source is --upstream, export included
+    for command, names in options.items():
+        assert "--checkpoint" not in names, command
+        assert "--threads" not in names, f"{command}: torch threads are --num-threads"
+    assert "--num-threads" in options["compare"] and "--num-threads" in options["features"]

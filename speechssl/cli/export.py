@@ -12,7 +12,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "export", help="export a model to transformers / s3prl / fairseq / ONNX / TorchScript"
     )
-    parser.add_argument("--checkpoint", required=True, help="any load_upstream source")
+    parser.add_argument("--upstream", required=True,
+                        help="speechssl checkpoint dir, transformers dir, or fairseq/s3prl .pt")
     parser.add_argument("--format", required=True, choices=FORMATS,
                         help="hf: a transformers dir; s3prl / fairseq: a .pt file; onnx: a .onnx file; "
                              "torchscript: a torch.jit.load-able .pt file")
@@ -26,5 +27,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    export_upstream(args.checkpoint, args.format, args.out, verify=args.verify, overwrite=args.overwrite)
+    export_upstream(args.upstream, args.format, args.out, verify=args.verify, overwrite=args.overwrite)
     return 0

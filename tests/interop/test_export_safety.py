@@ -28,7 +28,7 @@ def checkpoint(tmp_path_factory):
 
 
 def _export(checkpoint, fmt, out, *extra):
-    return main(["export", "--checkpoint", str(checkpoint), "--format", fmt, "--out", str(out), *extra])
+    return main(["export", "--upstream", str(checkpoint), "--format", fmt, "--out", str(out), *extra])
 
 
 def test_hf_into_a_dir_with_foreign_files_is_refused_and_they_survive(checkpoint, tmp_path, capsys):

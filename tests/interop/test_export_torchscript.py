@@ -39,7 +39,7 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
 def test_jit_load_agrees_with_pytorch_at_new_batch_sizes_and_lengths(checkpoints, tmp_path, name):
     out = tmp_path / f"{name}.pt"
     assert (
-        main(["export", "--checkpoint", str(checkpoints[name]), "--format", "torchscript", "--out", str(out)])
+        main(["export", "--upstream", str(checkpoints[name]), "--format", "torchscript", "--out", str(out)])
         == 0
     )
     module = jit_load(out)
@@ -58,7 +58,7 @@ def test_metadata_travels_inside_the_file(checkpoints, tmp_path):
         main(
             [
                 "export",
-                "--checkpoint",
+                "--upstream",
                 str(checkpoints["fbank"]),
                 "--format",
                 "torchscript",
