@@ -13,12 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from speechssl.data.audio import SAMPLE_RATE
 from speechssl.data.datadir import not_regular_problems, parse_rows, read_headers, spk2utt_from_utt2spk
 from speechssl.data.kaldi import Problem, ProblemKind, Row, c_sort_key, scan_table
 from speechssl.data.layout import RECORDING, SPEAKER, UTTERANCE, describe_ignored, list_data_dir
 
 SEGMENT_TOLERANCE = 0.01  # seconds a segment may run past its recording (Kaldi's validate_data_dir.sh)
-SAMPLE_RATE = 16000  # what training reads (the Upstream contract); other rates are resampled when read
 
 
 class ScannedDir:
