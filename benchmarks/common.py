@@ -7,9 +7,8 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
+from speechssl.data.audio import SAMPLE_RATE
 from speechssl.models import ModelConfig, SSLModel, build_model, get_preset
-
-SAMPLE_RATE = 16000
 
 
 def waves(seconds: list[float], *, seed: int = 0) -> tuple[Tensor, Tensor]:

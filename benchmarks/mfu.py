@@ -13,12 +13,13 @@ import torch
 from benchmarks.common import model_config, padded_batch, seeded_model, waves
 from benchmarks.harness import Row, Settings, make_row, time_interleaved
 from benchmarks.pretrain import pretrain_step
+from speechssl.data.audio import SAMPLE_RATE
 from speechssl.models import ModelConfig
 
 GROUP = "mfu"
 
 
-def forward_flops(config: ModelConfig, seconds: float, sample_rate: int = 16000) -> float:
+def forward_flops(config: ModelConfig, seconds: float, sample_rate: int = SAMPLE_RATE) -> float:
     """Forward FLOPs (2 per multiply-add) of one utterance of `seconds` through the conv frontend
     and the transformer encoder; norms, activations, softmax and biases are left out (< 1 %).
 

@@ -17,12 +17,13 @@ from typing import Any, TypeVar
 
 import yaml
 
+from speechssl.errors import SpeechSSLError
 from speechssl.io import atomic_write_text
 
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(SpeechSSLError, ValueError):
     """A config file or override that does not fit its dataclass."""
 
 

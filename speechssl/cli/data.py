@@ -7,10 +7,11 @@ import argparse
 import sys
 
 from speechssl.cli.common import add_overwrite_argument
+from speechssl.data.audio import SAMPLE_RATE
 from speechssl.data.datadir import combine_data_dirs, compute_durations, summarize_data_dir
 from speechssl.data.fix import fix_data_dir
 from speechssl.data.layout import UTTERANCE, describe_ignored
-from speechssl.data.validate import SAMPLE_RATE, check_data_dir
+from speechssl.data.validate import check_data_dir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if args.command is None else 2
     try:
         return int(args.func(args) or 0)
-    except (SpeechSSLError, ValueError, FileNotFoundError, KeyError, RuntimeError, OSError) as err:
+    except (SpeechSSLError, ValueError, OSError) as err:
         if not _is_user_error(err):
             raise
         # User-input errors and runs stopped with advice: one clear line, no traceback.
@@ -61,11 +61,7 @@ def _is_user_error(err: BaseException) -> bool:
         return True
     if isinstance(err, OSError):  # a full disk, a read-only file system, no permission: "PATH: reason"
         return err.errno in MACHINE_ERRNOS and err.filename is not None
-    from speechssl.data.espeak import EspeakError
-    from speechssl.interop.fairseq_io import CheckpointKeyError
-    from speechssl.training.trainer import BadStepsError
-
-    return isinstance(err, (EspeakError, CheckpointKeyError, BadStepsError))
+    return False
 
 
 if __name__ == "__main__":

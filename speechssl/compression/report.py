@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula
 
+from speechssl.data.audio import SAMPLE_RATE
 from speechssl.interop.upstream import Upstream, load_upstream
 from speechssl.io import atomic_write_json, atomic_write_text
 from speechssl.outputs import check_output, record_output
@@ -48,7 +49,7 @@ def _register_cpu_attention() -> None:
 def count_macs(up: Upstream, seconds: float) -> float:
     """Multiply-adds of one forward over `seconds` of audio (batch 1)."""
     _register_cpu_attention()
-    wav = torch.zeros(1, round(seconds * 16000))
+    wav = torch.zeros(1, round(seconds * SAMPLE_RATE))
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         up(wav, torch.tensor([wav.shape[1]]))
     return counter.get_total_flops() / 2
@@ -61,7 +62,7 @@ def compare_upstreams(
     if threads:
         torch.set_num_threads(threads)
     ups = {name: load_upstream(src).eval() for name, src in sources.items()}
-    wav = 0.1 * torch.randn(1, round(seconds * 16000), generator=torch.Generator().manual_seed(0))
+    wav = 0.1 * torch.randn(1, round(seconds * SAMPLE_RATE), generator=torch.Generator().manual_seed(0))
     lens = torch.tensor([wav.shape[1]])
     times: dict[str, list[float]] = {name: [] for name in ups}
     with torch.no_grad():

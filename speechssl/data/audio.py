@@ -41,9 +41,11 @@ import torch
 import torchaudio.functional as AF
 
 from speechssl.data.layout import file_kind
+from speechssl.errors import SpeechSSLError
 
 logger = logging.getLogger(__name__)
 
+SAMPLE_RATE = 16000  # what training reads and models expect (the Upstream contract); others are resampled
 MAX_OVERSHOOT = 0.5  # seconds an end time may pass the end of the file (Kaldi extract-segments)
 
 _logged_rates: set[tuple[int, int]] = set()
@@ -59,7 +61,7 @@ _STREAMED_SIZES = (0, 0xFFFFFFFF)  # data chunk size written by streaming writer
 _INTEGER_SUBTYPES = frozenset({"PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32", "ULAW", "ALAW"})
 
 
-class AudioError(ValueError):
+class AudioError(SpeechSSLError, ValueError):
     """An audio file (or segment of one) that cannot be read as asked."""
 
 
@@ -239,7 +241,7 @@ def load_audio(
     *,
     start: float = 0.0,
     end: float | None = None,
-    sample_rate: int | None = 16000,
+    sample_rate: int | None = SAMPLE_RATE,
     channel: int | None = None,
     utt_id: str | None = None,
     max_overshoot: float = MAX_OVERSHOOT,

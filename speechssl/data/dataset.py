@@ -27,7 +27,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
-from speechssl.data.audio import AudioError, AudioInfo, audio_info, load_audio, segment_frames
+from speechssl.data.audio import SAMPLE_RATE, AudioError, AudioInfo, audio_info, load_audio, segment_frames
 from speechssl.data.datadir import DataDir, Utterance
 from speechssl.data.kaldi import read_table
 
@@ -141,7 +141,7 @@ class AudioDataset(Dataset):
         *,
         targets: Mapping[str, TargetSource] | None = None,
         target_transforms: Mapping[str, TargetTransform] | None = None,
-        sample_rate: int = 16000,
+        sample_rate: int = SAMPLE_RATE,
         channel: int | None = None,
         skip_bad: bool = False,
         max_seconds: float | None = None,

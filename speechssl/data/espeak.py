@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from speechssl.errors import SpeechSSLError
+
 # espeak_AUDIO_OUTPUT
 AUDIO_OUTPUT_SYNCHRONOUS = 2
 # espeak_Initialize options
@@ -37,7 +39,7 @@ POS_CHARACTER = 1
 LIBRARY_NAMES = ("libespeak-ng.so.1", "libespeak-ng.so")
 
 
-class EspeakError(RuntimeError):
+class EspeakError(SpeechSSLError, RuntimeError):
     """espeak-ng is missing or one of its calls failed."""
 
 

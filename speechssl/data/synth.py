@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from speechssl.data import synth_text
 from speechssl.data.alignments import SILENCE_PHONE, PhoneSegment, format_ctm
+from speechssl.data.audio import SAMPLE_RATE
 from speechssl.data.datadir import write_data_dir
 from speechssl.data.espeak import get_espeak
 from speechssl.data.synth_audio import (
@@ -109,7 +110,7 @@ class SynthConfig:
     snr_db: tuple[float, float] = (5.0, 25.0)
     gain_db: tuple[float, float] = (-6.0, 3.0)
     speed: tuple[float, float] = (0.9, 1.1)
-    sample_rate: int = 16000
+    sample_rate: int = SAMPLE_RATE
     num_seen_speakers: int = 40
     num_unseen_speakers: int = 10
     progress: bool = True

@@ -51,6 +51,7 @@ from speechssl.downstream.heads import (
     MeanPoolClassifier,
     XVectorHead,
 )
+from speechssl.errors import SpeechSSLError
 from speechssl.io import atomic_file, atomic_write_text
 from speechssl.objectives.ctc import ctc_greedy, ctc_loss
 from speechssl.outputs import check_output, write_marker
@@ -64,7 +65,7 @@ UNK = "<unk>"
 LABELS_FILE = "labels.txt"  # <data>/labels.txt: labels the task may see beyond those of train/
 
 
-class DataCheckError(ValueError):
+class DataCheckError(SpeechSSLError, ValueError):
     """A task's data fails a start-up check (empty split, unseen label, bad trials)."""
 
 

@@ -45,10 +45,12 @@ import torch
 import torchaudio
 from torch import Tensor
 
+from speechssl.data.audio import SAMPLE_RATE
+
 
 @dataclass(frozen=True, kw_only=True)
 class MfccConfig:
-    sample_rate: int = 16000
+    sample_rate: int = SAMPLE_RATE
     num_ceps: int = 13
     num_mel_bins: int = 23
     frame_length_ms: float = 25.0

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from speechssl.data.audio import SAMPLE_RATE
+
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -54,7 +56,7 @@ class UpstreamExtractor:
     forward, as fairseq's dump_hubert_feature.py does.
     """
 
-    sample_rate = 16000  # the Upstream contract: waveforms at 16 kHz
+    sample_rate = SAMPLE_RATE  # the Upstream contract: waveforms at 16 kHz
 
     def __init__(
         self,

@@ -22,6 +22,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from speechssl.data.audio import SAMPLE_RATE
+from speechssl.errors import SpeechSSLError
 from speechssl.interop.safe_pickle import load_checkpoint, to_plain
 from speechssl.models.config import ConvFrontendConfig, EncoderConfig, ModelConfig
 
@@ -86,7 +88,7 @@ _FAIRSEQ_DEFAULTS: dict[str, Any] = {
 }
 
 
-class CheckpointKeyError(KeyError):
+class CheckpointKeyError(SpeechSSLError, KeyError):
     """Missing or unexpected parameter names; the message lists them."""
 
     def __str__(self) -> str:  # KeyError would repr() the message
@@ -237,7 +239,7 @@ def fairseq_cfg_from_model_config(config: ModelConfig) -> tuple[dict[str, Any], 
         "conv_pos_groups": enc.pos_conv_groups,
     }
     task_name = "hubert_pretraining" if config.family == "hubert" else "audio_pretraining"
-    task_cfg = {"_name": task_name, "normalize": config.normalize_waveform, "sample_rate": 16000}
+    task_cfg = {"_name": task_name, "normalize": config.normalize_waveform, "sample_rate": SAMPLE_RATE}
     return model_cfg, task_cfg
 
 

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from speechssl.data.audio import SAMPLE_RATE
 from speechssl.interop.upstream import Upstream, normalize_waveform
 from speechssl.io import atomic_file
 from speechssl.models.frontends import FbankFrontend, KaldiFbank, lengths_to_padding_mask
@@ -208,7 +209,7 @@ def export_metadata(upstream: Upstream) -> dict[str, Any]:
         "num_layers": upstream.num_layers,
         "hidden_dim": upstream.hidden_dim,
         "downsample_rate": upstream.downsample_rate,
-        "sample_rate": 16000,
+        "sample_rate": SAMPLE_RATE,
         "min_samples": int(getattr(upstream.model.feature_extractor, "receptive_field", 400)),
         "inputs": {"wavs": "float32 (batch, samples)", "wav_lens": "int64 (batch,)"},
         "outputs": {

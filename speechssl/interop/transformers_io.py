@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from speechssl.data.audio import SAMPLE_RATE
 from speechssl.io import atomic_directory
 from speechssl.models.config import ConvFrontendConfig, EncoderConfig, ModelConfig
 from speechssl.outputs import output_directory
@@ -295,7 +296,7 @@ def save_transformers(model_or_state: Any, config: ModelConfig, path: str | Path
     preprocessor = {
         "feature_extractor_type": "Wav2Vec2FeatureExtractor",
         "feature_size": 1,
-        "sampling_rate": 16000,
+        "sampling_rate": SAMPLE_RATE,
         "padding_value": 0.0,
         "padding_side": "right",
         "do_normalize": config.normalize_waveform,

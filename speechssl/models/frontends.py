@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from speechssl.data.audio import SAMPLE_RATE
 from speechssl.models.config import ConvFrontendConfig, FbankFrontendConfig
 
 
@@ -146,7 +147,7 @@ class KaldiFbank(nn.Module):
     Nyquist, log with float-epsilon floor, no dither.
     """
 
-    def __init__(self, num_mel_bins: int = 80, sample_rate: int = 16000, waveform_scale: float = 32768.0):
+    def __init__(self, num_mel_bins: int = 80, sample_rate: int = SAMPLE_RATE, waveform_scale: float = 32768.0):
         super().__init__()
         from torchaudio.compliance.kaldi import get_mel_banks
 

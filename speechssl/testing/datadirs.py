@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from speechssl.data.audio import SAMPLE_RATE
 from speechssl.data.datadir import DataDir, write_data_dir
 
 WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel")
 
 
 def write_tone(
-    path: str | Path, seconds: float, *, sample_rate: int = 16000, freq: float = 220.0, amplitude: float = 0.1
+    path: str | Path, seconds: float, *, sample_rate: int = SAMPLE_RATE, freq: float = 220.0, amplitude: float = 0.1
 ) -> str:
     """Write a sine tone (16-bit PCM, format from the suffix: .wav, .flac) and return its path."""
     path = Path(path)
@@ -43,7 +44,7 @@ def make_data_dir(
     num_speakers: int = 2,
     utts_per_speaker: int = 2,
     base_seconds: float = 0.5,
-    sample_rate: int = 16000,
+    sample_rate: int = SAMPLE_RATE,
     segments: bool = False,
     name: str = "data",
 ) -> DataDir:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from speechssl.data.audio import SAMPLE_RATE
 from speechssl.models.config import ConvFrontendConfig, EncoderConfig, ModelConfig
 
 TINY_CONV_DIM = [16, 16, 16, 16, 16, 24, 24]
@@ -83,7 +84,7 @@ def random_waves(lengths: list[int], *, seed: int = 0) -> tuple[Tensor, Tensor]:
     generator = torch.Generator().manual_seed(seed)
     wavs = torch.zeros(len(lengths), max(lengths))
     for i, n in enumerate(lengths):
-        t = torch.arange(n) / 16000.0
+        t = torch.arange(n) / SAMPLE_RATE
         tone = 0.3 * torch.sin(2 * torch.pi * (120 + 40 * i) * t)
         wavs[i, :n] = tone + 0.1 * torch.randn(n, generator=generator)
     return wavs, torch.tensor(lengths, dtype=torch.long)

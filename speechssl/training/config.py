@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from speechssl.data.audio import SAMPLE_RATE
+
 # Every float knob (tuples item by item): each must be finite.
 _FLOAT_KEYS = ("clip_norm", "lr", "betas", "eps", "weight_decay", "end_lr_scale", "power", "tri_stage_ratios",
                "init_lr_scale", "final_lr_scale", "fp16_init_scale")
@@ -49,7 +51,7 @@ class TrainerConfig:
     seed: int = 1
     num_workers: int = 0  # DataLoader workers per rank
     pin_memory: bool = True  # only used on CUDA
-    sample_rate: int = 16000  # to turn batch lengths (samples) into audio seconds
+    sample_rate: int = SAMPLE_RATE  # to turn batch lengths (samples) into audio seconds
     find_unused_parameters: bool | None = None  # None: True iff the model has LayerDrop > 0
     fp16_init_scale: float = 2.0**16
 

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from speechssl.config import ConfigError, apply_override, from_dict, load_yaml, save_config
-from speechssl.data.audio import audio_info
+from speechssl.data.audio import SAMPLE_RATE, audio_info
 from speechssl.data.dataset import AudioDataset, Batch, collate_audio, parse_units
 from speechssl.data.kaldi import read_table
 from speechssl.data.sampler import DurationBucketSampler
@@ -172,7 +172,7 @@ def build_dataset(
     utterance gives at least one frame, every label count fits the model's frame count, and
     every unit id is below its label set's class count. `config` has `data` and `trainer`."""
     data = config.data
-    label_rate = 16000 / model.downsample_rate  # units come at the model's frame rate
+    label_rate = SAMPLE_RATE / model.downsample_rate  # units come at the model's frame rate
     if data.label_rate is not None and abs(data.label_rate - label_rate) > 1e-6:
         raise ValueError(
             f"data.label_rate {data.label_rate} does not match the model's frame rate ({label_rate:g} per second)"
@@ -194,7 +194,7 @@ def build_dataset(
                          f" give a non-empty {role} set" + ("" if train else " or leave --valid out"))
     if not train and not data.skip_bad:
         check_audio_readable(dataset)
-    num_samples = {utt: round(sec * 16000) for utt, sec in zip(dataset.utt_ids(), dataset.full_durations)}
+    num_samples = {utt: round(sec * SAMPLE_RATE) for utt, sec in zip(dataset.utt_ids(), dataset.full_durations)}
     too_short = [utt for utt, n in num_samples.items() if _frames_for(model, n) < 1]
     if too_short:
         raise ValueError(

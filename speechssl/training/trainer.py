@@ -57,7 +57,7 @@ _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _LENGTH_KEYS = ("wav_lens", "lengths", "audio_lengths")
 
 
-class BadStepsError(RuntimeError):
+class BadStepsError(SpeechSSLError, RuntimeError):
     """Too many consecutive updates with a NaN/inf loss or gradient."""
 
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
+from speechssl.errors import SpeechSSLError
 
-class LabelLengthError(ValueError):
+
+class LabelLengthError(SpeechSSLError, ValueError):
     """Labels whose frame count does not match the model's for the audio."""
 
 

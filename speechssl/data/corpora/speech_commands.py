@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from speechssl.data.audio import SAMPLE_RATE
 from speechssl.data.datadir import compute_durations, write_data_dir
 from speechssl.outputs import claim_directories
 
@@ -35,7 +36,6 @@ UNKNOWN, SILENCE = "_unknown_", "_silence_"
 CLASSES = (*KEYWORDS, UNKNOWN, SILENCE)  # SUPERB KS: 12 classes
 NOISE_DIR = "_background_noise_"
 SPLIT_LISTS = {"dev": "validation_list.txt", "test": "testing_list.txt"}
-SAMPLE_RATE = 16000
 
 
 def _check_root(root: Path) -> None:
