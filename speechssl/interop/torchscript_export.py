@@ -243,14 +243,6 @@ def load_torchscript(path: str | Path) -> torch.jit.ScriptModule:
         return torch.jit.load(str(path), map_location="cpu").eval()
 
 
-def read_torchscript_metadata(path: str | Path) -> dict[str, Any]:
-    """The `speechssl.json` stored beside the graph (num_layers, downsample_rate, ...)."""
-    files = {EXTRA_FILE: ""}
-    with quiet_jit_deprecation():
-        torch.jit.load(str(path), map_location="cpu", _extra_files=files)
-    return json.loads(files[EXTRA_FILE])
-
-
 def export_torchscript(upstream: Upstream, out: str | Path, *, verify: bool = True) -> Path:
     """Write `upstream` as a TorchScript file (torch.jit.load-able, metadata in `speechssl.json`).
 

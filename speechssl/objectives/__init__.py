@@ -8,7 +8,6 @@ from speechssl.objectives.masking import (
     compute_time_mask,
 )
 from speechssl.objectives.pretraining import (
-    PRETRAIN_PRESETS,
     HubertPretrainModel,
     PretrainModelConfig,
     Wav2Vec2PretrainModel,
@@ -18,7 +17,6 @@ from speechssl.objectives.pretraining import (
 from speechssl.objectives.wav2vec2 import Wav2Vec2ObjectiveConfig, sample_negatives
 
 __all__ = [
-    "PRETRAIN_PRESETS",
     "HubertObjectiveConfig",
     "HubertPretrainModel",
     "MaskConfig",

@@ -14,7 +14,7 @@ Module names follow transformers: `Wav2Vec2PretrainModel` holds `wav2vec2`, `qua
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
@@ -321,7 +321,8 @@ def build_pretrain_model(config: PretrainModelConfig) -> HubertPretrainModel | W
     return Wav2Vec2PretrainModel(model, quantizer, project_hid, project_q, config.mask, obj)
 
 
-# Presets: fairseq's pretraining defaults (hubert_base_librispeech.yaml, wav2vec2_base_librispeech.yaml,
+# Presets: one function per model preset, named like it (get_pretrain_preset finds it by that name):
+# fairseq's pretraining defaults (hubert_base_librispeech.yaml, wav2vec2_base_librispeech.yaml,
 # the *_large_* configs); tiny ones keep the masking of Base and shrink the heads.
 
 
@@ -372,19 +373,9 @@ def wav2vec2_tiny() -> PretrainModelConfig:
     return PretrainModelConfig(model=presets.wav2vec2_tiny(), mask=MaskConfig(mask_prob=0.65), wav2vec2=objective)
 
 
-PRETRAIN_PRESETS: dict[str, Callable[[], PretrainModelConfig]] = {
-    "hubert_base": hubert_base,
-    "hubert_large": hubert_large,
-    "wav2vec2_base": wav2vec2_base,
-    "wav2vec2_large_lv60": wav2vec2_large_lv60,
-    "hubert_tiny": hubert_tiny,
-    "hubert_tiny_fbank": hubert_tiny_fbank,
-    "wav2vec2_tiny": wav2vec2_tiny,
-}
-
-
 def get_pretrain_preset(name: str, **overrides: object) -> PretrainModelConfig:
-    """PretrainModelConfig of a preset by name, with top-level fields replaced; the error lists names."""
-    if name not in PRETRAIN_PRESETS:
-        raise ValueError(f"unknown pretraining preset '{name}'; valid presets: {', '.join(PRETRAIN_PRESETS)}")
-    return replace(PRETRAIN_PRESETS[name](), **overrides)
+    """A model preset (speechssl.models.presets.PRESETS, the one table of names) with its pretraining
+    defaults (the function of the same name above), top-level fields replaced; the error lists names."""
+    if name not in presets.PRESETS:
+        raise ValueError(f"unknown pretraining preset '{name}'; valid presets: {', '.join(presets.PRESETS)}")
+    return replace(globals()[name](), **overrides)

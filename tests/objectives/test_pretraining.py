@@ -5,7 +5,6 @@ import torch
 
 from speechssl.config import ConfigError, from_dict, to_dict
 from speechssl.objectives import (
-    PRETRAIN_PRESETS,
     PretrainModelConfig,
     build_pretrain_model,
     get_pretrain_preset,
@@ -44,12 +43,19 @@ def test_temperature_follows_updates():
 
 
 def test_presets_mirror_fairseq_defaults():
-    hub, w2v = PRETRAIN_PRESETS["hubert_base"](), PRETRAIN_PRESETS["wav2vec2_base"]()
+    hub, w2v = get_pretrain_preset("hubert_base"), get_pretrain_preset("wav2vec2_base")
     assert (hub.mask.mask_prob, hub.mask.mask_length, hub.mask.min_masks) == (0.8, 10, 2)
     assert (hub.hubert.final_dim, hub.hubert.logit_temp, hub.hubert.pred_nomask_weight) == (256, 0.1, 0.0)
     assert (w2v.mask.mask_prob, w2v.wav2vec2.num_negatives, w2v.wav2vec2.diversity_weight) == (0.65, 100, 0.1)
     q = w2v.wav2vec2.quantizer
     assert (q.num_groups, q.num_vars, q.max_temp, q.min_temp, q.temp_decay) == (2, 320, 2.0, 0.5, 0.999995)
+
+
+def test_every_model_preset_is_a_pretraining_preset():
+    from speechssl.models import PRESETS, get_preset
+
+    for name in PRESETS:  # one table of names: the model presets
+        assert get_pretrain_preset(name).model == get_preset(name), name
 
 
 def test_config_round_trip_and_errors():
