@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from speechssl.cli.common import add_overwrite_argument
+from speechssl.compression.report import check_comparison_output, compare_upstreams, write_comparison
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,8 +23,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from speechssl.compression.report import check_comparison_output, compare_upstreams, write_comparison
-
     sources = {}
     for item in args.upstreams:
         name, sep, source = item.partition("=")

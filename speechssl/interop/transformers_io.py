@@ -15,10 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 from torch import Tensor
 
 from speechssl.data.audio import SAMPLE_RATE
+from speechssl.interop.safe_pickle import load_state_dict_file
 from speechssl.io import atomic_directory
+from speechssl.models.checkpoint import load_safetensors
 from speechssl.models.config import ConvFrontendConfig, EncoderConfig, ModelConfig
 from speechssl.outputs import output_directory
 
@@ -207,9 +210,6 @@ def _read_json(path: Path) -> Any:
 
 
 def _read_weights(path: Path) -> dict[str, Tensor]:
-    from speechssl.interop.safe_pickle import load_state_dict_file
-    from speechssl.models.checkpoint import load_safetensors
-
     if (path / "model.safetensors").is_file():
         return load_safetensors(path / "model.safetensors")
     index = path / "model.safetensors.index.json"
@@ -287,8 +287,6 @@ def save_transformers(model_or_state: Any, config: ModelConfig, path: str | Path
     `marker`: the command whose output the dir is (`speechssl.outputs.output_directory`: a re-run
     replaces its own files and keeps the user's); callers check `path` first (`check_output`).
     Without it an existing `path` is replaced whole."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     hf_config = config_to_transformers(config)
     state = model_or_state.state_dict() if isinstance(model_or_state, torch.nn.Module) else model_or_state

@@ -15,6 +15,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from speechssl.errors import SpeechSSLError
+
 log = logging.getLogger(__name__)
 
 
@@ -124,8 +126,6 @@ def on_main_rank(fn):
     SpeechSSLError, ValueError or OSError: a locked or refused output dir, a bad checkpoint)
     is raised on every rank, so no rank trains on while its peer has stopped. Returns fn's
     result on rank 0, None elsewhere."""
-    from speechssl.errors import SpeechSSLError
-
     result, error = None, None
     if env_rank() == 0:
         try:
