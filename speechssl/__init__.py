@@ -8,8 +8,10 @@ __version__ = "0.1.0"
 
 
 def load_upstream(source, **kwargs):
-    """Load any supported checkpoint as an `Upstream` (see speechssl.interop.upstream), e.g.
-    `load_upstream(path, verify="sha256")`."""
+    """Any upstream: a built-in name ("fbank") or a checkpoint (speechssl dir, transformers dir,
+    fairseq / s3prl .pt), e.g. `load_upstream(path, verify="sha256")`. Every result implements
+    `speechssl.models.upstream_api.UpstreamModel`: `up(wavs, wav_lens) -> UpstreamOutput`,
+    `downsample_rate`, `num_layers`, `hidden_dim` (see speechssl.interop.upstream)."""
     from speechssl.interop.upstream import load_upstream as _load
 
     return _load(source, **kwargs)

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from speechssl.compression.config import DistillConfig, LossConfig, StudentConfig
 from speechssl.config import load_config
 from speechssl.data.dataset import Batch, collate_audio
-from speechssl.interop.upstream import Upstream, load_upstream, normalize_waveform
+from speechssl.interop.upstream import Upstream, load_upstream, normalize_waveform, require_network
 from speechssl.models.checkpoint import save_checkpoint
 from speechssl.models.config import ModelConfig
 from speechssl.models.model import SSLModel, build_model
@@ -187,7 +187,7 @@ def run_training(module: nn.Module, config: Any, train_dir: Path, valid_dir: Pat
 
 
 def load_teacher(source: str | Path) -> Upstream:
-    upstream = load_upstream(source)
+    upstream = require_network(load_upstream(source), source, "a teacher")
     logger.info("teacher %s: %s, %d layers, %.2fM parameters", source, upstream.config.family,
                 upstream.num_layers, sum(p.numel() for p in upstream.model.parameters()) / 1e6)
     return upstream

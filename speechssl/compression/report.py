@@ -18,7 +18,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula
 
 from speechssl.data.audio import SAMPLE_RATE
-from speechssl.interop.upstream import Upstream, load_upstream
+from speechssl.interop.upstream import UpstreamModel, load_upstream
 from speechssl.io import atomic_write_json, atomic_write_text
 from speechssl.outputs import check_output, record_output
 
@@ -46,7 +46,7 @@ def _register_cpu_attention() -> None:
         register_flop_formula(op, get_raw=False)(_cpu_attention_flops)
 
 
-def count_macs(up: Upstream, seconds: float) -> float:
+def count_macs(up: UpstreamModel, seconds: float) -> float:
     """Multiply-adds of one forward over `seconds` of audio (batch 1)."""
     _register_cpu_attention()
     wav = torch.zeros(1, round(seconds * SAMPLE_RATE))

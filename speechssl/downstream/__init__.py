@@ -5,9 +5,8 @@ from speechssl.downstream.config import DownstreamConfig, HeadConfig
 from speechssl.downstream.featurizers import FEATURIZERS, FeaturizerConfig, build_featurizer
 from speechssl.downstream.runner import evaluate_downstream, register_tuning, train_downstream
 from speechssl.downstream.tasks import TASKS, build_task
-from speechssl.downstream.upstreams import get_upstream
 
 __all__ = [
     "FEATURIZERS", "TASKS", "DownstreamConfig", "FeaturizerConfig", "HeadConfig", "build_featurizer",
-    "build_task", "evaluate_downstream", "get_upstream", "register_tuning", "train_downstream",
+    "build_task", "evaluate_downstream", "register_tuning", "train_downstream",
 ]

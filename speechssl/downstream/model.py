@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.nn.modules.module import _IncompatibleKeys
 
 from speechssl.data.dataset import Batch, collate_audio
+from speechssl.models.upstream_api import UpstreamModel
 
 UPSTREAM = "upstream."
 
@@ -34,7 +35,7 @@ def collate_batch(items: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
 
 
 class DownstreamModel(nn.Module):
-    def __init__(self, upstream: nn.Module, featurizer: nn.Module, head: nn.Module, task: Any) -> None:
+    def __init__(self, upstream: UpstreamModel, featurizer: nn.Module, head: nn.Module, task: Any) -> None:
         super().__init__()
         self.upstream, self.featurizer, self.head = upstream, featurizer, head
         self.task = task  # plain object: no parameters

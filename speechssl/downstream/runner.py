@@ -36,8 +36,8 @@ from speechssl.downstream.config import DownstreamConfig
 from speechssl.downstream.featurizers import build_featurizer
 from speechssl.downstream.model import DownstreamModel, collate_batch
 from speechssl.downstream.tasks import SPLITS, DataCheckError, Task, build_task
-from speechssl.downstream.upstreams import get_upstream, upstream_name
 from speechssl.errors import OutputExistsError
+from speechssl.interop.upstream import UpstreamModel, load_upstream, upstream_name
 from speechssl.io import atomic_write_text
 from speechssl.outputs import ExperimentLock, check_output, read_marker, write_marker
 from speechssl.training import TrainerConfig, train
@@ -93,15 +93,15 @@ def apply_tuning_by_name(upstream: nn.Module, name: str, options: dict[str, Any]
 
 
 # --- building blocks ---------------------------------------------------------------------
-def prepare_upstream(spec: str | Path, config: DownstreamConfig) -> nn.Module:
-    upstream = get_upstream(spec)
+def prepare_upstream(spec: str | Path, config: DownstreamConfig) -> UpstreamModel:
+    upstream = load_upstream(spec)
     upstream.requires_grad_(config.upstream_trainable)
     if config.tuning:
         upstream = apply_tuning_by_name(upstream, config.tuning, dict(config.tuning_options))
     return upstream
 
 
-def build_model(task: Task, upstream: nn.Module, config: DownstreamConfig) -> DownstreamModel:
+def build_model(task: Task, upstream: UpstreamModel, config: DownstreamConfig) -> DownstreamModel:
     featurizer = build_featurizer(config.featurizer, upstream.num_layers + 1, upstream.hidden_dim)
     head = task.build_head(featurizer.output_dim)
     return DownstreamModel(upstream, featurizer, head, task)

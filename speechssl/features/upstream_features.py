@@ -15,16 +15,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from speechssl.data.audio import SAMPLE_RATE
+from speechssl.models.upstream_api import UpstreamModel
 
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def pads_safely(upstream: nn.Module) -> bool:
+def pads_safely(upstream: UpstreamModel) -> bool:
     """Whether zero padding leaves an utterance's features unchanged (not a group-norm conv frontend)."""
     frontend = getattr(getattr(upstream, "config", None), "frontend", None)
     return getattr(frontend, "mode", None) != "group_norm"
@@ -60,7 +61,7 @@ class UpstreamExtractor:
 
     def __init__(
         self,
-        upstream: nn.Module | str | Path,
+        upstream: UpstreamModel | str | Path,
         layer: int,
         *,
         device: str | None = None,

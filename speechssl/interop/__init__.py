@@ -1,5 +1,5 @@
 """Import / export: transformers, fairseq, s3prl (and ONNX / TorchScript export), plus the Upstream API."""
 
-from speechssl.interop.upstream import Upstream, UpstreamOutput, load_upstream
+from speechssl.interop.upstream import Upstream, UpstreamModel, UpstreamOutput, load_upstream
 
-__all__ = ["Upstream", "UpstreamOutput", "load_upstream"]
+__all__ = ["Upstream", "UpstreamModel", "UpstreamOutput", "load_upstream"]

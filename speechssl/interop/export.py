@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from speechssl.errors import OutputExistsError
-from speechssl.interop.upstream import Upstream, load_upstream
+from speechssl.interop.upstream import Upstream, load_upstream, require_network
 from speechssl.io import atomic_file
 from speechssl.models.checkpoint import is_checkpoint_dir
 from speechssl.models.config import ConvFrontendConfig
@@ -76,7 +76,7 @@ def export_upstream(
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format '{fmt}'; valid formats: {', '.join(FORMATS)}")
     out = check_export_output(source, fmt, out, overwrite=overwrite)
-    up = load_upstream(source, verify="sha256")
+    up = require_network(load_upstream(source, verify="sha256"), source, "export")
     if fmt in GRAPH_FORMATS:
         if fmt == "onnx":
             from speechssl.interop.onnx_export import export_onnx

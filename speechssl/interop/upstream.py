@@ -1,17 +1,19 @@
-"""Upstream: the one interface downstream code, s3prl-style users and exporters see.
+"""Upstreams: `load_upstream(source)`, the one way to get one, and `Upstream`, a loaded network.
 
-`load_upstream(source)` accepts a speechssl checkpoint dir, a transformers dir,
-a fairseq `.pt` or an s3prl converted `.pt`; all become the same SSLModel.
+`load_upstream` accepts a built-in name ("fbank": the FBANK baseline), a speechssl
+checkpoint dir, a transformers dir, a fairseq `.pt` or an s3prl converted `.pt`; every
+result implements `UpstreamModel` (speechssl.models.upstream_api), and every network
+becomes the same `Upstream` around an SSLModel.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from speechssl.models.checkpoint import (
     VerifyLevel,
@@ -22,17 +24,16 @@ from speechssl.models.checkpoint import (
     load_state_into,
 )
 from speechssl.models.config import ModelConfig
+from speechssl.models.fbank_upstream import FbankUpstream
 from speechssl.models.frontends import normalize_waveform
 from speechssl.models.model import SSLModel, build_model
+from speechssl.models.upstream_api import UpstreamModel, UpstreamOutput
+
+# Built-in upstreams by name; a name wins over a file of the same name in the working dir.
+BUILTIN_UPSTREAMS: dict[str, Callable[[], UpstreamModel]] = {"fbank": FbankUpstream}
 
 
-@dataclass
-class UpstreamOutput:
-    hidden_states: list[Tensor]  # num_layers + 1 tensors (B, T, D)
-    lengths: Tensor  # (B,) valid frames
-
-
-class Upstream(nn.Module):
+class Upstream(UpstreamModel):
     """A frozen-feature view of an SSLModel: waveforms -> all hidden states + frame lengths."""
 
     def __init__(self, model: SSLModel, config: ModelConfig, extras: dict[str, Any] | None = None):
@@ -95,21 +96,29 @@ def upstream_from_state(
     return Upstream(model.eval(), config, extras).eval()
 
 
-def load_upstream(source: str | Path, *, verify: VerifyLevel = "auto") -> Upstream:
-    """Load any supported checkpoint as an Upstream in eval mode.
+def load_upstream(source: str | Path, *, verify: VerifyLevel = "auto") -> UpstreamModel:
+    """Any upstream, in eval mode: a built-in name or a checkpoint, the one entry point.
 
     Nothing is built before the files are checked: a speechssl checkpoint's manifest (`verify`:
     "auto" | "size" | "sha256", see speechssl.models.checkpoint), the declared sizes against
     the weights' shapes, and every weight is finite. Pickled `.pt` / `.bin` files are read
     with an allow-list: one that holds code is refused, never run.
 
+    - a built-in name (BUILTIN_UPSTREAMS: "fbank", the FBANK baseline; no weights, `verify` unused)
     - speechssl checkpoint dir (config.yaml + model.safetensors)
     - transformers dir (config.json + model.safetensors / pytorch_model.bin)
     - fairseq `.pt` (speechssl.interop.fairseq_io) or s3prl converted `.pt` (speechssl.interop.s3prl_io)
+
+    Every checkpoint becomes an `Upstream`; callers that need the network itself use
+    `require_network`.
     """
+    if str(source) in BUILTIN_UPSTREAMS:
+        return BUILTIN_UPSTREAMS[str(source)]().eval()
     path = Path(source)
     if not path.exists():
-        raise FileNotFoundError(f"upstream source {path} does not exist")
+        builtins = ", ".join(BUILTIN_UPSTREAMS)
+        raise FileNotFoundError(f"upstream '{source}' is neither a built-in upstream ({builtins}) "
+                                "nor an existing checkpoint path")
     if path.is_dir():
         if is_checkpoint_dir(path):
             model, config, heads = load_model_with_heads(path, verify=verify)
@@ -144,3 +153,21 @@ def _load_pt(path: Path) -> Upstream:
     else:
         config, state, extras = fairseq_io.load_fairseq(path)
     return upstream_from_state(config, state, str(path), extras)
+
+
+def require_network(upstream: UpstreamModel, source: str | Path, purpose: str) -> Upstream:
+    """`upstream` when it is a loaded network (an `Upstream`: `model`, `config`, `extras`), which
+    `purpose` (export, a distillation or pruning teacher, ...) needs; a built-in baseline is refused."""
+    if not isinstance(upstream, Upstream):
+        raise ValueError(f"{purpose} needs a network with weights, but upstream '{source}' is a built-in "
+                         f"{type(upstream).__name__}; give a speechssl checkpoint dir, a transformers dir "
+                         "or a fairseq/s3prl .pt")
+    return upstream
+
+
+def upstream_name(source: str | Path) -> str:
+    """Short name for tables: a built-in name, or the checkpoint's directory / file stem."""
+    if str(source) in BUILTIN_UPSTREAMS:
+        return str(source)
+    path = Path(source)
+    return path.stem if path.is_file() else path.name

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from speechssl.downstream.fbank_upstream import FbankUpstream
 from speechssl.downstream.featurizers import FeaturizerConfig, HierarchicalConv, build_featurizer
-from speechssl.downstream.upstreams import get_upstream
+from speechssl.interop.upstream import load_upstream
+from speechssl.models.fbank_upstream import FbankUpstream
 
 B, T, D, L = 2, 7, 16, 5  # batch, frames, dims, hidden states
 
@@ -82,7 +82,7 @@ def test_unknown_featurizer_lists_valid_names():
 
 
 def test_fbank_upstream_interface_and_padding_invariance():
-    up = get_upstream("fbank")
+    up = load_upstream("fbank")
     assert isinstance(up, FbankUpstream)
     assert (up.downsample_rate, up.num_layers, up.hidden_dim) == (160, 0, 240)
     g = torch.Generator().manual_seed(0)
@@ -96,6 +96,6 @@ def test_fbank_upstream_interface_and_padding_invariance():
     assert out.hidden_states[0][1, 29:].abs().sum() == 0
 
 
-def test_get_upstream_error_names_the_spec(tmp_path):
+def test_load_upstream_error_names_the_spec(tmp_path):
     with pytest.raises(FileNotFoundError, match="'nope' is neither a built-in upstream \\(fbank\\)"):
-        get_upstream("nope")
+        load_upstream("nope")

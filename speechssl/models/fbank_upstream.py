@@ -1,4 +1,4 @@
-"""The FBANK baseline upstream (SUPERB's "fbank" row), with the Upstream interface.
+"""The FBANK baseline upstream (SUPERB's "fbank" row): `load_upstream("fbank")`.
 
 As s3prl's baseline: 80 Kaldi log-mel bins + deltas + delta-deltas (window 5),
 per-utterance mean/variance normalisation; 10 ms frames. It has one "layer"
@@ -8,11 +8,11 @@ per-utterance mean/variance normalisation; 10 ms frames. It has one "layer"
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torchaudio.functional import compute_deltas
 
-from speechssl.interop.upstream import UpstreamOutput
 from speechssl.models.frontends import KaldiFbank, lengths_to_padding_mask, masked_mean_var_norm
+from speechssl.models.upstream_api import UpstreamModel, UpstreamOutput
 
 
 def _repeat_last_valid(x: Tensor, lengths: Tensor) -> Tensor:
@@ -23,7 +23,7 @@ def _repeat_last_valid(x: Tensor, lengths: Tensor) -> Tensor:
     return torch.gather(x, 1, index[..., None].expand(-1, -1, x.shape[2]))
 
 
-class FbankUpstream(nn.Module):
+class FbankUpstream(UpstreamModel):
     """waveforms (B, S) -> UpstreamOutput([(B, T, num_mel_bins * (1 + delta_order))], frames)."""
 
     def __init__(self, num_mel_bins: int = 80, delta_order: int = 2, delta_window: int = 5,
