@@ -51,6 +51,7 @@ export_format=hf        # format of stage 8: hf | s3prl | fairseq (conv frontend
 
 help_message="Usage: $0 [options]; see the option block of recipes/ssl.sh"
 . "$(dirname "${BASH_SOURCE[0]}")/utils/parse_options.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/utils/job_pool.sh"
 
 if [ -z "${pretrain_configs}" ]; then
     log "Error: --pretrain_configs is required (one YAML per iteration)"; exit 2
@@ -123,18 +124,16 @@ for ((it = 1; it <= num_iters; it++)); do
         fi
         if run_stage 3; then
             log "Stage 3 (iteration ${it}): ${feat_name} features"
+            pool_init "${nj}"  # one job per shard, each with its log: a failed one stops the recipe
             for dset in "${train_set}" "${valid_set}"; do
                 fdir="${dumpdir}/${feat_name}/${dset}"
-                pids=()
                 for ((r = 0; r < nj; r++)); do
                     # shellcheck disable=SC2086
-                    speechssl features --data "data/${dset}" ${feat_args} --out "${fdir}" --nshard "${nj}" --rank "${r}" &
-                    pids+=($!)
-                done
-                for pid in "${pids[@]}"; do  # a failed shard stops the recipe here, with its own error above
-                    wait "${pid}" || { log "Error: a feature shard of ${dset} failed"; exit 1; }
+                    pool_run "${dumpdir}/${feat_name}/log/features.${dset//\//_}.${r}.log" \
+                        speechssl features --data "data/${dset}" ${feat_args} --out "${fdir}" --nshard "${nj}" --rank "${r}"
                 done
             done
+            pool_wait
         fi
         kmdir="${expdir}/kmeans_iter${it}_${feat_name}_k${k}"
         if run_stage 4; then

@@ -11,7 +11,7 @@
 # Upstreams are 'fbank' (SUPERB's FBANK row) or any checkpoint `speechssl downstream`
 # loads (speechssl checkpoint dir, transformers dir, fairseq/s3prl .pt). Each gets a
 # short name (--upstream_names, or derived from its path) that names its experiments
-# and its column of the report.
+# and, through `downstream train --name`, its column of the report.
 #
 # Each finished step leaves a .done marker, so re-running skips it; delete the marker
 # (or the experiment) to redo it. An interrupted training resumes from its checkpoints.
@@ -47,6 +47,7 @@ report_dir=""                       # default: <expdir>/superb_report
 
 help_message="Usage: $0 [options]; see the option block of recipes/superb.sh"
 . "$(dirname "${BASH_SOURCE[0]}")/utils/parse_options.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/utils/job_pool.sh"
 
 read -r -a task_list <<< "${tasks}"
 read -r -a upstream_list <<< "${upstreams}"
@@ -71,10 +72,12 @@ esac
 if ! [[ "${nj}" =~ ^[1-9][0-9]*$ ]]; then
     log "Error: --nj must be a positive integer, got '${nj}'"; exit 2
 fi
+pool_init "${nj}"  # trainings and evaluations run as a pool of --nj jobs, each with its own log
 
 run_stage() { [ "${stage}" -le "$1" ] && [ "${stop_stage}" -ge "$1" ]; }
 
-# A short name per upstream: fbank; .../<run>/checkpoints/<step> -> <run>; else the file stem / dir name.
+# A short name per upstream (as `speechssl downstream train` derives its default --name):
+# fbank; .../<run>/checkpoints/<step> -> <run>; else the file stem / dir name.
 default_name() {
     local src="${1%/}"
     case "${src}" in
@@ -91,59 +94,13 @@ if [ "$(printf '%s\n' "${names[@]}" | sort | uniq -d)" != "" ]; then
     log "Error: two upstreams get the same name (${names[*]}); pass --upstream_names"; exit 2
 fi
 
-# The upstream argument of `speechssl downstream`: 'fbank', or a link <expdir>/upstreams/<name>
-# to the checkpoint, so that the report's column is the upstream's name (not e.g. 'last').
-upstream_arg() {
-    local src="$1" name="$2"
-    if [ "${src}" = fbank ]; then echo fbank; return; fi
-    if [ ! -e "${src}" ]; then
-        log "Error: upstream ${src} does not exist (pass 'fbank' or a checkpoint path)" >&2; return 2
-    fi
-    local ext=""
-    [ -f "${src}" ] && ext=".${src##*.}"
-    mkdir -p "${expdir}/upstreams"
-    ln -sfn "$(cd "$(dirname "${src}")" && pwd)/$(basename "${src}")" "${expdir}/upstreams/${name}${ext}"
-    echo "${expdir}/upstreams/${name}${ext}"
-}
-
 task_config() { echo "${downstream_config//\{task\}/$1}"; }
-
-# "1e-3 1e-4" -> "[0.001, 0.0001]": YAML 1.1 reads 1e-3 as a string, so print plain decimals.
-lr_list() {
-    local out="" lr
-    for lr in $1; do
-        lr=$(awk -v x="${lr}" 'BEGIN { if (x + 0 <= 0) exit 1; s = sprintf("%.12f", x); sub(/0+$/, "", s); print s }') || {
-            log "Error: --lr_sweep value is not a positive number" >&2; return 2; }
-        out="${out:+${out}, }${lr}"
-    done
-    echo "[${out}]"
-}
 
 if [ "${ngpu}" -gt 1 ]; then
     train_cmd=(torchrun --standalone "--nproc_per_node=${ngpu}" -m speechssl downstream train)
 else
     train_cmd=(speechssl downstream train)
 fi
-
-# Run commands as background jobs, at most ${nj} at a time; any failure stops the recipe
-# after printing the end of that job's log.
-pids=(); pid_logs=()
-wait_jobs() {
-    local i failed=0
-    for i in "${!pids[@]}"; do
-        if ! wait "${pids[$i]}"; then
-            log "Error: job failed; last lines of ${pid_logs[$i]}:"; tail -n 20 "${pid_logs[$i]}" >&2; failed=1
-        fi
-    done
-    pids=(); pid_logs=()
-    [ "${failed}" -eq 0 ] || exit 1
-}
-submit() {  # submit LOG CMD...
-    local logfile="$1"; shift
-    "$@" > "${logfile}" 2>&1 &
-    pids+=("$!"); pid_logs+=("${logfile}")
-    [ "${#pids[@]}" -lt "${nj}" ] || wait_jobs
-}
 
 if run_stage 1; then
     log "Stage 1: data preparation (local/data.sh ${local_data_opts})"
@@ -175,13 +132,8 @@ if run_stage 2; then
     if [[ " ${tasks} " == *" asr "* ]] && [ "${asr_units}" = sentencepiece ]; then
         log "Stage 2: sentencepiece model (${sentencepiece_vocab_size} pieces) on ${datadir}/asr/train/text"
         if [ ! -f "${tokenizer_dir}/spm.model" ]; then
-            if speechssl downstream tokenizer --help > /dev/null 2>&1; then
-                speechssl downstream tokenizer --text "${datadir}/asr/train/text" \
-                    --vocab-size "${sentencepiece_vocab_size}" --out "${tokenizer_dir}"
-            else
-                # Each ASR experiment then trains the same model (same text, same options) itself.
-                log "Stage 2: this speechssl has no 'downstream tokenizer'; each ASR experiment trains its own"
-            fi
+            speechssl downstream tokenizer --text "${datadir}/asr/train/text" \
+                --vocab-size "${sentencepiece_vocab_size}" --out "${tokenizer_dir}"
         fi
     else
         log "Stage 2: skipped (no asr task with --asr_units sentencepiece)"
@@ -191,10 +143,16 @@ fi
 exp_of() { echo "${expdir}/$1_$2"; }
 
 if run_stage 3; then
+    for src in "${upstream_list[@]}"; do
+        if [ "${src}" != fbank ] && [ ! -e "${src}" ]; then
+            log "Error: upstream ${src} does not exist (pass 'fbank' or a checkpoint path)"; exit 2
+        fi
+    done
     sweep_args=()
-    if [ -n "${lr_sweep}" ]; then
-        lrs=$(lr_list "${lr_sweep}")
-        sweep_args=(--set "lr_sweep=${lrs}")
+    if [ -n "${lr_sweep}" ]; then  # "1e-3 1e-4" -> lr_sweep=[1e-3, 1e-4] (the config reads 1e-3 as a float)
+        read -r -a lrs <<< "${lr_sweep}"
+        printf -v lrs_yaml '%s, ' "${lrs[@]}"
+        sweep_args=(--set "lr_sweep=[${lrs_yaml%, }]")
     fi
     steps_args=()
     [ -n "${max_steps}" ] && steps_args=(--max-steps "${max_steps}")
@@ -202,7 +160,6 @@ if run_stage 3; then
         for ((u = 0; u < ${#upstream_list[@]}; u++)); do
             name="${names[$u]}"; exp=$(exp_of "${task}" "${name}")
             [ -f "${exp}/.train.done" ] && continue
-            up=$(upstream_arg "${upstream_list[$u]}" "${name}")
             # The log stays beside EXP: `downstream train` refuses an EXP holding files it did not write.
             log "Stage 3: train ${task} on ${name} -> ${exp} (log: ${exp}.train.log)"
             mkdir -p "${expdir}"
@@ -215,13 +172,14 @@ if run_stage 3; then
             fi
             resume=(); [ -f "${exp}/downstream.yaml" ] && resume=(--resume)
             # shellcheck disable=SC2086
-            submit "${exp}.train.log" bash -c '"$@" && touch "'"${exp}"'/.train.done"' _ \
-                "${train_cmd[@]}" --task "${task}" --upstream "${up}" --data "${datadir}/${task}" --out "${exp}" \
+            pool_run "${exp}.train.log" bash -c '"$@" && touch "'"${exp}"'/.train.done"' _ \
+                "${train_cmd[@]}" --task "${task}" --upstream "${upstream_list[$u]}" --name "${name}" \
+                --data "${datadir}/${task}" --out "${exp}" \
                 --config "$(task_config "${task}")" "${steps_args[@]+"${steps_args[@]}"}" \
                 "${sweep_args[@]+"${sweep_args[@]}"}" "${extra[@]+"${extra[@]}"}" "${resume[@]+"${resume[@]}"}" ${train_args}
         done
     done
-    wait_jobs
+    pool_wait
 fi
 
 if run_stage 4; then
@@ -233,11 +191,11 @@ if run_stage 4; then
                 log "Error: ${exp}/best.json is missing: run stage 3 first"; exit 2
             fi
             log "Stage 4: evaluate ${task} on ${name} (${eval_split}) (log: ${exp}/evaluate.log)"
-            submit "${exp}/evaluate.log" bash -c '"$@" && touch "'"${exp}/.eval_${eval_split}.done"'"' _ \
+            pool_run "${exp}/evaluate.log" bash -c '"$@" && touch "'"${exp}/.eval_${eval_split}.done"'"' _ \
                 speechssl downstream evaluate --out "${exp}" --split "${eval_split}"
         done
     done
-    wait_jobs
+    pool_wait
 fi
 
 if run_stage 5; then

@@ -1,5 +1,5 @@
-"""`speechssl data validate|fix|durations DIR`, `data combine --out DIR SRC...`: check, repair, measure and
-combine Kaldi data dirs."""
+"""`speechssl data validate|fix|durations|trials DIR`, `data combine --out DIR SRC...`: check, repair,
+measure and combine Kaldi data dirs, and draw speaker-verification trials."""
 
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ from speechssl.data.audio import SAMPLE_RATE
 from speechssl.data.datadir import combine_data_dirs, compute_durations, summarize_data_dir
 from speechssl.data.fix import fix_data_dir
 from speechssl.data.layout import UTTERANCE, describe_ignored
+from speechssl.data.trials import write_trials
 from speechssl.data.validate import check_data_dir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "data",
-        help="validate, fix, measure or combine Kaldi data dirs",
+        help="validate, fix, measure or combine Kaldi data dirs; draw ASV trials",
         description="Kaldi data-dir tools (validate_data_dir.sh, fix_data_dir.sh, get_utt2dur.sh).",
     )
     actions = parser.add_subparsers(dest="action", metavar="<action>", required=True)
@@ -67,6 +68,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     combine.add_argument("sources", nargs="+", help="data dirs to combine")
     add_overwrite_argument(combine)
     combine.set_defaults(func=run_combine)
+
+    trials = actions.add_parser(
+        "trials",
+        help="write speaker-verification trials (enroll test target|nontarget) over a data dir's utterances",
+        description="Trials over the utterances of DIR (speakers from its utt2spk), in C-locale order of id: "
+        "every pair (enroll < test) by default, or --per-utterance N target and N nontarget partners per "
+        "utterance, drawn with --seed. The list needs both target and nontarget trials.",
+    )
+    trials.add_argument("dir", help="data dir with utt2spk")
+    trials.add_argument("--out", help="trials file to write (default: DIR/trials)")
+    trials.add_argument("--per-utterance", type=int, metavar="N",
+                        help="N target and N nontarget partners per utterance (default: every pair)")
+    trials.add_argument("--max-trials", type=int, metavar="N",
+                        help="with every pair: keep a seeded sample of N pairs when there are more")
+    trials.add_argument("--seed", type=int, default=0, help="seed of the random draws (default: 0)")
+    add_overwrite_argument(trials)
+    trials.set_defaults(func=run_trials)
 
 
 def run_validate(args: argparse.Namespace) -> int:
@@ -122,4 +140,13 @@ def run_durations(args: argparse.Namespace) -> int:
 def run_combine(args: argparse.Namespace) -> int:
     data = combine_data_dirs(args.out, args.sources, overwrite=args.overwrite)
     print(f"{args.out}: {len(data.utt_ids())} utterances from {len(args.sources)} data dirs")
+    return 0
+
+
+def run_trials(args: argparse.Namespace) -> int:
+    out = args.out or f"{args.dir.rstrip('/')}/trials"
+    trials = write_trials(args.dir, out, per_utterance=args.per_utterance, max_trials=args.max_trials,
+                          seed=args.seed, overwrite=args.overwrite)
+    targets = sum(kind == "target" for *_, kind in trials)
+    print(f"{out}: {len(trials)} trials ({targets} target, {len(trials) - targets} nontarget)")
     return 0

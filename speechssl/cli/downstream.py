@@ -25,6 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tr.add_argument("--task", required=True, choices=list(TASKS), help="pr, asr, ks, ic, sid or asv")
     tr.add_argument("--upstream", required=True,
                     help="'fbank', a speechssl checkpoint dir, a transformers dir, or a fairseq/s3prl .pt")
+    tr.add_argument("--name",
+                    help="the upstream's name in results and `downstream report` columns (default: derived from "
+                         "--upstream: 'fbank', a file's stem, or the run dir of .../<run>/checkpoints/last)")
     tr.add_argument("--data", required=True, help="dir holding the task's train/, dev/ and test/ data dirs")
     tr.add_argument("--out", required=True,
                     help="experiment dir: new or empty (an earlier run of this command only with --resume); "
@@ -50,7 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tok.set_defaults(func=run_tokenizer)
 
     rep = actions.add_parser("report", help="table of results.json files + layer-weight PNG")
-    rep.add_argument("--exps", nargs="+", required=True, help="experiment dirs (evaluated)")
+    rep.add_argument("--exps", nargs="+", required=True,
+                     help="experiment dirs (evaluated); columns are their upstreams' names (train --name)")
     rep.add_argument("--out", required=True,
                      help="dir for results.md, results.json, layer_weights.png (new, empty or an earlier report's)")
     rep.add_argument("--split", default="test", help="which evaluation to tabulate (default test)")
@@ -66,7 +70,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.max_steps is not None and args.max_steps <= 0:
         raise ValueError(f"--max-steps must be > 0, found {args.max_steps}")
     best = train_downstream(args.task, args.upstream, args.data, args.out, _config(args),
-                            max_steps=args.max_steps, resume=args.resume)
+                            max_steps=args.max_steps, resume=args.resume, name=args.name)
     if best:
         dev = best["dev"][best["metric"]] if best.get("dev") else None
         print(f"downstream train: {args.task} on {args.upstream}: best {best['run_dir']}/{best['checkpoint']} "

@@ -42,6 +42,7 @@ from speechssl.data.synth_audio import (
     speed_orig_freq,
     to_int16,
 )
+from speechssl.data.trials import format_trials, make_trials
 from speechssl.io import atomic_file, atomic_write_text
 from speechssl.outputs import claim_directories
 
@@ -372,17 +373,6 @@ def _write_data_dir(path: Path, specs: list[UttSpec], results: dict[str, UttResu
     atomic_write_text(path / "phone_ctm", "".join(format_ctm(r.uttid, _ctm_segments(r, sample_rate)) for r in ordered))
 
 
-def make_trials(specs: list[UttSpec], seed: int, max_trials: int = 20000) -> list[tuple[str, str, str]]:
-    """Every pair of utterances (enroll < test), or a seeded sample of max_trials pairs."""
-    ids = sorted((s.uttid for s in specs), key=str.encode)
-    spk = {s.uttid: s.speaker.spk_id for s in specs}
-    pairs = [(a, b) for i, a in enumerate(ids) for b in ids[i + 1 :]]
-    if len(pairs) > max_trials:
-        keep = np.random.default_rng([seed, 2**31]).choice(len(pairs), size=max_trials, replace=False)
-        pairs = [pairs[i] for i in sorted(keep)]
-    return [(a, b, "target" if spk[a] == spk[b] else "nontarget") for a, b in pairs]
-
-
 def build_corpus(config: SynthConfig, *, overwrite: bool = False) -> dict:
     """Synthesize the corpus under config.out_dir; returns (and writes) summary.json's content.
     An out_dir with files `synth` did not write is refused unless `overwrite` (speechssl.outputs)."""
@@ -409,8 +399,9 @@ def build_corpus(config: SynthConfig, *, overwrite: bool = False) -> dict:
         path = out / subset / split
         _write_data_dir(path, group, results, config.sample_rate)
         if subset == "asv":
-            trials = make_trials(group, config.seed)
-            atomic_write_text(path / "trials", "".join(f"{a} {b} {t}\n" for a, b, t in trials))
+            # every pair, or a seeded sample of 20000 (the same list for the same seed)
+            trials = make_trials({s.uttid: s.speaker.spk_id for s in group}, max_trials=20000, seed=config.seed)
+            atomic_write_text(path / "trials", format_trials(trials))
         seconds = sum(results[s.uttid].num_samples for s in group) / config.sample_rate
         subsets[f"{subset}/{split}"] = {
             "hours": round(seconds / 3600.0, 4),

@@ -1,17 +1,29 @@
 """Compare upstreams task by task: a markdown + JSON table of results.json files and a
-PNG of the learned layer weights (one panel per task, one bar series per upstream)."""
+PNG of the learned layer weights (one panel per task, one bar series per upstream).
+
+Each upstream is named by its experiment record's `name` (`speechssl downstream train --name`,
+by default derived from the run, e.g. `hubert_iter2` for `exp/hubert_iter2/checkpoints/last`);
+two experiments of one task under one name are an error, one name over two different upstream
+sources a warning.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from speechssl.downstream.runner import RESULTS_FILE, results_file
+import yaml
+
+from speechssl.downstream.runner import EXP_FILE, RESULTS_FILE, results_file
 from speechssl.downstream.tasks import TASKS
 from speechssl.io import atomic_file, atomic_write_text
 from speechssl.outputs import check_output, write_marker
+
+log = logging.getLogger(__name__)
 
 REPORT_COMMAND = "downstream report"
 
@@ -36,8 +48,27 @@ def load_results(exp_dirs: Sequence[str | Path], split: str = "test") -> list[di
         if path is None:
             raise FileNotFoundError(f"{Path(exp) / results_file(split)} does not exist: run `speechssl downstream "
                                     f"evaluate --out {exp} --split {split}` first")
-        rows.append({**json.loads(path.read_text()), "exp": str(exp)})
+        row = {**json.loads(path.read_text()), "exp": str(exp)}
+        name = _recorded_name(Path(exp))
+        if name:  # the record names the upstream, also for results written before a rename
+            row["upstream"] = name
+        rows.append(row)
     return rows
+
+
+def _recorded_name(exp: Path) -> str | None:
+    """The `name` of EXP/downstream.yaml (None for records of a speechssl without names)."""
+    try:
+        record = yaml.safe_load((exp / EXP_FILE).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    name = record.get("name") if isinstance(record, dict) else None
+    return str(name) if name else None
+
+
+def _source(row: dict[str, Any]) -> str | None:
+    source = row.get("upstream_source")
+    return os.path.normpath(source) if isinstance(source, str) else None
 
 
 def _format(metric: str, value: float) -> str:
@@ -49,11 +80,23 @@ def results_table(rows: list[dict[str, Any]]) -> dict[str, Any]:
     upstreams = list(dict.fromkeys(r["upstream"] for r in rows))
     order = {name: i for i, name in enumerate(TASKS)}
     tasks: dict[str, Any] = {}
+    seen: dict[tuple[str, str], dict[str, Any]] = {}  # (task, name) -> its experiment
+    sources: dict[str, dict[str | None, dict[str, Any]]] = {}  # name -> source -> its first experiment
     for r in sorted(rows, key=lambda r: order.get(r["task"], len(order))):
         entry = tasks.setdefault(r["task"], {"metric": r["metric"], "split": r["split"], "values": {}, "extra": {}})
-        if r["upstream"] in entry["values"]:
-            raise ValueError(f"two experiments give task {r['task']} for upstream {r['upstream']} "
-                             f"({r['exp']} and another); pass one per task and upstream")
+        other = seen.setdefault((r["task"], r["upstream"]), r)
+        if other is not r:
+            raise ValueError(
+                f"two experiments give task {r['task']} for upstream {r['upstream']} ({other['exp']} from "
+                f"{other.get('upstream_source')} and {r['exp']} from {r.get('upstream_source')}); pass one per task "
+                "and upstream, or name the upstreams apart (`speechssl downstream train --name`, or the `name` of "
+                f"EXP/{EXP_FILE})")
+        first = sources.setdefault(r["upstream"], {}).setdefault(_source(r), r)
+        if first is r and len(sources[r["upstream"]]) > 1:
+            first = next(iter(sources[r["upstream"]].values()))
+            log.warning("upstream name %s stands for two sources: %s (%s) and %s (%s); name them apart with "
+                        "`speechssl downstream train --name`", r["upstream"], first.get("upstream_source"),
+                        first["exp"], r.get("upstream_source"), r["exp"])
         entry["values"][r["upstream"]] = r["value"]
         if r["task"] == "asv" and "min_dcf" in r.get("metrics", {}):
             entry["extra"].setdefault("min_dcf", {})[r["upstream"]] = r["metrics"]["min_dcf"]
@@ -112,9 +155,9 @@ def write_report(exp_dirs: Sequence[str | Path], out_dir: str | Path, *, split: 
     out_dir = Path(out_dir)
     rows = load_results(exp_dirs, split)
     check_output(out_dir, REPORT_COMMAND, overwrite=overwrite, inputs=tuple(exp_dirs))
+    table = results_table(rows)  # a name collision is refused before anything is written
     out_dir.mkdir(parents=True, exist_ok=True)
     write_marker(out_dir, REPORT_COMMAND)
-    table = results_table(rows)
     written = {"markdown": out_dir / "results.md", "json": out_dir / "results.json"}
     atomic_write_text(written["markdown"], markdown_table(table))
     atomic_write_text(written["json"], json.dumps({**table, "experiments": rows}, indent=2) + "\n")

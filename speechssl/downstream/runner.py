@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import replace
@@ -235,12 +236,16 @@ def _check_experiment_out(out_dir: Path, task: str, upstream_spec: str, resume: 
 
 def train_downstream(task: str, upstream_spec: str | Path, data_dir: str | Path, out_dir: str | Path,
                      config: DownstreamConfig | None = None, *, max_steps: int | None = None,
-                     resume: bool = False) -> dict[str, Any]:
+                     resume: bool = False, name: str | None = None) -> dict[str, Any]:
     """Train `task` on `data_dir/{train,dev,test}` over `upstream_spec` ("fbank" or any
     load_upstream source) into `out_dir`; returns (and writes to best.json) the chosen run.
+    `name` names the upstream in results and reports (default: `default_upstream_name`; a
+    resumed run keeps its recorded name).
 
     With `config.lr_sweep` one run per lr goes to `out_dir/lr_<lr>/` and the best dev metric wins.
     Every input is checked before anything is written (see the module docstring)."""
+    if name is not None and (not name.strip() or any(c in name for c in "|\n\r")):
+        raise ValueError(f"upstream name {name!r} must be non-empty text without '|' or line breaks")
     config = config or DownstreamConfig()
     if max_steps is not None:
         config = replace(config, max_steps=max_steps, eval_every=min(config.eval_every, max_steps))
@@ -257,14 +262,34 @@ def train_downstream(task: str, upstream_spec: str | Path, data_dir: str | Path,
         out_dir.mkdir(parents=True, exist_ok=True)
         write_marker(out_dir, TRAIN_COMMAND, experiment=True)
     with ExperimentLock(out_dir, TRAIN_COMMAND) if main else nullcontext():
-        return _train_locked(task_obj, str(upstream_spec), data_dir, out_dir, config, resume)
+        return _train_locked(task_obj, str(upstream_spec), data_dir, out_dir, config, resume, name)
+
+
+_GENERIC_DIRS = ("last", "best", "final", "checkpoints", "upstream")  # say nothing about which model it is
+
+
+def default_upstream_name(spec: str | Path) -> str:
+    """A readable name for an upstream in results and reports: a built-in's name, a file's stem, or
+    the nearest folder of the path that is not a generic one (`.../exp/hubert_iter2/checkpoints/last`
+    -> hubert_iter2, `exp/distill/final` -> distill), never just `last`."""
+    path = Path(spec)
+    if not path.is_dir():
+        return upstream_name(spec)
+    parts = Path(os.path.abspath(path)).parts
+    for part in reversed(parts[1:]):
+        if part not in _GENERIC_DIRS and not (part.startswith("step_") and part[5:].isdigit()):
+            return part
+    return upstream_name(spec)
 
 
 def _train_locked(task_obj: Task, upstream_spec: str, data_dir: Path, out_dir: Path, config: DownstreamConfig,
-                  resume: bool) -> dict[str, Any]:
+                  resume: bool, name: str | None = None) -> dict[str, Any]:
     task = task_obj.name
-    exp = {"task": task, "upstream": upstream_spec, "data_dir": str(data_dir.resolve()), "config": to_dict(config)}
     exp_path = out_dir / EXP_FILE
+    if name is None and resume and exp_path.is_file():
+        name = (yaml.safe_load(exp_path.read_text()) or {}).get("name")
+    exp = {"task": task, "upstream": upstream_spec, "name": name or default_upstream_name(upstream_spec),
+           "data_dir": str(data_dir.resolve()), "config": to_dict(config)}
     if env_rank() == 0:
         atomic_write_text(exp_path, yaml.safe_dump(exp, sort_keys=False))
         task_obj.save()
@@ -317,7 +342,7 @@ def evaluate_downstream(out_dir: str | Path, split: str = "test") -> dict[str, A
     trainable, total = model.num_parameters()
     results = {
         "task": task.name, "metric": task.metric, "value": values[task.metric], "split": split,
-        "upstream": upstream_name(exp["upstream"]), "upstream_source": exp["upstream"],
+        "upstream": exp.get("name") or default_upstream_name(exp["upstream"]), "upstream_source": exp["upstream"],
         "trainable_params": trainable, "total_params": total, "metrics": values,
         "lr": best["lr"], "step": best["step"], "checkpoint": str(checkpoint),
         "featurizer": config.featurizer.name, "layer_weights": model.layer_weights(),

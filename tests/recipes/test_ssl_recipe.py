@@ -55,6 +55,8 @@ def test_mini_recipe_runs_every_stage_and_resumes_from_markers(tmp_path):
     assert all(0.0 <= r["pnmi"] <= 1.0 for r in quality["results"])
     assert (cwd / "exp/hubert_unit_quality.png").is_file()
     assert (cwd / "exp/hubert.onnx").is_file()  # the filterbank frontend exports to ONNX (not hf)
+    for dset in ("read_train", "read_dev"):  # one log per feature shard (the recipe's job pool)
+        assert all((cwd / f"dump/mfcc/log/features.{dset}.{r}.log").is_file() for r in (0, 1))
     summary = (cwd / "exp/hubert_summary.md").read_text()
     assert "PNMI" in summary and "exp/hubert_iter2" in summary
 

@@ -86,6 +86,15 @@ def test_mini_superb_recipe_runs_every_task(work, tmp_path):
             value = entry["values"][upstream]
             assert isinstance(value, float | int) and math.isfinite(value), (task, upstream, value)
     assert "| asv | eer (%) (test) |" in (report / "results.md").read_text()
+    # the name is the experiment's own record (`downstream train --name`), not a symlink's name
+    assert not (work / "exp" / "upstreams").exists()
+    record = (work / "exp" / "ks_hubert_mini" / "downstream.yaml").read_text()
+    assert "name: hubert_mini" in record and f"upstream: {hubert}" in record
+    # every job of the pool has its own log
+    assert (work / "exp" / "ks_hubert_mini.train.log").is_file() and (work / "exp" / "ks_fbank" / "evaluate.log").is_file()
+    # the dev trials of `speechssl data trials`: every pair of the combined dev dir
+    dev_ids = (data / "asv" / "dev" / "utt2spk").read_text().split("\n")
+    assert len([line for line in trials if line]) == len([x for x in dev_ids if x]) * (len([x for x in dev_ids if x]) - 1) // 2
 
     # re-running skips finished work (markers) and still reports
     again = _run(work, "--upstreams", f"fbank {hubert}", "--max_steps", "2", "--stage", "3")
@@ -115,3 +124,14 @@ def test_missing_upstream_and_config_are_named(work):
     (work / "conf" / "ic.yaml").unlink()
     proc = _run(work, "--stage", "3", timeout=120)
     assert proc.returncode == 2 and "downstream config conf/ic.yaml of task ic does not exist" in proc.stdout
+
+
+def test_a_failed_job_stops_the_recipe_with_the_end_of_its_log(work):
+    for split in ("train", "dev", "test"):
+        (work / "data" / "ks" / split).mkdir(parents=True)
+    # the sweep reaches the config as a YAML list; 1e-2 is read as a float, -1 is refused by the library
+    proc = _run(work, "--stage", "3", "--stop_stage", "4", "--tasks", "ks", "--lr_sweep", "1e-2  -1", timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Error: job failed (log: exp/ks_fbank.train.log)" in proc.stderr
+    assert "lr_sweep must hold positive learning rates, found [0.01, -1.0]" in proc.stderr
+    assert "Stage 4" not in proc.stdout

@@ -22,12 +22,10 @@ partner per utterance, seeded) pick the checkpoint; the rest is `asv/train`.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
-
 from speechssl.data.datadir import compute_durations, write_data_dir
+from speechssl.data.trials import format_trials, make_trials
 from speechssl.io import atomic_write_text
 from speechssl.outputs import claim_directories
 
@@ -109,26 +107,6 @@ def _write(target: Path, wavs: dict[str, str], nj: int) -> Path:
     return target
 
 
-def dev_trials(utts: list[str], seed: int) -> list[tuple[str, str, str]]:
-    """One target and one nontarget partner per utterance (when it has any), seeded."""
-    rng = np.random.default_rng(seed)
-    by_spk: dict[str, list[str]] = defaultdict(list)
-    for u in utts:
-        by_spk[u.split("-")[0]].append(u)
-    trials = []
-    for u in utts:
-        same = [v for v in by_spk[u.split("-")[0]] if v != u]
-        if same:
-            trials.append((u, same[int(rng.integers(len(same)))], "target"))
-        if len(by_spk) > 1:
-            while True:
-                v = utts[int(rng.integers(len(utts)))]
-                if v.split("-")[0] != u.split("-")[0]:
-                    trials.append((u, v, "nontarget"))
-                    break
-    return trials
-
-
 def prepare_voxceleb1(root: str | Path, out_dir: str | Path, *, tasks: tuple[str, ...] = ("sid", "asv"),
                       iden_split: str | Path | None = None, veri_trials: str | Path | None = None,
                       seed: int = 0, nj: int = 1, overwrite: bool = False) -> dict[str, Path]:
@@ -173,8 +151,8 @@ def prepare_voxceleb1(root: str | Path, out_dir: str | Path, *, tasks: tuple[str
             raise ValueError(f"{iden_path}: no training speakers left outside the trial list {trial_path}")
         written["asv/train"] = _write(out_dir / "asv" / "train", train, nj)
         written["asv/dev"] = _write(out_dir / "asv" / "dev", dev, nj)
-        pairs = dev_trials(sorted(dev), seed)
-        atomic_write_text(out_dir / "asv" / "dev" / "trials", "".join(f"{a} {b} {t}\n" for a, b, t in pairs))
+        pairs = make_trials({u: u.split("-")[0] for u in dev}, per_utterance=1, seed=seed)
+        atomic_write_text(out_dir / "asv" / "dev" / "trials", format_trials(pairs))
         written["asv/test"] = _write(out_dir / "asv" / "test", test, nj)
         atomic_write_text(out_dir / "asv" / "test" / "trials", "".join(lines))
         logger.info("voxceleb1 asv: %d train / %d dev utterances (%d speakers); %d test trials over %d speakers",

@@ -75,20 +75,9 @@ if [ ! -f "${corpus}/asv/test/trials" ]; then
     echo "$0: ${corpus}/asv/test/trials is missing from the corpus" >&2; exit 2
 fi
 ln -sfn "${corpus}/asv/test" "${out_dir}/asv/test"
+# every pair of dev utterances as a trial (`speechssl data trials` refuses a list without
+# target or nontarget trials: a corpus too small for an EER)
 dev="${out_dir}/asv/dev"
-rm -rf "${dev}.tmp"; mkdir -p "${dev}.tmp"
-for f in wav.scp utt2spk text utt2dur; do
-    cat "${corpus}/read/dev/${f}" "${corpus}/read/test/${f}" | LC_ALL=C sort -k1,1 > "${dev}.tmp/${f}"
-done
-# spk2utt from utt2spk; trials: every pair (enroll < test in sorted order)
-awk '{ u[$2] = u[$2] " " $1 } END { for (s in u) print s u[s] }' "${dev}.tmp/utt2spk" | LC_ALL=C sort -k1,1 \
-    > "${dev}.tmp/spk2utt"
-awk '{ utt[NR] = $1; spk[NR] = $2 }
-     END { for (i = 1; i <= NR; i++) for (j = i + 1; j <= NR; j++)
-               print utt[i], utt[j], (spk[i] == spk[j] ? "target" : "nontarget") }' \
-    "${dev}.tmp/utt2spk" > "${dev}.tmp/trials"
-if ! grep -q ' target$' "${dev}.tmp/trials" || ! grep -q ' nontarget$' "${dev}.tmp/trials"; then
-    echo "$0: ${dev}/trials needs target and nontarget trials; the corpus is too small" >&2; exit 2
-fi
-rm -rf "${dev}"; mv "${dev}.tmp" "${dev}"
+speechssl data combine --out "${dev}" "${corpus}/read/dev" "${corpus}/read/test"
+speechssl data trials "${dev}"
 echo "$0: task data dirs under ${out_dir}: pr asr sid ks ic asv (corpus ${corpus})"
