@@ -129,6 +129,9 @@ def from_dict(cls: type[T], data: dict[str, Any], *, source: str | None = None, 
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in data.items():
+        renamed = getattr(cls, "RENAMED_KEYS", {}).get(key)  # a key an earlier release used
+        if key not in fields and renamed is not None:
+            raise ConfigError(f"unknown key '{key}'{_describe(source, section)}: {key} is now {renamed}")
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(fields))}"

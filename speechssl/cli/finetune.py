@@ -61,5 +61,5 @@ def run_finetune(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     from speechssl.tuning.ctc_finetune import evaluate_finetuned
 
-    print(json.dumps(evaluate_finetuned(args.eval_out, args.eval_data, batch_seconds=args.batch_seconds)))
+    print(json.dumps(evaluate_finetuned(args.eval_out, args.eval_data, max_batch_seconds=args.batch_seconds)))
     return 0

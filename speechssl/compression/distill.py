@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from speechssl.compression.config import DistillConfig, LossConfig, StudentConfig
 from speechssl.config import load_config
-from speechssl.data.dataset import Batch, collate_audio
+from speechssl.data.dataset import Batch
 from speechssl.interop.upstream import Upstream, load_upstream, normalize_waveform, require_network
 from speechssl.models.checkpoint import save_checkpoint
 from speechssl.models.config import ModelConfig
@@ -30,8 +30,8 @@ from speechssl.models.model import SSLModel, build_model
 from speechssl.objectives.masking import MaskConfig, compute_mask_indices
 from speechssl.training.distributed import distributed, env_rank
 from speechssl.training.experiment import experiment
-from speechssl.training.pretrain import build_data
-from speechssl.training.trainer import TrainResult, train
+from speechssl.training.pretrain import build_data, train_loaders
+from speechssl.training.trainer import TrainResult
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ class Distiller(FrozenTeacher):
     def _mask_indices(self, wav_lens: Tensor) -> Tensor | None:
         if self.mask is None or not self.training:
             return None
-        frames = self.student.feature_extractor.output_lengths(wav_lens)  # (B,)
+        frames = self.student.num_frames(wav_lens)  # (B,)
         m = self.mask
         return compute_mask_indices(frames, int(frames.max()), mask_prob=m.mask_prob, mask_length=m.mask_length,
                                     min_masks=m.min_masks, no_overlap=m.no_overlap, min_space=m.min_space,
@@ -179,11 +179,10 @@ def run_training(module: nn.Module, config: Any, train_dir: Path, valid_dir: Pat
                  begin: Callable[[], None] | None = None) -> TrainResult:
     """Train `module` on the audio of `train_dir` (the teacher gives the frame counts). `begin`
     runs once the data is checked, before anything is written (Experiment.begin)."""
-    train_set, train_sampler, valid_set, valid_sampler = build_data(config, teacher, train_dir, valid_dir)
+    loaders = build_data(config, teacher, train_dir, valid_dir)
     if begin is not None:
         begin()
-    return train(module, train_set, collate_audio, train_sampler, config.trainer, out_dir,
-                 valid_dataset=valid_set, valid_sampler=valid_sampler, resume=resume, save_config=save_config)
+    return train_loaders(module, loaders, config.trainer, out_dir, resume=resume, save_config=save_config)
 
 
 def load_teacher(source: str | Path) -> Upstream:

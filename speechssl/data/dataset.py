@@ -6,10 +6,10 @@ from utt2dur, else segments, else audio headers, and feed the
 `DurationBucketSampler` (`dataset.durations`, one per dataset index).
 
 Targets are `utt-id -> raw string` tables (units, transcripts, labels),
-turned into values by a target transform (`parse_units`, `ClassIndex`, or
-any `str -> value` callable). Their ids must equal the data dir's: a partial
-label file is a common silent bug, so it is an error naming the first
-missing and extra ids and the file.
+turned into values by a target transform (`ClassIndex`, the units parser
+`speechssl.units.parse_units`, or any `str -> value` callable). Their ids
+must equal the data dir's: a partial label file is a common silent bug, so
+it is an error naming the first missing and extra ids and the file.
 """
 
 from __future__ import annotations
@@ -38,15 +38,6 @@ TargetSource = Mapping[str, str] | str | os.PathLike
 
 
 # ---------------------------------------------------------------- target transforms
-
-
-def parse_units(value: str) -> torch.Tensor:
-    """'12 7 7 3' -> LongTensor [4]: discrete units (or alignments) at the frame rate."""
-    try:
-        return torch.tensor([int(tok) for tok in value.split()], dtype=torch.long)
-    except ValueError:
-        bad = next(tok for tok in value.split() if not tok.lstrip("-").isdigit())
-        raise ValueError(f"expected integer units, found '{bad}'") from None
 
 
 class ClassIndex:
@@ -325,11 +316,14 @@ class AudioDataset(Dataset):
 
 @dataclass
 class Batch:
-    """Padded audio with lengths, and targets.
+    """Padded audio with lengths, and targets: the one batch type of every training and
+    evaluation loop (speechssl.data.batching), which the trainer moves with `to`.
 
     wavs: (B, S) float, zero-padded; wav_lens: (B,) valid samples.
     targets: name -> (B, L...) padded tensor (lengths in `target_lens`),
     (B,) stacked scalars, or a list (strings and other values).
+    Task code reads targets by name: `batch["phones"]` is `targets["phones"]`,
+    `batch["phones_lens"]` is `target_lens["phones"]`, `batch["utt_ids"]` the ids.
     """
 
     utt_ids: list[str]
@@ -340,6 +334,15 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.utt_ids)
+
+    def __getitem__(self, name: str) -> Any:
+        if name == "utt_ids":
+            return self.utt_ids
+        if name in self.targets:
+            return self.targets[name]
+        if name.endswith("_lens") and name[: -len("_lens")] in self.target_lens:
+            return self.target_lens[name[: -len("_lens")]]
+        raise KeyError(f"batch has no target '{name}' (targets: {', '.join(self.targets) or 'none'})")
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """Move every tensor to `device`."""

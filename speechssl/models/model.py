@@ -52,6 +52,14 @@ class SSLModel(nn.Module):
     def num_layers(self) -> int:
         return len(self.encoder.layers)
 
+    def num_frames(self, samples: Tensor | int) -> Tensor | int:
+        """Valid output frames for `samples` valid input samples: a (B,) tensor (-> (B,) long,
+        on its device) or one count (-> int, no device involved). The one frame count of the
+        model (its frontend's), for masks, label checks and padding."""
+        if isinstance(samples, Tensor):
+            return self.feature_extractor.output_lengths(samples)
+        return int(self.feature_extractor.output_lengths(torch.tensor(samples)))
+
     @property
     def hidden_dim(self) -> int:
         return self.config.encoder.embed_dim
@@ -67,8 +75,8 @@ class SSLModel(nn.Module):
         if wavs.dim() != 2:
             raise ValueError(f"expected waveforms of shape (batch, samples), found {tuple(wavs.shape)}")
         extractor = self.feature_extractor
-        num_frames = int(extractor.output_lengths(torch.tensor(wavs.shape[1])))  # CPU scalar
-        frames = extractor.output_lengths(lengths).tolist()  # the one host read
+        num_frames = self.num_frames(wavs.shape[1])  # CPU scalar
+        frames = self.num_frames(lengths).tolist()  # the one host read
         too_short = [i for i, n in enumerate(frames) if n <= 0]
         if too_short:
             field = getattr(extractor, "receptive_field", "?")

@@ -66,9 +66,7 @@ class PretrainModelConfig:
 
 def _frame_lengths(model: SSLModel, wavs: Tensor, lengths: Tensor) -> tuple[Tensor, int]:
     """Valid frames per utterance and the padded frame count, before running the network."""
-    extractor = model.feature_extractor
-    num_frames = int(extractor.output_lengths(torch.tensor(wavs.shape[1])))  # CPU scalar: no device sync
-    return extractor.output_lengths(lengths), num_frames
+    return model.num_frames(lengths), model.num_frames(wavs.shape[1])  # the int: a CPU scalar, no device sync
 
 
 def masked_forward(

@@ -13,6 +13,7 @@ import logging
 import signal
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -46,13 +47,26 @@ class ToyDataset(torch.utils.data.Dataset):
         return {"x": self.items[i], "y": self.targets[i]}
 
 
-def toy_collate(items: list[dict]) -> dict:
-    """Pad to the longest item: x (B, T, dim), lengths (B,), y (B,)."""
+@dataclass
+class ToyBatch:
+    """x (B, T, dim) zero-padded, wav_lens (B,) valid frames (the trainer's audio-seconds and
+    padding statistics read `wav_lens`, as on speechssl.data.dataset.Batch), y (B,)."""
+
+    x: torch.Tensor
+    wav_lens: torch.Tensor
+    y: torch.Tensor
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> ToyBatch:
+        return ToyBatch(*(t.to(device, non_blocking=non_blocking) for t in (self.x, self.wav_lens, self.y)))
+
+
+def toy_collate(items: list[dict]) -> ToyBatch:
+    """Pad to the longest item."""
     lengths = torch.tensor([it["x"].shape[0] for it in items])
     x = torch.zeros(len(items), int(lengths.max()), items[0]["x"].shape[1])
     for b, it in enumerate(items):
         x[b, : it["x"].shape[0]] = it["x"]
-    return {"x": x, "lengths": lengths, "y": torch.stack([it["y"] for it in items])}
+    return ToyBatch(x, lengths, torch.stack([it["y"] for it in items]))
 
 
 class ToyModel(nn.Module):
@@ -67,13 +81,13 @@ class ToyModel(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(hidden, 1)
 
-    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x, lengths = batch["x"], batch["lengths"]  # (B, T, D), (B,)
+    def forward(self, batch: ToyBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x, lengths = batch.x, batch.wav_lens  # (B, T, D), (B,)
         valid = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]  # (B, T)
         x = x + self.mask_emb * 0.1
         pooled = (x * valid[..., None]).sum(1) / lengths[:, None]  # (B, D)
         pred = self.out(self.dropout(self.norm(self.proj(pooled)))).squeeze(-1)  # (B,)
-        err = pred.float() - batch["y"]
+        err = pred.float() - batch.y
         loss = (err**2).mean()
         return loss, {"mae": err.abs().mean().detach(), "pred_mean": pred.mean().detach()}
 

@@ -15,16 +15,17 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from speechssl.config import ConfigError, apply_override, from_dict, load_yaml, save_config
 from speechssl.data.audio import SAMPLE_RATE, audio_info
-from speechssl.data.dataset import AudioDataset, Batch, collate_audio, parse_units
+from speechssl.data.batching import BatchingConfig, build_loader
+from speechssl.data.dataset import AudioDataset, Batch
 from speechssl.data.kaldi import read_table
-from speechssl.data.sampler import DurationBucketSampler
 from speechssl.io import atomic_write_text
 from speechssl.models.config import ModelConfig
 from speechssl.models.frontends import normalize_waveform
@@ -38,28 +39,25 @@ from speechssl.training.distributed import distributed, env_rank, env_world_size
 from speechssl.training.experiment import experiment
 from speechssl.training.trainer import TrainResult, train
 from speechssl.units.check import check_label_lengths
-from speechssl.units.kmeans import read_labels
+from speechssl.units.labels import check_unit_ids, parse_units, read_labels
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
-class PretrainDataConfig:
-    """How utterances become batches (fairseq: task.max_sample_size, dataset.max_tokens)."""
+class PretrainDataConfig(BatchingConfig):
+    """How utterances become batches (fairseq: task.max_sample_size, dataset.max_tokens); the
+    batching fields are those of every training command (speechssl.data.batching)."""
 
     max_batch_seconds: float = 87.5  # padded audio-seconds per device and micro-batch (fairseq max_tokens 1.4M)
-    max_batch_size: int | None = None  # utterances per micro-batch, on top of the seconds cap
     max_seconds: float | None = 15.625  # longer utterances are cropped (fairseq max_sample_size 250000)
-    crop: Literal["random", "start"] = "random"  # where the crop window goes (random: new each epoch)
-    num_buckets: int = 100  # length buckets of the sampler (more: less padding, less shuffling)
     skip_bad: bool = False  # skip unreadable utterances (counted and logged) instead of stopping
     label_rate: float | None = None  # units per second; None: the model's frame rate (a stated one must match)
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_seconds", "max_seconds", "label_rate"):
-            value = getattr(self, name)
-            if value is not None and not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a finite number > 0, found {value}")
+        super().__post_init__()
+        if self.label_rate is not None and not (math.isfinite(self.label_rate) and self.label_rate > 0):
+            raise ValueError(f"label_rate must be a finite number > 0, found {self.label_rate}")
         if self.max_seconds is not None and self.max_seconds > self.max_batch_seconds:
             raise ValueError(
                 f"max_seconds ({self.max_seconds}) exceeds max_batch_seconds ({self.max_batch_seconds}):"
@@ -154,14 +152,17 @@ def _units_dirs(data_dir: Path, units: Sequence[str]) -> list[Path]:
 
 
 class TrainData(NamedTuple):
-    train_set: AudioDataset
-    train_sampler: DurationBucketSampler
-    valid_set: AudioDataset | None
-    valid_sampler: DurationBucketSampler | None
+    train: DataLoader  # its batch_sampler is this rank's DurationBucketSampler
+    valid: DataLoader | None
 
 
-def _frames_for(model: SSLModel, samples: int) -> int:
-    return int(model.feature_extractor.output_lengths(torch.tensor(samples)))
+def train_loaders(model: nn.Module, loaders: TrainData, trainer: TrainerConfig, out_dir: Path,
+                  **kwargs: Any) -> TrainResult:
+    """`train` on the loaders of `build_data` (the trainer re-opens them every epoch)."""
+    train_loader, valid = loaders
+    return train(model, train_loader.dataset, train_loader.collate_fn, train_loader.batch_sampler, trainer, out_dir,
+                 valid_dataset=None if valid is None else valid.dataset,
+                 valid_sampler=None if valid is None else valid.batch_sampler, **kwargs)
 
 
 def build_dataset(
@@ -195,7 +196,7 @@ def build_dataset(
     if not train and not data.skip_bad:
         check_audio_readable(dataset)
     num_samples = {utt: round(sec * SAMPLE_RATE) for utt, sec in zip(dataset.utt_ids(), dataset.full_durations)}
-    too_short = [utt for utt, n in num_samples.items() if _frames_for(model, n) < 1]
+    too_short = [utt for utt, n in num_samples.items() if model.num_frames(n) < 1]
     if too_short:
         raise ValueError(
             f"{data_dir}: {len(too_short)} utterance(s) are shorter than one model frame"
@@ -206,13 +207,11 @@ def build_dataset(
         path = data_dir / name / "labels"
         labels = read_labels(path)
         try:
-            check_label_lengths(labels, num_samples, lambda n: _frames_for(model, n))
+            check_label_lengths(labels, num_samples, model.num_frames)
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from None
         if i < len(num_classes):
-            bad = [utt for utt, seq in labels.items() if seq and (max(seq) >= num_classes[i] or min(seq) < 0)]
-            if bad:
-                raise ValueError(f"{path}: unit ids outside 0..{num_classes[i] - 1} in {', '.join(bad[:5])}")
+            check_unit_ids(labels, num_classes[i], where=path)
     return dataset
 
 
@@ -241,25 +240,17 @@ def build_data(
     config: Any, model: SSLModel, train_dir: Path, valid_dir: Path | None, *,
     units: Sequence[str] = (), num_classes: Sequence[int] = (),
 ) -> TrainData:  # fmt: skip
-    """Datasets and duration-bucketed samplers of a training run (this rank's share)."""
-    data = config.data
-    sampler_args = dict(
-        max_batch_size=data.max_batch_size, num_replicas=env_world_size(), rank=env_rank(),
-        seed=config.trainer.seed, num_buckets=data.num_buckets,
-    )  # fmt: skip
+    """Training and validation loaders of a run (this rank's share): `config.data` is a
+    BatchingConfig (speechssl.data.batching), `config.trainer.seed` seeds the batches."""
+    shard = dict(seed=config.trainer.seed, rank=env_rank(), world_size=env_world_size())
     train_set = build_dataset(train_dir, config, model, units=units, num_classes=num_classes, train=True)
-    train_sampler = DurationBucketSampler(
-        train_set.durations, data.max_batch_seconds, long_utterances="crop" if data.max_seconds else "drop",
-        **sampler_args,
-    )
-    valid_set = valid_sampler = None
+    train = build_loader(train_set, config.data, train=True, **shard)
+    valid = None
     if valid_dir is not None:
         check_units_match(train_dir, Path(valid_dir), units)
         valid_set = build_dataset(Path(valid_dir), config, model, units=units, num_classes=num_classes, train=False)
-        # validation keeps every utterance: the cap grows to the longest one
-        cap = max(data.max_batch_seconds, max(valid_set.durations, default=0.0))
-        valid_sampler = DurationBucketSampler(valid_set.durations, cap, shuffle=False, **sampler_args)
-    return TrainData(train_set, train_sampler, valid_set, valid_sampler)
+        valid = build_loader(valid_set, config.data, train=False, **shard)
+    return TrainData(train, valid)
 
 
 def pretrain(
@@ -296,9 +287,9 @@ def pretrain(
         torch.manual_seed(config.trainer.seed)  # the same initial weights on every rank
         model = build_pretrain_model(config.network())
         num_classes = config.hubert.num_classes if family == "hubert" else ()
-        train_set, train_sampler, valid_set, valid_sampler = build_data(
-            config, getattr(model, family), train_dir, valid_dir, units=units, num_classes=num_classes
-        )
+        loaders = build_data(config, getattr(model, family), train_dir, valid_dir, units=units,
+                             num_classes=num_classes)
+        train_set, train_sampler = loaders.train.dataset, loaders.train.batch_sampler
         run.begin()
         if env_rank() == 0:
             save_config(config, out_dir / "config.yaml")  # the resolved config, next to the experiment
@@ -308,11 +299,8 @@ def pretrain(
             train_sampler.padding_efficiency(),
         )  # fmt: skip
         objective = BatchObjective(model, units, normalize=config.model.normalize_waveform)
-        result = train(
-            objective, train_set, collate_audio, train_sampler, config.trainer, out_dir,
-            valid_dataset=valid_set, valid_sampler=valid_sampler, resume=run.resume_from or False,
-            save_config=config,
-        )  # fmt: skip
+        result = train_loaders(objective, loaders, config.trainer, out_dir, resume=run.resume_from or False,
+                               save_config=config)
         if env_rank() == 0:
             write_run_summary(out_dir, result, world_size=env_world_size())
     return result

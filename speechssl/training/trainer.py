@@ -54,7 +54,6 @@ from speechssl.training.schedules import build_schedule, set_lr
 log = logging.getLogger("speechssl.training")
 
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-_LENGTH_KEYS = ("wav_lens", "lengths", "audio_lengths")
 
 
 class BadStepsError(SpeechSSLError, RuntimeError):
@@ -78,17 +77,10 @@ class TrainResult:
 
 
 def default_batch_lengths(batch: Any) -> torch.Tensor | None:
-    """Valid samples per utterance: a batch object's `wav_lens` (speechssl.data.dataset.Batch)
-    or a dict batch's `wav_lens`/`lengths`/`audio_lengths`."""
+    """Valid samples per utterance: the batch's `wav_lens` (speechssl.data.dataset.Batch, the
+    batch of every speechssl training loop); None for a batch without them (pass `batch_lengths`)."""
     value = getattr(batch, "wav_lens", None)
-    if isinstance(value, torch.Tensor) and value.ndim == 1:
-        return value
-    if isinstance(batch, dict):
-        for key in _LENGTH_KEYS:
-            value = batch.get(key)
-            if isinstance(value, torch.Tensor) and value.ndim == 1:
-                return value
-    return None
+    return value if isinstance(value, torch.Tensor) and value.ndim == 1 else None
 
 
 def to_device(batch: Any, device: torch.device, non_blocking: bool = False) -> Any:

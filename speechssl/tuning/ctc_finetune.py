@@ -18,21 +18,22 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torchaudio
 import yaml
 from safetensors.torch import save_file
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from speechssl.config import from_dict, load_config, to_dict
-from speechssl.data.dataset import AudioDataset, collate_audio
+from speechssl.data.batching import BatchingConfig, build_loader
+from speechssl.data.dataset import AudioDataset, Batch
 from speechssl.data.kaldi import read_table
-from speechssl.data.sampler import DurationBucketSampler
 from speechssl.interop.upstream import Upstream, normalize_waveform
 from speechssl.io import atomic_file, atomic_write_text
 from speechssl.models.checkpoint import save_checkpoint
@@ -48,6 +49,8 @@ from speechssl.tuning.methods import TuningConfig, TuningReport, apply_tuning, c
 log = logging.getLogger(__name__)
 
 BLANK, UNK, SEPARATOR = "<blank>", "<unk>", "|"
+TEXT = "text"  # the dataset target that holds the encoded transcript
+PAD = -1  # padding of the encoded transcripts in a batch
 
 
 def _default_trainer() -> TrainerConfig:
@@ -63,6 +66,7 @@ def _default_mask() -> MaskConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class CTCFinetuneConfig:
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {"batch_seconds": "max_batch_seconds"}  # old YAMLs: one-line hint
     trainer: TrainerConfig = field(default_factory=_default_trainer)
     tuning: TuningConfig = field(default_factory=lambda: TuningConfig(method="full"))
     freeze_finetune_updates: int = 10000  # fairseq: updates during which only the head trains
@@ -70,7 +74,7 @@ class CTCFinetuneConfig:
     apply_mask: bool = True  # fairseq: apply_mask
     layerdrop: float | None = 0.1  # fairseq: layerdrop (of the encoder while fine-tuning); None: keep the model's
     final_dropout: float = 0.0  # fairseq: final_dropout (before the CTC head)
-    batch_seconds: float = 200.0  # padded audio per batch and rank (fairseq max_tokens 3.2M samples)
+    max_batch_seconds: float = 200.0  # padded audio per batch and rank (fairseq max_tokens 3.2M samples)
     max_batch_size: int | None = None
 
     def __post_init__(self) -> None:
@@ -81,11 +85,14 @@ class CTCFinetuneConfig:
             raise ValueError(f"layerdrop must be in [0, 1) or null, found {self.layerdrop}")
         if not 0 <= self.final_dropout < 1:
             raise ValueError(f"final_dropout must be in [0, 1), found {self.final_dropout}")
-        if not (self.batch_seconds > 0 and math.isfinite(self.batch_seconds)):
-            raise ValueError(f"batch_seconds must be a finite number > 0, found {self.batch_seconds}")
+        self.batching()  # validates max_batch_seconds and max_batch_size
         if self.tuning.method == "frozen":
             raise ValueError("CTC fine-tuning needs a tuning method that trains something; found 'frozen' "
                              "(use `speechssl downstream` for frozen-upstream evaluation)")
+
+    def batching(self) -> BatchingConfig:
+        """The batching settings (utterances are never cropped)."""
+        return BatchingConfig(max_batch_seconds=self.max_batch_seconds, max_batch_size=self.max_batch_size)
 
 
 # ----------------------------------------------------------------------------- characters
@@ -172,18 +179,19 @@ class CTCFinetuneModel(nn.Module):
             x, lengths = self.encode(wavs, wav_lens)
         return self.head(self.final_dropout(x)).float().log_softmax(dim=-1), lengths
 
-    def forward(self, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
-        """batch: wavs (B, S), wav_lens (B,), targets (B, L) padded, target_lens (B,)."""
+    def forward(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        """batch: wavs (B, S), wav_lens (B,), the "text" target (B, L) padded with -1 and its lengths."""
         frozen = False
         if self.training:
             frozen = self.num_updates < self.config.freeze_finetune_updates
             self._count = (self._count or 0) + 1  # num_updates read it from the buffer above
             self.num_micro_batches.add_(1)
-        log_probs, lengths = self.log_probs(batch["wavs"], batch["wav_lens"], frozen=frozen)  # (B, T, V)
-        loss = ctc_loss(log_probs, lengths, batch["targets"], batch["target_lens"])
+        log_probs, lengths = self.log_probs(batch.wavs, batch.wav_lens, frozen=frozen)  # (B, T, V)
+        targets, target_lens = batch.targets[TEXT], batch.target_lens[TEXT]  # (B, L), (B,)
+        loss = ctc_loss(log_probs, lengths, targets, target_lens)
         metrics: dict[str, Tensor] = {}
         if not self.training:
-            errors, chars = char_errors(log_probs, lengths, batch["targets"], batch["target_lens"])
+            errors, chars = char_errors(log_probs, lengths, targets, target_lens)
             metrics["cer"] = torch.tensor(errors / max(chars, 1))
         return loss, metrics
 
@@ -205,24 +213,16 @@ def _dataset(data_dir: str | Path, vocab: CharVocab, role: str = "evaluation") -
     text = Path(data_dir) / "text"
     if not text.is_file():
         raise FileNotFoundError(f"CTC fine-tuning needs transcripts: {text} does not exist")
-    dataset = AudioDataset(data_dir, targets={"text": text}, target_transforms={"text": vocab.encode})
+    dataset = AudioDataset(data_dir, targets={TEXT: text}, target_transforms={TEXT: vocab.encode})
     if len(dataset) == 0:  # found now, not at the first checkpoint
         raise ValueError(f"{role} data dir {data_dir} holds no utterances: its wav.scp is empty;"
                          f" give a non-empty {role} set")
     return dataset
 
 
-def collate_ctc(items: list) -> dict:
-    """Dataset items -> the dict the Trainer moves to the device and CTCFinetuneModel reads."""
-    batch = collate_audio(items, target_pad_value=-1)
-    return {"utt_ids": batch.utt_ids, "wavs": batch.wavs, "wav_lens": batch.wav_lens,
-            "targets": batch.targets["text"], "target_lens": batch.target_lens["text"]}
-
-
-def _sampler(dataset: AudioDataset, config: CTCFinetuneConfig, *, shuffle: bool) -> DurationBucketSampler:
-    return DurationBucketSampler(dataset.durations, config.batch_seconds, max_batch_size=config.max_batch_size,
-                                 num_replicas=env_world_size(), rank=env_rank(), seed=config.trainer.seed,
-                                 shuffle=shuffle)
+def _loader(dataset: AudioDataset, config: CTCFinetuneConfig, *, train: bool) -> DataLoader:
+    return build_loader(dataset, config.batching(), train=train, seed=config.trainer.seed, rank=env_rank(),
+                        world_size=env_world_size(), target_pad_value=PAD)
 
 
 def build_vocab(train_dir: str | Path, out_dir: str | Path, *, resume: bool = False) -> CharVocab:
@@ -288,8 +288,10 @@ def finetune_ctc(upstream: Upstream, train_dir: str | Path, out_dir: str | Path,
     if env_rank() == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         vocab.save(out_dir / "vocab.txt")
-    result = train(model, train_set, collate_ctc, _sampler(train_set, config, shuffle=True), trainer_config, out_dir,
-                   valid_dataset=valid_set, valid_sampler=_sampler(valid_set, config, shuffle=False) if valid_set else None,
+    loader = _loader(train_set, config, train=True)
+    valid_loader = _loader(valid_set, config, train=False) if valid_set is not None else None
+    result = train(model, train_set, loader.collate_fn, loader.batch_sampler, trainer_config, out_dir,
+                   valid_dataset=valid_set, valid_sampler=None if valid_loader is None else valid_loader.batch_sampler,
                    resume=resume, save_config=config)
     final = out_dir / "final"
     if env_rank() == 0:
@@ -306,24 +308,24 @@ def finetune_ctc(upstream: Upstream, train_dir: str | Path, out_dir: str | Path,
 
 
 @torch.no_grad()
-def evaluate_ctc(model: CTCFinetuneModel, data_dir: str | Path, *, batch_seconds: float = 100.0) -> dict[str, float]:
+def evaluate_ctc(model: CTCFinetuneModel, data_dir: str | Path, *, max_batch_seconds: float = 100.0) -> dict[str, float]:
     """Mean CTC loss per utterance and greedy character error rate (|edits| / |reference chars|,
     the "|" separators included) over a data dir."""
     was_training = model.training
     model.eval()
     dataset = _dataset(data_dir, model.vocab)
-    # every utterance is scored: the cap grows to the longest one
-    sampler = DurationBucketSampler(dataset.durations, max([batch_seconds, *dataset.durations]), shuffle=False)
+    loader = build_loader(dataset, BatchingConfig(max_batch_seconds=max_batch_seconds), train=False,
+                          seed=0, target_pad_value=PAD)  # every utterance once
     loss_sum, errors, chars, count = 0.0, 0, 0, 0
     device = model.head.weight.device
-    for indices in sampler:
-        batch = collate_ctc([dataset[i] for i in indices])
-        batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
-        log_probs, lengths = model.log_probs(batch["wavs"], batch["wav_lens"])  # (B, T, V)
-        e, c = char_errors(log_probs, lengths, batch["targets"], batch["target_lens"])
+    for batch in loader:
+        batch = batch.to(device)
+        targets, target_lens = batch.targets[TEXT], batch.target_lens[TEXT]  # (B, L), (B,)
+        log_probs, lengths = model.log_probs(batch.wavs, batch.wav_lens)  # (B, T, V)
+        e, c = char_errors(log_probs, lengths, targets, target_lens)
         errors, chars = errors + e, chars + c
-        loss_sum += float(ctc_loss(log_probs, lengths, batch["targets"], batch["target_lens"])) * len(indices)
-        count += len(indices)
+        loss_sum += float(ctc_loss(log_probs, lengths, targets, target_lens)) * len(batch)
+        count += len(batch)
     model.train(was_training)
     if count == 0:
         raise ValueError(f"{data_dir}: no utterance to score")
@@ -409,12 +411,12 @@ def load_finetuned(exp_dir: str | Path) -> CTCFinetuneModel:
     return model.eval()
 
 
-def evaluate_finetuned(exp_dir: str | Path, data_dir: str | Path, *, batch_seconds: float = 100.0) -> dict:
+def evaluate_finetuned(exp_dir: str | Path, data_dir: str | Path, *, max_batch_seconds: float = 100.0) -> dict:
     """Score a finished run on a data dir; also written to EXP/eval_<data dir name>.json."""
     model = load_finetuned(exp_dir)
     if torch.cuda.is_available():
         model = model.cuda()
-    scores = evaluate_ctc(model, data_dir, batch_seconds=batch_seconds)
+    scores = evaluate_ctc(model, data_dir, max_batch_seconds=max_batch_seconds)
     result = {"data": str(data_dir), "cer": scores["cer"], "loss": scores["loss"]}
     atomic_write_text(Path(exp_dir) / f"eval_{Path(data_dir).name}.json", json.dumps(result, indent=2) + "\n")
     return result

@@ -7,7 +7,8 @@ against phone alignments (PNMI, phone purity, cluster purity, HuBERT paper);
 """
 
 from speechssl.units.check import LabelLengthError, check_label_lengths
-from speechssl.units.kmeans import KMeansConfig, KMeansModel, fit_kmeans, label, read_labels
+from speechssl.units.kmeans import KMeansConfig, KMeansModel, fit_kmeans, label
+from speechssl.units.labels import check_unit_ids, parse_units, read_labels
 from speechssl.units.metrics import UnitQuality, align_frames, joint_counts, quality_from_counts, unit_quality
 
 __all__ = [
@@ -17,9 +18,11 @@ __all__ = [
     "UnitQuality",
     "align_frames",
     "check_label_lengths",
+    "check_unit_ids",
     "fit_kmeans",
     "joint_counts",
     "label",
+    "parse_units",
     "quality_from_counts",
     "read_labels",
     "unit_quality",

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from speechssl.data.kaldi import c_sort_key, read_table_lines
+from speechssl.data.kaldi import c_sort_key
 from speechssl.features.dump import FeatureReader, NonFiniteFeaturesError
 from speechssl.io import atomic_file, remove_stale_temporaries
 
@@ -271,15 +271,3 @@ def label(
                 len(labels), int(counts.sum()), used, model.num_clusters, out_dir / "labels")
     return labels
 
-
-def read_labels(path: str | Path) -> dict[str, list[int]]:
-    """Read a `uttid u1 u2 ...` labels file; a non-integer unit is an error naming file:line."""
-    labels: dict[str, list[int]] = {}
-    for lineno, utt, value in read_table_lines(path):
-        if utt in labels:
-            raise ValueError(f"{path}:{lineno}: duplicate utterance '{utt}'")
-        try:
-            labels[utt] = [int(u) for u in value.split()]
-        except ValueError:
-            raise ValueError(f"{path}:{lineno}: utterance '{utt}': units must be integers, found '{value[:40]}'") from None
-    return labels

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from speechssl.io import atomic_file, atomic_write_json
 from speechssl.outputs import record_output
-from speechssl.units.kmeans import read_labels
+from speechssl.units.labels import read_labels
 from speechssl.units.metrics import UnitQuality, unit_quality
 
 METRICS = (("pnmi", "PNMI"), ("phone_purity", "phone purity"), ("cluster_purity", "cluster purity"))

@@ -14,8 +14,9 @@ from torch.utils.data import DataLoader
 
 from speechssl.data.audio import AudioError
 from speechssl.data.datadir import write_data_dir
-from speechssl.data.dataset import AudioDataset, Batch, ClassIndex, collate_audio, parse_units
+from speechssl.data.dataset import AudioDataset, Batch, ClassIndex, collate_audio
 from speechssl.data.sampler import DurationBucketSampler
+from speechssl.units.labels import parse_units
 
 SR = 16000
 

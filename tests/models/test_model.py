@@ -22,6 +22,7 @@ def test_tiny_preset_forward_backward(name):
     B, T, D = out.last_hidden_state.shape  # batch, frames, embed
     assert len(out.hidden_states) == model.num_layers + 1
     assert out.lengths.tolist() == [19, 12]  # (S - 400) // 320 + 1 for both frontends at 50 Hz
+    assert model.num_frames(lens).tolist() == [19, 12] and model.num_frames(6400) == 19  # the one frame count
     assert out.padding_mask.shape == (B, T) and out.padding_mask[1, out.lengths[1] :].all()
     loss = sum(h[~out.padding_mask].pow(2).mean() for h in out.hidden_states) + out.features_unnormed.pow(2).mean()
     loss.backward()

@@ -112,7 +112,10 @@ def test_batch_helpers_understand_the_dataset_batch():
     assert default_batch_lengths(batch).tolist() == [16000, 8000]
     moved = to_device(batch, torch.device("cpu"))
     assert moved.wavs.shape == (2, 16000)
-    assert default_batch_lengths({"lengths": torch.tensor([3, 4])}).tolist() == [3, 4]
+    # no key guessing: a batch without `wav_lens` gives no lengths (pass batch_lengths= instead)
+    assert default_batch_lengths({"lengths": torch.tensor([3, 4])}) is None
+    assert default_batch_lengths(toy_collate([{"x": torch.zeros(3, 4), "y": torch.tensor(0.0)},
+                                              {"x": torch.zeros(4, 4), "y": torch.tensor(0.0)}])).tolist() == [3, 4]
     assert default_batch_lengths((torch.zeros(2),)) is None
 
 

@@ -60,7 +60,7 @@ def small_config(max_steps: int, freeze: int, tuning: TuningConfig | None = None
     trainer = TrainerConfig(max_steps=max_steps, lr=3e-3, schedule="tri_stage", weight_decay=0.0, save_every=max_steps,
                             log_every=max_steps, num_workers=0)
     return CTCFinetuneConfig(trainer=trainer, tuning=tuning or TuningConfig(method="full"),
-                             freeze_finetune_updates=freeze, layerdrop=0.0, batch_seconds=4.0,
+                             freeze_finetune_updates=freeze, layerdrop=0.0, max_batch_seconds=4.0,
                              mask=MaskConfig(mask_prob=0.2, mask_length=2, channel_prob=0.1, channel_length=4))
 
 

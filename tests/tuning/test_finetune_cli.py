@@ -28,7 +28,7 @@ def setup(tmp_path_factory) -> dict[str, Path]:
     conf.write_text(yaml.safe_dump({
         "trainer": {"max_steps": 40, "lr": 3.0e-3, "schedule": "tri_stage", "weight_decay": 0.0,
                     "save_every": 40, "log_every": 40},
-        "freeze_finetune_updates": 10, "layerdrop": 0.0, "batch_seconds": 4.0,
+        "freeze_finetune_updates": 10, "layerdrop": 0.0, "max_batch_seconds": 4.0,
         "mask": {"mask_prob": 0.2, "mask_length": 2, "channel_prob": 0.1, "channel_length": 4}}))
     return {"upstream": root / "hubert_tiny", "train": train, "conf": conf}
 

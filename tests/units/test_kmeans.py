@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from speechssl.features.dump import FeatureReader, write_shard
-from speechssl.units.kmeans import KMeansModel, fit_kmeans, label, nearest_centroid, read_labels
+from speechssl.units.kmeans import KMeansModel, fit_kmeans, label, nearest_centroid
+from speechssl.units.labels import read_labels
 
 FAST = {"n_init": 3, "batch_size": 256, "max_iter": 50}
 
