@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
+from speechssl.data.batching import BatchingConfig
 from speechssl.downstream.featurizers import FeaturizerConfig
 
 
@@ -29,6 +30,7 @@ class HeadConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class DownstreamConfig:
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {"batch_seconds": "max_batch_seconds"}  # old YAMLs: one-line hint
     featurizer: FeaturizerConfig = field(default_factory=FeaturizerConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     # optimisation (AdamW through the trainer)
@@ -42,7 +44,7 @@ class DownstreamConfig:
     clip_norm: float = 1.0
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     # data
-    batch_seconds: float = 64.0  # padded seconds per batch (DurationBucketSampler)
+    max_batch_seconds: float = 64.0  # padded seconds per batch (speechssl.data.batching; was batch_seconds)
     max_batch_size: int | None = None
     max_seconds: float | None = None  # crop training utterances to this length (None: whole)
     num_workers: int = 0
@@ -61,16 +63,20 @@ class DownstreamConfig:
     log_every: int = 50
 
     def __post_init__(self) -> None:
-        for name in ("lr", "max_steps", "eval_every", "batch_seconds", "log_every", "sentencepiece_vocab_size"):
+        for name in ("lr", "max_steps", "eval_every", "log_every", "sentencepiece_vocab_size"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, found {getattr(self, name)}")
         if any(not (lr > 0 and math.isfinite(lr)) for lr in self.lr_sweep):
             raise ValueError(f"lr_sweep must hold positive learning rates, found {self.lr_sweep}")
         if len(set(self.lr_sweep)) != len(self.lr_sweep):
             raise ValueError(f"lr_sweep has duplicates: {self.lr_sweep}")
-        if self.max_seconds is not None and not self.max_seconds > 0:
-            raise ValueError(f"max_seconds must be > 0 or null, found {self.max_seconds}")
+        self.batching()  # validates max_batch_seconds, max_batch_size and max_seconds
         if self.unknown_label is not None and not self.unknown_label.strip():
             raise ValueError("unknown_label must be a label or null, found an empty string")
         if self.upstream_trainable and self.tuning:
             raise ValueError("choose either upstream_trainable (full fine-tuning) or a tuning method, not both")
+
+    def batching(self) -> BatchingConfig:
+        """The batching settings (training utterances are cropped at a random window)."""
+        return BatchingConfig(max_batch_seconds=self.max_batch_seconds, max_batch_size=self.max_batch_size,
+                              max_seconds=self.max_seconds, crop="random")

@@ -11,27 +11,16 @@ the tuned upstream weights only, apart from the upstream they came from.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.module import _IncompatibleKeys
 
-from speechssl.data.dataset import Batch, collate_audio
+from speechssl.data.dataset import Batch
 from speechssl.models.upstream_api import UpstreamModel
 
 UPSTREAM = "upstream."
-
-
-def collate_batch(items: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
-    """`collate_audio`, flattened to the dict the trainer moves to the device:
-    utt_ids, wavs (B, S), wav_lens (B,), each target, and `<target>_lens` for sequences."""
-    batch: Batch = collate_audio(items)
-    out: dict[str, Any] = {"utt_ids": batch.utt_ids, "wavs": batch.wavs, "wav_lens": batch.wav_lens}
-    out.update(batch.targets)
-    out.update({f"{k}_lens": v for k, v in batch.target_lens.items()})
-    return out
 
 
 class DownstreamModel(nn.Module):
@@ -79,14 +68,14 @@ class DownstreamModel(nn.Module):
         return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
     # --- forward ------------------------------------------------------------------------
-    def features(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+    def features(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """Upstream + featurizer: ((B, T, D), valid frames (B,))."""
         grad = contextlib.nullcontext() if self.upstream_trainable() else torch.no_grad()
         with grad:
-            out = self.upstream(batch["wavs"], batch["wav_lens"])
+            out = self.upstream(batch.wavs, batch.wav_lens)
         return self.featurizer(out.hidden_states, out.lengths)
 
-    def forward(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         x, lengths = self.features(batch)
         return self.task.loss(self.head, x, lengths, batch)
 

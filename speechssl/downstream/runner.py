@@ -29,13 +29,13 @@ from typing import Any
 import torch
 import yaml
 from torch import nn
-from torch.utils.data import DataLoader
 
 from speechssl.config import from_dict, to_dict
-from speechssl.data.sampler import DurationBucketSampler
+from speechssl.data.batching import build_loader
+from speechssl.data.dataset import Batch
 from speechssl.downstream.config import DownstreamConfig
 from speechssl.downstream.featurizers import build_featurizer
-from speechssl.downstream.model import DownstreamModel, collate_batch
+from speechssl.downstream.model import DownstreamModel
 from speechssl.downstream.tasks import SPLITS, DataCheckError, Task, build_task
 from speechssl.errors import OutputExistsError
 from speechssl.interop.upstream import UpstreamModel, load_upstream, upstream_name
@@ -108,24 +108,14 @@ def build_model(task: Task, upstream: UpstreamModel, config: DownstreamConfig) -
     return DownstreamModel(upstream, featurizer, head, task)
 
 
-def _sampler(durations: list[float], config: DownstreamConfig, *, train: bool, distributed: bool = False):
-    return DurationBucketSampler(
-        durations, config.batch_seconds, max_batch_size=config.max_batch_size,
-        num_replicas=env_world_size() if distributed else 1, rank=env_rank() if distributed else 0,
-        seed=config.seed, shuffle=train, long_utterances="crop" if train and config.max_seconds else "drop")
-
-
-def eval_batches(task: Task, split: str, config: DownstreamConfig, device: torch.device) -> Iterator[dict]:
+def eval_batches(task: Task, split: str, config: DownstreamConfig, device: torch.device) -> Iterator[Batch]:
     """Every utterance of a split once, in duration order (little padding)."""
     dataset = task.dataset(split, train=False)
     if not dataset.durations:
         raise DataCheckError(f"task {task.name}: {task.data_dir / split} has no usable utterances")
-    longest = max(dataset.durations)
-    cfg = replace(config, batch_seconds=max(config.batch_seconds, longest))  # never drop at test time
-    loader = DataLoader(dataset, batch_sampler=_sampler(dataset.durations, cfg, train=False),
-                        collate_fn=collate_batch, num_workers=config.num_workers)
+    loader = build_loader(dataset, config.batching(), train=False, seed=config.seed, num_workers=config.num_workers)
     for batch in loader:
-        yield {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        yield batch.to(device)
 
 
 @torch.no_grad()
@@ -197,9 +187,10 @@ def _train_run(task: Task, upstream_spec: str, run_dir: Path, config: Downstream
     trainable, total = model.num_parameters()
     log.info("task %s, upstream %s, lr %g: %d trainable / %d parameters", task.name, upstream_spec, lr,
              trainable, total)
-    dataset = task.dataset("train", train=True)
-    sampler = _sampler(dataset.durations, config, train=True, distributed=True)
-    train(model, dataset, collate_batch, sampler, _trainer_config(config, lr), run_dir, resume=resume,
+    loader = build_loader(task.dataset("train", train=True), config.batching(), train=True, seed=config.seed,
+                          rank=env_rank(), world_size=env_world_size())
+    train(model, loader.dataset, loader.collate_fn, loader.batch_sampler, _trainer_config(config, lr), run_dir,
+          resume=resume,
           save_config=lambda path: atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False)))
     if env_rank() != 0:
         return {}

@@ -23,7 +23,7 @@ SMALL = HeadConfig(hidden_dim=16, xvector_channels=16, embed_dim=8)
 
 
 def small_config(**kw) -> DownstreamConfig:
-    return DownstreamConfig(head=SMALL, batch_seconds=12.0, eval_every=1, log_every=1, **kw)
+    return DownstreamConfig(head=SMALL, max_batch_seconds=12.0, eval_every=1, log_every=1, **kw)
 
 
 def _task_copy(src: Path, dst: Path, *, copy: tuple[str, ...] = ()) -> Path:
@@ -239,3 +239,18 @@ def test_asr_uses_the_model_of_downstream_tokenizer(task_data, tmp_path):
                          small_config(asr_units="sentencepiece", sentencepiece_model=str(tmp_path / "nothing.model")),
                          max_steps=1)
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("config_class", ["downstream", "finetune"])
+def test_a_config_with_the_old_batch_seconds_key_says_its_new_name(tmp_path, config_class):
+    from speechssl.config import ConfigError, load_config
+    from speechssl.tuning.ctc_finetune import CTCFinetuneConfig
+
+    cls = DownstreamConfig if config_class == "downstream" else CTCFinetuneConfig
+    conf = tmp_path / "old.yaml"
+    conf.write_text("batch_seconds: 32.0\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'batch_seconds' in .*old\.yaml: batch_seconds is now "
+                                          r"max_batch_seconds"):
+        load_config(cls, conf)
+    conf.write_text("max_batch_seconds: 32.0\n")
+    assert load_config(cls, conf).batching().max_batch_seconds == 32.0

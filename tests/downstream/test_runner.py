@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from speechssl.cli.main import main
+from speechssl.data.dataset import collate_audio
 from speechssl.downstream import DownstreamConfig, FeaturizerConfig, HeadConfig, build_task
-from speechssl.downstream.model import collate_batch
 from speechssl.downstream.report import write_report
 from speechssl.downstream.runner import (
     build_model,
@@ -25,7 +25,7 @@ SMALL = HeadConfig(hidden_dim=16, lstm_layers=2, xvector_channels=16, embed_dim=
 
 
 def small_config(**kw) -> DownstreamConfig:
-    return DownstreamConfig(head=SMALL, batch_seconds=12.0, eval_every=2, log_every=2, lr=1e-2, **kw)
+    return DownstreamConfig(head=SMALL, max_batch_seconds=12.0, eval_every=2, log_every=2, lr=1e-2, **kw)
 
 
 def test_frozen_upstream_gets_no_gradient_and_does_not_change(task_data, tiny_upstream, tmp_path):
@@ -34,7 +34,7 @@ def test_frozen_upstream_gets_no_gradient_and_does_not_change(task_data, tiny_up
     model = build_model(task, prepare_upstream(tiny_upstream, config), config)
     before = {k: v.clone() for k, v in model.upstream.state_dict().items()}
     dataset = task.dataset("train", train=True)
-    batch = collate_batch([dataset[i] for i in range(3)])
+    batch = collate_audio([dataset[i] for i in range(3)])
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1, weight_decay=0.1)
     model.train()
     assert not model.upstream.training  # frozen: eval mode even while training the head
@@ -119,7 +119,7 @@ def test_unknown_task_and_missing_data(tmp_path, task_data):
 
 def test_cli_train_evaluate_report(task_data, tmp_path, capsys):
     conf = tmp_path / "ks.yaml"
-    conf.write_text("lr: 0.01\nbatch_seconds: 12.0\neval_every: 2\nlog_every: 2\n"
+    conf.write_text("lr: 0.01\nmax_batch_seconds: 12.0\neval_every: 2\nlog_every: 2\n"
                     "featurizer:\n  name: weighted_sum\nhead:\n  hidden_dim: 16\n")
     exp = tmp_path / "exp_fbank"
     assert main(["downstream", "train", "--task", "ks", "--upstream", "fbank", "--data", str(task_data["ks"]),
