@@ -11,9 +11,9 @@ def test_compare_refuses_a_file_it_did_not_write_before_timing_anything(tmp_path
     save_checkpoint(build_model(config), config, tmp_path / "teacher")
     out = tmp_path / "compare.md"
     out.write_text("my notes")
-    import speechssl.compression.report as report
+    import speechssl.cli.compare as cli_compare
 
-    monkeypatch.setattr(report, "compare_upstreams", lambda *a, **k: (_ for _ in ()).throw(AssertionError("timed")))
+    monkeypatch.setattr(cli_compare, "compare_upstreams", lambda *a, **k: (_ for _ in ()).throw(AssertionError("timed")))
     args = ["compare", "--upstreams", f"teacher={tmp_path / 'teacher'}", "--seconds", "0.5", "--repeats", "1",
             "--out", str(out)]  # fmt: skip
     assert main(args) == 1
