@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev = actions.add_parser("evaluate", help="greedy CER and mean CTC loss of a finished run on a data dir")
     ev.add_argument("--out", dest="eval_out", required=True, help="experiment dir of `speechssl finetune`")
     ev.add_argument("--data", dest="eval_data", required=True, help="data dir with text")
-    ev.add_argument("--batch-seconds", type=float, default=100.0, help="padded audio per batch")
+    ev.add_argument("--max-batch-seconds", type=float, default=100.0, help="padded audio seconds per batch")
     ev.set_defaults(func=run_evaluate)
 
 
@@ -61,5 +61,5 @@ def run_finetune(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     from speechssl.tuning.ctc_finetune import evaluate_finetuned
 
-    print(json.dumps(evaluate_finetuned(args.eval_out, args.eval_data, max_batch_seconds=args.batch_seconds)))
+    print(json.dumps(evaluate_finetuned(args.eval_out, args.eval_data, max_batch_seconds=args.max_batch_seconds)))
     return 0
