@@ -33,8 +33,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", help="write {meta, rows} here")
     parser.add_argument("--md", help="write the markdown table here")
     parser.add_argument("--only", nargs="+", metavar="NAME", help=f"row groups to run: {', '.join(GROUPS)}")
-    parser.add_argument("--num-threads", type=int, default=None, help="torch threads for every contender (default: all cores)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed calls per contender (default 3, tiny 1)")
+    parser.add_argument(
+        "--num-threads", type=int, default=None, help="torch threads for every contender (default: all cores)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed calls per contender (default 3, tiny 1)"
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.only or []) - set(GROUPS))
@@ -64,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         # written after every group, so a run that dies later (OOM, ^C) keeps what it measured
         meta.update(wall_s=time.perf_counter() - start, groups_done=names[: i + 1])
         if args.json:
-            atomic_write_text(args.json, json.dumps({"meta": meta, "rows": [r.as_dict() for r in rows]}, indent=1) + "\n")
+            atomic_write_text(
+                args.json, json.dumps({"meta": meta, "rows": [r.as_dict() for r in rows]}, indent=1) + "\n"
+            )
         if args.md:
             atomic_write_text(args.md, to_markdown(rows, meta))
     print(to_markdown(rows, meta))

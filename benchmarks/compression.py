@@ -28,7 +28,9 @@ PRUNED_FFN = [918, 934, 0, 969, 0, 963, 968, 942, 973, 945, 982, 0]
 def _models(root: Path, tiny: bool) -> dict[str, Path]:
     teacher = get_preset("hubert_tiny" if tiny else "hubert_base")
     distilled = replace(teacher, encoder=replace(teacher.encoder, num_layers=1 if tiny else 2))
-    conv_dim, heads, ffn = ([32] * 6 + [64], [2, 0], [64, 0]) if tiny else (PRUNED_CONV_DIM, PRUNED_HEADS, PRUNED_FFN)
+    conv_dim, heads, ffn = (
+        ([32] * 6 + [64], [2, 0], [64, 0]) if tiny else (PRUNED_CONV_DIM, PRUNED_HEADS, PRUNED_FFN)
+    )
     pruned = replace(
         teacher,
         frontend=replace(teacher.frontend, conv_dim=conv_dim),

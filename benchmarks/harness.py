@@ -118,7 +118,9 @@ def peak_memory_mib(specs: Sequence[Spec], *, threads: int, timeout: float = 600
     if not specs:
         return []
     job = {"threads": threads, "specs": [asdict(s) for s in specs]}
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parent.parent), *sys.path]))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parent.parent), *sys.path])
+    )
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.memprobe", json.dumps(job)],
         capture_output=True, text=True, timeout=timeout, env=env,
@@ -201,8 +203,11 @@ def run_cases(group: str, cases: Sequence[Case], settings: Settings, *, note: st
     timings: list[dict[str, float]] = []
     for case in cases:
         steps = {label: spec.build() for label, spec in case.contenders.items()}
-        timings.append(time_interleaved(steps, warmup=settings.warmup, repeats=settings.repeats,
-                                        min_seconds=settings.min_seconds))
+        timings.append(
+            time_interleaved(
+                steps, warmup=settings.warmup, repeats=settings.repeats, min_seconds=settings.min_seconds
+            )
+        )
         del steps
     memory: dict[str, list[float | None]] = {}
     if settings.memory:

@@ -23,7 +23,9 @@ def head_step(contender: str, num_frames: int, embed_dim: int, num_classes: int,
     labels = torch.randint(0, num_classes, (num_frames,), generator=g)
     torch.manual_seed(0)
     if contender in ("ours", "cosine"):
-        head = build_label_head(embed_dim, HubertObjectiveConfig(num_classes=[num_classes], final_dim=final_dim))
+        head = build_label_head(
+            embed_dim, HubertObjectiveConfig(num_classes=[num_classes], final_dim=final_dim)
+        )
     elif contender in ("linear",):
         head = build_label_head(embed_dim, HubertObjectiveConfig(num_classes=[num_classes], head="linear"))
     elif contender == "torchaudio":
@@ -48,7 +50,13 @@ def head_step(contender: str, num_frames: int, embed_dim: int, num_classes: int,
 def run(settings: Settings) -> list[Row]:
     # full: about the masked frames of one GPU's batch in fairseq's HuBERT Base (87.5 s -> 4,375
     # frames, ~half masked); torchaudio's gathered (N, 1 + C, final_dim) tensor then peaks near 7 GB
-    n, d, c, f = (64, 32, 20, 16) if settings.tiny else (500, 768, 500, 256) if settings.quick else (2000, 768, 500, 256)
+    n, d, c, f = (
+        (64, 32, 20, 16)
+        if settings.tiny
+        else (500, 768, 500, 256)
+        if settings.quick
+        else (2000, 768, 500, 256)
+    )
     kw = {"num_frames": n, "embed_dim": d, "num_classes": c, "final_dim": f}
 
     def spec(contender: str) -> Spec:

@@ -73,18 +73,41 @@ def run(settings: Settings) -> list[Row]:
 
     family = config.family
     train = pretrain_step("ours", family, preset, train_secs, layers)
-    seconds = time_interleaved({"infer": infer, "train": train}, warmup=settings.warmup, repeats=settings.repeats,
-                               min_seconds=settings.min_seconds)
+    seconds = time_interleaved(
+        {"infer": infer, "train": train},
+        warmup=settings.warmup,
+        repeats=settings.repeats,
+        min_seconds=settings.min_seconds,
+    )
     infer_flops = forward_flops(config, infer_s)
     train_flops = 3 * sum(forward_flops(model_config(preset, layers), s) for s in train_secs)  # fwd + 2x bwd
     layer_note = "" if layers is None else f" ({layers} layers)"
     return [
-        make_row(GROUP, f"fp32 matmul peak ({n}x{n})", peak / 1e9, None, "GFLOP/s", note="measured in this run"),
-        make_row(GROUP, f"{preset} forward FLOPs per audio-second", forward_flops(config, 1.0) / 1e9, None, "GFLOP",
-                 note="analytic, 1 s utterance (mfu.forward_flops)"),  # fmt: skip
-        make_row(GROUP, f"{preset} inference MFU, 1 x {infer_s:g} s", 100 * infer_flops / seconds["infer"] / peak,
-                 None, "%", note=f"{infer_flops / seconds['infer'] / 1e9:.1f} GFLOP/s achieved"),  # fmt: skip
-        make_row(GROUP, f"{preset}{layer_note} pretraining MFU, batch {train_secs} s",
-                 100 * train_flops / seconds["train"] / peak, None, "%",
-                 note=f"3x forward FLOPs; {train_flops / seconds['train'] / 1e9:.1f} GFLOP/s achieved"),  # fmt: skip
+        make_row(
+            GROUP, f"fp32 matmul peak ({n}x{n})", peak / 1e9, None, "GFLOP/s", note="measured in this run"
+        ),
+        make_row(
+            GROUP,
+            f"{preset} forward FLOPs per audio-second",
+            forward_flops(config, 1.0) / 1e9,
+            None,
+            "GFLOP",
+            note="analytic, 1 s utterance (mfu.forward_flops)",
+        ),  # fmt: skip
+        make_row(
+            GROUP,
+            f"{preset} inference MFU, 1 x {infer_s:g} s",
+            100 * infer_flops / seconds["infer"] / peak,
+            None,
+            "%",
+            note=f"{infer_flops / seconds['infer'] / 1e9:.1f} GFLOP/s achieved",
+        ),  # fmt: skip
+        make_row(
+            GROUP,
+            f"{preset}{layer_note} pretraining MFU, batch {train_secs} s",
+            100 * train_flops / seconds["train"] / peak,
+            None,
+            "%",
+            note=f"3x forward FLOPs; {train_flops / seconds['train'] / 1e9:.1f} GFLOP/s achieved",
+        ),  # fmt: skip
     ]

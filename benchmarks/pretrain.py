@@ -51,7 +51,7 @@ OPTIMIZERS = ("recipe", "torch")
 
 
 def _optimizer(model: torch.nn.Module, optimizer: str, ours: bool) -> torch.optim.Optimizer:
-    """"recipe": what each toolkit's own pretraining uses: speechssl's trainer builds fused AdamW
+    """ "recipe": what each toolkit's own pretraining uses: speechssl's trainer builds fused AdamW
     (build_optimizer), torchaudio's HuBERT and transformers' wav2vec 2.0 recipes torch's default
     AdamW. "torch": torch's default AdamW for every contender (the model alone compared)."""
     if optimizer == "recipe" and ours:

@@ -98,7 +98,9 @@ def loading_step(contender: str, num_utts: int, batch_seconds: float) -> Step:
         return lambda: sum(wavs.shape[0] for wavs, _ in loader)
     if contender == "soundfile loop":
         return lambda: sum(sf.read(f, dtype="float32")[0].size for f in files)
-    raise ValueError(f"unknown loading contender '{contender}'; valid: ours, naive DataLoader, soundfile loop")
+    raise ValueError(
+        f"unknown loading contender '{contender}'; valid: ours, naive DataLoader, soundfile loop"
+    )
 
 
 def run(settings: Settings) -> list[Row]:
@@ -115,5 +117,7 @@ def run(settings: Settings) -> list[Row]:
              contenders={f: Spec(module=__name__, factory="loading_step", kwargs={"contender": f, **loading})
                          for f in ("ours", "naive DataLoader", "soundfile loop")}),
     ]  # fmt: skip
-    settings_no_mem = Settings(**{**settings.__dict__, "memory": False})  # memory of these is not the question
+    settings_no_mem = Settings(
+        **{**settings.__dict__, "memory": False}
+    )  # memory of these is not the question
     return run_cases(GROUP, cases, settings_no_mem, note="CPU")

@@ -101,8 +101,14 @@ def run(settings: Settings) -> list[Row]:
     preset, parity_secs, all_cases = cases(settings)
     errors = parity(preset, parity_secs)
     rows = [
-        make_row(GROUP, f"{preset} parity: max abs diff of last hidden state vs {name}", err, None, "abs",
-                 note=f"same weights, padded batch {parity_secs} s")  # fmt: skip
+        make_row(
+            GROUP,
+            f"{preset} parity: max abs diff of last hidden state vs {name}",
+            err,
+            None,
+            "abs",
+            note=f"same weights, padded batch {parity_secs} s",
+        )  # fmt: skip
         for name, err in errors.items()
     ]
     return rows + run_cases(GROUP, all_cases, settings, note="eval, inference_mode")

@@ -63,7 +63,9 @@ def _convert(value: Any, tp: Any, source: str | None, section: str) -> Any:
         args = typing.get_args(tp)
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
-                raise ConfigError(f"expected {len(args)} items for '{section}'{_describe(source, '')}, found {len(value)}")
+                raise ConfigError(
+                    f"expected {len(args)} items for '{section}'{_describe(source, '')}, found {len(value)}"
+                )
             items = [_convert(v, a, source, f"{section}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
         else:
             item_tp = args[0] if args else Any
@@ -80,7 +82,9 @@ def _convert(value: Any, tp: Any, source: str | None, section: str) -> Any:
         try:
             return float(value)
         except ValueError:
-            raise ConfigError(f"expected float for '{section}'{_describe(source, '')}, found {value!r}") from None
+            raise ConfigError(
+                f"expected float for '{section}'{_describe(source, '')}, found {value!r}"
+            ) from None
     if tp is int and isinstance(value, bool):
         raise ConfigError(f"expected int for '{section}'{_describe(source, '')}, found {value!r}")
     if tp in (int, str, bool, float) and not isinstance(value, tp):
@@ -182,7 +186,9 @@ def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | No
     data = load_yaml(path) if path is not None else {}
     for item in overrides or []:
         apply_override(data, item)
-    source = " with ".join([*([str(path)] if path is not None else []), *(f"--set {o}" for o in overrides or [])])
+    source = " with ".join(
+        [*([str(path)] if path is not None else []), *(f"--set {o}" for o in overrides or [])]
+    )
     return from_dict(cls, data, source=source or None)
 
 

@@ -26,8 +26,15 @@ from speechssl.errors import SpeechSSLError, WriteFailedError
 MACHINE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO, errno.EACCES, errno.EPERM}
 # Writers that are not Python file objects (torch.save, safetensors, onnx) report ENOSPC in words;
 # torch.save(path) on a full disk says only "unexpected pos" or "basic_ios::clear: iostream error".
-_WRITE_FAILURE_WORDS = ("no space left", "disk quota", "file write failed", "failed writing", "read-only file system",
-                        "unexpected pos", "iostream error")
+_WRITE_FAILURE_WORDS = (
+    "no space left",
+    "disk quota",
+    "file write failed",
+    "failed writing",
+    "read-only file system",
+    "unexpected pos",
+    "iostream error",
+)
 _TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp")
 
 

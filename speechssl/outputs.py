@@ -49,8 +49,9 @@ def read_marker(directory: str | Path) -> str | None:
     return command if isinstance(command, str) else None
 
 
-def write_marker(directory: str | Path, command: str, *, experiment: bool = False,
-                 files: list[str] | None = None) -> None:
+def write_marker(
+    directory: str | Path, command: str, *, experiment: bool = False, files: list[str] | None = None
+) -> None:
     """Mark `directory` as the output of `command` (call before writing anything else into it);
     `experiment`: a training run's dir, whose files no other command ever writes over; `files`:
     the names the command wrote (`output_directory` drops them, and only them, on a re-run)."""
@@ -135,14 +136,24 @@ def is_experiment_dir(path: str | Path, *, strict: bool = False) -> bool:
     path = Path(path)
     if not path.is_dir():
         return False
-    if _marker(path).get("experiment") or (path / LOCK).exists() or any((path / "checkpoints").glob("step_*")):
+    if (
+        _marker(path).get("experiment")
+        or (path / LOCK).exists()
+        or any((path / "checkpoints").glob("step_*"))
+    ):
         return True
-    return not strict and any((path / sign).exists() or (path / sign).is_symlink() for sign in _EXPERIMENT_SIGNS)
+    return not strict and any(
+        (path / sign).exists() or (path / sign).is_symlink() for sign in _EXPERIMENT_SIGNS
+    )
 
 
 def _contents(directory: Path) -> list[str]:
     """Names in `directory` other than our marker and live or dead temp files."""
-    return sorted(p.name for p in directory.iterdir() if p.name not in (MARKER, FILES_RECORD) and not is_temporary(p.name))
+    return sorted(
+        p.name
+        for p in directory.iterdir()
+        if p.name not in (MARKER, FILES_RECORD) and not is_temporary(p.name)
+    )
 
 
 def _enclosing_experiment(path: Path) -> Path | None:
@@ -170,7 +181,9 @@ def refuse_inputs(out: str | Path, inputs: tuple[str | Path, ...]) -> None:
         source_path = Path(source).resolve()
         if source_path == target or target in source_path.parents:
             what = "is" if source_path == target else "contains"
-            raise OutputExistsError(f"--out {out} {what} an input of this command ({source}); choose another --out")
+            raise OutputExistsError(
+                f"--out {out} {what} an input of this command ({source}); choose another --out"
+            )
 
 
 def check_output(
@@ -215,7 +228,11 @@ def check_output(
                 f"--out {out} is an experiment dir {owner}; {command} never writes over one: choose another --out"
             )
         contents = _contents(out)
-        if not contents or overwrite or (marker is None and earlier_output is not None and earlier_output(out)):
+        if (
+            not contents
+            or overwrite
+            or (marker is None and earlier_output is not None and earlier_output(out))
+        ):
             return out
         shown = ", ".join(contents[:5]) + (f" and {len(contents) - 5} more" if len(contents) > 5 else "")
         raise OutputExistsError(
@@ -226,7 +243,9 @@ def check_output(
         raise OutputExistsError(f"--out {out} is a file; {command} writes a directory there")
     if overwrite or own:
         return out
-    raise OutputExistsError(f"--out {out} already exists; choose another --out, or pass --overwrite to replace it")
+    raise OutputExistsError(
+        f"--out {out} already exists; choose another --out, or pass --overwrite to replace it"
+    )
 
 
 def claim_directories(
@@ -300,10 +319,18 @@ class ExperimentLock:
             os.close(fd)  # the holder released (and removed) the file between our open and lock
         stale = _holder_of(fd)  # through our fd: closing another one would drop a POSIX lock
         if stale:
-            logger.warning("%s: removing the stale lock of pid %s on host %s (that run is gone)",
-                           self.directory, stale.get("pid", "?"), stale.get("host", "?"))
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
-                "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+            logger.warning(
+                "%s: removing the stale lock of pid %s on host %s (that run is gone)",
+                self.directory,
+                stale.get("pid", "?"),
+                stale.get("host", "?"),
+            )
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": self.command,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
         self._fd, self._key = fd, key

@@ -32,11 +32,14 @@ def tiny_fs(tmp_path):
     mount.mkdir()
 
     def mount_with(size_kb: int) -> Path:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(mount)],
-                              capture_output=True)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(mount)], capture_output=True
+        )
         if done.returncode != 0:
             pytest.skip("cannot mount a tmpfs here (needs root)")
         return mount
 
     yield mount_with
-    subprocess.run(["umount", "--lazy", str(mount)], capture_output=True)  # lazy: an open handle in a traceback
+    subprocess.run(
+        ["umount", "--lazy", str(mount)], capture_output=True
+    )  # lazy: an open handle in a traceback

@@ -36,8 +36,17 @@ def test_every_user_error_class_derives_from_speechssl_error():
     from speechssl.training.trainer import BadStepsError
     from speechssl.units.check import LabelLengthError
 
-    classes = (ConfigError, AudioError, EspeakError, DataCheckError, CheckpointKeyError,
-               UnsafeCheckpointError, CheckpointError, BadStepsError, LabelLengthError)
+    classes = (
+        ConfigError,
+        AudioError,
+        EspeakError,
+        DataCheckError,
+        CheckpointKeyError,
+        UnsafeCheckpointError,
+        CheckpointError,
+        BadStepsError,
+        LabelLengthError,
+    )
     for cls in classes:
         assert issubclass(cls, SpeechSSLError), cls
     # the second bases existing callers catch stay

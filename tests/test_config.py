@@ -33,12 +33,17 @@ class ToyConfig:
 def test_misspelt_key_names_key_file_section_and_suggestion(tmp_path):
     path = tmp_path / "hubert_tiny.yaml"
     path.write_text("mask:\n  mask_prb: 0.5\n")
-    with pytest.raises(ConfigError, match=r"unknown key 'mask_prb' in .*hubert_tiny.yaml \(section mask\); did you mean 'mask_prob'\?"):
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown key 'mask_prb' in .*hubert_tiny.yaml \(section mask\); did you mean 'mask_prob'\?",
+    ):
         load_config(ToyConfig, path)
 
 
 def test_unknown_key_without_close_match_lists_valid_keys():
-    with pytest.raises(ConfigError, match=r"unknown key 'zzz'.*valid keys: conv_dim, lr, mask, name, note, precision"):
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'zzz'.*valid keys: conv_dim, lr, mask, name, note, precision"
+    ):
         from_dict(ToyConfig, {"zzz": 1})
 
 
@@ -116,6 +121,8 @@ class Run:
 
 
 def test_a_union_section_is_replaced_whole_not_merged_with_the_other_type():
-    run = from_dict(Run, {"net": {"frontend": {"type": "fbank", "num_mel_bins": 40}, "mask": {"mask_prob": 0.1}}})
+    run = from_dict(
+        Run, {"net": {"frontend": {"type": "fbank", "num_mel_bins": 40}, "mask": {"mask_prob": 0.1}}}
+    )
     assert run.net.frontend == {"type": "fbank", "num_mel_bins": 40}  # raw: the owner picks the class by type
     assert run.net.mask == MaskSection(mask_prob=0.1, mask_length=3)  # nested default of the parent's factory

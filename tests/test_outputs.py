@@ -90,7 +90,9 @@ def test_lock_refuses_a_second_process_and_names_the_holder(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(exp)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(ExperimentLockedError, match=rf"in use by `speechssl pretrain` \(pid {holder.pid} on host"):
+        with pytest.raises(
+            ExperimentLockedError, match=rf"in use by `speechssl pretrain` \(pid {holder.pid} on host"
+        ):
             ExperimentLock(exp, "pretrain").acquire()
     finally:
         holder.kill()
@@ -126,8 +128,15 @@ def test_full_disk_is_one_line_naming_the_path_and_leaves_no_temp(tmp_path, monk
     assert f.read_text() == "old"
     assert os.listdir(tmp_path) == ["a.txt"]
     # torch.save reports it in words; the checkpoint dir is built in a temp dir that goes away
-    monkeypatch.setattr(torch, "save", lambda *a, **k: (_ for _ in ()).throw(
-        RuntimeError("[enforce fail at inline_container.cc] . PytorchStreamWriter failed writing file data/0")))
+    monkeypatch.setattr(
+        torch,
+        "save",
+        lambda *a, **k: (_ for _ in ()).throw(
+            RuntimeError(
+                "[enforce fail at inline_container.cc] . PytorchStreamWriter failed writing file data/0"
+            )
+        ),
+    )
     with pytest.raises(WriteFailedError, match=rf"cannot write {tmp_path / 'ckpt'}: .*failed writing"):
         with atomic_directory(tmp_path / "ckpt") as tmp:
             torch.save({}, tmp / "state.pt")
@@ -145,7 +154,9 @@ def test_full_disk_on_a_real_tiny_file_system(tiny_fs):
 
 
 def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     dead_pid = int(dead.stdout)
     stale = tmp_path / f".0_1.{dead_pid}.tmp.npy"
     stale.write_text("x")
@@ -173,8 +184,14 @@ def test_overwrite_never_applies_inside_an_experiment_or_an_input(tmp_path):
     (exp / "checkpoints" / "step_2").mkdir(parents=True)
     weights = exp / "checkpoints" / "step_2" / "model.safetensors"
     weights.write_bytes(b"weights")
-    for out, is_file in ((exp / "checkpoints", False), (weights, True), (exp / "checkpoints" / "step_2", False)):
-        with pytest.raises(OutputExistsError, match=r"already exists inside .*exp \(an experiment dir\).*even with"):
+    for out, is_file in (
+        (exp / "checkpoints", False),
+        (weights, True),
+        (exp / "checkpoints" / "step_2", False),
+    ):
+        with pytest.raises(
+            OutputExistsError, match=r"already exists inside .*exp \(an experiment dir\).*even with"
+        ):
             check_output(out, "summarize", overwrite=True, is_file=is_file)
     check_output(exp / "compare.md", "compare", is_file=True)  # a new file beside the run is fine
     model = tmp_path / "hf_model"
@@ -203,7 +220,9 @@ def test_output_directory_drops_its_own_stale_files_and_keeps_the_users(tmp_path
         (tmp / "config.json").write_text("2")
     assert sorted(p.name for p in out.iterdir()) == [MARKER, "README.md", "config.json", "notes"]
     assert (out / "config.json").read_text() == "2"
-    assert (out / "README.md").read_text() == "my model card" and (out / "notes" / "a.txt").read_text() == "mine"
+    assert (out / "README.md").read_text() == "my model card" and (
+        out / "notes" / "a.txt"
+    ).read_text() == "mine"
 
 
 _HOLD_AND_FORK = textwrap.dedent(
@@ -223,7 +242,9 @@ _HOLD_AND_FORK = textwrap.dedent(
 
 def test_a_forked_worker_does_not_keep_a_killed_runs_lock(tmp_path):
     exp = tmp_path / "exp"
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD_AND_FORK, str(exp)], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_AND_FORK, str(exp)], stdout=subprocess.PIPE, text=True
+    )
     assert holder.stdout.readline().strip() == "locked"
     holder.kill()
     holder.wait()

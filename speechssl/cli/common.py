@@ -11,16 +11,29 @@ def add_training_arguments(parser: argparse.ArgumentParser, config_help: str) ->
     parser.add_argument("--config", required=True, help=config_help)
     parser.add_argument("--train", required=True, help="training data dir")
     parser.add_argument("--valid", help="validation data dir (best checkpoint by its loss)")
-    parser.add_argument("--out", required=True, help="experiment dir: checkpoints/, tensorboard/, config.yaml")
-    parser.add_argument("--max-steps", type=int, help="override trainer.max_steps (the warmup keeps its share)")
+    parser.add_argument(
+        "--out", required=True, help="experiment dir: checkpoints/, tensorboard/, config.yaml"
+    )
+    parser.add_argument(
+        "--max-steps", type=int, help="override trainer.max_steps (the warmup keeps its share)"
+    )
     parser.add_argument("--resume", action="store_true", help="continue exactly from EXP/checkpoints/last")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set trainer.lr=2e-4 (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set trainer.lr=2e-4 (repeatable)",
+    )
     add_overwrite_argument(parser)
 
 
 def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
     """--overwrite, worded the same for every command with an --out (see speechssl.outputs)."""
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an --out that holds files this command did not write "
-                             "(never an input or an experiment dir)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an --out that holds files this command did not write "
+        "(never an input or an experiment dir)",
+    )

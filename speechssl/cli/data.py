@@ -78,10 +78,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     trials.add_argument("dir", help="data dir with utt2spk")
     trials.add_argument("--out", help="trials file to write (default: DIR/trials)")
-    trials.add_argument("--per-utterance", type=int, metavar="N",
-                        help="N target and N nontarget partners per utterance (default: every pair)")
-    trials.add_argument("--max-trials", type=int, metavar="N",
-                        help="with every pair: keep a seeded sample of N pairs when there are more")
+    trials.add_argument(
+        "--per-utterance",
+        type=int,
+        metavar="N",
+        help="N target and N nontarget partners per utterance (default: every pair)",
+    )
+    trials.add_argument(
+        "--max-trials",
+        type=int,
+        metavar="N",
+        help="with every pair: keep a seeded sample of N pairs when there are more",
+    )
     trials.add_argument("--seed", type=int, default=0, help="seed of the random draws (default: 0)")
     add_overwrite_argument(trials)
     trials.set_defaults(func=run_trials)
@@ -89,7 +97,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_validate(args: argparse.Namespace) -> int:
     check = check_data_dir(
-        args.dir, check_audio=not args.no_audio, check_spk_sort=not args.no_spk_sort, sample_rate=args.sample_rate
+        args.dir,
+        check_audio=not args.no_audio,
+        check_spk_sort=not args.no_spk_sort,
+        sample_rate=args.sample_rate,
     )
     for problem in check.problems:
         print(problem)
@@ -145,8 +156,14 @@ def run_combine(args: argparse.Namespace) -> int:
 
 def run_trials(args: argparse.Namespace) -> int:
     out = args.out or f"{args.dir.rstrip('/')}/trials"
-    trials = write_trials(args.dir, out, per_utterance=args.per_utterance, max_trials=args.max_trials,
-                          seed=args.seed, overwrite=args.overwrite)
+    trials = write_trials(
+        args.dir,
+        out,
+        per_utterance=args.per_utterance,
+        max_trials=args.max_trials,
+        seed=args.seed,
+        overwrite=args.overwrite,
+    )
     targets = sum(kind == "target" for *_, kind in trials)
     print(f"{out}: {len(trials)} trials ({targets} target, {len(trials) - targets} nontarget)")
     return 0

@@ -17,13 +17,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Writes EXP/final (a speechssl checkpoint).",
     )
     parser.add_argument("--teacher", required=True, help="speechssl checkpoint dir, transformers dir or .pt")
-    add_training_arguments(parser, "distillation YAML (sections student, target_layers, loss, mask, data, trainer)")
+    add_training_arguments(
+        parser, "distillation YAML (sections student, target_layers, loss, mask, data, trainer)"
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    final = distill(args.teacher, args.config, args.train, args.out, valid_dir=args.valid,
-                    max_steps=args.max_steps, resume=args.resume, overrides=args.overrides,
-                    overwrite=args.overwrite)
+    final = distill(
+        args.teacher,
+        args.config,
+        args.train,
+        args.out,
+        valid_dir=args.valid,
+        max_steps=args.max_steps,
+        resume=args.resume,
+        overrides=args.overrides,
+        overwrite=args.overwrite,
+    )
     print(final)
     return 0

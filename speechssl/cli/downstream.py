@@ -23,29 +23,48 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     tr = actions.add_parser("train", help="train a head; dev picks the checkpoint (and the lr of a sweep)")
     tr.add_argument("--task", required=True, choices=list(TASKS), help="pr, asr, ks, ic, sid or asv")
-    tr.add_argument("--upstream", required=True,
-                    help="'fbank', a speechssl checkpoint dir, a transformers dir, or a fairseq/s3prl .pt")
-    tr.add_argument("--name",
-                    help="the upstream's name in results and `downstream report` columns (default: derived from "
-                         "--upstream: 'fbank', a file's stem, or the run dir of .../<run>/checkpoints/last)")
+    tr.add_argument(
+        "--upstream",
+        required=True,
+        help="'fbank', a speechssl checkpoint dir, a transformers dir, or a fairseq/s3prl .pt",
+    )
+    tr.add_argument(
+        "--name",
+        help="the upstream's name in results and `downstream report` columns (default: derived from "
+        "--upstream: 'fbank', a file's stem, or the run dir of .../<run>/checkpoints/last)",
+    )
     tr.add_argument("--data", required=True, help="dir holding the task's train/, dev/ and test/ data dirs")
-    tr.add_argument("--out", required=True,
-                    help="experiment dir: new or empty (an earlier run of this command only with --resume); "
-                         "locked while the run writes it")
+    tr.add_argument(
+        "--out",
+        required=True,
+        help="experiment dir: new or empty (an earlier run of this command only with --resume); "
+        "locked while the run writes it",
+    )
     tr.add_argument("--config", help="YAML mapped onto DownstreamConfig (unknown keys are errors)")
-    tr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="config override, e.g. lr=1e-4 or featurizer.name=hconv (repeatable)")
+    tr.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override, e.g. lr=1e-4 or featurizer.name=hconv (repeatable)",
+    )
     tr.add_argument("--max-steps", type=int, help="override max_steps")
     tr.add_argument("--resume", action="store_true", help="continue from the last checkpoints of EXP")
     tr.set_defaults(func=run_train)
 
     ev = actions.add_parser("evaluate", help="score the chosen checkpoint; writes EXP/results_<split>.json")
     ev.add_argument("--out", required=True, help="experiment dir of `speechssl downstream train`")
-    ev.add_argument("--split", default="test",
-                    help="data split to score (default test; only test also writes EXP/results.json)")
+    ev.add_argument(
+        "--split",
+        default="test",
+        help="data split to score (default test; only test also writes EXP/results.json)",
+    )
     ev.set_defaults(func=run_evaluate)
 
-    tok = actions.add_parser("tokenizer", help="train the sentencepiece model of the ASR task (OUT/spm.model)")
+    tok = actions.add_parser(
+        "tokenizer", help="train the sentencepiece model of the ASR task (OUT/spm.model)"
+    )
     tok.add_argument("--text", required=True, help="Kaldi text file of the training set")
     tok.add_argument("--vocab-size", type=int, default=300, help="soft limit on the number of pieces")
     tok.add_argument("--out", required=True, help="output dir (new, empty or an earlier tokenizer's)")
@@ -53,10 +72,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tok.set_defaults(func=run_tokenizer)
 
     rep = actions.add_parser("report", help="table of results.json files + layer-weight PNG")
-    rep.add_argument("--exps", nargs="+", required=True,
-                     help="experiment dirs (evaluated); columns are their upstreams' names (train --name)")
-    rep.add_argument("--out", required=True,
-                     help="dir for results.md, results.json, layer_weights.png (new, empty or an earlier report's)")
+    rep.add_argument(
+        "--exps",
+        nargs="+",
+        required=True,
+        help="experiment dirs (evaluated); columns are their upstreams' names (train --name)",
+    )
+    rep.add_argument(
+        "--out",
+        required=True,
+        help="dir for results.md, results.json, layer_weights.png (new, empty or an earlier report's)",
+    )
     rep.add_argument("--split", default="test", help="which evaluation to tabulate (default test)")
     add_overwrite_argument(rep)
     rep.set_defaults(func=run_report)
@@ -69,19 +95,35 @@ def _config(args: argparse.Namespace) -> DownstreamConfig:
 def run_train(args: argparse.Namespace) -> int:
     if args.max_steps is not None and args.max_steps <= 0:
         raise ValueError(f"--max-steps must be > 0, found {args.max_steps}")
-    best = train_downstream(args.task, args.upstream, args.data, args.out, _config(args),
-                            max_steps=args.max_steps, resume=args.resume, name=args.name)
+    best = train_downstream(
+        args.task,
+        args.upstream,
+        args.data,
+        args.out,
+        _config(args),
+        max_steps=args.max_steps,
+        resume=args.resume,
+        name=args.name,
+    )
     if best:
         dev = best["dev"][best["metric"]] if best.get("dev") else None
-        print(f"downstream train: {args.task} on {args.upstream}: best {best['run_dir']}/{best['checkpoint']} "
-              f"(lr {best['lr']:g}, dev {best['metric']} {dev if dev is None else f'{dev:.4f}'})")
+        print(
+            f"downstream train: {args.task} on {args.upstream}: best {best['run_dir']}/{best['checkpoint']} "
+            f"(lr {best['lr']:g}, dev {best['metric']} {dev if dev is None else f'{dev:.4f}'})"
+        )
     return 0
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     results = evaluate_downstream(args.out, split=args.split)
-    print(json.dumps({k: results[k] for k in ("task", "metric", "value", "split", "upstream",
-                                              "trainable_params", "total_params")}))
+    print(
+        json.dumps(
+            {
+                k: results[k]
+                for k in ("task", "metric", "value", "split", "upstream", "trainable_params", "total_params")
+            }
+        )
+    )
     return 0
 
 

@@ -34,19 +34,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--data", required=True, help="Kaldi data dir (wav.scp [segments] utt2spk)")
     parser.add_argument("--feature", required=True, choices=FEATURES)
-    parser.add_argument("--upstream", help="with --feature upstream: speechssl/transformers dir or fairseq/s3prl .pt")
+    parser.add_argument(
+        "--upstream", help="with --feature upstream: speechssl/transformers dir or fairseq/s3prl .pt"
+    )
     parser.add_argument("--layer", type=int, help="with --feature upstream: hidden-state index L")
     parser.add_argument("--out", required=True, help="feature dir (shared by all shards)")
     add_overwrite_argument(parser)
     parser.add_argument("--nshard", type=int, default=1, help="number of shards (jobs); default 1")
     parser.add_argument("--rank", type=int, default=0, help="which shard this job writes, 0..nshard-1")
-    parser.add_argument("--batch-seconds", type=float, default=60.0,
-                        help="padded audio seconds per model call (upstream; default 60)")
+    parser.add_argument(
+        "--batch-seconds",
+        type=float,
+        default=60.0,
+        help="padded audio seconds per model call (upstream; default 60)",
+    )
     parser.add_argument("--device", help="torch device for --feature upstream (default: cuda if available)")
-    parser.add_argument("--dtype", choices=("float32", "float16"), default="float32",
-                        help="storage type of the .npy (default float32)")
-    parser.add_argument("--num-threads", type=int, default=0,
-                        help="torch CPU threads (default: 1 for mfcc, cores / nshard for upstream)")
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "float16"),
+        default="float32",
+        help="storage type of the .npy (default float32)",
+    )
+    parser.add_argument(
+        "--num-threads",
+        type=int,
+        default=0,
+        help="torch CPU threads (default: 1 for mfcc, cores / nshard for upstream)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -60,11 +74,20 @@ def run(args: argparse.Namespace) -> int:
     else:  # the recipe runs the shards at once: share the cores instead of oversubscribing them
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.nshard))
     inputs = (args.data,) + ((args.upstream,) if args.upstream else ())
-    out = check_output(args.out, COMMAND, overwrite=args.overwrite, inputs=inputs, earlier_output=is_feature_dump)
+    out = check_output(
+        args.out, COMMAND, overwrite=args.overwrite, inputs=inputs, earlier_output=is_feature_dump
+    )
     extractor = build_extractor(args.feature, upstream=args.upstream, layer=args.layer, device=args.device)
     out.mkdir(parents=True, exist_ok=True)
     write_marker(out, COMMAND)  # first: a parallel shard job's check then sees our marker
-    path = dump_features(args.data, extractor, args.out, nshard=args.nshard, rank=args.rank,
-                         dtype=args.dtype, batch_seconds=args.batch_seconds)
+    path = dump_features(
+        args.data,
+        extractor,
+        args.out,
+        nshard=args.nshard,
+        rank=args.rank,
+        dtype=args.dtype,
+        batch_seconds=args.batch_seconds,
+    )
     print(f"features: {path}")
     return 0

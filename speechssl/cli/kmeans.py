@@ -22,15 +22,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     fit = actions.add_parser("fit", help="fit centroids: KM/centroids.npy + KM/kmeans.json")
     fit.add_argument("--feats", required=True, help="feature dir written by `speechssl features`")
-    fit.add_argument("--num-clusters", type=int, required=True, help="K (HuBERT: 100 on MFCC, 500 on layer 6)")
+    fit.add_argument(
+        "--num-clusters", type=int, required=True, help="K (HuBERT: 100 on MFCC, 500 on layer 6)"
+    )
     fit.add_argument("--out", required=True, help="k-means model dir")
     add_overwrite_argument(fit)
-    fit.add_argument("--percent", type=float, default=defaults.percent,
-                     help="fraction of the utterances of each shard to fit on, in (0, 1] (default: all)")
+    fit.add_argument(
+        "--percent",
+        type=float,
+        default=defaults.percent,
+        help="fraction of the utterances of each shard to fit on, in (0, 1] (default: all)",
+    )
     fit.add_argument("--seed", type=int, default=defaults.seed)
     fit.add_argument("--n-init", type=int, default=defaults.n_init, help=f"default {defaults.n_init}")
     fit.add_argument("--max-iter", type=int, default=defaults.max_iter, help=f"default {defaults.max_iter}")
-    fit.add_argument("--batch-size", type=int, default=defaults.batch_size, help=f"default {defaults.batch_size}")
+    fit.add_argument(
+        "--batch-size", type=int, default=defaults.batch_size, help=f"default {defaults.batch_size}"
+    )
     fit.set_defaults(func=run_fit)
 
     lab = actions.add_parser("label", help="write OUT/labels (uttid u1 u2 ...) and OUT/dict.txt")
@@ -43,8 +51,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _claim(out: str, command: str, overwrite: bool, inputs: tuple, labels: bool) -> Path:
-    path = check_output(out, command, overwrite=overwrite, inputs=inputs,
-                        earlier_output=lambda p: is_kmeans_output(p, labels=labels))
+    path = check_output(
+        out,
+        command,
+        overwrite=overwrite,
+        inputs=inputs,
+        earlier_output=lambda p: is_kmeans_output(p, labels=labels),
+    )
     path.mkdir(parents=True, exist_ok=True)
     write_marker(path, command)
     return path
@@ -53,10 +66,20 @@ def _claim(out: str, command: str, overwrite: bool, inputs: tuple, labels: bool)
 def run_fit(args: argparse.Namespace) -> int:
     reader = FeatureReader(args.feats)  # a damaged shard is named before the output dir is touched
     _claim(args.out, "kmeans fit", args.overwrite, (args.feats,), labels=False)
-    model = fit_kmeans(reader, args.num_clusters, percent=args.percent, seed=args.seed,
-                       out_dir=args.out, n_init=args.n_init, max_iter=args.max_iter, batch_size=args.batch_size)
-    print(f"kmeans: {model.num_clusters} centroids in {args.out} "
-          f"(inertia per frame {model.params['inertia_per_frame']:.4f})")
+    model = fit_kmeans(
+        reader,
+        args.num_clusters,
+        percent=args.percent,
+        seed=args.seed,
+        out_dir=args.out,
+        n_init=args.n_init,
+        max_iter=args.max_iter,
+        batch_size=args.batch_size,
+    )
+    print(
+        f"kmeans: {model.num_clusters} centroids in {args.out} "
+        f"(inertia per frame {model.params['inertia_per_frame']:.4f})"
+    )
     return 0
 
 

@@ -16,8 +16,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Multi-GPU: torchrun --nproc_per_node=N -m speechssl pretrain ...",
     )
     add_training_arguments(parser, "pretraining YAML, e.g. conf/pretrain_hubert_tiny.yaml")
-    parser.add_argument("--units", nargs="+", default=[], metavar="NAME",
-                        help="HuBERT targets: DATA/NAME/labels (+ dict.txt) for each label set")
+    parser.add_argument(
+        "--units",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="HuBERT targets: DATA/NAME/labels (+ dict.txt) for each label set",
+    )
     parser.add_argument("--save-every", type=int, help="override trainer.save_every")
     parser.add_argument("--seed", type=int, help="override trainer.seed")
     parser.set_defaults(func=run)

@@ -17,16 +17,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Writes EXP/pruned, EXP/final and EXP/prune_summary.json.",
     )
     parser.add_argument("--teacher", required=True, help="speechssl checkpoint dir, transformers dir or .pt")
-    add_training_arguments(parser, "pruning YAML (sections target_sparsity, gates, distill_layers, loss, data, trainer)")
+    add_training_arguments(
+        parser, "pruning YAML (sections target_sparsity, gates, distill_layers, loss, data, trainer)"
+    )
     parser.add_argument("--target-sparsity", type=float, help="fraction of parameters to remove (override)")
     parser.add_argument("--final-distill-steps", type=int, help="override final_distill_steps")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    final = prune(args.teacher, args.config, args.train, args.out, valid_dir=args.valid,
-                  target_sparsity=args.target_sparsity, max_steps=args.max_steps,
-                  final_distill_steps=args.final_distill_steps, resume=args.resume, overrides=args.overrides,
-                  overwrite=args.overwrite)
+    final = prune(
+        args.teacher,
+        args.config,
+        args.train,
+        args.out,
+        valid_dir=args.valid,
+        target_sparsity=args.target_sparsity,
+        max_steps=args.max_steps,
+        final_distill_steps=args.final_distill_steps,
+        resume=args.resume,
+        overrides=args.overrides,
+        overwrite=args.overwrite,
+    )
     print(final)
     return 0

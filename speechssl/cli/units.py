@@ -29,7 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     score.add_argument("--labels", nargs="+", required=True, help="labels files (uttid u1 u2 ...)")
     score.add_argument("--alignments", required=True, help="phone_ctm: uttid channel start duration phone")
-    score.add_argument("--frame-shift", type=float, default=0.02, help="seconds per label frame (default 0.02)")
+    score.add_argument(
+        "--frame-shift", type=float, default=0.02, help="seconds per label frame (default 0.02)"
+    )
     score.add_argument("--names", nargs="+", help="one name per labels file (default: their directory names)")
     score.add_argument("--out", help="JSON file for the scores")
     score.add_argument("--plot", help="PNG bar chart of the scores")
@@ -38,7 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_score(args: argparse.Namespace) -> int:
-    plot = args.plot or (str(Path(args.out).with_suffix(".png")) if args.out and len(args.labels) > 1 else None)
+    plot = args.plot or (
+        str(Path(args.out).with_suffix(".png")) if args.out and len(args.labels) > 1 else None
+    )
     inputs = (*args.labels, args.alignments)
     if args.out and plot and Path(args.out).resolve() == Path(plot).resolve():
         raise ValueError(f"--out and --plot are the same file ({args.out}): name two files")
@@ -48,8 +52,15 @@ def run_score(args: argparse.Namespace) -> int:
     results = score_label_files(args.labels, args.alignments, frame_shift=args.frame_shift, names=args.names)
     print(format_table(results), end="")
     if args.out:
-        write_json(results, args.out, extra={"alignments": args.alignments, "frame_shift": args.frame_shift,
-                                             "labels": dict(zip(results, args.labels))})
+        write_json(
+            results,
+            args.out,
+            extra={
+                "alignments": args.alignments,
+                "frame_shift": args.frame_shift,
+                "labels": dict(zip(results, args.labels)),
+            },
+        )
         print(f"units: scores in {args.out}")
     if plot:
         plot_quality(results, plot)

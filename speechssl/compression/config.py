@@ -33,8 +33,10 @@ class LossConfig:
         if not (math.isfinite(self.l1_weight) and math.isfinite(self.cos_weight)) or (
             self.l1_weight < 0 or self.cos_weight < 0 or self.l1_weight + self.cos_weight == 0
         ):
-            raise ValueError(f"l1_weight and cos_weight must be finite, >= 0 and not both 0, found "
-                             f"{self.l1_weight}, {self.cos_weight}")
+            raise ValueError(
+                f"l1_weight and cos_weight must be finite, >= 0 and not both 0, found "
+                f"{self.l1_weight}, {self.cos_weight}"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,8 +54,9 @@ class StudentConfig:
             raise ValueError(f"student.num_layers must be >= 1, found {self.num_layers}")
         _check_layers("student.init_layers", self.init_layers)
         if self.init_layers is not None and len(self.init_layers) != self.num_layers:
-            raise ValueError(f"student.init_layers must list {self.num_layers} teacher layers, "
-                             f"found {self.init_layers}")
+            raise ValueError(
+                f"student.init_layers must list {self.num_layers} teacher layers, found {self.init_layers}"
+            )
         if not 0.0 <= self.layerdrop < 1.0:
             raise ValueError(f"student.layerdrop must be in [0, 1), found {self.layerdrop}")
 
@@ -66,7 +69,9 @@ class DistillConfig:
     """`speechssl distill`: DistilHuBERT (+ optional Recycle-and-Distill masking distillation)."""
 
     student: StudentConfig = field(default_factory=StudentConfig)
-    target_layers: list[int] = field(default_factory=lambda: [4, 8, 12])  # teacher layers, one linear head each
+    target_layers: list[int] = field(
+        default_factory=lambda: [4, 8, 12]
+    )  # teacher layers, one linear head each
     loss: LossConfig = field(default_factory=LossConfig)
     # Masking distillation: the student sees masked frames (learned mask embedding) and
     # predicts the teacher's features of the unmasked input. None: off (DistilHuBERT).

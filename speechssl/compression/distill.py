@@ -47,7 +47,9 @@ def layer_loss(pred: Tensor, target: Tensor, valid: Tensor) -> tuple[Tensor, Ten
     return l1, cos_term
 
 
-def build_student(teacher: SSLModel, teacher_config: ModelConfig, config: StudentConfig) -> tuple[SSLModel, ModelConfig]:
+def build_student(
+    teacher: SSLModel, teacher_config: ModelConfig, config: StudentConfig
+) -> tuple[SSLModel, ModelConfig]:
     """A student with the teacher's frontend and width and `config.num_layers` layers, initialised
     (unless `init_from_teacher` is False) from the teacher's frontend and the listed layers."""
     copy_from = config.teacher_layers_to_copy()
@@ -127,10 +129,14 @@ class Distiller(FrozenTeacher):
     ) -> None:
         super().__init__()
         if len(teacher_layers) != len(student_layers):
-            raise ValueError(f"teacher_layers {list(teacher_layers)} and student_layers {list(student_layers)} "
-                             "must have the same length")
+            raise ValueError(
+                f"teacher_layers {list(teacher_layers)} and student_layers {list(student_layers)} "
+                "must have the same length"
+            )
         if max(teacher_layers) > teacher.num_layers:
-            raise ValueError(f"target layers {list(teacher_layers)} exceed the teacher's {teacher.num_layers} layers")
+            raise ValueError(
+                f"target layers {list(teacher_layers)} exceed the teacher's {teacher.num_layers} layers"
+            )
         self.student = student
         self._freeze_teacher(teacher)
         self.teacher_layers, self.student_layers = list(teacher_layers), list(student_layers)
@@ -147,17 +153,28 @@ class Distiller(FrozenTeacher):
             return None
         frames = self.student.num_frames(wav_lens)  # (B,)
         m = self.mask
-        return compute_mask_indices(frames, int(frames.max()), mask_prob=m.mask_prob, mask_length=m.mask_length,
-                                    min_masks=m.min_masks, no_overlap=m.no_overlap, min_space=m.min_space,
-                                    require_same_masks=m.require_same_masks)
+        return compute_mask_indices(
+            frames,
+            int(frames.max()),
+            mask_prob=m.mask_prob,
+            mask_length=m.mask_length,
+            min_masks=m.min_masks,
+            no_overlap=m.no_overlap,
+            min_space=m.min_space,
+            require_same_masks=m.require_same_masks,
+        )
 
     def distill_loss(self, wavs: Tensor, wav_lens: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         if self.normalize_waveform:
             wavs = normalize_waveform(wavs, wav_lens)
         with torch.no_grad():
             target = self.teacher(wavs, wav_lens, num_layers=max(self.teacher_layers)).hidden_states
-        out = self.student(wavs, wav_lens, mask_time_indices=self._mask_indices(wav_lens),
-                           num_layers=max(self.student_layers))
+        out = self.student(
+            wavs,
+            wav_lens,
+            mask_time_indices=self._mask_indices(wav_lens),
+            num_layers=max(self.student_layers),
+        )
         valid = ~out.padding_mask  # (B, T)
         total = wavs.new_zeros(())
         metrics: dict[str, Tensor] = {}
@@ -174,9 +191,18 @@ class Distiller(FrozenTeacher):
         return self.distill_loss(batch.wavs, batch.wav_lens)
 
 
-def run_training(module: nn.Module, config: Any, train_dir: Path, valid_dir: Path | None, out_dir: Path,
-                 teacher: SSLModel, *, resume: bool | Path, save_config: Any,
-                 begin: Callable[[], None] | None = None) -> TrainResult:
+def run_training(
+    module: nn.Module,
+    config: Any,
+    train_dir: Path,
+    valid_dir: Path | None,
+    out_dir: Path,
+    teacher: SSLModel,
+    *,
+    resume: bool | Path,
+    save_config: Any,
+    begin: Callable[[], None] | None = None,
+) -> TrainResult:
     """Train `module` on the audio of `train_dir` (the teacher gives the frame counts). `begin`
     runs once the data is checked, before anything is written (Experiment.begin)."""
     loaders = build_data(config, teacher, train_dir, valid_dir)
@@ -187,8 +213,13 @@ def run_training(module: nn.Module, config: Any, train_dir: Path, valid_dir: Pat
 
 def load_teacher(source: str | Path) -> Upstream:
     upstream = require_network(load_upstream(source), source, "a teacher")
-    logger.info("teacher %s: %s, %d layers, %.2fM parameters", source, upstream.config.family,
-                upstream.num_layers, sum(p.numel() for p in upstream.model.parameters()) / 1e6)
+    logger.info(
+        "teacher %s: %s, %d layers, %.2fM parameters",
+        source,
+        upstream.config.family,
+        upstream.num_layers,
+        sum(p.numel() for p in upstream.model.parameters()) / 1e6,
+    )
     return upstream
 
 
@@ -220,18 +251,40 @@ def distill(
     out_dir = Path(out_dir)
     config: DistillConfig = load_config(DistillConfig, config_path, list(overrides))
     config = replace(config, trainer=config.trainer.with_max_steps(max_steps))
-    with distributed(), experiment(out_dir, "distill", resume=resume, config=config, overwrite=overwrite,
-                                   inputs=(train_dir, valid_dir, teacher_source)) as run:
+    with (
+        distributed(),
+        experiment(
+            out_dir,
+            "distill",
+            resume=resume,
+            config=config,
+            overwrite=overwrite,
+            inputs=(train_dir, valid_dir, teacher_source),
+        ) as run,
+    ):
         teacher = load_teacher(teacher_source)
         torch.manual_seed(config.trainer.seed)
         distiller, student_config = build_distiller(teacher, config)
-        run_training(distiller, config, Path(train_dir), Path(valid_dir) if valid_dir else None, out_dir,
-                     teacher.model, resume=run.resume_from or False, save_config=config, begin=run.begin)
+        run_training(
+            distiller,
+            config,
+            Path(train_dir),
+            Path(valid_dir) if valid_dir else None,
+            out_dir,
+            teacher.model,
+            resume=run.resume_from or False,
+            save_config=config,
+            begin=run.begin,
+        )
         final = out_dir / "final"
         if env_rank() == 0:
             save_checkpoint(distiller.student, student_config, final)
-            logger.info("student: %.2fM parameters (teacher %.2fM) -> %s", count_params(distiller.student) / 1e6,
-                        count_params(teacher.model) / 1e6, final)
+            logger.info(
+                "student: %.2fM parameters (teacher %.2fM) -> %s",
+                count_params(distiller.student) / 1e6,
+                count_params(teacher.model) / 1e6,
+                final,
+            )
     return final
 
 

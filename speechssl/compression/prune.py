@@ -76,28 +76,37 @@ class GatedModel(nn.Module):
         front = config.frontend
         if gates.conv_channels and isinstance(front, ConvFrontendConfig) and front.mode == "group_norm":
             if front.feature_grad_mult == 0.0:
-                raise ValueError("conv channel gates need gradients through the frontend, but its "
-                                 "feature_grad_mult is 0; set gates.conv_channels: false")
+                raise ValueError(
+                    "conv channel gates need gradients through the frontend, but its "
+                    "feature_grad_mult is 0; set gates.conv_channels: false"
+                )
             for i, layer in enumerate(model.feature_extractor.conv_layers[:-1]):
                 self.gates[f"conv_{i}"] = HardConcrete(front.conv_dim[i], **args)
                 layer.register_forward_hook(self._scale_output(f"conv_{i}", channel_dim=1))
         elif gates.conv_channels:
-            logger.info("conv channels are not pruned: the %s frontend normalises over channels",
-                        getattr(front, "mode", front.type))
+            logger.info(
+                "conv channels are not pruned: the %s frontend normalises over channels",
+                getattr(front, "mode", front.type),
+            )
         enc = config.encoder
         for i, layer in enumerate(model.encoder.layers):
             if layer.attention is not None:
                 if gates.heads:
                     self.gates[f"heads_{i}"] = HardConcrete(enc.heads_of(i), **args)
                     layer.attention.out_proj.register_forward_pre_hook(
-                        self._scale_input(f"heads_{i}", repeat=enc.head_dim))
+                        self._scale_input(f"heads_{i}", repeat=enc.head_dim)
+                    )
                 if gates.attention:
                     self.gates[f"attention_{i}"] = HardConcrete(1, **args)
-                    layer.attention.register_forward_hook(self._scale_output(f"attention_{i}", channel_dim=-1))
+                    layer.attention.register_forward_hook(
+                        self._scale_output(f"attention_{i}", channel_dim=-1)
+                    )
             if layer.feed_forward is not None:
                 if gates.ffn_units:
                     self.gates[f"ffn_units_{i}"] = HardConcrete(enc.ffn_dim_of(i), **args)
-                    layer.feed_forward.output_dense.register_forward_pre_hook(self._scale_input(f"ffn_units_{i}"))
+                    layer.feed_forward.output_dense.register_forward_pre_hook(
+                        self._scale_input(f"ffn_units_{i}")
+                    )
                 if gates.ffn:
                     self.gates[f"ffn_{i}"] = HardConcrete(1, **args)
                     layer.feed_forward.register_forward_hook(self._scale_output(f"ffn_{i}", channel_dim=-1))
@@ -193,8 +202,20 @@ class GatedModel(nn.Module):
         D, d = enc.embed_dim, enc.head_dim
         for i, layer in enumerate(self.model.encoder.layers):
             blocks = (
-                (layer.attention, "heads", "attention", enc.heads_of(i), 4 * D * d + 3 * d),  # q,k,v rows + out cols
-                (layer.feed_forward, "ffn_units", "ffn", enc.ffn_dim_of(i), 2 * D + 1),  # fc1 row + bias, fc2 col
+                (
+                    layer.attention,
+                    "heads",
+                    "attention",
+                    enc.heads_of(i),
+                    4 * D * d + 3 * d,
+                ),  # q,k,v rows + out cols
+                (
+                    layer.feed_forward,
+                    "ffn_units",
+                    "ffn",
+                    enc.ffn_dim_of(i),
+                    2 * D + 1,
+                ),  # fc1 row + bias, fc2 col
             )
             for module, unit_name, block_name, num_units, per_unit in blocks:
                 if module is None:
@@ -243,7 +264,9 @@ class GatedModel(nn.Module):
             return new
 
         def count_of(raw: dict[str, Tensor]) -> int:
-            masks = {k: (v > 0).float() for k, v in self._complete({k: v.clone() for k, v in raw.items()}).items()}
+            masks = {
+                k: (v > 0).float() for k, v in self._complete({k: v.clone() for k, v in raw.items()}).items()
+            }
             return self.fixed_params + int(round(float(self.prunable_params(masks))))
 
         def reached(c: int) -> bool:
@@ -266,8 +289,12 @@ class GatedModel(nn.Module):
         for key, v in self._complete(best).items():
             self.gates[key].fix(v)
         final = self.deterministic_params()
-        logger.info("gates fixed: %d parameters by the rule, %d after adjusting (target %d)",
-                    count, final, target_params)
+        logger.info(
+            "gates fixed: %d parameters by the rule, %d after adjusting (target %d)",
+            count,
+            final,
+            target_params,
+        )
         return final
 
     def forward(self, wavs: Tensor, lengths: Tensor | None = None, **kwargs: Any) -> EncoderOutput:
@@ -304,7 +331,9 @@ def prune_model(gated: GatedModel) -> tuple[SSLModel, ModelConfig]:
             keep = torch.arange(conv_dim[i]) if z is None else (z > 0).nonzero().flatten()
             weight = state[prefix + "conv.weight"][keep]  # (out', in, k)
             if prev_keep is not None:
-                weight = weight[:, prev_keep] * prev_scale[None, :, None]  # (out', in', k): fold z of layer i-1
+                weight = (
+                    weight[:, prev_keep] * prev_scale[None, :, None]
+                )  # (out', in', k): fold z of layer i-1
             state[prefix + "conv.weight"] = weight
             for name in ("conv.bias", "layer_norm.weight", "layer_norm.bias"):
                 if prefix + name in state:
@@ -331,7 +360,9 @@ def prune_model(gated: GatedModel) -> tuple[SSLModel, ModelConfig]:
                     state[f"{prefix}{name}.weight"] = state[f"{prefix}{name}.weight"][rows]
                     state[f"{prefix}{name}.bias"] = state[f"{prefix}{name}.bias"][rows]
                 scale = z_units[kept].repeat_interleave(d) * z_block  # (H' * d,)
-                state[f"{prefix}out_proj.weight"] = state[f"{prefix}out_proj.weight"][:, rows] * scale[None, :]
+                state[f"{prefix}out_proj.weight"] = (
+                    state[f"{prefix}out_proj.weight"][:, rows] * scale[None, :]
+                )
                 state[f"{prefix}out_proj.bias"] = state[f"{prefix}out_proj.bias"] * z_block
         if not num_heads:
             state = {k: v for k, v in state.items() if not k.startswith(prefix)}
@@ -345,16 +376,21 @@ def prune_model(gated: GatedModel) -> tuple[SSLModel, ModelConfig]:
             kept = _kept_units(z_units, z_block)
             width = int(kept.numel())
             if width:
-                state[f"{prefix}intermediate_dense.weight"] = state[f"{prefix}intermediate_dense.weight"][kept]
+                state[f"{prefix}intermediate_dense.weight"] = state[f"{prefix}intermediate_dense.weight"][
+                    kept
+                ]
                 state[f"{prefix}intermediate_dense.bias"] = state[f"{prefix}intermediate_dense.bias"][kept]
                 scale = z_units[kept] * z_block  # (F',)
-                state[f"{prefix}output_dense.weight"] = state[f"{prefix}output_dense.weight"][:, kept] * scale[None, :]
+                state[f"{prefix}output_dense.weight"] = (
+                    state[f"{prefix}output_dense.weight"][:, kept] * scale[None, :]
+                )
                 state[f"{prefix}output_dense.bias"] = state[f"{prefix}output_dense.bias"] * z_block
         if not width:
             state = {k: v for k, v in state.items() if not k.startswith(prefix)}
         ffn_dims.append(width)
-    new_config = replace(config, frontend=new_frontend,
-                         encoder=replace(enc, layer_num_heads=heads, layer_ffn_dims=ffn_dims))
+    new_config = replace(
+        config, frontend=new_frontend, encoder=replace(enc, layer_num_heads=heads, layer_ffn_dims=ffn_dims)
+    )
     model = build_model(new_config)
     load_state_into(model, state, "pruned state")
     return model.train(gated.training), new_config
@@ -363,11 +399,19 @@ def prune_model(gated: GatedModel) -> tuple[SSLModel, ModelConfig]:
 class Pruner(Distiller):
     """Layer-wise distillation of the gated student + the Lagrangian sparsity term."""
 
-    def __init__(self, gated: GatedModel, teacher: SSLModel, config: PruneConfig, *,
-                 normalize_waveform: bool = False) -> None:
+    def __init__(
+        self, gated: GatedModel, teacher: SSLModel, config: PruneConfig, *, normalize_waveform: bool = False
+    ) -> None:
         layers = config.layers_for(teacher.num_layers)
-        super().__init__(gated, teacher, teacher_layers=layers, student_layers=layers, heads=False,
-                         loss=config.loss, normalize_waveform=normalize_waveform)
+        super().__init__(
+            gated,
+            teacher,
+            teacher_layers=layers,
+            student_layers=layers,
+            heads=False,
+            loss=config.loss,
+            normalize_waveform=normalize_waveform,
+        )
         self.config = config
         # lambda1, lambda2: a buffer, not a Parameter: the dual ascent step is taken here
         # (see set_num_updates), proportional to the gap, and resumes with the checkpoint.
@@ -405,8 +449,12 @@ class Pruner(Distiller):
             self._last_gap = gap.detach()
         lambdas = self.lambdas.to(gap)
         term = lambdas[0] * gap + lambdas[1] * gap * gap
-        metrics = {"expected_sparsity": sparsity.detach(), "target_sparsity": torch.tensor(self.current_target()),
-                   "lambda1": lambdas[0], "lambda2": lambdas[1]}
+        metrics = {
+            "expected_sparsity": sparsity.detach(),
+            "target_sparsity": torch.tensor(self.current_target()),
+            "lambda1": lambdas[0],
+            "lambda2": lambdas[1],
+        }
         return term, metrics
 
     def forward(self, batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
@@ -450,22 +498,49 @@ def prune(
     if final_distill_steps is not None:
         changes["final_distill_steps"] = final_distill_steps
     if max_steps and config.sparsity_warmup_steps > max_steps:
-        changes["sparsity_warmup_steps"] = config.sparsity_warmup_steps * max_steps // config.trainer.max_steps
+        changes["sparsity_warmup_steps"] = (
+            config.sparsity_warmup_steps * max_steps // config.trainer.max_steps
+        )
     config = replace(config, **changes)
     train_dir = Path(train_dir)
     valid = Path(valid_dir) if valid_dir else None
-    with distributed(), experiment(out_dir, "prune", resume=resume, config=config, overwrite=overwrite,
-                                   inputs=(train_dir, valid, teacher_source), allowed=_RESUMABLE) as run:
+    with (
+        distributed(),
+        experiment(
+            out_dir,
+            "prune",
+            resume=resume,
+            config=config,
+            overwrite=overwrite,
+            inputs=(train_dir, valid, teacher_source),
+            allowed=_RESUMABLE,
+        ) as run,
+    ):
         return _prune(teacher_source, config, train_dir, valid, out_dir, run)
 
 
-def _prune(teacher_source: str | Path, config: PruneConfig, train_dir: Path, valid: Path | None, out_dir: Path,
-           run: Experiment) -> Path:
+def _prune(
+    teacher_source: str | Path,
+    config: PruneConfig,
+    train_dir: Path,
+    valid: Path | None,
+    out_dir: Path,
+    run: Experiment,
+) -> Path:
     teacher = load_teacher(teacher_source)
     torch.manual_seed(config.trainer.seed)
     pruner = build_pruner(teacher.model, teacher.config, config)
-    run_training(pruner, config, train_dir, valid, out_dir, teacher.model, resume=run.resume_from or False,
-                 save_config=config, begin=run.begin)
+    run_training(
+        pruner,
+        config,
+        train_dir,
+        valid,
+        out_dir,
+        teacher.model,
+        resume=run.resume_from or False,
+        save_config=config,
+        begin=run.begin,
+    )
     gated: GatedModel = pruner.student
     gated.eval()
     expected = float(gated.expected_params().detach())
@@ -486,16 +561,37 @@ def _prune(teacher_source: str | Path, config: PruneConfig, train_dir: Path, val
     if env_rank() == 0:
         save_checkpoint(model, model_config, out_dir / "pruned")
         atomic_write_text(out_dir / "prune_summary.json", json.dumps(summary, indent=2) + "\n")
-        logger.info("pruned: %d -> %d parameters (target %d) -> %s", pruner.total_params,
-                    summary["pruned_params"], pruner.target_params, out_dir / "pruned")
+        logger.info(
+            "pruned: %d -> %d parameters (target %d) -> %s",
+            pruner.total_params,
+            summary["pruned_params"],
+            pruner.target_params,
+            out_dir / "pruned",
+        )
     if config.final_distill_steps > 0:
         layers = config.layers_for(teacher.num_layers)
-        distiller = Distiller(model.train(), teacher.model, teacher_layers=layers, student_layers=layers,
-                              heads=False, loss=config.loss, normalize_waveform=teacher.config.normalize_waveform)
-        stage = replace(config, trainer=replace(config.trainer, max_steps=config.final_distill_steps,
-                                                warmup_steps=0))
-        run_training(distiller, stage, train_dir, valid, out_dir / "final_distill", teacher.model,
-                     resume=not run.fresh, save_config=stage)
+        distiller = Distiller(
+            model.train(),
+            teacher.model,
+            teacher_layers=layers,
+            student_layers=layers,
+            heads=False,
+            loss=config.loss,
+            normalize_waveform=teacher.config.normalize_waveform,
+        )
+        stage = replace(
+            config, trainer=replace(config.trainer, max_steps=config.final_distill_steps, warmup_steps=0)
+        )
+        run_training(
+            distiller,
+            stage,
+            train_dir,
+            valid,
+            out_dir / "final_distill",
+            teacher.model,
+            resume=not run.fresh,
+            save_config=stage,
+        )
     if env_rank() == 0:
         save_checkpoint(model, model_config, final)
     return final

@@ -99,7 +99,9 @@ def format_comparison(profiles: list[ModelProfile]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def check_comparison_output(out: str | Path, *, overwrite: bool = False, sources: Iterable[str | Path] = ()) -> None:
+def check_comparison_output(
+    out: str | Path, *, overwrite: bool = False, sources: Iterable[str | Path] = ()
+) -> None:
     """Refuse OUT or its .json twin when they hold what `compare` did not write, or lie in one of
     the compared models (before any timing)."""
     for path in (Path(out), Path(out).with_suffix(".json")):

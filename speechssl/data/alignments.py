@@ -60,7 +60,9 @@ def read_phone_ctm(path: str | Path) -> dict[str, list[PhoneSegment]]:
             try:
                 start, duration = float(start_s), float(dur_s)
             except ValueError:
-                raise ValueError(f"{path}:{lineno}: start/duration must be numbers, found '{start_s} {dur_s}'") from None
+                raise ValueError(
+                    f"{path}:{lineno}: start/duration must be numbers, found '{start_s} {dur_s}'"
+                ) from None
             if start < 0 or duration <= 0:
                 raise ValueError(f"{path}:{lineno}: utterance '{uttid}' has start {start} and duration {duration}; "
                                  "expected start >= 0 and duration > 0")  # fmt: skip
@@ -125,7 +127,9 @@ def ctm_to_frame_labels(
     return out
 
 
-def write_frame_labels(ctm_path: str | Path, out_path: str | Path, frame_shift_s: float) -> dict[str, list[str]]:
+def write_frame_labels(
+    ctm_path: str | Path, out_path: str | Path, frame_shift_s: float
+) -> dict[str, list[str]]:
     """Render `phone_ctm` as `uttid p1 p2 ...` (one phone per frame), the layout of unit label files."""
     labels = ctm_to_frame_labels(read_phone_ctm(ctm_path), frame_shift_s)
     write_table(out_path, labels)

@@ -53,8 +53,17 @@ _logged_lock = threading.Lock()
 
 
 # bytes per sample of the WAV subtypes whose frames have a fixed size
-_SAMPLE_BYTES = {"PCM_U8": 1, "PCM_S8": 1, "ULAW": 1, "ALAW": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4,
-                 "FLOAT": 4, "DOUBLE": 8}
+_SAMPLE_BYTES = {
+    "PCM_U8": 1,
+    "PCM_S8": 1,
+    "ULAW": 1,
+    "ALAW": 1,
+    "PCM_16": 2,
+    "PCM_24": 3,
+    "PCM_32": 4,
+    "FLOAT": 4,
+    "DOUBLE": 8,
+}
 _STREAMED_SIZES = (0, 0xFFFFFFFF)  # data chunk size written by streaming writers that did not know it
 
 # integer PCM cannot hold NaN or infinity, so its samples need no finiteness scan
@@ -145,8 +154,10 @@ def _check_complete(path: str | os.PathLike, size: int, info: AudioInfo, where: 
     declared, present = chunk
     frame = _SAMPLE_BYTES.get(info.subtype, 0) * info.num_channels
     if frame:
-        what = (f"its header declares {declared // frame} samples ({declared // frame / info.sample_rate:.3f} s),"
-                f" the file holds {present // frame} ({present // frame / info.sample_rate:.3f} s)")
+        what = (
+            f"its header declares {declared // frame} samples ({declared // frame / info.sample_rate:.3f} s),"
+            f" the file holds {present // frame} ({present // frame / info.sample_rate:.3f} s)"
+        )
     else:
         what = f"its header declares {declared} bytes of audio, the file holds {present}"
     raise AudioError(f"{where}: truncated WAV file: {what}; copy or convert it again")

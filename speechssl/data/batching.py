@@ -50,7 +50,13 @@ class BatchingConfig:
 
 
 def _sampler(
-    durations: list[float], config: BatchingConfig, *, train: bool, seed: int, rank: int = 0, world_size: int = 1
+    durations: list[float],
+    config: BatchingConfig,
+    *,
+    train: bool,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DurationBucketSampler:
     """The batch sampler of `build_loader`."""
     if train:

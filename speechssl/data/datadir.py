@@ -151,11 +151,12 @@ def read_file(path: Path) -> tuple[dict, list[Problem]]:
     return table, problems + parse_problems
 
 
-
 def not_regular_problems(path: Path, listing: Listing) -> list[Problem]:
     """A problem for each table name of `listing` that is not a regular file (never opened)."""
     return [
-        Problem(str(path / name), None, None, f"is {kind}, not a regular file: not read", ProblemKind.NOT_REGULAR)
+        Problem(
+            str(path / name), None, None, f"is {kind}, not a regular file: not read", ProblemKind.NOT_REGULAR
+        )
         for name, kind in listing.not_regular.items()
     ]
 
@@ -338,11 +339,12 @@ def write_data_dir(
     return data
 
 
-
 # ---------------------------------------------------------------- audio headers
 
 
-def read_headers(paths: Mapping[str, str], nj: int, progress: bool, desc: str) -> dict[str, AudioInfo | Exception]:
+def read_headers(
+    paths: Mapping[str, str], nj: int, progress: bool, desc: str
+) -> dict[str, AudioInfo | Exception]:
     """id -> header of the audio file `paths[id]` or the error, reading headers on `nj` threads with a progress bar."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -412,9 +414,7 @@ def compute_durations(path: str | Path, *, nj: int = 1, progress: bool = True) -
     infos = read_headers(data.wav_scp, nj, progress, "durations")
     lines = {row.key: row.line for row in scan_table(data.path / "wav.scp")[0]}
     errors = [
-        f"{data.path / 'wav.scp'}:{lines[k]}: '{k}' {v}"
-        for k, v in infos.items()
-        if isinstance(v, Exception)
+        f"{data.path / 'wav.scp'}:{lines[k]}: '{k}' {v}" for k, v in infos.items() if isinstance(v, Exception)
     ]
     if errors:
         more = f"\n... and {len(errors) - 10} more" if len(errors) > 10 else ""
@@ -450,7 +450,9 @@ def combine_data_dirs(out: str | Path, sources: list[str | Path], *, overwrite: 
     check_output(out, COMBINE, overwrite=overwrite, inputs=tuple(sources))
     dirs = [DataDir.load(src) for src in sources]
     if len({d.segments is None for d in dirs}) > 1:
-        raise ValueError("cannot combine data dirs with and without segments: " + ", ".join(map(str, sources)))
+        raise ValueError(
+            "cannot combine data dirs with and without segments: " + ", ".join(map(str, sources))
+        )
 
     def union(name: str, tables: list[Mapping | None]) -> dict | None:
         if any(t is None for t in tables):

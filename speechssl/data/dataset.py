@@ -93,7 +93,9 @@ def load_targets(
     if missing or extra:
         parts = []
         if missing:
-            parts.append(f"{len(missing)} utterance(s) of {data_dir} have no entry (first: {_first(missing)})")
+            parts.append(
+                f"{len(missing)} utterance(s) of {data_dir} have no entry (first: {_first(missing)})"
+            )
         if extra:
             parts.append(f"{len(extra)} id(s) are not utterances of {data_dir} (first: {_first(extra)})")
         raise ValueError(f"{where}: ids do not match the data dir: " + "; ".join(parts))
@@ -148,13 +150,17 @@ class AudioDataset(Dataset):
         self.label_rates = dict(label_rates or {})
         unknown_rates = sorted(set(self.label_rates) - set(targets or {}))
         if unknown_rates:
-            raise ValueError(f"label_rates for unknown target(s) {unknown_rates}; targets are {sorted(targets or {})}")
+            raise ValueError(
+                f"label_rates for unknown target(s) {unknown_rates}; targets are {sorted(targets or {})}"
+            )
         if any(not (r > 0 and math.isfinite(r)) for r in self.label_rates.values()):
             raise ValueError(f"label_rates must be positive frames per second, found {self.label_rates}")
         transforms = dict(target_transforms or {})
         unknown = sorted(set(transforms) - set(targets or {}))
         if unknown:
-            raise ValueError(f"target_transforms for unknown target(s) {unknown}; targets are {sorted(targets or {})}")
+            raise ValueError(
+                f"target_transforms for unknown target(s) {unknown}; targets are {sorted(targets or {})}"
+            )
         self.data_dir = data.path
         self.sample_rate = sample_rate
         self.channel = channel
@@ -167,8 +173,12 @@ class AudioDataset(Dataset):
 
         utterances = data.utterances()
         ids = [u.utt_id for u in utterances]
-        self.targets = {name: load_targets(name, src, ids, data_dir=data.path) for name, src in (targets or {}).items()}
-        self.target_transforms: dict[str, TargetTransform] = {name: transforms.get(name, str) for name in self.targets}
+        self.targets = {
+            name: load_targets(name, src, ids, data_dir=data.path) for name, src in (targets or {}).items()
+        }
+        self.target_transforms: dict[str, TargetTransform] = {
+            name: transforms.get(name, str) for name in self.targets
+        }
 
         durations = self._known_durations(data, utterances)
         if skip_bad or any(d is None for d in durations):
@@ -215,9 +225,13 @@ class AudioDataset(Dataset):
                 if info.num_frames == 0:
                     raise AudioError(f"{where}: file holds no samples")
                 if self.channel is None and info.num_channels > 1:
-                    raise AudioError(f"{where}: file has {info.num_channels} channels; choose one with channel=")
+                    raise AudioError(
+                        f"{where}: file has {info.num_channels} channels; choose one with channel="
+                    )
                 if self.channel is not None and not 0 <= self.channel < info.num_channels:
-                    raise AudioError(f"{where}: channel {self.channel} requested, file has {info.num_channels}")
+                    raise AudioError(
+                        f"{where}: channel {self.channel} requested, file has {info.num_channels}"
+                    )
                 first, last = segment_frames(u.start, u.end, info, where=where)
                 if dur is None or u.end is not None and last < round(u.end * info.sample_rate):
                     dur = (last - first) / info.sample_rate  # overshooting segments are truncated
@@ -287,10 +301,17 @@ class AudioDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         u = self.utterances[index]
         offset = self._crop_offset(index)
-        start, end = (u.start, u.end) if offset is None else (u.start + offset, u.start + offset + self.max_seconds)
+        start, end = (
+            (u.start, u.end) if offset is None else (u.start + offset, u.start + offset + self.max_seconds)
+        )
         try:
             wav = load_audio(
-                u.path, start=start, end=end, sample_rate=self.sample_rate, channel=self.channel, utt_id=u.utt_id
+                u.path,
+                start=start,
+                end=end,
+                sample_rate=self.sample_rate,
+                channel=self.channel,
+                utt_id=u.utt_id,
             )
             if self.max_seconds is not None:
                 wav = wav[: round(self.max_seconds * self.sample_rate)]  # (samples,) rounding may add one

@@ -62,7 +62,9 @@ class _Event(ctypes.Structure):
     ]
 
 
-_SynthCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
+_SynthCallback = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event)
+)
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,9 @@ class Espeak:
     def set_voice(self, name: str, *, rate: int, pitch: int, pitch_range: int) -> None:
         """Select a voice like 'en-us+m3' and its prosody (rate in words/min, pitch/range 0-100)."""
         if self.lib.espeak_SetVoiceByName(name.encode()) != 0:
-            raise EspeakError(f"espeak-ng has no voice '{name}' (see `espeak-ng --voices=en` and --voices=variant)")
+            raise EspeakError(
+                f"espeak-ng has no voice '{name}' (see `espeak-ng --voices=en` and --voices=variant)"
+            )
         for param, value in ((PARAM_RATE, rate), (PARAM_PITCH, pitch), (PARAM_RANGE, pitch_range)):
             if self.lib.espeak_SetParameter(param, int(value), 0) != 0:
                 raise EspeakError(f"espeak_SetParameter({param}, {value}) failed for voice '{name}'")

@@ -30,7 +30,9 @@ from speechssl.io import atomic_file
 
 BACKUP = ".backup"
 # lines fix removes (the first of duplicates is kept) and characters it removes from the lines it keeps
-REMOVED_LINES = frozenset({ProblemKind.NOT_UTF8, ProblemKind.DUPLICATE, ProblemKind.MALFORMED, ProblemKind.PIPE})
+REMOVED_LINES = frozenset(
+    {ProblemKind.NOT_UTF8, ProblemKind.DUPLICATE, ProblemKind.MALFORMED, ProblemKind.PIPE}
+)
 CLEANED = frozenset({ProblemKind.BYTE_ORDER_MARK, ProblemKind.LINE_ENDINGS, ProblemKind.INVISIBLE})
 
 
@@ -103,13 +105,17 @@ def fix_data_dir(path: str | Path, *, allow_empty: bool = False) -> FixReport:
     files = ScannedDir(path)
     if files.listing.not_regular:
         name, kind = next(iter(files.listing.not_regular.items()))
-        raise ValueError(f"{path / name}: is {kind}, not a regular file; fix reads only regular files: nothing changed")
+        raise ValueError(
+            f"{path / name}: is {kind}, not a regular file; fix reads only regular files: nothing changed"
+        )
     for name in ("wav.scp", "utt2spk"):
         if not files.has(name):
             raise FileNotFoundError(f"{path / name} does not exist: fix needs wav.scp and utt2spk")
     removed = tuple(p for p in files.problems if p.kind in REMOVED_LINES)
     cleaned = tuple(p for p in files.problems if p.kind in CLEANED)
-    lines = {name: {row.key: row for row in reversed(rows)} for name, rows in files.rows.items()}  # first wins
+    lines = {
+        name: {row.key: row for row in reversed(rows)} for name, rows in files.rows.items()
+    }  # first wins
     dropped: list[Dropped] = []
 
     # Recordings usable by segments: in wav.scp and every recording-level table.
@@ -131,7 +137,9 @@ def fix_data_dir(path: str | Path, *, allow_empty: bool = False) -> FixReport:
                 dropped.append(Dropped(UTTERANCE, utt, missing, f"its recording '{reco}' is missing from"))
                 continue
             if not 0 <= start < end:
-                dropped.append(Dropped(UTTERANCE, utt, ("segments",), f"bad segment times {start:g}..{end:g} in"))
+                dropped.append(
+                    Dropped(UTTERANCE, utt, ("segments",), f"bad segment times {start:g}..{end:g} in")
+                )
                 continue
         kept_utts.append(utt)
     if not kept_utts and not allow_empty:
@@ -164,7 +172,8 @@ def fix_data_dir(path: str | Path, *, allow_empty: bool = False) -> FixReport:
 
     contents = {name: format_table(table) for name, table in tables.items()}
     changed = [
-        name for name in tables
+        name
+        for name in tables
         if not files.has(name) or (path / name).read_bytes() != contents[name].encode("utf-8")
     ]
     backup = None

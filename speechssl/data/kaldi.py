@@ -63,7 +63,9 @@ def invisible_characters(text: str) -> list[str]:
 
 def describe_characters(chars: Iterable[str]) -> str:
     """'U+200B (ZERO WIDTH SPACE), U+00A0 (NO-BREAK SPACE)', each once, in order of appearance."""
-    return ", ".join(f"U+{ord(c):04X} ({unicodedata.name(c, 'control character')})" for c in dict.fromkeys(chars))
+    return ", ".join(
+        f"U+{ord(c):04X} ({unicodedata.name(c, 'control character')})" for c in dict.fromkeys(chars)
+    )
 
 
 def clean_line(text: str) -> str:
@@ -232,7 +234,9 @@ def scan_table(path: str | Path) -> tuple[list[Row], list[Problem]]:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as err:
                 problems.append(
-                    Problem(str(path), lineno, None, f"is not valid UTF-8 ({err.reason})", ProblemKind.NOT_UTF8)
+                    Problem(
+                        str(path), lineno, None, f"is not valid UTF-8 ({err.reason})", ProblemKind.NOT_UTF8
+                    )
                 )
                 continue
             line = line.rstrip("\n")
@@ -242,15 +246,29 @@ def scan_table(path: str | Path) -> tuple[list[Row], list[Problem]]:
             found: list[Problem] = []
             if lineno == 1 and line.startswith(BOM):
                 line = line[1:]
-                found.append(Problem(str(path), 1, None, f"file starts with a UTF-8 byte-order mark (U+FEFF), an"
-                                     f" invisible character that becomes part of the first id; {fix}",
-                                     ProblemKind.BYTE_ORDER_MARK))
+                found.append(
+                    Problem(
+                        str(path),
+                        1,
+                        None,
+                        f"file starts with a UTF-8 byte-order mark (U+FEFF), an"
+                        f" invisible character that becomes part of the first id; {fix}",
+                        ProblemKind.BYTE_ORDER_MARK,
+                    )
+                )
             invisible = invisible_characters(line)
             if invisible:
                 raw_parts = split_line(line)
                 where = "id" if raw_parts and invisible_characters(raw_parts[0]) else "value"
-                found.append(Problem(str(path), lineno, None, f"invisible character(s) {describe_characters(invisible)}"
-                                     f" in the {where}; {fix}", ProblemKind.INVISIBLE))
+                found.append(
+                    Problem(
+                        str(path),
+                        lineno,
+                        None,
+                        f"invisible character(s) {describe_characters(invisible)} in the {where}; {fix}",
+                        ProblemKind.INVISIBLE,
+                    )
+                )
                 line = clean_line(line)
             parts = split_line(line)
             if parts is None:
@@ -285,6 +303,14 @@ def scan_table(path: str | Path) -> tuple[list[Row], list[Problem]]:
             prev = row
             rows.append(row)
     if crlf:
-        problems.append(Problem(str(path), crlf[0], None, f"has Windows line endings (CR LF) on {len(crlf)} line(s),"
-                                " first on this one; `speechssl data fix` rewrites them with LF", ProblemKind.LINE_ENDINGS))
+        problems.append(
+            Problem(
+                str(path),
+                crlf[0],
+                None,
+                f"has Windows line endings (CR LF) on {len(crlf)} line(s),"
+                " first on this one; `speechssl data fix` rewrites them with LF",
+                ProblemKind.LINE_ENDINGS,
+            )
+        )
     return rows, problems

@@ -31,8 +31,18 @@ UTTERANCE, RECORDING, SPEAKER, WAV = "utterance", "recording", "speaker", "wav"
 # The Kaldi files DataDir parses into fields of its own.
 CORE_FILES = ("wav.scp", "segments", "utt2spk", "spk2utt", "text", "utt2dur", "reco2dur")
 # Named tables in the order problems and dropped ids list them; the patterns below add more.
-UTT_FILES = ("utt2spk", "text", "segments", "utt2dur", "utt2num_frames", "feats.scp", "utt2lang", "utt2uniq",
-             "phones", "intent")
+UTT_FILES = (
+    "utt2spk",
+    "text",
+    "segments",
+    "utt2dur",
+    "utt2num_frames",
+    "feats.scp",
+    "utt2lang",
+    "utt2uniq",
+    "phones",
+    "intent",
+)
 RECO_FILES = ("reco2dur", "reco2file_and_channel")
 SPK_FILES = ("spk2utt", "spk2gender", "cmvn.scp")
 OTHER_FILES = ("trials", "phone_ctm", "frame_shift", "num_jobs", "cmvn_opts")

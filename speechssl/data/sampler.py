@@ -147,7 +147,9 @@ class DurationBucketSampler(Sampler[list[int]]):
         durs = [float(d) for d in durations]
         for i, d in enumerate(durs):
             if not (d > 0 and math.isfinite(d)):
-                raise ValueError(f"duration of dataset index {i} must be a positive number of seconds, found {d}")
+                raise ValueError(
+                    f"duration of dataset index {i} must be a positive number of seconds, found {d}"
+                )
 
         self.max_batch_seconds = float(max_batch_seconds)
         self.max_batch_size = max_batch_size
@@ -305,6 +307,8 @@ class DurationBucketSampler(Sampler[list[int]]):
         self.epoch = epoch
         self._cache = None
         if not 0 <= done <= len(self):
-            raise ValueError(f"cannot resume sampler: batches_yielded={done} outside [0, {len(self)}] for epoch {epoch}")
+            raise ValueError(
+                f"cannot resume sampler: batches_yielded={done} outside [0, {len(self)}] for epoch {epoch}"
+            )
         self.batches_yielded = done
         self._resumed = True

@@ -50,9 +50,45 @@ log = logging.getLogger(__name__)
 
 # espeak-ng English voices (accents) and voice variants that exist in Debian's espeak-ng-data.
 # ('en' is British English: espeak_SetVoiceByName does not know 'en-gb'.)
-ACCENTS = ("en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029", "en-us-nyc")
-MALE_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "klatt", "klatt2", "klatt3", "Andy", "david", "edward")
-FEMALE_VARIANTS = ("f1", "f2", "f3", "f4", "f5", "steph", "linda", "Annie", "belinda", "anika", "Alicia", "Andrea")
+ACCENTS = (
+    "en-us",
+    "en",
+    "en-gb-scotland",
+    "en-gb-x-rp",
+    "en-gb-x-gbclan",
+    "en-gb-x-gbcwmd",
+    "en-029",
+    "en-us-nyc",
+)
+MALE_VARIANTS = (
+    "m1",
+    "m2",
+    "m3",
+    "m4",
+    "m5",
+    "m6",
+    "m7",
+    "klatt",
+    "klatt2",
+    "klatt3",
+    "Andy",
+    "david",
+    "edward",
+)
+FEMALE_VARIANTS = (
+    "f1",
+    "f2",
+    "f3",
+    "f4",
+    "f5",
+    "steph",
+    "linda",
+    "Annie",
+    "belinda",
+    "anika",
+    "Alicia",
+    "Andrea",
+)
 SPEAKER_TABLE_SEED = 20240601  # the speaker table is part of the corpus definition, not of --seed
 
 
@@ -122,7 +158,9 @@ class SynthConfig:
         if self.num_jobs < 1:
             raise ValueError(f"num_jobs must be >= 1, found {self.num_jobs}")
         if self.num_seen_speakers < 1 or self.num_unseen_speakers < 2:
-            raise ValueError("need at least 1 seen and 2 unseen speakers (asv trials need target and nontarget pairs)")
+            raise ValueError(
+                "need at least 1 seen and 2 unseen speakers (asv trials need target and nontarget pairs)"
+            )
         for name in ("snr_db", "gain_db", "speed"):
             lo, hi = getattr(self, name)
             if lo > hi:
@@ -276,7 +314,9 @@ def synthesize_utterance(spec: UttSpec, config: SynthConfig) -> UttResult:
                 break
             num_words = max(2, round(num_words * target / max(duration, 0.1)))
         else:
-            raise RuntimeError(f"could not make utterance {spec.uttid} last 2-12 s (last try {duration:.2f} s)")
+            raise RuntimeError(
+                f"could not make utterance {spec.uttid} last 2-12 s (last try {duration:.2f} s)"
+            )
         lead, tail = (int(rng.uniform(0.05, 0.3) * sr) for _ in range(2))
     elif spec.kind == "keyword":
         label = synth_text.KEYWORD_CLASSES[spec.keyword_class]
@@ -301,7 +341,9 @@ def synthesize_utterance(spec: UttSpec, config: SynthConfig) -> UttResult:
     audio = np.concatenate([np.zeros(lead, np.float32), audio, np.zeros(tail, np.float32)])
     segments = pad_segments(segments, lead, tail) if segments else [(SILENCE_PHONE, 0, audio.shape[0])]
     assert segments[-1][2] == audio.shape[0], (spec.uttid, segments[-1], audio.shape)
-    noisy = add_noise(rng, audio, _speech_rms(audio, segments), degradation.snr_db, degradation.noise_exponent)
+    noisy = add_noise(
+        rng, audio, _speech_rms(audio, segments), degradation.snr_db, degradation.noise_exponent
+    )
     samples = to_int16(noisy, degradation.gain_db)
     _write_wav(spec.wav_path, samples, sr)
     return UttResult(spec.uttid, text, intent, segments, int(samples.shape[0]))
@@ -355,7 +397,9 @@ def _phone_sequence(result: UttResult) -> str:
     return " ".join(phones) if phones else SILENCE_PHONE
 
 
-def _write_data_dir(path: Path, specs: list[UttSpec], results: dict[str, UttResult], sample_rate: int) -> None:
+def _write_data_dir(
+    path: Path, specs: list[UttSpec], results: dict[str, UttResult], sample_rate: int
+) -> None:
     """The Kaldi files through the shared DataDir writer, then phone_ctm (several lines per utterance)."""
     res = [results[s.uttid] for s in specs]
     extra = {"phones": {r.uttid: _phone_sequence(r) for r in res}}
@@ -370,7 +414,9 @@ def _write_data_dir(path: Path, specs: list[UttSpec], results: dict[str, UttResu
         extra=extra,
     )
     ordered = sorted(res, key=lambda r: r.uttid.encode())
-    atomic_write_text(path / "phone_ctm", "".join(format_ctm(r.uttid, _ctm_segments(r, sample_rate)) for r in ordered))
+    atomic_write_text(
+        path / "phone_ctm", "".join(format_ctm(r.uttid, _ctm_segments(r, sample_rate)) for r in ordered)
+    )
 
 
 def build_corpus(config: SynthConfig, *, overwrite: bool = False) -> dict:
@@ -400,7 +446,9 @@ def build_corpus(config: SynthConfig, *, overwrite: bool = False) -> dict:
         _write_data_dir(path, group, results, config.sample_rate)
         if subset == "asv":
             # every pair, or a seeded sample of 20000 (the same list for the same seed)
-            trials = make_trials({s.uttid: s.speaker.spk_id for s in group}, max_trials=20000, seed=config.seed)
+            trials = make_trials(
+                {s.uttid: s.speaker.spk_id for s in group}, max_trials=20000, seed=config.seed
+            )
             atomic_write_text(path / "trials", format_trials(trials))
         seconds = sum(results[s.uttid].num_samples for s in group) / config.sample_rate
         subsets[f"{subset}/{split}"] = {
@@ -417,8 +465,11 @@ def build_corpus(config: SynthConfig, *, overwrite: bool = False) -> dict:
     speakers = build_speakers(config.num_seen_speakers, config.num_unseen_speakers)
     atomic_write_text(
         out / "speakers.txt",
-        "".join(f"{s.spk_id} {s.voice_name} pitch={s.pitch} range={s.pitch_range} rate={s.rate} "
-                f"{'seen' if s.seen else 'unseen'}\n" for s in speakers),  # fmt: skip
+        "".join(
+            f"{s.spk_id} {s.voice_name} pitch={s.pitch} range={s.pitch_range} rate={s.rate} "
+            f"{'seen' if s.seen else 'unseen'}\n"
+            for s in speakers
+        ),  # fmt: skip
     )
     summary = {
         "hours": round(sum(v["hours"] for v in subsets.values()), 4),
@@ -431,8 +482,11 @@ def build_corpus(config: SynthConfig, *, overwrite: bool = False) -> dict:
         "words_used": len(vocabulary),
         "keyword_classes": list(synth_text.KEYWORD_CLASSES),
         "num_intents": len(synth_text.all_intents()),
-        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()
-                   if k not in ("out_dir", "num_jobs", "progress")},  # fmt: skip
+        "config": {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in asdict(config).items()
+            if k not in ("out_dir", "num_jobs", "progress")
+        },  # fmt: skip
     }
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary

@@ -34,8 +34,13 @@ def _draw(rng: np.random.Generator, pool: list[str], count: int, accept=lambda v
     return chosen
 
 
-def make_trials(utt2spk: Mapping[str, str], *, per_utterance: int | None = None, max_trials: int | None = None,
-                seed: int = 0) -> list[Trial]:
+def make_trials(
+    utt2spk: Mapping[str, str],
+    *,
+    per_utterance: int | None = None,
+    max_trials: int | None = None,
+    seed: int = 0,
+) -> list[Trial]:
     """Trials over the utterances of `utt2spk` (see the module docstring); `per_utterance`
     None: every pair, or a seeded sample of `max_trials` pairs when there are more."""
     if per_utterance is not None and per_utterance < 1:
@@ -47,7 +52,7 @@ def make_trials(utt2spk: Mapping[str, str], *, per_utterance: int | None = None,
     ids = sorted(utt2spk, key=c_sort_key)
     spk = dict(utt2spk)
     if per_utterance is None:
-        pairs = [(a, b) for i, a in enumerate(ids) for b in ids[i + 1:]]
+        pairs = [(a, b) for i, a in enumerate(ids) for b in ids[i + 1 :]]
         if max_trials is not None and len(pairs) > max_trials:
             keep = np.random.default_rng([seed, 2**31]).choice(len(pairs), size=max_trials, replace=False)
             pairs = [pairs[i] for i in sorted(keep)]
@@ -63,8 +68,10 @@ def make_trials(utt2spk: Mapping[str, str], *, per_utterance: int | None = None,
             trials += [(u, v, "target") for v in _draw(rng, same, min(per_utterance, len(same)))]
         others = len(ids) - len(by_spk[spk[u]])
         if others:
-            trials += [(u, v, "nontarget")
-                       for v in _draw(rng, ids, min(per_utterance, others), lambda v, own=spk[u]: spk[v] != own)]
+            trials += [
+                (u, v, "nontarget")
+                for v in _draw(rng, ids, min(per_utterance, others), lambda v, own=spk[u]: spk[v] != own)
+            ]
     return trials
 
 
@@ -72,8 +79,15 @@ def format_trials(trials: list[Trial]) -> str:
     return "".join(f"{a} {b} {kind}\n" for a, b, kind in trials)
 
 
-def write_trials(data_dir: str | Path, out: str | Path | None = None, *, per_utterance: int | None = None,
-                 max_trials: int | None = None, seed: int = 0, overwrite: bool = False) -> list[Trial]:
+def write_trials(
+    data_dir: str | Path,
+    out: str | Path | None = None,
+    *,
+    per_utterance: int | None = None,
+    max_trials: int | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> list[Trial]:
     """Write the trials of `data_dir`'s utterances (speakers from its utt2spk) to `out`
     (default `data_dir/trials`) and return them. A list without both target and nontarget
     trials scores no EER and is refused. `out` follows the output-path rule (a trials file this
@@ -83,14 +97,18 @@ def write_trials(data_dir: str | Path, out: str | Path | None = None, *, per_utt
     check_output(out, TRIALS_COMMAND, overwrite=overwrite, inputs=(data_dir,), is_file=True)
     data = DataDir.load(data_dir)
     if data.utt2spk is None:
-        raise FileNotFoundError(f"{data_dir / 'utt2spk'} does not exist: trials need the speaker of every utterance")
+        raise FileNotFoundError(
+            f"{data_dir / 'utt2spk'} does not exist: trials need the speaker of every utterance"
+        )
     trials = make_trials(data.utt2spk, per_utterance=per_utterance, max_trials=max_trials, seed=seed)
     kinds = {kind for *_, kind in trials}
     if kinds != {"target", "nontarget"}:
         missing = " and ".join(k for k in ("target", "nontarget") if k not in kinds)
-        raise ValueError(f"{data_dir}: no {missing} trials ({len(data.utt2spk)} utterances of "
-                         f"{len(set(data.utt2spk.values()))} speakers); an EER needs both: a speaker with two "
-                         "utterances and at least two speakers")
+        raise ValueError(
+            f"{data_dir}: no {missing} trials ({len(data.utt2spk)} utterances of "
+            f"{len(set(data.utt2spk.values()))} speakers); an EER needs both: a speaker with two "
+            "utterances and at least two speakers"
+        )
     atomic_write_text(out, format_trials(trials))
     record_output(out, TRIALS_COMMAND)
     return trials

@@ -69,7 +69,6 @@ class ScannedDir:
         return [n for n in self._level(SPEAKER) if n != "spk2utt"]
 
 
-
 @dataclass(frozen=True)
 class DataDirCheck:
     """What `check_data_dir` found: problems (the dir is invalid while any remain) and notes
@@ -110,11 +109,27 @@ def check_data_dir(
     problems = list(files.problems)
     notes = []
     if files.listing.ignored:
-        notes.append(Problem(str(path), None, None, f"ignored {len(files.listing.ignored)} file(s) that are not"
-                             f" data-dir tables (left as they are): {describe_ignored(files.listing.ignored)}", ProblemKind.IGNORED_FILES))
+        notes.append(
+            Problem(
+                str(path),
+                None,
+                None,
+                f"ignored {len(files.listing.ignored)} file(s) that are not"
+                f" data-dir tables (left as they are): {describe_ignored(files.listing.ignored)}",
+                ProblemKind.IGNORED_FILES,
+            )
+        )
     if not files.has("wav.scp"):
         if "wav.scp" not in files.listing.not_regular:
-            problems.append(Problem(files.file("wav.scp"), None, None, "is missing: every data dir needs wav.scp", ProblemKind.MISSING_FILE))
+            problems.append(
+                Problem(
+                    files.file("wav.scp"),
+                    None,
+                    None,
+                    "is missing: every data dir needs wav.scp",
+                    ProblemKind.MISSING_FILE,
+                )
+            )
         return DataDirCheck(problems, notes)
     problems += _check_speakers(files, check_spk_sort)
     problems += _check_speaker_tables(files)
@@ -158,7 +173,11 @@ def _check_speakers(files: ScannedDir, check_spk_sort: bool) -> list[Problem]:
     if not files.has("spk2utt"):
         problems.append(
             Problem(
-                files.file("spk2utt"), None, None, "is missing; `speechssl data fix` rebuilds it from utt2spk", ProblemKind.MISSING_FILE
+                files.file("spk2utt"),
+                None,
+                None,
+                "is missing; `speechssl data fix` rebuilds it from utt2spk",
+                ProblemKind.MISSING_FILE,
             )
         )
         return problems
@@ -170,7 +189,13 @@ def _check_speakers(files: ScannedDir, check_spk_sort: bool) -> list[Problem]:
         for utt in dict.fromkeys(utts):
             if utt not in utt2spk:
                 problems.append(
-                    Problem(spk_file, line, spk, f"lists utterance '{utt}', which is not in utt2spk", ProblemKind.SPEAKERS)
+                    Problem(
+                        spk_file,
+                        line,
+                        spk,
+                        f"lists utterance '{utt}', which is not in utt2spk",
+                        ProblemKind.SPEAKERS,
+                    )
                 )
             elif utt2spk[utt] != spk:
                 problems.append(
@@ -186,17 +211,31 @@ def _check_speakers(files: ScannedDir, check_spk_sort: bool) -> list[Problem]:
             if utt not in utts:
                 problems.append(
                     Problem(
-                        spk_file, line, spk, f"does not list utterance '{utt}' (utt2spk line {lines[utt]})", ProblemKind.SPEAKERS
+                        spk_file,
+                        line,
+                        spk,
+                        f"does not list utterance '{utt}' (utt2spk line {lines[utt]})",
+                        ProblemKind.SPEAKERS,
                     )
                 )
         if len(set(utts)) != len(utts):
-            problems.append(Problem(spk_file, line, spk, "lists an utterance more than once", ProblemKind.SPEAKERS))
+            problems.append(
+                Problem(spk_file, line, spk, "lists an utterance more than once", ProblemKind.SPEAKERS)
+            )
         elif utts != sorted(utts, key=c_sort_key):
-            problems.append(Problem(spk_file, line, spk, "utterances are not sorted in C locale", ProblemKind.UNSORTED))
+            problems.append(
+                Problem(spk_file, line, spk, "utterances are not sorted in C locale", ProblemKind.UNSORTED)
+            )
     for spk, utts in expected.items():
         if spk not in spk2utt:
             problems.append(
-                Problem(files.file("utt2spk"), lines[utts[0]], utts[0], f"speaker '{spk}' is not in spk2utt", ProblemKind.SPEAKERS)
+                Problem(
+                    files.file("utt2spk"),
+                    lines[utts[0]],
+                    utts[0],
+                    f"speaker '{spk}' is not in spk2utt",
+                    ProblemKind.SPEAKERS,
+                )
             )
     return problems
 
@@ -228,11 +267,25 @@ def _check_utt_ids(files: ScannedDir) -> list[Problem]:
         keys = files.keys(name)
         for key, line in keys.items():
             if key not in utts:
-                problems.append(Problem(files.file(name), line, key, f"utterance is not in {reference}", ProblemKind.MISSING_ID))
+                problems.append(
+                    Problem(
+                        files.file(name),
+                        line,
+                        key,
+                        f"utterance is not in {reference}",
+                        ProblemKind.MISSING_ID,
+                    )
+                )
         for utt, line in utts.items():
             if utt not in keys:
                 problems.append(
-                    Problem(files.file(reference), line, utt, f"utterance has no entry in {name}", ProblemKind.MISSING_ID)
+                    Problem(
+                        files.file(reference),
+                        line,
+                        utt,
+                        f"utterance has no entry in {name}",
+                        ProblemKind.MISSING_ID,
+                    )
                 )
     return problems
 
@@ -262,12 +315,20 @@ def _check_recordings(
     for name in files.reco_files():
         for reco, line in files.keys(name).items():
             if reco not in wav_lines:
-                problems.append(Problem(files.file(name), line, reco, "recording is not in wav.scp", ProblemKind.MISSING_ID))
+                problems.append(
+                    Problem(
+                        files.file(name), line, reco, "recording is not in wav.scp", ProblemKind.MISSING_ID
+                    )
+                )
     if files.has("reco2dur"):
         reco_lines = files.keys("reco2dur")
         for reco, line in wav_lines.items():
             if reco not in reco_lines:
-                problems.append(Problem(wav_file, line, reco, "recording has no entry in reco2dur", ProblemKind.MISSING_ID))
+                problems.append(
+                    Problem(
+                        wav_file, line, reco, "recording has no entry in reco2dur", ProblemKind.MISSING_ID
+                    )
+                )
         durations.update({k: (v, "reco2dur") for k, v in files.tables["reco2dur"].items()})
     if check_audio:
         rates: dict[int, list[str]] = {}
@@ -276,19 +337,37 @@ def _check_recordings(
             if isinstance(info, Exception):
                 problems.append(Problem(wav_file, line, reco, str(info), ProblemKind.AUDIO))
             elif info.num_frames <= 0:
-                problems.append(Problem(wav_file, line, reco, f"audio file {wav_scp[reco]} has no samples", ProblemKind.AUDIO))
+                problems.append(
+                    Problem(
+                        wav_file, line, reco, f"audio file {wav_scp[reco]} has no samples", ProblemKind.AUDIO
+                    )
+                )
             elif info.num_channels != 1:
-                problems.append(Problem(
-                    wav_file, line, reco, f"audio file {wav_scp[reco]} has {info.num_channels} channels; training,"
-                    " features and evaluation read mono audio: keep one channel (e.g. `sox IN OUT remix 1`)", ProblemKind.AUDIO))
+                problems.append(
+                    Problem(
+                        wav_file,
+                        line,
+                        reco,
+                        f"audio file {wav_scp[reco]} has {info.num_channels} channels; training,"
+                        " features and evaluation read mono audio: keep one channel (e.g. `sox IN OUT remix 1`)",
+                        ProblemKind.AUDIO,
+                    )
+                )
             else:
                 durations.setdefault(reco, (info.duration, "audio header"))
                 if info.sample_rate != sample_rate:
                     rates.setdefault(info.sample_rate, []).append(reco)
         for rate, recos in sorted(rates.items()):
-            notes.append(Problem(
-                wav_file, wav_lines[recos[0]], recos[0], f"{len(recos)} recording(s) at {rate} Hz, this one first:"
-                f" resampled to {sample_rate} Hz when read", ProblemKind.RESAMPLED))
+            notes.append(
+                Problem(
+                    wav_file,
+                    wav_lines[recos[0]],
+                    recos[0],
+                    f"{len(recos)} recording(s) at {rate} Hz, this one first:"
+                    f" resampled to {sample_rate} Hz when read",
+                    ProblemKind.RESAMPLED,
+                )
+            )
     if not files.has("segments"):
         return problems, notes
     seg_file = files.file("segments")
@@ -296,12 +375,20 @@ def _check_recordings(
     for utt, (reco, start, end) in files.tables["segments"].items():
         line = seg_lines[utt]
         if reco not in wav_lines:
-            problems.append(Problem(seg_file, line, utt, f"recording '{reco}' is not in wav.scp", ProblemKind.MISSING_ID))
+            problems.append(
+                Problem(seg_file, line, utt, f"recording '{reco}' is not in wav.scp", ProblemKind.MISSING_ID)
+            )
             continue
         if start < 0:
-            problems.append(Problem(seg_file, line, utt, f"start {start:g} s is negative", ProblemKind.SEGMENT))
+            problems.append(
+                Problem(seg_file, line, utt, f"start {start:g} s is negative", ProblemKind.SEGMENT)
+            )
         if start >= end:
-            problems.append(Problem(seg_file, line, utt, f"start {start:g} s is not before end {end:g} s", ProblemKind.SEGMENT))
+            problems.append(
+                Problem(
+                    seg_file, line, utt, f"start {start:g} s is not before end {end:g} s", ProblemKind.SEGMENT
+                )
+            )
         if reco in durations:
             seconds, source = durations[reco]
             if end > seconds + SEGMENT_TOLERANCE:

@@ -7,6 +7,14 @@ from speechssl.downstream.runner import evaluate_downstream, register_tuning, tr
 from speechssl.downstream.tasks import TASKS, build_task
 
 __all__ = [
-    "FEATURIZERS", "TASKS", "DownstreamConfig", "FeaturizerConfig", "HeadConfig", "build_featurizer",
-    "build_task", "evaluate_downstream", "register_tuning", "train_downstream",
+    "FEATURIZERS",
+    "TASKS",
+    "DownstreamConfig",
+    "FeaturizerConfig",
+    "HeadConfig",
+    "build_featurizer",
+    "build_task",
+    "evaluate_downstream",
+    "register_tuning",
+    "train_downstream",
 ]

@@ -30,7 +30,9 @@ class HeadConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class DownstreamConfig:
-    RENAMED_KEYS: ClassVar[dict[str, str]] = {"batch_seconds": "max_batch_seconds"}  # old YAMLs: one-line hint
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {
+        "batch_seconds": "max_batch_seconds"
+    }  # old YAMLs: one-line hint
     featurizer: FeaturizerConfig = field(default_factory=FeaturizerConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     # optimisation (AdamW through the trainer)
@@ -74,9 +76,15 @@ class DownstreamConfig:
         if self.unknown_label is not None and not self.unknown_label.strip():
             raise ValueError("unknown_label must be a label or null, found an empty string")
         if self.upstream_trainable and self.tuning:
-            raise ValueError("choose either upstream_trainable (full fine-tuning) or a tuning method, not both")
+            raise ValueError(
+                "choose either upstream_trainable (full fine-tuning) or a tuning method, not both"
+            )
 
     def batching(self) -> BatchingConfig:
         """The batching settings (training utterances are cropped at a random window)."""
-        return BatchingConfig(max_batch_seconds=self.max_batch_seconds, max_batch_size=self.max_batch_size,
-                              max_seconds=self.max_seconds, crop="random")
+        return BatchingConfig(
+            max_batch_seconds=self.max_batch_seconds,
+            max_batch_size=self.max_batch_size,
+            max_seconds=self.max_seconds,
+            crop="random",
+        )

@@ -20,7 +20,9 @@ from torch import Tensor, nn
 class FeaturizerConfig:
     name: str = "weighted_sum"  # one of FEATURIZERS
     layer: int = -1  # "layer": index into hidden_states (0 = the first layer's input; -1 = last)
-    layer_norm: bool = False  # "weighted_sum": normalise each layer (no affine) before summing (s3prl normalize)
+    layer_norm: bool = (
+        False  # "weighted_sum": normalise each layer (no affine) before summing (s3prl normalize)
+    )
     hconv_dim: int = 256  # "hconv": channels of the convolutions over the layer axis
 
     def __post_init__(self) -> None:
@@ -61,8 +63,10 @@ class SingleLayer(nn.Module):
     def __init__(self, num_hidden: int, hidden_dim: int, *, layer: int = -1) -> None:
         super().__init__()
         if not -num_hidden <= layer < num_hidden:
-            raise ValueError(f"layer {layer} is out of range for an upstream with {num_hidden} hidden states "
-                             f"(valid: {-num_hidden}..{num_hidden - 1})")
+            raise ValueError(
+                f"layer {layer} is out of range for an upstream with {num_hidden} hidden states "
+                f"(valid: {-num_hidden}..{num_hidden - 1})"
+            )
         self.num_hidden, self.output_dim, self.layer = num_hidden, hidden_dim, layer % num_hidden
 
     def layer_weights(self) -> Tensor:
@@ -70,7 +74,9 @@ class SingleLayer(nn.Module):
 
     def forward(self, hidden_states: list[Tensor], lengths: Tensor) -> tuple[Tensor, Tensor]:
         if len(hidden_states) != self.num_hidden:
-            raise ValueError(f"featurizer was built for {self.num_hidden} hidden states, got {len(hidden_states)}")
+            raise ValueError(
+                f"featurizer was built for {self.num_hidden} hidden states, got {len(hidden_states)}"
+            )
         return hidden_states[self.layer], lengths
 
 
@@ -87,7 +93,9 @@ class HierarchicalConv(nn.Module):
         self.num_hidden, self.output_dim = num_hidden, channels
         self.proj = nn.Linear(hidden_dim, channels)
         depth = math.ceil(math.log2(num_hidden)) if num_hidden > 1 else 0
-        self.convs = nn.ModuleList(nn.Conv1d(channels, channels, kernel_size=2, stride=2) for _ in range(depth))
+        self.convs = nn.ModuleList(
+            nn.Conv1d(channels, channels, kernel_size=2, stride=2) for _ in range(depth)
+        )
 
     @property
     def depth(self) -> int:

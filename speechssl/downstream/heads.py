@@ -36,19 +36,33 @@ class LinearCTCHead(nn.Module):
 class BiLSTMCTCHead(nn.Module):
     """ASR: projection, a stack of bidirectional LSTMs, then a linear layer to the vocabulary."""
 
-    def __init__(self, input_dim: int, vocab_size: int, *, hidden_dim: int = 256, num_layers: int = 2,
-                 dropout: float = 0.2) -> None:
+    def __init__(
+        self,
+        input_dim: int,
+        vocab_size: int,
+        *,
+        hidden_dim: int = 256,
+        num_layers: int = 2,
+        dropout: float = 0.2,
+    ) -> None:
         super().__init__()
         self.proj = nn.Linear(input_dim, hidden_dim)
-        self.lstm = nn.LSTM(hidden_dim, hidden_dim, num_layers=num_layers, bidirectional=True,
-                            batch_first=True, dropout=dropout if num_layers > 1 else 0.0)
+        self.lstm = nn.LSTM(
+            hidden_dim,
+            hidden_dim,
+            num_layers=num_layers,
+            bidirectional=True,
+            batch_first=True,
+            dropout=dropout if num_layers > 1 else 0.0,
+        )
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(2 * hidden_dim, vocab_size)
 
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         x = self.proj(x)  # (B, T, H)
-        packed = nn.utils.rnn.pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True,
-                                                   enforce_sorted=False)
+        packed = nn.utils.rnn.pack_padded_sequence(
+            x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False
+        )
         y, _ = self.lstm(packed)
         y, _ = nn.utils.rnn.pad_packed_sequence(y, batch_first=True, total_length=x.shape[1])  # (B, T, 2H)
         return self.out(self.dropout(y)), lengths
@@ -77,8 +91,9 @@ class TDNNLayer(nn.Module):
 
     def __init__(self, input_dim: int, output_dim: int, kernel_size: int, dilation: int) -> None:
         super().__init__()
-        self.conv = nn.Conv1d(input_dim, output_dim, kernel_size, dilation=dilation,
-                              padding=dilation * (kernel_size - 1) // 2)
+        self.conv = nn.Conv1d(
+            input_dim, output_dim, kernel_size, dilation=dilation, padding=dilation * (kernel_size - 1) // 2
+        )
         self.norm = nn.BatchNorm1d(output_dim)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -102,12 +117,14 @@ class XVectorHead(nn.Module):
 
     def __init__(self, input_dim: int, *, channels: int = 256, embed_dim: int = 128) -> None:
         super().__init__()
-        self.frames = nn.ModuleList([
-            TDNNLayer(input_dim, channels, 5, 1),
-            TDNNLayer(channels, channels, 3, 2),
-            TDNNLayer(channels, channels, 3, 3),
-            TDNNLayer(channels, channels, 1, 1),
-        ])
+        self.frames = nn.ModuleList(
+            [
+                TDNNLayer(input_dim, channels, 5, 1),
+                TDNNLayer(channels, channels, 3, 2),
+                TDNNLayer(channels, channels, 3, 3),
+                TDNNLayer(channels, channels, 1, 1),
+            ]
+        )
         self.pool = StatisticsPooling()
         self.embed = nn.Linear(2 * channels, embed_dim)
         self.embed_dim = embed_dim

@@ -27,8 +27,12 @@ class EditCounts:
         return self.substitutions + self.deletions + self.insertions
 
     def __add__(self, other: EditCounts) -> EditCounts:
-        return EditCounts(self.substitutions + other.substitutions, self.deletions + other.deletions,
-                          self.insertions + other.insertions, self.ref_length + other.ref_length)
+        return EditCounts(
+            self.substitutions + other.substitutions,
+            self.deletions + other.deletions,
+            self.insertions + other.insertions,
+            self.ref_length + other.ref_length,
+        )
 
 
 def edit_counts(ref: Sequence[str], hyp: Sequence[str]) -> EditCounts:
@@ -77,8 +81,10 @@ def phone_error_rate(refs: Sequence[Sequence[str]], hyps: Sequence[Sequence[str]
 def accuracy(labels: Sequence[object], predictions: Sequence[object]) -> float:
     """Fraction of exact matches (for IC, a prediction is the tuple of all slots)."""
     if len(labels) != len(predictions) or not labels:
-        raise ValueError(f"accuracy needs equally many (>0) labels and predictions, found {len(labels)} "
-                         f"and {len(predictions)}")
+        raise ValueError(
+            f"accuracy needs equally many (>0) labels and predictions, found {len(labels)} "
+            f"and {len(predictions)}"
+        )
     return sum(a == b for a, b in zip(labels, predictions)) / len(labels)
 
 
@@ -90,13 +96,16 @@ def _error_curves(scores: Sequence[float], labels: Sequence[int | bool]) -> tupl
     scores_arr = np.asarray(scores, dtype=np.float64)
     labels_arr = np.asarray(labels, dtype=bool)
     if scores_arr.shape != labels_arr.shape or scores_arr.ndim != 1:
-        raise ValueError(f"scores and labels must be 1-d of equal length, found {scores_arr.shape} "
-                         f"and {labels_arr.shape}")
+        raise ValueError(
+            f"scores and labels must be 1-d of equal length, found {scores_arr.shape} and {labels_arr.shape}"
+        )
     num_target = int(labels_arr.sum())
     num_nontarget = len(labels_arr) - num_target
     if num_target == 0 or num_nontarget == 0:
-        raise ValueError(f"EER/minDCF need target and nontarget trials, found {num_target} target and "
-                         f"{num_nontarget} nontarget")
+        raise ValueError(
+            f"EER/minDCF need target and nontarget trials, found {num_target} target and "
+            f"{num_nontarget} nontarget"
+        )
     order = np.argsort(-scores_arr, kind="stable")
     sorted_scores, sorted_labels = scores_arr[order], labels_arr[order]
     accepted_target = np.concatenate([[0], np.cumsum(sorted_labels)])
@@ -122,8 +131,14 @@ def equal_error_rate(scores: Sequence[float], labels: Sequence[int | bool]) -> f
     return float(p_miss[k - 1] + t * (p_miss[k] - p_miss[k - 1]))
 
 
-def min_dcf(scores: Sequence[float], labels: Sequence[int | bool], *, p_target: float = 0.01,
-            c_miss: float = 1.0, c_fa: float = 1.0) -> float:
+def min_dcf(
+    scores: Sequence[float],
+    labels: Sequence[int | bool],
+    *,
+    p_target: float = 0.01,
+    c_miss: float = 1.0,
+    c_fa: float = 1.0,
+) -> float:
     """Minimum normalised detection cost over all thresholds (SUPERB: 0.01, 1, 1)."""
     if not 0 < p_target < 1:
         raise ValueError(f"p_target must be in (0, 1), found {p_target}")

@@ -52,8 +52,10 @@ class DownstreamModel(nn.Module):
         frozen = self._frozen_upstream_keys()
         missing = [k for k in result.missing_keys if k not in frozen]
         if strict and (missing or result.unexpected_keys):
-            raise RuntimeError(f"downstream checkpoint does not fit the model: missing {missing[:5]}, "
-                               f"unexpected {result.unexpected_keys[:5]}")
+            raise RuntimeError(
+                f"downstream checkpoint does not fit the model: missing {missing[:5]}, "
+                f"unexpected {result.unexpected_keys[:5]}"
+            )
         return _IncompatibleKeys(missing, result.unexpected_keys)
 
     def train(self, mode: bool = True) -> DownstreamModel:

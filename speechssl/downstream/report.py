@@ -46,8 +46,10 @@ def load_results(exp_dirs: Sequence[str | Path], split: str = "test") -> list[di
     for exp in exp_dirs:
         path = _results_path(Path(exp), split)
         if path is None:
-            raise FileNotFoundError(f"{Path(exp) / results_file(split)} does not exist: run `speechssl downstream "
-                                    f"evaluate --out {exp} --split {split}` first")
+            raise FileNotFoundError(
+                f"{Path(exp) / results_file(split)} does not exist: run `speechssl downstream "
+                f"evaluate --out {exp} --split {split}` first"
+            )
         row = {**json.loads(path.read_text()), "exp": str(exp)}
         name = _recorded_name(Path(exp))
         if name:  # the record names the upstream, also for results written before a rename
@@ -83,20 +85,29 @@ def results_table(rows: list[dict[str, Any]]) -> dict[str, Any]:
     seen: dict[tuple[str, str], dict[str, Any]] = {}  # (task, name) -> its experiment
     sources: dict[str, dict[str | None, dict[str, Any]]] = {}  # name -> source -> its first experiment
     for r in sorted(rows, key=lambda r: order.get(r["task"], len(order))):
-        entry = tasks.setdefault(r["task"], {"metric": r["metric"], "split": r["split"], "values": {}, "extra": {}})
+        entry = tasks.setdefault(
+            r["task"], {"metric": r["metric"], "split": r["split"], "values": {}, "extra": {}}
+        )
         other = seen.setdefault((r["task"], r["upstream"]), r)
         if other is not r:
             raise ValueError(
                 f"two experiments give task {r['task']} for upstream {r['upstream']} ({other['exp']} from "
                 f"{other.get('upstream_source')} and {r['exp']} from {r.get('upstream_source')}); pass one per task "
                 "and upstream, or name the upstreams apart (`speechssl downstream train --name`, or the `name` of "
-                f"EXP/{EXP_FILE})")
+                f"EXP/{EXP_FILE})"
+            )
         first = sources.setdefault(r["upstream"], {}).setdefault(_source(r), r)
         if first is r and len(sources[r["upstream"]]) > 1:
             first = next(iter(sources[r["upstream"]].values()))
-            log.warning("upstream name %s stands for two sources: %s (%s) and %s (%s); name them apart with "
-                        "`speechssl downstream train --name`", r["upstream"], first.get("upstream_source"),
-                        first["exp"], r.get("upstream_source"), r["exp"])
+            log.warning(
+                "upstream name %s stands for two sources: %s (%s) and %s (%s); name them apart with "
+                "`speechssl downstream train --name`",
+                r["upstream"],
+                first.get("upstream_source"),
+                first["exp"],
+                r.get("upstream_source"),
+                r["exp"],
+            )
         entry["values"][r["upstream"]] = r["value"]
         if r["task"] == "asv" and "min_dcf" in r.get("metrics", {}):
             entry["extra"].setdefault("min_dcf", {})[r["upstream"]] = r["metrics"]["min_dcf"]
@@ -147,8 +158,9 @@ def plot_layer_weights(rows: list[dict[str, Any]], path: Path) -> bool:
     return True
 
 
-def write_report(exp_dirs: Sequence[str | Path], out_dir: str | Path, *, split: str = "test",
-                 overwrite: bool = False) -> dict[str, Path]:
+def write_report(
+    exp_dirs: Sequence[str | Path], out_dir: str | Path, *, split: str = "test", overwrite: bool = False
+) -> dict[str, Path]:
     """Write results.md, results.json and layer_weights.png (when any run has layer weights)
     of the `split` scores under out_dir; returns the paths written. out_dir follows the
     output-path rule (new, empty, an earlier report, or --overwrite; never an experiment)."""

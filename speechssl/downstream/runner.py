@@ -56,6 +56,7 @@ TRAIN_COMMAND = "downstream train"
 def results_file(split: str) -> str:
     return f"results_{split}.json"
 
+
 # --- efficient tuning plug-in -----------------------------------------------------------
 # A tuning method is `fn(upstream, **options) -> upstream` (speechssl.tuning's methods are
 # reached through its `apply_tuning`): it receives the upstream with every parameter
@@ -113,7 +114,9 @@ def eval_batches(task: Task, split: str, config: DownstreamConfig, device: torch
     dataset = task.dataset(split, train=False)
     if not dataset.durations:
         raise DataCheckError(f"task {task.name}: {task.data_dir / split} has no usable utterances")
-    loader = build_loader(dataset, config.batching(), train=False, seed=config.seed, num_workers=config.num_workers)
+    loader = build_loader(
+        dataset, config.batching(), train=False, seed=config.seed, num_workers=config.num_workers
+    )
     for batch in loader:
         yield batch.to(device)
 
@@ -122,11 +125,17 @@ def eval_batches(task: Task, split: str, config: DownstreamConfig, device: torch
 def score_split(model: DownstreamModel, split: str, config: DownstreamConfig) -> dict[str, float]:
     device = next(model.parameters()).device
     model.eval()
-    return model.task.evaluate(model.features, model.head, eval_batches(model.task, split, config, device), split)
+    return model.task.evaluate(
+        model.features, model.head, eval_batches(model.task, split, config, device), split
+    )
 
 
 def _device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    return (
+        torch.device("cuda", torch.cuda.current_device())
+        if torch.cuda.is_available()
+        else torch.device("cpu")
+    )
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -142,13 +151,24 @@ def _load_weights(model: DownstreamModel, checkpoint: Path) -> None:
 def _trainer_config(config: DownstreamConfig, lr: float) -> TrainerConfig:
     saves = math.ceil(config.max_steps / config.eval_every)
     return TrainerConfig(
-        max_steps=config.max_steps, lr=lr, schedule=config.schedule, warmup_steps=config.warmup_steps,
-        weight_decay=config.weight_decay, clip_norm=config.clip_norm, precision=config.precision,
-        save_every=config.eval_every, keep_last=saves + 1, log_every=min(config.log_every, config.max_steps),
-        seed=config.seed, num_workers=config.num_workers)
+        max_steps=config.max_steps,
+        lr=lr,
+        schedule=config.schedule,
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        clip_norm=config.clip_norm,
+        precision=config.precision,
+        save_every=config.eval_every,
+        keep_last=saves + 1,
+        log_every=min(config.log_every, config.max_steps),
+        seed=config.seed,
+        num_workers=config.num_workers,
+    )
 
 
-def _select_checkpoint(task: Task, upstream_spec: str, run_dir: Path, config: DownstreamConfig) -> dict[str, Any]:
+def _select_checkpoint(
+    task: Task, upstream_spec: str, run_dir: Path, config: DownstreamConfig
+) -> dict[str, Any]:
     """Score every checkpoint of a run on dev (cached in dev_scores.json); the best one wins."""
     ckpts = step_dirs(run_dir / "checkpoints")
     if not ckpts:
@@ -171,12 +191,16 @@ def _select_checkpoint(task: Task, upstream_spec: str, run_dir: Path, config: Do
         if best is None or task.better(value, best[1]):
             best = (ckpt, value)
     assert best is not None
-    return {"step": int(best[0].name.split("_")[1]), "checkpoint": str(best[0].relative_to(run_dir)),
-            "dev": cache[best[0].name]}
+    return {
+        "step": int(best[0].name.split("_")[1]),
+        "checkpoint": str(best[0].relative_to(run_dir)),
+        "dev": cache[best[0].name],
+    }
 
 
-def _train_run(task: Task, upstream_spec: str, run_dir: Path, config: DownstreamConfig, lr: float,
-               resume: bool) -> dict[str, Any]:
+def _train_run(
+    task: Task, upstream_spec: str, run_dir: Path, config: DownstreamConfig, lr: float, resume: bool
+) -> dict[str, Any]:
     done = run_dir / "selection.json"
     if resume and done.is_file():
         selection = json.loads(done.read_text())
@@ -185,16 +209,39 @@ def _train_run(task: Task, upstream_spec: str, run_dir: Path, config: Downstream
             return selection
     model = build_model(task, prepare_upstream(upstream_spec, config), config)
     trainable, total = model.num_parameters()
-    log.info("task %s, upstream %s, lr %g: %d trainable / %d parameters", task.name, upstream_spec, lr,
-             trainable, total)
-    loader = build_loader(task.dataset("train", train=True), config.batching(), train=True, seed=config.seed,
-                          rank=env_rank(), world_size=env_world_size())
-    train(model, loader.dataset, loader.collate_fn, loader.batch_sampler, _trainer_config(config, lr), run_dir,
-          resume=resume,
-          save_config=lambda path: atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False)))
+    log.info(
+        "task %s, upstream %s, lr %g: %d trainable / %d parameters",
+        task.name,
+        upstream_spec,
+        lr,
+        trainable,
+        total,
+    )
+    loader = build_loader(
+        task.dataset("train", train=True),
+        config.batching(),
+        train=True,
+        seed=config.seed,
+        rank=env_rank(),
+        world_size=env_world_size(),
+    )
+    train(
+        model,
+        loader.dataset,
+        loader.collate_fn,
+        loader.batch_sampler,
+        _trainer_config(config, lr),
+        run_dir,
+        resume=resume,
+        save_config=lambda path: atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False)),
+    )
     if env_rank() != 0:
         return {}
-    selection = {"lr": lr, "max_steps": config.max_steps, **_select_checkpoint(task, upstream_spec, run_dir, config)}
+    selection = {
+        "lr": lr,
+        "max_steps": config.max_steps,
+        **_select_checkpoint(task, upstream_spec, run_dir, config),
+    }
     _write_json(done, selection)
     return selection
 
@@ -206,8 +253,9 @@ def check_task_data(task: Task, splits: tuple[str, ...] = SPLITS) -> None:
         task.check_split(split)
 
 
-def _check_experiment_out(out_dir: Path, task: str, upstream_spec: str, resume: bool,
-                          inputs: tuple[Path, ...]) -> None:
+def _check_experiment_out(
+    out_dir: Path, task: str, upstream_spec: str, resume: bool, inputs: tuple[Path, ...]
+) -> None:
     """The output rule for EXP: new, empty, or this command's own experiment (a finished one
     only with --resume, and only for the same task and upstream); an unmarked experiment of an
     older speechssl with its downstream.yaml is resumed as its own."""
@@ -217,17 +265,29 @@ def _check_experiment_out(out_dir: Path, task: str, upstream_spec: str, resume: 
     if not exp_path.is_file():
         return
     if not resume:
-        raise OutputExistsError(f"{out_dir} holds an earlier downstream run ({EXP_FILE}): continue it with "
-                                "--resume, or train into another --out")
+        raise OutputExistsError(
+            f"{out_dir} holds an earlier downstream run ({EXP_FILE}): continue it with "
+            "--resume, or train into another --out"
+        )
     previous = yaml.safe_load(exp_path.read_text()) or {}
     if {k: previous.get(k) for k in ("task", "upstream")} != {"task": task, "upstream": upstream_spec}:
-        raise ValueError(f"{exp_path}: cannot resume task {task} / upstream {upstream_spec} in an experiment "
-                         f"of task {previous.get('task')} / upstream {previous.get('upstream')}")
+        raise ValueError(
+            f"{exp_path}: cannot resume task {task} / upstream {upstream_spec} in an experiment "
+            f"of task {previous.get('task')} / upstream {previous.get('upstream')}"
+        )
 
 
-def train_downstream(task: str, upstream_spec: str | Path, data_dir: str | Path, out_dir: str | Path,
-                     config: DownstreamConfig | None = None, *, max_steps: int | None = None,
-                     resume: bool = False, name: str | None = None) -> dict[str, Any]:
+def train_downstream(
+    task: str,
+    upstream_spec: str | Path,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    config: DownstreamConfig | None = None,
+    *,
+    max_steps: int | None = None,
+    resume: bool = False,
+    name: str | None = None,
+) -> dict[str, Any]:
     """Train `task` on `data_dir/{train,dev,test}` over `upstream_spec` ("fbank" or any
     load_upstream source) into `out_dir`; returns (and writes to best.json) the chosen run.
     `name` names the upstream in results and reports (default: `default_upstream_name`; a
@@ -242,7 +302,9 @@ def train_downstream(task: str, upstream_spec: str | Path, data_dir: str | Path,
         config = replace(config, max_steps=max_steps, eval_every=min(config.eval_every, max_steps))
     out_dir, data_dir = Path(out_dir), Path(data_dir)
     if not data_dir.is_dir():
-        raise FileNotFoundError(f"data dir {data_dir} does not exist (expected {data_dir}/{{train,dev,test}})")
+        raise FileNotFoundError(
+            f"data dir {data_dir} does not exist (expected {data_dir}/{{train,dev,test}})"
+        )
     task_obj = build_task(task, data_dir, out_dir, config)  # reads nothing yet
     main = env_rank() == 0
     if main:
@@ -273,14 +335,26 @@ def default_upstream_name(spec: str | Path) -> str:
     return upstream_name(spec)
 
 
-def _train_locked(task_obj: Task, upstream_spec: str, data_dir: Path, out_dir: Path, config: DownstreamConfig,
-                  resume: bool, name: str | None = None) -> dict[str, Any]:
+def _train_locked(
+    task_obj: Task,
+    upstream_spec: str,
+    data_dir: Path,
+    out_dir: Path,
+    config: DownstreamConfig,
+    resume: bool,
+    name: str | None = None,
+) -> dict[str, Any]:
     task = task_obj.name
     exp_path = out_dir / EXP_FILE
     if name is None and resume and exp_path.is_file():
         name = (yaml.safe_load(exp_path.read_text()) or {}).get("name")
-    exp = {"task": task, "upstream": upstream_spec, "name": name or default_upstream_name(upstream_spec),
-           "data_dir": str(data_dir.resolve()), "config": to_dict(config)}
+    exp = {
+        "task": task,
+        "upstream": upstream_spec,
+        "name": name or default_upstream_name(upstream_spec),
+        "data_dir": str(data_dir.resolve()),
+        "config": to_dict(config),
+    }
     if env_rank() == 0:
         atomic_write_text(exp_path, yaml.safe_dump(exp, sort_keys=False))
         task_obj.save()
@@ -293,8 +367,9 @@ def _train_locked(task_obj: Task, upstream_spec: str, data_dir: Path, out_dir: P
         return {}
     best = runs[0]
     for run in runs[1:]:
-        if run["dev"] is not None and (best["dev"] is None or task_obj.better(run["dev"][task_obj.metric],
-                                                                            best["dev"][task_obj.metric])):
+        if run["dev"] is not None and (
+            best["dev"] is None or task_obj.better(run["dev"][task_obj.metric], best["dev"][task_obj.metric])
+        ):
             best = run
     summary = {**best, "metric": task_obj.metric, "runs": runs}
     _write_json(out_dir / BEST_FILE, summary)
@@ -306,7 +381,9 @@ def _train_locked(task_obj: Task, upstream_spec: str, data_dir: Path, out_dir: P
 def load_experiment(out_dir: str | Path) -> tuple[dict[str, Any], DownstreamConfig]:
     path = Path(out_dir) / EXP_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: train the experiment first (speechssl downstream train)")
+        raise FileNotFoundError(
+            f"{path} does not exist: train the experiment first (speechssl downstream train)"
+        )
     exp = yaml.safe_load(path.read_text())
     return exp, from_dict(DownstreamConfig, exp["config"], source=str(path), section="config")
 
@@ -332,11 +409,20 @@ def evaluate_downstream(out_dir: str | Path, split: str = "test") -> dict[str, A
     values = score_split(model, split, config)
     trainable, total = model.num_parameters()
     results = {
-        "task": task.name, "metric": task.metric, "value": values[task.metric], "split": split,
-        "upstream": exp.get("name") or default_upstream_name(exp["upstream"]), "upstream_source": exp["upstream"],
-        "trainable_params": trainable, "total_params": total, "metrics": values,
-        "lr": best["lr"], "step": best["step"], "checkpoint": str(checkpoint),
-        "featurizer": config.featurizer.name, "layer_weights": model.layer_weights(),
+        "task": task.name,
+        "metric": task.metric,
+        "value": values[task.metric],
+        "split": split,
+        "upstream": exp.get("name") or default_upstream_name(exp["upstream"]),
+        "upstream_source": exp["upstream"],
+        "trainable_params": trainable,
+        "total_params": total,
+        "metrics": values,
+        "lr": best["lr"],
+        "step": best["step"],
+        "checkpoint": str(checkpoint),
+        "featurizer": config.featurizer.name,
+        "layer_weights": model.layer_weights(),
     }
     _write_json(out_dir / results_file(split), results)
     if split == "test":

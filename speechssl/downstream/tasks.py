@@ -101,7 +101,9 @@ class TokenTable:
         return cls([line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines()])
 
 
-def _values(data_dir: Path, filename: str, splits: Sequence[str] = SPLITS) -> list[tuple[Path, int, str, str]]:
+def _values(
+    data_dir: Path, filename: str, splits: Sequence[str] = SPLITS
+) -> list[tuple[Path, int, str, str]]:
     """(file, line, utt, value) over the `splits` that have `filename`."""
     rows = []
     for split in splits:
@@ -124,13 +126,16 @@ def split_utterances(split_dir: Path) -> list[str]:
     data = DataDir.load(split_dir)
     ids = data.utt_ids()
     if not ids:
-        source = "utt2spk" if data.utt2spk is not None else "segments" if data.segments is not None else "wav.scp"
+        source = (
+            "utt2spk" if data.utt2spk is not None else "segments" if data.segments is not None else "wav.scp"
+        )
         raise DataCheckError(f"{split_dir}: the split has no utterances ({split_dir / source} is empty)")
     return ids
 
 
-def train_sentencepiece(text_file: str | Path, model_prefix: str | Path, vocab_size: int, *,
-                        model_type: str = "unigram") -> Path:
+def train_sentencepiece(
+    text_file: str | Path, model_prefix: str | Path, vocab_size: int, *, model_type: str = "unigram"
+) -> Path:
     """Train a sentencepiece model on `text_file` (one sentence per line); returns the .model path.
     The vocabulary is a soft limit, so tiny corpora still train. Trained in a temp dir and
     renamed, so a killed run leaves no half-written model."""
@@ -142,9 +147,19 @@ def train_sentencepiece(text_file: str | Path, model_prefix: str | Path, vocab_s
     tmp = Path(tempfile.mkdtemp(prefix=f".{model_prefix.name}.{os.getpid()}.tmp", dir=model_prefix.parent))
     try:
         spm.SentencePieceTrainer.train(
-            input=str(text_file), model_prefix=str(tmp / model_prefix.name), vocab_size=vocab_size,
-            model_type=model_type, character_coverage=1.0, hard_vocab_limit=False, bos_id=-1, eos_id=-1,
-            unk_id=1, pad_id=0, pad_piece=BLANK, minloglevel=2)
+            input=str(text_file),
+            model_prefix=str(tmp / model_prefix.name),
+            vocab_size=vocab_size,
+            model_type=model_type,
+            character_coverage=1.0,
+            hard_vocab_limit=False,
+            bos_id=-1,
+            eos_id=-1,
+            unk_id=1,
+            pad_id=0,
+            pad_piece=BLANK,
+            minloglevel=2,
+        )
         for suffix in (".model", ".vocab"):
             os.replace(tmp / f"{model_prefix.name}{suffix}", model_prefix.with_suffix(suffix))
     finally:
@@ -155,8 +170,9 @@ def train_sentencepiece(text_file: str | Path, model_prefix: str | Path, vocab_s
 TOKENIZER_COMMAND = "downstream tokenizer"
 
 
-def train_tokenizer(text: str | Path, out_dir: str | Path, vocab_size: int, *, overwrite: bool = False,
-                    check_out: bool = True) -> Path:
+def train_tokenizer(
+    text: str | Path, out_dir: str | Path, vocab_size: int, *, overwrite: bool = False, check_out: bool = True
+) -> Path:
     """OUT/spm.model: a sentencepiece model on the transcripts of a Kaldi `text` file (ids dropped).
     `out_dir` follows the output-path rule (speechssl.outputs) unless `check_out` is False
     (the ASR task training its own model inside its experiment)."""
@@ -207,8 +223,10 @@ class Task:
     def _train_rows(self) -> list[tuple[Path, int, str, str]]:
         rows = _values(self.data_dir, self.target_file, ("train",))
         if not rows:
-            raise DataCheckError(f"task {self.name}: {self.data_dir / 'train' / self.target_file} does not exist "
-                                 f"or is empty ({self.target_help})")
+            raise DataCheckError(
+                f"task {self.name}: {self.data_dir / 'train' / self.target_file} does not exist "
+                f"or is empty ({self.target_help})"
+            )
         return rows
 
     def save(self) -> None:
@@ -233,12 +251,18 @@ class Task:
         them, and (dev/test) every label is known. Errors name the file and line or utterance."""
         split_dir = self.data_dir / split
         if not split_dir.is_dir():
-            raise FileNotFoundError(f"task {self.name}: data dir {split_dir} does not exist "
-                                    f"(expected {self.data_dir}/{{train,dev,test}})")
+            raise FileNotFoundError(
+                f"task {self.name}: data dir {split_dir} does not exist "
+                f"(expected {self.data_dir}/{{train,dev,test}})"
+            )
         ids = split_utterances(split_dir)
         for filename in self.required_files(split):
             if not (split_dir / filename).is_file():
-                what = self.target_help if filename == self.target_file else "`enroll_utt test_utt target|nontarget` lines"
+                what = (
+                    self.target_help
+                    if filename == self.target_file
+                    else "`enroll_utt test_utt target|nontarget` lines"
+                )
                 raise FileNotFoundError(f"task {self.name}: {split_dir / filename} does not exist ({what})")
         if split == "train":
             self.check_unknown_label()
@@ -249,13 +273,17 @@ class Task:
         if unknown is None:
             return
         if not self.uses_unknown_label:
-            raise DataCheckError(f"unknown_label is set ('{unknown}') but task {self.name} has no labels to map; "
-                                 "it applies to ks, ic, sid and pr")
+            raise DataCheckError(
+                f"unknown_label is set ('{unknown}') but task {self.name} has no labels to map; "
+                "it applies to ks, ic, sid and pr"
+            )
         if not any(unknown in table.index for table in self.vocabularies()):
             first = self.vocabularies()[0].symbols
             shown = ", ".join(first[:5]) + (", ..." if len(first) > 5 else "")
-            raise DataCheckError(f"unknown_label '{unknown}' is not a label of {self.data_dir / 'train'} "
-                                 f"({self.target_file}) nor of {self.data_dir / LABELS_FILE} (labels: {shown})")
+            raise DataCheckError(
+                f"unknown_label '{unknown}' is not a label of {self.data_dir / 'train'} "
+                f"({self.target_file}) nor of {self.data_dir / LABELS_FILE} (labels: {shown})"
+            )
 
     def check_targets(self, split: str, split_dir: Path, ids: list[str]) -> None:
         """The target file has exactly the split's utterances; dev/test labels are known."""
@@ -275,12 +303,19 @@ class Task:
         unknown = self.config.unknown_label
         return unknown if unknown is not None and unknown in table.index else None
 
-    def _unseen(self, path: Path, line: int, utt: str, label: str, what: str, table: TokenTable) -> DataCheckError:
+    def _unseen(
+        self, path: Path, line: int, utt: str, label: str, what: str, table: TokenTable
+    ) -> DataCheckError:
         unknown = self.config.unknown_label
-        hint = (f"unknown_label '{unknown}' is not one of them" if unknown else
-                f"declare it in {self.data_dir / LABELS_FILE} or set unknown_label to a training class to map it to")
-        return DataCheckError(f"{path}:{line}: {what} '{label}' of utterance '{utt}' is not in the training set "
-                              f"({len(table)} known); {hint}")
+        hint = (
+            f"unknown_label '{unknown}' is not one of them"
+            if unknown
+            else f"declare it in {self.data_dir / LABELS_FILE} or set unknown_label to a training class to map it to"
+        )
+        return DataCheckError(
+            f"{path}:{line}: {what} '{label}' of utterance '{utt}' is not in the training set "
+            f"({len(table)} known); {hint}"
+        )
 
     def _encode_label(self, table: TokenTable, label: str) -> str:
         known = self._known(table, label)
@@ -289,18 +324,27 @@ class Task:
         return known
 
     # data
-    def targets(self, split_dir: Path, *, train: bool) -> tuple[dict[str, Any], dict[str, Callable[[str], Any]]]:
+    def targets(
+        self, split_dir: Path, *, train: bool
+    ) -> tuple[dict[str, Any], dict[str, Callable[[str], Any]]]:
         raise NotImplementedError
 
     def dataset(self, split: str, *, train: bool) -> AudioDataset:
         split_dir = self.data_dir / split
         if not split_dir.is_dir():
-            raise FileNotFoundError(f"task {self.name}: data dir {split_dir} does not exist "
-                                    f"(expected {self.data_dir}/{{train,dev,test}})")
+            raise FileNotFoundError(
+                f"task {self.name}: data dir {split_dir} does not exist "
+                f"(expected {self.data_dir}/{{train,dev,test}})"
+            )
         targets, transforms = self.targets(split_dir, train=train)
-        return AudioDataset(DataDir.load(split_dir), targets=targets, target_transforms=transforms,
-                            max_seconds=self.config.max_seconds if train else None,
-                            crop="random" if train else "start", seed=self.config.seed)
+        return AudioDataset(
+            DataDir.load(split_dir),
+            targets=targets,
+            target_transforms=transforms,
+            max_seconds=self.config.max_seconds if train else None,
+            crop="random" if train else "start",
+            seed=self.config.seed,
+        )
 
     def has_split(self, split: str) -> bool:
         return (self.data_dir / split).is_dir()
@@ -309,7 +353,9 @@ class Task:
     def build_head(self, input_dim: int) -> nn.Module:
         raise NotImplementedError
 
-    def loss(self, head: nn.Module, x: Tensor, lengths: Tensor, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss(
+        self, head: nn.Module, x: Tensor, lengths: Tensor, batch: dict
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         raise NotImplementedError
 
     # evaluation
@@ -322,8 +368,13 @@ class Task:
     def score(self, refs: list[Any], hyps: list[Any]) -> float:
         return metrics.accuracy(refs, hyps)
 
-    def evaluate(self, features: Callable[[dict], tuple[Tensor, Tensor]], head: nn.Module,
-                 batches: Iterable[dict], split: str) -> dict[str, float]:
+    def evaluate(
+        self,
+        features: Callable[[dict], tuple[Tensor, Tensor]],
+        head: nn.Module,
+        batches: Iterable[dict],
+        split: str,
+    ) -> dict[str, float]:
         """{metric: value} over a split; `features(batch)` runs upstream + featurizer."""
         refs, hyps = [], []
         for batch in batches:
@@ -385,15 +436,22 @@ class PhoneRecognition(_CTCTask):
                 raise self._unseen(path, line, utt, phone, "phone", self.tokens)
 
     def targets(self, split_dir, *, train):
-        return ({self.target_name: split_dir / "phones"},
-                {self.target_name: lambda v: self.tokens.encode([self._encode_label(self.tokens, p)
-                                                                 for p in v.split()])})
+        return (
+            {self.target_name: split_dir / "phones"},
+            {
+                self.target_name: lambda v: self.tokens.encode(
+                    [self._encode_label(self.tokens, p) for p in v.split()]
+                )
+            },
+        )
 
     def build_head(self, input_dim):
         return LinearCTCHead(input_dim, len(self.tokens))
 
     def score(self, refs, hyps):
-        return metrics.phone_error_rate([self.tokens.decode(r) for r in refs], [self.tokens.decode(h) for h in hyps])
+        return metrics.phone_error_rate(
+            [self.tokens.decode(r) for r in refs], [self.tokens.decode(h) for h in hyps]
+        )
 
 
 class SpeechRecognition(_CTCTask):
@@ -412,8 +470,10 @@ class SpeechRecognition(_CTCTask):
         if self.config.sentencepiece_model is not None:
             given = Path(self.config.sentencepiece_model)
             if not given.is_file():
-                raise FileNotFoundError(f"sentencepiece_model {given} does not exist "
-                                        "(train one with `speechssl downstream tokenizer`)")
+                raise FileNotFoundError(
+                    f"sentencepiece_model {given} does not exist "
+                    "(train one with `speechssl downstream tokenizer`)"
+                )
             return given
         return None
 
@@ -433,15 +493,21 @@ class SpeechRecognition(_CTCTask):
             self.task_dir.mkdir(parents=True, exist_ok=True)
             model, own = self._spm_source(), self.task_dir / "spm.model"
             if model is None:
-                train_tokenizer(self.data_dir / "train" / "text", self.task_dir,
-                                self.config.sentencepiece_vocab_size, check_out=False)
+                train_tokenizer(
+                    self.data_dir / "train" / "text",
+                    self.task_dir,
+                    self.config.sentencepiece_vocab_size,
+                    check_out=False,
+                )
             elif model != own:  # the experiment keeps its own copy (evaluation reads it back)
                 with atomic_file(own) as tmp:
                     shutil.copyfile(model, tmp)
         super().save()
 
     def vocabularies(self) -> list[TokenTable]:
-        return [] if self.config.asr_units == "sentencepiece" and self._spm_source() is None else [self.tokens]
+        return (
+            [] if self.config.asr_units == "sentencepiece" and self._spm_source() is None else [self.tokens]
+        )
 
     def load_or_build_tokens(self) -> TokenTable:
         if self.sp is not None:
@@ -461,15 +527,27 @@ class SpeechRecognition(_CTCTask):
         if split == "train":
             return
         path = split_dir / "text"
-        unseen = [(line, c) for line, _, value in read_table_lines(path) for c in value.replace(" ", "")
-                  if c not in self.tokens.index]
+        unseen = [
+            (line, c)
+            for line, _, value in read_table_lines(path)
+            for c in value.replace(" ", "")
+            if c not in self.tokens.index
+        ]
         if unseen and UNK not in self.tokens.index:  # an experiment of an older speechssl
-            raise DataCheckError(f"{path}:{unseen[0][0]}: character '{unseen[0][1]}' is not in the training text "
-                                 f"({len(self.tokens)} known)")
+            raise DataCheckError(
+                f"{path}:{unseen[0][0]}: character '{unseen[0][1]}' is not in the training text "
+                f"({len(self.tokens)} known)"
+            )
         if unseen:
             chars = "".join(sorted({c for _, c in unseen}))
-            log.warning("%s: %d character(s) the training text lacks ('%s', first on line %d) are scored as %s",
-                        path, len(unseen), chars, unseen[0][0], UNK)
+            log.warning(
+                "%s: %d character(s) the training text lacks ('%s', first on line %d) are scored as %s",
+                path,
+                len(unseen),
+                chars,
+                unseen[0][0],
+                UNK,
+            )
 
     def _encode(self, text: str) -> Tensor:
         if self.sp is not None:
@@ -489,8 +567,9 @@ class SpeechRecognition(_CTCTask):
 
     def build_head(self, input_dim):
         h = self.config.head
-        return BiLSTMCTCHead(input_dim, len(self.tokens), hidden_dim=h.hidden_dim, num_layers=h.lstm_layers,
-                             dropout=h.dropout)
+        return BiLSTMCTCHead(
+            input_dim, len(self.tokens), hidden_dim=h.hidden_dim, num_layers=h.lstm_layers, dropout=h.dropout
+        )
 
     def predict(self, head, x, lengths, batch):
         return [self._decode(ids) for ids in super().predict(head, x, lengths, batch)]
@@ -579,8 +658,10 @@ class IntentClassification(_ClassificationTask):
         declared = declared_labels(self.data_dir)
         for k, intent in enumerate(declared, start=1):
             if len(intent.split()) != self.num_slots:
-                raise DataCheckError(f"{self.data_dir / LABELS_FILE}:{k}: intent '{intent}' has "
-                                     f"{len(intent.split())} slots, expected {self.num_slots}")
+                raise DataCheckError(
+                    f"{self.data_dir / LABELS_FILE}:{k}: intent '{intent}' has "
+                    f"{len(intent.split())} slots, expected {self.num_slots}"
+                )
 
         def build(k: int) -> list[str]:
             values = {v.split()[k] for *_, v in self._train_rows()} | {d.split()[k] for d in declared}
@@ -595,8 +676,10 @@ class IntentClassification(_ClassificationTask):
         path = split_dir / "intent"
         for line, utt, value in read_table_lines(path):
             if len(value.split()) != self.num_slots:
-                raise DataCheckError(f"{path}:{line}: utterance '{utt}' has {len(value.split())} intent slots, "
-                                     f"expected {self.num_slots} (as {self.data_dir / 'train' / 'intent'})")
+                raise DataCheckError(
+                    f"{path}:{line}: utterance '{utt}' has {len(value.split())} intent slots, "
+                    f"expected {self.num_slots} (as {self.data_dir / 'train' / 'intent'})"
+                )
         super().check_targets(split, split_dir, ids)
 
     def check_label(self, path, line, utt, value):
@@ -608,14 +691,17 @@ class IntentClassification(_ClassificationTask):
         parts = value.split()
         if len(parts) != self.num_slots:
             raise ValueError(f"expected {self.num_slots} intent slots, found {len(parts)} ('{value}')")
-        return torch.stack([slot.encode([self._encode_label(slot, p)])[0]
-                            for slot, p in zip(self.slots, parts)])  # (num_slots,)
+        return torch.stack(
+            [slot.encode([self._encode_label(slot, p)])[0] for slot, p in zip(self.slots, parts)]
+        )  # (num_slots,)
 
     def targets(self, split_dir, *, train):
         return {self.target_name: split_dir / "intent"}, {self.target_name: self._encode_intent}
 
     def build_head(self, input_dim):
-        return MeanPoolClassifier(input_dim, [len(s) for s in self.slots], hidden_dim=self.config.head.hidden_dim)
+        return MeanPoolClassifier(
+            input_dim, [len(s) for s in self.slots], hidden_dim=self.config.head.hidden_dim
+        )
 
     def loss(self, head, x, lengths, batch):
         logits = head(x, lengths)  # tuple of (B, V_k)
@@ -641,8 +727,9 @@ class SpeakerVerification(Task):
 
     @cached_property
     def speakers(self) -> TokenTable:
-        return self._table("speakers.txt", lambda: sorted({v.strip() for *_, v in self._train_rows()},
-                                                          key=str.encode))
+        return self._table(
+            "speakers.txt", lambda: sorted({v.strip() for *_, v in self._train_rows()}, key=str.encode)
+        )
 
     def vocabularies(self) -> list[TokenTable]:
         return [self.speakers]
@@ -659,12 +746,16 @@ class SpeakerVerification(Task):
         for line_no, a, b, target in self.read_trials(split):
             for utt in (a, b):
                 if utt not in known:
-                    raise DataCheckError(f"{path}:{line_no}: utterance '{utt}' is not in {split_dir} "
-                                         "(trials name utterances of their own split)")
+                    raise DataCheckError(
+                        f"{path}:{line_no}: utterance '{utt}' is not in {split_dir} "
+                        "(trials name utterances of their own split)"
+                    )
             kinds.add(target)
         for kind, name in ((True, "target"), (False, "nontarget")):
             if kind not in kinds:
-                raise DataCheckError(f"{path}: no {name} trials (the EER needs both target and nontarget trials)")
+                raise DataCheckError(
+                    f"{path}: no {name} trials (the EER needs both target and nontarget trials)"
+                )
 
     def targets(self, split_dir, *, train):
         if not train:
@@ -676,11 +767,14 @@ class SpeakerVerification(Task):
 
     def build_head(self, input_dim):
         h = self.config.head
-        return nn.ModuleDict({
-            "xvector": XVectorHead(input_dim, channels=h.xvector_channels, embed_dim=h.embed_dim),
-            "am_softmax": AdditiveMarginSoftmax(h.embed_dim, len(self.speakers), margin=h.am_margin,
-                                                scale=h.am_scale),
-        })
+        return nn.ModuleDict(
+            {
+                "xvector": XVectorHead(input_dim, channels=h.xvector_channels, embed_dim=h.embed_dim),
+                "am_softmax": AdditiveMarginSoftmax(
+                    h.embed_dim, len(self.speakers), margin=h.am_margin, scale=h.am_scale
+                ),
+            }
+        )
 
     def loss(self, head, x, lengths, batch):
         loss, cosine = head["am_softmax"](head["xvector"](x, lengths).float(), batch["speaker"])
@@ -690,15 +784,19 @@ class SpeakerVerification(Task):
         """(line, enroll_utt, test_utt, is_target) for each trial of `<split>/trials`."""
         path = self.data_dir / split / "trials"
         if not path.is_file():
-            raise FileNotFoundError(f"task asv: {path} does not exist (lines: enroll_utt test_utt target|nontarget)")
+            raise FileNotFoundError(
+                f"task asv: {path} does not exist (lines: enroll_utt test_utt target|nontarget)"
+            )
         trials = []
         for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
             if not line.strip():
                 continue
             parts = line.split()
             if len(parts) != 3 or parts[2] not in ("target", "nontarget"):
-                raise DataCheckError(f"{path}:{line_no}: expected 'enroll_utt test_utt target|nontarget', "
-                                     f"found '{line.strip()}'")
+                raise DataCheckError(
+                    f"{path}:{line_no}: expected 'enroll_utt test_utt target|nontarget', "
+                    f"found '{line.strip()}'"
+                )
             trials.append((line_no, parts[0], parts[1], parts[2] == "target"))
         return trials
 
@@ -713,8 +811,10 @@ class SpeakerVerification(Task):
         for line_no, a, b, target in trials:
             for utt in (a, b):
                 if utt not in embeddings:
-                    raise DataCheckError(f"{self.data_dir / split / 'trials'}:{line_no}: utterance '{utt}' is not "
-                                         f"in {self.data_dir / split}")
+                    raise DataCheckError(
+                        f"{self.data_dir / split / 'trials'}:{line_no}: utterance '{utt}' is not "
+                        f"in {self.data_dir / split}"
+                    )
             scores.append(float(embeddings[a] @ embeddings[b]))
             labels.append(target)
         return {"eer": metrics.equal_error_rate(scores, labels), "min_dcf": metrics.min_dcf(scores, labels)}

@@ -168,13 +168,18 @@ def read_shard_meta(paths: dict[str, Path]) -> tuple[dict | None, str | None]:
             f"{paths['ids']} ({len(ids)} ids), {paths['len']} ({len(lengths)} lengths, {sum(lengths)} frames) "
             f"and {paths['json']} ({num_utts} utterances, {meta['num_frames']} frames) disagree"
         )
-    problem = _npy_problem(paths["npy"], (int(meta["num_frames"]), int(meta["feature_dim"])),
-                           meta.get("dtype", "float32"))
+    problem = _npy_problem(
+        paths["npy"], (int(meta["num_frames"]), int(meta["feature_dim"])), meta.get("dtype", "float32")
+    )
     return meta, problem
 
 
 def _redo_reason(
-    paths: dict[str, Path], utterances: list, fingerprints: list[list], extractor: FeatureExtractor, dtype: str
+    paths: dict[str, Path],
+    utterances: list,
+    fingerprints: list[list],
+    extractor: FeatureExtractor,
+    dtype: str,
 ) -> str | None:
     """Why the shard in `paths` cannot be reused for these inputs, or None when it can."""
     if not paths["json"].exists():
@@ -214,8 +219,12 @@ def _remove_killed_temporaries(out_dir: Path) -> None:
             p.unlink(missing_ok=True)
             removed.append(p)
     if removed:
-        logger.info("removed %d temp file(s) of killed jobs from %s: %s", len(removed), out_dir,
-                    ", ".join(p.name for p in removed[:5]))
+        logger.info(
+            "removed %d temp file(s) of killed jobs from %s: %s",
+            len(removed),
+            out_dir,
+            ", ".join(p.name for p in removed[:5]),
+        )
 
 
 def is_feature_dump(path: str | Path) -> bool:
@@ -267,8 +276,13 @@ def _stream_reader(utt, sample_rate: int):
 
     def read(a: int, b: int) -> torch.Tensor:
         # whole samples through load_audio's checks (channels, truncation, NaN), in seconds it rounds back
-        return load_audio(utt.path, start=(first + a) / sample_rate, end=(first + b) / sample_rate,
-                          sample_rate=None, utt_id=utt.utt_id)
+        return load_audio(
+            utt.path,
+            start=(first + a) / sample_rate,
+            end=(first + b) / sample_rate,
+            sample_rate=None,
+            utt_id=utt.utt_id,
+        )
 
     return last - first, read
 
@@ -319,8 +333,15 @@ def dump_features(
     raw = out_dir / f".{rank}_{nshard}.raw.{os.getpid()}.tmp"  # remove_stale_temporaries' pattern
     lengths: list[int] = []
     budget = int(batch_seconds * extractor.sample_rate)
-    stream_samples = getattr(extractor, "stream_samples", None) if hasattr(extractor, "extract_stream") else None
-    bar = tqdm(total=len(utterances), desc=f"{extractor.name} shard {rank}/{nshard}", unit="utt", disable=not progress)
+    stream_samples = (
+        getattr(extractor, "stream_samples", None) if hasattr(extractor, "extract_stream") else None
+    )
+    bar = tqdm(
+        total=len(utterances),
+        desc=f"{extractor.name} shard {rank}/{nshard}",
+        unit="utt",
+        disable=not progress,
+    )
     try:
         with open(raw, "wb") as sink:
             pending: list[tuple[str, torch.Tensor]] = []
@@ -345,7 +366,9 @@ def dump_features(
                     raise ValueError(f"utterances {', '.join(u for u, _ in pending)}: {err}") from None
                 for (utt, wav), f in zip(pending, feats, strict=True):
                     if f.ndim == 2 and f.shape[0] == 0:
-                        raise ValueError(f"utterance '{utt}': {wav.numel()} samples give no feature frame (too short)")
+                        raise ValueError(
+                            f"utterance '{utt}': {wav.numel()} samples give no feature frame (too short)"
+                        )
                     write(utt, f)
                     lengths.append(int(f.shape[0]))
                 bar.update(len(pending))
@@ -377,8 +400,13 @@ def dump_features(
                     stream(utt.utt_id, *reader)
                     continue
                 # load_audio's errors name the utterance and file already
-                wav = load_audio(utt.path, start=utt.start, end=utt.end,
-                                 sample_rate=extractor.sample_rate, utt_id=utt.utt_id)  # (S,)
+                wav = load_audio(
+                    utt.path,
+                    start=utt.start,
+                    end=utt.end,
+                    sample_rate=extractor.sample_rate,
+                    utt_id=utt.utt_id,
+                )  # (S,)
                 n = wav.numel()
                 if pending and (len(pending) + 1) * max(longest, n) > budget:
                     flush()
@@ -392,17 +420,38 @@ def dump_features(
     finally:
         bar.close()
         raw.unlink(missing_ok=True)
-    _finish_shard(paths, utt_ids, lengths, extractor.name, extractor.feature_dim, extractor.frame_rate,
-                  dtype, rank=rank, nshard=nshard, data_dir=str(data_dir), settings=_settings(extractor),
-                  inputs=fingerprints)
+    _finish_shard(
+        paths,
+        utt_ids,
+        lengths,
+        extractor.name,
+        extractor.feature_dim,
+        extractor.frame_rate,
+        dtype,
+        rank=rank,
+        nshard=nshard,
+        data_dir=str(data_dir),
+        settings=_settings(extractor),
+        inputs=fingerprints,
+    )
     logger.info("wrote %d utterances, %d frames to %s", len(utt_ids), num_frames, paths["npy"])
     return paths["npy"]
 
 
 def _finish_shard(
-    paths: dict[str, Path], utt_ids: list[str], lengths: list[int], feature: str, feature_dim: int,
-    frame_rate: float, dtype: str, *, rank: int, nshard: int, data_dir: str,
-    settings: dict | None = None, inputs: list[list] | None = None,
+    paths: dict[str, Path],
+    utt_ids: list[str],
+    lengths: list[int],
+    feature: str,
+    feature_dim: int,
+    frame_rate: float,
+    dtype: str,
+    *,
+    rank: int,
+    nshard: int,
+    data_dir: str,
+    settings: dict | None = None,
+    inputs: list[list] | None = None,
 ) -> None:
     """Write .len and .ids, then the .json marker that makes the shard finished."""
     atomic_write_text(paths["len"], "".join(f"{n}\n" for n in lengths))
@@ -450,8 +499,18 @@ def write_shard(
     array = np.concatenate([np.asarray(f, dtype=dtype) for f in feats.values()])  # (frames, dim)
     with atomic_file(paths["npy"]) as tmp:
         np.save(tmp, array, allow_pickle=False)
-    _finish_shard(paths, list(feats), [len(f) for f in feats.values()], feature, dims.pop(), frame_rate,
-                  dtype, rank=rank, nshard=nshard, data_dir="")
+    _finish_shard(
+        paths,
+        list(feats),
+        [len(f) for f in feats.values()],
+        feature,
+        dims.pop(),
+        frame_rate,
+        dtype,
+        rank=rank,
+        nshard=nshard,
+        data_dir="",
+    )
     return paths["npy"]
 
 
@@ -471,7 +530,7 @@ class FeatureReader:
             raise FileNotFoundError(f"no finished feature shard (<rank>_<nshard>.json) in {self.dir}")
         if len(found) > 1:
             raise ValueError(f"{self.dir} mixes dumps with nshard {sorted(found)}; remove the stale ones")
-        (nshard, ranks), = found.items()
+        ((nshard, ranks),) = found.items()
         missing = sorted(set(range(nshard)) - ranks)
         if missing:
             raise FileNotFoundError(
@@ -504,7 +563,9 @@ class FeatureReader:
         first = self.meta[0]
         for meta in self.meta[1:]:
             if (meta["feature"], meta["feature_dim"]) != (first["feature"], first["feature_dim"]):
-                raise ValueError(f"{self.dir}: shards hold different features ({first['feature']} vs {meta['feature']})")
+                raise ValueError(
+                    f"{self.dir}: shards hold different features ({first['feature']} vs {meta['feature']})"
+                )
         self.feature_name: str = first["feature"]
         self.feature_dim: int = first["feature_dim"]
         self.frame_rate: float = first["frame_rate"]
@@ -517,8 +578,10 @@ class FeatureReader:
             path = shard_paths(self.dir, rank, self.nshard)["npy"]
             arr = np.load(path, mmap_mode="r", allow_pickle=False)  # (frames, dim)
             if arr.shape != (int(self.lengths[rank].sum()), self.feature_dim):
-                raise ValueError(f"{path} has shape {arr.shape}, its .len/.json say "
-                                 f"({int(self.lengths[rank].sum())}, {self.feature_dim})")
+                raise ValueError(
+                    f"{path} has shape {arr.shape}, its .len/.json say "
+                    f"({int(self.lengths[rank].sum())}, {self.feature_dim})"
+                )
             self._arrays[rank] = arr
         return self._arrays[rank]
 
@@ -607,7 +670,9 @@ def build_extractor(
         return MfccExtractor()
     if feature == "upstream":
         if upstream is None or layer is None:
-            raise ValueError("--feature upstream needs --upstream SRC (checkpoint dir, transformers dir or .pt) and --layer L")
+            raise ValueError(
+                "--feature upstream needs --upstream SRC (checkpoint dir, transformers dir or .pt) and --layer L"
+            )
         from speechssl.features.upstream_features import UpstreamExtractor
 
         return UpstreamExtractor(upstream, layer, device=device)

@@ -132,7 +132,9 @@ def iter_mfcc(
         raise ValueError(f"chunk_frames must be >= 1, found {chunk_frames}")
     window, shift, step = config.window_samples, config.shift_samples, config.subsample
     total = 1 + (num_samples - window) // shift  # T100 (snip_edges)
-    chunk = -(-chunk_frames // step) * step  # a multiple of the subsampling step: the kept frames stay aligned
+    chunk = (
+        -(-chunk_frames // step) * step
+    )  # a multiple of the subsampling step: the kept frames stay aligned
     margin = config.delta_order * ((config.delta_win_length - 1) // 2)  # frames of delta context each side
     with torch.no_grad():
         for a in range(0, total, chunk):
@@ -140,7 +142,9 @@ def iter_mfcc(
             lo, hi = max(0, a - margin), min(total, b + margin)  # frames computed, context included
             wav = read(lo * shift, (hi - 1) * shift + window)  # exactly the samples of frames [lo, hi)
             if wav.shape != ((hi - 1 - lo) * shift + window,):
-                raise ValueError(f"read({lo * shift}, {(hi - 1) * shift + window}) returned shape {tuple(wav.shape)}")
+                raise ValueError(
+                    f"read({lo * shift}, {(hi - 1) * shift + window}) returned shape {tuple(wav.shape)}"
+                )
             feats = _with_deltas(_mfcc_frames(wav, config), config)  # (hi - lo, D)
             yield feats[a - lo : b - lo : step].contiguous()  # (ceil((b - a) / step), D)
 

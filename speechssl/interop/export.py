@@ -53,8 +53,10 @@ def _save_pt(checkpoint: dict, out: Path) -> None:
 
 def _refuse_heterogeneous(up: Upstream, fmt: str) -> None:
     enc = up.config.encoder
-    if enc.layer_num_heads is not None or enc.layer_ffn_dims is not None or not isinstance(
-        up.config.frontend, ConvFrontendConfig
+    if (
+        enc.layer_num_heads is not None
+        or enc.layer_ffn_dims is not None
+        or not isinstance(up.config.frontend, ConvFrontendConfig)
     ):
         raise ValueError(
             f"format '{fmt}' cannot carry this model (its layers differ in size, or it has a filterbank"

@@ -25,7 +25,11 @@ import torch
 from speechssl.models.checkpoint import CheckpointError
 
 __all__ = [
-    "UnsafeCheckpointError", "FairseqDictionary", "load_checkpoint", "load_state_dict_file", "to_plain",
+    "UnsafeCheckpointError",
+    "FairseqDictionary",
+    "load_checkpoint",
+    "load_state_dict_file",
+    "to_plain",
     "allowed_globals",
 ]
 
@@ -132,8 +136,10 @@ def _unsafe(path: Path, err: Exception, allowed: str) -> CheckpointError:
     if not names:  # no forbidden type named: the pickle is corrupt or uses instructions torch does not read
         reason = re.search(r"WeightsUnpickler error: \s*(.+?)\s*(?:\n|$)", str(err))
         detail = f" ({reason.group(1)})" if reason else ""
-        return CheckpointError(f"{path} is not a readable PyTorch checkpoint: its pickle cannot be read as weights"
-                               f"{detail}; nothing in it was run")
+        return CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint: its pickle cannot be read as weights"
+            f"{detail}; nothing in it was run"
+        )
     return UnsafeCheckpointError(
         f"{path}: refusing to unpickle {', '.join(names)}: the file holds code or objects that are not weights"
         f" (only {allowed} are read; loading never runs code from a file)"
@@ -150,10 +156,21 @@ def _torch_load(path: Path, extra_globals: list[Any], allowed: str) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise _unsafe(path, err, allowed) from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError, AttributeError) as err:
+    except (
+        RuntimeError,
+        EOFError,
+        OSError,
+        ValueError,
+        KeyError,
+        IndexError,
+        TypeError,
+        AttributeError,
+    ) as err:
         # truncated zip, bad magic number, a file that is not a torch checkpoint at all
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {reason}") from None
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {reason}"
+        ) from None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -163,10 +180,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     types (and the file) when the pickle holds anything else, CheckpointError for a damaged file.
     """
     path = Path(path)
-    obj = _torch_load(path, allowed_globals(),
-                      "tensors, plain containers, argparse.Namespace, omegaconf configs and fairseq Dictionary objects")
+    obj = _torch_load(
+        path,
+        allowed_globals(),
+        "tensors, plain containers, argparse.Namespace, omegaconf configs and fairseq Dictionary objects",
+    )
     if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: expected a checkpoint dict at the top level, found {type(obj).__name__}")
+        raise CheckpointError(
+            f"{path}: expected a checkpoint dict at the top level, found {type(obj).__name__}"
+        )
     return obj
 
 
@@ -175,9 +197,13 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     nothing else; a file naming any other type or function is refused, never run."""
     path = Path(path)
     obj = _torch_load(path, [], "tensors in a dict")
-    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
-        raise CheckpointError(f"{path}: expected a state dict (tensor name -> tensor), found {type(obj).__name__}"
-                              " holding other values")
+    if not isinstance(obj, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    ):
+        raise CheckpointError(
+            f"{path}: expected a state dict (tensor name -> tensor), found {type(obj).__name__}"
+            " holding other values"
+        )
     return dict(obj)
 
 

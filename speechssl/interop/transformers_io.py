@@ -35,7 +35,13 @@ _WEIGHT_NORM_RENAMES = {
     "encoder.pos_conv_embed.conv.weight_g": "encoder.pos_conv_embed.conv.parametrizations.weight.original0",
     "encoder.pos_conv_embed.conv.weight_v": "encoder.pos_conv_embed.conv.parametrizations.weight.original1",
 }
-_ACTIVATION_NAMES = {"gelu": "gelu", "relu": "relu", "swish": "swish", "silu": "swish", "gelu_new": "gelu_new"}
+_ACTIVATION_NAMES = {
+    "gelu": "gelu",
+    "relu": "relu",
+    "swish": "swish",
+    "silu": "swish",
+    "gelu_new": "gelu_new",
+}
 
 
 def is_transformers_dir(path: str | Path) -> bool:
@@ -48,8 +54,12 @@ def is_transformers_dir(path: str | Path) -> bool:
 
 # Our ModelConfig fields as config.json names them (for errors about a config that does not fit).
 HF_NAMES = {
-    "num_layers": "num_hidden_layers", "embed_dim": "hidden_size", "ffn_dim": "intermediate_size",
-    "pos_conv_kernel": "num_conv_pos_embeddings", "conv_dim": "conv_dim", "conv_kernel": "conv_kernel",
+    "num_layers": "num_hidden_layers",
+    "embed_dim": "hidden_size",
+    "ffn_dim": "intermediate_size",
+    "pos_conv_kernel": "num_conv_pos_embeddings",
+    "conv_dim": "conv_dim",
+    "conv_kernel": "conv_kernel",
 }
 
 
@@ -76,8 +86,11 @@ class _Reader:
 
     def ints(self, key: str) -> list[int]:
         value = self.require(key)
-        if (not isinstance(value, list) or not value
-                or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in value)):
+        if (
+            not isinstance(value, list)
+            or not value
+            or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in value)
+        ):
             raise self.error(key, "a non-empty list of positive integers")
         return value
 
@@ -101,7 +114,9 @@ class _Reader:
         return value
 
 
-def config_from_transformers(hf: dict[str, Any], *, source: str = "config.json", normalize: bool = False) -> ModelConfig:
+def config_from_transformers(
+    hf: dict[str, Any], *, source: str = "config.json", normalize: bool = False
+) -> ModelConfig:
     """Map a HubertConfig / Wav2Vec2Config dict onto ModelConfig; refuse what we cannot compute
     and any value of the wrong type or range, naming the key."""
     if not isinstance(hf, dict):
@@ -121,13 +136,21 @@ def config_from_transformers(hf: dict[str, Any], *, source: str = "config.json",
     }
     bad = [k for k, v in unsupported.items() if v]
     if bad:
-        raise ValueError(f"{source}: unsupported transformers option(s): {', '.join(f'{k}={hf.get(k)!r}' for k in bad)}")
+        raise ValueError(
+            f"{source}: unsupported transformers option(s): {', '.join(f'{k}={hf.get(k)!r}' for k in bad)}"
+        )
     activation = read.choice("hidden_act", "gelu", _ACTIVATION_NAMES)
     norm = read.choice("feat_extract_norm", "group", ("group", "layer"))
-    conv_dim, conv_kernel, conv_stride = read.ints("conv_dim"), read.ints("conv_kernel"), read.ints("conv_stride")
+    conv_dim, conv_kernel, conv_stride = (
+        read.ints("conv_dim"),
+        read.ints("conv_kernel"),
+        read.ints("conv_stride"),
+    )
     if not len(conv_dim) == len(conv_kernel) == len(conv_stride):
-        raise ValueError(f"{source}: 'conv_dim', 'conv_kernel' and 'conv_stride' must have the same length, "
-                         f"found {len(conv_dim)}, {len(conv_kernel)} and {len(conv_stride)}")
+        raise ValueError(
+            f"{source}: 'conv_dim', 'conv_kernel' and 'conv_stride' must have the same length, "
+            f"found {len(conv_dim)}, {len(conv_kernel)} and {len(conv_stride)}"
+        )
     if "num_feat_extract_layers" in hf and read.int("num_feat_extract_layers") != len(conv_dim):
         raise read.error("num_feat_extract_layers", f"the length of 'conv_dim' ({len(conv_dim)})")
     hidden, heads = read.int("hidden_size"), read.int("num_attention_heads")
@@ -169,7 +192,9 @@ def config_to_transformers(config: ModelConfig) -> dict[str, Any]:
     if not isinstance(fe, ConvFrontendConfig):
         raise ValueError("transformers has no fbank frontend: only conv-frontend models can be exported")
     if enc.layer_num_heads is not None or enc.layer_ffn_dims is not None:
-        raise ValueError("transformers has no per-layer head counts / FFN widths: cannot export a pruned model")
+        raise ValueError(
+            "transformers has no per-layer head counts / FFN widths: cannot export a pruned model"
+        )
     architecture = "HubertModel" if config.family == "hubert" else "Wav2Vec2Model"
     return {
         "architectures": [architecture],
@@ -260,14 +285,18 @@ def load_transformers(path: str | Path) -> tuple[ModelConfig, dict[str, Tensor],
     """
     path = Path(path)
     if not is_transformers_dir(path):
-        raise FileNotFoundError(f"{path} is not a transformers model dir (needs config.json and model weights)")
+        raise FileNotFoundError(
+            f"{path} is not a transformers model dir (needs config.json and model weights)"
+        )
     hf = _read_json(path / "config.json")
     normalize = False
     preprocessor = path / "preprocessor_config.json"
     if preprocessor.is_file():
         pre = _read_json(preprocessor)
         if not isinstance(pre, dict):
-            raise ValueError(f"{preprocessor}: expected a JSON object at the top level, found {type(pre).__name__}")
+            raise ValueError(
+                f"{preprocessor}: expected a JSON object at the top level, found {type(pre).__name__}"
+            )
         normalize = _Reader(pre, str(preprocessor)).bool("do_normalize", False)
     config = config_from_transformers(hf, source=str(path / "config.json"), normalize=normalize)
     backbone, extras = split_transformers_state(_read_weights(path))
@@ -281,7 +310,9 @@ def complete_masked_spec_embed(state: dict[str, Tensor], model_state: dict[str, 
     return state
 
 
-def save_transformers(model_or_state: Any, config: ModelConfig, path: str | Path, *, marker: str | None = None) -> Path:
+def save_transformers(
+    model_or_state: Any, config: ModelConfig, path: str | Path, *, marker: str | None = None
+) -> Path:
     """Write a transformers directory (config.json, preprocessor_config.json, model.safetensors)
     that HubertModel / Wav2Vec2Model.from_pretrained loads; atomic (temp dir, then rename).
     `marker`: the command whose output the dir is (`speechssl.outputs.output_directory`: a re-run

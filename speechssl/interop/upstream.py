@@ -84,12 +84,22 @@ def upstream_from_state(
     from speechssl.interop.transformers_io import complete_masked_spec_embed
 
     check_finite(state, source)
-    check_finite({k: v for part in (extras or {}).values() if isinstance(part, dict)
-                  for k, v in part.items() if isinstance(v, Tensor)}, source)
+    check_finite(
+        {
+            k: v
+            for part in (extras or {}).values()
+            if isinstance(part, dict)
+            for k, v in part.items()
+            if isinstance(v, Tensor)
+        },
+        source,
+    )
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     if "masked_spec_embed" not in shapes:  # completed from our init below
         shapes["masked_spec_embed"] = (config.encoder.embed_dim,)
-    check_config_fits(config, shapes, weights=source, config_source=config_source or source, names=config_names)
+    check_config_fits(
+        config, shapes, weights=source, config_source=config_source or source, names=config_names
+    )
     model = build_model(config)
     state = complete_masked_spec_embed(state, model.state_dict())
     load_state_into(model, state, source)
@@ -117,8 +127,9 @@ def load_upstream(source: str | Path, *, verify: VerifyLevel = "auto") -> Upstre
     path = Path(source)
     if not path.exists():
         builtins = ", ".join(BUILTIN_UPSTREAMS)
-        raise FileNotFoundError(f"upstream '{source}' is neither a built-in upstream ({builtins}) "
-                                "nor an existing checkpoint path")
+        raise FileNotFoundError(
+            f"upstream '{source}' is neither a built-in upstream ({builtins}) nor an existing checkpoint path"
+        )
     if path.is_dir():
         if is_checkpoint_dir(path):
             model, config, heads = load_model_with_heads(path, verify=verify)
@@ -129,16 +140,26 @@ def load_upstream(source: str | Path, *, verify: VerifyLevel = "auto") -> Upstre
             from speechssl.interop.transformers_io import HF_NAMES
 
             config, state, extras = load_transformers(path)
-            weights = next((path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()), path)
-            return upstream_from_state(config, state, str(weights), extras, config_source=str(path / "config.json"),
-                                       config_names=HF_NAMES)
+            weights = next(
+                (path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()), path
+            )
+            return upstream_from_state(
+                config,
+                state,
+                str(weights),
+                extras,
+                config_source=str(path / "config.json"),
+                config_names=HF_NAMES,
+            )
         raise ValueError(
             f"{path} is neither a speechssl checkpoint (config.yaml + model.safetensors) "
             "nor a transformers dir (config.json + model.safetensors or pytorch_model.bin)"
         )
     if path.suffix in (".pt", ".ckpt"):
         return _load_pt(path)
-    raise ValueError(f"{path}: unsupported upstream file; expected a checkpoint dir or a fairseq/s3prl .pt file")
+    raise ValueError(
+        f"{path}: unsupported upstream file; expected a checkpoint dir or a fairseq/s3prl .pt file"
+    )
 
 
 def _load_pt(path: Path) -> Upstream:
@@ -159,9 +180,11 @@ def require_network(upstream: UpstreamModel, source: str | Path, purpose: str) -
     """`upstream` when it is a loaded network (an `Upstream`: `model`, `config`, `extras`), which
     `purpose` (export, a distillation or pruning teacher, ...) needs; a built-in baseline is refused."""
     if not isinstance(upstream, Upstream):
-        raise ValueError(f"{purpose} needs a network with weights, but upstream '{source}' is a built-in "
-                         f"{type(upstream).__name__}; give a speechssl checkpoint dir, a transformers dir "
-                         "or a fairseq/s3prl .pt")
+        raise ValueError(
+            f"{purpose} needs a network with weights, but upstream '{source}' is a built-in "
+            f"{type(upstream).__name__}; give a speechssl checkpoint dir, a transformers dir "
+            "or a fairseq/s3prl .pt"
+        )
     return upstream
 
 

@@ -134,14 +134,18 @@ def verify_manifest(
             raise CheckpointError(f"checkpoint {ckpt} is corrupt: {name} is missing")
         size = path.stat().st_size
         if size != files[name]["bytes"]:
-            raise CheckpointError(f"checkpoint {ckpt} is corrupt: {name} has {size} bytes, "
-                                  f"expected {files[name]['bytes']} (truncated?)")
+            raise CheckpointError(
+                f"checkpoint {ckpt} is corrupt: {name} has {size} bytes, "
+                f"expected {files[name]['bytes']} (truncated?)"
+            )
     if level == "size" or (level == "auto" and sum(files[n]["bytes"] for n in checked) > AUTO_SHA256_BYTES):
         return
     for name in checked:
         if sha256_file(ckpt / name) != files[name]["sha256"]:
-            raise CheckpointError(f"checkpoint {ckpt} is corrupt: {name} does not match its sha256 checksum "
-                                  "(damaged on disk or in a copy)")
+            raise CheckpointError(
+                f"checkpoint {ckpt} is corrupt: {name} does not match its sha256 checksum "
+                "(damaged on disk or in a copy)"
+            )
 
 
 # --- weights ----------------------------------------------------------------------------------
@@ -161,7 +165,9 @@ def read_safetensors_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
         with safe_open(str(path), framework="pt") as f:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({str(err).splitlines()[0]})") from None
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({str(err).splitlines()[0]})"
+        ) from None
 
 
 def load_safetensors(path: str | Path, *, device: str = "cpu") -> dict[str, Tensor]:
@@ -169,13 +175,18 @@ def load_safetensors(path: str | Path, *, device: str = "cpu") -> dict[str, Tens
     try:
         return load_file(str(path), device=device)
     except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({str(err).splitlines()[0]})") from None
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({str(err).splitlines()[0]})"
+        ) from None
 
 
 # Config fields the shape check names, as our ModelConfig spells them.
 OUR_NAMES = {
-    "num_layers": "encoder.num_layers", "embed_dim": "encoder.embed_dim", "ffn_dim": "encoder.ffn_dim",
-    "pos_conv_kernel": "encoder.pos_conv_kernel", "conv_dim": "frontend.conv_dim",
+    "num_layers": "encoder.num_layers",
+    "embed_dim": "encoder.embed_dim",
+    "ffn_dim": "encoder.ffn_dim",
+    "pos_conv_kernel": "encoder.pos_conv_kernel",
+    "conv_dim": "frontend.conv_dim",
     "conv_kernel": "frontend.conv_kernel",
 }
 
@@ -191,7 +202,10 @@ def _declared_vs_found(config: ModelConfig, shapes: Mapping[str, tuple[int, ...]
     ffn_key = "encoder.layers.0.feed_forward.intermediate_dense.weight"
     if enc.layer_ffn_dims is None and ffn_key in shapes:
         yield "ffn_dim", enc.ffn_dim, shapes[ffn_key][0], ffn_key
-    for key in ("encoder.pos_conv_embed.conv.parametrizations.weight.original1", "encoder.pos_conv_embed.conv.weight"):
+    for key in (
+        "encoder.pos_conv_embed.conv.parametrizations.weight.original1",
+        "encoder.pos_conv_embed.conv.weight",
+    ):
         if key in shapes and len(shapes[key]) == 3:
             yield "pos_conv_kernel", enc.pos_conv_kernel, shapes[key][2], key
             break
@@ -200,12 +214,27 @@ def _declared_vs_found(config: ModelConfig, shapes: Mapping[str, tuple[int, ...]
         if convs:
             declared, count = len(config.frontend.conv_dim), max(convs) + 1
             if declared != count:  # a list of 10000 values is not worth printing
-                yield "conv_dim", f"[{declared} values]", f"{count} conv layers", "feature_extractor.conv_layers.*"
+                yield (
+                    "conv_dim",
+                    f"[{declared} values]",
+                    f"{count} conv layers",
+                    "feature_extractor.conv_layers.*",
+                )
                 return
             dims = [convs[i][0] if i in convs else None for i in range(max(convs) + 1)]
             kernels = [convs[i][-1] if i in convs else None for i in range(max(convs) + 1)]
-            yield "conv_dim", list(config.frontend.conv_dim), dims, "feature_extractor.conv_layers.*.conv.weight"
-            yield "conv_kernel", list(config.frontend.conv_kernel), kernels, "feature_extractor.conv_layers.*.conv.weight"
+            yield (
+                "conv_dim",
+                list(config.frontend.conv_dim),
+                dims,
+                "feature_extractor.conv_layers.*.conv.weight",
+            )
+            yield (
+                "conv_kernel",
+                list(config.frontend.conv_kernel),
+                kernels,
+                "feature_extractor.conv_layers.*.conv.weight",
+            )
 
 
 def check_config_fits(
@@ -238,8 +267,11 @@ def check_config_fits(
 def _key_problems(expected: Mapping[str, tuple], found: Mapping[str, tuple]) -> list[str]:
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
-    shapes = [f"{k}: checkpoint {tuple(found[k])} vs model {tuple(v)}"
-              for k, v in expected.items() if k in found and tuple(found[k]) != tuple(v)]
+    shapes = [
+        f"{k}: checkpoint {tuple(found[k])} vs model {tuple(v)}"
+        for k, v in expected.items()
+        if k in found and tuple(found[k]) != tuple(v)
+    ]
     problems = []
     if missing:
         problems.append(f"missing keys: {', '.join(missing)}")
@@ -256,7 +288,9 @@ def is_checkpoint_dir(path: str | Path) -> bool:
     return (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file()
 
 
-def save_checkpoint(model_or_state: nn.Module | dict[str, Tensor], config: ModelConfig, path: str | Path) -> Path:
+def save_checkpoint(
+    model_or_state: nn.Module | dict[str, Tensor], config: ModelConfig, path: str | Path
+) -> Path:
     """Write `path/config.yaml`, `path/model.safetensors` and `path/manifest.json` atomically.
 
     Files go to a temp dir beside `path` that is then renamed into place, so a
@@ -322,7 +356,9 @@ def load_model_with_heads(
     """Like `load_model`, also returning the pretraining-head weights of a training checkpoint."""
     path = Path(path)
     if not is_checkpoint_dir(path):
-        raise FileNotFoundError(f"{path} is not a speechssl checkpoint (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
+        raise FileNotFoundError(
+            f"{path} is not a speechssl checkpoint (needs {CONFIG_NAME} and {WEIGHTS_NAME})"
+        )
     verify_checkpoint_dir(path, verify)
     config = load_model_config(path / CONFIG_NAME)
     weights = path / WEIGHTS_NAME
@@ -362,4 +398,6 @@ def resolve_model_config(spec: str | Path | ModelConfig) -> ModelConfig:
         return load_model_config(path)
     if path.suffix in (".yaml", ".yml") or os.sep in text:
         raise FileNotFoundError(f"model config {path} does not exist")
-    raise ConfigError(f"'{text}' is neither a preset ({', '.join(PRESETS)}) nor a YAML file or checkpoint dir")
+    raise ConfigError(
+        f"'{text}' is neither a preset ({', '.join(PRESETS)}) nor a YAML file or checkpoint dir"
+    )

@@ -25,7 +25,9 @@ class ConvFrontendConfig:
     """The strided 1-D conv waveform encoder of wav2vec 2.0 / HuBERT."""
 
     type: Literal["conv"] = "conv"
-    conv_dim: list[int] = field(default_factory=lambda: [512] * 7)  # fairseq: conv_feature_layers; HF: conv_dim
+    conv_dim: list[int] = field(
+        default_factory=lambda: [512] * 7
+    )  # fairseq: conv_feature_layers; HF: conv_dim
     conv_kernel: list[int] = field(default_factory=lambda: [10, 3, 3, 3, 3, 2, 2])  # HF: conv_kernel
     conv_stride: list[int] = field(default_factory=lambda: [5, 2, 2, 2, 2, 2, 2])  # HF: conv_stride
     conv_bias: bool = False  # fairseq: conv_bias; HF: conv_bias
@@ -43,8 +45,10 @@ class ConvFrontendConfig:
             )
         values = [*self.conv_dim, *self.conv_kernel, *self.conv_stride]
         if any(not isinstance(v, int) or isinstance(v, bool) or v <= 0 for v in values):
-            raise ValueError("conv_dim, conv_kernel and conv_stride must be positive integers, found "
-                             f"{self.conv_dim}, {self.conv_kernel} and {self.conv_stride}")
+            raise ValueError(
+                "conv_dim, conv_kernel and conv_stride must be positive integers, found "
+                f"{self.conv_dim}, {self.conv_kernel} and {self.conv_stride}"
+            )
         if self.feature_grad_mult < 0:
             raise ValueError(f"feature_grad_mult must be >= 0, found {self.feature_grad_mult}")
 
@@ -140,7 +144,13 @@ class EncoderConfig:
             )
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation '{self.activation}'; valid: {', '.join(ACTIVATIONS)}")
-        for name in ("dropout", "attention_dropout", "activation_dropout", "feature_proj_dropout", "layerdrop"):
+        for name in (
+            "dropout",
+            "attention_dropout",
+            "activation_dropout",
+            "feature_proj_dropout",
+            "layerdrop",
+        ):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), found {value}")

@@ -12,7 +12,12 @@ from torch import Tensor, nn
 
 from speechssl.models.config import EncoderConfig
 
-_ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "swish": F.silu, "gelu_new": lambda x: F.gelu(x, approximate="tanh")}
+_ACTIVATIONS = {
+    "gelu": F.gelu,
+    "relu": F.relu,
+    "swish": F.silu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+}
 
 
 class FeatureProjection(nn.Module):
@@ -93,7 +98,9 @@ class SelfAttention(nn.Module):
 class FeedForward(nn.Module):
     """Linear -> activation -> dropout (activation_dropout) -> Linear -> dropout."""
 
-    def __init__(self, embed_dim: int, ffn_dim: int, activation: str, activation_dropout: float, dropout: float):
+    def __init__(
+        self, embed_dim: int, ffn_dim: int, activation: str, activation_dropout: float, dropout: float
+    ):
         super().__init__()
         self.intermediate_dense = nn.Linear(embed_dim, ffn_dim)
         self.intermediate_dropout = nn.Dropout(activation_dropout)

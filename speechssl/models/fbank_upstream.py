@@ -19,15 +19,18 @@ def _repeat_last_valid(x: Tensor, lengths: Tensor) -> Tensor:
     """Fill padded frames with the last valid frame, so deltas near an utterance's end
     see the same replicate padding as when the utterance is processed alone."""
     T = x.shape[1]
-    index = torch.minimum(torch.arange(T, device=x.device)[None, :], (lengths - 1).clamp(min=0)[:, None])  # (B, T)
+    index = torch.minimum(
+        torch.arange(T, device=x.device)[None, :], (lengths - 1).clamp(min=0)[:, None]
+    )  # (B, T)
     return torch.gather(x, 1, index[..., None].expand(-1, -1, x.shape[2]))
 
 
 class FbankUpstream(UpstreamModel):
     """waveforms (B, S) -> UpstreamOutput([(B, T, num_mel_bins * (1 + delta_order))], frames)."""
 
-    def __init__(self, num_mel_bins: int = 80, delta_order: int = 2, delta_window: int = 5,
-                 cmvn: bool = True) -> None:
+    def __init__(
+        self, num_mel_bins: int = 80, delta_order: int = 2, delta_window: int = 5, cmvn: bool = True
+    ) -> None:
         super().__init__()
         self.fbank = KaldiFbank(num_mel_bins)
         self.delta_order = delta_order

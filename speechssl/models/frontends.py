@@ -74,7 +74,9 @@ class ConvLayer(nn.Module):
 class ConvFeatureEncoder(nn.Module):
     """Strided conv stack on the raw waveform (wav2vec 2.0 / HuBERT feature extractor)."""
 
-    def __init__(self, layers: list[ConvLayer], kernels: list[int], strides: list[int], feature_grad_mult: float = 1.0):
+    def __init__(
+        self, layers: list[ConvLayer], kernels: list[int], strides: list[int], feature_grad_mult: float = 1.0
+    ):
         super().__init__()
         self.conv_layers = nn.ModuleList(layers)
         self.kernels = list(kernels)
@@ -147,7 +149,9 @@ class KaldiFbank(nn.Module):
     Nyquist, log with float-epsilon floor, no dither.
     """
 
-    def __init__(self, num_mel_bins: int = 80, sample_rate: int = SAMPLE_RATE, waveform_scale: float = 32768.0):
+    def __init__(
+        self, num_mel_bins: int = 80, sample_rate: int = SAMPLE_RATE, waveform_scale: float = 32768.0
+    ):
         super().__init__()
         from torchaudio.compliance.kaldi import get_mel_banks
 
@@ -201,7 +205,8 @@ class ConvSubsampler(nn.Module):
         super().__init__()
         self.kernel = kernel
         self.convs = nn.ModuleList(
-            nn.Conv1d(in_dim if i == 0 else dim, dim, kernel, stride=2, padding=kernel // 2) for i in range(num_layers)
+            nn.Conv1d(in_dim if i == 0 else dim, dim, kernel, stride=2, padding=kernel // 2)
+            for i in range(num_layers)
         )
 
     def output_lengths(self, lengths: Tensor) -> Tensor:
@@ -226,7 +231,9 @@ class ConvSubsampler(nn.Module):
 class FbankFrontend(nn.Module):
     """Log-mel fbank at 100 Hz, utterance CMVN, then a conv subsampler to 50 or 25 Hz."""
 
-    def __init__(self, fbank: KaldiFbank, subsampler: ConvSubsampler, normalize: bool, feature_grad_mult: float = 1.0):
+    def __init__(
+        self, fbank: KaldiFbank, subsampler: ConvSubsampler, normalize: bool, feature_grad_mult: float = 1.0
+    ):
         super().__init__()
         self.fbank = fbank
         self.subsampler = subsampler
@@ -252,7 +259,9 @@ class FbankFrontend(nn.Module):
             if self.normalize:
                 feats = masked_mean_var_norm(feats, frame_lengths)
             else:
-                feats = feats.masked_fill(lengths_to_padding_mask(frame_lengths, feats.shape[1])[..., None], 0.0)
+                feats = feats.masked_fill(
+                    lengths_to_padding_mask(frame_lengths, feats.shape[1])[..., None], 0.0
+                )
         x, out_lengths = self.subsampler(feats, frame_lengths)
         return scale_grad(x, self.feature_grad_mult), out_lengths
 

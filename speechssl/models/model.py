@@ -19,11 +19,17 @@ from speechssl.models.frontends import build_frontend, lengths_to_padding_mask
 @dataclass
 class EncoderOutput:
     last_hidden_state: Tensor  # (B, T, D); final LayerNorm applied for pre-LN models
-    hidden_states: list[Tensor]  # num_layers + 1 tensors (B, T, D): first-layer input, then each layer's output
+    hidden_states: list[
+        Tensor
+    ]  # num_layers + 1 tensors (B, T, D): first-layer input, then each layer's output
     lengths: Tensor  # (B,) valid frames
     padding_mask: Tensor  # (B, T) bool, True = padded
-    extract_features: Tensor  # (B, T, C) frontend features after the projection LayerNorm (HF extract_features)
-    features_unnormed: Tensor  # (B, T, C) frontend features before that LayerNorm (fairseq features_pen input)
+    extract_features: (
+        Tensor  # (B, T, C) frontend features after the projection LayerNorm (HF extract_features)
+    )
+    features_unnormed: (
+        Tensor  # (B, T, C) frontend features before that LayerNorm (fairseq features_pen input)
+    )
 
 
 class SSLModel(nn.Module):

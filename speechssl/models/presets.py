@@ -28,7 +28,9 @@ def _large_encoder() -> EncoderConfig:
 
 def hubert_base() -> ModelConfig:
     """HuBERT Base (95M with heads): group-norm conv, post-LN, 12 x 768."""
-    return ModelConfig(family="hubert", frontend=ConvFrontendConfig(feature_grad_mult=0.1), encoder=_base_encoder())
+    return ModelConfig(
+        family="hubert", frontend=ConvFrontendConfig(feature_grad_mult=0.1), encoder=_base_encoder()
+    )
 
 
 def wav2vec2_base() -> ModelConfig:
@@ -47,7 +49,9 @@ def hubert_large() -> ModelConfig:
 def wav2vec2_large_lv60() -> ModelConfig:
     """wav2vec 2.0 Large (LV-60): layer-norm conv with bias, pre-LN, 24 x 1024, normalised waveform."""
     frontend = ConvFrontendConfig(mode="layer_norm", conv_bias=True, feature_grad_mult=1.0)
-    return ModelConfig(family="wav2vec2", frontend=frontend, encoder=_large_encoder(), normalize_waveform=True)
+    return ModelConfig(
+        family="wav2vec2", frontend=frontend, encoder=_large_encoder(), normalize_waveform=True
+    )
 
 
 def _tiny_conv() -> ConvFrontendConfig:

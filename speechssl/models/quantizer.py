@@ -30,7 +30,9 @@ class QuantizerConfig:
 
     def __post_init__(self) -> None:
         if self.num_groups < 1 or self.num_vars < 1:
-            raise ValueError(f"num_groups and num_vars must be >= 1, found {self.num_groups}, {self.num_vars}")
+            raise ValueError(
+                f"num_groups and num_vars must be >= 1, found {self.num_groups}, {self.num_vars}"
+            )
         if self.codevector_dim % self.num_groups:
             raise ValueError(
                 f"codevector_dim ({self.codevector_dim}) is not divisible by num_groups ({self.num_groups})"

@@ -38,7 +38,9 @@ class HubertObjectiveConfig:
 
     def __post_init__(self) -> None:
         if not self.num_classes or min(self.num_classes) < 1:
-            raise ValueError(f"num_classes must list at least one positive class count, found {self.num_classes}")
+            raise ValueError(
+                f"num_classes must list at least one positive class count, found {self.num_classes}"
+            )
         if self.logit_temp <= 0:
             raise ValueError(f"logit_temp must be > 0, found {self.logit_temp}")
         if self.pred_masked_weight < 0 or self.pred_nomask_weight < 0:
@@ -112,9 +114,13 @@ def masked_prediction_loss(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tens
 def check_labels(targets: Sequence[Tensor], num_classes: Sequence[int], batch_size: int) -> None:
     """Shape checks only (value checks would need a host sync): one (B, T') tensor per label set."""
     if len(targets) != len(num_classes):
-        raise ValueError(f"expected {len(num_classes)} label set(s) (num_classes={list(num_classes)}), found {len(targets)}")
+        raise ValueError(
+            f"expected {len(num_classes)} label set(s) (num_classes={list(num_classes)}), found {len(targets)}"
+        )
     for i, t in enumerate(targets):
         if t.dim() != 2 or t.shape[0] != batch_size:
-            raise ValueError(f"label set {i} must have shape (batch={batch_size}, frames), found {tuple(t.shape)}")
+            raise ValueError(
+                f"label set {i} must have shape (batch={batch_size}, frames), found {tuple(t.shape)}"
+            )
         if t.dtype not in (torch.int32, torch.int64):
             raise ValueError(f"label set {i} must hold integer unit ids, found dtype {t.dtype}")

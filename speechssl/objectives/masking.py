@@ -65,7 +65,9 @@ def _ranks(keys: Tensor) -> Tensor:
 
 def _spans_from_starts(starts: Tensor, span: int) -> Tensor:
     """starts: bool (B, T) span starts -> bool (B, T) frames covered by any span of `span` frames."""
-    counts = F.pad(starts.long().cumsum(dim=1), (span, 0))  # (B, span + T); counts[:, span + t] = #starts <= t
+    counts = F.pad(
+        starts.long().cumsum(dim=1), (span, 0)
+    )  # (B, span + T); counts[:, span + t] = #starts <= t
     return (counts[:, span:] - counts[:, :-span]) > 0  # any start in (t - span, t]
 
 

@@ -70,8 +70,13 @@ def _frame_lengths(model: SSLModel, wavs: Tensor, lengths: Tensor) -> tuple[Tens
 
 
 def masked_forward(
-    model: SSLModel, config: MaskConfig, wavs: Tensor, lengths: Tensor,
-    mask_time_indices: Tensor | None, mask_channel_indices: Tensor | None, generator: torch.Generator | None,
+    model: SSLModel,
+    config: MaskConfig,
+    wavs: Tensor,
+    lengths: Tensor,
+    mask_time_indices: Tensor | None,
+    mask_channel_indices: Tensor | None,
+    generator: torch.Generator | None,
 ) -> tuple[EncoderOutput, Tensor]:
     """Run `model` on masked input, drawing the time / channel masks that were not given."""
     if mask_time_indices is None:
@@ -135,7 +140,9 @@ class HubertPretrainModel(nn.Module):
         B, T, D = out.last_hidden_state.shape  # batch, frames, embed_dim
         mask = mask_time_indices & ~out.padding_mask
         frames = out.last_hidden_state.reshape(B * T, D)
-        labels = [F.pad(t[:, :T], (0, max(0, T - t.shape[1])), value=-100).reshape(B * T).long() for t in label_sets]
+        labels = [
+            F.pad(t[:, :T], (0, max(0, T - t.shape[1])), value=-100).reshape(B * T).long() for t in label_sets
+        ]
 
         def on(selected: Tensor) -> tuple[list[Tensor], list[Tensor]]:
             index = selected.reshape(-1).nonzero().squeeze(1)  # (M,) the one host sync: selection size
@@ -258,7 +265,9 @@ class Wav2Vec2PretrainModel(nn.Module):
         index = mask.reshape(-1).nonzero().squeeze(1)  # (M,) the one host sync: selection size
         rows = torch.cat([index[:, None], negative_indices.reshape(B * T, -1)[index]], dim=1)  # (M, 1 + K)
         candidates = gather_rows(targets.reshape(B * T, -1), rows)  # (M, 1 + K, final_dim): positive first
-        logits = candidate_logits(gather_rows(predicted.reshape(B * T, -1), index), candidates, cfg.logit_temp)
+        logits = candidate_logits(
+            gather_rows(predicted.reshape(B * T, -1), index), candidates, cfg.logit_temp
+        )
         return Wav2Vec2Predictions(out, mask, negative_indices, logits, q.code_perplexity, q.prob_perplexity)
 
     def forward(
@@ -327,7 +336,9 @@ def build_pretrain_model(config: PretrainModelConfig) -> HubertPretrainModel | W
 def hubert_base(num_classes: int = 500) -> PretrainModelConfig:
     """HuBERT Base: mask_prob 0.8, span 10, cosine head to 256-d, masked frames only."""
     return PretrainModelConfig(
-        model=presets.hubert_base(), mask=MaskConfig(mask_prob=0.8), hubert=HubertObjectiveConfig(num_classes=[num_classes])
+        model=presets.hubert_base(),
+        mask=MaskConfig(mask_prob=0.8),
+        hubert=HubertObjectiveConfig(num_classes=[num_classes]),
     )
 
 
@@ -348,7 +359,9 @@ def wav2vec2_large_lv60() -> PretrainModelConfig:
         quantizer=QuantizerConfig(codevector_dim=768, min_temp=0.1), final_dim=768,
         dropout_features=0.0, feature_penalty_weight=0.0,
     )  # fmt: skip
-    return PretrainModelConfig(model=presets.wav2vec2_large_lv60(), mask=MaskConfig(mask_prob=0.65), wav2vec2=objective)
+    return PretrainModelConfig(
+        model=presets.wav2vec2_large_lv60(), mask=MaskConfig(mask_prob=0.65), wav2vec2=objective
+    )
 
 
 def hubert_tiny(num_classes: int = 50) -> PretrainModelConfig:
@@ -360,15 +373,21 @@ def hubert_tiny(num_classes: int = 50) -> PretrainModelConfig:
 def hubert_tiny_fbank(num_classes: int = 50) -> PretrainModelConfig:
     """hubert_tiny on the fbank frontend (Fast-HuBERT style): linear head, no feature penalty."""
     objective = HubertObjectiveConfig(num_classes=[num_classes], head="linear", feature_penalty_weight=0.0)
-    return PretrainModelConfig(model=presets.hubert_tiny_fbank(), mask=MaskConfig(mask_prob=0.8), hubert=objective)
+    return PretrainModelConfig(
+        model=presets.hubert_tiny_fbank(), mask=MaskConfig(mask_prob=0.8), hubert=objective
+    )
 
 
 def wav2vec2_tiny() -> PretrainModelConfig:
     """Tiny wav2vec 2.0: 2 x 16 codes of 32-d, 32-d projections, 10 distractors."""
     objective = Wav2Vec2ObjectiveConfig(
-        quantizer=QuantizerConfig(num_groups=2, num_vars=16, codevector_dim=32), final_dim=32, num_negatives=10
+        quantizer=QuantizerConfig(num_groups=2, num_vars=16, codevector_dim=32),
+        final_dim=32,
+        num_negatives=10,
     )
-    return PretrainModelConfig(model=presets.wav2vec2_tiny(), mask=MaskConfig(mask_prob=0.65), wav2vec2=objective)
+    return PretrainModelConfig(
+        model=presets.wav2vec2_tiny(), mask=MaskConfig(mask_prob=0.65), wav2vec2=objective
+    )
 
 
 def get_pretrain_preset(name: str, **overrides: object) -> PretrainModelConfig:

@@ -45,7 +45,9 @@ class Wav2Vec2ObjectiveConfig:
             raise ValueError(f"dropout_features must be in [0, 1), found {self.dropout_features}")
 
 
-def _draw_excluding_self(self_rank: Tensor, pool: Tensor, num: int, generator: torch.Generator | None) -> Tensor:
+def _draw_excluding_self(
+    self_rank: Tensor, pool: Tensor, num: int, generator: torch.Generator | None
+) -> Tensor:
     """self_rank: (B, T) each frame's index in its pool; pool: (B, 1) or () pool sizes.
     Returns (B, T, num) uniform draws from [0, pool) minus self (fairseq: shift draws >= self)."""
     B, T = self_rank.shape

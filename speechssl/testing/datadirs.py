@@ -21,7 +21,12 @@ WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel
 
 
 def write_tone(
-    path: str | Path, seconds: float, *, sample_rate: int = SAMPLE_RATE, freq: float = 220.0, amplitude: float = 0.1
+    path: str | Path,
+    seconds: float,
+    *,
+    sample_rate: int = SAMPLE_RATE,
+    freq: float = 220.0,
+    amplitude: float = 0.1,
 ) -> str:
     """Write a sine tone (16-bit PCM, format from the suffix: .wav, .flac) and return its path."""
     path = Path(path)

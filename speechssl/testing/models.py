@@ -35,9 +35,18 @@ def tiny_config(
         family=family,  # type: ignore[arg-type]
         frontend=ConvFrontendConfig(conv_dim=list(TINY_CONV_DIM), conv_bias=conv_bias, mode=mode),  # type: ignore[arg-type]
         encoder=EncoderConfig(
-            embed_dim=embed_dim, num_layers=num_layers, num_heads=num_heads, ffn_dim=2 * embed_dim,
-            layer_norm_first=layer_norm_first, pos_conv_kernel=pos_conv_kernel, pos_conv_groups=pos_conv_groups,
-            dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feature_proj_dropout=0.0, layerdrop=0.0,
+            embed_dim=embed_dim,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            ffn_dim=2 * embed_dim,
+            layer_norm_first=layer_norm_first,
+            pos_conv_kernel=pos_conv_kernel,
+            pos_conv_groups=pos_conv_groups,
+            dropout=0.0,
+            attention_dropout=0.0,
+            activation_dropout=0.0,
+            feature_proj_dropout=0.0,
+            layerdrop=0.0,
         ),  # fmt: skip
     )
 

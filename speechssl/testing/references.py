@@ -29,7 +29,9 @@ _TA_MODEL_RENAMES = (
 )
 
 
-def _rename(state: dict[str, Tensor], renames: tuple[tuple[str, str], ...], drop: tuple[str, ...] = ()) -> dict:
+def _rename(
+    state: dict[str, Tensor], renames: tuple[tuple[str, str], ...], drop: tuple[str, ...] = ()
+) -> dict:
     out = {}
     for key, value in state.items():
         if key in drop:

@@ -28,8 +28,17 @@ class ToyDataset(torch.utils.data.Dataset):
     nan_items: indices whose features are NaN (to provoke bad steps).
     delay_s: sleep per item, to make a run slow enough to be killed mid-epoch."""
 
-    def __init__(self, num_items: int = 32, dim: int = 4, *, min_len: int = 3, max_len: int = 9,
-                 seed: int = 0, nan_items: tuple[int, ...] = (), delay_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        num_items: int = 32,
+        dim: int = 4,
+        *,
+        min_len: int = 3,
+        max_len: int = 9,
+        seed: int = 0,
+        nan_items: tuple[int, ...] = (),
+        delay_s: float = 0.0,
+    ) -> None:
         g = torch.Generator().manual_seed(seed)
         self.lengths = torch.randint(min_len, max_len + 1, (num_items,), generator=g).tolist()
         self.items = [torch.randn(n, dim, generator=g) for n in self.lengths]
@@ -98,8 +107,17 @@ class ToyBatchSampler:
     With the same seed, rank r of R sees global batches r, r+R, ... - exactly the
     micro-batches one process with accum_steps=R trains on together."""
 
-    def __init__(self, num_items: int, batch_size: int, *, num_replicas: int = 1, rank: int = 0,
-                 seed: int = 0, shuffle: bool = True, group: int = 1) -> None:
+    def __init__(
+        self,
+        num_items: int,
+        batch_size: int,
+        *,
+        num_replicas: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        shuffle: bool = True,
+        group: int = 1,
+    ) -> None:
         self.num_items, self.batch_size = num_items, batch_size
         self.num_replicas, self.rank, self.seed, self.shuffle = num_replicas, rank, seed, shuffle
         self.group = max(group, num_replicas)  # global batches per epoch are a multiple of this
@@ -107,15 +125,17 @@ class ToyBatchSampler:
 
     def _global_batches(self) -> list[list[int]]:
         if self.shuffle:
-            order = torch.randperm(self.num_items, generator=torch.Generator().manual_seed(self.seed * 1000 + self.epoch))
+            order = torch.randperm(
+                self.num_items, generator=torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
+            )
         else:
             order = torch.arange(self.num_items)
-        batches = [order[i: i + self.batch_size].tolist() for i in range(0, self.num_items, self.batch_size)]
+        batches = [order[i : i + self.batch_size].tolist() for i in range(0, self.num_items, self.batch_size)]
         batches = [b for b in batches if len(b) == self.batch_size]
         return batches[: len(batches) - len(batches) % self.group]
 
     def __iter__(self):
-        yield from self._global_batches()[self.rank:: self.num_replicas]
+        yield from self._global_batches()[self.rank :: self.num_replicas]
 
     def __len__(self) -> int:
         return len(self._global_batches()) // self.num_replicas
@@ -177,13 +197,28 @@ def run_toy(out: Path, spec: dict) -> None:
     dataset = ToyDataset(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
     torch.manual_seed(spec.get("init_seed", 0))  # identical initial weights in every process
     model = ToyModel(**spec.get("model", {}))
-    sampler = ToyBatchSampler(len(dataset), spec.get("batch_size", 4), num_replicas=world, rank=rank,
-                              seed=spec.get("sampler_seed", 0), group=spec.get("group", 2))
+    sampler = ToyBatchSampler(
+        len(dataset),
+        spec.get("batch_size", 4),
+        num_replicas=world,
+        rank=rank,
+        seed=spec.get("sampler_seed", 0),
+        group=spec.get("group", 2),
+    )
     config = from_dict(TrainerConfig, spec["trainer"])
     valid = ToyDataset(num_items=8, seed=99) if spec.get("valid") else None
     valid_sampler = ToyBatchSampler(8, 4, num_replicas=world, rank=rank, shuffle=False) if valid else None
-    train(model, dataset, toy_collate, sampler, config, out, resume=spec.get("resume", False),
-          valid_dataset=valid, valid_sampler=valid_sampler)
+    train(
+        model,
+        dataset,
+        toy_collate,
+        sampler,
+        config,
+        out,
+        resume=spec.get("resume", False),
+        valid_dataset=valid,
+        valid_sampler=valid_sampler,
+    )
     if rank == 0:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "final.safetensors"))
 

@@ -9,7 +9,19 @@ from speechssl.training.schedules import build_schedule
 from speechssl.training.trainer import BadStepsError, Trainer, TrainResult, train
 
 __all__ = [
-    "BadStepsError", "CheckpointError", "DistInfo", "TrainResult", "Trainer", "TrainerConfig",
-    "build_optimizer", "build_schedule", "distributed", "env_rank", "env_world_size", "load_checkpoint",
-    "save_checkpoint", "split_decay", "train",
+    "BadStepsError",
+    "CheckpointError",
+    "DistInfo",
+    "TrainResult",
+    "Trainer",
+    "TrainerConfig",
+    "build_optimizer",
+    "build_schedule",
+    "distributed",
+    "env_rank",
+    "env_world_size",
+    "load_checkpoint",
+    "save_checkpoint",
+    "split_decay",
+    "train",
 ]

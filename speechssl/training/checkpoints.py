@@ -66,8 +66,13 @@ def capture_rng() -> dict[str, Any]:
     name, keys, pos, has_gauss, cached = np.random.get_state()
     out: dict[str, Any] = {
         "python": {"version": version, "state": list(state), "gauss": gauss},
-        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {
+            "name": name,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -79,8 +84,15 @@ def restore_rng(state: dict[str, Any]) -> None:
     py = state["python"]
     random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
     npy = state["numpy"]
-    np.random.set_state((npy["name"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
-                         npy["cached_gaussian"]))
+    np.random.set_state(
+        (
+            npy["name"],
+            npy["keys"].numpy().astype(np.uint32),
+            npy["pos"],
+            npy["has_gauss"],
+            npy["cached_gaussian"],
+        )
+    )
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
@@ -198,8 +210,9 @@ def verify(ckpt: str | Path) -> None:
     if not ckpt.is_dir():
         raise CheckpointError(f"checkpoint {ckpt} does not exist")
     if not (ckpt / MANIFEST_FILE).is_file():
-        raise CheckpointError(f"checkpoint {ckpt} is incomplete: {MANIFEST_FILE} is missing "
-                              "(the run stopped while writing it?)")
+        raise CheckpointError(
+            f"checkpoint {ckpt} is incomplete: {MANIFEST_FILE} is missing (the run stopped while writing it?)"
+        )
     verify_manifest(ckpt, level="sha256", required=(MODEL_FILE, STATE_FILE))
 
 
@@ -228,13 +241,15 @@ def verify_or_explain(ckpt: str | Path) -> None:
         if good is None:
             hint = "no earlier checkpoint verifies; start again without resuming"
         else:
-            hint = (f"the previous good checkpoint is {good}; resume from it "
-                    f"(resume='{good}', or delete {ckpt})")
+            hint = (
+                f"the previous good checkpoint is {good}; resume from it (resume='{good}', or delete {ckpt})"
+            )
         raise CheckpointError(f"{err}; {hint}") from None
 
 
-def load_checkpoint(ckpt: str | Path, *, map_location: str | torch.device = "cpu"
-                    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def load_checkpoint(
+    ckpt: str | Path, *, map_location: str | torch.device = "cpu"
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Verify (sha256), then read (model tensors, trainer state). Never unpickles code; NaN or
     inf weights are an error naming the file and the tensor."""
     ckpt = Path(ckpt)
@@ -244,10 +259,14 @@ def load_checkpoint(ckpt: str | Path, *, map_location: str | torch.device = "cpu
         check_finite(model_state, ckpt / MODEL_FILE)
     except CheckpointError as err:
         good = previous_good(ckpt.resolve())
-        raise CheckpointError(f"{err}" + (f"; the previous good checkpoint is {good}" if good else "")) from None
+        raise CheckpointError(
+            f"{err}" + (f"; the previous good checkpoint is {good}" if good else "")
+        ) from None
     try:
         trainer_state = torch.load(ckpt / STATE_FILE, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(f"{ckpt / STATE_FILE} holds code or objects that are not training state; refusing "
-                              f"to load it ({str(err).strip().splitlines()[-1]})") from None
+        raise CheckpointError(
+            f"{ckpt / STATE_FILE} holds code or objects that are not training state; refusing "
+            f"to load it ({str(err).strip().splitlines()[-1]})"
+        ) from None
     return model_state, trainer_state

@@ -14,8 +14,19 @@ from typing import Literal
 from speechssl.data.audio import SAMPLE_RATE
 
 # Every float knob (tuples item by item): each must be finite.
-_FLOAT_KEYS = ("clip_norm", "lr", "betas", "eps", "weight_decay", "end_lr_scale", "power", "tri_stage_ratios",
-               "init_lr_scale", "final_lr_scale", "fp16_init_scale")
+_FLOAT_KEYS = (
+    "clip_norm",
+    "lr",
+    "betas",
+    "eps",
+    "weight_decay",
+    "end_lr_scale",
+    "power",
+    "tri_stage_ratios",
+    "init_lr_scale",
+    "final_lr_scale",
+    "fp16_init_scale",
+)
 
 Precision = Literal["fp32", "bf16", "fp16"]
 ScheduleName = Literal["linear", "polynomial", "tri_stage", "constant"]
@@ -67,19 +78,35 @@ class TrainerConfig:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, found {getattr(self, name)}")
 
-        for name in ("max_steps", "accum_steps", "lr", "eps", "power", "save_every", "keep_last", "log_every",
-                     "max_bad_steps", "sample_rate", "fp16_init_scale"):
+        for name in (
+            "max_steps",
+            "accum_steps",
+            "lr",
+            "eps",
+            "power",
+            "save_every",
+            "keep_last",
+            "log_every",
+            "max_bad_steps",
+            "sample_rate",
+            "fp16_init_scale",
+        ):
             positive(name)
         if self.clip_norm < 0 or self.weight_decay < 0 or self.valid_every < 0 or self.num_workers < 0:
             raise ValueError("clip_norm, weight_decay, valid_every and num_workers must be >= 0")
         if not 0 <= self.warmup_steps <= self.max_steps:
-            raise ValueError(f"warmup_steps must be in [0, max_steps={self.max_steps}], found {self.warmup_steps}")
+            raise ValueError(
+                f"warmup_steps must be in [0, max_steps={self.max_steps}], found {self.warmup_steps}"
+            )
         if not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas must be in [0, 1), found {self.betas}")
-        if any(r < 0 for r in self.tri_stage_ratios) or not math.isclose(sum(self.tri_stage_ratios), 1.0,
-                                                                         abs_tol=1e-6):
-            raise ValueError(f"tri_stage_ratios (warmup, hold, decay) must be >= 0 and sum to 1, "
-                             f"found {self.tri_stage_ratios}")
+        if any(r < 0 for r in self.tri_stage_ratios) or not math.isclose(
+            sum(self.tri_stage_ratios), 1.0, abs_tol=1e-6
+        ):
+            raise ValueError(
+                f"tri_stage_ratios (warmup, hold, decay) must be >= 0 and sum to 1, "
+                f"found {self.tri_stage_ratios}"
+            )
         for name in ("init_lr_scale", "final_lr_scale"):
             if not 0 < getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in (0, 1], found {getattr(self, name)}")
@@ -97,4 +124,3 @@ class TrainerConfig:
             self, max_steps=max_steps, warmup_steps=self.warmup_steps * max_steps // self.max_steps,
             save_every=min(self.save_every, max_steps), log_every=min(self.log_every, max_steps),
         )  # fmt: skip
-

@@ -60,8 +60,11 @@ def config_differences(saved: dict, config: Any, *, allowed: Iterable[str] = RES
     now = _flatten(yaml.safe_load(yaml.safe_dump(to_dict(config), sort_keys=False)))
     before = _flatten(saved)
     allowed = set(allowed)
-    return [f"{key} (checkpoint {before.get(key, '<absent>')!r}, now {now.get(key, '<absent>')!r})"
-            for key in sorted(set(now) | set(before)) if key not in allowed and now.get(key) != before.get(key)]
+    return [
+        f"{key} (checkpoint {before.get(key, '<absent>')!r}, now {now.get(key, '<absent>')!r})"
+        for key in sorted(set(now) | set(before))
+        if key not in allowed and now.get(key) != before.get(key)
+    ]
 
 
 def resume_checkpoint(out: Path, resume: bool | str | Path) -> Path | None:
@@ -91,7 +94,9 @@ def check_resume(source: Path, config: Any, *, allowed: Iterable[str] = RESUMABL
     try:
         saved = yaml.safe_load(saved_path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ckpt.CheckpointError(f"checkpoint {source} is corrupt: {saved_path.name} is not YAML ({err})") from None
+        raise ckpt.CheckpointError(
+            f"checkpoint {source} is corrupt: {saved_path.name} is not YAML ({err})"
+        ) from None
     diffs = config_differences(saved, config, allowed=allowed)
     if diffs:
         shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
@@ -101,8 +106,9 @@ def check_resume(source: Path, config: Any, *, allowed: Iterable[str] = RESUMABL
         )
 
 
-def check_experiment_out(out: Path, command: str, *, resume: bool, overwrite: bool = False,
-                         inputs: tuple[str | Path, ...] = ()) -> None:
+def check_experiment_out(
+    out: Path, command: str, *, resume: bool, overwrite: bool = False, inputs: tuple[str | Path, ...] = ()
+) -> None:
     """The output rule for an experiment dir (step 1 above); `inputs`: the data the run reads."""
     refuse_inputs(out, inputs)  # never into the data the run reads, whatever the dir holds
     marker = read_marker(out)

@@ -51,8 +51,9 @@ class TrainLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             # purge_step drops points a killed run logged after the checkpoint we resume from
-            self.writer = SummaryWriter(str(Path(out_dir) / "tensorboard"),
-                                        purge_step=start_step + 1 if start_step else None)
+            self.writer = SummaryWriter(
+                str(Path(out_dir) / "tensorboard"), purge_step=start_step + 1 if start_step else None
+            )
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if self.writer is not None:
@@ -67,10 +68,13 @@ class TrainLogger:
         elapsed = time.monotonic() - self.start_time
         eta = elapsed / done * (self.max_steps - step) if done > 0 else float("nan")
         parts = [f"step {step}/{self.max_steps} ({100 * step / self.max_steps:.0f}%)", f"epoch {epoch}"]
-        for key, fmt in (("train/loss", "loss {:.4g}"), ("train/lr", "lr {:.3g}"),
-                         ("train/grad_norm", "gnorm {:.3g}"),
-                         ("train/audio_seconds_per_second", "{:.0f} audio-s/s"),
-                         ("train/skipped_steps", "skipped {:.0f}")):
+        for key, fmt in (
+            ("train/loss", "loss {:.4g}"),
+            ("train/lr", "lr {:.3g}"),
+            ("train/grad_norm", "gnorm {:.3g}"),
+            ("train/audio_seconds_per_second", "{:.0f} audio-s/s"),
+            ("train/skipped_steps", "skipped {:.0f}"),
+        ):
             if key in values:
                 parts.append(fmt.format(values[key]))
         parts.append(f"ETA {format_duration(eta) if eta == eta else '?'}")
@@ -79,8 +83,11 @@ class TrainLogger:
     def valid(self, step: int, values: dict[str, float]) -> None:
         self.scalars(step, values)
         if self.enabled:
-            log.info("valid at step %d: %s", step, ", ".join(f"{k.split('/', 1)[1]} {v:.4g}"
-                                                             for k, v in values.items()))
+            log.info(
+                "valid at step %d: %s",
+                step,
+                ", ".join(f"{k.split('/', 1)[1]} {v:.4g}" for k, v in values.items()),
+            )
 
     def summary(self, lines: dict[str, str]) -> None:
         if self.enabled:

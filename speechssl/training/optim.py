@@ -17,8 +17,12 @@ from speechssl.training.config import TrainerConfig
 
 log = logging.getLogger(__name__)
 
-_NORM_TYPES = (nn.modules.normalization.LayerNorm, nn.modules.normalization.GroupNorm,
-               nn.modules.batchnorm._NormBase, nn.modules.normalization.RMSNorm)
+_NORM_TYPES = (
+    nn.modules.normalization.LayerNorm,
+    nn.modules.normalization.GroupNorm,
+    nn.modules.batchnorm._NormBase,
+    nn.modules.normalization.RMSNorm,
+)
 
 
 def split_decay(model: nn.Module) -> tuple[list[str], list[str]]:

@@ -49,10 +49,14 @@ class PretrainDataConfig(BatchingConfig):
     """How utterances become batches (fairseq: task.max_sample_size, dataset.max_tokens); the
     batching fields are those of every training command (speechssl.data.batching)."""
 
-    max_batch_seconds: float = 87.5  # padded audio-seconds per device and micro-batch (fairseq max_tokens 1.4M)
+    max_batch_seconds: float = (
+        87.5  # padded audio-seconds per device and micro-batch (fairseq max_tokens 1.4M)
+    )
     max_seconds: float | None = 15.625  # longer utterances are cropped (fairseq max_sample_size 250000)
     skip_bad: bool = False  # skip unreadable utterances (counted and logged) instead of stopping
-    label_rate: float | None = None  # units per second; None: the model's frame rate (a stated one must match)
+    label_rate: float | None = (
+        None  # units per second; None: the model's frame rate (a stated one must match)
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -77,7 +81,9 @@ class PretrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
     def network(self) -> PretrainModelConfig:
-        return PretrainModelConfig(model=self.model, mask=self.mask, hubert=self.hubert, wav2vec2=self.wav2vec2)
+        return PretrainModelConfig(
+            model=self.model, mask=self.mask, hubert=self.hubert, wav2vec2=self.wav2vec2
+        )
 
     def __post_init__(self) -> None:
         self.network()  # validates that the objective section fits model.family
@@ -92,7 +98,11 @@ def units_num_classes(units_dir: Path) -> int:
 
 
 def load_pretrain_config(
-    path: str | Path, overrides: Sequence[str] = (), *, units_dirs: Sequence[Path] = (), seed: int | None = None
+    path: str | Path,
+    overrides: Sequence[str] = (),
+    *,
+    units_dirs: Sequence[Path] = (),
+    seed: int | None = None,
 ) -> PretrainConfig:
     """Read the YAML, apply `--set key=value` overrides, and take HuBERT's class counts from the
     units when the config leaves them out (a stated count must match the units)."""
@@ -156,13 +166,22 @@ class TrainData(NamedTuple):
     valid: DataLoader | None
 
 
-def train_loaders(model: nn.Module, loaders: TrainData, trainer: TrainerConfig, out_dir: Path,
-                  **kwargs: Any) -> TrainResult:
+def train_loaders(
+    model: nn.Module, loaders: TrainData, trainer: TrainerConfig, out_dir: Path, **kwargs: Any
+) -> TrainResult:
     """`train` on the loaders of `build_data` (the trainer re-opens them every epoch)."""
     train_loader, valid = loaders
-    return train(model, train_loader.dataset, train_loader.collate_fn, train_loader.batch_sampler, trainer, out_dir,
-                 valid_dataset=None if valid is None else valid.dataset,
-                 valid_sampler=None if valid is None else valid.batch_sampler, **kwargs)
+    return train(
+        model,
+        train_loader.dataset,
+        train_loader.collate_fn,
+        train_loader.batch_sampler,
+        trainer,
+        out_dir,
+        valid_dataset=None if valid is None else valid.dataset,
+        valid_sampler=None if valid is None else valid.batch_sampler,
+        **kwargs,
+    )
 
 
 def build_dataset(
@@ -191,11 +210,15 @@ def build_dataset(
     role = "training" if train else "validation"
     if len(dataset) == 0:
         skipped = f" ({dataset.num_skipped} skipped as unreadable)" if dataset.num_skipped else ""
-        raise ValueError(f"{role} data dir {data_dir} holds no utterances{skipped}: its wav.scp is empty;"
-                         f" give a non-empty {role} set" + ("" if train else " or leave --valid out"))
+        raise ValueError(
+            f"{role} data dir {data_dir} holds no utterances{skipped}: its wav.scp is empty;"
+            f" give a non-empty {role} set" + ("" if train else " or leave --valid out")
+        )
     if not train and not data.skip_bad:
         check_audio_readable(dataset)
-    num_samples = {utt: round(sec * SAMPLE_RATE) for utt, sec in zip(dataset.utt_ids(), dataset.full_durations)}
+    num_samples = {
+        utt: round(sec * SAMPLE_RATE) for utt, sec in zip(dataset.utt_ids(), dataset.full_durations)
+    }
     too_short = [utt for utt, n in num_samples.items() if model.num_frames(n) < 1]
     if too_short:
         raise ValueError(
@@ -248,7 +271,9 @@ def build_data(
     valid = None
     if valid_dir is not None:
         check_units_match(train_dir, Path(valid_dir), units)
-        valid_set = build_dataset(Path(valid_dir), config, model, units=units, num_classes=num_classes, train=False)
+        valid_set = build_dataset(
+            Path(valid_dir), config, model, units=units, num_classes=num_classes, train=False
+        )
         valid = build_loader(valid_set, config.data, train=False, **shard)
     return TrainData(train, valid)
 
@@ -282,13 +307,23 @@ def pretrain(
         raise ValueError("HuBERT pretraining needs --units NAME (k-means labels in DATA/NAME/labels)")
     if family == "wav2vec2" and units:
         raise ValueError("wav2vec 2.0 pretraining takes no --units; remove it or use a HuBERT config")
-    with distributed(), experiment(out_dir, "pretrain", resume=resume, config=config, overwrite=overwrite,
-                                   inputs=(train_dir, valid_dir)) as run:
+    with (
+        distributed(),
+        experiment(
+            out_dir,
+            "pretrain",
+            resume=resume,
+            config=config,
+            overwrite=overwrite,
+            inputs=(train_dir, valid_dir),
+        ) as run,
+    ):
         torch.manual_seed(config.trainer.seed)  # the same initial weights on every rank
         model = build_pretrain_model(config.network())
         num_classes = config.hubert.num_classes if family == "hubert" else ()
-        loaders = build_data(config, getattr(model, family), train_dir, valid_dir, units=units,
-                             num_classes=num_classes)
+        loaders = build_data(
+            config, getattr(model, family), train_dir, valid_dir, units=units, num_classes=num_classes
+        )
         train_set, train_sampler = loaders.train.dataset, loaders.train.batch_sampler
         run.begin()
         if env_rank() == 0:
@@ -299,8 +334,9 @@ def pretrain(
             train_sampler.padding_efficiency(),
         )  # fmt: skip
         objective = BatchObjective(model, units, normalize=config.model.normalize_waveform)
-        result = train_loaders(objective, loaders, config.trainer, out_dir, resume=run.resume_from or False,
-                               save_config=config)
+        result = train_loaders(
+            objective, loaders, config.trainer, out_dir, resume=run.resume_from or False, save_config=config
+        )
         if env_rank() == 0:
             write_run_summary(out_dir, result, world_size=env_world_size())
     return result

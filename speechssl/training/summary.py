@@ -17,7 +17,11 @@ COMMAND = "summarize"
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(r) + " |" for r in rows),
+    ]
 
 
 def summarize_runs(runs: Sequence[str | Path], unit_scores: Sequence[str | Path] = ()) -> str:
@@ -30,7 +34,9 @@ def summarize_runs(runs: Sequence[str | Path], unit_scores: Sequence[str | Path]
                               f"{item['cluster_purity']:.3f}", str(item["num_units"])])  # fmt: skip
     if unit_rows:
         lines += ["## Unit quality (HuBERT paper IV.C, on the validation set)", ""]
-        lines += _markdown_table(["labels", "PNMI", "phone purity", "cluster purity", "units"], unit_rows) + [""]
+        lines += _markdown_table(["labels", "PNMI", "phone purity", "cluster purity", "units"], unit_rows) + [
+            ""
+        ]
     run_rows = []
     for run in runs:
         path = Path(run) / "train_summary.json"
@@ -43,13 +49,19 @@ def summarize_runs(runs: Sequence[str | Path], unit_scores: Sequence[str | Path]
                          str(s["tensorboard"])])  # fmt: skip
     lines += ["## Training runs", ""]
     lines += _markdown_table(
-        ["run", "updates", "wall (min)", "audio-s/s", "best valid loss", "last checkpoint", "tensorboard"], run_rows
+        ["run", "updates", "wall (min)", "audio-s/s", "best valid loss", "last checkpoint", "tensorboard"],
+        run_rows,
     )
     return "\n".join(lines) + "\n"
 
 
-def write_summary(out: str | Path, runs: Sequence[str | Path], unit_scores: Sequence[str | Path] = (), *,
-                  overwrite: bool = False) -> str:
+def write_summary(
+    out: str | Path,
+    runs: Sequence[str | Path],
+    unit_scores: Sequence[str | Path] = (),
+    *,
+    overwrite: bool = False,
+) -> str:
     """Write the summary to `out` (the output-path rule: a re-run replaces its own file)."""
     check_output(out, COMMAND, overwrite=overwrite, inputs=(*runs, *unit_scores), is_file=True)
     text = summarize_runs(runs, unit_scores)

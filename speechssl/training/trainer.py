@@ -130,8 +130,17 @@ class MicroBatchStream:
     itself, for any other the first `skip` batches of the epoch are dropped
     here (indices only, no I/O)."""
 
-    def __init__(self, dataset, collate, batch_sampler, config: TrainerConfig, info: DistInfo,
-                 epoch: int = 0, batches_done: int = 0, skip: int = 0) -> None:
+    def __init__(
+        self,
+        dataset,
+        collate,
+        batch_sampler,
+        config: TrainerConfig,
+        info: DistInfo,
+        epoch: int = 0,
+        batches_done: int = 0,
+        skip: int = 0,
+    ) -> None:
         self.dataset, self.collate, self.batch_sampler = dataset, collate, batch_sampler
         self.config, self.info = config, info
         self.epoch, self.batches_done = epoch, batches_done
@@ -147,13 +156,18 @@ class MicroBatchStream:
                 raise ValueError(
                     f"the batch sampler gives ranks different numbers of batches in epoch {self.epoch} "
                     f"({lengths}); DDP would hang at the end of the epoch. Use a sampler that gives every "
-                    "rank the same number of batches (DurationBucketSampler does)")
+                    "rank the same number of batches (DurationBucketSampler does)"
+                )
         # Own generator: worker seeds must not consume the global torch RNG (exact resume).
         generator = torch.Generator().manual_seed(self.config.seed * 100_003 + self.epoch)
         loader = DataLoader(
-            self.dataset, batch_sampler=_SkipBatches(self.batch_sampler, self._skip),
-            collate_fn=self.collate, num_workers=self.config.num_workers, generator=generator,
-            pin_memory=self.config.pin_memory and self.info.device.type == "cuda")
+            self.dataset,
+            batch_sampler=_SkipBatches(self.batch_sampler, self._skip),
+            collate_fn=self.collate,
+            num_workers=self.config.num_workers,
+            generator=generator,
+            pin_memory=self.config.pin_memory and self.info.device.type == "cuda",
+        )
         self._it = iter(loader)
         self._skip = 0
 
@@ -176,8 +190,11 @@ class MicroBatchStream:
 
 
 def _uses_layerdrop(model: nn.Module) -> bool:
-    return any(float(getattr(m, name, 0.0) or 0.0) > 0 for m in model.modules()
-               for name in ("layerdrop", "layer_drop"))
+    return any(
+        float(getattr(m, name, 0.0) or 0.0) > 0
+        for m in model.modules()
+        for name in ("layerdrop", "layer_drop")
+    )
 
 
 class _Interval:
@@ -200,11 +217,22 @@ class _Interval:
 class Trainer:
     """One training run; see `train` for the arguments."""
 
-    def __init__(self, model: nn.Module, train_dataset, collate: Callable, batch_sampler,
-                 config: TrainerConfig, out_dir: str | Path, info: DistInfo, *,
-                 valid_dataset=None, valid_sampler=None, resume: bool | str | Path = False,
-                 save_config: Callable[[Path], None] | Any | None = None,
-                 batch_lengths: Callable[[Any], torch.Tensor | None] = default_batch_lengths) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        train_dataset,
+        collate: Callable,
+        batch_sampler,
+        config: TrainerConfig,
+        out_dir: str | Path,
+        info: DistInfo,
+        *,
+        valid_dataset=None,
+        valid_sampler=None,
+        resume: bool | str | Path = False,
+        save_config: Callable[[Path], None] | Any | None = None,
+        batch_lengths: Callable[[Any], torch.Tensor | None] = default_batch_lengths,
+    ) -> None:
         self.config, self.info = config, info
         self.out_dir = Path(out_dir)
         self.ckpt_root = self.out_dir / "checkpoints"
@@ -222,8 +250,9 @@ class Trainer:
         self.optimizer = build_optimizer(self.module, config)
         self.fused = bool(getattr(self.optimizer, "_step_supports_amp_scaling", False))
         self.schedule = build_schedule(config)
-        self.scaler = torch.amp.GradScaler(self.device.type, init_scale=config.fp16_init_scale,
-                                           enabled=config.precision == "fp16")
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, init_scale=config.fp16_init_scale, enabled=config.precision == "fp16"
+        )
         self.step, self.best_valid_loss = 0, math.inf
         self.skipped_total = torch.zeros((), device=self.device)
         self.consecutive_bad = torch.zeros((), device=self.device)
@@ -234,8 +263,10 @@ class Trainer:
             ckpt.clean_temporary(self.ckpt_root)
         if not resume and ckpt.step_dirs(self.ckpt_root):
             # a fresh run must not mix with an earlier one's step dirs, `best` and pruning order
-            raise ValueError(f"{self.ckpt_root} holds checkpoints of an earlier run: resume it (--resume) "
-                             "or train into another output dir")
+            raise ValueError(
+                f"{self.ckpt_root} holds checkpoints of an earlier run: resume it (--resume) "
+                "or train into another output dir"
+            )
         source = self._resume_source(resume)
         if source is not None:
             epoch, batches_done, rng_state = self._load(source)
@@ -243,8 +274,9 @@ class Trainer:
             ckpt.seed_everything(config.seed + info.rank)
         self.tracks_position = sampler_tracks_position(batch_sampler)
         skip = 0 if self.tracks_position else batches_done
-        self.stream = MicroBatchStream(train_dataset, collate, batch_sampler, config, info, epoch,
-                                       batches_done, skip)
+        self.stream = MicroBatchStream(
+            train_dataset, collate, batch_sampler, config, info, epoch, batches_done, skip
+        )
         self.start_step = self.step
         self.model: nn.Module = self.module
         if info.world_size > 1:
@@ -252,14 +284,17 @@ class Trainer:
             if find_unused is None:
                 find_unused = _uses_layerdrop(self.module)
             self.model = DistributedDataParallel(
-                self.module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=find_unused)
+                self.module,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=find_unused,
+            )
         self.ddp = self.model if isinstance(self.model, DistributedDataParallel) else None
         if config.compile:
             # dynamic: every bucket has its own (batch, samples), so one graph must serve them all
             self.model = torch.compile(self.model, dynamic=True)
-        self.logger = TrainLogger(self.out_dir, enabled=info.is_main, max_steps=config.max_steps,
-                                  start_step=self.step)
+        self.logger = TrainLogger(
+            self.out_dir, enabled=info.is_main, max_steps=config.max_steps, start_step=self.step
+        )
         if rng_state is not None:  # last: nothing above may move the generators
             ckpt.restore_rng(rng_state)
 
@@ -289,8 +324,10 @@ class Trainer:
             shown = "; ".join(sizes[:3]) + (f"; and {len(sizes) - 3} more" if len(sizes) > 3 else "")
             raise ckpt.CheckpointError(f"checkpoint {path} does not fit the model: {shown or err}") from None
         if missing or unexpected:
-            raise ckpt.CheckpointError(f"checkpoint {path} does not fit the model: missing {missing[:5]}, "
-                                       f"unexpected {unexpected[:5]}")
+            raise ckpt.CheckpointError(
+                f"checkpoint {path} does not fit the model: missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}"
+            )
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -305,11 +342,20 @@ class Trainer:
         if len(rngs) == self.info.world_size:
             rng_state = rngs[self.info.rank]
         else:
-            log.warning("checkpoint was written by %d ranks, now %d: RNG streams are reseeded, "
-                        "so the run continues but not bit-exactly", len(rngs), self.info.world_size)
+            log.warning(
+                "checkpoint was written by %d ranks, now %d: RNG streams are reseeded, "
+                "so the run continues but not bit-exactly",
+                len(rngs),
+                self.info.world_size,
+            )
             ckpt.seed_everything(self.config.seed + self.info.rank + 7919 * self.step)
-        log.info("resumed from %s at step %d (epoch %d, batch %d of the epoch)", path, self.step,
-                 state["epoch"], state["batches_done"])
+        log.info(
+            "resumed from %s at step %d (epoch %d, batch %d of the epoch)",
+            path,
+            self.step,
+            state["epoch"],
+            state["batches_done"],
+        )
         return int(state["epoch"]), int(state["batches_done"]), rng_state
 
     # --- one update --------------------------------------------------------------------
@@ -382,23 +428,33 @@ class Trainer:
                 f"(max_bad_steps={self.config.max_bad_steps}; {int(self.skipped_total.item())} skipped in "
                 f"total). Try: a lower lr (now {self.config.lr:g}) or a longer warmup, precision fp32 or "
                 f"bf16 instead of fp16, clip_norm (now {self.config.clip_norm:g}), and check the data for "
-                "empty, silent or corrupt utterances and label/frame mismatches")
+                "empty, silent or corrupt utterances and label/frame mismatches"
+            )
 
     def _log(self, interval: _Interval) -> None:
         keys = sorted(interval.metrics)
         all_keys = all_gather_object(keys)
         if any(k != keys for k in all_keys):
             raise RuntimeError(f"ranks report different metrics: {all_keys}")
-        packed = torch.stack([interval.loss, interval.grad_norm, interval.good, interval.bad,
-                              *(interval.metrics[k] for k in keys),
-                              torch.tensor(interval.audio_seconds, device=self.device),
-                              torch.tensor(interval.padded_seconds, device=self.device)])
+        packed = torch.stack(
+            [
+                interval.loss,
+                interval.grad_norm,
+                interval.good,
+                interval.bad,
+                *(interval.metrics[k] for k in keys),
+                torch.tensor(interval.audio_seconds, device=self.device),
+                torch.tensor(interval.padded_seconds, device=self.device),
+            ]
+        )
         values = all_reduce_sum(packed.double()).tolist()  # the log-step sync
         loss, gnorm, good, bad, *rest = values
-        metrics, (audio, padded) = rest[: len(keys)], rest[len(keys):]
+        metrics, (audio, padded) = rest[: len(keys)], rest[len(keys) :]
         elapsed = max(time.monotonic() - interval.start - interval.paused, 1e-9)
-        out = {"train/lr": self.config.lr * self.schedule(self.step - 1),
-               "train/skipped_steps": float(self.skipped_total.item())}
+        out = {
+            "train/lr": self.config.lr * self.schedule(self.step - 1),
+            "train/skipped_steps": float(self.skipped_total.item()),
+        }
         if good > 0:
             out["train/loss"] = loss / good
             out["train/grad_norm"] = gnorm / good
@@ -426,8 +482,12 @@ class Trainer:
         count = 0
         if hasattr(self.valid_sampler, "set_epoch"):
             self.valid_sampler.set_epoch(0)
-        loader = DataLoader(self.valid_dataset, batch_sampler=self.valid_sampler, collate_fn=self.collate,
-                            num_workers=self.config.num_workers)
+        loader = DataLoader(
+            self.valid_dataset,
+            batch_sampler=self.valid_sampler,
+            collate_fn=self.collate,
+            num_workers=self.config.num_workers,
+        )
         for batch in loader:
             with self._autocast():
                 loss, metrics = self.module(to_device(batch, self.device))
@@ -435,9 +495,10 @@ class Trainer:
                 sums[key] = sums.get(key, 0) + torch.as_tensor(value, device=self.device).detach().double()
             count += 1
         keys = sorted(set().union(*all_gather_object(sorted(sums))))
-        packed = torch.stack([torch.as_tensor(sums.get(k, 0.0), device=self.device, dtype=torch.float64)
-                              for k in keys] + [torch.tensor(float(count), device=self.device,
-                                                             dtype=torch.float64)])
+        packed = torch.stack(
+            [torch.as_tensor(sums.get(k, 0.0), device=self.device, dtype=torch.float64) for k in keys]
+            + [torch.tensor(float(count), device=self.device, dtype=torch.float64)]
+        )
         values = all_reduce_sum(packed).tolist()
         self.module.train()
         ckpt.restore_rng(saved)
@@ -456,14 +517,18 @@ class Trainer:
         params = [p for p in self.module.parameters() if p.is_floating_point()]
         if not params or bool(torch.stack([p.detach().isfinite().all() for p in params]).all()):
             return
-        bad = [name for name, p in self.module.named_parameters()
-               if p.is_floating_point() and not bool(p.detach().isfinite().all())]
+        bad = [
+            name
+            for name, p in self.module.named_parameters()
+            if p.is_floating_point() and not bool(p.detach().isfinite().all())
+        ]
         last = ckpt.resolve(self.ckpt_root, "last")
         raise NonFiniteWeightsError(
             f"step {self.step}: the model's weights hold NaN/inf ({', '.join(bad[:5])}"
             f"{f' and {len(bad) - 5} more' if len(bad) > 5 else ''}); no checkpoint is written"
             f" (the last good one is {last or 'none'}). Try a lower lr (now {self.config.lr:g}) or a longer"
-            f" warmup, or clip_norm (now {self.config.clip_norm:g})")
+            f" warmup, or clip_norm (now {self.config.clip_norm:g})"
+        )
 
     def save(self, valid_loss: float | None) -> Path | None:
         self._check_finite_weights()
@@ -480,12 +545,15 @@ class Trainer:
                 "sampler": self._sampler_state(),
                 "rng": rngs,
                 "world_size": self.info.world_size,
-                "best_valid_loss": min(self.best_valid_loss, valid_loss if valid_loss is not None else math.inf),
+                "best_valid_loss": min(
+                    self.best_valid_loss, valid_loss if valid_loss is not None else math.inf
+                ),
                 "skipped_steps": int(self.skipped_total.item()),
                 "trainer_config": to_dict(self.config),
             }
-            path = ckpt.save_checkpoint(self.ckpt_root, self.step, self.module.state_dict(), state,
-                                        self.save_config)
+            path = ckpt.save_checkpoint(
+                self.ckpt_root, self.step, self.module.state_dict(), state, self.save_config
+            )
             if valid_loss is not None and valid_loss < self.best_valid_loss:
                 ckpt.point(self.ckpt_root, "best", path)
             ckpt.prune(self.ckpt_root, self.config.keep_last)
@@ -530,18 +598,24 @@ class Trainer:
             self.logger.close()
         wall = time.monotonic() - start
         result = TrainResult(
-            step=self.step, epoch=self.stream.epoch, skipped_steps=int(self.skipped_total.item()),
+            step=self.step,
+            epoch=self.stream.epoch,
+            skipped_steps=int(self.skipped_total.item()),
             best_valid_loss=self.best_valid_loss if math.isfinite(self.best_valid_loss) else None,
             last_checkpoint=ckpt.resolve(self.ckpt_root, "last"),
             best_checkpoint=ckpt.resolve(self.ckpt_root, "best"),
-            wall_seconds=wall, audio_seconds=self.total_audio)
-        lines = {"updates": f"{self.step} ({self.step - self.start_step} in this session, "
-                            f"{result.skipped_steps} skipped for NaN/inf)",
-                 "wall time": format_duration(wall),
-                 "audio seen": f"{self.total_audio * self.info.world_size / 3600:.2f} h "
-                               f"(~{self.total_audio * self.info.world_size / max(wall, 1e-9):.0f} audio-s/s, "
-                               f"all ranks)",
-                 "last checkpoint": str(result.last_checkpoint)}
+            wall_seconds=wall,
+            audio_seconds=self.total_audio,
+        )
+        lines = {
+            "updates": f"{self.step} ({self.step - self.start_step} in this session, "
+            f"{result.skipped_steps} skipped for NaN/inf)",
+            "wall time": format_duration(wall),
+            "audio seen": f"{self.total_audio * self.info.world_size / 3600:.2f} h "
+            f"(~{self.total_audio * self.info.world_size / max(wall, 1e-9):.0f} audio-s/s, "
+            f"all ranks)",
+            "last checkpoint": str(result.last_checkpoint),
+        }
         if result.best_valid_loss is not None:
             lines["best valid loss"] = f"{result.best_valid_loss:.4g} ({result.best_checkpoint})"
         lines["tensorboard"] = str(self.out_dir / "tensorboard")
@@ -549,10 +623,20 @@ class Trainer:
         return result
 
 
-def train(model: nn.Module, train_dataset, collate: Callable, batch_sampler, config: TrainerConfig,
-          out_dir: str | Path, *, valid_dataset=None, valid_sampler=None,
-          resume: bool | str | Path = False, save_config: Callable[[Path], None] | Any | None = None,
-          batch_lengths: Callable[[Any], torch.Tensor | None] = default_batch_lengths) -> TrainResult:
+def train(
+    model: nn.Module,
+    train_dataset,
+    collate: Callable,
+    batch_sampler,
+    config: TrainerConfig,
+    out_dir: str | Path,
+    *,
+    valid_dataset=None,
+    valid_sampler=None,
+    resume: bool | str | Path = False,
+    save_config: Callable[[Path], None] | Any | None = None,
+    batch_lengths: Callable[[Any], torch.Tensor | None] = default_batch_lengths,
+) -> TrainResult:
     """Train `model` for `config.max_steps` updates, writing `out_dir/checkpoints/` and
     `out_dir/tensorboard/`. Under torchrun joins (and leaves) the process group.
 
@@ -561,7 +645,18 @@ def train(model: nn.Module, train_dataset, collate: Callable, batch_sampler, con
     batch_lengths: batch -> valid samples per utterance (CPU), for audio-seconds and padding
     efficiency. The model is trained in place."""
     with distributed() as info:
-        trainer = Trainer(model, train_dataset, collate, batch_sampler, config, out_dir, info,
-                          valid_dataset=valid_dataset, valid_sampler=valid_sampler, resume=resume,
-                          save_config=save_config, batch_lengths=batch_lengths)
+        trainer = Trainer(
+            model,
+            train_dataset,
+            collate,
+            batch_sampler,
+            config,
+            out_dir,
+            info,
+            valid_dataset=valid_dataset,
+            valid_sampler=valid_sampler,
+            resume=resume,
+            save_config=save_config,
+            batch_lengths=batch_lengths,
+        )
         return trainer.fit()

@@ -35,7 +35,9 @@ class AdapterConfig:
         if self.placement not in ("houlsby", "pfeiffer"):
             raise ValueError(f"placement must be 'houlsby' or 'pfeiffer', found {self.placement!r}")
         if self.activation not in _ACTIVATIONS:
-            raise ValueError(f"activation must be one of {', '.join(_ACTIVATIONS)}, found {self.activation!r}")
+            raise ValueError(
+                f"activation must be one of {', '.join(_ACTIVATIONS)}, found {self.activation!r}"
+            )
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), found {self.dropout}")
 
@@ -43,8 +45,16 @@ class AdapterConfig:
 class BottleneckAdapter(nn.Module):
     """x: (..., D) -> x + up(dropout(act(down(x)))); down: D -> m, up: m -> D (zero init)."""
 
-    def __init__(self, dim: int, bottleneck_dim: int, *, activation: str = "gelu", dropout: float = 0.0,
-                 device=None, dtype=None) -> None:
+    def __init__(
+        self,
+        dim: int,
+        bottleneck_dim: int,
+        *,
+        activation: str = "gelu",
+        dropout: float = 0.0,
+        device=None,
+        dtype=None,
+    ) -> None:
         super().__init__()
         self.down = nn.Linear(dim, bottleneck_dim, device=device, dtype=dtype)
         self.activation = _ACTIVATIONS[activation]()
@@ -75,8 +85,14 @@ def _wrap(parent: nn.Module | None, name: str, config: AdapterConfig) -> bool:
     base = getattr(parent, name, None) if parent is not None else None
     if not isinstance(base, nn.Linear):
         return False
-    adapter = BottleneckAdapter(base.out_features, config.bottleneck_dim, activation=config.activation,
-                                dropout=config.dropout, device=base.weight.device, dtype=base.weight.dtype)
+    adapter = BottleneckAdapter(
+        base.out_features,
+        config.bottleneck_dim,
+        activation=config.activation,
+        dropout=config.dropout,
+        device=base.weight.device,
+        dtype=base.weight.dtype,
+    )
     setattr(parent, name, AdapterLinear(base, adapter))
     return True
 

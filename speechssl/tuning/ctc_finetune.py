@@ -55,8 +55,16 @@ PAD = -1  # padding of the encoded transcripts in a batch
 
 def _default_trainer() -> TrainerConfig:
     # fairseq base_10h: lr 5e-5, 20k updates, tri-stage 0.1/0.4/0.5, adam eps 1e-8, no weight decay
-    return TrainerConfig(max_steps=20000, lr=5e-5, schedule="tri_stage", tri_stage_ratios=(0.1, 0.4, 0.5),
-                         eps=1e-8, weight_decay=0.0, save_every=1000, log_every=200)
+    return TrainerConfig(
+        max_steps=20000,
+        lr=5e-5,
+        schedule="tri_stage",
+        tri_stage_ratios=(0.1, 0.4, 0.5),
+        eps=1e-8,
+        weight_decay=0.0,
+        save_every=1000,
+        log_every=200,
+    )
 
 
 def _default_mask() -> MaskConfig:
@@ -66,29 +74,37 @@ def _default_mask() -> MaskConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class CTCFinetuneConfig:
-    RENAMED_KEYS: ClassVar[dict[str, str]] = {"batch_seconds": "max_batch_seconds"}  # old YAMLs: one-line hint
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {
+        "batch_seconds": "max_batch_seconds"
+    }  # old YAMLs: one-line hint
     trainer: TrainerConfig = field(default_factory=_default_trainer)
     tuning: TuningConfig = field(default_factory=lambda: TuningConfig(method="full"))
     freeze_finetune_updates: int = 10000  # fairseq: updates during which only the head trains
     mask: MaskConfig = field(default_factory=_default_mask)  # applied in training only
     apply_mask: bool = True  # fairseq: apply_mask
-    layerdrop: float | None = 0.1  # fairseq: layerdrop (of the encoder while fine-tuning); None: keep the model's
+    layerdrop: float | None = (
+        0.1  # fairseq: layerdrop (of the encoder while fine-tuning); None: keep the model's
+    )
     final_dropout: float = 0.0  # fairseq: final_dropout (before the CTC head)
     max_batch_seconds: float = 200.0  # padded audio per batch and rank (fairseq max_tokens 3.2M samples)
     max_batch_size: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.freeze_finetune_updates <= self.trainer.max_steps:
-            raise ValueError(f"freeze_finetune_updates must be in [0, max_steps={self.trainer.max_steps}], "
-                             f"found {self.freeze_finetune_updates}")
+            raise ValueError(
+                f"freeze_finetune_updates must be in [0, max_steps={self.trainer.max_steps}], "
+                f"found {self.freeze_finetune_updates}"
+            )
         if self.layerdrop is not None and not 0 <= self.layerdrop < 1:
             raise ValueError(f"layerdrop must be in [0, 1) or null, found {self.layerdrop}")
         if not 0 <= self.final_dropout < 1:
             raise ValueError(f"final_dropout must be in [0, 1), found {self.final_dropout}")
         self.batching()  # validates max_batch_seconds and max_batch_size
         if self.tuning.method == "frozen":
-            raise ValueError("CTC fine-tuning needs a tuning method that trains something; found 'frozen' "
-                             "(use `speechssl downstream` for frozen-upstream evaluation)")
+            raise ValueError(
+                "CTC fine-tuning needs a tuning method that trains something; found 'frozen' "
+                "(use `speechssl downstream` for frozen-upstream evaluation)"
+            )
 
     def batching(self) -> BatchingConfig:
         """The batching settings (utterances are never cropped)."""
@@ -103,7 +119,9 @@ class CharVocab:
 
     def __init__(self, tokens: list[str]) -> None:
         if tokens[:2] != [BLANK, UNK] or len(set(tokens)) != len(tokens):
-            raise ValueError(f"a char vocab starts with {BLANK}, {UNK} and has no duplicates; found {tokens[:5]}...")
+            raise ValueError(
+                f"a char vocab starts with {BLANK}, {UNK} and has no duplicates; found {tokens[:5]}..."
+            )
         self.tokens = tokens
         self.index = {t: i for i, t in enumerate(tokens)}
 
@@ -167,7 +185,9 @@ class CTCFinetuneModel(nn.Module):
         padding_mask = lengths_to_padding_mask(lengths, T)  # (B, T)
         x, _ = model.feature_projection(feats)  # (B, T, D)
         if self.training and self.config.apply_mask:
-            time_mask = compute_time_mask(lengths, T, self.config.mask) if self.config.mask.mask_prob > 0 else None
+            time_mask = (
+                compute_time_mask(lengths, T, self.config.mask) if self.config.mask.mask_prob > 0 else None
+            )
             channel_mask = compute_channel_mask(B, x.shape[-1], self.config.mask, device=x.device)
             x = model.apply_masks(x, time_mask, channel_mask)
         last, _ = model.encoder_forward(x, padding_mask if padded else None)  # (B, T, D)
@@ -215,14 +235,23 @@ def _dataset(data_dir: str | Path, vocab: CharVocab, role: str = "evaluation") -
         raise FileNotFoundError(f"CTC fine-tuning needs transcripts: {text} does not exist")
     dataset = AudioDataset(data_dir, targets={TEXT: text}, target_transforms={TEXT: vocab.encode})
     if len(dataset) == 0:  # found now, not at the first checkpoint
-        raise ValueError(f"{role} data dir {data_dir} holds no utterances: its wav.scp is empty;"
-                         f" give a non-empty {role} set")
+        raise ValueError(
+            f"{role} data dir {data_dir} holds no utterances: its wav.scp is empty;"
+            f" give a non-empty {role} set"
+        )
     return dataset
 
 
 def _loader(dataset: AudioDataset, config: CTCFinetuneConfig, *, train: bool) -> DataLoader:
-    return build_loader(dataset, config.batching(), train=train, seed=config.trainer.seed, rank=env_rank(),
-                        world_size=env_world_size(), target_pad_value=PAD)
+    return build_loader(
+        dataset,
+        config.batching(),
+        train=train,
+        seed=config.trainer.seed,
+        rank=env_rank(),
+        world_size=env_world_size(),
+        target_pad_value=PAD,
+    )
 
 
 def build_vocab(train_dir: str | Path, out_dir: str | Path, *, resume: bool = False) -> CharVocab:
@@ -243,7 +272,9 @@ def check_vocab(train_dir: str | Path, out_dir: str | Path, *, resume: bool = Fa
     if path.is_file() and resume:
         saved = CharVocab.load(path)
         if saved.tokens != vocab.tokens:
-            raise ValueError(f"{path} does not match the characters of {text}; resume with the same training data")
+            raise ValueError(
+                f"{path} does not match the characters of {text}; resume with the same training data"
+            )
     return vocab
 
 
@@ -264,9 +295,16 @@ class CTCFinetuneResult:
     final_dir: Path  # upstream/ (full) or tuned.safetensors, ctc_head.safetensors, vocab.txt
 
 
-def finetune_ctc(upstream: Upstream, train_dir: str | Path, out_dir: str | Path, config: CTCFinetuneConfig, *,
-                 valid_dir: str | Path | None = None, resume: bool | Path = False,
-                 begin: Callable[[], None] | None = None) -> CTCFinetuneResult:
+def finetune_ctc(
+    upstream: Upstream,
+    train_dir: str | Path,
+    out_dir: str | Path,
+    config: CTCFinetuneConfig,
+    *,
+    valid_dir: str | Path | None = None,
+    resume: bool | Path = False,
+    begin: Callable[[], None] | None = None,
+) -> CTCFinetuneResult:
     """Fine-tune `upstream` (in place) with a character CTC head on a Kaldi data dir with `text`.
 
     Writes out_dir/vocab.txt, checkpoints/ and tensorboard/ (the Trainer), and out_dir/final/:
@@ -280,7 +318,9 @@ def finetune_ctc(upstream: Upstream, train_dir: str | Path, out_dir: str | Path,
     log.info("CTC fine-tuning %s; head over %d characters", report, len(vocab))
     trainer_config = config.trainer
     if config.freeze_finetune_updates > 0 and trainer_config.find_unused_parameters is None:
-        trainer_config = replace(trainer_config, find_unused_parameters=True)  # DDP: frozen updates skip the encoder
+        trainer_config = replace(
+            trainer_config, find_unused_parameters=True
+        )  # DDP: frozen updates skip the encoder
     train_set = _dataset(train_dir, vocab, "training")
     valid_set = _dataset(valid_dir, vocab, "validation") if valid_dir is not None else None
     if begin is not None:
@@ -290,9 +330,18 @@ def finetune_ctc(upstream: Upstream, train_dir: str | Path, out_dir: str | Path,
         vocab.save(out_dir / "vocab.txt")
     loader = _loader(train_set, config, train=True)
     valid_loader = _loader(valid_set, config, train=False) if valid_set is not None else None
-    result = train(model, train_set, loader.collate_fn, loader.batch_sampler, trainer_config, out_dir,
-                   valid_dataset=valid_set, valid_sampler=None if valid_loader is None else valid_loader.batch_sampler,
-                   resume=resume, save_config=config)
+    result = train(
+        model,
+        train_set,
+        loader.collate_fn,
+        loader.batch_sampler,
+        trainer_config,
+        out_dir,
+        valid_dataset=valid_set,
+        valid_sampler=None if valid_loader is None else valid_loader.batch_sampler,
+        resume=resume,
+        save_config=config,
+    )
     final = out_dir / "final"
     if env_rank() == 0:
         final.mkdir(parents=True, exist_ok=True)
@@ -308,14 +357,21 @@ def finetune_ctc(upstream: Upstream, train_dir: str | Path, out_dir: str | Path,
 
 
 @torch.no_grad()
-def evaluate_ctc(model: CTCFinetuneModel, data_dir: str | Path, *, max_batch_seconds: float = 100.0) -> dict[str, float]:
+def evaluate_ctc(
+    model: CTCFinetuneModel, data_dir: str | Path, *, max_batch_seconds: float = 100.0
+) -> dict[str, float]:
     """Mean CTC loss per utterance and greedy character error rate (|edits| / |reference chars|,
     the "|" separators included) over a data dir."""
     was_training = model.training
     model.eval()
     dataset = _dataset(data_dir, model.vocab)
-    loader = build_loader(dataset, BatchingConfig(max_batch_seconds=max_batch_seconds), train=False,
-                          seed=0, target_pad_value=PAD)  # every utterance once
+    loader = build_loader(
+        dataset,
+        BatchingConfig(max_batch_seconds=max_batch_seconds),
+        train=False,
+        seed=0,
+        target_pad_value=PAD,
+    )  # every utterance once
     loss_sum, errors, chars, count = 0.0, 0, 0, 0
     device = model.head.weight.device
     for batch in loader:
@@ -337,8 +393,13 @@ def evaluate_ctc(model: CTCFinetuneModel, data_dir: str | Path, *, max_batch_sec
 EXPERIMENT_FILE = "finetune.yaml"  # upstream source, data dirs and the resolved config of a run
 
 
-def load_finetune_config(config_path: str | Path | None, overrides: list[str] = (), *, method: str | None = None,
-                         max_steps: int | None = None) -> CTCFinetuneConfig:
+def load_finetune_config(
+    config_path: str | Path | None,
+    overrides: list[str] = (),
+    *,
+    method: str | None = None,
+    max_steps: int | None = None,
+) -> CTCFinetuneConfig:
     """The YAML (or the defaults) with `key=value` overrides, then a method and a run length.
     A shorter run keeps the head-only share of updates (`freeze_finetune_updates`)."""
     config = load_config(CTCFinetuneConfig, config_path, list(overrides))
@@ -346,14 +407,26 @@ def load_finetune_config(config_path: str | Path | None, overrides: list[str] = 
         config = replace(config, tuning=replace(config.tuning, method=method))
     if max_steps is not None:
         trainer = config.trainer.with_max_steps(max_steps)
-        config = replace(config, trainer=trainer, freeze_finetune_updates=round(
-            config.freeze_finetune_updates * trainer.max_steps / config.trainer.max_steps))
+        config = replace(
+            config,
+            trainer=trainer,
+            freeze_finetune_updates=round(
+                config.freeze_finetune_updates * trainer.max_steps / config.trainer.max_steps
+            ),
+        )
     return config
 
 
-def run_finetune_experiment(upstream_source: str | Path, train_dir: str | Path, out_dir: str | Path,
-                            config: CTCFinetuneConfig, *, valid_dir: str | Path | None = None,
-                            resume: bool = False, overwrite: bool = False) -> CTCFinetuneResult:
+def run_finetune_experiment(
+    upstream_source: str | Path,
+    train_dir: str | Path,
+    out_dir: str | Path,
+    config: CTCFinetuneConfig,
+    *,
+    valid_dir: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> CTCFinetuneResult:
     """`finetune_ctc` plus EXP/finetune.yaml, so a finished run can be rebuilt by `load_finetuned`.
     EXP is locked and checked before any write (speechssl.training.experiment)."""
     from speechssl.interop.upstream import load_upstream
@@ -363,13 +436,25 @@ def run_finetune_experiment(upstream_source: str | Path, train_dir: str | Path, 
         if path is not None and not Path(path).is_dir():
             raise FileNotFoundError(f"{name} data dir {path} does not exist")
     record = out_dir / EXPERIMENT_FILE
-    with distributed(), experiment(out_dir, "finetune", resume=resume, config=config, overwrite=overwrite,
-                                   inputs=(train_dir, valid_dir, upstream_source), allowed=_RESUMABLE) as run:
+    with (
+        distributed(),
+        experiment(
+            out_dir,
+            "finetune",
+            resume=resume,
+            config=config,
+            overwrite=overwrite,
+            inputs=(train_dir, valid_dir, upstream_source),
+            allowed=_RESUMABLE,
+        ) as run,
+    ):
         if run.resume_from is not None and record.is_file():
             previous = yaml.safe_load(record.read_text())
             if previous.get("upstream") != str(upstream_source):
-                raise ValueError(f"{record}: cannot resume a run of upstream {previous.get('upstream')} "
-                                 f"with upstream {upstream_source}")
+                raise ValueError(
+                    f"{record}: cannot resume a run of upstream {previous.get('upstream')} "
+                    f"with upstream {upstream_source}"
+                )
 
         def begin() -> None:
             run.begin()
@@ -378,8 +463,15 @@ def run_finetune_experiment(upstream_source: str | Path, train_dir: str | Path, 
                     "upstream": str(upstream_source), "train": str(train_dir), "valid": valid_dir and str(valid_dir),
                     "config": to_dict(config)}, sort_keys=False))  # fmt: skip
 
-        return finetune_ctc(load_upstream(upstream_source), train_dir, out_dir, config, valid_dir=valid_dir,
-                            resume=run.resume_from or False, begin=begin)
+        return finetune_ctc(
+            load_upstream(upstream_source),
+            train_dir,
+            out_dir,
+            config,
+            valid_dir=valid_dir,
+            resume=run.resume_from or False,
+            begin=begin,
+        )
 
 
 # a shorter or longer resumed run keeps the head-only share of updates (load_finetune_config)
@@ -396,9 +488,13 @@ def load_finetuned(exp_dir: str | Path) -> CTCFinetuneModel:
     exp_dir = Path(exp_dir)
     record, final = exp_dir / EXPERIMENT_FILE, exp_dir / "final"
     if not record.is_file():
-        raise FileNotFoundError(f"{record} does not exist: run `speechssl finetune --out {exp_dir} ...` first")
+        raise FileNotFoundError(
+            f"{record} does not exist: run `speechssl finetune --out {exp_dir} ...` first"
+        )
     if not (final / "ctc_head.safetensors").is_file():
-        raise FileNotFoundError(f"{final / 'ctc_head.safetensors'} does not exist: the run in {exp_dir} did not finish")
+        raise FileNotFoundError(
+            f"{final / 'ctc_head.safetensors'} does not exist: the run in {exp_dir} did not finish"
+        )
     exp = yaml.safe_load(record.read_text())
     config = from_dict(CTCFinetuneConfig, exp["config"], source=str(record), section="config")
     if config.tuning.method == "full":
@@ -406,12 +502,16 @@ def load_finetuned(exp_dir: str | Path) -> CTCFinetuneModel:
     else:
         upstream = load_upstream(exp["upstream"])
         load_tuned(upstream, final / "tuned.safetensors")
-    model = CTCFinetuneModel(upstream, CharVocab.load(final / "vocab.txt"), replace(config, final_dropout=0.0))
+    model = CTCFinetuneModel(
+        upstream, CharVocab.load(final / "vocab.txt"), replace(config, final_dropout=0.0)
+    )
     model.head.load_state_dict(load_file(str(final / "ctc_head.safetensors")))
     return model.eval()
 
 
-def evaluate_finetuned(exp_dir: str | Path, data_dir: str | Path, *, max_batch_seconds: float = 100.0) -> dict:
+def evaluate_finetuned(
+    exp_dir: str | Path, data_dir: str | Path, *, max_batch_seconds: float = 100.0
+) -> dict:
     """Score a finished run on a data dir; also written to EXP/eval_<data dir name>.json."""
     model = load_finetuned(exp_dir)
     if torch.cuda.is_available():

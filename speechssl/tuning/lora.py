@@ -36,7 +36,9 @@ class LoRAConfig:
         valid = ATTENTION_TARGETS + FEED_FORWARD_TARGETS
         bad = [t for t in self.targets if t not in valid]
         if bad or not self.targets:
-            raise ValueError(f"LoRA targets must be a non-empty list of {', '.join(valid)}; found {list(self.targets)}")
+            raise ValueError(
+                f"LoRA targets must be a non-empty list of {', '.join(valid)}; found {list(self.targets)}"
+            )
         if len(set(self.targets)) != len(self.targets):
             raise ValueError(f"LoRA targets has duplicates: {list(self.targets)}")
 
@@ -72,8 +74,13 @@ class LoRALinear(nn.Module):
     @torch.no_grad()
     def merge(self) -> nn.Linear:
         """A plain nn.Linear with the update folded in (for inference / export); self is unchanged."""
-        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                           device=self.weight.device, dtype=self.weight.dtype)
+        linear = nn.Linear(
+            self.in_features,
+            self.out_features,
+            bias=self.bias is not None,
+            device=self.weight.device,
+            dtype=self.weight.dtype,
+        )
         linear.weight.copy_(self.weight + self.delta_weight())
         if self.bias is not None:
             linear.bias.copy_(self.bias)
@@ -81,8 +88,10 @@ class LoRALinear(nn.Module):
         return linear
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, " \
-               f"scaling={self.scaling:g}"
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
+            f"scaling={self.scaling:g}"
+        )
 
 
 def add_lora(module: nn.Module, config: LoRAConfig) -> list[str]:
@@ -93,8 +102,11 @@ def add_lora(module: nn.Module, config: LoRAConfig) -> list[str]:
         for name in config.targets:
             child = parent._modules.get(name)
             if isinstance(child, nn.Linear):
-                setattr(parent, name, LoRALinear(child, rank=config.rank, alpha=config.alpha,
-                                                 dropout=config.dropout))
+                setattr(
+                    parent,
+                    name,
+                    LoRALinear(child, rank=config.rank, alpha=config.alpha, dropout=config.dropout),
+                )
                 replaced.append(f"{parent_name}.{name}" if parent_name else name)
     return replaced
 

@@ -70,7 +70,9 @@ class AppliedTuning:
     names: tuple[str, ...]  # qualified names of the tuned parameters
 
 
-def tuning_config(method: str, options: Mapping[str, Any] | None = None, *, source: str | None = None) -> TuningConfig:
+def tuning_config(
+    method: str, options: Mapping[str, Any] | None = None, *, source: str | None = None
+) -> TuningConfig:
     """TuningConfig from a method name and that method's options (e.g. the downstream
     config's `tuning` / `tuning_options`); unknown option keys are errors."""
     if method not in METHODS:
@@ -79,8 +81,10 @@ def tuning_config(method: str, options: Mapping[str, Any] | None = None, *, sour
     section = _OPTION_FIELDS.get(method)
     if section is None:
         if options:
-            raise ConfigError(f"tuning method '{method}' takes no options; found {sorted(options)}"
-                              + (f" in {source}" if source else ""))
+            raise ConfigError(
+                f"tuning method '{method}' takes no options; found {sorted(options)}"
+                + (f" in {source}" if source else "")
+            )
         return TuningConfig(method=method)
     return from_dict(TuningConfig, {"method": method, section: options}, source=source)
 
@@ -118,7 +122,12 @@ def _full(model: SSLModel, config: TuningConfig) -> list[str]:
 
 
 METHODS: dict[str, Callable[[SSLModel, TuningConfig], list[str]]] = {
-    "frozen": _frozen, "adapter": _adapter, "lora": _lora, "bitfit": _bitfit, "prefix": _prefix, "full": _full,
+    "frozen": _frozen,
+    "adapter": _adapter,
+    "lora": _lora,
+    "bitfit": _bitfit,
+    "prefix": _prefix,
+    "full": _full,
 }
 
 
@@ -129,8 +138,9 @@ def find_ssl_model(upstream: nn.Module) -> tuple[SSLModel, str]:
     model = getattr(upstream, "model", None)
     if isinstance(model, SSLModel):
         return model, "model."
-    raise ValueError(f"tuning needs an upstream with a transformer encoder (an SSLModel); "
-                     f"found {type(upstream).__name__}")
+    raise ValueError(
+        f"tuning needs an upstream with a transformer encoder (an SSLModel); found {type(upstream).__name__}"
+    )
 
 
 def count_parameters(module: nn.Module) -> TuningReport:
@@ -149,8 +159,10 @@ def apply_tuning(upstream: nn.Module, config: TuningConfig) -> TuningReport:
 
     "frozen" works on any upstream; the others need an SSLModel-based one."""
     if isinstance(getattr(upstream, "tuning", None), AppliedTuning):
-        raise ValueError(f"the upstream is already tuned with '{upstream.tuning.config.method}'; "
-                         "apply a tuning method to a freshly loaded upstream")
+        raise ValueError(
+            f"the upstream is already tuned with '{upstream.tuning.config.method}'; "
+            "apply a tuning method to a freshly loaded upstream"
+        )
     upstream.requires_grad_(False)
     if config.method == "frozen" and not isinstance(getattr(upstream, "model", upstream), SSLModel):
         names: list[str] = []  # e.g. the FBANK upstream: nothing to inject
@@ -184,7 +196,9 @@ def _first(names: list[str], n: int = 5) -> str:
 
 
 @torch.no_grad()
-def load_tuned_state_dict(upstream: nn.Module, state: Mapping[str, Tensor], *, source: str = "tuned state") -> None:
+def load_tuned_state_dict(
+    upstream: nn.Module, state: Mapping[str, Tensor], *, source: str = "tuned state"
+) -> None:
     """Copy tuned weights into an upstream tuned with the same config. Keys must match exactly."""
     applied = applied_tuning(upstream)
     expected = set(applied.names)
@@ -196,13 +210,16 @@ def load_tuned_state_dict(upstream: nn.Module, state: Mapping[str, Tensor], *, s
             parts.append(f"missing {len(missing)} key(s): {_first(missing)}")
         if unexpected:
             parts.append(f"unexpected {len(unexpected)} key(s): {_first(unexpected)}")
-        raise ValueError(f"{source} does not fit the upstream tuned with '{applied.config.method}': "
-                         + "; ".join(parts))
+        raise ValueError(
+            f"{source} does not fit the upstream tuned with '{applied.config.method}': " + "; ".join(parts)
+        )
     params = dict(upstream.named_parameters())
     for name in applied.names:
         if params[name].shape != state[name].shape:
-            raise ValueError(f"{source}: '{name}' has shape {tuple(state[name].shape)}, "
-                             f"the upstream expects {tuple(params[name].shape)}")
+            raise ValueError(
+                f"{source}: '{name}' has shape {tuple(state[name].shape)}, "
+                f"the upstream expects {tuple(params[name].shape)}"
+            )
     for name in applied.names:
         params[name].copy_(state[name])
 
@@ -248,8 +265,10 @@ def read_tuned(path: str | Path) -> tuple[TuningConfig, dict[str, Tensor]]:
     with safe_open(str(path), framework="pt") as f:
         metadata = f.metadata() or {}
         if METADATA_KEY not in metadata:
-            raise ValueError(f"{path} holds no tuning config (metadata '{METADATA_KEY}'); "
-                             "was it written by speechssl.tuning.save_tuned?")
+            raise ValueError(
+                f"{path} holds no tuning config (metadata '{METADATA_KEY}'); "
+                "was it written by speechssl.tuning.save_tuned?"
+            )
         state = {k: f.get_tensor(k) for k in f.keys()}
     config = from_dict(TuningConfig, json.loads(metadata[METADATA_KEY]), source=str(path))
     return config, state

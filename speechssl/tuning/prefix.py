@@ -42,16 +42,29 @@ class PrefixConfig:
 class PrefixEncoder(nn.Module):
     """() -> (P, 2 * inner): keys then values of one layer's prefix."""
 
-    def __init__(self, prefix_length: int, inner_dim: int, *, mlp_dim: int | None, init_std: float,
-                 device=None, dtype=None) -> None:
+    def __init__(
+        self,
+        prefix_length: int,
+        inner_dim: int,
+        *,
+        mlp_dim: int | None,
+        init_std: float,
+        device=None,
+        dtype=None,
+    ) -> None:
         super().__init__()
         self.inner_dim = inner_dim
         width = mlp_dim if mlp_dim is not None else 2 * inner_dim
-        self.embedding = nn.Parameter(torch.randn(prefix_length, width, device=device, dtype=dtype) * init_std)
+        self.embedding = nn.Parameter(
+            torch.randn(prefix_length, width, device=device, dtype=dtype) * init_std
+        )
         self.mlp: nn.Sequential | None = None
         if mlp_dim is not None:
-            self.mlp = nn.Sequential(nn.Linear(mlp_dim, mlp_dim, device=device, dtype=dtype), nn.Tanh(),
-                                     nn.Linear(mlp_dim, 2 * inner_dim, device=device, dtype=dtype))
+            self.mlp = nn.Sequential(
+                nn.Linear(mlp_dim, mlp_dim, device=device, dtype=dtype),
+                nn.Tanh(),
+                nn.Linear(mlp_dim, 2 * inner_dim, device=device, dtype=dtype),
+            )
 
     def forward(self) -> Tensor:
         return self.embedding if self.mlp is None else self.mlp(self.embedding)
@@ -70,13 +83,25 @@ class PrefixSelfAttention(nn.Module):
 
     def __init__(self, attention: nn.Module, config: PrefixConfig) -> None:
         super().__init__()
-        self.num_heads, self.head_dim, self.dropout = attention.num_heads, attention.head_dim, attention.dropout
+        self.num_heads, self.head_dim, self.dropout = (
+            attention.num_heads,
+            attention.head_dim,
+            attention.dropout,
+        )
         self.q_proj, self.k_proj = attention.q_proj, attention.k_proj
         self.v_proj, self.out_proj = attention.v_proj, attention.out_proj
         w = self.q_proj.weight
-        self.prefix = PrefixEncoder(config.prefix_length, self.num_heads * self.head_dim, mlp_dim=config.mlp_dim,
-                                    init_std=config.init_std, device=w.device, dtype=w.dtype)
-        self.gate = nn.Parameter(torch.zeros(self.num_heads, device=w.device, dtype=w.dtype)) if config.gate else None
+        self.prefix = PrefixEncoder(
+            config.prefix_length,
+            self.num_heads * self.head_dim,
+            mlp_dim=config.mlp_dim,
+            init_std=config.init_std,
+            device=w.device,
+            dtype=w.dtype,
+        )
+        self.gate = (
+            nn.Parameter(torch.zeros(self.num_heads, device=w.device, dtype=w.dtype)) if config.gate else None
+        )
 
     def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
         """x: (B, T, D); key_padding_mask: (B, T) bool, True = padded, or None."""
@@ -95,8 +120,9 @@ class PrefixSelfAttention(nn.Module):
         if key_padding_mask is not None:
             mask = ~key_padding_mask[:, None, None, :]  # (B, 1, 1, T): True = attend
             prefix_mask = F.pad(mask, (P, 0), value=True)  # (B, 1, 1, P + T)
-        y = F.scaled_dot_product_attention(q, torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2),
-                                           attn_mask=prefix_mask, dropout_p=dropout)  # (B, H, T, d)
+        y = F.scaled_dot_product_attention(
+            q, torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2), attn_mask=prefix_mask, dropout_p=dropout
+        )  # (B, H, T, d)
         if self.gate is not None:
             plain = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)  # (B, H, T, d)
             y = plain + self.gate.to(x.dtype)[:, None, None] * (y - plain)

@@ -53,8 +53,9 @@ def _fsync(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def write_pair(first: Path, write_first: Callable[[Path], None], second: Path,
-               write_second: Callable[[Path], None]) -> None:
+def write_pair(
+    first: Path, write_first: Callable[[Path], None], second: Path, write_second: Callable[[Path], None]
+) -> None:
     """Write two files that only mean something together (labels and their dict.txt).
 
     Both are written and synced to temp names first, so a full disk or an error leaves the old
@@ -127,8 +128,12 @@ class KMeansModel:
         km_dir = Path(km_dir)
         km_dir.mkdir(parents=True, exist_ok=True)
         centroids = np.ascontiguousarray(self.centroids, dtype=np.float32)
-        write_pair(km_dir / CENTROIDS, lambda tmp: np.save(tmp, centroids, allow_pickle=False),
-                   km_dir / PARAMS, lambda tmp: tmp.write_text(json.dumps(self.params, indent=2) + "\n"))
+        write_pair(
+            km_dir / CENTROIDS,
+            lambda tmp: np.save(tmp, centroids, allow_pickle=False),
+            km_dir / PARAMS,
+            lambda tmp: tmp.write_text(json.dumps(self.params, indent=2) + "\n"),
+        )
 
     @classmethod
     def load(cls, km_dir: str | Path) -> KMeansModel:
@@ -140,14 +145,19 @@ class KMeansModel:
         if centroids.ndim != 2:
             raise ValueError(f"{path}: expected (clusters, dim) centroids, found shape {centroids.shape}")
         if not np.isfinite(centroids).all():
-            raise NonFiniteFeaturesError(f"{path}: centroids hold NaN or infinite values; fit the model again")
+            raise NonFiniteFeaturesError(
+                f"{path}: centroids hold NaN or infinite values; fit the model again"
+            )
         params = json.loads((km_dir / PARAMS).read_text()) if (km_dir / PARAMS).is_file() else {}
         return cls(centroids.astype(np.float32), params)
 
     def predict(self, feats: np.ndarray | torch.Tensor, block: int = 65536) -> np.ndarray:
         """(frames, D) -> (frames,) int64 index of the nearest centroid."""
-        return nearest_centroid(torch.as_tensor(np.asarray(feats, dtype=np.float32)),
-                                torch.from_numpy(self.centroids), block=block).numpy()
+        return nearest_centroid(
+            torch.as_tensor(np.asarray(feats, dtype=np.float32)),
+            torch.from_numpy(self.centroids),
+            block=block,
+        ).numpy()
 
 
 def nearest_centroid(x: torch.Tensor, centroids: torch.Tensor, block: int = 65536) -> torch.Tensor:
@@ -169,7 +179,9 @@ def _memory(num_frames: int, dim: int, config: KMeansConfig) -> int:
     """Bytes for the sampled float32 frames plus MiniBatchKMeans' working arrays
     (init sample of 3 * batch_size rows, batch distances to every centroid)."""
     init_rows = min(num_frames, 3 * config.batch_size)
-    return 4 * num_frames * dim + 8 * (init_rows * (dim + config.num_clusters) + config.batch_size * config.num_clusters)
+    return 4 * num_frames * dim + 8 * (
+        init_rows * (dim + config.num_clusters) + config.batch_size * config.num_clusters
+    )
 
 
 def fit_kmeans(
@@ -195,7 +207,12 @@ def fit_kmeans(
     need = _memory(num_frames, reader.feature_dim, config)
     logger.info(
         "k-means: %d clusters on %d frames of %d utterances (%.1f%%) x %d dims; needs about %.1f MiB of memory",
-        num_clusters, num_frames, len(selection), 100 * config.percent, reader.feature_dim, need / 2**20,
+        num_clusters,
+        num_frames,
+        len(selection),
+        100 * config.percent,
+        reader.feature_dim,
+        need / 2**20,
     )
     feats = reader.gather(selection)  # (N, D) float32; NaN/inf is an error naming shard and utterance
     km = MiniBatchKMeans(
@@ -267,7 +284,12 @@ def label(
 
     write_pair(out_dir / LABELS, write_labels, out_dir / DICT, write_dict)
     used = int((counts > 0).sum())
-    logger.info("labelled %d utterances, %d frames; %d of %d units used; wrote %s",
-                len(labels), int(counts.sum()), used, model.num_clusters, out_dir / "labels")
+    logger.info(
+        "labelled %d utterances, %d frames; %d of %d units used; wrote %s",
+        len(labels),
+        int(counts.sum()),
+        used,
+        model.num_clusters,
+        out_dir / "labels",
+    )
     return labels
-

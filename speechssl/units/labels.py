@@ -41,7 +41,9 @@ def read_labels(path: str | Path) -> dict[str, list[int]]:
         try:
             labels[utt] = parse_unit_ids(value)
         except ValueError:
-            raise ValueError(f"{path}:{lineno}: utterance '{utt}': units must be integers, found '{value[:40]}'") from None
+            raise ValueError(
+                f"{path}:{lineno}: utterance '{utt}': units must be integers, found '{value[:40]}'"
+            ) from None
     return labels
 
 

@@ -89,7 +89,9 @@ def joint_counts(
     unit_frames = np.fromiter((u for _, us in pairs for u in us), dtype=np.int64)
     if not phone_frames:
         raise ValueError("no frames to score")
-    phone_names, phone_idx = np.unique(np.asarray(phone_frames, dtype=object).astype(str), return_inverse=True)
+    phone_names, phone_idx = np.unique(
+        np.asarray(phone_frames, dtype=object).astype(str), return_inverse=True
+    )
     unit_names, unit_idx = np.unique(unit_frames, return_inverse=True)
     counts = np.zeros((len(phone_names), len(unit_names)), dtype=np.int64)  # (P, U)
     np.add.at(counts, (phone_idx.ravel(), unit_idx.ravel()), 1)
@@ -114,8 +116,11 @@ def unit_quality(
             f"no utterance has both unit labels ({len(units)} utts) and phone alignments ({len(phones)} utts)"
         )
     if len(common) < len(units):
-        logger.warning("%d of %d labelled utterances have no alignment; scoring the rest",
-                       len(units) - len(common), len(units))
+        logger.warning(
+            "%d of %d labelled utterances have no alignment; scoring the rest",
+            len(units) - len(common),
+            len(units),
+        )
     pairs, errors, trimmed = [], [], 0
     for utt in common:
         try:

@@ -83,7 +83,9 @@ def write_json(
     record_output(path, COMMAND)  # a re-run may replace it
 
 
-def plot_quality(results: Mapping[str, UnitQuality], path: str | Path, *, title: str = "Unit quality") -> None:
+def plot_quality(
+    results: Mapping[str, UnitQuality], path: str | Path, *, title: str = "Unit quality"
+) -> None:
     """Grouped bars (PNMI, phone purity, cluster purity) per label set, as a PNG (atomic)."""
     import matplotlib
 

@@ -17,13 +17,17 @@ ROW_KEYS = {"group", "name", "ours", "reference", "unit", "ratio", "higher_is_be
 
 def test_ratio_is_oriented_so_that_above_one_is_better():
     assert make_row("g", "fast", 4.0, 2.0, "audio-s/s").ratio == 2.0  # throughput: ours / ref
-    assert make_row("g", "small", 100.0, 300.0, "MiB", higher_is_better=False).ratio == 3.0  # cost: ref / ours
+    assert (
+        make_row("g", "small", 100.0, 300.0, "MiB", higher_is_better=False).ratio == 3.0
+    )  # cost: ref / ours
     assert make_row("g", "none", 1.0, None, "x").ratio is None
 
 
 def test_interleaved_timing_calls_contenders_round_robin():
     calls: list[str] = []
-    medians = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, warmup=1, repeats=2)
+    medians = time_interleaved(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, warmup=1, repeats=2
+    )
     assert calls == ["a", "b"] * 3 and set(medians) == {"a", "b"}
 
 
@@ -35,7 +39,18 @@ def test_fast_calls_are_repeated_up_to_the_cap():
 
 def test_cli_writes_json_and_markdown(tmp_path):
     out_json, out_md = tmp_path / "bench.json", tmp_path / "bench.md"
-    args = ["--tiny", "--no-memory", "--only", "head", "units", "compression", "--json", str(out_json), "--md", str(out_md)]
+    args = [
+        "--tiny",
+        "--no-memory",
+        "--only",
+        "head",
+        "units",
+        "compression",
+        "--json",
+        str(out_json),
+        "--md",
+        str(out_md),
+    ]
     assert main(args) == 0
     data = json.loads(out_json.read_text())
     assert {"date", "cpu", "torch", "threads", "mode"} <= set(data["meta"]) and data["meta"]["mode"] == "tiny"
@@ -50,8 +65,11 @@ def test_cli_writes_json_and_markdown(tmp_path):
 
 
 def test_memory_probe_rows(tmp_path):
-    spec = Spec(module="benchmarks.head", factory="head_step",
-                kwargs={"contender": "linear", "num_frames": 32, "embed_dim": 16, "num_classes": 8, "final_dim": 8})
+    spec = Spec(
+        module="benchmarks.head",
+        factory="head_step",
+        kwargs={"contender": "linear", "num_frames": 32, "embed_dim": 16, "num_classes": 8, "final_dim": 8},
+    )
     (mib,) = peak_memory_mib([spec], threads=1)
     assert mib is not None and mib >= 0
     rows = run_cases("g", [Case(name="c", work=32, unit="frames/s", contenders={"ours": spec, "other": spec})],

@@ -13,7 +13,9 @@ def test_compare_refuses_a_file_it_did_not_write_before_timing_anything(tmp_path
     out.write_text("my notes")
     import speechssl.cli.compare as cli_compare
 
-    monkeypatch.setattr(cli_compare, "compare_upstreams", lambda *a, **k: (_ for _ in ()).throw(AssertionError("timed")))
+    monkeypatch.setattr(
+        cli_compare, "compare_upstreams", lambda *a, **k: (_ for _ in ()).throw(AssertionError("timed"))
+    )
     args = ["compare", "--upstreams", f"teacher={tmp_path / 'teacher'}", "--seconds", "0.5", "--repeats", "1",
             "--out", str(out)]  # fmt: skip
     assert main(args) == 1
@@ -34,6 +36,9 @@ def test_compare_never_writes_over_a_file_of_a_compared_model(tmp_path, capsys):
             "--out", str(tmp_path / "teacher" / "config.md"), "--overwrite"]  # fmt: skip
     (tmp_path / "teacher" / "config.json").write_text("{}")  # the .json twin would land here
     assert main(args) == 1
-    assert "(an input of this command); compare never writes over it, even with --overwrite" in capsys.readouterr().err
+    assert (
+        "(an input of this command); compare never writes over it, even with --overwrite"
+        in capsys.readouterr().err
+    )
     assert (tmp_path / "teacher" / "config.yaml").read_bytes() == before
     assert (tmp_path / "teacher" / "config.json").read_text() == "{}"

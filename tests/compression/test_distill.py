@@ -48,8 +48,9 @@ def test_student_reproduces_teacher_lower_layers_at_step_zero():
 def test_loss_decreases_and_teacher_is_frozen():
     teacher, config = _teacher()
     student, _ = build_student(teacher, config, StudentConfig(num_layers=1))
-    distiller = Distiller(student, teacher, teacher_layers=[2, 4], student_layers=[1, 1], heads=True,
-                          loss=LossConfig()).train()
+    distiller = Distiller(
+        student, teacher, teacher_layers=[2, 4], student_layers=[1, 1], heads=True, loss=LossConfig()
+    ).train()
     assert not distiller.teacher.training
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     optimizer = torch.optim.AdamW([p for p in distiller.parameters() if p.requires_grad], lr=3e-3)
@@ -85,8 +86,9 @@ def test_masking_distillation_masks_the_student_only():
     teacher, config = _teacher(num_layers=2)
     student, _ = build_student(teacher, config, StudentConfig(num_layers=2))
     mask = MaskConfig(mask_prob=0.5, mask_length=2, min_masks=1)
-    distiller = Distiller(student, teacher, teacher_layers=[2], student_layers=[2], heads=False,
-                          loss=LossConfig(), mask=mask).train()
+    distiller = Distiller(
+        student, teacher, teacher_layers=[2], student_layers=[2], heads=False, loss=LossConfig(), mask=mask
+    ).train()
     wavs, lens = random_waves([6000, 4000])
     with torch.no_grad():
         _, masked = distiller.distill_loss(wavs, lens)
@@ -104,8 +106,14 @@ def test_config_errors():
     with pytest.raises(ValueError, match=r"student.init_layers \[3\] exceed the teacher's 2 layers"):
         build_student(teacher, config, StudentConfig(num_layers=1, init_layers=[3]))
     with pytest.raises(ValueError, match=r"target layers \[4, 8, 12\] exceed the teacher's 2 layers"):
-        Distiller(teacher, teacher, teacher_layers=[4, 8, 12], student_layers=[1, 1, 1], heads=True,
-                  loss=LossConfig())
+        Distiller(
+            teacher,
+            teacher,
+            teacher_layers=[4, 8, 12],
+            student_layers=[1, 1, 1],
+            heads=True,
+            loss=LossConfig(),
+        )
 
 
 TRAIN = """data: {max_batch_seconds: 4.0, max_seconds: 1.0, num_buckets: 2}
@@ -125,11 +133,27 @@ def _cli_setup(tmp_path, prune_yaml: str, max_steps: int) -> list[str]:
 
 def test_cli_distill_and_prune_write_upstreams(tmp_path):
     common = _cli_setup(tmp_path, "target_sparsity: 0.5\nsparsity_warmup_steps: 2\n", max_steps=3)
-    assert main(["distill", *common, "--config", str(tmp_path / "distill.yaml"), "--out", str(tmp_path / "d")]) == 0
+    assert (
+        main(["distill", *common, "--config", str(tmp_path / "distill.yaml"), "--out", str(tmp_path / "d")])
+        == 0
+    )
     distilled = load_upstream(tmp_path / "d" / "final")
     assert distilled.num_layers == 1
-    assert main(["prune", *common, "--config", str(tmp_path / "prune.yaml"), "--out", str(tmp_path / "p"),
-                 "--final-distill-steps", "2"]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                *common,
+                "--config",
+                str(tmp_path / "prune.yaml"),
+                "--out",
+                str(tmp_path / "p"),
+                "--final-distill-steps",
+                "2",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((tmp_path / "p" / "prune_summary.json").read_text())
     assert abs(summary["pruned_params"] - summary["target_params"]) / summary["target_params"] < 0.02
     pruned = load_upstream(tmp_path / "p" / "pruned")
@@ -143,20 +167,31 @@ def test_cli_distill_and_prune_write_upstreams(tmp_path):
 
 
 def _snapshot(directory):
-    return {str(p.relative_to(directory)): (p.read_bytes() if p.is_file() and not p.is_symlink() else str(p))
-            for p in sorted(directory.rglob("*"))}
+    return {
+        str(p.relative_to(directory)): (p.read_bytes() if p.is_file() and not p.is_symlink() else str(p))
+        for p in sorted(directory.rglob("*"))
+    }
 
 
 def test_distill_and_prune_guard_their_experiment_dirs(tmp_path, capsys):
     """Each command's --out is its own: another command's experiment, a locked dir, an empty --valid and a
     resume with another student are refused in one line before anything in EXP changes."""
     common = _cli_setup(tmp_path, "target_sparsity: 0.5\n", max_steps=2)
-    distill_args = ["distill", *common, "--config", str(tmp_path / "distill.yaml"), "--out", str(tmp_path / "d")]
+    distill_args = [
+        "distill",
+        *common,
+        "--config",
+        str(tmp_path / "distill.yaml"),
+        "--out",
+        str(tmp_path / "d"),
+    ]
     assert main(distill_args) == 0
     before = _snapshot(tmp_path / "d")
     capsys.readouterr()
 
-    assert main(["prune", *common, "--config", str(tmp_path / "prune.yaml"), "--out", str(tmp_path / "d")]) == 1
+    assert (
+        main(["prune", *common, "--config", str(tmp_path / "prune.yaml"), "--out", str(tmp_path / "d")]) == 1
+    )
     assert "is an experiment dir of `speechssl distill`" in capsys.readouterr().err
     assert main([*distill_args, "--resume", "--set", "student.num_layers=2"]) == 1
     err = capsys.readouterr().err.strip()

@@ -46,7 +46,9 @@ def test_frame_counts(shift, count):
     assert len(labels) == count == num_frames_for(1.0, shift)
     # the number of frames per phone follows its duration (to within one frame at the edges)
     for seg in SEGMENTS[1:-1]:
-        n = sum(1 for i, p in enumerate(labels) if p == seg.phone and seg.start <= (i + 0.5) * shift < seg.end)
+        n = sum(
+            1 for i, p in enumerate(labels) if p == seg.phone and seg.start <= (i + 0.5) * shift < seg.end
+        )
         assert abs(n - seg.duration / shift) <= 1
 
 

@@ -118,7 +118,9 @@ def test_multichannel_needs_channel(tmp_path):
     path = tmp_path / "stereo.wav"
     left, right = ramp(800, 0.5), -ramp(800, 0.25)
     sf.write(path, np.stack([left, right], axis=1), 16000, subtype="FLOAT")
-    with pytest.raises(AudioError, match=r"utterance 'u1' .*has 2 channels and speechssl reads mono audio: .*channel=0..1"):
+    with pytest.raises(
+        AudioError, match=r"utterance 'u1' .*has 2 channels and speechssl reads mono audio: .*channel=0..1"
+    ):
         load_audio(path, utt_id="u1")
     np.testing.assert_allclose(load_audio(path, channel=1).numpy(), right, atol=1e-7)
     np.testing.assert_allclose(load_audio(path, channel=0).numpy(), left, atol=1e-7)
@@ -190,7 +192,9 @@ def test_fifo_is_refused_without_blocking(tmp_path):
 
     fifo = tmp_path / "a.wav"
     os.mkfifo(fifo)  # nobody writes it: opening it would block forever
-    with pytest.raises(AudioError, match=rf"utterance 'u1' \({fifo}\): is a FIFO \(named pipe\), not an audio file"):
+    with pytest.raises(
+        AudioError, match=rf"utterance 'u1' \({fifo}\): is a FIFO \(named pipe\), not an audio file"
+    ):
         audio_info(fifo, utt_id="u1")
     with pytest.raises(AudioError, match="is a FIFO"):
         load_audio(fifo, utt_id="u1")

@@ -21,7 +21,9 @@ def test_training_loader_is_the_bucket_sampler_sharded_and_seeded(dataset):
     config = BatchingConfig(max_batch_seconds=2.0, num_buckets=2)
     for rank in range(2):
         loader = build_loader(dataset, config, train=True, seed=5, rank=rank, world_size=2)
-        expected = DurationBucketSampler(dataset.durations, 2.0, num_replicas=2, rank=rank, seed=5, num_buckets=2)
+        expected = DurationBucketSampler(
+            dataset.durations, 2.0, num_replicas=2, rank=rank, seed=5, num_buckets=2
+        )
         for epoch in range(2):
             loader.batch_sampler.set_epoch(epoch)
             expected.set_epoch(epoch)
@@ -32,7 +34,9 @@ def test_training_drops_long_utterances_unless_they_are_cropped(dataset):
     cap = sorted(dataset.durations)[-3]  # two utterances are longer
     dropping = build_loader(dataset, BatchingConfig(max_batch_seconds=cap), train=True, seed=0)
     assert dropping.batch_sampler.num_dropped == 2
-    cropping = build_loader(dataset, BatchingConfig(max_batch_seconds=cap, max_seconds=cap), train=True, seed=0)
+    cropping = build_loader(
+        dataset, BatchingConfig(max_batch_seconds=cap, max_seconds=cap), train=True, seed=0
+    )
     assert cropping.batch_sampler.num_dropped == 0 and len(cropping.batch_sampler.crops) == 2
 
 
@@ -45,29 +49,44 @@ def test_evaluation_grows_the_cap_keeps_order_and_every_utterance(dataset):
     assert all(isinstance(b, Batch) for b in batches)
     ids = [u for b in batches for u in b.utt_ids]
     assert sorted(ids) == sorted(dataset.utt_ids())
-    assert [b.utt_ids for b in batches] == [b.utt_ids for b in build_loader(dataset, config, train=False, seed=9)]
+    assert [b.utt_ids for b in batches] == [
+        b.utt_ids for b in build_loader(dataset, config, train=False, seed=9)
+    ]
 
 
 def test_target_padding_of_the_collate(dataset):
     ids = dataset.utt_ids()
-    ds = AudioDataset(dataset.data_dir, targets={"units": {u: "1 " * (k + 1) for k, u in enumerate(ids)}},
-                      target_transforms={"units": lambda v: torch.tensor([int(t) for t in v.split()])})
-    batch = next(iter(build_loader(ds, BatchingConfig(max_batch_seconds=100.0), train=False, seed=0,
-                                   target_pad_value=-1)))
-    assert (batch.targets["units"] == -1).any() and batch["units_lens"].tolist() == batch.target_lens["units"].tolist()
+    ds = AudioDataset(
+        dataset.data_dir,
+        targets={"units": {u: "1 " * (k + 1) for k, u in enumerate(ids)}},
+        target_transforms={"units": lambda v: torch.tensor([int(t) for t in v.split()])},
+    )
+    batch = next(
+        iter(
+            build_loader(
+                ds, BatchingConfig(max_batch_seconds=100.0), train=False, seed=0, target_pad_value=-1
+            )
+        )
+    )
+    assert (batch.targets["units"] == -1).any() and batch["units_lens"].tolist() == batch.target_lens[
+        "units"
+    ].tolist()
     assert batch["utt_ids"] == batch.utt_ids and torch.equal(batch["units"], batch.targets["units"])
     with pytest.raises(KeyError, match="batch has no target 'phones'"):
         batch["phones"]
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"max_batch_seconds": 0.0}, "max_batch_seconds must be a finite number > 0"),
-    ({"max_batch_seconds": float("inf")}, "max_batch_seconds must be a finite number > 0"),
-    ({"max_seconds": -1.0}, "max_seconds must be a finite number > 0"),
-    ({"max_batch_size": 0}, "max_batch_size must be >= 1"),
-    ({"num_buckets": 0}, "num_buckets must be >= 1"),
-    ({"crop": "middle"}, "crop must be 'random' or 'start'"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_batch_seconds": 0.0}, "max_batch_seconds must be a finite number > 0"),
+        ({"max_batch_seconds": float("inf")}, "max_batch_seconds must be a finite number > 0"),
+        ({"max_seconds": -1.0}, "max_seconds must be a finite number > 0"),
+        ({"max_batch_size": 0}, "max_batch_size must be >= 1"),
+        ({"num_buckets": 0}, "num_buckets must be >= 1"),
+        ({"crop": "middle"}, "crop must be 'random' or 'start'"),
+    ],
+)
 def test_config_is_validated(kwargs, message):
     with pytest.raises(ValueError, match=message):
         BatchingConfig(**kwargs)

@@ -31,7 +31,9 @@ def with_foreign_files(d: Path) -> dict[str, bytes]:
     """Files a user keeps in a data dir that are not utterance tables; returns their bytes."""
     (d / "NOTES").write_text("spk1-utt1 recorded twice\nkept on purpose\n")
     (d / "LICENSE").write_text("CC-BY 4.0\n")
-    (d / "spk2age").write_text("spk1 34\nspk2 51\n")  # a speaker table: filtered by speaker, never by utterance
+    (d / "spk2age").write_text(
+        "spk1 34\nspk2 51\n"
+    )  # a speaker table: filtered by speaker, never by utterance
     for utt, audio in DataDir.load(d).wav_scp.items():
         shutil.copy(audio, d / f"{utt}.wav")  # the audio kept beside the tables
     (d / "km50").mkdir()
@@ -63,7 +65,13 @@ def test_unknown_files_beside_the_tables_are_ignored_by_validate_and_fix(data_di
     assert {name: (d / name).read_bytes() for name in foreign} == foreign
     assert (d / "km50" / "labels").read_text() == "spk1-utt1 1 2 3\n"
     assert sorted(p.name for p in (d / ".backup").iterdir()) == [
-        "spk2age", "spk2utt", "text", "utt2dur", "utt2spk", "wav.scp"]  # tables only, not the audio
+        "spk2age",
+        "spk2utt",
+        "text",
+        "utt2dur",
+        "utt2spk",
+        "wav.scp",
+    ]  # tables only, not the audio
     assert validate_data_dir(d) == []
 
 
@@ -80,18 +88,43 @@ def test_speaker_tables_are_filtered_by_speaker_and_never_drop_utterances(data_d
 def test_table_rule_names(tmp_path):
     from speechssl.data.layout import list_data_dir
 
-    for name in ("utt2spk", "utt2lang", "utt2category", "feats.scp", "lid.scp", "phones", "intent",
-                 "reco2channels", "spk2age", "text", "wav.scp"):
+    for name in (
+        "utt2spk",
+        "utt2lang",
+        "utt2category",
+        "feats.scp",
+        "lid.scp",
+        "phones",
+        "intent",
+        "reco2channels",
+        "spk2age",
+        "text",
+        "wav.scp",
+    ):
         (tmp_path / name).write_text("a b\n")
     for name in ("utt2spk.orig", "text~", "wav.scp.bak", "NOTES", "trials", "phone_ctm", "a.wav", ".hidden"):
         (tmp_path / name).write_text("x\n")
     listing = list_data_dir(tmp_path)
     assert listing.tables == {
-        "wav.scp": "wav", "utt2spk": "utterance", "text": "utterance", "phones": "utterance",
-        "intent": "utterance", "feats.scp": "utterance", "lid.scp": "utterance", "utt2category": "utterance",
-        "utt2lang": "utterance", "reco2channels": "recording", "spk2age": "speaker",
+        "wav.scp": "wav",
+        "utt2spk": "utterance",
+        "text": "utterance",
+        "phones": "utterance",
+        "intent": "utterance",
+        "feats.scp": "utterance",
+        "lid.scp": "utterance",
+        "utt2category": "utterance",
+        "utt2lang": "utterance",
+        "reco2channels": "recording",
+        "spk2age": "speaker",
     }
-    assert listing.ignored == ("NOTES", "a.wav", "text~", "utt2spk.orig", "wav.scp.bak")  # trials, phone_ctm: known
+    assert listing.ignored == (
+        "NOTES",
+        "a.wav",
+        "text~",
+        "utt2spk.orig",
+        "wav.scp.bak",
+    )  # trials, phone_ctm: known
 
 
 # ---------------------------------------------------------------- item 3: the first backup is kept
@@ -151,7 +184,8 @@ def test_fix_that_fails_while_writing_leaves_every_table_whole(data_dir, monkeyp
         fix_data_dir(d)
     after = snapshot(d)
     assert {k: v for k, v in after.items() if not k.startswith(".")} == {
-        k: v for k, v in before.items() if not k.startswith(".")}
+        k: v for k, v in before.items() if not k.startswith(".")
+    }
     assert not [p for p in os.listdir(d) if ".tmp" in p]
 
 

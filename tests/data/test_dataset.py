@@ -190,8 +190,20 @@ def test_class_index():
 
 def test_collate_pads_audio_and_targets():
     items = [
-        {"utt_id": "a", "wav": torch.ones(5), "units": torch.tensor([1, 2]), "spk": torch.tensor(0), "text": "A"},
-        {"utt_id": "b", "wav": torch.ones(3), "units": torch.tensor([3, 4, 5]), "spk": torch.tensor(1), "text": "B"},
+        {
+            "utt_id": "a",
+            "wav": torch.ones(5),
+            "units": torch.tensor([1, 2]),
+            "spk": torch.tensor(0),
+            "text": "A",
+        },
+        {
+            "utt_id": "b",
+            "wav": torch.ones(3),
+            "units": torch.tensor([3, 4, 5]),
+            "spk": torch.tensor(1),
+            "text": "B",
+        },
     ]
     batch = collate_audio(items)
     assert isinstance(batch, Batch) and batch.utt_ids == ["a", "b"] and len(batch) == 2

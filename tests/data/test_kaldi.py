@@ -42,8 +42,14 @@ def test_scan_table_reports_every_problem_with_lines(tmp_path):
 
 
 def test_problem_str_names_file_line_and_id():
-    assert str(Problem("d/text", 3, "u1", "empty transcript", ProblemKind.EMPTY_TEXT)) == "d/text:3: 'u1' empty transcript"
-    assert str(Problem("d/spk2utt", None, None, "is missing", ProblemKind.MISSING_FILE)) == "d/spk2utt: is missing"
+    assert (
+        str(Problem("d/text", 3, "u1", "empty transcript", ProblemKind.EMPTY_TEXT))
+        == "d/text:3: 'u1' empty transcript"
+    )
+    assert (
+        str(Problem("d/spk2utt", None, None, "is missing", ProblemKind.MISSING_FILE))
+        == "d/spk2utt: is missing"
+    )
 
 
 def test_atomic_file_replaces_on_success_and_keeps_the_old_file_on_error(tmp_path):

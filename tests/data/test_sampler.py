@@ -60,7 +60,9 @@ def test_every_utterance_once_per_epoch_across_ranks(case):
     s0 = samplers[0]
     expected = set(range(len(case["durations"]))) - set(s0.dropped)
     if case["long_utterances"] == "drop":
-        assert set(s0.dropped) == {i for i, d in enumerate(case["durations"]) if d > case["max_batch_seconds"] + _EPS}
+        assert set(s0.dropped) == {
+            i for i, d in enumerate(case["durations"]) if d > case["max_batch_seconds"] + _EPS
+        }
         assert s0.num_dropped == len(s0.dropped)
     else:
         assert s0.num_dropped == 0
@@ -159,7 +161,9 @@ def test_load_state_dict_refuses_changed_settings():
     with pytest.raises(ValueError, match="the dataset's durations was"):
         DurationBucketSampler([1.0, 2.0, 3.5], 4.0, num_replicas=2).load_state_dict(state)
     with pytest.raises(ValueError, match="batches_yielded=99 outside"):
-        DurationBucketSampler([1.0, 2.0, 3.0], 4.0, num_replicas=2).load_state_dict({**state, "batches_yielded": 99})
+        DurationBucketSampler([1.0, 2.0, 3.0], 4.0, num_replicas=2).load_state_dict(
+            {**state, "batches_yielded": 99}
+        )
 
 
 def test_balancing_splits_batches_instead_of_repeating():

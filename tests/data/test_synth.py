@@ -59,7 +59,9 @@ def test_aligned_phones_are_in_the_inventory_and_match_phones_file(corpus):
     root, summary, _ = corpus
     inventory = set(summary["phone_inventory"])
     assert SILENCE_PHONE in inventory
-    assert [line.split()[0] for line in (root / "phones.txt").read_text().splitlines()] == summary["phone_inventory"]
+    assert [line.split()[0] for line in (root / "phones.txt").read_text().splitlines()] == summary[
+        "phone_inventory"
+    ]
     used = set()
     for d in DATA_DIRS:
         phones = read_table(root / d / "phones")
@@ -130,7 +132,11 @@ def test_task_files(corpus):
         intents = read_table(root / "commands" / split / "intent")
         for uttid, value in intents.items():
             action, obj, location = value.split()
-            assert action in synth_text.ACTIONS and obj in synth_text.OBJECTS and location in synth_text.LOCATIONS
+            assert (
+                action in synth_text.ACTIONS
+                and obj in synth_text.OBJECTS
+                and location in synth_text.LOCATIONS
+            )
             assert obj in read_table(root / "commands" / split / "text")[uttid]
     assert len(synth_text.all_intents()) >= 24
     trials = [line.split() for line in (root / "asv/test/trials").read_text().splitlines()]

@@ -25,17 +25,20 @@ def _tone_corpus(root: Path) -> None:
     phones = ["a b c", "b c", "c a b a", "a c"]
     rng = np.random.default_rng(0)
     for subset, count in (("read", 4), ("keywords", 8), ("commands", 6), ("asv", 6)):
-        for split in (("test",) if subset == "asv" else ("train", "dev", "test")):
+        for split in ("test",) if subset == "asv" else ("train", "dev", "test"):
             d = root / subset / split
             d.mkdir(parents=True)
-            tables: dict[str, dict[str, str]] = {n: {} for n in ("wav.scp", "utt2spk", "text", "phones", "intent",
-                                                                 "utt2dur")}
+            tables: dict[str, dict[str, str]] = {
+                n: {} for n in ("wav.scp", "utt2spk", "text", "phones", "intent", "utt2dur")
+            }
             for k in range(count):
                 spk = f"spk{k % 3 + (10 if subset == 'asv' else 1):03d}"
                 utt = f"{spk}-{subset}-{split}-{k:04d}"
                 label = k % 4
                 seconds = round(0.6 + 0.1 * rng.integers(0, 4), 2)
-                tables["wav.scp"][utt] = write_tone(root / "wav" / f"{utt}.wav", seconds, freq=200.0 + 100 * label)
+                tables["wav.scp"][utt] = write_tone(
+                    root / "wav" / f"{utt}.wav", seconds, freq=200.0 + 100 * label
+                )
                 tables["utt2spk"][utt] = spk
                 tables["text"][utt] = keywords[label] if subset == "keywords" else f"{keywords[label]} go"
                 tables["phones"][utt] = phones[label]
@@ -50,9 +53,14 @@ def _tone_corpus(root: Path) -> None:
             write_table(d / "spk2utt", spk2utt)
             if subset == "asv":
                 ids = sorted(tables["utt2spk"])
-                atomic_write_text(d / "trials", "".join(
-                    f"{a} {b} {'target' if tables['utt2spk'][a] == tables['utt2spk'][b] else 'nontarget'}\n"
-                    for i, a in enumerate(ids) for b in ids[i + 1:]))
+                atomic_write_text(
+                    d / "trials",
+                    "".join(
+                        f"{a} {b} {'target' if tables['utt2spk'][a] == tables['utt2spk'][b] else 'nontarget'}\n"
+                        for i, a in enumerate(ids)
+                        for b in ids[i + 1 :]
+                    ),
+                )
 
 
 @pytest.fixture(scope="session")

@@ -46,7 +46,9 @@ def test_weighted_sum_without_norm_is_mean_at_init():
 
 def test_single_and_last_layer_pick_the_tensor():
     hs = _hidden()
-    assert build_featurizer(FeaturizerConfig(name="layer", layer=1), L, D)(hs, torch.tensor([7, 7]))[0] is hs[1]
+    assert (
+        build_featurizer(FeaturizerConfig(name="layer", layer=1), L, D)(hs, torch.tensor([7, 7]))[0] is hs[1]
+    )
     assert build_featurizer(FeaturizerConfig(name="last"), L, D)(hs, torch.tensor([7, 7]))[0] is hs[-1]
     with pytest.raises(ValueError, match="layer 9 is out of range .* 5 hidden states"):
         build_featurizer(FeaturizerConfig(name="layer", layer=9), L, D)
@@ -77,7 +79,9 @@ def test_hconv_is_per_frame():
 
 
 def test_unknown_featurizer_lists_valid_names():
-    with pytest.raises(ValueError, match="unknown featurizer 'wsum'; valid featurizers: weighted_sum, layer, last, hconv"):
+    with pytest.raises(
+        ValueError, match="unknown featurizer 'wsum'; valid featurizers: weighted_sum, layer, last, hconv"
+    ):
         FeaturizerConfig(name="wsum")
 
 

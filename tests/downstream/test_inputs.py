@@ -51,11 +51,30 @@ def test_empty_dev_split_is_refused_before_any_step(task_data, tmp_path, capsys)
     for name in os.listdir(data / "dev"):
         (data / "dev" / name).write_text("")  # a dev dir whose preparation went wrong
     out = tmp_path / "exp"
-    with pytest.raises(DataCheckError, match=rf"{data}/dev: the split has no utterances \(.*/dev/\w+ is empty\)"):
+    with pytest.raises(
+        DataCheckError, match=rf"{data}/dev: the split has no utterances \(.*/dev/\w+ is empty\)"
+    ):
         train_downstream("ks", "fbank", data, out, small_config(), max_steps=2)
     assert not out.exists()  # no checkpoint, no record: nothing was spent
-    assert main(["downstream", "train", "--task", "ks", "--upstream", "fbank", "--data", str(data),
-                 "--out", str(out), "--max-steps", "2"]) == 1
+    assert (
+        main(
+            [
+                "downstream",
+                "train",
+                "--task",
+                "ks",
+                "--upstream",
+                "fbank",
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--max-steps",
+                "2",
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert "the split has no utterances" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
@@ -80,7 +99,9 @@ def test_asv_trials_naming_an_unknown_utterance_are_refused_at_start_up(task_dat
     lines.insert(2, f"{enroll} spk999-ghost-0001 nontarget")
     trials.write_text("\n".join(lines) + "\n")
     out = tmp_path / "exp"
-    with pytest.raises(DataCheckError, match=rf"{trials}:3: utterance 'spk999-ghost-0001' is not in {data}/dev"):
+    with pytest.raises(
+        DataCheckError, match=rf"{trials}:3: utterance 'spk999-ghost-0001' is not in {data}/dev"
+    ):
         train_downstream("asv", "fbank", data, out, small_config(), max_steps=2)
     assert not out.exists()
     trials.write_text("".join(f"{line}\n" for line in lines if line.endswith(" target")))
@@ -93,9 +114,12 @@ def test_unseen_test_label_is_refused_naming_file_line_and_label(task_data, tmp_
     data = _task_copy(task_data["ks"], tmp_path / "ks", copy=("test",))
     utt = _edit_line(data / "test" / "text", 2, "zebra")
     out = tmp_path / "exp"
-    with pytest.raises(DataCheckError, match=rf"{data}/test/text:2: keyword 'zebra' of utterance '{utt}' is not in "
-                                             r"the training set \(\d+ known\); declare it in .*labels.txt or set "
-                                             "unknown_label"):
+    with pytest.raises(
+        DataCheckError,
+        match=rf"{data}/test/text:2: keyword 'zebra' of utterance '{utt}' is not in "
+        r"the training set \(\d+ known\); declare it in .*labels.txt or set "
+        "unknown_label",
+    ):
         train_downstream("ks", "fbank", data, out, small_config(), max_steps=2)
     assert not out.exists()
     # a mapping to a class that train does not have is refused too, naming the option
@@ -150,8 +174,11 @@ def test_fresh_train_refuses_foreign_files_and_an_earlier_run(task_data, tmp_pat
     own = tmp_path / "own"
     train_downstream("ks", "fbank", task_data["ks"], own, small_config(), max_steps=1)
     before = {p: p.stat().st_mtime_ns for p in own.rglob("*") if p.is_file()}
-    with pytest.raises(OutputExistsError, match=r"holds an earlier downstream run \(downstream.yaml\): continue it "
-                                                "with --resume"):
+    with pytest.raises(
+        OutputExistsError,
+        match=r"holds an earlier downstream run \(downstream.yaml\): continue it "
+        "with --resume",
+    ):
         train_downstream("ks", "fbank", task_data["ks"], own, small_config(), max_steps=1)
     assert {p: p.stat().st_mtime_ns for p in own.rglob("*") if p.is_file()} == before
 
@@ -175,13 +202,36 @@ _HOLDER = textwrap.dedent(
 def test_two_concurrent_trains_on_one_out_second_is_refused_naming_the_holder(task_data, tmp_path, capsys):
     out = tmp_path / "exp"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(task_data["ks"]), str(out)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(task_data["ks"]), str(out)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "training", holder.stderr.read()
         record = (out / "downstream.yaml").read_text()
-        assert main(["downstream", "train", "--task", "ks", "--upstream", "fbank", "--data", str(task_data["ks"]),
-                     "--out", str(out), "--max-steps", "1", "--resume"]) == 1
+        assert (
+            main(
+                [
+                    "downstream",
+                    "train",
+                    "--task",
+                    "ks",
+                    "--upstream",
+                    "fbank",
+                    "--data",
+                    str(task_data["ks"]),
+                    "--out",
+                    str(out),
+                    "--max-steps",
+                    "1",
+                    "--resume",
+                ]
+            )
+            == 1
+        )
         err = capsys.readouterr().err
         assert f"is in use by `speechssl downstream train` (pid {holder.pid} on host" in err
         assert len(err.strip().splitlines()) == 1
@@ -201,7 +251,10 @@ def test_report_into_a_foreign_dir_is_refused_with_its_files_intact(task_data, t
     assert main(["downstream", "report", "--exps", str(exp), "--out", str(mine)]) == 1
     err = capsys.readouterr().err
     assert "already holds files that `speechssl downstream report` did not write (results.md)" in err
-    assert sorted(os.listdir(mine)) == ["results.md"] and (mine / "results.md").read_text() == "my hand-edited table"
+    assert (
+        sorted(os.listdir(mine)) == ["results.md"]
+        and (mine / "results.md").read_text() == "my hand-edited table"
+    )
     # its own earlier report is rewritten; a foreign dir only with --overwrite; never an experiment
     report = tmp_path / "report"
     assert main(["downstream", "report", "--exps", str(exp), "--out", str(report)]) == 0
@@ -217,12 +270,30 @@ def test_tokenizer_into_a_foreign_dir_is_refused_with_its_files_intact(tmp_path,
     out = tmp_path / "tok"
     out.mkdir()
     (out / "spm.model").write_text("someone else's model")
-    assert main(["downstream", "tokenizer", "--text", str(text), "--vocab-size", "20", "--out", str(out)]) == 1
+    assert (
+        main(["downstream", "tokenizer", "--text", str(text), "--vocab-size", "20", "--out", str(out)]) == 1
+    )
     assert "did not write (spm.model)" in capsys.readouterr().err
     assert (out / "spm.model").read_text() == "someone else's model"
-    assert main(["downstream", "tokenizer", "--text", str(text), "--vocab-size", "20", "--out", str(out),
-                 "--overwrite"]) == 0
-    assert main(["downstream", "tokenizer", "--text", str(text), "--vocab-size", "20", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "downstream",
+                "tokenizer",
+                "--text",
+                str(text),
+                "--vocab-size",
+                "20",
+                "--out",
+                str(out),
+                "--overwrite",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(["downstream", "tokenizer", "--text", str(text), "--vocab-size", "20", "--out", str(out)]) == 0
+    )
     assert not [p for p in os.listdir(out) if ".tmp" in p]  # no temp dir of the training is left
 
 
@@ -235,9 +306,14 @@ def test_asr_uses_the_model_of_downstream_tokenizer(task_data, tmp_path):
     train_downstream("asr", "fbank", task_data["asr"], out, config, max_steps=1)
     assert (out / "task" / "spm.model").read_bytes() == model.read_bytes()  # the experiment keeps its copy
     with pytest.raises(FileNotFoundError, match="sentencepiece_model .*/nothing.model does not exist"):
-        train_downstream("asr", "fbank", task_data["asr"], tmp_path / "x",
-                         small_config(asr_units="sentencepiece", sentencepiece_model=str(tmp_path / "nothing.model")),
-                         max_steps=1)
+        train_downstream(
+            "asr",
+            "fbank",
+            task_data["asr"],
+            tmp_path / "x",
+            small_config(asr_units="sentencepiece", sentencepiece_model=str(tmp_path / "nothing.model")),
+            max_steps=1,
+        )
     assert not (tmp_path / "x").exists()
 
 
@@ -249,8 +325,11 @@ def test_a_config_with_the_old_batch_seconds_key_says_its_new_name(tmp_path, con
     cls = DownstreamConfig if config_class == "downstream" else CTCFinetuneConfig
     conf = tmp_path / "old.yaml"
     conf.write_text("batch_seconds: 32.0\n")
-    with pytest.raises(ConfigError, match=r"unknown key 'batch_seconds' in .*old\.yaml: batch_seconds is now "
-                                          r"max_batch_seconds"):
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown key 'batch_seconds' in .*old\.yaml: batch_seconds is now "
+        r"max_batch_seconds",
+    ):
         load_config(cls, conf)
     conf.write_text("max_batch_seconds: 32.0\n")
     assert load_config(cls, conf).batching().max_batch_seconds == 32.0

@@ -15,8 +15,13 @@ from speechssl.downstream.runner import default_upstream_name
 
 
 def test_default_name_is_the_run_not_a_generic_folder(tmp_path):
-    for sub in ("exp/hubert_iter2/checkpoints/last", "exp/hubert_iter2/checkpoints/step_20", "exp/distill/final",
-                "exp/ft/final/upstream", "hf/wavlm_base"):
+    for sub in (
+        "exp/hubert_iter2/checkpoints/last",
+        "exp/hubert_iter2/checkpoints/step_20",
+        "exp/distill/final",
+        "exp/ft/final/upstream",
+        "hf/wavlm_base",
+    ):
         (tmp_path / sub).mkdir(parents=True)
     (tmp_path / "hubert_base_ls960.pt").write_bytes(b"")
     assert default_upstream_name("fbank") == "fbank"
@@ -29,31 +34,58 @@ def test_default_name_is_the_run_not_a_generic_folder(tmp_path):
     assert default_upstream_name(tmp_path / "exp/hubert_iter2/checkpoints/last/../step_20") == "hubert_iter2"
 
 
-def _experiment(root, exp: str, task: str, value: float, *, source: str, name: str | None = None,
-                upstream: str = "last"):
+def _experiment(
+    root, exp: str, task: str, value: float, *, source: str, name: str | None = None, upstream: str = "last"
+):
     """An evaluated experiment as `downstream train` + `evaluate` leave it (record and results)."""
     d = root / exp
     d.mkdir()
-    record = {"task": task, "upstream": source, **({"name": name} if name else {}), "data_dir": "/d", "config": {}}
+    record = {
+        "task": task,
+        "upstream": source,
+        **({"name": name} if name else {}),
+        "data_dir": "/d",
+        "config": {},
+    }
     (d / "downstream.yaml").write_text(yaml.safe_dump(record))
-    (d / "results_test.json").write_text(json.dumps({
-        "task": task, "metric": "accuracy", "value": value, "split": "test", "upstream": upstream,
-        "upstream_source": source, "metrics": {"accuracy": value}, "layer_weights": [0.5, 0.5]}))
+    (d / "results_test.json").write_text(
+        json.dumps(
+            {
+                "task": task,
+                "metric": "accuracy",
+                "value": value,
+                "split": "test",
+                "upstream": upstream,
+                "upstream_source": source,
+                "metrics": {"accuracy": value},
+                "layer_weights": [0.5, 0.5],
+            }
+        )
+    )
     return d
 
 
 def test_report_names_columns_by_the_record_and_refuses_a_collision(tmp_path):
-    a = _experiment(tmp_path, "ks_a", "ks", 0.5, source="exp/hubert_iter1/checkpoints/last", name="hubert_iter1")
-    b = _experiment(tmp_path, "ks_b", "ks", 0.75, source="exp/hubert_iter2/checkpoints/last", name="hubert_iter2")
-    old = _experiment(tmp_path, "ks_old", "ks", 0.25, source="fbank", upstream="fbank")  # a record without a name
+    a = _experiment(
+        tmp_path, "ks_a", "ks", 0.5, source="exp/hubert_iter1/checkpoints/last", name="hubert_iter1"
+    )
+    b = _experiment(
+        tmp_path, "ks_b", "ks", 0.75, source="exp/hubert_iter2/checkpoints/last", name="hubert_iter2"
+    )
+    old = _experiment(
+        tmp_path, "ks_old", "ks", 0.25, source="fbank", upstream="fbank"
+    )  # a record without a name
     table = json.loads(write_report([a, b, old], tmp_path / "report")["json"].read_text())
     assert table["upstreams"] == ["hubert_iter1", "hubert_iter2", "fbank"]
     assert table["tasks"]["ks"]["values"] == {"hubert_iter1": 0.5, "hubert_iter2": 0.75, "fbank": 0.25}
 
     c = _experiment(tmp_path, "ks_c", "ks", 0.6, source="other/checkpoints/last", name="hubert_iter2")
-    with pytest.raises(ValueError, match=r"two experiments give task ks for upstream hubert_iter2 \(.*ks_b from "
-                                         r"exp/hubert_iter2/checkpoints/last and .*ks_c from other/checkpoints/last\)"
-                                         r".*speechssl downstream train --name"):
+    with pytest.raises(
+        ValueError,
+        match=r"two experiments give task ks for upstream hubert_iter2 \(.*ks_b from "
+        r"exp/hubert_iter2/checkpoints/last and .*ks_c from other/checkpoints/last\)"
+        r".*speechssl downstream train --name",
+    ):
         write_report([a, b, c], tmp_path / "report2")
     assert not (tmp_path / "report2").exists()
 
@@ -74,8 +106,29 @@ def test_cli_name_goes_into_the_record_results_and_report(task_data, tmp_path, c
     exps = []
     for name in ("fbank_a", "fbank_b"):
         exp = tmp_path / f"ks_{name}"
-        assert main(["downstream", "train", "--task", "ks", "--upstream", "fbank", "--name", name,
-                     "--data", str(task_data["ks"]), "--out", str(exp), "--config", str(conf), "--max-steps", "1"]) == 0
+        assert (
+            main(
+                [
+                    "downstream",
+                    "train",
+                    "--task",
+                    "ks",
+                    "--upstream",
+                    "fbank",
+                    "--name",
+                    name,
+                    "--data",
+                    str(task_data["ks"]),
+                    "--out",
+                    str(exp),
+                    "--config",
+                    str(conf),
+                    "--max-steps",
+                    "1",
+                ]
+            )
+            == 0
+        )
         assert yaml.safe_load((exp / "downstream.yaml").read_text())["name"] == name
         assert main(["downstream", "evaluate", "--out", str(exp)]) == 0
         assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["upstream"] == name
@@ -83,10 +136,47 @@ def test_cli_name_goes_into_the_record_results_and_report(task_data, tmp_path, c
     assert main(["downstream", "report", "--exps", *exps, "--out", str(tmp_path / "report")]) == 0
     assert "| task | metric | fbank_a | fbank_b |" in (tmp_path / "report" / "results.md").read_text()
     # a resumed run keeps its name; a bad name is refused before anything is written
-    assert main(["downstream", "train", "--task", "ks", "--upstream", "fbank", "--data", str(task_data["ks"]),
-                 "--out", exps[0], "--config", str(conf), "--max-steps", "1", "--resume"]) == 0
+    assert (
+        main(
+            [
+                "downstream",
+                "train",
+                "--task",
+                "ks",
+                "--upstream",
+                "fbank",
+                "--data",
+                str(task_data["ks"]),
+                "--out",
+                exps[0],
+                "--config",
+                str(conf),
+                "--max-steps",
+                "1",
+                "--resume",
+            ]
+        )
+        == 0
+    )
     assert yaml.safe_load((tmp_path / "ks_fbank_a" / "downstream.yaml").read_text())["name"] == "fbank_a"
-    assert main(["downstream", "train", "--task", "ks", "--upstream", "fbank", "--name", "a|b",
-                 "--data", str(task_data["ks"]), "--out", str(tmp_path / "x")]) == 1
+    assert (
+        main(
+            [
+                "downstream",
+                "train",
+                "--task",
+                "ks",
+                "--upstream",
+                "fbank",
+                "--name",
+                "a|b",
+                "--data",
+                str(task_data["ks"]),
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 1
+    )
     assert "upstream name 'a|b' must be non-empty text without '|'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

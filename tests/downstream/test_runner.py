@@ -81,7 +81,9 @@ def test_every_task_trains_and_writes_results(task, task_data, tiny_upstream, tm
     assert best["step"] in (2, 3) and (out / "best.json").is_file()
     results = evaluate_downstream(out)
     assert json.loads((out / "results.json").read_text()) == results
-    assert {"task", "metric", "value", "split", "upstream", "trainable_params", "total_params"} <= set(results)
+    assert {"task", "metric", "value", "split", "upstream", "trainable_params", "total_params"} <= set(
+        results
+    )
     assert results["task"] == task and results["split"] == "test" and results["upstream"] == "hubert_tiny"
     assert 0.0 <= results["value"] <= (10.0 if task in ("pr", "asr") else 1.0)
     assert len(results["layer_weights"]) == 3  # hubert_tiny: 2 layers + their input
@@ -106,7 +108,9 @@ def test_resume_skips_finished_runs(task_data, tmp_path):
     again = train_downstream("ks", "fbank", task_data["ks"], out, small_config(), max_steps=2, resume=True)
     assert again["step"] == first["step"]
     assert (out / "checkpoints" / "step_2" / "model.safetensors").stat().st_mtime_ns == mtime
-    with pytest.raises(ValueError, match="cannot resume task sid / upstream fbank in an experiment of task ks"):
+    with pytest.raises(
+        ValueError, match="cannot resume task sid / upstream fbank in an experiment of task ks"
+    ):
         train_downstream("sid", "fbank", task_data["sid"], out, small_config(), max_steps=2, resume=True)
 
 
@@ -119,11 +123,32 @@ def test_unknown_task_and_missing_data(tmp_path, task_data):
 
 def test_cli_train_evaluate_report(task_data, tmp_path, capsys):
     conf = tmp_path / "ks.yaml"
-    conf.write_text("lr: 0.01\nmax_batch_seconds: 12.0\neval_every: 2\nlog_every: 2\n"
-                    "featurizer:\n  name: weighted_sum\nhead:\n  hidden_dim: 16\n")
+    conf.write_text(
+        "lr: 0.01\nmax_batch_seconds: 12.0\neval_every: 2\nlog_every: 2\n"
+        "featurizer:\n  name: weighted_sum\nhead:\n  hidden_dim: 16\n"
+    )
     exp = tmp_path / "exp_fbank"
-    assert main(["downstream", "train", "--task", "ks", "--upstream", "fbank", "--data", str(task_data["ks"]),
-                 "--out", str(exp), "--config", str(conf), "--max-steps", "2"]) == 0
+    assert (
+        main(
+            [
+                "downstream",
+                "train",
+                "--task",
+                "ks",
+                "--upstream",
+                "fbank",
+                "--data",
+                str(task_data["ks"]),
+                "--out",
+                str(exp),
+                "--config",
+                str(conf),
+                "--max-steps",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert main(["downstream", "evaluate", "--out", str(exp)]) == 0
     test_results = (exp / "results.json").read_text()
     assert main(["downstream", "evaluate", "--out", str(exp), "--split", "dev"]) == 0
@@ -134,34 +159,74 @@ def test_cli_train_evaluate_report(task_data, tmp_path, capsys):
     assert json.loads((exp / "results_dev.json").read_text())["split"] == "dev"
     bad = tmp_path / "bad.yaml"
     bad.write_text("lr_swep: [0.1]\n")
-    assert main(["downstream", "train", "--task", "ks", "--upstream", "fbank", "--data", str(task_data["ks"]),
-                 "--out", str(tmp_path / "x"), "--config", str(bad)]) == 1
+    assert (
+        main(
+            [
+                "downstream",
+                "train",
+                "--task",
+                "ks",
+                "--upstream",
+                "fbank",
+                "--data",
+                str(task_data["ks"]),
+                "--out",
+                str(tmp_path / "x"),
+                "--config",
+                str(bad),
+            ]
+        )
+        == 1
+    )
     assert "unknown key 'lr_swep'" in capsys.readouterr().err
     assert main(["downstream", "report", "--exps", str(exp), "--out", str(tmp_path / "report")]) == 0
     assert "| ks | accuracy (%) (test) |" in (tmp_path / "report" / "results.md").read_text()
-    assert main(["downstream", "report", "--exps", str(exp), "--out", str(tmp_path / "report"), "--split", "dev"]) == 0
+    assert (
+        main(
+            ["downstream", "report", "--exps", str(exp), "--out", str(tmp_path / "report"), "--split", "dev"]
+        )
+        == 0
+    )
     assert "| ks | accuracy (%) (dev) |" in (tmp_path / "report" / "results.md").read_text()
 
 
 def test_report_table_and_layer_weight_png(tmp_path):
     exps = []
-    for up, task, metric, value, weights in [("fbank", "ks", "accuracy", 0.5, [1.0]),
-                                             ("hubert", "ks", "accuracy", 0.75, [0.2, 0.3, 0.5]),
-                                             ("hubert", "pr", "per", 0.4, [0.6, 0.3, 0.1])]:
+    for up, task, metric, value, weights in [
+        ("fbank", "ks", "accuracy", 0.5, [1.0]),
+        ("hubert", "ks", "accuracy", 0.75, [0.2, 0.3, 0.5]),
+        ("hubert", "pr", "per", 0.4, [0.6, 0.3, 0.1]),
+    ]:
         d = tmp_path / f"{up}_{task}"
         d.mkdir()
-        (d / "results.json").write_text(json.dumps({
-            "task": task, "metric": metric, "value": value, "split": "test", "upstream": up,
-            "trainable_params": 10, "total_params": 100, "metrics": {metric: value}, "layer_weights": weights}))
+        (d / "results.json").write_text(
+            json.dumps(
+                {
+                    "task": task,
+                    "metric": metric,
+                    "value": value,
+                    "split": "test",
+                    "upstream": up,
+                    "trainable_params": 10,
+                    "total_params": 100,
+                    "metrics": {metric: value},
+                    "layer_weights": weights,
+                }
+            )
+        )
         exps.append(d)
     written = write_report(exps, tmp_path / "report")
     md = written["markdown"].read_text()
     assert "| task | metric | fbank | hubert |" in md
-    assert "| pr | per (%) (test) | - | 40.00 |" in md and "| ks | accuracy (%) (test) | 50.00 | 75.00 |" in md
+    assert (
+        "| pr | per (%) (test) | - | 40.00 |" in md and "| ks | accuracy (%) (test) | 50.00 | 75.00 |" in md
+    )
     table = json.loads(written["json"].read_text())
     assert table["tasks"]["ks"]["values"] == {"fbank": 0.5, "hubert": 0.75}
     assert written["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with pytest.raises(FileNotFoundError, match="results_test.json does not exist: run `speechssl downstream evaluate"):
+    with pytest.raises(
+        FileNotFoundError, match="results_test.json does not exist: run `speechssl downstream evaluate"
+    ):
         write_report([tmp_path / "nothing"], tmp_path / "r2")
 
 
@@ -173,8 +238,14 @@ def test_asr_with_sentencepiece_units(task_data, tmp_path):
     model = train_sentencepiece(text, tmp_path / "spm" / "m", 20)
     assert model.is_file()
     out = tmp_path / "asr_spm"
-    train_downstream("asr", "fbank", task_data["asr"], out,
-                     small_config(asr_units="sentencepiece", sentencepiece_vocab_size=30), max_steps=2)
+    train_downstream(
+        "asr",
+        "fbank",
+        task_data["asr"],
+        out,
+        small_config(asr_units="sentencepiece", sentencepiece_vocab_size=30),
+        max_steps=2,
+    )
     assert (out / "task" / "spm.model").is_file()
     assert evaluate_downstream(out)["metric"] == "wer"
 

@@ -28,11 +28,17 @@ def test_dump_shards_and_read_back(tiny_data, tmp_path):
     for rank in range(2):
         dump_features(tiny_data, MfccExtractor(), out, nshard=2, rank=rank, progress=False)
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        f"{r}_2.{e}" for r in range(2) for e in ("npy", "len", "ids", "json"))
+        f"{r}_2.{e}" for r in range(2) for e in ("npy", "len", "ids", "json")
+    )
     assert (out / "0_2.ids").read_text().split() == ["utt_a", "utt_b"]
     assert (out / "1_2.ids").read_text().split() == ["utt_c", "utt_d", "utt_e"]
     meta = json.loads((out / "1_2.json").read_text())
-    assert (meta["feature"], meta["feature_dim"], meta["frame_rate"], meta["num_utts"]) == ("mfcc", 39, 50.0, 3)
+    assert (meta["feature"], meta["feature_dim"], meta["frame_rate"], meta["num_utts"]) == (
+        "mfcc",
+        39,
+        50.0,
+        3,
+    )
 
     reader = FeatureReader(out)
     assert reader.utt_ids() == ["utt_a", "utt_b", "utt_c", "utt_d", "utt_e"]
@@ -105,7 +111,9 @@ def test_extractor_shape_errors_name_the_utterance(tiny_data, tmp_path):
         def extract(self, wavs):
             return [torch.zeros(4, 5).numpy() for _ in wavs]
 
-    with pytest.raises(ValueError, match=r"utterance 'utt_a': extractor returned shape \(4, 5\), expected \(frames, 39\)"):
+    with pytest.raises(
+        ValueError, match=r"utterance 'utt_a': extractor returned shape \(4, 5\), expected \(frames, 39\)"
+    ):
         dump_features(tiny_data, Wrong(), tmp_path / "f", progress=False)
 
 
@@ -141,6 +149,8 @@ def test_segments_are_cut_from_their_recording(tmp_path):
 
 def test_too_short_utterance_is_named(data_dir_factory, tmp_path):
     data = data_dir_factory({"ok1": 0.5, "short": 0.02, "ok2": 0.4})
-    with pytest.raises(ValueError, match=r"utterance 'short': waveform of 320 samples is shorter than one 25.0 ms window"):
+    with pytest.raises(
+        ValueError, match=r"utterance 'short': waveform of 320 samples is shorter than one 25.0 ms window"
+    ):
         dump_features(data, MfccExtractor(), tmp_path / "f", progress=False)
     assert not (tmp_path / "f" / "0_1.json").exists()

@@ -34,7 +34,11 @@ def test_audio_changed_under_the_same_id_is_redone_and_the_log_says_which(tiny_d
     rewrite_wav(wav, 0.9, seed=1)  # another recording under the same id and path
     with caplog.at_level("INFO"):
         dump(tiny_data, out)
-    assert "redoing shard 0/1" in caplog.text and "utterance 'utt_b'" in caplog.text and "changed size" in caplog.text
+    assert (
+        "redoing shard 0/1" in caplog.text
+        and "utterance 'utt_b'" in caplog.text
+        and "changed size" in caplog.text
+    )
     got = dict(FeatureReader(out))
     np.testing.assert_array_equal(got["utt_b"], mfcc_features(load_audio(wav)).numpy())
 
@@ -79,7 +83,9 @@ def test_corrupt_len_is_named_and_redone(damage, tiny_data, tmp_path, caplog):
         path.write_bytes(b"\x00\xff" * 8)
     else:
         path.write_text("\n".join(lines[:2]) + "\n")
-    with pytest.raises(DamagedShardError, match=r"feature shard 0_1 is damaged: .*0_1\.len was changed or damaged"):
+    with pytest.raises(
+        DamagedShardError, match=r"feature shard 0_1 is damaged: .*0_1\.len was changed or damaged"
+    ):
         FeatureReader(out)
     with caplog.at_level("INFO"):
         dump(tiny_data, out)
@@ -94,7 +100,9 @@ def test_len_disagreeing_with_the_json_is_named_without_a_checksum(tiny_data, tm
     del meta["len_sha256"]  # an older or hand-made shard: the counts still tell
     (out / "0_1.json").write_text(json.dumps(meta))
     (out / "0_1.len").write_text("1\n2\n3\n4\n5\n")
-    with pytest.raises(DamagedShardError, match=r"0_1\.len \(5 lengths, 15 frames\) and .*0_1\.json .* disagree"):
+    with pytest.raises(
+        DamagedShardError, match=r"0_1\.len \(5 lengths, 15 frames\) and .*0_1\.json .* disagree"
+    ):
         FeatureReader(out)
 
 
@@ -102,8 +110,11 @@ def test_shard_of_an_older_format_is_redone(tiny_data, tmp_path, caplog):
     out = tmp_path / "feats"
     dump(tiny_data, out)
     meta = json.loads((out / "0_1.json").read_text())
-    (out / "0_1.json").write_text(json.dumps({k: meta[k] for k in ("feature", "feature_dim", "frame_rate",
-                                                                    "dtype", "num_utts", "num_frames")}))
+    (out / "0_1.json").write_text(
+        json.dumps(
+            {k: meta[k] for k in ("feature", "feature_dim", "frame_rate", "dtype", "num_utts", "num_frames")}
+        )
+    )
     FeatureReader(out)  # still readable
     with caplog.at_level("INFO"):
         dump(tiny_data, out)
@@ -150,8 +161,11 @@ def test_non_finite_features_are_refused_naming_the_utterance(tiny_data, tmp_pat
             return feats
 
     out = tmp_path / "feats"
-    with pytest.raises(NonFiniteFeaturesError, match=r"utterance 'utt_b': upstream:exp/broken/checkpoints/last@abc"
-                                                     r":layer6 gave NaN or infinite features \(frame 3\)"):
+    with pytest.raises(
+        NonFiniteFeaturesError,
+        match=r"utterance 'utt_b': upstream:exp/broken/checkpoints/last@abc"
+        r":layer6 gave NaN or infinite features \(frame 3\)",
+    ):
         dump_features(tiny_data, Broken(), out, progress=False)
     assert not (out / "0_1.json").exists() and not (out / "0_1.npy").exists()
 
@@ -161,7 +175,9 @@ def test_float16_overflow_is_refused(tiny_data, tmp_path):
         def extract(self, wavs):
             return [f * 1e5 for f in super().extract(wavs)]
 
-    with pytest.raises(NonFiniteFeaturesError, match=r"utterance 'utt_a': .* exceed the float16 range.*--dtype float32"):
+    with pytest.raises(
+        NonFiniteFeaturesError, match=r"utterance 'utt_a': .* exceed the float16 range.*--dtype float32"
+    ):
         dump_features(tiny_data, Loud(), tmp_path / "f", dtype="float16", progress=False)
 
 

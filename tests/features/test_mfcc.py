@@ -21,7 +21,9 @@ def test_equals_kaldi_mfcc_with_deltas_every_second_frame():
     torch.manual_seed(0)
     wav = torch.randn(12345) * 0.1
     feats = mfcc_features(wav)
-    ref = torchaudio.compliance.kaldi.mfcc(wav.unsqueeze(0), sample_frequency=16000, use_energy=False)  # (T, 13)
+    ref = torchaudio.compliance.kaldi.mfcc(
+        wav.unsqueeze(0), sample_frequency=16000, use_energy=False
+    )  # (T, 13)
     d1 = torchaudio.functional.compute_deltas(ref.T)
     d2 = torchaudio.functional.compute_deltas(d1)
     full = torch.cat([ref.T, d1, d2]).T  # (T, 39)
@@ -29,7 +31,9 @@ def test_equals_kaldi_mfcc_with_deltas_every_second_frame():
     torch.testing.assert_close(feats, full[::2], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("num_samples", [400, 401, 559, 560, 719, 720, 16000, 16160, 16319, 16320, 23456, 48000])
+@pytest.mark.parametrize(
+    "num_samples", [400, 401, 559, 560, 719, 720, 16000, 16160, 16319, 16320, 23456, 48000]
+)
 def test_frame_count_matches_conv_frontend(num_samples):
     extractor = MfccExtractor()
     wav = torch.randn(num_samples) * 0.1
@@ -55,7 +59,9 @@ def test_too_short_and_bad_shape():
         MfccConfig(delta_order=3)
 
 
-@pytest.mark.parametrize(("num_samples", "chunk_frames"), [(400, 1), (1200, 1), (12345, 24), (12345, 1000), (48077, 64)])
+@pytest.mark.parametrize(
+    ("num_samples", "chunk_frames"), [(400, 1), (1200, 1), (12345, 24), (12345, 1000), (48077, 64)]
+)
 def test_chunked_equals_whole_file(num_samples, chunk_frames):
     """Long recordings are computed in chunks (bounded memory): the same frames as one pass."""
     from speechssl.features.mfcc import iter_mfcc
@@ -69,5 +75,7 @@ def test_chunked_equals_whole_file(num_samples, chunk_frames):
     torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-4)
     for config in (MfccConfig(subsample=1, delta_order=1), MfccConfig(subsample=3, delta_win_length=7)):
         whole = mfcc_features(wav, config)
-        chunked = torch.cat(list(iter_mfcc(lambda a, b: wav[a:b], num_samples, config, chunk_frames=chunk_frames)))
+        chunked = torch.cat(
+            list(iter_mfcc(lambda a, b: wav[a:b], num_samples, config, chunk_frames=chunk_frames))
+        )
         torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-4)

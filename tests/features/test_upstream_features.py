@@ -67,11 +67,17 @@ def test_bad_layer(tiny_checkpoint):
 def test_a_finished_shard_of_other_weights_is_redone(tiny_data, tmp_path):
     """`checkpoints/last` moves when a model is retrained: its old features must not be reused."""
     ckpt = save_tiny(tmp_path / "last", mode="layer_norm")
-    first = dump_features(tiny_data, UpstreamExtractor(ckpt, layer=1, device="cpu"), tmp_path / "feats", progress=False)
+    first = dump_features(
+        tiny_data, UpstreamExtractor(ckpt, layer=1, device="cpu"), tmp_path / "feats", progress=False
+    )
     before = dict(FeatureReader(tmp_path / "feats"))
-    again = dump_features(tiny_data, UpstreamExtractor(ckpt, layer=1, device="cpu"), tmp_path / "feats", progress=False)
+    again = dump_features(
+        tiny_data, UpstreamExtractor(ckpt, layer=1, device="cpu"), tmp_path / "feats", progress=False
+    )
     assert again == first  # same weights: the finished shard is kept
     save_tiny(tmp_path / "last", mode="group_norm")  # retrained: other weights at the same path
-    dump_features(tiny_data, UpstreamExtractor(ckpt, layer=1, device="cpu"), tmp_path / "feats", progress=False)
+    dump_features(
+        tiny_data, UpstreamExtractor(ckpt, layer=1, device="cpu"), tmp_path / "feats", progress=False
+    )
     after = dict(FeatureReader(tmp_path / "feats"))
     assert any(not np.array_equal(before[u], after[u]) for u in before)

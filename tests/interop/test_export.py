@@ -32,7 +32,9 @@ def _hidden(up, wavs, lens):
 
 
 def test_hf_export_loads_in_transformers_with_the_same_hidden_states(checkpoint, tmp_path):
-    assert main(["export", "--upstream", str(checkpoint), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
+    assert (
+        main(["export", "--upstream", str(checkpoint), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
+    )
     hf = transformers.HubertModel.from_pretrained(tmp_path / "hf").eval()
     ours = speechssl.load_upstream(checkpoint)
     wav = random_waves([6400])[0][:1]
@@ -49,14 +51,22 @@ def test_pt_exports_round_trip_through_load_upstream(checkpoint, tmp_path, fmt):
     out = tmp_path / f"model_{fmt}.pt"
     assert main(["export", "--upstream", str(checkpoint), "--format", fmt, "--out", str(out)]) == 0
     wavs, lens = random_waves([6400, 4000])
-    for a, b in zip(_hidden(speechssl.load_upstream(checkpoint), wavs, lens), _hidden(speechssl.load_upstream(out), wavs, lens)):
+    for a, b in zip(
+        _hidden(speechssl.load_upstream(checkpoint), wavs, lens),
+        _hidden(speechssl.load_upstream(out), wavs, lens),
+    ):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 
 def test_models_with_per_layer_sizes_are_refused_naming_what_can_carry_them(tmp_path, capsys):
     config = get_preset("hubert_tiny_fbank")
     save_checkpoint(build_model(config), config, tmp_path / "fbank")
-    assert main(["export", "--upstream", str(tmp_path / "fbank"), "--format", "hf", "--out", str(tmp_path / "x")]) == 1
+    assert (
+        main(
+            ["export", "--upstream", str(tmp_path / "fbank"), "--format", "hf", "--out", str(tmp_path / "x")]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert "cannot carry this model" in err and not (tmp_path / "x").exists()
     assert "formats that can: onnx, torchscript" in err

@@ -79,9 +79,7 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
 @pytest.mark.parametrize("name", list(EXPORT_CASES))
 def test_onnxruntime_agrees_with_pytorch_at_new_batch_sizes_and_lengths(checkpoints, tmp_path, name):
     out = tmp_path / f"{name}.onnx"
-    assert (
-        main(["export", "--upstream", str(checkpoints[name]), "--format", "onnx", "--out", str(out)]) == 0
-    )
+    assert main(["export", "--upstream", str(checkpoints[name]), "--format", "onnx", "--out", str(out)]) == 0
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     up = speechssl.load_upstream(checkpoints[name])
     for lengths in CHECK_LENGTHS:

@@ -67,8 +67,12 @@ def test_an_experiment_dir_is_refused_even_with_overwrite(checkpoint, tmp_path, 
     assert (exp / "train.log").read_text() == "log\n"
     # a dir inside the experiment, even a checkpoint of it, is not replaced either
     assert _export(checkpoint, "hf", exp / "checkpoints", "--overwrite") == 1
-    assert "(an experiment dir); export never writes over it, even with --overwrite" in capsys.readouterr().err
-    assert _export(checkpoint, "onnx", exp / "checkpoints" / "step_4" / "model.safetensors", "--overwrite") == 1
+    assert (
+        "(an experiment dir); export never writes over it, even with --overwrite" in capsys.readouterr().err
+    )
+    assert (
+        _export(checkpoint, "onnx", exp / "checkpoints" / "step_4" / "model.safetensors", "--overwrite") == 1
+    )
     assert "(an experiment dir); export never writes over it" in capsys.readouterr().err
     assert (exp / "checkpoints" / "step_4" / "model.safetensors").read_bytes() == b"weights"
 
@@ -80,7 +84,10 @@ def test_the_source_itself_is_refused_even_with_overwrite(checkpoint, tmp_path, 
     assert _export(checkpoint, "hf", checkpoint.parent, "--overwrite") == 1  # a dir holding the source
     assert "contains an input of this command" in capsys.readouterr().err
     assert _export(checkpoint, "onnx", checkpoint / "config.yaml", "--overwrite") == 1  # a file inside it
-    assert "(an input of this command); export never writes over it, even with --overwrite" in capsys.readouterr().err
+    assert (
+        "(an input of this command); export never writes over it, even with --overwrite"
+        in capsys.readouterr().err
+    )
     assert {p.name: p.read_bytes() for p in checkpoint.iterdir()} == before
     # a fairseq .pt exported as itself
     pt = tmp_path / "model.pt"
@@ -127,7 +134,9 @@ def test_no_verify_export_of_a_nan_checkpoint_is_refused(tmp_path, capsys, fmt):
     err = capsys.readouterr().err
     assert "nan/model.safetensors: weight 'encoder.layers.0.attention.q_proj.weight' holds NaN or inf" in err
     assert len(err.strip().splitlines()) == 1 and not out.exists()
-    assert torch.isinf(load_file(str(src / "model.safetensors"))["encoder.layers.0.attention.q_proj.weight"][0, 0])
+    assert torch.isinf(
+        load_file(str(src / "model.safetensors"))["encoder.layers.0.attention.q_proj.weight"][0, 0]
+    )
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx", "hf"])

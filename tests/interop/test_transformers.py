@@ -20,7 +20,9 @@ VARIANTS = {
     "group_postln": dict(family="hubert"),
     "layer_preln_bias": dict(family="wav2vec2", mode="layer_norm", layer_norm_first=True, conv_bias=True),
     "group_bias_2heads_k15": dict(family="wav2vec2", conv_bias=True, num_heads=2, pos_conv_kernel=15),
-    "layer_postln_8heads_k8": dict(family="hubert", mode="layer_norm", num_heads=8, pos_conv_kernel=8, pos_conv_groups=2),
+    "layer_postln_8heads_k8": dict(
+        family="hubert", mode="layer_norm", num_heads=8, pos_conv_kernel=8, pos_conv_groups=2
+    ),
 }
 LENGTHS = [9600, 6717, 4000]
 MAX_ERRORS: dict[str, float] = {}
@@ -92,9 +94,17 @@ def test_pretraining_dir_returns_quantizer_and_projections(tmp_path):
     hf.save_pretrained(tmp_path)
     up = speechssl.load_upstream(tmp_path)
     pre = up.extras["pretraining"]
-    assert {"quantizer.codevectors", "quantizer.weight_proj.weight", "project_q.weight", "project_hid.weight"} <= set(pre)
+    assert {
+        "quantizer.codevectors",
+        "quantizer.weight_proj.weight",
+        "project_q.weight",
+        "project_hid.weight",
+    } <= set(pre)
     assert torch.equal(pre["project_q.weight"], hf.project_q.weight)
-    assert torch.equal(up.model.encoder.layers[0].attention.q_proj.weight, hf.wav2vec2.encoder.layers[0].attention.q_proj.weight)
+    assert torch.equal(
+        up.model.encoder.layers[0].attention.q_proj.weight,
+        hf.wav2vec2.encoder.layers[0].attention.q_proj.weight,
+    )
 
 
 def test_old_weight_norm_keys_and_bin_files_load(tmp_path):
@@ -105,7 +115,9 @@ def test_old_weight_norm_keys_and_bin_files_load(tmp_path):
     # transformers 4.x / fairseq-era files: weight_g / weight_v, pickled .bin, "hubert." prefix
     old = {}
     for k, v in state.items():
-        k = k.replace("parametrizations.weight.original0", "weight_g").replace("parametrizations.weight.original1", "weight_v")
+        k = k.replace("parametrizations.weight.original0", "weight_g").replace(
+            "parametrizations.weight.original1", "weight_v"
+        )
         old["hubert." + k] = v
     (tmp_path / "model.safetensors").unlink()
     torch.save(old, tmp_path / "pytorch_model.bin")
@@ -115,7 +127,9 @@ def test_old_weight_norm_keys_and_bin_files_load(tmp_path):
     up = speechssl.load_upstream(tmp_path)
     wavs, lens = random_waves([6400])
     with torch.no_grad():
-        assert (up(wavs, lens).hidden_states[-1] - hf(wavs, output_hidden_states=True).hidden_states[-1]).abs().max() < 1e-4
+        assert (
+            up(wavs, lens).hidden_states[-1] - hf(wavs, output_hidden_states=True).hidden_states[-1]
+        ).abs().max() < 1e-4
 
 
 def test_unexpected_and_missing_keys_are_listed(tmp_path):
@@ -125,7 +139,9 @@ def test_unexpected_and_missing_keys_are_listed(tmp_path):
     state["encoder.mystery.weight"] = torch.zeros(1)
     del state["encoder.layer_norm.bias"]
     save_file(state, str(tmp_path / "model.safetensors"))
-    with pytest.raises(ValueError, match="missing keys: encoder.layer_norm.bias .* unexpected keys: encoder.mystery.weight"):
+    with pytest.raises(
+        ValueError, match="missing keys: encoder.layer_norm.bias .* unexpected keys: encoder.mystery.weight"
+    ):
         speechssl.load_upstream(tmp_path)
 
 
@@ -147,7 +163,9 @@ def test_export_loads_in_transformers_with_normalisation(tmp_path):
     hf = transformers.Wav2Vec2Model.from_pretrained(tmp_path / "hf").eval()
     extractor = transformers.Wav2Vec2FeatureExtractor.from_pretrained(tmp_path / "hf")
     wavs, lens = random_waves([6400, 4000])
-    inputs = extractor([w[:n].numpy() for w, n in zip(wavs, lens)], sampling_rate=16000, padding=True, return_tensors="pt")
+    inputs = extractor(
+        [w[:n].numpy() for w, n in zip(wavs, lens)], sampling_rate=16000, padding=True, return_tensors="pt"
+    )
     assert torch.allclose(inputs.input_values, normalize_waveform(wavs, lens), atol=1e-5)
     ref = hf(inputs.input_values, attention_mask=inputs.attention_mask, output_hidden_states=True)
     up = speechssl.load_upstream(tmp_path / "hf")

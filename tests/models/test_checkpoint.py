@@ -44,7 +44,9 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path):
     state["encoder.extra.weight"] = torch.zeros(1)
     save_file(state, str(path))
     (tmp_path / "ckpt" / "manifest.json").unlink()  # a hand-edited dir (the manifest would refuse it)
-    with pytest.raises(ValueError, match="missing keys: encoder.layer_norm.weight .* unexpected keys: encoder.extra.weight"):
+    with pytest.raises(
+        ValueError, match="missing keys: encoder.layer_norm.weight .* unexpected keys: encoder.extra.weight"
+    ):
         load_model(tmp_path / "ckpt")
 
 
@@ -57,7 +59,10 @@ def test_resolve_model_config_from_preset_yaml_and_dir(tmp_path):
     save_checkpoint(build_model(get_preset("wav2vec2_tiny")), get_preset("wav2vec2_tiny"), tmp_path / "c")
     assert resolve_model_config(tmp_path / "c") == get_preset("wav2vec2_tiny")
     (tmp_path / "bad.yaml").write_text("family: hubert\nencoder:\n  num_head: 4\n")
-    with pytest.raises(ConfigError, match=r"unknown key 'num_head' in .*bad.yaml \(section encoder\); did you mean 'num_heads'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown key 'num_head' in .*bad.yaml \(section encoder\); did you mean 'num_heads'",
+    ):
         resolve_model_config(tmp_path / "bad.yaml")
     with pytest.raises(ConfigError, match="'hubert_small' is neither a preset"):
         resolve_model_config("hubert_small")

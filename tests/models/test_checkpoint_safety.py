@@ -51,10 +51,14 @@ def test_bit_flipped_last_is_refused_naming_the_file_not_loaded_as_nan(exp_last)
     _flip_bit(weights, f"hubert.{TENSOR}", 30)  # exponent bit: 1.0 -> inf
     assert weights.stat().st_size == before  # a size check alone cannot see it
     # the default ("auto": sha256 for weights up to 1 GiB) names the file and the checksum
-    with pytest.raises(CheckpointError, match=r"checkpoints/last is corrupt: model.safetensors does not match its sha256"):
+    with pytest.raises(
+        CheckpointError, match=r"checkpoints/last is corrupt: model.safetensors does not match its sha256"
+    ):
         speechssl.load_upstream(exp_last)
     # sizes only (huge checkpoints): the finite check names the file and the tensor
-    with pytest.raises(CheckpointError, match=rf"model.safetensors: weight 'hubert.{TENSOR}' holds NaN or inf"):
+    with pytest.raises(
+        CheckpointError, match=rf"model.safetensors: weight 'hubert.{TENSOR}' holds NaN or inf"
+    ):
         load_model(exp_last, verify="size")
     assert weights.stat().st_size == before  # nothing rewritten
 
@@ -71,7 +75,9 @@ def test_truncated_weights_fail_the_size_check_even_at_the_cheapest_level(exp_la
     weights = exp_last / "model.safetensors"
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) - 100])
-    with pytest.raises(CheckpointError, match=r"model.safetensors has \d+ bytes, expected \d+ \(truncated\?\)"):
+    with pytest.raises(
+        CheckpointError, match=r"model.safetensors has \d+ bytes, expected \d+ \(truncated\?\)"
+    ):
         load_model(exp_last, verify="size")
 
 
@@ -82,38 +88,63 @@ def test_nan_weights_without_a_manifest_are_refused_naming_the_tensor(tmp_path):
     state["encoder.layers.1.final_layer_norm.bias"][3] = float("nan")
     save_file(state, str(weights))
     (tmp_path / "ckpt" / "manifest.json").unlink()  # a hand-made dir: nothing to verify against
-    with pytest.raises(CheckpointError, match=r"ckpt/model.safetensors: weight 'encoder.layers.1.final_layer_norm.bias'"
-                                              r" holds NaN or inf values"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"ckpt/model.safetensors: weight 'encoder.layers.1.final_layer_norm.bias'"
+        r" holds NaN or inf values",
+    ):
         speechssl.load_upstream(tmp_path / "ckpt")
 
 
-@pytest.mark.parametrize("manifest, problem", [
-    ("[1, 2]", "must be a JSON object with a 'files' object"),
-    ('{"files": []}', "must be a JSON object with a 'files' object"),
-    ('{"step": 4}', "must be a JSON object with a 'files' object"),
-    ('{"files": {"model.safetensors": {"sha256": "%s"}}}' % ("0" * 64), "'bytes' must be a non-negative integer"),
-    ('{"files": {"model.safetensors": {"bytes": -5, "sha256": "%s"}}}' % ("0" * 64), "'bytes' must be a non-negative"),
-    ('{"files": {"model.safetensors": {"bytes": 5, "sha256": 7}}}', "'sha256' must be 64 hex digits"),
-    ('{"files": {"model.safetensors": 12}}', "entry 'model.safetensors' must be an object"),
-    ('{"files": {"../../x": {"bytes": 1, "sha256": "%s"}}}' % ("0" * 64), "lists '../../x', which is not a file name"),
-    ("{not json", "is not valid JSON"),
-    ('{"files": {}}', "lists no files"),
-    ('{"step": 4, "files": {"config.yaml": {"bytes": 1, "sha256": "%s"}}}' % ("0" * 64), "does not list model.safetensors"),
-])
+@pytest.mark.parametrize(
+    "manifest, problem",
+    [
+        ("[1, 2]", "must be a JSON object with a 'files' object"),
+        ('{"files": []}', "must be a JSON object with a 'files' object"),
+        ('{"step": 4}', "must be a JSON object with a 'files' object"),
+        (
+            '{"files": {"model.safetensors": {"sha256": "%s"}}}' % ("0" * 64),
+            "'bytes' must be a non-negative integer",
+        ),
+        (
+            '{"files": {"model.safetensors": {"bytes": -5, "sha256": "%s"}}}' % ("0" * 64),
+            "'bytes' must be a non-negative",
+        ),
+        ('{"files": {"model.safetensors": {"bytes": 5, "sha256": 7}}}', "'sha256' must be 64 hex digits"),
+        ('{"files": {"model.safetensors": 12}}', "entry 'model.safetensors' must be an object"),
+        (
+            '{"files": {"../../x": {"bytes": 1, "sha256": "%s"}}}' % ("0" * 64),
+            "lists '../../x', which is not a file name",
+        ),
+        ("{not json", "is not valid JSON"),
+        ('{"files": {}}', "lists no files"),
+        (
+            '{"step": 4, "files": {"config.yaml": {"bytes": 1, "sha256": "%s"}}}' % ("0" * 64),
+            "does not list model.safetensors",
+        ),
+    ],
+)
 def test_a_manifest_of_the_wrong_shape_or_listing_nothing_never_verifies(exp_last, manifest, problem):
     (exp_last / "manifest.json").write_text(manifest)
-    with pytest.raises(CheckpointError, match=r"checkpoints/last is corrupt: manifest.json .*" + re.escape(problem)):
+    with pytest.raises(
+        CheckpointError, match=r"checkpoints/last is corrupt: manifest.json .*" + re.escape(problem)
+    ):
         load_model(exp_last)
     with pytest.raises(CheckpointError, match="manifest.json"):  # resume refuses it too
         tckpt.load_checkpoint(exp_last)
 
 
-@pytest.mark.parametrize("field, value, name", [
-    ("num_layers", 10000, "encoder.num_layers=10000"),
-    ("embed_dim", 1_000_000, "encoder.embed_dim=1000000"),
-    ("ffn_dim", 10_000_000, "encoder.ffn_dim=10000000"),
-])
-def test_a_huge_declared_config_is_refused_from_the_header_before_anything_is_built(tmp_path, field, value, name):
+@pytest.mark.parametrize(
+    "field, value, name",
+    [
+        ("num_layers", 10000, "encoder.num_layers=10000"),
+        ("embed_dim", 1_000_000, "encoder.embed_dim=1000000"),
+        ("ffn_dim", 10_000_000, "encoder.ffn_dim=10000000"),
+    ],
+)
+def test_a_huge_declared_config_is_refused_from_the_header_before_anything_is_built(
+    tmp_path, field, value, name
+):
     save_checkpoint(build_model(CONFIG), CONFIG, tmp_path / "ckpt")
     config_path = tmp_path / "ckpt" / "config.yaml"
     data = yaml.safe_load(config_path.read_text())
@@ -121,6 +152,8 @@ def test_a_huge_declared_config_is_refused_from_the_header_before_anything_is_bu
     config_path.write_text(yaml.safe_dump(data))
     (tmp_path / "ckpt" / "manifest.json").unlink()  # hand-edited: only the shape check stands in the way
     start = time.monotonic()
-    with pytest.raises(CheckpointError, match=rf"config.yaml declares {name}, but .*ckpt/model.safetensors holds"):
+    with pytest.raises(
+        CheckpointError, match=rf"config.yaml declares {name}, but .*ckpt/model.safetensors holds"
+    ):
         load_model(tmp_path / "ckpt")
     assert time.monotonic() - start < 5  # nothing of 1e6 x 1e6 or 10000 layers was allocated

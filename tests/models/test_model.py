@@ -24,7 +24,10 @@ def test_tiny_preset_forward_backward(name):
     assert out.lengths.tolist() == [19, 12]  # (S - 400) // 320 + 1 for both frontends at 50 Hz
     assert model.num_frames(lens).tolist() == [19, 12] and model.num_frames(6400) == 19  # the one frame count
     assert out.padding_mask.shape == (B, T) and out.padding_mask[1, out.lengths[1] :].all()
-    loss = sum(h[~out.padding_mask].pow(2).mean() for h in out.hidden_states) + out.features_unnormed.pow(2).mean()
+    loss = (
+        sum(h[~out.padding_mask].pow(2).mean() for h in out.hidden_states)
+        + out.features_unnormed.pow(2).mean()
+    )
     loss.backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None and n != "masked_spec_embed"]
     assert not missing
@@ -32,7 +35,12 @@ def test_tiny_preset_forward_backward(name):
 
 @pytest.mark.parametrize(
     ("name", "millions"),
-    [("hubert_base", 94.37), ("wav2vec2_base", 94.37), ("hubert_large", 315.44), ("wav2vec2_large_lv60", 315.44)],
+    [
+        ("hubert_base", 94.37),
+        ("wav2vec2_base", 94.37),
+        ("hubert_large", 315.44),
+        ("wav2vec2_large_lv60", 315.44),
+    ],
 )
 def test_big_presets_parameter_count(name, millions):
     # backbone only (= transformers' HubertModel / Wav2Vec2Model); the objectives add
@@ -49,7 +57,9 @@ def test_unknown_preset_lists_valid_names():
 @pytest.mark.parametrize("layer_norm_first", [False, True])
 def test_layer_norm_frontend_batched_equals_one_at_a_time(layer_norm_first):
     torch.manual_seed(0)
-    model = build_model(tiny_config(mode="layer_norm", conv_bias=True, layer_norm_first=layer_norm_first)).eval()
+    model = build_model(
+        tiny_config(mode="layer_norm", conv_bias=True, layer_norm_first=layer_norm_first)
+    ).eval()
     wavs, lens = random_waves([9600, 6400, 4321])
     with torch.no_grad():
         batched = model(wavs, lens)
@@ -86,7 +96,9 @@ def test_masks_replace_frames_and_zero_channels():
 
 def test_too_short_utterance_is_a_clear_error():
     model = build_model(tiny_config())
-    with pytest.raises(ValueError, match=r"batch index \[1\] are too short .*\[399\] samples; need at least 400"):
+    with pytest.raises(
+        ValueError, match=r"batch index \[1\] are too short .*\[399\] samples; need at least 400"
+    ):
         model(torch.randn(2, 800), torch.tensor([800, 399]))
 
 
@@ -95,7 +107,10 @@ def test_pruned_layers_with_removed_blocks_run():
     enc = EncoderConfig(**{**base.encoder.__dict__, "layer_num_heads": [2, 0], "layer_ffn_dims": [0, 16]})
     model = build_model(ModelConfig(family="hubert", frontend=base.frontend, encoder=enc))
     keys = model.state_dict().keys()
-    assert "encoder.layers.0.attention.q_proj.weight" in keys and "encoder.layers.1.attention.q_proj.weight" not in keys
+    assert (
+        "encoder.layers.0.attention.q_proj.weight" in keys
+        and "encoder.layers.1.attention.q_proj.weight" not in keys
+    )
     assert model.state_dict()["encoder.layers.0.attention.q_proj.weight"].shape == (2 * 8, 32)
     assert "encoder.layers.0.feed_forward.intermediate_dense.weight" not in keys
     wavs, lens = random_waves([6400, 3200])
@@ -117,7 +132,9 @@ def test_config_errors_name_the_problem():
         EncoderConfig(embed_dim=30, num_heads=4, pos_conv_groups=2)
     with pytest.raises(ConfigError, match="unknown frontend type 'mel'; valid types: conv, fbank"):
         from_dict(ModelConfig, {"frontend": {"type": "mel"}}, source="m.yaml")
-    with pytest.raises(ConfigError, match=r"unknown key 'conv_dims' \(section frontend\); did you mean 'conv_dim'"):
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'conv_dims' \(section frontend\); did you mean 'conv_dim'"
+    ):
         from_dict(ModelConfig, {"frontend": {"conv_dims": [1]}})
     with pytest.raises(ValueError, match=r"layer_ffn_dims must list one non-negative value per layer \(12\)"):
         EncoderConfig(layer_ffn_dims=[1, 2])

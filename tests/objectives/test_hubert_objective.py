@@ -82,13 +82,17 @@ def test_encoder_and_logits_equal_torchaudio(monkeypatch, layer_norm_first):
     # ours: (M, classes). Rebuild theirs from ours and compare.
     for logits, lab, theirs in ((p.logits_masked[0], p.labels_masked[0], ref_m),
                                 (p.logits_unmasked[0], p.labels_unmasked[0], ref_u)):  # fmt: skip
-        rebuilt = torch.cat([logits.gather(1, lab[:, None]), logits.scatter(1, lab[:, None], float("-inf"))], 1)
+        rebuilt = torch.cat(
+            [logits.gather(1, lab[:, None]), logits.scatter(1, lab[:, None], float("-inf"))], 1
+        )
         assert rebuilt.shape == theirs.shape
         finite = torch.isfinite(theirs)
         assert torch.equal(finite, torch.isfinite(rebuilt))
         assert (rebuilt[finite] - theirs[finite]).abs().max() < 1e-4
         # and the fairseq loss over theirs equals our cross-entropy over classes
-        ref_loss = torch.nn.functional.cross_entropy(theirs, torch.zeros(len(theirs), dtype=torch.long), reduction="sum")
+        ref_loss = torch.nn.functional.cross_entropy(
+            theirs, torch.zeros(len(theirs), dtype=torch.long), reduction="sum"
+        )
         assert torch.allclose(masked_prediction_loss(logits, lab)[0], ref_loss, rtol=1e-5)
     assert 0.0 <= metrics["masked_accuracy"] <= 1.0 and "unmasked_accuracy" in metrics
     # torchaudio's penalty averages over padding too; ours over valid frames: equal on the full-length row
@@ -103,11 +107,16 @@ def test_linear_head_and_several_label_sets():
     wavs = torch.randn(2, 6000)
     lengths = torch.tensor([6000, 5000])
     frames = int(ours.hubert.feature_extractor.output_lengths(lengths).max())
-    targets = [torch.randint(0, 7, (2, frames)), torch.randint(0, 11, (2, frames - 1))]  # shorter: padded -100
+    targets = [
+        torch.randint(0, 7, (2, frames)),
+        torch.randint(0, 11, (2, frames - 1)),
+    ]  # shorter: padded -100
     targets[0][1, -3:] = -100
     loss, metrics = ours(wavs, lengths, targets, generator=torch.Generator().manual_seed(0))
     loss.backward()
-    assert {"masked_accuracy", "masked_accuracy_1", "unmasked_accuracy", "unmasked_accuracy_1"} <= set(metrics)
+    assert {"masked_accuracy", "masked_accuracy_1", "unmasked_accuracy", "unmasked_accuracy_1"} <= set(
+        metrics
+    )
     no_grad = [n for n, p in ours.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
     assert no_grad == [], no_grad
     p = ours.predict(wavs, lengths, targets, generator=torch.Generator().manual_seed(0))
@@ -115,7 +124,9 @@ def test_linear_head_and_several_label_sets():
 
 
 def test_cosine_head_untied_projection_shapes():
-    head = build_label_head(64, HubertObjectiveConfig(num_classes=[5, 9], final_dim=16, untie_final_proj=True))
+    head = build_label_head(
+        64, HubertObjectiveConfig(num_classes=[5, 9], final_dim=16, untie_final_proj=True)
+    )
     out = head(torch.randn(4, 64))
     assert [o.shape for o in out] == [(4, 5), (4, 9)]
     assert head.final_proj.out_features == 32 and head.label_embs_concat.shape == (14, 16)

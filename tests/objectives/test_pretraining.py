@@ -69,10 +69,14 @@ def test_config_round_trip_and_errors():
     data["wav2vec2"] = {}
     with pytest.raises(ConfigError, match="section 'wav2vec2' does not apply to a model of family 'hubert'"):
         from_dict(PretrainModelConfig, data)
-    with pytest.raises(ValueError, match="unknown pretraining preset 'hubert_huge'; valid presets: hubert_base"):
+    with pytest.raises(
+        ValueError, match="unknown pretraining preset 'hubert_huge'; valid presets: hubert_base"
+    ):
         get_pretrain_preset("hubert_huge")
     with pytest.raises(ValueError, match="takes no labels"):
-        build_pretrain_model(get_pretrain_preset("wav2vec2_tiny"))(torch.randn(1, 4000), None, torch.zeros(1, 12))
+        build_pretrain_model(get_pretrain_preset("wav2vec2_tiny"))(
+            torch.randn(1, 4000), None, torch.zeros(1, 12)
+        )
 
 
 def test_hubert_loss_is_per_predicted_frame_masked_and_unmasked():

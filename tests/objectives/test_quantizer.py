@@ -61,7 +61,9 @@ def test_perplexity_uniform_and_masked():
     assert math.isclose(perplexity(uniform).item(), 16.0, rel_tol=1e-6)
     onehot = torch.zeros(4, 1, 8)
     onehot[torch.arange(4), 0, torch.tensor([0, 1, 2, 2])] = 1
-    assert math.isclose(perplexity(onehot).item(), math.exp(-(2 * 0.25 * math.log(0.25) + 0.5 * math.log(0.5))), rel_tol=1e-6)
+    assert math.isclose(
+        perplexity(onehot).item(), math.exp(-(2 * 0.25 * math.log(0.25) + 0.5 * math.log(0.5))), rel_tol=1e-6
+    )
     # only weighted frames count
     third = math.exp(-(1 / 3 * math.log(1 / 3) + 2 / 3 * math.log(2 / 3)))  # codes 0, 2, 2
     assert math.isclose(perplexity(onehot, torch.tensor([1, 0, 1, 1])).item(), third, rel_tol=1e-6)

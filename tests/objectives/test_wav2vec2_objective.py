@@ -23,7 +23,9 @@ CONV_DIM = [32, 32, 32, 32, 32, 64, 64]
 
 def _mask(lengths, T, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return compute_mask_indices(torch.tensor(lengths), T, mask_prob=0.5, mask_length=4, min_masks=2, generator=g)
+    return compute_mask_indices(
+        torch.tensor(lengths), T, mask_prob=0.5, mask_length=4, min_masks=2, generator=g
+    )
 
 
 def test_negatives_same_utterance_masked_never_positive():
@@ -53,7 +55,9 @@ def test_negatives_from_everywhere_and_cross_sample():
     lengths = torch.tensor([40, 25])
     mask = _mask([40, 25], 40)
     g = torch.Generator().manual_seed(3)
-    neg = sample_negatives(mask, 8, cross_sample_negatives=6, lengths=lengths, from_everywhere=True, generator=g)
+    neg = sample_negatives(
+        mask, 8, cross_sample_negatives=6, lengths=lengths, from_everywhere=True, generator=g
+    )
     assert neg.shape == (2, 40, 14)
     for b in range(2):
         for t in mask[b].nonzero().flatten().tolist():
@@ -135,7 +139,9 @@ def test_loss_parity_with_transformers_eval_mode():
     negatives = torch.from_numpy(neg_np).long()
     sample_attention = (torch.arange(8000)[None] < lengths[:, None]).long()
     with torch.no_grad():
-        ref = hf(wavs, attention_mask=sample_attention, mask_time_indices=mask, sampled_negative_indices=negatives)
+        ref = hf(
+            wavs, attention_mask=sample_attention, mask_time_indices=mask, sampled_negative_indices=negatives
+        )
         loss, metrics = ours(wavs, lengths, mask_time_indices=mask, negative_indices=negatives)
         p = ours.predict(wavs, lengths, mask_time_indices=mask, negative_indices=negatives)
     n = metrics["sample_size"].float()
@@ -161,7 +167,9 @@ def test_prob_perplexity_parity_with_transformers_train_mode():
     frames = ours.wav2vec2.feature_extractor.output_lengths(lengths)
     mask = _mask(frames.tolist(), int(frames.max()))
     with torch.no_grad():
-        ref = hf(wavs, attention_mask=(torch.arange(8000)[None] < lengths[:, None]).long(), mask_time_indices=mask)
+        ref = hf(
+            wavs, attention_mask=(torch.arange(8000)[None] < lengths[:, None]).long(), mask_time_indices=mask
+        )
         p = ours.predict(wavs, lengths, mask_time_indices=mask, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(p.prob_perplexity, ref.codevector_perplexity, rtol=1e-5)
 
@@ -172,7 +180,11 @@ def test_training_step_backward_reaches_every_parameter():
     wavs, lengths = _batch()
     loss, metrics = ours(wavs, lengths, generator=torch.Generator().manual_seed(0))
     loss.backward()
-    missing = [n for n, p in ours.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
+    missing = [
+        n
+        for n, p in ours.named_parameters()
+        if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)
+    ]
     # masked_spec_embed gets gradient; a code entry may go unused in one tiny batch, so check the book as a whole
     assert missing == [], missing
     assert set(metrics) >= {"loss", "contrastive_loss", "diversity_loss", "accuracy", "code_perplexity",

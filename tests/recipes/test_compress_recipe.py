@@ -38,7 +38,9 @@ def test_compress_recipe_distils_prunes_compares_and_exports(tmp_path):
     rows = {r["name"]: r for r in json.loads((cwd / "exp/compare.json").read_text())}
     assert rows["pruned"]["params"] < rows["teacher"]["params"]
     for name in ("distilled", "pruned"):
-        assert (cwd / f"exp/export/{name}.onnx").is_file() and (cwd / f"exp/export/{name}_torchscript.pt").is_file()
+        assert (cwd / f"exp/export/{name}.onnx").is_file() and (
+            cwd / f"exp/export/{name}_torchscript.pt"
+        ).is_file()
 
 
 def test_missing_teacher_stops_with_exit_2(tmp_path):
@@ -48,4 +50,7 @@ def test_missing_teacher_stops_with_exit_2(tmp_path):
     (cwd / "compress.sh").symlink_to(REPO / "recipes" / "compress.sh")
     (cwd / "utils").symlink_to(REPO / "recipes" / "utils")
     result = run_recipe(cwd)
-    assert result.returncode == 2 and "teacher ../ssl1/exp/hubert_iter2/checkpoints/last does not exist" in result.stdout
+    assert (
+        result.returncode == 2
+        and "teacher ../ssl1/exp/hubert_iter2/checkpoints/last does not exist" in result.stdout
+    )

@@ -38,8 +38,14 @@ def _env() -> dict[str, str]:
 
 
 def _run(work: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(work / "run.sh"), *args], cwd=work, env=_env(), capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        ["bash", str(work / "run.sh"), *args],
+        cwd=work,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture
@@ -60,8 +66,17 @@ def test_mini_superb_recipe_runs_every_task(work, tmp_path):
     hubert = tmp_path / "pretrain" / "hubert_mini" / "checkpoints" / "last"
     save_checkpoint(build_model(config), config, hubert)
 
-    proc = _run(work, "--local_data_opts", "--hours 0.01 --nj 2", "--upstreams", f"fbank {hubert}",
-                "--max_steps", "2", "--nj", "2")
+    proc = _run(
+        work,
+        "--local_data_opts",
+        "--hours 0.01 --nj 2",
+        "--upstreams",
+        f"fbank {hubert}",
+        "--max_steps",
+        "2",
+        "--nj",
+        "2",
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for n in range(1, 6):
         assert f"Stage {n}:" in proc.stdout
@@ -91,10 +106,15 @@ def test_mini_superb_recipe_runs_every_task(work, tmp_path):
     record = (work / "exp" / "ks_hubert_mini" / "downstream.yaml").read_text()
     assert "name: hubert_mini" in record and f"upstream: {hubert}" in record
     # every job of the pool has its own log
-    assert (work / "exp" / "ks_hubert_mini.train.log").is_file() and (work / "exp" / "ks_fbank" / "evaluate.log").is_file()
+    assert (work / "exp" / "ks_hubert_mini.train.log").is_file() and (
+        work / "exp" / "ks_fbank" / "evaluate.log"
+    ).is_file()
     # the dev trials of `speechssl data trials`: every pair of the combined dev dir
     dev_ids = (data / "asv" / "dev" / "utt2spk").read_text().split("\n")
-    assert len([line for line in trials if line]) == len([x for x in dev_ids if x]) * (len([x for x in dev_ids if x]) - 1) // 2
+    assert (
+        len([line for line in trials if line])
+        == len([x for x in dev_ids if x]) * (len([x for x in dev_ids if x]) - 1) // 2
+    )
 
     # re-running skips finished work (markers) and still reports
     again = _run(work, "--upstreams", f"fbank {hubert}", "--max_steps", "2", "--stage", "3")
@@ -102,14 +122,20 @@ def test_mini_superb_recipe_runs_every_task(work, tmp_path):
     assert "Stage 3: train" not in again.stdout and "Stage 4: evaluate" not in again.stdout
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--tasks", "pr xx"], "unknown task 'xx' in --tasks"),
-    (["--upstreams", "fbank fbank"], "two upstreams get the same name"),
-    (["--upstreams", "fbank x", "--upstream_names", "a"], "--upstream_names has 1 names for 2 upstreams"),
-    (["--no_such_option", "1"], "unknown option --no_such_option"),
-    (["--stage", "3", "--stop_stage", "3"], "data/pr/train is missing: run stage 1"),
-    (["--local_data_opts", "--corpus_dir /nonexistent/corpus"], "--corpus_dir /nonexistent/corpus is not a speechssl"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--tasks", "pr xx"], "unknown task 'xx' in --tasks"),
+        (["--upstreams", "fbank fbank"], "two upstreams get the same name"),
+        (["--upstreams", "fbank x", "--upstream_names", "a"], "--upstream_names has 1 names for 2 upstreams"),
+        (["--no_such_option", "1"], "unknown option --no_such_option"),
+        (["--stage", "3", "--stop_stage", "3"], "data/pr/train is missing: run stage 1"),
+        (
+            ["--local_data_opts", "--corpus_dir /nonexistent/corpus"],
+            "--corpus_dir /nonexistent/corpus is not a speechssl",
+        ),
+    ],
+)
 def test_bad_options_exit_2_with_a_message(work, args, message):
     proc = _run(work, *args, timeout=120)
     assert proc.returncode == 2, proc.stdout + proc.stderr
@@ -130,7 +156,9 @@ def test_a_failed_job_stops_the_recipe_with_the_end_of_its_log(work):
     for split in ("train", "dev", "test"):
         (work / "data" / "ks" / split).mkdir(parents=True)
     # the sweep reaches the config as a YAML list; 1e-2 is read as a float, -1 is refused by the library
-    proc = _run(work, "--stage", "3", "--stop_stage", "4", "--tasks", "ks", "--lr_sweep", "1e-2  -1", timeout=120)
+    proc = _run(
+        work, "--stage", "3", "--stop_stage", "4", "--tasks", "ks", "--lr_sweep", "1e-2  -1", timeout=120
+    )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "Error: job failed (log: exp/ks_fbank.train.log)" in proc.stderr
     assert "lr_sweep must hold positive learning rates, found [0.01, -1.0]" in proc.stderr

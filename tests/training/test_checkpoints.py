@@ -11,14 +11,20 @@ from speechssl.training import checkpoints as ckpt
 
 def _save(root: Path, step: int, model: torch.nn.Module) -> Path:
     state = {"step": step, "rng": [ckpt.capture_rng()], "note": "x", "nested": {"a": [1, 2.5, None]}}
-    return ckpt.save_checkpoint(root, step, model.state_dict(), state,
-                                lambda p: p.write_text(f"step: {step}\n"))
+    return ckpt.save_checkpoint(
+        root, step, model.state_dict(), state, lambda p: p.write_text(f"step: {step}\n")
+    )
 
 
 def test_roundtrip_layout_and_weights_only(tmp_path):
     model = ToyModel()
     path = _save(tmp_path, 3, model)
-    assert sorted(os.listdir(path)) == ["config.yaml", "manifest.json", "model.safetensors", "trainer_state.pt"]
+    assert sorted(os.listdir(path)) == [
+        "config.yaml",
+        "manifest.json",
+        "model.safetensors",
+        "trainer_state.pt",
+    ]
     assert (tmp_path / "last").is_symlink() and os.readlink(tmp_path / "last") == "step_3"
     weights, state = ckpt.load_checkpoint(tmp_path / "last")
     assert state["nested"] == {"a": [1, 2.5, None]}
@@ -48,9 +54,11 @@ def test_truncated_checkpoint_names_previous_good(tmp_path, victim):
     bad = _save(tmp_path, 4, model)
     with open(bad / victim, "r+b") as f:
         f.truncate(os.path.getsize(bad / victim) // 2)
-    with pytest.raises(ckpt.CheckpointError,
-                       match=rf"checkpoint .*step_4 is corrupt: {victim} has \d+ bytes, expected \d+ "
-                             rf"\(truncated\?\); the previous good checkpoint is {good}"):
+    with pytest.raises(
+        ckpt.CheckpointError,
+        match=rf"checkpoint .*step_4 is corrupt: {victim} has \d+ bytes, expected \d+ "
+        rf"\(truncated\?\); the previous good checkpoint is {good}",
+    ):
         ckpt.load_checkpoint(tmp_path / "last")
 
 
@@ -61,7 +69,9 @@ def test_flipped_byte_and_missing_manifest(tmp_path):
     data = bytearray((bad / "model.safetensors").read_bytes())
     data[-1] ^= 0xFF
     (bad / "model.safetensors").write_bytes(bytes(data))
-    with pytest.raises(ckpt.CheckpointError, match="does not match its sha256.*previous good checkpoint is .*step_1"):
+    with pytest.raises(
+        ckpt.CheckpointError, match="does not match its sha256.*previous good checkpoint is .*step_1"
+    ):
         ckpt.load_checkpoint(bad)
     (tmp_path / "step_1" / "manifest.json").unlink()
     with pytest.raises(ckpt.CheckpointError, match="step_1 is incomplete.*no earlier checkpoint verifies"):
@@ -112,15 +122,22 @@ def test_enospc_from_any_writer_is_one_line_and_keeps_the_previous_checkpoint(tm
 
     def full(*args, **kwargs):
         if writer == "torch.save":
-            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 128 vs 0\n"
-                               "PytorchStreamWriter failed writing file data/0: file write failed")
+            raise RuntimeError(
+                "[enforce fail at inline_container.cc:664] . unexpected pos 128 vs 0\n"
+                "PytorchStreamWriter failed writing file data/0: file write failed"
+            )
         if writer == "safetensors":
-            raise Exception('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
-                            'message: "No space left on device" })')
+            raise Exception(
+                "Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
+                'message: "No space left on device" })'
+            )
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    target = {"torch.save": "torch.save", "safetensors": "speechssl.training.checkpoints.save_file",
-              "manifest": "speechssl.training.checkpoints.write_manifest"}[writer]
+    target = {
+        "torch.save": "torch.save",
+        "safetensors": "speechssl.training.checkpoints.save_file",
+        "manifest": "speechssl.training.checkpoints.write_manifest",
+    }[writer]
     monkeypatch.setattr(target, full)
     with pytest.raises(WriteFailedError) as info:
         _save(tmp_path, 2, model)
@@ -136,8 +153,11 @@ def test_a_real_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path
     size_kb = sum(p.stat().st_size for p in probe.iterdir()) // 1024
     root = tiny_fs(size_kb + 16 + size_kb // 2)  # room for one checkpoint, not for two
     _save(root, 1, model)
-    with pytest.raises(WriteFailedError, match=rf"^cannot write checkpoint {root / 'step_2'}: .*"
-                                               r"(No space left on device|file write failed)"):
+    with pytest.raises(
+        WriteFailedError,
+        match=rf"^cannot write checkpoint {root / 'step_2'}: .*"
+        r"(No space left on device|file write failed)",
+    ):
         _save(root, 2, model)
     _assert_previous_intact(root, model)
 
@@ -148,6 +168,8 @@ def test_an_empty_or_partial_manifest_does_not_verify(tmp_path):
     (path / "manifest.json").write_text('{"step": 1, "files": {}}')
     with pytest.raises(ckpt.CheckpointError, match="step_1 is corrupt: manifest.json lists no files"):
         ckpt.load_checkpoint(path)
-    (path / "manifest.json").write_text('{"files": {"config.yaml": {"bytes": 8, "sha256": "%s"}}}' % ("0" * 64))
+    (path / "manifest.json").write_text(
+        '{"files": {"config.yaml": {"bytes": 8, "sha256": "%s"}}}' % ("0" * 64)
+    )
     with pytest.raises(ckpt.CheckpointError, match="manifest.json does not list model.safetensors"):
         ckpt.load_checkpoint(path)

@@ -14,11 +14,16 @@ SPEC = {
     "data": {"num_items": 32},
     "batch_size": 4,
     "group": 2,  # both runs cut each epoch to an even number of global batches
-    "trainer": {"max_steps": 6, "lr": 0.01, "warmup_steps": 2, "save_every": 100, "log_every": 3,
-                "clip_norm": 0.5, "weight_decay": 0.01},
+    "trainer": {
+        "max_steps": 6,
+        "lr": 0.01,
+        "warmup_steps": 2,
+        "save_every": 100,
+        "log_every": 3,
+        "clip_norm": 0.5,
+        "weight_decay": 0.01,
+    },
 }
-
-
 
 
 @pytest.mark.slow
@@ -26,12 +31,31 @@ def test_two_gloo_ranks_match_one_process_with_accumulation(tmp_path):
     one = dict(SPEC, trainer=dict(SPEC["trainer"], accum_steps=2))
     two = dict(SPEC, trainer=dict(SPEC["trainer"], accum_steps=1))
     runner = [sys.executable, "-m", "speechssl.testing.training"]
-    subprocess.run([*runner, "--out", str(tmp_path / "one"), "--json", json.dumps(one)],
-                   check=True, env=subprocess_env(), capture_output=True, timeout=120)
+    subprocess.run(
+        [*runner, "--out", str(tmp_path / "one"), "--json", json.dumps(one)],
+        check=True,
+        env=subprocess_env(),
+        capture_output=True,
+        timeout=120,
+    )
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         *runner[1:], "--out", str(tmp_path / "two"), "--json", json.dumps(two)],
-        env=subprocess_env(), capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            *runner[1:],
+            "--out",
+            str(tmp_path / "two"),
+            "--json",
+            json.dumps(two),
+        ],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "gloo process group: rank 0 of 2" in proc.stderr
     a = load_file(str(tmp_path / "one" / "final.safetensors"))

@@ -32,7 +32,14 @@ from speechssl.training import checkpoints as ckpt
 from speechssl.training.experiment import experiment
 from speechssl.training.trainer import NonFiniteWeightsError
 
-CONF = Path(__file__).resolve().parents[2] / "egs" / "mini_synth" / "ssl1" / "conf" / "pretrain_wav2vec2_tiny.yaml"
+CONF = (
+    Path(__file__).resolve().parents[2]
+    / "egs"
+    / "mini_synth"
+    / "ssl1"
+    / "conf"
+    / "pretrain_wav2vec2_tiny.yaml"
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +51,9 @@ def corpus(tmp_path_factory):
 
 
 def pretrain_args(corpus, out, *extra, valid=True):
-    valid_args = ["--valid", str(corpus / "dev")] if valid is True else (["--valid", str(valid)] if valid else [])
+    valid_args = (
+        ["--valid", str(corpus / "dev")] if valid is True else (["--valid", str(valid)] if valid else [])
+    )
     return ["pretrain", "--config", str(CONF), "--train", str(corpus / "train"), *valid_args,
             "--out", str(out), "--max-steps", "2", *TINY_PRETRAIN_ARGS, *extra]  # fmt: skip
 
@@ -87,9 +96,15 @@ def copy_exp(src: Path, dst: Path) -> Path:
 @pytest.mark.slow
 def test_a_second_run_on_the_same_out_is_refused_naming_the_holder(corpus, tmp_path, capsys):
     exp = tmp_path / "exp"
-    long_run = pretrain_args(corpus, exp, "--max-steps", "400", "--save-every", "1")  # the last --max-steps wins
-    first = subprocess.Popen([sys.executable, "-m", "speechssl", *long_run], env=subprocess_env(),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    long_run = pretrain_args(
+        corpus, exp, "--max-steps", "400", "--save-every", "1"
+    )  # the last --max-steps wins
+    first = subprocess.Popen(
+        [sys.executable, "-m", "speechssl", *long_run],
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 90
         while not (exp / "checkpoints" / "step_2").is_dir():
@@ -111,7 +126,10 @@ def test_a_second_run_on_the_same_out_is_refused_naming_the_holder(corpus, tmp_p
     last = ckpt.resolve(exp / "checkpoints", "last")
     ckpt.verify(last)
     assert read_marker(exp) == "pretrain"
-    assert main(pretrain_args(corpus, exp, "--resume", "--max-steps", str(int(last.name.split("_")[1]) + 1))) == 0
+    assert (
+        main(pretrain_args(corpus, exp, "--resume", "--max-steps", str(int(last.name.split("_")[1]) + 1)))
+        == 0
+    )
 
 
 def test_the_lock_refuses_a_run_while_another_process_holds_it(corpus, tmp_path, capsys):
@@ -170,7 +188,9 @@ def test_a_corrupt_resume_checkpoint_is_refused_before_any_write(finished, tmp_p
 
 def test_resume_may_lengthen_the_run(finished, tmp_path, corpus):
     exp = copy_exp(finished, tmp_path / "exp")
-    assert main(pretrain_args(corpus, exp, "--resume", "--max-steps", "3", "--set", "trainer.log_every=3")) == 0
+    assert (
+        main(pretrain_args(corpus, exp, "--resume", "--max-steps", "3", "--set", "trainer.log_every=3")) == 0
+    )
     assert json.loads((exp / "train_summary.json").read_text())["steps"] == 3
 
 
@@ -255,8 +275,13 @@ def test_non_finite_lr_is_refused_naming_the_key(corpus, tmp_path, capsys, value
 
 
 def test_trainer_config_refuses_non_finite_values():
-    for key, value in (("lr", float("inf")), ("lr", float("nan")), ("clip_norm", float("nan")),
-                       ("weight_decay", float("inf")), ("eps", float("nan"))):
+    for key, value in (
+        ("lr", float("inf")),
+        ("lr", float("nan")),
+        ("clip_norm", float("nan")),
+        ("weight_decay", float("inf")),
+        ("eps", float("nan")),
+    ):
         with pytest.raises(ValueError, match=rf"^{key} must be a finite number, found (nan|inf)"):
             TrainerConfig(**{key: value})
     with pytest.raises(ValueError, match="betas must be a finite number"):
@@ -276,8 +301,11 @@ def test_a_checkpoint_of_nan_weights_is_never_written(tmp_path):
     torch.manual_seed(0)
     dataset = ToyDataset(16)
     config = TrainerConfig(max_steps=4, lr=0.01, save_every=1, log_every=1)
-    with pytest.raises(NonFiniteWeightsError, match=r"step 2: the model's weights hold NaN/inf \(proj.weight\);"
-                                                    r" no checkpoint is written \(the last good one is .*step_1\)"):
+    with pytest.raises(
+        NonFiniteWeightsError,
+        match=r"step 2: the model's weights hold NaN/inf \(proj.weight\);"
+        r" no checkpoint is written \(the last good one is .*step_1\)",
+    ):
         train(_Diverging(), dataset, toy_collate, ToyBatchSampler(16, 4), config, tmp_path / "exp")
     assert [p.name for p in ckpt.step_dirs(tmp_path / "exp" / "checkpoints")] == ["step_1"]
     weights, _ = ckpt.load_checkpoint(ckpt.resolve(tmp_path / "exp" / "checkpoints", "last"))
@@ -306,15 +334,27 @@ def test_under_torchrun_every_rank_is_refused_when_the_dir_is_locked(tmp_path):
     exp = tmp_path / "exp"
     script = tmp_path / "ranks.py"
     script.write_text(_RANKS)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(script),
+    ]
     with ExperimentLock(exp, "pretrain"):
-        proc = subprocess.run([*torchrun, str(exp)], env=subprocess_env(), capture_output=True, text=True,
-                              timeout=120)
+        proc = subprocess.run(
+            [*torchrun, str(exp)], env=subprocess_env(), capture_output=True, text=True, timeout=120
+        )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for rank in (0, 1):
-        assert f"rank {rank} refused: {exp} is in use by `speechssl pretrain` (pid {os.getpid()}" in proc.stdout
+        assert (
+            f"rank {rank} refused: {exp} is in use by `speechssl pretrain` (pid {os.getpid()}" in proc.stdout
+        )
     assert sorted(os.listdir(exp)) == []  # the lock went with its holder; the ranks wrote nothing
-    proc = subprocess.run([*torchrun, str(exp)], env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [*torchrun, str(exp)], env=subprocess_env(), capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "rank 0 ran" in proc.stdout and "rank 1 ran" in proc.stdout
     assert read_marker(exp) == "pretrain" and not (exp / LOCK).exists()
@@ -329,6 +369,8 @@ def test_experiment_refusals_in_one_process(tmp_path):
             with experiment(exp, "pretrain"):
                 pass
     (exp / "checkpoints" / "step_5").mkdir(parents=True)
-    with pytest.raises(OutputExistsError, match=r"holds checkpoints of an earlier run: resume it \(--resume\)"):
+    with pytest.raises(
+        OutputExistsError, match=r"holds checkpoints of an earlier run: resume it \(--resume\)"
+    ):
         with experiment(exp, "pretrain"):
             pass

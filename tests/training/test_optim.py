@@ -10,8 +10,16 @@ def test_no_weight_decay_on_norms_biases_and_1d_params():
     model = nn.Sequential(ToyModel(), nn.GroupNorm(2, 4), nn.Conv1d(4, 4, 3))
     decay, no_decay = split_decay(model)
     assert decay == ["0.proj.weight", "0.out.weight", "2.weight"]
-    assert set(no_decay) == {"0.mask_emb", "0.proj.bias", "0.norm.weight", "0.norm.bias", "0.out.bias",
-                             "1.weight", "1.bias", "2.bias"}
+    assert set(no_decay) == {
+        "0.mask_emb",
+        "0.proj.bias",
+        "0.norm.weight",
+        "0.norm.bias",
+        "0.out.bias",
+        "1.weight",
+        "1.bias",
+        "2.bias",
+    }
 
 
 def test_optimizer_groups_apply_decay_only_to_matrices():

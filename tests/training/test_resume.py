@@ -16,15 +16,29 @@ SPEC = {
     "group": 1,
     "model": {"dropout": 0.3},  # RNG must be restored for dropout masks to match
     "valid": True,
-    "trainer": {"max_steps": 16, "lr": 0.01, "warmup_steps": 3, "save_every": 4, "log_every": 2,
-                "keep_last": 2, "accum_steps": 1, "clip_norm": 1.0},
+    "trainer": {
+        "max_steps": 16,
+        "lr": 0.01,
+        "warmup_steps": 3,
+        "save_every": 4,
+        "log_every": 2,
+        "keep_last": 2,
+        "accum_steps": 1,
+        "clip_norm": 1.0,
+    },
 }
 RUNNER = [sys.executable, "-m", "speechssl.testing.training"]
 
 
 def _run(out, spec, **popen):
-    return subprocess.run([*RUNNER, "--out", str(out), "--json", json.dumps(spec)], env=subprocess_env(),
-                          capture_output=True, text=True, timeout=120, **popen)
+    return subprocess.run(
+        [*RUNNER, "--out", str(out), "--json", json.dumps(spec)],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        **popen,
+    )
 
 
 @pytest.mark.slow
@@ -34,8 +48,12 @@ def test_sigkill_mid_epoch_then_resume_is_bit_exact(tmp_path):
 
     slow = dict(SPEC, data=dict(SPEC["data"], delay_s=0.05))  # ~0.2 s per update: killable
     out = tmp_path / "killed"
-    proc = subprocess.Popen([*RUNNER, "--out", str(out), "--json", json.dumps(slow)], env=subprocess_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*RUNNER, "--out", str(out), "--json", json.dumps(slow)],
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     kill_when(proc, out / "checkpoints" / "step_8", timeout=90, poll=0.01)
     assert not (out / "final.safetensors").exists()
 

@@ -17,8 +17,9 @@ def test_linear_warmup_then_decay_to_end():
 
 
 def test_polynomial_power_and_end_scale():
-    s = build_schedule(TrainerConfig(max_steps=20, warmup_steps=10, schedule="polynomial", power=2.0,
-                                     end_lr_scale=0.1))
+    s = build_schedule(
+        TrainerConfig(max_steps=20, warmup_steps=10, schedule="polynomial", power=2.0, end_lr_scale=0.1)
+    )
     assert isinstance(s, PolynomialDecay)
     assert s(10) == 1.0
     assert s(15) == pytest.approx(0.1 + 0.9 * 0.25)
@@ -26,8 +27,13 @@ def test_polynomial_power_and_end_scale():
 
 
 def test_tri_stage_boundaries_match_fairseq():
-    cfg = TrainerConfig(max_steps=1000, schedule="tri_stage", tri_stage_ratios=(0.1, 0.4, 0.5),
-                        init_lr_scale=0.01, final_lr_scale=0.05)
+    cfg = TrainerConfig(
+        max_steps=1000,
+        schedule="tri_stage",
+        tri_stage_ratios=(0.1, 0.4, 0.5),
+        init_lr_scale=0.01,
+        final_lr_scale=0.05,
+    )
     s = build_schedule(cfg)
     assert isinstance(s, TriStage)
     assert s.boundaries() == (100, 500, 1000)

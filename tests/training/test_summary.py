@@ -10,8 +10,14 @@ from speechssl.cli.main import main
 def _run_dir(tmp_path):
     run = tmp_path / "exp" / "hubert_iter1"
     run.mkdir(parents=True)
-    summary = {"steps": 1500, "wall_seconds": 228.0, "audio_seconds_per_second": 97.4, "best_valid_loss": 3.21,
-               "last_checkpoint": str(run / "checkpoints" / "step_1500"), "tensorboard": str(run / "tensorboard")}
+    summary = {
+        "steps": 1500,
+        "wall_seconds": 228.0,
+        "audio_seconds_per_second": 97.4,
+        "best_valid_loss": 3.21,
+        "last_checkpoint": str(run / "checkpoints" / "step_1500"),
+        "tensorboard": str(run / "tensorboard"),
+    }
     (run / "train_summary.json").write_text(json.dumps(summary))
     return run
 

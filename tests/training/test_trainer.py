@@ -14,7 +14,10 @@ def _run(tmp_path, *, nan_items=(), valid=False, dropout_free=False, **trainer):
     cfg = TrainerConfig(**{"max_steps": 8, "save_every": 4, "log_every": 2, "lr": 0.01, **trainer})
     kwargs = {}
     if valid:
-        kwargs = {"valid_dataset": ToyDataset(8, seed=5), "valid_sampler": ToyBatchSampler(8, 4, shuffle=False)}
+        kwargs = {
+            "valid_dataset": ToyDataset(8, seed=5),
+            "valid_sampler": ToyBatchSampler(8, 4, shuffle=False),
+        }
     result = train(model, data, toy_collate, ToyBatchSampler(16, 4, shuffle=False), cfg, tmp_path, **kwargs)
     return model, result
 
@@ -30,8 +33,11 @@ def test_nan_steps_are_skipped_and_counted(tmp_path):
 
 
 def test_consecutive_bad_steps_stop_with_advice(tmp_path):
-    with pytest.raises(BadStepsError, match=r"3 consecutive updates had a NaN/inf loss or gradient .*"
-                                            r"Try: a lower lr .*fp32 or bf16 instead of fp16.*check the data"):
+    with pytest.raises(
+        BadStepsError,
+        match=r"3 consecutive updates had a NaN/inf loss or gradient .*"
+        r"Try: a lower lr .*fp32 or bf16 instead of fp16.*check the data",
+    ):
         _run(tmp_path, nan_items=tuple(range(16)), max_bad_steps=3, log_every=10)
 
 
@@ -46,9 +52,19 @@ def test_keep_last_best_and_tensorboard_tags(tmp_path):
     acc = EventAccumulator(str(tmp_path / "tensorboard"))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
-    expected = {"train/loss", "train/mae", "train/pred_mean", "train/lr", "train/grad_norm",
-                "train/audio_seconds_per_second", "train/padding_efficiency", "train/skipped_steps",
-                "memory/max_rss_gib", "valid/loss", "valid/mae"}
+    expected = {
+        "train/loss",
+        "train/mae",
+        "train/pred_mean",
+        "train/lr",
+        "train/grad_norm",
+        "train/audio_seconds_per_second",
+        "train/padding_efficiency",
+        "train/skipped_steps",
+        "memory/max_rss_gib",
+        "valid/loss",
+        "valid/mae",
+    }
     assert expected <= tags, expected - tags
     assert [e.step for e in acc.Scalars("train/loss")] == [2, 4, 6, 8]
     eff = acc.Scalars("train/padding_efficiency")[0].value
@@ -56,12 +72,26 @@ def test_keep_last_best_and_tensorboard_tags(tmp_path):
 
 
 def test_resume_true_without_checkpoint_starts_fresh_and_bad_resume_path(tmp_path):
-    result = train(ToyModel(), ToyDataset(8), toy_collate, ToyBatchSampler(8, 4), TrainerConfig(max_steps=2),
-                   tmp_path, resume=True)
+    result = train(
+        ToyModel(),
+        ToyDataset(8),
+        toy_collate,
+        ToyBatchSampler(8, 4),
+        TrainerConfig(max_steps=2),
+        tmp_path,
+        resume=True,
+    )
     assert result.step == 2 and result.last_checkpoint.name == "step_2"
     with pytest.raises(FileNotFoundError, match="resume checkpoint .*nope does not exist"):
-        train(ToyModel(), ToyDataset(8), toy_collate, ToyBatchSampler(8, 4), TrainerConfig(max_steps=1),
-              tmp_path / "x", resume=tmp_path / "nope")
+        train(
+            ToyModel(),
+            ToyDataset(8),
+            toy_collate,
+            ToyBatchSampler(8, 4),
+            TrainerConfig(max_steps=1),
+            tmp_path / "x",
+            resume=tmp_path / "nope",
+        )
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
@@ -97,8 +127,15 @@ def test_resume_from_mid_epoch_checkpoint_is_bit_exact(tmp_path, kind):
     assert 5 % len(sampler) != 0  # the checkpoint at step 5 is mid-epoch
     train(model, data, toy_collate, sampler, cfg, tmp_path / "a")
     resumed, data, sampler = fresh()
-    result = train(resumed, data, toy_collate, sampler, cfg, tmp_path / "b",
-                   resume=tmp_path / "a" / "checkpoints" / "step_5")
+    result = train(
+        resumed,
+        data,
+        toy_collate,
+        sampler,
+        cfg,
+        tmp_path / "b",
+        resume=tmp_path / "a" / "checkpoints" / "step_5",
+    )
     assert result.step == 10
     for (name, a), b in zip(model.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
@@ -108,14 +145,22 @@ def test_batch_helpers_understand_the_dataset_batch():
     from speechssl.data.dataset import collate_audio
     from speechssl.training.trainer import default_batch_lengths, to_device
 
-    batch = collate_audio([{"utt_id": "a", "wav": torch.zeros(16000)}, {"utt_id": "b", "wav": torch.zeros(8000)}])
+    batch = collate_audio(
+        [{"utt_id": "a", "wav": torch.zeros(16000)}, {"utt_id": "b", "wav": torch.zeros(8000)}]
+    )
     assert default_batch_lengths(batch).tolist() == [16000, 8000]
     moved = to_device(batch, torch.device("cpu"))
     assert moved.wavs.shape == (2, 16000)
     # no key guessing: a batch without `wav_lens` gives no lengths (pass batch_lengths= instead)
     assert default_batch_lengths({"lengths": torch.tensor([3, 4])}) is None
-    assert default_batch_lengths(toy_collate([{"x": torch.zeros(3, 4), "y": torch.tensor(0.0)},
-                                              {"x": torch.zeros(4, 4), "y": torch.tensor(0.0)}])).tolist() == [3, 4]
+    assert default_batch_lengths(
+        toy_collate(
+            [
+                {"x": torch.zeros(3, 4), "y": torch.tensor(0.0)},
+                {"x": torch.zeros(4, 4), "y": torch.tensor(0.0)},
+            ]
+        )
+    ).tolist() == [3, 4]
     assert default_batch_lengths((torch.zeros(2),)) is None
 
 

@@ -44,7 +44,9 @@ def train_dir(tmp_path_factory) -> Path:
         wave = 0.3 * np.sin(2 * np.pi * (150 + 90 * i) * t) + 0.2 * np.sin(2 * np.pi * (900 - 70 * i) * t)
         path = root / "audio" / f"{utt}.wav"
         path.parent.mkdir(exist_ok=True)
-        sf.write(path, (wave + 0.01 * rng.standard_normal(len(t))).astype(np.float32), 16000, subtype="PCM_16")
+        sf.write(
+            path, (wave + 0.01 * rng.standard_normal(len(t))).astype(np.float32), 16000, subtype="PCM_16"
+        )
         wav_scp[utt], utt2spk[utt] = str(path), utt.split("-")[0]
     write_data_dir(root / "train", wav_scp, utt2spk=utt2spk, text=TEXTS)
     return root / "train"
@@ -57,11 +59,23 @@ def tiny_upstream() -> Upstream:
 
 
 def small_config(max_steps: int, freeze: int, tuning: TuningConfig | None = None) -> CTCFinetuneConfig:
-    trainer = TrainerConfig(max_steps=max_steps, lr=3e-3, schedule="tri_stage", weight_decay=0.0, save_every=max_steps,
-                            log_every=max_steps, num_workers=0)
-    return CTCFinetuneConfig(trainer=trainer, tuning=tuning or TuningConfig(method="full"),
-                             freeze_finetune_updates=freeze, layerdrop=0.0, max_batch_seconds=4.0,
-                             mask=MaskConfig(mask_prob=0.2, mask_length=2, channel_prob=0.1, channel_length=4))
+    trainer = TrainerConfig(
+        max_steps=max_steps,
+        lr=3e-3,
+        schedule="tri_stage",
+        weight_decay=0.0,
+        save_every=max_steps,
+        log_every=max_steps,
+        num_workers=0,
+    )
+    return CTCFinetuneConfig(
+        trainer=trainer,
+        tuning=tuning or TuningConfig(method="full"),
+        freeze_finetune_updates=freeze,
+        layerdrop=0.0,
+        max_batch_seconds=4.0,
+        mask=MaskConfig(mask_prob=0.2, mask_length=2, channel_prob=0.1, channel_length=4),
+    )
 
 
 def test_full_finetuning_lowers_the_loss_and_keeps_the_frontend(train_dir, tmp_path):
@@ -78,11 +92,15 @@ def test_full_finetuning_lowers_the_loss_and_keeps_the_frontend(train_dir, tmp_p
     for name, value in upstream.state_dict().items():
         if name.startswith("model.feature_extractor."):
             assert torch.equal(value, initial[name]), name
-    assert not torch.equal(upstream.state_dict()["model.encoder.layers.0.attention.q_proj.weight"],
-                           initial["model.encoder.layers.0.attention.q_proj.weight"])
+    assert not torch.equal(
+        upstream.state_dict()["model.encoder.layers.0.attention.q_proj.weight"],
+        initial["model.encoder.layers.0.attention.q_proj.weight"],
+    )
     # final/: a loadable upstream checkpoint, the head and the vocabulary
     final = result.final_dir
-    assert CharVocab.load(final / "vocab.txt").tokens == vocab.tokens == ["<blank>", "<unk>", "|", "a", "b", "c"]
+    assert (
+        CharVocab.load(final / "vocab.txt").tokens == vocab.tokens == ["<blank>", "<unk>", "|", "a", "b", "c"]
+    )
     assert set(load_file(final / "ctc_head.safetensors")) == {"weight", "bias"}
     reloaded = load_upstream(final / "upstream")
     wavs = torch.randn(2, 4000)
@@ -105,7 +123,9 @@ def test_lora_ctc_writes_tuned_weights_only(train_dir, tmp_path):
     upstream = tiny_upstream()
     plain = copy.deepcopy(upstream)
     tuning = TuningConfig(method="lora", lora=LoRAConfig(rank=2))
-    result = finetune_ctc(upstream, train_dir, tmp_path / "exp", small_config(max_steps=4, freeze=0, tuning=tuning))
+    result = finetune_ctc(
+        upstream, train_dir, tmp_path / "exp", small_config(max_steps=4, freeze=0, tuning=tuning)
+    )
     head = sum(p.numel() for p in result.model.head.parameters())
     assert result.report.trainable == head + 2 * 2 * 2 * (32 + 32)  # 2 layers x (q, v) x rank 2 x (in + out)
     assert not (result.final_dir / "upstream").exists()
@@ -113,7 +133,9 @@ def test_lora_ctc_writes_tuned_weights_only(train_dir, tmp_path):
     wavs = torch.randn(1, 4000)
     with torch.no_grad():
         upstream.eval()
-        torch.testing.assert_close(plain(wavs).hidden_states[-1], upstream(wavs).hidden_states[-1], atol=0, rtol=0)
+        torch.testing.assert_close(
+            plain(wavs).hidden_states[-1], upstream(wavs).hidden_states[-1], atol=0, rtol=0
+        )
 
 
 def test_vocab_and_greedy_decoding():

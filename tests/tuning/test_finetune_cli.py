@@ -25,17 +25,44 @@ def setup(tmp_path_factory) -> dict[str, Path]:
     save_checkpoint(build_model(config), config, root / "hubert_tiny")
     train = make_data_dir(root / "corpus", name="train").path
     conf = root / "ft.yaml"
-    conf.write_text(yaml.safe_dump({
-        "trainer": {"max_steps": 40, "lr": 3.0e-3, "schedule": "tri_stage", "weight_decay": 0.0,
-                    "save_every": 40, "log_every": 40},
-        "freeze_finetune_updates": 10, "layerdrop": 0.0, "max_batch_seconds": 4.0,
-        "mask": {"mask_prob": 0.2, "mask_length": 2, "channel_prob": 0.1, "channel_length": 4}}))
+    conf.write_text(
+        yaml.safe_dump(
+            {
+                "trainer": {
+                    "max_steps": 40,
+                    "lr": 3.0e-3,
+                    "schedule": "tri_stage",
+                    "weight_decay": 0.0,
+                    "save_every": 40,
+                    "log_every": 40,
+                },
+                "freeze_finetune_updates": 10,
+                "layerdrop": 0.0,
+                "max_batch_seconds": 4.0,
+                "mask": {"mask_prob": 0.2, "mask_length": 2, "channel_prob": 0.1, "channel_length": 4},
+            }
+        )
+    )
     return {"upstream": root / "hubert_tiny", "train": train, "conf": conf}
 
 
 def _finetune(setup, out: Path, *extra: str) -> int:
-    return main(["finetune", "--upstream", str(setup["upstream"]), "--train", str(setup["train"]),
-                 "--valid", str(setup["train"]), "--out", str(out), "--config", str(setup["conf"]), *extra])
+    return main(
+        [
+            "finetune",
+            "--upstream",
+            str(setup["upstream"]),
+            "--train",
+            str(setup["train"]),
+            "--valid",
+            str(setup["train"]),
+            "--out",
+            str(out),
+            "--config",
+            str(setup["conf"]),
+            *extra,
+        ]
+    )
 
 
 def test_lora_finetune_then_evaluate_prints_cer_and_loss(setup, tmp_path, capsys):
@@ -45,7 +72,9 @@ def test_lora_finetune_then_evaluate_prints_cer_and_loss(setup, tmp_path, capsys
     exp = yaml.safe_load((out / "finetune.yaml").read_text())
     assert exp["upstream"] == str(setup["upstream"])
     assert exp["config"]["tuning"]["method"] == "lora" and exp["config"]["tuning"]["lora"]["rank"] == 2
-    assert exp["config"]["trainer"]["max_steps"] == 4 and exp["config"]["freeze_finetune_updates"] == 1  # 10/40 kept
+    assert (
+        exp["config"]["trainer"]["max_steps"] == 4 and exp["config"]["freeze_finetune_updates"] == 1
+    )  # 10/40 kept
     assert (out / "final" / "tuned.safetensors").is_file() and not (out / "final" / "upstream").exists()
 
     assert main(["finetune", "evaluate", "--out", str(out), "--data", str(setup["train"])]) == 0
@@ -62,7 +91,9 @@ def test_full_finetune_reloads_to_the_same_scores_and_resumes(setup, tmp_path, c
     before = evaluate_ctc(model, setup["train"])
     assert main(["finetune", "evaluate", "--out", str(out), "--data", str(setup["train"])]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert printed["cer"] == pytest.approx(before["cer"]) and printed["loss"] == pytest.approx(before["loss"], rel=1e-5)
+    assert printed["cer"] == pytest.approx(before["cer"]) and printed["loss"] == pytest.approx(
+        before["loss"], rel=1e-5
+    )
     # resuming a finished run with more steps continues from its checkpoint
     assert _finetune(setup, out, "--max-steps", "8", "--resume") == 0
     assert "8 updates" in capsys.readouterr().out
@@ -77,8 +108,20 @@ def test_config_options_compose():
 def test_user_errors_are_one_line(setup, tmp_path, capsys):
     assert main(["finetune", "--upstream", str(setup["upstream"])]) == 1
     assert "needs --train, --out" in capsys.readouterr().err
-    assert main(["finetune", "--upstream", str(setup["upstream"]), "--train", str(tmp_path / "nope"),
-                 "--out", str(tmp_path / "x")]) == 1
+    assert (
+        main(
+            [
+                "finetune",
+                "--upstream",
+                str(setup["upstream"]),
+                "--train",
+                str(tmp_path / "nope"),
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 1
+    )
     assert f"train data dir {tmp_path / 'nope'} does not exist" in capsys.readouterr().err
     assert _finetune(setup, tmp_path / "x", "--max-steps", "0") == 1
     assert "max_steps must be > 0" in capsys.readouterr().err
@@ -95,7 +138,9 @@ def test_finetune_out_is_guarded_and_a_failed_resume_changes_nothing(setup, tmp_
     mine.mkdir()
     (mine / "notes.txt").write_text("precious")
     assert _finetune(setup, mine, "--max-steps", "2") == 1
-    assert "already holds files that `speechssl finetune` did not write (notes.txt)" in capsys.readouterr().err
+    assert (
+        "already holds files that `speechssl finetune` did not write (notes.txt)" in capsys.readouterr().err
+    )
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
 
     out = tmp_path / "exp"
@@ -116,7 +161,23 @@ def test_finetune_refuses_an_empty_valid_dir_at_start_up(setup, tmp_path, capsys
     empty.mkdir()
     for name in ("wav.scp", "text"):
         (empty / name).write_text("")
-    assert main(["finetune", "--upstream", str(setup["upstream"]), "--train", str(setup["train"]),
-                 "--valid", str(empty), "--out", str(tmp_path / "exp"), "--config", str(setup["conf"])]) == 1
+    assert (
+        main(
+            [
+                "finetune",
+                "--upstream",
+                str(setup["upstream"]),
+                "--train",
+                str(setup["train"]),
+                "--valid",
+                str(empty),
+                "--out",
+                str(tmp_path / "exp"),
+                "--config",
+                str(setup["conf"]),
+            ]
+        )
+        == 1
+    )
     assert f"validation data dir {empty} holds no utterances" in capsys.readouterr().err
     assert not (tmp_path / "exp").exists()

@@ -32,8 +32,12 @@ CONFIGS = {
     "adapter": TuningConfig(method="adapter", adapter=AdapterConfig(bottleneck_dim=8)),
     "pfeiffer": TuningConfig(method="adapter", adapter=AdapterConfig(bottleneck_dim=8, placement="pfeiffer")),
     "lora": TuningConfig(method="lora", lora=LoRAConfig(rank=4)),
-    "lora_all": TuningConfig(method="lora", lora=LoRAConfig(
-        rank=2, targets=("q_proj", "k_proj", "v_proj", "out_proj", "intermediate_dense", "output_dense"))),
+    "lora_all": TuningConfig(
+        method="lora",
+        lora=LoRAConfig(
+            rank=2, targets=("q_proj", "k_proj", "v_proj", "out_proj", "intermediate_dense", "output_dense")
+        ),
+    ),
     "prefix": TuningConfig(method="prefix", prefix=PrefixConfig(prefix_length=3, mlp_dim=5)),
     "prefix_direct": TuningConfig(method="prefix", prefix=PrefixConfig(prefix_length=3, mlp_dim=None)),
     "bitfit": TuningConfig(method="bitfit"),
@@ -80,8 +84,9 @@ def test_starts_as_identity_on_padded_batch(plain, batch, name):
         torch.testing.assert_close(h, h_ref, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["adapter", "pfeiffer", "lora", "lora_all", "prefix", "prefix_direct", "bitfit",
-                                  "full"])
+@pytest.mark.parametrize(
+    "name", ["adapter", "pfeiffer", "lora", "lora_all", "prefix", "prefix_direct", "bitfit", "full"]
+)
 def test_one_step_moves_only_tuned_parameters(plain, batch, name):
     up = tuned(plain, name)
     before = {n: p.detach().clone() for n, p in up.named_parameters()}
@@ -117,7 +122,9 @@ def test_trainable_fraction_equals_hand_count(plain):
     layers, D, inner, ffn, C = 2, 32, 32, 64, 24
     adapter = (D * 8 + 8) + (8 * D + D)  # down + up, bottleneck 8
     prefix_mlp = 3 * 5 + (5 * 5 + 5) + (5 * 2 * inner + 2 * inner) + 4  # table, MLP, gate (4 heads)
-    bitfit = layers * (4 * D + ffn + D + 2 * D) + (C + D) + D + D  # layers; projection LN+Linear; encoder LN; pos conv
+    bitfit = (
+        layers * (4 * D + ffn + D + 2 * D) + (C + D) + D + D
+    )  # layers; projection LN+Linear; encoder LN; pos conv
     added = {
         "adapter": layers * 2 * adapter,
         "pfeiffer": layers * adapter,
@@ -196,14 +203,17 @@ def test_prefix_attention_is_padding_invariant():
     with torch.no_grad():
         out = up(wavs, lens)
         for b in range(2):
-            alone = up(wavs[b: b + 1, : lens[b]], lens[b: b + 1])
+            alone = up(wavs[b : b + 1, : lens[b]], lens[b : b + 1])
             T = int(out.lengths[b])
-            torch.testing.assert_close(out.hidden_states[-1][b, :T], alone.hidden_states[-1][0], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(
+                out.hidden_states[-1][b, :T], alone.hidden_states[-1][0], atol=1e-5, rtol=1e-5
+            )
 
 
 def test_errors_name_valid_methods_and_bad_keys(plain, tmp_path):
-    with pytest.raises(ValueError, match="unknown tuning method 'lorra'; valid: adapter, bitfit, frozen, full, lora, "
-                                         "prefix"):
+    with pytest.raises(
+        ValueError, match="unknown tuning method 'lorra'; valid: adapter, bitfit, frozen, full, lora, prefix"
+    ):
         TuningConfig(method="lorra")
     with pytest.raises(ValueError, match="unknown tuning method 'houlsby'; valid: adapter"):
         tuning_config("houlsby")
@@ -211,8 +221,12 @@ def test_errors_name_valid_methods_and_bad_keys(plain, tmp_path):
         tuning_config("lora", {"rnak": 4})
     with pytest.raises(ConfigError, match="tuning method 'full' takes no options; found \\['rank'\\]"):
         tuning_config("full", {"rank": 4})
-    assert tuning_config("lora", {"rank": 4, "targets": ["q_proj"]}).lora == LoRAConfig(rank=4, targets=("q_proj",))
-    with pytest.raises(ValueError, match="LoRA targets must be a non-empty list of q_proj.*found \\['query'\\]"):
+    assert tuning_config("lora", {"rank": 4, "targets": ["q_proj"]}).lora == LoRAConfig(
+        rank=4, targets=("q_proj",)
+    )
+    with pytest.raises(
+        ValueError, match="LoRA targets must be a non-empty list of q_proj.*found \\['query'\\]"
+    ):
         LoRAConfig(targets=("query",))
 
     up = tuned(plain, "lora")
@@ -221,7 +235,9 @@ def test_errors_name_valid_methods_and_bad_keys(plain, tmp_path):
     state = tuned_state_dict(up)
     first = next(iter(state))
     broken = {k: v for k, v in state.items() if k != first} | {"model.encoder.bogus": torch.zeros(1)}
-    with pytest.raises(ValueError, match=f"missing 1 key\\(s\\): {first}; unexpected 1 key\\(s\\): model.encoder.bogus"):
+    with pytest.raises(
+        ValueError, match=f"missing 1 key\\(s\\): {first}; unexpected 1 key\\(s\\): model.encoder.bogus"
+    ):
         load_tuned_state_dict(up, broken)
     with pytest.raises(ValueError, match=f"'{first}' has shape \\(1,\\)"):
         load_tuned_state_dict(up, state | {first: torch.zeros(1)})

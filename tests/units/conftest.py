@@ -11,7 +11,9 @@ import soundfile as sf
 TONES = {"aa": 300.0, "iy": 900.0, "sh": None, "sil": 0.0}  # None: white noise, 0: near-silence
 
 
-def make_phone_corpus(root: Path, num_utts: int = 6, seed: int = 0, sample_rate: int = 16000) -> tuple[Path, Path]:
+def make_phone_corpus(
+    root: Path, num_utts: int = 6, seed: int = 0, sample_rate: int = 16000
+) -> tuple[Path, Path]:
     """(data dir, phone_ctm): utterances of 4-7 segments of 0.1-0.3 s, durations on a 10 ms grid."""
     rng = np.random.default_rng(seed)
     data, wavs = root / "data", root / "wav"

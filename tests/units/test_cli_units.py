@@ -16,26 +16,107 @@ def test_pipeline_end_to_end(phone_corpus, tmp_path, capsys):
     data, ctm = phone_corpus
     feats, km = tmp_path / "feats", tmp_path / "km"
     for rank in range(2):
-        assert main(["features", "--data", str(data), "--feature", "mfcc", "--out", str(feats),
-                     "--nshard", "2", "--rank", str(rank)]) == 0
-    assert main(["kmeans", "fit", "--feats", str(feats), "--num-clusters", "8", "--out", str(km),
-                 "--n-init", "2", "--batch-size", "512", "--max-iter", "20"]) == 0
+        assert (
+            main(
+                [
+                    "features",
+                    "--data",
+                    str(data),
+                    "--feature",
+                    "mfcc",
+                    "--out",
+                    str(feats),
+                    "--nshard",
+                    "2",
+                    "--rank",
+                    str(rank),
+                ]
+            )
+            == 0
+        )
+    assert (
+        main(
+            [
+                "kmeans",
+                "fit",
+                "--feats",
+                str(feats),
+                "--num-clusters",
+                "8",
+                "--out",
+                str(km),
+                "--n-init",
+                "2",
+                "--batch-size",
+                "512",
+                "--max-iter",
+                "20",
+            ]
+        )
+        == 0
+    )
     assert np.load(km / "centroids.npy", allow_pickle=False).shape == (8, 39)
     for k in (8, 3):
         if k == 3:  # a second label set to compare
-            assert main(["kmeans", "fit", "--feats", str(feats), "--num-clusters", "3", "--out", str(tmp_path / "km3"),
-                         "--n-init", "2", "--batch-size", "512", "--max-iter", "20"]) == 0
+            assert (
+                main(
+                    [
+                        "kmeans",
+                        "fit",
+                        "--feats",
+                        str(feats),
+                        "--num-clusters",
+                        "3",
+                        "--out",
+                        str(tmp_path / "km3"),
+                        "--n-init",
+                        "2",
+                        "--batch-size",
+                        "512",
+                        "--max-iter",
+                        "20",
+                    ]
+                )
+                == 0
+            )
         model = km if k == 8 else tmp_path / "km3"
-        assert main(["kmeans", "label", "--feats", str(feats), "--model", str(model),
-                     "--out", str(tmp_path / f"km{k}_units")]) == 0
+        assert (
+            main(
+                [
+                    "kmeans",
+                    "label",
+                    "--feats",
+                    str(feats),
+                    "--model",
+                    str(model),
+                    "--out",
+                    str(tmp_path / f"km{k}_units"),
+                ]
+            )
+            == 0
+        )
     labels = (tmp_path / "km8_units" / "labels").read_text().splitlines()
     assert [line.split()[0] for line in labels] == sorted(line.split()[0] for line in labels)
     assert len(labels) == 6
     capsys.readouterr()
 
     out = tmp_path / "scores.json"
-    assert main(["units", "score", "--labels", str(tmp_path / "km8_units" / "labels"),
-                 str(tmp_path / "km3_units" / "labels"), "--alignments", str(ctm), "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "units",
+                "score",
+                "--labels",
+                str(tmp_path / "km8_units" / "labels"),
+                str(tmp_path / "km3_units" / "labels"),
+                "--alignments",
+                str(ctm),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "km8_units" in printed and "PNMI" in printed
     doc = json.loads(out.read_text())
@@ -52,25 +133,92 @@ def test_wrong_frame_shift_names_an_utterance(phone_corpus, tmp_path, capsys):
     data, ctm = phone_corpus
     feats = tmp_path / "feats"
     assert main(["features", "--data", str(data), "--feature", "mfcc", "--out", str(feats)]) == 0
-    assert main(["kmeans", "fit", "--feats", str(feats), "--num-clusters", "4", "--out", str(tmp_path / "km"),
-                 "--n-init", "1", "--batch-size", "256", "--max-iter", "10"]) == 0
-    assert main(["kmeans", "label", "--feats", str(feats), "--model", str(tmp_path / "km"),
-                 "--out", str(tmp_path / "u")]) == 0
+    assert (
+        main(
+            [
+                "kmeans",
+                "fit",
+                "--feats",
+                str(feats),
+                "--num-clusters",
+                "4",
+                "--out",
+                str(tmp_path / "km"),
+                "--n-init",
+                "1",
+                "--batch-size",
+                "256",
+                "--max-iter",
+                "10",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "kmeans",
+                "label",
+                "--feats",
+                str(feats),
+                "--model",
+                str(tmp_path / "km"),
+                "--out",
+                str(tmp_path / "u"),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    assert main(["units", "score", "--labels", str(tmp_path / "u" / "labels"), "--alignments", str(ctm),
-                 "--frame-shift", "0.01", "--plot", str(tmp_path / "p.png")]) == 1
+    assert (
+        main(
+            [
+                "units",
+                "score",
+                "--labels",
+                str(tmp_path / "u" / "labels"),
+                "--alignments",
+                str(ctm),
+                "--frame-shift",
+                "0.01",
+                "--plot",
+                str(tmp_path / "p.png"),
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert "at 0.01 s per frame" in err and "utterance 'spk0-utt0'" in err and "unit labels but" in err
     assert not (tmp_path / "p.png").exists()
 
 
 def test_feature_cli_errors(tmp_path, capsys):
-    assert main(["features", "--data", str(tmp_path), "--feature", "upstream", "--out", str(tmp_path / "f")]) == 1
+    assert (
+        main(["features", "--data", str(tmp_path), "--feature", "upstream", "--out", str(tmp_path / "f")])
+        == 1
+    )
     assert "--feature upstream needs --upstream SRC" in capsys.readouterr().err
-    assert main(["features", "--data", str(tmp_path), "--feature", "mfcc", "--layer", "3",
-                 "--out", str(tmp_path / "f")]) == 1
+    assert (
+        main(
+            [
+                "features",
+                "--data",
+                str(tmp_path),
+                "--feature",
+                "mfcc",
+                "--layer",
+                "3",
+                "--out",
+                str(tmp_path / "f"),
+            ]
+        )
+        == 1
+    )
     assert "apply to --feature upstream only" in capsys.readouterr().err
-    assert main(["kmeans", "label", "--feats", str(tmp_path), "--model", str(tmp_path), "--out", str(tmp_path)]) == 1
+    assert (
+        main(["kmeans", "label", "--feats", str(tmp_path), "--model", str(tmp_path), "--out", str(tmp_path)])
+        == 1
+    )
     assert "no finished feature shard" in capsys.readouterr().err
 
 
@@ -86,8 +234,26 @@ def test_upstream_feature_cli(phone_corpus, tmp_path):
     config = hubert_tiny()
     ckpt = save_checkpoint(build_model(config), config, tmp_path / "ckpt")
     data, _ = phone_corpus
-    assert main(["features", "--data", str(data), "--feature", "upstream", "--upstream", str(ckpt),
-                 "--layer", "1", "--out", str(tmp_path / "f"), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "features",
+                "--data",
+                str(data),
+                "--feature",
+                "upstream",
+                "--upstream",
+                str(ckpt),
+                "--layer",
+                "1",
+                "--out",
+                str(tmp_path / "f"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     reader = FeatureReader(tmp_path / "f")
     assert reader.feature_dim == 64 and reader.frame_rate == 50.0
     # the name records which weights made the features (a retrained checkpoints/last differs)

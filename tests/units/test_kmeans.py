@@ -26,8 +26,14 @@ def clustered_dump(tmp_path, nshard=2, num_utts=12, dim=8, k=5, seed=0):
     names = sorted(feats)
     for rank in range(nshard):
         part = names[rank * num_utts // nshard : (rank + 1) * num_utts // nshard]
-        write_shard(tmp_path / "feats", {u: feats[u] for u in part}, feature="synthetic", frame_rate=50.0,
-                    rank=rank, nshard=nshard)
+        write_shard(
+            tmp_path / "feats",
+            {u: feats[u] for u in part},
+            feature="synthetic",
+            frame_rate=50.0,
+            rank=rank,
+            nshard=nshard,
+        )
     return tmp_path / "feats", truth
 
 

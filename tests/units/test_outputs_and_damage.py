@@ -22,7 +22,9 @@ KM = ["--n-init", "1", "--batch-size", "256", "--max-iter", "5"]
 
 def two_blobs(root: Path) -> Path:
     rng = np.random.default_rng(0)
-    feats = {f"utt{i}": (rng.standard_normal((20, 3)) + (5 if i % 2 else -5)).astype(np.float32) for i in range(6)}
+    feats = {
+        f"utt{i}": (rng.standard_normal((20, 3)) + (5 if i % 2 else -5)).astype(np.float32) for i in range(6)
+    }
     write_shard(root / "feats", feats, feature="toy", frame_rate=50.0)
     return root / "feats"
 
@@ -52,13 +54,43 @@ def test_non_finite_features_fail_fit_and_label_naming_shard_and_utterance(tmp_p
     # never unit 0 for a NaN frame: the earlier labels are still there, unchanged
     assert {n: (tmp_path / "units" / n).read_text() for n in ("labels", "dict.txt")} == before
     capsys.readouterr()
-    assert main(["kmeans", "label", "--feats", str(feats), "--model", str(tmp_path / "km"),
-                 "--out", str(tmp_path / "units")]) == 1
+    assert (
+        main(
+            [
+                "kmeans",
+                "label",
+                "--feats",
+                str(feats),
+                "--model",
+                str(tmp_path / "km"),
+                "--out",
+                str(tmp_path / "units"),
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     last = err.splitlines()[-1]  # above it: the progress bar
-    assert last.startswith("speechssl kmeans: error: ") and "0_1.npy: utterance 'utt3' holds NaN or infinite" in last
-    assert main(["kmeans", "fit", "--feats", str(feats), "--num-clusters", "2", "--out", str(tmp_path / "km2"),
-                 *KM]) == 1
+    assert (
+        last.startswith("speechssl kmeans: error: ")
+        and "0_1.npy: utterance 'utt3' holds NaN or infinite" in last
+    )
+    assert (
+        main(
+            [
+                "kmeans",
+                "fit",
+                "--feats",
+                str(feats),
+                "--num-clusters",
+                "2",
+                "--out",
+                str(tmp_path / "km2"),
+                *KM,
+            ]
+        )
+        == 1
+    )
     assert "utterance 'utt3'" in capsys.readouterr().err
 
 
@@ -66,8 +98,22 @@ def test_kmeans_on_a_damaged_shard_names_the_file(tmp_path, capsys):
     feats = two_blobs(tmp_path)
     with open(feats / "0_1.npy", "r+b") as f:
         f.truncate(200)
-    assert main(["kmeans", "fit", "--feats", str(feats), "--num-clusters", "2", "--out", str(tmp_path / "km"),
-                 *KM]) == 1
+    assert (
+        main(
+            [
+                "kmeans",
+                "fit",
+                "--feats",
+                str(feats),
+                "--num-clusters",
+                "2",
+                "--out",
+                str(tmp_path / "km"),
+                *KM,
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert f"{feats / '0_1.npy'} is truncated (200 of" in err and "re-run `speechssl features" in err
     assert not (tmp_path / "km").exists()
@@ -139,31 +185,106 @@ def test_outputs_never_overwrite_what_the_command_did_not_write(tmp_path, capsys
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
-    for argv in (["kmeans", "fit", "--feats", str(feats), "--num-clusters", "2", "--out", str(mine), *KM],
-                 ["kmeans", "label", "--feats", str(feats), "--model", str(tmp_path / "km"), "--out", str(mine)]):
+    for argv in (
+        ["kmeans", "fit", "--feats", str(feats), "--num-clusters", "2", "--out", str(mine), *KM],
+        ["kmeans", "label", "--feats", str(feats), "--model", str(tmp_path / "km"), "--out", str(mine)],
+    ):
         if argv[1] == "label":
-            assert main(["kmeans", "fit", "--feats", str(feats), "--num-clusters", "2",
-                         "--out", str(tmp_path / "km"), *KM]) == 0
+            assert (
+                main(
+                    [
+                        "kmeans",
+                        "fit",
+                        "--feats",
+                        str(feats),
+                        "--num-clusters",
+                        "2",
+                        "--out",
+                        str(tmp_path / "km"),
+                        *KM,
+                    ]
+                )
+                == 0
+            )
         capsys.readouterr()
         assert main(argv) == 1
         err = capsys.readouterr().err
         assert f"--out {mine} already holds files" in err and "notes.txt" in err and "--overwrite" in err
-    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"] and (mine / "notes.txt").read_text() == "keep me"
+    assert (
+        sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+        and (mine / "notes.txt").read_text() == "keep me"
+    )
 
     # an input is refused even with --overwrite
-    assert main(["kmeans", "label", "--feats", str(feats), "--model", str(tmp_path / "km"), "--out", str(feats),
-                 "--overwrite"]) == 1
+    assert (
+        main(
+            [
+                "kmeans",
+                "label",
+                "--feats",
+                str(feats),
+                "--model",
+                str(tmp_path / "km"),
+                "--out",
+                str(feats),
+                "--overwrite",
+            ]
+        )
+        == 1
+    )
     assert "is an input of this command" in capsys.readouterr().err
     assert sorted(p.name for p in feats.iterdir()) == ["0_1.ids", "0_1.json", "0_1.len", "0_1.npy"]
 
     # its own output is re-written; --overwrite writes beside a user's file and keeps it
     for _ in range(2):
-        assert main(["kmeans", "label", "--feats", str(feats), "--model", str(tmp_path / "km"),
-                     "--out", str(tmp_path / "units")]) == 0
-    assert main(["kmeans", "fit", "--feats", str(feats), "--num-clusters", "2", "--out", str(tmp_path / "km"),
-                 *KM]) == 0
-    assert main(["kmeans", "fit", "--feats", str(feats), "--num-clusters", "2", "--out", str(mine), *KM,
-                 "--overwrite"]) == 0
+        assert (
+            main(
+                [
+                    "kmeans",
+                    "label",
+                    "--feats",
+                    str(feats),
+                    "--model",
+                    str(tmp_path / "km"),
+                    "--out",
+                    str(tmp_path / "units"),
+                ]
+            )
+            == 0
+        )
+    assert (
+        main(
+            [
+                "kmeans",
+                "fit",
+                "--feats",
+                str(feats),
+                "--num-clusters",
+                "2",
+                "--out",
+                str(tmp_path / "km"),
+                *KM,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "kmeans",
+                "fit",
+                "--feats",
+                str(feats),
+                "--num-clusters",
+                "2",
+                "--out",
+                str(mine),
+                *KM,
+                "--overwrite",
+            ]
+        )
+        == 0
+    )
     assert (mine / "notes.txt").read_text() == "keep me" and (mine / "centroids.npy").is_file()
 
 
@@ -190,9 +311,30 @@ def test_parallel_shard_jobs_share_one_out(phone_corpus, tmp_path):
     """The recipe starts all shards of a dump at once into one new dir."""
     data, _ = phone_corpus
     out = tmp_path / "feats"
-    jobs = [subprocess.Popen([sys.executable, "-m", "speechssl", "features", "--data", str(data), "--feature", "mfcc",
-                              "--out", str(out), "--nshard", "2", "--rank", str(r)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    jobs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "speechssl",
+                "features",
+                "--data",
+                str(data),
+                "--feature",
+                "mfcc",
+                "--out",
+                str(out),
+                "--nshard",
+                "2",
+                "--rank",
+                str(r),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(2)
+    ]
     results = [job.communicate(timeout=120) for job in jobs]
     assert [job.returncode for job in jobs] == [0, 0], results
     assert FeatureReader(out).num_utts == 6
@@ -209,7 +351,9 @@ def test_units_score_out_and_plot_rule(phone_corpus, tmp_path, capsys):
     score = ["units", "score", "--labels", str(units / "labels"), "--alignments", str(ctm)]
     capsys.readouterr()
     assert main([*score, "--out", str(report)]) == 1
-    assert f"--out {report} already exists" in capsys.readouterr().err and report.read_text() == "my own report"
+    assert (
+        f"--out {report} already exists" in capsys.readouterr().err and report.read_text() == "my own report"
+    )
     same = tmp_path / "same.json"
     assert main([*score, "--out", str(same), "--plot", str(same)]) == 1
     assert "--out and --plot are the same file" in capsys.readouterr().err and not same.exists()

@@ -109,6 +109,8 @@ def prepare_librispeech(
         target = out_dir / subset.replace("-", "_")
         write_data_dir(target, wav_scp, utt2spk=utt2spk, text=text)
         compute_durations(target, nj=nj)
-        logger.info("%s: %d utterances, %d speakers -> %s", subset, len(wav_scp), len(set(utt2spk.values())), target)
+        logger.info(
+            "%s: %d utterances, %d speakers -> %s", subset, len(wav_scp), len(set(utt2spk.values())), target
+        )
         written[subset] = target
     return written

@@ -47,7 +47,9 @@ def _check_root(root: Path) -> None:
         )
     missing = [name for name in (*SPLIT_LISTS.values(), NOISE_DIR) if not (root / name).exists()]
     if missing:
-        raise FileNotFoundError(f"{root} is not Speech Commands v0.02: {', '.join(missing)} not found (expected {layout})")
+        raise FileNotFoundError(
+            f"{root} is not Speech Commands v0.02: {', '.join(missing)} not found (expected {layout})"
+        )
 
 
 def read_split_list(path: Path, root: Path) -> set[str]:
@@ -93,7 +95,9 @@ def cut_silence(root: Path, out_dir: Path, chunk_seconds: float = 1.0) -> dict[s
     per_split: dict[str, list[tuple[str, str]]] = {"train": [], "dev": [], "test": []}
     files = sorted((root / NOISE_DIR).glob("*.wav"))
     if not files:
-        raise FileNotFoundError(f"{root / NOISE_DIR} has no .wav files (the _silence_ class is cut from them)")
+        raise FileNotFoundError(
+            f"{root / NOISE_DIR} has no .wav files (the _silence_ class is cut from them)"
+        )
     index = 0
     for path in files:
         audio, rate = sf.read(path, dtype="float32", always_2d=True)
@@ -114,8 +118,9 @@ def cut_silence(root: Path, out_dir: Path, chunk_seconds: float = 1.0) -> dict[s
     return per_split
 
 
-def prepare_speech_commands(root: str | Path, out_dir: str | Path, *, nj: int = 1, overwrite: bool = False
-                            ) -> dict[str, Path]:
+def prepare_speech_commands(
+    root: str | Path, out_dir: str | Path, *, nj: int = 1, overwrite: bool = False
+) -> dict[str, Path]:
     """Write out_dir/{train,dev,test} (text = one of the 12 classes); returns the dirs written.
     A target dir with files this command did not write is refused unless `overwrite`."""
     root, out_dir = Path(root), Path(out_dir)
@@ -124,7 +129,9 @@ def prepare_speech_commands(root: str | Path, out_dir: str | Path, *, nj: int = 
     both = listed["dev"] & listed["test"]
     if both:
         raise ValueError(f"{sorted(both)[0]} is in both {SPLIT_LISTS['dev']} and {SPLIT_LISTS['test']}")
-    tables: dict[str, dict[str, dict[str, str]]] = {s: {"wav": {}, "spk": {}, "text": {}} for s in ("train", "dev", "test")}
+    tables: dict[str, dict[str, dict[str, str]]] = {
+        s: {"wav": {}, "spk": {}, "text": {}} for s in ("train", "dev", "test")
+    }
     words = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("_"))
     for word in words:
         for wav in sorted((root / word).glob("*.wav")):

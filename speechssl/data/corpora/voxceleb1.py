@@ -80,7 +80,9 @@ def read_iden_split(path: Path) -> list[tuple[int, str, str]]:
             continue
         parts = line.split()
         if len(parts) != 2 or parts[0] not in IDEN_SPLITS:
-            raise ValueError(f"{path}:{lineno}: expected '<1|2|3> <speaker>/<video>/<nnnnn>.wav', found '{line.strip()}'")
+            raise ValueError(
+                f"{path}:{lineno}: expected '<1|2|3> <speaker>/<video>/<nnnnn>.wav', found '{line.strip()}'"
+            )
         rows.append((lineno, IDEN_SPLITS[parts[0]], parts[1]))
     return rows
 
@@ -95,7 +97,9 @@ def read_veri_trials(path: Path) -> list[tuple[int, str, str, bool]]:
             continue
         parts = line.split()
         if len(parts) != 3 or parts[0] not in ("0", "1"):
-            raise ValueError(f"{path}:{lineno}: expected '<1|0> <enroll wav> <test wav>', found '{line.strip()}'")
+            raise ValueError(
+                f"{path}:{lineno}: expected '<1|0> <enroll wav> <test wav>', found '{line.strip()}'"
+            )
         rows.append((lineno, parts[1], parts[2], parts[0] == "1"))
     return rows
 
@@ -107,9 +111,17 @@ def _write(target: Path, wavs: dict[str, str], nj: int) -> Path:
     return target
 
 
-def prepare_voxceleb1(root: str | Path, out_dir: str | Path, *, tasks: tuple[str, ...] = ("sid", "asv"),
-                      iden_split: str | Path | None = None, veri_trials: str | Path | None = None,
-                      seed: int = 0, nj: int = 1, overwrite: bool = False) -> dict[str, Path]:
+def prepare_voxceleb1(
+    root: str | Path,
+    out_dir: str | Path,
+    *,
+    tasks: tuple[str, ...] = ("sid", "asv"),
+    iden_split: str | Path | None = None,
+    veri_trials: str | Path | None = None,
+    seed: int = 0,
+    nj: int = 1,
+    overwrite: bool = False,
+) -> dict[str, Path]:
     """Write out_dir/sid/{train,dev,test} and/or out_dir/asv/{train,dev,test} (with trials).
     iden_split / veri_trials default to root/iden_split.txt and root/veri_test2.txt. A target dir
     with files this command did not write is refused unless `overwrite`."""
@@ -145,7 +157,9 @@ def prepare_voxceleb1(root: str | Path, out_dir: str | Path, *, tasks: tuple[str
                 ids.append(utt)
             lines.append(f"{ids[0]} {ids[1]} {'target' if target else 'nontarget'}\n")
         held_out = {u.split("-")[0] for u in test}
-        train = {u: p for s in ("train", "test") for u, p in splits[s].items() if u.split("-")[0] not in held_out}
+        train = {
+            u: p for s in ("train", "test") for u, p in splits[s].items() if u.split("-")[0] not in held_out
+        }
         dev = {u: p for u, p in splits["dev"].items() if u.split("-")[0] not in held_out}
         if not train or not dev:
             raise ValueError(f"{iden_path}: no training speakers left outside the trial list {trial_path}")
@@ -155,6 +169,12 @@ def prepare_voxceleb1(root: str | Path, out_dir: str | Path, *, tasks: tuple[str
         atomic_write_text(out_dir / "asv" / "dev" / "trials", format_trials(pairs))
         written["asv/test"] = _write(out_dir / "asv" / "test", test, nj)
         atomic_write_text(out_dir / "asv" / "test" / "trials", "".join(lines))
-        logger.info("voxceleb1 asv: %d train / %d dev utterances (%d speakers); %d test trials over %d speakers",
-                    len(train), len(dev), len({u.split('-')[0] for u in train}), len(lines), len(held_out))
+        logger.info(
+            "voxceleb1 asv: %d train / %d dev utterances (%d speakers); %d test trials over %d speakers",
+            len(train),
+            len(dev),
+            len({u.split("-")[0] for u in train}),
+            len(lines),
+            len(held_out),
+        )
     return written

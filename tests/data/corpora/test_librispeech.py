@@ -11,7 +11,9 @@ from speechssl.data.datadir import DataDir
 from speechssl.data.validate import validate_data_dir
 
 
-def make_fake_librispeech(root, subset="dev-clean", readers=(("84", "121123"), ("174", "50561")), per_chapter=2):
+def make_fake_librispeech(
+    root, subset="dev-clean", readers=(("84", "121123"), ("174", "50561")), per_chapter=2
+):
     rng = np.random.default_rng(0)
     for reader, chapter in readers:
         chapter_dir = root / subset / reader / chapter
@@ -52,7 +54,9 @@ def test_missing_root_or_subset_says_what_to_pass(tmp_path):
 def test_transcript_audio_mismatch_names_the_chapter(tmp_path):
     root = make_fake_librispeech(tmp_path / "LibriSpeech")
     (root / "dev-clean" / "84" / "121123" / "84-121123-0001.flac").unlink()
-    with pytest.raises(ValueError, match=r"121123: transcripts and .flac files disagree \(no audio for \['84-121123-0001'\]"):
+    with pytest.raises(
+        ValueError, match=r"121123: transcripts and .flac files disagree \(no audio for \['84-121123-0001'\]"
+    ):
         prepare_librispeech(root, tmp_path / "data", ["dev-clean"])
 
 
@@ -99,9 +103,21 @@ def test_a_subset_dir_with_foreign_files_is_refused_before_anything_is_written(t
     mine = tmp_path / "data" / "dev_clean"
     mine.mkdir(parents=True)
     (mine / "wav.scp").write_text("my-utt /my/audio.wav\n")
-    args = ["prepare", "librispeech", "--root", str(root), "--out", str(tmp_path / "data"), "--subsets", "dev-clean"]
+    args = [
+        "prepare",
+        "librispeech",
+        "--root",
+        str(root),
+        "--out",
+        str(tmp_path / "data"),
+        "--subsets",
+        "dev-clean",
+    ]
     assert main(args) == 1
-    assert "already holds files that `speechssl prepare librispeech` did not write (wav.scp)" in capsys.readouterr().err
+    assert (
+        "already holds files that `speechssl prepare librispeech` did not write (wav.scp)"
+        in capsys.readouterr().err
+    )
     assert (mine / "wav.scp").read_text() == "my-utt /my/audio.wav\n"
     assert sorted(p.name for p in mine.iterdir()) == ["wav.scp"]
     assert main([*args, "--overwrite"]) == 0  # the user said so

@@ -22,7 +22,9 @@ REPO = Path(__file__).resolve().parents[3]
 def _wav(path: Path, seconds: float, seed: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    sf.write(path, (0.1 * rng.standard_normal(int(16000 * seconds))).astype(np.float32), 16000, subtype="PCM_16")
+    sf.write(
+        path, (0.1 * rng.standard_normal(int(16000 * seconds))).astype(np.float32), 16000, subtype="PCM_16"
+    )
 
 
 def make_fake_speech_commands(root: Path) -> Path:
@@ -72,12 +74,16 @@ def test_silence_chunks_are_cut_from_the_noise(tmp_path):
     root = make_fake_speech_commands(tmp_path / "sc")
     prepare_speech_commands(root, tmp_path / "ks")
     noise, _ = sf.read(root / "_background_noise_" / "running_tap.wav", dtype="float32")
-    chunk, _ = sf.read(tmp_path / "ks" / "_silence_" / "noise-_silence_-running_tap-0002.wav", dtype="float32")
+    chunk, _ = sf.read(
+        tmp_path / "ks" / "_silence_" / "noise-_silence_-running_tap-0002.wav", dtype="float32"
+    )
     np.testing.assert_allclose(chunk, noise[32000:48000], atol=1e-4)
 
 
 def test_missing_root_and_bad_lists_are_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="Speech Commands root .*/nowhere does not exist.*downloads nothing"):
+    with pytest.raises(
+        FileNotFoundError, match="Speech Commands root .*/nowhere does not exist.*downloads nothing"
+    ):
         prepare_speech_commands(tmp_path / "nowhere", tmp_path / "ks")
     root = make_fake_speech_commands(tmp_path / "sc")
     (root / "testing_list.txt").unlink()
@@ -90,23 +96,49 @@ def test_missing_root_and_bad_lists_are_named(tmp_path):
 
 def test_cli_prepare_speech_commands(tmp_path, capsys):
     root = make_fake_speech_commands(tmp_path / "sc")
-    assert main(["prepare", "speech_commands", "--root", str(root), "--out", str(tmp_path / "ks"), "--nj", "1"]) == 0
+    assert (
+        main(["prepare", "speech_commands", "--root", str(root), "--out", str(tmp_path / "ks"), "--nj", "1"])
+        == 0
+    )
     assert (tmp_path / "ks" / "test" / "utt2dur").is_file()
-    assert main(["prepare", "speech_commands", "--root", str(tmp_path / "no"), "--out", str(tmp_path / "x")]) == 1
+    assert (
+        main(["prepare", "speech_commands", "--root", str(tmp_path / "no"), "--out", str(tmp_path / "x")])
+        == 1
+    )
     assert "does not exist" in capsys.readouterr().err
 
 
 def test_recipe_data_sh_names_the_option_to_pass(tmp_path):
     egs = REPO / "egs" / "speech_commands" / "superb1"
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    proc = subprocess.run(["bash", "local/data.sh", str(tmp_path / "data")], cwd=egs, env=env, capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        ["bash", "local/data.sh", str(tmp_path / "data")],
+        cwd=egs,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and "--speech_commands_dir" in proc.stderr
-    proc = subprocess.run(["bash", "local/data.sh", "--speech_commands_dir", str(tmp_path / "nowhere"),
-                           str(tmp_path / "data")], cwd=egs, env=env, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and f"--speech_commands_dir {tmp_path / 'nowhere'} does not exist" in proc.stderr
+    proc = subprocess.run(
+        ["bash", "local/data.sh", "--speech_commands_dir", str(tmp_path / "nowhere"), str(tmp_path / "data")],
+        cwd=egs,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (
+        proc.returncode == 2 and f"--speech_commands_dir {tmp_path / 'nowhere'} does not exist" in proc.stderr
+    )
     root = make_fake_speech_commands(tmp_path / "sc")
-    proc = subprocess.run(["bash", "local/data.sh", "--speech_commands_dir", str(root), str(tmp_path / "data")],
-                          cwd=egs, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        ["bash", "local/data.sh", "--speech_commands_dir", str(root), str(tmp_path / "data")],
+        cwd=egs,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "data" / "ks" / "dev" / "text").is_file()

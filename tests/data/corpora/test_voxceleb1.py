@@ -27,19 +27,25 @@ def make_fake_voxceleb1(root: Path, *, split_archives: bool = False) -> Path:
     rng = np.random.default_rng(0)
     iden = []
     for spk in TRAIN_SPEAKERS + TEST_SPEAKERS:
-        base = root / ("vox1_test_wav" if spk in TEST_SPEAKERS else "vox1_dev_wav") / "wav" if split_archives \
+        base = (
+            root / ("vox1_test_wav" if spk in TEST_SPEAKERS else "vox1_dev_wav") / "wav"
+            if split_archives
             else root / "wav"
+        )
         for v, video in enumerate(("a-B_c1", "Zz9")):
             for n in (1, 2):
                 rel = f"{spk}/{video}/{n:05d}.wav"
                 (base / rel).parent.mkdir(parents=True, exist_ok=True)
-                sf.write(base / rel, 0.1 * rng.standard_normal(4800).astype(np.float32), 16000, subtype="PCM_16")
+                sf.write(
+                    base / rel, 0.1 * rng.standard_normal(4800).astype(np.float32), 16000, subtype="PCM_16"
+                )
                 iden.append(f"{1 if v == 0 else n + 1} {rel}")  # video 0 -> train, video 1 -> dev / test
     (root / "iden_split.txt").write_text("\n".join(iden) + "\n")
     (root / "veri_test2.txt").write_text(
         "1 id10270/a-B_c1/00001.wav id10270/Zz9/00002.wav\n"
         "0 id10270/a-B_c1/00001.wav id10271/Zz9/00001.wav\n"
-        "0 id10271/a-B_c1/00002.wav id10270/Zz9/00001.wav\n")
+        "0 id10271/a-B_c1/00002.wav id10270/Zz9/00001.wav\n"
+    )
     return root
 
 
@@ -69,17 +75,22 @@ def test_asv_holds_out_trial_speakers(tmp_path):
     assert (written["asv/test"] / "trials").read_text().splitlines() == [
         "id10270-a-B_c1-00001 id10270-Zz9-00002 target",
         "id10270-a-B_c1-00001 id10271-Zz9-00001 nontarget",
-        "id10271-a-B_c1-00002 id10270-Zz9-00001 nontarget"]
+        "id10271-a-B_c1-00002 id10270-Zz9-00001 nontarget",
+    ]
     dev_trials = [line.split() for line in (written["asv/dev"] / "trials").read_text().splitlines()]
     assert {t for *_, t in dev_trials} == {"nontarget"}  # one dev utterance per speaker here: no target pair
     for a, b, kind in dev_trials:
-        assert a in dev.utt2spk and b in dev.utt2spk and (dev.utt2spk[a] == dev.utt2spk[b]) == (kind == "target")
+        assert (
+            a in dev.utt2spk and b in dev.utt2spk and (dev.utt2spk[a] == dev.utt2spk[b]) == (kind == "target")
+        )
     again = prepare_voxceleb1(root, tmp_path / "again", tasks=("asv",))
     assert (again["asv/dev"] / "trials").read_text() == (written["asv/dev"] / "trials").read_text()  # seeded
 
 
 def test_errors_name_the_file_and_line(tmp_path):
-    with pytest.raises(FileNotFoundError, match="VoxCeleb1 root .*/nowhere does not exist.*downloads nothing"):
+    with pytest.raises(
+        FileNotFoundError, match="VoxCeleb1 root .*/nowhere does not exist.*downloads nothing"
+    ):
         prepare_voxceleb1(tmp_path / "nowhere", tmp_path / "data")
     root = make_fake_voxceleb1(tmp_path / "VoxCeleb1")
     (root / "iden_split.txt").write_text("1 id10001/a-B_c1/00001.wav\n4 id10001/a-B_c1/00002.wav\n")
@@ -92,14 +103,28 @@ def test_errors_name_the_file_and_line(tmp_path):
 
 def test_cli_and_recipe_data_sh(tmp_path, capsys):
     root = make_fake_voxceleb1(tmp_path / "VoxCeleb1")
-    assert main(["prepare", "voxceleb1", "--root", str(root), "--out", str(tmp_path / "data"), "--nj", "1"]) == 0
+    assert (
+        main(["prepare", "voxceleb1", "--root", str(root), "--out", str(tmp_path / "data"), "--nj", "1"]) == 0
+    )
     assert (tmp_path / "data" / "asv" / "test" / "trials").is_file()
     assert (tmp_path / "data" / "sid" / "dev" / "utt2dur").is_file()
     egs = REPO / "egs" / "voxceleb1" / "superb1"
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    proc = subprocess.run(["bash", "local/data.sh", str(tmp_path / "d")], cwd=egs, env=env, capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        ["bash", "local/data.sh", str(tmp_path / "d")],
+        cwd=egs,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and "--voxceleb1_dir" in proc.stderr
-    proc = subprocess.run(["bash", "local/data.sh", "--voxceleb1_dir", str(tmp_path / "nowhere"), str(tmp_path / "d")],
-                          cwd=egs, env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        ["bash", "local/data.sh", "--voxceleb1_dir", str(tmp_path / "nowhere"), str(tmp_path / "d")],
+        cwd=egs,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and f"--voxceleb1_dir {tmp_path / 'nowhere'} does not exist" in proc.stderr
