@@ -1,1 +1,2 @@
-"""Side-by-side performance benchmarks: `python -m benchmarks [--quick] [--json PATH] [--md PATH] [--only NAME...]`."""
+"""Side-by-side performance benchmarks:
+`python -m benchmarks [--quick] [--json PATH] [--md PATH] [--only NAME...]`."""

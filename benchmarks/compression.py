@@ -45,8 +45,8 @@ def _models(root: Path, tiny: bool) -> dict[str, Path]:
 def run(settings: Settings) -> list[Row]:
     seconds = 1.0 if settings.tiny else 2.0 if settings.quick else 10.0
     with tempfile.TemporaryDirectory() as tmp:
-        profiles = compare_upstreams(_models(Path(tmp), settings.tiny), seconds=seconds, repeats=settings.repeats,
-                                     threads=settings.threads)  # fmt: skip
+        profiles = compare_upstreams(_models(Path(tmp), settings.tiny), seconds=seconds,
+                                     repeats=settings.repeats, threads=settings.threads)  # fmt: skip
     teacher, name = profiles[0], "hubert_tiny" if settings.tiny else "hubert_base"
     rows = []
     for p in profiles[1:]:
@@ -55,6 +55,7 @@ def run(settings: Settings) -> list[Row]:
                              p.seconds_per_audio_second, teacher.seconds_per_audio_second, "s/audio-s",
                              higher_is_better=False, note=note))  # fmt: skip
         rows.append(make_row(GROUP, f"{p.name} vs teacher ({name}): MACs per audio-second",
-                             p.macs_per_audio_second / 1e9, teacher.macs_per_audio_second / 1e9, "GMAC",
-                             higher_is_better=False, note="counted with torch's FlopCounterMode"))  # fmt: skip
+                             p.macs_per_audio_second / 1e9, teacher.macs_per_audio_second / 1e9,
+                             "GMAC", higher_is_better=False,
+                             note="counted with torch's FlopCounterMode"))  # fmt: skip
     return rows

@@ -169,7 +169,8 @@ def _fmt(value: float | None) -> str:
 def to_markdown(rows: Sequence[Row], meta: dict[str, Any]) -> str:
     """The results table with its machine header."""
     lines = [
-        f"Measured {meta['date']} on {meta['cpu']} ({meta['cpu_count']} cores, {meta['threads']} torch threads), "
+        f"Measured {meta['date']} on {meta['cpu']} ({meta['cpu_count']} cores, "
+        f"{meta['threads']} torch threads), "
         f"torch {meta['torch']}, torchaudio {meta['torchaudio']}, transformers {meta['transformers']}; "
         f"GPU: {meta['gpu']}. Mode: {meta['mode']}; `{meta['command']}` took {meta.get('wall_s', 0):.0f} s.",
         "",
@@ -221,8 +222,8 @@ def run_cases(group: str, cases: Sequence[Case], settings: Settings, *, note: st
             if label == "ours":
                 continue
             rows.append(make_row(
-                group, f"{case.name}: throughput vs {label}", case.work / seconds["ours"], case.work / seconds[label],
-                case.unit, note=note,
+                group, f"{case.name}: throughput vs {label}", case.work / seconds["ours"],
+                case.work / seconds[label], case.unit, note=note,
             ))  # fmt: skip
             if settings.memory:
                 rows.append(make_row(

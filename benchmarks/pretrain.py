@@ -148,8 +148,8 @@ def run(settings: Settings) -> list[Row]:
     hubert, w2v, layers, secs = _sizes(settings)
 
     def spec(contender: str, family: str, preset: str, optimizer: str) -> Spec:
-        kwargs = {"contender": contender, "family": family, "preset": preset, "seconds": secs, "num_layers": layers,
-                  "optimizer": optimizer}  # fmt: skip
+        kwargs = {"contender": contender, "family": family, "preset": preset, "seconds": secs,
+                  "num_layers": layers, "optimizer": optimizer}  # fmt: skip
         return Spec(module=__name__, factory="pretrain_step", kwargs=kwargs)
 
     rows: list[Row] = []
@@ -176,9 +176,12 @@ def run_frontends(settings: Settings) -> list[Row]:
         contenders = {
             "ours": Spec(module=__name__, factory="pretrain_step",
                          kwargs={**kwargs, "contender": "ours", "frontend": "fbank", "frame_rate": rate}),
-            "conv frontend": Spec(module=__name__, factory="pretrain_step", kwargs={**kwargs, "contender": "ours"}),
+            "conv frontend": Spec(module=__name__, factory="pretrain_step",
+                                  kwargs={**kwargs, "contender": "ours"}),
         }  # fmt: skip
         name = f"fbank@{rate} Hz vs conv@50 Hz, {_label(hubert, layers, secs)}"
-        rows += run_cases(FRONTEND_GROUP, [Case(name=name, work=sum(secs), unit="audio-s/s", contenders=contenders)],
-                          settings, note="same encoder and head; unit quality: benchmarks/frontend_quality.sh")  # fmt: skip
+        rows += run_cases(
+            FRONTEND_GROUP, [Case(name=name, work=sum(secs), unit="audio-s/s", contenders=contenders)],
+            settings, note="same encoder and head; unit quality: benchmarks/frontend_quality.sh",
+        )  # fmt: skip
     return rows

@@ -88,8 +88,8 @@ def cases(settings: Settings) -> tuple[str, list[float], list[Case]]:
                 continue
             secs = padded_batch(seconds, batch)
             specs = {
-                name: Spec(module=__name__, factory="inference_step", kwargs={"contender": name, "preset": preset,
-                                                                               "seconds": secs})
+                name: Spec(module=__name__, factory="inference_step",
+                           kwargs={"contender": name, "preset": preset, "seconds": secs})
                 for name in CONTENDERS
             }  # fmt: skip
             out.append(Case(name=f"{preset} {seconds:g} s x{batch}", work=sum(secs), unit="audio-s/s",

@@ -93,7 +93,8 @@ def _convert(value: Any, tp: Any, source: str | None, section: str) -> Any:
         allowed = typing.get_args(tp)
         if value not in allowed:
             raise ConfigError(
-                f"'{section}' must be one of {', '.join(map(repr, allowed))}{_describe(source, '')}, found {value!r}"
+                f"'{section}' must be one of {', '.join(map(repr, allowed))}{_describe(source, '')}, "
+                f"found {value!r}"
             )
     return value
 

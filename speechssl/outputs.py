@@ -225,7 +225,8 @@ def check_output(
         if is_experiment_dir(out):
             owner = f"of `speechssl {marker}`" if marker else "with checkpoints or logs"
             raise OutputExistsError(
-                f"--out {out} is an experiment dir {owner}; {command} never writes over one: choose another --out"
+                f"--out {out} is an experiment dir {owner}; "
+                f"{command} never writes over one: choose another --out"
             )
         contents = _contents(out)
         if (
@@ -307,7 +308,8 @@ class ExperimentLock:
                 os.close(fd)
                 h = _holder(self.path)
                 raise ExperimentLockedError(
-                    f"{self.directory} is in use by `speechssl {h.get('command', '?')}` (pid {h.get('pid', '?')}"
+                    f"{self.directory} is in use by `speechssl {h.get('command', '?')}` "
+                    f"(pid {h.get('pid', '?')}"
                     f" on host {h.get('host', '?')}, since {h.get('started', '?')}); wait for it or choose"
                     " another --out"
                 ) from None

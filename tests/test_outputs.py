@@ -1,4 +1,5 @@
-"""The output-path rule, the experiment lock, atomic writes and full disks (speechssl.io, speechssl.outputs)."""
+"""The output-path rule, the experiment lock, atomic writes and full disks
+(speechssl.io, speechssl.outputs)."""
 
 from __future__ import annotations
 

@@ -41,7 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--sample-rate",
         type=int,
         default=SAMPLE_RATE,
-        help=f"rate training reads audio at; other rates are noted, since they are resampled (default: {SAMPLE_RATE})",
+        help="rate training reads audio at; other rates are noted, since they are resampled "
+        f"(default: {SAMPLE_RATE})",
     )
     validate.set_defaults(func=run_validate)
 
@@ -108,7 +109,8 @@ def run_validate(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     if check.problems:
         print(
-            f"{args.dir}: {len(check.problems)} problem(s); `speechssl data fix {args.dir}` repairs the tables"
+            f"{args.dir}: {len(check.problems)} problem(s); "
+            f"`speechssl data fix {args.dir}` repairs the tables"
             " (ids, sorting, invisible characters, utterances missing from a table), not the audio files",
             file=sys.stderr,
         )

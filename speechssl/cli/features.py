@@ -29,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "at its own rate (50 Hz for the conv frontend). A finished shard is skipped when its recorded "
             "inputs (audio path, size and mtime per utterance; feature settings; upstream weights) and files "
             "still check out; otherwise it is redone, with a log line saying why. Recordings longer than "
-            "60 s are computed in chunks (MFCC) in bounded memory. All shard jobs may write one --out at once."
+            "60 s are computed in chunks (MFCC) in bounded memory. "
+            "All shard jobs may write one --out at once."
         ),
     )
     parser.add_argument("--data", required=True, help="Kaldi data dir (wav.scp [segments] utt2spk)")

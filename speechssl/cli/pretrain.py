@@ -12,7 +12,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "pretrain",
         help="pretrain HuBERT (with --units) or wav2vec 2.0 on Kaldi data dirs",
-        description="Pretrain a model from a YAML config (sections model, mask, hubert|wav2vec2, data, trainer). "
+        description="Pretrain a model from a YAML config "
+        "(sections model, mask, hubert|wav2vec2, data, trainer). "
         "Multi-GPU: torchrun --nproc_per_node=N -m speechssl pretrain ...",
     )
     add_training_arguments(parser, "pretraining YAML, e.g. conf/pretrain_hubert_tiny.yaml")

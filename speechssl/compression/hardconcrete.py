@@ -97,4 +97,7 @@ class HardConcrete(nn.Module):
         return self.sample() if self.training else self.deterministic()
 
     def extra_repr(self) -> str:
-        return f"num_units={self.num_units}, beta={self.beta:.3g}, l={self.l}, r={self.r}, lr_scale={self.lr_scale}"
+        return (
+            f"num_units={self.num_units}, beta={self.beta:.3g}, l={self.l}, r={self.r}, "
+            f"lr_scale={self.lr_scale}"
+        )

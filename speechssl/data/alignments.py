@@ -54,7 +54,8 @@ def read_phone_ctm(path: str | Path) -> dict[str, list[PhoneSegment]]:
                 continue
             if len(fields) != 5:
                 raise ValueError(
-                    f"{path}:{lineno}: expected 5 fields 'uttid channel start duration phone', found {len(fields)}"
+                    f"{path}:{lineno}: expected 5 fields 'uttid channel start duration phone', "
+                    f"found {len(fields)}"
                 )
             uttid, _channel, start_s, dur_s, phone = fields
             try:
@@ -64,18 +65,21 @@ def read_phone_ctm(path: str | Path) -> dict[str, list[PhoneSegment]]:
                     f"{path}:{lineno}: start/duration must be numbers, found '{start_s} {dur_s}'"
                 ) from None
             if start < 0 or duration <= 0:
-                raise ValueError(f"{path}:{lineno}: utterance '{uttid}' has start {start} and duration {duration}; "
+                raise ValueError(f"{path}:{lineno}: utterance '{uttid}' has start {start} "
+                                 f"and duration {duration}; "
                                  "expected start >= 0 and duration > 0")  # fmt: skip
             segments = by_utt.setdefault(uttid, [])
             if segments and abs(segments[-1].end - start) > CTM_TOLERANCE_S:
                 kind = "gap" if start > segments[-1].end else "overlap"
                 raise ValueError(
-                    f"{path}:{lineno}: {kind} in utterance '{uttid}': segment starts at {start:.4f} s but the "
+                    f"{path}:{lineno}: {kind} in utterance '{uttid}': "
+                    f"segment starts at {start:.4f} s but the "
                     f"previous one (line {last_line[uttid]}) ends at {segments[-1].end:.4f} s"
                 )
             if not segments and start > CTM_TOLERANCE_S:
                 raise ValueError(f"{path}:{lineno}: utterance '{uttid}' starts at {start:.4f} s, expected 0 "
-                                 f"(the first segment must cover the start, with '{SILENCE_PHONE}' for silence)")  # fmt: skip
+                                 "(the first segment must cover the start, "
+                                 f"with '{SILENCE_PHONE}' for silence)")  # fmt: skip
             segments.append(PhoneSegment(start, duration, phone))
             last_line[uttid] = lineno
     return by_utt

@@ -224,7 +224,8 @@ def segment_frames(
     first = round(start * sr)
     if first >= total:
         raise AudioError(
-            f"{where}: segment starts at {start:.3f} s, at or after the end of the file ({info.duration:.3f} s)"
+            f"{where}: segment starts at {start:.3f} s, at or after the end of the file "
+            f"({info.duration:.3f} s)"
         )
     if end is None:
         return first, total
@@ -272,8 +273,9 @@ def load_audio(
             raise AudioError(f"{where}: file holds no samples")
         if channel is None and info.num_channels > 1:
             raise AudioError(
-                f"{where}: file has {info.num_channels} channels and speechssl reads mono audio: mix it down or"
-                f" keep one channel (e.g. `sox IN OUT remix 1`), or pass channel=0..{info.num_channels - 1} to load_audio"
+                f"{where}: file has {info.num_channels} channels and speechssl reads mono audio: "
+                "mix it down or keep one channel (e.g. `sox IN OUT remix 1`), "
+                f"or pass channel=0..{info.num_channels - 1} to load_audio"
             )
         if channel is not None and not 0 <= channel < info.num_channels:
             raise AudioError(f"{where}: channel {channel} requested, file has {info.num_channels} channel(s)")
@@ -287,7 +289,8 @@ def load_audio(
             raise AudioError(f"{where}: cannot decode audio: {err}") from None
     if data.shape[0] != num:
         raise AudioError(
-            f"{where}: expected {num} samples from {first}, decoded {data.shape[0]} (truncated or corrupt file)"
+            f"{where}: expected {num} samples from {first}, decoded {data.shape[0]} "
+            "(truncated or corrupt file)"
         )
     # a mono read is already contiguous; a channel of a multi-channel file is copied out
     wav = torch.from_numpy(data[:, 0] if info.num_channels == 1 else data[:, channel].copy())  # (samples,)

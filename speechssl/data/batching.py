@@ -61,8 +61,8 @@ def _sampler(
     """The batch sampler of `build_loader`."""
     if train:
         return DurationBucketSampler(
-            durations, config.max_batch_seconds, max_batch_size=config.max_batch_size, num_replicas=world_size,
-            rank=rank, seed=seed, num_buckets=config.num_buckets,
+            durations, config.max_batch_seconds, max_batch_size=config.max_batch_size,
+            num_replicas=world_size, rank=rank, seed=seed, num_buckets=config.num_buckets,
             long_utterances="crop" if config.max_seconds else "drop",
         )  # fmt: skip
     cap = max(config.max_batch_seconds, max(durations, default=0.0))  # never drop at evaluation

@@ -345,7 +345,8 @@ def write_data_dir(
 def read_headers(
     paths: Mapping[str, str], nj: int, progress: bool, desc: str
 ) -> dict[str, AudioInfo | Exception]:
-    """id -> header of the audio file `paths[id]` or the error, reading headers on `nj` threads with a progress bar."""
+    """id -> header of the audio file `paths[id]` or the error, reading headers on `nj` threads
+    with a progress bar."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm import tqdm

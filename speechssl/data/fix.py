@@ -63,7 +63,8 @@ class FixReport:
 
 
 def _write_backup(path: Path, names: list[str]) -> Path:
-    """Copy the tables `names` into the first free backup dir (.backup, .backup.1, ...), whole or not at all."""
+    """Copy the tables `names` into the first free backup dir (.backup, .backup.1, ...),
+    whole or not at all."""
     tmp = Path(tempfile.mkdtemp(prefix=f"{BACKUP}.{os.getpid()}.tmp", dir=path))
     try:
         for name in names:

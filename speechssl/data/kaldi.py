@@ -294,7 +294,8 @@ def scan_table(path: str | Path) -> tuple[list[Row], list[Problem]]:
                         str(path),
                         lineno,
                         row.key,
-                        f"file is not sorted in C locale: this id comes after '{prev.key}' (line {prev.line});"
+                        f"file is not sorted in C locale: this id comes after '{prev.key}' "
+                        f"(line {prev.line});"
                         " sort with `LC_ALL=C sort` or run `speechssl data fix`",
                         ProblemKind.UNSORTED,
                     )

@@ -32,8 +32,9 @@ How an epoch's batches are made (identical on every rank, from seed+epoch):
 Resuming: ``state_dict()`` records the epoch and how many batches this rank
 has yielded; after ``load_state_dict`` the next iteration starts at the
 following batch (and yields nothing if the saved epoch was complete).
-Without a load, iterating a finished epoch again replays it from its start. Batches are a pure function of (durations, settings, seed,
-epoch), so nothing else needs saving.
+Without a load, iterating a finished epoch again replays it from its start.
+Batches are a pure function of (durations, settings, seed, epoch), so nothing
+else needs saving.
 """
 
 from __future__ import annotations

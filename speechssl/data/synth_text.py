@@ -65,10 +65,14 @@ LOCATIONS = ("none", "kitchen", "bedroom", "washroom")
 
 # Several phrasings per action; {obj} and {loc} are filled in ("" when location is none).
 PHRASINGS = {
-    "activate": ("turn on the {obj}{loc}", "switch on the {obj}{loc}", "start the {obj}{loc}", "{obj} on{loc}"),
-    "deactivate": ("turn off the {obj}{loc}", "switch off the {obj}{loc}", "stop the {obj}{loc}", "{obj} off{loc}"),
-    "increase": ("turn up the {obj}{loc}", "increase the {obj}{loc}", "more {obj}{loc} please", "raise the {obj}{loc}"),
-    "decrease": ("turn down the {obj}{loc}", "decrease the {obj}{loc}", "less {obj}{loc} please", "lower the {obj}{loc}"),
+    "activate": ("turn on the {obj}{loc}", "switch on the {obj}{loc}", "start the {obj}{loc}",
+                 "{obj} on{loc}"),
+    "deactivate": ("turn off the {obj}{loc}", "switch off the {obj}{loc}", "stop the {obj}{loc}",
+                   "{obj} off{loc}"),
+    "increase": ("turn up the {obj}{loc}", "increase the {obj}{loc}", "more {obj}{loc} please",
+                 "raise the {obj}{loc}"),
+    "decrease": ("turn down the {obj}{loc}", "decrease the {obj}{loc}", "less {obj}{loc} please",
+                 "lower the {obj}{loc}"),
 }  # fmt: skip
 LOCATION_PHRASES = ("in the {loc}", "in my {loc}")
 

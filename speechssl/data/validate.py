@@ -146,7 +146,8 @@ def _check_speakers(files: ScannedDir, check_spk_sort: bool) -> list[Problem]:
                 files.file("utt2spk"),
                 None,
                 None,
-                "is missing: every data dir needs utt2spk (if speakers are unknown, make each utterance its own speaker)",
+                "is missing: every data dir needs utt2spk "
+                "(if speakers are unknown, make each utterance its own speaker)",
                 ProblemKind.MISSING_FILE,
             )
         ]
@@ -164,7 +165,8 @@ def _check_speakers(files: ScannedDir, check_spk_sort: bool) -> list[Problem]:
                     lines[utt],
                     utt,
                     f"speaker '{spk}' sorts before speaker '{previous[1]}' of the previous utterance"
-                    f" '{previous[0]}': utterance ids must sort like their speakers (prefix each id with its speaker id)",
+                    f" '{previous[0]}': utterance ids must sort like their speakers "
+                    "(prefix each id with its speaker id)",
                     ProblemKind.SPEAKER_ORDER,
                 )
             )
@@ -349,7 +351,8 @@ def _check_recordings(
                         line,
                         reco,
                         f"audio file {wav_scp[reco]} has {info.num_channels} channels; training,"
-                        " features and evaluation read mono audio: keep one channel (e.g. `sox IN OUT remix 1`)",
+                        " features and evaluation read mono audio: "
+                        "keep one channel (e.g. `sox IN OUT remix 1`)",
                         ProblemKind.AUDIO,
                     )
                 )

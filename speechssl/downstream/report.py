@@ -91,9 +91,11 @@ def results_table(rows: list[dict[str, Any]]) -> dict[str, Any]:
         other = seen.setdefault((r["task"], r["upstream"]), r)
         if other is not r:
             raise ValueError(
-                f"two experiments give task {r['task']} for upstream {r['upstream']} ({other['exp']} from "
-                f"{other.get('upstream_source')} and {r['exp']} from {r.get('upstream_source')}); pass one per task "
-                "and upstream, or name the upstreams apart (`speechssl downstream train --name`, or the `name` of "
+                f"two experiments give task {r['task']} for upstream {r['upstream']} "
+                f"({other['exp']} from {other.get('upstream_source')} "
+                f"and {r['exp']} from {r.get('upstream_source')}); pass one per task "
+                "and upstream, or name the upstreams apart "
+                "(`speechssl downstream train --name`, or the `name` of "
                 f"EXP/{EXP_FILE})"
             )
         first = sources.setdefault(r["upstream"], {}).setdefault(_source(r), r)

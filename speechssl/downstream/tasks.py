@@ -310,7 +310,8 @@ class Task:
         hint = (
             f"unknown_label '{unknown}' is not one of them"
             if unknown
-            else f"declare it in {self.data_dir / LABELS_FILE} or set unknown_label to a training class to map it to"
+            else f"declare it in {self.data_dir / LABELS_FILE} "
+            "or set unknown_label to a training class to map it to"
         )
         return DataCheckError(
             f"{path}:{line}: {what} '{label}' of utterance '{utt}' is not in the training set "

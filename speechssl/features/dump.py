@@ -130,7 +130,10 @@ def _npy_problem(path: Path, shape: tuple[int, int], dtype: str) -> str | None:
     except (OSError, ValueError) as err:
         return f"{path} is not a readable .npy file ({err})"
     if tuple(found_shape) != shape or found_dtype != np.dtype(dtype) or fortran:
-        return f"{path} holds a {found_dtype} array of shape {tuple(found_shape)}, its .len/.json say {dtype} {shape}"
+        return (
+            f"{path} holds a {found_dtype} array of shape {tuple(found_shape)}, "
+            f"its .len/.json say {dtype} {shape}"
+        )
     expected = offset + math.prod(shape) * np.dtype(dtype).itemsize
     size = path.stat().st_size
     if size != expected:
@@ -165,7 +168,8 @@ def read_shard_meta(paths: dict[str, Path]) -> tuple[dict | None, str | None]:
     num_utts = meta.get("num_utts", len(ids))
     if not len(ids) == len(lengths) == num_utts or sum(lengths) != meta["num_frames"]:
         return meta, (
-            f"{paths['ids']} ({len(ids)} ids), {paths['len']} ({len(lengths)} lengths, {sum(lengths)} frames) "
+            f"{paths['ids']} ({len(ids)} ids), "
+            f"{paths['len']} ({len(lengths)} lengths, {sum(lengths)} frames) "
             f"and {paths['json']} ({num_utts} utterances, {meta['num_frames']} frames) disagree"
         )
     problem = _npy_problem(
@@ -638,7 +642,8 @@ class FeatureReader:
         bad = int((~finite).sum())
         raise NonFiniteFeaturesError(
             f"{self.npy_path(rank)}: utterance '{self.ids[rank][index]}' holds NaN or infinite features "
-            f"({bad} of its {len(finite)} frames, first at frame {int(np.flatnonzero(~finite)[0])}); they come "
+            f"({bad} of its {len(finite)} frames, "
+            f"first at frame {int(np.flatnonzero(~finite)[0])}); they come "
             f"from {self.feature_name}: fix that model or audio and dump the features again"
         )
 
@@ -671,7 +676,8 @@ def build_extractor(
     if feature == "upstream":
         if upstream is None or layer is None:
             raise ValueError(
-                "--feature upstream needs --upstream SRC (checkpoint dir, transformers dir or .pt) and --layer L"
+                "--feature upstream needs --upstream SRC (checkpoint dir, transformers dir or .pt) "
+                "and --layer L"
             )
         from speechssl.features.upstream_features import UpstreamExtractor
 

@@ -81,7 +81,8 @@ class UpstreamExtractor:
         num_layers = int(upstream.num_layers)
         if not 0 <= layer <= num_layers:
             raise ValueError(
-                f"layer must be in 0..{num_layers} for {source} (0: transformer input, L: output of layer L), "
+                f"layer must be in 0..{num_layers} for {source} "
+                "(0: transformer input, L: output of layer L), "
                 f"found {layer}"
             )
         self.layer = layer

@@ -156,7 +156,8 @@ def _family(name: str, source: str) -> Literal["hubert", "wav2vec2"]:
     if name.startswith("wav2vec2") or name == "wav2vec_ctc" or name == "wav2vec2_ctc":
         return "wav2vec2"
     raise ValueError(
-        f"{source}: unsupported fairseq model '{name}' (supported: hubert, wav2vec2 and their _ctc fine-tunings)"
+        f"{source}: unsupported fairseq model '{name}' "
+        "(supported: hubert, wav2vec2 and their _ctc fine-tunings)"
     )
 
 

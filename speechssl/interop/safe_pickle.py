@@ -141,7 +141,8 @@ def _unsafe(path: Path, err: Exception, allowed: str) -> CheckpointError:
             f"{detail}; nothing in it was run"
         )
     return UnsafeCheckpointError(
-        f"{path}: refusing to unpickle {', '.join(names)}: the file holds code or objects that are not weights"
+        f"{path}: refusing to unpickle {', '.join(names)}: "
+        "the file holds code or objects that are not weights"
         f" (only {allowed} are read; loading never runs code from a file)"
     )
 

@@ -85,8 +85,9 @@ class TraceableKaldiFbank(nn.Module):
 def _plain_conv(conv: nn.Conv1d) -> nn.Conv1d:
     """A plain Conv1d holding the current (e.g. weight-normed) weight of `conv`."""
     plain = nn.Conv1d(
-        conv.in_channels, conv.out_channels, conv.kernel_size[0], stride=conv.stride[0], padding=conv.padding[0],
-        dilation=conv.dilation[0], groups=conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
+        conv.in_channels, conv.out_channels, conv.kernel_size[0], stride=conv.stride[0],
+        padding=conv.padding[0], dilation=conv.dilation[0], groups=conv.groups, bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
     )  # fmt: skip
     with torch.no_grad():
         plain.weight.copy_(conv.weight)

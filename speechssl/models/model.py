@@ -100,7 +100,8 @@ class SSLModel(nn.Module):
         if mask_time_indices is not None:
             if mask_time_indices.shape != x.shape[:2]:
                 raise ValueError(
-                    f"mask_time_indices has shape {tuple(mask_time_indices.shape)}, expected {tuple(x.shape[:2])}"
+                    f"mask_time_indices has shape {tuple(mask_time_indices.shape)}, "
+                    f"expected {tuple(x.shape[:2])}"
                 )
             x = torch.where(mask_time_indices[..., None], self.masked_spec_embed.to(x.dtype), x)
         if mask_channel_indices is not None:

@@ -115,7 +115,8 @@ def check_labels(targets: Sequence[Tensor], num_classes: Sequence[int], batch_si
     """Shape checks only (value checks would need a host sync): one (B, T') tensor per label set."""
     if len(targets) != len(num_classes):
         raise ValueError(
-            f"expected {len(num_classes)} label set(s) (num_classes={list(num_classes)}), found {len(targets)}"
+            f"expected {len(num_classes)} label set(s) (num_classes={list(num_classes)}), "
+            f"found {len(targets)}"
         )
     for i, t in enumerate(targets):
         if t.dim() != 2 or t.shape[0] != batch_size:

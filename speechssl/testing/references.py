@@ -62,7 +62,8 @@ def _torchaudio_kwargs(model: ModelConfig) -> dict:
     if enc.layer_num_heads is not None or enc.layer_ffn_dims is not None or enc.activation != "gelu":
         raise ValueError("torchaudio's models need a uniform (unpruned) GELU encoder")
     return dict(
-        extractor_mode=fe.mode, extractor_conv_layer_config=list(zip(fe.conv_dim, fe.conv_kernel, fe.conv_stride)),
+        extractor_mode=fe.mode,
+        extractor_conv_layer_config=list(zip(fe.conv_dim, fe.conv_kernel, fe.conv_stride)),
         extractor_conv_bias=fe.conv_bias, encoder_embed_dim=enc.embed_dim,
         encoder_projection_dropout=enc.feature_proj_dropout, encoder_pos_conv_kernel=enc.pos_conv_kernel,
         encoder_pos_conv_groups=enc.pos_conv_groups, encoder_num_layers=enc.num_layers,
@@ -100,7 +101,8 @@ def torchaudio_hubert_pretrain(config: PretrainModelConfig) -> nn.Module:
 
 
 def transformers_pretrain(config: PretrainModelConfig) -> nn.Module:
-    """transformers Wav2Vec2ForPreTraining (SDPA attention) with the architecture and quantizer of `config`."""
+    """transformers Wav2Vec2ForPreTraining (SDPA attention) with the architecture and
+    quantizer of `config`."""
     import transformers
 
     from speechssl.testing.models import hf_config_dict
@@ -111,8 +113,8 @@ def transformers_pretrain(config: PretrainModelConfig) -> nn.Module:
     q = obj.quantizer
     kwargs = hf_config_dict(config.model)
     kwargs.update(
-        num_codevector_groups=q.num_groups, num_codevectors_per_group=q.num_vars, codevector_dim=q.codevector_dim,
-        proj_codevector_dim=obj.final_dim, num_negatives=obj.num_negatives,
+        num_codevector_groups=q.num_groups, num_codevectors_per_group=q.num_vars,
+        codevector_dim=q.codevector_dim, proj_codevector_dim=obj.final_dim, num_negatives=obj.num_negatives,
         contrastive_logits_temperature=obj.logit_temp, diversity_loss_weight=obj.diversity_weight,
         feat_quantizer_dropout=obj.dropout_features, mask_time_prob=max(config.mask.mask_prob, 0.05),
     )  # fmt: skip

@@ -154,7 +154,8 @@ class Experiment:
 @contextmanager
 def experiment(
     out: str | Path, command: str, *, resume: bool | str | Path = False, config: Any = None,
-    overwrite: bool = False, inputs: Iterable[str | Path | None] = (), allowed: Iterable[str] = RESUMABLE_KEYS,
+    overwrite: bool = False, inputs: Iterable[str | Path | None] = (),
+    allowed: Iterable[str] = RESUMABLE_KEYS,
 ) -> Iterator[Experiment]:  # fmt: skip
     """Lock and check `out` for a run of `command` (see the module docstring). Under torchrun,
     enter it inside `speechssl.training.distributed.distributed()`."""

@@ -195,7 +195,8 @@ def build_dataset(
     label_rate = SAMPLE_RATE / model.downsample_rate  # units come at the model's frame rate
     if data.label_rate is not None and abs(data.label_rate - label_rate) > 1e-6:
         raise ValueError(
-            f"data.label_rate {data.label_rate} does not match the model's frame rate ({label_rate:g} per second)"
+            f"data.label_rate {data.label_rate} does not match the model's frame rate "
+            f"({label_rate:g} per second)"
         )
     dataset = AudioDataset(
         data_dir,
@@ -254,7 +255,8 @@ def check_units_match(train_dir: Path, valid_dir: Path, units: Sequence[str]) ->
         theirs = valid_dir / name / "dict.txt"
         if theirs.is_file() and units_num_classes(valid_dir / name) != units_num_classes(train_dir / name):
             raise ValueError(
-                f"{theirs} has {units_num_classes(valid_dir / name)} units but {train_dir / name / 'dict.txt'}"
+                f"{theirs} has {units_num_classes(valid_dir / name)} units "
+                f"but {train_dir / name / 'dict.txt'}"
                 f" has {units_num_classes(train_dir / name)}: label both sets with the same k-means model"
             )
 

@@ -9,7 +9,8 @@ schedule, loss summed over frames and averaged over utterances
 (sentence_avg), zero_infinity. Characters with a word separator "|" and the
 blank at index 0. Any tuning method can stand in for "full" (e.g. LoRA + CTC).
 
-    result = finetune_ctc(load_upstream(src), "data/train", "exp/ft", CTCFinetuneConfig(), valid_dir="data/dev")
+    result = finetune_ctc(load_upstream(src), "data/train", "exp/ft", CTCFinetuneConfig(),
+                          valid_dir="data/dev")
     scores = evaluate_ctc(result.model, "data/test")   # {"loss": ..., "cer": ...}
 """
 
@@ -460,8 +461,9 @@ def run_finetune_experiment(
             run.begin()
             if env_rank() == 0:
                 atomic_write_text(record, yaml.safe_dump({
-                    "upstream": str(upstream_source), "train": str(train_dir), "valid": valid_dir and str(valid_dir),
-                    "config": to_dict(config)}, sort_keys=False))  # fmt: skip
+                    "upstream": str(upstream_source), "train": str(train_dir),
+                    "valid": valid_dir and str(valid_dir), "config": to_dict(config),
+                }, sort_keys=False))  # fmt: skip
 
         return finetune_ctc(
             load_upstream(upstream_source),

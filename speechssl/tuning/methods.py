@@ -59,7 +59,10 @@ class TuningReport:
     fraction: float  # trainable / total
 
     def __str__(self) -> str:
-        return f"{self.method}: {self.trainable:,} of {self.total:,} parameters trainable ({100 * self.fraction:.3f}%)"
+        return (
+            f"{self.method}: {self.trainable:,} of {self.total:,} parameters trainable "
+            f"({100 * self.fraction:.3f}%)"
+        )
 
 
 @dataclass(frozen=True)

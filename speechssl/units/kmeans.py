@@ -206,7 +206,8 @@ def fit_kmeans(
         raise ValueError(f"{reader.dir}: {num_frames} frames sampled, fewer than the {num_clusters} clusters")
     need = _memory(num_frames, reader.feature_dim, config)
     logger.info(
-        "k-means: %d clusters on %d frames of %d utterances (%.1f%%) x %d dims; needs about %.1f MiB of memory",
+        "k-means: %d clusters on %d frames of %d utterances (%.1f%%) x %d dims; "
+        "needs about %.1f MiB of memory",
         num_clusters,
         num_frames,
         len(selection),

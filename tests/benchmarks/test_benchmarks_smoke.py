@@ -72,7 +72,8 @@ def test_memory_probe_rows(tmp_path):
     )
     (mib,) = peak_memory_mib([spec], threads=1)
     assert mib is not None and mib >= 0
-    rows = run_cases("g", [Case(name="c", work=32, unit="frames/s", contenders={"ours": spec, "other": spec})],
+    rows = run_cases("g",
+                     [Case(name="c", work=32, unit="frames/s", contenders={"ours": spec, "other": spec})],
                      Settings(tiny=True, repeats=1, threads=1, memory=False))  # fmt: skip
     assert [r.name for r in rows] == ["c: throughput vs other"]
 

@@ -51,9 +51,9 @@ def test_fix_reports_dropped_ids_then_validates(data_dir, capsys):
     assert main(["data", "fix", str(data_dir.path)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"dropped utterance '{planted.key}': missing or malformed in utt2spk, wav.scp, utt2dur"
-    assert (
-        out[1]
-        == f"{data_dir.path}: kept 4 utterances, dropped 1; changed text; originals in {data_dir.path / '.backup'}"
+    assert out[1] == (
+        f"{data_dir.path}: kept 4 utterances, dropped 1; changed text; "
+        f"originals in {data_dir.path / '.backup'}"
     )
     assert main(["data", "validate", str(data_dir.path)]) == 0
 
@@ -80,6 +80,6 @@ def test_durations_pipe_entry_names_policy(data_dir, capsys):
     assert main(["data", "durations", str(data_dir.path)]) == 1
     err = capsys.readouterr().err
     assert (
-        f"{wav_scp}:1: 'spk1-utt1' Kaldi pipe entries (`cmd |`) are not supported: write the audio to files first"
-        in err
-    )
+        f"{wav_scp}:1: 'spk1-utt1' Kaldi pipe entries (`cmd |`) are not supported: "
+        "write the audio to files first"
+    ) in err

@@ -164,7 +164,8 @@ def test_segment_end_uses_reco2dur_within_tolerance(segmented_data_dir):
     (d / "reco2dur").write_text("spk1-rec 1.08\nspk2-rec 1.16\n")
     (problem,) = validate_data_dir(d)
     assert str(problem).startswith(
-        f"{d}/segments:2: 'spk1-utt2' end 1.1 s is past the end of recording 'spk1-rec' (1.08 s, from reco2dur"
+        f"{d}/segments:2: 'spk1-utt2' end 1.1 s is past the end of recording 'spk1-rec' "
+        "(1.08 s, from reco2dur"
     )
 
 

@@ -214,7 +214,8 @@ def test_byte_order_mark_is_named_and_fix_keeps_the_first_utterance(data_dir, ca
     assert main(["data", "validate", str(d)]) == 1
     out = capsys.readouterr().out.splitlines()
     assert out == [
-        f"{d}/utt2spk:1: 'spk1-utt1' file starts with a UTF-8 byte-order mark (U+FEFF), an invisible character"
+        f"{d}/utt2spk:1: 'spk1-utt1' file starts with a UTF-8 byte-order mark (U+FEFF), "
+        "an invisible character"
         " that becomes part of the first id; `speechssl data fix` removes it",
         f"{d}/text:1: 'spk1-utt1' file starts with a UTF-8 byte-order mark (U+FEFF), an invisible character"
         " that becomes part of the first id; `speechssl data fix` removes it",
@@ -305,7 +306,8 @@ def test_other_sample_rates_are_a_note_not_a_problem(data_dir, capsys):
     check = check_data_dir(d)
     assert check.problems == []
     assert [str(n) for n in check.notes] == [
-        f"{d}/wav.scp:2: 'spk1-utt2' 2 recording(s) at 8000 Hz, this one first: resampled to 16000 Hz when read"
+        f"{d}/wav.scp:2: 'spk1-utt2' 2 recording(s) at 8000 Hz, this one first: "
+        "resampled to 16000 Hz when read"
     ]
     assert main(["data", "validate", str(d)]) == 0
     assert "note: " in capsys.readouterr().out
@@ -317,7 +319,8 @@ def test_truncated_wav_is_a_problem_naming_the_utterance_and_path(data_dir):
     audio.write_bytes(audio.read_bytes()[:-4000])  # an interrupted copy
     (problem,) = validate_data_dir(d)
     assert str(problem).startswith(
-        f"{d}/wav.scp:4: 'spk2-utt2' {audio}: truncated WAV file: its header declares 10080 samples (0.630 s),"
+        f"{d}/wav.scp:4: 'spk2-utt2' {audio}: truncated WAV file: "
+        "its header declares 10080 samples (0.630 s),"
         " the file holds 8080 (0.505 s)"
     )
 

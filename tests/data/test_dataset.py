@@ -64,7 +64,8 @@ def test_target_id_mismatch_names_first_ids_and_file(tmp_path):
     labels.write_text("a1 1\na3 2\nzz 3\n")
     with pytest.raises(
         ValueError,
-        match=rf"target 'units' \({labels}\): ids do not match the data dir: 1 utterance\(s\) of .* have no entry "
+        match=rf"target 'units' \({labels}\): ids do not match the data dir: "
+        r"1 utterance\(s\) of .* have no entry "
         r"\(first: 'a2'\); 1 id\(s\) are not utterances of .* \(first: 'zz'\)",
     ):
         AudioDataset(data, targets={"units": labels})

@@ -56,7 +56,8 @@ def _tone_corpus(root: Path) -> None:
                 atomic_write_text(
                     d / "trials",
                     "".join(
-                        f"{a} {b} {'target' if tables['utt2spk'][a] == tables['utt2spk'][b] else 'nontarget'}\n"
+                        f"{a} {b} "
+                        f"{'target' if tables['utt2spk'][a] == tables['utt2spk'][b] else 'nontarget'}\n"
                         for i, a in enumerate(ids)
                         for b in ids[i + 1 :]
                     ),

@@ -41,7 +41,8 @@ def expert_for(family: str, path: str):
 
 
 def final_layer_output(expert, wav: torch.Tensor) -> torch.Tensor:
-    """The last layer's output before the final LayerNorm (fairseq layer_results[-1]); wav already normalized."""
+    """The last layer's output before the final LayerNorm (fairseq layer_results[-1]);
+    wav already normalized."""
     captured = []
     hook = expert.model.encoder.layers[-1].register_forward_hook(lambda m, a, o: captured.append(o[0]))
     try:

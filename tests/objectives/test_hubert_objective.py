@@ -45,8 +45,9 @@ def _torchaudio(layer_norm_first=False):
         encoder_attention_dropout=0.0, encoder_ff_interm_features=128, encoder_ff_interm_dropout=0.0,
         encoder_dropout=0.0, encoder_layer_norm_first=layer_norm_first, encoder_layer_drop=0.0, mask_prob=0.8,
         mask_selection="static", mask_other=0.0, mask_length=10, no_mask_overlap=False, mask_min_space=1,
-        mask_channel_prob=0.0, mask_channel_selection="static", mask_channel_other=0.0, mask_channel_length=10,
-        no_mask_channel_overlap=False, mask_channel_min_space=1, skip_masked=False, skip_nomask=False,
+        mask_channel_prob=0.0, mask_channel_selection="static", mask_channel_other=0.0,
+        mask_channel_length=10, no_mask_channel_overlap=False, mask_channel_min_space=1, skip_masked=False,
+        skip_nomask=False,
         num_classes=NUM_CLASSES, final_dim=32, feature_grad_mult=None,
     ).eval()  # fmt: skip
 

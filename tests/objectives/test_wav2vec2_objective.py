@@ -86,8 +86,9 @@ def _tiny_pair(seed=0):
     hf_cfg = Wav2Vec2Config(
         hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
         conv_dim=CONV_DIM, conv_kernel=[10, 3, 3, 3, 3, 2, 2], conv_stride=[5, 2, 2, 2, 2, 2, 2],
-        conv_bias=False, feat_extract_norm="group", num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
-        do_stable_layer_norm=False, hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+        conv_bias=False, feat_extract_norm="group", num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4, do_stable_layer_norm=False, hidden_dropout=0.0,
+        attention_dropout=0.0, activation_dropout=0.0,
         feat_proj_dropout=0.0, final_dropout=0.0, layerdrop=0.0, feat_quantizer_dropout=0.0,
         num_codevector_groups=2, num_codevectors_per_group=16, codevector_dim=32, proj_codevector_dim=24,
         num_negatives=10, contrastive_logits_temperature=0.1, diversity_loss_weight=0.1,
@@ -103,12 +104,13 @@ def _tiny_pair(seed=0):
         frontend=ConvFrontendConfig(conv_dim=CONV_DIM, mode="group_norm", conv_bias=False),
         encoder=EncoderConfig(
             embed_dim=64, num_layers=2, num_heads=4, ffn_dim=128, pos_conv_kernel=16, pos_conv_groups=4,
-            dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feature_proj_dropout=0.0, layerdrop=0.0,
+            dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feature_proj_dropout=0.0,
+            layerdrop=0.0,
         ),
     )  # fmt: skip
     objective = Wav2Vec2ObjectiveConfig(
-        quantizer=QuantizerConfig(num_groups=2, num_vars=16, codevector_dim=32), final_dim=24, num_negatives=10,
-        dropout_features=0.0, diversity_perplexity="code", feature_penalty_weight=0.0,
+        quantizer=QuantizerConfig(num_groups=2, num_vars=16, codevector_dim=32), final_dim=24,
+        num_negatives=10, dropout_features=0.0, diversity_perplexity="code", feature_penalty_weight=0.0,
     )  # fmt: skip
     ours = build_pretrain_model(PretrainModelConfig(model=model_cfg, wav2vec2=objective))
     ours.load_state_dict(hf.state_dict())
@@ -185,7 +187,8 @@ def test_training_step_backward_reaches_every_parameter():
         for n, p in ours.named_parameters()
         if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)
     ]
-    # masked_spec_embed gets gradient; a code entry may go unused in one tiny batch, so check the book as a whole
+    # masked_spec_embed gets gradient; a code entry may go unused in one tiny batch,
+    # so check the book as a whole
     assert missing == [], missing
     assert set(metrics) >= {"loss", "contrastive_loss", "diversity_loss", "accuracy", "code_perplexity",
                             "prob_perplexity", "temperature", "sample_size"}  # fmt: skip

@@ -46,7 +46,10 @@ def test_non_finite_features_fail_fit_and_label_naming_shard_and_utterance(tmp_p
     label(FeatureReader(feats), km, tmp_path / "units", progress=False)
     before = {n: (tmp_path / "units" / n).read_text() for n in ("labels", "dict.txt")}
     poison(feats, "utt3", value)
-    where = rf"{feats / '0_1.npy'}: utterance 'utt3' holds NaN or infinite features \(1 of its 20 frames, first at frame 2\)"
+    where = (
+        rf"{feats / '0_1.npy'}: utterance 'utt3' holds NaN or infinite features "
+        r"\(1 of its 20 frames, first at frame 2\)"
+    )
     with pytest.raises(NonFiniteFeaturesError, match=where):
         fit_kmeans(FeatureReader(feats), 2, n_init=1)
     with pytest.raises(NonFiniteFeaturesError, match=where):

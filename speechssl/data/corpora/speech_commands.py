@@ -39,7 +39,10 @@ SPLIT_LISTS = {"dev": "validation_list.txt", "test": "testing_list.txt"}
 
 
 def _check_root(root: Path) -> None:
-    layout = "the folder that holds validation_list.txt, testing_list.txt, _background_noise_/ and the word folders"
+    layout = (
+        "the folder that holds validation_list.txt, testing_list.txt, _background_noise_/ "
+        "and the word folders"
+    )
     if not root.is_dir():
         raise FileNotFoundError(
             f"Speech Commands root {root} does not exist. speechssl downloads nothing: get Speech Commands"

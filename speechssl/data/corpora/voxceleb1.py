@@ -38,9 +38,9 @@ WAV_DIRS = ("wav", "vox1_dev_wav/wav", "vox1_test_wav/wav")
 def _wav_roots(root: Path) -> list[Path]:
     if not root.is_dir():
         raise FileNotFoundError(
-            f"VoxCeleb1 root {root} does not exist. speechssl downloads nothing: get VoxCeleb1 yourself, unpack"
-            " it, and pass the folder that holds wav/ (or vox1_dev_wav/wav and vox1_test_wav/wav), iden_split.txt"
-            " and veri_test2.txt"
+            f"VoxCeleb1 root {root} does not exist. speechssl downloads nothing: "
+            "get VoxCeleb1 yourself, unpack it, and pass the folder that holds wav/ "
+            "(or vox1_dev_wav/wav and vox1_test_wav/wav), iden_split.txt and veri_test2.txt"
         )
     found = [root / d for d in WAV_DIRS if (root / d).is_dir()]
     if not found:
