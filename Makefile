@@ -26,16 +26,18 @@ espeak:
 demo: install
 	cd egs/mini_synth/ssl1 && PATH="$(CURDIR)/$(VENV)/bin:$$PATH" ./run.sh
 
-test: install
-	$(VENV)/bin/lint-imports
+test: install lint
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure" >&2; exit 1; fi; exit $$rc
 
 bench: install
 	$(PY) -m benchmarks --json benchmarks/latest.json --md benchmarks/latest.md
 
+# Style, layout (ruff format, 110 columns) and the import layers: part of `make test`.
 lint: install
 	$(VENV)/bin/ruff check speechssl tests benchmarks
+	$(VENV)/bin/ruff format --check speechssl tests benchmarks
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
