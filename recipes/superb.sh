@@ -76,20 +76,13 @@ pool_init "${nj}"  # trainings and evaluations run as a pool of --nj jobs, each 
 
 run_stage() { [ "${stage}" -le "$1" ] && [ "${stop_stage}" -ge "$1" ]; }
 
-# A short name per upstream (as `speechssl downstream train` derives its default --name):
-# fbank; .../<run>/checkpoints/<step> -> <run>; else the file stem / dir name.
-default_name() {
-    local src="${1%/}"
-    case "${src}" in
-        fbank) echo fbank ;;
-        */checkpoints/*) basename "${src%%/checkpoints/*}" ;;
-        *) local base; base=$(basename "${src}"); echo "${base%.*}" ;;
-    esac
-}
-names=()
-for ((u = 0; u < ${#upstream_list[@]}; u++)); do
-    if [ "${#name_list[@]}" -gt 0 ]; then names+=("${name_list[$u]}"); else names+=("$(default_name "${upstream_list[$u]}")"); fi
-done
+# A short name per upstream: --upstream_names, else the library's default --name
+# (`speechssl downstream name`: fbank; .../<run>/checkpoints/<step> -> <run>; else the file stem / dir name).
+if [ "${#name_list[@]}" -gt 0 ]; then
+    names=("${name_list[@]}")
+else
+    mapfile -t names < <(speechssl downstream name "${upstream_list[@]}")
+fi
 if [ "$(printf '%s\n' "${names[@]}" | sort | uniq -d)" != "" ]; then
     log "Error: two upstreams get the same name (${names[*]}); pass --upstream_names"; exit 2
 fi

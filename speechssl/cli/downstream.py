@@ -11,6 +11,7 @@ from speechssl.downstream.config import DownstreamConfig
 from speechssl.downstream.report import write_report
 from speechssl.downstream.runner import evaluate_downstream, train_downstream
 from speechssl.downstream.tasks import TASKS
+from speechssl.interop.upstream import upstream_name
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -87,6 +88,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_overwrite_argument(rep)
     rep.set_defaults(func=run_report)
 
+    name = actions.add_parser("name", help="print the default --name of each upstream (one per line)")
+    name.add_argument("upstreams", nargs="+", metavar="UPSTREAM", help="fbank or any load_upstream source")
+    name.set_defaults(func=run_name)
+
 
 def _config(args: argparse.Namespace) -> DownstreamConfig:
     return load_config(DownstreamConfig, args.config, args.overrides)
@@ -137,4 +142,10 @@ def run_tokenizer(args: argparse.Namespace) -> int:
     from speechssl.downstream.tasks import train_tokenizer
 
     print(f"tokenizer: {train_tokenizer(args.text, args.out, args.vocab_size, overwrite=args.overwrite)}")
+    return 0
+
+
+def run_name(args: argparse.Namespace) -> int:
+    for upstream in args.upstreams:
+        print(upstream_name(upstream))
     return 0

@@ -47,6 +47,11 @@ class BatchingConfig:
             raise ValueError(f"num_buckets must be >= 1, found {self.num_buckets}")
         if self.crop not in ("random", "start"):
             raise ValueError(f"crop must be 'random' or 'start', found {self.crop!r}")
+        if self.max_seconds is not None and self.max_seconds > self.max_batch_seconds:
+            raise ValueError(
+                f"max_seconds ({self.max_seconds}) exceeds max_batch_seconds ({self.max_batch_seconds}):"
+                " a cropped utterance would not fit in a batch"
+            )
 
 
 def _sampler(

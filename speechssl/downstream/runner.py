@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import replace
@@ -318,23 +317,6 @@ def train_downstream(
         return _train_locked(task_obj, str(upstream_spec), data_dir, out_dir, config, resume, name)
 
 
-_GENERIC_DIRS = ("last", "best", "final", "checkpoints", "upstream")  # say nothing about which model it is
-
-
-def default_upstream_name(spec: str | Path) -> str:
-    """A readable name for an upstream in results and reports: a built-in's name, a file's stem, or
-    the nearest folder of the path that is not a generic one (`.../exp/hubert_iter2/checkpoints/last`
-    -> hubert_iter2, `exp/distill/final` -> distill), never just `last`."""
-    path = Path(spec)
-    if not path.is_dir():
-        return upstream_name(spec)
-    parts = Path(os.path.abspath(path)).parts
-    for part in reversed(parts[1:]):
-        if part not in _GENERIC_DIRS and not (part.startswith("step_") and part[5:].isdigit()):
-            return part
-    return upstream_name(spec)
-
-
 def _train_locked(
     task_obj: Task,
     upstream_spec: str,
@@ -351,7 +333,7 @@ def _train_locked(
     exp = {
         "task": task,
         "upstream": upstream_spec,
-        "name": name or default_upstream_name(upstream_spec),
+        "name": name or upstream_name(upstream_spec),
         "data_dir": str(data_dir.resolve()),
         "config": to_dict(config),
     }
@@ -413,7 +395,7 @@ def evaluate_downstream(out_dir: str | Path, split: str = "test") -> dict[str, A
         "metric": task.metric,
         "value": values[task.metric],
         "split": split,
-        "upstream": exp.get("name") or default_upstream_name(exp["upstream"]),
+        "upstream": exp.get("name") or upstream_name(exp["upstream"]),
         "upstream_source": exp["upstream"],
         "trainable_params": trainable,
         "total_params": total,

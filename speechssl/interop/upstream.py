@@ -8,6 +8,7 @@ becomes the same `Upstream` around an SSLModel.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -188,9 +189,21 @@ def require_network(upstream: UpstreamModel, source: str | Path, purpose: str) -
     return upstream
 
 
+# folder names that say nothing about which model it is
+_GENERIC_DIRS = ("last", "best", "final", "checkpoints", "upstream")
+
+
 def upstream_name(source: str | Path) -> str:
-    """Short name for tables: a built-in name, or the checkpoint's directory / file stem."""
+    """A readable name for an upstream in results and reports: a built-in's name, a file's stem, or
+    the nearest folder of the path that is not a generic one (`.../exp/hubert_iter2/checkpoints/last`
+    -> hubert_iter2, `exp/distill/final` -> distill), never just `last`. `speechssl downstream name`
+    prints it for recipes."""
     if str(source) in BUILTIN_UPSTREAMS:
         return str(source)
     path = Path(source)
-    return path.stem if path.is_file() else path.name
+    if not path.is_dir():
+        return path.stem
+    for part in reversed(Path(os.path.abspath(path)).parts[1:]):
+        if part not in _GENERIC_DIRS and not (part.startswith("step_") and part[5:].isdigit()):
+            return part
+    return path.name

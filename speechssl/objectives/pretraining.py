@@ -395,4 +395,7 @@ def get_pretrain_preset(name: str, **overrides: object) -> PretrainModelConfig:
     defaults (the function of the same name above), top-level fields replaced; the error lists names."""
     if name not in presets.PRESETS:
         raise ValueError(f"unknown pretraining preset '{name}'; valid presets: {', '.join(presets.PRESETS)}")
-    return replace(globals()[name](), **overrides)
+    defaults = globals().get(name)
+    if defaults is None:  # a model preset added without its pretraining defaults (a test holds this)
+        raise ValueError(f"model preset '{name}' has no pretraining defaults: add {name}() to {__name__}")
+    return replace(defaults(), **overrides)

@@ -62,11 +62,6 @@ class PretrainDataConfig(BatchingConfig):
         super().__post_init__()
         if self.label_rate is not None and not (math.isfinite(self.label_rate) and self.label_rate > 0):
             raise ValueError(f"label_rate must be a finite number > 0, found {self.label_rate}")
-        if self.max_seconds is not None and self.max_seconds > self.max_batch_seconds:
-            raise ValueError(
-                f"max_seconds ({self.max_seconds}) exceeds max_batch_seconds ({self.max_batch_seconds}):"
-                " a cropped utterance would not fit in a batch"
-            )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -90,3 +90,8 @@ def test_target_padding_of_the_collate(dataset):
 def test_config_is_validated(kwargs, message):
     with pytest.raises(ValueError, match=message):
         BatchingConfig(**kwargs)
+
+
+def test_a_crop_longer_than_the_batch_cap_is_refused_for_every_command():
+    with pytest.raises(ValueError, match=r"max_seconds \(30.0\) exceeds max_batch_seconds \(20.0\)"):
+        BatchingConfig(max_batch_seconds=20.0, max_seconds=30.0)

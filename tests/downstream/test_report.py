@@ -11,7 +11,7 @@ import yaml
 
 from speechssl.cli.main import main
 from speechssl.downstream.report import write_report
-from speechssl.downstream.runner import default_upstream_name
+from speechssl.interop.upstream import upstream_name
 
 
 def test_default_name_is_the_run_not_a_generic_folder(tmp_path):
@@ -24,14 +24,14 @@ def test_default_name_is_the_run_not_a_generic_folder(tmp_path):
     ):
         (tmp_path / sub).mkdir(parents=True)
     (tmp_path / "hubert_base_ls960.pt").write_bytes(b"")
-    assert default_upstream_name("fbank") == "fbank"
-    assert default_upstream_name(tmp_path / "exp/hubert_iter2/checkpoints/last") == "hubert_iter2"
-    assert default_upstream_name(f"{tmp_path}/exp/hubert_iter2/checkpoints/step_20/") == "hubert_iter2"
-    assert default_upstream_name(tmp_path / "exp/distill/final") == "distill"
-    assert default_upstream_name(tmp_path / "exp/ft/final/upstream") == "ft"
-    assert default_upstream_name(tmp_path / "hf/wavlm_base") == "wavlm_base"
-    assert default_upstream_name(tmp_path / "hubert_base_ls960.pt") == "hubert_base_ls960"
-    assert default_upstream_name(tmp_path / "exp/hubert_iter2/checkpoints/last/../step_20") == "hubert_iter2"
+    assert upstream_name("fbank") == "fbank"
+    assert upstream_name(tmp_path / "exp/hubert_iter2/checkpoints/last") == "hubert_iter2"
+    assert upstream_name(f"{tmp_path}/exp/hubert_iter2/checkpoints/step_20/") == "hubert_iter2"
+    assert upstream_name(tmp_path / "exp/distill/final") == "distill"
+    assert upstream_name(tmp_path / "exp/ft/final/upstream") == "ft"
+    assert upstream_name(tmp_path / "hf/wavlm_base") == "wavlm_base"
+    assert upstream_name(tmp_path / "hubert_base_ls960.pt") == "hubert_base_ls960"
+    assert upstream_name(tmp_path / "exp/hubert_iter2/checkpoints/last/../step_20") == "hubert_iter2"
 
 
 def _experiment(
@@ -180,3 +180,12 @@ def test_cli_name_goes_into_the_record_results_and_report(task_data, tmp_path, c
     )
     assert "upstream name 'a|b' must be non-empty text without '|'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_downstream_name_prints_the_default_name_recipes_use(tmp_path, capsys):
+    from speechssl.cli.main import main
+
+    run = tmp_path / "exp" / "hubert_iter2" / "checkpoints" / "last"
+    run.mkdir(parents=True)
+    assert main(["downstream", "name", "fbank", str(run), str(tmp_path / "exp" / "hubert_iter2")]) == 0
+    assert capsys.readouterr().out.split() == ["fbank", "hubert_iter2", "hubert_iter2"]
