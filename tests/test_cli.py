@@ -34,7 +34,7 @@ def test_every_user_error_class_derives_from_speechssl_error():
     from speechssl.interop.safe_pickle import UnsafeCheckpointError
     from speechssl.models.checkpoint import CheckpointError
     from speechssl.training.trainer import BadStepsError
-    from speechssl.units.check import LabelLengthError
+    from speechssl.units.labels import LabelLengthError
 
     classes = (
         ConfigError,

@@ -21,7 +21,7 @@ computed at 100 Hz first), which gives ceil(n100 / 2) frames; writing
 (S - 400) // 160 = 2q + b with q = (S - 400) // 320 and b in {0, 1},
 ceil((2q + 1 + b) / 2) = q + 1 = n50 for both values of b. So the subsampled
 MFCC labels match the conv frontend frame for frame. The trainer still allows
-a difference of one frame (speechssl.units.check_label_lengths) for labels
+a difference of one frame (speechssl.units.labels.check_label_lengths) for labels
 made with other conventions (e.g. snip_edges=False). Utterances shorter than
 one window (400 samples) have no frame and are rejected.
 

@@ -38,8 +38,7 @@ from speechssl.training.config import TrainerConfig
 from speechssl.training.distributed import distributed, env_rank, env_world_size
 from speechssl.training.experiment import experiment
 from speechssl.training.trainer import TrainResult, train
-from speechssl.units.check import check_label_lengths
-from speechssl.units.labels import check_unit_ids, parse_units, read_labels
+from speechssl.units.labels import check_label_lengths, check_unit_ids, parse_units, read_labels
 
 logger = logging.getLogger(__name__)
 

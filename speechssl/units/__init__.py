@@ -6,9 +6,14 @@ against phone alignments (PNMI, phone purity, cluster purity, HuBERT paper);
 `check_label_lengths` is the trainer's guard against label/frame mismatches.
 """
 
-from speechssl.units.check import LabelLengthError, check_label_lengths
 from speechssl.units.kmeans import KMeansConfig, KMeansModel, fit_kmeans, label
-from speechssl.units.labels import check_unit_ids, parse_units, read_labels
+from speechssl.units.labels import (
+    LabelLengthError,
+    check_label_lengths,
+    check_unit_ids,
+    parse_units,
+    read_labels,
+)
 from speechssl.units.metrics import UnitQuality, align_frames, joint_counts, quality_from_counts, unit_quality
 
 __all__ = [

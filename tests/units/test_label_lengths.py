@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from speechssl.units.check import LabelLengthError, check_label_lengths
+from speechssl.units.labels import LabelLengthError, check_label_lengths
 
 
 def conv_frames(num_samples: int) -> int:
