@@ -343,8 +343,7 @@ class Batch:
     wavs: (B, S) float, zero-padded; wav_lens: (B,) valid samples.
     targets: name -> (B, L...) padded tensor (lengths in `target_lens`),
     (B,) stacked scalars, or a list (strings and other values).
-    Task code reads targets by name: `batch["phones"]` is `targets["phones"]`,
-    `batch["phones_lens"]` is `target_lens["phones"]`, `batch["utt_ids"]` the ids.
+    Code reads `batch.targets[name]`, `batch.target_lens[name]` and `batch.utt_ids`.
     """
 
     utt_ids: list[str]
@@ -355,15 +354,6 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.utt_ids)
-
-    def __getitem__(self, name: str) -> Any:
-        if name == "utt_ids":
-            return self.utt_ids
-        if name in self.targets:
-            return self.targets[name]
-        if name.endswith("_lens") and name[: -len("_lens")] in self.target_lens:
-            return self.target_lens[name[: -len("_lens")]]
-        raise KeyError(f"batch has no target '{name}' (targets: {', '.join(self.targets) or 'none'})")
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """Move every tensor to `device`."""

@@ -405,7 +405,7 @@ class _CTCTask(Task):
 
     def loss(self, head, x, lengths, batch):
         logits, out_lens = head(x, lengths)  # (B, T, V)
-        targets, target_lens = batch[self.target_name], batch[f"{self.target_name}_lens"]
+        targets, target_lens = batch.targets[self.target_name], batch.target_lens[self.target_name]
         return ctc_loss(F.log_softmax(logits.float(), dim=-1), out_lens, targets, target_lens), {}
 
     def predict(self, head, x, lengths, batch):
@@ -413,7 +413,7 @@ class _CTCTask(Task):
         return ctc_greedy(logits, out_lens)
 
     def references(self, batch):
-        targets, target_lens = batch[self.target_name], batch[f"{self.target_name}_lens"]
+        targets, target_lens = batch.targets[self.target_name], batch.target_lens[self.target_name]
         return [targets[b, :n].tolist() for b, n in enumerate(target_lens.tolist())]
 
 
@@ -576,7 +576,7 @@ class SpeechRecognition(_CTCTask):
         return [self._decode(ids) for ids in super().predict(head, x, lengths, batch)]
 
     def references(self, batch):
-        return list(batch["words"])
+        return list(batch.targets["words"])
 
     def score(self, refs, hyps):
         return metrics.word_error_rate(refs, hyps)
@@ -617,7 +617,7 @@ class _ClassificationTask(Task):
 
     def loss(self, head, x, lengths, batch):
         logits = head(x, lengths)  # (B, V)
-        labels = batch[self.target_name]
+        labels = batch.targets[self.target_name]
         loss = F.cross_entropy(logits.float(), labels)
         return loss, {"accuracy": (logits.argmax(-1) == labels).float().mean().detach()}
 
@@ -625,7 +625,7 @@ class _ClassificationTask(Task):
         return head(x, lengths).argmax(-1).tolist()
 
     def references(self, batch):
-        return batch[self.target_name].tolist()
+        return batch.targets[self.target_name].tolist()
 
 
 class KeywordSpotting(_ClassificationTask):
@@ -706,7 +706,7 @@ class IntentClassification(_ClassificationTask):
 
     def loss(self, head, x, lengths, batch):
         logits = head(x, lengths)  # tuple of (B, V_k)
-        labels = batch[self.target_name]  # (B, num_slots)
+        labels = batch.targets[self.target_name]  # (B, num_slots)
         loss = sum(F.cross_entropy(lg.float(), labels[:, k]) for k, lg in enumerate(logits))
         right = torch.stack([lg.argmax(-1) == labels[:, k] for k, lg in enumerate(logits)], dim=1).all(dim=1)
         return loss, {"accuracy": right.float().mean().detach()}
@@ -716,7 +716,7 @@ class IntentClassification(_ClassificationTask):
         return [tuple(p) for p in torch.stack([lg.argmax(-1) for lg in logits], dim=1).tolist()]
 
     def references(self, batch):
-        return [tuple(r) for r in batch[self.target_name].tolist()]
+        return [tuple(r) for r in batch.targets[self.target_name].tolist()]
 
 
 class SpeakerVerification(Task):
@@ -778,8 +778,8 @@ class SpeakerVerification(Task):
         )
 
     def loss(self, head, x, lengths, batch):
-        loss, cosine = head["am_softmax"](head["xvector"](x, lengths).float(), batch["speaker"])
-        return loss, {"accuracy": (cosine.argmax(-1) == batch["speaker"]).float().mean().detach()}
+        loss, cosine = head["am_softmax"](head["xvector"](x, lengths).float(), batch.targets["speaker"])
+        return loss, {"accuracy": (cosine.argmax(-1) == batch.targets["speaker"]).float().mean().detach()}
 
     def read_trials(self, split: str) -> list[tuple[int, str, str, bool]]:
         """(line, enroll_utt, test_utt, is_target) for each trial of `<split>/trials`."""
@@ -807,7 +807,7 @@ class SpeakerVerification(Task):
         for batch in batches:
             x, lengths = features(batch)
             emb = F.normalize(head["xvector"](x, lengths).float(), dim=-1).cpu()  # (B, E)
-            embeddings.update(zip(batch["utt_ids"], emb))
+            embeddings.update(zip(batch.utt_ids, emb))
         scores, labels = [], []
         for line_no, a, b, target in trials:
             for utt in (a, b):
