@@ -30,8 +30,8 @@ from speechssl.models.model import SSLModel, build_model
 from speechssl.objectives.masking import MaskConfig, compute_mask_indices
 from speechssl.training.distributed import distributed, env_rank
 from speechssl.training.experiment import experiment
-from speechssl.training.pretrain import build_data, train_loaders
-from speechssl.training.trainer import TrainResult
+from speechssl.training.pretrain import build_data
+from speechssl.training.trainer import TrainResult, train_on_loaders
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +208,10 @@ def run_training(
     loaders = build_data(config, teacher, train_dir, valid_dir)
     if begin is not None:
         begin()
-    return train_loaders(module, loaders, config.trainer, out_dir, resume=resume, save_config=save_config)
+    return train_on_loaders(
+        module, loaders.train, config.trainer, out_dir, valid_loader=loaders.valid, resume=resume,
+        save_config=save_config,
+    )  # fmt: skip
 
 
 def load_teacher(source: str | Path) -> Upstream:

@@ -40,9 +40,10 @@ from speechssl.errors import OutputExistsError
 from speechssl.interop.upstream import UpstreamModel, load_upstream, upstream_name
 from speechssl.io import atomic_write_text
 from speechssl.outputs import ExperimentLock, check_output, read_marker, write_marker
-from speechssl.training import TrainerConfig, train
+from speechssl.training import TrainerConfig
 from speechssl.training.checkpoints import load_checkpoint, step_dirs
 from speechssl.training.distributed import env_rank, env_world_size
+from speechssl.training.trainer import train_on_loaders
 
 log = logging.getLogger(__name__)
 
@@ -224,11 +225,9 @@ def _train_run(
         rank=env_rank(),
         world_size=env_world_size(),
     )
-    train(
+    train_on_loaders(
         model,
-        loader.dataset,
-        loader.collate_fn,
-        loader.batch_sampler,
+        loader,
         _trainer_config(config, lr),
         run_dir,
         resume=resume,

@@ -37,7 +37,7 @@ from speechssl.objectives.wav2vec2 import Wav2Vec2ObjectiveConfig
 from speechssl.training.config import TrainerConfig
 from speechssl.training.distributed import distributed, env_rank, env_world_size
 from speechssl.training.experiment import experiment
-from speechssl.training.trainer import TrainResult, train
+from speechssl.training.trainer import TrainResult, train_on_loaders
 from speechssl.units.labels import check_label_lengths, check_unit_ids, parse_units, read_labels
 
 logger = logging.getLogger(__name__)
@@ -158,24 +158,6 @@ def _units_dirs(data_dir: Path, units: Sequence[str]) -> list[Path]:
 class TrainData(NamedTuple):
     train: DataLoader  # its batch_sampler is this rank's DurationBucketSampler
     valid: DataLoader | None
-
-
-def train_loaders(
-    model: nn.Module, loaders: TrainData, trainer: TrainerConfig, out_dir: Path, **kwargs: Any
-) -> TrainResult:
-    """`train` on the loaders of `build_data` (the trainer re-opens them every epoch)."""
-    train_loader, valid = loaders
-    return train(
-        model,
-        train_loader.dataset,
-        train_loader.collate_fn,
-        train_loader.batch_sampler,
-        trainer,
-        out_dir,
-        valid_dataset=None if valid is None else valid.dataset,
-        valid_sampler=None if valid is None else valid.batch_sampler,
-        **kwargs,
-    )
 
 
 def build_dataset(
@@ -330,9 +312,10 @@ def pretrain(
             train_sampler.padding_efficiency(),
         )  # fmt: skip
         objective = BatchObjective(model, units, normalize=config.model.normalize_waveform)
-        result = train_loaders(
-            objective, loaders, config.trainer, out_dir, resume=run.resume_from or False, save_config=config
-        )
+        result = train_on_loaders(
+            objective, loaders.train, config.trainer, out_dir, valid_loader=loaders.valid,
+            resume=run.resume_from or False, save_config=config,
+        )  # fmt: skip
         if env_rank() == 0:
             write_run_summary(out_dir, result, world_size=env_world_size())
     return result

@@ -660,3 +660,29 @@ def train(
             batch_lengths=batch_lengths,
         )
         return trainer.fit()
+
+
+def train_on_loaders(
+    model: nn.Module,
+    train_loader: torch.utils.data.DataLoader,
+    config: TrainerConfig,
+    out_dir: str | Path,
+    *,
+    valid_loader: torch.utils.data.DataLoader | None = None,
+    **kwargs: Any,
+) -> TrainResult:
+    """`train` on loaders of `speechssl.data.batching.build_loader`, as every command builds them:
+    the trainer takes their dataset, collate function and batch sampler and opens its own
+    DataLoaders each epoch (workers from `config.num_workers`), so a resumed run continues the
+    sampler where it stopped."""
+    return train(
+        model,
+        train_loader.dataset,
+        train_loader.collate_fn,
+        train_loader.batch_sampler,
+        config,
+        out_dir,
+        valid_dataset=None if valid_loader is None else valid_loader.dataset,
+        valid_sampler=None if valid_loader is None else valid_loader.batch_sampler,
+        **kwargs,
+    )

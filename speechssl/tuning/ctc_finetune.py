@@ -41,10 +41,11 @@ from speechssl.models.checkpoint import save_checkpoint
 from speechssl.models.frontends import lengths_to_padding_mask
 from speechssl.objectives.ctc import ctc_greedy, ctc_loss
 from speechssl.objectives.masking import MaskConfig, compute_channel_mask, compute_time_mask
-from speechssl.training import TrainerConfig, TrainResult, train
+from speechssl.training import TrainerConfig, TrainResult
 from speechssl.training.checkpoints import seed_everything
 from speechssl.training.distributed import distributed, env_rank, env_world_size
 from speechssl.training.experiment import RESUMABLE_KEYS, experiment
+from speechssl.training.trainer import train_on_loaders
 from speechssl.tuning.methods import TuningConfig, TuningReport, apply_tuning, count_parameters, save_tuned
 
 log = logging.getLogger(__name__)
@@ -331,15 +332,12 @@ def finetune_ctc(
         vocab.save(out_dir / "vocab.txt")
     loader = _loader(train_set, config, train=True)
     valid_loader = _loader(valid_set, config, train=False) if valid_set is not None else None
-    result = train(
+    result = train_on_loaders(
         model,
-        train_set,
-        loader.collate_fn,
-        loader.batch_sampler,
+        loader,
         trainer_config,
         out_dir,
-        valid_dataset=valid_set,
-        valid_sampler=None if valid_loader is None else valid_loader.batch_sampler,
+        valid_loader=valid_loader,
         resume=resume,
         save_config=config,
     )
