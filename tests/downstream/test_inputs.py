@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from speechssl.cli.main import main
 from speechssl.downstream import DownstreamConfig, HeadConfig
 from speechssl.downstream.runner import evaluate_downstream, train_downstream
 from speechssl.downstream.tasks import DataCheckError
 from speechssl.errors import OutputExistsError
+from speechssl.testing.cli import downstream_train, run_cli
 
 SMALL = HeadConfig(hidden_dim=16, xvector_channels=16, embed_dim=8)
 
@@ -56,25 +56,7 @@ def test_empty_dev_split_is_refused_before_any_step(task_data, tmp_path, capsys)
     ):
         train_downstream("ks", "fbank", data, out, small_config(), max_steps=2)
     assert not out.exists()  # no checkpoint, no record: nothing was spent
-    assert (
-        main(
-            [
-                "downstream",
-                "train",
-                "--task",
-                "ks",
-                "--upstream",
-                "fbank",
-                "--data",
-                str(data),
-                "--out",
-                str(out),
-                "--max-steps",
-                "2",
-            ]
-        )
-        == 1
-    )
+    assert downstream_train(data, out, "--max-steps", "2") == 1
     err = capsys.readouterr().err
     assert "the split has no utterances" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
@@ -212,26 +194,7 @@ def test_two_concurrent_trains_on_one_out_second_is_refused_naming_the_holder(ta
     try:
         assert holder.stdout.readline().strip() == "training", holder.stderr.read()
         record = (out / "downstream.yaml").read_text()
-        assert (
-            main(
-                [
-                    "downstream",
-                    "train",
-                    "--task",
-                    "ks",
-                    "--upstream",
-                    "fbank",
-                    "--data",
-                    str(task_data["ks"]),
-                    "--out",
-                    str(out),
-                    "--max-steps",
-                    "1",
-                    "--resume",
-                ]
-            )
-            == 1
-        )
+        assert downstream_train(task_data["ks"], out, "--max-steps", "1", "--resume") == 1
         err = capsys.readouterr().err
         assert f"is in use by `speechssl downstream train` (pid {holder.pid} on host" in err
         assert len(err.strip().splitlines()) == 1
@@ -248,7 +211,7 @@ def test_report_into_a_foreign_dir_is_refused_with_its_files_intact(task_data, t
     mine = tmp_path / "paper"
     mine.mkdir()
     (mine / "results.md").write_text("my hand-edited table")
-    assert main(["downstream", "report", "--exps", str(exp), "--out", str(mine)]) == 1
+    assert run_cli("downstream", "report", "--exps", exp, "--out", mine) == 1
     err = capsys.readouterr().err
     assert "already holds files that `speechssl downstream report` did not write (results.md)" in err
     assert (
@@ -257,10 +220,10 @@ def test_report_into_a_foreign_dir_is_refused_with_its_files_intact(task_data, t
     )
     # its own earlier report is rewritten; a foreign dir only with --overwrite; never an experiment
     report = tmp_path / "report"
-    assert main(["downstream", "report", "--exps", str(exp), "--out", str(report)]) == 0
-    assert main(["downstream", "report", "--exps", str(exp), "--out", str(report)]) == 0
-    assert main(["downstream", "report", "--exps", str(exp), "--out", str(mine), "--overwrite"]) == 0
-    assert main(["downstream", "report", "--exps", str(exp), "--out", str(exp), "--overwrite"]) == 1
+    assert run_cli("downstream", "report", "--exps", exp, "--out", report) == 0
+    assert run_cli("downstream", "report", "--exps", exp, "--out", report) == 0
+    assert run_cli("downstream", "report", "--exps", exp, "--out", mine, "--overwrite") == 0
+    assert run_cli("downstream", "report", "--exps", exp, "--out", exp, "--overwrite") == 1
     assert "is an input of this command" in capsys.readouterr().err
 
 
@@ -270,30 +233,14 @@ def test_tokenizer_into_a_foreign_dir_is_refused_with_its_files_intact(tmp_path,
     out = tmp_path / "tok"
     out.mkdir()
     (out / "spm.model").write_text("someone else's model")
-    assert (
-        main(["downstream", "tokenizer", "--text", str(text), "--vocab-size", "20", "--out", str(out)]) == 1
-    )
+    assert run_cli("downstream", "tokenizer", "--text", text, "--vocab-size", "20", "--out", out) == 1
     assert "did not write (spm.model)" in capsys.readouterr().err
     assert (out / "spm.model").read_text() == "someone else's model"
     assert (
-        main(
-            [
-                "downstream",
-                "tokenizer",
-                "--text",
-                str(text),
-                "--vocab-size",
-                "20",
-                "--out",
-                str(out),
-                "--overwrite",
-            ]
-        )
+        run_cli("downstream", "tokenizer", "--text", text, "--vocab-size", "20", "--out", out, "--overwrite")
         == 0
     )
-    assert (
-        main(["downstream", "tokenizer", "--text", str(text), "--vocab-size", "20", "--out", str(out)]) == 0
-    )
+    assert run_cli("downstream", "tokenizer", "--text", text, "--vocab-size", "20", "--out", out) == 0
     assert not [p for p in os.listdir(out) if ".tmp" in p]  # no temp dir of the training is left
 
 

@@ -9,9 +9,9 @@ import logging
 import pytest
 import yaml
 
-from speechssl.cli.main import main
 from speechssl.downstream.report import write_report
 from speechssl.interop.upstream import upstream_name
+from speechssl.testing.cli import downstream_train, run_cli
 
 
 def test_default_name_is_the_run_not_a_generic_folder(tmp_path):
@@ -107,85 +107,24 @@ def test_cli_name_goes_into_the_record_results_and_report(task_data, tmp_path, c
     for name in ("fbank_a", "fbank_b"):
         exp = tmp_path / f"ks_{name}"
         assert (
-            main(
-                [
-                    "downstream",
-                    "train",
-                    "--task",
-                    "ks",
-                    "--upstream",
-                    "fbank",
-                    "--name",
-                    name,
-                    "--data",
-                    str(task_data["ks"]),
-                    "--out",
-                    str(exp),
-                    "--config",
-                    str(conf),
-                    "--max-steps",
-                    "1",
-                ]
-            )
-            == 0
+            downstream_train(task_data["ks"], exp, "--name", name, "--config", conf, "--max-steps", "1") == 0
         )
         assert yaml.safe_load((exp / "downstream.yaml").read_text())["name"] == name
-        assert main(["downstream", "evaluate", "--out", str(exp)]) == 0
+        assert run_cli("downstream", "evaluate", "--out", exp) == 0
         assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["upstream"] == name
         exps.append(str(exp))
-    assert main(["downstream", "report", "--exps", *exps, "--out", str(tmp_path / "report")]) == 0
+    assert run_cli("downstream", "report", "--exps", *exps, "--out", tmp_path / "report") == 0
     assert "| task | metric | fbank_a | fbank_b |" in (tmp_path / "report" / "results.md").read_text()
     # a resumed run keeps its name; a bad name is refused before anything is written
-    assert (
-        main(
-            [
-                "downstream",
-                "train",
-                "--task",
-                "ks",
-                "--upstream",
-                "fbank",
-                "--data",
-                str(task_data["ks"]),
-                "--out",
-                exps[0],
-                "--config",
-                str(conf),
-                "--max-steps",
-                "1",
-                "--resume",
-            ]
-        )
-        == 0
-    )
+    assert downstream_train(task_data["ks"], exps[0], "--config", conf, "--max-steps", "1", "--resume") == 0
     assert yaml.safe_load((tmp_path / "ks_fbank_a" / "downstream.yaml").read_text())["name"] == "fbank_a"
-    assert (
-        main(
-            [
-                "downstream",
-                "train",
-                "--task",
-                "ks",
-                "--upstream",
-                "fbank",
-                "--name",
-                "a|b",
-                "--data",
-                str(task_data["ks"]),
-                "--out",
-                str(tmp_path / "x"),
-            ]
-        )
-        == 1
-    )
+    assert downstream_train(task_data["ks"], tmp_path / "x", "--name", "a|b") == 1
     assert "upstream name 'a|b' must be non-empty text without '|'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 
 def test_downstream_name_prints_the_default_name_recipes_use(tmp_path, capsys):
-    from speechssl.cli.main import main
-
     run = tmp_path / "exp" / "hubert_iter2" / "checkpoints" / "last"
     run.mkdir(parents=True)
-    assert main(["downstream", "name", "fbank", str(run), str(tmp_path / "exp" / "hubert_iter2")]) == 0
+    assert run_cli("downstream", "name", "fbank", run, tmp_path / "exp" / "hubert_iter2") == 0
     assert capsys.readouterr().out.split() == ["fbank", "hubert_iter2", "hubert_iter2"]

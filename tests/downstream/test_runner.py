@@ -9,7 +9,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from speechssl.cli.main import main
 from speechssl.data.dataset import collate_audio
 from speechssl.downstream import DownstreamConfig, FeaturizerConfig, HeadConfig, build_task
 from speechssl.downstream.report import write_report
@@ -20,6 +19,7 @@ from speechssl.downstream.runner import (
     register_tuning,
     train_downstream,
 )
+from speechssl.testing.cli import downstream_train, run_cli
 
 SMALL = HeadConfig(hidden_dim=16, lstm_layers=2, xvector_channels=16, embed_dim=8)
 
@@ -128,30 +128,10 @@ def test_cli_train_evaluate_report(task_data, tmp_path, capsys):
         "featurizer:\n  name: weighted_sum\nhead:\n  hidden_dim: 16\n"
     )
     exp = tmp_path / "exp_fbank"
-    assert (
-        main(
-            [
-                "downstream",
-                "train",
-                "--task",
-                "ks",
-                "--upstream",
-                "fbank",
-                "--data",
-                str(task_data["ks"]),
-                "--out",
-                str(exp),
-                "--config",
-                str(conf),
-                "--max-steps",
-                "2",
-            ]
-        )
-        == 0
-    )
-    assert main(["downstream", "evaluate", "--out", str(exp)]) == 0
+    assert downstream_train(task_data["ks"], exp, "--config", conf, "--max-steps", "2") == 0
+    assert run_cli("downstream", "evaluate", "--out", exp) == 0
     test_results = (exp / "results.json").read_text()
-    assert main(["downstream", "evaluate", "--out", str(exp), "--split", "dev"]) == 0
+    assert run_cli("downstream", "evaluate", "--out", exp, "--split", "dev") == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["task"] == "ks" and line["split"] == "dev" and line["upstream"] == "fbank"
     # a dev score goes to its own file: the test score that `report` reads by default stays
@@ -159,34 +139,11 @@ def test_cli_train_evaluate_report(task_data, tmp_path, capsys):
     assert json.loads((exp / "results_dev.json").read_text())["split"] == "dev"
     bad = tmp_path / "bad.yaml"
     bad.write_text("lr_swep: [0.1]\n")
-    assert (
-        main(
-            [
-                "downstream",
-                "train",
-                "--task",
-                "ks",
-                "--upstream",
-                "fbank",
-                "--data",
-                str(task_data["ks"]),
-                "--out",
-                str(tmp_path / "x"),
-                "--config",
-                str(bad),
-            ]
-        )
-        == 1
-    )
+    assert downstream_train(task_data["ks"], tmp_path / "x", "--config", bad) == 1
     assert "unknown key 'lr_swep'" in capsys.readouterr().err
-    assert main(["downstream", "report", "--exps", str(exp), "--out", str(tmp_path / "report")]) == 0
+    assert run_cli("downstream", "report", "--exps", exp, "--out", tmp_path / "report") == 0
     assert "| ks | accuracy (%) (test) |" in (tmp_path / "report" / "results.md").read_text()
-    assert (
-        main(
-            ["downstream", "report", "--exps", str(exp), "--out", str(tmp_path / "report"), "--split", "dev"]
-        )
-        == 0
-    )
+    assert run_cli("downstream", "report", "--exps", exp, "--out", tmp_path / "report", "--split", "dev") == 0
     assert "| ks | accuracy (%) (dev) |" in (tmp_path / "report" / "results.md").read_text()
 
 

@@ -32,14 +32,7 @@ from speechssl.training import checkpoints as ckpt
 from speechssl.training.experiment import experiment
 from speechssl.training.trainer import NonFiniteWeightsError
 
-CONF = (
-    Path(__file__).resolve().parents[2]
-    / "egs"
-    / "mini_synth"
-    / "ssl1"
-    / "conf"
-    / "pretrain_wav2vec2_tiny.yaml"
-)
+CONF = Path(__file__).resolve().parents[2] / "egs/mini_synth/ssl1/conf/pretrain_wav2vec2_tiny.yaml"
 
 
 @pytest.fixture(scope="module")

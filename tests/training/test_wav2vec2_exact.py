@@ -18,14 +18,7 @@ from safetensors.torch import load_file
 from speechssl.testing.datadirs import make_data_dir
 from speechssl.testing.training import kill_when, subprocess_env
 
-CONF = (
-    Path(__file__).resolve().parents[2]
-    / "egs"
-    / "mini_synth"
-    / "ssl1"
-    / "conf"
-    / "pretrain_wav2vec2_tiny.yaml"
-)
+CONF = Path(__file__).resolve().parents[2] / "egs/mini_synth/ssl1/conf/pretrain_wav2vec2_tiny.yaml"
 ARGS = [
     "--max-steps", "8", "--save-every", "3",  # 2 batches per epoch: step 3 is mid-epoch
     "--set", "model.encoder.embed_dim=32", "--set", "model.encoder.num_layers=2",

@@ -9,9 +9,9 @@ import pytest
 import torch
 import yaml
 
-from speechssl.cli.main import main
 from speechssl.models.checkpoint import save_checkpoint
 from speechssl.models.model import build_model
+from speechssl.testing.cli import run_cli
 from speechssl.testing.datadirs import make_data_dir
 from speechssl.testing.models import tiny_config
 from speechssl.tuning.ctc_finetune import evaluate_ctc, load_finetune_config, load_finetuned
@@ -46,22 +46,22 @@ def setup(tmp_path_factory) -> dict[str, Path]:
     return {"upstream": root / "hubert_tiny", "train": train, "conf": conf}
 
 
-def _finetune(setup, out: Path, *extra: str) -> int:
-    return main(
-        [
-            "finetune",
-            "--upstream",
-            str(setup["upstream"]),
-            "--train",
-            str(setup["train"]),
-            "--valid",
-            str(setup["train"]),
-            "--out",
-            str(out),
-            "--config",
-            str(setup["conf"]),
-            *extra,
-        ]
+def _finetune(setup, out: Path, *extra: str, valid: Path | None = None) -> int:
+    """`speechssl finetune` on the setup; validated on its training dir unless `valid` is given."""
+    valid = setup["train"] if valid is None else valid
+    return run_cli(
+        "finetune",
+        "--upstream",
+        setup["upstream"],
+        "--train",
+        setup["train"],
+        "--valid",
+        valid,
+        "--out",
+        out,
+        "--config",
+        setup["conf"],
+        *extra,
     )
 
 
@@ -77,7 +77,7 @@ def test_lora_finetune_then_evaluate_prints_cer_and_loss(setup, tmp_path, capsys
     )  # 10/40 kept
     assert (out / "final" / "tuned.safetensors").is_file() and not (out / "final" / "upstream").exists()
 
-    assert main(["finetune", "evaluate", "--out", str(out), "--data", str(setup["train"])]) == 0
+    assert run_cli("finetune", "evaluate", "--out", out, "--data", setup["train"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(printed) == {"data", "cer", "loss"} and printed["loss"] > 0 and 0 <= printed["cer"]
     assert json.loads((out / "eval_train.json").read_text()) == printed
@@ -89,7 +89,7 @@ def test_full_finetune_reloads_to_the_same_scores_and_resumes(setup, tmp_path, c
     model = load_finetuned(out)
     assert not model.training
     before = evaluate_ctc(model, setup["train"])
-    assert main(["finetune", "evaluate", "--out", str(out), "--data", str(setup["train"])]) == 0
+    assert run_cli("finetune", "evaluate", "--out", out, "--data", setup["train"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["cer"] == pytest.approx(before["cer"]) and printed["loss"] == pytest.approx(
         before["loss"], rel=1e-5
@@ -106,19 +106,11 @@ def test_config_options_compose():
 
 
 def test_user_errors_are_one_line(setup, tmp_path, capsys):
-    assert main(["finetune", "--upstream", str(setup["upstream"])]) == 1
+    assert run_cli("finetune", "--upstream", setup["upstream"]) == 1
     assert "needs --train, --out" in capsys.readouterr().err
     assert (
-        main(
-            [
-                "finetune",
-                "--upstream",
-                str(setup["upstream"]),
-                "--train",
-                str(tmp_path / "nope"),
-                "--out",
-                str(tmp_path / "x"),
-            ]
+        run_cli(
+            "finetune", "--upstream", setup["upstream"], "--train", tmp_path / "nope", "--out", tmp_path / "x"
         )
         == 1
     )
@@ -127,7 +119,7 @@ def test_user_errors_are_one_line(setup, tmp_path, capsys):
     assert "max_steps must be > 0" in capsys.readouterr().err
     assert _finetune(setup, tmp_path / "x", "--set", "trainer.lrr=1") == 1
     assert "lrr" in capsys.readouterr().err
-    assert main(["finetune", "evaluate", "--out", str(tmp_path / "none"), "--data", str(setup["train"])]) == 1
+    assert run_cli("finetune", "evaluate", "--out", tmp_path / "none", "--data", setup["train"]) == 1
     assert "finetune.yaml does not exist" in capsys.readouterr().err
     assert _finetune(setup, tmp_path / "x", "--method", "dora") == 1
     assert "unknown tuning method 'dora'; valid: adapter, bitfit" in capsys.readouterr().err
@@ -161,23 +153,6 @@ def test_finetune_refuses_an_empty_valid_dir_at_start_up(setup, tmp_path, capsys
     empty.mkdir()
     for name in ("wav.scp", "text"):
         (empty / name).write_text("")
-    assert (
-        main(
-            [
-                "finetune",
-                "--upstream",
-                str(setup["upstream"]),
-                "--train",
-                str(setup["train"]),
-                "--valid",
-                str(empty),
-                "--out",
-                str(tmp_path / "exp"),
-                "--config",
-                str(setup["conf"]),
-            ]
-        )
-        == 1
-    )
+    assert _finetune(setup, tmp_path / "exp", valid=empty) == 1
     assert f"validation data dir {empty} holds no utterances" in capsys.readouterr().err
     assert not (tmp_path / "exp").exists()

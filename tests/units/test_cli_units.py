@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from speechssl.cli.main import main
+from speechssl.testing.cli import dump_features, kmeans_fit, kmeans_label, run_cli
 from speechssl.units.metrics import UnitQuality
 from speechssl.units.report import default_names, format_table, score_label_files
 
@@ -16,85 +16,19 @@ def test_pipeline_end_to_end(phone_corpus, tmp_path, capsys):
     data, ctm = phone_corpus
     feats, km = tmp_path / "feats", tmp_path / "km"
     for rank in range(2):
-        assert (
-            main(
-                [
-                    "features",
-                    "--data",
-                    str(data),
-                    "--feature",
-                    "mfcc",
-                    "--out",
-                    str(feats),
-                    "--nshard",
-                    "2",
-                    "--rank",
-                    str(rank),
-                ]
-            )
-            == 0
-        )
-    assert (
-        main(
-            [
-                "kmeans",
-                "fit",
-                "--feats",
-                str(feats),
-                "--num-clusters",
-                "8",
-                "--out",
-                str(km),
-                "--n-init",
-                "2",
-                "--batch-size",
-                "512",
-                "--max-iter",
-                "20",
-            ]
-        )
-        == 0
-    )
+        assert dump_features(data, feats, "--nshard", "2", "--rank", rank) == 0
+    assert kmeans_fit(feats, "8", km, "--n-init", "2", "--batch-size", "512", "--max-iter", "20") == 0
     assert np.load(km / "centroids.npy", allow_pickle=False).shape == (8, 39)
     for k in (8, 3):
         if k == 3:  # a second label set to compare
             assert (
-                main(
-                    [
-                        "kmeans",
-                        "fit",
-                        "--feats",
-                        str(feats),
-                        "--num-clusters",
-                        "3",
-                        "--out",
-                        str(tmp_path / "km3"),
-                        "--n-init",
-                        "2",
-                        "--batch-size",
-                        "512",
-                        "--max-iter",
-                        "20",
-                    ]
+                kmeans_fit(
+                    feats, "3", tmp_path / "km3", "--n-init", "2", "--batch-size", "512", "--max-iter", "20"
                 )
                 == 0
             )
         model = km if k == 8 else tmp_path / "km3"
-        assert (
-            main(
-                [
-                    "kmeans",
-                    "label",
-                    "--feats",
-                    str(feats),
-                    "--model",
-                    str(model),
-                    "--out",
-                    str(tmp_path / f"km{k}_units"),
-                ]
-            )
-            == 0
-        )
+        assert kmeans_label(feats, model, tmp_path / f"km{k}_units") == 0
     labels = (tmp_path / "km8_units" / "labels").read_text().splitlines()
     assert [line.split()[0] for line in labels] == sorted(line.split()[0] for line in labels)
     assert len(labels) == 6
@@ -102,18 +36,16 @@ def test_pipeline_end_to_end(phone_corpus, tmp_path, capsys):
 
     out = tmp_path / "scores.json"
     assert (
-        main(
-            [
-                "units",
-                "score",
-                "--labels",
-                str(tmp_path / "km8_units" / "labels"),
-                str(tmp_path / "km3_units" / "labels"),
-                "--alignments",
-                str(ctm),
-                "--out",
-                str(out),
-            ]
+        run_cli(
+            "units",
+            "score",
+            "--labels",
+            tmp_path / "km8_units" / "labels",
+            tmp_path / "km3_units" / "labels",
+            "--alignments",
+            ctm,
+            "--out",
+            out,
         )
         == 0
     )
@@ -132,58 +64,25 @@ def test_pipeline_end_to_end(phone_corpus, tmp_path, capsys):
 def test_wrong_frame_shift_names_an_utterance(phone_corpus, tmp_path, capsys):
     data, ctm = phone_corpus
     feats = tmp_path / "feats"
-    assert main(["features", "--data", str(data), "--feature", "mfcc", "--out", str(feats)]) == 0
+    assert dump_features(data, feats) == 0
     assert (
-        main(
-            [
-                "kmeans",
-                "fit",
-                "--feats",
-                str(feats),
-                "--num-clusters",
-                "4",
-                "--out",
-                str(tmp_path / "km"),
-                "--n-init",
-                "1",
-                "--batch-size",
-                "256",
-                "--max-iter",
-                "10",
-            ]
-        )
+        kmeans_fit(feats, "4", tmp_path / "km", "--n-init", "1", "--batch-size", "256", "--max-iter", "10")
         == 0
     )
-    assert (
-        main(
-            [
-                "kmeans",
-                "label",
-                "--feats",
-                str(feats),
-                "--model",
-                str(tmp_path / "km"),
-                "--out",
-                str(tmp_path / "u"),
-            ]
-        )
-        == 0
-    )
+    assert kmeans_label(feats, tmp_path / "km", tmp_path / "u") == 0
     capsys.readouterr()
     assert (
-        main(
-            [
-                "units",
-                "score",
-                "--labels",
-                str(tmp_path / "u" / "labels"),
-                "--alignments",
-                str(ctm),
-                "--frame-shift",
-                "0.01",
-                "--plot",
-                str(tmp_path / "p.png"),
-            ]
+        run_cli(
+            "units",
+            "score",
+            "--labels",
+            tmp_path / "u" / "labels",
+            "--alignments",
+            ctm,
+            "--frame-shift",
+            "0.01",
+            "--plot",
+            tmp_path / "p.png",
         )
         == 1
     )
@@ -193,32 +92,11 @@ def test_wrong_frame_shift_names_an_utterance(phone_corpus, tmp_path, capsys):
 
 
 def test_feature_cli_errors(tmp_path, capsys):
-    assert (
-        main(["features", "--data", str(tmp_path), "--feature", "upstream", "--out", str(tmp_path / "f")])
-        == 1
-    )
+    assert dump_features(tmp_path, tmp_path / "f", feature="upstream") == 1
     assert "--feature upstream needs --upstream SRC" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "features",
-                "--data",
-                str(tmp_path),
-                "--feature",
-                "mfcc",
-                "--layer",
-                "3",
-                "--out",
-                str(tmp_path / "f"),
-            ]
-        )
-        == 1
-    )
+    assert dump_features(tmp_path, tmp_path / "f", "--layer", "3") == 1
     assert "apply to --feature upstream only" in capsys.readouterr().err
-    assert (
-        main(["kmeans", "label", "--feats", str(tmp_path), "--model", str(tmp_path), "--out", str(tmp_path)])
-        == 1
-    )
+    assert kmeans_label(tmp_path, tmp_path, tmp_path) == 1
     assert "no finished feature shard" in capsys.readouterr().err
 
 
@@ -235,22 +113,8 @@ def test_upstream_feature_cli(phone_corpus, tmp_path):
     ckpt = save_checkpoint(build_model(config), config, tmp_path / "ckpt")
     data, _ = phone_corpus
     assert (
-        main(
-            [
-                "features",
-                "--data",
-                str(data),
-                "--feature",
-                "upstream",
-                "--upstream",
-                str(ckpt),
-                "--layer",
-                "1",
-                "--out",
-                str(tmp_path / "f"),
-                "--device",
-                "cpu",
-            ]
+        dump_features(
+            data, tmp_path / "f", "--upstream", ckpt, "--layer", "1", "--device", "cpu", feature="upstream"
         )
         == 0
     )

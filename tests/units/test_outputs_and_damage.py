@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from speechssl.cli.main import main
 from speechssl.errors import WriteFailedError
 from speechssl.features.dump import FeatureReader, NonFiniteFeaturesError, write_shard
+from speechssl.testing.cli import dump_features, kmeans_fit, kmeans_label, run_cli
 from speechssl.units.kmeans import KMeansModel, fit_kmeans, label
 
 KM = ["--n-init", "1", "--batch-size", "256", "--max-iter", "5"]
@@ -57,43 +57,14 @@ def test_non_finite_features_fail_fit_and_label_naming_shard_and_utterance(tmp_p
     # never unit 0 for a NaN frame: the earlier labels are still there, unchanged
     assert {n: (tmp_path / "units" / n).read_text() for n in ("labels", "dict.txt")} == before
     capsys.readouterr()
-    assert (
-        main(
-            [
-                "kmeans",
-                "label",
-                "--feats",
-                str(feats),
-                "--model",
-                str(tmp_path / "km"),
-                "--out",
-                str(tmp_path / "units"),
-            ]
-        )
-        == 1
-    )
+    assert kmeans_label(feats, tmp_path / "km", tmp_path / "units") == 1
     err = capsys.readouterr().err
     last = err.splitlines()[-1]  # above it: the progress bar
     assert (
         last.startswith("speechssl kmeans: error: ")
         and "0_1.npy: utterance 'utt3' holds NaN or infinite" in last
     )
-    assert (
-        main(
-            [
-                "kmeans",
-                "fit",
-                "--feats",
-                str(feats),
-                "--num-clusters",
-                "2",
-                "--out",
-                str(tmp_path / "km2"),
-                *KM,
-            ]
-        )
-        == 1
-    )
+    assert kmeans_fit(feats, "2", tmp_path / "km2", *KM) == 1
     assert "utterance 'utt3'" in capsys.readouterr().err
 
 
@@ -101,22 +72,7 @@ def test_kmeans_on_a_damaged_shard_names_the_file(tmp_path, capsys):
     feats = two_blobs(tmp_path)
     with open(feats / "0_1.npy", "r+b") as f:
         f.truncate(200)
-    assert (
-        main(
-            [
-                "kmeans",
-                "fit",
-                "--feats",
-                str(feats),
-                "--num-clusters",
-                "2",
-                "--out",
-                str(tmp_path / "km"),
-                *KM,
-            ]
-        )
-        == 1
-    )
+    assert kmeans_fit(feats, "2", tmp_path / "km", *KM) == 1
     err = capsys.readouterr().err
     assert f"{feats / '0_1.npy'} is truncated (200 of" in err and "re-run `speechssl features" in err
     assert not (tmp_path / "km").exists()
@@ -193,24 +149,9 @@ def test_outputs_never_overwrite_what_the_command_did_not_write(tmp_path, capsys
         ["kmeans", "label", "--feats", str(feats), "--model", str(tmp_path / "km"), "--out", str(mine)],
     ):
         if argv[1] == "label":
-            assert (
-                main(
-                    [
-                        "kmeans",
-                        "fit",
-                        "--feats",
-                        str(feats),
-                        "--num-clusters",
-                        "2",
-                        "--out",
-                        str(tmp_path / "km"),
-                        *KM,
-                    ]
-                )
-                == 0
-            )
+            assert kmeans_fit(feats, "2", tmp_path / "km", *KM) == 0
         capsys.readouterr()
-        assert main(argv) == 1
+        assert run_cli(*argv) == 1
         err = capsys.readouterr().err
         assert f"--out {mine} already holds files" in err and "notes.txt" in err and "--overwrite" in err
     assert (
@@ -219,75 +160,15 @@ def test_outputs_never_overwrite_what_the_command_did_not_write(tmp_path, capsys
     )
 
     # an input is refused even with --overwrite
-    assert (
-        main(
-            [
-                "kmeans",
-                "label",
-                "--feats",
-                str(feats),
-                "--model",
-                str(tmp_path / "km"),
-                "--out",
-                str(feats),
-                "--overwrite",
-            ]
-        )
-        == 1
-    )
+    assert kmeans_label(feats, tmp_path / "km", feats, "--overwrite") == 1
     assert "is an input of this command" in capsys.readouterr().err
     assert sorted(p.name for p in feats.iterdir()) == ["0_1.ids", "0_1.json", "0_1.len", "0_1.npy"]
 
     # its own output is re-written; --overwrite writes beside a user's file and keeps it
     for _ in range(2):
-        assert (
-            main(
-                [
-                    "kmeans",
-                    "label",
-                    "--feats",
-                    str(feats),
-                    "--model",
-                    str(tmp_path / "km"),
-                    "--out",
-                    str(tmp_path / "units"),
-                ]
-            )
-            == 0
-        )
-    assert (
-        main(
-            [
-                "kmeans",
-                "fit",
-                "--feats",
-                str(feats),
-                "--num-clusters",
-                "2",
-                "--out",
-                str(tmp_path / "km"),
-                *KM,
-            ]
-        )
-        == 0
-    )
-    assert (
-        main(
-            [
-                "kmeans",
-                "fit",
-                "--feats",
-                str(feats),
-                "--num-clusters",
-                "2",
-                "--out",
-                str(mine),
-                *KM,
-                "--overwrite",
-            ]
-        )
-        == 0
-    )
+        assert kmeans_label(feats, tmp_path / "km", tmp_path / "units") == 0
+    assert kmeans_fit(feats, "2", tmp_path / "km", *KM) == 0
+    assert kmeans_fit(feats, "2", mine, *KM, "--overwrite") == 0
     assert (mine / "notes.txt").read_text() == "keep me" and (mine / "centroids.npy").is_file()
 
 
@@ -296,17 +177,17 @@ def test_features_out_rule(phone_corpus, tmp_path, capsys):
     theirs = tmp_path / "theirs"
     theirs.mkdir()
     (theirs / "0_1.npy.bak").write_text("precious")
-    assert main(["features", "--data", str(data), "--feature", "mfcc", "--out", str(theirs)]) == 1
+    assert dump_features(data, theirs) == 1
     assert "already holds files" in capsys.readouterr().err
     assert [p.name for p in theirs.iterdir()] == ["0_1.npy.bak"]
-    assert main(["features", "--data", str(data), "--feature", "mfcc", "--out", str(data)]) == 1
+    assert dump_features(data, data) == 1
     assert "is an input of this command" in capsys.readouterr().err
 
     # a dump written before output markers (only shard files): reused and marked, not refused
     old = tmp_path / "old"
-    assert main(["features", "--data", str(data), "--feature", "mfcc", "--out", str(old)]) == 0
+    assert dump_features(data, old) == 0
     (old / ".speechssl_output").unlink()
-    assert main(["features", "--data", str(data), "--feature", "mfcc", "--out", str(old)]) == 0
+    assert dump_features(data, old) == 0
     assert json.loads((old / ".speechssl_output").read_text())["command"] == "features"
 
 
@@ -346,29 +227,29 @@ def test_parallel_shard_jobs_share_one_out(phone_corpus, tmp_path):
 def test_units_score_out_and_plot_rule(phone_corpus, tmp_path, capsys):
     data, ctm = phone_corpus
     feats, km, units = tmp_path / "feats", tmp_path / "km", tmp_path / "units"
-    assert main(["features", "--data", str(data), "--feature", "mfcc", "--out", str(feats)]) == 0
-    assert main(["kmeans", "fit", "--feats", str(feats), "--num-clusters", "3", "--out", str(km), *KM]) == 0
-    assert main(["kmeans", "label", "--feats", str(feats), "--model", str(km), "--out", str(units)]) == 0
+    assert dump_features(data, feats) == 0
+    assert kmeans_fit(feats, "3", km, *KM) == 0
+    assert kmeans_label(feats, km, units) == 0
     report = tmp_path / "report.json"
     report.write_text("my own report")
     score = ["units", "score", "--labels", str(units / "labels"), "--alignments", str(ctm)]
     capsys.readouterr()
-    assert main([*score, "--out", str(report)]) == 1
+    assert run_cli(*score, "--out", report) == 1
     assert (
         f"--out {report} already exists" in capsys.readouterr().err and report.read_text() == "my own report"
     )
     same = tmp_path / "same.json"
-    assert main([*score, "--out", str(same), "--plot", str(same)]) == 1
+    assert run_cli(*score, "--out", same, "--plot", same) == 1
     assert "--out and --plot are the same file" in capsys.readouterr().err and not same.exists()
     plot = tmp_path / "mine.png"
     plot.write_bytes(b"not ours")
-    assert main([*score, "--out", str(tmp_path / "s.json"), "--plot", str(plot)]) == 1
+    assert run_cli(*score, "--out", tmp_path / "s.json", "--plot", plot) == 1
     assert plot.read_bytes() == b"not ours" and not (tmp_path / "s.json").exists()
-    assert main([*score, "--out", str(ctm)]) == 1
+    assert run_cli(*score, "--out", ctm) == 1
     assert "is an input of this command" in capsys.readouterr().err
 
     # its own earlier files are replaced on a re-run (the recipe re-runs this stage)
     for _ in range(2):
-        assert main([*score, "--out", str(tmp_path / "s.json"), "--plot", str(tmp_path / "s.png")]) == 0
-    assert main([*score, "--out", str(report), "--overwrite"]) == 0
+        assert run_cli(*score, "--out", tmp_path / "s.json", "--plot", tmp_path / "s.png") == 0
+    assert run_cli(*score, "--out", report, "--overwrite") == 0
     assert json.loads(report.read_text())["results"][0]["name"] == "units"

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from speechssl.cli.main import main
 from speechssl.data.corpora.speech_commands import CLASSES, prepare_speech_commands
 from speechssl.data.datadir import DataDir
 from speechssl.data.validate import validate_data_dir
+from speechssl.testing.cli import run_cli, run_data_sh
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -96,49 +93,21 @@ def test_missing_root_and_bad_lists_are_named(tmp_path):
 
 def test_cli_prepare_speech_commands(tmp_path, capsys):
     root = make_fake_speech_commands(tmp_path / "sc")
-    assert (
-        main(["prepare", "speech_commands", "--root", str(root), "--out", str(tmp_path / "ks"), "--nj", "1"])
-        == 0
-    )
+    assert run_cli("prepare", "speech_commands", "--root", root, "--out", tmp_path / "ks", "--nj", "1") == 0
     assert (tmp_path / "ks" / "test" / "utt2dur").is_file()
-    assert (
-        main(["prepare", "speech_commands", "--root", str(tmp_path / "no"), "--out", str(tmp_path / "x")])
-        == 1
-    )
+    assert run_cli("prepare", "speech_commands", "--root", tmp_path / "no", "--out", tmp_path / "x") == 1
     assert "does not exist" in capsys.readouterr().err
 
 
 def test_recipe_data_sh_names_the_option_to_pass(tmp_path):
     egs = REPO / "egs" / "speech_commands" / "superb1"
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    proc = subprocess.run(
-        ["bash", "local/data.sh", str(tmp_path / "data")],
-        cwd=egs,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_data_sh(egs, tmp_path / "data")
     assert proc.returncode == 2 and "--speech_commands_dir" in proc.stderr
-    proc = subprocess.run(
-        ["bash", "local/data.sh", "--speech_commands_dir", str(tmp_path / "nowhere"), str(tmp_path / "data")],
-        cwd=egs,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_data_sh(egs, "--speech_commands_dir", tmp_path / "nowhere", tmp_path / "data")
     assert (
         proc.returncode == 2 and f"--speech_commands_dir {tmp_path / 'nowhere'} does not exist" in proc.stderr
     )
     root = make_fake_speech_commands(tmp_path / "sc")
-    proc = subprocess.run(
-        ["bash", "local/data.sh", "--speech_commands_dir", str(root), str(tmp_path / "data")],
-        cwd=egs,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_data_sh(egs, "--speech_commands_dir", root, tmp_path / "data", timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "data" / "ks" / "dev" / "text").is_file()

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from speechssl.cli.main import main
 from speechssl.data.corpora.voxceleb1 import prepare_voxceleb1
 from speechssl.data.datadir import DataDir
 from speechssl.data.validate import validate_data_dir
+from speechssl.testing.cli import run_cli, run_data_sh
 
 REPO = Path(__file__).resolve().parents[3]
 TRAIN_SPEAKERS = ("id10001", "id10002", "id10003")
@@ -103,28 +100,11 @@ def test_errors_name_the_file_and_line(tmp_path):
 
 def test_cli_and_recipe_data_sh(tmp_path, capsys):
     root = make_fake_voxceleb1(tmp_path / "VoxCeleb1")
-    assert (
-        main(["prepare", "voxceleb1", "--root", str(root), "--out", str(tmp_path / "data"), "--nj", "1"]) == 0
-    )
+    assert run_cli("prepare", "voxceleb1", "--root", root, "--out", tmp_path / "data", "--nj", "1") == 0
     assert (tmp_path / "data" / "asv" / "test" / "trials").is_file()
     assert (tmp_path / "data" / "sid" / "dev" / "utt2dur").is_file()
     egs = REPO / "egs" / "voxceleb1" / "superb1"
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    proc = subprocess.run(
-        ["bash", "local/data.sh", str(tmp_path / "d")],
-        cwd=egs,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_data_sh(egs, tmp_path / "d")
     assert proc.returncode == 2 and "--voxceleb1_dir" in proc.stderr
-    proc = subprocess.run(
-        ["bash", "local/data.sh", "--voxceleb1_dir", str(tmp_path / "nowhere"), str(tmp_path / "d")],
-        cwd=egs,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_data_sh(egs, "--voxceleb1_dir", tmp_path / "nowhere", tmp_path / "d")
     assert proc.returncode == 2 and f"--voxceleb1_dir {tmp_path / 'nowhere'} does not exist" in proc.stderr
