@@ -28,7 +28,7 @@ from speechssl.models.checkpoint import save_checkpoint
 from speechssl.models.config import ModelConfig
 from speechssl.models.model import SSLModel, build_model
 from speechssl.objectives.masking import MaskConfig, compute_mask_indices
-from speechssl.training.distributed import distributed, env_rank
+from speechssl.training.distributed import env_rank
 from speechssl.training.experiment import experiment
 from speechssl.training.pretrain import build_data
 from speechssl.training.trainer import TrainResult, train_on_loaders
@@ -254,17 +254,14 @@ def distill(
     out_dir = Path(out_dir)
     config: DistillConfig = load_config(DistillConfig, config_path, list(overrides))
     config = replace(config, trainer=config.trainer.with_max_steps(max_steps))
-    with (
-        distributed(),
-        experiment(
-            out_dir,
-            "distill",
-            resume=resume,
-            config=config,
-            overwrite=overwrite,
-            inputs=(train_dir, valid_dir, teacher_source),
-        ) as run,
-    ):
+    with experiment(
+        out_dir,
+        "distill",
+        resume=resume,
+        config=config,
+        overwrite=overwrite,
+        inputs=(train_dir, valid_dir, teacher_source),
+    ) as run:
         teacher = load_teacher(teacher_source)
         torch.manual_seed(config.trainer.seed)
         distiller, student_config = build_distiller(teacher, config)

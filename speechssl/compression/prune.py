@@ -49,7 +49,7 @@ from speechssl.io import atomic_write_text
 from speechssl.models.checkpoint import load_state_into, save_checkpoint
 from speechssl.models.config import ConvFrontendConfig, ModelConfig
 from speechssl.models.model import EncoderOutput, SSLModel, build_model
-from speechssl.training.distributed import distributed, env_rank
+from speechssl.training.distributed import env_rank
 from speechssl.training.experiment import RESUMABLE_KEYS, Experiment, experiment
 
 logger = logging.getLogger(__name__)
@@ -504,18 +504,15 @@ def prune(
     config = replace(config, **changes)
     train_dir = Path(train_dir)
     valid = Path(valid_dir) if valid_dir else None
-    with (
-        distributed(),
-        experiment(
-            out_dir,
-            "prune",
-            resume=resume,
-            config=config,
-            overwrite=overwrite,
-            inputs=(train_dir, valid, teacher_source),
-            allowed=_RESUMABLE,
-        ) as run,
-    ):
+    with experiment(
+        out_dir,
+        "prune",
+        resume=resume,
+        config=config,
+        overwrite=overwrite,
+        inputs=(train_dir, valid, teacher_source),
+        allowed=_RESUMABLE,
+    ) as run:
         return _prune(teacher_source, config, train_dir, valid, out_dir, run)
 
 

@@ -28,7 +28,7 @@ from speechssl.config import to_dict
 from speechssl.errors import OutputExistsError, SpeechSSLError
 from speechssl.outputs import LOCK, ExperimentLock, check_output, read_marker, refuse_inputs, write_marker
 from speechssl.training import checkpoints as ckpt
-from speechssl.training.distributed import all_gather_object, env_rank, on_main_rank
+from speechssl.training.distributed import all_gather_object, distributed, env_rank, on_main_rank
 
 logger = logging.getLogger(__name__)
 
@@ -157,8 +157,8 @@ def experiment(
     overwrite: bool = False, inputs: Iterable[str | Path | None] = (),
     allowed: Iterable[str] = RESUMABLE_KEYS,
 ) -> Iterator[Experiment]:  # fmt: skip
-    """Lock and check `out` for a run of `command` (see the module docstring). Under torchrun,
-    enter it inside `speechssl.training.distributed.distributed()`."""
+    """Join the process group (`distributed()`, a no-op outside torchrun), then lock and check
+    `out` for a run of `command` (see the module docstring)."""
     out = Path(out)
     created = not out.exists()
     read = tuple(p for p in inputs if p is not None)
@@ -174,15 +174,16 @@ def experiment(
         return None if source is None else str(source)
 
     run: Experiment | None = None
-    try:
-        source = all_gather_object(on_main_rank(start))[0]  # every rank resumes from rank 0's choice
-        run = Experiment(out, command, None if source is None else Path(source), fresh=source is None)
-        yield run
-    finally:
-        for lock in locks:
-            lock.release()
-            if created and not (run is not None and run.begun):
-                _remove_if_empty(out)
+    with distributed():
+        try:
+            source = all_gather_object(on_main_rank(start))[0]  # every rank resumes from rank 0's choice
+            run = Experiment(out, command, None if source is None else Path(source), fresh=source is None)
+            yield run
+        finally:
+            for lock in locks:
+                lock.release()
+                if created and not (run is not None and run.begun):
+                    _remove_if_empty(out)
 
 
 def _remove_if_empty(out: Path) -> None:

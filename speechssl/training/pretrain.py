@@ -35,7 +35,7 @@ from speechssl.objectives.masking import MaskConfig
 from speechssl.objectives.pretraining import PretrainModelConfig, build_pretrain_model
 from speechssl.objectives.wav2vec2 import Wav2Vec2ObjectiveConfig
 from speechssl.training.config import TrainerConfig
-from speechssl.training.distributed import distributed, env_rank, env_world_size
+from speechssl.training.distributed import env_rank, env_world_size
 from speechssl.training.experiment import experiment
 from speechssl.training.trainer import TrainResult, train_on_loaders
 from speechssl.units.labels import check_label_lengths, check_unit_ids, parse_units, read_labels
@@ -285,17 +285,14 @@ def pretrain(
         raise ValueError("HuBERT pretraining needs --units NAME (k-means labels in DATA/NAME/labels)")
     if family == "wav2vec2" and units:
         raise ValueError("wav2vec 2.0 pretraining takes no --units; remove it or use a HuBERT config")
-    with (
-        distributed(),
-        experiment(
-            out_dir,
-            "pretrain",
-            resume=resume,
-            config=config,
-            overwrite=overwrite,
-            inputs=(train_dir, valid_dir),
-        ) as run,
-    ):
+    with experiment(
+        out_dir,
+        "pretrain",
+        resume=resume,
+        config=config,
+        overwrite=overwrite,
+        inputs=(train_dir, valid_dir),
+    ) as run:
         torch.manual_seed(config.trainer.seed)  # the same initial weights on every rank
         model = build_pretrain_model(config.network())
         num_classes = config.hubert.num_classes if family == "hubert" else ()

@@ -43,7 +43,7 @@ from speechssl.objectives.ctc import ctc_greedy, ctc_loss
 from speechssl.objectives.masking import MaskConfig, compute_channel_mask, compute_time_mask
 from speechssl.training import TrainerConfig, TrainResult
 from speechssl.training.checkpoints import seed_everything
-from speechssl.training.distributed import distributed, env_rank, env_world_size
+from speechssl.training.distributed import env_rank, env_world_size
 from speechssl.training.experiment import RESUMABLE_KEYS, experiment
 from speechssl.training.trainer import train_on_loaders
 from speechssl.tuning.methods import TuningConfig, TuningReport, apply_tuning, count_parameters, save_tuned
@@ -435,18 +435,15 @@ def run_finetune_experiment(
         if path is not None and not Path(path).is_dir():
             raise FileNotFoundError(f"{name} data dir {path} does not exist")
     record = out_dir / EXPERIMENT_FILE
-    with (
-        distributed(),
-        experiment(
-            out_dir,
-            "finetune",
-            resume=resume,
-            config=config,
-            overwrite=overwrite,
-            inputs=(train_dir, valid_dir, upstream_source),
-            allowed=_RESUMABLE,
-        ) as run,
-    ):
+    with experiment(
+        out_dir,
+        "finetune",
+        resume=resume,
+        config=config,
+        overwrite=overwrite,
+        inputs=(train_dir, valid_dir, upstream_source),
+        allowed=_RESUMABLE,
+    ) as run:
         if run.resume_from is not None and record.is_file():
             previous = yaml.safe_load(record.read_text())
             if previous.get("upstream") != str(upstream_source):
