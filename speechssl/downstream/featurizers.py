@@ -20,9 +20,8 @@ from torch import Tensor, nn
 class FeaturizerConfig:
     name: str = "weighted_sum"  # one of FEATURIZERS
     layer: int = -1  # "layer": index into hidden_states (0 = the first layer's input; -1 = last)
-    layer_norm: bool = (
-        False  # "weighted_sum": normalise each layer (no affine) before summing (s3prl normalize)
-    )
+    # "weighted_sum": normalise each layer (no affine) before summing (s3prl normalize)
+    layer_norm: bool = False
     hconv_dim: int = 256  # "hconv": channels of the convolutions over the layer axis
 
     def __post_init__(self) -> None:

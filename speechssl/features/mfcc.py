@@ -132,9 +132,8 @@ def iter_mfcc(
         raise ValueError(f"chunk_frames must be >= 1, found {chunk_frames}")
     window, shift, step = config.window_samples, config.shift_samples, config.subsample
     total = 1 + (num_samples - window) // shift  # T100 (snip_edges)
-    chunk = (
-        -(-chunk_frames // step) * step
-    )  # a multiple of the subsampling step: the kept frames stay aligned
+    # a multiple of the subsampling step: the kept frames stay aligned
+    chunk = -(-chunk_frames // step) * step
     margin = config.delta_order * ((config.delta_win_length - 1) // 2)  # frames of delta context each side
     with torch.no_grad():
         for a in range(0, total, chunk):

@@ -48,14 +48,12 @@ class PretrainDataConfig(BatchingConfig):
     """How utterances become batches (fairseq: task.max_sample_size, dataset.max_tokens); the
     batching fields are those of every training command (speechssl.data.batching)."""
 
-    max_batch_seconds: float = (
-        87.5  # padded audio-seconds per device and micro-batch (fairseq max_tokens 1.4M)
-    )
+    # padded audio-seconds per device and micro-batch (fairseq max_tokens 1.4M)
+    max_batch_seconds: float = 87.5
     max_seconds: float | None = 15.625  # longer utterances are cropped (fairseq max_sample_size 250000)
     skip_bad: bool = False  # skip unreadable utterances (counted and logged) instead of stopping
-    label_rate: float | None = (
-        None  # units per second; None: the model's frame rate (a stated one must match)
-    )
+    # units per second; None: the model's frame rate (a stated one must match)
+    label_rate: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()

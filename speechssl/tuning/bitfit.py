@@ -14,9 +14,8 @@ from torch import nn
 
 @dataclass(frozen=True, kw_only=True)
 class BitFitConfig:
-    include_frontend: bool = (
-        False  # also the conv frontend's biases (only conv_bias / LayerNorm models have any)
-    )
+    # also the conv frontend's biases (only conv_bias / LayerNorm models have any)
+    include_frontend: bool = False
     include_layer_norm: bool = True  # LayerNorm shifts (beta) count as biases, as in the paper
 
     def __post_init__(self) -> None:

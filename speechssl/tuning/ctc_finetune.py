@@ -84,9 +84,8 @@ class CTCFinetuneConfig:
     freeze_finetune_updates: int = 10000  # fairseq: updates during which only the head trains
     mask: MaskConfig = field(default_factory=_default_mask)  # applied in training only
     apply_mask: bool = True  # fairseq: apply_mask
-    layerdrop: float | None = (
-        0.1  # fairseq: layerdrop (of the encoder while fine-tuning); None: keep the model's
-    )
+    # fairseq: layerdrop (of the encoder while fine-tuning); None: keep the model's
+    layerdrop: float | None = 0.1
     final_dropout: float = 0.0  # fairseq: final_dropout (before the CTC head)
     max_batch_seconds: float = 200.0  # padded audio per batch and rank (fairseq max_tokens 3.2M samples)
     max_batch_size: int | None = None
