@@ -250,12 +250,18 @@ def check_output(
 
 
 def claim_directories(
-    outs: list[str | Path], command: str, *, overwrite: bool = False, inputs: tuple[str | Path, ...] = ()
+    outs: list[str | Path],
+    command: str,
+    *,
+    overwrite: bool = False,
+    inputs: tuple[str | Path, ...] = (),
+    earlier_output: Callable[[Path], bool] | None = None,
 ) -> None:
     """`check_output` every output dir of a command first, then create and mark each: a command
-    that writes several dirs refuses before it has written any of them."""
+    that writes several dirs refuses before it has written any of them, and parallel jobs writing
+    one dir (feature shards) each find the marker of the first."""
     for out in outs:
-        check_output(out, command, overwrite=overwrite, inputs=inputs)
+        check_output(out, command, overwrite=overwrite, inputs=inputs, earlier_output=earlier_output)
     for out in outs:
         Path(out).mkdir(parents=True, exist_ok=True)
         write_marker(out, command)

@@ -10,7 +10,7 @@ import torch
 
 from speechssl.cli.common import add_overwrite_argument
 from speechssl.features.dump import FEATURES, build_extractor, dump_features, is_feature_dump
-from speechssl.outputs import check_output, write_marker
+from speechssl.outputs import claim_directories
 
 logger = logging.getLogger(__name__)
 
@@ -75,12 +75,10 @@ def run(args: argparse.Namespace) -> int:
     else:  # the recipe runs the shards at once: share the cores instead of oversubscribing them
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.nshard))
     inputs = (args.data,) + ((args.upstream,) if args.upstream else ())
-    out = check_output(
-        args.out, COMMAND, overwrite=args.overwrite, inputs=inputs, earlier_output=is_feature_dump
+    claim_directories(
+        [args.out], COMMAND, overwrite=args.overwrite, inputs=inputs, earlier_output=is_feature_dump
     )
     extractor = build_extractor(args.feature, upstream=args.upstream, layer=args.layer, device=args.device)
-    out.mkdir(parents=True, exist_ok=True)
-    write_marker(out, COMMAND)  # first: a parallel shard job's check then sees our marker
     path = dump_features(
         args.data,
         extractor,

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from speechssl.cli.common import add_overwrite_argument
 from speechssl.features.dump import FeatureReader
-from speechssl.outputs import check_output, write_marker
+from speechssl.outputs import claim_directories
 from speechssl.units.kmeans import KMeansConfig, KMeansModel, fit_kmeans, is_kmeans_output, label
 
 
@@ -50,17 +49,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     lab.set_defaults(func=run_label)
 
 
-def _claim(out: str, command: str, overwrite: bool, inputs: tuple, labels: bool) -> Path:
-    path = check_output(
-        out,
-        command,
-        overwrite=overwrite,
-        inputs=inputs,
+def _claim(out: str, command: str, overwrite: bool, inputs: tuple, labels: bool) -> None:
+    claim_directories(
+        [out], command, overwrite=overwrite, inputs=inputs,
         earlier_output=lambda p: is_kmeans_output(p, labels=labels),
-    )
-    path.mkdir(parents=True, exist_ok=True)
-    write_marker(path, command)
-    return path
+    )  # fmt: skip
 
 
 def run_fit(args: argparse.Namespace) -> int:

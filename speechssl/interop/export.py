@@ -96,7 +96,7 @@ def export_upstream(
     if fmt == "hf":
         from speechssl.interop.transformers_io import save_transformers
 
-        save_transformers(state, up.config, out, marker=COMMAND)
+        save_transformers(state, up.config, out, command=COMMAND)
     elif fmt == "fairseq":
         from speechssl.interop.fairseq_io import to_fairseq
 

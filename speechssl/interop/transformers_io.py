@@ -20,7 +20,6 @@ from torch import Tensor
 
 from speechssl.data.audio import SAMPLE_RATE
 from speechssl.interop.safe_pickle import load_state_dict_file
-from speechssl.io import atomic_directory
 from speechssl.models.checkpoint import load_safetensors
 from speechssl.models.config import ConvFrontendConfig, EncoderConfig, ModelConfig
 from speechssl.outputs import output_directory
@@ -312,13 +311,12 @@ def complete_masked_spec_embed(state: dict[str, Tensor], model_state: dict[str, 
 
 
 def save_transformers(
-    model_or_state: Any, config: ModelConfig, path: str | Path, *, marker: str | None = None
+    model_or_state: Any, config: ModelConfig, path: str | Path, *, command: str = "export"
 ) -> Path:
     """Write a transformers directory (config.json, preprocessor_config.json, model.safetensors)
-    that HubertModel / Wav2Vec2Model.from_pretrained loads; atomic (temp dir, then rename).
-    `marker`: the command whose output the dir is (`speechssl.outputs.output_directory`: a re-run
-    replaces its own files and keeps the user's); callers check `path` first (`check_output`).
-    Without it an existing `path` is replaced whole."""
+    that HubertModel / Wav2Vec2Model.from_pretrained loads; atomic (temp dir, then rename) as
+    `command`'s output (`speechssl.outputs.output_directory`: a re-run replaces its own files and
+    keeps anything else already there); the CLI checks `path` first (`check_output`)."""
     path = Path(path)
     hf_config = config_to_transformers(config)
     state = model_or_state.state_dict() if isinstance(model_or_state, torch.nn.Module) else model_or_state
@@ -332,7 +330,7 @@ def save_transformers(
         "do_normalize": config.normalize_waveform,
         "return_attention_mask": True,
     }
-    with output_directory(path, marker) if marker is not None else atomic_directory(path) as tmp:
+    with output_directory(path, command) as tmp:
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
         (tmp / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})

@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from speechssl.config import ConfigError, from_dict, load_yaml, save_config
-from speechssl.errors import SpeechSSLError
+from speechssl.errors import OutputExistsError, SpeechSSLError
 from speechssl.io import atomic_directory
 from speechssl.models.config import ConvFrontendConfig, ModelConfig
 from speechssl.models.model import SSLModel, build_model
@@ -295,9 +295,14 @@ def save_checkpoint(
 
     Files go to a temp dir beside `path` that is then renamed into place, so a
     crash leaves either the old checkpoint or the new one, never a mix; a full disk
-    is a one-line WriteFailedError naming `path`, with the temp dir removed.
+    is a one-line WriteFailedError naming `path`, with the temp dir removed. Only a checkpoint is
+    ever replaced: an existing `path` that holds anything else is refused.
     """
     path = Path(path)
+    if path.is_dir() and any(path.iterdir()) and not is_checkpoint_dir(path):
+        raise OutputExistsError(
+            f"{path} holds files that are not a speechssl checkpoint: save the checkpoint elsewhere"
+        )
     state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
     # safetensors refuses shared or non-contiguous storage: store independent copies
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}

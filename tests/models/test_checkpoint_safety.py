@@ -157,3 +157,18 @@ def test_a_huge_declared_config_is_refused_from_the_header_before_anything_is_bu
     ):
         load_model(tmp_path / "ckpt")
     assert time.monotonic() - start < 5  # nothing of 1e6 x 1e6 or 10000 layers was allocated
+
+
+def test_save_checkpoint_never_replaces_a_directory_that_is_not_a_checkpoint(tmp_path):
+    from speechssl.errors import OutputExistsError
+    from speechssl.models import build_model, get_preset, save_checkpoint
+
+    config = get_preset("hubert_tiny")
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "README").write_text("mine")
+    with pytest.raises(OutputExistsError, match=r"notes holds files that are not a speechssl checkpoint"):
+        save_checkpoint(build_model(config), config, mine)
+    assert sorted(p.name for p in mine.iterdir()) == ["README"]
+    save_checkpoint(build_model(config), config, tmp_path / "ckpt")
+    save_checkpoint(build_model(config), config, tmp_path / "ckpt")  # a checkpoint is replaced
