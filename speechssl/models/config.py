@@ -1,4 +1,4 @@
-"""Typed configs of the wav2vec 2.0 / HuBERT model family.
+"""Typed configs of the wav2vec 2.0 / HuBERT / WavLM / UniSpeech-SAT / data2vec-audio models.
 
 One `ModelConfig` describes the network only (frontend + transformer
 encoder). Pretraining objectives (masking, quantizer, HuBERT heads) live in
@@ -18,6 +18,7 @@ from typing import Any, Literal
 from speechssl.config import from_dict
 
 ACTIVATIONS = ("gelu", "relu", "gelu_new", "swish")
+FAMILIES = ("hubert", "wav2vec2", "wavlm", "unispeech_sat", "data2vec_audio")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -125,12 +126,22 @@ class EncoderConfig:
     layerdrop: float = 0.05  # fairseq: encoder_layerdrop; HF: layerdrop
     activation: str = "gelu"  # fairseq: activation_fn; HF: hidden_act
     layer_norm_eps: float = 1e-5  # HF: layer_norm_eps
+    # "weight_norm": one weight-normed grouped conv + GELU (wav2vec 2.0, HuBERT, WavLM, UniSpeech-SAT);
+    # "layer_norm": data2vec-audio's stack of `pos_conv_depth` grouped convs, each followed by a
+    # non-affine LayerNorm and GELU, no weight norm (HF conv_pos_kernel_size = pos_conv_kernel and
+    # num_conv_pos_embeddings = pos_conv_depth; fairseq conv_pos_depth, kernel conv_pos / depth).
+    pos_conv_type: Literal["weight_norm", "layer_norm"] = "weight_norm"
+    pos_conv_depth: int = 1  # fairseq: conv_pos_depth; HF (data2vec-audio): num_conv_pos_embeddings
+    # WavLM gated relative position bias; 0 = none. unilm: num_buckets; HF: num_buckets (320).
+    relative_position_buckets: int = 0
+    relative_position_max_distance: int = 800  # unilm: max_distance; HF: max_bucket_distance
     # Pruned (heterogeneous) models: per-layer head count / FFN width; 0 removes the block.
     layer_num_heads: list[int] | None = None
     layer_ffn_dims: list[int] | None = None
 
     def __post_init__(self) -> None:
-        for name in ("embed_dim", "num_layers", "num_heads", "ffn_dim", "pos_conv_kernel", "pos_conv_groups"):
+        names = ("embed_dim", "num_layers", "num_heads", "ffn_dim", "pos_conv_kernel", "pos_conv_groups")
+        for name in (*names, "pos_conv_depth", "relative_position_max_distance"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, found {value!r}")
@@ -141,6 +152,25 @@ class EncoderConfig:
         if self.embed_dim % self.pos_conv_groups:
             raise ValueError(
                 f"embed_dim ({self.embed_dim}) is not divisible by pos_conv_groups ({self.pos_conv_groups})"
+            )
+        if self.pos_conv_type not in ("weight_norm", "layer_norm"):
+            raise ValueError(
+                f"pos_conv_type must be 'weight_norm' or 'layer_norm', found {self.pos_conv_type!r}"
+            )
+        if self.pos_conv_type == "weight_norm" and self.pos_conv_depth != 1:
+            raise ValueError(
+                f"pos_conv_depth {self.pos_conv_depth} needs pos_conv_type 'layer_norm' (the weight-normed "
+                "positional conv is a single layer)"
+            )
+        buckets = self.relative_position_buckets
+        if not isinstance(buckets, int) or isinstance(buckets, bool) or buckets < 0 or 0 < buckets < 4:
+            raise ValueError(
+                f"relative_position_buckets must be 0 (none) or an integer >= 4, found {buckets!r}"
+            )
+        if buckets and self.relative_position_max_distance <= buckets // 4:
+            raise ValueError(
+                f"relative_position_max_distance ({self.relative_position_max_distance}) must exceed "
+                f"relative_position_buckets // 4 ({buckets // 4}), the largest exactly-bucketed distance"
             )
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation '{self.activation}'; valid: {', '.join(ACTIVATIONS)}")
@@ -174,14 +204,17 @@ class EncoderConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
-    """A wav2vec 2.0 / HuBERT network: frontend -> feature projection -> transformer encoder.
+    """A wav2vec 2.0-style network: frontend -> feature projection -> transformer encoder.
 
     `frontend` may be given as a mapping with a `type` key ("conv" | "fbank").
     Objective settings (mask, quantizer, HuBERT heads) are NOT here: they are
     in `speechssl.objectives`' PretrainConfig, which holds a ModelConfig.
     """
 
-    family: Literal["hubert", "wav2vec2"] = "hubert"
+    # Which published model this network is (and the transformers class it exports as); it also
+    # pins the architecture: wavlm has the relative position bias, data2vec_audio the layer-norm
+    # positional conv stack, the others neither.
+    family: Literal["hubert", "wav2vec2", "wavlm", "unispeech_sat", "data2vec_audio"] = "hubert"
     frontend: ConvFrontendConfig | FbankFrontendConfig = field(default_factory=ConvFrontendConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     # Zero-mean / unit-variance per utterance before the frontend (HF do_normalize,
@@ -193,6 +226,19 @@ class ModelConfig:
             object.__setattr__(self, "frontend", frontend_config_from_dict(self.frontend))
         if not isinstance(self.frontend, (ConvFrontendConfig, FbankFrontendConfig)):
             raise ValueError(f"frontend must be a frontend config or mapping, found {self.frontend!r}")
+        if self.family not in FAMILIES:
+            raise ValueError(f"unknown model family '{self.family}'; valid families: {', '.join(FAMILIES)}")
+        enc = self.encoder
+        if (self.family == "wavlm") != (enc.relative_position_buckets > 0):
+            raise ValueError(
+                "relative_position_buckets must be > 0 for family 'wavlm' and 0 for any other family, found "
+                f"{enc.relative_position_buckets} for '{self.family}'"
+            )
+        if (self.family == "data2vec_audio") != (enc.pos_conv_type == "layer_norm"):
+            raise ValueError(
+                "pos_conv_type must be 'layer_norm' for family 'data2vec_audio' and 'weight_norm' for any "
+                f"other family, found '{enc.pos_conv_type}' for '{self.family}'"
+            )
 
     @property
     def downsample_rate(self) -> int:

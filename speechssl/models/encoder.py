@@ -1,7 +1,8 @@
-"""Transformer encoder of wav2vec 2.0 / HuBERT, built from small parts.
+"""Transformer encoder of wav2vec 2.0 / HuBERT / WavLM / UniSpeech-SAT / data2vec-audio, built
+from small parts.
 
-Submodule names follow transformers' HubertModel / Wav2Vec2Model, so their
-state dicts load as they are and fairseq import is a key mapping.
+Submodule names follow transformers' HubertModel / Wav2Vec2Model / WavLMModel /
+Data2VecAudioModel, so their state dicts load as they are and fairseq import is a key mapping.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from speechssl.models.config import EncoderConfig
+from speechssl.models.relative_position import RelativePositionBias, gated_position_bias
 
 _ACTIVATIONS = {
     "gelu": F.gelu,
@@ -58,11 +60,47 @@ class ConvPositionalEmbedding(nn.Module):
         return F.gelu(y).transpose(1, 2)
 
 
+class LayerNormConvPositionalEmbedding(nn.Module):
+    """data2vec-audio's positional encoder: `depth` x (grouped conv -> non-affine LayerNorm -> GELU),
+    no weight norm (transformers Data2VecAudioPositionalConvEmbedding; fairseq conv_pos_depth).
+
+    Keys `layers.{i}.conv.weight/bias` as in transformers; the LayerNorms have no parameters
+    (eps 1e-5, as both fairseq and transformers build them). An even kernel drops its extra frame.
+    """
+
+    def __init__(self, embed_dim: int, kernel: int, groups: int, depth: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(_PositionalConvLayer(embed_dim, kernel, groups) for _ in range(depth))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, T, D) -> positional signal (B, T, D)."""
+        y = x.transpose(1, 2)  # (B, D, T)
+        for layer in self.layers:
+            y = layer(y)
+        return y.transpose(1, 2)
+
+
+class _PositionalConvLayer(nn.Module):
+    def __init__(self, embed_dim: int, kernel: int, groups: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(embed_dim, embed_dim, kernel_size=kernel, padding=kernel // 2, groups=groups)
+        self.layer_norm = nn.LayerNorm(embed_dim, elementwise_affine=False)
+        self.num_pad_remove = 1 if kernel % 2 == 0 else 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, D, T) -> (B, D, T)."""
+        y = self.conv(x)  # (B, D, T + even)
+        if self.num_pad_remove:
+            y = y[:, :, : -self.num_pad_remove]
+        return F.gelu(self.layer_norm(y.transpose(1, 2)).transpose(1, 2))
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention through F.scaled_dot_product_attention.
 
     Padding is a boolean key mask (never a dense float -1e4 mask), and no mask at
-    all when nothing is padded, so SDPA can pick its fused kernels.
+    all when nothing is padded, so SDPA can pick its fused kernels. With an additive
+    `attn_bias` (WavLM's relative positions) padding goes into that float mask as -inf.
     `num_heads` may be smaller than embed_dim / head_dim (pruned heads).
     """
 
@@ -77,8 +115,11 @@ class SelfAttention(nn.Module):
         self.v_proj = nn.Linear(embed_dim, inner)
         self.out_proj = nn.Linear(inner, embed_dim)
 
-    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
-        """x: (B, T, D); key_padding_mask: (B, T) bool, True = padded, or None."""
+    def forward(
+        self, x: Tensor, key_padding_mask: Tensor | None = None, attn_bias: Tensor | None = None
+    ) -> Tensor:
+        """x: (B, T, D); key_padding_mask: (B, T) bool, True = padded, or None;
+        attn_bias: additive float bias (B or 1, H, T, T) or None."""
         B, T, _ = x.shape  # batch, frames, embed
         H, d = self.num_heads, self.head_dim
 
@@ -87,12 +128,64 @@ class SelfAttention(nn.Module):
 
         q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
         attn_mask = None
-        if key_padding_mask is not None:
+        if attn_bias is not None:
+            attn_mask = attn_bias  # (B or 1, H, T, T)
+            if key_padding_mask is not None:
+                attn_mask = attn_mask.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+        elif key_padding_mask is not None:
             attn_mask = ~key_padding_mask[:, None, None, :]  # (B, 1, 1, T): True = attend
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
         )  # (B, H, T, d)
         return self.out_proj(y.transpose(1, 2).reshape(B, T, H * d))
+
+
+class RelativeSelfAttention(SelfAttention):
+    """SelfAttention plus WavLM's gate on the shared relative position bias (and, in the first
+    layer, the bias table). Parameter names are transformers' WavLMAttention's:
+    `gru_rel_pos_linear` (head_dim -> 8, shared by the heads), `gru_rel_pos_const` (1, H, 1, 1),
+    and in the first layer only `rel_attn_embed` (num_buckets, H_table).
+
+    Pruned heads (DPHuBERT): `head_index` lists, for each head this layer keeps, its index among
+    the original heads (None = all, in order). It selects the head's column of the shared table
+    (which keeps every original head: other layers may still use a head this one drops) and the
+    chunk of the layer input that the head's gate reads: the gate splits the input
+    (B, T, embed_dim) into embed_dim // head_dim chunks, one per ORIGINAL head, whatever the
+    layer's head count. Slice `gru_rel_pos_const` (per kept head) with q/k/v; `gru_rel_pos_linear`
+    is shared and stays. A prefix-tuning wrapper calls `gated_bias` and pads its result with zeros
+    for the prefix keys (no relative position to a learned prefix).
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        head_dim: int,
+        dropout: float = 0.0,
+        *,
+        num_buckets: int = 0,
+        table_heads: int = 0,
+    ) -> None:
+        super().__init__(embed_dim, num_heads, head_dim, dropout)
+        self.gru_rel_pos_const = nn.Parameter(torch.ones(1, num_heads, 1, 1))
+        self.gru_rel_pos_linear = nn.Linear(head_dim, 8)
+        if num_buckets:  # the first layer holds the table shared by all layers
+            self.rel_attn_embed = nn.Embedding(num_buckets, table_heads)
+        self.head_index: list[int] | None = None
+
+    def gated_bias(self, x: Tensor, position_bias: Tensor) -> Tensor:
+        """x: (B, T, D) attention input; position_bias: (1, H_table, T, T) -> (B, H, T, T)."""
+        return gated_position_bias(
+            x, position_bias, self.gru_rel_pos_linear, self.gru_rel_pos_const, self.head_dim, self.head_index
+        )
+
+    def forward(
+        self, x: Tensor, key_padding_mask: Tensor | None = None, position_bias: Tensor | None = None
+    ) -> Tensor:
+        """x: (B, T, D); key_padding_mask: (B, T) bool, True = padded, or None; position_bias: the
+        encoder's ungated (1, H_table, T, T) bias (None: attention without positions)."""
+        bias = None if position_bias is None else self.gated_bias(x, position_bias)
+        return super().forward(x, key_padding_mask, bias)
 
 
 class FeedForward(nn.Module):
@@ -137,24 +230,34 @@ class EncoderLayer(nn.Module):
         self.final_layer_norm = nn.LayerNorm(embed_dim, eps=eps)
         self.norm_first = norm_first
 
-    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
-        """x: (B, T, D) -> (B, T, D)."""
+    def forward(
+        self, x: Tensor, key_padding_mask: Tensor | None = None, position_bias: Tensor | None = None
+    ) -> Tensor:
+        """x: (B, T, D) -> (B, T, D); position_bias: WavLM's shared ungated bias or None."""
         if self.norm_first:
             if self.attention is not None:
-                x = x + self.dropout(self.attention(self.layer_norm(x), key_padding_mask))
+                x = x + self.dropout(self._attend(self.layer_norm(x), key_padding_mask, position_bias))
             if self.feed_forward is not None:
                 x = x + self.feed_forward(self.final_layer_norm(x))
             return x
         if self.attention is not None:
-            x = x + self.dropout(self.attention(x, key_padding_mask))
+            x = x + self.dropout(self._attend(x, key_padding_mask, position_bias))
         x = self.layer_norm(x)
         if self.feed_forward is not None:
             x = x + self.feed_forward(x)
         return self.final_layer_norm(x)
 
+    def _attend(self, x: Tensor, key_padding_mask: Tensor | None, position_bias: Tensor | None) -> Tensor:
+        # Without a bias the two-argument call, so attention wrappers of the other families
+        # (prefix tuning) need not know about relative positions.
+        if position_bias is None:
+            return self.attention(x, key_padding_mask)
+        return self.attention(x, key_padding_mask, position_bias)
+
 
 class TransformerEncoder(nn.Module):
-    """Positional conv + transformer layers with LayerDrop.
+    """Positional conv + transformer layers with LayerDrop (+ WavLM's relative position bias,
+    looked up once per forward from the first layer's table and shared by all layers).
 
     Returns every hidden state: the input of the first layer, then each layer's
     output. For pre-LN models the final LayerNorm is applied to the last hidden
@@ -164,7 +267,7 @@ class TransformerEncoder(nn.Module):
 
     def __init__(
         self,
-        pos_conv_embed: ConvPositionalEmbedding,
+        pos_conv_embed: nn.Module,
         layers: list[EncoderLayer],
         *,
         embed_dim: int,
@@ -172,8 +275,11 @@ class TransformerEncoder(nn.Module):
         dropout: float,
         layerdrop: float,
         eps: float = 1e-5,
+        relative_position: RelativePositionBias | None = None,
     ) -> None:
         super().__init__()
+        # a module without parameters: the table stays at layers.0.attention.rel_attn_embed
+        self.relative_position = relative_position
         self.pos_conv_embed = pos_conv_embed
         self.layer_norm = nn.LayerNorm(embed_dim, eps=eps)
         self.dropout = nn.Dropout(dropout)
@@ -195,6 +301,10 @@ class TransformerEncoder(nn.Module):
         if not self.layer_norm_first:
             x = self.layer_norm(x)
         x = self.dropout(x)
+        position_bias = None
+        if self.relative_position is not None:  # once per forward, (1, H, T, T)
+            table = self.layers[0].attention.rel_attn_embed
+            position_bias = self.relative_position(table, x.shape[1], x.dtype)
         hidden_states = [x]
         for i, layer in enumerate(self.layers):
             if num_layers is not None and i >= num_layers:
@@ -202,7 +312,7 @@ class TransformerEncoder(nn.Module):
             if self.training and self.layerdrop > 0.0 and torch.rand(()) < self.layerdrop:
                 hidden_states.append(x)  # skipped layer: keep one entry per layer
                 continue
-            x = layer(x, padding_mask)
+            x = layer(x, padding_mask, position_bias)
             hidden_states.append(x)
         last = self.layer_norm(x) if self.layer_norm_first else x
         return last, hidden_states
@@ -211,10 +321,23 @@ class TransformerEncoder(nn.Module):
 def build_encoder(config: EncoderConfig) -> TransformerEncoder:
     """The one place where an EncoderConfig becomes modules."""
     D = config.embed_dim
+    buckets = config.relative_position_buckets
+    if buckets and not config.heads_of(0):
+        raise ValueError(
+            "layer 0 holds the relative position table shared by all layers: its attention cannot be "
+            "removed (layer_num_heads[0] must be >= 1)"
+        )
     layers = []
     for i in range(config.num_layers):
         heads, ffn = config.heads_of(i), config.ffn_dim_of(i)
-        attention = SelfAttention(D, heads, config.head_dim, config.attention_dropout) if heads else None
+        attention: SelfAttention | None = None
+        if heads and buckets:
+            attention = RelativeSelfAttention(
+                D, heads, config.head_dim, config.attention_dropout,
+                num_buckets=buckets if i == 0 else 0, table_heads=config.num_heads,
+            )  # fmt: skip
+        elif heads:
+            attention = SelfAttention(D, heads, config.head_dim, config.attention_dropout)
         feed_forward = (
             FeedForward(D, ffn, config.activation, config.activation_dropout, config.dropout) if ffn else None
         )
@@ -228,12 +351,22 @@ def build_encoder(config: EncoderConfig) -> TransformerEncoder:
                 eps=config.layer_norm_eps,
             )
         )
+    if config.pos_conv_type == "layer_norm":
+        pos_conv: nn.Module = LayerNormConvPositionalEmbedding(
+            D, config.pos_conv_kernel, config.pos_conv_groups, config.pos_conv_depth
+        )
+    else:
+        pos_conv = ConvPositionalEmbedding(D, config.pos_conv_kernel, config.pos_conv_groups)
+    relative = None
+    if buckets:
+        relative = RelativePositionBias(buckets, config.relative_position_max_distance)
     return TransformerEncoder(
-        ConvPositionalEmbedding(D, config.pos_conv_kernel, config.pos_conv_groups),
+        pos_conv,
         layers,
         embed_dim=D,
         layer_norm_first=config.layer_norm_first,
         dropout=config.dropout,
         layerdrop=config.layerdrop,
         eps=config.layer_norm_eps,
+        relative_position=relative,
     )
