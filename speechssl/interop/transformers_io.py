@@ -1,8 +1,9 @@
 """transformers directories (config.json + weights) <-> speechssl ModelConfig + state dict.
 
-Our state-dict keys are HubertModel / Wav2Vec2Model's own, so import strips
-the "hubert." / "wav2vec2." prefix and renames old-style weight-norm keys
-(weight_g / weight_v) to the parametrization keys transformers 5.x writes.
+Our state-dict keys are HubertModel / Wav2Vec2Model / WavLMModel / UniSpeechSatModel /
+Data2VecAudioModel's own, so import strips the backbone prefix of a For* model ("hubert.",
+"wav2vec2.", "wavlm.", "unispeech_sat.", "data2vec_audio.") and renames old-style
+weight-norm keys (weight_g / weight_v) to the parametrization keys transformers 5.x writes.
 Reading needs neither transformers nor any code from the directory: config.json
 is JSON, weights are safetensors or a `torch.load(weights_only=True)` file.
 """
@@ -24,12 +25,37 @@ from speechssl.models.checkpoint import load_safetensors
 from speechssl.models.config import ConvFrontendConfig, EncoderConfig, ModelConfig
 from speechssl.outputs import output_directory
 
-SUPPORTED_MODEL_TYPES = ("hubert", "wav2vec2")
-# Weights of heads on top of the backbone, returned separately (Wav2Vec2ForPreTraining's
-# quantizer and projections for the wav2vec 2.0 objective; CTC heads of fine-tuned models).
-PRETRAINING_PREFIXES = ("quantizer.", "project_q.", "project_hid.")
+# config.json model_type -> our family, and the family's transformers classes (base model,
+# the attribute its For* models keep it under).
+MODEL_TYPES = {
+    "hubert": "hubert",
+    "wav2vec2": "wav2vec2",
+    "wavlm": "wavlm",
+    "unispeech-sat": "unispeech_sat",
+    "data2vec-audio": "data2vec_audio",
+}
+SUPPORTED_MODEL_TYPES = tuple(MODEL_TYPES)
+ARCHITECTURES = {
+    "hubert": "HubertModel",
+    "wav2vec2": "Wav2Vec2Model",
+    "wavlm": "WavLMModel",
+    "unispeech_sat": "UniSpeechSatModel",
+    "data2vec_audio": "Data2VecAudioModel",
+}
+# Weights of heads on top of the backbone, returned separately: the pretraining objective's
+# (Wav2Vec2ForPreTraining / UniSpeechSatForPreTraining: quantizer, projections, UniSpeech-SAT's
+# speaker projection and cluster embeddings) and every other head of a For* model (CTC lm_head,
+# sequence / frame classification projector + classifier + layer_weights, x-vector TDNN, ...).
+PRETRAINING_PREFIXES = (
+    "quantizer.",
+    "project_q.",
+    "project_hid.",
+    "speaker_proj.",
+    "label_embeddings_concat",
+    "layer_norm_for_extract.",
+)
 FINETUNING_PREFIXES = ("lm_head.",)
-_PREFIXES = ("hubert.", "wav2vec2.")
+_PREFIXES = ("hubert.", "wav2vec2.", "wavlm.", "unispeech_sat.", "data2vec_audio.")
 _WEIGHT_NORM_RENAMES = {
     "encoder.pos_conv_embed.conv.weight_g": "encoder.pos_conv_embed.conv.parametrizations.weight.original0",
     "encoder.pos_conv_embed.conv.weight_v": "encoder.pos_conv_embed.conv.parametrizations.weight.original1",
@@ -116,8 +142,9 @@ class _Reader:
 def config_from_transformers(
     hf: dict[str, Any], *, source: str = "config.json", normalize: bool = False
 ) -> ModelConfig:
-    """Map a HubertConfig / Wav2Vec2Config dict onto ModelConfig; refuse what we cannot compute
-    and any value of the wrong type or range, naming the key."""
+    """Map a HubertConfig / Wav2Vec2Config / WavLMConfig / UniSpeechSatConfig / Data2VecAudioConfig
+    dict onto ModelConfig; refuse what we cannot compute and any value of the wrong type or range,
+    naming the key."""
     if not isinstance(hf, dict):
         raise ValueError(f"{source}: expected a JSON object at the top level, found {type(hf).__name__}")
     model_type = hf.get("model_type")
@@ -139,8 +166,13 @@ def config_from_transformers(
         raise ValueError(
             f"{source}: unsupported transformers option(s): {', '.join(f'{k}={hf.get(k)!r}' for k in bad)}"
         )
+    family = MODEL_TYPES[model_type]
     activation = read.choice("hidden_act", "gelu", _ACTIVATION_NAMES)
-    norm = read.choice("feat_extract_norm", "group", ("group", "layer"))
+    if family == "data2vec_audio":  # always a layer-norm conv stack and a post-LN encoder
+        norm, stable = "layer", False
+    else:
+        norm = read.choice("feat_extract_norm", "group", ("group", "layer"))
+        stable = read.bool("do_stable_layer_norm", False)
     conv_dim, conv_kernel, conv_stride = (
         read.ints("conv_dim"),
         read.ints("conv_kernel"),
@@ -159,6 +191,21 @@ def config_from_transformers(
         raise read.error("num_attention_heads", f"a divisor of hidden_size ({hidden})")
     if hidden % groups:
         raise read.error("num_conv_pos_embedding_groups", f"a divisor of hidden_size ({hidden})")
+    position: dict[str, Any] = {}
+    if family == "data2vec_audio":  # num_conv_pos_embeddings is the depth of the conv stack here
+        position = dict(
+            pos_conv_type="layer_norm",
+            pos_conv_kernel=read.int("conv_pos_kernel_size", 19),
+            pos_conv_depth=read.int("num_conv_pos_embeddings", 5),
+        )
+    else:
+        position = dict(pos_conv_kernel=read.int("num_conv_pos_embeddings", 128))
+    if family == "wavlm":
+        buckets = read.int("num_buckets", 320, minimum=4)
+        position.update(
+            relative_position_buckets=buckets,
+            relative_position_max_distance=read.int("max_bucket_distance", 800, minimum=buckets // 4 + 1),
+        )
     frontend = ConvFrontendConfig(
         conv_dim=conv_dim,
         conv_kernel=conv_kernel,
@@ -172,9 +219,9 @@ def config_from_transformers(
         num_layers=read.int("num_hidden_layers"),
         num_heads=heads,
         ffn_dim=read.int("intermediate_size"),
-        layer_norm_first=read.bool("do_stable_layer_norm", False),
-        pos_conv_kernel=read.int("num_conv_pos_embeddings", 128),
+        layer_norm_first=stable,
         pos_conv_groups=groups,
+        **position,
         dropout=read.float("hidden_dropout", 0.1, low=0.0, high=1.0, open_high=True),
         attention_dropout=read.float("attention_dropout", 0.1, low=0.0, high=1.0, open_high=True),
         activation_dropout=read.float("activation_dropout", 0.1, low=0.0, high=1.0, open_high=True),
@@ -183,11 +230,11 @@ def config_from_transformers(
         activation=_ACTIVATION_NAMES[activation],
         layer_norm_eps=read.float("layer_norm_eps", 1e-5, low=0.0, high=1.0),
     )
-    return ModelConfig(family=model_type, frontend=frontend, encoder=encoder, normalize_waveform=normalize)
+    return ModelConfig(family=family, frontend=frontend, encoder=encoder, normalize_waveform=normalize)
 
 
 def config_to_transformers(config: ModelConfig) -> dict[str, Any]:
-    """ModelConfig -> config.json dict for HubertModel / Wav2Vec2Model (conv frontend, no pruning)."""
+    """ModelConfig -> config.json dict for the family's transformers model (conv frontend, no pruning)."""
     fe, enc = config.frontend, config.encoder
     if not isinstance(fe, ConvFrontendConfig):
         raise ValueError("transformers has no fbank frontend: only conv-frontend models can be exported")
@@ -195,10 +242,25 @@ def config_to_transformers(config: ModelConfig) -> dict[str, Any]:
         raise ValueError(
             "transformers has no per-layer head counts / FFN widths: cannot export a pruned model"
         )
-    architecture = "HubertModel" if config.family == "hubert" else "Wav2Vec2Model"
+    model_type = next(t for t, f in MODEL_TYPES.items() if f == config.family)
+    position: dict[str, Any] = {"num_conv_pos_embeddings": enc.pos_conv_kernel}
+    if config.family == "data2vec_audio":
+        if fe.mode != "layer_norm" or enc.layer_norm_first:
+            raise ValueError(
+                "transformers' Data2VecAudioModel has a layer-norm conv frontend and a post-LN encoder only: "
+                f"cannot export frontend mode '{fe.mode}' with layer_norm_first={enc.layer_norm_first}"
+            )
+        position = {
+            "num_conv_pos_embeddings": enc.pos_conv_depth,
+            "conv_pos_kernel_size": enc.pos_conv_kernel,
+        }
+    if config.family == "wavlm":
+        position.update(
+            num_buckets=enc.relative_position_buckets, max_bucket_distance=enc.relative_position_max_distance
+        )
     return {
-        "architectures": [architecture],
-        "model_type": config.family,
+        "architectures": [ARCHITECTURES[config.family]],
+        "model_type": model_type,
         "conv_dim": list(fe.conv_dim),
         "conv_kernel": list(fe.conv_kernel),
         "conv_stride": list(fe.conv_stride),
@@ -211,7 +273,7 @@ def config_to_transformers(config: ModelConfig) -> dict[str, Any]:
         "num_attention_heads": enc.num_heads,
         "intermediate_size": enc.ffn_dim,
         "do_stable_layer_norm": enc.layer_norm_first,
-        "num_conv_pos_embeddings": enc.pos_conv_kernel,
+        **position,
         "num_conv_pos_embedding_groups": enc.pos_conv_groups,
         "hidden_dropout": enc.dropout,
         "attention_dropout": enc.attention_dropout,
@@ -257,20 +319,21 @@ def _read_weights(path: Path) -> dict[str, Tensor]:
 
 def split_transformers_state(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """HF keys -> (backbone state with our keys, {"pretraining": {...}, "finetuning": {...}} head
-    weights under transformers' names)."""
+    weights under transformers' names). In a For* model (its keys carry a backbone prefix) every
+    key outside the backbone is a head: pretraining ones by name, all others fine-tuning heads."""
     backbone: dict[str, Tensor] = {}
     extras: dict[str, Any] = {"pretraining": {}, "finetuning": {}}
+    prefixed = any(key.startswith(_PREFIXES) for key in state)
     for key, value in state.items():
         if key.startswith(PRETRAINING_PREFIXES):
             extras["pretraining"][key] = value
             continue
-        if key.startswith(FINETUNING_PREFIXES):
+        prefix = next((p for p in _PREFIXES if key.startswith(p)), None)
+        if key.startswith(FINETUNING_PREFIXES) or (prefixed and prefix is None):
             extras["finetuning"][key] = value
             continue
-        for prefix in _PREFIXES:
-            if key.startswith(prefix):
-                key = key[len(prefix) :]
-                break
+        if prefix is not None:
+            key = key[len(prefix) :]
         backbone[_WEIGHT_NORM_RENAMES.get(key, key)] = value
     return backbone, extras
 
@@ -314,7 +377,8 @@ def save_transformers(
     model_or_state: Any, config: ModelConfig, path: str | Path, *, command: str = "export"
 ) -> Path:
     """Write a transformers directory (config.json, preprocessor_config.json, model.safetensors)
-    that HubertModel / Wav2Vec2Model.from_pretrained loads; atomic (temp dir, then rename) as
+    that the family's transformers model (HubertModel, Wav2Vec2Model, WavLMModel, UniSpeechSatModel,
+    Data2VecAudioModel; AutoModel) loads with from_pretrained; atomic (temp dir, then rename) as
     `command`'s output (`speechssl.outputs.output_directory`: a re-run replaces its own files and
     keeps anything else already there); the CLI checks `path` first (`check_output`)."""
     path = Path(path)

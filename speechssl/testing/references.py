@@ -7,6 +7,7 @@ transformers loads them as they are; torchaudio needs the key renames below.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from speechssl.models.config import ConvFrontendConfig, ModelConfig
@@ -45,6 +46,20 @@ def _rename(
     return out
 
 
+def to_torchaudio_wavlm_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """WavLM SSLModel state dict -> torchaudio's WavLM (wav2vec2 Wav2Vec2Model with WavLMSelfAttention):
+    q/k/v are packed into one `attention.attention.in_proj_*` (nn.MultiheadAttention), in that order."""
+    out = _rename(state, _TA_MODEL_RENAMES, drop=("masked_spec_embed",))
+    for key in [k for k in out if k.endswith("attention.q_proj.weight")]:
+        layer = key[: -len("q_proj.weight")]
+        for kind in ("weight", "bias"):
+            parts = [out.pop(f"{layer}{proj}_proj.{kind}") for proj in "qkv"]
+            out[f"{layer}attention.in_proj_{kind}"] = torch.cat(parts)
+        for kind in ("weight", "bias"):
+            out[f"{layer}attention.out_proj.{kind}"] = out.pop(f"{layer}out_proj.{kind}")
+    return out
+
+
 def to_torchaudio_pretrain_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """HubertPretrainModel state dict -> torchaudio HuBERTPretrainModel state dict."""
     return _rename(state, _TA_PRETRAIN_RENAMES)
@@ -79,6 +94,37 @@ def torchaudio_model(config: ModelConfig) -> nn.Module:
     from torchaudio.models import wav2vec2_model
 
     return wav2vec2_model(**_torchaudio_kwargs(config), aux_num_out=None)
+
+
+def torchaudio_wavlm_model(config: ModelConfig) -> nn.Module:
+    """torchaudio's WavLM (what torchaudio.models.wavlm_base builds) for a WavLM `config`."""
+    from torchaudio.models import wavlm_model
+
+    enc = config.encoder
+    if config.family != "wavlm":
+        raise ValueError(f"torchaudio_wavlm_model needs a wavlm config, found family '{config.family}'")
+    return wavlm_model(
+        **_torchaudio_kwargs(config), encoder_num_buckets=enc.relative_position_buckets,
+        encoder_max_distance=enc.relative_position_max_distance, aux_num_out=None,
+    )  # fmt: skip
+
+
+def transformers_model(config: ModelConfig, *, head: str = "Model", **overrides) -> nn.Module:
+    """A randomly initialised transformers model of `config`'s family (SDPA attention where the
+    class has it), in eval mode: head "Model" (the backbone) or a For* suffix ("ForCTC",
+    "ForSequenceClassification", "ForPreTraining", ...). `overrides` go to the config class."""
+    import transformers
+
+    from speechssl.interop.transformers_io import ARCHITECTURES, config_to_transformers
+
+    kwargs = config_to_transformers(config)
+    kwargs.pop("architectures")
+    kwargs.pop("model_type")
+    kwargs.update(overrides)
+    prefix = ARCHITECTURES[config.family][: -len("Model")]
+    hf_config = getattr(transformers, f"{prefix}Config")(**kwargs)
+    hf_config._attn_implementation = "sdpa" if config.family != "wavlm" else "eager"
+    return getattr(transformers, f"{prefix}{head}")(hf_config).eval()
 
 
 def torchaudio_hubert_pretrain(config: PretrainModelConfig) -> nn.Module:
