@@ -1,4 +1,4 @@
-"""fairseq wav2vec 2.0 / HuBERT checkpoints <-> our ModelConfig and state dict.
+"""fairseq wav2vec 2.0 / HuBERT / data2vec-audio / UniSpeech-SAT checkpoints <-> our config and state dict.
 
 fairseq is not a dependency: the `.pt` file is read with the weights-only
 allow-list of `safe_pickle`, the config (argparse args in old files,
@@ -7,9 +7,18 @@ parameter names are renamed through one explicit table built from the config
 (`key_map`). Because the table lists every expected key, a file with a key we
 do not know, or without one we need, is an error naming those keys.
 
-Our names are transformers' HubertModel / Wav2Vec2Model names without the
-`hubert.` / `wav2vec2.` prefix; the fairseq names are those of fairseq's (and
-s3prl's fairseq-free copy of) `HubertModel` / `Wav2Vec2Model`.
+Our names are transformers' HubertModel / Wav2Vec2Model / WavLMModel /
+UniSpeechSatModel / Data2VecAudioModel names without their prefix; the fairseq
+names are those of fairseq's (and s3prl's fairseq-free copy of) `HubertModel` /
+`Wav2Vec2Model` / `Data2VecAudioModel`, of microsoft/UniSpeech's fairseq fork
+(`UniSpeechSATModel`) and of unilm's WavLM (the same names plus the relative
+position bias: `self_attn.relative_attention_bias`, `self_attn.grep_linear`,
+`self_attn.grep_a`).
+
+data2vec-audio (fairseq `data2vec_audio`, data2vec 1.0) is read; its EMA teacher
+(`_ema`, a second copy of the encoder used only as the pretraining target) is
+dropped, since nothing here continues data2vec pretraining and it doubles the
+memory. data2vec 2.0 (`data2vec_multi`) is a different network and is refused.
 """
 
 from __future__ import annotations
@@ -58,7 +67,10 @@ PRETRAINING_PREFIXES = (
     "final_proj.",
     "label_embs_concat",
     "target_glu.",
+    "spk_proj.",  # UniSpeech-SAT's utterance-mixing speaker projection
+    "encoder.layer_norm_for_extract.",  # UniSpeech-SAT Large: LayerNorm of its speaker-loss layer
 )
+EMA_KEY = "_ema"  # data2vec's EMA teacher: a dict of encoder weights, dropped on import
 _FINETUNE_PREFIX = "w2v_encoder.w2v_model."  # fairseq *_ctc / *_seq2seq wrap the SSL model here
 
 DEFAULT_CONV_LAYERS = "[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2"
@@ -85,6 +97,24 @@ _FAIRSEQ_DEFAULTS: dict[str, Any] = {
     "conv_pos": 128,
     "conv_pos_groups": 16,
     "pos_conv_depth": 1,
+    "relative_position_embedding": False,
+    "num_buckets": 320,
+    "max_distance": 1280,
+    "gru_rel_pos": False,
+}
+# fairseq model name (`_name`) -> our family; *_ctc / *_seq2seq fine-tunings wrap one of these.
+FAIRSEQ_NAMES = {
+    "hubert": "hubert",
+    "wav2vec2": "wav2vec2",
+    "data2vec_audio": "data2vec_audio",
+    "unispeech_sat": "unispeech_sat",
+}
+# fairseq task written with each family (the pretraining task its model was registered with)
+_TASK_NAMES = {
+    "hubert": "hubert_pretraining",
+    "wav2vec2": "audio_pretraining",
+    "data2vec_audio": "audio_pretraining",
+    "unispeech_sat": "unispeech_sat_pretraining",
 }
 
 
@@ -150,26 +180,81 @@ def format_conv_layers(conv_dim: list[int], conv_kernel: list[int], conv_stride:
     return " + ".join(parts)
 
 
-def _family(name: str, source: str) -> Literal["hubert", "wav2vec2"]:
+def _family(name: str, source: str) -> str:
+    if name in FAIRSEQ_NAMES:
+        return FAIRSEQ_NAMES[name]
     if name.startswith("hubert"):
         return "hubert"
     if name.startswith("wav2vec2") or name == "wav2vec_ctc" or name == "wav2vec2_ctc":
         return "wav2vec2"
+    if name.startswith("data2vec"):
+        raise ValueError(
+            f"{source}: unsupported fairseq model '{name}' (data2vec 2.0 is a different network; of"
+            " data2vec only 1.0 audio, 'data2vec_audio', is supported)"
+        )
     raise ValueError(
         f"{source}: unsupported fairseq model '{name}' "
-        "(supported: hubert, wav2vec2 and their _ctc fine-tunings)"
+        f"(supported: {', '.join(FAIRSEQ_NAMES)} and their _ctc fine-tunings)"
     )
+
+
+def _positional_fields(cfg: dict[str, Any], family: str, source: str) -> dict[str, Any]:
+    """EncoderConfig fields of the positional encoders: the conv (one weight-normed conv, or
+    data2vec's stack of `pos_conv_depth` layer-normed convs of kernel max(3, conv_pos // depth),
+    as fairseq's TransformerEncoder builds it) and WavLM's relative position bias."""
+    depth = int(cfg["pos_conv_depth"])
+    if depth < 1:
+        raise ValueError(f"{source}: pos_conv_depth must be >= 1, found {depth}")
+    if (family == "data2vec_audio") != (depth > 1):
+        raise ValueError(
+            f"{source}: pos_conv_depth {depth} is not supported for {family} (data2vec_audio has a stack of"
+            " pos_conv_depth > 1 layer-normed convs; the other families one weight-normed conv)"
+        )
+    fields: dict[str, Any] = {"pos_conv_kernel": int(cfg["conv_pos"])}
+    if depth > 1:
+        fields.update(
+            pos_conv_type="layer_norm",
+            pos_conv_depth=depth,
+            pos_conv_kernel=max(3, int(cfg["conv_pos"]) // depth),
+        )
+    relative = bool(cfg["relative_position_embedding"])
+    if relative != (family == "wavlm"):
+        raise ValueError(
+            f"{source}: relative_position_embedding={relative} is not supported for {family} (only WavLM"
+            " has a relative position bias)"
+        )
+    if relative:
+        if not bool(cfg["gru_rel_pos"]):
+            raise ValueError(f"{source}: gru_rel_pos=False is not supported (WavLM's bias is always gated)")
+        fields.update(
+            relative_position_buckets=int(cfg["num_buckets"]),
+            relative_position_max_distance=int(cfg["max_distance"]),
+        )
+    return fields
+
+
+def _check_supported(cfg: dict[str, Any], source: str) -> None:
+    """Options of fairseq / unilm / UniSpeech-SAT models that change the network and that we do not build."""
+    if cfg["layer_type"] != "transformer":
+        raise ValueError(f"{source}: layer_type '{cfg['layer_type']}' is not supported (only 'transformer')")
+    structure = cfg.get("structure_type", "transformer")  # UniSpeech-SAT's name for it
+    if structure != "transformer":
+        raise ValueError(f"{source}: structure_type '{structure}' is not supported (only 'transformer')")
+    expand = cfg.get("expand_attention_head_size", -1)  # UniSpeech-SAT: wider q/k heads
+    if expand not in (-1, None):
+        raise ValueError(f"{source}: expand_attention_head_size {expand} is not supported (only -1)")
+    if cfg.get("streaming"):
+        raise ValueError(f"{source}: streaming (chunked attention) models are not supported")
 
 
 def model_config_from_fairseq(
     model_cfg: dict[str, Any], task_cfg: dict[str, Any], *, family: str, source: str = "<cfg>"
 ) -> ModelConfig:
-    """fairseq `cfg.model` (+ `cfg.task` for `normalize`) -> ModelConfig (inference settings kept)."""
+    """fairseq `cfg.model` (+ `cfg.task` for `normalize`) -> ModelConfig (inference settings kept).
+
+    Also reads unilm's flat WavLMConfig dict (same field names; `normalize` inside it)."""
     cfg = {**_FAIRSEQ_DEFAULTS, **{k: v for k, v in model_cfg.items() if v is not None}}
-    if cfg["layer_type"] != "transformer":
-        raise ValueError(f"{source}: layer_type '{cfg['layer_type']}' is not supported (only 'transformer')")
-    if int(cfg["pos_conv_depth"]) != 1:
-        raise ValueError(f"{source}: pos_conv_depth {cfg['pos_conv_depth']} is not supported (only 1)")
+    _check_supported(cfg, source)
     modes = {"default": "group_norm", "layer_norm": "layer_norm"}
     if str(cfg["extractor_mode"]) not in modes:
         raise ValueError(
@@ -190,7 +275,6 @@ def model_config_from_fairseq(
         num_heads=int(cfg["encoder_attention_heads"]),
         ffn_dim=int(cfg["encoder_ffn_embed_dim"]),
         layer_norm_first=bool(cfg["layer_norm_first"]),
-        pos_conv_kernel=int(cfg["conv_pos"]),
         pos_conv_groups=int(cfg["conv_pos_groups"]),
         dropout=float(cfg["dropout"]),
         attention_dropout=float(cfg["attention_dropout"]),
@@ -198,6 +282,7 @@ def model_config_from_fairseq(
         feature_proj_dropout=float(cfg["dropout_input"]),
         layerdrop=float(cfg["encoder_layerdrop"]),
         activation=str(cfg["activation_fn"]),
+        **_positional_fields(cfg, family, source),
     )
     return ModelConfig(
         family=family,  # type: ignore[arg-type]
@@ -207,8 +292,26 @@ def model_config_from_fairseq(
     )
 
 
-def fairseq_cfg_from_model_config(config: ModelConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """ModelConfig -> (fairseq `cfg.model`, `cfg.task`) as plain dicts."""
+def _positional_cfg(enc: EncoderConfig, previous: dict[str, Any]) -> dict[str, Any]:
+    """Inverse of _positional_fields; an imported conv_pos that gives the same kernel is kept."""
+    if enc.pos_conv_type == "weight_norm":
+        return {"conv_pos": enc.pos_conv_kernel, "pos_conv_depth": 1}
+    conv_pos = previous.get("conv_pos")
+    if not (isinstance(conv_pos, int) and max(3, conv_pos // enc.pos_conv_depth) == enc.pos_conv_kernel):
+        if enc.pos_conv_kernel == 3:  # max(3, .) hides smaller products; 3 * depth maps back to 3
+            conv_pos = 3 * enc.pos_conv_depth
+        else:
+            conv_pos = enc.pos_conv_kernel * enc.pos_conv_depth
+    return {"conv_pos": conv_pos, "pos_conv_depth": enc.pos_conv_depth}
+
+
+def fairseq_cfg_from_model_config(
+    config: ModelConfig, previous: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """ModelConfig -> (fairseq `cfg.model`, `cfg.task`) as plain dicts.
+
+    `previous`: the model cfg this model was imported with (keeps data2vec's conv_pos when it
+    gives the same kernel). WavLM's fields are written too: unilm's WavLMConfig reads them."""
     front, enc = config.frontend, config.encoder
     if not isinstance(front, ConvFrontendConfig):
         raise ValueError("fairseq models have a conv waveform frontend; this model uses an fbank frontend")
@@ -236,10 +339,17 @@ def fairseq_cfg_from_model_config(config: ModelConfig) -> tuple[dict[str, Any], 
         "encoder_layerdrop": enc.layerdrop,
         "dropout_input": enc.feature_proj_dropout,
         "layer_norm_first": enc.layer_norm_first,
-        "conv_pos": enc.pos_conv_kernel,
         "conv_pos_groups": enc.pos_conv_groups,
+        **_positional_cfg(enc, previous or {}),
     }
-    task_name = "hubert_pretraining" if config.family == "hubert" else "audio_pretraining"
+    if config.family in ("wavlm", "unispeech_sat"):  # both configs have the relative-position fields
+        relative = enc.relative_position_buckets > 0
+        model_cfg.update(relative_position_embedding=relative, gru_rel_pos=relative)
+        if relative:
+            model_cfg.update(
+                num_buckets=enc.relative_position_buckets, max_distance=enc.relative_position_max_distance
+            )
+    task_name = _TASK_NAMES.get(config.family, "audio_pretraining")
     task_cfg = {"_name": task_name, "normalize": config.normalize_waveform, "sample_rate": SAMPLE_RATE}
     return model_cfg, task_cfg
 
@@ -294,15 +404,32 @@ def key_map(
     both("feature_projection.layer_norm", "layer_norm")
     if projection:
         both("feature_projection.projection", "post_extract_proj")
-    g_ours, v_ours = _POS_CONV_WEIGHT[ours_pos_conv]
-    g_theirs, v_theirs = _POS_CONV_WEIGHT[fairseq_pos_conv]
-    pairs[f"encoder.pos_conv_embed.conv.{g_ours}"] = f"encoder.pos_conv.0.{g_theirs}"
-    pairs[f"encoder.pos_conv_embed.conv.{v_ours}"] = f"encoder.pos_conv.0.{v_theirs}"
-    pairs["encoder.pos_conv_embed.conv.bias"] = "encoder.pos_conv.0.bias"
+    if enc.pos_conv_type == "layer_norm":
+        # data2vec: pos_conv_depth x Sequential(conv, SamePad, T, LayerNorm(affine=False), T, GELU)
+        for j in range(enc.pos_conv_depth):
+            both(f"encoder.pos_conv_embed.layers.{j}.conv", f"encoder.pos_conv.{j}.0")
+    else:
+        g_ours, v_ours = _POS_CONV_WEIGHT[ours_pos_conv]
+        g_theirs, v_theirs = _POS_CONV_WEIGHT[fairseq_pos_conv]
+        pairs[f"encoder.pos_conv_embed.conv.{g_ours}"] = f"encoder.pos_conv.0.{g_theirs}"
+        pairs[f"encoder.pos_conv_embed.conv.{v_ours}"] = f"encoder.pos_conv.0.{v_theirs}"
+        pairs["encoder.pos_conv_embed.conv.bias"] = "encoder.pos_conv.0.bias"
     both("encoder.layer_norm", "encoder.layer_norm")
     for i in range(enc.num_layers):
         for ours, theirs in _LAYER_RENAMES.items():
             both(f"encoder.layers.{i}.{ours}", f"encoder.layers.{i}.{theirs}")
+        if enc.relative_position_buckets:  # WavLM: every layer gates the bias of layer 0
+            both(
+                f"encoder.layers.{i}.attention.gru_rel_pos_linear",
+                f"encoder.layers.{i}.self_attn.grep_linear",
+            )
+            pairs[f"encoder.layers.{i}.attention.gru_rel_pos_const"] = f"encoder.layers.{i}.self_attn.grep_a"
+    if enc.relative_position_buckets:
+        both(
+            "encoder.layers.0.attention.rel_attn_embed",
+            "encoder.layers.0.self_attn.relative_attention_bias",
+            ("weight",),
+        )
     pairs["masked_spec_embed"] = "mask_emb"
     return pairs
 
@@ -334,6 +461,9 @@ def fairseq_to_ours(
     extras: dict[str, StateDict] = {"pretraining": {}, "finetuning": {}}
     finetuned = any(k.startswith(_FINETUNE_PREFIX) for k in state_dict)
     for key, value in state_dict.items():
+        if key.rpartition(".")[2] == EMA_KEY:  # data2vec's EMA teacher: see the module docstring
+            logger.info("%s: data2vec EMA teacher weights ('%s') dropped", source, key)
+            continue
         if finetuned:
             if key.startswith(_FINETUNE_PREFIX):
                 key = key[len(_FINETUNE_PREFIX) :]
@@ -351,7 +481,7 @@ def fairseq_to_ours(
             _describe_keys(list(extras["finetuning"])),
         )
 
-    projection = "post_extract_proj.weight" in encoder_sd
+    projection = _always_projects(config) or "post_extract_proj.weight" in encoder_sd
     names = key_map(
         config,
         projection=projection,
@@ -376,6 +506,12 @@ def fairseq_to_ours(
     return ours, extras
 
 
+def _always_projects(config: ModelConfig) -> bool:
+    """fairseq's Data2VecAudioModel builds post_extract_proj whatever the widths; the others skip it
+    when the conv width equals encoder_embed_dim."""
+    return config.family == "data2vec_audio"
+
+
 def _is_identity(weight: Tensor, bias: Tensor | None) -> bool:
     eye = torch.eye(weight.shape[0], dtype=weight.dtype)
     return weight.shape == eye.shape and torch.equal(weight, eye) and (bias is None or not bias.any())
@@ -390,7 +526,7 @@ def ours_to_fairseq(
     no `post_extract_proj` then; any other projection there cannot be exported.
     """
     sd = dict(state_dict)
-    projection = config.frontend.output_dim != config.encoder.embed_dim
+    projection = _always_projects(config) or config.frontend.output_dim != config.encoder.embed_dim
     if not projection:
         w, b = (
             sd.pop("feature_projection.projection.weight", None),
@@ -460,7 +596,8 @@ def config_from_checkpoint(
 def load_fairseq(
     path: str | Path, *, ours_pos_conv: PosConvStyle = "parametrizations"
 ) -> tuple[ModelConfig, StateDict, dict[str, Any]]:
-    """Read a fairseq HuBERT / wav2vec 2.0 `.pt` (pretrained or *_ctc fine-tuned).
+    """Read a fairseq HuBERT / wav2vec 2.0 / data2vec-audio / UniSpeech-SAT `.pt` (pretrained or
+    *_ctc fine-tuned).
 
     Returns (config, state dict in our names, extras). extras holds
     "pretraining" and "finetuning" weights (fairseq names), the raw
@@ -500,9 +637,14 @@ def to_fairseq(
     quantizer sizes, ...) are carried over, so import -> export keeps them.
     """
     extras = extras or {}
-    model_cfg, task_cfg = fairseq_cfg_from_model_config(config)
-    model_cfg = {**(extras.get("fairseq_model_cfg") or {}), **model_cfg}
+    previous = extras.get("fairseq_model_cfg") or {}
+    model_cfg, task_cfg = fairseq_cfg_from_model_config(config, previous)
+    model_cfg = {
+        k: v for k, v in {**previous, **model_cfg}.items() if k != "normalize"
+    }  # unilm's, a task field
     task_cfg = {**(extras.get("fairseq_task_cfg") or {}), **task_cfg}
+    if config.family == "unispeech_sat":  # UniSpeechSATConfig.label_rate interpolates task.label_rate
+        task_cfg.setdefault("label_rate", model_cfg.setdefault("label_rate", 50))
     weights = ours_to_fairseq(state_dict, config, fairseq_pos_conv=fairseq_pos_conv)
     weights.update(extras.get("pretraining") or {})
     return {

@@ -1,10 +1,14 @@
-"""s3prl's converted HuBERT / wav2vec 2.0 checkpoints <-> our ModelConfig and state dict.
+"""s3prl's converted HuBERT / wav2vec 2.0 / data2vec-audio checkpoints <-> our ModelConfig and state dict.
 
-s3prl converts a fairseq checkpoint (s3prl/upstream/{hubert,wav2vec2}/convert.py)
+s3prl converts a fairseq checkpoint (s3prl/upstream/{hubert,wav2vec2,data2vec}/convert.py)
 into a fairseq-free file: {"task_cfg": dict, "model_cfg": dict,
 "model_weight": fairseq-named state dict, "dictionaries_symbols": [[str]]
 (HuBERT only)}. The weights keep fairseq's names, so the mapping is
-`fairseq_io`'s; only the envelope differs.
+`fairseq_io`'s; only the envelope differs. data2vec's file keeps fairseq's `_ema`
+entry, which s3prl deletes before loading (and so do we).
+
+s3prl's WavLM and UniSpeech-SAT upstreams read unilm's `{"cfg", "model"}` layout
+instead: `to_s3prl` writes that through `wavlm_io` for those families.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 import torch
 
 from speechssl.interop.fairseq_io import (
+    EMA_KEY,
     PosConvStyle,
     StateDict,
     _family,
@@ -24,6 +29,7 @@ from speechssl.interop.fairseq_io import (
     ours_to_fairseq,
 )
 from speechssl.interop.safe_pickle import load_checkpoint, to_plain
+from speechssl.interop.wavlm_io import WAVLM_LAYOUT_FAMILIES, to_wavlm
 from speechssl.models.config import ModelConfig
 
 __all__ = ["load_s3prl", "to_s3prl", "is_s3prl_checkpoint"]
@@ -40,6 +46,9 @@ def _guess_family(ckpt: dict[str, Any], model_cfg: dict[str, Any], source: str) 
     name = model_cfg.get("_name")
     if name:
         return _family(str(name), source)
+    weights = ckpt.get("model_weight") or {}
+    if EMA_KEY in weights or "average_top_k_layers" in model_cfg:  # only data2vec has these
+        return "data2vec_audio"
     # s3prl's hubert converter always writes dictionaries_symbols; wav2vec2's never does
     return "hubert" if "dictionaries_symbols" in ckpt or "label_rate" in model_cfg else "wav2vec2"
 
@@ -105,18 +114,28 @@ def to_s3prl(
     extras: dict[str, Any] | None = None,
     fairseq_pos_conv: PosConvStyle = "legacy",
 ) -> dict[str, Any]:
-    """ModelConfig + our state dict -> s3prl's converted checkpoint dict (for torch.save).
+    """ModelConfig + our state dict -> the checkpoint dict s3prl's upstream for the family loads
+    (for torch.save): unilm's {"cfg", "model"} for WavLM / UniSpeech-SAT (`wavlm_io.to_wavlm`),
+    the converted {"task_cfg", "model_cfg", "model_weight"} for the others.
 
     With `extras` from load_fairseq / load_s3prl, the pretraining heads, the
     extra fairseq config fields and HuBERT's label dictionaries are kept;
     without them, zero placeholder heads are written (see _placeholder_heads)
     and HuBERT's dictionaries are [None] (s3prl then builds no label embeddings).
+    data2vec gets no heads: s3prl removes final_proj before its strict load, and
+    an empty `_ema` entry, which s3prl deletes first.
     """
     extras = extras or {}
-    model_cfg, task_cfg = fairseq_cfg_from_model_config(config)
-    model_cfg = {**(extras.get("fairseq_model_cfg") or {}), **model_cfg}
+    if config.family in WAVLM_LAYOUT_FAMILIES:
+        return to_wavlm(config, state_dict, extras=extras, fairseq_pos_conv=fairseq_pos_conv)
+    previous = extras.get("fairseq_model_cfg") or {}
+    model_cfg, task_cfg = fairseq_cfg_from_model_config(config, previous)
+    model_cfg = {**previous, **model_cfg}
     task_cfg = {**(extras.get("fairseq_task_cfg") or {}), **task_cfg}
     weights = ours_to_fairseq(state_dict, config, fairseq_pos_conv=fairseq_pos_conv)
+    if config.family == "data2vec_audio":
+        weights[EMA_KEY] = {}
+        return {"task_cfg": task_cfg, "model_cfg": model_cfg, "model_weight": weights}
     pretraining = extras.get("pretraining") or {}
     symbols = extras.get("dictionaries_symbols") or []
     if pretraining:
