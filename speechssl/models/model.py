@@ -1,7 +1,8 @@
 """The SSL network: frontend -> feature projection -> (mask) -> transformer encoder.
 
-State-dict keys equal those of transformers' HubertModel / Wav2Vec2Model
-(without the "hubert." / "wav2vec2." prefix).
+State-dict keys equal those of transformers' HubertModel / Wav2Vec2Model / WavLMModel /
+UniSpeechSatModel / Data2VecAudioModel (without the "hubert." / "wav2vec2." / ... prefix
+of their For* models).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ class EncoderOutput:
 
 
 class SSLModel(nn.Module):
-    """wav2vec 2.0 / HuBERT backbone. Objectives (speechssl.objectives) sit on top of it."""
+    """wav2vec 2.0 / HuBERT / WavLM / UniSpeech-SAT / data2vec-audio backbone. Objectives
+    (speechssl.objectives, hubert and wav2vec2 only) sit on top of it."""
 
     def __init__(
         self,
