@@ -56,6 +56,11 @@ class PretrainModelConfig:
 
     def __post_init__(self) -> None:
         family = self.model.family
+        if family not in ("hubert", "wav2vec2"):
+            raise ValueError(
+                f"pretraining supports model families 'hubert' and 'wav2vec2', found '{family}' "
+                "(the other families load, tune and export, but have no pretraining objective here)"
+            )
         other = "wav2vec2" if family == "hubert" else "hubert"
         if getattr(self, other) is not None:
             raise ValueError(f"section '{other}' does not apply to a model of family '{family}'; remove it")
