@@ -26,6 +26,16 @@ FORMATS = ("hf", "s3prl", "fairseq", "onnx", "torchscript")
 GRAPH_FORMATS = ("onnx", "torchscript")
 HETEROGENEOUS_FORMATS = (*GRAPH_FORMATS, "a speechssl checkpoint dir (the source itself)")
 COMMAND = "export"  # the output marker's name: a re-run of export may replace its own earlier output
+# The original-toolkit formats each family has (what its original code and s3prl load).
+# WavLM has no fairseq checkpoint: unilm's WavLM is not a fairseq model; its original
+# {cfg, model} file is what s3prl's wavlm upstream reads, so `s3prl` writes it.
+ORIGINAL_FORMATS = {
+    "hubert": ("fairseq", "s3prl"),
+    "wav2vec2": ("fairseq", "s3prl"),
+    "data2vec_audio": ("fairseq", "s3prl"),
+    "unispeech_sat": ("fairseq", "s3prl"),
+    "wavlm": ("s3prl",),
+}
 
 
 def check_export_output(source: str | Path, fmt: str, out: str | Path, *, overwrite: bool = False) -> Path:
@@ -64,6 +74,21 @@ def _refuse_heterogeneous(up: Upstream, fmt: str) -> None:
         )
 
 
+def formats_for(family: str) -> tuple[str, ...]:
+    """Every export format a (homogeneous, conv-frontend) model of `family` can be written as."""
+    original = ORIGINAL_FORMATS.get(family, ())
+    return tuple(f for f in FORMATS if f not in ("fairseq", "s3prl") or f in original)
+
+
+def _refuse_missing_format(family: str, fmt: str) -> None:
+    if fmt in ("fairseq", "s3prl") and fmt not in ORIGINAL_FORMATS.get(family, ()):
+        hint = " (unilm's WavLM is not a fairseq model; --format s3prl writes its original {cfg, model} file)"
+        raise ValueError(
+            f"format '{fmt}' does not exist for {family} models{hint if family == 'wavlm' else ''};"
+            f" formats that work for {family}: {', '.join(formats_for(family))}"
+        )
+
+
 def export_upstream(
     source: str | Path, fmt: str, out: str | Path, *, verify: bool = True, overwrite: bool = False
 ) -> Path:
@@ -92,6 +117,7 @@ def export_upstream(
         logger.info("exported %s as %s -> %s", source, fmt, out)
         return out
     _refuse_heterogeneous(up, fmt)
+    _refuse_missing_format(up.config.family, fmt)
     state = up.model.state_dict()
     if fmt == "hf":
         from speechssl.interop.transformers_io import save_transformers

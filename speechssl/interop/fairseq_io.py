@@ -207,8 +207,8 @@ def _positional_fields(cfg: dict[str, Any], family: str, source: str) -> dict[st
         raise ValueError(f"{source}: pos_conv_depth must be >= 1, found {depth}")
     if (family == "data2vec_audio") != (depth > 1):
         raise ValueError(
-            f"{source}: pos_conv_depth {depth} is not supported for {family} (data2vec_audio has a stack of"
-            " pos_conv_depth > 1 layer-normed convs; the other families one weight-normed conv)"
+            f"{source}: unsupported fairseq model '{family}' with pos_conv_depth {depth} (data2vec_audio has"
+            " a stack of pos_conv_depth > 1 layer-normed convs; the other families one weight-normed conv)"
         )
     fields: dict[str, Any] = {"pos_conv_kernel": int(cfg["conv_pos"])}
     if depth > 1:
