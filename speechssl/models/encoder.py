@@ -129,7 +129,7 @@ class SelfAttention(nn.Module):
         q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
         attn_mask = None
         if attn_bias is not None:
-            attn_mask = attn_bias  # (B or 1, H, T, T)
+            attn_mask = attn_bias.to(q.dtype)  # (B or 1, H, T, T); autocast may have cast q
             if key_padding_mask is not None:
                 attn_mask = attn_mask.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
         elif key_padding_mask is not None:

@@ -192,3 +192,17 @@ def test_config_json_errors_name_the_key():
     d2v = config_to_transformers(VARIANTS["data2vec_audio_5heads_k7_d3"])
     with pytest.raises(ValueError, match="'conv_pos_kernel_size' must be an integer"):
         config_from_transformers({**d2v, "conv_pos_kernel_size": "19"})
+
+
+@pytest.mark.parametrize("preset", ["wavlm_tiny", "data2vec_tiny"])
+def test_export_hf_of_a_checkpoint_reloads_in_transformers(tmp_path, preset):
+    from speechssl.interop.export import export_upstream
+    from speechssl.models import save_checkpoint
+    from speechssl.models.presets import get_preset
+
+    config = get_preset(preset)
+    model = perturb_(build_model(config), seed=6).eval()
+    save_checkpoint(model, config, tmp_path / "ckpt")
+    export_upstream(tmp_path / "ckpt", "hf", tmp_path / "hf")
+    hf = transformers.AutoModel.from_pretrained(tmp_path / "hf").eval()
+    assert _max_error(model, hf, check_final=False) < 1e-5

@@ -199,3 +199,18 @@ def test_pretraining_refuses_the_new_families_in_one_line(preset):
     ) as err:
         PretrainModelConfig(model=get_preset(preset))
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("preset", ["wavlm_tiny", "data2vec_tiny"])
+def test_checkpoint_round_trip_keeps_the_new_fields(tmp_path, preset):
+    import speechssl
+    from speechssl.models import save_checkpoint
+
+    config = get_preset(preset)
+    model = perturb_(build_model(config), seed=9).eval()
+    save_checkpoint(model, config, tmp_path / "ckpt")
+    upstream = speechssl.load_upstream(tmp_path / "ckpt")
+    assert upstream.config == config
+    wavs, lens = random_waves([9000, 5000])
+    with torch.no_grad():
+        assert torch.equal(upstream(wavs, lens).hidden_states[-1], model(wavs, lens).hidden_states[-1])
