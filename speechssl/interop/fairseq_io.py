@@ -636,6 +636,11 @@ def to_fairseq(
     and `extras["fairseq_model_cfg"]` fields we do not model (final_dim,
     quantizer sizes, ...) are carried over, so import -> export keeps them.
     """
+    if config.family not in FAIRSEQ_NAMES.values():
+        raise ValueError(
+            f"{config.family} has no fairseq checkpoint format (unilm's WavLM is not a fairseq model:"
+            " wavlm_io.to_wavlm writes its original file)"
+        )
     extras = extras or {}
     previous = extras.get("fairseq_model_cfg") or {}
     model_cfg, task_cfg = fairseq_cfg_from_model_config(config, previous)

@@ -532,6 +532,9 @@ def test_wavlm_fairseq_export_is_refused_naming_what_works(tmp_path):
     ):
         export_upstream(path, "fairseq", tmp_path / "wavlm_fairseq.pt")
     assert not (tmp_path / "wavlm_fairseq.pt").exists()
+    up = speechssl.load_upstream(path)
+    with pytest.raises(ValueError, match=r"^wavlm has no fairseq checkpoint format \(unilm's WavLM is not"):
+        to_fairseq(up.config, up.model.state_dict())
 
 
 # --------------------------------------------------------------------------- malformed files
