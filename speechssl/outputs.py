@@ -11,7 +11,7 @@ Rule for every `--out`:
   command is refused even with `--overwrite`; so is anything that already exists inside an
   input or an experiment dir (new files may be added there), unless this command wrote it.
 
-Experiment dirs (pretrain, distill, prune, finetune, downstream train) are locked while a run
+Experiment dirs (pretrain, distill, prune, downstream train, finetune train) are locked while a run
 writes them: `EXP/.lock` holds the pid and host of the holder and a POSIX record lock
 (`lockf`), which the kernel releases when the holder dies and which, unlike `flock`, the
 holder's forked data-loader workers do not inherit; so a stale lock (a killed run) is told from

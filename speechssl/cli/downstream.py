@@ -48,10 +48,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="config override, e.g. lr=1e-4 or featurizer.name=hconv (repeatable)",
+        help="config override, e.g. lr=1e-4, featurizer.name=hconv or tuning.method=lora (repeatable)",
     )
     tr.add_argument("--max-steps", type=int, help="override max_steps")
     tr.add_argument("--resume", action="store_true", help="continue from the last checkpoints of EXP")
+    add_overwrite_argument(tr)
     tr.set_defaults(func=run_train)
 
     ev = actions.add_parser("evaluate", help="score the chosen checkpoint; writes EXP/results_<split>.json")
@@ -109,6 +110,7 @@ def run_train(args: argparse.Namespace) -> int:
         max_steps=args.max_steps,
         resume=args.resume,
         name=args.name,
+        overwrite=args.overwrite,
     )
     if best:
         dev = best["dev"][best["metric"]] if best.get("dev") else None

@@ -1,9 +1,10 @@
-"""`speechssl finetune`: wav2vec 2.0-style character CTC fine-tuning of an upstream
-(full, or with adapters / LoRA / BitFit / prefix tuning), and `speechssl finetune evaluate`.
+"""`speechssl finetune train|evaluate`: wav2vec 2.0-style CTC fine-tuning of an upstream (full, or
+with adapters / LoRA / BitFit / prefix tuning) on a CTC task, as a downstream run whose upstream
+trains (same data layout, experiment dir and results as `speechssl downstream`).
 
-    speechssl finetune --upstream exp/hubert/checkpoints/last --train data/train --valid data/dev \\
+    speechssl finetune train --task asr --upstream exp/hubert/checkpoints/last --data data/asr \\
         --out exp/ft_lora --method lora --config conf/finetune_ctc.yaml --max-steps 2000
-    speechssl finetune evaluate --out exp/ft_lora --data data/test     # prints CER and loss
+    speechssl finetune evaluate --out exp/ft_lora [--split test]   # EXP/results_test.json
 """
 
 from __future__ import annotations
@@ -12,80 +13,96 @@ import argparse
 import json
 
 from speechssl.cli.common import add_overwrite_argument
+from speechssl.downstream.finetune import FINETUNE_TASKS, load_finetune_config
+from speechssl.downstream.runner import evaluate_downstream, train_downstream
+
+COMMAND = "finetune train"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "finetune",
-        help="CTC fine-tuning of an upstream on characters (full, lora, adapter, bitfit, prefix)",
-        description="wav2vec 2.0-style CTC fine-tuning: frontend frozen, head-only updates first, masking, "
-        "tri-stage schedule. `speechssl finetune evaluate` scores a finished run.",
+        help="CTC fine-tuning of an upstream on asr or pr (full, lora, adapter, bitfit, prefix)",
+        description="wav2vec 2.0-style CTC fine-tuning (fairseq base_10h defaults): a linear CTC head on "
+        "the last layer, frontend frozen, head-only updates first, masking, tri-stage schedule. A "
+        "downstream run whose upstream trains: `speechssl downstream report` lists both.",
     )
-    parser.add_argument("--upstream", help="speechssl checkpoint dir, transformers dir, or fairseq/s3prl .pt")
-    parser.add_argument("--train", help="training data dir (wav.scp, text, ...)")
-    parser.add_argument("--valid", help="validation data dir (loss and CER at every checkpoint)")
-    parser.add_argument("--out", help="experiment dir")
-    parser.add_argument(
-        "--method", help="full, lora, adapter, bitfit or prefix (default: the config's, 'full')"
+    actions = parser.add_subparsers(dest="action", metavar="<action>", required=True)
+
+    tr = actions.add_parser("train", help="fine-tune; dev picks the checkpoint (and the lr of a sweep)")
+    tr.add_argument("--task", required=True, choices=list(FINETUNE_TASKS), help="asr (characters) or pr")
+    tr.add_argument(
+        "--upstream", required=True, help="speechssl checkpoint dir, transformers dir, or fairseq/s3prl .pt"
     )
-    parser.add_argument("--config", help="YAML mapped onto CTCFinetuneConfig (unknown keys are errors)")
-    parser.add_argument(
+    tr.add_argument(
+        "--name",
+        help="the run's name in results and `downstream report` columns (default: the upstream's "
+        "name and the method, e.g. 'hubert (finetune full)')",
+    )
+    tr.add_argument("--data", required=True, help="dir holding the task's train/, dev/ and test/ data dirs")
+    tr.add_argument(
+        "--out",
+        required=True,
+        help="experiment dir: new or empty (an earlier run of this command only with --resume); "
+        "locked while the run writes it",
+    )
+    tr.add_argument("--method", help="full, lora, adapter, bitfit or prefix (default: the config's, 'full')")
+    tr.add_argument(
+        "--config",
+        help="YAML mapped onto DownstreamConfig over the fine-tuning defaults (unknown keys are errors)",
+    )
+    tr.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="config override, e.g. trainer.lr=1e-4 or tuning.lora.rank=8 (repeatable)",
+        help="config override, e.g. lr=1e-4, tuning.lora.rank=8 or finetune.final_dropout=0.1 (repeatable)",
     )
-    parser.add_argument(
+    tr.add_argument(
         "--max-steps",
         type=int,
-        help="override trainer.max_steps; freeze_finetune_updates keeps its share of the run",
+        help="override max_steps; finetune.freeze_finetune_updates keeps its share of the run",
     )
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint of EXP")
-    add_overwrite_argument(parser)
-    parser.set_defaults(func=run_finetune)
+    tr.add_argument("--resume", action="store_true", help="continue from the last checkpoints of EXP")
+    add_overwrite_argument(tr)
+    tr.set_defaults(func=run_train)
 
-    actions = parser.add_subparsers(dest="action", metavar="[evaluate]")
-    ev = actions.add_parser("evaluate", help="greedy CER and mean CTC loss of a finished run on a data dir")
-    ev.add_argument("--out", dest="eval_out", required=True, help="experiment dir of `speechssl finetune`")
-    ev.add_argument("--data", dest="eval_data", required=True, help="data dir with text")
-    ev.add_argument("--max-batch-seconds", type=float, default=100.0, help="padded audio seconds per batch")
+    ev = actions.add_parser("evaluate", help="score the chosen checkpoint; writes EXP/results_<split>.json")
+    ev.add_argument("--out", required=True, help="experiment dir of `speechssl finetune train`")
+    ev.add_argument(
+        "--split",
+        default="test",
+        help="data split to score (default test; only test also writes EXP/results.json)",
+    )
     ev.set_defaults(func=run_evaluate)
 
 
-def run_finetune(args: argparse.Namespace) -> int:
-    from speechssl.tuning.ctc_finetune import load_finetune_config, run_finetune_experiment
-
-    missing = [f"--{name}" for name in ("upstream", "train", "out") if not getattr(args, name)]
-    if missing:
-        raise ValueError(
-            f"speechssl finetune needs {', '.join(missing)} (or use `speechssl finetune evaluate`)"
-        )
+def run_train(args: argparse.Namespace) -> int:
     config = load_finetune_config(args.config, args.overrides, method=args.method, max_steps=args.max_steps)
-    result = run_finetune_experiment(
+    best = train_downstream(
+        args.task,
         args.upstream,
-        args.train,
+        args.data,
         args.out,
         config,
-        valid_dir=args.valid,
         resume=args.resume,
+        name=args.name,
         overwrite=args.overwrite,
+        command=COMMAND,
     )
-    r = result.report  # of the whole model: upstream and CTC head
-    print(
-        f"finetune ({config.tuning.method}): {r.trainable:,} of {r.total:,} parameters trainable "
-        f"({100 * r.fraction:.3f}%); {result.train.step} updates; final model in {result.final_dir}"
-    )
+    if best:
+        dev = best["dev"][best["metric"]] if best.get("dev") else None
+        print(
+            f"finetune train ({config.tuning.method}): {args.task} on {args.upstream}: {config.max_steps} "
+            f"updates; best {best['run_dir']}/{best['checkpoint']} (dev {best['metric']} "
+            f"{dev if dev is None else f'{dev:.4f}'}); tuned upstream in {args.out}/{best['tuned_upstream']}"
+        )
     return 0
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from speechssl.tuning.ctc_finetune import evaluate_finetuned
-
-    print(
-        json.dumps(
-            evaluate_finetuned(args.eval_out, args.eval_data, max_batch_seconds=args.max_batch_seconds)
-        )
-    )
+    results = evaluate_downstream(args.out, split=args.split)
+    keys = ("task", "metric", "value", "split", "upstream", "trainable_params", "total_params", "metrics")
+    print(json.dumps({k: results[k] for k in keys}))
     return 0

@@ -1,13 +1,22 @@
-"""Typed defaults of a downstream run (`--config YAML` maps onto DownstreamConfig)."""
+"""Typed defaults of a downstream run (`--config YAML` maps onto DownstreamConfig).
+
+One config for both commands: `speechssl downstream train` starts from DownstreamConfig's
+defaults (SUPERB: frozen upstream, weighted sum, light head), `speechssl finetune train` from
+`finetune_defaults()` (fairseq base_10h: the upstream trained with a linear CTC head on its last
+layer, the `finetune` section set). The upstream's tuning is named one way in both: the
+`tuning` section (speechssl.tuning.TuningConfig: `method` and that method's options)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from speechssl.data.batching import BatchingConfig
 from speechssl.downstream.featurizers import FeaturizerConfig
+from speechssl.objectives.masking import MaskConfig
+from speechssl.training import TrainerConfig
+from speechssl.tuning import TuningConfig
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,11 +37,41 @@ class HeadConfig:
             raise ValueError(f"dropout must be in [0, 1), found {self.dropout}")
 
 
+def _finetune_mask() -> MaskConfig:
+    # fairseq base_10h: mask_prob 0.65 (length 10), mask_channel_prob 0.5 (length 64)
+    return MaskConfig(mask_prob=0.65, mask_length=10, channel_prob=0.5, channel_length=64)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinetuneConfig:
+    """What wav2vec 2.0-style CTC fine-tuning adds to a downstream run (fairseq `wav2vec_ctc`):
+    a linear CTC head on the encoder's LAST output (after `final_dropout`) instead of the
+    featurizer and the task's head, the upstream under no_grad for the first
+    `freeze_finetune_updates` updates (only the head learns), time/channel masking while
+    training and a LayerDrop override. Only the CTC tasks (asr, pr) fine-tune."""
+
+    freeze_finetune_updates: int = 10000  # fairseq: updates during which only the head trains
+    mask: MaskConfig = field(default_factory=_finetune_mask)  # applied in training only
+    apply_mask: bool = True  # fairseq: apply_mask
+    layerdrop: float | None = 0.1  # fairseq: layerdrop of the encoder while fine-tuning; None: the model's
+    final_dropout: float = 0.0  # fairseq: final_dropout (before the CTC head)
+
+    def __post_init__(self) -> None:
+        if self.freeze_finetune_updates < 0:
+            raise ValueError(f"freeze_finetune_updates must be >= 0, found {self.freeze_finetune_updates}")
+        if self.layerdrop is not None and not 0 <= self.layerdrop < 1:
+            raise ValueError(f"layerdrop must be in [0, 1) or null, found {self.layerdrop}")
+        if not 0 <= self.final_dropout < 1:
+            raise ValueError(f"final_dropout must be in [0, 1), found {self.final_dropout}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class DownstreamConfig:
-    RENAMED_KEYS: ClassVar[dict[str, str]] = {
-        "batch_seconds": "max_batch_seconds"
-    }  # old YAMLs: one-line hint
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {  # old YAMLs: one-line hint
+        "batch_seconds": "max_batch_seconds",
+        "tuning_options": "the tuning section's method options (tuning: {method: lora, lora: {rank: 8}})",
+        "upstream_trainable": "tuning.method: full (the conv frontend stays frozen)",
+    }
     featurizer: FeaturizerConfig = field(default_factory=FeaturizerConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     # optimisation (AdamW through the trainer)
@@ -42,6 +81,8 @@ class DownstreamConfig:
     eval_every: int = 500  # updates between checkpoints, each scored on dev with the task metric
     schedule: Literal["constant", "linear", "polynomial", "tri_stage"] = "constant"
     warmup_steps: int = 0
+    tri_stage_ratios: tuple[float, float, float] = (0.1, 0.4, 0.5)  # tri_stage: warmup, hold, decay
+    eps: float = 1e-6  # AdamW epsilon
     weight_decay: float = 0.0
     clip_norm: float = 1.0
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
@@ -50,10 +91,10 @@ class DownstreamConfig:
     max_batch_size: int | None = None
     max_seconds: float | None = None  # crop training utterances to this length (None: whole)
     num_workers: int = 0
-    # upstream
-    upstream_trainable: bool = False  # False: frozen, run under torch.no_grad (SUPERB)
-    tuning: str | None = None  # efficient tuning method by name (speechssl.tuning), e.g. "lora"
-    tuning_options: dict[str, Any] = field(default_factory=dict)
+    # upstream: "frozen" runs under torch.no_grad (SUPERB); any other method of speechssl.tuning.METHODS
+    # (adapter, lora, bitfit, prefix, full, or one a user added there) trains with the task
+    tuning: TuningConfig = field(default_factory=TuningConfig)
+    finetune: FinetuneConfig | None = None  # CTC fine-tuning (see FinetuneConfig); null: a head on features
     # ASR units
     asr_units: Literal["char", "sentencepiece"] = "char"
     sentencepiece_vocab_size: int = 300
@@ -65,7 +106,7 @@ class DownstreamConfig:
     log_every: int = 50
 
     def __post_init__(self) -> None:
-        for name in ("lr", "max_steps", "eval_every", "log_every", "sentencepiece_vocab_size"):
+        for name in ("lr", "eps", "max_steps", "eval_every", "log_every", "sentencepiece_vocab_size"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, found {getattr(self, name)}")
         if any(not (lr > 0 and math.isfinite(lr)) for lr in self.lr_sweep):
@@ -73,12 +114,43 @@ class DownstreamConfig:
         if len(set(self.lr_sweep)) != len(self.lr_sweep):
             raise ValueError(f"lr_sweep has duplicates: {self.lr_sweep}")
         self.batching()  # validates max_batch_seconds, max_batch_size and max_seconds
+        self.trainer()  # validates the schedule (tri_stage_ratios, warmup_steps, ...)
         if self.unknown_label is not None and not self.unknown_label.strip():
             raise ValueError("unknown_label must be a label or null, found an empty string")
-        if self.upstream_trainable and self.tuning:
-            raise ValueError(
-                "choose either upstream_trainable (full fine-tuning) or a tuning method, not both"
-            )
+        if self.finetune is not None:
+            if self.finetune.freeze_finetune_updates > self.max_steps:
+                raise ValueError(
+                    f"finetune.freeze_finetune_updates must be in [0, max_steps={self.max_steps}], "
+                    f"found {self.finetune.freeze_finetune_updates}"
+                )
+            if self.tuning.method == "frozen":
+                raise ValueError(
+                    "CTC fine-tuning needs a tuning method that trains something; found 'frozen' "
+                    "(use `speechssl downstream train` for a frozen upstream)"
+                )
+
+    def trainer(self, lr: float | None = None) -> TrainerConfig:
+        """The trainer's settings for one run (`lr`: one of an lr sweep): a checkpoint every
+        `eval_every` updates, all of them kept for the dev selection."""
+        saves = math.ceil(self.max_steps / self.eval_every)
+        unused = True if self.finetune is not None and self.finetune.freeze_finetune_updates else None
+        return TrainerConfig(
+            max_steps=self.max_steps,
+            lr=self.lr if lr is None else lr,
+            schedule=self.schedule,
+            warmup_steps=self.warmup_steps,
+            tri_stage_ratios=self.tri_stage_ratios,
+            eps=self.eps,
+            weight_decay=self.weight_decay,
+            clip_norm=self.clip_norm,
+            precision=self.precision,
+            save_every=self.eval_every,
+            keep_last=saves + 1,
+            log_every=min(self.log_every, self.max_steps),
+            seed=self.seed,
+            num_workers=self.num_workers,
+            find_unused_parameters=unused,  # DDP: the head-only updates leave the upstream out
+        )
 
     def batching(self) -> BatchingConfig:
         """The batching settings (training utterances are cropped at a random window)."""
@@ -88,3 +160,23 @@ class DownstreamConfig:
             max_seconds=self.max_seconds,
             crop="random",
         )
+
+
+def finetune_defaults() -> DownstreamConfig:
+    """The defaults of `speechssl finetune train`: fairseq's base_10h (lr 5e-5, 20k updates,
+    tri-stage 0.1/0.4/0.5, adam eps 1e-8, no weight decay, no clipping, 10k head-only updates,
+    3.2M samples per batch), the whole upstream but its conv frontend trained."""
+    return DownstreamConfig(
+        lr=5e-5,
+        max_steps=20000,
+        eval_every=1000,
+        schedule="tri_stage",
+        tri_stage_ratios=(0.1, 0.4, 0.5),
+        eps=1e-8,
+        weight_decay=0.0,
+        clip_norm=0.0,
+        log_every=200,
+        max_batch_seconds=200.0,
+        tuning=TuningConfig(method="full"),
+        finetune=FinetuneConfig(),
+    )

@@ -73,6 +73,11 @@ def word_error_rate(refs: Sequence[str], hyps: Sequence[str]) -> float:
     return error_rate([r.split() for r in refs], [h.split() for h in hyps])
 
 
+def char_error_rate(refs: Sequence[str], hyps: Sequence[str]) -> float:
+    """CER over the characters of the words, one space between words (spaces are characters)."""
+    return error_rate([list(" ".join(r.split())) for r in refs], [list(" ".join(h.split())) for h in hyps])
+
+
 def phone_error_rate(refs: Sequence[Sequence[str]], hyps: Sequence[Sequence[str]]) -> float:
     """PER over phone sequences (lists of phone symbols)."""
     return error_rate(refs, hyps)

@@ -7,19 +7,25 @@ Experiment layout (EXP = out_dir):
     EXP/[lr_<lr>/]dev_scores.json         dev metric of every checkpoint
     EXP/best.json            the chosen run and checkpoint (best dev metric over steps and lrs)
     EXP/results_<split>.json written by evaluate_downstream (results.json: the test split's, as before)
+    EXP/upstream/            a trained upstream (tuning.method full) of the chosen checkpoint: a speechssl
+                             checkpoint (load_upstream, export); EXP/tuned.safetensors for other methods
+
+`speechssl downstream train` and `speechssl finetune train` (CTC fine-tuning: `config.finetune`
+set, speechssl.downstream.finetune) are both this runner; EXP's marker names the command.
 
 Before any compute `train_downstream` checks, in this order and in seconds: EXP follows the
 output rule (new, empty, or this command's own experiment; a finished one needs --resume),
 every split of the data (`Task.check_split`: non-empty, targets cover the utterances, dev/test
-labels known, ASV trials sound), then it takes the experiment lock (`EXP/.lock`) for the run.
+labels known, ASV trials sound), on --resume that EXP/task/ holds the vocabularies of the
+training data and each run's last checkpoint verifies and was trained with the same config (up
+to `RESUMABLE`), then it takes the experiment lock (`EXP/.lock`) for the run.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
@@ -27,23 +33,30 @@ from typing import Any
 
 import torch
 import yaml
-from torch import nn
 
 from speechssl.config import from_dict, to_dict
 from speechssl.data.batching import build_loader
 from speechssl.data.dataset import Batch
 from speechssl.downstream.config import DownstreamConfig
 from speechssl.downstream.featurizers import build_featurizer
+from speechssl.downstream.finetune import (
+    build_finetune_model,
+    check_finetune_task,
+    configure_upstream,
+    scale_run,
+)
 from speechssl.downstream.model import DownstreamModel
 from speechssl.downstream.tasks import SPLITS, DataCheckError, Task, build_task
 from speechssl.errors import OutputExistsError
-from speechssl.interop.upstream import UpstreamModel, load_upstream, upstream_name
+from speechssl.interop.upstream import BUILTIN_UPSTREAMS, UpstreamModel, load_upstream, upstream_name
 from speechssl.io import atomic_write_text
+from speechssl.models.checkpoint import save_checkpoint
 from speechssl.outputs import ExperimentLock, check_output, read_marker, write_marker
-from speechssl.training import TrainerConfig
 from speechssl.training.checkpoints import load_checkpoint, step_dirs
 from speechssl.training.distributed import env_rank, env_world_size
+from speechssl.training.experiment import check_resume, resume_checkpoint
 from speechssl.training.trainer import train_on_loaders
+from speechssl.tuning import apply_tuning, save_tuned
 
 log = logging.getLogger(__name__)
 
@@ -51,59 +64,36 @@ EXP_FILE = "downstream.yaml"
 BEST_FILE = "best.json"
 RESULTS_FILE = "results.json"  # the test split's results (what `report` reads by default)
 TRAIN_COMMAND = "downstream train"
+TUNED_UPSTREAM = "upstream"  # EXP/upstream/: the fully fine-tuned upstream, a speechssl checkpoint
+TUNED_WEIGHTS = "tuned.safetensors"  # EXP/tuned.safetensors: the weights of any other tuning method
+# config keys a resumed run may change: its length, logging and loading (and the head-only
+# share of a fine-tuning run, which --max-steps scales)
+RESUMABLE = frozenset(
+    {"max_steps", "eval_every", "log_every", "num_workers", "finetune.freeze_finetune_updates"}
+)
+LEGACY_FINETUNE = ("finetune.yaml", "final/ctc_head.safetensors")  # of the top-level `speechssl finetune`
 
 
 def results_file(split: str) -> str:
     return f"results_{split}.json"
 
 
-# --- efficient tuning plug-in -----------------------------------------------------------
-# A tuning method is `fn(upstream, **options) -> upstream` (speechssl.tuning's methods are
-# reached through its `apply_tuning`): it receives the upstream with every parameter
-# frozen and returns it (or a wrapper with the same interface) with its own
-# trainable parameters (requires_grad=True). Those join the optimizer and the checkpoints;
-# the frozen upstream weights are never saved by the runner.
-TuningMethod = Callable[..., nn.Module]
-_TUNING_METHODS: dict[str, TuningMethod] = {}
-
-
-def register_tuning(name: str, method: TuningMethod) -> None:
-    """Make a tuning method available to `DownstreamConfig.tuning` by name."""
-    _TUNING_METHODS[name] = method
-
-
-def _library_methods() -> dict[str, Any]:
-    try:
-        from speechssl.tuning import METHODS
-    except ImportError:
-        return {}
-    return dict(METHODS)
-
-
-def apply_tuning_by_name(upstream: nn.Module, name: str, options: dict[str, Any]) -> nn.Module:
-    """Methods registered here first, then speechssl.tuning's (adapter, lora, bitfit, prefix, full)."""
-    if name in _TUNING_METHODS:
-        return _TUNING_METHODS[name](upstream, **options)
-    if name not in _library_methods():
-        valid = sorted(set(_TUNING_METHODS) | set(_library_methods()))
-        raise ValueError(f"unknown tuning method '{name}'; valid methods: {', '.join(valid) or '(none)'}")
-    from speechssl.tuning import apply_tuning, tuning_config
-
-    report = apply_tuning(upstream, tuning_config(name, options, source="tuning_options"))
-    log.info("tuning %s", report)
-    return upstream
-
-
 # --- building blocks ---------------------------------------------------------------------
 def prepare_upstream(spec: str | Path, config: DownstreamConfig) -> UpstreamModel:
+    """Load the upstream and apply `config.tuning` (speechssl.tuning: the one registry of tuning
+    methods, `METHODS`; "frozen" leaves every weight frozen), then the fine-tuning settings."""
     upstream = load_upstream(spec)
-    upstream.requires_grad_(config.upstream_trainable)
-    if config.tuning:
-        upstream = apply_tuning_by_name(upstream, config.tuning, dict(config.tuning_options))
+    report = apply_tuning(upstream, config.tuning)
+    if config.tuning.method != "frozen":
+        log.info("tuning %s", report)
+    if config.finetune is not None:
+        configure_upstream(upstream, config.finetune)
     return upstream
 
 
 def build_model(task: Task, upstream: UpstreamModel, config: DownstreamConfig) -> DownstreamModel:
+    if config.finetune is not None:
+        return build_finetune_model(task, upstream, config.finetune, config.seed)
     featurizer = build_featurizer(config.featurizer, upstream.num_layers + 1, upstream.hidden_dim)
     head = task.build_head(featurizer.output_dim)
     return DownstreamModel(upstream, featurizer, head, task)
@@ -148,24 +138,6 @@ def _load_weights(model: DownstreamModel, checkpoint: Path) -> None:
 
 
 # --- training ----------------------------------------------------------------------------
-def _trainer_config(config: DownstreamConfig, lr: float) -> TrainerConfig:
-    saves = math.ceil(config.max_steps / config.eval_every)
-    return TrainerConfig(
-        max_steps=config.max_steps,
-        lr=lr,
-        schedule=config.schedule,
-        warmup_steps=config.warmup_steps,
-        weight_decay=config.weight_decay,
-        clip_norm=config.clip_norm,
-        precision=config.precision,
-        save_every=config.eval_every,
-        keep_last=saves + 1,
-        log_every=min(config.log_every, config.max_steps),
-        seed=config.seed,
-        num_workers=config.num_workers,
-    )
-
-
 def _select_checkpoint(
     task: Task, upstream_spec: str, run_dir: Path, config: DownstreamConfig
 ) -> dict[str, Any]:
@@ -228,7 +200,7 @@ def _train_run(
     train_on_loaders(
         model,
         loader,
-        _trainer_config(config, lr),
+        config.trainer(lr),
         run_dir,
         resume=resume,
         save_config=lambda path: atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False)),
@@ -252,14 +224,21 @@ def check_task_data(task: Task, splits: tuple[str, ...] = SPLITS) -> None:
 
 
 def _check_experiment_out(
-    out_dir: Path, task: str, upstream_spec: str, resume: bool, inputs: tuple[Path, ...]
+    out_dir: Path,
+    task: str,
+    upstream_spec: str,
+    resume: bool,
+    inputs: tuple[Path, ...],
+    *,
+    command: str = TRAIN_COMMAND,
+    overwrite: bool = False,
 ) -> None:
     """The output rule for EXP: new, empty, or this command's own experiment (a finished one
     only with --resume, and only for the same task and upstream); an unmarked experiment of an
     older speechssl with its downstream.yaml is resumed as its own."""
     exp_path = out_dir / EXP_FILE
     if not (resume and exp_path.is_file() and read_marker(out_dir) is None):
-        check_output(out_dir, TRAIN_COMMAND, inputs=inputs)
+        check_output(out_dir, command, inputs=inputs, overwrite=overwrite)
     if not exp_path.is_file():
         return
     if not resume:
@@ -275,6 +254,21 @@ def _check_experiment_out(
         )
 
 
+def _run_dirs(out_dir: Path, config: DownstreamConfig) -> list[tuple[float, Path]]:
+    """(lr, run dir) of every run: one per lr of the sweep (EXP/lr_<lr>/), else EXP itself."""
+    return [
+        (lr, out_dir / f"lr_{lr:g}" if config.lr_sweep else out_dir) for lr in config.lr_sweep or [config.lr]
+    ]
+
+
+def _check_resume(out_dir: Path, config: DownstreamConfig) -> None:
+    """Each run's last checkpoint verifies and was trained with this config, up to `RESUMABLE`."""
+    for _, run_dir in _run_dirs(out_dir, config):
+        source = resume_checkpoint(run_dir, True)
+        if source is not None:
+            check_resume(source, config, allowed=RESUMABLE)
+
+
 def train_downstream(
     task: str,
     upstream_spec: str | Path,
@@ -285,35 +279,57 @@ def train_downstream(
     max_steps: int | None = None,
     resume: bool = False,
     name: str | None = None,
+    overwrite: bool = False,
+    command: str = TRAIN_COMMAND,
 ) -> dict[str, Any]:
     """Train `task` on `data_dir/{train,dev,test}` over `upstream_spec` ("fbank" or any
     load_upstream source) into `out_dir`; returns (and writes to best.json) the chosen run.
     `name` names the upstream in results and reports (default: `default_upstream_name`; a
-    resumed run keeps its recorded name).
+    resumed run keeps its recorded name). `command` is the one recorded in EXP's marker
+    (`finetune train` for CTC fine-tuning, i.e. `config.finetune` set).
 
     With `config.lr_sweep` one run per lr goes to `out_dir/lr_<lr>/` and the best dev metric wins.
+    A trained upstream (`config.tuning` other than frozen) of the chosen checkpoint is written
+    to EXP/upstream/ (full: a speechssl checkpoint) or EXP/tuned.safetensors (`save_tuned`).
     Every input is checked before anything is written (see the module docstring)."""
     if name is not None and (not name.strip() or any(c in name for c in "|\n\r")):
         raise ValueError(f"upstream name {name!r} must be non-empty text without '|' or line breaks")
-    config = config or DownstreamConfig()
-    if max_steps is not None:
-        config = replace(config, max_steps=max_steps, eval_every=min(config.eval_every, max_steps))
+    config = scale_run(config or DownstreamConfig(), max_steps)
     out_dir, data_dir = Path(out_dir), Path(data_dir)
     if not data_dir.is_dir():
         raise FileNotFoundError(
             f"data dir {data_dir} does not exist (expected {data_dir}/{{train,dev,test}})"
         )
+    if config.tuning.method != "frozen" and str(upstream_spec) in BUILTIN_UPSTREAMS:
+        raise ValueError(
+            f"tuning method '{config.tuning.method}' needs an upstream with a transformer encoder; "
+            f"'{upstream_spec}' has none (it runs with tuning.method: frozen)"
+        )
     task_obj = build_task(task, data_dir, out_dir, config)  # reads nothing yet
+    if config.finetune is not None:
+        check_finetune_task(task_obj)
     main = env_rank() == 0
     if main:
         inputs = (data_dir, *([Path(upstream_spec)] if Path(upstream_spec).exists() else []))
-        _check_experiment_out(out_dir, task, str(upstream_spec), resume, inputs)
+        _check_experiment_out(
+            out_dir, task, str(upstream_spec), resume, inputs, command=command, overwrite=overwrite
+        )
     check_task_data(task_obj)
+    if main and resume:
+        task_obj.check_saved_vocabularies()
+        _check_resume(out_dir, config)
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_marker(out_dir, TRAIN_COMMAND, experiment=True)
-    with ExperimentLock(out_dir, TRAIN_COMMAND) if main else nullcontext():
+        write_marker(out_dir, command, experiment=True)
+    with ExperimentLock(out_dir, command) if main else nullcontext():
         return _train_locked(task_obj, str(upstream_spec), data_dir, out_dir, config, resume, name)
+
+
+def default_name(upstream_spec: str, config: DownstreamConfig) -> str:
+    """The upstream's name (`upstream_name`), and for a fine-tuning run its method, so that
+    `downstream report` puts a fine-tuned and a frozen run of one upstream side by side."""
+    base = upstream_name(upstream_spec)
+    return base if config.finetune is None else f"{base} (finetune {config.tuning.method})"
 
 
 def _train_locked(
@@ -332,7 +348,7 @@ def _train_locked(
     exp = {
         "task": task,
         "upstream": upstream_spec,
-        "name": name or upstream_name(upstream_spec),
+        "name": name or default_name(upstream_spec, config),
         "data_dir": str(data_dir.resolve()),
         "config": to_dict(config),
     }
@@ -340,8 +356,7 @@ def _train_locked(
         atomic_write_text(exp_path, yaml.safe_dump(exp, sort_keys=False))
         task_obj.save()
     runs = []
-    for lr in config.lr_sweep or [config.lr]:
-        run_dir = out_dir / f"lr_{lr:g}" if config.lr_sweep else out_dir
+    for lr, run_dir in _run_dirs(out_dir, config):
         selection = _train_run(task_obj, upstream_spec, run_dir, config, lr, resume)
         runs.append({"run_dir": str(run_dir.relative_to(out_dir)), **selection})
     if env_rank() != 0:
@@ -353,20 +368,77 @@ def _train_locked(
         ):
             best = run
     summary = {**best, "metric": task_obj.metric, "runs": runs}
+    if config.tuning.method != "frozen":
+        summary["tuned_upstream"] = _save_tuned_upstream(task_obj, upstream_spec, out_dir, config, best)
     _write_json(out_dir / BEST_FILE, summary)
     log.info("best: %s", {k: v for k, v in summary.items() if k != "runs"})
     return summary
 
 
+def _save_tuned_upstream(
+    task: Task, upstream_spec: str, out_dir: Path, config: DownstreamConfig, best: dict[str, Any]
+) -> str:
+    """The chosen checkpoint's upstream, usable without the head: EXP/upstream/ for full tuning
+    (a speechssl checkpoint: `load_upstream`, `speechssl export`), else EXP/tuned.safetensors
+    (`load_tuned(load_upstream(<the upstream>), ...)`). Returns its name in EXP."""
+    model = build_model(task, prepare_upstream(upstream_spec, config), config)
+    _load_weights(model, out_dir / best["run_dir"] / best["checkpoint"])
+    upstream = model.upstream
+    if config.tuning.method == "full":
+        save_checkpoint(upstream.model, upstream.config, out_dir / TUNED_UPSTREAM)
+        return TUNED_UPSTREAM
+    save_tuned(upstream, out_dir / TUNED_WEIGHTS)
+    return TUNED_WEIGHTS
+
+
 # --- evaluation --------------------------------------------------------------------------
 def load_experiment(out_dir: str | Path) -> tuple[dict[str, Any], DownstreamConfig]:
-    path = Path(out_dir) / EXP_FILE
+    out_dir = Path(out_dir)
+    path = out_dir / EXP_FILE
     if not path.is_file():
+        legacy = [name for name in LEGACY_FINETUNE if (out_dir / name).is_file()]
+        if legacy:
+            raise FileNotFoundError(
+                f"{out_dir} is an experiment of the old `speechssl finetune` ({legacy[0]}), which this "
+                f"version does not read: train it again with `speechssl finetune train --task asr ...`"
+                + (" (its final/upstream/ is a speechssl checkpoint that load_upstream reads)"
+                   if (out_dir / "final" / "upstream").is_dir() else "")
+            )  # fmt: skip
         raise FileNotFoundError(
             f"{path} does not exist: train the experiment first (speechssl downstream train)"
         )
     exp = yaml.safe_load(path.read_text())
-    return exp, from_dict(DownstreamConfig, exp["config"], source=str(path), section="config")
+    config = _upgrade_config(dict(exp["config"]))
+    return exp, from_dict(DownstreamConfig, config, source=str(path), section="config")
+
+
+def _upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
+    """An experiment recorded before the tuning section: `tuning: <name>` + `tuning_options`,
+    or `upstream_trainable: true`, become `tuning: {method: ..., <method>: options}`."""
+    if isinstance(config.get("tuning"), dict):
+        return config
+    trainable = config.pop("upstream_trainable", False)
+    options = config.pop("tuning_options", None) or {}
+    method = config.pop("tuning", None) or ("full" if trainable else "frozen")
+    config["tuning"] = {"method": method, **({method: options} if options else {})}
+    return config
+
+
+def load_trained(out_dir: str | Path, checkpoint: str | Path | None = None) -> DownstreamModel:
+    """The model of an experiment (eval mode, on the CPU) with the weights of `checkpoint`
+    (default: the one best.json chose): upstream, tuning and head rebuilt from EXP/downstream.yaml."""
+    out_dir = Path(out_dir)
+    exp, config = load_experiment(out_dir)
+    if checkpoint is None:
+        best_path = out_dir / BEST_FILE
+        if not best_path.is_file():
+            raise FileNotFoundError(f"{best_path} does not exist: training of {out_dir} did not finish")
+        best = json.loads(best_path.read_text())
+        checkpoint = out_dir / best["run_dir"] / best["checkpoint"]
+    task = build_task(exp["task"], exp["data_dir"], out_dir, config)
+    model = build_model(task, prepare_upstream(exp["upstream"], config), config)
+    _load_weights(model, Path(checkpoint))
+    return model.eval()
 
 
 def evaluate_downstream(out_dir: str | Path, split: str = "test") -> dict[str, Any]:
@@ -384,9 +456,8 @@ def evaluate_downstream(out_dir: str | Path, split: str = "test") -> dict[str, A
     if not task.has_split(split):
         raise FileNotFoundError(f"task {task.name}: no usable '{split}' split under {exp['data_dir']}")
     task.check_split(split)
-    model = build_model(task, prepare_upstream(exp["upstream"], config), config).to(_device())
     checkpoint = out_dir / best["run_dir"] / best["checkpoint"]
-    _load_weights(model, checkpoint)
+    model = load_trained(out_dir, checkpoint).to(_device())
     values = score_split(model, split, config)
     trainable, total = model.num_parameters()
     results = {
@@ -402,7 +473,7 @@ def evaluate_downstream(out_dir: str | Path, split: str = "test") -> dict[str, A
         "lr": best["lr"],
         "step": best["step"],
         "checkpoint": str(checkpoint),
-        "featurizer": config.featurizer.name,
+        "featurizer": config.featurizer.name if config.finetune is None else "last layer (finetune)",
         "layer_weights": model.layer_weights(),
     }
     _write_json(out_dir / results_file(split), results)

@@ -17,11 +17,14 @@ text lacks map to the `<unk>` token (WER is scored on the words, so they count a
 | task | data file (per split)  | head                        | loss        | metric      |
 |------|------------------------|-----------------------------|-------------|-------------|
 | pr   | phones                 | linear                      | CTC         | PER (lower) |
-| asr  | text                   | 2-layer BiLSTM              | CTC         | WER (lower) |
+| asr  | text                   | 2-layer BiLSTM              | CTC         | WER (lower), CER |
 | ks   | text (keyword label)   | mean pool + linear          | CE          | accuracy    |
 | ic   | intent (3 slots)       | mean pool + linear per slot | CE summed   | accuracy    |
 | sid  | utt2spk                | mean pool + linear          | CE          | accuracy    |
 | asv  | utt2spk (train), trials| x-vector                    | AM-softmax  | EER (lower) |
+
+CTC fine-tuning (speechssl.downstream.finetune) trains asr or pr with a linear head on the
+upstream's last layer instead (the vocabulary, loss and metric stay the task's).
 """
 
 from __future__ import annotations
@@ -208,12 +211,14 @@ class Task:
         self.data_dir, self.exp_dir, self.config = Path(data_dir), Path(exp_dir), config
         self.task_dir = self.exp_dir / "task"
         self._unsaved: dict[str, TokenTable] = {}
+        self._builders: dict[str, Callable[[], list[str]]] = {}
 
     # vocabularies
     def _table(self, filename: str, build: Callable[[], list[str]]) -> TokenTable:
         """EXP/task/<filename> when it exists (evaluation, resume), else built from the data
         and written by `save`."""
         path = self.task_dir / filename
+        self._builders[filename] = build
         if path.is_file():
             return TokenTable.load(path)
         table = TokenTable(build())
@@ -241,6 +246,18 @@ class Task:
     def vocabularies(self) -> list[TokenTable]:
         """Every vocabulary of the task (building them)."""
         return []
+
+    def check_saved_vocabularies(self) -> None:
+        """A resumed run: the vocabularies EXP/task/ holds are those of the training data now
+        (other data would give the head's outputs other meanings)."""
+        self.vocabularies()
+        for filename, build in self._builders.items():
+            path = self.task_dir / filename
+            if path.is_file() and TokenTable.load(path).symbols != build():
+                raise DataCheckError(
+                    f"{path} does not match the labels of {self.data_dir / 'train'} ({self.target_file}); "
+                    "resume with the same training data, or train into another --out"
+                )
 
     # start-up checks
     def required_files(self, split: str) -> tuple[str, ...]:
@@ -376,12 +393,16 @@ class Task:
         batches: Iterable[dict],
         split: str,
     ) -> dict[str, float]:
-        """{metric: value} over a split; `features(batch)` runs upstream + featurizer."""
+        """{metric: value, ...} over a split; `features(batch)` runs upstream + featurizer."""
         refs, hyps = [], []
         for batch in batches:
             x, lengths = features(batch)
             hyps += self.predict(head, x, lengths, batch)
             refs += self.references(batch)
+        return self.scores(refs, hyps)
+
+    def scores(self, refs: list[Any], hyps: list[Any]) -> dict[str, float]:
+        """The task metric (and any others the task reports) of a split's predictions."""
         return {self.metric: self.score(refs, hyps)}
 
     def better(self, a: float, b: float) -> bool:
@@ -456,7 +477,8 @@ class PhoneRecognition(_CTCTask):
 
 
 class SpeechRecognition(_CTCTask):
-    """ASR: text -> characters ('|' between words) or sentencepiece units; BiLSTM CTC head; WER.
+    """ASR: text -> characters ('|' between words) or sentencepiece units; BiLSTM CTC head; WER
+    (and CER over the characters of the words).
     Characters of dev/test that the training text lacks become `<unk>` (said once at start-up);
     the WER is scored on the words, so such a word still counts as an error."""
 
@@ -580,6 +602,9 @@ class SpeechRecognition(_CTCTask):
 
     def score(self, refs, hyps):
         return metrics.word_error_rate(refs, hyps)
+
+    def scores(self, refs, hyps):
+        return {"wer": self.score(refs, hyps), "cer": metrics.char_error_rate(refs, hyps)}
 
 
 class _ClassificationTask(Task):

@@ -50,3 +50,11 @@ def downstream_train(data: Path, out: Path, *extra: object, task: str = "ks", up
     return run_cli(
         "downstream", "train", "--task", task, "--upstream", upstream, "--data", data, "--out", out, *extra
     )
+
+
+def finetune_train(data: Path, out: Path, upstream: Path | str, *extra: object, task: str = "asr") -> int:
+    """`speechssl finetune train --task TASK --upstream UPSTREAM --data DATA --out OUT EXTRA...`; its
+    exit status."""
+    return run_cli(
+        "finetune", "train", "--task", task, "--upstream", upstream, "--data", data, "--out", out, *extra
+    )

@@ -1,6 +1,7 @@
 """Experiment dirs of the training commands: locked for the whole run, checked before any write.
 
-`speechssl pretrain | distill | prune | finetune` share one sequence (`experiment`):
+`speechssl pretrain | distill | prune` share one sequence (`experiment`; `downstream train` and
+`finetune train` follow the same rule through the downstream runner):
 
 1. the output rule (`speechssl.outputs.check_output`): a new or empty dir, or this command's own
    earlier experiment; checkpoints of an earlier run need `--resume`;

@@ -1,5 +1,7 @@
 """Efficient tuning of an upstream: adapters, LoRA, BitFit, prefix tuning, full
-fine-tuning (frontend frozen), and wav2vec 2.0-style CTC fine-tuning."""
+fine-tuning (frontend frozen), chosen by name from one registry (`METHODS`; a new method is
+`METHODS[name] = fn(ssl_model, config) -> names of the parameters to train`). CTC fine-tuning
+with any of them is a downstream run (speechssl.downstream.finetune, `speechssl finetune`)."""
 
 from speechssl.tuning.adapters import AdapterConfig, AdapterLinear, BottleneckAdapter
 from speechssl.tuning.bitfit import BitFitConfig

@@ -267,9 +267,15 @@ def test_asr_uses_the_model_of_downstream_tokenizer(task_data, tmp_path):
 @pytest.mark.parametrize("config_class", ["downstream", "finetune"])
 def test_a_config_with_the_old_batch_seconds_key_says_its_new_name(tmp_path, config_class):
     from speechssl.config import ConfigError, load_config
-    from speechssl.tuning.ctc_finetune import CTCFinetuneConfig
+    from speechssl.downstream.finetune import load_finetune_config
 
-    cls = DownstreamConfig if config_class == "downstream" else CTCFinetuneConfig
+    def load(conf):  # `downstream train --config` or `finetune train --config`
+        return (
+            load_config(DownstreamConfig, conf)
+            if config_class == "downstream"
+            else load_finetune_config(conf)
+        )
+
     conf = tmp_path / "old.yaml"
     conf.write_text("batch_seconds: 32.0\n")
     with pytest.raises(
@@ -277,6 +283,6 @@ def test_a_config_with_the_old_batch_seconds_key_says_its_new_name(tmp_path, con
         match=r"unknown key 'batch_seconds' in .*old\.yaml: batch_seconds is now "
         r"max_batch_seconds",
     ):
-        load_config(cls, conf)
+        load(conf)
     conf.write_text("max_batch_seconds: 32.0\n")
-    assert load_config(cls, conf).batching().max_batch_seconds == 32.0
+    assert load(conf).batching().max_batch_seconds == 32.0

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from speechssl.data.dataset import collate_audio
@@ -16,10 +17,11 @@ from speechssl.downstream.runner import (
     build_model,
     evaluate_downstream,
     prepare_upstream,
-    register_tuning,
     train_downstream,
 )
+from speechssl.interop.upstream import load_upstream
 from speechssl.testing.cli import downstream_train, run_cli
+from speechssl.tuning import METHODS, TuningConfig, load_tuned
 
 SMALL = HeadConfig(hidden_dim=16, lstm_layers=2, xvector_channels=16, embed_dim=8)
 
@@ -53,16 +55,14 @@ def test_frozen_upstream_gets_no_gradient_and_does_not_change(task_data, tiny_up
     assert total > trainable
 
 
-def _bias_tuning(upstream, *, scope: str = "encoder"):
-    """A BitFit-like stand-in for speechssl.tuning: unfreeze the biases under `scope`."""
-    for name, p in upstream.named_parameters():
-        p.requires_grad_(name.endswith(".bias") and scope in name)
-    return upstream
+def _bias_tuning(model, config):
+    """A BitFit-like stand-in for a user's method in speechssl.tuning.METHODS: the encoder's biases."""
+    return [name for name, _ in model.named_parameters() if name.endswith(".bias") and "encoder" in name]
 
 
-def test_tuning_method_plugs_in_by_name(task_data, tiny_upstream, tmp_path):
-    register_tuning("bias_test", _bias_tuning)
-    config = small_config(tuning="bias_test", tuning_options={"scope": "encoder"})
+def test_tuning_method_plugs_in_by_name(task_data, tiny_upstream, tmp_path, monkeypatch):
+    monkeypatch.setitem(METHODS, "bias_test", _bias_tuning)  # the one registry, undone after the test
+    config = small_config(tuning=TuningConfig(method="bias_test"))
     out = tmp_path / "exp"
     train_downstream("ks", tiny_upstream, task_data["ks"], out, config, max_steps=2)
     state = load_file(str(out / "checkpoints" / "step_2" / "model.safetensors"))
@@ -70,8 +70,8 @@ def test_tuning_method_plugs_in_by_name(task_data, tiny_upstream, tmp_path):
     assert upstream_keys and all(k.endswith(".bias") and "encoder" in k for k in upstream_keys)
     results = evaluate_downstream(out)
     assert results["trainable_params"] < results["total_params"]
-    with pytest.raises(ValueError, match="unknown tuning method 'nope'; valid methods: .*bias_test"):
-        train_downstream("ks", tiny_upstream, task_data["ks"], tmp_path / "x", small_config(tuning="nope"))
+    with pytest.raises(ValueError, match="unknown tuning method 'nope'; valid: .*bias_test"):
+        small_config(tuning=TuningConfig(method="nope"))
 
 
 @pytest.mark.parametrize("task", ["pr", "asr", "ks", "ic", "sid", "asv"])
@@ -208,11 +208,49 @@ def test_asr_with_sentencepiece_units(task_data, tmp_path):
 
 
 def test_lora_from_speechssl_tuning_trains_only_its_weights(task_data, tiny_upstream, tmp_path):
-    pytest.importorskip("speechssl.tuning")
     out = tmp_path / "lora"
-    train_downstream("ks", tiny_upstream, task_data["ks"], out, small_config(tuning="lora"), max_steps=2)
+    config = small_config(tuning=TuningConfig(method="lora"))
+    best = train_downstream("ks", tiny_upstream, task_data["ks"], out, config, max_steps=2)
     state = load_file(str(out / "checkpoints" / "step_2" / "model.safetensors"))
     upstream_keys = [k for k in state if k.startswith("upstream.")]
     assert upstream_keys and all("lora" in k for k in upstream_keys)
     results = evaluate_downstream(out)
     assert 0 < results["trainable_params"] < results["total_params"]
+    # the chosen checkpoint's tuned weights, usable without the head
+    assert best["tuned_upstream"] == "tuned.safetensors" and not (out / "upstream").exists()
+    tuned = load_upstream(tiny_upstream)
+    load_tuned(tuned, out / "tuned.safetensors")
+    chosen = load_file(str(out / best["run_dir"] / best["checkpoint"] / "model.safetensors"))
+    for name, value in tuned.named_parameters():
+        if "lora" in name:
+            assert torch.equal(value, chosen["upstream." + name]), name
+
+
+def test_old_tuning_keys_name_the_tuning_section(tmp_path):
+    from speechssl.config import ConfigError, load_config
+
+    conf = tmp_path / "old.yaml"
+    for text, hint in (
+        ("tuning_options: {rank: 4}\n", "tuning_options is now the tuning section's method options"),
+        ("upstream_trainable: true\n", "upstream_trainable is now tuning.method: full"),
+    ):
+        conf.write_text(text)
+        with pytest.raises(ConfigError, match=f"unknown key .* in .*old.yaml: {hint}"):
+            load_config(DownstreamConfig, conf)
+
+
+def test_an_experiment_recorded_before_the_tuning_section_still_loads(tmp_path):
+    from speechssl.downstream.runner import load_experiment
+
+    for old, method, rank in (
+        ({"tuning": None, "tuning_options": {}, "upstream_trainable": False}, "frozen", None),
+        ({"tuning": "lora", "tuning_options": {"rank": 4}, "upstream_trainable": False}, "lora", 4),
+        ({"tuning": None, "tuning_options": {}, "upstream_trainable": True}, "full", None),
+    ):
+        (tmp_path / "downstream.yaml").write_text(
+            yaml.safe_dump({"task": "ks", "config": {"lr": 0.01, **old}})
+        )
+        _, config = load_experiment(tmp_path)
+        assert config.tuning.method == method and config.lr == 0.01
+        if rank is not None:
+            assert config.tuning.lora.rank == rank
