@@ -296,12 +296,14 @@ def _positional_cfg(enc: EncoderConfig, previous: dict[str, Any]) -> dict[str, A
     """Inverse of _positional_fields; an imported conv_pos that gives the same kernel is kept."""
     if enc.pos_conv_type == "weight_norm":
         return {"conv_pos": enc.pos_conv_kernel, "pos_conv_depth": 1}
+    if enc.pos_conv_kernel < 3:
+        raise ValueError(
+            f"fairseq's positional conv stack has kernels of at least 3 (max(3, conv_pos // depth));"
+            f" this model's is {enc.pos_conv_kernel}"
+        )
     conv_pos = previous.get("conv_pos")
     if not (isinstance(conv_pos, int) and max(3, conv_pos // enc.pos_conv_depth) == enc.pos_conv_kernel):
-        if enc.pos_conv_kernel == 3:  # max(3, .) hides smaller products; 3 * depth maps back to 3
-            conv_pos = 3 * enc.pos_conv_depth
-        else:
-            conv_pos = enc.pos_conv_kernel * enc.pos_conv_depth
+        conv_pos = enc.pos_conv_kernel * enc.pos_conv_depth
     return {"conv_pos": conv_pos, "pos_conv_depth": enc.pos_conv_depth}
 
 

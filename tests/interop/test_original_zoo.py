@@ -584,3 +584,15 @@ def test_malformed_data2vec_file_names_file_and_keys(tmp_path):
     torch.save({"task_cfg": {}, "model_cfg": model_cfg, "model_weight": state}, tmp_path / "d2v.pt")
     with pytest.raises(CheckpointKeyError, match=r"d2v\.pt: missing keys: encoder\.pos_conv\.2\.0\.bias$"):
         speechssl.load_upstream(tmp_path / "d2v.pt")
+
+
+def test_data2vec_kernel_fairseq_cannot_express_is_refused(tmp_path):
+    """fairseq builds kernel max(3, conv_pos // depth): a kernel-2 stack has no fairseq cfg."""
+    path, config, state = our_model_file(tmp_path, "data2vec_audio")
+    small = dataclasses.replace(config, encoder=dataclasses.replace(config.encoder, pos_conv_kernel=2))
+    small_state = build_model(small).state_dict()
+    for writer in (to_fairseq, to_s3prl):
+        with pytest.raises(
+            ValueError, match=r"kernels of at least 3 \(max\(3, conv_pos // depth\)\); this model's is 2$"
+        ):
+            writer(small, small_state)
