@@ -287,6 +287,14 @@ class TransformerEncoder(nn.Module):
         self.layer_norm_first = layer_norm_first
         self.layerdrop = layerdrop
 
+    def position_bias(self, x: Tensor) -> Tensor | None:
+        """WavLM: the ungated relative position bias (1, H, T, T) for x (B, T, D) that every layer
+        takes as `position_bias` (None for the other families). Code that runs the layers itself
+        (graph export) passes it on: `layer(x, padding_mask, encoder.position_bias(x))`."""
+        if self.relative_position is None:
+            return None
+        return self.relative_position(self.layers[0].attention.rel_attn_embed, x.shape[1], x.dtype)
+
     def forward(
         self, x: Tensor, padding_mask: Tensor | None = None, *, num_layers: int | None = None
     ) -> tuple[Tensor, list[Tensor]]:
@@ -301,10 +309,7 @@ class TransformerEncoder(nn.Module):
         if not self.layer_norm_first:
             x = self.layer_norm(x)
         x = self.dropout(x)
-        position_bias = None
-        if self.relative_position is not None:  # once per forward, (1, H, T, T)
-            table = self.layers[0].attention.rel_attn_embed
-            position_bias = self.relative_position(table, x.shape[1], x.dtype)
+        position_bias = self.position_bias(x)  # once per forward
         hidden_states = [x]
         for i, layer in enumerate(self.layers):
             if num_layers is not None and i >= num_layers:
