@@ -23,45 +23,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     actions = parser.add_subparsers(dest="action", metavar="<action>", required=True)
 
     tr = actions.add_parser("train", help="train a head; dev picks the checkpoint (and the lr of a sweep)")
-    tr.add_argument("--task", required=True, choices=list(TASKS), help="pr, asr, ks, ic, sid or asv")
-    tr.add_argument(
-        "--upstream",
-        required=True,
-        help="'fbank', a speechssl checkpoint dir, a transformers dir, or a fairseq/s3prl .pt",
-    )
-    tr.add_argument(
-        "--name",
-        help="the upstream's name in results and `downstream report` columns (default: derived from "
+    add_train_arguments(
+        tr,
+        tasks=list(TASKS),
+        upstream_help="'fbank', a speechssl checkpoint dir, a transformers dir, or a fairseq/s3prl .pt",
+        name_help="the upstream's name in results and `downstream report` columns (default: derived from "
         "--upstream: 'fbank', a file's stem, or the run dir of .../<run>/checkpoints/last)",
+        config_help="YAML mapped onto DownstreamConfig (unknown keys are errors)",
+        set_example="lr=1e-4, featurizer.name=hconv or tuning.method=lora",
+        max_steps_help="override max_steps",
     )
-    tr.add_argument("--data", required=True, help="dir holding the task's train/, dev/ and test/ data dirs")
-    tr.add_argument(
-        "--out",
-        required=True,
-        help="experiment dir: new or empty (an earlier run of this command only with --resume); "
-        "locked while the run writes it",
-    )
-    tr.add_argument("--config", help="YAML mapped onto DownstreamConfig (unknown keys are errors)")
-    tr.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config override, e.g. lr=1e-4, featurizer.name=hconv or tuning.method=lora (repeatable)",
-    )
-    tr.add_argument("--max-steps", type=int, help="override max_steps")
-    tr.add_argument("--resume", action="store_true", help="continue from the last checkpoints of EXP")
-    add_overwrite_argument(tr)
     tr.set_defaults(func=run_train)
 
     ev = actions.add_parser("evaluate", help="score the chosen checkpoint; writes EXP/results_<split>.json")
-    ev.add_argument("--out", required=True, help="experiment dir of `speechssl downstream train`")
-    ev.add_argument(
-        "--split",
-        default="test",
-        help="data split to score (default test; only test also writes EXP/results.json)",
-    )
+    add_evaluate_arguments(ev, "downstream train")
     ev.set_defaults(func=run_evaluate)
 
     tok = actions.add_parser(
@@ -94,6 +69,58 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     name.set_defaults(func=run_name)
 
 
+def add_train_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    tasks: list[str],
+    upstream_help: str,
+    name_help: str,
+    config_help: str,
+    set_example: str,
+    max_steps_help: str,
+) -> None:
+    """The arguments of a downstream run (`downstream train`, `finetune train`)."""
+    parser.add_argument("--task", required=True, choices=tasks, help=", ".join(tasks))
+    parser.add_argument("--upstream", required=True, help=upstream_help)
+    parser.add_argument("--name", help=name_help)
+    parser.add_argument(
+        "--data", required=True, help="dir holding the task's train/, dev/ and test/ data dirs"
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="experiment dir: new or empty (an earlier run of this command only with --resume); "
+        "locked while the run writes it",
+    )
+    parser.add_argument("--config", help=config_help)
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"config override, e.g. {set_example} (repeatable)",
+    )
+    parser.add_argument("--max-steps", type=int, help=max_steps_help)
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoints of EXP")
+    add_overwrite_argument(parser)
+
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser, train_command: str) -> None:
+    parser.add_argument("--out", required=True, help=f"experiment dir of `speechssl {train_command}`")
+    parser.add_argument(
+        "--split",
+        default="test",
+        help="data split to score (default test; only test also writes EXP/results.json)",
+    )
+
+
+def print_results(results: dict) -> None:
+    """The evaluation's one-line summary (the whole of it is in EXP/results_<split>.json)."""
+    keys = ("task", "metric", "value", "split", "upstream", "trainable_params", "total_params", "metrics")
+    print(json.dumps({k: results[k] for k in keys}))
+
+
 def _config(args: argparse.Namespace) -> DownstreamConfig:
     return load_config(DownstreamConfig, args.config, args.overrides)
 
@@ -122,15 +149,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    results = evaluate_downstream(args.out, split=args.split)
-    print(
-        json.dumps(
-            {
-                k: results[k]
-                for k in ("task", "metric", "value", "split", "upstream", "trainable_params", "total_params")
-            }
-        )
-    )
+    print_results(evaluate_downstream(args.out, split=args.split))
     return 0
 
 

@@ -10,9 +10,8 @@ trains (same data layout, experiment dir and results as `speechssl downstream`).
 from __future__ import annotations
 
 import argparse
-import json
 
-from speechssl.cli.common import add_overwrite_argument
+from speechssl.cli.downstream import add_evaluate_arguments, add_train_arguments, print_results
 from speechssl.downstream.finetune import FINETUNE_TASKS, load_finetune_config
 from speechssl.downstream.runner import evaluate_downstream, train_downstream
 
@@ -30,51 +29,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     actions = parser.add_subparsers(dest="action", metavar="<action>", required=True)
 
     tr = actions.add_parser("train", help="fine-tune; dev picks the checkpoint (and the lr of a sweep)")
-    tr.add_argument("--task", required=True, choices=list(FINETUNE_TASKS), help="asr (characters) or pr")
-    tr.add_argument(
-        "--upstream", required=True, help="speechssl checkpoint dir, transformers dir, or fairseq/s3prl .pt"
-    )
-    tr.add_argument(
-        "--name",
-        help="the run's name in results and `downstream report` columns (default: the upstream's "
+    add_train_arguments(
+        tr,
+        tasks=list(FINETUNE_TASKS),
+        upstream_help="speechssl checkpoint dir, transformers dir, or fairseq/s3prl .pt",
+        name_help="the run's name in results and `downstream report` columns (default: the upstream's "
         "name and the method, e.g. 'hubert (finetune full)')",
-    )
-    tr.add_argument("--data", required=True, help="dir holding the task's train/, dev/ and test/ data dirs")
-    tr.add_argument(
-        "--out",
-        required=True,
-        help="experiment dir: new or empty (an earlier run of this command only with --resume); "
-        "locked while the run writes it",
+        config_help="YAML mapped onto DownstreamConfig over the fine-tuning defaults "
+        "(unknown keys are errors)",
+        set_example="lr=1e-4, tuning.lora.rank=8 or finetune.final_dropout=0.1",
+        max_steps_help="override max_steps; finetune.freeze_finetune_updates keeps its share of the run",
     )
     tr.add_argument("--method", help="full, lora, adapter, bitfit or prefix (default: the config's, 'full')")
-    tr.add_argument(
-        "--config",
-        help="YAML mapped onto DownstreamConfig over the fine-tuning defaults (unknown keys are errors)",
-    )
-    tr.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config override, e.g. lr=1e-4, tuning.lora.rank=8 or finetune.final_dropout=0.1 (repeatable)",
-    )
-    tr.add_argument(
-        "--max-steps",
-        type=int,
-        help="override max_steps; finetune.freeze_finetune_updates keeps its share of the run",
-    )
-    tr.add_argument("--resume", action="store_true", help="continue from the last checkpoints of EXP")
-    add_overwrite_argument(tr)
     tr.set_defaults(func=run_train)
 
     ev = actions.add_parser("evaluate", help="score the chosen checkpoint; writes EXP/results_<split>.json")
-    ev.add_argument("--out", required=True, help="experiment dir of `speechssl finetune train`")
-    ev.add_argument(
-        "--split",
-        default="test",
-        help="data split to score (default test; only test also writes EXP/results.json)",
-    )
+    add_evaluate_arguments(ev, COMMAND)
     ev.set_defaults(func=run_evaluate)
 
 
@@ -102,7 +72,5 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    results = evaluate_downstream(args.out, split=args.split)
-    keys = ("task", "metric", "value", "split", "upstream", "trainable_params", "total_params", "metrics")
-    print(json.dumps({k: results[k] for k in keys}))
+    print_results(evaluate_downstream(args.out, split=args.split))
     return 0
