@@ -93,7 +93,8 @@ def _wrap(parent: nn.Module | None, name: str, config: AdapterConfig) -> bool:
         device=base.weight.device,
         dtype=base.weight.dtype,
     )
-    setattr(parent, name, AdapterLinear(base, adapter))
+    # a new module starts in training mode: follow the wrapped one's (bottleneck dropout)
+    setattr(parent, name, AdapterLinear(base, adapter).train(base.training))
     return True
 
 

@@ -102,11 +102,8 @@ def add_lora(module: nn.Module, config: LoRAConfig) -> list[str]:
         for name in config.targets:
             child = parent._modules.get(name)
             if isinstance(child, nn.Linear):
-                setattr(
-                    parent,
-                    name,
-                    LoRALinear(child, rank=config.rank, alpha=config.alpha, dropout=config.dropout),
-                )
+                lora = LoRALinear(child, rank=config.rank, alpha=config.alpha, dropout=config.dropout)
+                setattr(parent, name, lora.train(child.training))  # a new module starts in training mode
                 replaced.append(f"{parent_name}.{name}" if parent_name else name)
     return replaced
 

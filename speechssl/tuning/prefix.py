@@ -12,6 +12,13 @@ attention and prefix attention with a zero-initialised weight g:
   y = attn(q, K, V) + g * (attn(q, [P_k; K], [P_v; V]) - attn(q, K, V)),
 so tuning starts at the identity and g = 1 is exactly Li & Liang.
 Padding is handled by extending the key mask: prefixes are never padded.
+
+WavLM (a `RelativeSelfAttention`): the prefix wrapper keeps the layer's gate
+(`gru_rel_pos_linear`, `gru_rel_pos_const`) and, in the first layer, the shared
+bias table (`rel_attn_embed`) under their own names, and adds the gated relative
+position bias for frame keys as the plain attention does. A prefix key has no
+position, so the bias table has no entry for it: prefix keys get bias 0 (their
+score is q.k alone). With the gate at zero the layer is exactly the WavLM layer.
 """
 
 from __future__ import annotations
@@ -21,6 +28,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from speechssl.models.encoder import RelativeSelfAttention
+from speechssl.models.relative_position import gated_position_bias
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,8 +88,10 @@ class PrefixEncoder(nn.Module):
 
 
 class PrefixSelfAttention(nn.Module):
-    """SelfAttention with learned key/value prefixes. It holds the original attention's
-    projections under the same names (q_proj, k_proj, v_proj, out_proj), so their keys do not change."""
+    """SelfAttention (or WavLM's RelativeSelfAttention) with learned key/value prefixes. It holds
+    the original attention's parameters under the same names (q_proj, k_proj, v_proj, out_proj;
+    WavLM's gru_rel_pos_linear, gru_rel_pos_const and, in the first layer, rel_attn_embed), so
+    their keys do not change."""
 
     def __init__(self, attention: nn.Module, config: PrefixConfig) -> None:
         super().__init__()
@@ -90,6 +102,13 @@ class PrefixSelfAttention(nn.Module):
         )
         self.q_proj, self.k_proj = attention.q_proj, attention.k_proj
         self.v_proj, self.out_proj = attention.v_proj, attention.out_proj
+        self.relative = isinstance(attention, RelativeSelfAttention)
+        if self.relative:  # the same Parameter objects and names: the frozen keys stay
+            self.gru_rel_pos_const = attention.gru_rel_pos_const
+            self.gru_rel_pos_linear = attention.gru_rel_pos_linear
+            if hasattr(attention, "rel_attn_embed"):  # the encoder reads layers[0].attention's table
+                self.rel_attn_embed = attention.rel_attn_embed
+            self.head_index = attention.head_index
         w = self.q_proj.weight
         self.prefix = PrefixEncoder(
             config.prefix_length,
@@ -103,8 +122,11 @@ class PrefixSelfAttention(nn.Module):
             nn.Parameter(torch.zeros(self.num_heads, device=w.device, dtype=w.dtype)) if config.gate else None
         )
 
-    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
-        """x: (B, T, D); key_padding_mask: (B, T) bool, True = padded, or None."""
+    def forward(
+        self, x: Tensor, key_padding_mask: Tensor | None = None, position_bias: Tensor | None = None
+    ) -> Tensor:
+        """x: (B, T, D); key_padding_mask: (B, T) bool, True = padded, or None; position_bias: WavLM's
+        shared ungated (1, H_table, T, T) bias (only for a wrapped RelativeSelfAttention) or None."""
         B, T, _ = x.shape  # batch, frames, embed
         H, d = self.num_heads, self.head_dim
 
@@ -117,7 +139,16 @@ class PrefixSelfAttention(nn.Module):
         pk, pv = (heads(t, P).expand(B, H, P, d) for t in prefix.chunk(2, dim=-1))  # (B, H, P, d) each
         dropout = self.dropout if self.training else 0.0
         mask = prefix_mask = None
-        if key_padding_mask is not None:
+        if position_bias is not None:
+            if not self.relative:
+                raise ValueError("a position bias was given to the prefix attention of a non-WavLM layer")
+            mask = gated_position_bias(
+                x, position_bias, self.gru_rel_pos_linear, self.gru_rel_pos_const, d, self.head_index
+            ).to(q.dtype)  # (B, H, T, T): additive, as SelfAttention
+            if key_padding_mask is not None:
+                mask = mask.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+            prefix_mask = F.pad(mask, (P, 0), value=0.0)  # (B, H, T, P + T): no position, bias 0
+        elif key_padding_mask is not None:
             mask = ~key_padding_mask[:, None, None, :]  # (B, 1, 1, T): True = attend
             prefix_mask = F.pad(mask, (P, 0), value=True)  # (B, 1, 1, P + T)
         y = F.scaled_dot_product_attention(
@@ -134,7 +165,8 @@ def add_prefixes(layers: nn.ModuleList, config: PrefixConfig) -> int:
     count = 0
     for layer in layers:
         if layer.attention is not None:
-            layer.attention = PrefixSelfAttention(layer.attention, config)
+            # a new module starts in training mode: follow the layer's (attention dropout)
+            layer.attention = PrefixSelfAttention(layer.attention, config).train(layer.attention.training)
             count += 1
     return count
 
