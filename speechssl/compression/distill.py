@@ -2,7 +2,14 @@
 
 The student is the teacher's frontend, feature projection, positional conv and its
 lower transformer layers (copied), with linear prediction heads that map the
-student's last layer to chosen teacher layers (DistilHuBERT: 4, 8, 12 of 12). The
+student's last layer to chosen teacher layers (DistilHuBERT: 4, 8, 12 of 12).
+The student is of the teacher's family: a WavLM teacher gives a WavLM student (its
+gated relative position bias, the shared table of the teacher's first layer and each
+copied layer's gate), a data2vec-audio teacher one with its layer-norm positional
+stack. Copied layers were trained with those positions, and a HuBERT-style student
+would drop them and start far from the teacher; it is also what DPHuBERT's WavLM
+pruning (DPWavLM) and DistilWavLM-style students keep, and the result loads and
+exports as the teacher's family. The
 loss per head is L1 + cos_weight * (-log sigmoid(cos)) over valid frames. The
 `Distiller` also serves structured pruning (speechssl.compression.prune): there the
 student is the gated teacher and each student layer matches the same teacher layer.
@@ -35,6 +42,9 @@ from speechssl.training.trainer import TrainResult, train_on_loaders
 
 logger = logging.getLogger(__name__)
 
+# WavLM's bias table, under layer 0's attention but used by every layer (models.relative_position)
+SHARED_TABLE = "attention.rel_attn_embed.weight"
+
 
 def layer_loss(pred: Tensor, target: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
     """pred, target: (B, T, D); valid: (B, T) bool. Returns (L1, -log sigmoid(cos)), each a mean
@@ -65,15 +75,19 @@ def build_student(
         encoder=replace(enc, num_layers=config.num_layers, layerdrop=config.layerdrop, **per_layer),
     )
     student = build_model(student_config)
+    for index, layer in enumerate(student.encoder.layers):  # pruned WavLM heads: which original heads
+        source_attention = teacher.encoder.layers[copy_from[index] - 1].attention
+        if layer.attention is not None and getattr(source_attention, "head_index", None) is not None:
+            layer.attention.head_index = list(source_attention.head_index)
     if config.init_from_teacher:
         source = teacher.state_dict()
         state = {}
         for key in student.state_dict():
+            key_in_teacher = key  # not a layer's, or WavLM's table: shared by all teacher layers
             if key.startswith("encoder.layers."):
                 _, _, index, rest = key.split(".", 3)
-                key_in_teacher = f"encoder.layers.{copy_from[int(index)] - 1}.{rest}"
-            else:
-                key_in_teacher = key
+                if rest != SHARED_TABLE:
+                    key_in_teacher = f"encoder.layers.{copy_from[int(index)] - 1}.{rest}"
             state[key] = source[key_in_teacher].detach().clone()
         student.load_state_dict(state, strict=True)
     return student, student_config
