@@ -6,7 +6,10 @@ control flow (the too-short check, the "nothing padded" shortcut), no
 `.item()`/`.tolist()`, weight norm folded into plain weights, no custom
 autograd functions, and the fbank's FFT replaced by a DFT matmul (ONNX has
 no rfft in the TorchScript-based exporter). All sizes derive from tensor
-shapes, so a trace at one shape runs at any batch size and length.
+shapes, so a trace at one shape runs at any batch size and length: WavLM's
+relative position buckets come from `arange(T)` in the graph, a pruned WavLM's
+kept-head indices are constants of the graph, and data2vec-audio's positional
+conv stack has no weight norm to fold (plain convs and non-affine LayerNorms).
 """
 
 from __future__ import annotations
@@ -149,9 +152,12 @@ class ExportableUpstream(nn.Module):
         x = x + encoder.pos_conv_embed(x)
         if not encoder.layer_norm_first:
             x = encoder.layer_norm(x)
+        # WavLM: the ungated relative position bias, its buckets computed from T with tensor ops
+        # (any length after tracing); None for the other families
+        position_bias = encoder.position_bias(x)  # (1, H, T, T) or None
         hidden_states = [x]
         for layer in encoder.layers:
-            x = layer(x, padding_mask)
+            x = layer(x, padding_mask, position_bias)
             hidden_states.append(x)
         return torch.stack(hidden_states), lengths  # (L + 1, B, T, D), (B,)
 
