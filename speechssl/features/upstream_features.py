@@ -26,9 +26,15 @@ def default_device() -> str:
 
 
 def pads_safely(upstream: UpstreamModel) -> bool:
-    """Whether zero padding leaves an utterance's features unchanged (not a group-norm conv frontend)."""
-    frontend = getattr(getattr(upstream, "config", None), "frontend", None)
-    return getattr(frontend, "mode", None) != "group_norm"
+    """Whether zero padding leaves an utterance's features unchanged: not with a group-norm conv
+    frontend (it normalises over the padded samples too), nor with data2vec-audio's positional conv
+    stack deeper than one conv (fairseq and transformers zero the padding once, before the stack, so
+    from its second conv on the padded frames reach the last valid ones; we compute as they do)."""
+    config = getattr(upstream, "config", None)
+    frontend = getattr(config, "frontend", None)
+    encoder = getattr(config, "encoder", None)
+    deep_stack = getattr(encoder, "pos_conv_type", None) == "layer_norm" and encoder.pos_conv_depth > 1
+    return getattr(frontend, "mode", None) != "group_norm" and not deep_stack
 
 
 def _weights_fingerprint(source: Path) -> str:
@@ -52,9 +58,9 @@ class UpstreamExtractor:
     Waveforms of one call are padded into one batch; the model sees the true
     lengths (`wav_lens`), and each output is cut to its valid frames. A
     group-norm conv frontend (fairseq extractor_mode "default": HuBERT /
-    wav2vec 2.0 Base) normalises each channel over the whole padded input, so
-    padding would change the features; such models run one utterance per
-    forward, as fairseq's dump_hubert_feature.py does.
+    wav2vec 2.0 / WavLM Base) normalises each channel over the whole padded input, so
+    padding would change the features; such models (and data2vec-audio, see
+    `pads_safely`) run one utterance per forward, as fairseq's dump_hubert_feature.py does.
     """
 
     sample_rate = SAMPLE_RATE  # the Upstream contract: waveforms at 16 kHz
