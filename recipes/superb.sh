@@ -9,7 +9,8 @@
 #   Stage 5: report: one table (markdown + JSON) and a PNG of the learned layer weights
 #
 # Upstreams are 'fbank' (SUPERB's FBANK row) or any checkpoint `speechssl downstream`
-# loads (speechssl checkpoint dir, transformers dir, fairseq/s3prl .pt). Each gets a
+# loads (speechssl checkpoint dir, transformers dir, fairseq/unilm/s3prl .pt) of any family:
+# HuBERT, wav2vec 2.0, WavLM, UniSpeech-SAT, data2vec-audio. Each gets a
 # short name (--upstream_names, or derived from its path) that names its experiments
 # and, through `downstream train --name`, its column of the report.
 #
