@@ -76,8 +76,7 @@ class AppliedTuning:
 def tuning_config(
     method: str, options: Mapping[str, Any] | None = None, *, source: str | None = None
 ) -> TuningConfig:
-    """TuningConfig from a method name and that method's options (e.g. the downstream
-    config's `tuning` / `tuning_options`); unknown option keys are errors."""
+    """TuningConfig from a method name and that method's options; unknown option keys are errors."""
     if method not in METHODS:
         raise ValueError(f"unknown tuning method '{method}'; valid: {', '.join(sorted(METHODS))}")
     options = dict(options or {})
