@@ -1,4 +1,5 @@
-"""`speechssl kmeans fit|label`: k-means on dumped features, then one unit per frame."""
+"""`speechssl kmeans fit|label|import`: k-means on dumped features, one unit per frame, or a
+released k-means model (fairseq / HuBERT `km.bin`) read without running code from it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from speechssl.cli.common import add_overwrite_argument
 from speechssl.features.dump import FeatureReader
 from speechssl.outputs import claim_directories
 from speechssl.units.kmeans import KMeansConfig, KMeansModel, fit_kmeans, is_kmeans_output, label
+from speechssl.units.kmeans_import import import_kmeans, read_sklearn_kmeans
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -48,6 +50,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     lab.add_argument("--device", default="cpu", help="torch device for the distance matmul (default cpu)")
     lab.set_defaults(func=run_label)
 
+    imp = actions.add_parser(
+        "import",
+        help="a released scikit-learn k-means (fairseq/HuBERT km.bin) -> KM/centroids.npy + KM/kmeans.json",
+        description="Read a joblib/pickle file of scikit-learn's MiniBatchKMeans or KMeans (fairseq's "
+        "learn_kmeans.py output) with a restricted unpickler: only cluster_centers_ is kept, and a file "
+        "naming any other class or function is refused without running it.",
+    )
+    imp.add_argument("--model", required=True, help="km.bin (joblib or pickle of a fitted k-means)")
+    imp.add_argument("--out", required=True, help="k-means model dir, as `speechssl kmeans fit` writes")
+    add_overwrite_argument(imp)
+    imp.set_defaults(func=run_import)
+
 
 def _claim(out: str, command: str, overwrite: bool, inputs: tuple, labels: bool) -> None:
     claim_directories(
@@ -81,4 +95,15 @@ def run_label(args: argparse.Namespace) -> int:
     _claim(args.out, "kmeans label", args.overwrite, (args.feats, args.model), labels=True)
     labels = label(reader, model, args.out, device=args.device)
     print(f"kmeans: labelled {len(labels)} utterances into {args.out}/labels")
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    read_sklearn_kmeans(args.model)  # a refused or damaged file is named before the output dir is touched
+    _claim(args.out, "kmeans import", args.overwrite, (args.model,), labels=False)
+    model = import_kmeans(args.model, args.out)
+    print(
+        f"kmeans: imported {model.num_clusters} centroids of dim {model.centroids.shape[1]} from "
+        f"{args.model} ({model.params['sklearn_class']}) into {args.out}"
+    )
     return 0
