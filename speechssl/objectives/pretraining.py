@@ -9,7 +9,9 @@ the size of the masked-frame selection.
 
 Module names follow transformers: `Wav2Vec2PretrainModel` holds `wav2vec2`, `quantizer`,
 `project_hid`, `project_q` like Wav2Vec2ForPreTraining; `HubertPretrainModel` holds
-`hubert` and `head` (fairseq's `final_proj` and `label_embs_concat`).
+`hubert` and `head` (fairseq's `final_proj` and `label_embs_concat`); `WavLMPretrainModel`
+holds `wavlm` and `head`; `Data2VecPretrainModel` holds `data2vec_audio`, `final_proj` and
+`ema` (the EMA teacher's encoder under `ema.encoder.`).
 """
 
 from __future__ import annotations
@@ -24,8 +26,18 @@ from torch import Tensor, nn
 
 from speechssl.models import presets
 from speechssl.models.config import ModelConfig
+from speechssl.models.frontends import lengths_to_padding_mask, normalize_waveform
 from speechssl.models.model import EncoderOutput, SSLModel, build_model
 from speechssl.models.quantizer import GumbelVectorQuantizer, QuantizerConfig
+from speechssl.objectives.data2vec import (
+    Data2VecObjectiveConfig,
+    EMATeacher,
+    check_variances,
+    compute_var,
+    ema_decay_at,
+    loss_scale,
+    regression_loss,
+)
 from speechssl.objectives.hubert import (
     HubertObjectiveConfig,
     build_label_head,
@@ -33,6 +45,7 @@ from speechssl.objectives.hubert import (
     masked_prediction_loss,
 )
 from speechssl.objectives.masking import MaskConfig, compute_channel_mask, compute_time_mask
+from speechssl.objectives.mixing import NoiseBank, mix_batch
 from speechssl.objectives.wav2vec2 import (
     Wav2Vec2ObjectiveConfig,
     candidate_logits,
@@ -42,31 +55,64 @@ from speechssl.objectives.wav2vec2 import (
     gather_rows,
     sample_negatives,
 )
+from speechssl.objectives.wavlm import WavLMObjectiveConfig
+
+# model.family -> the section that holds its objective
+OBJECTIVE_SECTIONS = {
+    "hubert": "hubert",
+    "wav2vec2": "wav2vec2",
+    "wavlm": "wavlm",
+    "data2vec_audio": "data2vec",
+}
+_DEFAULT_OBJECTIVES = {
+    "hubert": HubertObjectiveConfig,
+    "wav2vec2": Wav2Vec2ObjectiveConfig,
+    "wavlm": WavLMObjectiveConfig,
+    "data2vec": Data2VecObjectiveConfig,
+}
 
 
 @dataclass(frozen=True, kw_only=True)
 class PretrainModelConfig:
     """A network plus its pretraining objective. The objective section must match
-    `model.family`: `hubert` for "hubert", `wav2vec2` for "wav2vec2" (defaults if omitted)."""
+    `model.family`: `hubert` for "hubert", `wav2vec2` for "wav2vec2", `wavlm` for "wavlm",
+    `data2vec` for "data2vec_audio" (defaults if omitted)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
     hubert: HubertObjectiveConfig | None = None
     wav2vec2: Wav2Vec2ObjectiveConfig | None = None
+    wavlm: WavLMObjectiveConfig | None = None
+    data2vec: Data2VecObjectiveConfig | None = None
 
     def __post_init__(self) -> None:
         family = self.model.family
-        if family not in ("hubert", "wav2vec2"):
+        section = OBJECTIVE_SECTIONS.get(family)
+        if section is None:
             raise ValueError(
-                f"pretraining supports model families 'hubert' and 'wav2vec2', found '{family}' "
-                "(the other families load, tune and export, but have no pretraining objective here)"
+                f"pretraining supports model families {', '.join(repr(f) for f in OBJECTIVE_SECTIONS)}, "
+                f"found '{family}' (the other families load, tune and export, but have no pretraining "
+                "objective here)"
             )
-        other = "wav2vec2" if family == "hubert" else "hubert"
-        if getattr(self, other) is not None:
-            raise ValueError(f"section '{other}' does not apply to a model of family '{family}'; remove it")
-        if getattr(self, family) is None:
-            default = HubertObjectiveConfig() if family == "hubert" else Wav2Vec2ObjectiveConfig()
-            object.__setattr__(self, family, default)
+        for other in _DEFAULT_OBJECTIVES:
+            if other != section and getattr(self, other) is not None:
+                raise ValueError(
+                    f"section '{other}' does not apply to a model of family '{family}'; remove it"
+                )
+        if getattr(self, section) is None:
+            object.__setattr__(self, section, _DEFAULT_OBJECTIVES[section]())
+        if section == "data2vec":
+            assert self.data2vec is not None
+            if self.data2vec.average_top_k_layers > self.model.encoder.num_layers:
+                raise ValueError(
+                    f"data2vec.average_top_k_layers ({self.data2vec.average_top_k_layers}) exceeds the "
+                    f"encoder's {self.model.encoder.num_layers} layers"
+                )
+
+    @property
+    def objective_section(self) -> str:
+        """The YAML section of this family's objective (`hubert`, `wav2vec2`, `wavlm`, `data2vec`)."""
+        return OBJECTIVE_SECTIONS[self.model.family]
 
 
 def _frame_lengths(model: SSLModel, wavs: Tensor, lengths: Tensor) -> tuple[Tensor, int]:
@@ -117,9 +163,11 @@ class HubertPredictions(NamedTuple):
 class HubertPretrainModel(nn.Module):
     """HuBERT masked prediction over one or several label sets (fairseq: HubertModel + criterion)."""
 
+    backbone_name = "hubert"  # the attribute (and state-dict prefix) of the backbone
+
     def __init__(self, model: SSLModel, head: nn.Module, mask: MaskConfig, objective: HubertObjectiveConfig):
         super().__init__()
-        self.hubert = model
+        setattr(self, self.backbone_name, model)
         self.head = head
         self.mask_config = mask
         self.objective = objective
@@ -140,7 +188,7 @@ class HubertPretrainModel(nn.Module):
         label_sets = [targets] if isinstance(targets, Tensor) else list(targets)
         check_labels(label_sets, self.objective.num_classes, wavs.shape[0])
         out, mask_time_indices = masked_forward(
-            self.hubert, self.mask_config, wavs, lengths, mask_time_indices, mask_channel_indices, generator
+            self.backbone, self.mask_config, wavs, lengths, mask_time_indices, mask_channel_indices, generator
         )
         B, T, D = out.last_hidden_state.shape  # batch, frames, embed_dim
         mask = mask_time_indices & ~out.padding_mask
@@ -157,6 +205,10 @@ class HubertPretrainModel(nn.Module):
         unmasked = ~mask_time_indices & ~out.padding_mask
         logits_u, labels_u = on(unmasked) if self.objective.pred_nomask_weight > 0 else ([], [])
         return HubertPredictions(out, mask, logits_m, labels_m, logits_u, labels_u)
+
+    @property
+    def backbone(self) -> SSLModel:
+        return getattr(self, self.backbone_name)
 
     def forward(
         self,
@@ -318,13 +370,198 @@ class Wav2Vec2PretrainModel(nn.Module):
         return loss, metrics
 
 
-def build_pretrain_model(config: PretrainModelConfig) -> HubertPretrainModel | Wav2Vec2PretrainModel:
+class WavLMPretrainModel(HubertPretrainModel):
+    """WavLM: HuBERT masked prediction on utterance-mixed input (speechssl.objectives.mixing).
+
+    Mixing happens in training mode only (validation measures the clean task), before waveform
+    normalisation (as UniSpeech-SAT normalises after mixing); the labels are the primary
+    utterance's. Noise clips come from `set_noise` (not part of the state dict)."""
+
+    backbone_name = "wavlm"
+    normalizes_input = True  # BatchObjective hands normalisation to forward (after mixing)
+
+    def __init__(self, model: SSLModel, head: nn.Module, mask: MaskConfig, objective: WavLMObjectiveConfig):
+        super().__init__(model, head, mask, objective)
+        self.objective: WavLMObjectiveConfig = objective
+        self.noise: NoiseBank | None = None
+
+    def set_noise(self, noise: NoiseBank | None) -> None:
+        """Noise clips for `mixing.noise_prob` (kept out of the state dict)."""
+        self.noise = noise
+
+    def forward(  # type: ignore[override]
+        self,
+        wavs: Tensor,
+        lengths: Tensor | None,
+        targets: Tensor | Sequence[Tensor],
+        *,
+        normalize: bool = False,
+        mix: bool | None = None,
+        mask_time_indices: Tensor | None = None,
+        mask_channel_indices: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """As HubertPretrainModel.forward, on mixed input when `mix` (default: in training mode).
+        `normalize`: the model's normalize_waveform, applied after mixing. Adds the metrics
+        mix_rate (utterances mixed) and noise_mix_rate (of them, with noise), per utterance."""
+        lengths = _default_lengths(wavs, lengths)
+        mix = self.training if mix is None else mix
+        info = None
+        if mix:
+            wavs, info = mix_batch(
+                wavs, lengths, self.objective.mixing, noise=self.noise, generator=generator
+            )
+        if normalize:
+            wavs = normalize_waveform(wavs, lengths.to(wavs.device))
+        loss, metrics = super().forward(
+            wavs, lengths, targets, mask_time_indices=mask_time_indices,
+            mask_channel_indices=mask_channel_indices, generator=generator,
+        )  # fmt: skip
+        if info is not None:
+            metrics["mix_rate"] = info.mixed.float().mean()
+            metrics["noise_mix_rate"] = info.noise.float().mean()
+        return loss, metrics
+
+
+class Data2VecPredictions(NamedTuple):
+    encoder: EncoderOutput  # the student's
+    mask: Tensor  # (B, T) bool, masked valid frames
+    predictions: Tensor  # (M, D) final_proj of the student at masked frames (time order)
+    targets: Tensor  # (M, D) the teacher's targets there (fp32, no gradient)
+
+
+class Data2VecPretrainModel(nn.Module):
+    """data2vec-audio pretraining (fairseq Data2VecAudioModel; speechssl.objectives.data2vec):
+    the student `data2vec_audio`, its `final_proj` and the EMA teacher `ema`."""
+
+    def __init__(
+        self, model: SSLModel, final_proj: nn.Linear, mask: MaskConfig, objective: Data2VecObjectiveConfig
+    ):
+        super().__init__()
+        self.data2vec_audio = model
+        self.final_proj = final_proj
+        self.ema = EMATeacher(model.encoder, objective)
+        self.mask_config = mask
+        self.objective = objective
+        self._last_vars: tuple[Tensor, Tensor] | None = None
+
+    @property
+    def backbone(self) -> SSLModel:
+        return self.data2vec_audio
+
+    def reset_teacher(self) -> None:
+        """Teacher := student (after importing weights into a fresh run, e.g. --init-from)."""
+        self.ema.reset(self.data2vec_audio.encoder)
+
+    def set_num_updates(self, num_updates: int) -> None:
+        """The EMA step after update `num_updates` (call once per optimizer step, and after
+        resuming: it is idempotent), every `var_check_every` updates the variance check."""
+        if not self.training:
+            return
+        if self.ema.step(self.data2vec_audio.encoder, num_updates) is None:
+            return
+        every = self.objective.var_check_every
+        if self._last_vars is not None and num_updates % every == 0:
+            check_variances(self.objective, *self._last_vars, num_updates)
+
+    def predict(
+        self,
+        wavs: Tensor,
+        lengths: Tensor | None = None,
+        *,
+        mask_time_indices: Tensor | None = None,
+        mask_channel_indices: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Data2VecPredictions:
+        """wavs: (B, S); lengths: (B,) samples. The student sees masked features, the teacher the
+        same projected features unmasked (before the projection dropout)."""
+        student = self.data2vec_audio
+        lengths = _default_lengths(wavs, lengths)
+        feats, frame_lengths, padded = student.frontend_forward(wavs, lengths)  # (B, T, C)
+        B, T, _ = feats.shape  # batch, frames, channels
+        padding_mask = lengths_to_padding_mask(frame_lengths, T)  # (B, T)
+        proj = student.feature_projection
+        normed = proj.layer_norm(feats)
+        clean = proj.projection(normed)  # (B, T, D) fairseq pre_encoder_features
+        if mask_time_indices is None:
+            mask_time_indices = compute_time_mask(frame_lengths, T, self.mask_config, generator=generator)
+        if mask_channel_indices is None:
+            mask_channel_indices = compute_channel_mask(
+                B, student.hidden_dim, self.mask_config, device=wavs.device, generator=generator
+            )
+        x = student.apply_masks(proj.dropout(clean), mask_time_indices, mask_channel_indices)
+        last, hidden = student.encoder_forward(x, padding_mask if padded else None)
+        out = EncoderOutput(last, hidden, frame_lengths, padding_mask, normed, feats)
+        targets = self.ema.targets(clean.detach(), padding_mask, padded)  # (B, T, D)
+        mask = mask_time_indices & ~padding_mask
+        index = mask.reshape(-1).nonzero().squeeze(1)  # (M,) the one host sync: selection size
+        D = last.shape[-1]
+        predictions = self.final_proj(last.reshape(B * T, D)[index])
+        return Data2VecPredictions(out, mask, predictions, targets.reshape(B * T, -1)[index])
+
+    def forward(
+        self,
+        wavs: Tensor,
+        lengths: Tensor | None = None,
+        targets: None = None,
+        *,
+        mask_time_indices: Tensor | None = None,
+        mask_channel_indices: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Returns (loss per masked frame, metrics): loss, regression_loss (the same, before any
+        other term), target_var, pred_var (fairseq compute_var), ema_decay, sample_size.
+        `targets` must be None: the teacher makes the targets."""
+        if targets is not None:
+            raise ValueError("data2vec pretraining takes no labels (targets must be None)")
+        cfg = self.objective
+        p = self.predict(
+            wavs, lengths, mask_time_indices=mask_time_indices,
+            mask_channel_indices=mask_channel_indices, generator=generator,
+        )  # fmt: skip
+        sample_size = p.mask.sum()
+        per_frame = regression_loss(p.predictions, p.targets, cfg.loss_beta)  # (M,)
+        total = per_frame.sum() * loss_scale(cfg, p.predictions.shape[-1])
+        loss = total / sample_size.float().clamp(min=1.0)
+        with torch.no_grad():
+            target_var = compute_var(p.targets)
+            pred_var = compute_var(p.predictions.detach())
+        self._last_vars = (target_var, pred_var)
+        metrics = {
+            "loss": loss.detach(),
+            "regression_loss": loss.detach(),
+            "target_var": target_var,
+            "pred_var": pred_var,
+            "ema_decay": torch.tensor(ema_decay_now(self), device=loss.device),
+            "sample_size": sample_size,
+        }
+        return loss, metrics
+
+
+def ema_decay_now(model: Data2VecPretrainModel) -> float:
+    """The decay of the teacher's next step (fairseq logs ema_decay * 1000; we log the decay)."""
+    return ema_decay_at(model.objective, model.ema._num_updates + 1)
+
+
+PretrainModel = HubertPretrainModel | Wav2Vec2PretrainModel | WavLMPretrainModel | Data2VecPretrainModel
+
+
+def build_pretrain_model(config: PretrainModelConfig) -> PretrainModel:
     """The one place a PretrainModelConfig becomes modules."""
     model = build_model(config.model)
-    if config.model.family == "hubert":
+    family = config.model.family
+    if family == "hubert":
         assert config.hubert is not None  # filled by PretrainModelConfig.__post_init__
         head = build_label_head(model.hidden_dim, config.hubert)
         return HubertPretrainModel(model, head, config.mask, config.hubert)
+    if family == "wavlm":
+        assert config.wavlm is not None
+        head = build_label_head(model.hidden_dim, config.wavlm)
+        return WavLMPretrainModel(model, head, config.mask, config.wavlm)
+    if family == "data2vec_audio":
+        assert config.data2vec is not None
+        final_proj = nn.Linear(model.hidden_dim, model.hidden_dim)
+        return Data2VecPretrainModel(model, final_proj, config.mask, config.data2vec)
     obj = config.wav2vec2
     assert obj is not None
     quantizer = GumbelVectorQuantizer(config.model.frontend.output_dim, obj.quantizer)
@@ -393,6 +630,61 @@ def wav2vec2_tiny() -> PretrainModelConfig:
     return PretrainModelConfig(
         model=presets.wav2vec2_tiny(), mask=MaskConfig(mask_prob=0.65), wav2vec2=objective
     )
+
+
+def _wavlm_defaults(model: ModelConfig, num_classes: int, **objective: object) -> PretrainModelConfig:
+    """WavLM (unilm): HuBERT Base's masking and head, utterance mixing at 0.2 (-5..5 dB), at most
+    half an utterance overlapped; noise mixing is off unless a noise dir is given with noise_prob."""
+    return PretrainModelConfig(
+        model=model,
+        mask=MaskConfig(mask_prob=0.8),
+        wavlm=WavLMObjectiveConfig(num_classes=[num_classes], **objective),  # type: ignore[arg-type]
+    )
+
+
+def wavlm_base(num_classes: int = 500) -> PretrainModelConfig:
+    return _wavlm_defaults(presets.wavlm_base(), num_classes)
+
+
+def wavlm_base_plus(num_classes: int = 500) -> PretrainModelConfig:
+    return _wavlm_defaults(presets.wavlm_base_plus(), num_classes)
+
+
+def wavlm_large(num_classes: int = 500) -> PretrainModelConfig:
+    return _wavlm_defaults(presets.wavlm_large(), num_classes, final_dim=768)
+
+
+def wavlm_tiny(num_classes: int = 50) -> PretrainModelConfig:
+    """Tiny WavLM: 32-d cosine head, mixing as Base."""
+    return _wavlm_defaults(presets.wavlm_tiny(), num_classes, final_dim=32)
+
+
+def _data2vec_mask() -> MaskConfig:
+    # fairseq data2vec_audio apply_mask: min_masks=1
+    return MaskConfig(mask_prob=0.65, min_masks=1)
+
+
+def data2vec_audio_base() -> PretrainModelConfig:
+    """data2vec-audio Base (fairseq base_librispeech.yaml): top 8 layers instance-normed, L2,
+    EMA 0.999 -> 0.9999 over 30k updates, transformer layers only."""
+    return PretrainModelConfig(
+        model=presets.data2vec_audio_base(), mask=_data2vec_mask(), data2vec=Data2VecObjectiveConfig()
+    )
+
+
+def data2vec_audio_large() -> PretrainModelConfig:
+    """data2vec-audio Large (fairseq large_librivox.yaml): top 8 layers, EMA 0.999 -> 0.9999."""
+    return PretrainModelConfig(
+        model=presets.data2vec_audio_large(), mask=_data2vec_mask(), data2vec=Data2VecObjectiveConfig()
+    )
+
+
+def data2vec_tiny() -> PretrainModelConfig:
+    """Tiny data2vec: both layers averaged, EMA 0.99 -> 0.999 over 1000 updates (short runs)."""
+    objective = Data2VecObjectiveConfig(
+        average_top_k_layers=2, ema_decay=0.99, ema_end_decay=0.999, ema_anneal_end_step=1000
+    )
+    return PretrainModelConfig(model=presets.data2vec_tiny(), mask=_data2vec_mask(), data2vec=objective)
 
 
 def get_pretrain_preset(name: str, **overrides: object) -> PretrainModelConfig:

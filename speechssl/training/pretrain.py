@@ -4,7 +4,12 @@ This is the glue of the pretraining recipe stage: it reads the config, checks th
 every utterance's units fit the model's frame count, builds the duration-bucketed
 datasets and the objective's model, and hands them to the generic Trainer. The
 checkpoints it writes (`EXP/checkpoints/step_<N>/`, `last`, `best`) hold the whole
-pretraining model; `load_upstream` reads them as upstreams (backbone only).
+pretraining model (data2vec: the EMA teacher too); `load_upstream` reads them as upstreams
+(backbone only).
+
+Objectives by model.family: HuBERT and WavLM learn units (`units`), wav2vec 2.0 and data2vec
+none. WavLM mixes noise clips from `noise_dir` (a Kaldi data dir) when `wavlm.mixing.noise_prob`
+is above 0; that option without a noise dir is an error, and noise_prob 0 mixes utterances only.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from speechssl.config import ConfigError, apply_override, from_dict, load_yaml, save_config
-from speechssl.data.audio import SAMPLE_RATE, audio_info
+from speechssl.data.audio import SAMPLE_RATE, audio_info, load_audio
 from speechssl.data.batching import BatchingConfig, build_loader
 from speechssl.data.dataset import AudioDataset, Batch
 from speechssl.data.kaldi import read_table
@@ -30,10 +35,18 @@ from speechssl.io import atomic_write_text
 from speechssl.models.config import ModelConfig
 from speechssl.models.frontends import normalize_waveform
 from speechssl.models.model import SSLModel
+from speechssl.objectives.data2vec import Data2VecObjectiveConfig
 from speechssl.objectives.hubert import HubertObjectiveConfig
 from speechssl.objectives.masking import MaskConfig
-from speechssl.objectives.pretraining import PretrainModelConfig, build_pretrain_model
+from speechssl.objectives.mixing import NoiseBank
+from speechssl.objectives.pretraining import (
+    Data2VecPretrainModel,
+    PretrainModelConfig,
+    WavLMPretrainModel,
+    build_pretrain_model,
+)
 from speechssl.objectives.wav2vec2 import Wav2Vec2ObjectiveConfig
+from speechssl.objectives.wavlm import WavLMObjectiveConfig
 from speechssl.training.config import TrainerConfig
 from speechssl.training.distributed import env_rank, env_world_size
 from speechssl.training.experiment import experiment
@@ -69,13 +82,21 @@ class PretrainConfig:
     mask: MaskConfig = field(default_factory=MaskConfig)
     hubert: HubertObjectiveConfig | None = None  # for model.family == "hubert"
     wav2vec2: Wav2Vec2ObjectiveConfig | None = None  # for model.family == "wav2vec2"
+    wavlm: WavLMObjectiveConfig | None = None  # for model.family == "wavlm"
+    data2vec: Data2VecObjectiveConfig | None = None  # for model.family == "data2vec_audio"
     data: PretrainDataConfig = field(default_factory=PretrainDataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
     def network(self) -> PretrainModelConfig:
         return PretrainModelConfig(
-            model=self.model, mask=self.mask, hubert=self.hubert, wav2vec2=self.wav2vec2
-        )
+            model=self.model, mask=self.mask, hubert=self.hubert, wav2vec2=self.wav2vec2,
+            wavlm=self.wavlm, data2vec=self.data2vec,
+        )  # fmt: skip
+
+    @property
+    def label_section(self) -> str | None:
+        """The section whose num_classes the units fill (None: the objective takes no units)."""
+        return {"hubert": "hubert", "wavlm": "wavlm"}.get(self.model.family)
 
     def __post_init__(self) -> None:
         self.network()  # validates that the objective section fits model.family
@@ -96,23 +117,26 @@ def load_pretrain_config(
     units_dirs: Sequence[Path] = (),
     seed: int | None = None,
 ) -> PretrainConfig:
-    """Read the YAML, apply `--set key=value` overrides, and take HuBERT's class counts from the
-    units when the config leaves them out (a stated count must match the units)."""
+    """Read the YAML, apply `--set key=value` overrides, and take HuBERT's (WavLM's) class counts
+    from the units when the config leaves them out (a stated count must match the units)."""
     data = load_yaml(path)
     for item in overrides:
         apply_override(data, item)
     if seed is not None:
         data.setdefault("trainer", {})["seed"] = seed
+    model = data.get("model")
+    family = model.get("family", "hubert") if isinstance(model, dict) else "hubert"
+    section = "wavlm" if family == "wavlm" else "hubert"
     if units_dirs:
         counts = [units_num_classes(d) for d in units_dirs]
-        hubert = data.setdefault("hubert", {}) or {}
-        data["hubert"] = hubert
-        stated = hubert.get("num_classes")
+        objective = data.setdefault(section, {}) or {}
+        data[section] = objective
+        stated = objective.get("num_classes")
         if stated is None:
-            hubert["num_classes"] = counts
+            objective["num_classes"] = counts
         elif list(stated) != counts:
             raise ConfigError(
-                f"hubert.num_classes {list(stated)} in {path} does not match the units"
+                f"{section}.num_classes {list(stated)} in {path} does not match the units"
                 f" ({', '.join(f'{d}: {k}' for d, k in zip(units_dirs, counts))})"
             )
     return from_dict(PretrainConfig, data, source=str(path))
@@ -131,14 +155,17 @@ class BatchObjective(nn.Module):
         self.normalize = normalize  # the model's normalize_waveform: trained as it will be used
 
     def forward(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-        wavs = normalize_waveform(batch.wavs, batch.wav_lens) if self.normalize else batch.wavs
         targets = [batch.targets[name] for name in self.units]
+        if getattr(self.objective, "normalizes_input", False):  # WavLM: normalises after mixing
+            return self.objective(batch.wavs, batch.wav_lens, targets, normalize=self.normalize)
+        wavs = normalize_waveform(batch.wavs, batch.wav_lens) if self.normalize else batch.wavs
         if targets:
             return self.objective(wavs, batch.wav_lens, targets)
         return self.objective(wavs, batch.wav_lens)
 
     def set_num_updates(self, num_updates: int) -> None:
-        """Quantizer temperature annealing (wav2vec 2.0); a no-op for HuBERT."""
+        """Quantizer temperature annealing (wav2vec 2.0), the EMA teacher's step (data2vec);
+        a no-op for HuBERT and WavLM."""
         if hasattr(self.objective, "set_num_updates"):
             self.objective.set_num_updates(num_updates)
 
@@ -147,6 +174,44 @@ class BatchObjective(nn.Module):
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:  # type: ignore[override]
         return self.objective.load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def load_noise_bank(noise_dir: Path, *, max_seconds: float | None = 30.0) -> NoiseBank:
+    """Every recording of a Kaldi data dir's wav.scp as one noise clip (read once, kept in memory;
+    longer ones cut to `max_seconds`). Checked before any compute: the dir exists, lists at least
+    one recording, and each one reads."""
+    wav_scp = noise_dir / "wav.scp"
+    if not noise_dir.is_dir():
+        raise FileNotFoundError(f"noise dir {noise_dir} does not exist (a Kaldi data dir with wav.scp)")
+    if not wav_scp.is_file():
+        raise FileNotFoundError(f"noise dir {noise_dir} has no wav.scp (a Kaldi data dir of noise audio)")
+    table = read_table(wav_scp)
+    if not table:
+        raise ValueError(f"{wav_scp} lists no recordings: give a noise dir with at least one clip")
+    clips = []
+    for rec, path in table.items():
+        wav = load_audio(path, end=max_seconds, utt_id=rec, max_overshoot=math.inf)
+        if not bool(wav.abs().max() > 0):
+            raise ValueError(f"{wav_scp}: noise recording '{rec}' ({path}) is silent")
+        clips.append(wav)
+    return NoiseBank.from_list(clips)
+
+
+def check_noise_option(config: PretrainConfig, noise_dir: Path | None) -> None:
+    """`noise_dir` belongs to WavLM runs with noise mixing; noise mixing needs it."""
+    family = config.model.family
+    if noise_dir is not None and family != "wavlm":
+        raise ValueError(
+            f"--noise is for WavLM pretraining (utterance mixing); this config's family is {family}"
+        )
+    if family == "wavlm" and noise_dir is None:
+        assert config.wavlm is not None
+        prob = config.wavlm.mixing.noise_prob
+        if prob > 0:
+            raise ValueError(
+                f"wavlm.mixing.noise_prob is {prob:g} but no noise dir was given: pass --noise DIR"
+                " (a Kaldi data dir of noise audio) or set wavlm.mixing.noise_prob: 0 (utterances only)"
+            )
 
 
 def _units_dirs(data_dir: Path, units: Sequence[str]) -> list[Path]:
@@ -267,11 +332,16 @@ def pretrain(
     seed: int | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    noise_dir: str | Path | None = None,
+    init_from: str | Path | None = None,
 ) -> TrainResult:
-    """Pretrain HuBERT (with `units`) or wav2vec 2.0 (without) and write EXP/checkpoints.
+    """Pretrain HuBERT or WavLM (with `units`), wav2vec 2.0 or data2vec (without) and write
+    EXP/checkpoints. `noise_dir`: noise clips for WavLM's mixing (see the module docstring).
+    `init_from`: a `load_upstream` source whose weights (and heads, where it has them) start a
+    fresh run (speechssl.training.init_from); ignored with a log line when resuming.
 
     Everything is checked before EXP is written: the config, the experiment dir (locked for the
-    run; see speechssl.training.experiment), the resume checkpoint and the data."""
+    run; see speechssl.training.experiment), the resume checkpoint, the noise and the data."""
     train_dir, out_dir = Path(train_dir), Path(out_dir)
     config = load_pretrain_config(config_path, overrides, units_dirs=_units_dirs(train_dir, units), seed=seed)
     trainer = config.trainer.with_max_steps(max_steps)
@@ -279,10 +349,18 @@ def pretrain(
         trainer = replace(trainer, save_every=save_every)
     config = replace(config, trainer=trainer)
     family = config.model.family
-    if family == "hubert" and not units:
-        raise ValueError("HuBERT pretraining needs --units NAME (k-means labels in DATA/NAME/labels)")
-    if family == "wav2vec2" and units:
-        raise ValueError("wav2vec 2.0 pretraining takes no --units; remove it or use a HuBERT config")
+    named = {"hubert": "HuBERT", "wavlm": "WavLM", "wav2vec2": "wav2vec 2.0", "data2vec_audio": "data2vec"}
+    if config.label_section is not None and not units:
+        raise ValueError(
+            f"{named[family]} pretraining needs --units NAME (k-means labels in DATA/NAME/labels)"
+        )
+    if config.label_section is None and units:
+        raise ValueError(
+            f"{named[family]} pretraining takes no --units; remove it or use a HuBERT or WavLM config"
+        )
+    noise_dir = Path(noise_dir) if noise_dir is not None else None
+    check_noise_option(config, noise_dir)
+    noise = load_noise_bank(noise_dir) if noise_dir is not None else None
     with experiment(
         out_dir,
         "pretrain",
@@ -293,7 +371,21 @@ def pretrain(
     ) as run:
         torch.manual_seed(config.trainer.seed)  # the same initial weights on every rank
         model = build_pretrain_model(config.network())
-        num_classes = config.hubert.num_classes if family == "hubert" else ()
+        if init_from is not None:
+            if run.resume_from:
+                logger.info(
+                    "resuming: --init-from %s is not applied (the checkpoint has the weights)", init_from
+                )
+            else:
+                from speechssl.training.init_from import init_pretrain_model  # written beside this
+
+                init_pretrain_model(model, init_from)
+                if isinstance(model, Data2VecPretrainModel):
+                    model.reset_teacher()  # the teacher starts from the imported student
+        if isinstance(model, WavLMPretrainModel):
+            model.set_noise(noise)
+        label_section = config.label_section
+        num_classes = getattr(config, label_section).num_classes if label_section else ()
         loaders = build_data(
             config, getattr(model, family), train_dir, valid_dir, units=units, num_classes=num_classes
         )
