@@ -19,7 +19,8 @@ As fairseq's `Data2VecAudioModel` (examples/data2vec; s3prl ships a fairseq-free
 One deliberate difference: instance norms run over each utterance's valid frames (fairseq's
 F.instance_norm also counts the padded frames of a padded batch), so an utterance's targets do
 not depend on the batch it is in. fairseq's data2vec recipes crop batches to equal lengths,
-where the two agree.
+where the two agree. And `instance_norm_targets` normalises over time here in every case
+(fairseq, without instance_norm_target_layer, applies it to (T, B, C) targets: over the batch).
 """
 
 from __future__ import annotations
