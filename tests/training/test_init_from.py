@@ -307,3 +307,38 @@ def test_wavlm_and_data2vec_models(tmp_path):
     assert report.loaded == ["backbone"] and set(report.fresh) == {"final_proj", "ema"}
     teacher = ours.ema.encoder.state_dict()
     assert all(torch.equal(v.float(), teacher[k]) for k, v in student.encoder.state_dict().items())
+
+
+# --------------------------------------------------------------------------- the CLI
+def test_cli_pretrain_init_from(tmp_path, caplog, capsys):
+    from speechssl.features.dump import FeatureReader, build_extractor, dump_features
+    from speechssl.testing.cli import run_cli
+    from speechssl.testing.datadirs import make_data_dir
+    from speechssl.testing.training import TINY_PRETRAIN_ARGS
+    from speechssl.units.kmeans import fit_kmeans, label
+
+    conf = (
+        Path(__file__).resolve().parents[2]
+        / "egs"
+        / "mini_synth"
+        / "ssl1"
+        / "conf"
+        / "pretrain_hubert_tiny.yaml"
+    )
+    make_data_dir(tmp_path, num_speakers=2, utts_per_speaker=2, base_seconds=1.0, name="train")
+    train = tmp_path / "train"
+    dump_features(train, build_extractor("mfcc"), tmp_path / "feats", progress=False)
+    km = fit_kmeans(FeatureReader(tmp_path / "feats"), 4, n_init=1)
+    label(FeatureReader(tmp_path / "feats"), km, train / "units", progress=False)
+    args = ["--config", conf, "--train", train, "--units", "units", "--max-steps", "1", *TINY_PRETRAIN_ARGS]
+    assert run_cli("pretrain", *args, "--out", tmp_path / "exp1") == 0
+    source = tmp_path / "exp1" / "checkpoints" / "last"
+    with caplog.at_level(logging.INFO, logger="speechssl.training.init_from"):
+        assert run_cli("pretrain", *args, "--out", tmp_path / "exp2", "--init-from", source) == 0
+    assert f"--init-from {source}: loaded backbone, head" in caplog.text
+    capsys.readouterr()
+    code = run_cli("pretrain", *args, "--out", tmp_path / "exp3", "--init-from", source,
+                   "--set", "model.encoder.num_layers=3")  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1 and "model.encoder.num_layers is 2 there, 3 in the config" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "exp3").exists()
