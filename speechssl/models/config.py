@@ -138,6 +138,10 @@ class EncoderConfig:
     # Pruned (heterogeneous) models: per-layer head count / FFN width; 0 removes the block.
     layer_num_heads: list[int] | None = None
     layer_ffn_dims: list[int] | None = None
+    # Pruned WavLM: per layer, the original index of each head it keeps (DPHuBERT remaining_heads).
+    # A kept head's gate reads that head's chunk of the layer input and its column of the shared
+    # bias table. None: heads 0..H-1 in order.
+    layer_head_index: list[list[int]] | None = None
 
     def __post_init__(self) -> None:
         names = ("embed_dim", "num_layers", "num_heads", "ffn_dim", "pos_conv_kernel", "pos_conv_groups")
@@ -189,6 +193,18 @@ class EncoderConfig:
             if values is not None and (len(values) != self.num_layers or min(values, default=0) < 0):
                 raise ValueError(
                     f"{name} must list one non-negative value per layer ({self.num_layers}), found {values}"
+                )
+        if self.layer_head_index is not None:
+            index = self.layer_head_index
+            if len(index) != self.num_layers or any(
+                len(kept) != self.heads_of(i)
+                or any(not 0 <= h < self.num_heads for h in kept)
+                or sorted(set(kept)) != list(kept)
+                for i, kept in enumerate(index)
+            ):
+                raise ValueError(
+                    "layer_head_index must list, per layer, its layer_num_heads increasing head indices "
+                    f"below num_heads ({self.num_heads}), found {index}"
                 )
 
     @property

@@ -278,8 +278,12 @@ class TransformerEncoder(nn.Module):
         relative_position: RelativePositionBias | None = None,
     ) -> None:
         super().__init__()
-        # a module without parameters: the table stays at layers.0.attention.rel_attn_embed
+        # a module without parameters: the table stays in the first layer that attends
+        # (layers.0.attention.rel_attn_embed unless pruning removed that attention block)
         self.relative_position = relative_position
+        self.table_layer = next(
+            (i for i, layer in enumerate(layers) if hasattr(layer.attention, "rel_attn_embed")), 0
+        )
         self.pos_conv_embed = pos_conv_embed
         self.layer_norm = nn.LayerNorm(embed_dim, eps=eps)
         self.dropout = nn.Dropout(dropout)
@@ -293,7 +297,8 @@ class TransformerEncoder(nn.Module):
         (graph export) passes it on: `layer(x, padding_mask, encoder.position_bias(x))`."""
         if self.relative_position is None:
             return None
-        return self.relative_position(self.layers[0].attention.rel_attn_embed, x.shape[1], x.dtype)
+        table = self.layers[self.table_layer].attention.rel_attn_embed
+        return self.relative_position(table, x.shape[1], x.dtype)
 
     def forward(
         self, x: Tensor, padding_mask: Tensor | None = None, *, num_layers: int | None = None
@@ -326,12 +331,10 @@ class TransformerEncoder(nn.Module):
 def build_encoder(config: EncoderConfig) -> TransformerEncoder:
     """The one place where an EncoderConfig becomes modules."""
     D = config.embed_dim
-    buckets = config.relative_position_buckets
-    if buckets and not config.heads_of(0):
-        raise ValueError(
-            "layer 0 holds the relative position table shared by all layers: its attention cannot be "
-            "removed (layer_num_heads[0] must be >= 1)"
-        )
+    # WavLM's shared bias table lives in the first layer that attends (layer 0 unless pruned away);
+    # without any attention block there is nothing to bias
+    attending = [i for i in range(config.num_layers) if config.heads_of(i)]
+    buckets = config.relative_position_buckets if attending else 0
     layers = []
     for i in range(config.num_layers):
         heads, ffn = config.heads_of(i), config.ffn_dim_of(i)
@@ -339,8 +342,10 @@ def build_encoder(config: EncoderConfig) -> TransformerEncoder:
         if heads and buckets:
             attention = RelativeSelfAttention(
                 D, heads, config.head_dim, config.attention_dropout,
-                num_buckets=buckets if i == 0 else 0, table_heads=config.num_heads,
+                num_buckets=buckets if i == attending[0] else 0, table_heads=config.num_heads,
             )  # fmt: skip
+            if config.layer_head_index is not None:
+                attention.head_index = list(config.layer_head_index[i])
         elif heads:
             attention = SelfAttention(D, heads, config.head_dim, config.attention_dropout)
         feed_forward = (

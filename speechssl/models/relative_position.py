@@ -44,7 +44,8 @@ class RelativePositionBias(nn.Module):
     """Looks up the shared bias table of the first layer: (T,) frames -> ungated (1, H, T, T) bias.
 
     Holds no parameters of its own: the table stays at its transformers key
-    (`encoder.layers.0.attention.rel_attn_embed.weight`); this module only knows the bucketing."""
+    (`encoder.layers.0.attention.rel_attn_embed.weight`; in a pruned model whose layer 0 lost its
+    attention block, in the first layer that still attends); this module only knows the bucketing."""
 
     def __init__(self, num_buckets: int, max_distance: int) -> None:
         super().__init__()
