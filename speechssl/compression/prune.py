@@ -13,6 +13,12 @@ so removal could not keep the outputs. For the same reason conv channels are not
 gated in `layer_norm` mode (a LayerNorm over channels after every conv) nor in the
 fbank frontend.
 
+WavLM (gated relative position bias): a head's gate reads its own chunk of the layer input
+and its column of the bias table shared by all layers, so removing a head slices its entry of
+`gru_rel_pos_const` and records, per layer, the original index of every kept head
+(`EncoderConfig.layer_head_index`); the table keeps every original head and moves to the first
+layer that still attends when pruning removes layer 0's attention block.
+
 `expected_params()` is the expected parameter count of the model that removal
 would leave, as a differentiable function of the gates' keep probabilities; the
 `Pruner` adds the Lagrangian term lambda1 (s - t) + lambda2 (s - t)^2 on the
@@ -47,7 +53,8 @@ from speechssl.compression.hardconcrete import HardConcrete
 from speechssl.config import load_config
 from speechssl.io import atomic_write_text
 from speechssl.models.checkpoint import load_state_into, save_checkpoint
-from speechssl.models.config import ConvFrontendConfig, ModelConfig
+from speechssl.models.config import ConvFrontendConfig, EncoderConfig, ModelConfig
+from speechssl.models.encoder import RelativeSelfAttention
 from speechssl.models.model import EncoderOutput, SSLModel, build_model
 from speechssl.training.distributed import env_rank
 from speechssl.training.experiment import RESUMABLE_KEYS, Experiment, experiment
@@ -200,30 +207,36 @@ class GatedModel(nn.Module):
                 total = total + kernel * width_in * width_out + per_channel * width_out
                 width_in = width_out
         D, d = enc.embed_dim, enc.head_dim
+        any_attention = torch.zeros(())  # P(some layer still attends): WavLM's table needs one
         for i, layer in enumerate(self.model.encoder.layers):
+            # per head: q, k, v rows and biases, out_proj columns (+ WavLM's gru_rel_pos_const entry);
+            # per block: out_proj bias (+ WavLM's gate, gru_rel_pos_linear). Per FFN unit: fc1 row
+            # and bias, fc2 column; per FFN block: fc2 bias.
+            relative = isinstance(layer.attention, RelativeSelfAttention)
+            per_head, per_block = 4 * D * d + 3 * d + int(relative), D + relative * (8 * d + 8)
             blocks = (
-                (
-                    layer.attention,
-                    "heads",
-                    "attention",
-                    enc.heads_of(i),
-                    4 * D * d + 3 * d,
-                ),  # q,k,v rows + out cols
-                (
-                    layer.feed_forward,
-                    "ffn_units",
-                    "ffn",
-                    enc.ffn_dim_of(i),
-                    2 * D + 1,
-                ),  # fc1 row + bias, fc2 col
-            )
-            for module, unit_name, block_name, num_units, per_unit in blocks:
+                (layer.attention, "heads", "attention", enc.heads_of(i), per_head, per_block),
+                (layer.feed_forward, "ffn_units", "ffn", enc.ffn_dim_of(i), 2 * D + 1, D),
+            )  # fmt: skip
+            for module, unit_name, block_name, num_units, per_unit, block_params in blocks:
                 if module is None:
                     continue
                 units = keep.get(f"{unit_name}_{i}", torch.ones(num_units))
                 block = keep.get(f"{block_name}_{i}", torch.ones(1)).sum()
-                total = total + block * (units.sum() * per_unit + D * _any_kept(units))  # D: output bias
-        return total
+                kept = block * _any_kept(units)
+                total = total + block * units.sum() * per_unit + block_params * kept
+                if module is layer.attention:
+                    any_attention = 1.0 - (1.0 - any_attention) * (1.0 - kept)
+        return total + self._table_params * any_attention
+
+    @property
+    def _table_params(self) -> int:
+        """Parameters of WavLM's shared bias table (0 for the other families)."""
+        for layer in self.model.encoder.layers:
+            table = getattr(layer.attention, "rel_attn_embed", None)
+            if table is not None:
+                return table.weight.numel()
+        return 0
 
     def expected_params(self) -> Tensor:
         """E[parameters after removal], differentiable in the gates' log_alpha."""
@@ -313,6 +326,25 @@ def _kept_units(z_units: Tensor, z_block: Tensor) -> Tensor:
     return (z_units > 0).nonzero().flatten()
 
 
+_TABLE = "rel_attn_embed.weight"  # WavLM's shared bias table, below its holder's attention module
+
+
+def _take_relative_table(model: SSLModel, state: dict[str, Tensor]) -> Tensor | None:
+    """Remove WavLM's shared bias table from `state` and return it (None for the other families);
+    `prune_model` puts it into the first layer that still attends, where the encoder looks for it."""
+    for i, layer in enumerate(model.encoder.layers):
+        if hasattr(layer.attention, "rel_attn_embed"):
+            return state.pop(f"encoder.layers.{i}.attention.{_TABLE}")
+    return None
+
+
+def _head_index(enc: EncoderConfig, layer: int) -> list[int]:
+    """The original heads of `layer`'s current heads (a pruned teacher may be pruned again)."""
+    if enc.layer_head_index is not None:
+        return list(enc.layer_head_index[layer])
+    return list(range(enc.heads_of(layer)))
+
+
 def prune_model(gated: GatedModel) -> tuple[SSLModel, ModelConfig]:
     """Physically remove what the evaluation gates remove: a dense SSLModel whose config records
     each layer's heads and FFN width and the conv widths, with the gate values folded into the
@@ -343,12 +375,15 @@ def prune_model(gated: GatedModel) -> tuple[SSLModel, ModelConfig]:
         if conv_dim[-1] != config.frontend.conv_dim[-1]:
             raise AssertionError("the last conv layer is never pruned")
         new_frontend = replace(config.frontend, conv_dim=conv_dim)
-    heads, ffn_dims = [], []
+    heads, ffn_dims, head_index = [], [], []
     d = enc.head_dim
+    table = _take_relative_table(gated.model, state)
+    table_placed = False
     for i, layer in enumerate(gated.model.encoder.layers):
         # attention: keep the rows of kept heads in q/k/v, fold head and block gates into out_proj
         prefix = f"encoder.layers.{i}.attention."
         num_heads = 0
+        kept = torch.zeros(0, dtype=torch.long)
         if layer.attention is not None:
             z_units = values.get(f"heads_{i}", torch.ones(enc.heads_of(i)))
             z_block = values.get(f"attention_{i}", torch.ones(1))
@@ -364,8 +399,16 @@ def prune_model(gated: GatedModel) -> tuple[SSLModel, ModelConfig]:
                     state[f"{prefix}out_proj.weight"][:, rows] * scale[None, :]
                 )
                 state[f"{prefix}out_proj.bias"] = state[f"{prefix}out_proj.bias"] * z_block
+                if isinstance(layer.attention, RelativeSelfAttention):  # (1, H, 1, 1) -> (1, H', 1, 1)
+                    const = f"{prefix}gru_rel_pos_const"
+                    state[const] = state[const][:, kept]
         if not num_heads:
             state = {k: v for k, v in state.items() if not k.startswith(prefix)}
+        elif table is not None and not table_placed:
+            # the first layer that still attends holds the shared table (all original heads)
+            state[prefix + _TABLE], table_placed = table, True
+        original = _head_index(enc, i)
+        head_index.append([original[h] for h in kept.tolist()])
         heads.append(num_heads)
         # feed-forward: keep the rows of kept units in fc1, fold unit and block gates into fc2
         prefix = f"encoder.layers.{i}.feed_forward."
@@ -388,9 +431,14 @@ def prune_model(gated: GatedModel) -> tuple[SSLModel, ModelConfig]:
         if not width:
             state = {k: v for k, v in state.items() if not k.startswith(prefix)}
         ffn_dims.append(width)
-    new_config = replace(
-        config, frontend=new_frontend, encoder=replace(enc, layer_num_heads=heads, layer_ffn_dims=ffn_dims)
+    new_encoder = replace(
+        enc,
+        layer_num_heads=heads,
+        layer_ffn_dims=ffn_dims,
+        # WavLM: the original heads whose gate input chunk and table column each layer reads
+        layer_head_index=head_index if table is not None else None,
     )
+    new_config = replace(config, frontend=new_frontend, encoder=new_encoder)
     model = build_model(new_config)
     load_state_into(model, state, "pruned state")
     return model.train(gated.training), new_config

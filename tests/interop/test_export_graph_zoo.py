@@ -1,4 +1,4 @@
-"""ONNX and TorchScript exports of the zoo (WavLM, data2vec-audio, UniSpeech-SAT):
+"""ONNX and TorchScript exports of the zoo (WavLM, a pruned WavLM, data2vec-audio, UniSpeech-SAT):
 the graphs, traced on one padded batch, match the PyTorch upstream on padded batches of other
 sizes and lengths (valid frames, 1e-4)."""
 
@@ -29,6 +29,18 @@ def _with_encoder(config: ModelConfig, **changes) -> ModelConfig:
     return dataclasses.replace(config, encoder=dataclasses.replace(config.encoder, **changes))
 
 
+def _pruned_wavlm() -> ModelConfig:
+    """A DPHuBERT-style WavLM: layer 0's attention gone (the shared table lives in layer 1), heads
+    kept unevenly with their original indices, an FFN removed."""
+    return _with_encoder(
+        get_preset("wavlm_tiny"),
+        num_layers=4,
+        layer_num_heads=[0, 2, 5, 3],
+        layer_head_index=[[], [1, 3], [0, 1, 2, 3, 4], [0, 2, 4]],
+        layer_ffn_dims=[40, 0, 128, 17],
+    )
+
+
 def _unispeech_sat_tiny() -> ModelConfig:
     config = _with_encoder(get_preset("wav2vec2_tiny"), embed_dim=60, num_heads=3, layer_norm_first=True)
     return dataclasses.replace(config, family="unispeech_sat")
@@ -37,6 +49,7 @@ def _unispeech_sat_tiny() -> ModelConfig:
 CASES: dict[str, ModelConfig] = {
     "wavlm": get_preset("wavlm_tiny"),
     "wavlm_pre_ln": _with_encoder(get_preset("wavlm_tiny"), layer_norm_first=True),
+    "wavlm_pruned": _pruned_wavlm(),
     "data2vec_audio": get_preset("data2vec_tiny"),
     "unispeech_sat": _unispeech_sat_tiny(),
 }
@@ -80,3 +93,11 @@ def test_onnx_export_matches_pytorch(checkpoints, tmp_path, name):
     session = onnx_export.onnx_session(out)
     error = _check(upstream, lambda w, n: onnx_export.run_onnx(session, w, n))
     print(f"onnx {name}: max abs error {error:.2e}")
+
+
+def test_pruned_wavlm_checkpoint_is_really_pruned_and_biased(checkpoints):
+    """The pruned case exercises what it claims: the table in layer 1 and per-layer head indices."""
+    model = speechssl.load_upstream(checkpoints["wavlm_pruned"]).model
+    assert model.encoder.layers[0].attention is None and model.encoder.layers[1].feed_forward is None
+    assert hasattr(model.encoder.layers[1].attention, "rel_attn_embed")
+    assert model.encoder.layers[3].attention.head_index == [0, 2, 4]
