@@ -8,6 +8,11 @@ Determinism: every utterance is one work unit that draws all its randomness
 (words, prosody jitter, speed, padding, gain, noise) from
 `np.random.default_rng([seed, unit index])`, and torch runs single-threaded while
 resampling, so the files are byte-identical for a seed whatever --nj is.
+
+Beside the speech subsets, `noise/train` holds noise-only clips (4 s each, about 20 per
+corpus hour, at least 8) for WavLM's noise mixing (`speechssl pretrain --noise`): coloured
+noise (white to brown) and babble (5 overlapped windows of read/train utterances), each
+drawn from `np.random.default_rng([seed, NOISE_STREAM, clip index])`.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
-from speechssl.data import synth_text
+from speechssl.data import synth_audio, synth_text
 from speechssl.data.alignments import SILENCE_PHONE, PhoneSegment, format_ctm
 from speechssl.data.audio import SAMPLE_RATE
 from speechssl.data.datadir import write_data_dir
@@ -419,6 +424,52 @@ def _write_data_dir(
     )
 
 
+NOISE_STREAM = 1_000_003  # keeps the noise clips' generators apart from the utterances'
+NOISE_CLIP_S = 4.0
+NOISE_CLIPS_PER_HOUR = 20
+NOISE_MIN_CLIPS = 8
+BABBLE_TALKERS = 5
+
+
+def _babble(rng: np.random.Generator, sources: Sequence[str], num_samples: int) -> np.ndarray:
+    """BABBLE_TALKERS random windows of the given utterances, each at unit RMS, summed."""
+    mix = np.zeros(num_samples, dtype=np.float64)
+    for path in rng.choice(len(sources), size=BABBLE_TALKERS, replace=True):
+        audio, _ = sf.read(sources[int(path)], dtype="float64")
+        if audio.shape[0] < num_samples:
+            audio = np.tile(audio, -(-num_samples // audio.shape[0]))
+        start = int(rng.integers(0, audio.shape[0] - num_samples + 1))
+        window = audio[start : start + num_samples]
+        mix += window / (np.sqrt(np.mean(window**2)) + 1e-12)
+    return mix
+
+
+def build_noise(out: Path, config: SynthConfig, babble_sources: Sequence[str]) -> dict:
+    """The noise-only data dir `out/noise/train` (see the module docstring); its summary entry."""
+    num_clips = max(NOISE_MIN_CLIPS, round(config.hours * NOISE_CLIPS_PER_HOUR))
+    num_samples = round(NOISE_CLIP_S * config.sample_rate)
+    wav_scp, utt2dur, kinds = {}, {}, {}
+    for k in range(num_clips):
+        rng = np.random.default_rng([config.seed, NOISE_STREAM, k])
+        kind = "babble" if k % 2 and babble_sources else "coloured"
+        if kind == "babble":
+            audio = _babble(rng, babble_sources, num_samples)
+        else:
+            audio = synth_audio.coloured_noise(rng, num_samples, float(rng.uniform(0.0, 2.0)))
+        audio = 0.1 * audio / (np.sqrt(np.mean(np.square(audio, dtype=np.float64))) + 1e-12)  # -20 dBFS
+        uttid = f"noise-{kind}-{k:05d}"
+        path = out / "wav" / "noise" / "train" / f"{uttid}.wav"
+        _write_wav(str(path), to_int16(audio, 0.0), config.sample_rate)
+        wav_scp[uttid], utt2dur[uttid], kinds[uttid] = str(path), num_samples / config.sample_rate, kind
+    write_data_dir(out / "noise" / "train", wav_scp, utt2dur=utt2dur, extra={"utt2kind": kinds})
+    return {
+        "dir": "noise/train",
+        "clips": num_clips,
+        "hours": round(num_clips * NOISE_CLIP_S / 3600.0, 4),
+        "kinds": sorted(set(kinds.values())),
+    }
+
+
 def build_corpus(config: SynthConfig, *, overwrite: bool = False) -> dict:
     """Synthesize the corpus under config.out_dir; returns (and writes) summary.json's content.
     An out_dir with files `synth` did not write is refused unless `overwrite` (speechssl.outputs)."""
@@ -460,6 +511,8 @@ def build_corpus(config: SynthConfig, *, overwrite: bool = False) -> dict:
             inventory.update(p for p, _a, _b in results[s.uttid].segments)
             if subset in ("read", "asv"):
                 vocabulary.update(results[s.uttid].text.split())
+    babble_sources = [s.wav_path for s in specs if (s.subset, s.split) == ("read", "train")]
+    noise = build_noise(out, config, babble_sources)
     phones = [SILENCE_PHONE] + sorted(inventory - {SILENCE_PHONE}, key=str.encode)
     atomic_write_text(out / "phones.txt", "".join(f"{p} {i}\n" for i, p in enumerate(phones)))
     speakers = build_speakers(config.num_seen_speakers, config.num_unseen_speakers)
@@ -476,6 +529,7 @@ def build_corpus(config: SynthConfig, *, overwrite: bool = False) -> dict:
         "utterances": len(specs),
         "speakers": {"seen": config.num_seen_speakers, "unseen": config.num_unseen_speakers},
         "subsets": subsets,
+        "noise": noise,  # the noise-only dir (not speech: outside subsets and hours)
         "phone_inventory": phones,
         "num_phones": len(phones),
         "vocabulary_size": len(synth_text.load_vocabulary()) + len(synth_text.FUNCTION_WORDS),

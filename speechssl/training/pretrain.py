@@ -40,7 +40,6 @@ from speechssl.objectives.hubert import HubertObjectiveConfig
 from speechssl.objectives.masking import MaskConfig
 from speechssl.objectives.mixing import NoiseBank
 from speechssl.objectives.pretraining import (
-    Data2VecPretrainModel,
     PretrainModelConfig,
     WavLMPretrainModel,
     build_pretrain_model,
@@ -102,6 +101,10 @@ class PretrainConfig:
         self.network()  # validates that the objective section fits model.family
 
 
+_NAMES = {"hubert": "HuBERT", "wavlm": "WavLM", "wav2vec2": "wav2vec 2.0", "data2vec_audio": "data2vec"}
+_NO_UNITS = "remove it or use a HuBERT or WavLM config"
+
+
 def units_num_classes(units_dir: Path) -> int:
     """K of a units dir, from its fairseq-style `dict.txt` (one `unit count` line per unit)."""
     dict_path = units_dir / "dict.txt"
@@ -127,6 +130,8 @@ def load_pretrain_config(
     model = data.get("model")
     family = model.get("family", "hubert") if isinstance(model, dict) else "hubert"
     section = "wavlm" if family == "wavlm" else "hubert"
+    if units_dirs and family not in ("hubert", "wavlm"):
+        raise ValueError(f"{_NAMES.get(family, family)} pretraining takes no --units; {_NO_UNITS}")
     if units_dirs:
         counts = [units_num_classes(d) for d in units_dirs]
         objective = data.setdefault(section, {}) or {}
@@ -349,15 +354,12 @@ def pretrain(
         trainer = replace(trainer, save_every=save_every)
     config = replace(config, trainer=trainer)
     family = config.model.family
-    named = {"hubert": "HuBERT", "wavlm": "WavLM", "wav2vec2": "wav2vec 2.0", "data2vec_audio": "data2vec"}
     if config.label_section is not None and not units:
         raise ValueError(
-            f"{named[family]} pretraining needs --units NAME (k-means labels in DATA/NAME/labels)"
+            f"{_NAMES[family]} pretraining needs --units NAME (k-means labels in DATA/NAME/labels)"
         )
     if config.label_section is None and units:
-        raise ValueError(
-            f"{named[family]} pretraining takes no --units; remove it or use a HuBERT or WavLM config"
-        )
+        raise ValueError(f"{_NAMES[family]} pretraining takes no --units; {_NO_UNITS}")
     noise_dir = Path(noise_dir) if noise_dir is not None else None
     check_noise_option(config, noise_dir)
     noise = load_noise_bank(noise_dir) if noise_dir is not None else None
@@ -379,9 +381,7 @@ def pretrain(
             else:
                 from speechssl.training.init_from import init_pretrain_model  # written beside this
 
-                init_pretrain_model(model, init_from)
-                if isinstance(model, Data2VecPretrainModel):
-                    model.reset_teacher()  # the teacher starts from the imported student
+                init_pretrain_model(model, init_from)  # data2vec: the teacher restarts as the student
         if isinstance(model, WavLMPretrainModel):
             model.set_noise(noise)
         label_section = config.label_section
