@@ -408,6 +408,8 @@ class WavLMPretrainModel(HubertPretrainModel):
         mix = self.training if mix is None else mix
         info = None
         if mix:
+            if self.noise is not None and self.noise.clips.device != wavs.device:
+                self.noise = self.noise.to(wavs.device)  # once, not every step
             wavs, info = mix_batch(
                 wavs, lengths, self.objective.mixing, noise=self.noise, generator=generator
             )
@@ -692,6 +694,12 @@ def get_pretrain_preset(name: str, **overrides: object) -> PretrainModelConfig:
     defaults (the function of the same name above), top-level fields replaced; the error lists names."""
     if name not in presets.PRESETS:
         raise ValueError(f"unknown pretraining preset '{name}'; valid presets: {', '.join(presets.PRESETS)}")
+    family = presets.PRESETS[name]().family
+    if family not in OBJECTIVE_SECTIONS:  # UniSpeech-SAT: loads, tunes and exports; no objective here
+        raise ValueError(
+            f"model preset '{name}' is of family '{family}', which has no pretraining objective here"
+            f" (families with one: {', '.join(OBJECTIVE_SECTIONS)})"
+        )
     defaults = globals().get(name)
     if defaults is None:  # a model preset added without its pretraining defaults (a test holds this)
         raise ValueError(f"model preset '{name}' has no pretraining defaults: add {name}() to {__name__}")

@@ -276,3 +276,23 @@ def test_collapse_warns_and_config_errors(caplog):
         PretrainModelConfig(model=preset.model, hubert=get_pretrain_preset("hubert_tiny").hubert)
     with pytest.raises(ValueError, match="takes no labels"):
         model(torch.randn(1, 4000), None, torch.zeros(1, 12))
+
+
+def test_every_model_preset_with_an_objective_has_pretraining_defaults():
+    from speechssl.models import PRESETS, get_preset
+    from speechssl.objectives.pretraining import OBJECTIVE_SECTIONS
+
+    for name in PRESETS:
+        if get_preset(name).family in OBJECTIVE_SECTIONS:
+            assert get_pretrain_preset(name).model == get_preset(name), name
+        else:
+            with pytest.raises(
+                ValueError, match=f"'{name}' is of family 'unispeech_sat', which has no pretraining"
+            ):
+                get_pretrain_preset(name)
+    base = get_pretrain_preset("data2vec_audio_base")
+    assert (base.mask.mask_prob, base.mask.min_masks, base.data2vec.average_top_k_layers) == (0.65, 1, 8)
+    assert (base.data2vec.ema_decay, base.data2vec.ema_end_decay, base.data2vec.ema_anneal_end_step) == (
+        0.999, 0.9999, 30000,
+    )  # fmt: skip
+    assert get_pretrain_preset("wavlm_base").wavlm.mixing.mix_prob == 0.2
