@@ -599,6 +599,7 @@ def _prune(
         "conv_dim": list(getattr(model_config.frontend, "conv_dim", [])),
         "layer_num_heads": model_config.encoder.layer_num_heads,
         "layer_ffn_dims": model_config.encoder.layer_ffn_dims,
+        "layer_head_index": model_config.encoder.layer_head_index,  # WavLM: original heads kept (else None)
     }  # fmt: skip
     if final_count != summary["pruned_params"]:
         raise AssertionError(f"gated count {final_count} != pruned model count {summary['pruned_params']}")

@@ -5,17 +5,20 @@ counts exactly, and rebuilds from its config.yaml; data2vec-audio and UniSpeech-
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
 
 from speechssl import load_upstream
+from speechssl.cli.main import main
 from speechssl.compression import GatedModel, GatesConfig, prune_model
 from speechssl.compression.distill import count_params
 from speechssl.config import load_yaml
 from speechssl.models import build_model, get_preset, save_checkpoint
 from speechssl.models.config import ModelConfig
 from speechssl.models.encoder import RelativeSelfAttention
+from speechssl.testing.datadirs import make_data_dir
 from speechssl.testing.models import perturb_, random_waves
 
 # padded batch, longest 45 frames: relative distances past max_distance (32 frames) and the
@@ -191,3 +194,32 @@ def test_layer_head_index_errors():
         dataclasses.replace(enc, layer_num_heads=[2, 1], layer_head_index=[[1, 0], [2]])
     with pytest.raises(ValueError, match="layer_head_index must list, per layer"):
         dataclasses.replace(enc, layer_num_heads=[2, 1], layer_head_index=[[0, 1]])
+
+
+@pytest.mark.slow
+def test_cli_prune_of_a_wavlm_teacher_then_onnx_export(tmp_path):
+    """`speechssl prune` end to end on a perturbed 3-layer WavLM tiny teacher (3 steps, fixed to half
+    the parameters, one final distillation step), then `speechssl export --format onnx` of the
+    result (the exporter checks onnxruntime against PyTorch at other shapes)."""
+    config = _zoo("wavlm_tiny", num_layers=3)
+    save_checkpoint(perturb_(build_model(config), scale=0.05), config, tmp_path / "teacher")
+    data = make_data_dir(tmp_path, num_speakers=2, utts_per_speaker=2)
+    (tmp_path / "prune.yaml").write_text(
+        "target_sparsity: 0.5\ndistill_layers: [1, 3]\n"
+        "data: {max_batch_seconds: 4.0, max_seconds: 1.0, num_buckets: 2}\n"
+        "trainer: {max_steps: 100, lr: 0.002, save_every: 100, log_every: 1}\n"
+    )
+    args = ["--teacher", str(tmp_path / "teacher"), "--train", str(data.path), "--max-steps", "3"]
+    prune_args = ["--config", str(tmp_path / "prune.yaml"), "--final-distill-steps", "1"]
+    assert main(["prune", *args, *prune_args, "--out", str(tmp_path / "exp")]) == 0
+    summary = json.loads((tmp_path / "exp" / "prune_summary.json").read_text())
+    final = load_upstream(tmp_path / "exp" / "final")
+    enc = final.config.encoder
+    assert summary["layer_head_index"] == enc.layer_head_index and len(enc.layer_head_index) == 3
+    assert [len(kept) for kept in enc.layer_head_index] == enc.layer_num_heads == summary["layer_num_heads"]
+    assert sum(p.numel() for p in final.parameters()) == summary["pruned_params"]
+    out = tmp_path / "final.onnx"
+    assert (
+        main(["export", "--upstream", str(tmp_path / "exp" / "final"), "--format", "onnx", "--out", str(out)])
+        == 0
+    )
