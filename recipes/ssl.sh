@@ -4,13 +4,17 @@
 #
 #   Stage 1: data preparation (local/data.sh)            -> data/<set>
 #   Stage 2: validate the data dirs, write utt2dur
-#   For each iteration n = 1..N (HuBERT; wav2vec 2.0 has one iteration, no units):
+#   For each iteration n = 1..N (HuBERT, WavLM; wav2vec 2.0 and data2vec have one iteration, no units):
 #   Stage 3: features: MFCC (n = 1) or layer L of iteration n-1's model
-#   Stage 4: k-means fit on the training features
+#            (n = 1 with --km_model and --km_model_layer L: layer L of the --init_from model)
+#   Stage 4: k-means fit on the training features (n = 1 with --km_model: `speechssl kmeans import`
+#            of that released k-means file instead)
 #   Stage 5: k-means labels for every set               -> data/<set>/units_<name>/labels
-#            (<name>: mfcc_k<K> for n = 1, <tag>_iter<n-1>_layer<L>_k<K> after)
+#            (<name>: mfcc_k<K> for n = 1, <tag>_iter<n-1>_layer<L>_k<K> after; with --km_model
+#            <features>_<km file name> for n = 1)
 #   Stage 6: unit quality (PNMI, purities) when data/<set>/phone_ctm exists
 #   Stage 7: pretraining                                  -> exp/<tag>_iter<n>/
+#            (n = 1 with --init_from: continued pretraining from that model's weights and heads)
 #   Stage 8: export the final model (--export_format: hf by default; the mini recipe uses onnx)
 #   Stage 9: summary (unit quality per iteration, throughput, where things are)
 #
@@ -36,12 +40,18 @@ valid_set=dev           # validation data dir name under data/
 local_data_opts=""      # options passed to local/data.sh
 
 # Pretraining
-ssl_type=hubert         # hubert | wav2vec2
-pretrain_configs=""     # one YAML per iteration (HuBERT) or one (wav2vec 2.0)
+ssl_type=hubert         # hubert | wavlm (units, iterations) | wav2vec2 | data2vec (one iteration, no units)
+pretrain_configs=""     # one YAML per iteration (HuBERT, WavLM) or one (wav2vec 2.0, data2vec)
 pretrain_args=""        # extra arguments for `speechssl pretrain`, e.g. "--max-steps 100"
+noise_set=""            # WavLM: noise data dir under data/ mixed into utterances (`speechssl pretrain --noise`)
+init_from=""            # iteration 1 starts from this model (local speechssl dir, transformers dir or
+                        # fairseq/s3prl/unilm .pt): `speechssl pretrain --init-from`; nothing is downloaded
 
-# Units (HuBERT), one value per iteration
-n_clusters="100 500"    # k-means clusters per iteration
+# Units (HuBERT, WavLM), one value per iteration
+n_clusters="100 500"    # k-means clusters per iteration (iteration 1's is ignored with --km_model)
+km_model=""             # iteration 1: a released scikit-learn k-means file (fairseq/HuBERT km.bin), imported
+                        # with `speechssl kmeans import` instead of fitting k-means on MFCC
+km_model_layer=""       # the layer of --init_from whose features --km_model clusters (empty: MFCC features)
 km_layers="6"           # for iteration n >= 2: layer of iteration n-1's model to cluster
 km_percent=1.0          # fraction of training utterances k-means is fitted on
 frame_shift=0.02        # seconds per unit (the model's frame rate)
@@ -53,6 +63,10 @@ help_message="Usage: $0 [options]; see the option block of recipes/ssl.sh"
 . "$(dirname "${BASH_SOURCE[0]}")/utils/parse_options.sh"
 . "$(dirname "${BASH_SOURCE[0]}")/utils/job_pool.sh"
 
+case "${ssl_type}" in
+    hubert|wavlm|wav2vec2|data2vec) ;;
+    *) log "Error: --ssl_type must be hubert, wavlm, wav2vec2 or data2vec, got '${ssl_type}'"; exit 2 ;;
+esac
 if [ -z "${pretrain_configs}" ]; then
     log "Error: --pretrain_configs is required (one YAML per iteration)"; exit 2
 fi
@@ -61,16 +75,38 @@ read -r -a configs <<< "${pretrain_configs}"
 read -r -a clusters <<< "${n_clusters}"
 read -r -a layers <<< "${km_layers}"
 case "${ssl_type}" in
-    hubert) num_iters=${#configs[@]}
+    hubert|wavlm) num_iters=${#configs[@]}
             if [ "${#clusters[@]}" -lt "${num_iters}" ]; then
                 log "Error: --n_clusters has ${#clusters[@]} values for ${num_iters} iterations"; exit 2
             fi
             if [ "${num_iters}" -gt 1 ] && [ "${#layers[@]}" -lt $((num_iters - 1)) ]; then
                 log "Error: --km_layers needs one layer per iteration after the first"; exit 2
             fi ;;
-    wav2vec2) num_iters=1 ;;
-    *) log "Error: --ssl_type must be hubert or wav2vec2, got '${ssl_type}'"; exit 2 ;;
+    wav2vec2|data2vec) num_iters=1
+            if [ -n "${km_model}" ]; then
+                log "Error: --km_model is for HuBERT / WavLM units; ${ssl_type} makes its own targets"; exit 2
+            fi ;;
 esac
+if [ -n "${noise_set}" ] && [ "${ssl_type}" != wavlm ]; then
+    log "Error: --noise_set is for --ssl_type wavlm (utterance mixing), got '${ssl_type}'"; exit 2
+fi
+# Nothing here downloads: a model or k-means file must already be on this machine.
+local_path() {  # local_path OPTION VALUE: exit 2 unless VALUE is an existing local file or dir
+    if [[ "$2" =~ ^[A-Za-z][A-Za-z0-9+.-]*:// ]]; then
+        log "Error: --$1 '$2' is a URL and this recipe never downloads: fetch it yourself, then pass" \
+            "the local file or dir, e.g. --$1 /path/to/$(basename "$2")"; exit 2
+    fi
+    if [ ! -e "$2" ]; then
+        log "Error: --$1 $2 does not exist on this machine (a model hub name is not downloaded either):" \
+            "pass the local file or dir, e.g. --$1 /path/to/$(basename "$2")"; exit 2
+    fi
+}
+[ -n "${init_from}" ] && local_path init_from "${init_from}"
+[ -n "${km_model}" ] && local_path km_model "${km_model}"
+if [ -n "${km_model_layer}" ] && { [ -z "${km_model}" ] || [ -z "${init_from}" ]; }; then
+    log "Error: --km_model_layer needs --km_model and --init_from (the layer's features come from that model)"
+    exit 2
+fi
 
 if [ "${ngpu}" -gt 1 ]; then
     pretrain_cmd="torchrun --standalone --nproc_per_node=${ngpu} -m speechssl pretrain"
@@ -103,19 +139,30 @@ if run_stage 2; then
 fi
 
 model_of_iter() { echo "${expdir}/${tag}_iter$1/checkpoints/last"; }
+# iteration 1's features: MFCC, or with --km_model_layer L layer L of the --init_from model
+if [ -n "${km_model_layer}" ]; then
+    init_feat_name="$(speechssl downstream name "${init_from}")_layer${km_model_layer}"
+else
+    init_feat_name=mfcc
+fi
+# an imported k-means model is named by its file name: hubert_base_ls960_L9_km500.bin -> hubert_base_ls960_L9_km500
+km_stem=$(basename "${km_model:-none}"); km_stem=${km_stem%%.*}; km_stem=${km_stem//[^A-Za-z0-9_-]/_}
 # what the units of iteration n are: mfcc_k100, hubert_iter1_layer6_k500, ... Units learnt from a
 # model carry its tag, so two tagged experiments on the same data never share (or skip) them.
 units_name() {
-    if [ "$1" -eq 1 ]; then echo "mfcc_k${clusters[0]}"
+    if [ "$1" -eq 1 ] && [ -n "${km_model}" ]; then echo "${init_feat_name}_${km_stem}"
+    elif [ "$1" -eq 1 ]; then echo "mfcc_k${clusters[0]}"
     else echo "${tag}_iter$(($1 - 1))_layer${layers[$(($1 - 2))]}_k${clusters[$(($1 - 1))]}"; fi
 }
 
 for ((it = 1; it <= num_iters; it++)); do
     units="units_$(units_name "${it}")"
     pexp="${expdir}/${tag}_iter${it}"
-    if [ "${ssl_type}" = hubert ]; then
+    if [ "${ssl_type}" = hubert ] || [ "${ssl_type}" = wavlm ]; then
         k=${clusters[$((it - 1))]}
-        if [ "${it}" -eq 1 ]; then
+        if [ "${it}" -eq 1 ] && [ -n "${km_model_layer}" ]; then
+            feat_args="--feature upstream --upstream ${init_from} --layer ${km_model_layer}"; feat_name=${init_feat_name}
+        elif [ "${it}" -eq 1 ]; then
             feat_args="--feature mfcc"; feat_name=mfcc
         else
             layer=${layers[$((it - 2))]}
@@ -136,12 +183,20 @@ for ((it = 1; it <= num_iters; it++)); do
             pool_wait
         fi
         kmdir="${expdir}/kmeans_iter${it}_${feat_name}_k${k}"
+        [ "${it}" -eq 1 ] && [ -n "${km_model}" ] && kmdir="${expdir}/kmeans_iter1_${feat_name}_${km_stem}"
         if run_stage 4; then
-            log "Stage 4 (iteration ${it}): k-means, K=${k} on ${feat_name}"
-            done_or "${kmdir}/.done" || {
-                speechssl kmeans fit --feats "${dumpdir}/${feat_name}/${train_set}" --num-clusters "${k}" \
-                    --percent "${km_percent}" --seed "${seed}" --out "${kmdir}"
-                touch "${kmdir}/.done"; }
+            if [ "${it}" -eq 1 ] && [ -n "${km_model}" ]; then
+                log "Stage 4 (iteration ${it}): k-means imported from ${km_model} (features ${feat_name})"
+                done_or "${kmdir}/.done" || {
+                    speechssl kmeans import --model "${km_model}" --out "${kmdir}"
+                    touch "${kmdir}/.done"; }
+            else
+                log "Stage 4 (iteration ${it}): k-means, K=${k} on ${feat_name}"
+                done_or "${kmdir}/.done" || {
+                    speechssl kmeans fit --feats "${dumpdir}/${feat_name}/${train_set}" --num-clusters "${k}" \
+                        --percent "${km_percent}" --seed "${seed}" --out "${kmdir}"
+                    touch "${kmdir}/.done"; }
+            fi
         fi
         if run_stage 5; then
             log "Stage 5 (iteration ${it}): units -> data/<set>/${units}"
@@ -165,13 +220,20 @@ for ((it = 1; it <= num_iters; it++)); do
     else
         units_arg=""
     fi
+    extra_args=()
+    if [ "${it}" -eq 1 ] && [ -n "${init_from}" ]; then extra_args+=(--init-from "${init_from}"); fi
+    if [ -n "${noise_set}" ]; then extra_args+=(--noise "data/${noise_set}"); fi
     if run_stage 7; then
         log "Stage 7 (iteration ${it}): pretraining ${configs[$((it - 1))]} -> ${pexp}"
+        if [ -n "${noise_set}" ] && [ ! -f "data/${noise_set}/wav.scp" ]; then
+            log "Error: data/${noise_set}/wav.scp is missing (--noise_set): run stage 1 or give a noise data dir"
+            exit 2
+        fi
         if ! done_or "${pexp}/.done"; then
             resume=""; [ -d "${pexp}/checkpoints" ] && resume="--resume"
             # shellcheck disable=SC2086
             ${pretrain_cmd} --config "${configs[$((it - 1))]}" --train "data/${train_set}" --valid "data/${valid_set}" \
-                --out "${pexp}" ${units_arg} --seed "${seed}" ${resume} ${pretrain_args}
+                --out "${pexp}" ${units_arg} --seed "${seed}" ${resume} ${extra_args[@]+"${extra_args[@]}"} ${pretrain_args}
             touch "${pexp}/.done"
         fi
     fi

@@ -72,3 +72,22 @@ def test_misspelt_option_and_missing_input_stop_with_exit_2(tmp_path):
     assert bad.returncode == 2 and "unknown option --n_cluster" in bad.stderr
     missing = run_recipe(cwd, "--stage", "2", "--stop_stage", "2")
     assert missing.returncode == 2 and "data/read/train is missing: run stage 1" in missing.stdout
+
+
+def test_new_options_are_checked_before_any_stage(tmp_path):
+    cwd = copy_recipe(tmp_path / "ssl1")
+    checks = [
+        (["--ssl_type", "bert"], "--ssl_type must be hubert, wavlm, wav2vec2 or data2vec, got 'bert'"),
+        (["--init_from", "https://example.org/hubert_base_ls960.pt"],
+         "is a URL and this recipe never downloads: fetch it yourself, then pass the local file or dir, "
+         "e.g. --init_from /path/to/hubert_base_ls960.pt"),
+        (["--init_from", "facebook/hubert-base-ls960"],
+         "--init_from facebook/hubert-base-ls960 does not exist on this machine"),
+        (["--ssl_type", "data2vec", "--km_model", "km.bin"], "--km_model is for HuBERT / WavLM units"),
+        (["--km_model_layer", "6"], "--km_model_layer needs --km_model and --init_from"),
+        (["--noise_set", "noise/train"], "--noise_set is for --ssl_type wavlm"),
+    ]  # fmt: skip
+    for args, message in checks:
+        result = run_recipe(cwd, *args)
+        assert result.returncode == 2 and message in result.stdout, (args, result.stdout[-2000:])
+        assert "Stage 1" not in result.stdout and not (cwd / "data").exists()
