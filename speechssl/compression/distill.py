@@ -68,25 +68,23 @@ def build_student(
         raise ValueError(f"student.init_layers {copy_from} exceed the teacher's {enc.num_layers} layers")
     per_layer = {
         name: None if getattr(enc, name) is None else [getattr(enc, name)[i - 1] for i in copy_from]
-        for name in ("layer_num_heads", "layer_ffn_dims")
+        for name in ("layer_num_heads", "layer_ffn_dims", "layer_head_index")
     }
     student_config = replace(
         teacher_config,
         encoder=replace(enc, num_layers=config.num_layers, layerdrop=config.layerdrop, **per_layer),
     )
-    student = build_model(student_config)
-    for index, layer in enumerate(student.encoder.layers):  # pruned WavLM heads: which original heads
-        source_attention = teacher.encoder.layers[copy_from[index] - 1].attention
-        if layer.attention is not None and getattr(source_attention, "head_index", None) is not None:
-            layer.attention.head_index = list(source_attention.head_index)
+    student = build_model(student_config)  # pruned WavLM heads: layer_head_index sets their gates' chunks
     if config.init_from_teacher:
         source = teacher.state_dict()
         state = {}
         for key in student.state_dict():
-            key_in_teacher = key  # not a layer's, or WavLM's table: shared by all teacher layers
+            key_in_teacher = key  # not a layer's
             if key.startswith("encoder.layers."):
                 _, _, index, rest = key.split(".", 3)
-                if rest != SHARED_TABLE:
+                if rest == SHARED_TABLE:  # WavLM's table, shared by all layers: wherever the teacher has it
+                    key_in_teacher = f"encoder.layers.{teacher.encoder.table_layer}.{rest}"
+                else:
                     key_in_teacher = f"encoder.layers.{copy_from[int(index)] - 1}.{rest}"
             state[key] = source[key_in_teacher].detach().clone()
         student.load_state_dict(state, strict=True)

@@ -69,6 +69,26 @@ def test_wavlm_student_from_upper_layers_keeps_the_shared_table():
     torch.testing.assert_close(out.hidden_states[2], expected, atol=1e-6, rtol=0)
 
 
+def test_student_of_a_pruned_wavlm_keeps_its_heads_and_the_moved_table():
+    """A pruned WavLM teacher (layer 0's attention removed, so the shared table lives in layer 1;
+    uneven original heads kept): a student of its layers 1-2 reproduces them exactly."""
+    config = get_preset("wavlm_tiny")
+    encoder = dataclasses.replace(
+        config.encoder, num_layers=3, layer_num_heads=[0, 2, 3], layer_head_index=[[], [1, 3], [0, 2, 4]]
+    )
+    config = dataclasses.replace(config, encoder=encoder)
+    torch.manual_seed(0)
+    teacher = perturb_(build_model(config), seed=3).eval()
+    student, student_config = build_student(teacher, config, StudentConfig(num_layers=2))
+    assert student_config.encoder.layer_head_index == [[], [1, 3]]
+    wavs, lens = random_waves([6000, 4100])
+    with torch.no_grad():
+        t = teacher(wavs, lens).hidden_states
+        s = student.eval()(wavs, lens).hidden_states
+    for i in range(3):
+        torch.testing.assert_close(s[i], t[i], atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("name", TEACHERS)
 def test_distiller_steps_lower_the_loss(name):
     teacher, config = _teacher(name)
