@@ -18,15 +18,20 @@ def add_training_arguments(parser: argparse.ArgumentParser, config_help: str) ->
         "--max-steps", type=int, help="override trainer.max_steps (the warmup keeps its share)"
     )
     parser.add_argument("--resume", action="store_true", help="continue exactly from EXP/checkpoints/last")
+    add_set_argument(parser, "trainer.lr=2e-4")
+    add_overwrite_argument(parser)
+
+
+def add_set_argument(parser: argparse.ArgumentParser, example: str) -> None:
+    """--set KEY=VALUE (repeatable) into `args.overrides`, for every command that reads a config."""
     parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config value, e.g. --set trainer.lr=2e-4 (repeatable)",
+        help=f"override a config value, e.g. --set {example} (repeatable)",
     )
-    add_overwrite_argument(parser)
 
 
 def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:

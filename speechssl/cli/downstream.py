@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from speechssl.cli.common import add_overwrite_argument
+from speechssl.cli.common import add_overwrite_argument, add_set_argument
 from speechssl.config import load_config
 from speechssl.downstream.config import DownstreamConfig
 from speechssl.downstream.report import write_report
@@ -93,14 +93,7 @@ def add_train_arguments(
         "locked while the run writes it",
     )
     parser.add_argument("--config", help=config_help)
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help=f"config override, e.g. {set_example} (repeatable)",
-    )
+    add_set_argument(parser, set_example)
     parser.add_argument("--max-steps", type=int, help=max_steps_help)
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoints of EXP")
     add_overwrite_argument(parser)
