@@ -74,6 +74,7 @@ def test_wavlm_pretraining_with_noise_loads_as_a_wavlm_upstream(corpus, tmp_path
     assert any(b"mix_rate" in p.read_bytes() for p in events)  # the health metric is logged
 
 
+@pytest.mark.slow
 def test_data2vec_pretraining_loads_as_a_data2vec_upstream(corpus, tmp_path):
     assert _pretrain(corpus, DATA2VEC, tmp_path / "exp", "--set", "data2vec.average_top_k_layers=2") == 0
     up = speechssl.load_upstream(tmp_path / "exp" / "checkpoints" / "last")
