@@ -54,8 +54,11 @@ def test_presets_mirror_fairseq_defaults():
 def test_every_model_preset_is_a_pretraining_preset():
     from speechssl.models import PRESETS, get_preset
 
+    from speechssl.objectives.pretraining import OBJECTIVE_SECTIONS
+
     for name in PRESETS:  # one table of names: the model presets
-        assert get_pretrain_preset(name).model == get_preset(name), name
+        if get_preset(name).family in OBJECTIVE_SECTIONS:  # UniSpeech-SAT: no objective
+            assert get_pretrain_preset(name).model == get_preset(name), name
 
 
 def test_config_round_trip_and_errors():
