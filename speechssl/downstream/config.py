@@ -77,8 +77,11 @@ class DownstreamConfig:
     # optimisation (AdamW through the trainer)
     lr: float = 1e-3
     lr_sweep: list[float] = field(default_factory=list)  # one run per lr; the best dev metric wins
-    max_steps: int = 2000
+    max_steps: int = 20000  # a cap: patience ends a converged run first
     eval_every: int = 500  # updates between checkpoints, each scored on dev with the task metric
+    # early stopping: a run ends when the dev metric has not improved (strictly) for this many
+    # evaluations in a row; null: train to max_steps
+    patience: int | None = 5
     schedule: Literal["constant", "linear", "polynomial", "tri_stage"] = "constant"
     warmup_steps: int = 0
     tri_stage_ratios: tuple[float, float, float] = (0.1, 0.4, 0.5)  # tri_stage: warmup, hold, decay
@@ -109,6 +112,8 @@ class DownstreamConfig:
         for name in ("lr", "eps", "max_steps", "eval_every", "log_every", "sentencepiece_vocab_size"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, found {getattr(self, name)}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience must be >= 1 evaluations or null, found {self.patience}")
         if any(not (lr > 0 and math.isfinite(lr)) for lr in self.lr_sweep):
             raise ValueError(f"lr_sweep must hold positive learning rates, found {self.lr_sweep}")
         if len(set(self.lr_sweep)) != len(self.lr_sweep):
@@ -165,11 +170,13 @@ class DownstreamConfig:
 def finetune_defaults() -> DownstreamConfig:
     """The defaults of `speechssl finetune train`: fairseq's base_10h (lr 5e-5, 20k updates,
     tri-stage 0.1/0.4/0.5, adam eps 1e-8, no weight decay, no clipping, 10k head-only updates,
-    3.2M samples per batch), the whole upstream but its conv frontend trained."""
+    3.2M samples per batch), the whole upstream but its conv frontend trained; no early stopping
+    (the tri-stage schedule runs to its end, as in fairseq)."""
     return DownstreamConfig(
         lr=5e-5,
         max_steps=20000,
         eval_every=1000,
+        patience=None,
         schedule="tri_stage",
         tri_stage_ratios=(0.1, 0.4, 0.5),
         eps=1e-8,
