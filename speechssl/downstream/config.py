@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from speechssl.data.batching import BatchingConfig
 from speechssl.downstream.featurizers import FeaturizerConfig
@@ -21,20 +21,59 @@ from speechssl.tuning import TuningConfig
 
 @dataclass(frozen=True, kw_only=True)
 class HeadConfig:
-    hidden_dim: int = 256  # pooled heads: frame projection; ASR: LSTM cells per direction
-    lstm_layers: int = 2  # ASR BiLSTM layers (SUPERB: 2)
-    dropout: float = 0.2  # ASR
-    xvector_channels: int = 256  # ASV TDNN channels
-    embed_dim: int = 128  # ASV speaker embedding
-    am_margin: float = 0.2  # ASV additive margin m
+    """The task heads, by default in the sizes of s3prl's SUPERB experts (the embedded corpus's
+    recipe, egs/mini_synth/superb1/conf/, names smaller ones)."""
+
+    # KS / IC / SID: Linear(D, hidden_dim) before mean pooling (s3prl modelrc.projector_dim);
+    # PR: Linear(D, hidden_dim) before the CTC output layer (s3prl ctc modelrc.project_dim)
+    hidden_dim: int = 256
+    # ASR (s3prl asr/config.yaml): Linear(D, lstm_dim) (modelrc.project_dim), then BiLSTMs of
+    # lstm_dim cells per direction (RNNs.dim), dropout after each, a linear output layer
+    lstm_dim: int = 1024
+    lstm_layers: int = 2
+    dropout: float = 0.2
+    # ASR SpecAugment on the featurizer output, training only (s3prl specaug: widths drawn in
+    # [0, width), zeros; time warping is not applied)
+    spec_augment: bool = True
+    num_time_masks: int = 2
+    time_mask_width: int = 40  # frames
+    num_freq_masks: int = 4
+    freq_mask_width: int = 50  # feature channels
+    # ASV x-vector (s3prl sv_voxceleb1/configs/amsoftmax.yaml): Linear(D, xvector_channels), TDNN
+    # layers of xvector_channels x4 and xvector_agg_dim, mean+std pooling, Linear(2 agg, embed_dim)
+    xvector_channels: int = 512  # modelrc.input_dim
+    xvector_agg_dim: int = 1500  # module_config.XVector.agg_dim
+    xvector_batch_norm: bool = False  # module_config.XVector.batch_norm
+    embed_dim: int = 512  # the speaker embedding scored by cosine
+    am_margin: float = 0.4  # ASV additive margin m (LossConfig.AMSoftmaxLoss.m)
     am_scale: float = 30.0  # ASV logit scale s
+    asv_max_seconds: float | None = 8.0  # ASV training crop (s3prl max_timestep: 128000 samples)
+    asv_min_seconds: float = 2.0  # ASV training utterances shorter are dropped (s3prl min_sec: 32000)
 
     def __post_init__(self) -> None:
-        for name in ("hidden_dim", "lstm_layers", "xvector_channels", "embed_dim", "am_scale"):
+        for name in (
+            "hidden_dim", "lstm_dim", "lstm_layers", "xvector_channels", "xvector_agg_dim",
+            "embed_dim", "am_scale",
+        ):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, found {getattr(self, name)}")
+        for name in ("num_time_masks", "time_mask_width", "num_freq_masks", "freq_mask_width"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, found {getattr(self, name)}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), found {self.dropout}")
+        if not (0 <= self.am_margin < 1):
+            raise ValueError(f"am_margin must be in [0, 1), found {self.am_margin}")
+        if self.asv_max_seconds is not None and not (
+            math.isfinite(self.asv_max_seconds) and self.asv_max_seconds > 0
+        ):
+            raise ValueError(f"asv_max_seconds must be > 0 or null, found {self.asv_max_seconds}")
+        if not (math.isfinite(self.asv_min_seconds) and self.asv_min_seconds >= 0):
+            raise ValueError(f"asv_min_seconds must be >= 0, found {self.asv_min_seconds}")
+        if self.asv_max_seconds is not None and self.asv_min_seconds > self.asv_max_seconds:
+            raise ValueError(
+                f"asv_min_seconds ({self.asv_min_seconds}) exceeds asv_max_seconds ({self.asv_max_seconds})"
+            )
 
 
 def _finetune_mask() -> MaskConfig:
@@ -74,7 +113,10 @@ class DownstreamConfig:
     }
     featurizer: FeaturizerConfig = field(default_factory=FeaturizerConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
-    # optimisation (AdamW through the trainer)
+    # optimisation: "adam" is torch.optim.Adam with torch's defaults as s3prl's experts (betas
+    # (0.9, 0.999), eps 1e-8, no weight decay; run as AdamW with weight_decay 0, the same update);
+    # "adamw": betas (0.9, 0.98), eps 1e-6, decoupled weight_decay (fine-tuning: fairseq's Adam)
+    optimizer: Literal["adam", "adamw"] = "adam"
     lr: float = 1e-3
     lr_sweep: list[float] = field(default_factory=list)  # one run per lr; the best dev metric wins
     max_steps: int = 20000  # a cap: patience ends a converged run first
@@ -85,8 +127,8 @@ class DownstreamConfig:
     schedule: Literal["constant", "linear", "polynomial", "tri_stage"] = "constant"
     warmup_steps: int = 0
     tri_stage_ratios: tuple[float, float, float] = (0.1, 0.4, 0.5)  # tri_stage: warmup, hold, decay
-    eps: float = 1e-6  # AdamW epsilon
-    weight_decay: float = 0.0
+    eps: float | None = None  # None: the optimizer's (adam 1e-8, adamw 1e-6)
+    weight_decay: float = 0.0  # adamw only
     clip_norm: float = 1.0
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     # data
@@ -109,11 +151,18 @@ class DownstreamConfig:
     log_every: int = 50
 
     def __post_init__(self) -> None:
-        for name in ("lr", "eps", "max_steps", "eval_every", "log_every", "sentencepiece_vocab_size"):
+        for name in ("lr", "max_steps", "eval_every", "log_every", "sentencepiece_vocab_size"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, found {getattr(self, name)}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be >= 1 evaluations or null, found {self.patience}")
+        if self.eps is not None and not (self.eps > 0 and math.isfinite(self.eps)):
+            raise ValueError(f"eps must be > 0 or null, found {self.eps}")
+        if self.optimizer == "adam" and self.weight_decay:
+            raise ValueError(
+                f"weight_decay ({self.weight_decay}) needs optimizer: adamw (adam runs with torch's "
+                "defaults, without weight decay)"
+            )
         if any(not (lr > 0 and math.isfinite(lr)) for lr in self.lr_sweep):
             raise ValueError(f"lr_sweep must hold positive learning rates, found {self.lr_sweep}")
         if len(set(self.lr_sweep)) != len(self.lr_sweep):
@@ -145,8 +194,7 @@ class DownstreamConfig:
             schedule=self.schedule,
             warmup_steps=self.warmup_steps,
             tri_stage_ratios=self.tri_stage_ratios,
-            eps=self.eps,
-            weight_decay=self.weight_decay,
+            **self.optimizer_settings(),
             clip_norm=self.clip_norm,
             precision=self.precision,
             save_every=self.eval_every,
@@ -156,6 +204,17 @@ class DownstreamConfig:
             num_workers=self.num_workers,
             find_unused_parameters=unused,  # DDP: the head-only updates leave the upstream out
         )
+
+    def optimizer_settings(self) -> dict[str, Any]:
+        """The trainer's AdamW settings for `optimizer`: torch.optim.Adam's update is AdamW's with
+        weight_decay 0, so "adam" is AdamW with Adam's betas and eps and no decay."""
+        if self.optimizer == "adam":
+            return {"betas": (0.9, 0.999), "eps": 1e-8 if self.eps is None else self.eps, "weight_decay": 0.0}
+        return {
+            "betas": (0.9, 0.98),
+            "eps": 1e-6 if self.eps is None else self.eps,
+            "weight_decay": self.weight_decay,
+        }
 
     def batching(self) -> BatchingConfig:
         """The batching settings (training utterances are cropped at a random window)."""
@@ -171,8 +230,10 @@ def finetune_defaults() -> DownstreamConfig:
     """The defaults of `speechssl finetune train`: fairseq's base_10h (lr 5e-5, 20k updates,
     tri-stage 0.1/0.4/0.5, adam eps 1e-8, no weight decay, no clipping, 10k head-only updates,
     3.2M samples per batch), the whole upstream but its conv frontend trained; no early stopping
-    (the tri-stage schedule runs to its end, as in fairseq)."""
+    (the tri-stage schedule runs to its end, as in fairseq). fairseq's adam has betas (0.9, 0.98)
+    and decoupled weight decay: optimizer adamw."""
     return DownstreamConfig(
+        optimizer="adamw",
         lr=5e-5,
         max_steps=20000,
         eval_every=1000,
