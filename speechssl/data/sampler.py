@@ -111,6 +111,10 @@ class DurationBucketSampler(Sampler[list[int]]):
         `crops[index]` seconds, e.g. `AudioDataset(max_seconds=max_batch_seconds)`).
     num_buckets: how many duration quantiles local shuffling is confined to;
         more buckets = less padding, less randomness in batch composition.
+    weights: per index, how likely it is drawn (torch's WeightedRandomSampler semantics:
+        each epoch draws as many indices as are kept, with replacement, with probability
+        proportional to the weight, from (seed, epoch)); the draws are then bucketed and
+        packed as usual. None: every kept index once per epoch.
 
     Call `set_epoch(epoch)` before each epoch (as with DistributedSampler).
     `len(sampler)` is this epoch's number of batches per rank (the same on
@@ -130,6 +134,7 @@ class DurationBucketSampler(Sampler[list[int]]):
         drop_last: bool = False,
         long_utterances: Literal["drop", "crop"] = "drop",
         num_buckets: int = 100,
+        weights: Sequence[float] | None = None,
     ) -> None:
         if not (max_batch_seconds > 0 and math.isfinite(max_batch_seconds)):
             raise ValueError(f"max_batch_seconds must be a positive number, found {max_batch_seconds}")
@@ -146,6 +151,12 @@ class DurationBucketSampler(Sampler[list[int]]):
         if num_buckets < 1:
             raise ValueError(f"num_buckets must be >= 1, found {num_buckets}")
         durs = [float(d) for d in durations]
+        if weights is not None:
+            if len(weights) != len(durs):
+                raise ValueError(f"weights has {len(weights)} entries for {len(durs)} durations")
+            if not all(w >= 0 and math.isfinite(w) for w in weights) or not any(w > 0 for w in weights):
+                raise ValueError("weights must be finite, >= 0 and not all 0")
+        self.weights = None if weights is None else [float(w) for w in weights]
         for i, d in enumerate(durs):
             if not (d > 0 and math.isfinite(d)):
                 raise ValueError(
@@ -164,7 +175,7 @@ class DurationBucketSampler(Sampler[list[int]]):
         self.epoch = 0
         self.batches_yielded = 0
         self._resumed = False  # honour a completed position once, right after load_state_dict
-        self._fingerprint = _fingerprint(durs)
+        self._fingerprint = _fingerprint(durs + (self.weights or []))
 
         long = [i for i, d in enumerate(durs) if d > self.max_batch_seconds + _EPS]
         if long_utterances == "drop":
@@ -202,7 +213,13 @@ class DurationBucketSampler(Sampler[list[int]]):
         if self._cache is not None and self._cache[0] == self.epoch:
             return self._cache[1], self._cache[2]
         durs = self._durations
-        order = sorted(self._kept, key=lambda i: (durs[i], i))
+        kept = self._kept
+        if self.weights is not None and kept:
+            p = np.asarray([self.weights[i] for i in kept], dtype=np.float64)
+            if p.sum() > 0:
+                draws = self._rng(3).choice(len(kept), size=len(kept), replace=True, p=p / p.sum())
+                kept = [kept[int(k)] for k in draws]
+        order = sorted(kept, key=lambda i: (durs[i], i))
         if self.shuffle and order:
             rng = self._rng(0)
             buckets = np.array_split(np.asarray(order, dtype=np.int64), min(self.num_buckets, len(order)))
@@ -279,6 +296,7 @@ class DurationBucketSampler(Sampler[list[int]]):
             "long_utterances": self.long_utterances,
             "num_buckets": self.num_buckets,
             "durations_sha1": self._fingerprint,
+            "weighted": self.weights is not None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -298,6 +316,7 @@ class DurationBucketSampler(Sampler[list[int]]):
             "long_utterances",
             "num_buckets",
             "durations_sha1",
+            "weighted",
         ):
             if key in state and state[key] != mine[key]:
                 what = "the dataset's durations" if key == "durations_sha1" else key

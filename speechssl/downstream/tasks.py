@@ -16,12 +16,17 @@ text lacks map to the `<unk>` token (WER is scored on the words, so they count a
 
 | task | data file (per split)  | head                        | loss        | metric      |
 |------|------------------------|-----------------------------|-------------|-------------|
-| pr   | phones                 | linear                      | CTC         | PER (lower) |
-| asr  | text                   | 2-layer BiLSTM              | CTC         | WER (lower), CER |
-| ks   | text (keyword label)   | mean pool + linear          | CE          | accuracy    |
+| pr   | phones                 | projector + linear          | CTC         | PER (lower) |
+| asr  | text                   | SpecAugment, 2-layer BiLSTM | CTC         | WER (lower), CER |
+| ks   | text (keyword label)   | projector, mean pool, linear| CE          | accuracy    |
 | ic   | intent (3 slots)       | mean pool + linear per slot | CE summed   | accuracy    |
-| sid  | utt2spk                | mean pool + linear          | CE          | accuracy    |
+| sid  | utt2spk                | projector, mean pool, linear| CE          | accuracy    |
 | asv  | utt2spk (train), trials| x-vector                    | AM-softmax  | EER (lower) |
+
+The heads and their defaults are those of s3prl's SUPERB experts (speechssl.downstream.heads,
+HeadConfig). Training batches come from `Task.train_loader`: KS draws classes uniformly
+(s3prl's WeightedRandomSampler); ASV crops to `head.asv_max_seconds` and drops utterances
+shorter than `head.asv_min_seconds`.
 
 CTC fine-tuning (speechssl.downstream.finetune) trains asr or pr with a linear head on the
 upstream's last layer instead (the vocabulary, loss and metric stay the task's).
@@ -30,6 +35,7 @@ upstream's last layer instead (the vocabulary, loss and metric stay the task's).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -41,17 +47,21 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
+from speechssl.data.batching import BatchingConfig, build_loader
 from speechssl.data.datadir import DataDir
 from speechssl.data.dataset import AudioDataset, load_targets
 from speechssl.data.kaldi import read_table, read_table_lines
+from speechssl.data.sampler import DurationBucketSampler
 from speechssl.downstream import metrics
 from speechssl.downstream.config import DownstreamConfig
 from speechssl.downstream.heads import (
     AdditiveMarginSoftmax,
     BiLSTMCTCHead,
-    LinearCTCHead,
     MeanPoolClassifier,
+    ProjectedCTCHead,
+    SpecAugment,
     XVectorHead,
 )
 from speechssl.errors import SpeechSSLError
@@ -367,6 +377,38 @@ class Task:
     def has_split(self, split: str) -> bool:
         return (self.data_dir / split).is_dir()
 
+    def sample_weights(self, dataset: AudioDataset) -> list[float] | None:
+        """Per training utterance, how likely the sampler draws it (None: each once per epoch)."""
+        return None
+
+    def train_loader(
+        self, batching: BatchingConfig, *, seed: int, rank: int = 0, world_size: int = 1, num_workers: int = 0
+    ) -> DataLoader:
+        """The training loader (`build_loader`'s), its sampler drawing by `sample_weights` when
+        the task has them (the same batching otherwise)."""
+        dataset = self.dataset("train", train=True)
+        loader = build_loader(
+            dataset,
+            batching,
+            train=True,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            num_workers=num_workers,
+        )
+        weights = self.sample_weights(dataset)
+        if weights is None:
+            return loader
+        plain = loader.batch_sampler
+        sampler = DurationBucketSampler(
+            dataset.durations, plain.max_batch_seconds, max_batch_size=plain.max_batch_size,
+            num_replicas=world_size, rank=rank, seed=seed, num_buckets=plain.num_buckets,
+            long_utterances=plain.long_utterances, weights=weights,
+        )  # fmt: skip
+        return DataLoader(
+            dataset, batch_sampler=sampler, collate_fn=loader.collate_fn, num_workers=loader.num_workers
+        )
+
     # model
     def build_head(self, input_dim: int) -> nn.Module:
         raise NotImplementedError
@@ -468,7 +510,7 @@ class PhoneRecognition(_CTCTask):
         )
 
     def build_head(self, input_dim):
-        return LinearCTCHead(input_dim, len(self.tokens))
+        return ProjectedCTCHead(input_dim, len(self.tokens), projector_dim=self.config.head.hidden_dim)
 
     def score(self, refs, hyps):
         return metrics.phone_error_rate(
@@ -590,9 +632,18 @@ class SpeechRecognition(_CTCTask):
 
     def build_head(self, input_dim):
         h = self.config.head
+        augment = (
+            SpecAugment(
+                num_time_masks=h.num_time_masks, time_mask_width=h.time_mask_width,
+                num_freq_masks=h.num_freq_masks, freq_mask_width=h.freq_mask_width,
+            )
+            if h.spec_augment
+            else None
+        )  # fmt: skip
         return BiLSTMCTCHead(
-            input_dim, len(self.tokens), hidden_dim=h.hidden_dim, num_layers=h.lstm_layers, dropout=h.dropout
-        )
+            input_dim, len(self.tokens), hidden_dim=h.lstm_dim, num_layers=h.lstm_layers, dropout=h.dropout,
+            spec_augment=augment,
+        )  # fmt: skip
 
     def predict(self, head, x, lengths, batch):
         return [self._decode(ids) for ids in super().predict(head, x, lengths, batch)]
@@ -657,6 +708,16 @@ class KeywordSpotting(_ClassificationTask):
     """KS: `text` holds the keyword class (12 in Speech Commands v1 protocol)."""
 
     name, target_file, target_help, what = "ks", "text", "the keyword of each utterance", "keyword"
+
+    def sample_weights(self, dataset: AudioDataset) -> list[float]:
+        """Classes drawn uniformly, as s3prl's KS (WeightedRandomSampler, weight N / count(class)
+        per utterance, len(train) draws with replacement per epoch)."""
+        table = dataset.targets[self.target_name]
+        labels = [table[utt] for utt in dataset.utt_ids()]
+        counts: dict[str, int] = {}
+        for label in labels:
+            counts[label] = counts.get(label, 0) + 1
+        return [len(labels) / counts[label] for label in labels]
 
 
 class SpeakerIdentification(_ClassificationTask):
@@ -791,11 +852,44 @@ class SpeakerVerification(Task):
     def has_split(self, split: str) -> bool:
         return (self.data_dir / split / "trials").is_file() if split != "train" else super().has_split(split)
 
+    def dataset(self, split: str, *, train: bool) -> AudioDataset:
+        """Training: utterances shorter than `head.asv_min_seconds` dropped (logged), the rest
+        cropped to `head.asv_max_seconds` (and to `max_seconds` when set), as s3prl's ASV."""
+        dataset = super().dataset(split, train=train)
+        if not train:
+            return dataset
+        h = self.config.head
+        crops = [c for c in (h.asv_max_seconds, self.config.max_seconds) if c is not None]
+        if crops and (dataset.max_seconds is None or min(crops) < dataset.max_seconds):
+            dataset.max_seconds = min(crops)
+        keep = [i for i, d in enumerate(dataset.full_durations) if d >= h.asv_min_seconds]
+        dropped = len(dataset.utterances) - len(keep)
+        log.info(
+            "task asv: %d of %d training utterances are shorter than asv_min_seconds=%g and are dropped",
+            dropped, len(dataset.utterances), h.asv_min_seconds,
+        )  # fmt: skip
+        if not keep:
+            raise DataCheckError(
+                f"task asv: every utterance of {self.data_dir / split} is shorter than "
+                f"head.asv_min_seconds={h.asv_min_seconds} s; lower it"
+            )
+        dataset.utterances = [dataset.utterances[i] for i in keep]
+        dataset.full_durations = [dataset.full_durations[i] for i in keep]
+        cap = math.inf if dataset.max_seconds is None else dataset.max_seconds
+        dataset.durations = [min(d, cap) for d in dataset.full_durations]
+        return dataset
+
     def build_head(self, input_dim):
         h = self.config.head
         return nn.ModuleDict(
             {
-                "xvector": XVectorHead(input_dim, channels=h.xvector_channels, embed_dim=h.embed_dim),
+                "xvector": XVectorHead(
+                    input_dim,
+                    channels=h.xvector_channels,
+                    agg_dim=h.xvector_agg_dim,
+                    embed_dim=h.embed_dim,
+                    batch_norm=h.xvector_batch_norm,
+                ),  # fmt: skip
                 "am_softmax": AdditiveMarginSoftmax(
                     h.embed_dim, len(self.speakers), margin=h.am_margin, scale=h.am_scale
                 ),
@@ -831,7 +925,7 @@ class SpeakerVerification(Task):
         embeddings: dict[str, Tensor] = {}
         for batch in batches:
             x, lengths = features(batch)
-            emb = F.normalize(head["xvector"](x, lengths).float(), dim=-1).cpu()  # (B, E)
+            emb = F.normalize(head["xvector"].embedding(x, lengths).float(), dim=-1).cpu()  # (B, E)
             embeddings.update(zip(batch.utt_ids, emb))
         scores, labels = [], []
         for line_no, a, b, target in trials:
