@@ -12,7 +12,7 @@ Rule for every `--out`:
   input or an experiment dir (new files may be added there), unless this command wrote it.
 
 Experiment dirs (pretrain, distill, prune, downstream train, finetune train) are locked while a run
-writes them: `EXP/.lock` holds the pid and host of the holder and a POSIX record lock
+writes them: `EXP/.speechssl_lock` holds the pid and host of the holder and a POSIX record lock
 (`lockf`), which the kernel releases when the holder dies and which, unlike `flock`, the
 holder's forked data-loader workers do not inherit; so a stale lock (a killed run) is told from
 a live one at once.

@@ -10,10 +10,11 @@ trains (same data layout, experiment dir and results as `speechssl downstream`).
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from speechssl.cli.downstream import add_evaluate_arguments, add_train_arguments, print_results
-from speechssl.downstream.finetune import FINETUNE_TASKS, load_finetune_config
-from speechssl.downstream.runner import evaluate_downstream, train_downstream
+from speechssl.downstream.finetune import FINETUNE_TASKS, keep_recorded_freeze, load_finetune_config
+from speechssl.downstream.runner import EXP_FILE, evaluate_downstream, load_experiment, train_downstream
 
 COMMAND = "finetune train"
 
@@ -38,7 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         config_help="YAML mapped onto DownstreamConfig over the fine-tuning defaults "
         "(unknown keys are errors)",
         set_example="lr=1e-4, tuning.lora.rank=8 or finetune.final_dropout=0.1",
-        max_steps_help="override max_steps; finetune.freeze_finetune_updates keeps its share of the run",
+        max_steps_help="override max_steps; finetune.freeze_finetune_updates keeps its share of the run "
+        "(with --resume: the recorded count of head-only updates stays)",
     )
     tr.add_argument("--method", help="full, lora, adapter, bitfit or prefix (default: the config's, 'full')")
     tr.set_defaults(func=run_train)
@@ -50,6 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     config = load_finetune_config(args.config, args.overrides, method=args.method, max_steps=args.max_steps)
+    if args.resume and (Path(args.out) / EXP_FILE).is_file():  # else the runner refuses the resume
+        config = keep_recorded_freeze(config, load_experiment(args.out)[1], args.overrides)
     best = train_downstream(
         args.task,
         args.upstream,

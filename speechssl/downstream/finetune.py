@@ -156,10 +156,28 @@ def load_finetune_config(
     source = " with ".join([*([str(config_path)] if config_path else []), *(f"--set {o}" for o in overrides)])
     if "finetune" in data and data["finetune"] is None:
         raise ValueError(f"'finetune' may not be null in a fine-tuning config (in {source})")
-    config = from_dict(DownstreamConfig, _merge(to_dict(finetune_defaults()), data), source=source or None)
+    defaults = finetune_defaults()
+    if "max_steps" in data and "freeze_finetune_updates" not in (data.get("finetune") or {}):
+        # a run length from the YAML or --set keeps the default head-only share, as --max-steps does
+        defaults = scale_run(defaults, data["max_steps"]) if isinstance(data["max_steps"], int) else defaults
+    config = from_dict(DownstreamConfig, _merge(to_dict(defaults), data), source=source or None)
     if method is not None:
         config = replace(config, tuning=replace(config.tuning, method=method))
     return scale_run(config, max_steps)
+
+
+def keep_recorded_freeze(
+    config: DownstreamConfig, recorded: DownstreamConfig, overrides: list[str] = ()
+) -> DownstreamConfig:
+    """A resumed fine-tuning run keeps the head-only update count its experiment recorded (a longer
+    `--max-steps` must not send an upstream that already trains back to head-only updates), unless
+    `--set finetune.freeze_finetune_updates=N` asks for another count."""
+    if config.finetune is None or recorded.finetune is None:
+        return config
+    if any(item.split("=", 1)[0].strip() == "finetune.freeze_finetune_updates" for item in overrides):
+        return config
+    count = recorded.finetune.freeze_finetune_updates
+    return replace(config, finetune=replace(config.finetune, freeze_finetune_updates=count))
 
 
 def scale_run(config: DownstreamConfig, max_steps: int | None) -> DownstreamConfig:

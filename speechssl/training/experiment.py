@@ -5,7 +5,7 @@
 
 1. the output rule (`speechssl.outputs.check_output`): a new or empty dir, or this command's own
    earlier experiment; checkpoints of an earlier run need `--resume`;
-2. the lock (`EXP/.lock`, pid and host): a second run on the same `--out` is refused naming it;
+2. the lock (`EXP/.speechssl_lock`, pid and host): a second run on the same `--out` is refused naming it;
 3. on `--resume`: the checkpoint verifies (manifest) and its config matches the new one, except
    for keys that only set the run's length, logging and loading (`RESUMABLE_KEYS`);
 4. the command checks its inputs, then calls `begin()` (the marker is written) and only then

@@ -206,3 +206,31 @@ def test_resume_continues_the_update_count(data, upstream_dir, tmp_path):
     train_downstream("asr", upstream_dir, data, out, longer, resume=True)
     model = load_trained(out, out / "checkpoints" / "step_5")
     assert int(model.num_micro_batches) == 5 and model.num_updates == 5
+
+
+def test_a_run_length_from_yaml_or_set_keeps_the_head_only_share(tmp_path):
+    """`--set max_steps=100` (or max_steps in the YAML) scales the default 10k of 20k head-only
+    updates as --max-steps does, instead of failing on the default count."""
+    from speechssl.downstream.finetune import load_finetune_config
+
+    config = load_finetune_config(None, ["max_steps=100"])
+    assert config.max_steps == 100 and config.finetune.freeze_finetune_updates == 50
+    yaml_file = tmp_path / "ft.yaml"
+    yaml_file.write_text("max_steps: 40\n")
+    assert load_finetune_config(yaml_file).finetune.freeze_finetune_updates == 20
+    stated = load_finetune_config(None, ["max_steps=100", "finetune.freeze_finetune_updates=7"])
+    assert stated.finetune.freeze_finetune_updates == 7
+
+
+def test_a_resumed_run_keeps_its_recorded_head_only_updates():
+    """Resuming with a longer --max-steps must not send an upstream that already trains back to
+    head-only updates: the recorded count stays unless --set asks for another."""
+    from speechssl.downstream.finetune import keep_recorded_freeze, load_finetune_config
+
+    recorded = load_finetune_config(None, max_steps=4)  # 2 head-only updates
+    longer = load_finetune_config(None, max_steps=16)  # would be 8
+    assert longer.finetune.freeze_finetune_updates == 8
+    assert keep_recorded_freeze(longer, recorded).finetune.freeze_finetune_updates == 2
+    overrides = ["max_steps=16", "finetune.freeze_finetune_updates=3"]
+    kept = keep_recorded_freeze(load_finetune_config(None, overrides), recorded, overrides)
+    assert kept.finetune.freeze_finetune_updates == 3
