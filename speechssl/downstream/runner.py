@@ -4,7 +4,8 @@ Experiment layout (EXP = out_dir):
     EXP/downstream.yaml      task, upstream, data dir and the resolved DownstreamConfig
     EXP/task/                vocabularies (tokens.txt, classes.txt, spm.model, ...)
     EXP/[lr_<lr>/]checkpoints/step_<N>/   head (+ tuned upstream) weights every eval_every updates
-    EXP/[lr_<lr>/]dev_scores.json         dev metric of every checkpoint
+    EXP/[lr_<lr>/]dev_scores.json         dev metric of every checkpoint, scored as it is written
+    EXP/[lr_<lr>/]selection.json          a finished run: its best checkpoint, dev curve, why it stopped
     EXP/best.json            the chosen run and checkpoint (best dev metric over steps and lrs)
     EXP/results_<split>.json written by evaluate_downstream (results.json: the test split's, as before)
     EXP/upstream/            a trained upstream (tuning.method full) of the chosen checkpoint: a speechssl
@@ -12,6 +13,12 @@ Experiment layout (EXP = out_dir):
 
 `speechssl downstream train` and `speechssl finetune train` (CTC fine-tuning: `config.finetune`
 set, speechssl.downstream.finetune) are both this runner; EXP's marker names the command.
+
+Convergence: every checkpoint is scored on dev with the task metric as soon as it is written;
+a run stops when that metric has not improved (strictly) for `config.patience` evaluations in a
+row, or at max_steps. The patience state is a function of dev_scores.json and the checkpoints,
+so a resumed run (also one killed between a checkpoint and its score) decides exactly as an
+uninterrupted one.
 
 Before any compute `train_downstream` checks, in this order and in seconds: EXP follows the
 output rule (new, empty, or this command's own experiment; a finished one needs --resume),
@@ -25,7 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
@@ -52,7 +59,7 @@ from speechssl.interop.upstream import BUILTIN_UPSTREAMS, UpstreamModel, load_up
 from speechssl.io import atomic_write_text
 from speechssl.models.checkpoint import save_checkpoint
 from speechssl.outputs import ExperimentLock, check_output, read_marker, write_marker
-from speechssl.training.checkpoints import load_checkpoint, step_dirs
+from speechssl.training.checkpoints import load_checkpoint, seed_everything, step_dirs
 from speechssl.training.distributed import env_rank, env_world_size
 from speechssl.training.experiment import check_resume, resume_checkpoint
 from speechssl.training.trainer import train_on_loaders
@@ -69,8 +76,10 @@ TUNED_WEIGHTS = "tuned.safetensors"  # EXP/tuned.safetensors: the weights of any
 # config keys a resumed run may change: its length, logging and loading (and the head-only
 # share of a fine-tuning run, which --max-steps scales)
 RESUMABLE = frozenset(
-    {"max_steps", "eval_every", "log_every", "num_workers", "finetune.freeze_finetune_updates"}
+    {"max_steps", "eval_every", "log_every", "num_workers", "patience", "finetune.freeze_finetune_updates"}
 )
+DEV_SCORES = "dev_scores.json"  # per run: checkpoint name -> dev metrics
+SELECTION = "selection.json"  # per run: written when the run is trained and scored
 LEGACY_FINETUNE = ("finetune.yaml", "final/ctc_head.safetensors")  # of the top-level `speechssl finetune`
 
 
@@ -138,15 +147,47 @@ def _load_weights(model: DownstreamModel, checkpoint: Path) -> None:
 
 
 # --- training ----------------------------------------------------------------------------
+def _step(checkpoint_name: str) -> int:
+    return int(checkpoint_name.split("_")[1])
+
+
+def dev_curve(scores: dict[str, dict[str, float]], metric: str, upto: int | None = None) -> list[list[float]]:
+    """[[step, dev metric], ...] in step order from a run's dev_scores.json (steps <= `upto`)."""
+    curve = sorted([_step(name), values[metric]] for name, values in scores.items())
+    return [point for point in curve if upto is None or point[0] <= upto]
+
+
+def patience_state(
+    curve: list[list[float]], better: Callable[[float, float], bool], patience: int | None
+) -> tuple[int | None, int, bool]:
+    """(best step, evaluations since it, patience exhausted) of a dev curve. Only a strictly
+    better value counts as an improvement (`better(new, old)`), so a flat curve keeps its first
+    point and stops after `patience` more evaluations."""
+    best: list[float] | None = None
+    since = 0
+    for point in curve:
+        if best is None or better(point[1], best[1]):
+            best, since = point, 0
+        else:
+            since += 1
+    exhausted = patience is not None and best is not None and since >= patience
+    return (None if best is None else int(best[0])), since, exhausted
+
+
+def _read_scores(path: Path) -> dict[str, dict[str, float]]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def _select_checkpoint(
     task: Task, upstream_spec: str, run_dir: Path, config: DownstreamConfig
 ) -> dict[str, Any]:
-    """Score every checkpoint of a run on dev (cached in dev_scores.json); the best one wins."""
+    """Score every checkpoint of a run on dev not scored yet (dev_scores.json); the best one
+    wins (the earliest of equals). Also returns the run's dev curve."""
     ckpts = step_dirs(run_dir / "checkpoints")
     if not ckpts:
         raise FileNotFoundError(f"no checkpoints under {run_dir / 'checkpoints'}")
-    cache_path = run_dir / "dev_scores.json"
-    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    cache_path = run_dir / DEV_SCORES
+    cache = _read_scores(cache_path)
     model = None
     for ckpt in ckpts:
         if ckpt.name in cache:
@@ -163,22 +204,59 @@ def _select_checkpoint(
         if best is None or task.better(value, best[1]):
             best = (ckpt, value)
     assert best is not None
+    kept = {ckpt.name: cache[ckpt.name] for ckpt in ckpts}
     return {
-        "step": int(best[0].name.split("_")[1]),
+        "step": _step(best[0].name),
         "checkpoint": str(best[0].relative_to(run_dir)),
         "dev": cache[best[0].name],
+        "dev_curve": dev_curve(kept, task.metric),
     }
+
+
+def _patience_hook(
+    task: Task, model: DownstreamModel, run_dir: Path, config: DownstreamConfig
+) -> Callable[[int, Path | None], bool]:
+    """The trainer's `on_checkpoint`: score the new (or resumed-from) checkpoint on dev once,
+    record it in dev_scores.json, and stop when patience is exhausted. Only the main rank
+    (which gets the path) scores; the trainer shares its decision with every rank."""
+    scores_path = run_dir / DEV_SCORES
+
+    def on_checkpoint(step: int, path: Path | None) -> bool:
+        if path is None:
+            return False
+        scores = _read_scores(scores_path)
+        if path.name not in scores:
+            scores[path.name] = score_split(model, "dev", config)
+            log.info("%s: dev %s", path, scores[path.name])
+            _write_json(scores_path, scores)
+        curve = dev_curve(scores, task.metric, upto=step)
+        best_step, since, exhausted = patience_state(curve, task.better, config.patience)
+        if exhausted:
+            log.info(
+                "%s: dev %s not improved for %d evaluations since step %s (patience %s): stopping at step %d",
+                run_dir,
+                task.metric,
+                since,
+                best_step,
+                config.patience,
+                step,
+            )
+        return exhausted
+
+    return on_checkpoint
 
 
 def _train_run(
     task: Task, upstream_spec: str, run_dir: Path, config: DownstreamConfig, lr: float, resume: bool
 ) -> dict[str, Any]:
-    done = run_dir / "selection.json"
+    done = run_dir / SELECTION
     if resume and done.is_file():
         selection = json.loads(done.read_text())
-        if selection.get("max_steps") == config.max_steps:
+        if selection.get("max_steps") == config.max_steps and selection.get("patience", 0) == config.patience:
             log.info("%s: already trained and scored; skipping", run_dir)
             return selection
+    # every run (each lr of a sweep, and a rerun in the same process) starts from the same head
+    seed_everything(config.seed)
     model = build_model(task, prepare_upstream(upstream_spec, config), config)
     trainable, total = model.num_parameters()
     log.info(
@@ -189,13 +267,9 @@ def _train_run(
         trainable,
         total,
     )
-    loader = build_loader(
-        task.dataset("train", train=True),
-        config.batching(),
-        train=True,
-        seed=config.seed,
-        rank=env_rank(),
-        world_size=env_world_size(),
+    # the task's loader: KS draws its classes balanced (Task.sample_weights), the others as built
+    loader = task.train_loader(
+        config.batching(), seed=config.seed, rank=env_rank(), world_size=env_world_size()
     )
     train_on_loaders(
         model,
@@ -204,13 +278,22 @@ def _train_run(
         run_dir,
         resume=resume,
         save_config=lambda path: atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False)),
+        on_checkpoint=_patience_hook(task, model, run_dir, config),
     )
     if env_rank() != 0:
         return {}
+    chosen = _select_checkpoint(task, upstream_spec, run_dir, config)
+    last_step = int(chosen["dev_curve"][-1][0])
+    _, since, exhausted = patience_state(chosen["dev_curve"], task.better, config.patience)
     selection = {
         "lr": lr,
         "max_steps": config.max_steps,
-        **_select_checkpoint(task, upstream_spec, run_dir, config),
+        "patience": config.patience,
+        **chosen,
+        "last_step": last_step,
+        # why training ended: patience (the dev metric stalled) or the max_steps cap
+        "stopped": "patience" if exhausted and last_step < config.max_steps else "max_steps",
+        "evals_since_best": since,
     }
     _write_json(done, selection)
     return selection
@@ -392,6 +475,19 @@ def _save_tuned_upstream(
 
 
 # --- evaluation --------------------------------------------------------------------------
+def _sweep_entry(run: dict[str, Any], metric: str) -> dict[str, Any]:
+    """One learning rate's dev result as results_<split>.json keeps it."""
+    dev = run.get("dev") or {}
+    return {
+        "lr": run.get("lr"),
+        "dev": dev.get(metric),
+        "step": run.get("step"),
+        "last_step": run.get("last_step"),
+        "stopped": run.get("stopped"),
+        "dev_curve": run.get("dev_curve"),
+    }
+
+
 def load_experiment(out_dir: str | Path) -> tuple[dict[str, Any], DownstreamConfig]:
     out_dir = Path(out_dir)
     path = out_dir / EXP_FILE
@@ -473,6 +569,12 @@ def evaluate_downstream(out_dir: str | Path, split: str = "test") -> dict[str, A
         "lr": best["lr"],
         "step": best["step"],
         "checkpoint": str(checkpoint),
+        # convergence of the chosen run, and every rate's dev result (older experiments: absent)
+        "stopped": best.get("stopped"),
+        "last_step": best.get("last_step"),
+        "patience": best.get("patience"),
+        "dev_curve": best.get("dev_curve"),
+        "sweep": [_sweep_entry(run, task.metric) for run in best.get("runs", [])],
         "featurizer": config.featurizer.name if config.finetune is None else "last layer (finetune)",
         "layer_weights": model.layer_weights(),
     }

@@ -74,6 +74,7 @@ class TrainResult:
     best_checkpoint: Path | None
     wall_seconds: float
     audio_seconds: float  # this rank's audio, all epochs of this session
+    stopped_early: bool = False  # `on_checkpoint` stopped the run before max_steps
 
 
 def default_batch_lengths(batch: Any) -> torch.Tensor | None:
@@ -232,8 +233,10 @@ class Trainer:
         resume: bool | str | Path = False,
         save_config: Callable[[Path], None] | Any | None = None,
         batch_lengths: Callable[[Any], torch.Tensor | None] = default_batch_lengths,
+        on_checkpoint: Callable[[int, Path | None], bool] | None = None,
     ) -> None:
         self.config, self.info = config, info
+        self.on_checkpoint = on_checkpoint
         self.out_dir = Path(out_dir)
         self.ckpt_root = self.out_dir / "checkpoints"
         self.device = info.device
@@ -268,6 +271,7 @@ class Trainer:
                 "or train into another output dir"
             )
         source = self._resume_source(resume)
+        self.resumed_from = source
         if source is not None:
             epoch, batches_done, rng_state = self._load(source)
         else:
@@ -567,6 +571,17 @@ class Trainer:
         if hasattr(self.module, "set_num_updates"):
             self.module.set_num_updates(self.step)
 
+    def _ask_stop(self, path: Path | None) -> bool:
+        """The caller's early stopping (`on_checkpoint`, e.g. patience on a dev metric), asked on
+        every rank with the training RNG put back afterwards, so a run that goes on continues
+        exactly as one resumed from `path` would; True on any rank stops every rank."""
+        if self.on_checkpoint is None:
+            return False
+        saved = ckpt.capture_rng()
+        stop = bool(self.on_checkpoint(self.step, path if self.info.is_main else None))
+        ckpt.restore_rng(saved)
+        return bool(all_reduce_max(torch.tensor(float(stop), device=self.device)).item())
+
     # --- the loop ----------------------------------------------------------------------
     def fit(self) -> TrainResult:
         cfg = self.config
@@ -575,8 +590,12 @@ class Trainer:
         interval = _Interval(self.device)
         check_every = min(cfg.log_every, cfg.max_bad_steps)
         has_valid = self.valid_dataset is not None and self.valid_sampler is not None
+        # a run killed between a checkpoint and its early-stopping decision decides on resume
+        stopped = (
+            self.resumed_from is not None and self.step < cfg.max_steps and self._ask_stop(self.resumed_from)
+        )
         try:
-            while self.step < cfg.max_steps:
+            while self.step < cfg.max_steps and not stopped:
                 self._update(interval)
                 final = self.step == cfg.max_steps
                 if self.step % check_every == 0 or final or not self.fused:
@@ -592,7 +611,8 @@ class Trainer:
                     valid_loss = values["valid/loss"]
                     self.logger.valid(self.step, values)
                 if is_save:
-                    self.save(valid_loss)
+                    path = self.save(valid_loss)
+                    stopped = self._ask_stop(path) and not final
                 interval.paused += time.monotonic() - paused_from
         finally:
             self.logger.close()
@@ -606,10 +626,12 @@ class Trainer:
             best_checkpoint=ckpt.resolve(self.ckpt_root, "best"),
             wall_seconds=wall,
             audio_seconds=self.total_audio,
+            stopped_early=stopped,
         )
         lines = {
             "updates": f"{self.step} ({self.step - self.start_step} in this session, "
-            f"{result.skipped_steps} skipped for NaN/inf)",
+            f"{result.skipped_steps} skipped for NaN/inf"
+            f"{'; stopped early by on_checkpoint' if stopped else ''})",
             "wall time": format_duration(wall),
             "audio seen": f"{self.total_audio * self.info.world_size / 3600:.2f} h "
             f"(~{self.total_audio * self.info.world_size / max(wall, 1e-9):.0f} audio-s/s, "
@@ -636,6 +658,7 @@ def train(
     resume: bool | str | Path = False,
     save_config: Callable[[Path], None] | Any | None = None,
     batch_lengths: Callable[[Any], torch.Tensor | None] = default_batch_lengths,
+    on_checkpoint: Callable[[int, Path | None], bool] | None = None,
 ) -> TrainResult:
     """Train `model` for `config.max_steps` updates, writing `out_dir/checkpoints/` and
     `out_dir/tensorboard/`. Under torchrun joins (and leaves) the process group.
@@ -643,7 +666,9 @@ def train(
     resume: False (fresh), True (from `checkpoints/last`, or fresh if there is none) or a
     checkpoint dir. save_config: a dataclass (written as config.yaml) or `fn(path)`.
     batch_lengths: batch -> valid samples per utterance (CPU), for audio-seconds and padding
-    efficiency. The model is trained in place."""
+    efficiency. on_checkpoint(step, checkpoint dir on the main rank, else None): called on every
+    rank after each checkpoint and once after resuming from one; True stops the run there (early
+    stopping). The model is trained in place."""
     with distributed() as info:
         trainer = Trainer(
             model,
@@ -658,6 +683,7 @@ def train(
             resume=resume,
             save_config=save_config,
             batch_lengths=batch_lengths,
+            on_checkpoint=on_checkpoint,
         )
         return trainer.fit()
 
