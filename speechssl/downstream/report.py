@@ -1,5 +1,19 @@
-"""Compare upstreams task by task: a markdown + JSON table of results.json files and a
-PNG of the learned layer weights (one panel per task, one bar series per upstream).
+"""Compare upstreams task by task: a markdown + JSON report of results_<split>.json files, a
+PNG of the learned layer weights (one panel per task, one bar series per upstream) and a PNG of
+the dev curves per task (one line per upstream and learning rate).
+
+results.md holds, in order: the SUPERB-style table (a row per upstream, a column per task, and
+the overall score), the per-task table (metric, split, ASV's minDCF), and every learning rate's
+dev result (best step, last step, why the run stopped).
+
+Overall score (SUPERB's, Yang et al. 2021 / the SUPERB challenge): each task's value is
+normalised to (value - FBANK) / (best - FBANK), FBANK being the row of the `fbank` upstream
+(SUPERB's baseline, per-utterance CMVN) and best the best row of this report on that task (the
+challenge uses the published state of the art instead); the mean over tasks, x1000. The ratio
+needs no sign flip for error rates: numerator and denominator change sign together, so FBANK
+scores 0 and the best row 1000 whatever the metric's direction. Not computed: without an
+`fbank` row (or with two rows of that source), for a task where no row beats FBANK (left out
+of the mean, said in the report), and for a row missing a task of the mean.
 
 Each upstream is named by its experiment record's `name` (`speechssl downstream train --name`,
 by default derived from the run, e.g. `hubert_iter2` for `exp/hubert_iter2/checkpoints/last`);
@@ -28,6 +42,16 @@ log = logging.getLogger(__name__)
 REPORT_COMMAND = "downstream report"
 
 _PERCENT_METRICS = ("per", "wer", "accuracy", "eer")
+BASELINE_SOURCE = "fbank"  # SUPERB's FBANK row: per-utterance CMVN filterbanks
+MEAN_POOLED_TASKS = ("ks", "ic", "sid")  # heads that mean-pool a linear projection of the features
+SCORE_SCALE = 1000.0
+
+
+def _higher_is_better(task: str, metric: str) -> bool:
+    cls = TASKS.get(task)
+    if cls is not None and cls.metric == metric:
+        return bool(cls.higher_is_better)
+    return metric not in ("per", "wer", "cer", "eer", "min_dcf")
 
 
 def _results_path(exp: Path, split: str) -> Path | None:
@@ -116,6 +140,198 @@ def results_table(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {"upstreams": upstreams, "tasks": tasks}
 
 
+def overall_score(rows: list[dict[str, Any]], table: dict[str, Any]) -> dict[str, Any]:
+    """The SUPERB-style overall score of every upstream (see the module docstring):
+    {"baseline", "tasks" (those averaged), "excluded" {task: why}, "scores" {upstream: score or
+    None}, "missing" {upstream: [tasks]}, "reason" (why nothing was computed, else None)}."""
+    result: dict[str, Any] = {"baseline": None, "tasks": [], "excluded": {}, "scores": {}, "missing": {}}
+    baselines = sorted({r["upstream"] for r in rows if (_source(r) or r["upstream"]) == BASELINE_SOURCE})
+    result["scores"] = {u: None for u in table["upstreams"]}
+    if not baselines:
+        result["reason"] = (
+            "no FBANK row (an experiment of upstream `fbank`): the overall score is normalised "
+            "between FBANK and the best row, so it is not computed"
+        )
+        return result
+    if len(baselines) > 1:
+        result["reason"] = (
+            f"two rows come from upstream `fbank` ({', '.join(baselines)}): the FBANK baseline is "
+            "ambiguous, so the overall score is not computed"
+        )
+        return result
+    base = result["baseline"] = baselines[0]
+    normalised: dict[str, dict[str, float]] = {}
+    for task, entry in table["tasks"].items():
+        values = entry["values"]
+        if base not in values:
+            result["excluded"][task] = "no FBANK result"
+            continue
+        higher = _higher_is_better(task, entry["metric"])
+        best = max(values.values()) if higher else min(values.values())
+        if best == values[base]:
+            result["excluded"][task] = "no row beats FBANK"
+            continue
+        result["tasks"].append(task)
+        normalised[task] = {u: (v - values[base]) / (best - values[base]) for u, v in values.items()}
+    for upstream in table["upstreams"]:
+        missing = [t for t in result["tasks"] if upstream not in normalised[t]]
+        if missing:
+            result["missing"][upstream] = missing
+        elif result["tasks"]:
+            parts = [normalised[t][upstream] for t in result["tasks"]]
+            result["scores"][upstream] = SCORE_SCALE * sum(parts) / len(parts)
+    result["reason"] = None if result["tasks"] else "no task where a row beats FBANK"
+    return result
+
+
+def superb_table(table: dict[str, Any], overall: dict[str, Any]) -> str:
+    """A row per upstream, a column per task (arrows: which way is better), the overall score."""
+    tasks = list(table["tasks"])
+    header = ["upstream"]
+    for task in tasks:
+        metric = table["tasks"][task]["metric"]
+        unit = " %" if metric in _PERCENT_METRICS else ""
+        header.append(f"{task} {metric}{unit} {'↑' if _higher_is_better(task, metric) else '↓'}")
+    header.append("SUPERB score ↑")
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(tasks) + 1)]
+    for upstream in table["upstreams"]:
+        cells = [upstream]
+        for task in tasks:
+            entry = table["tasks"][task]
+            value = entry["values"].get(upstream)
+            cells.append("-" if value is None else _format(entry["metric"], value))
+        score = overall["scores"].get(upstream)
+        cells.append("-" if score is None else f"{score:.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def overall_notes(rows: list[dict[str, Any]], table: dict[str, Any], overall: dict[str, Any]) -> str:
+    """What the overall score is, what it left out, and what the FBANK row means."""
+    notes = []
+    if overall["reason"] and not overall["tasks"]:
+        notes.append(f"Overall score: not computed: {overall['reason']}.")
+    else:
+        notes.append(
+            f"SUPERB score: each task's value normalised to (value - FBANK) / (best - FBANK), FBANK "
+            f"being the `{overall['baseline']}` row and best the best row of this table on that task "
+            f"(not the published state of the art), averaged over {', '.join(overall['tasks'])} and "
+            "scaled to 1000 (FBANK 0, the best row on every task 1000); error rates need no inversion, "
+            "the ratio's numerator and denominator change sign together."
+        )
+    for task, why in overall["excluded"].items():
+        notes.append(f"{task} is left out of the overall score: {why}.")
+    for upstream, tasks in overall["missing"].items():
+        notes.append(f"{upstream} has no overall score: no result for {', '.join(tasks)}.")
+    pooled = [t for t in MEAN_POOLED_TASKS if t in table["tasks"]]
+    if overall["baseline"] is not None and pooled:
+        notes.append(
+            f"The FBANK row ({overall['baseline']}) uses per-utterance CMVN, as SUPERB's baseline: "
+            "every utterance's features have zero mean per channel, so a linear projection followed "
+            "by mean pooling gives the same pooled vector for every utterance, and FBANK is at chance "
+            f"on the mean-pooled tasks ({', '.join(pooled)}) by construction. Those cells are the "
+            "chance floor, not a measure of filterbank features."
+        )
+    unconverged = sorted({r["upstream"] + "/" + r["task"] for r in rows if r.get("stopped") == "max_steps"})
+    if unconverged:
+        notes.append(
+            "Stopped at max_steps rather than by patience (the dev metric may still have been "
+            f"improving): {', '.join(unconverged)}."
+        )
+    return "".join(f"- {note}\n" for note in notes)
+
+
+def sweep_table(rows: list[dict[str, Any]]) -> str:
+    """Every learning rate's dev result per task and upstream (chosen rate marked *)."""
+    lines = [
+        "| task | upstream | lr | dev metric | best step | last step | stopped |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    order = {name: i for i, name in enumerate(TASKS)}
+    for r in sorted(rows, key=lambda r: order.get(r["task"], len(order))):
+        sweep = r.get("sweep") or [
+            {"lr": r.get("lr"), "dev": None, "step": r.get("step"), "last_step": r.get("last_step"),
+             "stopped": r.get("stopped")}
+        ]  # fmt: skip
+        for run in sweep:
+            mark = "*" if run.get("lr") == r.get("lr") else ""
+            dev = "-" if run.get("dev") is None else _format(r["metric"], run["dev"])
+            cells = [
+                r["task"],
+                r["upstream"],
+                "-" if run.get("lr") is None else f"{run['lr']:g}{mark}",
+                f"{r['metric']} {dev}",
+                str(run.get("step", "-")),
+                str(run.get("last_step") or "-"),
+                run.get("stopped") or "-",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def report_markdown(rows: list[dict[str, Any]], table: dict[str, Any], overall: dict[str, Any]) -> str:
+    split = next(iter(table["tasks"].values()))["split"] if table["tasks"] else "test"
+    return (
+        f"# Downstream results ({split})\n\n"
+        + superb_table(table, overall)
+        + "\n"
+        + overall_notes(rows, table, overall)
+        + "\n## Per task\n\n"
+        + markdown_table(table)
+        + "\n## Learning rates (dev; * the chosen rate)\n\n"
+        + sweep_table(rows)
+    )
+
+
+def plot_dev_curves(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """dev_curves_<task>.png: the dev metric over updates, a line per upstream (its chosen rate
+    solid, the other rates of its sweep dashed). Rows without curves (older results) are skipped."""
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        runs = r.get("sweep") or []
+        if any(run.get("dev_curve") for run in runs):
+            by_task.setdefault(r["task"], []).append(r)
+    if not by_task:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for task, group in by_task.items():
+        fig, ax = plt.subplots(figsize=(6.5, 3.6))
+        for k, r in enumerate(group):
+            color = f"C{k % 10}"
+            for run in r["sweep"]:
+                curve = run.get("dev_curve") or []
+                if not curve:
+                    continue
+                chosen = run.get("lr") == r.get("lr")
+                ax.plot(
+                    [p[0] for p in curve],
+                    [p[1] * (100 if r["metric"] in _PERCENT_METRICS else 1) for p in curve],
+                    color=color,
+                    linestyle="-" if chosen else "--",
+                    linewidth=1.8 if chosen else 0.9,
+                    marker="o" if chosen else None,
+                    markersize=3,
+                    label=f"{r['upstream']} (lr {run.get('lr'):g})",
+                )
+        metric = group[0]["metric"]
+        ax.set_title(f"{task}: dev {metric} over updates")
+        ax.set_xlabel("update")
+        ax.set_ylabel(f"{metric}{' (%)' if metric in _PERCENT_METRICS else ''}")
+        ax.legend(fontsize="x-small")
+        fig.tight_layout()
+        path = out_dir / f"dev_curves_{task}.png"
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
 def markdown_table(table: dict[str, Any]) -> str:
     """Tasks as rows, upstreams as columns; error rates and accuracies in %."""
     ups = table["upstreams"]
@@ -162,9 +378,10 @@ def plot_layer_weights(rows: list[dict[str, Any]], path: Path) -> bool:
 
 def write_report(
     exp_dirs: Sequence[str | Path], out_dir: str | Path, *, split: str = "test", overwrite: bool = False
-) -> dict[str, Path]:
-    """Write results.md, results.json and layer_weights.png (when any run has layer weights)
-    of the `split` scores under out_dir; returns the paths written. out_dir follows the
+) -> dict[str, Any]:
+    """Write results.md, results.json, layer_weights.png (when any run has layer weights) and
+    dev_curves_<task>.png (when the results hold dev curves) of the `split` scores under out_dir;
+    returns the paths written ("curves": the list of curve PNGs). out_dir follows the
     output-path rule (new, empty, an earlier report, or --overwrite; never an experiment)."""
     out_dir = Path(out_dir)
     rows = load_results(exp_dirs, split)
@@ -172,10 +389,16 @@ def write_report(
     table = results_table(rows)  # a name collision is refused before anything is written
     out_dir.mkdir(parents=True, exist_ok=True)
     write_marker(out_dir, REPORT_COMMAND)
-    written = {"markdown": out_dir / "results.md", "json": out_dir / "results.json"}
-    atomic_write_text(written["markdown"], markdown_table(table))
-    atomic_write_text(written["json"], json.dumps({**table, "experiments": rows}, indent=2) + "\n")
+    overall = overall_score(rows, table)
+    written: dict[str, Any] = {"markdown": out_dir / "results.md", "json": out_dir / "results.json"}
+    atomic_write_text(written["markdown"], report_markdown(rows, table, overall))
+    atomic_write_text(
+        written["json"], json.dumps({**table, "overall": overall, "experiments": rows}, indent=2) + "\n"
+    )
     png = out_dir / "layer_weights.png"
     if plot_layer_weights(rows, png):
         written["png"] = png
+    curves = plot_dev_curves(rows, out_dir)
+    if curves:
+        written["curves"] = curves
     return written

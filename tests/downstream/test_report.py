@@ -128,3 +128,99 @@ def test_downstream_name_prints_the_default_name_recipes_use(tmp_path, capsys):
     run.mkdir(parents=True)
     assert run_cli("downstream", "name", "fbank", run, tmp_path / "exp" / "hubert_iter2") == 0
     assert capsys.readouterr().out.split() == ["fbank", "hubert_iter2", "hubert_iter2"]
+
+
+def _scored(root, name: str, task: str, metric: str, value: float, *, source: str | None = None, sweep=None):
+    """Results of one experiment as `downstream evaluate` writes them (with its lr sweep)."""
+    d = root / f"{task}_{name}"
+    d.mkdir()
+    (d / "downstream.yaml").write_text(
+        yaml.safe_dump(
+            {"task": task, "upstream": source or name, "name": name, "data_dir": "/d", "config": {}}
+        )
+    )
+    results = {
+        "task": task,
+        "metric": metric,
+        "value": value,
+        "split": "test",
+        "upstream": name,
+        "upstream_source": source or name,
+        "metrics": {metric: value},
+        "lr": 1e-3,
+        "step": 4,
+        "stopped": "patience",
+        "last_step": 8,
+        "sweep": sweep
+        or [
+            {"lr": 1e-2, "dev": value, "step": 2, "last_step": 6, "stopped": "patience",
+             "dev_curve": [[2, value], [4, value], [6, value]]},
+            {"lr": 1e-3, "dev": value, "step": 4, "last_step": 8, "stopped": "patience",
+             "dev_curve": [[2, value / 2], [4, value], [6, value], [8, value]]},
+        ],
+    }  # fmt: skip
+    (d / "results_test.json").write_text(json.dumps(results))
+    return d
+
+
+# (task, metric): values of fbank, a, b; ic: FBANK is the best row, so ic is left out
+FIXTURE = {
+    ("ks", "accuracy"): (0.1, 0.5, 0.9),
+    ("pr", "per"): (0.8, 0.2, 0.4),
+    ("ic", "accuracy"): (0.9, 0.5, 0.6),
+}
+
+
+def test_overall_score_on_a_hand_made_fixture(tmp_path):
+    exps = []
+    for (task, metric), values in FIXTURE.items():
+        for name, value in zip(("fbank", "a", "b"), values):
+            exps.append(
+                _scored(tmp_path, name, task, metric, value, source="fbank" if name == "fbank" else None)
+            )
+    exps.append(_scored(tmp_path, "c", "ks", "accuracy", 0.3))  # no pr: no overall score
+    written = write_report(exps, tmp_path / "report")
+    overall = json.loads(written["json"].read_text())["overall"]
+    # ks: a (0.5-0.1)/(0.9-0.1) = 0.5, b 1; pr (lower is better): a 1, b (0.4-0.8)/(0.2-0.8) = 2/3
+    assert overall["baseline"] == "fbank" and overall["tasks"] == ["pr", "ks"]
+    assert overall["excluded"] == {"ic": "no row beats FBANK"}
+    scores = overall["scores"]
+    assert scores["fbank"] == 0.0 and scores["a"] == pytest.approx(750.0)
+    assert scores["b"] == pytest.approx(1000 * (1 + 2 / 3) / 2) and scores["c"] is None
+    assert overall["missing"] == {"c": ["pr"]}
+    md = written["markdown"].read_text()
+    assert "| upstream | pr per % ↓ | ks accuracy % ↑ | ic accuracy % ↑ | SUPERB score ↑ |" in md
+    assert "| a | 20.00 | 50.00 | 50.00 | 750 |" in md and "| b | 40.00 | 90.00 | 60.00 | 833 |" in md
+    assert "| c | - | 30.00 | - | - |" in md
+    assert "ic is left out of the overall score: no row beats FBANK" in md
+    assert "c has no overall score: no result for pr" in md
+    assert "FBANK is at chance on the mean-pooled tasks (ks, ic) by construction" in md
+    # every learning rate's dev result, the chosen one marked; a curve PNG per task
+    assert "| ks | a | 0.01 | accuracy 50.00 | 2 | 6 | patience |" in md
+    assert "| ks | a | 0.001* | accuracy 50.00 | 4 | 8 | patience |" in md
+    assert sorted(p.name for p in written["curves"]) == [
+        "dev_curves_ic.png",
+        "dev_curves_ks.png",
+        "dev_curves_pr.png",
+    ]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written["curves"])
+
+
+def test_without_fbank_the_overall_score_is_not_computed(tmp_path):
+    exps = [
+        _scored(tmp_path, "a", "ks", "accuracy", 0.5),
+        _scored(tmp_path, "b", "ks", "accuracy", 0.7),
+    ]
+    written = write_report(exps, tmp_path / "report")
+    overall = json.loads(written["json"].read_text())["overall"]
+    assert overall["baseline"] is None and overall["scores"] == {"a": None, "b": None}
+    md = written["markdown"].read_text()
+    assert "Overall score: not computed: no FBANK row" in md and "| a | 50.00 | - |" in md
+    assert "at chance" not in md
+    # two rows of upstream fbank: ambiguous
+    two = [
+        _scored(tmp_path, "fbank_a", "pr", "per", 0.5, source="fbank"),
+        _scored(tmp_path, "fbank_b", "pr", "per", 0.6, source="fbank"),
+    ]
+    md = write_report(two, tmp_path / "report2")["markdown"].read_text()
+    assert "two rows come from upstream `fbank` (fbank_a, fbank_b)" in md
