@@ -198,11 +198,22 @@ def _family(name: str, source: str) -> str:
     )
 
 
+def _int(cfg: dict[str, Any], key: str, source: str) -> int:
+    """An integer field of a fairseq/unilm cfg: an int (or a float with no fraction, as old argparse
+    configs write them); anything else is an error naming the key, never silently truncated."""
+    value = cfg[key]
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{source}: {key} must be an integer, found {value!r}")
+    return value
+
+
 def _positional_fields(cfg: dict[str, Any], family: str, source: str) -> dict[str, Any]:
     """EncoderConfig fields of the positional encoders: the conv (one weight-normed conv, or
     data2vec's stack of `pos_conv_depth` layer-normed convs of kernel max(3, conv_pos // depth),
     as fairseq's TransformerEncoder builds it) and WavLM's relative position bias."""
-    depth = int(cfg["pos_conv_depth"])
+    depth = _int(cfg, "pos_conv_depth", source)
     if depth < 1:
         raise ValueError(f"{source}: pos_conv_depth must be >= 1, found {depth}")
     if (family == "data2vec_audio") != (depth > 1):
@@ -210,12 +221,12 @@ def _positional_fields(cfg: dict[str, Any], family: str, source: str) -> dict[st
             f"{source}: unsupported fairseq model '{family}' with pos_conv_depth {depth} (data2vec_audio has"
             " a stack of pos_conv_depth > 1 layer-normed convs; the other families one weight-normed conv)"
         )
-    fields: dict[str, Any] = {"pos_conv_kernel": int(cfg["conv_pos"])}
+    fields: dict[str, Any] = {"pos_conv_kernel": _int(cfg, "conv_pos", source)}
     if depth > 1:
         fields.update(
             pos_conv_type="layer_norm",
             pos_conv_depth=depth,
-            pos_conv_kernel=max(3, int(cfg["conv_pos"]) // depth),
+            pos_conv_kernel=max(3, _int(cfg, "conv_pos", source) // depth),
         )
     relative = bool(cfg["relative_position_embedding"])
     if relative != (family == "wavlm"):
@@ -227,8 +238,8 @@ def _positional_fields(cfg: dict[str, Any], family: str, source: str) -> dict[st
         if not bool(cfg["gru_rel_pos"]):
             raise ValueError(f"{source}: gru_rel_pos=False is not supported (WavLM's bias is always gated)")
         fields.update(
-            relative_position_buckets=int(cfg["num_buckets"]),
-            relative_position_max_distance=int(cfg["max_distance"]),
+            relative_position_buckets=_int(cfg, "num_buckets", source),
+            relative_position_max_distance=_int(cfg, "max_distance", source),
         )
     return fields
 
@@ -270,12 +281,12 @@ def model_config_from_fairseq(
         feature_grad_mult=float(cfg["feature_grad_mult"]),
     )
     encoder = EncoderConfig(
-        embed_dim=int(cfg["encoder_embed_dim"]),
-        num_layers=int(cfg["encoder_layers"]),
-        num_heads=int(cfg["encoder_attention_heads"]),
-        ffn_dim=int(cfg["encoder_ffn_embed_dim"]),
+        embed_dim=_int(cfg, "encoder_embed_dim", source),
+        num_layers=_int(cfg, "encoder_layers", source),
+        num_heads=_int(cfg, "encoder_attention_heads", source),
+        ffn_dim=_int(cfg, "encoder_ffn_embed_dim", source),
         layer_norm_first=bool(cfg["layer_norm_first"]),
-        pos_conv_groups=int(cfg["conv_pos_groups"]),
+        pos_conv_groups=_int(cfg, "conv_pos_groups", source),
         dropout=float(cfg["dropout"]),
         attention_dropout=float(cfg["attention_dropout"]),
         activation_dropout=float(cfg["activation_dropout"]),
@@ -296,6 +307,12 @@ def _positional_cfg(enc: EncoderConfig, previous: dict[str, Any]) -> dict[str, A
     """Inverse of _positional_fields; an imported conv_pos that gives the same kernel is kept."""
     if enc.pos_conv_type == "weight_norm":
         return {"conv_pos": enc.pos_conv_kernel, "pos_conv_depth": 1}
+    if enc.pos_conv_depth < 2:
+        raise ValueError(
+            "fairseq builds one weight-normed positional conv when pos_conv_depth is 1, not data2vec's"
+            f" layer-normed stack: this model's stack of depth {enc.pos_conv_depth} has no fairseq form"
+            " (formats that carry it: hf, onnx, torchscript)"
+        )
     if enc.pos_conv_kernel < 3:
         raise ValueError(
             f"fairseq's positional conv stack has kernels of at least 3 (max(3, conv_pos // depth));"

@@ -88,6 +88,14 @@ HF_NAMES = {
 }
 
 
+def hf_names(config: ModelConfig) -> dict[str, str]:
+    """HF_NAMES for this family: data2vec-audio's kernel is `conv_pos_kernel_size` (its
+    `num_conv_pos_embeddings` is the depth of the conv stack)."""
+    if config.family == "data2vec_audio":
+        return {**HF_NAMES, "pos_conv_kernel": "conv_pos_kernel_size"}
+    return HF_NAMES
+
+
 class _Reader:
     """Typed reads of config.json values: a wrong type, a negative size or a string for an
     int is a one-line error naming the file and the key (never a traceback from deep inside)."""
@@ -202,6 +210,13 @@ def config_from_transformers(
         position = dict(pos_conv_kernel=read.int("num_conv_pos_embeddings", 128))
     if family == "wavlm":
         buckets = read.int("num_buckets", 320, minimum=4)
+        distance = read.hf.get("max_bucket_distance", 800)
+        if isinstance(distance, int) and not isinstance(distance, bool) and distance <= buckets // 4:
+            stated = "" if "num_buckets" in read.hf else ", transformers' default: config.json omits it"
+            raise read.error(
+                "max_bucket_distance",
+                f"an integer > num_buckets // 4 = {buckets // 4} (num_buckets {buckets}{stated})",
+            )
         position.update(
             relative_position_buckets=buckets,
             relative_position_max_distance=read.int("max_bucket_distance", 800, minimum=buckets // 4 + 1),

@@ -138,7 +138,7 @@ def load_upstream(source: str | Path, *, verify: VerifyLevel = "auto") -> Upstre
         from speechssl.interop.transformers_io import is_transformers_dir, load_transformers
 
         if is_transformers_dir(path):
-            from speechssl.interop.transformers_io import HF_NAMES
+            from speechssl.interop.transformers_io import hf_names
 
             config, state, extras = load_transformers(path)
             weights = next(
@@ -150,7 +150,7 @@ def load_upstream(source: str | Path, *, verify: VerifyLevel = "auto") -> Upstre
                 str(weights),
                 extras,
                 config_source=str(path / "config.json"),
-                config_names=HF_NAMES,
+                config_names=hf_names(config),
             )
         raise ValueError(
             f"{path} is neither a speechssl checkpoint (config.yaml + model.safetensors) "

@@ -205,6 +205,7 @@ def _declared_vs_found(config: ModelConfig, shapes: Mapping[str, tuple[int, ...]
     for key in (
         "encoder.pos_conv_embed.conv.parametrizations.weight.original1",
         "encoder.pos_conv_embed.conv.weight",
+        "encoder.pos_conv_embed.layers.0.conv.weight",  # data2vec-audio's stack
     ):
         if key in shapes and len(shapes[key]) == 3:
             yield "pos_conv_kernel", enc.pos_conv_kernel, shapes[key][2], key

@@ -19,7 +19,9 @@ from speechssl.downstream.tasks import DataCheckError
 from speechssl.errors import OutputExistsError
 from speechssl.testing.cli import downstream_train, run_cli
 
-SMALL = HeadConfig(hidden_dim=16, xvector_channels=16, embed_dim=8)
+SMALL = HeadConfig(  # the tiny corpus: ASV clips are under SUPERB's 2 s minimum
+    hidden_dim=16, lstm_dim=16, xvector_channels=16, xvector_agg_dim=16, embed_dim=8, asv_min_seconds=0.0
+)
 
 
 def small_config(**kw) -> DownstreamConfig:

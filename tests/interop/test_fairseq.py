@@ -416,5 +416,5 @@ def test_checkpoint_without_config_is_named(tmp_path):
     with pytest.raises(ValueError, match=r"nocfg\.pt: no fairseq config found"):
         load_fairseq(tmp_path / "nocfg.pt")
     torch.save({"cfg": {"model": {"_name": "data2vec_multi"}, "task": {}}, "model": {}}, tmp_path / "d2v.pt")
-    with pytest.raises(ValueError, match=r"d2v\.pt: unsupported fairseq model 'data2vec_multi' \(data2vec 2\.0"):
+    with pytest.raises(ValueError, match=r"d2v\.pt: unsupported fairseq model .data2vec_multi. \(data2vec 2"):
         load_fairseq(tmp_path / "d2v.pt")

@@ -596,3 +596,24 @@ def test_data2vec_kernel_fairseq_cannot_express_is_refused(tmp_path):
             ValueError, match=r"kernels of at least 3 \(max\(3, conv_pos // depth\)\); this model's is 2$"
         ):
             writer(small, small_state)
+
+
+def test_data2vec_stack_of_depth_one_is_refused_at_export(tmp_path):
+    """fairseq reads pos_conv_depth 1 as one weight-normed conv: a one-conv data2vec stack has no
+    fairseq (or s3prl) file that anything could load, so the writers refuse it instead of writing one."""
+    path, config, state = our_model_file(tmp_path, "data2vec_audio")
+    shallow = dataclasses.replace(config, encoder=dataclasses.replace(config.encoder, pos_conv_depth=1))
+    shallow_state = build_model(shallow).state_dict()
+    for writer in (to_fairseq, to_s3prl):
+        with pytest.raises(ValueError, match=r"stack of depth 1 has no fairseq form \(formats that carry it"):
+            writer(shallow, shallow_state)
+
+
+@pytest.mark.parametrize("value", ["7", 7.9, True])
+def test_integer_cfg_fields_are_typed(tmp_path, value):
+    """A cfg integer of another type is an error naming the key, never truncated (7.9 -> 7)."""
+    ref = wavlm_reference(WAVLM_VARIANTS["wavlm_postln_groupnorm"])
+    cfg = {**WAVLM_VARIANTS["wavlm_postln_groupnorm"], "num_buckets": value}
+    torch.save({"cfg": cfg, "model": dict(ref.state_dict())}, tmp_path / "WavLM.pt")
+    with pytest.raises(ValueError, match=rf"WavLM\.pt: num_buckets must be an integer, found {value!r}$"):
+        speechssl.load_upstream(tmp_path / "WavLM.pt")

@@ -187,8 +187,11 @@ def test_config_json_errors_name_the_key():
     hf = config_to_transformers(VARIANTS["wavlm_postln_5heads_k15_b16"])
     with pytest.raises(ValueError, match="'num_buckets' must be an integer >= 4"):
         config_from_transformers({**hf, "num_buckets": 2})
-    with pytest.raises(ValueError, match="'max_bucket_distance' must be an integer >= 5"):
+    with pytest.raises(ValueError, match=r"'max_bucket_distance' must be an integer > num_buckets // 4 = 4 "):
         config_from_transformers({**hf, "max_bucket_distance": 4})
+    without = {k: v for k, v in hf.items() if k != "num_buckets"}  # transformers' default 320 applies
+    with pytest.raises(ValueError, match=r"= 80 \(num_buckets 320, transformers' default: config.json omits"):
+        config_from_transformers({**without, "max_bucket_distance": 2})
     d2v = config_to_transformers(VARIANTS["data2vec_audio_5heads_k7_d3"])
     with pytest.raises(ValueError, match="'conv_pos_kernel_size' must be an integer"):
         config_from_transformers({**d2v, "conv_pos_kernel_size": "19"})
@@ -206,3 +209,17 @@ def test_export_hf_of_a_checkpoint_reloads_in_transformers(tmp_path, preset):
     export_upstream(tmp_path / "ckpt", "hf", tmp_path / "hf")
     hf = transformers.AutoModel.from_pretrained(tmp_path / "hf").eval()
     assert _max_error(model, hf, check_final=False) < 1e-5
+
+
+def test_a_data2vec_config_that_does_not_fit_names_its_kernel_key(tmp_path):
+    """data2vec-audio's positional kernel is `conv_pos_kernel_size` in config.json (its
+    `num_conv_pos_embeddings` is the stack depth): a mismatch names that key."""
+    import json
+
+    config = VARIANTS["data2vec_audio_5heads_k7_d3"]
+    hf = transformers_model(config).eval()
+    hf.save_pretrained(tmp_path / "d2v")
+    data = json.loads((tmp_path / "d2v" / "config.json").read_text())
+    (tmp_path / "d2v" / "config.json").write_text(json.dumps({**data, "conv_pos_kernel_size": 9}))
+    with pytest.raises(ValueError, match=r"declares conv_pos_kernel_size=9, but .* holds 7"):
+        speechssl.load_upstream(tmp_path / "d2v")

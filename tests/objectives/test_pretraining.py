@@ -53,7 +53,6 @@ def test_presets_mirror_fairseq_defaults():
 
 def test_every_model_preset_is_a_pretraining_preset():
     from speechssl.models import PRESETS, get_preset
-
     from speechssl.objectives.pretraining import OBJECTIVE_SECTIONS
 
     for name in PRESETS:  # one table of names: the model presets
