@@ -4,9 +4,12 @@
 #
 #   Stage 1: data preparation (local/data.sh)     -> data/<task>/{train,dev,test}
 #   Stage 2: tokenizer: a sentencepiece model for ASR (only with --asr_units sentencepiece)
-#   Stage 3: train a head for each task x upstream  -> exp/<task>_<upstream>/ (dev picks the checkpoint)
+#   Stage 3: train a head for each task x upstream x learning rate -> exp/<task>_<upstream>/[lr_<lr>/]
+#            (each run stops when its dev metric stalls for --patience evaluations; dev picks the
+#            checkpoint and the rate)
 #   Stage 4: evaluate each on --eval_split          -> exp/<task>_<upstream>/results_<split>.json
-#   Stage 5: report: one table (markdown + JSON) and a PNG of the learned layer weights
+#   Stage 5: report: the SUPERB-style table with the overall score (markdown + JSON), every rate's
+#            dev result, PNGs of the learned layer weights and of the dev curves
 #
 # Upstreams are 'fbank' (SUPERB's FBANK row) or any checkpoint `speechssl downstream`
 # loads (speechssl checkpoint dir, transformers dir, fairseq/unilm/s3prl .pt) of any family:
@@ -35,7 +38,8 @@ upstreams="fbank"                   # 'fbank' and/or checkpoint paths, space sep
 upstream_names=""                   # one short name per upstream (default: 'fbank', else the run dir's name)
 downstream_config="conf/{task}.yaml" # per-task DownstreamConfig YAML; {task} is replaced; a missing file is an error
 max_steps=""                        # override every config's max_steps (e.g. 20 for a smoke test)
-lr_sweep=""                         # learning rates to sweep, e.g. "1e-2 1e-3 1e-4"; dev picks the best
+lr_sweep="1e-2 1e-3 1e-4"           # learning rates to sweep (one run each; dev picks the best); "none": the config's lr
+patience=""                         # override every config's patience (evaluations without dev improvement; "null": none)
 train_args=""                       # extra arguments for `speechssl downstream train`, e.g. "--set seed=2"
 
 # ASR units (stage 2)
@@ -143,11 +147,12 @@ if run_stage 3; then
         fi
     done
     sweep_args=()
-    if [ -n "${lr_sweep}" ]; then  # "1e-3 1e-4" -> lr_sweep=[1e-3, 1e-4] (the config reads 1e-3 as a float)
+    if [ -n "${lr_sweep}" ] && [ "${lr_sweep}" != none ]; then  # "1e-3 1e-4" -> lr_sweep=[1e-3, 1e-4]
         read -r -a lrs <<< "${lr_sweep}"
         printf -v lrs_yaml '%s, ' "${lrs[@]}"
         sweep_args=(--set "lr_sweep=[${lrs_yaml%, }]")
     fi
+    [ -n "${patience}" ] && sweep_args+=(--set "patience=${patience}")
     steps_args=()
     [ -n "${max_steps}" ] && steps_args=(--max-steps "${max_steps}")
     for task in "${task_list[@]}"; do
@@ -205,6 +210,6 @@ if run_stage 5; then
         done
     done
     speechssl downstream report --exps "${exps[@]}" --out "${report_dir}" --split "${eval_split}"
-    log "Report: ${report_dir}/results.md and results.json$([ -f "${report_dir}/layer_weights.png" ] && echo ", layer_weights.png")"
+    log "Report: ${report_dir}/results.md and results.json$([ -f "${report_dir}/layer_weights.png" ] && echo ", layer_weights.png")$(compgen -G "${report_dir}/dev_curves_*.png" > /dev/null && echo ", dev_curves_<task>.png")"
 fi
 log "Finished."
