@@ -95,6 +95,19 @@ class _PositionalConvLayer(nn.Module):
         return F.gelu(self.layer_norm(y.transpose(1, 2)).transpose(1, 2))
 
 
+def attention_mask(key_padding_mask: Tensor | None, bias: Tensor | None) -> Tensor | None:
+    """SDPA's `attn_mask` for key padding (B, T) (True = padded) and an additive float bias
+    (B or 1, H, T, T): the bias with -inf at padded keys; without a bias a boolean (B, 1, 1, T)
+    keep-mask; None when there is neither (so SDPA may pick its fused kernels)."""
+    if bias is not None:
+        if key_padding_mask is None:
+            return bias
+        return bias.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+    if key_padding_mask is not None:
+        return ~key_padding_mask[:, None, None, :]  # True = attend
+    return None
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention through F.scaled_dot_product_attention.
 
@@ -127,15 +140,14 @@ class SelfAttention(nn.Module):
             return t.view(B, T, H, d).transpose(1, 2)  # (B, H, T, d)
 
         q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
-        attn_mask = None
         if attn_bias is not None:
-            attn_mask = attn_bias.to(q.dtype)  # (B or 1, H, T, T); autocast may have cast q
-            if key_padding_mask is not None:
-                attn_mask = attn_mask.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
-        elif key_padding_mask is not None:
-            attn_mask = ~key_padding_mask[:, None, None, :]  # (B, 1, 1, T): True = attend
+            attn_bias = attn_bias.to(q.dtype)  # (B or 1, H, T, T); autocast may have cast q
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+            q,
+            k,
+            v,
+            attn_mask=attention_mask(key_padding_mask, attn_bias),
+            dropout_p=self.dropout if self.training else 0.0,
         )  # (B, H, T, d)
         return self.out_proj(y.transpose(1, 2).reshape(B, T, H * d))
 

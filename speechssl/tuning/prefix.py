@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from speechssl.models.encoder import RelativeSelfAttention
+from speechssl.models.encoder import RelativeSelfAttention, attention_mask
 from speechssl.models.relative_position import gated_position_bias
 
 
@@ -138,19 +138,17 @@ class PrefixSelfAttention(nn.Module):
         P = prefix.shape[0]
         pk, pv = (heads(t, P).expand(B, H, P, d) for t in prefix.chunk(2, dim=-1))  # (B, H, P, d) each
         dropout = self.dropout if self.training else 0.0
-        mask = prefix_mask = None
+        bias = None
         if position_bias is not None:
             if not self.relative:
                 raise ValueError("a position bias was given to the prefix attention of a non-WavLM layer")
-            mask = gated_position_bias(
+            bias = gated_position_bias(
                 x, position_bias, self.gru_rel_pos_linear, self.gru_rel_pos_const, d, self.head_index
             ).to(q.dtype)  # (B, H, T, T): additive, as SelfAttention
-            if key_padding_mask is not None:
-                mask = mask.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
-            prefix_mask = F.pad(mask, (P, 0), value=0.0)  # (B, H, T, P + T): no position, bias 0
-        elif key_padding_mask is not None:
-            mask = ~key_padding_mask[:, None, None, :]  # (B, 1, 1, T): True = attend
-            prefix_mask = F.pad(mask, (P, 0), value=True)  # (B, 1, 1, P + T)
+        mask = attention_mask(key_padding_mask, bias)  # the frames' keys, as SelfAttention builds it
+        prefix_mask = None  # prefix keys: always attended, no position (bias 0)
+        if mask is not None:
+            prefix_mask = F.pad(mask, (P, 0), value=0.0 if mask.is_floating_point() else True)
         y = F.scaled_dot_product_attention(
             q, torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2), attn_mask=prefix_mask, dropout_p=dropout
         )  # (B, H, T, d)
