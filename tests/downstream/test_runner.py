@@ -23,7 +23,15 @@ from speechssl.interop.upstream import load_upstream
 from speechssl.testing.cli import downstream_train, run_cli
 from speechssl.tuning import METHODS, TuningConfig, load_tuned
 
-SMALL = HeadConfig(hidden_dim=16, lstm_layers=2, xvector_channels=16, embed_dim=8)
+SMALL = HeadConfig(  # the tiny corpus: ASV clips are under SUPERB's 2 s minimum
+    hidden_dim=16,
+    lstm_dim=16,
+    lstm_layers=2,
+    xvector_channels=16,
+    xvector_agg_dim=24,
+    embed_dim=8,
+    asv_min_seconds=0.0,
+)
 
 
 def small_config(**kw) -> DownstreamConfig:
