@@ -7,7 +7,7 @@ import json
 
 from speechssl.cli.common import add_overwrite_argument, add_set_argument
 from speechssl.config import load_config
-from speechssl.downstream.config import DownstreamConfig
+from speechssl.downstream.config import DownstreamConfig, check_tuning_overrides
 from speechssl.downstream.report import write_report
 from speechssl.downstream.runner import evaluate_downstream, train_downstream
 from speechssl.downstream.tasks import TASKS
@@ -104,7 +104,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser, train_command: str) 
     parser.add_argument(
         "--split",
         default="test",
-        help="data split to score (default test; only test also writes EXP/results.json)",
+        help="data split to score, a plain name (default test; only test also writes EXP/results.json)",
     )
 
 
@@ -115,12 +115,11 @@ def print_results(results: dict) -> None:
 
 
 def _config(args: argparse.Namespace) -> DownstreamConfig:
+    check_tuning_overrides(args.overrides)
     return load_config(DownstreamConfig, args.config, args.overrides)
 
 
 def run_train(args: argparse.Namespace) -> int:
-    if args.max_steps is not None and args.max_steps <= 0:
-        raise ValueError(f"--max-steps must be > 0, found {args.max_steps}")
     best = train_downstream(
         args.task,
         args.upstream,

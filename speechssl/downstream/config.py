@@ -9,6 +9,7 @@ layer, the `finetune` section set). The upstream's tuning is named one way in bo
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -224,6 +225,14 @@ class DownstreamConfig:
             max_seconds=self.max_seconds,
             crop="random",
         )
+
+
+def check_tuning_overrides(overrides: Sequence[str]) -> None:
+    """`--set tuning=lora` names the method where the tuning section is meant: say which key."""
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key.strip() == "tuning" and value.strip() and not value.strip().startswith("{"):
+            raise ValueError(f"--set {item}: tuning is a section; use tuning.method={value.strip()}")
 
 
 def finetune_defaults() -> DownstreamConfig:

@@ -22,7 +22,12 @@ from torch import Tensor, nn
 
 from speechssl.config import apply_override, from_dict, load_yaml, to_dict
 from speechssl.data.dataset import Batch
-from speechssl.downstream.config import DownstreamConfig, FinetuneConfig, finetune_defaults
+from speechssl.downstream.config import (
+    DownstreamConfig,
+    FinetuneConfig,
+    check_tuning_overrides,
+    finetune_defaults,
+)
 from speechssl.downstream.heads import LinearCTCHead
 from speechssl.downstream.model import DownstreamModel
 from speechssl.interop.upstream import Upstream, normalize_waveform
@@ -32,6 +37,7 @@ from speechssl.objectives.masking import MaskConfig, compute_channel_mask, compu
 from speechssl.training.checkpoints import seed_everything
 
 FINETUNE_TASKS = ("asr", "pr")  # the CTC tasks
+UNUSED_BY_FINETUNE = ("featurizer", "head")  # config sections a fine-tuning run has no use for
 
 
 def encode(
@@ -124,8 +130,8 @@ def configure_upstream(upstream: UpstreamModel, config: FinetuneConfig) -> None:
 
 
 def build_finetune_model(task: Any, upstream: Upstream, config: FinetuneConfig, seed: int) -> FinetuneModel:
-    """The task's CTC vocabulary under a linear head on the upstream's width (seeded)."""
-    check_finetune_task(task)
+    """The task's CTC vocabulary under a linear head on the upstream's width (seeded); the
+    runner checked the task (`check_finetune_task`)."""
     seed_everything(seed)
     head = LinearCTCHead(upstream.hidden_dim, len(task.tokens))  # fairseq: w2v_encoder.proj; HF: lm_head
     return FinetuneModel(upstream, head, task, config)
@@ -150,12 +156,21 @@ def load_finetune_config(
     """`finetune_defaults()` under the YAML and the `key=value` overrides, then a method
     (`--method`) and a run length (`--max-steps`). A shorter run keeps the head-only share of
     updates (`finetune.freeze_finetune_updates`)."""
+    check_tuning_overrides(overrides)
     data = load_yaml(config_path) if config_path is not None else {}
     for item in overrides:
         apply_override(data, item)
     source = " with ".join([*([str(config_path)] if config_path else []), *(f"--set {o}" for o in overrides)])
     if "finetune" in data and data["finetune"] is None:
         raise ValueError(f"'finetune' may not be null in a fine-tuning config (in {source})")
+    for section in UNUSED_BY_FINETUNE:
+        if section in data:
+            keys = data[section]
+            key = f"{section}.{next(iter(keys))}" if isinstance(keys, dict) and keys else section
+            raise ValueError(
+                f"{key} is not used by CTC fine-tuning (a linear CTC head on the last layer; in {source}): "
+                "remove it, or use `speechssl downstream train` for a featurizer and a task head"
+            )
     defaults = finetune_defaults()
     if "max_steps" in data and "freeze_finetune_updates" not in (data.get("finetune") or {}):
         # a run length from the YAML or --set keeps the default head-only share, as --max-steps does

@@ -73,9 +73,21 @@ def word_error_rate(refs: Sequence[str], hyps: Sequence[str]) -> float:
     return error_rate([r.split() for r in refs], [h.split() for h in hyps])
 
 
-def char_error_rate(refs: Sequence[str], hyps: Sequence[str]) -> float:
-    """CER over the characters of the words, one space between words (spaces are characters)."""
-    return error_rate([list(" ".join(r.split())) for r in refs], [list(" ".join(h.split())) for h in hyps])
+def _characters(text: str, unk: str) -> list[str]:
+    """The characters of the words, one space between words; `unk` (a decoded unknown
+    character) is one character, not len(unk)."""
+    out: list[str] = []
+    for k, part in enumerate(" ".join(text.split()).split(unk)):
+        if k:
+            out.append(unk)
+        out.extend(part)
+    return out
+
+
+def char_error_rate(refs: Sequence[str], hyps: Sequence[str], *, unk: str = "<unk>") -> float:
+    """CER over the characters of the words, one space between words (spaces are characters;
+    `unk`, the ASR task's unknown character, counts as one)."""
+    return error_rate([_characters(r, unk) for r in refs], [_characters(h, unk) for h in hyps])
 
 
 def phone_error_rate(refs: Sequence[Sequence[str]], hyps: Sequence[Sequence[str]]) -> float:

@@ -32,10 +32,10 @@ from typing import Any
 
 import yaml
 
-from speechssl.downstream.runner import EXP_FILE, RESULTS_FILE, results_file
+from speechssl.downstream.runner import BEST_FILE, EXP_FILE, RESULTS_FILE, results_file
 from speechssl.downstream.tasks import TASKS
 from speechssl.io import atomic_file, atomic_write_text
-from speechssl.outputs import check_output, write_marker
+from speechssl.outputs import check_output, read_marker, write_marker
 
 log = logging.getLogger(__name__)
 
@@ -70,16 +70,28 @@ def load_results(exp_dirs: Sequence[str | Path], split: str = "test") -> list[di
     for exp in exp_dirs:
         path = _results_path(Path(exp), split)
         if path is None:
-            raise FileNotFoundError(
-                f"{Path(exp) / results_file(split)} does not exist: run `speechssl downstream "
-                f"evaluate --out {exp} --split {split}` first"
-            )
+            raise FileNotFoundError(_missing_results(Path(exp), split))
         row = {**json.loads(path.read_text()), "exp": str(exp)}
         name = _recorded_name(Path(exp))
         if name:  # the record names the upstream, also for results written before a rename
             row["upstream"] = name
         rows.append(row)
     return rows
+
+
+def _missing_results(exp: Path, split: str) -> str:
+    """What to run to get EXP's results of `split`: the evaluate of the command that trained it,
+    or the training itself when it did not finish."""
+    command = read_marker(exp) or "downstream train"
+    if not (exp / EXP_FILE).is_file():
+        return f"{exp} is not a trained experiment (no {EXP_FILE}): train it with `speechssl {command}`"
+    evaluate = f"speechssl {command.split()[0]} evaluate --out {exp} --split {split}"
+    if not (exp / BEST_FILE).is_file():
+        return (
+            f"{exp / results_file(split)} does not exist and training of {exp} did not finish "
+            f"({BEST_FILE} missing): finish it with `speechssl {command} ... --resume`, then `{evaluate}`"
+        )
+    return f"{exp / results_file(split)} does not exist: run `{evaluate}` first"
 
 
 def _recorded_name(exp: Path) -> str | None:

@@ -20,18 +20,27 @@ row, or at max_steps. The patience state is a function of dev_scores.json and th
 so a resumed run (also one killed between a checkpoint and its score) decides exactly as an
 uninterrupted one.
 
-Before any compute `train_downstream` checks, in this order and in seconds: EXP follows the
-output rule (new, empty, or this command's own experiment; a finished one needs --resume),
-every split of the data (`Task.check_split`: non-empty, targets cover the utterances, dev/test
-labels known, ASV trials sound), on --resume that EXP/task/ holds the vocabularies of the
-training data and each run's last checkpoint verifies and was trained with the same config (up
-to `RESUMABLE`), then it takes the experiment lock (`EXP/.lock`) for the run.
+Before any compute `train_downstream` checks, in this order and in seconds: the task's settings
+(`Task.check_config`: no max_seconds for the CTC tasks, whose transcripts cannot be cropped), EXP
+follows the output rule (new, empty, or this command's own experiment; a finished one needs
+--resume, with the same task, upstream and data dir; a fresh run refuses a task/, dev scores or
+trained upstream it did not write), every split of the data (`Task.check_split`: non-empty,
+targets cover the utterances, dev/test labels known, ASV trials sound), on --resume that
+EXP/task/ holds the vocabularies of the training data and each run's last checkpoint verifies
+and was trained with the same config (up to `RESUMABLE`; a fine-tuning run also ignores the
+featurizer and head sections it does not use), then it takes the experiment lock
+(`EXP/.speechssl_lock`) and checks EXP again (another run may have finished it meanwhile)
+before it writes anything. A local --upstream is recorded as an absolute path.
+
+A resumed run with a smaller max_steps than an earlier one chooses its checkpoint among the
+steps <= max_steps (later checkpoints stay on disk and count again with a longer resume).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import replace
@@ -47,6 +56,7 @@ from speechssl.data.dataset import Batch
 from speechssl.downstream.config import DownstreamConfig
 from speechssl.downstream.featurizers import build_featurizer
 from speechssl.downstream.finetune import (
+    UNUSED_BY_FINETUNE,
     build_finetune_model,
     check_finetune_task,
     configure_upstream,
@@ -80,6 +90,7 @@ RESUMABLE = frozenset(
 )
 DEV_SCORES = "dev_scores.json"  # per run: checkpoint name -> dev metrics
 SELECTION = "selection.json"  # per run: written when the run is trained and scored
+SPLIT_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 LEGACY_FINETUNE = ("finetune.yaml", "final/ctc_head.safetensors")  # of the top-level `speechssl finetune`
 
 
@@ -183,9 +194,12 @@ def _select_checkpoint(
 ) -> dict[str, Any]:
     """Score every checkpoint of a run on dev not scored yet (dev_scores.json); the best one
     wins (the earliest of equals). Also returns the run's dev curve."""
-    ckpts = step_dirs(run_dir / "checkpoints")
+    # a resumed run with a smaller --max-steps chooses among the checkpoints of its length
+    ckpts = [c for c in step_dirs(run_dir / "checkpoints") if _step(c.name) <= config.max_steps]
     if not ckpts:
-        raise FileNotFoundError(f"no checkpoints under {run_dir / 'checkpoints'}")
+        raise FileNotFoundError(
+            f"no checkpoints of steps <= {config.max_steps} under {run_dir / 'checkpoints'}"
+        )
     cache_path = run_dir / DEV_SCORES
     cache = _read_scores(cache_path)
     model = None
@@ -315,14 +329,19 @@ def _check_experiment_out(
     *,
     command: str = TRAIN_COMMAND,
     overwrite: bool = False,
+    config: DownstreamConfig | None = None,
+    data_dir: Path | None = None,
 ) -> None:
     """The output rule for EXP: new, empty, or this command's own experiment (a finished one
-    only with --resume, and only for the same task and upstream); an unmarked experiment of an
-    older speechssl with its downstream.yaml is resumed as its own."""
+    only with --resume, and only for the same task, upstream and data); an unmarked experiment
+    of an older speechssl with its downstream.yaml is resumed as its own. A fresh run refuses
+    files it would otherwise read as its own (`_refuse_foreign_files`)."""
     exp_path = out_dir / EXP_FILE
     if not (resume and exp_path.is_file() and read_marker(out_dir) is None):
         check_output(out_dir, command, inputs=inputs, overwrite=overwrite)
     if not exp_path.is_file():
+        if config is not None and out_dir.is_dir():
+            _refuse_foreign_files(out_dir, config)
         return
     if not resume:
         raise OutputExistsError(
@@ -330,11 +349,59 @@ def _check_experiment_out(
             "--resume, or train into another --out"
         )
     previous = yaml.safe_load(exp_path.read_text()) or {}
-    if {k: previous.get(k) for k in ("task", "upstream")} != {"task": task, "upstream": upstream_spec}:
+    recorded = previous.get("upstream")
+    same_upstream = recorded == upstream_spec or (
+        isinstance(recorded, str) and resolve_upstream(recorded, out_dir) == upstream_spec
+    )
+    if previous.get("task") != task or not same_upstream:
         raise ValueError(
             f"{exp_path}: cannot resume task {task} / upstream {upstream_spec} in an experiment "
-            f"of task {previous.get('task')} / upstream {previous.get('upstream')}"
+            f"of task {previous.get('task')} / upstream {recorded}"
         )
+    recorded_data = previous.get("data_dir")
+    if data_dir is not None and recorded_data is not None and Path(recorded_data) != data_dir.resolve():
+        raise ValueError(
+            f"{exp_path}: cannot resume on --data {data_dir.resolve()}: the experiment was trained on "
+            f"{recorded_data} (its dev scores and vocabularies are of that data); resume with it, or "
+            "train into another --out"
+        )
+
+
+def _refuse_foreign_files(out_dir: Path, config: DownstreamConfig) -> None:
+    """A fresh run writes EXP/task/, the dev scores and the trained upstream itself: one that is
+    already there was not written by this run (an earlier run's EXP is refused without
+    --resume), so it is never read as the run's own, nor deleted."""
+    runs = _run_dirs(out_dir, config)
+    run_files = [run_dir / name for _, run_dir in runs for name in (DEV_SCORES, SELECTION)]
+    task_dir = out_dir / "task"
+    candidates = [
+        *(sorted(task_dir.iterdir()) if task_dir.is_dir() else []),
+        *run_files,
+        out_dir / BEST_FILE,
+        out_dir / TUNED_UPSTREAM,
+        out_dir / TUNED_WEIGHTS,
+    ]
+    for path in candidates:
+        if path.exists() or path.is_symlink():
+            raise OutputExistsError(
+                f"{path} exists but was not written by this run (a new run writes it itself): "
+                "remove it or train into another --out"
+            )
+
+
+def resolve_upstream(spec: str | Path, base: Path | None = None) -> str:
+    """The upstream as recorded in EXP: a local path made absolute (so `evaluate` and `--resume`
+    work from any directory and `./up` names the same upstream as `up`); a builtin name ("fbank")
+    or any other source stays as typed. `base`: the directory a relative recorded path is tried
+    against too (an experiment recorded before paths were resolved)."""
+    text = str(spec)
+    if text in BUILTIN_UPSTREAMS:
+        return text
+    for root in (Path.cwd(), *([base] if base is not None else [])):
+        path = Path(text) if Path(text).is_absolute() else root / text
+        if path.exists():
+            return str(path.resolve())
+    return text
 
 
 def _run_dirs(out_dir: Path, config: DownstreamConfig) -> list[tuple[float, Path]]:
@@ -344,12 +411,39 @@ def _run_dirs(out_dir: Path, config: DownstreamConfig) -> list[tuple[float, Path
     ]
 
 
+def _keys(value: Any, prefix: str) -> set[str]:
+    """The dotted keys of a (nested) config section."""
+    if not isinstance(value, dict):
+        return {prefix}
+    return {key for name, item in value.items() for key in _keys(item, f"{prefix}.{name}")}
+
+
+def _resumable(source: Path, config: DownstreamConfig) -> frozenset[str]:
+    """`RESUMABLE`, and for a fine-tuning run every featurizer/head key (of the checkpoint's
+    config and this one): that run uses neither section, so their defaults may change."""
+    if config.finetune is None:
+        return RESUMABLE
+    saved_path = source / "config.yaml"
+    try:
+        saved = yaml.safe_load(saved_path.read_text()) if saved_path.is_file() else {}
+    except yaml.YAMLError:
+        saved = {}  # check_resume names the corrupt file
+    now = to_dict(config)
+    unused = {
+        key
+        for section in UNUSED_BY_FINETUNE
+        for tree in (saved if isinstance(saved, dict) else {}, now)
+        for key in _keys(tree.get(section) or {}, section)
+    }
+    return RESUMABLE | unused
+
+
 def _check_resume(out_dir: Path, config: DownstreamConfig) -> None:
     """Each run's last checkpoint verifies and was trained with this config, up to `RESUMABLE`."""
     for _, run_dir in _run_dirs(out_dir, config):
         source = resume_checkpoint(run_dir, True)
         if source is not None:
-            check_resume(source, config, allowed=RESUMABLE)
+            check_resume(source, config, allowed=_resumable(source, config))
 
 
 def train_downstream(
@@ -378,12 +472,18 @@ def train_downstream(
     if name is not None and (not name.strip() or any(c in name for c in "|\n\r")):
         raise ValueError(f"upstream name {name!r} must be non-empty text without '|' or line breaks")
     config = scale_run(config or DownstreamConfig(), max_steps)
+    upstream_spec = resolve_upstream(upstream_spec)
     out_dir, data_dir = Path(out_dir), Path(data_dir)
     if not data_dir.is_dir():
         raise FileNotFoundError(
             f"data dir {data_dir} does not exist (expected {data_dir}/{{train,dev,test}})"
         )
-    if config.tuning.method != "frozen" and str(upstream_spec) in BUILTIN_UPSTREAMS:
+    if config.finetune is not None and upstream_spec in BUILTIN_UPSTREAMS:
+        raise ValueError(
+            f"CTC fine-tuning needs an upstream with a transformer encoder; '{upstream_spec}' has none "
+            "(score it with `speechssl downstream train`)"
+        )
+    if config.tuning.method != "frozen" and upstream_spec in BUILTIN_UPSTREAMS:
         raise ValueError(
             f"tuning method '{config.tuning.method}' needs an upstream with a transformer encoder; "
             f"'{upstream_spec}' has none (it runs with tuning.method: frozen)"
@@ -391,28 +491,42 @@ def train_downstream(
     task_obj = build_task(task, data_dir, out_dir, config)  # reads nothing yet
     if config.finetune is not None:
         check_finetune_task(task_obj)
+    task_obj.check_config()
     main = env_rank() == 0
-    if main:
-        inputs = (data_dir, *([Path(upstream_spec)] if Path(upstream_spec).exists() else []))
+    inputs = (data_dir, *([Path(upstream_spec)] if Path(upstream_spec).exists() else []))
+
+    def check_out() -> None:
         _check_experiment_out(
-            out_dir, task, str(upstream_spec), resume, inputs, command=command, overwrite=overwrite
-        )
-    check_task_data(task_obj)
-    if main and resume:
-        task_obj.check_saved_vocabularies()
-        _check_resume(out_dir, config)
+            out_dir, task, upstream_spec, resume, inputs, command=command, overwrite=overwrite,
+            config=config, data_dir=data_dir,
+        )  # fmt: skip
+
+    def check_resumed() -> None:
+        if resume:
+            task_obj.check_saved_vocabularies()
+            _check_resume(out_dir, config)
+
     if main:
+        check_out()
+    check_task_data(task_obj)
+    if main:
+        check_resumed()
         out_dir.mkdir(parents=True, exist_ok=True)
         write_marker(out_dir, command, experiment=True)
     with ExperimentLock(out_dir, command) if main else nullcontext():
-        return _train_locked(task_obj, str(upstream_spec), data_dir, out_dir, config, resume, name)
+        if main:  # another run may have written EXP between the checks and the lock: check again
+            check_out()
+            check_resumed()
+        return _train_locked(task_obj, upstream_spec, data_dir, out_dir, config, resume, name)
 
 
 def default_name(upstream_spec: str, config: DownstreamConfig) -> str:
     """The upstream's name (`upstream_name`), and for a fine-tuning run its method, so that
     `downstream report` puts a fine-tuned and a frozen run of one upstream side by side."""
     base = upstream_name(upstream_spec)
-    return base if config.finetune is None else f"{base} (finetune {config.tuning.method})"
+    if config.finetune is not None:
+        return f"{base} (finetune {config.tuning.method})"
+    return base if config.tuning.method == "frozen" else f"{base} ({config.tuning.method})"
 
 
 def _train_locked(
@@ -532,15 +646,46 @@ def load_trained(out_dir: str | Path, checkpoint: str | Path | None = None) -> D
         best = json.loads(best_path.read_text())
         checkpoint = out_dir / best["run_dir"] / best["checkpoint"]
     task = build_task(exp["task"], exp["data_dir"], out_dir, config)
-    model = build_model(task, prepare_upstream(exp["upstream"], config), config)
-    _load_weights(model, Path(checkpoint))
+    model = build_model(task, prepare_upstream(_recorded_upstream(out_dir, exp, config), config), config)
+    try:
+        _load_weights(model, Path(checkpoint))
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[1:2] or str(err).strip().splitlines()[:1]
+        raise ValueError(
+            f"{checkpoint} does not fit the model that {out_dir / EXP_FILE} describes "
+            f"({first[0].strip() if first else 'state dict mismatch'}): was the config edited?"
+        ) from None
     return model.eval()
+
+
+def _recorded_upstream(out_dir: Path, exp: dict[str, Any], config: DownstreamConfig) -> str:
+    """The upstream to rebuild the model on: the recorded one, else (moved or deleted) for full
+    tuning the trained copy in EXP/upstream/ (the checkpoint's weights replace it anyway)."""
+    spec = str(exp["upstream"])
+    tuned = out_dir / TUNED_UPSTREAM
+    if (
+        spec not in BUILTIN_UPSTREAMS
+        and not Path(spec).exists()
+        and config.tuning.method == "full"
+        and tuned.is_dir()
+    ):
+        log.info("upstream %s not found: rebuilding on %s", spec, tuned)
+        return str(tuned)
+    return spec
+
+
+def check_split_name(split: str) -> str:
+    """A split is a plain name (a dir of the data, a file name in EXP): no path separators."""
+    if not SPLIT_NAME.fullmatch(split) or split in (".", ".."):
+        raise ValueError(f"--split {split!r} must be a plain name ([A-Za-z0-9_.-]+, not '.' or '..')")
+    return split
 
 
 def evaluate_downstream(out_dir: str | Path, split: str = "test") -> dict[str, Any]:
     """Score the best checkpoint of an experiment on `split`; writes out_dir/results_<split>.json
     (and results.json for the test split, so a dev score never replaces the test score).
     The split is checked before the upstream is loaded."""
+    check_split_name(split)
     out_dir = Path(out_dir)
     exp, config = load_experiment(out_dir)
     best_path = out_dir / BEST_FILE

@@ -295,6 +295,9 @@ class Task:
             self.check_unknown_label()
         self.check_targets(split, split_dir, ids)
 
+    def check_config(self) -> None:
+        """Settings this task cannot train with (a training run checks them at start-up)."""
+
     def check_unknown_label(self) -> None:
         unknown = self.config.unknown_label
         if unknown is None:
@@ -466,10 +469,33 @@ class _CTCTask(Task):
     def vocabularies(self) -> list[TokenTable]:
         return [self.tokens]
 
+    def check_config(self) -> None:
+        if self.config.max_seconds is not None:
+            raise ValueError(
+                f"max_seconds ({self.config.max_seconds}) crops the audio but not the transcript: task "
+                f"{self.name} cannot train with it (set max_seconds: null)"
+            )
+
     def loss(self, head, x, lengths, batch):
         logits, out_lens = head(x, lengths)  # (B, T, V)
         targets, target_lens = batch.targets[self.target_name], batch.target_lens[self.target_name]
+        if head.training:
+            self._count_infeasible(out_lens, target_lens)
         return ctc_loss(F.log_softmax(logits.float(), dim=-1), out_lens, targets, target_lens), {}
+
+    def _count_infeasible(self, out_lens: Tensor, target_lens: Tensor) -> None:
+        """Warn when no utterance of a training batch has enough frames for its targets: its CTC
+        loss is infinite for all of them (zeroed by zero_infinity), so the batch trains nothing."""
+        if bool((out_lens.cpu() >= target_lens.cpu()).any()):
+            return
+        self.infeasible_batches = getattr(self, "infeasible_batches", 0) + 1
+        if self.infeasible_batches == 1 or self.infeasible_batches % 100 == 0:
+            log.warning(
+                "task %s: %d training batch(es) so far where every utterance has fewer frames than "
+                "targets (CTC loss infinite, zeroed): these batches train nothing",
+                self.name,
+                self.infeasible_batches,
+            )
 
     def predict(self, head, x, lengths, batch):
         logits, out_lens = head(x, lengths)

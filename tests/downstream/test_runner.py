@@ -190,9 +190,17 @@ def test_report_table_and_layer_weight_png(tmp_path):
     assert table["tasks"]["ks"]["values"] == {"fbank": 0.5, "hubert": 0.75}
     assert written["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(
-        FileNotFoundError, match="results_test.json does not exist: run `speechssl downstream evaluate"
+        FileNotFoundError, match="nothing is not a trained experiment .*speechssl downstream train"
     ):
         write_report([tmp_path / "nothing"], tmp_path / "r2")
+    trained = tmp_path / "trained"  # trained, not evaluated
+    trained.mkdir()
+    (trained / "downstream.yaml").write_text("task: ks\n")
+    (trained / "best.json").write_text("{}\n")
+    with pytest.raises(
+        FileNotFoundError, match="results_test.json does not exist: run `speechssl downstream evaluate"
+    ):
+        write_report([trained], tmp_path / "r2")
 
 
 def test_asr_with_sentencepiece_units(task_data, tmp_path):
