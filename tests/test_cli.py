@@ -117,3 +117,27 @@ def test_one_name_per_option_across_commands():
         assert "--checkpoint" not in names, command
         assert "--threads" not in names, f"{command}: torch threads are --num-threads"
     assert "--num-threads" in options["compare"] and "--num-threads" in options["features"]
+
+
+def test_training_commands_take_num_threads(capsys):
+    """pretrain, distill and prune accept --num-threads (several jobs on a small machine need it)
+    and refuse a count below 1 in one line before reading anything."""
+    import torch
+
+    from speechssl.cli.common import set_num_threads
+
+    for command in ("pretrain", "distill", "prune"):
+        args = [command, "--config", "c.yaml", "--train", "d", "--out", "o", "--num-threads", "0"]
+        if command != "pretrain":
+            args += ["--teacher", "t"]
+        assert main(args) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.endswith("--num-threads must be >= 1, found 0") and "\n" not in err, command
+    before = torch.get_num_threads()
+    try:
+        set_num_threads(1)
+        assert torch.get_num_threads() == 1
+        set_num_threads(None)  # torch's default stays as it is
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -6,7 +6,8 @@ import argparse
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, config_help: str) -> None:
-    """--config --train --valid --out --max-steps --resume --set --overwrite, worded the same everywhere.
+    """--config --train --valid --out --max-steps --resume --set --overwrite --num-threads, worded the same
+    everywhere.
     The --out is an experiment dir: locked while a run writes it (speechssl.training.experiment)."""
     parser.add_argument("--config", required=True, help=config_help)
     parser.add_argument("--train", required=True, help="training data dir")
@@ -20,6 +21,22 @@ def add_training_arguments(parser: argparse.ArgumentParser, config_help: str) ->
     parser.add_argument("--resume", action="store_true", help="continue exactly from EXP/checkpoints/last")
     add_set_argument(parser, "trainer.lr=2e-4")
     add_overwrite_argument(parser)
+    parser.add_argument(
+        "--num-threads",
+        type=int,
+        help="torch CPU threads of each process (default: torch's, every core; give 1 per job when "
+        "several jobs share a small machine, or OpenMP threads spin against each other)",
+    )
+
+
+def set_num_threads(num_threads: int | None) -> None:
+    """--num-threads of a training command (None: torch's default)."""
+    if num_threads is not None:
+        if num_threads < 1:
+            raise ValueError(f"--num-threads must be >= 1, found {num_threads}")
+        import torch
+
+        torch.set_num_threads(num_threads)
 
 
 def add_set_argument(parser: argparse.ArgumentParser, example: str) -> None:

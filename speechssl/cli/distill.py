@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from speechssl.cli.common import add_training_arguments
+from speechssl.cli.common import add_training_arguments, set_num_threads
 from speechssl.compression.distill import distill
 
 
@@ -24,6 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    set_num_threads(args.num_threads)
     final = distill(
         args.teacher,
         args.config,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from speechssl.cli.common import add_training_arguments
+from speechssl.cli.common import add_training_arguments, set_num_threads
 from speechssl.training.pretrain import pretrain
 
 
@@ -43,6 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    set_num_threads(args.num_threads)
     result = pretrain(
         args.config, args.train, args.valid, args.out, units=args.units, overrides=args.overrides,
         max_steps=args.max_steps, save_every=args.save_every, seed=args.seed, resume=args.resume,
