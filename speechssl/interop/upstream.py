@@ -1,8 +1,8 @@
 """Upstreams: `load_upstream(source)`, the one way to get one, and `Upstream`, a loaded network.
 
-`load_upstream` accepts a built-in name ("fbank": the FBANK baseline), a speechssl
-checkpoint dir, a transformers dir, a fairseq `.pt` or an s3prl converted `.pt`; every
-result implements `UpstreamModel` (speechssl.models.upstream_api), and every network
+`load_upstream` accepts a built-in name ("fbank", "fbank_no_cmvn", "fbank_global_cmvn": the FBANK
+baselines), a speechssl checkpoint dir, a transformers dir, a fairseq `.pt` or an s3prl converted
+`.pt`; every result implements `UpstreamModel` (speechssl.models.upstream_api), and every network
 becomes the same `Upstream` around an SSLModel.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,13 @@ from speechssl.models.model import SSLModel, build_model
 from speechssl.models.upstream_api import UpstreamModel, UpstreamOutput
 
 # Built-in upstreams by name; a name wins over a file of the same name in the working dir.
-BUILTIN_UPSTREAMS: dict[str, Callable[[], UpstreamModel]] = {"fbank": FbankUpstream}
+# "fbank": SUPERB's row (per-utterance CMVN); "fbank_no_cmvn": s3prl's name, no CMVN;
+# "fbank_global_cmvn": the train split's statistics, which the downstream runner sets.
+BUILTIN_UPSTREAMS: dict[str, Callable[[], UpstreamModel]] = {
+    "fbank": FbankUpstream,
+    "fbank_no_cmvn": partial(FbankUpstream, cmvn="none"),
+    "fbank_global_cmvn": partial(FbankUpstream, cmvn="global"),
+}
 
 
 class Upstream(UpstreamModel):
@@ -115,7 +122,7 @@ def load_upstream(source: str | Path, *, verify: VerifyLevel = "auto") -> Upstre
     the weights' shapes, and every weight is finite. Pickled `.pt` / `.bin` files are read
     with an allow-list: one that holds code is refused, never run.
 
-    - a built-in name (BUILTIN_UPSTREAMS: "fbank", the FBANK baseline; no weights, `verify` unused)
+    - a built-in name (BUILTIN_UPSTREAMS: the FBANK baselines; no weights, `verify` unused)
     - speechssl checkpoint dir (config.yaml + model.safetensors)
     - transformers dir (config.json + model.safetensors / pytorch_model.bin)
     - fairseq `.pt` (speechssl.interop.fairseq_io) or s3prl converted `.pt` (speechssl.interop.s3prl_io)
