@@ -2,7 +2,9 @@
 
 Experiment layout (EXP = out_dir):
     EXP/downstream.yaml      task, upstream, data dir and the resolved DownstreamConfig
-    EXP/task/                vocabularies (tokens.txt, classes.txt, spm.model, ...)
+    EXP/task/                vocabularies (tokens.txt, classes.txt, spm.model, ...); fbank_cmvn.npz: the
+                             train split's mean/std for "fbank_global_cmvn" (computed once, used by
+                             train, dev/test scoring, evaluate and --resume)
     EXP/[lr_<lr>/]checkpoints/step_<N>/   head (+ tuned upstream) weights every eval_every updates
     EXP/[lr_<lr>/]dev_scores.json         dev metric of every checkpoint, scored as it is written
     EXP/[lr_<lr>/]selection.json          a finished run: its best checkpoint, dev curve, why it stopped
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -47,6 +50,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 
@@ -66,7 +70,7 @@ from speechssl.downstream.model import DownstreamModel
 from speechssl.downstream.tasks import SPLITS, DataCheckError, Task, build_task
 from speechssl.errors import OutputExistsError
 from speechssl.interop.upstream import BUILTIN_UPSTREAMS, UpstreamModel, load_upstream, upstream_name
-from speechssl.io import atomic_write_text
+from speechssl.io import atomic_file, atomic_write_text
 from speechssl.models.checkpoint import save_checkpoint
 from speechssl.outputs import ExperimentLock, check_output, read_marker, write_marker
 from speechssl.training.checkpoints import load_checkpoint, seed_everything, step_dirs
@@ -89,6 +93,7 @@ RESUMABLE = frozenset(
     {"max_steps", "eval_every", "log_every", "num_workers", "patience", "finetune.freeze_finetune_updates"}
 )
 DEV_SCORES = "dev_scores.json"  # per run: checkpoint name -> dev metrics
+CMVN_FILE = "fbank_cmvn.npz"  # EXP/task/: the train split's statistics (fbank_global_cmvn)
 SELECTION = "selection.json"  # per run: written when the run is trained and scored
 SPLIT_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 LEGACY_FINETUNE = ("finetune.yaml", "final/ctc_head.safetensors")  # of the top-level `speechssl finetune`
@@ -99,10 +104,19 @@ def results_file(split: str) -> str:
 
 
 # --- building blocks ---------------------------------------------------------------------
-def prepare_upstream(spec: str | Path, config: DownstreamConfig) -> UpstreamModel:
+def prepare_upstream(
+    spec: str | Path, config: DownstreamConfig, task: Task | None = None, *, compute_stats: bool = True
+) -> UpstreamModel:
     """Load the upstream and apply `config.tuning` (speechssl.tuning: the one registry of tuning
-    methods, `METHODS`; "frozen" leaves every weight frozen), then the fine-tuning settings."""
+    methods, `METHODS`; "frozen" leaves every weight frozen), then the fine-tuning settings.
+    An upstream that needs the train split's statistics ("fbank_global_cmvn") gets them from
+    EXP/task/fbank_cmvn.npz, computed there first when missing and `compute_stats`."""
     upstream = load_upstream(spec)
+    if getattr(upstream, "needs_train_stats", False):
+        if task is None:
+            raise ValueError(f"upstream '{spec}' needs the train split's statistics: pass the task")
+        mean, std = train_cmvn_stats(upstream, task, config, compute=compute_stats)
+        upstream.set_global_stats(mean, std)
     report = apply_tuning(upstream, config.tuning)
     if config.tuning.method != "frozen":
         log.info("tuning %s", report)
@@ -138,6 +152,61 @@ def score_split(model: DownstreamModel, split: str, config: DownstreamConfig) ->
     return model.task.evaluate(
         model.features, model.head, eval_batches(model.task, split, config, device), split
     )
+
+
+def _train_fingerprint(task: Task) -> tuple[int, float]:
+    """The train split as global CMVN saw it: utterances and total seconds."""
+    durations = task.dataset("train", train=False).full_durations
+    return len(durations), float(sum(durations))
+
+
+@torch.no_grad()
+def train_cmvn_stats(
+    upstream: UpstreamModel, task: Task, config: DownstreamConfig, *, compute: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std (population, float64 sums) of the upstream's features before CMVN
+    over every frame of the train split (whole utterances, streamed batch by batch); computed once
+    per experiment into EXP/task/fbank_cmvn.npz (atomic) and read back by dev/test scoring,
+    `evaluate` and a resumed run, which checks the train split still has the same utterances."""
+    path = task.task_dir / CMVN_FILE
+    utterances, seconds = _train_fingerprint(task)
+    if path.is_file():
+        with np.load(path) as saved:
+            stats = {k: saved[k] for k in saved.files}
+        if int(stats["utterances"]) != utterances or not math.isclose(
+            float(stats["seconds"]), seconds, rel_tol=1e-9, abs_tol=1e-6
+        ):
+            raise DataCheckError(
+                f"{path} was computed over {int(stats['utterances'])} train utterances "
+                f"({float(stats['seconds']):.3f} s), but {task.data_dir / 'train'} has {utterances} "
+                f"({seconds:.3f} s): the train data changed; train into a new --out"
+            )
+        return torch.from_numpy(stats["mean"]), torch.from_numpy(stats["std"])
+    if not compute:
+        raise FileNotFoundError(f"{path} does not exist: the experiment's global CMVN statistics are missing")
+    total = sq = None
+    frames = 0
+    for batch in eval_batches(task, "train", config, torch.device("cpu")):
+        x, lengths = upstream.raw_features(batch.wavs, batch.wav_lens)  # type: ignore[attr-defined]
+        x = x.double()
+        valid = torch.arange(x.shape[1])[None, :] < lengths[:, None]
+        x = x[valid]  # (frames, D)
+        total = x.sum(0) if total is None else total + x.sum(0)
+        sq = x.pow(2).sum(0) if sq is None else sq + x.pow(2).sum(0)
+        frames += x.shape[0]
+    if total is None or sq is None or frames == 0:
+        raise DataCheckError(f"task {task.name}: {task.data_dir / 'train'} has no frames for global CMVN")
+    mean = total / frames
+    std = (sq / frames - mean.pow(2)).clamp(min=0.0).sqrt()
+    if env_rank() == 0:
+        with atomic_file(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(
+                    f, mean=mean.numpy(), std=std.numpy(), frames=np.int64(frames),
+                    utterances=np.int64(utterances), seconds=np.float64(seconds),
+                )  # fmt: skip
+        log.info("global CMVN: %d train frames -> %s", frames, path)
+    return mean, std
 
 
 def _device() -> torch.device:
@@ -207,7 +276,7 @@ def _select_checkpoint(
         if ckpt.name in cache:
             continue
         if model is None:
-            model = build_model(task, prepare_upstream(upstream_spec, config), config).to(_device())
+            model = build_model(task, prepare_upstream(upstream_spec, config, task), config).to(_device())
         _load_weights(model, ckpt)
         cache[ckpt.name] = score_split(model, "dev", config)
         log.info("%s: dev %s", ckpt, cache[ckpt.name])
@@ -271,7 +340,7 @@ def _train_run(
             return selection
     # every run (each lr of a sweep, and a rerun in the same process) starts from the same head
     seed_everything(config.seed)
-    model = build_model(task, prepare_upstream(upstream_spec, config), config)
+    model = build_model(task, prepare_upstream(upstream_spec, config, task), config)
     trainable, total = model.num_parameters()
     log.info(
         "task %s, upstream %s, lr %g: %d trainable / %d parameters",
@@ -578,7 +647,7 @@ def _save_tuned_upstream(
     """The chosen checkpoint's upstream, usable without the head: EXP/upstream/ for full tuning
     (a speechssl checkpoint: `load_upstream`, `speechssl export`), else EXP/tuned.safetensors
     (`load_tuned(load_upstream(<the upstream>), ...)`). Returns its name in EXP."""
-    model = build_model(task, prepare_upstream(upstream_spec, config), config)
+    model = build_model(task, prepare_upstream(upstream_spec, config, task), config)
     _load_weights(model, out_dir / best["run_dir"] / best["checkpoint"])
     upstream = model.upstream
     if config.tuning.method == "full":
@@ -646,7 +715,8 @@ def load_trained(out_dir: str | Path, checkpoint: str | Path | None = None) -> D
         best = json.loads(best_path.read_text())
         checkpoint = out_dir / best["run_dir"] / best["checkpoint"]
     task = build_task(exp["task"], exp["data_dir"], out_dir, config)
-    model = build_model(task, prepare_upstream(_recorded_upstream(out_dir, exp, config), config), config)
+    upstream = prepare_upstream(_recorded_upstream(out_dir, exp, config), config, task, compute_stats=False)
+    model = build_model(task, upstream, config)
     try:
         _load_weights(model, Path(checkpoint))
     except RuntimeError as err:
