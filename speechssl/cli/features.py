@@ -10,6 +10,8 @@ import torch
 
 from speechssl.cli.common import add_overwrite_argument
 from speechssl.features.dump import FEATURES, build_extractor, dump_features, is_feature_dump
+from speechssl.features.upstream_features import check_dumpable
+from speechssl.interop.upstream import BUILTIN_UPSTREAMS
 from speechssl.outputs import claim_directories
 
 logger = logging.getLogger(__name__)
@@ -75,6 +77,9 @@ def run(args: argparse.Namespace) -> int:
     else:  # the recipe runs the shards at once: share the cores instead of oversubscribing them
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.nshard))
     inputs = (args.data,) + ((args.upstream,) if args.upstream else ())
+    builtin = BUILTIN_UPSTREAMS.get(str(args.upstream))
+    if builtin is not None:  # refused before --out exists
+        check_dumpable(builtin(), str(args.upstream))
     claim_directories(
         [args.out], COMMAND, overwrite=args.overwrite, inputs=inputs, earlier_output=is_feature_dump
     )

@@ -52,6 +52,15 @@ def _weights_fingerprint(source: Path) -> str:
     return hashlib.sha256(stamp.encode()).hexdigest()[:16]
 
 
+def check_dumpable(upstream: UpstreamModel, source: str) -> None:
+    """An upstream normalised with train-split statistics (`fbank_global_cmvn`) has none in a dump."""
+    if getattr(upstream, "needs_train_stats", False):
+        raise ValueError(
+            f"upstream '{source}' normalises with train-split statistics, which a feature dump does not"
+            " have: use it with `speechssl downstream train`, or dump `fbank` / `fbank_no_cmvn`"
+        )
+
+
 class UpstreamExtractor:
     """The `FeatureExtractor` (speechssl.features.dump) for layer `layer` of an upstream.
 
@@ -82,6 +91,7 @@ class UpstreamExtractor:
         else:
             weights = "in-memory"
             source = type(upstream).__name__
+        check_dumpable(upstream, source)
         self.device = torch.device(device or default_device())
         self.upstream = upstream.eval().to(self.device)
         num_layers = int(upstream.num_layers)

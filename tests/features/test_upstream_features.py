@@ -81,3 +81,18 @@ def test_a_finished_shard_of_other_weights_is_redone(tiny_data, tmp_path):
     )
     after = dict(FeatureReader(tmp_path / "feats"))
     assert any(not np.array_equal(before[u], after[u]) for u in before)
+
+
+def test_global_cmvn_fbank_is_refused_before_the_output_exists(tiny_data, tmp_path, capsys):
+    """`fbank_global_cmvn` normalises with train statistics a dump does not have: one line, exit 1,
+    and no --out left behind (the library extractor refuses it too)."""
+    from speechssl.cli.main import main
+
+    out = tmp_path / "dump"
+    args = ["features", "--data", str(tiny_data), "--feature", "upstream", "--layer", "0"]
+    assert main([*args, "--upstream", "fbank_global_cmvn", "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "normalises with train-split statistics" in err and "\n" not in err
+    assert not out.exists()
+    with pytest.raises(ValueError, match="train-split statistics"):
+        UpstreamExtractor("fbank_global_cmvn", 0)
