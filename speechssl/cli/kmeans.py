@@ -40,6 +40,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fit.add_argument(
         "--batch-size", type=int, default=defaults.batch_size, help=f"default {defaults.batch_size}"
     )
+    fit.add_argument(
+        "--backend",
+        default=defaults.backend,
+        help="sklearn (MiniBatchKMeans, fairseq's settings; default) or faiss (Lloyd k-means, "
+        "faiss-cpu, on a GPU when faiss sees one)",
+    )
+    fit.add_argument(
+        "--max-memory",
+        type=float,
+        default=None,
+        metavar="GB",
+        help="cap on the fit's memory: above it sklearn streams mini-batches from the shards and "
+        "faiss fits a random sample that fits (default: no cap, all selected frames in memory)",
+    )
+    fit.add_argument(
+        "--stream-passes",
+        type=int,
+        default=defaults.stream_passes,
+        help=f"passes over the frames when the sklearn fit streams (default {defaults.stream_passes})",
+    )
     fit.set_defaults(func=run_fit)
 
     lab = actions.add_parser("label", help="write OUT/labels (uttid u1 u2 ...) and OUT/dict.txt")
@@ -71,6 +91,16 @@ def _claim(out: str, command: str, overwrite: bool, inputs: tuple, labels: bool)
 
 
 def run_fit(args: argparse.Namespace) -> int:
+    options = {
+        "n_init": args.n_init,
+        "max_iter": args.max_iter,
+        "batch_size": args.batch_size,
+        "backend": args.backend,
+        "max_memory_gb": args.max_memory,
+        "stream_passes": args.stream_passes,
+    }
+    # a bad option (--backend, --max-memory) is named before anything is read or claimed
+    KMeansConfig(num_clusters=args.num_clusters, percent=args.percent, seed=args.seed, **options)
     reader = FeatureReader(args.feats)  # a damaged shard is named before the output dir is touched
     _claim(args.out, "kmeans fit", args.overwrite, (args.feats,), labels=False)
     model = fit_kmeans(
@@ -79,13 +109,12 @@ def run_fit(args: argparse.Namespace) -> int:
         percent=args.percent,
         seed=args.seed,
         out_dir=args.out,
-        n_init=args.n_init,
-        max_iter=args.max_iter,
-        batch_size=args.batch_size,
+        on_plan=lambda plan: print(f"kmeans: {plan.describe()}", flush=True),
+        **options,
     )
     print(
-        f"kmeans: {model.num_clusters} centroids in {args.out} "
-        f"(inertia per frame {model.params['inertia_per_frame']:.4f})"
+        f"kmeans: {model.num_clusters} centroids in {args.out} ({model.params['backend']}, "
+        f"{model.params['fit_mode']}; inertia per frame {model.params['inertia_per_frame']:.4f})"
     )
     return 0
 

@@ -11,6 +11,12 @@ of each shard. The model directory holds
 
 and never a pickle (a joblib/pickle file can run code when loaded).
 
+Corpus scale: `backend="faiss"` fits with faiss' Lloyd k-means (faiss-cpu, on a GPU when faiss
+sees one) on the same frames; `max_memory_gb` caps what the fit holds at once: above the cap the
+sklearn fit streams shuffled mini-batches through `partial_fit` (the frames are read from the
+memory-mapped shards, never all loaded), and the faiss fit takes a random sample of frames that
+fits. `plan_fit` says which, and how much memory, before the fit starts.
+
 Labelling assigns each frame its nearest centroid (squared Euclidean, as
 sklearn's predict) with one matmul per block of frames, and writes
 
@@ -28,7 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,11 +43,13 @@ import torch
 from tqdm import tqdm
 
 from speechssl.data.kaldi import c_sort_key
+from speechssl.errors import SpeechSSLError
 from speechssl.features.dump import FeatureReader, NonFiniteFeaturesError
 from speechssl.io import atomic_file, remove_stale_temporaries
 
 logger = logging.getLogger(__name__)
 
+BACKENDS = ("sklearn", "faiss")
 CENTROIDS = "centroids.npy"
 PARAMS = "kmeans.json"
 LABELS = "labels"
@@ -99,8 +107,17 @@ class KMeansConfig:
     max_no_improvement: int = 100
     n_init: int = 20
     reassignment_ratio: float = 0.0
+    backend: str = "sklearn"  # sklearn: MiniBatchKMeans; faiss: faiss.Kmeans (Lloyd, niter = max_iter)
+    max_memory_gb: float | None = None  # cap on the fit's memory: stream (sklearn) or sample (faiss) above it
+    stream_passes: int = 2  # passes over the frames when the sklearn fit streams
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown k-means backend '{self.backend}'; valid: {', '.join(BACKENDS)}")
+        if self.max_memory_gb is not None and not self.max_memory_gb > 0:
+            raise ValueError(f"max_memory_gb must be > 0, found {self.max_memory_gb}")
+        if self.stream_passes < 1:
+            raise ValueError(f"stream_passes must be >= 1, found {self.stream_passes}")
         if self.num_clusters < 2:
             raise ValueError(f"num_clusters must be >= 2, found {self.num_clusters}")
         if not 0 < self.percent <= 1:
@@ -184,39 +201,126 @@ def _memory(num_frames: int, dim: int, config: KMeansConfig) -> int:
     )
 
 
-def fit_kmeans(
-    reader: FeatureReader,
-    num_clusters: int,
-    *,
-    percent: float = 1.0,
-    seed: int = 0,
-    out_dir: str | Path | None = None,
-    **options,
-) -> KMeansModel:
-    """Fit k-means on (a `percent` sample of) the dumped features; save to `out_dir` if given.
+_FAISS_BLOCK = 4096 * 1024  # faiss' distance tile (query block x centroid block), float32
 
-    `options` are the other KMeansConfig fields (n_init, max_iter, batch_size, ...).
-    """
+
+def _faiss_memory(num_frames: int, dim: int, config: KMeansConfig) -> int:
+    """Bytes for faiss' fit: the float32 frames, its per-frame assignment (int64) and distance
+    (float32), the centroids, one distance tile and the init sample with its distances."""
+    init = 8 * 3 * config.batch_size * (dim + config.num_clusters)
+    return 4 * num_frames * dim + 12 * num_frames + 8 * config.num_clusters * dim + 4 * _FAISS_BLOCK + init
+
+
+def _stream_fixed(dim: int, config: KMeansConfig) -> int:
+    """Bytes a streamed sklearn fit needs besides its frame pool: partial_fit's copy of one batch,
+    its k-means++ init on the first batch, its distances to every centroid, and the inertia pass's
+    block of frames and distances."""
+    b, k = config.batch_size, config.num_clusters
+    return 8 * b * dim + 8 * b * (dim + k) + 8 * b * k + 4 * b * (dim + k)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FitPlan:
+    """How a fit will use memory: all selected frames in memory, streamed through a pool of
+    `held_frames`, or a random sample of `held_frames` (faiss under a cap)."""
+
+    backend: str
+    mode: str  # "in memory" | "streamed" | "sampled"
+    num_frames: int  # frames of the selected utterances
+    held_frames: int  # frames in memory at once
+    dim: int
+    bytes: int  # estimated peak bytes of the fit
+    cap_bytes: int | None
+
+    def describe(self) -> str:
+        cap = "no cap" if self.cap_bytes is None else f"cap {self.cap_bytes / 2**20:.1f} MiB"
+        how = {
+            "in memory": f"all {self.num_frames} frames in memory",
+            "streamed": f"{self.num_frames} frames streamed through a pool of {self.held_frames}",
+            "sampled": f"a random {self.held_frames} of {self.num_frames} frames",
+        }[self.mode]
+        return (
+            f"{self.backend} fit on {how} x {self.dim} dims; "
+            f"will use about {self.bytes / 2**20:.1f} MiB ({cap})"
+        )
+
+
+def plan_fit(num_frames: int, dim: int, config: KMeansConfig) -> FitPlan:
+    """Decide in memory / streamed / sampled from the frame count and `config.max_memory_gb`;
+    a cap too small for even one batch is a one-line error."""
+    cap = None if config.max_memory_gb is None else int(config.max_memory_gb * 2**30)
+    faiss = config.backend == "faiss"
+    full = (_faiss_memory if faiss else _memory)(num_frames, dim, config)
+    common = {"backend": config.backend, "num_frames": num_frames, "dim": dim, "cap_bytes": cap}
+    if cap is None or full <= cap:
+        return FitPlan(mode="in memory", held_frames=num_frames, bytes=full, **common)
+    if faiss:
+        fixed = _faiss_memory(0, dim, config)
+        held = (cap - fixed) // (4 * dim + 12)
+        if held < config.num_clusters:
+            raise ValueError(
+                f"--max-memory {config.max_memory_gb} GB is too small for a faiss fit of "
+                f"{config.num_clusters} clusters of {dim} dims (needs more than "
+                f"{_faiss_memory(config.num_clusters, dim, config) / 2**20:.1f} MiB)"
+            )
+        return FitPlan(
+            mode="sampled", held_frames=int(held), bytes=_faiss_memory(held, dim, config), **common
+        )
+    fixed = _stream_fixed(dim, config)
+    held = (cap - fixed) // (4 * dim)
+    if held < config.batch_size:
+        raise ValueError(
+            f"--max-memory {config.max_memory_gb} GB is too small for a streamed fit with batch size "
+            f"{config.batch_size} of {dim} dims (needs at least "
+            f"{(fixed + 4 * dim * config.batch_size) / 2**20:.1f} MiB)"
+        )
+    held = min(int(held), num_frames)
+    return FitPlan(mode="streamed", held_frames=held, bytes=fixed + 4 * dim * held, **common)
+
+
+def _blocks(
+    reader: FeatureReader, selection: Sequence[tuple[int, int]], max_frames: int
+) -> Iterator[np.ndarray]:
+    """The frames of `selection`, in its order, as float32 blocks of at most `max_frames` rows
+    (a longer utterance is split); only one block is in memory at a time."""
+    group: list[tuple[int, int]] = []
+    count = 0
+    for rank, i in selection:
+        n = int(reader.lengths[rank][i])
+        if group and count + n > max_frames:
+            yield reader.gather(group)
+            group, count = [], 0
+        if n > max_frames:
+            feats = reader.gather([(rank, i)])
+            for a in range(0, n, max_frames):
+                yield feats[a : a + max_frames]
+            continue
+        group.append((rank, i))
+        count += n
+    if group:
+        yield reader.gather(group)
+
+
+def inertia_per_frame(
+    reader: FeatureReader, selection: Sequence[tuple[int, int]], centroids: np.ndarray, block: int = 10000
+) -> float:
+    """Mean squared distance of the selected frames to their nearest centroid, block by block
+    (the same number for every backend, and bounded memory)."""
+    c = torch.from_numpy(np.ascontiguousarray(centroids, dtype=np.float32))
+    c_sq = (c * c).sum(dim=1)
+    total, count = 0.0, 0
+    for feats in _blocks(reader, selection, block):
+        x = torch.from_numpy(feats)
+        dist = (x * x).sum(dim=1, keepdim=True) + c_sq - 2.0 * (x @ c.T)
+        total += float(dist.min(dim=1).values.clamp_min(0).double().sum())
+        count += len(feats)
+    return total / max(count, 1)
+
+
+def _minibatch(config: KMeansConfig):
     from sklearn.cluster import MiniBatchKMeans
 
-    config = KMeansConfig(num_clusters=num_clusters, percent=percent, seed=seed, **options)
-    selection = reader.select(config.percent, config.seed)
-    num_frames = reader.count_frames(selection)
-    if num_frames < num_clusters:
-        raise ValueError(f"{reader.dir}: {num_frames} frames sampled, fewer than the {num_clusters} clusters")
-    need = _memory(num_frames, reader.feature_dim, config)
-    logger.info(
-        "k-means: %d clusters on %d frames of %d utterances (%.1f%%) x %d dims; "
-        "needs about %.1f MiB of memory",
-        num_clusters,
-        num_frames,
-        len(selection),
-        100 * config.percent,
-        reader.feature_dim,
-        need / 2**20,
-    )
-    feats = reader.gather(selection)  # (N, D) float32; NaN/inf is an error naming shard and utterance
-    km = MiniBatchKMeans(
+    return MiniBatchKMeans(
         n_clusters=config.num_clusters,
         init=config.init,
         max_iter=config.max_iter,
@@ -229,8 +333,163 @@ def fit_kmeans(
         compute_labels=False,
         random_state=config.seed,
     )
-    km.fit(feats)
-    inertia = float(-km.score(feats) / len(feats))
+
+
+def _fit_streamed(
+    reader: FeatureReader, selection: Sequence[tuple[int, int]], config: KMeansConfig, plan: FitPlan
+) -> np.ndarray:
+    """MiniBatchKMeans.partial_fit over batches drawn from a pool of `plan.held_frames` frames:
+    each pass visits the utterances in a new random order, fills the pool, shuffles its rows and
+    feeds them a batch at a time, so a batch mixes utterances and shards as in the in-memory fit."""
+    km = _minibatch(config)
+    rng = np.random.default_rng(config.seed)
+    pool = np.empty((plan.held_frames, plan.dim), dtype=np.float32)
+
+    def drain(fill: int) -> None:
+        rng.shuffle(pool[:fill])  # in place, row by row
+        for a in range(0, fill, config.batch_size):
+            batch = pool[a : min(a + config.batch_size, fill)]
+            if hasattr(km, "cluster_centers_") or len(batch) >= config.num_clusters:
+                km.partial_fit(batch)
+
+    for _ in range(config.stream_passes):
+        order = [selection[j] for j in rng.permutation(len(selection))]
+        fill = 0
+        for feats in _blocks(reader, order, config.batch_size):
+            pos = 0
+            while pos < len(feats):
+                take = min(len(feats) - pos, plan.held_frames - fill)
+                pool[fill : fill + take] = feats[pos : pos + take]
+                fill, pos = fill + take, pos + take
+                if fill == plan.held_frames:
+                    drain(fill)
+                    fill = 0
+        if fill:
+            drain(fill)
+    return km.cluster_centers_
+
+
+def _sample(
+    reader: FeatureReader, selection: Sequence[tuple[int, int]], config: KMeansConfig, plan: FitPlan
+) -> np.ndarray:
+    """A random sample of at most `plan.held_frames` frames (each kept with the same probability),
+    read block by block into one preallocated array."""
+    rng = np.random.default_rng(config.seed)
+    keep = plan.held_frames / plan.num_frames
+    out = np.empty((plan.held_frames, plan.dim), dtype=np.float32)
+    fill = 0
+    for feats in _blocks(reader, selection, config.batch_size):
+        picked = feats[rng.random(len(feats)) < keep][: plan.held_frames - fill]
+        out[fill : fill + len(picked)] = picked
+        fill += len(picked)
+        if fill == plan.held_frames:
+            break
+    return out[:fill]
+
+
+def _init_centroids(feats: np.ndarray, config: KMeansConfig) -> np.ndarray:
+    """Initial centroids for faiss as MiniBatchKMeans picks them: `n_init` candidates (k-means++ or
+    random rows, per `config.init`) drawn on a random sample of 3 * batch_size frames, the one of
+    least inertia on that sample kept. faiss' own init (random rows, one run) can merge clusters."""
+    from sklearn.cluster import kmeans_plusplus
+
+    rng = np.random.default_rng(config.seed)
+    rows = min(len(feats), 3 * config.batch_size)
+    sample = feats[np.sort(rng.choice(len(feats), size=rows, replace=False))] if rows < len(feats) else feats
+    x = torch.from_numpy(np.ascontiguousarray(sample, dtype=np.float32))
+    best, best_inertia = None, np.inf
+    for trial in range(config.n_init):
+        if config.init == "k-means++":
+            centers, _ = kmeans_plusplus(sample, config.num_clusters, random_state=config.seed + trial)
+        else:
+            centers = sample[rng.choice(len(sample), size=config.num_clusters, replace=False)]
+        c = torch.from_numpy(np.ascontiguousarray(centers, dtype=np.float32))
+        inertia = float(((x * x).sum(1, keepdim=True) + (c * c).sum(1) - 2.0 * (x @ c.T)).min(1).values.sum())
+        if inertia < best_inertia:
+            best, best_inertia = centers, inertia
+    return np.ascontiguousarray(best, dtype=np.float32)
+
+
+def _fit_faiss(feats: np.ndarray, config: KMeansConfig) -> tuple[np.ndarray, dict]:
+    """faiss.Kmeans (Lloyd's algorithm, `max_iter` iterations over every given frame) from the
+    `_init_centroids` init; on a GPU when faiss has one. Returns (centroids, the faiss settings)."""
+    try:
+        import faiss
+    except ImportError as err:
+        raise SpeechSSLError(
+            "--backend faiss needs faiss: pip install faiss-cpu (or a faiss GPU build)"
+        ) from err
+    gpu = bool(getattr(faiss, "get_num_gpus", lambda: 0)())
+    settings = {
+        "niter": config.max_iter,
+        "nredo": 1,
+        "seed": config.seed,
+        "init": f"{config.init}, best of {config.n_init} on {min(len(feats), 3 * config.batch_size)} frames",
+        "max_points_per_centroid": -(-len(feats) // config.num_clusters),  # use every frame given
+        "gpu": gpu,
+        "faiss_version": getattr(faiss, "__version__", "unknown"),
+    }
+    feats = np.ascontiguousarray(feats, dtype=np.float32)
+    km = faiss.Kmeans(
+        feats.shape[1], config.num_clusters, niter=config.max_iter, nredo=1, seed=config.seed,
+        max_points_per_centroid=settings["max_points_per_centroid"], gpu=gpu, verbose=False,
+    )  # fmt: skip
+    km.train(feats, init_centroids=_init_centroids(feats, config))
+    return np.asarray(km.centroids, dtype=np.float32).reshape(config.num_clusters, -1), settings
+
+
+def fit_kmeans(
+    reader: FeatureReader,
+    num_clusters: int,
+    *,
+    percent: float = 1.0,
+    seed: int = 0,
+    out_dir: str | Path | None = None,
+    on_plan: Callable[[FitPlan], None] | None = None,
+    **options,
+) -> KMeansModel:
+    """Fit k-means on (a `percent` sample of) the dumped features; save to `out_dir` if given.
+
+    `options` are the other KMeansConfig fields (n_init, max_iter, batch_size, backend,
+    max_memory_gb, ...). `on_plan` sees the memory plan before any frame is read (the CLI prints it).
+    """
+    config = KMeansConfig(num_clusters=num_clusters, percent=percent, seed=seed, **options)
+    selection = reader.select(config.percent, config.seed)
+    num_frames = reader.count_frames(selection)
+    if num_frames < num_clusters:
+        raise ValueError(f"{reader.dir}: {num_frames} frames sampled, fewer than the {num_clusters} clusters")
+    plan = plan_fit(num_frames, reader.feature_dim, config)
+    logger.info(
+        "k-means: %d clusters on %d frames of %d utterances (%.1f%%) x %d dims; "
+        "needs about %.1f MiB of memory (%s, %s)",
+        num_clusters,
+        num_frames,
+        len(selection),
+        100 * config.percent,
+        reader.feature_dim,
+        plan.bytes / 2**20,
+        config.backend,
+        plan.mode,
+    )
+    if on_plan is not None:
+        on_plan(plan)
+    extra: dict = {"fit_mode": plan.mode, "fit_frames_in_memory": plan.held_frames}
+    if config.backend == "faiss":
+        feats = (
+            reader.gather(selection) if plan.mode == "in memory" else _sample(reader, selection, config, plan)
+        )
+        centroids, extra["faiss"] = _fit_faiss(feats, config)
+        del feats
+        inertia = inertia_per_frame(reader, selection, centroids, block=config.batch_size)
+    elif plan.mode == "in memory":
+        feats = reader.gather(selection)  # (N, D) float32; NaN/inf is an error naming shard and utterance
+        km = _minibatch(config)
+        km.fit(feats)
+        centroids = km.cluster_centers_
+        inertia = float(-km.score(feats) / len(feats))
+    else:
+        centroids = _fit_streamed(reader, selection, config, plan)
+        inertia = inertia_per_frame(reader, selection, centroids, block=config.batch_size)
     logger.info("k-means: inertia per frame %.5f", inertia)
     params = {
         **asdict(config),
@@ -241,8 +500,9 @@ def fit_kmeans(
         "num_fit_frames": num_frames,
         "num_fit_utts": len(selection),
         "inertia_per_frame": inertia,
+        **extra,
     }
-    model = KMeansModel(km.cluster_centers_.astype(np.float32), params)
+    model = KMeansModel(np.asarray(centroids, dtype=np.float32), params)
     if out_dir is not None:
         model.save(out_dir)
     return model
