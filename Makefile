@@ -6,7 +6,7 @@ STAMP := $(VENV)/.speechssl-installed
 TORCH_PAIR := torch==2.14.1 torchaudio==2.11.0
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench lint espeak clean
+.PHONY: install demo test bench lint espeak clean gpu-check gpu-wheels
 
 install: $(STAMP) espeak
 
@@ -38,6 +38,25 @@ lint: install
 	$(VENV)/bin/ruff check speechssl tests benchmarks
 	$(VENV)/bin/ruff format --check speechssl tests benchmarks
 	$(VENV)/bin/lint-imports
+
+# On the device machine (one H100/H200, no network, python3 with torch there; .venv does not travel):
+#   run(command="make gpu-check OUT=$OUT", carry=[".whl"], timeout_s=540)
+# after `make gpu-wheels` here (GPU_ARGS=--quick: about 3 minutes). Installs the carried wheels (--no-index), runs `pytest -m gpu` and
+# benchmarks/gpu.py (benchmarks/gpu-latest.{json,md}, copied to $OUT); without CUDA it says so, exits 0.
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+GPU_ARGS ?=
+gpu-check:
+	@PY="$(GPU_PY)" OUT="$(OUT)" bash tools/gpu_check.sh $(GPU_ARGS)
+
+# Wheels (Python 3.12, x86-64) of what the GPU tests import that the device image lacks: into .whl/
+# (ignored through .git/info/exclude; it travels with carry=[".whl"]).
+GPU_WHEELS ?= soundfile==0.13.1 cffi==1.17.1 pycparser==2.22
+gpu-wheels:
+	@mkdir -p .git/info; grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo /.whl/ >> .git/info/exclude
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any -d .whl $(GPU_WHEELS)
+	@du -sh .whl
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

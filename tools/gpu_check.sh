@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# `make gpu-check [GPU_ARGS=--quick] [OUT=dir]`: the GPU checks of issue 18 in one command.
+#
+# On the device machine (no network): installs the wheels carried in .whl/ (--no-index, into
+# /tmp/site), runs the tests marked `gpu` and the GPU benchmark rows (benchmarks/gpu.py), writes
+# benchmarks/gpu-latest.{json,md} and, where $OUT is set, copies them and the logs there.
+# Without CUDA it prints "no CUDA: GPU check skipped" and exits 0: nothing was checked.
+# Budget: about 8 minutes on one H100/H200 in all (tests ~1-2 min, rows ~3-5 min; --quick ~2 min).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-python3}
+QUICK=""
+for arg in "$@"; do
+    case "$arg" in
+        --quick) QUICK="--quick" ;;
+        *) echo "usage: tools/gpu_check.sh [--quick]" >&2; exit 2 ;;
+    esac
+done
+
+if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+    echo "no CUDA: GPU check skipped (nothing was run on a GPU)"
+    exit 0
+fi
+
+if compgen -G ".whl/*.whl" >/dev/null; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl || { echo "installing the carried wheels failed" >&2; exit 1; }
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export CUBLAS_WORKSPACE_CONFIG=:4096:8 # deterministic cuBLAS for the resume test (set before CUDA starts)
+LOGS=$(mktemp -d)
+"$PY" -c 'import torch; print("device:", torch.cuda.get_device_name(), "torch", torch.__version__, "CUDA", torch.version.cuda)'
+
+timeout 300 "$PY" -m pytest -m gpu tests/gpu -q -p no:cacheprovider -o addopts="-ra" 2>&1 | tee "$LOGS/gpu-pytest.log"
+tests_rc=${PIPESTATUS[0]}
+[ "$tests_rc" -eq 5 ] && { echo "pytest collected no gpu tests: that is a failure" >&2; tests_rc=1; }
+
+timeout 330 "$PY" -m benchmarks.gpu $QUICK --json benchmarks/gpu-latest.json --md benchmarks/gpu-latest.md \
+    2>&1 | tee "$LOGS/gpu-bench.log"
+bench_rc=${PIPESTATUS[0]}
+
+if [ -n "${OUT:-}" ]; then
+    mkdir -p "$OUT"
+    cp "$LOGS"/*.log "$OUT"/ 2>/dev/null
+    cp benchmarks/gpu-latest.json benchmarks/gpu-latest.md "$OUT"/ 2>/dev/null
+fi
+echo "gpu-check: pytest rc=$tests_rc, benchmark rc=$bench_rc"
+[ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]
