@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import torch
 
-from benchmarks import compression, head, mfu, pretrain, units_data, upstream
+from benchmarks import compression, head, kmeans_fit, mfu, pretrain, units_data, upstream
 from benchmarks.harness import Row, Settings, machine_info, to_markdown
 from speechssl.io import atomic_write_text
 
@@ -23,6 +23,7 @@ GROUPS: dict[str, Callable[[Settings], list[Row]]] = {
     "units": units_data.run,
     "compression": compression.run,
     "mfu": mfu.run,
+    "kmeans": kmeans_fit.run,
 }
 
 
