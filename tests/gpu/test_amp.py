@@ -12,15 +12,17 @@ from tests.gpu._gpu import GPU, tiny_batch, tiny_pretrain_model
 pytestmark = GPU
 
 STEPS = 6
-# Relative loss gap to the fp32 run. First step (same weights: the forward's rounding alone):
-# bf16 keeps 8 mantissa bits, fp16 11. Later steps also differ by updates, and fp16's GradScaler
-# skips the first step(s) whose scaled gradients overflow, so that run lags by an update
-# (measured on CPU autocast: bf16 6e-4 throughout; fp16 1e-5 at step 1, 2e-2 by step 6).
-FIRST_STEP = {"bf16": 1e-2, "fp16": 5e-3}
-ANY_STEP = 0.05
+# Relative loss gap to the fp32 run at every step. The fp32 reference skips the same updates as
+# fp16's GradScaler did (a step whose scaled gradients overflowed), so both see the same number
+# of updates and differ by rounding alone: bf16 keeps 8 mantissa bits, fp16 11.
+# (Measured on CPU autocast, before any GPU run: bf16 6e-4, fp16 6e-5 with 1-2 skipped steps.)
+TOLERANCE = {"bf16": 1e-2, "fp16": 5e-3}
 
 
-def _run(preset: str, precision: str) -> tuple[list[float], torch.nn.Module]:
+def _run(
+    preset: str, precision: str, skip: frozenset[int] = frozenset()
+) -> tuple[list[float], torch.nn.Module, set[int]]:
+    """STEPS training steps; returns the losses, the model and the steps whose update was skipped."""
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     model = tiny_pretrain_model(preset).cuda().train()
@@ -29,31 +31,37 @@ def _run(preset: str, precision: str) -> tuple[list[float], torch.nn.Module]:
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
     generator = torch.Generator(device="cuda").manual_seed(1)  # the same masks (and mixing) in every run
-    losses = []
-    for _ in range(STEPS):
+    losses, skipped = [], set()
+    for i in range(STEPS):
         with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
             loss = model(wavs, lengths, targets, generator=generator)[0]
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        scaler.step(optimizer)
+        scale = scaler.get_scale()
+        if i not in skip:
+            scaler.step(optimizer)  # skipped by the scaler itself when the gradients hold inf/NaN
         scaler.update()
+        if scaler.is_enabled() and scaler.get_scale() < scale:
+            skipped.add(i)
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
-    return losses, model
+    return losses, model, skipped
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 @pytest.mark.parametrize("preset", ["hubert_tiny", "wavlm_tiny"])
 def test_mixed_precision_steps_track_fp32(preset, precision):
-    reference, ref_model = _run(preset, "fp32")
-    losses, model = _run(preset, precision)
+    losses, model, skipped = _run(preset, precision)
+    reference, _, _ = _run(preset, "fp32", skip=frozenset(skipped))
+    assert len(skipped) <= STEPS // 2, f"GradScaler skipped steps {sorted(skipped)}"
     assert all(math.isfinite(x) for x in losses), losses
     assert all(torch.isfinite(p).all() for p in model.parameters())
     gaps = [abs(a - b) / abs(b) for a, b in zip(losses, reference)]
-    print(f"{preset} {precision}: losses {losses}; fp32 {reference}; worst relative gap {max(gaps):.2e}")
-    assert gaps[0] < FIRST_STEP[precision] and max(gaps) < ANY_STEP, gaps
-    # training moved the weights in both runs (the comparison is not of two untouched models)
+    print(f"{preset} {precision}: losses {losses}; fp32 {reference}; skipped {sorted(skipped)}; "
+          f"worst relative gap {max(gaps):.2e}")  # fmt: skip
+    assert max(gaps) < TOLERANCE[precision], gaps
+    # training moved the weights (the comparison is not of two untouched models)
     start = tiny_pretrain_model(preset).state_dict()
     moved = [
         k
