@@ -101,5 +101,6 @@ def test_fbank_upstream_interface_and_padding_invariance():
 
 
 def test_load_upstream_error_names_the_spec(tmp_path):
-    with pytest.raises(FileNotFoundError, match="'nope' is neither a built-in upstream \\(fbank\\)"):
+    builtins = "fbank, fbank_no_cmvn, fbank_global_cmvn"
+    with pytest.raises(FileNotFoundError, match=rf"'nope' is neither a built-in upstream \({builtins}\)"):
         load_upstream("nope")
