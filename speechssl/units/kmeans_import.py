@@ -305,19 +305,21 @@ def _build_array(state: Any) -> np.ndarray:
 
 # --------------------------------------------------------------------------- reading
 def _decompress(raw: bytes, source: str) -> tuple[bytes, str]:
-    """(pickle bytes, compression name) of a plain or compressed joblib file."""
+    """(pickle bytes, compression name) of a plain or compressed joblib file. At most
+    MAX_DECOMPRESSED bytes are ever produced: a compressed bomb stops there, not in memory."""
+    limit = MAX_DECOMPRESSED + 1
     if raw[:2] == b"\x1f\x8b":
-        opener, name = gzip.decompress, "gzip"
+        reader, name = (lambda: gzip.GzipFile(fileobj=io.BytesIO(raw)).read(limit)), "gzip"
     elif raw[:3] == b"BZh":
-        opener, name = bz2.decompress, "bz2"
+        reader, name = (lambda: bz2.BZ2File(io.BytesIO(raw)).read(limit)), "bz2"
     elif raw[:6] == b"\xfd7zXZ\x00" or raw[:3] == b"]\x00\x00":
-        opener, name = lzma.decompress, "lzma"
+        reader, name = (lambda: lzma.LZMAFile(io.BytesIO(raw)).read(limit)), "lzma"
     elif raw[:1] == b"x":  # joblib's zlib: a bare zlib stream
-        opener, name = zlib.decompress, "zlib"
+        reader, name = (lambda: zlib.decompressobj().decompress(raw, limit)), "zlib"
     else:
         return raw, ""
     try:
-        out = opener(raw)
+        out = reader()
     except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError) as err:
         raise KMeansImportError(f"{source}: cannot decompress this {name} file: {err}") from None
     if len(out) > MAX_DECOMPRESSED:

@@ -178,3 +178,27 @@ def test_cli_import_then_label(tmp_path, capsys):
     assert run_cli("kmeans", "import", "--model", tmp_path / "km.bin", "--out", other) == 1
     assert "--overwrite" in capsys.readouterr().err
     assert not (other / "centroids.npy").exists()
+
+
+@pytest.mark.parametrize("compress", ["gzip", "bz2", "lzma", "zlib"])
+def test_a_compressed_bomb_stops_at_the_limit(tmp_path, monkeypatch, compress):
+    """A file that decompresses beyond MAX_DECOMPRESSED is refused in one line, and decompression
+    stops at the limit instead of expanding the whole payload in memory."""
+    import bz2
+    import gzip
+    import lzma
+    import zlib
+
+    from speechssl.units import kmeans_import
+
+    monkeypatch.setattr(kmeans_import, "MAX_DECOMPRESSED", 1000)
+    payload = b"\0" * 10_000_000  # 10 MB of zeros compress to a few KB
+    data = {"gzip": gzip.compress, "bz2": bz2.compress, "lzma": lzma.compress, "zlib": zlib.compress}[
+        compress
+    ](payload)
+    path = tmp_path / "km.bin"
+    path.write_bytes(data)
+    with pytest.raises(
+        kmeans_import.KMeansImportError, match=r"km\.bin: decompresses to more than 1000 bytes$"
+    ):
+        kmeans_import.read_sklearn_kmeans(path)
