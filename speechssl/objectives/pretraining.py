@@ -109,11 +109,6 @@ class PretrainModelConfig:
                     f"encoder's {self.model.encoder.num_layers} layers"
                 )
 
-    @property
-    def objective_section(self) -> str:
-        """The YAML section of this family's objective (`hubert`, `wav2vec2`, `wavlm`, `data2vec`)."""
-        return OBJECTIVE_SECTIONS[self.model.family]
-
 
 def _frame_lengths(model: SSLModel, wavs: Tensor, lengths: Tensor) -> tuple[Tensor, int]:
     """Valid frames per utterance and the padded frame count, before running the network."""

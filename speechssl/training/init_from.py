@@ -49,14 +49,13 @@ TRAINING_ONLY_FIELDS = {
     "feature_grad_mult",
 }  # fmt: skip
 TEACHER_PREFIX = "ema."  # data2vec's EMA teacher (Data2VecPretrainModel.ema): rebuilt, never read
-NUM_SPECIAL_SYMBOLS = 4  # fairseq Dictionary: <s>, <pad>, </s>, <unk>
 
 
 class InitFromError(SpeechSSLError, ValueError):
     """The --init-from source does not fit the config's architecture."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class InitReport:
     """What `init_pretrain_model` did: the parts that loaded and those that started fresh (why)."""
 
@@ -174,7 +173,7 @@ def _source_classes(source: str) -> list[int] | None:
         return None
     try:
         data = load_yaml(path)
-    except Exception:  # a config we cannot read here was already read by load_upstream
+    except (OSError, ValueError):  # a config we cannot read here was already read by load_upstream
         return None
     for section in ("hubert", "wavlm"):
         counts = (data.get(section) or {}).get("num_classes") if isinstance(data, dict) else None
