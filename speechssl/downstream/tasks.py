@@ -458,6 +458,7 @@ class Task:
 class _CTCTask(Task):
     higher_is_better = False
     target_name = "tokens"
+    infeasible_batches = 0  # training batches whose every CTC loss was infinite (logged)
 
     @cached_property
     def tokens(self) -> TokenTable:
@@ -485,10 +486,12 @@ class _CTCTask(Task):
 
     def _count_infeasible(self, out_lens: Tensor, target_lens: Tensor) -> None:
         """Warn when no utterance of a training batch has enough frames for its targets: its CTC
-        loss is infinite for all of them (zeroed by zero_infinity), so the batch trains nothing."""
-        if bool((out_lens.cpu() >= target_lens.cpu()).any()):
+        loss is infinite for all of them (zeroed by zero_infinity), so the batch trains nothing.
+        Checked where the frame counts are on the host only: on an accelerator the read would cost
+        a device sync every step."""
+        if out_lens.device.type != "cpu" or bool((out_lens >= target_lens.cpu()).any()):
             return
-        self.infeasible_batches = getattr(self, "infeasible_batches", 0) + 1
+        self.infeasible_batches += 1
         if self.infeasible_batches == 1 or self.infeasible_batches % 100 == 0:
             log.warning(
                 "task %s: %d training batch(es) so far where every utterance has fewer frames than "
