@@ -387,26 +387,39 @@ def _sample(
     return out[:fill]
 
 
+_REFINE_ITERS = 5
+
+
 def _init_centroids(feats: np.ndarray, config: KMeansConfig) -> np.ndarray:
-    """Initial centroids for faiss as MiniBatchKMeans picks them: `n_init` candidates (k-means++ or
-    random rows, per `config.init`) drawn on a random sample of 3 * batch_size frames, the one of
-    least inertia on that sample kept. faiss' own init (random rows, one run) can merge clusters."""
+    """Initial centroids for faiss: `n_init` candidates (k-means++ or random rows, per `config.init`)
+    drawn on a random sample of 3 * batch_size frames, as MiniBatchKMeans draws them, each refined by
+    a few Lloyd steps on that sample; the one of least sample inertia is kept. faiss' own init
+    (random rows, one run) and unrefined k-means++ both end in visibly worse minima (+47 % and +1.5 %
+    inertia vs MiniBatchKMeans on the benchmark's features)."""
     from sklearn.cluster import kmeans_plusplus
 
     rng = np.random.default_rng(config.seed)
     rows = min(len(feats), 3 * config.batch_size)
     sample = feats[np.sort(rng.choice(len(feats), size=rows, replace=False))] if rows < len(feats) else feats
     x = torch.from_numpy(np.ascontiguousarray(sample, dtype=np.float32))
+    x_sq = (x * x).sum(1, keepdim=True)
     best, best_inertia = None, np.inf
     for trial in range(config.n_init):
         if config.init == "k-means++":
             centers, _ = kmeans_plusplus(sample, config.num_clusters, random_state=config.seed + trial)
         else:
             centers = sample[rng.choice(len(sample), size=config.num_clusters, replace=False)]
-        c = torch.from_numpy(np.ascontiguousarray(centers, dtype=np.float32))
-        inertia = float(((x * x).sum(1, keepdim=True) + (c * c).sum(1) - 2.0 * (x @ c.T)).min(1).values.sum())
+        c = torch.from_numpy(np.array(centers, dtype=np.float32))
+        for step in range(_REFINE_ITERS + 1):
+            dist, assign = (x_sq + (c * c).sum(1) - 2.0 * (x @ c.T)).min(1)
+            if step == _REFINE_ITERS:
+                break
+            sums = torch.zeros_like(c).index_add_(0, assign, x)
+            counts = torch.bincount(assign, minlength=len(c)).unsqueeze(1)
+            c = torch.where(counts > 0, sums / counts.clamp_min(1), c)  # an empty cluster keeps its centre
+        inertia = float(dist.double().sum())
         if inertia < best_inertia:
-            best, best_inertia = centers, inertia
+            best, best_inertia = c.numpy(), inertia
     return np.ascontiguousarray(best, dtype=np.float32)
 
 
@@ -424,7 +437,8 @@ def _fit_faiss(feats: np.ndarray, config: KMeansConfig) -> tuple[np.ndarray, dic
         "niter": config.max_iter,
         "nredo": 1,
         "seed": config.seed,
-        "init": f"{config.init}, best of {config.n_init} on {min(len(feats), 3 * config.batch_size)} frames",
+        "init": f"{config.init}, best of {config.n_init} after {_REFINE_ITERS} Lloyd steps on "
+        f"{min(len(feats), 3 * config.batch_size)} frames",
         "max_points_per_centroid": -(-len(feats) // config.num_clusters),  # use every frame given
         "gpu": gpu,
         "faiss_version": getattr(faiss, "__version__", "unknown"),
