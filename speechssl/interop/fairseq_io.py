@@ -613,7 +613,10 @@ def config_from_checkpoint(
 
 
 def load_fairseq(
-    path: str | Path, *, ours_pos_conv: PosConvStyle = "parametrizations"
+    path: str | Path,
+    *,
+    ours_pos_conv: PosConvStyle = "parametrizations",
+    ckpt: dict[str, Any] | None = None,
 ) -> tuple[ModelConfig, StateDict, dict[str, Any]]:
     """Read a fairseq HuBERT / wav2vec 2.0 / data2vec-audio / UniSpeech-SAT `.pt` (pretrained or
     *_ctc fine-tuned).
@@ -624,7 +627,7 @@ def load_fairseq(
     "dictionaries_symbols". Never runs code from the file.
     """
     source = str(path)
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path) if ckpt is None else ckpt  # `ckpt`: the file, already unpickled
     if not isinstance(ckpt.get("model"), dict):
         raise ValueError(f"{source}: not a fairseq checkpoint (no 'model' state dict); keys: {sorted(ckpt)}")
     config, model_cfg, task_cfg = config_from_checkpoint(ckpt, source)

@@ -54,7 +54,10 @@ def _guess_family(ckpt: dict[str, Any], model_cfg: dict[str, Any], source: str) 
 
 
 def load_s3prl(
-    path: str | Path, *, ours_pos_conv: PosConvStyle = "parametrizations"
+    path: str | Path,
+    *,
+    ours_pos_conv: PosConvStyle = "parametrizations",
+    ckpt: dict[str, Any] | None = None,
 ) -> tuple[ModelConfig, StateDict, dict[str, Any]]:
     """Read an s3prl converted `.pt` -> (config, state dict in our names, extras).
 
@@ -63,7 +66,7 @@ def load_s3prl(
     "fairseq_model_cfg" / "fairseq_task_cfg" and "dictionaries_symbols".
     """
     source = str(path)
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path) if ckpt is None else ckpt  # `ckpt`: the file, already unpickled
     missing = [k for k in _REQUIRED if k not in ckpt]
     if missing:
         raise ValueError(

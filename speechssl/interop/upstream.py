@@ -172,18 +172,16 @@ def load_upstream(source: str | Path, *, verify: VerifyLevel = "auto") -> Upstre
 
 def _load_pt(path: Path) -> Upstream:
     """fairseq, s3prl converted or unilm WavLM checkpoint; the readers live in their own modules."""
-    try:
-        from speechssl.interop import fairseq_io, s3prl_io, wavlm_io
-        from speechssl.interop.safe_pickle import load_checkpoint
-    except ImportError as err:
-        raise ValueError(f"{path}: loading .pt checkpoints is not supported yet ({err})") from None
-    ckpt = load_checkpoint(path)
+    from speechssl.interop import fairseq_io, s3prl_io, wavlm_io
+    from speechssl.interop.safe_pickle import load_checkpoint
+
+    ckpt = load_checkpoint(path)  # unpickled once (a Large model is over a GB)
     if s3prl_io.is_s3prl_checkpoint(ckpt):
-        config, state, extras = s3prl_io.load_s3prl(path)
+        config, state, extras = s3prl_io.load_s3prl(path, ckpt=ckpt)
     elif wavlm_io.is_wavlm_checkpoint(ckpt):  # unilm's WavLM, s3prl's WavLM / UniSpeech-SAT
-        config, state, extras = wavlm_io.load_wavlm(path)
+        config, state, extras = wavlm_io.load_wavlm(path, ckpt=ckpt)
     else:
-        config, state, extras = fairseq_io.load_fairseq(path)
+        config, state, extras = fairseq_io.load_fairseq(path, ckpt=ckpt)
     return upstream_from_state(config, state, str(path), extras)
 
 

@@ -46,7 +46,10 @@ def is_wavlm_checkpoint(ckpt: dict[str, Any]) -> bool:
 
 
 def load_wavlm(
-    path: str | Path, *, ours_pos_conv: PosConvStyle = "parametrizations"
+    path: str | Path,
+    *,
+    ours_pos_conv: PosConvStyle = "parametrizations",
+    ckpt: dict[str, Any] | None = None,
 ) -> tuple[ModelConfig, StateDict, dict[str, Any]]:
     """Read a unilm WavLM / s3prl WavLM or UniSpeech-SAT `.pt` -> (config, our state dict, extras).
 
@@ -55,7 +58,7 @@ def load_wavlm(
     bias to gate (gru_rel_pos without relative_position_embedding: unused by the original
     too), those weights under "unused". Unknown or missing keys raise CheckpointKeyError."""
     source = str(path)
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path) if ckpt is None else ckpt  # `ckpt`: the file, already unpickled
     if not is_wavlm_checkpoint(ckpt):
         raise ValueError(
             f"{source}: not a unilm WavLM checkpoint (expected a flat 'cfg' dict and a 'model' state dict);"
