@@ -34,6 +34,7 @@ from speechssl.interop.upstream import Upstream, load_upstream, normalize_wavefo
 from speechssl.models.checkpoint import save_checkpoint
 from speechssl.models.config import ModelConfig
 from speechssl.models.model import SSLModel, build_model
+from speechssl.models.relative_position import TABLE_KEY
 from speechssl.objectives.masking import MaskConfig, compute_mask_indices
 from speechssl.training.distributed import env_rank
 from speechssl.training.experiment import experiment
@@ -43,7 +44,6 @@ from speechssl.training.trainer import TrainResult, train_on_loaders
 logger = logging.getLogger(__name__)
 
 # WavLM's bias table, under layer 0's attention but used by every layer (models.relative_position)
-SHARED_TABLE = "attention.rel_attn_embed.weight"
 
 
 def layer_loss(pred: Tensor, target: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
@@ -82,7 +82,7 @@ def build_student(
             key_in_teacher = key  # not a layer's
             if key.startswith("encoder.layers."):
                 _, _, index, rest = key.split(".", 3)
-                if rest == SHARED_TABLE:  # WavLM's table, shared by all layers: wherever the teacher has it
+                if rest == f"attention.{TABLE_KEY}":  # WavLM's shared table: where the teacher has it
                     key_in_teacher = f"encoder.layers.{teacher.encoder.table_layer}.{rest}"
                 else:
                     key_in_teacher = f"encoder.layers.{copy_from[int(index)] - 1}.{rest}"

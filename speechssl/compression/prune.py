@@ -56,6 +56,7 @@ from speechssl.models.checkpoint import load_state_into, save_checkpoint
 from speechssl.models.config import ConvFrontendConfig, EncoderConfig, ModelConfig
 from speechssl.models.encoder import RelativeSelfAttention
 from speechssl.models.model import EncoderOutput, SSLModel, build_model
+from speechssl.models.relative_position import TABLE_KEY
 from speechssl.training.distributed import env_rank
 from speechssl.training.experiment import RESUMABLE_KEYS, Experiment, experiment
 
@@ -232,11 +233,8 @@ class GatedModel(nn.Module):
     @property
     def _table_params(self) -> int:
         """Parameters of WavLM's shared bias table (0 for the other families)."""
-        for layer in self.model.encoder.layers:
-            table = getattr(layer.attention, "rel_attn_embed", None)
-            if table is not None:
-                return table.weight.numel()
-        return 0
+        table = _relative_table(self.model)
+        return 0 if table is None else table.weight.numel()
 
     def expected_params(self) -> Tensor:
         """E[parameters after removal], differentiable in the gates' log_alpha."""
@@ -326,16 +324,20 @@ def _kept_units(z_units: Tensor, z_block: Tensor) -> Tensor:
     return (z_units > 0).nonzero().flatten()
 
 
-_TABLE = "rel_attn_embed.weight"  # WavLM's shared bias table, below its holder's attention module
+def _relative_table(model: SSLModel) -> nn.Embedding | None:
+    """WavLM's shared bias table (None for the other families), where the encoder keeps it."""
+    encoder = model.encoder
+    if encoder.relative_position is None:
+        return None
+    return encoder.layers[encoder.table_layer].attention.rel_attn_embed
 
 
 def _take_relative_table(model: SSLModel, state: dict[str, Tensor]) -> Tensor | None:
     """Remove WavLM's shared bias table from `state` and return it (None for the other families);
     `prune_model` puts it into the first layer that still attends, where the encoder looks for it."""
-    for i, layer in enumerate(model.encoder.layers):
-        if hasattr(layer.attention, "rel_attn_embed"):
-            return state.pop(f"encoder.layers.{i}.attention.{_TABLE}")
-    return None
+    if _relative_table(model) is None:
+        return None
+    return state.pop(f"encoder.layers.{model.encoder.table_layer}.attention.{TABLE_KEY}")
 
 
 def _head_index(enc: EncoderConfig, layer: int) -> list[int]:
@@ -406,7 +408,7 @@ def prune_model(gated: GatedModel) -> tuple[SSLModel, ModelConfig]:
             state = {k: v for k, v in state.items() if not k.startswith(prefix)}
         elif table is not None and not table_placed:
             # the first layer that still attends holds the shared table (all original heads)
-            state[prefix + _TABLE], table_placed = table, True
+            state[prefix + TABLE_KEY], table_placed = table, True
         original = _head_index(enc, i)
         head_index.append([original[h] for h in kept.tolist()])
         heads.append(num_heads)

@@ -21,6 +21,10 @@ import math
 import torch
 from torch import Tensor, nn
 
+# WavLM's shared bias table, under the attention module of the layer that holds it
+# (`encoder.layers.<TransformerEncoder.table_layer>.attention.<TABLE_KEY>`).
+TABLE_KEY = "rel_attn_embed.weight"
+
 
 def relative_position_buckets(num_frames: int, num_buckets: int, max_distance: int, device=None) -> Tensor:
     """(T, T) long bucket of every (query, key) pair, bidirectional as unilm / transformers compute it:
