@@ -149,3 +149,13 @@ def test_cli_prints_the_memory_line_and_refuses_a_bad_backend(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["speechssl kmeans: error: unknown k-means backend 'scipy'; valid: sklearn, faiss"]
     assert not (tmp_path / "km2").exists()
+
+
+def test_faiss_missing_is_one_line(tmp_path, monkeypatch):
+    from speechssl.errors import SpeechSSLError
+
+    monkeypatch.setitem(__import__("sys").modules, "faiss", None)  # `import faiss` raises ImportError
+    feats_dir, _ = blobs_dump(tmp_path, num_utts=6)
+    with pytest.raises(SpeechSSLError, match="pip install faiss-cpu") as err:
+        fit_kmeans(FeatureReader(feats_dir), 6, backend="faiss", **FAST)
+    assert "\n" not in str(err.value)
