@@ -34,7 +34,7 @@ import yaml
 
 from speechssl.downstream.runner import BEST_FILE, EXP_FILE, RESULTS_FILE, results_file
 from speechssl.downstream.tasks import TASKS
-from speechssl.io import atomic_file, atomic_write_text
+from speechssl.io import atomic_file, atomic_write_json, atomic_write_text
 from speechssl.outputs import check_output, read_marker, write_marker
 
 log = logging.getLogger(__name__)
@@ -404,9 +404,7 @@ def write_report(
     overall = overall_score(rows, table)
     written: dict[str, Any] = {"markdown": out_dir / "results.md", "json": out_dir / "results.json"}
     atomic_write_text(written["markdown"], report_markdown(rows, table, overall))
-    atomic_write_text(
-        written["json"], json.dumps({**table, "overall": overall, "experiments": rows}, indent=2) + "\n"
-    )
+    atomic_write_json(written["json"], {**table, "overall": overall, "experiments": rows})
     png = out_dir / "layer_weights.png"
     if plot_layer_weights(rows, png):
         written["png"] = png

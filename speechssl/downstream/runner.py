@@ -70,7 +70,7 @@ from speechssl.downstream.model import DownstreamModel
 from speechssl.downstream.tasks import SPLITS, DataCheckError, Task, build_task
 from speechssl.errors import OutputExistsError
 from speechssl.interop.upstream import BUILTIN_UPSTREAMS, UpstreamModel, load_upstream, upstream_name
-from speechssl.io import atomic_file, atomic_write_text
+from speechssl.io import atomic_file, atomic_write_json, atomic_write_text
 from speechssl.models.checkpoint import save_checkpoint
 from speechssl.outputs import ExperimentLock, check_output, read_marker, write_marker
 from speechssl.training.checkpoints import load_checkpoint, seed_everything, step_dirs
@@ -217,10 +217,6 @@ def _device() -> torch.device:
     )
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
-
-
 def _load_weights(model: DownstreamModel, checkpoint: Path) -> None:
     state, _ = load_checkpoint(checkpoint)
     model.load_state_dict(state)
@@ -280,7 +276,7 @@ def _select_checkpoint(
         _load_weights(model, ckpt)
         cache[ckpt.name] = score_split(model, "dev", config)
         log.info("%s: dev %s", ckpt, cache[ckpt.name])
-        _write_json(cache_path, cache)
+        atomic_write_json(cache_path, cache)
     best = None
     for ckpt in ckpts:
         value = cache[ckpt.name][task.metric]
@@ -311,7 +307,7 @@ def _patience_hook(
         if path.name not in scores:
             scores[path.name] = score_split(model, "dev", config)
             log.info("%s: dev %s", path, scores[path.name])
-            _write_json(scores_path, scores)
+            atomic_write_json(scores_path, scores)
         curve = dev_curve(scores, task.metric, upto=step)
         best_step, since, exhausted = patience_state(curve, task.better, config.patience)
         if exhausted:
@@ -378,7 +374,7 @@ def _train_run(
         "stopped": "patience" if exhausted and last_step < config.max_steps else "max_steps",
         "evals_since_best": since,
     }
-    _write_json(done, selection)
+    atomic_write_json(done, selection)
     return selection
 
 
@@ -636,7 +632,7 @@ def _train_locked(
     summary = {**best, "metric": task_obj.metric, "runs": runs}
     if config.tuning.method != "frozen":
         summary["tuned_upstream"] = _save_tuned_upstream(task_obj, upstream_spec, out_dir, config, best)
-    _write_json(out_dir / BEST_FILE, summary)
+    atomic_write_json(out_dir / BEST_FILE, summary)
     log.info("best: %s", {k: v for k, v in summary.items() if k != "runs"})
     return summary
 
@@ -793,7 +789,7 @@ def evaluate_downstream(out_dir: str | Path, split: str = "test") -> dict[str, A
         "featurizer": config.featurizer.name if config.finetune is None else "last layer (finetune)",
         "layer_weights": model.layer_weights(),
     }
-    _write_json(out_dir / results_file(split), results)
+    atomic_write_json(out_dir / results_file(split), results)
     if split == "test":
-        _write_json(out_dir / RESULTS_FILE, results)
+        atomic_write_json(out_dir / RESULTS_FILE, results)
     return results
