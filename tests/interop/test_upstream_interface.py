@@ -63,13 +63,15 @@ def test_every_upstream_satisfies_the_contract(sources, kind):
 
 def test_both_implementations_are_upstream_models():
     assert issubclass(Upstream, UpstreamModel) and issubclass(FbankUpstream, UpstreamModel)
-    assert set(BUILTIN_UPSTREAMS) == {"fbank"}
+    assert set(BUILTIN_UPSTREAMS) == {"fbank", "fbank_no_cmvn", "fbank_global_cmvn"}
+    assert all(isinstance(make(), UpstreamModel) for make in BUILTIN_UPSTREAMS.values())
     with pytest.raises(TypeError, match="abstract"):
         UpstreamModel()  # type: ignore[abstract]
 
 
 def test_load_upstream_names_what_it_accepts(tmp_path):
-    message = r"upstream '.*nothing' is neither a built-in upstream \(fbank\) nor an existing checkpoint path"
+    builtins = r"\(fbank, fbank_no_cmvn, fbank_global_cmvn\)"
+    message = rf"upstream '.*nothing' is neither a built-in upstream {builtins} nor an existing checkpoint"
     with pytest.raises(FileNotFoundError, match=message):
         load_upstream(tmp_path / "nothing")
 
