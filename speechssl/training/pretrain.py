@@ -95,12 +95,14 @@ class PretrainConfig:
     @property
     def label_section(self) -> str | None:
         """The section whose num_classes the units fill (None: the objective takes no units)."""
-        return {"hubert": "hubert", "wavlm": "wavlm"}.get(self.model.family)
+        return LABEL_SECTIONS.get(self.model.family)
 
     def __post_init__(self) -> None:
         self.network()  # validates that the objective section fits model.family
 
 
+# model.family -> the objective section whose num_classes k-means units fill (the others take none)
+LABEL_SECTIONS = {"hubert": "hubert", "wavlm": "wavlm"}
 _NAMES = {"hubert": "HuBERT", "wavlm": "WavLM", "wav2vec2": "wav2vec 2.0", "data2vec_audio": "data2vec"}
 _NO_UNITS = "remove it or use a HuBERT or WavLM config"
 
@@ -129,8 +131,8 @@ def load_pretrain_config(
         data.setdefault("trainer", {})["seed"] = seed
     model = data.get("model")
     family = model.get("family", "hubert") if isinstance(model, dict) else "hubert"
-    section = "wavlm" if family == "wavlm" else "hubert"
-    if units_dirs and family not in ("hubert", "wavlm"):
+    section = LABEL_SECTIONS.get(family)
+    if units_dirs and section is None:
         raise ValueError(f"{_NAMES.get(family, family)} pretraining takes no --units; {_NO_UNITS}")
     if units_dirs:
         counts = [units_num_classes(d) for d in units_dirs]
@@ -358,8 +360,6 @@ def pretrain(
         raise ValueError(
             f"{_NAMES[family]} pretraining needs --units NAME (k-means labels in DATA/NAME/labels)"
         )
-    if config.label_section is None and units:
-        raise ValueError(f"{_NAMES[family]} pretraining takes no --units; {_NO_UNITS}")
     noise_dir = Path(noise_dir) if noise_dir is not None else None
     check_noise_option(config, noise_dir)
     noise = load_noise_bank(noise_dir) if noise_dir is not None else None
