@@ -29,6 +29,7 @@ from speechssl.models.config import ModelConfig
 from speechssl.models.fbank_upstream import FbankUpstream
 from speechssl.models.frontends import normalize_waveform
 from speechssl.models.model import SSLModel, build_model
+from speechssl.models.token_upstream import TOKENS_PREFIX, load_token_upstream, token_upstream_name
 from speechssl.models.upstream_api import UpstreamModel, UpstreamOutput
 
 # Built-in upstreams by name; a name wins over a file of the same name in the working dir.
@@ -132,6 +133,8 @@ def load_upstream(source: str | Path, *, verify: VerifyLevel = "auto") -> Upstre
     """
     if str(source) in BUILTIN_UPSTREAMS:
         return BUILTIN_UPSTREAMS[str(source)]().eval()
+    if str(source).startswith(TOKENS_PREFIX):  # discrete tokens of an upstream (speechssl tokens extract)
+        return load_token_upstream(source, partial(load_upstream, verify=verify))
     path = Path(source)
     if not path.exists():
         builtins = ", ".join(BUILTIN_UPSTREAMS)
@@ -208,6 +211,8 @@ def upstream_name(source: str | Path) -> str:
     prints it for recipes."""
     if str(source) in BUILTIN_UPSTREAMS:
         return str(source)
+    if str(source).startswith(TOKENS_PREFIX):
+        return token_upstream_name(source, upstream_name)
     path = Path(source)
     if not path.is_dir():
         return path.stem
