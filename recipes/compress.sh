@@ -26,6 +26,8 @@ distill_args=""          # extra arguments for `speechssl distill`, e.g. "--max-
 prune_args=""            # extra arguments for `speechssl prune`, e.g. "--max-steps 100 --final-distill-steps 10"
 superb_dir=""            # a SUPERB recipe dir (with run.sh) to evaluate the three models; empty: skip stage 4
 superb_args=""           # extra arguments for that run.sh
+cmd=local                # where stage 4's SUPERB jobs run: local | slurm (passed on as its --cmd)
+slurm_opts=""            # sbatch options of those jobs (--cmd slurm)
 compare_seconds=10       # utterance length of stage 3's timing
 export_formats="onnx torchscript"  # stage 5, for both models (hf/s3prl/fairseq: conv frontend, equal layers only)
 
@@ -76,7 +78,7 @@ if run_stage 4; then
         models="$(absolute "${teacher}") $(absolute "${distilled}") $(absolute "${pruned}")"
         # shellcheck disable=SC2086
         (cd "${superb_dir}" && ./run.sh --upstreams "${models}" \
-            --upstream_names "teacher distilled pruned" ${superb_args})
+            --upstream_names "teacher distilled pruned" --cmd "${cmd}" --slurm_opts "${slurm_opts}" ${superb_args})
     else
         log "Stage 4: skipped (no --superb_dir)"
     fi

@@ -28,6 +28,9 @@ stage=1                 # first stage to run
 stop_stage=100          # last stage to run
 ngpu=0                  # GPUs per training: 0 = CPU (or one GPU if visible), >1 = torchrun DDP on one node
 nj=1                    # trainings (and evaluations) run at the same time; logs: <exp>.train.log, <exp>/evaluate.log
+cmd=local               # where they run: local (this machine) | slurm (one sbatch job each; with --ngpu N
+                        # each asks for --gres=gpu:N; see recipes/utils/job_pool.sh)
+slurm_opts=""           # sbatch options of every --cmd slurm job, e.g. "--partition gpu --time 4:00:00"
 datadir=data            # task data dirs: <datadir>/<task>/{train,dev,test}
 expdir=exp              # experiments go here
 local_data_opts=""      # options passed to local/data.sh
@@ -77,7 +80,9 @@ esac
 if ! [[ "${nj}" =~ ^[1-9][0-9]*$ ]]; then
     log "Error: --nj must be a positive integer, got '${nj}'"; exit 2
 fi
-pool_init "${nj}"  # trainings and evaluations run as a pool of --nj jobs, each with its own log
+job_opts="${slurm_opts}"
+if [ "${cmd}" = slurm ] && [ "${ngpu}" -gt 0 ]; then job_opts="${job_opts} --gres=gpu:${ngpu}"; fi
+pool_init "${nj}" "${cmd}" "${job_opts}"  # trainings and evaluations: a pool of --nj jobs, each with its own log
 
 run_stage() { [ "${stage}" -le "$1" ] && [ "${stop_stage}" -ge "$1" ]; }
 
