@@ -75,6 +75,7 @@ class TrainResult:
     wall_seconds: float
     audio_seconds: float  # this rank's audio, all epochs of this session
     stopped_early: bool = False  # `on_checkpoint` stopped the run before max_steps
+    warnings: tuple[str, ...] = ()  # the valid_monitor's warnings, the first of each kind, for the summary
 
 
 def default_batch_lengths(batch: Any) -> torch.Tensor | None:
@@ -234,8 +235,10 @@ class Trainer:
         save_config: Callable[[Path], None] | Any | None = None,
         batch_lengths: Callable[[Any], torch.Tensor | None] = default_batch_lengths,
         on_checkpoint: Callable[[int, Path | None], bool] | None = None,
+        valid_monitor: Any | None = None,
     ) -> None:
         self.config, self.info = config, info
+        self.valid_monitor, self.warnings = valid_monitor, {}
         self.on_checkpoint = on_checkpoint
         self.out_dir = Path(out_dir)
         self.ckpt_root = self.out_dir / "checkpoints"
@@ -486,6 +489,8 @@ class Trainer:
         count = 0
         if hasattr(self.valid_sampler, "set_epoch"):
             self.valid_sampler.set_epoch(0)
+        if self.valid_monitor is not None:
+            self.valid_monitor.reset()
         loader = DataLoader(
             self.valid_dataset,
             batch_sampler=self.valid_sampler,
@@ -494,10 +499,16 @@ class Trainer:
         )
         for batch in loader:
             with self._autocast():
-                loss, metrics = self.module(to_device(batch, self.device))
+                batch = to_device(batch, self.device)
+                loss, metrics = self.module(batch)
+                if self.valid_monitor is not None:
+                    self.valid_monitor.update(batch)
             for key, value in {"loss": loss, **metrics}.items():
                 sums[key] = sums.get(key, 0) + torch.as_tensor(value, device=self.device).detach().double()
             count += 1
+        if self.valid_monitor is not None:  # e.g. RankMe: computed per rank, averaged over ranks below
+            sums.update({k: torch.tensor(v * count, device=self.device, dtype=torch.float64)
+                         for k, v in self.valid_monitor.compute().items()})  # fmt: skip
         keys = sorted(set().union(*all_gather_object(sorted(sums))))
         packed = torch.stack(
             [torch.as_tensor(sums.get(k, 0.0), device=self.device, dtype=torch.float64) for k in keys]
@@ -610,6 +621,11 @@ class Trainer:
                     values = self.validate()
                     valid_loss = values["valid/loss"]
                     self.logger.valid(self.step, values)
+                    for key, message in (
+                        self.valid_monitor.check(values) if self.valid_monitor else {}
+                    ).items():
+                        log.warning("step %d: %s", self.step, message)
+                        self.warnings.setdefault(key, f"first at step {self.step}: {message}")
                 if is_save:
                     path = self.save(valid_loss)
                     stopped = self._ask_stop(path) and not final
@@ -627,6 +643,7 @@ class Trainer:
             wall_seconds=wall,
             audio_seconds=self.total_audio,
             stopped_early=stopped,
+            warnings=tuple(self.warnings.values()),
         )
         lines = {
             "updates": f"{self.step} ({self.step - self.start_step} in this session, "
@@ -641,6 +658,8 @@ class Trainer:
         if result.best_valid_loss is not None:
             lines["best valid loss"] = f"{result.best_valid_loss:.4g} ({result.best_checkpoint})"
         lines["tensorboard"] = str(self.out_dir / "tensorboard")
+        for i, message in enumerate(result.warnings):
+            lines[f"warning {i + 1}"] = message
         self.logger.summary(lines)
         return result
 
@@ -659,6 +678,7 @@ def train(
     save_config: Callable[[Path], None] | Any | None = None,
     batch_lengths: Callable[[Any], torch.Tensor | None] = default_batch_lengths,
     on_checkpoint: Callable[[int, Path | None], bool] | None = None,
+    valid_monitor: Any | None = None,
 ) -> TrainResult:
     """Train `model` for `config.max_steps` updates, writing `out_dir/checkpoints/` and
     `out_dir/tensorboard/`. Under torchrun joins (and leaves) the process group.
@@ -668,7 +688,9 @@ def train(
     batch_lengths: batch -> valid samples per utterance (CPU), for audio-seconds and padding
     efficiency. on_checkpoint(step, checkpoint dir on the main rank, else None): called on every
     rank after each checkpoint and once after resuming from one; True stops the run there (early
-    stopping). The model is trained in place."""
+    stopping). valid_monitor: extra validation metrics (speechssl.analysis.monitor.RankMeMonitor:
+    `reset`, `update(batch)`, `compute()`, `check(values)` -> {key: warning} for the log and the summary).
+    The model is trained in place."""
     with distributed() as info:
         trainer = Trainer(
             model,
@@ -684,6 +706,7 @@ def train(
             save_config=save_config,
             batch_lengths=batch_lengths,
             on_checkpoint=on_checkpoint,
+            valid_monitor=valid_monitor,
         )
         return trainer.fit()
 
