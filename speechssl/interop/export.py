@@ -74,6 +74,22 @@ def _refuse_heterogeneous(up: Upstream, fmt: str) -> None:
         )
 
 
+def _refuse_equal_width_projection(up: Upstream, fmt: str) -> None:
+    """fairseq's models (and s3prl's copies) build `post_extract_proj` only when the conv width
+    differs from encoder_embed_dim; between equal widths there is nowhere to put a trained
+    projection (ours always has one), so only an identity one exports."""
+    from speechssl.interop.fairseq_io import fairseq_drops_projection
+
+    if fairseq_drops_projection(up.config, up.model.state_dict()):
+        raise ValueError(
+            f"format '{fmt}' cannot carry this model: its conv width (frontend.conv_dim[-1] ="
+            f" {up.config.frontend.output_dim}) equals encoder.embed_dim, where fairseq's models (and"
+            " s3prl's copies) have no feature projection, and this model's is not the identity;"
+            f" formats that can: hf, {', '.join(GRAPH_FORMATS)} (or train with a conv width other than"
+            " embed_dim, as every preset has)"
+        )
+
+
 def formats_for(family: str) -> tuple[str, ...]:
     """Every export format a (homogeneous, conv-frontend) model of `family` can be written as."""
     original = ORIGINAL_FORMATS.get(family, ())
@@ -118,6 +134,8 @@ def export_upstream(
         return out
     _refuse_heterogeneous(up, fmt)
     _refuse_missing_format(up.config.family, fmt)
+    if fmt in ("fairseq", "s3prl"):
+        _refuse_equal_width_projection(up, fmt)
     state = up.model.state_dict()
     if fmt == "hf":
         from speechssl.interop.transformers_io import save_transformers

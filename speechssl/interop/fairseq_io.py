@@ -45,6 +45,7 @@ __all__ = [
     "key_map",
     "fairseq_to_ours",
     "ours_to_fairseq",
+    "fairseq_drops_projection",
     "load_fairseq",
     "to_fairseq",
     "config_from_checkpoint",
@@ -536,6 +537,18 @@ def _is_identity(weight: Tensor, bias: Tensor | None) -> bool:
     return weight.shape == eye.shape and torch.equal(weight, eye) and (bias is None or not bias.any())
 
 
+def fairseq_drops_projection(config: ModelConfig, state_dict: StateDict) -> bool:
+    """Whether fairseq's model for `config` has no `post_extract_proj` (conv width == embed_dim,
+    not data2vec-audio) while our projection in `state_dict` is not the identity: such a model
+    has no exact fairseq / s3prl form."""
+    if _always_projects(config) or config.frontend.output_dim != config.encoder.embed_dim:
+        return False
+    weight = state_dict.get("feature_projection.projection.weight")
+    return weight is not None and not _is_identity(
+        weight, state_dict.get("feature_projection.projection.bias")
+    )
+
+
 def ours_to_fairseq(
     state_dict: StateDict, config: ModelConfig, *, fairseq_pos_conv: PosConvStyle = "legacy"
 ) -> StateDict:
@@ -553,8 +566,9 @@ def ours_to_fairseq(
         )
         if w is not None and not _is_identity(w, b):
             raise ValueError(
-                "fairseq has no feature projection when conv width equals embed_dim "
+                "fairseq has no feature projection when the conv width equals embed_dim "
                 f"({config.encoder.embed_dim}); this model's projection is not the identity"
+                " (export it as hf, onnx or torchscript)"
             )
     names = key_map(
         config, projection=projection, ours_pos_conv=_pos_conv_style(sd), fairseq_pos_conv=fairseq_pos_conv
@@ -670,7 +684,8 @@ def to_fairseq(
         k: v for k, v in {**previous, **model_cfg}.items() if k != "normalize"
     }  # unilm's, a task field
     task_cfg = {**(extras.get("fairseq_task_cfg") or {}), **task_cfg}
-    if config.family == "unispeech_sat":  # UniSpeechSATConfig.label_rate interpolates task.label_rate
+    if config.family in ("hubert", "unispeech_sat"):  # their model cfg's label_rate interpolates
+        # task.label_rate, and HubertModel reads it when it is built (feat2tar_ratio): 50 Hz units
         task_cfg.setdefault("label_rate", model_cfg.setdefault("label_rate", 50))
     weights = ours_to_fairseq(state_dict, config, fairseq_pos_conv=fairseq_pos_conv)
     weights.update(extras.get("pretraining") or {})

@@ -125,8 +125,11 @@ def data2vec_audio_large() -> ModelConfig:
 
 
 def _tiny_conv() -> ConvFrontendConfig:
-    # Same kernels/strides as the real stack (320 samples per frame), narrow channels.
-    return ConvFrontendConfig(conv_dim=[32, 32, 32, 32, 32, 64, 64], feature_grad_mult=0.1)
+    # Same kernels/strides as the real stack (320 samples per frame), narrow channels. The last
+    # width (48) differs from the encoder's 64, as 512 does from 768 in Base: fairseq (and s3prl's
+    # copy of it) builds its feature projection `post_extract_proj` only when the widths differ, so
+    # only then can a trained tiny model be exported as `fairseq` / `s3prl` with exact hidden states.
+    return ConvFrontendConfig(conv_dim=[32, 32, 32, 32, 32, 48, 48], feature_grad_mult=0.1)
 
 
 def _tiny_encoder() -> EncoderConfig:
@@ -137,11 +140,12 @@ def _tiny_encoder() -> EncoderConfig:
 
 
 def hubert_tiny() -> ModelConfig:
-    """~0.11M parameters: CPU tests and the embedded mini_synth recipe."""
+    """0.11M parameters (conv 48 -> 2 x 64): CPU tests; every export format carries it."""
     return ModelConfig(family="hubert", frontend=_tiny_conv(), encoder=_tiny_encoder())
 
 
 def wav2vec2_tiny() -> ModelConfig:
+    """hubert_tiny's network for wav2vec 2.0."""
     return ModelConfig(family="wav2vec2", frontend=_tiny_conv(), encoder=_tiny_encoder())
 
 
