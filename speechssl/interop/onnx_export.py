@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from speechssl.interop.graph_upstream import onnx_session
 from speechssl.interop.torchscript_export import (
     TRACE_LENGTHS,
     ExportableUpstream,
@@ -50,15 +51,6 @@ def _require_onnx() -> None:
         raise ValueError(
             f"ONNX export needs onnx and onnxruntime (pip install 'speechssl[onnx]'): {err}"
         ) from None
-
-
-def onnx_session(path: str | Path):
-    """An onnxruntime CPU session for an exported file."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # keep shape-inference warnings of the optimizer out of user logs
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def run_onnx(session, wavs: torch.Tensor, wav_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from speechssl.config import to_dict
 from speechssl.data.audio import SAMPLE_RATE
 from speechssl.interop.upstream import Upstream, normalize_waveform
 from speechssl.io import atomic_file
@@ -218,6 +219,9 @@ def export_metadata(upstream: Upstream) -> dict[str, Any]:
         "downsample_rate": upstream.downsample_rate,
         "sample_rate": SAMPLE_RATE,
         "min_samples": int(getattr(upstream.model.feature_extractor, "receptive_field", 400)),
+        # the network the graph computes (load_upstream exposes it as `config`: e.g. whether padding
+        # changes a group-norm frontend's output)
+        "model_config": to_dict(upstream.config),
         "inputs": {"wavs": "float32 (batch, samples)", "wav_lens": "int64 (batch,)"},
         "outputs": {
             "hidden_states": "float32 (num_layers + 1, batch, frames, dim)",

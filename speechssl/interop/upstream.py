@@ -1,9 +1,10 @@
 """Upstreams: `load_upstream(source)`, the one way to get one, and `Upstream`, a loaded network.
 
 `load_upstream` accepts a built-in name ("fbank", "fbank_no_cmvn", "fbank_global_cmvn": the FBANK
-baselines), a speechssl checkpoint dir, a transformers dir, a fairseq `.pt` or an s3prl converted
-`.pt`; every result implements `UpstreamModel` (speechssl.models.upstream_api), and every network
-becomes the same `Upstream` around an SSLModel.
+baselines), a speechssl checkpoint dir, a transformers dir, a fairseq `.pt`, an s3prl converted
+`.pt`, or our own ONNX / TorchScript exports; every result implements `UpstreamModel`
+(speechssl.models.upstream_api). Every checkpoint becomes the same `Upstream` around an SSLModel; an
+export becomes a `GraphUpstream` (speechssl.interop.graph_upstream), a fixed graph.
 """
 
 from __future__ import annotations
@@ -127,6 +128,8 @@ def load_upstream(source: str | Path, *, verify: VerifyLevel = "auto") -> Upstre
     - speechssl checkpoint dir (config.yaml + model.safetensors)
     - transformers dir (config.json + model.safetensors / pytorch_model.bin)
     - fairseq `.pt` (speechssl.interop.fairseq_io) or s3prl converted `.pt` (speechssl.interop.s3prl_io)
+    - `.onnx` or TorchScript `.pt` written by `speechssl export` (speechssl.interop.graph_upstream;
+      `verify` unused: the graph is the file)
 
     Every checkpoint becomes an `Upstream`; callers that need the network itself use
     `require_network`.
@@ -166,10 +169,17 @@ def load_upstream(source: str | Path, *, verify: VerifyLevel = "auto") -> Upstre
             f"{path} is neither a speechssl checkpoint (config.yaml + model.safetensors) "
             "nor a transformers dir (config.json + model.safetensors or pytorch_model.bin)"
         )
+    from speechssl.interop import graph_upstream
+
+    if path.suffix == ".onnx":
+        return graph_upstream.load_onnx_upstream(path)
+    if graph_upstream.is_torchscript_file(path):  # before unpickling: torch.load refuses TorchScript
+        return graph_upstream.load_torchscript_upstream(path)
     if path.suffix in (".pt", ".ckpt"):
         return _load_pt(path)
     raise ValueError(
-        f"{path}: unsupported upstream file; expected a checkpoint dir or a fairseq/s3prl .pt file"
+        f"{path}: unsupported upstream file; expected a checkpoint dir, a fairseq/s3prl .pt file, or an"
+        " .onnx / TorchScript .pt file from `speechssl export`"
     )
 
 
@@ -192,10 +202,16 @@ def require_network(upstream: UpstreamModel, source: str | Path, purpose: str) -
     """`upstream` when it is a loaded network (an `Upstream`: `model`, `config`, `extras`), which
     `purpose` (export, a distillation or pruning teacher, ...) needs; a built-in baseline is refused."""
     if not isinstance(upstream, Upstream):
+        from speechssl.interop.graph_upstream import GraphUpstream
+
+        if isinstance(upstream, GraphUpstream):
+            kind = upstream.format_name
+            what = f"{'an' if kind[0] in 'AEIOU' else 'a'} {kind} export (a fixed graph, not a network)"
+        else:
+            what = f"a built-in {type(upstream).__name__}"
         raise ValueError(
-            f"{purpose} needs a network with weights, but upstream '{source}' is a built-in "
-            f"{type(upstream).__name__}; give a speechssl checkpoint dir, a transformers dir "
-            "or a fairseq/s3prl .pt"
+            f"{purpose} needs a network with weights, but upstream '{source}' is {what}; give a"
+            " speechssl checkpoint dir, a transformers dir or a fairseq/s3prl .pt"
         )
     return upstream
 
