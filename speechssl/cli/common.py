@@ -1,4 +1,5 @@
-"""Arguments shared by several commands: the training ones (pretrain, distill, prune) and --overwrite."""
+"""Arguments shared by several commands: the training ones (pretrain, distill, prune), --overwrite and
+the --device check."""
 
 from __future__ import annotations
 
@@ -59,3 +60,35 @@ def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
         help="replace an --out that holds files this command did not write "
         "(never an input or an experiment dir)",
     )
+
+
+def check_device(device: str | None) -> str | None:
+    """`--device` as given, once torch knows it and this machine has it: one line (exit 1) instead of
+    torch's traceback from deep inside the first `.to(device)`. None (the command's default) passes."""
+    if device is None:
+        return None
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {device!r} is not a torch device; e.g. cpu, cuda, cuda:1") from None
+    if parsed.type == "cpu":
+        return device
+    backend = getattr(torch, parsed.type, None)
+    available = getattr(backend, "is_available", None)
+    if available is None or not available():
+        built = (
+            f", and this torch {torch.__version__} is built without CUDA"
+            if parsed.type == "cuda" and not torch.version.cuda
+            else ""
+        )
+        raise ValueError(
+            f"--device {device}: no {parsed.type} device on this machine{built}; use --device cpu"
+        )
+    count = getattr(backend, "device_count", None)
+    if parsed.index is not None and count is not None and parsed.index >= count():
+        raise ValueError(
+            f"--device {device}: this machine has {count()} {parsed.type} device(s), numbered from 0"
+        )
+    return device

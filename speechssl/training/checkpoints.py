@@ -239,10 +239,13 @@ def verify_or_explain(ckpt: str | Path) -> None:
     except CheckpointError as err:
         good = previous_good(ckpt)
         if good is None:
-            hint = "no earlier checkpoint verifies; start again without resuming"
+            hint = "no earlier checkpoint verifies; train into another --out, without --resume"
         else:
+            # --resume continues from checkpoints/last: move the bad dir away and point `last` back
             hint = (
-                f"the previous good checkpoint is {good}; resume from it (resume='{good}', or delete {ckpt})"
+                f"the previous good checkpoint is {good}; to continue from it, move {ckpt} out of"
+                f" {good.parent} and point last at it (ln -sfn {good.name} {good.parent / 'last'}),"
+                " then run the same command with --resume"
             )
         raise CheckpointError(f"{err}; {hint}") from None
 
