@@ -141,6 +141,9 @@ class DownstreamConfig:
     # (adapter, lora, bitfit, prefix, full, or one a user added there) trains with the task
     tuning: TuningConfig = field(default_factory=TuningConfig)
     finetune: FinetuneConfig | None = None  # CTC fine-tuning (see FinetuneConfig); null: a head on features
+    # a dir of cached upstream features (speechssl.downstream.feature_cache), shared by runs: a frozen
+    # upstream's hidden layers are dumped once per split and every head and lr trains from them; null: off
+    feature_cache: str | None = None
     # ASR units
     asr_units: Literal["char", "sentencepiece"] = "char"
     sentencepiece_vocab_size: int = 300
@@ -170,6 +173,8 @@ class DownstreamConfig:
             raise ValueError(f"lr_sweep has duplicates: {self.lr_sweep}")
         self.batching()  # validates max_batch_seconds, max_batch_size and max_seconds
         self.trainer()  # validates the schedule (tri_stage_ratios, warmup_steps, ...)
+        if self.feature_cache is not None and not self.feature_cache.strip():
+            raise ValueError("feature_cache must be a directory or null, found an empty string")
         if self.unknown_label is not None and not self.unknown_label.strip():
             raise ValueError("unknown_label must be a label or null, found an empty string")
         if self.finetune is not None:

@@ -6,6 +6,9 @@ fine-tuning, or a tuning method that added trainable weights). A frozen
 upstream runs under torch.no_grad in eval mode (no dropout), and its weights
 are left out of `state_dict()`: checkpoints hold the featurizer, the head and
 the tuned upstream weights only, apart from the upstream they came from.
+
+A batch of cached features (speechssl.downstream.feature_cache.FeatureBatch: a frozen
+upstream's hidden states dumped once) skips the upstream and goes to the featurizer.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from torch import Tensor, nn
 from torch.nn.modules.module import _IncompatibleKeys
 
 from speechssl.data.dataset import Batch
+from speechssl.downstream.feature_cache import FeatureBatch
 from speechssl.models.upstream_api import UpstreamModel
 
 UPSTREAM = "upstream."
@@ -70,14 +74,19 @@ class DownstreamModel(nn.Module):
         return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
     # --- forward ------------------------------------------------------------------------
-    def features(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        """Upstream + featurizer: ((B, T, D), valid frames (B,))."""
+    def features(self, batch: Batch | FeatureBatch) -> tuple[Tensor, Tensor]:
+        """Upstream + featurizer: ((B, T, D), valid frames (B,)); cached hidden states go
+        straight to the featurizer."""
+        if isinstance(batch, FeatureBatch):
+            if self.upstream_trainable():
+                raise RuntimeError("cached features of an upstream that trains: the cache is for frozen ones")
+            return self.featurizer(batch.hidden_states(), batch.lengths)
         grad = contextlib.nullcontext() if self.upstream_trainable() else torch.no_grad()
         with grad:
             out = self.upstream(batch.wavs, batch.wav_lens)
         return self.featurizer(out.hidden_states, out.lengths)
 
-    def forward(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(self, batch: Batch | FeatureBatch) -> tuple[Tensor, dict[str, Tensor]]:
         x, lengths = self.features(batch)
         return self.task.loss(self.head, x, lengths, batch)
 

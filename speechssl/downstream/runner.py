@@ -36,6 +36,11 @@ before it writes anything. A local --upstream is recorded as an absolute path.
 
 A resumed run with a smaller max_steps than an earlier one chooses its checkpoint among the
 steps <= max_steps (later checkpoints stay on disk and count again with a longer resume).
+
+With `config.feature_cache` (a dir, shared by runs) a frozen upstream's hidden layers are dumped
+once per split used (train and dev here, the scored split in `evaluate_downstream`) and every run
+of the sweep trains and is scored from them (speechssl.downstream.feature_cache, which says what
+cached training sees exactly); tuned upstreams and fbank_global_cmvn bypass it with a log line.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ import re
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +62,15 @@ import yaml
 
 from speechssl.config import from_dict, to_dict
 from speechssl.data.batching import build_loader
-from speechssl.data.dataset import Batch
 from speechssl.downstream.config import DownstreamConfig
+from speechssl.downstream.feature_cache import (
+    CachedSplit,
+    FeatureCache,
+    bypass_reason,
+    cached_loader,
+    claim_cache_dir,
+    crop_frame_count,
+)
 from speechssl.downstream.featurizers import build_featurizer
 from speechssl.downstream.finetune import (
     UNUSED_BY_FINETUNE,
@@ -89,9 +102,13 @@ TUNED_UPSTREAM = "upstream"  # EXP/upstream/: the fully fine-tuned upstream, a s
 TUNED_WEIGHTS = "tuned.safetensors"  # EXP/tuned.safetensors: the weights of any other tuning method
 # config keys a resumed run may change: its length, logging and loading (and the head-only
 # share of a fine-tuning run, which --max-steps scales)
+# and where cached features live (the features are the same in any cache dir)
 RESUMABLE = frozenset(
-    {"max_steps", "eval_every", "log_every", "num_workers", "patience", "finetune.freeze_finetune_updates"}
-)
+    {
+        "max_steps", "eval_every", "log_every", "num_workers", "patience", "finetune.freeze_finetune_updates",
+        "feature_cache",
+    }
+)  # fmt: skip
 DEV_SCORES = "dev_scores.json"  # per run: checkpoint name -> dev metrics
 CMVN_FILE = "fbank_cmvn.npz"  # EXP/task/: the train split's statistics (fbank_global_cmvn)
 SELECTION = "selection.json"  # per run: written when the run is trained and scored
@@ -133,25 +150,69 @@ def build_model(task: Task, upstream: UpstreamModel, config: DownstreamConfig) -
     return DownstreamModel(upstream, featurizer, head, task)
 
 
-def eval_batches(task: Task, split: str, config: DownstreamConfig, device: torch.device) -> Iterator[Batch]:
-    """Every utterance of a split once, in duration order (little padding)."""
+Features = dict[str, CachedSplit]  # split -> its cached upstream features
+
+
+def eval_batches(
+    task: Task, split: str, config: DownstreamConfig, device: torch.device, features: Features | None = None
+) -> Iterator[Any]:
+    """Every utterance of a split once, in duration order (little padding); its cached features
+    instead of its audio when `features` has the split."""
     dataset = task.dataset(split, train=False)
     if not dataset.durations:
         raise DataCheckError(f"task {task.name}: {task.data_dir / split} has no usable utterances")
     loader = build_loader(
         dataset, config.batching(), train=False, seed=config.seed, num_workers=config.num_workers
     )
+    if features is not None and split in features:
+        loader = cached_loader(loader, features[split])
     for batch in loader:
         yield batch.to(device)
 
 
 @torch.no_grad()
-def score_split(model: DownstreamModel, split: str, config: DownstreamConfig) -> dict[str, float]:
+def score_split(
+    model: DownstreamModel, split: str, config: DownstreamConfig, features: Features | None = None
+) -> dict[str, float]:
     device = next(model.parameters()).device
     model.eval()
     return model.task.evaluate(
-        model.features, model.head, eval_batches(model.task, split, config, device), split
+        model.features, model.head, eval_batches(model.task, split, config, device, features), split
     )
+
+
+def _score(model: DownstreamModel, split: str, config: DownstreamConfig, features: Features | None):
+    """score_split, called as before when there are no cached features (tests stand in for it)."""
+    if features is None:
+        return score_split(model, split, config)
+    return score_split(model, split, config, features=features)
+
+
+def open_features(
+    task: Task,
+    upstream_spec: str,
+    config: DownstreamConfig,
+    splits: tuple[str, ...],
+    upstream: UpstreamModel | None = None,
+) -> Features | None:
+    """The cached features of `splits` (dumped first where missing) when `config.feature_cache`
+    is set and the run can use them; None otherwise (a log line says why a set cache is not used).
+    `upstream`: the prepared upstream, when the caller has one."""
+    if config.feature_cache is None:
+        return None
+    reason = bypass_reason(upstream_spec, None, config)
+    if reason is None:
+        upstream = upstream if upstream is not None else prepare_upstream(upstream_spec, config, task)
+        reason = bypass_reason(upstream_spec, upstream, config)
+    if reason is not None:
+        log.info("feature cache %s not used: %s", config.feature_cache, reason)
+        return None
+    assert upstream is not None
+    cache = FeatureCache(
+        config.feature_cache, upstream, upstream_spec, batching=config.batching(), device=_device(),
+        seed=config.seed,
+    )  # fmt: skip
+    return {split: cache.split(task.data_dir / split) for split in splits}
 
 
 def _train_fingerprint(task: Task) -> tuple[int, float]:
@@ -255,7 +316,7 @@ def _read_scores(path: Path) -> dict[str, dict[str, float]]:
 
 
 def _select_checkpoint(
-    task: Task, upstream_spec: str, run_dir: Path, config: DownstreamConfig
+    task: Task, upstream_spec: str, run_dir: Path, config: DownstreamConfig, features: Features | None = None
 ) -> dict[str, Any]:
     """Score every checkpoint of a run on dev not scored yet (dev_scores.json); the best one
     wins (the earliest of equals). Also returns the run's dev curve."""
@@ -274,7 +335,7 @@ def _select_checkpoint(
         if model is None:
             model = build_model(task, prepare_upstream(upstream_spec, config, task), config).to(_device())
         _load_weights(model, ckpt)
-        cache[ckpt.name] = score_split(model, "dev", config)
+        cache[ckpt.name] = _score(model, "dev", config, features)
         log.info("%s: dev %s", ckpt, cache[ckpt.name])
         atomic_write_json(cache_path, cache)
     best = None
@@ -293,7 +354,11 @@ def _select_checkpoint(
 
 
 def _patience_hook(
-    task: Task, model: DownstreamModel, run_dir: Path, config: DownstreamConfig
+    task: Task,
+    model: DownstreamModel,
+    run_dir: Path,
+    config: DownstreamConfig,
+    features: Features | None = None,
 ) -> Callable[[int, Path | None], bool]:
     """The trainer's `on_checkpoint`: score the new (or resumed-from) checkpoint on dev once,
     record it in dev_scores.json, and stop when patience is exhausted. Only the main rank
@@ -305,7 +370,7 @@ def _patience_hook(
             return False
         scores = _read_scores(scores_path)
         if path.name not in scores:
-            scores[path.name] = score_split(model, "dev", config)
+            scores[path.name] = _score(model, "dev", config, features)
             log.info("%s: dev %s", path, scores[path.name])
             atomic_write_json(scores_path, scores)
         curve = dev_curve(scores, task.metric, upto=step)
@@ -326,14 +391,18 @@ def _patience_hook(
 
 
 def _train_run(
-    task: Task, upstream_spec: str, run_dir: Path, config: DownstreamConfig, lr: float, resume: bool
+    task: Task,
+    upstream_spec: str,
+    run_dir: Path,
+    config: DownstreamConfig,
+    lr: float,
+    resume: bool,
+    features: Features | None = None,
 ) -> dict[str, Any]:
-    done = run_dir / SELECTION
-    if resume and done.is_file():
-        selection = json.loads(done.read_text())
-        if selection.get("max_steps") == config.max_steps and selection.get("patience", 0) == config.patience:
-            log.info("%s: already trained and scored; skipping", run_dir)
-            return selection
+    finished = _finished(run_dir, config, resume)
+    if finished is not None:
+        log.info("%s: already trained and scored; skipping", run_dir)
+        return finished
     # every run (each lr of a sweep, and a rerun in the same process) starts from the same head
     seed_everything(config.seed)
     model = build_model(task, prepare_upstream(upstream_spec, config, task), config)
@@ -350,6 +419,8 @@ def _train_run(
     loader = task.train_loader(
         config.batching(), seed=config.seed, rank=env_rank(), world_size=env_world_size()
     )
+    if features is not None:  # the same batches, of cached frames (crops: the same windows)
+        loader = cached_loader(loader, features["train"], partial(crop_frame_count, model.upstream))
     train_on_loaders(
         model,
         loader,
@@ -357,11 +428,11 @@ def _train_run(
         run_dir,
         resume=resume,
         save_config=lambda path: atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False)),
-        on_checkpoint=_patience_hook(task, model, run_dir, config),
+        on_checkpoint=_patience_hook(task, model, run_dir, config, features),
     )
     if env_rank() != 0:
         return {}
-    chosen = _select_checkpoint(task, upstream_spec, run_dir, config)
+    chosen = _select_checkpoint(task, upstream_spec, run_dir, config, features)
     last_step = int(chosen["dev_curve"][-1][0])
     _, since, exhausted = patience_state(chosen["dev_curve"], task.better, config.patience)
     selection = {
@@ -374,8 +445,18 @@ def _train_run(
         "stopped": "patience" if exhausted and last_step < config.max_steps else "max_steps",
         "evals_since_best": since,
     }
-    atomic_write_json(done, selection)
+    atomic_write_json(run_dir / SELECTION, selection)
     return selection
+
+
+def _finished(run_dir: Path, config: DownstreamConfig, resume: bool) -> dict[str, Any] | None:
+    """A resumed run's selection.json when it was trained and scored with this length and patience."""
+    done = run_dir / SELECTION
+    if resume and done.is_file():
+        selection = json.loads(done.read_text())
+        if selection.get("max_steps") == config.max_steps and selection.get("patience", 0) == config.patience:
+            return selection
+    return None
 
 
 def check_task_data(task: Task, splits: tuple[str, ...] = SPLITS) -> None:
@@ -537,6 +618,8 @@ def train_downstream(
     if name is not None and (not name.strip() or any(c in name for c in "|\n\r")):
         raise ValueError(f"upstream name {name!r} must be non-empty text without '|' or line breaks")
     config = scale_run(config or DownstreamConfig(), max_steps)
+    if config.feature_cache is not None:  # recorded absolute: evaluate and --resume find it anywhere
+        config = replace(config, feature_cache=str(Path(config.feature_cache).absolute()))
     upstream_spec = resolve_upstream(upstream_spec)
     out_dir, data_dir = Path(out_dir), Path(data_dir)
     if not data_dir.is_dir():
@@ -573,6 +656,8 @@ def train_downstream(
 
     if main:
         check_out()
+        if config.feature_cache is not None and bypass_reason(upstream_spec, None, config) is None:
+            claim_cache_dir(config.feature_cache, inputs=inputs)
     check_task_data(task_obj)
     if main:
         check_resumed()
@@ -617,9 +702,13 @@ def _train_locked(
     if env_rank() == 0:
         atomic_write_text(exp_path, yaml.safe_dump(exp, sort_keys=False))
         task_obj.save()
+    # cached features (once per split, every lr trains from them); a run all of whose lrs are
+    # already trained and scored needs none
+    pending = [run for _, run in _run_dirs(out_dir, config) if _finished(run, config, resume) is None]
+    features = open_features(task_obj, upstream_spec, config, ("train", "dev")) if pending else None
     runs = []
     for lr, run_dir in _run_dirs(out_dir, config):
-        selection = _train_run(task_obj, upstream_spec, run_dir, config, lr, resume)
+        selection = _train_run(task_obj, upstream_spec, run_dir, config, lr, resume, features)
         runs.append({"run_dir": str(run_dir.relative_to(out_dir)), **selection})
     if env_rank() != 0:
         return {}
@@ -765,7 +854,8 @@ def evaluate_downstream(out_dir: str | Path, split: str = "test") -> dict[str, A
     task.check_split(split)
     checkpoint = out_dir / best["run_dir"] / best["checkpoint"]
     model = load_trained(out_dir, checkpoint).to(_device())
-    values = score_split(model, split, config)
+    features = open_features(task, str(exp["upstream"]), config, (split,), model.upstream)
+    values = _score(model, split, config, features)
     trainable, total = model.num_parameters()
     results = {
         "task": task.name,
