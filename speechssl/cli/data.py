@@ -1,5 +1,6 @@
-"""`speechssl data validate|fix|durations|trials DIR`, `data combine --out DIR SRC...`: check, repair,
-measure and combine Kaldi data dirs, and draw speaker-verification trials."""
+"""`speechssl data validate|fix|durations|trials DIR`, `data combine --out DIR SRC...`,
+`data subset|copy --data SRC --out DST`: check, repair, measure, combine, subset and copy (with id
+prefixes, speed or volume perturbation) Kaldi data dirs, and draw speaker-verification trials."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import sys
 from speechssl.cli.common import add_overwrite_argument
 from speechssl.data.audio import SAMPLE_RATE
 from speechssl.data.datadir import combine_data_dirs, compute_durations, summarize_data_dir
+from speechssl.data.derive import DerivedDir
 from speechssl.data.fix import fix_data_dir
 from speechssl.data.layout import UTTERANCE, describe_ignored
+from speechssl.data.perturb import CopyConfig, copy_data_dir
+from speechssl.data.subset import SubsetSelection, subset_data_dir
 from speechssl.data.trials import write_trials
 from speechssl.data.validate import check_data_dir
 
@@ -18,8 +22,9 @@ from speechssl.data.validate import check_data_dir
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "data",
-        help="validate, fix, measure or combine Kaldi data dirs; draw ASV trials",
-        description="Kaldi data-dir tools (validate_data_dir.sh, fix_data_dir.sh, get_utt2dur.sh).",
+        help="validate, fix, measure, combine, subset or copy Kaldi data dirs; draw ASV trials",
+        description="Kaldi data-dir tools (validate_data_dir.sh, fix_data_dir.sh, get_utt2dur.sh,"
+        " combine_data.sh, subset_data_dir.sh, copy_data_dir.sh, perturb_data_dir_speed.sh).",
     )
     actions = parser.add_subparsers(dest="action", metavar="<action>", required=True)
 
@@ -95,6 +100,59 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_overwrite_argument(trials)
     trials.set_defaults(func=run_trials)
 
+    subset = actions.add_parser(
+        "subset",
+        help="keep some utterances of a data dir, every file filtered with them (utils/subset_data_dir.sh)",
+        description="Write the chosen utterances of --data to --out: every table, phone_ctm and trials"
+        " filtered with them, frame_shift and cmvn_opts copied; other files and subdirectories are not"
+        " copied (they are listed). The source must be valid; the result is validated.",
+    )
+    subset.add_argument("--data", required=True, help="source data dir")
+    subset.add_argument("--out", required=True, help="data dir to write")
+    way = subset.add_mutually_exclusive_group(required=True)
+    way.add_argument("--first", type=int, metavar="N", help="the first N utterances (C-locale order of id)")
+    way.add_argument("--last", type=int, metavar="N", help="the last N utterances")
+    way.add_argument("--random", type=int, metavar="N", help="N utterances drawn at random (--seed)")
+    way.add_argument("--shortest", type=int, metavar="N", help="the N shortest utterances (utt2dur)")
+    way.add_argument(
+        "--speakers",
+        type=int,
+        metavar="N",
+        help="N whole speakers drawn at random (--seed); Kaldi's --speakers counts utterances instead",
+    )
+    way.add_argument(
+        "--per-spk", type=int, metavar="N", help="up to N utterances of every speaker, spread over its list"
+    )
+    way.add_argument("--spk-list", metavar="FILE", help="the speakers named by the first field of each line")
+    way.add_argument(
+        "--utt-list", metavar="FILE", help="the utterances named by the first field of each line"
+    )
+    subset.add_argument("--seed", type=int, default=0, help="seed of --random and --speakers (default: 0)")
+    add_overwrite_argument(subset)
+    subset.set_defaults(func=run_subset)
+
+    copy = actions.add_parser(
+        "copy",
+        help="copy a data dir with id prefixes, speed or volume perturbation (utils/copy_data_dir.sh,"
+        " perturb_data_dir_speed.sh)",
+        description="Copy --data to --out with new ids. --speed F resamples the audio as sox `speed F`"
+        " (lengths / F; ids prefixed sp<F>-, utt2uniq written); --volume V scales it. Perturbed audio is"
+        " written to OUT/wav/ and wav.scp lists it; a plain copy lists the source's audio.",
+    )
+    copy.add_argument("--data", required=True, help="source data dir")
+    copy.add_argument("--out", required=True, help="data dir to write")
+    copy.add_argument(
+        "--utt-prefix", help="prefix of every utterance id (default: sp<F>- with --speed, else none)"
+    )
+    copy.add_argument(
+        "--spk-prefix", help="prefix of every speaker id (default: sp<F>- with --speed, else none)"
+    )
+    copy.add_argument("--speed", type=float, default=1.0, metavar="F", help="speed factor, e.g. 0.9 or 1.1")
+    copy.add_argument("--volume", type=float, default=1.0, metavar="V", help="volume factor, e.g. 1.2")
+    copy.add_argument("--nj", type=int, default=1, help="parallel audio writers with --speed/--volume")
+    add_overwrite_argument(copy)
+    copy.set_defaults(func=run_copy)
+
 
 def run_validate(args: argparse.Namespace) -> int:
     check = check_data_dir(
@@ -127,6 +185,8 @@ def run_fix(args: argparse.Namespace) -> int:
         print(f"cleaned: {problem}")
     for dropped in report.dropped:
         print(dropped)
+    for alignment in report.alignments:
+        print(alignment)
     if report.ignored:
         print(f"ignored (not data-dir tables, left as they are): {describe_ignored(report.ignored)}")
     dropped = sum(d.kind == UTTERANCE for d in report.dropped)
@@ -168,4 +228,40 @@ def run_trials(args: argparse.Namespace) -> int:
     )
     targets = sum(kind == "target" for *_, kind in trials)
     print(f"{out}: {len(trials)} trials ({targets} target, {len(trials) - targets} nontarget)")
+    return 0
+
+
+def _print_derived(result: DerivedDir) -> None:
+    hours = f", {result.seconds / 3600:.3f} hours" if result.seconds is not None else ""
+    print(
+        f"{result.path}: {result.num_utterances} of {result.source_utterances} utterances,"
+        f" {result.num_speakers} of {result.source_speakers} speakers{hours}; validated"
+    )
+    if result.not_copied:
+        print(f"not copied: {', '.join(result.not_copied)}")
+    for note in result.notes:
+        print(f"note: {note}")
+
+
+def run_subset(args: argparse.Namespace) -> int:
+    selection = SubsetSelection(
+        first=args.first,
+        last=args.last,
+        random=args.random,
+        shortest=args.shortest,
+        speakers=args.speakers,
+        per_spk=args.per_spk,
+        spk_list=args.spk_list,
+        utt_list=args.utt_list,
+        seed=args.seed,
+    )
+    _print_derived(subset_data_dir(args.data, args.out, selection, overwrite=args.overwrite))
+    return 0
+
+
+def run_copy(args: argparse.Namespace) -> int:
+    config = CopyConfig(
+        utt_prefix=args.utt_prefix, spk_prefix=args.spk_prefix, speed=args.speed, volume=args.volume
+    )
+    _print_derived(copy_data_dir(args.data, args.out, config, nj=args.nj, overwrite=args.overwrite))
     return 0

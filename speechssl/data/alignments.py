@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import bisect
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from speechssl.data.kaldi import write_table
+from speechssl.data.kaldi import Problem, ProblemKind, check_regular_file, format_seconds, write_table
 
 SILENCE_PHONE = "sil"
 CTM_TOLERANCE_S = 1e-3  # gaps/overlaps below this are rounding in the file, not errors
@@ -39,50 +40,126 @@ def format_ctm(uttid: str, segments: Sequence[PhoneSegment], *, digits: int = 4)
     return "".join(f"{uttid} 1 {s.start:.{digits}f} {s.duration:.{digits}f} {s.phone}\n" for s in segments)
 
 
+@dataclass(frozen=True)
+class CtmRow:
+    """One well-formed phone_ctm line: `uttid channel start duration phone`."""
+
+    line: int
+    uttid: str
+    channel: str
+    start: float
+    duration: float
+    phone: str
+    text: str  # the line's fields as written, joined by single spaces
+
+    @property
+    def segment(self) -> PhoneSegment:
+        return PhoneSegment(self.start, self.duration, self.phone)
+
+
+def scan_phone_ctm(path: str | Path) -> tuple[list[CtmRow], list[Problem]]:
+    """Every well-formed line of a phone CTM, and a problem (file, line, utterance) for each line
+    that `read_phone_ctm` would refuse: not 5 fields, times that are not numbers, start < 0 or
+    duration <= 0, an utterance that does not start at 0, a gap or an overlap between an
+    utterance's segments (within CTM_TOLERANCE_S). After the first timing problem of an
+    utterance its later lines are not compared (one misplaced line would flag every later one)."""
+    path = Path(path)
+    check_regular_file(path)
+    rows: list[CtmRow] = []
+    problems: list[Problem] = []
+    last: dict[str, CtmRow] = {}  # utterance -> its last segment, while its timing is right
+    broken: set[str] = set()
+
+    def bad(lineno: int, key: str | None, message: str, kind: ProblemKind = ProblemKind.SEGMENT) -> None:
+        problems.append(Problem(str(path), lineno, key, message, kind))
+
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                fields = raw.decode("utf-8").split()
+            except UnicodeDecodeError as err:
+                bad(lineno, None, f"is not valid UTF-8 ({err.reason})", ProblemKind.NOT_UTF8)
+                continue
+            if not fields:
+                continue
+            uttid = fields[0]
+            if len(fields) != 5:
+                bad(
+                    lineno,
+                    uttid,
+                    f"expected 5 fields 'uttid channel start duration phone', found {len(fields)}",
+                    ProblemKind.MALFORMED,
+                )
+                broken.add(uttid)
+                continue
+            _, channel, start_s, dur_s, phone = fields
+            try:
+                start, duration = float(start_s), float(dur_s)
+            except ValueError:
+                start = duration = math.nan
+            if not (math.isfinite(start) and math.isfinite(duration)):
+                bad(
+                    lineno,
+                    uttid,
+                    f"start/duration must be numbers, found '{start_s} {dur_s}'",
+                    ProblemKind.MALFORMED,
+                )
+                broken.add(uttid)
+                continue
+            row = CtmRow(lineno, uttid, channel, start, duration, phone, " ".join(fields))
+            rows.append(row)
+            if uttid in broken:
+                continue
+            previous = last.get(uttid)
+            message = None
+            if start < 0 or duration <= 0:
+                message = f"has start {start} and duration {duration}; expected start >= 0 and duration > 0"
+            elif previous is not None and abs(previous.start + previous.duration - start) > CTM_TOLERANCE_S:
+                kind = "gap" if start > previous.start + previous.duration else "overlap"
+                message = (
+                    f"{kind}: segment starts at {start:.4f} s but the previous one"
+                    f" (line {previous.line}) ends at {previous.start + previous.duration:.4f} s"
+                )
+            elif previous is None and start > CTM_TOLERANCE_S:
+                message = (
+                    f"starts at {start:.4f} s, expected 0 (the first segment must cover the start,"
+                    f" with '{SILENCE_PHONE}' for silence)"
+                )
+            if message is not None:
+                bad(lineno, uttid, message)
+                broken.add(uttid)
+                last.pop(uttid, None)
+            else:
+                last[uttid] = row
+    return rows, problems
+
+
 def read_phone_ctm(path: str | Path) -> dict[str, list[PhoneSegment]]:
     """Read a phone CTM into segments per utterance, in time order.
 
     Each utterance's segments must follow each other without gaps or overlaps
-    (within CTM_TOLERANCE_S): the errors name the file and line.
+    (within CTM_TOLERANCE_S): the error names the file, the line and the utterance
+    (`speechssl data validate` lists every such line).
     """
+    rows, problems = scan_phone_ctm(path)
+    if problems:
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise ValueError(f"{problems[0]}{more}")
     by_utt: dict[str, list[PhoneSegment]] = {}
-    last_line: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 5:
-                raise ValueError(
-                    f"{path}:{lineno}: expected 5 fields 'uttid channel start duration phone', "
-                    f"found {len(fields)}"
-                )
-            uttid, _channel, start_s, dur_s, phone = fields
-            try:
-                start, duration = float(start_s), float(dur_s)
-            except ValueError:
-                raise ValueError(
-                    f"{path}:{lineno}: start/duration must be numbers, found '{start_s} {dur_s}'"
-                ) from None
-            if start < 0 or duration <= 0:
-                raise ValueError(f"{path}:{lineno}: utterance '{uttid}' has start {start} "
-                                 f"and duration {duration}; "
-                                 "expected start >= 0 and duration > 0")  # fmt: skip
-            segments = by_utt.setdefault(uttid, [])
-            if segments and abs(segments[-1].end - start) > CTM_TOLERANCE_S:
-                kind = "gap" if start > segments[-1].end else "overlap"
-                raise ValueError(
-                    f"{path}:{lineno}: {kind} in utterance '{uttid}': "
-                    f"segment starts at {start:.4f} s but the "
-                    f"previous one (line {last_line[uttid]}) ends at {segments[-1].end:.4f} s"
-                )
-            if not segments and start > CTM_TOLERANCE_S:
-                raise ValueError(f"{path}:{lineno}: utterance '{uttid}' starts at {start:.4f} s, expected 0 "
-                                 "(the first segment must cover the start, "
-                                 f"with '{SILENCE_PHONE}' for silence)")  # fmt: skip
-            segments.append(PhoneSegment(start, duration, phone))
-            last_line[uttid] = lineno
+    for row in rows:
+        by_utt.setdefault(row.uttid, []).append(row.segment)
     return by_utt
+
+
+def format_ctm_row(row: CtmRow, *, uttid: str | None = None, scale: float = 1.0) -> str:
+    """One CTM line for `row`, renamed to `uttid` and with its times multiplied by `scale` (a copy
+    of a dir: ids with a prefix, times of speed-perturbed audio)."""
+    if scale == 1.0:  # the times as written
+        return row.text + "\n" if uttid is None else f"{uttid} {row.text.split(' ', 1)[1]}\n"
+    return (
+        f"{uttid or row.uttid} {row.channel} {format_seconds(row.start * scale)}"
+        f" {format_seconds(row.duration * scale)} {row.phone}\n"
+    )
 
 
 def num_frames_for(duration_s: float, frame_shift_s: float) -> int:
@@ -117,11 +194,19 @@ def frame_labels(
 
 
 def ctm_to_frame_labels(
-    ctm: Mapping[str, Sequence[PhoneSegment]],
+    ctm: Mapping[str, Sequence[PhoneSegment]] | str | os.PathLike,
     frame_shift_s: float,
     num_frames: Mapping[str, int] | None = None,
 ) -> dict[str, list[str]]:
-    """Frame labels for every utterance; num_frames (per uttid) matches a model's frame counts."""
+    """Frame labels for every utterance of `ctm` (what `read_phone_ctm` returns, or the path of a
+    phone_ctm, which is read); num_frames (per uttid) matches a model's frame counts."""
+    if isinstance(ctm, (str, os.PathLike)):
+        ctm = read_phone_ctm(ctm)
+    elif not isinstance(ctm, Mapping):
+        raise TypeError(
+            "ctm_to_frame_labels: ctm must be a phone_ctm path or the dict read_phone_ctm returns,"
+            f" found {type(ctm).__name__}"
+        )
     out = {}
     for uttid, segments in ctm.items():
         count = None if num_frames is None else num_frames.get(uttid)

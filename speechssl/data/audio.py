@@ -67,7 +67,7 @@ _SAMPLE_BYTES = {
 _STREAMED_SIZES = (0, 0xFFFFFFFF)  # data chunk size written by streaming writers that did not know it
 
 # integer PCM cannot hold NaN or infinity, so its samples need no finiteness scan
-_INTEGER_SUBTYPES = frozenset({"PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32", "ULAW", "ALAW"})
+INTEGER_SUBTYPES = frozenset({"PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32", "ULAW", "ALAW"})
 
 
 class AudioError(SpeechSSLError, ValueError):
@@ -294,7 +294,7 @@ def load_audio(
         )
     # a mono read is already contiguous; a channel of a multi-channel file is copied out
     wav = torch.from_numpy(data[:, 0] if info.num_channels == 1 else data[:, channel].copy())  # (samples,)
-    if info.subtype not in _INTEGER_SUBTYPES and not torch.isfinite(wav).all():
+    if info.subtype not in INTEGER_SUBTYPES and not torch.isfinite(wav).all():
         raise AudioError(f"{where}: audio holds NaN or infinite samples")
     if sample_rate is not None and sample_rate != info.sample_rate:
         if sample_rate <= 0:
@@ -302,3 +302,28 @@ def load_audio(
         _log_resample_once(info.sample_rate, sample_rate)
         wav = AF.resample(wav, info.sample_rate, sample_rate)  # (ceil(samples * new / orig),)
     return wav
+
+
+def read_audio_file(path: str | os.PathLike, *, utt_id: str | None = None) -> tuple[torch.Tensor, AudioInfo]:
+    """Every channel of a whole file at its own rate, as float32 (channels, samples), with its header:
+    what a copy of the file (speed or volume perturbation) starts from. Same checks as `load_audio`."""
+    where = _where(path, utt_id)
+    if os.fspath(path).rstrip().endswith("|"):
+        _check_path(path, utt_id)
+    f, info = _open(path, utt_id)
+    with f:
+        if info.num_frames == 0:
+            raise AudioError(f"{where}: file holds no samples")
+        try:
+            data = f.read(dtype="float32", always_2d=True)  # (samples, channels)
+        except (sf.LibsndfileError, RuntimeError, OSError) as err:
+            raise AudioError(f"{where}: cannot decode audio: {err}") from None
+    if data.shape[0] != info.num_frames:
+        raise AudioError(
+            f"{where}: expected {info.num_frames} samples, decoded {data.shape[0]}"
+            " (truncated or corrupt file)"
+        )
+    wav = torch.from_numpy(data.T.copy())  # (channels, samples)
+    if info.subtype not in INTEGER_SUBTYPES and not torch.isfinite(wav).all():
+        raise AudioError(f"{where}: audio holds NaN or infinite samples")
+    return wav, info

@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from speechssl.data.alignments import scan_phone_ctm
 from speechssl.data.audio import AudioInfo, audio_info
 from speechssl.data.kaldi import (
     Problem,
@@ -39,16 +40,19 @@ from speechssl.data.kaldi import (
     Row,
     c_sort_key,
     fatal_problems,
+    format_seconds,
     scan_table,
     write_table,
 )
 from speechssl.data.layout import (
     CORE_FILES,
+    CTM_FILE,
     UTTERANCE,
     Listing,
     list_data_dir,
     table_level,
 )
+from speechssl.io import atomic_write_text
 from speechssl.outputs import check_output, output_directory
 
 PIPE_POLICY = (
@@ -77,11 +81,6 @@ def _float(text: str) -> float | None:
     except ValueError:
         return None
     return value if math.isfinite(value) else None
-
-
-def _fmt_seconds(value: float) -> str:
-    """Seconds with microsecond precision, no trailing zeros (1.5, 0.01, 3)."""
-    return f"{value:.6f}".rstrip("0").rstrip(".") or "0"
 
 
 def parse_rows(name: str, file: str, rows: list[Row]) -> tuple[dict, list[Problem]]:
@@ -265,7 +264,7 @@ class DataDir:
         if self.segments is not None:
             write_table(
                 path / "segments",
-                {u: f"{r} {_fmt_seconds(s)} {_fmt_seconds(e)}" for u, (r, s, e) in self.segments.items()},
+                {u: f"{r} {format_seconds(s)} {format_seconds(e)}" for u, (r, s, e) in self.segments.items()},
             )
         if self.utt2spk is not None:
             write_table(path / "utt2spk", self.utt2spk)
@@ -275,7 +274,7 @@ class DataDir:
             write_table(path / "text", self.text)
         for name, durations in (("utt2dur", self.utt2dur), ("reco2dur", self.reco2dur)):
             if durations is not None:
-                write_table(path / name, {k: _fmt_seconds(v) for k, v in durations.items()})
+                write_table(path / name, {k: format_seconds(v) for k, v in durations.items()})
         for name, table in self.extra.items():
             write_table(path / name, table)
         self.path = path
@@ -424,10 +423,10 @@ def compute_durations(path: str | Path, *, nj: int = 1, progress: bool = True) -
     if data.segments is not None:
         data.reco2dur = dict(headers)
         data.utt2dur = {u: end - start for u, (_, start, end) in data.segments.items()}
-        write_table(data.path / "reco2dur", {k: _fmt_seconds(v) for k, v in data.reco2dur.items()})
+        write_table(data.path / "reco2dur", {k: format_seconds(v) for k, v in data.reco2dur.items()})
     else:
         data.utt2dur = dict(headers)
-    write_table(data.path / "utt2dur", {k: _fmt_seconds(v) for k, v in data.utt2dur.items()})
+    write_table(data.path / "utt2dur", {k: format_seconds(v) for k, v in data.utt2dur.items()})
     return data
 
 
@@ -435,12 +434,17 @@ def compute_durations(path: str | Path, *, nj: int = 1, progress: bool = True) -
 
 
 COMBINE = "data combine"  # the command named in the output marker of a combined dir
+UTT2UNIQ = "utt2uniq"  # utterance -> the utterance it is a copy of (perturbed copies)
 
 
 def combine_data_dirs(out: str | Path, sources: list[str | Path], *, overwrite: bool = False) -> DataDir:
     """Union of data dirs (Kaldi's utils/combine_data.sh), e.g. train_960 from the three
-    LibriSpeech training subsets. A file is kept only if every source has it (as Kaldi
-    does, so no utterance lacks an entry); an id found in two sources is an error naming both.
+    LibriSpeech training subsets. A table is kept only if every source has it (as Kaldi
+    does, so no utterance lacks an entry), except utt2uniq: a source without one maps each of its
+    utterances to itself, as Kaldi does (a speed-perturbed copy combined with its original). An
+    utterance id found in two sources is an error naming both; a recording id (segmented dirs) may
+    be in several sources when it names the same audio (copies of one dir with other utterance
+    ids). phone_ctm, where an utterance's alignment may be missing, is the union of the sources'.
 
     `out` follows the output-path rule (`speechssl.outputs.check_output`): never a source or a
     dir holding one; a non-empty dir only if an earlier combine wrote it, or with `overwrite`.
@@ -454,29 +458,50 @@ def combine_data_dirs(out: str | Path, sources: list[str | Path], *, overwrite: 
         raise ValueError(
             "cannot combine data dirs with and without segments: " + ", ".join(map(str, sources))
         )
+    recordings_shared = dirs[0].segments is not None  # wav.scp is keyed by recording
 
-    def union(name: str, tables: list[Mapping | None]) -> dict | None:
+    def union(name: str, tables: list[Mapping | None], *, shared: bool = False) -> dict | None:
         if any(t is None for t in tables):
             return None
         merged: dict = {}
+        origin: dict = {}
         for src, table in zip(sources, tables):
             for key, value in table.items():
-                if key in merged:
-                    raise ValueError(f"id '{key}' of {name} is in more than one source (again in {src})")
-                merged[key] = value
+                if key in merged and not (shared and merged[key] == value):
+                    same = "" if not shared else f" with another value ('{merged[key]}' in {origin[key]})"
+                    raise ValueError(
+                        f"id '{key}' of {name} is in more than one source{same} (again in {src})"
+                    )
+                merged[key], origin[key] = value, src
         return merged
 
     extra_names = set.intersection(*(set(d.extra) for d in dirs))
+    if any(UTT2UNIQ in d.extra for d in dirs):
+        extra_names.add(UTT2UNIQ)
+        for d in dirs:
+            d.extra.setdefault(UTT2UNIQ, {u: u for u in d.utt_ids()})
     tables = dict(
-        wav_scp=union("wav.scp", [d.wav_scp for d in dirs]),
+        wav_scp=union("wav.scp", [d.wav_scp for d in dirs], shared=recordings_shared),
         utt2spk=union("utt2spk", [d.utt2spk for d in dirs]),
         text=union("text", [d.text for d in dirs]),
         segments=union("segments", [d.segments for d in dirs]),
         utt2dur=union("utt2dur", [d.utt2dur for d in dirs]),
-        reco2dur=union("reco2dur", [d.reco2dur for d in dirs]),
+        reco2dur=union("reco2dur", [d.reco2dur for d in dirs], shared=True),
         extra={name: union(name, [d.extra[name] for d in dirs]) for name in sorted(extra_names)},
     )
+    ctm_lines = []
+    for d in dirs:
+        if (d.path / CTM_FILE).is_file():
+            rows, problems = scan_phone_ctm(d.path / CTM_FILE)
+            if problems:
+                raise ValueError(
+                    f"{problems[0]}; run `speechssl data validate {d.path}` to list every problem"
+                )
+            ctm_lines += rows
     with output_directory(out, COMBINE) as tmp:
         data = write_data_dir(tmp, **tables)
+        if ctm_lines:
+            ctm_lines.sort(key=lambda row: c_sort_key(row.uttid))  # stable: each alignment in time order
+            atomic_write_text(tmp / CTM_FILE, "".join(row.text + "\n" for row in ctm_lines))
     data.path = Path(out)
     return data

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from speechssl.data.datadir import spk2utt_from_utt2spk
 from speechssl.data.kaldi import Problem, ProblemKind, c_sort_key, format_table
-from speechssl.data.layout import RECORDING, SPEAKER, UTTERANCE
-from speechssl.data.validate import ScannedDir
+from speechssl.data.layout import CTM_FILE, RECORDING, SPEAKER, UTTERANCE
+from speechssl.data.validate import ScannedDir, check_phone_ctm
 from speechssl.io import atomic_file
 
 BACKUP = ".backup"
@@ -50,6 +50,20 @@ class Dropped:
 
 
 @dataclass(frozen=True)
+class DroppedAlignment:
+    """The phone_ctm lines of one utterance that `fix_data_dir` removed, and why."""
+
+    key: str | None  # None: a line no utterance can be read from (not UTF-8)
+    num_lines: int
+    reason: str
+
+    def __str__(self) -> str:
+        if self.key is None:
+            return f"dropped a {CTM_FILE} line: {self.reason}"
+        return f"dropped the {self.num_lines} {CTM_FILE} line(s) of '{self.key}': {self.reason}"
+
+
+@dataclass(frozen=True)
 class FixReport:
     """What `fix_data_dir` changed; the originals are in `backup_dir` (None when nothing changed)."""
 
@@ -60,6 +74,7 @@ class FixReport:
     ignored: tuple[str, ...]  # files that are not tables: never read, never changed
     backup_dir: Path | None
     num_utterances: int
+    alignments: tuple[DroppedAlignment, ...] = ()  # phone_ctm lines removed, by utterance
 
 
 def _write_backup(path: Path, names: list[str]) -> Path:
@@ -172,14 +187,19 @@ def fix_data_dir(path: str | Path, *, allow_empty: bool = False) -> FixReport:
         dropped.append(Dropped(SPEAKER, spk, ("utt2spk",), "has no kept utterance in"))
 
     contents = {name: format_table(table) for name, table in tables.items()}
+    alignments: list[DroppedAlignment] = []
+    if files.ctm is not None:
+        contents[CTM_FILE], alignments = _filter_ctm(files, kept)
     changed = [
         name
-        for name in tables
-        if not files.has(name) or (path / name).read_bytes() != contents[name].encode("utf-8")
+        for name in contents
+        if not (files.has(name) or name == CTM_FILE)
+        or (path / name).read_bytes() != contents[name].encode("utf-8")
     ]
     backup = None
     if changed:
-        backup = _write_backup(path, list(files.listing.tables))
+        originals = list(files.listing.tables) + ([CTM_FILE] if files.ctm is not None else [])
+        backup = _write_backup(path, originals)
         with ExitStack() as stack:  # every temp file is written before the first rename
             for name in changed:
                 stack.enter_context(atomic_file(path / name)).write_text(contents[name], encoding="utf-8")
@@ -191,4 +211,32 @@ def fix_data_dir(path: str | Path, *, allow_empty: bool = False) -> FixReport:
         ignored=files.listing.ignored,
         backup_dir=backup,
         num_utterances=len(kept_utts),
+        alignments=tuple(alignments),
     )
+
+
+def _filter_ctm(files: ScannedDir, kept: set[str]) -> tuple[str, list[DroppedAlignment]]:
+    """phone_ctm without the lines of utterances that are not kept or whose alignment has a problem
+    (a malformed line, a gap or overlap, an end past utt2dur): half an alignment would shift every
+    later frame label, so an utterance keeps all its lines or none. Lines keep their order."""
+    problems = [p for p in files.problems if p.file == files.file(CTM_FILE)] + check_phone_ctm(files)
+    reasons: dict[str, str] = {}
+    counts: Counter[str] = Counter()
+    unreadable = []
+    for p in problems:
+        if p.key is None:
+            unreadable.append(DroppedAlignment(None, 1, f"line {p.line} {p.message}"))
+            continue
+        reasons.setdefault(p.key, f"line {p.line}: {p.message}")
+        if p.kind == ProblemKind.MALFORMED:  # a line scan_phone_ctm returned no row for
+            counts[p.key] += 1
+    lines = []
+    for row in files.ctm or []:
+        if row.uttid in kept and row.uttid not in reasons:
+            lines.append(row.text + "\n")
+        else:
+            counts[row.uttid] += 1
+    for utt in counts:
+        reasons.setdefault(utt, "its utterance is not kept")
+    dropped = [DroppedAlignment(u, counts[u], reasons[u]) for u in sorted(counts, key=c_sort_key)]
+    return "".join(lines), unreadable + dropped

@@ -34,6 +34,11 @@ def c_sort_key(key: str) -> bytes:
     return key.encode("utf-8")
 
 
+def format_seconds(value: float) -> str:
+    """Seconds with microsecond precision, no trailing zeros (1.5, 0.01, 3)."""
+    return f"{value:.6f}".rstrip("0").rstrip(".") or "0"
+
+
 BOM = "\ufeff"
 _SEPARATOR = re.compile(r"[ \t]+")
 

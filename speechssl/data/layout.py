@@ -10,12 +10,14 @@ Tables, by what their first column is (<name>: letters, digits and underscores, 
 - speaker tables: spk2utt, spk2gender, cmvn.scp and every `spk2<name>` (spk2age...);
 - wav.scp: keyed by recording, or by utterance when there is no segments file.
 
-Known files that are not one-line-per-id tables are left alone: trials (ASV pairs), phone_ctm
-(one line per phone), frame_shift, num_jobs, cmvn_opts. Any other top-level file (NOTES,
-LICENSE, audio kept beside the tables, copies such as text.orig) is never read as a table and
-never changed, and is listed once as ignored. Hidden entries (.backup/, .speechssl_output) and
-subdirectories (units dirs, splits) are left alone without being listed. Nothing here opens a
-file: entries are told apart with stat, so a FIFO is never read.
+Known files that are not one-line-per-id tables: phone_ctm (one line per phone; `validate` checks
+it and `fix`, `combine`, `subset` and `copy` filter or carry it with the utterances), trials (ASV
+pairs; `subset` and `copy` keep the trials of kept utterances), frame_shift and cmvn_opts (settings
+of the whole dir, copied as they are by `subset` and `copy`) and num_jobs (left alone). Any other
+top-level file (NOTES, LICENSE, audio kept beside the tables, copies such as text.orig) is never
+read as a table and never changed, and is listed once as ignored. Hidden entries (.backup/,
+.speechssl_output) and subdirectories (units dirs, splits) are left alone without being listed.
+Nothing here opens a file: entries are told apart with stat, so a FIFO is never read.
 """
 
 from __future__ import annotations
@@ -45,7 +47,10 @@ UTT_FILES = (
 )
 RECO_FILES = ("reco2dur", "reco2file_and_channel")
 SPK_FILES = ("spk2utt", "spk2gender", "cmvn.scp")
-OTHER_FILES = ("trials", "phone_ctm", "frame_shift", "num_jobs", "cmvn_opts")
+CTM_FILE = "phone_ctm"  # `uttid channel start duration phone`, several lines per utterance
+TRIALS_FILE = "trials"  # `enroll_utt test_utt target|nontarget`
+SETTINGS_FILES = ("frame_shift", "cmvn_opts")  # one value for the whole dir
+OTHER_FILES = (TRIALS_FILE, CTM_FILE, *SETTINGS_FILES, "num_jobs")
 
 _PATTERNS = (
     (re.compile(r"utt2[A-Za-z0-9_]+"), UTTERANCE),

@@ -10,13 +10,23 @@ of kinds IGNORED_FILES and RESAMPLED that do not make a dir invalid.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from speechssl.data.alignments import CtmRow, scan_phone_ctm
 from speechssl.data.audio import SAMPLE_RATE
 from speechssl.data.datadir import not_regular_problems, parse_rows, read_headers, spk2utt_from_utt2spk
 from speechssl.data.kaldi import Problem, ProblemKind, Row, c_sort_key, scan_table
-from speechssl.data.layout import RECORDING, SPEAKER, UTTERANCE, describe_ignored, list_data_dir
+from speechssl.data.layout import (
+    CTM_FILE,
+    RECORDING,
+    SPEAKER,
+    UTTERANCE,
+    describe_ignored,
+    file_kind,
+    list_data_dir,
+)
 
 SEGMENT_TOLERANCE = 0.01  # seconds a segment may run past its recording (Kaldi's validate_data_dir.sh)
 
@@ -41,6 +51,27 @@ class ScannedDir:
             for row in rows:
                 self.lines[name].setdefault(row.key, row.line)
             self.problems += problems + parse_problems
+        self.ctm: list[CtmRow] | None = None  # the well-formed lines of phone_ctm, when there is one
+        ctm = path / CTM_FILE
+        if os.path.lexists(ctm):
+            try:
+                mode = os.stat(ctm).st_mode
+            except OSError:
+                mode = None
+            if mode is None or not os.path.isfile(ctm):
+                kind = "a broken symbolic link" if mode is None else file_kind(mode)
+                self.problems.append(
+                    Problem(
+                        str(ctm),
+                        None,
+                        None,
+                        f"is {kind}, not a regular file: not read",
+                        ProblemKind.NOT_REGULAR,
+                    )
+                )
+            else:
+                self.ctm, problems = scan_phone_ctm(ctm)
+                self.problems += problems
 
     def file(self, name: str) -> str:
         return str(self.path / name)
@@ -54,6 +85,12 @@ class ScannedDir:
 
     def _level(self, level: str) -> list[str]:
         return [n for n, lv in self.listing.tables.items() if lv == level]
+
+    def reference(self) -> str:
+        """The table whose ids are the utterances: utt2spk, else segments, else wav.scp."""
+        if self.has("utt2spk"):
+            return "utt2spk"
+        return "segments" if self.has("segments") else "wav.scp"
 
     def utt_files(self) -> list[str]:
         """Files keyed by utterance id that are present (wav.scp when there is no segments), utt2spk aside."""
@@ -105,7 +142,20 @@ def check_data_dir(
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"data dir {path} does not exist")
-    files = ScannedDir(path)
+    return check_scanned(
+        ScannedDir(path), check_audio=check_audio, check_spk_sort=check_spk_sort, sample_rate=sample_rate
+    )
+
+
+def check_scanned(
+    files: ScannedDir,
+    *,
+    check_audio: bool = True,
+    check_spk_sort: bool = True,
+    sample_rate: int = SAMPLE_RATE,
+) -> DataDirCheck:
+    """`check_data_dir` of a dir already scanned (commands that go on to use the scan)."""
+    path = files.path
     problems = list(files.problems)
     notes = []
     if files.listing.ignored:
@@ -135,6 +185,7 @@ def check_data_dir(
     problems += _check_speaker_tables(files)
     problems += _check_utt_ids(files)
     problems += _check_text(files)
+    problems += check_phone_ctm(files)
     found, rate_notes = _check_recordings(files, check_audio, sample_rate)
     return DataDirCheck(problems + found, notes + rate_notes)
 
@@ -257,10 +308,7 @@ def _check_speaker_tables(files: ScannedDir) -> list[Problem]:
 
 def _check_utt_ids(files: ScannedDir) -> list[Problem]:
     """Every utterance-level file holds exactly the utterances of utt2spk."""
-    if files.has("utt2spk"):
-        reference = "utt2spk"
-    else:
-        reference = "segments" if files.has("segments") else "wav.scp"
+    reference = files.reference()
     utts = files.keys(reference)
     problems = []
     for name in files.utt_files():
@@ -301,6 +349,48 @@ def _check_text(files: ScannedDir) -> list[Problem]:
         for utt, words in files.tables["text"].items()
         if not words.strip()
     ]
+
+
+def check_phone_ctm(files: ScannedDir) -> list[Problem]:
+    """phone_ctm names only utterances of the dir (not every utterance needs an alignment), and,
+    where utt2dur is known, no utterance's alignment ends past its duration (+0.01 s). Its lines
+    themselves were checked when it was scanned (`scan_phone_ctm`)."""
+    if files.ctm is None or not files.has(files.reference()):
+        return []
+    reference = files.reference()
+    utts = files.keys(reference)
+    durations = files.tables.get("utt2dur", {})
+    file = files.file(CTM_FILE)
+    problems = []
+    ends: dict[str, CtmRow] = {}
+    for row in files.ctm:
+        if row.uttid not in utts:
+            if row.uttid not in ends:
+                problems.append(
+                    Problem(
+                        file, row.line, row.uttid, f"utterance is not in {reference}", ProblemKind.MISSING_ID
+                    )
+                )
+            ends[row.uttid] = row
+        elif (
+            row.uttid not in ends
+            or row.start + row.duration > ends[row.uttid].start + ends[row.uttid].duration
+        ):
+            ends[row.uttid] = row
+    for utt, row in ends.items():
+        end = row.start + row.duration
+        if utt in durations and end > durations[utt] + SEGMENT_TOLERANCE:
+            problems.append(
+                Problem(
+                    file,
+                    row.line,
+                    utt,
+                    f"alignment ends at {end:g} s, past the end of the utterance ({durations[utt]:g} s from"
+                    f" utt2dur; tolerance {SEGMENT_TOLERANCE} s)",
+                    ProblemKind.SEGMENT,
+                )
+            )
+    return problems
 
 
 def _check_recordings(

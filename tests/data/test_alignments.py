@@ -83,12 +83,12 @@ def test_write_frame_labels(tmp_path):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("u1 1 0.0 0.1\n", r"phone_ctm:1: expected 5 fields"),
-        ("u1 1 0.0 abc sil\n", r"phone_ctm:1: start/duration must be numbers"),
-        ("u1 1 0.0 0.0 sil\n", r"phone_ctm:1: utterance 'u1' has start 0.0 and duration 0.0"),
-        ("u1 1 0.0 0.1 sil\nu1 1 0.2 0.1 a\n", r"phone_ctm:2: gap in utterance 'u1'.*line 1"),
-        ("u1 1 0.0 0.1 sil\nu1 1 0.05 0.1 a\n", r"phone_ctm:2: overlap in utterance 'u1'"),
-        ("u1 1 0.3 0.1 a\n", r"phone_ctm:1: utterance 'u1' starts at 0.3000 s, expected 0"),
+        ("u1 1 0.0 0.1\n", r"phone_ctm:1: 'u1' expected 5 fields"),
+        ("u1 1 0.0 abc sil\n", r"phone_ctm:1: 'u1' start/duration must be numbers"),
+        ("u1 1 0.0 0.0 sil\n", r"phone_ctm:1: 'u1' has start 0.0 and duration 0.0"),
+        ("u1 1 0.0 0.1 sil\nu1 1 0.2 0.1 a\n", r"phone_ctm:2: 'u1' gap: .*line 1"),
+        ("u1 1 0.0 0.1 sil\nu1 1 0.05 0.1 a\n", r"phone_ctm:2: 'u1' overlap"),
+        ("u1 1 0.3 0.1 a\n", r"phone_ctm:1: 'u1' starts at 0.3000 s, expected 0"),
     ],
 )
 def test_bad_ctm_errors_name_file_and_line(tmp_path, text, message):
