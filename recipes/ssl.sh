@@ -12,14 +12,15 @@
 #   Stage 5: k-means labels for every set               -> data/<set>/units_<name>/labels
 #            (<name>: mfcc_k<K> for n = 1, <tag>_iter<n-1>_layer<L>_k<K> after; with --km_model
 #            <features>_<km file name> for n = 1)
-#   Stage 6: unit quality (PNMI, purities) when data/<set>/phone_ctm exists
+#   Stage 6: unit quality (PNMI, purities) when data/<set>/phone_ctm exists -> exp/unit_quality_<name>.json
 #   Stage 7: pretraining                                  -> exp/<tag>_iter<n>/
 #            (n = 1 with --init_from: continued pretraining from that model's weights and heads)
 #   Stage 8: export the final model (--export_format: hf by default; the mini recipe uses onnx)
 #   Stage 9: summary (unit quality per iteration, throughput, where things are)
 #
 # Each finished step leaves a .done marker, so re-running skips it; delete the
-# marker (or the output) to redo it.
+# marker (or the output) to redo it. Feature shards, k-means labels (--nj jobs, each with
+# its own log) run on this machine or as Slurm jobs (--cmd slurm --slurm_opts "...").
 set -euo pipefail
 
 log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') ($(basename "$0"):${BASH_LINENO[0]}) $*"; }
@@ -27,7 +28,10 @@ log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') ($(basename "$0"):${BASH_LINENO[0]}) 
 # General options
 stage=1                 # first stage to run
 stop_stage=100          # last stage to run
-nj=2                    # parallel jobs for data preparation and feature dumping
+nj=2                    # parallel jobs for data preparation, feature dumping and k-means labelling
+cmd=local               # where those jobs run: local (this machine, --nj at a time) | slurm (one sbatch job
+                        # each, --nj at a time; logs beside the outputs, see recipes/utils/job_pool.sh)
+slurm_opts=""           # sbatch options of every --cmd slurm job, e.g. "--partition cpu --time 2:00:00"
 ngpu=0                  # GPUs for pretraining: 0 = CPU, >1 = torchrun DDP on one node
 seed=0                  # seed of pretraining
 dumpdir=dump            # features go here
@@ -108,6 +112,8 @@ if [ -n "${km_model_layer}" ] && { [ -z "${km_model}" ] || [ -z "${init_from}" ]
     exit 2
 fi
 
+pool_init "${nj}" "${cmd}" "${slurm_opts}"  # checks --nj and --cmd before any stage runs
+
 if [ "${ngpu}" -gt 1 ]; then
     pretrain_cmd="torchrun --standalone --nproc_per_node=${ngpu} -m speechssl pretrain"
 else
@@ -115,6 +121,8 @@ else
 fi
 run_stage() { [ "${stage}" -le "$1" ] && [ "${stop_stage}" -ge "$1" ]; }
 done_or() { [ -f "$1" ]; }   # a .done marker exists
+done_after() { [ -f "$1" ] && [ "$1" -nt "$2" ]; }  # a .done marker newer than the input it was made from
+marker_of() { echo "$(dirname "$1")/.$(basename "$1").done"; }  # exp/x.json -> exp/.x.json.done
 
 if run_stage 1; then
     log "Stage 1: data preparation (local/data.sh ${local_data_opts})"
@@ -171,7 +179,7 @@ for ((it = 1; it <= num_iters; it++)); do
         fi
         if run_stage 3; then
             log "Stage 3 (iteration ${it}): ${feat_name} features"
-            pool_init "${nj}"  # one job per shard, each with its log: a failed one stops the recipe
+            pool_init "${nj}" "${cmd}" "${slurm_opts}"  # one job per shard, each with its log: a failed one stops the recipe
             for dset in "${train_set}" "${valid_set}"; do
                 fdir="${dumpdir}/${feat_name}/${dset}"
                 for ((r = 0; r < nj; r++)); do
@@ -199,19 +207,27 @@ for ((it = 1; it <= num_iters; it++)); do
             fi
         fi
         if run_stage 5; then
-            log "Stage 5 (iteration ${it}): units -> data/<set>/${units}"
+            log "Stage 5 (iteration ${it}): units -> data/<set>/${units} (logs: ${dumpdir}/${feat_name}/log/${units}.<set>.log)"
+            pool_init "${nj}" "${cmd}" "${slurm_opts}"  # one job per set
+            todo=()
             for dset in "${train_set}" "${valid_set}"; do
                 done_or "data/${dset}/${units}/.done" && continue
-                speechssl kmeans label --feats "${dumpdir}/${feat_name}/${dset}" --model "${kmdir}" --out "data/${dset}/${units}"
-                touch "data/${dset}/${units}/.done"
+                pool_run "${dumpdir}/${feat_name}/log/${units}.${dset//\//_}.log" \
+                    speechssl kmeans label --feats "${dumpdir}/${feat_name}/${dset}" --model "${kmdir}" --out "data/${dset}/${units}"
+                todo+=("${dset}")
             done
+            pool_wait
+            for dset in ${todo[@]+"${todo[@]}"}; do touch "data/${dset}/${units}/.done"; done
         fi
         if run_stage 6; then
-            if [ -f "data/${valid_set}/phone_ctm" ]; then
+            quality="${expdir}/unit_quality_$(units_name "${it}").json"
+            if [ -f "data/${valid_set}/phone_ctm" ] && done_after "$(marker_of "${quality}")" "data/${valid_set}/${units}/labels"; then
+                log "Stage 6 (iteration ${it}): unit quality on ${valid_set}: done (${quality})"
+            elif [ -f "data/${valid_set}/phone_ctm" ]; then
                 log "Stage 6 (iteration ${it}): unit quality on ${valid_set}"
                 speechssl units score --labels "data/${valid_set}/${units}/labels" --names "$(units_name "${it}")" \
-                    --alignments "data/${valid_set}/phone_ctm" --frame-shift "${frame_shift}" \
-                    --out "${expdir}/unit_quality_$(units_name "${it}").json"
+                    --alignments "data/${valid_set}/phone_ctm" --frame-shift "${frame_shift}" --out "${quality}"
+                touch "$(marker_of "${quality}")"
             else
                 log "Stage 6 (iteration ${it}): skipped, data/${valid_set}/phone_ctm does not exist"
             fi
@@ -246,8 +262,14 @@ if run_stage 8; then
         onnx) export_out="${expdir}/${tag}.onnx" ;;
         *) export_out="${expdir}/${tag}_${export_format}.pt" ;;
     esac
-    log "Stage 8: export ${final_model} as ${export_format} -> ${export_out}"
-    speechssl export --upstream "${final_model}" --format "${export_format}" --out "${export_out}"
+    # the marker must be newer than the checkpoint `last` points to (a longer run makes a new one)
+    if done_after "$(marker_of "${export_out}")" "${final_model}"; then
+        log "Stage 8: export of ${final_model} as ${export_format}: done (${export_out})"
+    else
+        log "Stage 8: export ${final_model} as ${export_format} -> ${export_out}"
+        speechssl export --upstream "${final_model}" --format "${export_format}" --out "${export_out}"
+        touch "$(marker_of "${export_out}")"
+    fi
 fi
 
 if run_stage 9; then

@@ -60,10 +60,23 @@ def test_mini_recipe_runs_every_stage_and_resumes_from_markers(tmp_path):
     summary = (cwd / "exp/hubert_summary.md").read_text()
     assert "PNMI" in summary and "exp/hubert_iter2" in summary
 
-    # a second run skips what is done (.done markers) and still ends with the summary
+    # a second run skips what is done (.done markers) and still ends with the summary: unit quality
+    # (stage 6) and the export (stage 8) are neither recomputed nor rewritten
+    finished = [cwd / f"exp/unit_quality_{u}.json" for u in ("mfcc_k8", "hubert_iter1_layer1_k10")]
+    finished.append(cwd / "exp/hubert.onnx")
+    written = {path: path.stat().st_mtime_ns for path in finished}
     again = run_recipe(cwd, *tiny, "--stage", "3")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "pretraining" in again.stdout and "step 1/" not in again.stdout + again.stderr
+    for it in (1, 2):
+        assert f"Stage 6 (iteration {it}): unit quality on read/dev: done" in again.stdout
+    exported = "Stage 8: export of exp/hubert_iter2/checkpoints/last as onnx: done (exp/hubert.onnx)"
+    assert exported in again.stdout
+    assert {path: path.stat().st_mtime_ns for path in finished} == written
+    assert "Stage 9: summary" in again.stdout and (cwd / "exp/hubert_summary.md").is_file()
+    # one job log per k-means labelling (stage 5), beside the feature shards' logs
+    label_log = (cwd / "dump/mfcc/log/units_mfcc_k8.read_dev.log").read_text()
+    assert label_log.startswith("# speechssl kmeans label")
 
 
 def test_misspelt_option_and_missing_input_stop_with_exit_2(tmp_path):
