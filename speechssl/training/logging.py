@@ -17,6 +17,10 @@ import torch
 
 log = logging.getLogger("speechssl.training")
 
+# A console line at least this often while training or validating (besides every `log_every` updates),
+# so a slow step or a large `log_every` never looks like a hang; it reads only the main rank's state.
+HEARTBEAT_SECONDS = 10.0
+
 
 def format_duration(seconds: float) -> str:
     seconds = int(max(seconds, 0))
@@ -41,11 +45,21 @@ def memory_stats(device: torch.device) -> dict[str, float]:
 class TrainLogger:
     """Writes only on the main rank; on other ranks every call is a no-op."""
 
-    def __init__(self, out_dir: str | Path, *, enabled: bool, max_steps: int, start_step: int) -> None:
+    def __init__(
+        self,
+        out_dir: str | Path,
+        *,
+        enabled: bool,
+        max_steps: int,
+        start_step: int,
+        heartbeat_seconds: float | None = None,  # None: HEARTBEAT_SECONDS
+    ) -> None:
         self.enabled = enabled
         self.max_steps = max_steps
         self.start_step = start_step
         self.start_time = time.monotonic()
+        self.heartbeat_seconds = HEARTBEAT_SECONDS if heartbeat_seconds is None else heartbeat_seconds
+        self.last_line = self.start_time  # when the last console line was written
         self.writer = None
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
@@ -59,6 +73,19 @@ class TrainLogger:
         if self.writer is not None:
             for tag, value in values.items():
                 self.writer.add_scalar(tag, value, step)
+
+    def due(self, step: int) -> bool:
+        """Whether a console line is due between two `log_every` lines: after the session's first
+        update (training has started), then `heartbeat_seconds` after the last line."""
+        if not self.enabled:
+            return False
+        return step == self.start_step + 1 or time.monotonic() - self.last_line >= self.heartbeat_seconds
+
+    def heartbeat(self, message: str, *args: object) -> None:
+        """A console line outside the update loop (validation), at most every `heartbeat_seconds`."""
+        if self.enabled and time.monotonic() - self.last_line >= self.heartbeat_seconds:
+            log.info(message, *args)
+            self.last_line = time.monotonic()
 
     def progress(self, step: int, epoch: int, values: dict[str, float]) -> None:
         """One console line: step, epoch, loss, lr, grad norm, throughput, ETA."""
@@ -79,6 +106,7 @@ class TrainLogger:
                 parts.append(fmt.format(values[key]))
         parts.append(f"ETA {format_duration(eta) if eta == eta else '?'}")
         log.info(" | ".join(parts))
+        self.last_line = time.monotonic()
 
     def valid(self, step: int, values: dict[str, float]) -> None:
         self.scalars(step, values)
@@ -88,6 +116,7 @@ class TrainLogger:
                 step,
                 ", ".join(f"{k.split('/', 1)[1]} {v:.4g}" for k, v in values.items()),
             )
+            self.last_line = time.monotonic()
 
     def summary(self, lines: dict[str, str]) -> None:
         if self.enabled:

@@ -477,6 +477,19 @@ class Trainer:
         self.total_audio += interval.audio_seconds
         interval.reset()
 
+    def _heartbeat(self, interval: _Interval) -> None:
+        """A console line between two log steps (the first update, then every few seconds) from the
+        main rank's own sums: no collective, so the other ranks neither wait nor take part; the
+        TensorBoard points and the interval's averages stay those of the log steps."""
+        values = {"train/lr": self.config.lr * self.schedule(self.step - 1)}
+        good = float(interval.good)  # the only host sync, every few seconds
+        if good > 0:
+            values["train/loss"] = float(interval.loss) / good
+        elapsed = time.monotonic() - interval.start - interval.paused
+        if interval.audio_seconds > 0 and elapsed > 0 and self.info.world_size == 1:
+            values["train/audio_seconds_per_second"] = interval.audio_seconds / elapsed
+        self.logger.progress(self.step, self.stream.epoch, values)
+
     # --- validation and checkpoints ----------------------------------------------------
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -497,6 +510,7 @@ class Trainer:
             collate_fn=self.collate,
             num_workers=self.config.num_workers,
         )
+        total_batches = len(self.valid_sampler) if hasattr(self.valid_sampler, "__len__") else None
         for batch in loader:
             with self._autocast():
                 batch = to_device(batch, self.device)
@@ -506,6 +520,12 @@ class Trainer:
             for key, value in {"loss": loss, **metrics}.items():
                 sums[key] = sums.get(key, 0) + torch.as_tensor(value, device=self.device).detach().double()
             count += 1
+            self.logger.heartbeat(
+                "validating at step %d: batch %d%s",
+                self.step,
+                count,
+                f"/{total_batches}" if total_batches else "",
+            )
         if self.valid_monitor is not None:  # e.g. RankMe: computed per rank, averaged over ranks below
             sums.update({k: torch.tensor(v * count, device=self.device, dtype=torch.float64)
                          for k, v in self.valid_monitor.compute().items()})  # fmt: skip
@@ -605,6 +625,11 @@ class Trainer:
         stopped = (
             self.resumed_from is not None and self.step < cfg.max_steps and self._ask_stop(self.resumed_from)
         )
+        if self.info.is_main and not stopped and self.step < cfg.max_steps:
+            log.info(
+                "training: updates %d to %d; a console line every %d updates and at least every %.0f s",
+                self.step + 1, cfg.max_steps, cfg.log_every, self.logger.heartbeat_seconds,
+            )  # fmt: skip
         try:
             while self.step < cfg.max_steps and not stopped:
                 self._update(interval)
@@ -613,6 +638,8 @@ class Trainer:
                     self._check_bad_steps()
                 if self.step % cfg.log_every == 0 or final:
                     self._log(interval)
+                elif self.logger.due(self.step):
+                    self._heartbeat(interval)
                 is_save = self.step % cfg.save_every == 0 or final
                 is_valid = has_valid and (is_save or (cfg.valid_every and self.step % cfg.valid_every == 0))
                 paused_from = time.monotonic()
