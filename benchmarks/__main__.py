@@ -1,5 +1,6 @@
 """`python -m benchmarks [--quick] [--json PATH] [--md PATH] [--only NAME...]`: run the row groups,
-print the markdown table, write JSON (`meta`, `rows`) and markdown atomically."""
+print the markdown table, write JSON (`meta`, `rows`) and markdown atomically. From another
+directory than the repo root: `python path/to/speechssl/benchmarks ...` (the same program)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,17 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-import torch
+if not __package__:  # run as `python path/to/benchmarks`: import the package from its repo, wherever we are
+    # sys.path[0] is this directory; its modules (common, upstream, ...) must not pass for top-level ones
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from benchmarks import compression, head, kmeans_fit, mfu, pretrain, units_data, upstream
-from benchmarks.harness import Row, Settings, machine_info, to_markdown
-from speechssl.io import atomic_write_text
+import torch  # noqa: E402
+
+from benchmarks import compression, head, kmeans_fit, mfu, pretrain, units_data, upstream  # noqa: E402
+from benchmarks.harness import Row, Settings, machine_info, to_markdown  # noqa: E402
+from speechssl.io import atomic_write_text  # noqa: E402
 
 GROUPS: dict[str, Callable[[Settings], list[Row]]] = {
     "upstream": upstream.run,
@@ -27,7 +33,7 @@ GROUPS: dict[str, Callable[[Settings], list[Row]]] = {
 }
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller sizes: under 5 minutes on 2 CPU cores")
     parser.add_argument("--tiny", action="store_true", help="smoke-test sizes (seconds; numbers meaningless)")
@@ -41,6 +47,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--repeats", type=int, default=None, help="timed calls per contender (default 3, tiny 1)"
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     unknown = sorted(set(args.only or []) - set(GROUPS))
     if unknown:
