@@ -1,5 +1,6 @@
 """The upstream interface: what downstream code, feature dumps, compression reports and
-exporters see, whatever the upstream is (a loaded network or a built-in baseline).
+exporters see, whatever the upstream is (a loaded network, one of our ONNX / TorchScript exports
+read back, or a built-in baseline).
 
     up = speechssl.load_upstream(source)   # any UpstreamModel
     out = up(wavs, wav_lens)               # wavs: float (B, S) at 16 kHz, wav_lens: long (B,)
@@ -7,8 +8,9 @@ exporters see, whatever the upstream is (a loaded network or a built-in baseline
     out.lengths                            # long (B,): valid frames per utterance
 
 It lives in models (the lowest room its implementations share) so that the loaded
-networks (speechssl.interop.upstream.Upstream) and the FBANK baseline
-(speechssl.models.fbank_upstream) both implement it without importing upward.
+networks (speechssl.interop.upstream.Upstream), the exported graphs
+(speechssl.interop.graph_upstream.GraphUpstream) and the FBANK baseline
+(speechssl.models.fbank_upstream) all implement it without importing upward.
 The interface is deliberately small: a caller that needs more (the network's
 `config`, `model` or `extras`) asks for it (`speechssl.interop.upstream.require_network`,
 or getattr with a default).

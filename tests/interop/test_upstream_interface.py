@@ -1,5 +1,6 @@
 """The upstream interface: every kind `load_upstream` returns (built-in FBANK baseline, speechssl
-checkpoints with a waveform or a filterbank frontend, transformers dirs) passes one contract test."""
+checkpoints with a waveform or a filterbank frontend, transformers dirs, our ONNX and TorchScript
+exports) passes one contract test."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 
 import speechssl
 from speechssl.interop.export import export_upstream
+from speechssl.interop.graph_upstream import GraphUpstream
 from speechssl.interop.transformers_io import save_transformers
 from speechssl.interop.upstream import (
     BUILTIN_UPSTREAMS,
@@ -35,10 +37,15 @@ def sources(tmp_path_factory) -> dict[str, str]:
     config = tiny_config()
     save_transformers(perturb_(build_model(config), scale=0.05).state_dict(), config, root / "hf")
     out["transformers"] = str(root / "hf")
+    for fmt, suffix in (("onnx", ".onnx"), ("torchscript", ".pt")):  # our exports, read back
+        out[fmt] = str(export_upstream(out["conv"], fmt, root / f"conv{suffix}"))
     return out
 
 
-@pytest.mark.parametrize("kind", ["fbank", "conv", "fbank_frontend", "transformers"])
+KINDS = ["fbank", "conv", "fbank_frontend", "transformers", "onnx", "torchscript"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_every_upstream_satisfies_the_contract(sources, kind):
     up = speechssl.load_upstream(sources[kind])  # the public entry point
     assert isinstance(up, UpstreamModel) and not up.training
@@ -61,8 +68,9 @@ def test_every_upstream_satisfies_the_contract(sources, kind):
     torch.testing.assert_close(whole.hidden_states[-1], out.hidden_states[-1][:1], atol=1e-4, rtol=1e-4)
 
 
-def test_both_implementations_are_upstream_models():
+def test_every_implementation_is_an_upstream_model():
     assert issubclass(Upstream, UpstreamModel) and issubclass(FbankUpstream, UpstreamModel)
+    assert issubclass(GraphUpstream, UpstreamModel)
     assert set(BUILTIN_UPSTREAMS) == {"fbank", "fbank_no_cmvn", "fbank_global_cmvn"}
     assert all(isinstance(make(), UpstreamModel) for make in BUILTIN_UPSTREAMS.values())
     with pytest.raises(TypeError, match="abstract"):
