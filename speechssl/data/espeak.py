@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -26,6 +26,7 @@ AUDIO_OUTPUT_SYNCHRONOUS = 2
 INITIALIZE_PHONEME_EVENTS = 0x0001
 # espeak_EVENT_TYPE
 EVENT_LIST_TERMINATED = 0
+EVENT_WORD = 1
 EVENT_PHONEME = 7
 # espeak_PARAMETER
 PARAM_RATE = 1
@@ -72,12 +73,17 @@ class Synthesis:
     """One synthesized utterance at espeak's native rate.
 
     audio: (samples,) int16; phoneme_events: (mnemonic, start sample) in time order,
-    as espeak reports them (pauses are mnemonics starting with '_').
+    as espeak reports them (pauses are mnemonics starting with '_'; a language switch
+    inside the text shows as '(en)' ... '(cmn)'); word_events: (1-based character
+    offset of the word in the text, start sample). espeak may fold a short word into
+    its neighbour's event ('of the'), and a word's event may come up to ~10 ms before
+    its first phoneme.
     """
 
     audio: np.ndarray
     sample_rate: int
     phoneme_events: list[tuple[str, int]]
+    word_events: list[tuple[int, int]] = field(default_factory=list)
 
 
 def load_library() -> ctypes.CDLL:
@@ -124,6 +130,7 @@ class Espeak:
         self.sample_rate = int(rate)
         self._chunks: list[np.ndarray] = []
         self._events: list[tuple[str, int]] = []
+        self._words: list[tuple[int, int]] = []
         # Keep a reference: the C library holds this pointer for the life of the process.
         self._callback = _SynthCallback(self._on_audio)
         lib.espeak_SetSynthCallback(self._callback)
@@ -137,6 +144,8 @@ class Espeak:
             if event.type == EVENT_PHONEME:
                 name = bytes(event.id.string).split(b"\0", 1)[0].decode("utf-8", "replace")
                 self._events.append((name, int(event.sample)))
+            elif event.type == EVENT_WORD:
+                self._words.append((int(event.text_position), int(event.sample)))
             i += 1
         return 0  # continue synthesis
 
@@ -152,7 +161,7 @@ class Espeak:
 
     def synthesize(self, text: str) -> Synthesis:
         """Speak `text` with the current voice; returns int16 audio and phoneme start samples."""
-        self._chunks, self._events = [], []
+        self._chunks, self._events, self._words = [], [], []
         data = text.encode("utf-8") + b"\0"
         buf = ctypes.create_string_buffer(data, len(data))
         err = self.lib.espeak_Synth(buf, len(data), 0, POS_CHARACTER, 0, CHARS_UTF8, None, None)
@@ -161,7 +170,7 @@ class Espeak:
         self.lib.espeak_Synchronize()
         audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.int16)
         return Synthesis(audio=audio.astype(np.int16, copy=False), sample_rate=self.sample_rate,
-                         phoneme_events=list(self._events))  # fmt: skip
+                         phoneme_events=list(self._events), word_events=list(self._words))  # fmt: skip
 
 
 _ENGINE: Espeak | None = None

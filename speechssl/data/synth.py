@@ -95,6 +95,8 @@ FEMALE_VARIANTS = (
     "Andrea",
 )
 SPEAKER_TABLE_SEED = 20240601  # the speaker table is part of the corpus definition, not of --seed
+BASE = "base"  # read, keywords, commands, asv and noise: the corpus before the task subsets
+SUBSETS = (BASE, "diar", "qbe", "slots", "multilingual")  # the last four: speechssl.data.synth_tasks
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -155,6 +157,7 @@ class SynthConfig:
     sample_rate: int = SAMPLE_RATE
     num_seen_speakers: int = 40
     num_unseen_speakers: int = 10
+    subsets: tuple[str, ...] = SUBSETS  # BASE (read, keywords, commands, asv, noise) and the task subsets
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -172,6 +175,11 @@ class SynthConfig:
                 raise ValueError(f"{name} must be (low, high) with low <= high, found ({lo}, {hi})")
         if self.speed[0] <= 0:
             raise ValueError(f"speed must be positive, found {self.speed}")
+        unknown = [s for s in self.subsets if s not in SUBSETS]
+        if unknown or not self.subsets:
+            raise ValueError(
+                f"subsets must be some of {', '.join(SUBSETS)}; found {', '.join(unknown) or 'none'}"
+            )
 
 
 @dataclass(frozen=True)
@@ -377,13 +385,21 @@ def _init_worker(config: SynthConfig) -> None:
     torch.set_num_threads(1)  # resampling results must not depend on thread count
 
 
-def _run_shard(specs: list[UttSpec]) -> list[UttResult]:
+def _run_shard(specs: list) -> list:
+    """UttSpecs of the base corpus, or task units (speechssl.data.synth_tasks) that synthesize themselves."""
     assert _WORKER_CONFIG is not None
-    return [synthesize_utterance(spec, _WORKER_CONFIG) for spec in specs]
+    return [
+        synthesize_utterance(spec, _WORKER_CONFIG)
+        if isinstance(spec, UttSpec)
+        else spec.synthesize(_WORKER_CONFIG)
+        for spec in specs
+    ]
 
 
-def _run_all(specs: Sequence[UttSpec], config: SynthConfig) -> Iterator[list[UttResult]]:
-    shards = [list(specs[i : i + SHARD_SIZE]) for i in range(0, len(specs), SHARD_SIZE)]
+def _run_all(
+    specs: Sequence[UttSpec], config: SynthConfig, more_shards: Sequence[list] = ()
+) -> Iterator[list]:
+    shards = [list(specs[i : i + SHARD_SIZE]) for i in range(0, len(specs), SHARD_SIZE)] + list(more_shards)
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload([__name__])
     with ctx.Pool(config.num_jobs, initializer=_init_worker, initargs=(config,), maxtasksperchild=1) as pool:
@@ -473,16 +489,23 @@ def build_noise(out: Path, config: SynthConfig, babble_sources: Sequence[str]) -
 def build_corpus(config: SynthConfig, *, overwrite: bool = False) -> dict:
     """Synthesize the corpus under config.out_dir; returns (and writes) summary.json's content.
     An out_dir with files `synth` did not write is refused unless `overwrite` (speechssl.outputs)."""
+    from speechssl.data import synth_tasks  # it builds on this module's speakers and helpers
+
     out = Path(config.out_dir)
     claim_directories([out], "synth", overwrite=overwrite)
-    specs = plan_utterances(config)
-    log.info("synthesizing %d utterances (%.2f h requested) into %s with %d job(s)",
-             len(specs), config.hours, out, config.num_jobs)  # fmt: skip
+    specs = plan_utterances(config) if BASE in config.subsets else []
+    units = synth_tasks.plan_task_units(config, config.subsets)
+    log.info("synthesizing %d utterances and %d task units (%.2f h base corpus) into %s with %d job(s)",
+             len(specs), len(units), config.hours, out, config.num_jobs)  # fmt: skip
     results: dict[str, UttResult] = {}
-    bar = tqdm(total=len(specs), desc="synth", unit="utt", disable=not config.progress)
-    for shard in _run_all(specs, config):
+    task_results: dict = {}
+    bar = tqdm(total=len(specs) + len(units), desc="synth", unit="utt", disable=not config.progress)
+    for shard in _run_all(specs, config, synth_tasks.task_shards(units)):
         for result in shard:
-            results[result.uttid] = result
+            if isinstance(result, UttResult):
+                results[result.uttid] = result
+            else:
+                task_results[result.uid] = result
         bar.update(len(shard))
     bar.close()
 
@@ -511,10 +534,16 @@ def build_corpus(config: SynthConfig, *, overwrite: bool = False) -> dict:
             inventory.update(p for p, _a, _b in results[s.uttid].segments)
             if subset in ("read", "asv"):
                 vocabulary.update(results[s.uttid].text.split())
-    babble_sources = [s.wav_path for s in specs if (s.subset, s.split) == ("read", "train")]
-    noise = build_noise(out, config, babble_sources)
-    phones = [SILENCE_PHONE] + sorted(inventory - {SILENCE_PHONE}, key=str.encode)
-    atomic_write_text(out / "phones.txt", "".join(f"{p} {i}\n" for i, p in enumerate(phones)))
+    noise = None
+    if specs:
+        babble_sources = [s.wav_path for s in specs if (s.subset, s.split) == ("read", "train")]
+        noise = build_noise(out, config, babble_sources)
+    task_summary, task_phones = synth_tasks.write_task_dirs(out, units, task_results, config.sample_rate)
+    subsets.update(task_summary)
+    inventory |= task_phones
+    phones = [SILENCE_PHONE] + sorted(inventory - {SILENCE_PHONE}, key=str.encode) if inventory else []
+    if phones:  # the English phones: base corpus and the English task dirs (slots, qbe)
+        atomic_write_text(out / "phones.txt", "".join(f"{p} {i}\n" for i, p in enumerate(phones)))
     speakers = build_speakers(config.num_seen_speakers, config.num_unseen_speakers)
     atomic_write_text(
         out / "speakers.txt",
@@ -526,7 +555,7 @@ def build_corpus(config: SynthConfig, *, overwrite: bool = False) -> dict:
     )
     summary = {
         "hours": round(sum(v["hours"] for v in subsets.values()), 4),
-        "utterances": len(specs),
+        "utterances": len(specs) + sum(v.get("utterances", v.get("turns", 0)) for v in task_summary.values()),
         "speakers": {"seen": config.num_seen_speakers, "unseen": config.num_unseen_speakers},
         "subsets": subsets,
         "noise": noise,  # the noise-only dir (not speech: outside subsets and hours)

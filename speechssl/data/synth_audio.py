@@ -23,10 +23,13 @@ def segments_from_events(events: list[tuple[str, int]], num_samples: int) -> Spe
     """espeak phoneme events -> contiguous segments covering [0, num_samples).
 
     Pauses ('_', '_:', '_!', ...) and the lead-in before the first phoneme become
-    'sil'; zero-length events are dropped; neighbouring silences are merged.
+    'sil'; zero-length events are dropped; neighbouring silences are merged. Language-switch
+    markers ('(en)', '(cmn)': other languages' voices) are not phones and are dropped.
     """
     points: list[tuple[str, int]] = [(SILENCE_PHONE, 0)]
     for name, sample in events:
+        if name.startswith("("):
+            continue
         phone = SILENCE_PHONE if name.startswith("_") or not name else name
         points.append((phone, min(max(int(sample), 0), num_samples)))
     segments: SpeechSegments = []

@@ -15,26 +15,31 @@ from speechssl.data import synth_text
 from speechssl.data.alignments import SILENCE_PHONE, read_phone_ctm
 from speechssl.data.espeak import get_espeak
 from speechssl.data.kaldi import read_table
-from speechssl.data.synth import PLAN, SynthConfig, build_corpus, build_speakers
+from speechssl.data.synth import BASE, PLAN, SynthConfig, build_corpus, build_speakers
 from speechssl.data.synth_audio import pad_segments, rescale_segments, segments_from_events
 from speechssl.data.validate import validate_data_dir
 
 TINY_HOURS = 0.005  # the per-subset minimums make this about 2 minutes of audio
 DATA_DIRS = [f"{p.subset}/{p.split}" for p in PLAN]
+BASE_ONLY = (BASE,)  # the task subsets: test_synth_tasks.py
 
 
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> tuple[Path, dict, float]:
     out = tmp_path_factory.mktemp("synth") / "seed0"
     start = time.perf_counter()
-    summary = build_corpus(SynthConfig(out_dir=str(out), hours=TINY_HOURS, seed=0, progress=False))
+    summary = build_corpus(
+        SynthConfig(out_dir=str(out), hours=TINY_HOURS, seed=0, subsets=BASE_ONLY, progress=False)
+    )
     return out, summary, time.perf_counter() - start
 
 
 @pytest.fixture(scope="session")
 def corpus_same_seed_nj2(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth") / "seed0_nj2"
-    build_corpus(SynthConfig(out_dir=str(out), hours=TINY_HOURS, seed=0, num_jobs=2, progress=False))
+    build_corpus(
+        SynthConfig(out_dir=str(out), hours=TINY_HOURS, seed=0, num_jobs=2, subsets=BASE_ONLY, progress=False)
+    )
     return out
 
 
@@ -93,7 +98,7 @@ def test_same_seed_is_byte_identical_whatever_nj(corpus, corpus_same_seed_nj2):
 def test_another_seed_differs(corpus, tmp_path):
     root, _, _ = corpus
     out = tmp_path / "seed1"
-    build_corpus(SynthConfig(out_dir=str(out), hours=TINY_HOURS, seed=1, progress=False))
+    build_corpus(SynthConfig(out_dir=str(out), hours=TINY_HOURS, seed=1, subsets=BASE_ONLY, progress=False))
     assert (root / "read/train/text").read_text() != (out / "read/train/text").read_text()
     rel = _wav_files(root)[0]
     assert (root / rel).read_bytes() != (out / rel).read_bytes()
@@ -160,7 +165,9 @@ def test_tiny_corpus_builds_in_seconds(corpus):
 def test_noise_is_on_by_default_and_clean_turns_it_off(corpus, tmp_path):
     root, _, _ = corpus
     clean = tmp_path / "clean"
-    build_corpus(SynthConfig(out_dir=str(clean), hours=TINY_HOURS, clean=True, progress=False))
+    build_corpus(
+        SynthConfig(out_dir=str(clean), hours=TINY_HOURS, clean=True, subsets=BASE_ONLY, progress=False)
+    )
     # a _silence_ clip: background noise by default, digital silence with clean=True
     labels = read_table(root / "keywords/train/text")
     uttid = next(u for u, label in labels.items() if label == synth_text.SILENCE)
@@ -220,5 +227,7 @@ def test_synth_refuses_an_out_dir_with_foreign_files(tmp_path, capsys):
 
 def test_synth_reruns_into_its_own_output(corpus):
     out, summary, _ = corpus
-    again = build_corpus(SynthConfig(out_dir=str(out), hours=TINY_HOURS, seed=0, progress=False))
+    again = build_corpus(
+        SynthConfig(out_dir=str(out), hours=TINY_HOURS, seed=0, subsets=BASE_ONLY, progress=False)
+    )
     assert again == summary
