@@ -34,9 +34,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,6 +57,46 @@ CENTROIDS = "centroids.npy"
 PARAMS = "kmeans.json"
 LABELS = "labels"
 DICT = "dict.txt"
+
+# A fit logs what it is doing at least this often (sklearn's and faiss' loops say nothing themselves).
+PROGRESS_SECONDS = 10.0
+
+
+class FitProgress:
+    """Log lines of a k-means fit: the first event of each stage at once (`first=True`), then at most
+    one every `PROGRESS_SECONDS`; while a stage reports nothing (faiss' Lloyd iterations run in C++,
+    the GIL released) a watchdog thread repeats its status with the elapsed time."""
+
+    def __init__(self, every: float | None = None) -> None:
+        self.every = PROGRESS_SECONDS if every is None else every
+        self.start = self.last = time.monotonic()
+        self.status = "starting"
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def report(self, status: str, *, first: bool = False) -> None:
+        with self._lock:
+            self.status = status
+            now = time.monotonic()
+            if first or now - self.last >= self.every:
+                self.last = now
+                logger.info("k-means: %s (%.0f s)", status, now - self.start)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(min(self.every, 1.0)):
+            if time.monotonic() - self.last >= self.every:
+                self.report(self.status)
+
+    def __enter__(self) -> FitProgress:
+        self._thread = threading.Thread(target=self._watch, name="kmeans-progress", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
 
 
 def _fsync(path: Path) -> None:
@@ -302,7 +345,11 @@ def _blocks(
 
 
 def inertia_per_frame(
-    reader: FeatureReader, selection: Sequence[tuple[int, int]], centroids: np.ndarray, block: int = 10000
+    reader: FeatureReader,
+    selection: Sequence[tuple[int, int]],
+    centroids: np.ndarray,
+    block: int = 10000,
+    progress: FitProgress | None = None,
 ) -> float:
     """Mean squared distance of the selected frames to their nearest centroid, block by block
     (the same number for every backend, and bounded memory)."""
@@ -310,6 +357,8 @@ def inertia_per_frame(
     c_sq = (c * c).sum(dim=1)
     total, count = 0.0, 0
     for feats in _blocks(reader, selection, block):
+        if progress is not None:
+            progress.report(f"inertia: {count} frames done", first=count == 0)
         x = torch.from_numpy(feats)
         dist = (x * x).sum(dim=1, keepdim=True) + c_sq - 2.0 * (x @ c.T)
         total += float(dist.min(dim=1).values.clamp_min(0).double().sum())
@@ -317,10 +366,33 @@ def inertia_per_frame(
     return total / max(count, 1)
 
 
-def _minibatch(config: KMeansConfig):
+def _minibatch(config: KMeansConfig, progress: FitProgress | None = None):
     from sklearn.cluster import MiniBatchKMeans
 
-    return MiniBatchKMeans(
+    inits = [0]
+
+    class ReportingMiniBatchKMeans(MiniBatchKMeans):
+        """MiniBatchKMeans telling `progress` which init and which step it is at; each hook only
+        reports, then runs sklearn's own method (the fit is the same). A sklearn without these
+        private methods never calls them: the fit runs, with the watchdog's lines only."""
+
+        def _init_centroids(self, *args: Any, **kwargs: Any) -> np.ndarray:
+            inits[0] += 1
+            if progress is not None:
+                total = getattr(self, "_n_init", config.n_init)
+                progress.report(f"init {inits[0]}/{total} ({config.init})", first=inits[0] == 1)
+            return super()._init_centroids(*args, **kwargs)
+
+        def _mini_batch_convergence(self, step: int, n_steps: int, *args: Any, **kwargs: Any) -> bool:
+            if progress is not None:
+                progress.report(
+                    f"mini-batch step {step + 1} of at most {n_steps} (it stops when the inertia no"
+                    f" longer improves for {config.max_no_improvement} steps)",
+                    first=step == 0,
+                )
+            return super()._mini_batch_convergence(step, n_steps, *args, **kwargs)
+
+    return ReportingMiniBatchKMeans(
         n_clusters=config.num_clusters,
         init=config.init,
         max_iter=config.max_iter,
@@ -336,23 +408,36 @@ def _minibatch(config: KMeansConfig):
 
 
 def _fit_streamed(
-    reader: FeatureReader, selection: Sequence[tuple[int, int]], config: KMeansConfig, plan: FitPlan
+    reader: FeatureReader,
+    selection: Sequence[tuple[int, int]],
+    config: KMeansConfig,
+    plan: FitPlan,
+    progress: FitProgress | None = None,
 ) -> np.ndarray:
     """MiniBatchKMeans.partial_fit over batches drawn from a pool of `plan.held_frames` frames:
     each pass visits the utterances in a new random order, fills the pool, shuffles its rows and
     feeds them a batch at a time, so a batch mixes utterances and shards as in the in-memory fit."""
-    km = _minibatch(config)
+    km = _minibatch(config, progress)
     rng = np.random.default_rng(config.seed)
     pool = np.empty((plan.held_frames, plan.dim), dtype=np.float32)
+    done = [0, 0]  # pass, frames fed in this pass
 
     def drain(fill: int) -> None:
         rng.shuffle(pool[:fill])  # in place, row by row
         for a in range(0, fill, config.batch_size):
             batch = pool[a : min(a + config.batch_size, fill)]
+            if progress is not None:
+                progress.report(
+                    f"streamed fit: pass {done[0] + 1}/{config.stream_passes}, "
+                    f"{done[1]}/{plan.num_frames} frames fed",
+                    first=done == [0, 0],
+                )
             if hasattr(km, "cluster_centers_") or len(batch) >= config.num_clusters:
                 km.partial_fit(batch)
+            done[1] += len(batch)
 
-    for _ in range(config.stream_passes):
+    for pass_index in range(config.stream_passes):
+        done[:] = [pass_index, 0]
         order = [selection[j] for j in rng.permutation(len(selection))]
         fill = 0
         for feats in _blocks(reader, order, config.batch_size):
@@ -390,7 +475,9 @@ def _sample(
 _REFINE_ITERS = 5
 
 
-def _init_centroids(feats: np.ndarray, config: KMeansConfig) -> np.ndarray:
+def _init_centroids(
+    feats: np.ndarray, config: KMeansConfig, progress: FitProgress | None = None
+) -> np.ndarray:
     """Initial centroids for faiss: `n_init` candidates (k-means++ or random rows, per `config.init`)
     drawn on a random sample of 3 * batch_size frames, as MiniBatchKMeans draws them, each refined by
     a few Lloyd steps on that sample; the one of least sample inertia is kept. faiss' own init
@@ -405,6 +492,8 @@ def _init_centroids(feats: np.ndarray, config: KMeansConfig) -> np.ndarray:
     x_sq = (x * x).sum(1, keepdim=True)
     best, best_inertia = None, np.inf
     for trial in range(config.n_init):
+        if progress is not None:
+            progress.report(f"init candidate {trial + 1}/{config.n_init} ({config.init})", first=trial == 0)
         if config.init == "k-means++":
             centers, _ = kmeans_plusplus(sample, config.num_clusters, random_state=config.seed + trial)
         else:
@@ -423,7 +512,9 @@ def _init_centroids(feats: np.ndarray, config: KMeansConfig) -> np.ndarray:
     return np.ascontiguousarray(best, dtype=np.float32)
 
 
-def _fit_faiss(feats: np.ndarray, config: KMeansConfig) -> tuple[np.ndarray, dict]:
+def _fit_faiss(
+    feats: np.ndarray, config: KMeansConfig, progress: FitProgress | None = None
+) -> tuple[np.ndarray, dict]:
     """faiss.Kmeans (Lloyd's algorithm, `max_iter` iterations over every given frame) from the
     `_init_centroids` init; on a GPU when faiss has one. Returns (centroids, the faiss settings)."""
     try:
@@ -448,7 +539,10 @@ def _fit_faiss(feats: np.ndarray, config: KMeansConfig) -> tuple[np.ndarray, dic
         feats.shape[1], config.num_clusters, niter=config.max_iter, nredo=1, seed=config.seed,
         max_points_per_centroid=settings["max_points_per_centroid"], gpu=gpu, verbose=False,
     )  # fmt: skip
-    km.train(feats, init_centroids=_init_centroids(feats, config))
+    init = _init_centroids(feats, config, progress)
+    if progress is not None:
+        progress.report(f"faiss: {config.max_iter} Lloyd iterations on {len(feats)} frames", first=True)
+    km.train(feats, init_centroids=init)
     return np.asarray(km.centroids, dtype=np.float32).reshape(config.num_clusters, -1), settings
 
 
@@ -488,22 +582,29 @@ def fit_kmeans(
     if on_plan is not None:
         on_plan(plan)
     extra: dict = {"fit_mode": plan.mode, "fit_frames_in_memory": plan.held_frames}
-    if config.backend == "faiss":
-        feats = (
-            reader.gather(selection) if plan.mode == "in memory" else _sample(reader, selection, config, plan)
-        )
-        centroids, extra["faiss"] = _fit_faiss(feats, config)
-        del feats
-        inertia = inertia_per_frame(reader, selection, centroids, block=config.batch_size)
-    elif plan.mode == "in memory":
-        feats = reader.gather(selection)  # (N, D) float32; NaN/inf is an error naming shard and utterance
-        km = _minibatch(config)
-        km.fit(feats)
-        centroids = km.cluster_centers_
-        inertia = float(-km.score(feats) / len(feats))
-    else:
-        centroids = _fit_streamed(reader, selection, config, plan)
-        inertia = inertia_per_frame(reader, selection, centroids, block=config.batch_size)
+    with FitProgress() as progress:
+        reading = f"reading {num_frames if plan.mode == 'in memory' else plan.held_frames} frames"
+        if config.backend == "faiss":
+            progress.report(reading, first=True)
+            feats = (
+                reader.gather(selection)
+                if plan.mode == "in memory"
+                else _sample(reader, selection, config, plan)
+            )
+            centroids, extra["faiss"] = _fit_faiss(feats, config, progress)
+            del feats
+            inertia = inertia_per_frame(reader, selection, centroids, config.batch_size, progress)
+        elif plan.mode == "in memory":
+            progress.report(reading, first=True)
+            feats = reader.gather(selection)  # (N, D) float32; NaN/inf is an error naming shard and utterance
+            km = _minibatch(config, progress)
+            km.fit(feats)
+            centroids = km.cluster_centers_
+            progress.report("inertia of the fit")
+            inertia = float(-km.score(feats) / len(feats))
+        else:
+            centroids = _fit_streamed(reader, selection, config, plan, progress)
+            inertia = inertia_per_frame(reader, selection, centroids, config.batch_size, progress)
     logger.info("k-means: inertia per frame %.5f", inertia)
     params = {
         **asdict(config),
