@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from speechssl.cli.common import add_overwrite_argument
 from speechssl.data.audio import SAMPLE_RATE
@@ -142,12 +143,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     copy.add_argument("--data", required=True, help="source data dir")
     copy.add_argument("--out", required=True, help="data dir to write")
     copy.add_argument(
-        "--utt-prefix", help="prefix of every utterance id (default: sp<F>- with --speed, else none)"
+        "--utt-prefix",
+        metavar="P",
+        help="prefix of every utterance id (default: sp<F>- with --speed, else none)",
     )
     copy.add_argument(
-        "--spk-prefix", help="prefix of every speaker id (default: sp<F>- with --speed, else none)"
+        "--spk-prefix",
+        metavar="P",
+        help="prefix of every speaker id (default: sp<F>- with --speed, else none)",
     )
-    copy.add_argument("--speed", type=float, default=1.0, metavar="F", help="speed factor, e.g. 0.9 or 1.1")
+    copy.add_argument(
+        "--speed", type=float, default=1.0, metavar="F", help="speed factor in [0.5, 2], e.g. 0.9 or 1.1"
+    )
     copy.add_argument("--volume", type=float, default=1.0, metavar="V", help="volume factor, e.g. 1.2")
     copy.add_argument("--nj", type=int, default=1, help="parallel audio writers with --speed/--volume")
     add_overwrite_argument(copy)
@@ -251,8 +258,8 @@ def run_subset(args: argparse.Namespace) -> int:
         shortest=args.shortest,
         speakers=args.speakers,
         per_spk=args.per_spk,
-        spk_list=args.spk_list,
-        utt_list=args.utt_list,
+        spk_list=Path(args.spk_list) if args.spk_list else None,
+        utt_list=Path(args.utt_list) if args.utt_list else None,
         seed=args.seed,
     )
     _print_derived(subset_data_dir(args.data, args.out, selection, overwrite=args.overwrite))

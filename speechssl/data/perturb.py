@@ -12,7 +12,8 @@ libsndfile cannot write becomes 16-bit WAV) and wav.scp lists their absolute pat
   and every length is divided by f: the audio (ceil(samples / f) samples), segments, utt2dur,
   reco2dur and phone_ctm times. Utterance, speaker and recording ids take the prefix `sp<f>-`
   (Kaldi's), and utt2uniq maps each new utterance to its source one.
-- Volume `v`: samples are multiplied by v (clipped to [-1, 1] for integer formats, counted).
+- Volume `v`: samples are multiplied by v. Samples past [-1, 1] (a loud volume, or the ripple of
+  resampling) are clipped for integer formats, as sox does, and counted in the result's notes.
   Ids stay the same unless prefixes are given (Kaldi's volume perturbation renames nothing).
 - Features of the old audio (every `<name>.scp` other than wav.scp, e.g. feats.scp, cmvn.scp) are
   not copied when the audio changes, nor is utt2num_frames when its length does.
@@ -188,7 +189,7 @@ def copy_data_dir(
     notes = list(result.notes)
     if sum(clipped):
         notes.append(
-            f"volume {config.volume:g}: {sum(clipped)} samples clipped to [-1, 1]"
+            f"{sum(clipped)} perturbed samples past [-1, 1] clipped (the file format holds no more),"
             f" in {sum(c > 0 for c in clipped)} of {len(clipped)} recordings"
         )
     return replace(result, notes=tuple(notes))

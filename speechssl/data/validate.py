@@ -353,13 +353,18 @@ def _check_text(files: ScannedDir) -> list[Problem]:
 
 def check_phone_ctm(files: ScannedDir) -> list[Problem]:
     """phone_ctm names only utterances of the dir (not every utterance needs an alignment), and,
-    where utt2dur is known, no utterance's alignment ends past its duration (+0.01 s). Its lines
+    where utt2dur (else segments) gives durations, no utterance's alignment ends past its duration
+    (+0.01 s). Its lines
     themselves were checked when it was scanned (`scan_phone_ctm`)."""
     if files.ctm is None or not files.has(files.reference()):
         return []
     reference = files.reference()
     utts = files.keys(reference)
-    durations = files.tables.get("utt2dur", {})
+    durations: dict[str, float] = files.tables.get("utt2dur", {})
+    source = "utt2dur"
+    if not durations and files.has("segments"):
+        durations = {u: end - start for u, (_, start, end) in files.tables["segments"].items()}
+        source = "segments"
     file = files.file(CTM_FILE)
     problems = []
     ends: dict[str, CtmRow] = {}
@@ -386,7 +391,7 @@ def check_phone_ctm(files: ScannedDir) -> list[Problem]:
                     row.line,
                     utt,
                     f"alignment ends at {end:g} s, past the end of the utterance ({durations[utt]:g} s from"
-                    f" utt2dur; tolerance {SEGMENT_TOLERANCE} s)",
+                    f" {source}; tolerance {SEGMENT_TOLERANCE} s)",
                     ProblemKind.SEGMENT,
                 )
             )

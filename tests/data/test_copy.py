@@ -122,7 +122,11 @@ def test_volume_scales_samples_clips_and_keeps_ids(tmp_path):
     assert not any("clipped" in n for n in result.notes)
     loud = copy_data_dir(d, tmp_path / "loud", CopyConfig(volume=20.0, utt_prefix="v-"), progress=False)
     clip_note = next(n for n in loud.notes if "clipped" in n)
-    assert re.fullmatch(r"volume 20: \d+ samples clipped to \[-1, 1\] in 2 of 2 recordings", clip_note)
+    assert re.fullmatch(
+        r"\d+ perturbed samples past \[-1, 1\] clipped \(the file format holds no more\),"
+        r" in 2 of 2 recordings",
+        clip_note,
+    )
     assert float(load_audio(tables_of(tmp_path / "loud")["wav.scp"]["v-spk1-utt1"]).abs().max()) <= 1.0
     assert tables_of(tmp_path / "loud")["utt2uniq"] == {
         "v-spk1-utt1": "spk1-utt1",

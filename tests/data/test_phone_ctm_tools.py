@@ -141,3 +141,15 @@ def test_ctm_to_frame_labels_accepts_a_path_and_refuses_other_types(rich):
         TypeError, match="ctm must be a phone_ctm path or the dict read_phone_ctm returns, found list"
     ):
         ctm_to_frame_labels([("u1", [])], 0.01)
+
+
+def test_without_utt2dur_segments_give_the_durations(tmp_path):
+    d = make_rich_dir(tmp_path, segments=True)
+    (d / "utt2dur").unlink()
+    assert _problems(d) == []
+    ctm = d / "phone_ctm"
+    ctm.write_text(ctm.read_text().replace("spk1-utt1 1 0.2000 0.3000 a", "spk1-utt1 1 0.2000 0.3500 a"))
+    assert _problems(d) == [
+        f"{ctm}:2: 'spk1-utt1' alignment ends at 0.55 s, past the end of the utterance (0.5 s from segments;"
+        " tolerance 0.01 s)"
+    ]
