@@ -9,9 +9,9 @@ with a config to rebuild: export, distillation, pruning and tuning other than `f
 the checkpoint (`require_network` says so).
 
 Only files that carry speechssl's metadata are read: a foreign graph has no contract for its
-inputs and outputs. ONNX runs in onnxruntime on the CPU (outputs come back on the input's device);
-TorchScript runs where the module is moved. TorchScript archives that define `__setstate__` (code
-that would run while loading) are refused; speechssl's exports never have one.
+inputs and outputs. Both run on the CPU, where they were traced (ONNX in onnxruntime), whatever
+device the module is moved to; outputs come back on the input's device. TorchScript archives that
+define `__setstate__` (code that would run while loading) are refused; speechssl's exports have none.
 """
 
 from __future__ import annotations
@@ -116,7 +116,9 @@ class OnnxUpstream(GraphUpstream):
 
 
 class TorchScriptUpstream(GraphUpstream):
-    """A TorchScript export; a submodule, so `.to(device)` moves its weights."""
+    """A TorchScript export, run on the CPU: the trace holds CPU tensors as constants (the frame
+    positions of the padding mask), so `.to(device)` leaves the graph where it is and `forward`
+    returns its outputs on the input's device, as the ONNX upstream does."""
 
     format_name = "TorchScript"
 
@@ -124,8 +126,12 @@ class TorchScriptUpstream(GraphUpstream):
         super().__init__(path, metadata)
         self.module = module
 
+    def _apply(self, fn: Any, recurse: bool = True) -> TorchScriptUpstream:
+        return self  # .to / .cuda / .half: the traced graph only runs as traced (float32, CPU)
+
     def _run(self, wavs: Tensor, wav_lens: Tensor) -> tuple[Tensor, Tensor]:
-        return self.module(wavs, wav_lens)
+        hidden, lengths = self.module(wavs.detach().cpu(), wav_lens.cpu())
+        return hidden.to(wavs.device), lengths.to(wav_lens.device)
 
 
 # --------------------------------------------------------------------------- reading

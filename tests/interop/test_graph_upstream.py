@@ -22,6 +22,7 @@ from speechssl.models.upstream_api import UpstreamModel  # noqa: E402
 from speechssl.testing.datadirs import make_data_dir  # noqa: E402
 from speechssl.testing.models import perturb_, random_waves  # noqa: E402
 
+pytestmark = pytest.mark.filterwarnings("ignore:`torch\\.jit\\.:FutureWarning")
 TOL = 1e-4  # the export's own check (onnxruntime's kernels round differently)
 # two conv families (group-norm conv + post-LN; WavLM's relative position bias) and the fbank frontend
 PRESETS = ["hubert_tiny", "wavlm_tiny", "hubert_tiny_fbank"]
@@ -34,6 +35,7 @@ def exports(tmp_path_factory) -> dict[str, dict[str, Path]]:
     found = {}
     for name in PRESETS:
         config = get_preset(name)
+        torch.manual_seed(0)
         ckpt = save_checkpoint(perturb_(build_model(config), scale=0.1, seed=4), config, root / name)
         paths = {"ckpt": ckpt}
         for fmt, suffix in (("onnx", ".onnx"), ("torchscript", ".pt")):
@@ -43,15 +45,17 @@ def exports(tmp_path_factory) -> dict[str, dict[str, Path]]:
     return found
 
 
-def _valid_error(ref, got, lengths: torch.Tensor) -> float:
-    assert torch.equal(got.lengths, ref.lengths) and torch.equal(ref.lengths, lengths)
+def _valid_error(ref, got) -> tuple[float, float]:
+    """(max abs error, max |hidden state|) over the valid frames of every hidden state."""
+    assert torch.equal(got.lengths, ref.lengths)
     assert len(got.hidden_states) == len(ref.hidden_states)
-    worst = 0.0
+    worst, scale = 0.0, 0.0
     for r, g in zip(ref.hidden_states, got.hidden_states):
         assert g.shape == r.shape and g.dtype == torch.float32
         valid = torch.arange(r.shape[1])[None, :] < ref.lengths[:, None]  # (B, T)
         worst = max(worst, (r - g).abs()[valid].max().item())
-    return worst
+        scale = max(scale, r.abs()[valid].max().item())
+    return worst, scale
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
@@ -66,18 +70,20 @@ def test_graph_export_loads_with_the_checkpoints_hidden_states(exports, name, fm
         ours.downsample_rate,
     )
     assert graph.config == ours.config  # what callers read (e.g. whether padding changes the output)
-    worst = 0.0
+    worst, scale = 0.0, 0.0
     for lengths in LENGTHS:
         wavs, lens = random_waves(lengths, seed=9)
         with torch.no_grad():
             frames = ours(wavs, lens)
-            worst = max(worst, _valid_error(frames, graph(wavs, lens), frames.lengths))
-        frames_per_wav = [int(n) for n in frames.lengths]
-        assert frames_per_wav == [(n - 400) // 320 + 1 for n in lengths] or name.endswith("fbank")
-    print(f"{name} {fmt}: max abs error {worst:.2e} over every hidden state, valid frames")
-    # TorchScript runs our own ops (exact) except the fbank's FFT, traced as a DFT matmul
+            error, size = _valid_error(frames, graph(wavs, lens))
+        worst, scale = max(worst, error), max(scale, size)
+        if not name.endswith("fbank"):
+            assert frames.lengths.tolist() == [(n - 400) // 320 + 1 for n in lengths]
+    print(f"{name} {fmt}: max abs error {worst:.2e} (hidden states up to {scale:.1f}), valid frames")
+    # TorchScript runs our own ops (exact) except the fbank's FFT, traced as a DFT matmul; the bound
+    # is the export's own: TOL per unit of the largest hidden state
     exact = fmt == "torchscript" and not name.endswith("fbank")
-    assert worst <= (0.0 if exact else TOL)
+    assert worst <= (0.0 if exact else TOL * max(1.0, scale))
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
@@ -93,14 +99,16 @@ def test_graph_upstream_without_lengths_and_too_short_inputs(exports, fmt):
         graph(wavs, torch.tensor([4000, 399]))
 
 
-def test_onnx_upstream_copies_and_moves(exports):
-    graph = speechssl.load_upstream(exports["hubert_tiny"]["onnx"])
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_graph_upstreams_copy_and_stay_on_the_cpu_they_were_traced_for(exports, fmt):
+    graph = speechssl.load_upstream(exports["hubert_tiny"][fmt])
     twin = copy.deepcopy(graph)  # an onnxruntime session cannot be copied: the copy opens its own
     wavs, lens = random_waves([5000], seed=3)
     with torch.no_grad():
-        a, b = graph(wavs, lens), twin.to("cpu")(wavs, lens)
+        a, b = graph(wavs, lens), twin.to("meta")(wavs, lens)  # a move leaves the graph on the CPU
     assert torch.equal(a.hidden_states[-1], b.hidden_states[-1])
-    assert list(graph.parameters()) == []  # nothing to train: a fixed graph
+    assert all(p.device.type == "cpu" for p in twin.parameters())
+    assert graph.to(torch.float16)(wavs, lens).hidden_states[0].dtype == torch.float32
 
 
 def test_graph_exports_are_no_network_for_export_distill_or_tuning(exports, tmp_path, capsys):
