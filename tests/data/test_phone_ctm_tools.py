@@ -153,3 +153,15 @@ def test_without_utt2dur_segments_give_the_durations(tmp_path):
         f"{ctm}:2: 'spk1-utt1' alignment ends at 0.55 s, past the end of the utterance (0.5 s from segments;"
         " tolerance 0.01 s)"
     ]
+
+
+def test_fix_of_phone_ctm_alone_rewrites_only_it(rich):
+    tables = {p.name: p.read_bytes() for p in rich.iterdir() if p.is_file() and p.name != "phone_ctm"}
+    _append(rich / "phone_ctm", "zz-ghost 1 0.0 0.1 sil\n")
+    report = fix_data_dir(rich)
+    assert report.changed == ("phone_ctm",) and report.num_utterances == 9
+    assert [str(a) for a in report.alignments] == [
+        "dropped the 1 phone_ctm line(s) of 'zz-ghost': line 19: utterance is not in utt2spk"
+    ]
+    assert {p.name: p.read_bytes() for p in rich.iterdir() if p.is_file() and p.name != "phone_ctm"} == tables
+    assert "zz-ghost" not in (rich / "phone_ctm").read_text()
