@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from speechssl.compression.config import GatesConfig, PruneConfig
 from speechssl.compression.distill import (
     Distiller,
+    begin_and_save_config,
     count_params,
     load_teacher,
     run_training,
@@ -61,6 +62,10 @@ from speechssl.training.distributed import env_rank
 from speechssl.training.experiment import RESUMABLE_KEYS, Experiment, experiment
 
 logger = logging.getLogger(__name__)
+
+# How far (in sparsity) the gates' expected sparsity may end from the target before the run warns
+# that `fix_gates` forces the count, which the training did not prepare the model for.
+SPARSITY_TOLERANCE = 0.02
 
 
 def _any_kept(keep: Tensor) -> Tensor:
@@ -547,11 +552,17 @@ def prune(
         changes["target_sparsity"] = target_sparsity
     if final_distill_steps is not None:
         changes["final_distill_steps"] = final_distill_steps
-    if max_steps and config.sparsity_warmup_steps > max_steps:
-        changes["sparsity_warmup_steps"] = (
-            config.sparsity_warmup_steps * max_steps // config.trainer.max_steps
-        )
+    if max_steps and config.sparsity_warmup_steps:
+        # the sparsity ramp keeps its share of the run, as the lr warmup does
+        scaled = config.sparsity_warmup_steps * max_steps // config.trainer.max_steps
+        if scaled != config.sparsity_warmup_steps:
+            logger.info(
+                "sparsity warm-up: %d updates (%d of the config's %d; --max-steps %d keeps its share)",
+                scaled, config.sparsity_warmup_steps, config.trainer.max_steps, max_steps,
+            )  # fmt: skip
+        changes["sparsity_warmup_steps"] = scaled
     config = replace(config, **changes)
+    check_warmup_fits(config)
     train_dir = Path(train_dir)
     valid = Path(valid_dir) if valid_dir else None
     with experiment(
@@ -564,6 +575,39 @@ def prune(
         allowed=_RESUMABLE,
     ) as run:
         return _prune(teacher_source, config, train_dir, valid, out_dir, run)
+
+
+def check_warmup_fits(config: PruneConfig) -> None:
+    """Warn when the sparsity target would still be ramping at the end of the run: the gates
+    cannot reach a target they are never given."""
+    warmup, steps = config.sparsity_warmup_steps, config.trainer.max_steps
+    if warmup >= steps:
+        reached = config.target_sparsity * steps / warmup
+        logger.warning(
+            "sparsity_warmup_steps (%d) is not shorter than the run (trainer.max_steps %d): by the last "
+            "update the target has ramped to %.3f of %.3f; shorten sparsity_warmup_steps or train longer",
+            warmup, steps, reached, config.target_sparsity,
+        )  # fmt: skip
+
+
+def report_sparsity(expected_sparsity: float, target_sparsity: float, steps: int) -> bool:
+    """Log whether the gates reached the target in training (True) or `fix_gates` must force
+    them there (False, a warning with both sparsities and what to change)."""
+    if abs(expected_sparsity - target_sparsity) <= SPARSITY_TOLERANCE:
+        logger.info(
+            "gates reached the target: expected sparsity %.3f (target %.3f)",
+            expected_sparsity,
+            target_sparsity,
+        )
+        return True
+    logger.warning(
+        "the gates missed the target: expected sparsity %.3f after %d updates, target %.3f; the pruned "
+        "model is forced to the target by removing (or keeping) the units of lowest (highest) log_alpha, "
+        "which the training did not prepare it for. Train longer (--max-steps), shorten "
+        "sparsity_warmup_steps or raise lambda_lr, and distil the result (--final-distill-steps)",
+        expected_sparsity, steps, target_sparsity,
+    )  # fmt: skip
+    return False
 
 
 def _prune(
@@ -586,11 +630,13 @@ def _prune(
         teacher.model,
         resume=run.resume_from or False,
         save_config=config,
-        begin=run.begin,
+        begin=begin_and_save_config(run, config, out_dir),
     )
     gated: GatedModel = pruner.student
     gated.eval()
     expected = float(gated.expected_params().detach())
+    expected_sparsity = 1.0 - expected / pruner.total_params
+    reached = report_sparsity(expected_sparsity, config.target_sparsity, config.trainer.max_steps)
     by_rule = gated.deterministic_params()
     final_count = gated.fix_gates(pruner.target_params)
     model, model_config = prune_model(gated)
@@ -598,6 +644,7 @@ def _prune(
         "teacher_params": pruner.total_params, "target_params": pruner.target_params,
         "expected_params": round(expected), "rule_params": by_rule, "pruned_params": count_params(model),
         "target_sparsity": config.target_sparsity, "sparsity": 1 - count_params(model) / pruner.total_params,
+        "expected_sparsity": expected_sparsity, "reached_target": reached,  # False: fix_gates forced it
         "conv_dim": list(getattr(model_config.frontend, "conv_dim", [])),
         "layer_num_heads": model_config.encoder.layer_num_heads,
         "layer_ffn_dims": model_config.encoder.layer_ffn_dims,

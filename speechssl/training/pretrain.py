@@ -314,6 +314,11 @@ def build_data(
     """Training and validation loaders of a run (this rank's share): `config.data` is a
     BatchingConfig (speechssl.data.batching), `config.trainer.seed` seeds the batches."""
     shard = dict(seed=config.trainer.seed, rank=env_rank(), world_size=env_world_size())
+    logger.info(  # on a large corpus these checks take a while: say what is being read
+        "checking the data: %s%s (durations, frame counts%s)",
+        train_dir, f" and {valid_dir}" if valid_dir is not None else "",
+        ", units" if units else "",
+    )  # fmt: skip
     train_set = build_dataset(train_dir, config, model, units=units, num_classes=num_classes, train=True)
     train = build_loader(train_set, config.data, train=True, **shard)
     valid = None
