@@ -38,11 +38,11 @@ def test_short_run_scales_the_warmup_and_warns_that_the_gates_missed_the_target(
     summary = json.loads((exp / "prune_summary.json").read_text())
     assert summary["reached_target"] is False and summary["expected_sparsity"] < 0.2
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any(
-        w.startswith(f"the gates missed the target: expected sparsity {summary['expected_sparsity']:.3f} after 4 "
-                     "updates, target 0.500; the pruned model is forced to the target")
-        for w in warnings
-    ), warnings  # fmt: skip
+    expected = (
+        f"the gates missed the target: expected sparsity {summary['expected_sparsity']:.3f} after 4 updates, "
+        "target 0.500; the pruned model is forced to the target"
+    )
+    assert any(w.startswith(expected) for w in warnings), warnings
     assert abs(summary["sparsity"] - 0.5) < 0.02  # forced there all the same
 
 
@@ -55,8 +55,8 @@ def test_warmup_not_shorter_than_the_run_is_a_warning(caplog):
     with caplog.at_level(logging.WARNING, logger="speechssl.compression.prune"):
         check_warmup_fits(config)
     assert (
-        "sparsity_warmup_steps (2000) is not shorter than the run (trainer.max_steps 1000): by the last update "
-        "the target has ramped to 0.300 of 0.600" in caplog.text
+        "sparsity_warmup_steps (2000) is not shorter than the run (trainer.max_steps 1000): by the last "
+        "update the target has ramped to 0.300 of 0.600" in caplog.text
     )
 
 
