@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 
 from speechssl.cli.common import add_overwrite_argument, add_set_argument
 from speechssl.config import load_config
@@ -32,6 +33,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         config_help="YAML mapped onto DownstreamConfig (unknown keys are errors)",
         set_example="lr=1e-4, featurizer.name=hconv or tuning.method=lora",
         max_steps_help="override max_steps",
+    )
+    tr.add_argument(
+        "--feature-cache",
+        metavar="DIR",
+        help="dump a frozen upstream's hidden layers once per split into DIR (shared by runs: other "
+        "heads, tasks on the same data and learning rates reuse them) and train from them; sets "
+        "feature_cache (new, empty or an earlier cache dir)",
     )
     tr.set_defaults(func=run_train)
 
@@ -120,12 +128,15 @@ def _config(args: argparse.Namespace) -> DownstreamConfig:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    config = _config(args)
+    if args.feature_cache is not None:
+        config = replace(config, feature_cache=args.feature_cache)
     best = train_downstream(
         args.task,
         args.upstream,
         args.data,
         args.out,
-        _config(args),
+        config,
         max_steps=args.max_steps,
         resume=args.resume,
         name=args.name,

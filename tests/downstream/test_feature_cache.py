@@ -407,3 +407,24 @@ def test_the_cache_dir_follows_the_output_rule(task_data, tmp_path):
         "ks", "fbank", task_data["ks"], tmp_path / "b", replace(conf, lr=1e-3, head=HeadConfig(hidden_dim=4))
     )
     assert _entries(tmp_path / "c") == before
+
+
+def test_cli_feature_cache_option(task_data, tmp_path, capsys):
+    from speechssl.testing.cli import downstream_train
+
+    args = (
+        "--feature-cache",
+        tmp_path / "c",
+        "--max-steps",
+        "2",
+        "--set",
+        "eval_every=2",
+        "--set",
+        "patience=null",
+    )
+    assert downstream_train(task_data["ks"], tmp_path / "exp", *args) == 0
+    assert len(_entries(tmp_path / "c")) == 2 and read_marker(tmp_path / "c") == CACHE_COMMAND
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "x").write_text("x")
+    assert downstream_train(task_data["ks"], tmp_path / "exp2", "--feature-cache", tmp_path / "foreign") == 1
+    assert "foreign already holds files" in capsys.readouterr().err
