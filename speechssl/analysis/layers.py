@@ -48,6 +48,12 @@ def layer_unit_quality(
             f"none of the {len(missing)} analysed utterances is in the phone alignments "
             f"(e.g. '{missing[0]}'); are they of this data dir?"
         )
+    num_frames = sum(len(feats[0]) for feats in features.utterances.values())
+    if num_frames < num_clusters:
+        raise ValueError(
+            f"{num_frames} frames kept, fewer than --num-clusters {num_clusters}: raise --max-frames "
+            "or lower --num-clusters"
+        )
     out_dir = Path(out_dir)
     results = {}
     with tempfile.TemporaryDirectory(prefix=".feats_", dir=out_dir) as scratch:

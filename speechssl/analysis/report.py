@@ -19,6 +19,7 @@ from speechssl.analysis.collect import CollectConfig, LayerFeatures, collect
 from speechssl.analysis.layers import layer_unit_quality, read_frame_phones
 from speechssl.analysis.plots import plot_heatmap, plot_layer_lines
 from speechssl.analysis.rankme import rankme
+from speechssl.data.audio import SAMPLE_RATE
 from speechssl.io import atomic_write_json
 from speechssl.outputs import check_output, output_directory
 
@@ -101,6 +102,9 @@ def analyze(
     ctm = check_request(kind, sources, data_dir, out_dir, alignments=alignments, overwrite=overwrite)
     names = _names(sources)
     upstreams = [(name, speechssl.load_upstream(src)) for name, src in zip(names, sources)]
+    phones = None
+    if ctm is not None:  # read before the models run: a bad CTM costs seconds, not the whole pass
+        phones = read_frame_phones(ctm, SAMPLE_RATE / float(upstreams[0][1].downsample_rate))
     features = collect(upstreams, data_dir, config, keep_utterances=kind == "layers", progress=progress)
     doc: dict = {
         "command": command(kind),
@@ -120,7 +124,7 @@ def analyze(
         elif kind == "cka":
             doc["results"] = _cka(features, tmp)
         else:
-            phones = read_frame_phones(ctm, features[0].frame_rate)  # both models: the same frame rate
+            assert phones is not None  # both models have the same frame rate (collect checks)
             doc["results"] = _layers(features, tmp, phones, num_clusters=num_clusters, seed=config.seed)
         atomic_write_json(tmp / f"{kind}.json", doc)
     logger.info("analyze %s: wrote %s/%s.json and %s.png", kind, out_dir, kind, kind)

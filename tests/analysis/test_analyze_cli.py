@@ -181,3 +181,10 @@ def test_reservoir_is_a_uniform_sample_of_the_stream():
     small = _Reservoir(10, 0)
     rows, slots = small.slots(4)
     assert rows.tolist() == slots.tolist() == [0, 1, 2, 3]  # below the size: everything is kept
+
+
+def test_layers_needs_more_frames_than_clusters(setup, tmp_path, capsys):
+    assert (
+        analyze("layers", setup, tmp_path / "k", "a", extra=("--max-frames", 20, "--num-clusters", 500)) == 1
+    )
+    assert "fewer than --num-clusters 500: raise --max-frames" in capsys.readouterr().err
