@@ -6,7 +6,8 @@
 #   Stage 2: tokenizer: a sentencepiece model for ASR (only with --asr_units sentencepiece)
 #   Stage 3: train a head for each task x upstream x learning rate -> exp/<task>_<upstream>/[lr_<lr>/]
 #            (each run stops when its dev metric stalls for --patience evaluations; dev picks the
-#            checkpoint and the rate)
+#            checkpoint and the rate); a frozen upstream's layers are dumped once per data split into
+#            --feature_cache and every head and rate trains from them
 #   Stage 4: evaluate each on --eval_split          -> exp/<task>_<upstream>/results_<split>.json
 #   Stage 5: report: the SUPERB-style table with the overall score (markdown + JSON), every rate's
 #            dev result, PNGs of the learned layer weights and of the dev curves
@@ -44,6 +45,9 @@ max_steps=""                        # override every config's max_steps (e.g. 20
 lr_sweep="1e-2 1e-3 1e-4"           # learning rates to sweep (one run each; dev picks the best); "none": the config's lr
 patience=""                         # override every config's patience (evaluations without dev improvement; "null": none)
 train_args=""                       # extra arguments for `speechssl downstream train`, e.g. "--set seed=2"
+feature_cache=""                    # cached upstream features, shared by every task, upstream and rate (one
+                                    # entry per upstream weights x data split; tuned upstreams bypass it);
+                                    # default <expdir>/feature_cache; "none": every run recomputes the upstream
 
 # ASR units (stage 2)
 asr_units=char                      # char | sentencepiece
@@ -61,6 +65,9 @@ read -r -a task_list <<< "${tasks}"
 read -r -a upstream_list <<< "${upstreams}"
 read -r -a name_list <<< "${upstream_names}"
 [ -z "${report_dir}" ] && report_dir="${expdir}/superb_report"
+[ -z "${feature_cache}" ] && feature_cache="${expdir}/feature_cache"
+cache_args=()
+[ "${feature_cache}" != none ] && cache_args=(--feature-cache "${feature_cache}")
 if [ "${#task_list[@]}" -eq 0 ] || [ "${#upstream_list[@]}" -eq 0 ]; then
     log "Error: --tasks and --upstreams must each name at least one item"; exit 2
 fi
@@ -180,7 +187,8 @@ if run_stage 3; then
                 "${train_cmd[@]}" --task "${task}" --upstream "${upstream_list[$u]}" --name "${name}" \
                 --data "${datadir}/${task}" --out "${exp}" \
                 --config "$(task_config "${task}")" "${steps_args[@]+"${steps_args[@]}"}" \
-                "${sweep_args[@]+"${sweep_args[@]}"}" "${extra[@]+"${extra[@]}"}" "${resume[@]+"${resume[@]}"}" ${train_args}
+                "${sweep_args[@]+"${sweep_args[@]}"}" "${cache_args[@]+"${cache_args[@]}"}" \
+                "${extra[@]+"${extra[@]}"}" "${resume[@]+"${resume[@]}"}" ${train_args}
         done
     done
     pool_wait
