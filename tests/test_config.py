@@ -126,3 +126,37 @@ def test_a_union_section_is_replaced_whole_not_merged_with_the_other_type():
     )
     assert run.net.frontend == {"type": "fbank", "num_mel_bins": 40}  # raw: the owner picks the class by type
     assert run.net.mask == MaskSection(mask_prob=0.1, mask_length=3)  # nested default of the parent's factory
+
+
+def test_an_override_is_blamed_for_its_own_key_and_value_not_the_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("lr: 0.01\nmask:\n  mask_prob: 0.5\n")
+    with pytest.raises(
+        ConfigError, match=r"^unknown key 'mask_lenght' in --set mask.mask_lenght=3 \(section mask\); did you"
+    ):
+        load_config(ToyConfig, path, ["mask.mask_lenght=3"])
+    with pytest.raises(ConfigError, match=r"^unknown key 'lrr' in --set lrr=1; did you mean 'lr'\?$"):
+        load_config(ToyConfig, path, ["lrr=1"])
+    with pytest.raises(
+        ConfigError, match=r"^expected int for 'mask.mask_length' in --set mask=\{mask_length: x\}"
+    ):
+        load_config(ToyConfig, path, ["mask={mask_length: x}"])  # a whole section set by the override
+    with pytest.raises(ConfigError, match=r"^expected int for 'conv_dim\[1\]' in --set conv_dim=\[1, x\]"):
+        load_config(ToyConfig, path, ["conv_dim=[1, x]"])
+    # a key the file set stays the file's, whatever else was overridden
+    path.write_text("mask:\n  mask_prb: 0.5\n")
+    with pytest.raises(ConfigError, match=r"^unknown key 'mask_prb' in .*run.yaml \(section mask\)"):
+        load_config(ToyConfig, path, ["mask.mask_length=3"])
+    # a validation error may come from the file or the override: both are named
+    path.write_text("lr: 0.5\n")
+    with pytest.raises(
+        ConfigError, match=r"^lr must be positive, found -1.0 in .*run.yaml with --set lr=-1$"
+    ):
+        load_config(ToyConfig, path, ["lr=-1"])
+
+
+def test_a_missing_or_directory_config_is_one_line(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"^config file .*nope.yaml does not exist$"):
+        load_config(ToyConfig, tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match=r"is a directory: give a YAML config file$"):
+        load_config(ToyConfig, tmp_path)

@@ -146,7 +146,7 @@ def load_pretrain_config(
                 f"{section}.num_classes {list(stated)} in {path} does not match the units"
                 f" ({', '.join(f'{d}: {k}' for d, k in zip(units_dirs, counts))})"
             )
-    return from_dict(PretrainConfig, data, source=str(path))
+    return from_dict(PretrainConfig, data, source=str(path), overrides=overrides)
 
 
 class BatchObjective(nn.Module):
