@@ -10,7 +10,9 @@ after a median filter, and turns are scored with DER (`metrics.diarization_count
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from speechssl.data.kaldi import read_table_lines
 from speechssl.downstream.metrics import Turn
 from speechssl.errors import SpeechSSLError
 
@@ -26,10 +29,10 @@ class RTTMError(SpeechSSLError, ValueError):
     """A malformed RTTM line (file and line named)."""
 
 
-def read_rttm(path: Path) -> dict[str, list[Turn]]:
-    """recording -> turns of NIST RTTM `SPEAKER <reco> <chan> <start> <dur> <NA> <NA> <spk> ...` lines
-    (other record types are skipped)."""
-    turns: dict[str, list[Turn]] = {}
+def rttm_lines(path: Path) -> list[tuple[int, str, Turn]]:
+    """(line number, recording, turn) of each NIST RTTM `SPEAKER <reco> <chan> <start> <dur> <NA> <NA>
+    <spk> ...` line (other record types are skipped), so that checks can name the line."""
+    rows = []
     for number, line in enumerate(Path(path).read_text().splitlines(), 1):
         fields = line.split()
         if not fields or fields[0] != "SPEAKER":
@@ -44,9 +47,17 @@ def read_rttm(path: Path) -> dict[str, list[Turn]]:
             raise RTTMError(
                 f"{path}:{number}: start and duration must be numbers: {line.strip()!r}"
             ) from None
-        if start < 0 or duration <= 0:
+        if not (math.isfinite(start) and math.isfinite(duration)) or start < 0 or duration <= 0:
             raise RTTMError(f"{path}:{number}: start must be >= 0 and duration > 0: {line.strip()!r}")
-        turns.setdefault(fields[1], []).append(Turn(fields[7], start, start + duration))
+        rows.append((number, fields[1], Turn(fields[7], start, start + duration)))
+    return rows
+
+
+def read_rttm(path: Path) -> dict[str, list[Turn]]:
+    """recording -> turns of an RTTM file (`rttm_lines`)."""
+    turns: dict[str, list[Turn]] = {}
+    for _, reco, turn in rttm_lines(path):
+        turns.setdefault(reco, []).append(turn)
     return turns
 
 
@@ -130,3 +141,125 @@ def decode_turns(
         for start, end in zip(edges[::2], edges[1::2]):
             turns.append(Turn(speaker, start * frame_shift, end * frame_shift))
     return sorted(turns, key=lambda t: (t.start, t.speaker))
+
+
+# --- a diarization data dir: recordings, their turns and the checks of SD's input ---------------
+DURATION_TOLERANCE = 0.01  # seconds a turn may pass its recording's reco2dur (rounding of the files)
+
+
+class DiarizationDataError(SpeechSSLError, ValueError):
+    """A diarization data dir whose files disagree (file and line named)."""
+
+
+@dataclass(frozen=True)
+class Recording:
+    """One recording of a diarization split: its length and its speakers' turns (from `segments`
+    and `utt2spk`)."""
+
+    reco: str
+    seconds: float
+    turns: tuple[Turn, ...]
+
+    @property
+    def speakers(self) -> list[str]:
+        """The recording's speakers in byte order: speaker slot k of its targets is speakers[k]."""
+        return sorted({t.speaker for t in self.turns}, key=str.encode)
+
+
+DIAR_FILES = ("wav.scp", "segments", "utt2spk", "reco2dur", "rttm")
+
+
+def load_recordings(split_dir: Path) -> dict[str, Recording]:
+    """The recordings of `split_dir` (wav.scp keys) with their turns, checked in seconds: every
+    segment names a recording of wav.scp and lies inside its reco2dur, every turn has a speaker in
+    utt2spk, and `rttm` names the same speakers per recording as segments/utt2spk, within reco2dur.
+    Errors are one line naming file:line."""
+    split_dir = Path(split_dir)
+    for name in DIAR_FILES:
+        if not (split_dir / name).is_file():
+            raise FileNotFoundError(
+                f"{split_dir / name} does not exist (a diarization split has {', '.join(DIAR_FILES)})"
+            )
+    recos = [key for _, key, _ in read_table_lines(split_dir / "wav.scp")]
+    seconds: dict[str, float] = {}
+    path = split_dir / "reco2dur"
+    for line, reco, value in read_table_lines(path):
+        try:
+            seconds[reco] = float(value)
+        except ValueError:
+            raise DiarizationDataError(
+                f"{path}:{line}: duration of '{reco}' is not a number: {value!r}"
+            ) from None
+        if not (math.isfinite(seconds[reco]) and seconds[reco] > 0):
+            raise DiarizationDataError(f"{path}:{line}: duration of '{reco}' must be > 0 s, found {value}")
+    for reco in recos:
+        if reco not in seconds:
+            raise DiarizationDataError(
+                f"{path}: recording '{reco}' of {split_dir / 'wav.scp'} has no duration"
+            )
+    utt2spk = {utt: spk.strip() for _, utt, spk in read_table_lines(split_dir / "utt2spk")}
+    turns: dict[str, list[Turn]] = {reco: [] for reco in recos}
+    path = split_dir / "segments"
+    for line, utt, value in read_table_lines(path):
+        parts = value.split()
+        try:
+            reco, start, end = parts[0], float(parts[1]), float(parts[2])
+        except (IndexError, ValueError):
+            raise DiarizationDataError(
+                f"{path}:{line}: expected 'utt reco start end', found {value!r}"
+            ) from None
+        where = f"{path}:{line}: turn '{utt}'"
+        if reco not in turns:
+            raise DiarizationDataError(f"{where} names recording '{reco}', which is not in wav.scp")
+        if not 0 <= start < end <= seconds[reco] + DURATION_TOLERANCE:
+            raise DiarizationDataError(
+                f"{where} spans {start}-{end} s, outside recording '{reco}' (0-{seconds[reco]} s in reco2dur)"
+            )
+        if utt not in utt2spk:
+            raise DiarizationDataError(f"{where} has no speaker in {split_dir / 'utt2spk'}")
+        turns[reco].append(Turn(utt2spk[utt], start, end))
+    recordings = {reco: Recording(reco, seconds[reco], tuple(turns[reco])) for reco in recos}
+    _check_rttm(split_dir / "rttm", recordings)
+    return recordings
+
+
+def _check_rttm(path: Path, recordings: Mapping[str, Recording]) -> None:
+    """The reference RTTM agrees with segments/utt2spk: known recordings, turns inside reco2dur,
+    and per recording the same set of speakers."""
+    speakers: dict[str, set[str]] = {}
+    for line, reco, turn in rttm_lines(path):
+        if reco not in recordings:
+            raise DiarizationDataError(f"{path}:{line}: recording '{reco}' is not in wav.scp")
+        rec = recordings[reco]
+        if turn.end > rec.seconds + DURATION_TOLERANCE:
+            raise DiarizationDataError(
+                f"{path}:{line}: turn of '{turn.speaker}' ends at {turn.end:.3f} s, after recording "
+                f"'{reco}' ({rec.seconds} s in reco2dur)"
+            )
+        if turn.speaker not in rec.speakers:
+            said = ", ".join(rec.speakers) or "none"
+            raise DiarizationDataError(
+                f"{path}:{line}: speaker '{turn.speaker}' does not speak in recording '{reco}' by "
+                f"segments/utt2spk (speakers: {said})"
+            )
+        speakers.setdefault(reco, set()).add(turn.speaker)
+    for reco, rec in recordings.items():
+        missing = sorted(set(rec.speakers) - speakers.get(reco, set()))
+        if missing:
+            raise DiarizationDataError(
+                f"{path}: speaker '{missing[0]}' of recording '{reco}' (segments/utt2spk) has no RTTM turn"
+            )
+
+
+def recording_targets(recording: Recording, num_slots: int, frame_shift: float) -> Tensor:
+    """(frames, num_slots) 0/1 activity of a whole recording, frames = floor(seconds / frame_shift):
+    slot k is the recording's k-th speaker (`Recording.speakers`), unused slots stay 0."""
+    speakers = recording.speakers
+    if len(speakers) > num_slots:
+        raise ValueError(
+            f"recording '{recording.reco}' has {len(speakers)} speakers, more than {num_slots} slots"
+        )
+    num_frames = max(1, math.floor(recording.seconds / frame_shift + 1e-9))
+    targets = torch.zeros(num_frames, num_slots)
+    targets[:, : len(speakers)] = activity_targets(recording.turns, speakers, num_frames, frame_shift)
+    return targets

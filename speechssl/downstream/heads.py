@@ -231,3 +231,25 @@ class AdditiveMarginSoftmax(nn.Module):
         cosine = self.logits(embeddings)
         margin = F.one_hot(labels, cosine.shape[-1]).to(cosine.dtype) * self.margin
         return F.cross_entropy(self.scale * (cosine - margin), labels), cosine
+
+
+class DiarizationHead(nn.Module):
+    """SD as SUPERB (s3prl diarization Model): `num_layers` unidirectional LSTMs of `hidden_dim`
+    cells (modelrc.rnn_layers / hidden_size; 0 layers: none), then a linear layer to one activity
+    logit per speaker slot and frame. Unidirectional, so padding after a recording's end never
+    reaches its valid frames (no packing needed)."""
+
+    def __init__(self, input_dim: int, num_slots: int, *, hidden_dim: int = 512, num_layers: int = 1) -> None:
+        super().__init__()
+        self.lstm = (
+            nn.LSTM(input_dim, hidden_dim, num_layers=num_layers, batch_first=True)
+            if num_layers > 0
+            else None
+        )
+        self.out = nn.Linear(hidden_dim if num_layers > 0 else input_dim, num_slots)
+
+    def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        x = x.float()
+        if self.lstm is not None:
+            x, _ = self.lstm(x)  # (B, T, H)
+        return self.out(x), lengths  # (B, T, slots)

@@ -40,7 +40,10 @@ steps <= max_steps (later checkpoints stay on disk and count again with a longer
 With `config.feature_cache` (a dir, shared by runs) a frozen upstream's hidden layers are dumped
 once per split used (train and dev here, the scored split in `evaluate_downstream`) and every run
 of the sweep trains and is scored from them (speechssl.downstream.feature_cache, which says what
-cached training sees exactly); tuned upstreams and fbank_global_cmvn bypass it with a log line.
+cached training sees exactly); tuned upstreams and fbank_global_cmvn bypass it with a log line,
+as does a task that says why it cannot use it (`feature_cache_bypass`: sd reads whole recordings).
+Two more optional task hooks: `bind_upstream(upstream)` (prepare_upstream: sd's targets follow the
+upstream's frame rate) and `write_predictions(EXP, split)` (evaluate: sd's hypothesis RTTM).
 """
 
 from __future__ import annotations
@@ -129,6 +132,9 @@ def prepare_upstream(
     An upstream that needs the train split's statistics ("fbank_global_cmvn") gets them from
     EXP/task/fbank_cmvn.npz, computed there first when missing and `compute_stats`."""
     upstream = load_upstream(spec)
+    bind = getattr(task, "bind_upstream", None)  # targets at the upstream's frame rate (sd)
+    if bind is not None:
+        bind(upstream)
     if getattr(upstream, "needs_train_stats", False):
         if task is None:
             raise ValueError(f"upstream '{spec}' needs the train split's statistics: pass the task")
@@ -200,7 +206,7 @@ def open_features(
     `upstream`: the prepared upstream, when the caller has one."""
     if config.feature_cache is None:
         return None
-    reason = bypass_reason(upstream_spec, None, config)
+    reason = getattr(task, "feature_cache_bypass", None) or bypass_reason(upstream_spec, None, config)
     if reason is None:
         upstream = upstream if upstream is not None else prepare_upstream(upstream_spec, config, task)
         reason = bypass_reason(upstream_spec, upstream, config)
@@ -856,6 +862,8 @@ def evaluate_downstream(out_dir: str | Path, split: str = "test") -> dict[str, A
     model = load_trained(out_dir, checkpoint).to(_device())
     features = open_features(task, str(exp["upstream"]), config, (split,), model.upstream)
     values = _score(model, split, config, features)
+    write = getattr(model.task, "write_predictions", None)  # sd: EXP/hyp_<split>.rttm
+    predictions = write(out_dir, split) if write is not None else None
     trainable, total = model.num_parameters()
     results = {
         "task": task.name,
@@ -878,6 +886,7 @@ def evaluate_downstream(out_dir: str | Path, split: str = "test") -> dict[str, A
         "sweep": [_sweep_entry(run, task.metric) for run in best.get("runs", [])],
         "featurizer": config.featurizer.name if config.finetune is None else "last layer (finetune)",
         "layer_weights": model.layer_weights(),
+        **({"predictions": predictions} if predictions is not None else {}),
     }
     atomic_write_json(out_dir / results_file(split), results)
     if split == "test":
