@@ -89,7 +89,8 @@ if ! [[ "${nj}" =~ ^[1-9][0-9]*$ ]]; then
 fi
 job_opts="${slurm_opts}"
 if [ "${cmd}" = slurm ] && [ "${ngpu}" -gt 0 ]; then job_opts="${job_opts} --gres=gpu:${ngpu}"; fi
-pool_init "${nj}" "${cmd}" "${job_opts}"  # trainings and evaluations: a pool of --nj jobs, each with its own log
+# trainings and evaluations: a pool of --nj jobs, each with its own log (Slurm job scripts in <expdir>/q)
+pool_init "${nj}" "${cmd}" "${job_opts}" "${expdir}/q"
 
 run_stage() { [ "${stage}" -le "$1" ] && [ "${stop_stage}" -ge "$1" ]; }
 

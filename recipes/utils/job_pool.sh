@@ -5,24 +5,28 @@
 #   . "$(dirname "${BASH_SOURCE[0]}")/utils/job_pool.sh"
 #   pool_init 4 local                # at most 4 jobs at a time, on this machine
 #   pool_init 4 slurm "-p cpu -t 60" # ... or as Slurm jobs, with these sbatch options
+#   pool_init 4 slurm "" exp/q       # ... their scripts in exp/q (default: beside each log, in q/)
 #   pool_run log/a.log speechssl ... # start one (waits for a free slot first)
 #   pool_wait                        # wait for every job; exit 1 if any failed
 #
 # Every log starts with the command and where and when it started, and ends with its exit code
 # ("# Ended (code 0) at ..."). With slurm, each job is `sbatch --wait` of a script written to
-# <log dir>/q/<name>.sh (sbatch's own messages: q/<name>.sbatch.log); the job runs in the current
-# directory with this environment (sbatch exports it), so the speechssl of this PATH runs there.
+# <log dir>/q/<name>.sh (sbatch's own messages: q/<name>.sbatch.log; in a shared script dir, a
+# log one dir deeper is named with its dir: exp/ks_fbank/evaluate.log -> ks_fbank_evaluate). The
+# job runs in the current directory with this environment (sbatch exports it), so the speechssl
+# of this PATH runs there.
 # After a failure no new job starts: the running ones finish, then the recipe exits 1 (the
 # failed job's own error is in its log, whose last lines are printed). Needs bash >= 4.3 (wait -n).
 
 _pool_nj=1
 _pool_cmd=local
 _pool_slurm_opts=""
+_pool_qdir=""
 _pool_pids=()
 _pool_logs=()
 _pool_failed=0
 
-pool_init() {  # pool_init NJ [local|slurm] [SBATCH_OPTIONS]
+pool_init() {  # pool_init NJ [local|slurm] [SBATCH_OPTIONS] [SCRIPT_DIR]
     if ! [[ "$1" =~ ^[1-9][0-9]*$ ]]; then
         echo "pool_init: the number of parallel jobs must be a positive integer, got '$1'" >&2; exit 2
     fi
@@ -34,11 +38,18 @@ pool_init() {  # pool_init NJ [local|slurm] [SBATCH_OPTIONS]
             fi ;;
         *) echo "Error: --cmd must be local or slurm, got '$2'" >&2; exit 2 ;;
     esac
-    _pool_nj=$1; _pool_cmd=${2:-local}; _pool_slurm_opts=${3:-}
+    _pool_nj=$1; _pool_cmd=${2:-local}; _pool_slurm_opts=${3:-}; _pool_qdir=${4:-}
     _pool_pids=(); _pool_logs=(); _pool_failed=0
 }
 
-_pool_sbatch_log() { echo "$(dirname "$1")/q/$(basename "$1" .log).sbatch.log"; }
+_pool_job() {  # _pool_job LOG: the job's name, then its script dir (one a line)
+    if [ -n "${_pool_qdir}" ] && [ "$(dirname "$1")" != "$(dirname "${_pool_qdir}")" ]; then
+        printf '%s\n' "$(basename "$(dirname "$1")")_$(basename "$1" .log)" "${_pool_qdir}"
+    else
+        printf '%s\n' "$(basename "$1" .log)" "${_pool_qdir:-$(dirname "$1")/q}"
+    fi
+}
+_pool_sbatch_log() { local name qdir; { read -r name; read -r qdir; } < <(_pool_job "$1"); echo "${qdir}/${name}.sbatch.log"; }
 
 _pool_reap() {  # collect the jobs that have finished; note failures
     local i running sbatch_log
@@ -76,8 +87,10 @@ pool_run() {  # pool_run LOG CMD [ARGS...]: CMD > LOG 2>&1 as a job (here or thr
             echo "# Ended (code ${rc}) at $(date)"; exit "${rc}"
         } > "${logfile}" 2>&1 &
     else
-        name=$(basename "${logfile}" .log); logdir=$(cd "$(dirname "${logfile}")" && pwd); qdir="${logdir}/q"
-        mkdir -p "${qdir}"; rm -f "${logfile}"  # a log left by an earlier try must not pass for this one's
+        { read -r name; read -r qdir; } < <(_pool_job "${logfile}")
+        logdir=$(cd "$(dirname "${logfile}")" && pwd)
+        mkdir -p "${qdir}"; qdir=$(cd "${qdir}" && pwd)
+        rm -f "${logfile}"  # a log left by an earlier try must not pass for this one's
         {
             echo "#!/usr/bin/env bash"
             echo "# written by recipes/utils/job_pool.sh; log: ${logfile}"

@@ -139,3 +139,19 @@ def test_ssl_recipe_runs_feature_shards_and_kmeans_labels_as_slurm_jobs(tmp_path
     for dset in ("train", "dev"):
         assert (cwd / f"data/read/{dset}/units_mfcc_k4/labels").is_file()
         assert (cwd / f"data/read/{dset}/units_mfcc_k4/.done").is_file()
+
+
+def test_a_shared_script_dir_names_jobs_by_their_log_dir(tmp_path):
+    """superb.sh keeps every job script in exp/q: evaluate.log of two experiments must not collide."""
+    env = fake_slurm(tmp_path)
+    body = "pool_init 2 slurm '' exp/q\n"
+    body += "pool_run exp/ks_a/evaluate.log echo a\npool_run exp/ks_b/evaluate.log echo b\n"
+    body += "pool_run exp/ks_a.train.log echo c\npool_wait"
+    result = run_pool(tmp_path, body, env)
+    assert result.returncode == 0, result.stderr
+    assert sorted(call[2] for call in sbatch_calls(env)) == ["ks_a.train", "ks_a_evaluate", "ks_b_evaluate"]
+    assert (tmp_path / "exp/q/ks_a.train.sh").is_file()
+    for name in ("a", "b"):
+        assert (tmp_path / f"exp/q/ks_{name}_evaluate.sh").is_file()
+        assert (tmp_path / f"exp/ks_{name}/evaluate.log").read_text().splitlines()[2] == name
+        assert not (tmp_path / f"exp/ks_{name}/q").exists()
