@@ -7,6 +7,8 @@
 #   <out_dir>/pr, asr, sid/{train,dev,test} -> corpus read/{train,dev,test}  (phones, text, utt2spk)
 #   <out_dir>/ks/{train,dev,test}           -> corpus keywords/...           (text = keyword class)
 #   <out_dir>/ic/{train,dev,test}           -> corpus commands/...           (intent)
+#   <out_dir>/sd/{train,dev,test}           -> corpus diar/...               (recordings in wav.scp,
+#                                              a turn per segment, utt2spk, reco2dur, rttm)
 #   <out_dir>/asv/train -> read/train (the 40 seen speakers train the speaker head)
 #   <out_dir>/asv/test  -> asv/test (10 unseen speakers, its trials)
 #   <out_dir>/asv/dev   = read/dev + read/test with every pair as a trial: held-out utterances
@@ -62,6 +64,7 @@ link_task asr read
 link_task sid read
 link_task ks keywords
 link_task ic commands
+link_task sd diar
 
 # The label inventories of the corpus (a tiny train split lacks some phones and intents that
 # dev/test have; an undeclared unseen label is an error of `speechssl downstream train`).
@@ -80,4 +83,4 @@ ln -sfn "${corpus}/asv/test" "${out_dir}/asv/test"
 dev="${out_dir}/asv/dev"
 speechssl data combine --out "${dev}" "${corpus}/read/dev" "${corpus}/read/test"
 speechssl data trials "${dev}"
-echo "$0: task data dirs under ${out_dir}: pr asr sid ks ic asv (corpus ${corpus})"
+echo "$0: task data dirs under ${out_dir}: pr asr sid ks ic asv sd (corpus ${corpus})"
