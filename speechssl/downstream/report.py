@@ -359,29 +359,43 @@ def markdown_table(table: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_layer_weights(rows: list[dict[str, Any]], path: Path) -> bool:
-    """Bar charts of softmax layer weights per task; False (no file) if no run learned any."""
+def layer_weights_figure(rows: list[dict[str, Any]]):
+    """One bar chart of softmax layer weights per task, a group of bars per hidden state and a
+    bar per upstream, the legend outside the axes (right of them) so that it covers no bar;
+    None if no run learned any."""
     with_weights = [r for r in rows if r.get("layer_weights") and len(r["layer_weights"]) > 1]
     if not with_weights:
-        return False
+        return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     tasks = list(dict.fromkeys(r["task"] for r in with_weights))
-    fig, axes = plt.subplots(len(tasks), 1, figsize=(7, 2.4 * len(tasks)), squeeze=False)
+    fig, axes = plt.subplots(len(tasks), 1, figsize=(8, 2.4 * len(tasks)), squeeze=False)
     for ax, task in zip(axes[:, 0], tasks):
         group = [r for r in with_weights if r["task"] == task]
         width = 0.8 / len(group)
         for k, r in enumerate(group):
             weights = r["layer_weights"]
-            ax.bar([i + k * width for i in range(len(weights))], weights, width=width, label=r["upstream"])
+            offset = (k - (len(group) - 1) / 2) * width  # the group centred on its hidden state
+            ax.bar([i + offset for i in range(len(weights))], weights, width=width, label=r["upstream"])
+        ax.set_xticks(range(max(len(r["layer_weights"]) for r in group)))
         ax.set_title(f"{task}: learned layer weights")
         ax.set_xlabel("hidden state (0 = input of layer 1)")
         ax.set_ylabel("weight")
-        ax.legend(fontsize="small")
-    fig.tight_layout()
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    fig.tight_layout()  # makes room for the legends right of the axes
+    return fig
+
+
+def plot_layer_weights(rows: list[dict[str, Any]], path: Path) -> bool:
+    """`layer_weights_figure` as a PNG; False (no file) if no run learned any layer weights."""
+    fig = layer_weights_figure(rows)
+    if fig is None:
+        return False
+    import matplotlib.pyplot as plt
+
     with atomic_file(path) as tmp:
         fig.savefig(tmp, dpi=100)
     plt.close(fig)

@@ -83,10 +83,9 @@ def write_json(
     record_output(path, COMMAND)  # a re-run may replace it
 
 
-def plot_quality(
-    results: Mapping[str, UnitQuality], path: str | Path, *, title: str = "Unit quality"
-) -> None:
-    """Grouped bars (PNMI, phone purity, cluster purity) per label set, as a PNG (atomic)."""
+def quality_figure(results: Mapping[str, UnitQuality], *, title: str = "Unit quality"):
+    """The figure of `plot_quality`: grouped bars per label set, the figure as wide as the names
+    need; names that still do not fit side by side are set vertically (`fit_tick_labels`)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on cluster nodes
@@ -96,16 +95,49 @@ def plot_quality(
     names = list(results)
     x = np.arange(len(names))
     width = 0.8 / len(METRICS)
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(names) + 2), 3.5))
+    slot = max(1.2, 0.085 * max(len(n) for n in names))  # inches per label set: its name fits under it
+    fig, ax = plt.subplots(figsize=(min(max(4.0, slot * len(names) + 1.5), 12.0), 3.5))
     for i, (key, label) in enumerate(METRICS):
         values = [getattr(results[n], key) for n in names]
         bars = ax.bar(x + (i - (len(METRICS) - 1) / 2) * width, values, width, label=label)
         ax.bar_label(bars, fmt="%.2f", fontsize=7)
-    ax.set_xticks(x, names, rotation=20 if len(names) > 3 else 0, ha="right" if len(names) > 3 else "center")
+    ax.set_xticks(x, names)
     ax.set_ylim(0, 1.25)  # room for the legend above the bars
     ax.set_title(title)
     ax.legend(fontsize=8, loc="upper center", ncols=3, frameon=False)
+    fit_tick_labels(fig, ax)
+    return fig
+
+
+def tick_labels_overlap(fig, ax, pad: float = 4.0) -> bool:
+    """Whether two x tick labels overlap (boxes closer than `pad` pixels) or one leaves the figure."""
+    renderer = fig.canvas.get_renderer()
+    boxes = sorted(
+        (t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_text()), key=lambda b: b.x0
+    )
+    width = fig.bbox.width
+    if any(b.x0 < 0 or b.x1 > width for b in boxes):
+        return True
+    return any(a.x1 + pad > b.x0 and a.y1 > b.y0 and b.y1 > a.y0 for a, b in zip(boxes, boxes[1:]))
+
+
+def fit_tick_labels(fig, ax) -> None:
+    """Lay the figure out; if the x tick labels overlap side by side, set them vertically."""
     fig.tight_layout()
+    if tick_labels_overlap(fig, ax):
+        for label in ax.get_xticklabels():
+            label.set_rotation(90)
+            label.set_horizontalalignment("center")
+        fig.tight_layout()
+
+
+def plot_quality(
+    results: Mapping[str, UnitQuality], path: str | Path, *, title: str = "Unit quality"
+) -> None:
+    """Grouped bars (PNMI, phone purity, cluster purity) per label set, as a PNG (atomic)."""
+    import matplotlib.pyplot as plt
+
+    fig = quality_figure(results, title=title)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
