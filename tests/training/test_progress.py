@@ -68,3 +68,37 @@ def test_heartbeat_leaves_training_unchanged(tmp_path, caplog, monkeypatch):
 def test_log_steps_are_not_doubled(tmp_path, caplog, monkeypatch, log_every):
     monkeypatch.setattr(train_logging, "HEARTBEAT_SECONDS", 0.0)
     assert _steps(_train(tmp_path, caplog, log_every=log_every)) == [1, 2, 3, 4, 5]
+
+
+@pytest.fixture(scope="module")
+def finetune_setup(tmp_path_factory):
+    from speechssl.models.checkpoint import save_checkpoint
+    from speechssl.models.model import build_model
+    from speechssl.testing.datadirs import make_data_dir
+    from speechssl.testing.models import tiny_config
+
+    root = tmp_path_factory.mktemp("ft")
+    config = tiny_config()
+    torch.manual_seed(0)
+    save_checkpoint(build_model(config), config, root / "upstream")
+    corpus = make_data_dir(root / "corpus", name="all").path
+    data = root / "asr"
+    data.mkdir()
+    for split in ("train", "dev", "test"):
+        (data / split).symlink_to(corpus)
+    return root / "upstream", data
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_finetune_first_line_names_the_method_and_its_first_update_is_logged(
+    finetune_setup, tmp_path, caplog, method
+):
+    from speechssl.testing.cli import finetune_train
+
+    upstream, data = finetune_setup
+    with caplog.at_level(logging.INFO, logger="speechssl"):
+        assert finetune_train(data, tmp_path / "ft", upstream, "--method", method, "--max-steps", "2",
+                              "--set", "max_batch_seconds=4.0") == 0  # fmt: skip
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith(f"tuning {method}: "), lines[:3]
+    assert "step 1/2 (50%)" in "\n".join(lines)
