@@ -14,7 +14,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="distil a teacher (any load_upstream source) into a student with fewer layers",
         description="DistilHuBERT: student = teacher frontend + lower layers, linear heads predict chosen "
         "teacher layers (L1 + cosine). YAML sections: student, target_layers, loss, mask, data, trainer. "
-        "Writes EXP/final (a speechssl checkpoint).",
+        "Writes EXP/config.yaml (the resolved config), EXP/checkpoints/, EXP/tensorboard/ and EXP/final "
+        "(a speechssl checkpoint).",
     )
     parser.add_argument("--teacher", required=True, help="speechssl checkpoint dir, transformers dir or .pt")
     add_training_arguments(

@@ -14,7 +14,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="prune a teacher (any load_upstream source) to a target sparsity (DPHuBERT)",
         description="HardConcrete gates on conv channels, heads, FFN units and whole blocks, trained with "
         "layer-wise distillation and a Lagrangian sparsity term; then the gated units are removed. "
-        "Writes EXP/pruned, EXP/final and EXP/prune_summary.json.",
+        "Writes EXP/config.yaml (the resolved config), EXP/checkpoints/, EXP/tensorboard/, EXP/pruned, "
+        "EXP/final and EXP/prune_summary.json (with the expected sparsity the gates reached).",
     )
     parser.add_argument("--teacher", required=True, help="speechssl checkpoint dir, transformers dir or .pt")
     add_training_arguments(

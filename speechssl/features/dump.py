@@ -342,7 +342,7 @@ def dump_features(
     )
     bar = tqdm(
         total=len(utterances),
-        desc=f"{extractor.name} shard {rank}/{nshard}",
+        desc=f"{getattr(extractor, 'label', extractor.name)} shard {rank}/{nshard}",
         unit="utt",
         disable=not progress,
     )
@@ -681,5 +681,6 @@ def build_extractor(
             )
         from speechssl.features.upstream_features import UpstreamExtractor
 
+        logger.info("loading upstream %s for layer %d features", upstream, layer)  # can take a while
         return UpstreamExtractor(upstream, layer, device=device)
     raise ValueError(f"unknown feature '{feature}'; valid features: {', '.join(FEATURES)}")

@@ -86,11 +86,12 @@ class UpstreamExtractor:
             import speechssl
 
             weights = _weights_fingerprint(Path(upstream))
+            given = str(upstream)
             source = f"{upstream}@{weights}"
             upstream = speechssl.load_upstream(upstream)
         else:
             weights = "in-memory"
-            source = type(upstream).__name__
+            source = given = type(upstream).__name__
         check_dumpable(upstream, source)
         self.device = torch.device(device or default_device())
         self.upstream = upstream.eval().to(self.device)
@@ -105,6 +106,7 @@ class UpstreamExtractor:
         self.feature_dim = int(upstream.hidden_dim)
         self.frame_rate = self.sample_rate / float(upstream.downsample_rate)
         self.name = name or f"upstream:{source}:layer{layer}"
+        self.label = f"{given} layer {layer}"  # the progress bar's: the source as given, no fingerprint
         self.batched = pads_safely(upstream)
         # what the features depend on, recorded in each shard (the device and batching do not change them)
         self.settings = {"extractor": "upstream", "source": source, "weights": weights, "layer": layer}

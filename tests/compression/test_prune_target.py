@@ -34,6 +34,8 @@ def test_short_run_scales_the_warmup_and_warns_that_the_gates_missed_the_target(
         "sparsity warm-up: 2 updates (60 of the config's 100; --max-steps 4 keeps its share)" in caplog.text
     )
     used = load_config(PruneConfig, exp / "config.yaml")  # the resolved config, next to the experiment
+    written = {"config.yaml", "checkpoints", "tensorboard", "pruned", "final", "prune_summary.json"}
+    assert written <= {p.name for p in exp.iterdir()}  # what `speechssl prune --help` says it writes
     assert used.sparsity_warmup_steps == 2 and used.trainer.max_steps == 4
     summary = json.loads((exp / "prune_summary.json").read_text())
     assert summary["reached_target"] is False and summary["expected_sparsity"] < 0.2
@@ -88,5 +90,6 @@ def test_distill_writes_its_resolved_config(tmp_path):
         == 0
     )
     saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert {"config.yaml", "checkpoints", "tensorboard", "final"} <= {p.name for p in out.iterdir()}
     assert saved["trainer"]["lr"] == 0.003 and saved["trainer"]["max_steps"] == 2
     assert load_config(DistillConfig, out / "config.yaml").student.num_layers == 1
