@@ -59,10 +59,12 @@ def task_data(root: Path, hours: float) -> tuple[Path, str]:
         return embedded, f"the embedded recipe's data ({embedded})"
     out = root / "data"
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    subprocess.run(
+    proc = subprocess.run(
         ["bash", "local/data.sh", "--hours", str(hours), "--nj", "1", str(out)],
-        cwd=EGS, env=env, check=True, capture_output=True, text=True,
+        cwd=EGS, env=env, capture_output=True, text=True,
     )  # fmt: skip
+    if proc.returncode != 0:
+        raise RuntimeError(f"local/data.sh failed ({proc.returncode}): {proc.stderr.strip()[-1000:]}")
     return out, f"a {hours:g} h synthetic corpus built by local/data.sh"
 
 
