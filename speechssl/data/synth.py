@@ -2,7 +2,10 @@
 
 `build_corpus(SynthConfig(out_dir=...))` writes Kaldi data dirs with 16 kHz wavs and
 exact phone alignments (from espeak-ng's phoneme events) for read speech,
-keywords, spoken commands and speaker verification; see README "Embedded corpus".
+keywords, spoken commands and speaker verification (the base corpus, sized by
+`hours`), and the task subsets of speechssl.data.synth_tasks (diarization,
+query-by-example, slot filling, multilingual), sized from the same `hours`; see
+README "Embedded corpus". `subsets` picks what to build.
 
 Determinism: every utterance is one work unit that draws all its randomness
 (words, prosody jitter, speed, padding, gain, noise) from

@@ -44,6 +44,7 @@ def _same_tree(a: Path, b: Path, rel: str) -> None:
             assert filecmp.cmp(a / name, b / name, shallow=False), name
 
 
+@pytest.mark.slow
 def test_same_seed_is_byte_identical_whatever_nj_and_whatever_else_is_built(corpus, tmp_path):
     root, _ = corpus
     other = tmp_path / "nj2"
