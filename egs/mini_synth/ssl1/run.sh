@@ -7,6 +7,7 @@
 #                                    # (noise clips from data/noise/train, written by local/data.sh)
 #   ./run.sh --ssl_type wav2vec2     # one iteration, no units
 #   ./run.sh --ssl_type data2vec     # one iteration, no units (EMA teacher)
+#   ./run.sh --cmd slurm --slurm_opts "--partition cpu"   # feature shards and k-means labels as Slurm jobs
 # Continued pretraining: iteration 1 starts from a model on this machine (nothing is downloaded)
 # and, optionally, labels with its released k-means instead of fitting one on MFCC:
 #   ./run.sh --init_from /path/to/hubert.pt --km_model /path/to/km.bin --km_model_layer 6 \
