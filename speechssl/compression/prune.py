@@ -557,7 +557,7 @@ def prune(
         scaled = config.sparsity_warmup_steps * max_steps // config.trainer.max_steps
         if scaled != config.sparsity_warmup_steps:
             logger.info(
-                "sparsity warm-up: %d updates (%d of the config's %d; --max-steps %d keeps its share)",
+                "sparsity warm-up: %d updates (the config's %d of %d; --max-steps %d keeps its share)",
                 scaled, config.sparsity_warmup_steps, config.trainer.max_steps, max_steps,
             )  # fmt: skip
         changes["sparsity_warmup_steps"] = scaled

@@ -31,7 +31,7 @@ def _prune(tmp_path, caplog, *extra):
 def test_short_run_scales_the_warmup_and_warns_that_the_gates_missed_the_target(tmp_path, caplog):
     exp = _prune(tmp_path, caplog)
     assert (
-        "sparsity warm-up: 2 updates (60 of the config's 100; --max-steps 4 keeps its share)" in caplog.text
+        "sparsity warm-up: 2 updates (the config's 60 of 100; --max-steps 4 keeps its share)" in caplog.text
     )
     used = load_config(PruneConfig, exp / "config.yaml")  # the resolved config, next to the experiment
     written = {"config.yaml", "checkpoints", "tensorboard", "pruned", "final", "prune_summary.json"}
