@@ -22,6 +22,9 @@ text lacks map to the `<unk>` token (WER is scored on the words, so they count a
 | ic   | intent (3 slots)       | mean pool + linear per slot | CE summed   | accuracy    |
 | sid  | utt2spk                | projector, mean pool, linear| CE          | accuracy    |
 | asv  | utt2spk (train), trials| x-vector                    | AM-softmax  | EER (lower) |
+| sf   | utt2slot_text          | as asr (slot tags: tokens)  | CTC         | slot-type F1, slot-value CER |
+| mlpr | phones, utt2lang       | as pr                       | CTC         | PER (lower), per language |
+| lid  | utt2lang               | projector, mean pool, linear| CE          | accuracy, per language |
 
 The heads and their defaults are those of s3prl's SUPERB experts (speechssl.downstream.heads,
 HeadConfig). Training batches come from `Task.train_loader`: KS draws classes uniformly
@@ -455,6 +458,23 @@ class Task:
         return a > b if self.higher_is_better else a < b
 
 
+def asr_head(config: DownstreamConfig, input_dim: int, vocab_size: int) -> BiLSTMCTCHead:
+    """SUPERB's ASR head (also slot filling's): SpecAugment, BiLSTMs, CTC output layer."""
+    h = config.head
+    augment = (
+        SpecAugment(
+            num_time_masks=h.num_time_masks, time_mask_width=h.time_mask_width,
+            num_freq_masks=h.num_freq_masks, freq_mask_width=h.freq_mask_width,
+        )
+        if h.spec_augment
+        else None
+    )  # fmt: skip
+    return BiLSTMCTCHead(
+        input_dim, vocab_size, hidden_dim=h.lstm_dim, num_layers=h.lstm_layers, dropout=h.dropout,
+        spec_augment=augment,
+    )  # fmt: skip
+
+
 class _CTCTask(Task):
     higher_is_better = False
     target_name = "tokens"
@@ -545,6 +565,131 @@ class PhoneRecognition(_CTCTask):
         return metrics.phone_error_rate(
             [self.tokens.decode(r) for r in refs], [self.tokens.decode(h) for h in hyps]
         )
+
+
+class MultilingualPhoneRecognition(PhoneRecognition):
+    """MLPR (ML-SUPERB's multilingual phone recognition): one CTC head over the phones of every
+    language of `<data>/train` (a symbol shared by two languages is one token), plus the inventories
+    `<data>/phones/<lang>.txt` declare; PER overall and per language (`utt2lang`)."""
+
+    name = "mlpr"
+
+    def load_or_build_tokens(self) -> TokenTable:
+        def build() -> list[str]:
+            phones = {p for *_, value in self._train_rows() for p in value.split()}
+            declared = set(declared_labels(self.data_dir)) | set(self._inventories())
+            return [BLANK, *sorted((phones | declared) - {BLANK}, key=str.encode)]
+
+        return self._table("tokens.txt", build)
+
+    def _inventories(self) -> list[str]:
+        """Phones of `<data>/phones/*.txt` (`phone index` lines, as the synthetic corpus writes them;
+        the silence phone is not a target)."""
+        found = []
+        for path in sorted((self.data_dir / "phones").glob("*.txt")):
+            found += [
+                line.split()[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+            ]
+        return [p for p in found if p != "sil"]
+
+    def required_files(self, split: str) -> tuple[str, ...]:
+        return ("phones", "utt2lang")
+
+    def targets(self, split_dir, *, train):
+        targets, transforms = super().targets(split_dir, train=train)
+        return {**targets, "lang": split_dir / "utt2lang"}, transforms
+
+    def references(self, batch):
+        return list(zip(batch.targets["lang"], super().references(batch)))
+
+    def score(self, refs, hyps):
+        return super().score([ids for _, ids in refs], hyps)
+
+    def scores(self, refs, hyps):
+        out = {self.metric: self.score(refs, hyps)}
+        for lang in sorted({lang for lang, _ in refs}):
+            keep = [k for k, (code, _) in enumerate(refs) if code == lang]
+            out[f"per_{lang}"] = self.score([refs[k] for k in keep], [hyps[k] for k in keep])
+        return out
+
+
+class SlotFilling(_CTCTask):
+    """SF (SUPERB's slot filling): CTC over the transcript with its slot tags, `utt2slot_text`
+    (`put on B-music_genre jazz E-music_genre music`): the characters of the words ('|' between
+    words) and each `B-<slot>`/`E-<slot>` tag one token; the ASR head. Slot-type F1 (the dev
+    metric) and slot-value CER (metrics.slot_type_f1 / slot_value_cer), plus WER and CER of the
+    words without tags."""
+
+    name, metric, higher_is_better = "sf", "slot_type_f1", True
+    target_file, target_help = "utt2slot_text", "the transcript with B-<slot> ... E-<slot> tags"
+
+    @staticmethod
+    def _is_tag(word: str) -> bool:
+        return word.startswith(("B-", "E-")) and len(word) > 2
+
+    def load_or_build_tokens(self) -> TokenTable:
+        def build() -> list[str]:
+            words = [w for *_, value in self._train_rows() for w in value.split()]
+            tags = {w for w in words if self._is_tag(w)}
+            chars = {c for w in words if not self._is_tag(w) for c in w}
+            return [
+                BLANK,
+                WORD_SEP,
+                UNK,
+                *sorted(tags, key=str.encode),
+                *sorted(chars - {BLANK, WORD_SEP, UNK}),
+            ]
+
+        return self._table("tokens.txt", build)
+
+    def _encode(self, tagged: str) -> Tensor:
+        known, ids = self.tokens.index, []
+        for k, word in enumerate(tagged.split()):
+            if k:
+                ids.append(WORD_SEP)
+            if self._is_tag(word):
+                ids.append(word if word in known else UNK)
+            else:
+                ids.extend(c if c in known else UNK for c in word)
+        return self.tokens.encode(ids)
+
+    def _decode(self, ids: list[int]) -> str:
+        words, current = [], ""
+        for token in self.tokens.decode(ids):
+            if token == WORD_SEP or self._is_tag(token):
+                words.append(current)
+                current = ""
+                if self._is_tag(token):
+                    words.append(token)
+            else:
+                current += token
+        words.append(current)
+        return " ".join(w for w in words if w)
+
+    def targets(self, split_dir, *, train):
+        path = split_dir / self.target_file
+        return {self.target_name: path, "tagged": path}, {self.target_name: self._encode}
+
+    def build_head(self, input_dim):
+        return asr_head(self.config, input_dim, len(self.tokens))
+
+    def predict(self, head, x, lengths, batch):
+        return [self._decode(ids) for ids in super().predict(head, x, lengths, batch)]
+
+    def references(self, batch):
+        return list(batch.targets["tagged"])
+
+    def score(self, refs, hyps):
+        return metrics.slot_type_f1(refs, hyps)
+
+    def scores(self, refs, hyps):
+        words = [metrics.parse_slots(r)[0] for r in refs], [metrics.parse_slots(h)[0] for h in hyps]
+        return {
+            "slot_type_f1": self.score(refs, hyps),
+            "slot_value_cer": metrics.slot_value_cer(refs, hyps),
+            "wer": metrics.word_error_rate(*words),
+            "cer": metrics.char_error_rate(*words),
+        }
 
 
 class SpeechRecognition(_CTCTask):
@@ -660,19 +805,7 @@ class SpeechRecognition(_CTCTask):
         return {self.target_name: text, "words": text}, {self.target_name: self._encode}
 
     def build_head(self, input_dim):
-        h = self.config.head
-        augment = (
-            SpecAugment(
-                num_time_masks=h.num_time_masks, time_mask_width=h.time_mask_width,
-                num_freq_masks=h.num_freq_masks, freq_mask_width=h.freq_mask_width,
-            )
-            if h.spec_augment
-            else None
-        )  # fmt: skip
-        return BiLSTMCTCHead(
-            input_dim, len(self.tokens), hidden_dim=h.lstm_dim, num_layers=h.lstm_layers, dropout=h.dropout,
-            spec_augment=augment,
-        )  # fmt: skip
+        return asr_head(self.config, input_dim, len(self.tokens))
 
     def predict(self, head, x, lengths, batch):
         return [self._decode(ids) for ids in super().predict(head, x, lengths, batch)]
@@ -753,6 +886,22 @@ class SpeakerIdentification(_ClassificationTask):
     """SID: the speaker of `utt2spk`; dev/test speakers must be training speakers."""
 
     name, target_file, target_help, what = "sid", "utt2spk", "the speaker of each utterance", "speaker"
+
+
+class LanguageIdentification(_ClassificationTask):
+    """LID (ML-SUPERB's language identification): the language of `utt2lang`, mean pooling;
+    accuracy overall and per language."""
+
+    name, target_file, target_help, what = "lid", "utt2lang", "the language of each utterance", "language"
+
+    def scores(self, refs, hyps):
+        out = {self.metric: self.score(refs, hyps)}
+        for index in sorted(set(refs)):
+            keep = [k for k, r in enumerate(refs) if r == index]
+            out[f"accuracy_{self.classes.symbols[index]}"] = self.score(
+                [refs[k] for k in keep], [hyps[k] for k in keep]
+            )
+        return out
 
 
 class IntentClassification(_ClassificationTask):
@@ -976,6 +1125,9 @@ TASKS: dict[str, type[Task]] = {
     "ic": IntentClassification,
     "sid": SpeakerIdentification,
     "asv": SpeakerVerification,
+    "sf": SlotFilling,
+    "mlpr": MultilingualPhoneRecognition,
+    "lid": LanguageIdentification,
 }
 
 
