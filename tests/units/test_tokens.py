@@ -202,3 +202,11 @@ def test_errors_are_one_line_and_before_any_output(setup, tmp_path, caplog):
     assert "fit on layer 1" in caplog.text and "fit on layer 1" in summary["kmeans_fit_note"]
     assert run_cli("tokens", "extract", "--upstream", ckpt, "--layer", 1, "--kmeans", km, "--data", data,
                    "--out", tmp_path / "d") == 1  # fmt: skip
+
+
+def test_the_token_upstream_has_nothing_to_tune(setup):
+    from speechssl.tuning import TuningConfig, apply_tuning
+
+    up = load_upstream(f"tokens:{_extract(setup, 'tune')}")
+    with pytest.raises(ValueError, match="needs an upstream with a transformer encoder.*found TokenUpstream"):
+        apply_tuning(up, TuningConfig(method="lora"))
