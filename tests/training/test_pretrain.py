@@ -99,3 +99,19 @@ def test_a_fresh_run_refuses_an_experiment_dir_with_checkpoints(corpus, tmp_path
     assert run_pretrain(corpus, tmp_path / "exp", "--units", "units_iter1") == 1
     assert "holds checkpoints of an earlier run: resume it (--resume)" in capsys.readouterr().err
     assert run_pretrain(corpus, tmp_path / "exp", "--units", "units_iter1", "--resume") == 0
+
+
+def test_pretrain_logs_its_data_check_and_its_first_update(corpus, tmp_path, caplog):
+    """The start of a run is never silent: the data check is announced, then the first update
+    (log_every 100 here, far beyond the run's 2 updates but for the last)."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="speechssl"):
+        assert (
+            run_pretrain(corpus, tmp_path / "exp", "--units", "units_iter1", "--set", "trainer.log_every=100")
+            == 0
+        )
+    lines = [r.getMessage() for r in caplog.records]
+    check = next(i for i, line in enumerate(lines) if line.startswith("checking the data: "))
+    first = next(i for i, line in enumerate(lines) if line.startswith("step 1/2 (50%) | epoch 0 | loss "))
+    assert check < first
