@@ -25,6 +25,7 @@ text lacks map to the `<unk>` token (WER is scored on the words, so they count a
 | sf   | utt2slot_text          | as asr (slot tags: tokens)  | CTC         | slot-type F1, slot-value CER |
 | mlpr | phones, utt2lang       | as pr                       | CTC         | PER (lower), per language |
 | lid  | utt2lang               | projector, mean pool, linear| CE          | accuracy, per language |
+| sd   | rttm, segments, utt2spk| LSTM (or none) + linear     | PIT BCE     | DER (lower), miss, FA, conf. |
 
 The heads and their defaults are those of s3prl's SUPERB experts (speechssl.downstream.heads,
 HeadConfig). Training batches come from `Task.train_loader`: KS draws classes uniformly
@@ -43,7 +44,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from speechssl.data.audio import SAMPLE_RATE
 from speechssl.data.batching import BatchingConfig, build_loader
 from speechssl.data.datadir import DataDir
 from speechssl.data.dataset import AudioDataset, load_targets
@@ -59,9 +61,20 @@ from speechssl.data.kaldi import read_table, read_table_lines
 from speechssl.data.sampler import DurationBucketSampler
 from speechssl.downstream import metrics
 from speechssl.downstream.config import DownstreamConfig
+from speechssl.downstream.diarization import (
+    Recording,
+    decode_turns,
+    format_rttm,
+    load_recordings,
+    pit_bce_loss,
+    read_rttm,
+    recording_targets,
+    rttm_lines,
+)
 from speechssl.downstream.heads import (
     AdditiveMarginSoftmax,
     BiLSTMCTCHead,
+    DiarizationHead,
     MeanPoolClassifier,
     ProjectedCTCHead,
     SpecAugment,
@@ -1118,6 +1131,162 @@ class SpeakerVerification(Task):
         return {"eer": metrics.equal_error_rate(scores, labels), "min_dcf": metrics.min_dcf(scores, labels)}
 
 
+class SpeakerDiarization(Task):
+    """SD as SUPERB (s3prl's diarization expert): the examples are the recordings of wav.scp, whose
+    `segments` turns (speakers from utt2spk) become 0/1 activity targets at the upstream's frame rate
+    (`bind_upstream`) in a fixed number of speaker slots (the most speakers of a training recording,
+    EXP/task/slots.txt). Training draws a random `max_seconds` chunk of a recording per example
+    (s3prl: chunk_size frames); dev and test score whole recordings. Head: `DiarizationHead`
+    (head.lstm_layers LSTMs of head.lstm_dim, then linear); loss: PIT BCE; decoding: sigmoid > 0.5
+    after an 11-frame median filter (diarization.decode_turns); DER with a 0.25 s collar against
+    `<split>/rttm`, with its miss, false alarm and confusion shares. `downstream evaluate` writes the
+    hypothesis to EXP/hyp_<split>.rttm. The feature cache is not used (`feature_cache_bypass`)."""
+
+    name, metric, higher_is_better = "sd", "der", False
+    target_file, target_help = "rttm", "the NIST RTTM of each recording's speaker turns"
+    target_name = "activity"
+    collar, threshold, median = 0.25, 0.5, 11  # SUPERB's scoring and decoding
+    # why open_features leaves a set cache unused: it stores a split's Kaldi utterances, which for
+    # a diarization split are its turns (segments), while SD reads windows of whole recordings
+    feature_cache_bypass = (
+        "task sd trains on windows of whole recordings; the cache holds a split's utterances "
+        "(for a diarization split: the turns of its segments)"
+    )
+
+    def __init__(self, data_dir: Path, exp_dir: Path, config: DownstreamConfig) -> None:
+        super().__init__(data_dir, exp_dir, config)
+        self._frame_shift: float | None = None
+        self._recordings: dict[str, dict[str, Recording]] = {}
+        self.hypotheses: dict[str, dict[str, list[metrics.Turn]]] = {}  # split -> reco -> turns
+
+    def bind_upstream(self, upstream: Any) -> None:
+        """Targets follow the upstream's frames: one per `downsample_rate` samples (runner hook)."""
+        self._frame_shift = upstream.downsample_rate / SAMPLE_RATE
+
+    @property
+    def frame_shift(self) -> float:
+        if self._frame_shift is None:
+            raise RuntimeError("task sd: bind_upstream(upstream) must come before its datasets")
+        return self._frame_shift
+
+    def recordings(self, split: str) -> dict[str, Recording]:
+        """The recordings of a split with their turns (read and checked once)."""
+        if split not in self._recordings:
+            self._recordings[split] = load_recordings(self.data_dir / split)
+        return self._recordings[split]
+
+    @cached_property
+    def slots(self) -> TokenTable:
+        def build() -> list[str]:
+            most = max(len(rec.speakers) for rec in self.recordings("train").values())
+            return [f"spk{k}" for k in range(most)]
+
+        return self._table("slots.txt", build)
+
+    def vocabularies(self) -> list[TokenTable]:
+        return [self.slots]
+
+    def required_files(self, split):
+        return ("rttm",)  # the others: load_recordings names each missing one
+
+    def check_targets(self, split, split_dir, ids):
+        recordings = self.recordings(split)
+        if not recordings:
+            raise DataCheckError(f"{split_dir / 'wav.scp'}: the split has no recordings")
+        if not any(rec.turns for rec in recordings.values()):
+            raise DataCheckError(f"{split_dir / 'segments'}: the split has no speaker turns")
+        if split == "train":
+            return
+        slots = len(self.slots)
+        first_line = {}
+        for line, reco, _ in rttm_lines(split_dir / "rttm"):
+            first_line.setdefault(reco, line)
+        for reco, rec in recordings.items():
+            if len(rec.speakers) > slots:
+                raise DataCheckError(
+                    f"{split_dir / 'rttm'}:{first_line.get(reco, 1)}: recording '{reco}' has "
+                    f"{len(rec.speakers)} speakers, more than the {slots} speaker slots (the most "
+                    f"speakers of a recording of {self.data_dir / 'train'})"
+                )
+
+    def _activity(self, split: str, reco: str) -> Tensor:
+        return recording_targets(self.recordings(split)[reco], len(self.slots), self.frame_shift)
+
+    def dataset(self, split: str, *, train: bool) -> AudioDataset:
+        """The recordings of a split (wav.scp keys, lengths from reco2dur) with their activity."""
+        split_dir = self.data_dir / split
+        recordings = self.recordings(split)
+        data = DataDir.load(split_dir)
+        view = DataDir(
+            path=split_dir, wav_scp=data.wav_scp, utt2dur={r: rec.seconds for r, rec in recordings.items()}
+        )
+        return AudioDataset(
+            view,
+            targets={self.target_name: {reco: reco for reco in recordings}},
+            target_transforms={self.target_name: partial(self._activity, split)},
+            max_seconds=self.config.max_seconds if train else None,
+            crop="random" if train else "start",
+            label_rates={self.target_name: 1.0 / self.frame_shift} if train else None,
+            seed=self.config.seed,
+        )
+
+    def build_head(self, input_dim):
+        h = self.config.head
+        return DiarizationHead(input_dim, len(self.slots), hidden_dim=h.lstm_dim, num_layers=h.lstm_layers)
+
+    def _logits(self, head, x, lengths, batch) -> tuple[Tensor, Tensor, Tensor]:
+        """Logits and targets cut to the frames both have (upstream frame counts round differently
+        from floor(seconds / frame_shift)), and the valid frames of each."""
+        logits, out_lens = head(x, lengths)  # (B, T, slots)
+        targets = batch.targets[self.target_name]  # (B, T', slots), padded with -100
+        frames = min(logits.shape[1], targets.shape[1])
+        valid = torch.minimum(out_lens, batch.target_lens[self.target_name].to(out_lens.device)).clamp(
+            max=frames
+        )
+        return logits[:, :frames].float(), targets[:, :frames].clamp(min=0).to(logits.device), valid
+
+    def loss(self, head, x, lengths, batch):
+        logits, targets, valid = self._logits(head, x, lengths, batch)
+        loss, _ = pit_bce_loss(logits, targets, valid)
+        return loss, {}
+
+    def evaluate(self, features, head, batches, split):
+        hypotheses: dict[str, list[metrics.Turn]] = {}
+        for batch in batches:
+            x, lengths = features(batch)
+            logits, out_lens = head(x, lengths)
+            probs = torch.sigmoid(logits.float()).cpu().numpy()  # (B, T, slots)
+            for b, reco in enumerate(batch.utt_ids):
+                hypotheses[reco] = decode_turns(
+                    probs[b, : int(out_lens[b])], self.slots.symbols, self.frame_shift,
+                    threshold=self.threshold, median=self.median,
+                )  # fmt: skip
+        self.hypotheses[split] = hypotheses
+        reference = read_rttm(self.data_dir / split / "rttm")
+        counts = [
+            metrics.diarization_counts(reference.get(reco, []), hypotheses.get(reco, []), collar=self.collar)
+            for reco in self.recordings(split)
+        ]
+        total = sum(counts[1:], counts[0])
+        shares = {
+            name: value / total.scored if total.scored > 0 else math.nan
+            for name, value in (
+                ("miss", total.missed), ("false_alarm", total.false_alarm), ("confusion", total.confusion),
+            )
+        }  # fmt: skip
+        return {
+            "der": float(total.der),
+            **{k: float(v) for k, v in shares.items()},
+            "scored_seconds": float(total.scored),
+        }
+
+    def write_predictions(self, out_dir: Path, split: str) -> str:
+        """EXP/hyp_<split>.rttm: the turns of the last `evaluate` of `split` (atomic); its name."""
+        name = f"hyp_{split}.rttm"
+        atomic_write_text(Path(out_dir) / name, format_rttm(self.hypotheses.get(split, {})))
+        return name
+
+
 TASKS: dict[str, type[Task]] = {
     "pr": PhoneRecognition,
     "asr": SpeechRecognition,
@@ -1128,6 +1297,7 @@ TASKS: dict[str, type[Task]] = {
     "sf": SlotFilling,
     "mlpr": MultilingualPhoneRecognition,
     "lid": LanguageIdentification,
+    "sd": SpeakerDiarization,
 }
 
 
