@@ -1,4 +1,4 @@
-"""`speechssl downstream train|evaluate|report`: SUPERB-style evaluation of an upstream."""
+"""`speechssl downstream train|evaluate|report|qbe`: SUPERB-style evaluation of an upstream."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import argparse
 import json
 from dataclasses import replace
 
-from speechssl.cli.common import add_overwrite_argument, add_set_argument
+import torch
+
+from speechssl.cli.common import add_overwrite_argument, add_set_argument, check_device
 from speechssl.config import load_config
 from speechssl.downstream.config import DownstreamConfig, check_tuning_overrides
 from speechssl.downstream.report import write_report
@@ -71,6 +73,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rep.add_argument("--split", default="test", help="which evaluation to tabulate (default test)")
     add_overwrite_argument(rep)
     rep.set_defaults(func=run_report)
+
+    qbe = actions.add_parser(
+        "qbe",
+        help="query-by-example by DTW over every layer (no training); writes OUT/results.json (best layer)",
+    )
+    qbe.add_argument("--upstream", required=True, help="'fbank' or any load_upstream source")
+    qbe.add_argument("--name", help="the upstream's name in results and reports (default: from --upstream)")
+    qbe.add_argument("--data", required=True, help="a QbE dir: queries/ and docs/ data dirs and ground_truth")
+    qbe.add_argument("--out", required=True, help="output dir (new, empty or an earlier qbe run's)")
+    qbe.add_argument("--layers", type=int, nargs="+", metavar="L", help="layers to scan (default: all)")
+    qbe.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    qbe.add_argument("--num-threads", type=int, help="torch CPU threads")
+    add_overwrite_argument(qbe)
+    qbe.set_defaults(func=run_qbe)
 
     name = actions.add_parser("name", help="print the default --name of each upstream (one per line)")
     name.add_argument("upstreams", nargs="+", metavar="UPSTREAM", help="fbank or any load_upstream source")
@@ -166,6 +182,22 @@ def run_tokenizer(args: argparse.Namespace) -> int:
     from speechssl.downstream.tasks import train_tokenizer
 
     print(f"tokenizer: {train_tokenizer(args.text, args.out, args.vocab_size, overwrite=args.overwrite)}")
+    return 0
+
+
+def run_qbe(args: argparse.Namespace) -> int:
+    from speechssl.downstream.qbe import evaluate_qbe
+
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    check_device(args.device)
+    results = evaluate_qbe(
+        args.upstream, args.data, args.out, name=args.name, layers=args.layers, device=args.device,
+        overwrite=args.overwrite,
+    )  # fmt: skip
+    metrics = results["metrics"]
+    best = f"MTWV {results['value']:.4f} at layer {metrics['best_layer']}"
+    print(f"qbe {results['upstream']}: {best} -> {args.out}")
     return 0
 
 

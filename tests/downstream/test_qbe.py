@@ -1,11 +1,24 @@
-"""QbE by subsequence DTW: the alignment cost worked out by hand, and a query cut from a document
-finds that document."""
+"""QbE by subsequence DTW: the alignment cost worked out by hand, a query cut from a document finds
+that document, and `speechssl downstream qbe` end to end."""
+
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 
+from speechssl.cli.main import main
+from speechssl.data.kaldi import write_table
 from speechssl.downstream.metrics import max_term_weighted_value
-from speechssl.downstream.qbe import frame_distances, qbe_scores, subsequence_dtw_cost
+from speechssl.downstream.qbe import (
+    QbEDataError,
+    evaluate_qbe,
+    frame_distances,
+    qbe_scores,
+    subsequence_dtw_cost,
+)
+from speechssl.downstream.report import load_results
 
 
 def test_subsequence_dtw_cost_by_hand():
@@ -44,3 +57,67 @@ def test_query_cut_from_a_document_finds_it():
     targets[0, 2] = targets[1, 4] = targets[2, 0] = True
     mtwv, _ = max_term_weighted_value(scores, targets)
     assert mtwv == pytest.approx(2 / 3)  # two of three queries found without a false alarm
+
+
+def _qbe_dir(root: Path) -> Path:
+    """Documents of chirps at random pitches; each query is the audio of a stretch of one document."""
+    rng = np.random.default_rng(0)
+    sr = 16000
+    docs, lines = {}, []
+    for k in range(6):
+        pitches = rng.uniform(150, 1200, size=8)
+        t = np.arange(int(0.25 * sr)) / sr
+        docs[f"d{k}"] = np.concatenate([0.1 * np.sin(2 * np.pi * f * t) for f in pitches]).astype(np.float32)
+    queries = {"q0": ("d1", 0.5, 1.25), "q1": ("d4", 1.0, 1.75), "q2": ("d2", 0.25, 1.0)}
+    for sub, items in (
+        ("docs", docs),
+        ("queries", {q: docs[d][int(a * sr) : int(b * sr)] for q, (d, a, b) in queries.items()}),
+    ):
+        d = root / "qbe" / sub
+        d.mkdir(parents=True)
+        scp = {}
+        for utt, audio in items.items():
+            path = root / "wav" / f"{utt}.wav"
+            path.parent.mkdir(exist_ok=True)
+            sf.write(path, audio, sr, subtype="PCM_16")
+            scp[f"spk1-{utt}"] = str(path)
+        write_table(d / "wav.scp", scp)
+        write_table(d / "utt2spk", {u: "spk1" for u in scp})
+        write_table(d / "spk2utt", {"spk1": sorted(scp)})
+    lines = [f"spk1-{q} spk1-{d} {a} {b}\n" for q, (d, a, b) in queries.items()]
+    (root / "qbe" / "ground_truth").write_text("".join(lines))
+    return root / "qbe"
+
+
+def test_qbe_cli_scans_layers_and_writes_a_report_row(tmp_path, capsys):
+    data = _qbe_dir(tmp_path)
+    assert (
+        main(
+            [
+                "downstream",
+                "qbe",
+                "--upstream",
+                "fbank_no_cmvn",
+                "--data",
+                str(data),
+                "--out",
+                str(tmp_path / "exp"),
+            ]
+        )
+        == 0
+    )
+    results = json.loads((tmp_path / "exp" / "results.json").read_text())
+    assert f"MTWV {results['value']:.4f} at layer 0" in capsys.readouterr().out
+    assert results["task"] == "qbe" and results["metric"] == "mtwv" and results["metrics"]["best_layer"] == 0
+    assert 0 < results["value"] <= 1  # the cut-out queries are found (not all: plain fbank, 6 documents)
+    assert (tmp_path / "exp" / "mtwv_per_layer.png").is_file()
+    rows = load_results([tmp_path / "exp"])
+    assert rows[0]["upstream"] == "fbank_no_cmvn" and rows[0]["value"] == results["value"]
+
+
+def test_qbe_ground_truth_errors_name_the_line(tmp_path):
+    data = _qbe_dir(tmp_path)
+    (data / "ground_truth").write_text("spk1-q0 spk1-d1 0.5 1.25\nspk1-q9 spk1-d1 0 1\n")
+    with pytest.raises(QbEDataError, match=r"ground_truth:2: query 'spk1-q9'"):
+        evaluate_qbe("fbank_no_cmvn", data, tmp_path / "exp")
+    assert not (tmp_path / "exp").exists()  # checked before anything is written
