@@ -17,7 +17,7 @@ and the head on the dump. Layout (DIR is a speechssl output: marker, never writt
 bytes of every parameter and buffer: the weights themselves, not a path's mtime, so a
 checkpoint rewritten in place or a copy under another name is told apart or shared correctly)
 and the split's fingerprint (per utterance: id, audio path, segment bounds, the file's size and
-mtime, as `speechssl dump-features` records them: one stat per file, where hashing the audio
+mtime, as `speechssl features` dumps record them: one stat per file, where hashing the audio
 would cost a read of the whole corpus at every start; a file rewritten in place changes its
 mtime, so the entry is recomputed, never reused). Other weights or other data thus give
 another key: the entry is computed anew (the log names the entry of the same upstream source
