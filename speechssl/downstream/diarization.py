@@ -75,14 +75,17 @@ def activity_targets(
     turns: Sequence[Turn], speakers: Sequence[str], num_frames: int, frame_shift: float
 ) -> Tensor:
     """(num_frames, len(speakers)) 0/1 activity: frame t (centred at (t + 0.5) * frame_shift) is
-    active for a speaker when one of the speaker's turns covers its centre."""
-    centres = (torch.arange(num_frames, dtype=torch.float64) + 0.5) * frame_shift
+    active for a speaker when one of the speaker's turns [start, end) covers its centre. Times are
+    compared in whole microseconds, so an edge on a frame centre decides the same way whether it was
+    written as an end (segments) or as start + duration (RTTM, whose float sum may pass it by 1e-15)."""
+    centres = torch.round((torch.arange(num_frames, dtype=torch.float64) + 0.5) * frame_shift * 1e6)
     targets = torch.zeros(num_frames, len(speakers))
     column = {speaker: k for k, speaker in enumerate(speakers)}
     for turn in turns:
         if turn.speaker not in column:
             raise ValueError(f"speaker {turn.speaker} is not one of the {len(speakers)} speaker slots")
-        targets[(centres >= turn.start) & (centres < turn.end), column[turn.speaker]] = 1.0
+        start, end = round(turn.start * 1e6), round(turn.end * 1e6)  # microseconds
+        targets[(centres >= start) & (centres < end), column[turn.speaker]] = 1.0
     return targets
 
 

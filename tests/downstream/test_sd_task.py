@@ -208,3 +208,11 @@ def test_head_config_sizes_the_sd_head(diar_data, tmp_path):
     )
     head = task.build_head(5)
     assert head.lstm.hidden_size == 8 and head.out.out_features == 2
+
+
+def test_an_edge_on_a_frame_centre_decides_the_same_in_segments_and_rttm():
+    # the corpus's diar-train-000019: segments end 35.51; RTTM 32.676 + 2.834 = 35.510000000000005
+    from_segments = activity_targets([Turn("a", 32.676, 35.51)], ["a"], 1800, 0.02)
+    from_rttm = activity_targets([Turn("a", 32.676, 32.676 + 2.834)], ["a"], 1800, 0.02)
+    assert 32.676 + 2.834 != 35.51 and torch.equal(from_segments, from_rttm)
+    assert from_rttm[1774, 0] == 1 and from_rttm[1775, 0] == 0  # centre 35.51 is the end: excluded
