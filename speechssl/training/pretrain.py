@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from speechssl.analysis.monitor import RankMeMonitor, RankMeMonitorConfig
 from speechssl.config import ConfigError, apply_override, from_dict, load_yaml, save_config
 from speechssl.data.audio import SAMPLE_RATE, audio_info, load_audio
 from speechssl.data.batching import BatchingConfig, build_loader
@@ -85,6 +86,7 @@ class PretrainConfig:
     data2vec: Data2VecObjectiveConfig | None = None  # for model.family == "data2vec_audio"
     data: PretrainDataConfig = field(default_factory=PretrainDataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    monitor: RankMeMonitorConfig = field(default_factory=RankMeMonitorConfig)  # RankMe at each validation
 
     def network(self) -> PretrainModelConfig:
         return PretrainModelConfig(
@@ -395,6 +397,10 @@ def pretrain(
             config, getattr(model, family), train_dir, valid_dir, units=units, num_classes=num_classes
         )
         train_set, train_sampler = loaders.train.dataset, loaders.train.batch_sampler
+        monitor = None
+        if loaders.valid is not None and config.monitor.enabled:
+            backbone = getattr(model, family)
+            monitor = RankMeMonitor(config.monitor, backbone, normalize=config.model.normalize_waveform)
         run.begin()
         if env_rank() == 0:
             save_config(config, out_dir / "config.yaml")  # the resolved config, next to the experiment
@@ -406,7 +412,7 @@ def pretrain(
         objective = BatchObjective(model, units, normalize=config.model.normalize_waveform)
         result = train_on_loaders(
             objective, loaders.train, config.trainer, out_dir, valid_loader=loaders.valid,
-            resume=run.resume_from or False, save_config=config,
+            resume=run.resume_from or False, save_config=config, valid_monitor=monitor,
         )  # fmt: skip
         if env_rank() == 0:
             write_run_summary(out_dir, result, world_size=env_world_size())
@@ -427,5 +433,6 @@ def write_run_summary(out_dir: Path, result: TrainResult, *, world_size: int) ->
         "last_checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None,
         "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
         "tensorboard": str(out_dir / "tensorboard"),
+        "warnings": list(result.warnings),  # e.g. a RankMe collapse (monitor.min_rankme)
     }
     atomic_write_text(out_dir / "train_summary.json", json.dumps(summary, indent=2) + "\n")
