@@ -8,7 +8,7 @@ import os
 
 import torch
 
-from speechssl.cli.common import add_overwrite_argument
+from speechssl.cli.common import add_overwrite_argument, check_device
 from speechssl.features.dump import FEATURES, build_extractor, dump_features, is_feature_dump
 from speechssl.features.upstream_features import check_dumpable
 from speechssl.interop.upstream import BUILTIN_UPSTREAMS
@@ -76,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(1)
     else:  # the recipe runs the shards at once: share the cores instead of oversubscribing them
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.nshard))
+    check_device(args.device)  # one line, before --out is claimed
     inputs = (args.data,) + ((args.upstream,) if args.upstream else ())
     builtin = BUILTIN_UPSTREAMS.get(str(args.upstream))
     if builtin is not None:  # refused before --out exists

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from speechssl.cli.common import add_overwrite_argument
+from speechssl.cli.common import add_overwrite_argument, check_device
 from speechssl.features.dump import FeatureReader
 from speechssl.outputs import claim_directories
 from speechssl.units.kmeans import KMeansConfig, KMeansModel, fit_kmeans, is_kmeans_output, label
@@ -120,6 +120,7 @@ def run_fit(args: argparse.Namespace) -> int:
 
 
 def run_label(args: argparse.Namespace) -> int:
+    check_device(args.device)  # one line, before anything is read or claimed
     reader, model = FeatureReader(args.feats), KMeansModel.load(args.model)
     _claim(args.out, "kmeans label", args.overwrite, (args.feats, args.model), labels=True)
     labels = label(reader, model, args.out, device=args.device)

@@ -85,6 +85,8 @@ class UpstreamExtractor:
         if isinstance(upstream, (str, Path)):
             import speechssl
 
+            # the fingerprint makes the feature name (a changed checkpoint is redone); messages show
+            # the path as the user gave it
             weights = _weights_fingerprint(Path(upstream))
             given = str(upstream)
             source = f"{upstream}@{weights}"
@@ -98,7 +100,7 @@ class UpstreamExtractor:
         num_layers = int(upstream.num_layers)
         if not 0 <= layer <= num_layers:
             raise ValueError(
-                f"layer must be in 0..{num_layers} for {source} "
+                f"layer must be in 0..{num_layers} for {given} "
                 "(0: transformer input, L: output of layer L), "
                 f"found {layer}"
             )

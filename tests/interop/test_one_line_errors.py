@@ -104,3 +104,17 @@ def test_no_good_checkpoint_advice_names_the_cli_options(tmp_path):
         ckpt.CheckpointError, match="no earlier checkpoint verifies; train into another --out"
     ):
         _toy(out, resume=True)
+
+
+def test_features_and_kmeans_label_refuse_a_missing_cuda_in_one_line(tmp_path, monkeypatch, capsys):
+    from speechssl.cli.main import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = ["features", "--data", str(tmp_path), "--feature", "upstream", "--upstream", "fbank",
+            "--layer", "0", "--out", str(tmp_path / "f"), "--device", "cuda"]  # fmt: skip
+    assert main(args) == 1
+    assert "--device cuda" in capsys.readouterr().err and not (tmp_path / "f").exists()
+    args = ["kmeans", "label", "--feats", str(tmp_path), "--model", str(tmp_path),
+            "--out", str(tmp_path / "u"), "--device", "cuda"]  # fmt: skip
+    assert main(args) == 1
+    assert "--device cuda" in capsys.readouterr().err
