@@ -64,7 +64,18 @@ link_task asr read
 link_task sid read
 link_task ks keywords
 link_task ic commands
-link_task sd diar
+# the task subsets of `speechssl synth` (a corpus built with --subsets base has none of them)
+[ -d "${corpus}/diar" ] && link_task sd diar
+[ -d "${corpus}/slots" ] && link_task sf slots
+for task in mlpr lid; do
+    if [ -d "${corpus}/multilingual" ]; then
+        link_task "${task}" multilingual
+        ln -sfn "${corpus}/multilingual/phones" "${out_dir}/${task}/phones"  # each language's inventory
+    fi
+done
+if [ -d "${corpus}/qbe" ]; then
+    ln -sfn "${corpus}/qbe" "${out_dir}/qbe"  # queries/, docs/, ground_truth: `speechssl downstream qbe`
+fi
 
 # The label inventories of the corpus (a tiny train split lacks some phones and intents that
 # dev/test have; an undeclared unseen label is an error of `speechssl downstream train`).
