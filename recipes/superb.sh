@@ -5,6 +5,7 @@
 #   Stage 1: data preparation (local/data.sh)     -> data/<task>/{train,dev,test}
 #   Stage 2: tokenizer: a sentencepiece model for ASR (only with --asr_units sentencepiece)
 #   Stage 3: train a head for each task x upstream x learning rate -> exp/<task>_<upstream>/[lr_<lr>/]
+#            (qbe: no head; `speechssl downstream qbe` scores every layer by DTW)
 #            (each run stops when its dev metric stalls for --patience evaluations; dev picks the
 #            checkpoint and the rate); a frozen upstream's layers are dumped once per data split into
 #            --feature_cache and every head and rate trains from them
@@ -37,7 +38,7 @@ expdir=exp              # experiments go here
 local_data_opts=""      # options passed to local/data.sh
 
 # Tasks and upstreams
-tasks="pr ks ic sid asv"            # any of: pr asr ks ic sid asv
+tasks="pr ks ic sid asv"            # any of: pr asr ks ic sid asv sd sf mlpr lid qbe (qbe: no training, every layer scored)
 upstreams="fbank"                   # 'fbank' and/or checkpoint paths, space separated
 upstream_names=""                   # one short name per upstream (default: 'fbank', else the run dir's name)
 downstream_config="conf/{task}.yaml" # per-task DownstreamConfig YAML; {task} is replaced; a missing file is an error
@@ -73,8 +74,9 @@ if [ "${#task_list[@]}" -eq 0 ] || [ "${#upstream_list[@]}" -eq 0 ]; then
 fi
 for task in "${task_list[@]}"; do
     case "${task}" in
-        pr|asr|ks|ic|sid|asv) ;;
-        *) log "Error: unknown task '${task}' in --tasks; valid tasks: pr asr ks ic sid asv"; exit 2 ;;
+        pr|asr|ks|ic|sid|asv|sd|sf|mlpr|lid|qbe) ;;
+        *) log "Error: unknown task '${task}' in --tasks; valid tasks: pr asr ks ic sid asv sd sf mlpr lid qbe"
+           exit 2 ;;
     esac
 done
 if [ "${#name_list[@]}" -gt 0 ] && [ "${#name_list[@]}" -ne "${#upstream_list[@]}" ]; then
@@ -123,6 +125,12 @@ if run_stage 1; then
 fi
 
 for task in "${task_list[@]}"; do
+    if [ "${task}" = qbe ]; then  # no training: `speechssl downstream qbe` scores every layer in stage 3
+        if (run_stage 3) && [ ! -f "${datadir}/qbe/ground_truth" ]; then
+            log "Error: ${datadir}/qbe/ground_truth is missing: run stage 1 (local/data.sh) first"; exit 2
+        fi
+        continue
+    fi
     if run_stage 2 || run_stage 3; then
         if [ ! -d "${datadir}/${task}/train" ]; then
             log "Error: ${datadir}/${task}/train is missing: run stage 1 (local/data.sh) first"; exit 2
@@ -155,9 +163,13 @@ exp_of() { echo "${expdir}/$1_$2"; }
 
 if run_stage 3; then
     for src in "${upstream_list[@]}"; do
-        if [ "${src}" != fbank ] && [ ! -e "${src}" ]; then
-            log "Error: upstream ${src} does not exist (pass 'fbank' or a checkpoint path)"; exit 2
-        fi
+        case "${src}" in
+            fbank|fbank_no_cmvn|fbank_global_cmvn|tokens:*) ;;  # built-in upstreams
+            *) if [ ! -e "${src}" ]; then
+                   log "Error: upstream ${src} does not exist (pass a built-in such as 'fbank' or a checkpoint path)"
+                   exit 2
+               fi ;;
+        esac
     done
     sweep_args=()
     if [ -n "${lr_sweep}" ] && [ "${lr_sweep}" != none ]; then  # "1e-3 1e-4" -> lr_sweep=[1e-3, 1e-4]
@@ -172,6 +184,13 @@ if run_stage 3; then
         for ((u = 0; u < ${#upstream_list[@]}; u++)); do
             name="${names[$u]}"; exp=$(exp_of "${task}" "${name}")
             [ -f "${exp}/.train.done" ] && continue
+            if [ "${task}" = qbe ]; then
+                log "Stage 3: qbe on ${name} (every layer) -> ${exp} (log: ${exp}.train.log)"
+                pool_run "${exp}.train.log" bash -c '"$@" && touch "'"${exp}"'/.train.done"' _ \
+                    speechssl downstream qbe --upstream "${upstream_list[$u]}" --name "${name}" \
+                    --data "${datadir}/qbe" --out "${exp}"
+                continue
+            fi
             # The log stays beside EXP: `downstream train` refuses an EXP holding files it did not write.
             log "Stage 3: train ${task} on ${name} -> ${exp} (log: ${exp}.train.log)"
             mkdir -p "${expdir}"
@@ -200,6 +219,7 @@ if run_stage 4; then
         for name in "${names[@]}"; do
             exp=$(exp_of "${task}" "${name}")
             [ -f "${exp}/.eval_${eval_split}.done" ] && continue
+            [ "${task}" = qbe ] && continue  # scored in stage 3 (no checkpoint to choose)
             if [ ! -f "${exp}/best.json" ]; then
                 log "Error: ${exp}/best.json is missing: run stage 3 first"; exit 2
             fi

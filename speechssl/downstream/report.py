@@ -261,6 +261,8 @@ def sweep_table(rows: list[dict[str, Any]]) -> str:
     ]
     order = {name: i for i, name in enumerate(TASKS)}
     for r in sorted(rows, key=lambda r: order.get(r["task"], len(order))):
+        if r.get("lr") is None and not r.get("sweep"):
+            continue  # nothing was trained (qbe scores every layer of the upstream as it is)
         sweep = r.get("sweep") or [
             {"lr": r.get("lr"), "dev": None, "step": r.get("step"), "last_step": r.get("last_step"),
              "stopped": r.get("stopped")}

@@ -94,4 +94,5 @@ ln -sfn "${corpus}/asv/test" "${out_dir}/asv/test"
 dev="${out_dir}/asv/dev"
 speechssl data combine --out "${dev}" "${corpus}/read/dev" "${corpus}/read/test"
 speechssl data trials "${dev}"
-echo "$0: task data dirs under ${out_dir}: pr asr sid ks ic asv sd (corpus ${corpus})"
+made=$(for t in pr asr sid ks ic asv sd sf mlpr lid qbe; do [ -e "${out_dir}/${t}" ] && printf '%s ' "${t}"; done)
+echo "$0: task data dirs under ${out_dir}: ${made% } (corpus ${corpus})"
