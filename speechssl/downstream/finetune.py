@@ -175,7 +175,12 @@ def load_finetune_config(
     if "max_steps" in data and "freeze_finetune_updates" not in (data.get("finetune") or {}):
         # a run length from the YAML or --set keeps the default head-only share, as --max-steps does
         defaults = scale_run(defaults, data["max_steps"]) if isinstance(data["max_steps"], int) else defaults
-    config = from_dict(DownstreamConfig, _merge(to_dict(defaults), data), source=source or None)
+    config = from_dict(
+        DownstreamConfig,
+        _merge(to_dict(defaults), data),
+        source=str(config_path) if config_path else None,
+        overrides=overrides,
+    )
     if method is not None:
         config = replace(config, tuning=replace(config.tuning, method=method))
     return scale_run(config, max_steps)

@@ -88,6 +88,7 @@ from speechssl.errors import OutputExistsError
 from speechssl.interop.upstream import BUILTIN_UPSTREAMS, UpstreamModel, load_upstream, upstream_name
 from speechssl.io import atomic_file, atomic_write_json, atomic_write_text
 from speechssl.models.checkpoint import save_checkpoint
+from speechssl.models.token_upstream import TOKENS_PREFIX
 from speechssl.outputs import ExperimentLock, check_output, read_marker, write_marker
 from speechssl.training.checkpoints import load_checkpoint, seed_everything, step_dirs
 from speechssl.training.distributed import env_rank, env_world_size
@@ -376,6 +377,7 @@ def _patience_hook(
             return False
         scores = _read_scores(scores_path)
         if path.name not in scores:
+            log.info("%s: scoring on dev", path)  # seconds to minutes on a real dev set
             scores[path.name] = _score(model, "dev", config, features)
             log.info("%s: dev %s", path, scores[path.name])
             atomic_write_json(scores_path, scores)
@@ -549,6 +551,8 @@ def resolve_upstream(spec: str | Path, base: Path | None = None) -> str:
     text = str(spec)
     if text in BUILTIN_UPSTREAMS:
         return text
+    if text.startswith(TOKENS_PREFIX):  # tokens:DIR -> tokens:/abs/DIR, like any local path
+        return TOKENS_PREFIX + resolve_upstream(text[len(TOKENS_PREFIX) :], base)
     for root in (Path.cwd(), *([base] if base is not None else [])):
         path = Path(text) if Path(text).is_absolute() else root / text
         if path.exists():
