@@ -12,7 +12,8 @@ Tables, by what their first column is (<name>: letters, digits and underscores, 
 
 Known files that are not one-line-per-id tables: phone_ctm (one line per phone; `validate` checks
 it and `fix`, `combine`, `subset` and `copy` filter or carry it with the utterances), trials (ASV
-pairs; `subset` and `copy` keep the trials of kept utterances), frame_shift and cmvn_opts (settings
+pairs; `subset` and `copy` keep the trials of kept utterances), rttm (speaker turns of the
+diarization task), frame_shift and cmvn_opts (settings
 of the whole dir, copied as they are by `subset` and `copy`) and num_jobs (left alone). Any other
 top-level file (NOTES, LICENSE, audio kept beside the tables, copies such as text.orig) is never
 read as a table and never changed, and is listed once as ignored. Hidden entries (.backup/,
@@ -50,7 +51,8 @@ SPK_FILES = ("spk2utt", "spk2gender", "cmvn.scp")
 CTM_FILE = "phone_ctm"  # `uttid channel start duration phone`, several lines per utterance
 TRIALS_FILE = "trials"  # `enroll_utt test_utt target|nontarget`
 SETTINGS_FILES = ("frame_shift", "cmvn_opts")  # one value for the whole dir
-OTHER_FILES = (TRIALS_FILE, CTM_FILE, *SETTINGS_FILES, "num_jobs")
+RTTM_FILE = "rttm"  # NIST RTTM: `SPEAKER reco 1 start dur <NA> <NA> spk <NA> <NA>`, one line per turn
+OTHER_FILES = (TRIALS_FILE, CTM_FILE, RTTM_FILE, *SETTINGS_FILES, "num_jobs")
 
 _PATTERNS = (
     (re.compile(r"utt2[A-Za-z0-9_]+"), UTTERANCE),

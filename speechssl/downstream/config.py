@@ -50,15 +50,25 @@ class HeadConfig:
     am_scale: float = 30.0  # ASV logit scale s
     asv_max_seconds: float | None = 8.0  # ASV training crop (s3prl max_timestep: 128000 samples)
     asv_min_seconds: float = 2.0  # ASV training utterances shorter are dropped (s3prl min_sec: 32000)
+    # SD (s3prl diarization modelrc): sd_rnn_layers unidirectional LSTMs of sd_hidden_dim cells (0: a
+    # linear head), then a linear layer to one activity logit per speaker slot
+    sd_rnn_layers: int = 1
+    sd_hidden_dim: int = 512
 
     def __post_init__(self) -> None:
         for name in (
             "hidden_dim", "lstm_dim", "lstm_layers", "xvector_channels", "xvector_agg_dim",
-            "embed_dim", "am_scale",
+            "embed_dim", "am_scale", "sd_hidden_dim",
         ):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, found {getattr(self, name)}")
-        for name in ("num_time_masks", "time_mask_width", "num_freq_masks", "freq_mask_width"):
+        for name in (
+            "num_time_masks",
+            "time_mask_width",
+            "num_freq_masks",
+            "freq_mask_width",
+            "sd_rnn_layers",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, found {getattr(self, name)}")
         if not 0 <= self.dropout < 1:

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 REPORT_COMMAND = "downstream report"
 
-_PERCENT_METRICS = ("per", "wer", "accuracy", "eer")
+_PERCENT_METRICS = ("per", "wer", "accuracy", "eer", "der")
 BASELINE_SOURCE = "fbank"  # SUPERB's FBANK row: per-utterance CMVN filterbanks
 MEAN_POOLED_TASKS = ("ks", "ic", "sid")  # heads that mean-pool a linear projection of the features
 SCORE_SCALE = 1000.0
@@ -51,7 +51,7 @@ def _higher_is_better(task: str, metric: str) -> bool:
     cls = TASKS.get(task)
     if cls is not None and cls.metric == metric:
         return bool(cls.higher_is_better)
-    return metric not in ("per", "wer", "cer", "eer", "min_dcf")
+    return metric not in ("per", "wer", "cer", "eer", "min_dcf", "der", "slot_value_cer")
 
 
 def _results_path(exp: Path, split: str) -> Path | None:

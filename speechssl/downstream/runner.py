@@ -133,9 +133,8 @@ def prepare_upstream(
     An upstream that needs the train split's statistics ("fbank_global_cmvn") gets them from
     EXP/task/fbank_cmvn.npz, computed there first when missing and `compute_stats`."""
     upstream = load_upstream(spec)
-    bind = getattr(task, "bind_upstream", None)  # targets at the upstream's frame rate (sd)
-    if bind is not None:
-        bind(upstream)
+    if task is not None:
+        task.bind_upstream(upstream)  # targets at the upstream's frame rate (sd)
     if getattr(upstream, "needs_train_stats", False):
         if task is None:
             raise ValueError(f"upstream '{spec}' needs the train split's statistics: pass the task")
@@ -207,7 +206,7 @@ def open_features(
     `upstream`: the prepared upstream, when the caller has one."""
     if config.feature_cache is None:
         return None
-    reason = getattr(task, "feature_cache_bypass", None) or bypass_reason(upstream_spec, None, config)
+    reason = task.feature_cache_bypass or bypass_reason(upstream_spec, None, config)
     if reason is None:
         upstream = upstream if upstream is not None else prepare_upstream(upstream_spec, config, task)
         reason = bypass_reason(upstream_spec, upstream, config)
@@ -866,8 +865,7 @@ def evaluate_downstream(out_dir: str | Path, split: str = "test") -> dict[str, A
     model = load_trained(out_dir, checkpoint).to(_device())
     features = open_features(task, str(exp["upstream"]), config, (split,), model.upstream)
     values = _score(model, split, config, features)
-    write = getattr(model.task, "write_predictions", None)  # sd: EXP/hyp_<split>.rttm
-    predictions = write(out_dir, split) if write is not None else None
+    predictions = model.task.write_predictions(out_dir, split)  # sd: EXP/hyp_<split>.rttm
     trainable, total = model.num_parameters()
     results = {
         "task": task.name,

@@ -470,6 +470,16 @@ class Task:
         """Is metric value a strictly better than b?"""
         return a > b if self.higher_is_better else a < b
 
+    # optional hooks (sd uses them; other tasks keep these no-ops)
+    feature_cache_bypass: str | None = None  # why the feature cache cannot serve this task
+
+    def bind_upstream(self, upstream: Any) -> None:
+        """Learn what the targets depend on from the prepared upstream (sd: its frame rate)."""
+
+    def write_predictions(self, out_dir: Path, split: str) -> str | None:
+        """Write the last evaluation's predictions into the experiment; their path, or None."""
+        return None
+
 
 def asr_head(config: DownstreamConfig, input_dim: int, vocab_size: int) -> BiLSTMCTCHead:
     """SUPERB's ASR head (also slot filling's): SpecAugment, BiLSTMs, CTC output layer."""
@@ -1137,7 +1147,7 @@ class SpeakerDiarization(Task):
     (`bind_upstream`) in a fixed number of speaker slots (the most speakers of a training recording,
     EXP/task/slots.txt). Training draws a random `max_seconds` chunk of a recording per example
     (s3prl: chunk_size frames); dev and test score whole recordings. Head: `DiarizationHead`
-    (head.lstm_layers LSTMs of head.lstm_dim, then linear); loss: PIT BCE; decoding: sigmoid > 0.5
+    (head.sd_rnn_layers LSTMs of head.sd_hidden_dim, then linear); loss: PIT BCE; decoding: sigmoid > 0.5
     after an 11-frame median filter (diarization.decode_turns); DER with a 0.25 s collar against
     `<split>/rttm`, with its miss, false alarm and confusion shares. `downstream evaluate` writes the
     hypothesis to EXP/hyp_<split>.rttm. The feature cache is not used (`feature_cache_bypass`)."""
@@ -1232,7 +1242,9 @@ class SpeakerDiarization(Task):
 
     def build_head(self, input_dim):
         h = self.config.head
-        return DiarizationHead(input_dim, len(self.slots), hidden_dim=h.lstm_dim, num_layers=h.lstm_layers)
+        return DiarizationHead(
+            input_dim, len(self.slots), hidden_dim=h.sd_hidden_dim, num_layers=h.sd_rnn_layers
+        )
 
     def _logits(self, head, x, lengths, batch) -> tuple[Tensor, Tensor, Tensor]:
         """Logits and targets cut to the frames both have (upstream frame counts round differently

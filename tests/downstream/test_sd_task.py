@@ -176,7 +176,7 @@ def test_sd_trains_and_evaluates_through_the_cli(diar_data, tmp_path, caplog):
     conf = tmp_path / "sd.yaml"
     conf.write_text(
         "max_steps: 6\neval_every: 3\nmax_seconds: 1.5\nmax_batch_seconds: 3.0\n"
-        "head: {lstm_dim: 16, lstm_layers: 1}\nfeature_cache: " + str(tmp_path / "cache") + "\n"
+        "head: {sd_hidden_dim: 16, sd_rnn_layers: 1}\nfeature_cache: " + str(tmp_path / "cache") + "\n"
     )
     out = tmp_path / "exp"
     with caplog.at_level(logging.INFO, logger="speechssl.downstream.runner"):
@@ -204,7 +204,7 @@ def test_sd_trains_and_evaluates_through_the_cli(diar_data, tmp_path, caplog):
 
 def test_head_config_sizes_the_sd_head(diar_data, tmp_path):
     task = build_task(
-        "sd", diar_data, tmp_path / "exp", DownstreamConfig(head=HeadConfig(lstm_dim=8, lstm_layers=1))
+        "sd", diar_data, tmp_path / "exp", DownstreamConfig(head=HeadConfig(sd_hidden_dim=8, sd_rnn_layers=1))
     )
     head = task.build_head(5)
     assert head.lstm.hidden_size == 8 and head.out.out_features == 2
