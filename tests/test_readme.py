@@ -251,6 +251,7 @@ def test_python_snippets_use_no_undefined_names(tmp_path):
 MINI = "egs/mini_synth"
 DEMO_UNITS = ("units_mfcc_k50", "units_hubert_iter1_layer2_k100")
 DEMO_PATHS = {
+    "data/read",  # a dir of train/dev/test splits: what `downstream train --data` takes
     *(f"data/read/{s}" for s in ("train", "dev", "test")),
     *(f"data/read/{s}/{u}" for s in ("train", "dev") for u in DEMO_UNITS),
     *(f"data/read/{s}/{u}/labels" for s in ("train", "dev") for u in DEMO_UNITS),
@@ -265,8 +266,10 @@ DEMO_PATHS = {
 }
 # superb1's stage 1 (`./run.sh --stop_stage 1`) lays out the task data dirs; compress1 makes two models
 SUPERB_DATA = {
-    f"data/{t}{s}" for t in ("pr", "asr", "ks", "ic", "sid", "asv") for s in ("", "/train", "/train/text")
-}
+    f"data/{t}{s}"
+    for t in ("pr", "asr", "ks", "ic", "sid", "asv", "sd", "sf", "mlpr", "lid")
+    for s in ("", "/train", "/train/text")
+} | {"data/qbe"}
 COMPRESSED = {"../compress1/exp/distill/final", "../compress1/exp/prune/final"}
 INPUTS = {"--data", "--feats", "--model", "--upstream", "--labels", "--alignments", "--train", "--valid",
           "--teacher", "--init-from", "--noise", "--exps", "--text", "--upstreams",
@@ -319,6 +322,7 @@ def test_examples_in_the_demo_dirs_use_what_the_demo_made():
         for i, word in enumerate(words):
             values = values_after(words, i)
             if word in INPUTS:
+                values = [v.removeprefix("tokens:") for v in values]  # a tokens dir as an upstream
                 missing = [v for v in values if not v.startswith("fbank") and not fnmatch.filter(there, v)]
                 problems += [f"{command.where()}: {word} {v} is not made by the demo" for v in missing]
             if word in ("--config", "--distill_config", "--prune_config") and values:
