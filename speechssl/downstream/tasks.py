@@ -91,6 +91,7 @@ SPLITS = ("train", "dev", "test")
 BLANK = "<blank>"
 WORD_SEP = "|"
 UNK = "<unk>"
+MAX_SINGLETON_CLASSES = 64  # more classes than this and than half the train utterances: wrong data
 LABELS_FILE = "labels.txt"  # <data>/labels.txt: labels the task may see beyond those of train/
 
 
@@ -866,6 +867,18 @@ class _ClassificationTask(Task):
     def check_label(self, path, line, utt, value):
         if self._known(self.classes, value.strip()) is None:
             raise self._unseen(path, line, utt, value.strip(), self.what, self.classes)
+
+    def check_targets(self, split, split_dir, ids):
+        super().check_targets(split, split_dir, ids)
+        if split == "train":
+            labels = [value.strip() for *_, value in self._train_rows()]
+            distinct = len(set(labels))
+            if distinct > max(MAX_SINGLETON_CLASSES, len(labels) // 2):  # most "classes" seen once or twice
+                raise DataCheckError(
+                    f"{split_dir / self.target_file}: {distinct} distinct {self.what}s for {len(labels)} "
+                    f"utterances: task {self.name} reads one {self.what} per utterance ({self.target_help}); "
+                    "is this the data of another task (transcripts)?"
+                )
 
     def _encode_class(self, value: str) -> Tensor:
         return self.classes.encode([self._encode_label(self.classes, value.strip())])[0]

@@ -288,3 +288,21 @@ def test_a_config_with_the_old_batch_seconds_key_says_its_new_name(tmp_path, con
         load(conf)
     conf.write_text("max_batch_seconds: 32.0\n")
     assert load(conf).batching().max_batch_seconds == 32.0
+
+
+def test_ks_on_transcripts_is_refused_in_one_line(tmp_path):
+    """KS reads one keyword per utterance from `text`: a dir of read sentences (every utterance its
+    own 'class') is the wrong data, said before any compute."""
+    from speechssl.downstream import build_task
+    from speechssl.testing.datadirs import write_tone
+
+    d = tmp_path / "read" / "train"
+    d.mkdir(parents=True)
+    ids = [f"spk1-u{k:03d}" for k in range(80)]
+    (d / "wav.scp").write_text("".join(f"{u} {write_tone(tmp_path / 'w' / f'{u}.wav', 0.2)}\n" for u in ids))
+    (d / "utt2spk").write_text("".join(f"{u} spk1\n" for u in ids))
+    (d / "spk2utt").write_text("spk1 " + " ".join(ids) + "\n")
+    (d / "text").write_text("".join(f"{u} sentence number {k}\n" for k, u in enumerate(ids)))
+    task = build_task("ks", tmp_path / "read", tmp_path / "exp", DownstreamConfig())
+    with pytest.raises(DataCheckError, match=r"text: 80 distinct keywords for 80 utterances"):
+        task.check_split("train")
