@@ -152,6 +152,8 @@ def bypass_reason(upstream_spec: str, upstream: UpstreamModel | None, config: An
         return "CTC fine-tuning trains the upstream"
     if config.tuning.method != "frozen":
         return f"tuning.method {config.tuning.method} trains the upstream (its features change every update)"
+    if upstream is not None and upstream.feature_cache_bypass:
+        return upstream.feature_cache_bypass
     if upstream is not None and getattr(upstream, "needs_train_stats", False):
         return (
             f"upstream '{upstream_spec}' normalises with this experiment's own train-split statistics "
@@ -260,7 +262,9 @@ def open_entry(path: Path) -> tuple[CachedSplit | None, str | None]:
                     f"{shard_path} holds {size} bytes, its meta and index say "
                     f"{int(info['frames']) * frame_bytes} ({used[k]} indexed frames)"
                 )
-    except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
+    except (FileNotFoundError, ValueError, KeyError, TypeError, IndexError) as err:
+        # only definite evidence makes an entry damaged (and replaced); any other OSError (too many
+        # open files, a network file system's hiccup) propagates: other runs may be reading the entry
         return None, f"{path} is damaged ({type(err).__name__}: {err})"
     return CachedSplit(path, meta, index), None
 
@@ -538,6 +542,11 @@ class CachedFeatureDataset(Dataset):
     def __init__(
         self, dataset: AudioDataset, cache: CachedSplit, crop_frames: Callable[[float], int] | None = None
     ) -> None:
+        if dataset.label_rates:  # frame-level targets would need the crop the audio path applies to them
+            raise FeatureCacheError(
+                f"feature cache {cache.path}: frame-level targets ({sorted(dataset.label_rates)}) are not "
+                "cropped from cached features; train this task without feature_cache"
+            )
         missing = [u for u in dataset.utt_ids() if u not in cache]
         if missing:
             raise FeatureCacheError(

@@ -91,6 +91,8 @@ class GraphUpstream(UpstreamModel):
 class OnnxUpstream(GraphUpstream):
     """An ONNX export run by onnxruntime on the CPU (threads: torch's, so --num-threads applies)."""
 
+    feature_cache_bypass = "an ONNX graph's weights are not torch tensors the cache key could hash"
+
     format_name = "ONNX"
 
     def __init__(self, path: str | Path, metadata: dict[str, Any], session: Any = None) -> None:

@@ -165,6 +165,10 @@ class TokenUpstream(UpstreamModel):
     the batch (group-norm frontends normalise over padding). Its weights stay frozen (a token is an
     argmin: no gradient reaches them); what trains is the head on top."""
 
+    feature_cache_bypass = (
+        "tokens are recomputed by the tokens dir's k-means and BPE model, which the cache key does not hash"
+    )
+
     def __init__(
         self, inner: UpstreamModel, settings: TokenSettings, centroids: Tensor, bpe: UnitBPE | None = None
     ) -> None:

@@ -34,6 +34,9 @@ class UpstreamModel(nn.Module, ABC):
     """Waveforms -> every hidden state + valid frames. An nn.Module, so callers may move it
     (`.to`), freeze it (`.requires_grad_`), tune it and count its parameters."""
 
+    # why downstream's feature cache must not key this upstream by its torch weights (None: it may)
+    feature_cache_bypass: str | None = None
+
     @property
     @abstractmethod
     def downsample_rate(self) -> int:

@@ -428,3 +428,20 @@ def test_cli_feature_cache_option(task_data, tmp_path, capsys):
     (tmp_path / "foreign" / "x").write_text("x")
     assert downstream_train(task_data["ks"], tmp_path / "exp2", "--feature-cache", tmp_path / "foreign") == 1
     assert "foreign already holds files" in capsys.readouterr().err
+
+
+def test_upstreams_the_key_cannot_fingerprint_bypass_the_cache():
+    """An ONNX graph's weights are no torch tensors and a tokens dir's BPE model is no parameter: the
+    content hash of the key would not change when they do, so such upstreams are never cached."""
+    from speechssl.downstream import DownstreamConfig
+    from speechssl.downstream.feature_cache import bypass_reason
+    from speechssl.interop.graph_upstream import OnnxUpstream
+    from speechssl.interop.upstream import load_upstream
+    from speechssl.models.token_upstream import TokenUpstream
+
+    config = DownstreamConfig()
+    for cls in (OnnxUpstream, TokenUpstream):
+        assert cls.feature_cache_bypass
+        stub = type("Stub", (), {"feature_cache_bypass": cls.feature_cache_bypass})()
+        assert bypass_reason("x", stub, config) == cls.feature_cache_bypass
+    assert bypass_reason("fbank", load_upstream("fbank"), config) is None
