@@ -47,11 +47,13 @@ from speechssl.data.kaldi import (
 from speechssl.data.layout import (
     CORE_FILES,
     CTM_FILE,
+    RTTM_FILE,
     UTTERANCE,
     Listing,
     list_data_dir,
     table_level,
 )
+from speechssl.data.rttm import format_rttm, read_rttm
 from speechssl.io import atomic_write_text
 from speechssl.outputs import check_output, output_directory
 
@@ -444,7 +446,7 @@ def combine_data_dirs(out: str | Path, sources: list[str | Path], *, overwrite: 
     utterances to itself, as Kaldi does (a speed-perturbed copy combined with its original). An
     utterance id found in two sources is an error naming both; a recording id (segmented dirs) may
     be in several sources when it names the same audio (copies of one dir with other utterance
-    ids). phone_ctm, where an utterance's alignment may be missing, is the union of the sources'.
+    ids). phone_ctm, where an utterance's alignment may be missing, and rttm are the unions of the sources'.
 
     `out` follows the output-path rule (`speechssl.outputs.check_output`): never a source or a
     dir holding one; a non-empty dir only if an earlier combine wrote it, or with `overwrite`.
@@ -498,10 +500,17 @@ def combine_data_dirs(out: str | Path, sources: list[str | Path], *, overwrite: 
                     f"{problems[0]}; run `speechssl data validate {d.path}` to list every problem"
                 )
             ctm_lines += rows
+    rttm = {}  # the union of the sources' speaker turns (their recording ids are already checked)
+    for d in dirs:
+        if (d.path / RTTM_FILE).is_file():
+            for reco, turns in read_rttm(d.path / RTTM_FILE).items():
+                rttm.setdefault(reco, []).extend(turns)
     with output_directory(out, COMBINE) as tmp:
         data = write_data_dir(tmp, **tables)
         if ctm_lines:
             ctm_lines.sort(key=lambda row: c_sort_key(row.uttid))  # stable: each alignment in time order
             atomic_write_text(tmp / CTM_FILE, "".join(row.text + "\n" for row in ctm_lines))
+        if rttm:
+            atomic_write_text(tmp / RTTM_FILE, format_rttm(rttm))
     data.path = Path(out)
     return data

@@ -3,12 +3,13 @@ renamed and its times rescaled (`speechssl data copy`), every file carried consi
 
 Like Kaldi's subset_data_dir.sh and copy_data_dir.sh, only the files a data dir is made of are
 written: every table of the table rule (`speechssl.data.layout`), filtered by utterance, recording
-or speaker; phone_ctm (the lines of kept utterances) and trials (the trials whose two utterances
-are kept); frame_shift and cmvn_opts as they are. Files that are not tables (NOTES, audio kept
-beside the tables), num_jobs and subdirectories (units dirs, splits, which hold results for the
-source's utterances) are not copied, and the result names them. The source must be valid
-(`speechssl data validate --no-audio`): a subset of an inconsistent dir would be inconsistent too.
-The new dir is written beside `out`, validated, and renamed into place (`output_directory`).
+or speaker; phone_ctm (the lines of kept utterances), rttm (the turns of kept recordings) and
+trials (the trials whose two utterances are kept); frame_shift and cmvn_opts as they are. Files
+that are not tables (NOTES, audio kept beside the tables), num_jobs and subdirectories (units
+dirs, splits, which hold results for the source's utterances) are not copied, and the result
+names them. The source must be valid (`speechssl data validate --no-audio`): a subset of an
+inconsistent dir would be inconsistent too. The new dir is written beside `out`, validated, and
+renamed into place (`output_directory`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,17 @@ from pathlib import Path
 from speechssl.data.alignments import format_ctm_row
 from speechssl.data.datadir import UTT2UNIQ, spk2utt_from_utt2spk
 from speechssl.data.kaldi import ProblemKind, c_sort_key, format_seconds, format_table
-from speechssl.data.layout import CTM_FILE, RECORDING, SETTINGS_FILES, SPEAKER, TRIALS_FILE, UTTERANCE, WAV
+from speechssl.data.layout import (
+    CTM_FILE,
+    RECORDING,
+    RTTM_FILE,
+    SETTINGS_FILES,
+    SPEAKER,
+    TRIALS_FILE,
+    UTTERANCE,
+    WAV,
+)
+from speechssl.data.rttm import derive_rttm
 from speechssl.data.validate import ScannedDir, check_scanned
 from speechssl.io import atomic_write_text
 from speechssl.outputs import check_output, output_directory
@@ -189,6 +200,11 @@ def derive_data_dir(
             if r.uttid in kept
         )
     trials = _trials(src / TRIALS_FILE, kept, utt, notes) if (src / TRIALS_FILE).is_file() else None
+    rttm = None
+    if (src / RTTM_FILE).is_file():  # the turns of kept recordings, renamed and rescaled as the segments
+        rttm = derive_rttm(
+            src / RTTM_FILE, lambda r: reco(r) if r in recos else None, scale=time_scale, speaker=spk
+        )
 
     with output_directory(out, command) as tmp:
         if audio is not None:
@@ -212,6 +228,8 @@ def derive_data_dir(
             atomic_write_text(tmp / CTM_FILE, ctm)
         if trials:
             atomic_write_text(tmp / TRIALS_FILE, trials)
+        if rttm is not None:
+            atomic_write_text(tmp / RTTM_FILE, rttm)
         for name in SETTINGS_FILES:
             if (src / name).is_file():
                 shutil.copyfile(src / name, tmp / name)

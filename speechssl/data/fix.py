@@ -24,7 +24,8 @@ from pathlib import Path
 
 from speechssl.data.datadir import spk2utt_from_utt2spk
 from speechssl.data.kaldi import Problem, ProblemKind, c_sort_key, format_table
-from speechssl.data.layout import CTM_FILE, RECORDING, SPEAKER, UTTERANCE
+from speechssl.data.layout import CTM_FILE, RECORDING, RTTM_FILE, SPEAKER, UTTERANCE
+from speechssl.data.rttm import derive_rttm, rttm_lines
 from speechssl.data.validate import ScannedDir, check_phone_ctm
 from speechssl.io import atomic_file
 
@@ -190,15 +191,20 @@ def fix_data_dir(path: str | Path, *, allow_empty: bool = False) -> FixReport:
     alignments: list[DroppedAlignment] = []
     if files.ctm is not None:
         contents[CTM_FILE], alignments = _filter_ctm(files, kept)
+    extra = [name for name in (CTM_FILE, RTTM_FILE) if (path / name).is_file()]
+    if RTTM_FILE in extra:  # rewritten only when it names a recording that goes
+        recordings = {files.tables["segments"][u][0] for u in kept} if segments else kept
+        if {reco for _, reco, _ in rttm_lines(path / RTTM_FILE)} - recordings:
+            contents[RTTM_FILE] = derive_rttm(path / RTTM_FILE, lambda r: r if r in recordings else None)
     changed = [
         name
         for name in contents
-        if not (files.has(name) or name == CTM_FILE)
+        if not (files.has(name) or name in extra)
         or (path / name).read_bytes() != contents[name].encode("utf-8")
     ]
     backup = None
     if changed:
-        originals = list(files.listing.tables) + ([CTM_FILE] if files.ctm is not None else [])
+        originals = list(files.listing.tables) + extra
         backup = _write_backup(path, originals)
         with ExitStack() as stack:  # every temp file is written before the first rename
             for name in changed:

@@ -36,6 +36,8 @@ from speechssl.data import synth_grammar, synth_text
 from speechssl.data.alignments import SILENCE_PHONE, PhoneSegment, format_ctm
 from speechssl.data.datadir import write_data_dir
 from speechssl.data.espeak import get_espeak
+from speechssl.data.rttm import Turn as rttm_turn
+from speechssl.data.rttm import format_rttm
 from speechssl.data.synth import (
     FEMALE_VARIANTS,
     MALE_VARIANTS,
@@ -422,15 +424,9 @@ def _conversation(unit: TaskUnit, rng: np.random.Generator, config: SynthConfig)
 # --- writing ---
 
 
-def format_rttm(turns: Sequence[tuple[str, str, float, float]]) -> str:
-    """NIST RTTM lines `SPEAKER <reco> 1 <start> <duration> <NA> <NA> <speaker> <NA> <NA>` from
-    (reco, speaker, start s, end s), sorted by recording then start."""
-    rows = sorted(turns, key=lambda t: (t[0].encode(), t[2], t[1].encode()))
-    return "".join(f"SPEAKER {r} 1 {s:.3f} {e - s:.3f} <NA> <NA> {spk} <NA> <NA>\n" for r, spk, s, e in rows)
-
-
 def _write_diar(path: Path, units: list[TaskUnit], results: dict[str, TaskResult], sr: int) -> dict:
-    wav_scp, reco2dur, segments, utt2spk, text, utt2dur, rttm = {}, {}, {}, {}, {}, {}, []
+    wav_scp, reco2dur, segments, utt2spk, text, utt2dur = {}, {}, {}, {}, {}, {}
+    rttm: dict[str, list[rttm_turn]] = {}
     for unit in units:
         result = results[unit.uid]
         wav_scp[unit.uid] = unit.wav_path
@@ -439,7 +435,7 @@ def _write_diar(path: Path, units: list[TaskUnit], results: dict[str, TaskResult
             start, end = round(turn.start / sr, 3), round(turn.end / sr, 3)  # the RTTM's precision
             segments[turn.uttid] = (unit.uid, start, end)
             utt2spk[turn.uttid], text[turn.uttid], utt2dur[turn.uttid] = turn.spk_id, turn.text, end - start
-            rttm.append((unit.uid, turn.spk_id, start, end))
+            rttm.setdefault(unit.uid, []).append(rttm_turn(turn.spk_id, start, end))
     write_data_dir(
         path, wav_scp, utt2spk=utt2spk, text=text, segments=segments, utt2dur=utt2dur, reco2dur=reco2dur
     )

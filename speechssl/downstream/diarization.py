@@ -21,54 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from speechssl.data.kaldi import read_table_lines
-from speechssl.downstream.metrics import Turn
+from speechssl.data.rttm import Turn, rttm_lines
 from speechssl.errors import SpeechSSLError
-
-
-class RTTMError(SpeechSSLError, ValueError):
-    """A malformed RTTM line (file and line named)."""
-
-
-def rttm_lines(path: Path) -> list[tuple[int, str, Turn]]:
-    """(line number, recording, turn) of each NIST RTTM `SPEAKER <reco> <chan> <start> <dur> <NA> <NA>
-    <spk> ...` line (other record types are skipped), so that checks can name the line."""
-    rows = []
-    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
-        fields = line.split()
-        if not fields or fields[0] != "SPEAKER":
-            continue
-        if len(fields) < 8:
-            raise RTTMError(
-                f"{path}:{number}: an RTTM SPEAKER line has 8 or more fields, found {len(fields)}"
-            )
-        try:
-            start, duration = float(fields[3]), float(fields[4])
-        except ValueError:
-            raise RTTMError(
-                f"{path}:{number}: start and duration must be numbers: {line.strip()!r}"
-            ) from None
-        if not (math.isfinite(start) and math.isfinite(duration)) or start < 0 or duration <= 0:
-            raise RTTMError(f"{path}:{number}: start must be >= 0 and duration > 0: {line.strip()!r}")
-        rows.append((number, fields[1], Turn(fields[7], start, start + duration)))
-    return rows
-
-
-def read_rttm(path: Path) -> dict[str, list[Turn]]:
-    """recording -> turns of an RTTM file (`rttm_lines`)."""
-    turns: dict[str, list[Turn]] = {}
-    for _, reco, turn in rttm_lines(path):
-        turns.setdefault(reco, []).append(turn)
-    return turns
-
-
-def format_rttm(turns: Mapping[str, Sequence[Turn]]) -> str:
-    """RTTM text of recording -> turns, sorted by recording and start."""
-    lines = []
-    for reco in sorted(turns):
-        for turn in sorted(turns[reco], key=lambda t: (t.start, t.speaker)):
-            span = f"{turn.start:.3f} {turn.end - turn.start:.3f}"
-            lines.append(f"SPEAKER {reco} 1 {span} <NA> <NA> {turn.speaker} <NA> <NA>")
-    return "".join(line + "\n" for line in lines)
 
 
 def activity_targets(

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from speechssl.data.rttm import Turn
+
 
 @dataclass(frozen=True)
 class EditCounts:
@@ -221,15 +223,6 @@ def slot_value_cer(refs: Sequence[str], hyps: Sequence[str]) -> float:
 
 
 # --- speaker diarization (DER with a no-score collar, as md-eval) --------------------------
-@dataclass(frozen=True)
-class Turn:
-    """One speaker's speech from `start` to `end` seconds of a recording."""
-
-    speaker: str
-    start: float
-    end: float
-
-
 @dataclass(frozen=True)
 class DiarizationCounts:
     """Seconds of scored reference speaker time and of each error (summed over speakers, so

@@ -58,18 +58,16 @@ from speechssl.data.batching import BatchingConfig, build_loader
 from speechssl.data.datadir import DataDir
 from speechssl.data.dataset import AudioDataset, load_targets
 from speechssl.data.kaldi import read_table, read_table_lines
+from speechssl.data.rttm import format_rttm, read_rttm, rttm_lines
 from speechssl.data.sampler import DurationBucketSampler
 from speechssl.downstream import metrics
 from speechssl.downstream.config import DownstreamConfig
 from speechssl.downstream.diarization import (
     Recording,
     decode_turns,
-    format_rttm,
     load_recordings,
     pit_bce_loss,
-    read_rttm,
     recording_targets,
-    rttm_lines,
 )
 from speechssl.downstream.heads import (
     AdditiveMarginSoftmax,

@@ -14,9 +14,10 @@ from speechssl.data import synth_grammar
 from speechssl.data.alignments import SILENCE_PHONE, read_phone_ctm
 from speechssl.data.espeak import get_espeak
 from speechssl.data.kaldi import read_table
+from speechssl.data.rttm import Turn, format_rttm
 from speechssl.data.synth import SynthConfig, build_corpus, build_speakers
 from speechssl.data.synth_audio import segments_from_events
-from speechssl.data.synth_tasks import TASK_PLAN, TASK_SUBSETS, _word_spans, format_rttm
+from speechssl.data.synth_tasks import TASK_PLAN, TASK_SUBSETS, _word_spans
 from speechssl.data.validate import validate_data_dir
 
 TINY_HOURS = 0.005  # the per-dir minimums: about 4 minutes of audio over the four subsets
@@ -258,7 +259,9 @@ def test_espeak_reports_word_events():
 
 
 def test_format_rttm_sorts_by_recording_and_start():
-    text = format_rttm([("r2", "spkB", 0.5, 1.25), ("r1", "spkA", 1.0, 2.0), ("r1", "spkB", 0.25, 1.5)])
+    text = format_rttm(
+        {"r2": [Turn("spkB", 0.5, 1.25)], "r1": [Turn("spkA", 1.0, 2.0), Turn("spkB", 0.25, 1.5)]}
+    )
     assert text.splitlines() == [
         "SPEAKER r1 1 0.250 1.250 <NA> <NA> spkB <NA> <NA>",
         "SPEAKER r1 1 1.000 1.000 <NA> <NA> spkA <NA> <NA>",

@@ -4,15 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from speechssl.downstream.diarization import (
-    RTTMError,
-    activity_targets,
-    decode_turns,
-    format_rttm,
-    pit_bce_loss,
-    read_rttm,
-)
-from speechssl.downstream.metrics import Turn, diarization_counts
+from speechssl.data.rttm import RTTMError, Turn, format_rttm, read_rttm
+from speechssl.downstream.diarization import activity_targets, decode_turns, pit_bce_loss
+from speechssl.downstream.metrics import diarization_counts
 
 
 def test_rttm_round_trip_and_one_line_errors(tmp_path):

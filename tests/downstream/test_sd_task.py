@@ -14,16 +14,10 @@ import soundfile as sf
 import torch
 
 from speechssl.data.audio import SAMPLE_RATE
+from speechssl.data.rttm import Turn, format_rttm, read_rttm
 from speechssl.downstream.config import DownstreamConfig, HeadConfig
-from speechssl.downstream.diarization import (
-    DiarizationDataError,
-    activity_targets,
-    format_rttm,
-    load_recordings,
-    read_rttm,
-)
+from speechssl.downstream.diarization import DiarizationDataError, activity_targets, load_recordings
 from speechssl.downstream.heads import DiarizationHead
-from speechssl.downstream.metrics import Turn
 from speechssl.downstream.tasks import DataCheckError, build_task
 from speechssl.testing.cli import downstream_train, run_cli
 from speechssl.testing.models import perturb_
