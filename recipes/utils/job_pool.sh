@@ -44,7 +44,11 @@ pool_init() {  # pool_init NJ [local|slurm] [SBATCH_OPTIONS] [SCRIPT_DIR]
 
 _pool_job() {  # _pool_job LOG: the job's name, then its script dir (one a line)
     if [ -n "${_pool_qdir}" ] && [ "$(dirname "$1")" != "$(dirname "${_pool_qdir}")" ]; then
-        printf '%s\n' "$(basename "$(dirname "$1")")_$(basename "$1" .log)" "${_pool_qdir}"
+        # the log's path below the qdir's parent names the job: exp/a/log/x.log and exp/b/log/x.log differ
+        local rel
+        rel=$(realpath -m --relative-to="$(dirname "${_pool_qdir}")" "$1")
+        rel=${rel%.log}; rel=${rel//..\//up_}
+        printf '%s\n' "${rel//\//_}" "${_pool_qdir}"
     else
         printf '%s\n' "$(basename "$1" .log)" "${_pool_qdir:-$(dirname "$1")/q}"
     fi

@@ -164,9 +164,12 @@ def collect(
     config: CollectConfig,
     *,
     keep_utterances: bool = False,
+    concatenate: bool = True,
     progress: bool = True,
 ) -> list[LayerFeatures]:
-    """Run each upstream over the selected utterances of `data_dir`; see the module docstring."""
+    """Run each upstream over the selected utterances of `data_dir`; see the module docstring.
+    `concatenate: False` leaves `frames` empty when whole utterances are kept (callers that only
+    read `utterances`, such as QbE, then hold each frame once)."""
     data = data_dir if isinstance(data_dir, DataDir) else DataDir.load(data_dir)
     if len(upstreams) > 1:
         check_same_frames(upstreams)
@@ -183,13 +186,14 @@ def collect(
     utterances = select_utterances(data, config)
     kept_bytes = sum(4 * config.max_frames * len(r.layers) * r.hidden_dim for r in results)
     logger.info(
-        "analysing %s on %d utterances of %s: %s, up to %d frames (%.0f MiB)",
+        "analysing %s on %d utterances of %s: %s, %s",
         " and ".join(r.name for r in results),
         len(utterances),
         data.path,
         "whole utterances" if keep_utterances else "a random sample of their frames",
-        config.max_frames,
-        kept_bytes / 2**20,
+        "every frame"
+        if config.max_frames >= 2**40
+        else f"up to {config.max_frames} frames ({kept_bytes / 2**20:.0f} MiB)",
     )
     reservoir = _Reservoir(config.max_frames, config.seed)
     if not keep_utterances:
@@ -250,16 +254,22 @@ def collect(
     for r, acc in zip(results, sums):
         r.utterance_means = [np.stack(means) for means in acc]
         if keep_utterances:
-            r.frames = [np.concatenate([u[k] for u in r.utterances.values()]) for k in range(len(r.layers))]
+            r.frames = (
+                [np.concatenate([u[k] for u in r.utterances.values()]) for k in range(len(r.layers))]
+                if concatenate
+                else []
+            )
         else:
             r.frames = [f[: min(config.max_frames, reservoir.seen)] for f in r.frames]
-        for k, f in enumerate(r.frames):
+        per_layer = r.frames or [f for feats in r.utterances.values() for f in feats]
+        for k, f in enumerate(per_layer):
             if not np.isfinite(f).all():
-                raise ValueError(f"upstream '{r.name}' gives NaN or infinite features at layer {r.layers[k]}")
+                layer = r.layers[k % len(r.layers)]
+                raise ValueError(f"upstream '{r.name}' gives NaN or infinite features at layer {layer}")
     logger.info(
         "analysed %d utterances (%d frames); kept %d frames per layer",
         results[0].num_utts,
         results[0].num_frames_seen,
-        len(results[0].frames[0]),
+        len(results[0].frames[0]) if results[0].frames else results[0].num_frames_seen,
     )
     return results

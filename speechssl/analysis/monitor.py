@@ -4,8 +4,9 @@ A representation that collapses (every frame mapped near one point, or onto a fe
 can still lower a pretraining loss for a while; RankMe (speechssl.analysis.rankme) falls to a
 handful when it does, long before a downstream evaluation would show it. At each validation the
 monitor runs the backbone without masks on the first validation batches until it has
-`max_frames` frames (a seeded random subset of the valid frames of those batches: the validation
-order is fixed, so every validation looks at the same frames and the values are comparable), and
+`max_frames` frames (every valid frame of those batches, the last batch subsampled with a fixed
+seed: the validation order is fixed, so every validation looks at the same frames and the values
+are comparable), and
 reports RankMe of each chosen layer as `valid/rankme_layer<L>` (TensorBoard and the log). A value
 below `min_rankme` is a warning in the log and in the run's summary.
 

@@ -14,7 +14,10 @@ libsndfile cannot write becomes 16-bit WAV) and wav.scp lists their absolute pat
   (Kaldi's), and utt2uniq maps each new utterance to its source one.
 - Volume `v`: samples are multiplied by v. Samples past [-1, 1] (a loud volume, or the ripple of
   resampling) are clipped for integer formats, as sox does, and counted in the result's notes.
-  Ids stay the same unless prefixes are given (Kaldi's volume perturbation renames nothing).
+  Ids stay the same unless prefixes are given (Kaldi's volume perturbation renames nothing). One
+  factor for every recording: Kaldi's perturb_data_dir_volume.sh draws one per recording in
+  [0.125, 2] instead. Kaldi's speed script also prefixes the file id inside reco2file_and_channel
+  values; ours renames only the keys.
 - Features of the old audio (every `<name>.scp` other than wav.scp, e.g. feats.scp, cmvn.scp) are
   not copied when the audio changes, nor is utt2num_frames when its length does.
 - Prefixes (`utt_prefix`, `spk_prefix`) replace the speed prefix for their ids; without segments a

@@ -68,16 +68,15 @@ def pit_bce_loss(logits: Tensor, targets: Tensor, lengths: Tensor) -> tuple[Tens
 
 
 def median_filter(activity: np.ndarray, width: int) -> np.ndarray:
-    """Median over `width` (odd) frames along time, per speaker; the ends use shrunken windows."""
+    """Median over `width` (odd) frames along time, per speaker, zero-padded at the ends: s3prl's
+    make_rttm (scipy.signal.medfilt with kernel (width, 1))."""
     if width <= 1:
         return activity
     if width % 2 == 0:
         raise ValueError(f"median filter width must be odd, found {width}")
-    half = width // 2
-    out = np.empty_like(activity)
-    for t in range(len(activity)):
-        out[t] = np.median(activity[max(0, t - half) : t + half + 1], axis=0)
-    return out
+    from scipy.signal import medfilt
+
+    return medfilt(np.asarray(activity, dtype=np.float64), (width, 1))
 
 
 def decode_turns(

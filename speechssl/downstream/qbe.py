@@ -140,7 +140,9 @@ def evaluate_qbe(
     config = CollectConfig(layers=tuple(layers) if layers else None, max_frames=2**62, device=device)
     feats = {}
     for data in (query_dir, doc_dir):
-        (collected,) = collect([(name, model)], data, config, keep_utterances=True, progress=progress)
+        (collected,) = collect(
+            [(name, model)], data, config, keep_utterances=True, concatenate=False, progress=progress
+        )
         feats.update(collected.utterances)
     per_layer = {}
     for k, layer in enumerate(collected.layers):

@@ -590,9 +590,10 @@ class PhoneRecognition(_CTCTask):
 
 
 class MultilingualPhoneRecognition(PhoneRecognition):
-    """MLPR (ML-SUPERB's multilingual phone recognition): one CTC head over the phones of every
-    language of `<data>/train` (a symbol shared by two languages is one token), plus the inventories
-    `<data>/phones/<lang>.txt` declare; PER overall and per language (`utt2lang`)."""
+    """MLPR (multilingual phone recognition, after ML-SUPERB, which scores multilingual ASR by
+    CER): one CTC head over the phones of every language of `<data>/train` (a symbol shared by two
+    languages is one token), plus the inventories `<data>/phones/<lang>.txt` declare; PER overall
+    and per language (`utt2lang`)."""
 
     name = "mlpr"
 
@@ -923,8 +924,8 @@ class SpeakerIdentification(_ClassificationTask):
 
 
 class LanguageIdentification(_ClassificationTask):
-    """LID (ML-SUPERB's language identification): the language of `utt2lang`, mean pooling;
-    accuracy overall and per language."""
+    """LID (language identification, after ML-SUPERB's): the language of `utt2lang` through a
+    mean-pooled head; accuracy overall and per language."""
 
     name, target_file, target_help, what = "lid", "utt2lang", "the language of each utterance", "language"
 

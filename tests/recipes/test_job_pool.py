@@ -146,10 +146,13 @@ def test_a_shared_script_dir_names_jobs_by_their_log_dir(tmp_path):
     env = fake_slurm(tmp_path)
     body = "pool_init 2 slurm '' exp/q\n"
     body += "pool_run exp/ks_a/evaluate.log echo a\npool_run exp/ks_b/evaluate.log echo b\n"
-    body += "pool_run exp/ks_a.train.log echo c\npool_wait"
+    body += "pool_run exp/ks_a.train.log echo c\n"
+    body += "pool_run exp/a/log/x.log echo d\npool_run exp/b/log/x.log echo e\npool_wait"  # same basename
     result = run_pool(tmp_path, body, env)
     assert result.returncode == 0, result.stderr
-    assert sorted(call[2] for call in sbatch_calls(env)) == ["ks_a.train", "ks_a_evaluate", "ks_b_evaluate"]
+    assert sorted(call[2] for call in sbatch_calls(env)) == [
+        "a_log_x", "b_log_x", "ks_a.train", "ks_a_evaluate", "ks_b_evaluate"
+    ]  # fmt: skip
     assert (tmp_path / "exp/q/ks_a.train.sh").is_file()
     for name in ("a", "b"):
         assert (tmp_path / f"exp/q/ks_{name}_evaluate.sh").is_file()
