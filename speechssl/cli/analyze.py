@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from speechssl.cli.common import add_overwrite_argument, set_num_threads
+from speechssl.cli.common import add_overwrite_argument, check_device, set_num_threads
 
 _HELP = {
     "rankme": "RankMe (effective rank) per layer, on frames and on utterance-mean embeddings",
@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from speechssl.analysis.report import analyze
 
     set_num_threads(args.num_threads)
+    check_device(args.device)  # one line, before the model loads
     config = CollectConfig(
         layers=tuple(args.layers) if args.layers else None,
         max_frames=args.max_frames,

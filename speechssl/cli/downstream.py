@@ -6,9 +6,7 @@ import argparse
 import json
 from dataclasses import replace
 
-import torch
-
-from speechssl.cli.common import add_overwrite_argument, add_set_argument, check_device
+from speechssl.cli.common import add_overwrite_argument, add_set_argument, check_device, set_num_threads
 from speechssl.config import load_config
 from speechssl.downstream.config import DownstreamConfig, check_tuning_overrides
 from speechssl.downstream.report import write_report
@@ -188,8 +186,7 @@ def run_tokenizer(args: argparse.Namespace) -> int:
 def run_qbe(args: argparse.Namespace) -> int:
     from speechssl.downstream.qbe import evaluate_qbe
 
-    if args.num_threads:
-        torch.set_num_threads(args.num_threads)
+    set_num_threads(args.num_threads)
     check_device(args.device)
     results = evaluate_qbe(
         args.upstream, args.data, args.out, name=args.name, layers=args.layers, device=args.device,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from speechssl.cli.common import add_overwrite_argument
+from speechssl.cli.common import add_overwrite_argument, check_device
 from speechssl.units.tokens import TokenConfig, extract_tokens
 
 
@@ -48,6 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_extract(args: argparse.Namespace) -> int:
+    check_device(args.device)  # one line, before the model loads
     config = TokenConfig(
         layer=args.layer, dedup=args.dedup, bpe_vocab=args.bpe_vocab, batch_seconds=args.batch_seconds
     )

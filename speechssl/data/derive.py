@@ -35,6 +35,7 @@ from speechssl.data.layout import (
 )
 from speechssl.data.rttm import derive_rttm
 from speechssl.data.validate import ScannedDir, check_scanned
+from speechssl.errors import OutputExistsError
 from speechssl.io import atomic_write_text
 from speechssl.outputs import check_output, output_directory
 
@@ -112,6 +113,19 @@ class DerivedDir:
     notes: tuple[str, ...]  # what else a user should know (trials left out...)
 
 
+def _check_audio_outside(files: ScannedDir, out: Path) -> None:
+    """Refuse an `out` that holds audio the source lists: writing it replaces the dir whole, and the
+    earlier output's audio (a perturbed copy that this source was made from) would go with it."""
+    target = out.resolve()
+    for key, value in files.tables["wav.scp"].items():
+        audio = Path(value).resolve()
+        if audio.is_relative_to(target):
+            raise OutputExistsError(
+                f"{files.path / 'wav.scp'}: '{key}' is audio inside --out {out} ({value}); "
+                "writing there would delete it: choose another --out"
+            )
+
+
 def derive_data_dir(
     files: ScannedDir,
     out: str | Path,
@@ -136,6 +150,7 @@ def derive_data_dir(
     when `out` may not be written (`check_output`)."""
     src = files.path
     check_output(out, command, overwrite=overwrite, inputs=(src, *inputs))
+    _check_audio_outside(files, Path(out))
     drop = dict(drop or {})
     kept = set(utts)
     if not kept:

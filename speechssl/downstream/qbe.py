@@ -124,15 +124,19 @@ def evaluate_qbe(
     from speechssl.outputs import check_output, output_directory
 
     data_dir = Path(data_dir)
-    for sub in ("queries", "docs", GROUND_TRUTH):
-        if not (data_dir / sub).exists():
-            raise FileNotFoundError(
-                f"QbE data dir {data_dir} has no {sub} (expected queries/, docs/, ground_truth)"
+    for sub, is_dir in (("queries", True), ("docs", True), (GROUND_TRUTH, False)):
+        if not ((data_dir / sub).is_dir() if is_dir else (data_dir / sub).is_file()):
+            kind = "data dir" if is_dir else "file"
+            raise QbEDataError(
+                f"QbE data dir {data_dir} has no {sub} {kind} (expected queries/, docs/, ground_truth)"
             )
     check_output(out_dir, QBE_COMMAND, overwrite=overwrite, inputs=(data_dir, upstream))
     query_dir, doc_dir = DataDir.load(data_dir / "queries"), DataDir.load(data_dir / "docs")
     query_ids = [u.utt_id for u in query_dir.utterances()]
     doc_ids = [u.utt_id for u in doc_dir.utterances()]
+    shared = sorted(set(query_ids) & set(doc_ids))
+    if shared:
+        raise QbEDataError(f"{data_dir}: '{shared[0]}' is a query and a document ({len(shared)} such ids)")
     truth = read_ground_truth(data_dir / GROUND_TRUTH, set(query_ids), set(doc_ids))
     targets = np.array([[(q, d) in truth for d in doc_ids] for q in query_ids])
     model = load_upstream(upstream)

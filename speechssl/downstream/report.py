@@ -72,11 +72,27 @@ def load_results(exp_dirs: Sequence[str | Path], split: str = "test") -> list[di
         if path is None:
             raise FileNotFoundError(_missing_results(Path(exp), split))
         row = {**json.loads(path.read_text()), "exp": str(exp)}
+        _check_current(Path(exp), path, row, split)
         name = _recorded_name(Path(exp))
         if name:  # the record names the upstream, also for results written before a rename
             row["upstream"] = name
         rows.append(row)
     return rows
+
+
+def _check_current(exp: Path, path: Path, row: dict[str, Any], split: str) -> None:
+    """Results of another checkpoint than the one EXP/best.json chooses now (a --resume trained
+    on after they were written) are stale: refused, naming what to run."""
+    best_path = exp / BEST_FILE
+    if "checkpoint" not in row or not best_path.is_file():
+        return  # nothing was chosen (qbe) or an older record
+    best = json.loads(best_path.read_text())
+    if (row.get("step"), row.get("lr")) != (best.get("step"), best.get("lr")):
+        raise ValueError(
+            f"{path} scored step {row.get('step')} (lr {row.get('lr')}) but {best_path} now chooses step "
+            f"{best.get('step')} (lr {best.get('lr')}): run `speechssl downstream evaluate --out {exp} "
+            f"--split {split}` again"
+        )
 
 
 def _missing_results(exp: Path, split: str) -> str:

@@ -412,7 +412,11 @@ def _train_run(
         return finished
     # every run (each lr of a sweep, and a rerun in the same process) starts from the same head
     seed_everything(config.seed)
-    model = build_model(task, prepare_upstream(upstream_spec, config, task), config)
+    upstream = prepare_upstream(upstream_spec, config, task)
+    # and again: the head's initial weights must not depend on how many random numbers loading drew
+    # (building a network draws them; an ONNX/TorchScript export of the same weights draws none)
+    seed_everything(config.seed)
+    model = build_model(task, upstream, config)
     trainable, total = model.num_parameters()
     log.info(
         "task %s, upstream %s, lr %g: %d trainable / %d parameters",

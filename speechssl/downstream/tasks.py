@@ -1183,6 +1183,11 @@ class SpeakerDiarization(Task):
 
     def bind_upstream(self, upstream: Any) -> None:
         """Targets follow the upstream's frames: one per `downsample_rate` samples (runner hook)."""
+        if not getattr(upstream, "fixed_rate", True):  # duck-typed upstreams: one frame each
+            raise DataCheckError(
+                "task sd needs one upstream frame per downsample_rate samples; de-duplicated or BPE "
+                "tokens (tokens:DIR with --dedup / --bpe-vocab) come at a variable rate"
+            )
         self._frame_shift = upstream.downsample_rate / SAMPLE_RATE
 
     @property

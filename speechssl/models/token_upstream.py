@@ -192,6 +192,8 @@ class TokenUpstream(UpstreamModel):
         self.bpe = bpe
         self.register_buffer("centroids", centroids.to(torch.float32), persistent=False)
         self.vocab_size = bpe.vocab_size if bpe is not None else settings.num_clusters
+        # one token per frame only without dedup and BPE: frame-level targets cannot align otherwise
+        self.fixed_rate = not settings.dedup and bpe is None
 
     @property
     def downsample_rate(self) -> int:

@@ -36,6 +36,8 @@ class UpstreamModel(nn.Module, ABC):
 
     # why downstream's feature cache must not key this upstream by its torch weights (None: it may)
     feature_cache_bypass: str | None = None
+    # one frame per `downsample_rate` samples (False: fewer, e.g. de-duplicated tokens)
+    fixed_rate: bool = True
 
     @property
     @abstractmethod

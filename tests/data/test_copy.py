@@ -202,3 +202,19 @@ def test_segmented_copy_with_prefix_combines_with_its_source(tmp_path):
         ValueError, match=r"id 'spk1-rec' of wav.scp is in more than one source with another value"
     ):
         combine_data_dirs(tmp_path / "all2", [d, tmp_path / "c"])
+
+
+def test_copy_refuses_an_out_that_holds_the_audio_of_its_input(tmp_path):
+    """A perturbed copy, a plain copy of it (listing its audio), then a new perturbation written over
+    the first: the swap would delete the audio the input lists. Refused, nothing changes."""
+    from speechssl.data.perturb import CopyConfig, copy_data_dir
+    from speechssl.errors import OutputExistsError
+    from speechssl.testing.datadirs import make_data_dir
+
+    src = make_data_dir(tmp_path, name="src").path
+    copy_data_dir(src, tmp_path / "B", CopyConfig(speed=1.1))
+    copy_data_dir(tmp_path / "B", tmp_path / "B2", CopyConfig(utt_prefix="x-"))
+    before = sorted(p.name for p in (tmp_path / "B" / "wav").iterdir())
+    with pytest.raises(OutputExistsError, match=r"B2/wav.scp: '.*' is audio inside --out"):
+        copy_data_dir(tmp_path / "B2", tmp_path / "B", CopyConfig(speed=0.9))
+    assert sorted(p.name for p in (tmp_path / "B" / "wav").iterdir()) == before

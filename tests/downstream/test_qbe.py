@@ -121,3 +121,19 @@ def test_qbe_ground_truth_errors_name_the_line(tmp_path):
     with pytest.raises(QbEDataError, match=r"ground_truth:2: query 'spk1-q9'"):
         evaluate_qbe("fbank_no_cmvn", data, tmp_path / "exp")
     assert not (tmp_path / "exp").exists()  # checked before anything is written
+
+
+def test_qbe_refuses_ids_shared_by_queries_and_docs_and_a_ground_truth_dir(tmp_path):
+    data = _qbe_dir(tmp_path)
+    scp = (data / "queries" / "wav.scp").read_text().replace("spk1-q0", "spk1-d0")
+    (data / "queries" / "wav.scp").write_text(scp)
+    for name in ("utt2spk", "spk2utt"):
+        (data / "queries" / name).write_text(
+            (data / "queries" / name).read_text().replace("spk1-q0", "spk1-d0")
+        )
+    with pytest.raises(QbEDataError, match=r"'spk1-d0' is a query and a document"):
+        evaluate_qbe("fbank_no_cmvn", data, tmp_path / "exp")
+    (data / "ground_truth").unlink()
+    (data / "ground_truth").mkdir()
+    with pytest.raises(QbEDataError, match=r"has no ground_truth file"):
+        evaluate_qbe("fbank_no_cmvn", data, tmp_path / "exp")

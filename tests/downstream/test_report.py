@@ -224,3 +224,27 @@ def test_without_fbank_the_overall_score_is_not_computed(tmp_path):
     ]
     md = write_report(two, tmp_path / "report2")["markdown"].read_text()
     assert "two rows come from upstream `fbank` (fbank_a, fbank_b)" in md
+
+
+def test_results_of_a_checkpoint_best_json_no_longer_chooses_are_refused(tmp_path):
+    """evaluate, then --resume trains on and chooses another step: the old test score is stale."""
+    import json as _json
+
+    from speechssl.downstream.report import load_results
+
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    row = {"task": "lid", "metric": "accuracy", "value": 0.3, "split": "test", "upstream": "m",
+           "checkpoint": str(exp / "checkpoints/step_10"), "step": 10, "lr": 1e-3}  # fmt: skip
+    (exp / "results_test.json").write_text(_json.dumps(row))
+    (exp / "best.json").write_text(
+        _json.dumps({"run_dir": ".", "checkpoint": "checkpoints/step_10", "step": 10, "lr": 1e-3})
+    )
+    assert load_results([exp])[0]["value"] == 0.3
+    (exp / "best.json").write_text(
+        _json.dumps({"run_dir": ".", "checkpoint": "checkpoints/step_40", "step": 40, "lr": 1e-3})
+    )
+    with pytest.raises(
+        ValueError, match=r"scored step 10 .* now chooses step 40 .*downstream evaluate --out"
+    ):
+        load_results([exp])
