@@ -229,8 +229,13 @@ def test_a_cache_of_other_data_is_never_reused(task_data, upstream, tmp_path, ca
 # ---------------------------------------------------------------- torn, damaged, concurrent
 
 
+# a fresh interpreter per writer: a forked child inherits the locks other threads of the test process
+# hold (progress bars' monitor threads...) and deadlocked in a full-suite run
+CONTEXT = multiprocessing.get_context("spawn")
+
+
 def _fork(target, *args) -> multiprocessing.Process:
-    proc = multiprocessing.get_context("fork").Process(target=target, args=args)
+    proc = CONTEXT.Process(target=target, args=args)
     proc.start()
     return proc
 
@@ -314,7 +319,7 @@ def test_two_writers_of_one_entry_do_not_corrupt_it(task_data, upstream, tmp_pat
     split = task_data["ks"] / "train"
     root = tmp_path / "c"
     root.mkdir()
-    start = multiprocessing.get_context("fork").Barrier(2)
+    start = CONTEXT.Barrier(2)
     procs = [
         _fork(_write_and_report, root, upstream, split, tmp_path / f"r{i}.json", start) for i in range(2)
     ]
