@@ -149,12 +149,20 @@ class TokenSettings:
             raise TokenDirError(f"{path} is not a tokens summary ({type(err).__name__}: {err})") from None
 
 
-def nearest_unit(x: Tensor, centroids: Tensor) -> Tensor:
-    """x: (T, D), centroids: (K, D) -> (T,) argmin_k ||x - c_k||^2, computed as ||c||^2 - 2 x.c in
-    float32 exactly as `speechssl kmeans label` computes it (speechssl.units.kmeans)."""
+def nearest_centroid(x: Tensor, centroids: Tensor, block: int = 65536) -> Tensor:
+    """x: (N, D), centroids: (K, D) -> (N,) argmin_k ||x - c_k||^2 via ||c||^2 - 2 x.c in float32
+    (||x||^2 is the same for every k, so it is left out): `speechssl kmeans label`'s assignment, and
+    the token upstream's, so both give the same units."""
+    if x.shape[-1] != centroids.shape[-1]:
+        raise ValueError(f"features have {x.shape[-1]} dims but the centroids have {centroids.shape[-1]}")
     c = centroids.to(torch.float32)
-    dist = (c * c).sum(dim=1).unsqueeze(0) - 2.0 * (x.to(torch.float32) @ c.T)  # (T, K)
-    return dist.argmin(dim=1)
+    c_sq = (c * c).sum(dim=1)  # (K,)
+    out = torch.empty(x.shape[0], dtype=torch.int64)
+    for a in range(0, x.shape[0], block):
+        xb = x[a : a + block].to(c.device, torch.float32)  # (n, D)
+        dist = c_sq.unsqueeze(0) - 2.0 * (xb @ c.T)  # (n, K)
+        out[a : a + block] = dist.argmin(dim=1).cpu()
+    return out
 
 
 class TokenUpstream(UpstreamModel):
@@ -222,7 +230,7 @@ class TokenUpstream(UpstreamModel):
         for wav, n in zip(wavs, wav_lens.tolist(), strict=True):
             res = self.inner(wav[None, : int(n)], torch.tensor([int(n)], device=wavs.device))
             feats = res.hidden_states[self.settings.layer][0, : int(res.lengths[0])]  # (T, D)
-            units = nearest_unit(feats, self.centroids).tolist()
+            units = nearest_centroid(feats, self.centroids).tolist()
             if self.settings.dedup:
                 units, _ = dedup(units)
             out.append(self.bpe.encode(units) if self.bpe is not None else units)

@@ -49,6 +49,9 @@ from speechssl.data.kaldi import c_sort_key
 from speechssl.errors import SpeechSSLError
 from speechssl.features.dump import FeatureReader, NonFiniteFeaturesError
 from speechssl.io import atomic_file, remove_stale_temporaries
+from speechssl.models.token_upstream import (
+    nearest_centroid,
+)  # the one argmin: kmeans label's and tokens:DIR's
 
 logger = logging.getLogger(__name__)
 
@@ -218,21 +221,6 @@ class KMeansModel:
             torch.from_numpy(self.centroids),
             block=block,
         ).numpy()
-
-
-def nearest_centroid(x: torch.Tensor, centroids: torch.Tensor, block: int = 65536) -> torch.Tensor:
-    """x: (N, D), centroids: (K, D) -> (N,) argmin_k ||x - c_k||^2 via ||c||^2 - 2 x.c
-    (||x||^2 is the same for every k, so it is left out)."""
-    if x.shape[-1] != centroids.shape[-1]:
-        raise ValueError(f"features have {x.shape[-1]} dims but the centroids have {centroids.shape[-1]}")
-    c = centroids.to(torch.float32)
-    c_sq = (c * c).sum(dim=1)  # (K,)
-    out = torch.empty(x.shape[0], dtype=torch.int64)
-    for a in range(0, x.shape[0], block):
-        xb = x[a : a + block].to(c.device, torch.float32)  # (n, D)
-        dist = c_sq.unsqueeze(0) - 2.0 * (xb @ c.T)  # (n, K)
-        out[a : a + block] = dist.argmin(dim=1).cpu()
-    return out
 
 
 def _memory(num_frames: int, dim: int, config: KMeansConfig) -> int:
