@@ -35,7 +35,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from speechssl.data.kaldi import read_table_lines
 from speechssl.features.dump import NonFiniteFeaturesError
 from speechssl.interop.upstream import BUILTIN_UPSTREAMS
 from speechssl.io import atomic_write_json
@@ -51,7 +50,7 @@ from speechssl.models.token_upstream import (
 )
 from speechssl.outputs import check_output, output_directory
 from speechssl.units.kmeans import PARAMS, KMeansModel, nearest_centroid
-from speechssl.units.labels import parse_unit_ids
+from speechssl.units.labels import parse_unit_ids, read_labels
 
 logger = logging.getLogger(__name__)
 
@@ -313,32 +312,19 @@ def extract_tokens(
     return summary
 
 
-def read_tokens(path: str | Path) -> dict[str, list[int]]:
-    """A `tokens` or `durations` file: utt -> ints (an utterance may have none)."""
-    out: dict[str, list[int]] = {}
-    for lineno, utt, value in read_table_lines(path):
-        try:
-            out[utt] = parse_unit_ids(value)
-        except ValueError:
-            raise ValueError(
-                f"{path}:{lineno}: utterance '{utt}': expected integers, found '{value[:40]}'"
-            ) from None
-    return out
-
-
 def decode_tokens(token_dir: str | Path) -> dict[str, list[int]]:
     """The inverse of the extract: one unit per frame for every utterance of a tokens dir (BPE pieces
     decoded, de-duplicated units expanded with their run lengths); equal to `kmeans label`'s labels."""
     token_dir = Path(token_dir)
     summary = json.loads((token_dir / SUMMARY).read_text(encoding="utf-8"))
-    tokens = read_tokens(token_dir / TOKENS)
+    tokens = read_labels(token_dir / TOKENS)  # `utt id id ...`, as a labels file
     if summary["bpe_vocab"] is not None:
         bpe = UnitBPE(token_dir / SPM_MODEL)
         tokens = {utt: bpe.decode(ids) for utt, ids in tokens.items()}
     if summary["dedup"]:
-        durations = read_tokens(token_dir / DURATIONS)
+        durations = read_labels(token_dir / DURATIONS)
         tokens = {utt: expand(values, durations[utt]) for utt, values in tokens.items()}
     return tokens
 
 
-__all__ = ["COMMAND", "TokenConfig", "bitrate", "decode_tokens", "expand", "extract_tokens", "read_tokens"]
+__all__ = ["COMMAND", "TokenConfig", "bitrate", "decode_tokens", "expand", "extract_tokens"]

@@ -26,7 +26,7 @@ from speechssl.models.token_upstream import (
 from speechssl.testing.cli import dump_features, kmeans_fit, kmeans_label, run_cli
 from speechssl.units.kmeans import nearest_centroid
 from speechssl.units.labels import read_labels
-from speechssl.units.tokens import TokenConfig, bitrate, decode_tokens, extract_tokens, read_tokens
+from speechssl.units.tokens import TokenConfig, bitrate, decode_tokens, extract_tokens
 from tests.units.conftest import make_phone_corpus
 
 K = 8
@@ -106,7 +106,7 @@ def test_nearest_unit_is_kmeans_label_s_assignment():
 
 def test_units_equal_kmeans_label(setup):
     out = _extract(setup, "plain")
-    tokens = read_tokens(out / "tokens")
+    tokens = read_labels(out / "tokens")
     assert tokens == setup["labels"]
     assert decode_tokens(out) == setup["labels"]
     summary = json.loads((out / "tokens.json").read_text())
@@ -124,7 +124,7 @@ def test_units_equal_kmeans_label(setup):
 
 def test_dedup_is_invertible_and_lowers_the_bitrate(setup):
     out = _extract(setup, "dedup", "--dedup")
-    tokens, durations = read_tokens(out / "tokens"), read_tokens(out / "durations")
+    tokens, durations = read_labels(out / "tokens"), read_labels(out / "durations")
     for utt, labels in setup["labels"].items():
         assert tokens[utt] == dedup(labels)[0] and durations[utt] == dedup(labels)[1]
     assert decode_tokens(out) == setup["labels"]
@@ -137,7 +137,7 @@ def test_dedup_is_invertible_and_lowers_the_bitrate(setup):
 def test_bpe_over_units_decodes_back_to_the_labels(setup):
     out = _extract(setup, "bpe", "--dedup", "--bpe-vocab", K + 6)
     summary = json.loads((out / "tokens.json").read_text())
-    tokens = read_tokens(out / "tokens")
+    tokens = read_labels(out / "tokens")
     assert (out / "spm.model").is_file() and not (out / ".units").exists()
     assert all(0 < t < summary["vocab_size"] for ids in tokens.values() for t in ids)  # 0 is <unk>
     assert decode_tokens(out) == setup["labels"]
@@ -150,7 +150,7 @@ def test_bpe_over_units_decodes_back_to_the_labels(setup):
 @pytest.mark.parametrize("extra", [(), ("--dedup",), ("--dedup", "--bpe-vocab", K + 6)])
 def test_tokens_upstream_recomputes_the_tokens_from_audio(setup, extra):
     out = _extract(setup, "up_" + "_".join(map(str, extra)), *extra)
-    tokens = read_tokens(out / "tokens")
+    tokens = read_labels(out / "tokens")
     up = load_upstream(f"tokens:{out}")
     assert isinstance(up, TokenUpstream) and up.num_layers == 0
     V = json.loads((out / "tokens.json").read_text())["vocab_size"]
