@@ -276,7 +276,7 @@ class AudioDataset(Dataset):
     def __len__(self) -> int:
         return len(self.utterances)
 
-    def _crop_offset(self, index: int) -> float | None:
+    def crop_offset(self, index: int) -> float | None:
         """Seconds into the utterance where the crop window starts; None = no crop."""
         full = self.full_durations[index]
         if self.max_seconds is None or full <= self.max_seconds:
@@ -300,7 +300,7 @@ class AudioDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         u = self.utterances[index]
-        offset = self._crop_offset(index)
+        offset = self.crop_offset(index)
         start, end = (
             (u.start, u.end) if offset is None else (u.start + offset, u.start + offset + self.max_seconds)
         )

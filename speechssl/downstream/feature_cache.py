@@ -537,7 +537,8 @@ def crop_frame_count(upstream: UpstreamModel, seconds: float) -> int:
 
 class CachedFeatureDataset(Dataset):
     """A task's AudioDataset with its utterances' cached frames in place of their audio: same
-    indices, durations and targets (what the samplers and the task read), same crop offsets."""
+    indices, durations and targets (what the samplers and the task read), the same crop offsets
+    (`AudioDataset.crop_offset`)."""
 
     def __init__(
         self, dataset: AudioDataset, cache: CachedSplit, crop_frames: Callable[[float], int] | None = None
@@ -580,7 +581,7 @@ class CachedFeatureDataset(Dataset):
         utt = data.utterances[index].utt_id
         frames = self.cache.frames(utt)  # (T, H, D) memmap view
         # the crop window the uncached path draws (AudioDataset's offset: seed, epoch, index)
-        offset = data._crop_offset(index)
+        offset = data.crop_offset(index)
         if offset is not None:
             frames = self._crop(frames, offset)
         item: dict[str, Any] = {"utt_id": utt, "wav": torch.from_numpy(np.array(frames))}

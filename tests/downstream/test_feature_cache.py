@@ -367,7 +367,7 @@ def test_a_crop_takes_the_frames_of_the_same_window(task_data, upstream, tmp_pat
     cropped = 0
     for i in range(len(audio)):
         item, plain = data[i], audio[i]
-        offset = audio._crop_offset(i)
+        offset = audio.crop_offset(i)
         whole = torch.from_numpy(np.array(cached.frames(item["utt_id"])))
         assert item["utt_id"] == plain["utt_id"] and torch.equal(item["label"], plain["label"])
         if offset is None:
