@@ -36,6 +36,7 @@ import struct
 import threading
 from dataclasses import dataclass
 
+import numpy as np
 import soundfile as sf
 import torch
 import torchaudio.functional as AF
@@ -280,22 +281,9 @@ def load_audio(
         if channel is not None and not 0 <= channel < info.num_channels:
             raise AudioError(f"{where}: channel {channel} requested, file has {info.num_channels} channel(s)")
         first, last = segment_frames(start, end, info, where=where, max_overshoot=max_overshoot)
-        num = last - first
-        try:
-            if first:
-                f.seek(first)
-            data = f.read(num, dtype="float32", always_2d=True)  # (samples, channels)
-        except (sf.LibsndfileError, RuntimeError, OSError) as err:
-            raise AudioError(f"{where}: cannot decode audio: {err}") from None
-    if data.shape[0] != num:
-        raise AudioError(
-            f"{where}: expected {num} samples from {first}, decoded {data.shape[0]} "
-            "(truncated or corrupt file)"
-        )
+        data = _decode(f, info, where, first, last - first)
     # a mono read is already contiguous; a channel of a multi-channel file is copied out
     wav = torch.from_numpy(data[:, 0] if info.num_channels == 1 else data[:, channel].copy())  # (samples,)
-    if info.subtype not in INTEGER_SUBTYPES and not torch.isfinite(wav).all():
-        raise AudioError(f"{where}: audio holds NaN or infinite samples")
     if sample_rate is not None and sample_rate != info.sample_rate:
         if sample_rate <= 0:
             raise ValueError(f"sample_rate must be positive, found {sample_rate}")
@@ -314,16 +302,24 @@ def read_audio_file(path: str | os.PathLike, *, utt_id: str | None = None) -> tu
     with f:
         if info.num_frames == 0:
             raise AudioError(f"{where}: file holds no samples")
-        try:
-            data = f.read(dtype="float32", always_2d=True)  # (samples, channels)
-        except (sf.LibsndfileError, RuntimeError, OSError) as err:
-            raise AudioError(f"{where}: cannot decode audio: {err}") from None
-    if data.shape[0] != info.num_frames:
+        data = _decode(f, info, where, 0, info.num_frames)
+    return torch.from_numpy(data.T.copy()), info  # (channels, samples)
+
+
+def _decode(f: sf.SoundFile, info: AudioInfo, where: str, first: int, num: int) -> np.ndarray:
+    """`num` frames from frame `first` as float32 (samples, channels), every channel: a short read
+    (a truncated file) and NaN/inf samples of a float file are errors naming `where`."""
+    try:
+        if first:
+            f.seek(first)
+        data = f.read(num, dtype="float32", always_2d=True)  # (samples, channels)
+    except (sf.LibsndfileError, RuntimeError, OSError) as err:
+        raise AudioError(f"{where}: cannot decode audio: {err}") from None
+    if data.shape[0] != num:
         raise AudioError(
-            f"{where}: expected {info.num_frames} samples, decoded {data.shape[0]}"
-            " (truncated or corrupt file)"
+            f"{where}: expected {num} samples from {first}, decoded {data.shape[0]} "
+            "(truncated or corrupt file)"
         )
-    wav = torch.from_numpy(data.T.copy())  # (channels, samples)
-    if info.subtype not in INTEGER_SUBTYPES and not torch.isfinite(wav).all():
+    if info.subtype not in INTEGER_SUBTYPES and not np.isfinite(data).all():
         raise AudioError(f"{where}: audio holds NaN or infinite samples")
-    return wav, info
+    return data
