@@ -343,3 +343,17 @@ def test_benchmarks_run_from_any_directory(tmp_path):
         [sys.executable, str(REPO / "benchmarks"), "--help"], cwd=tmp_path, capture_output=True, text=True
     )
     assert result.returncode == 0 and "--only NAME" in result.stdout, result.stderr[-2000:]
+
+
+# The user guide's chapters, in order. A README edit that cut the file short once dropped the last
+# five of them (recipes, tuning, compression, export, performance) without any other test noticing.
+CHAPTERS = ("Quick start", "Your files are safe", "Data directories", "Embedded corpus", "Public corpora",
+            "Models", "Pretraining", "Analysis", "Tokens", "Downstream", "Compression", "Export",
+            "Performance", "Development")  # fmt: skip
+
+
+def test_readme_keeps_every_chapter_in_order():
+    headings = [line[3:] for line in README.read_text().splitlines() if line.startswith("## ")]
+    found = [next((h for h in headings if h.startswith(c)), None) for c in CHAPTERS]
+    assert None not in found, f"README.md lost chapters: {[c for c, h in zip(CHAPTERS, found) if h is None]}"
+    assert [headings.index(h) for h in found] == sorted(headings.index(h) for h in found), headings
