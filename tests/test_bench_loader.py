@@ -1,0 +1,95 @@
+"""The loader benchmark rows at tiny sizes: well-formed rows, the workers-per-GPU arithmetic, the
+GPU rate read from gpu-latest.json, and epochs that deliver all the audio. Never timings."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import loader
+from benchmarks.harness import Settings
+
+TINY = Settings(tiny=True, warmup=0, repeats=1, threads=1, memory=False)
+
+
+def _gpu_json(path, rows):
+    path.write_text(
+        json.dumps({"meta": {"gpu": "Test GPU X", "date": "2026-01-02 03:04:05 UTC"}, "rows": rows})
+    )
+    return path
+
+
+def _row(name, ours, unit="audio-s/s"):
+    return {"group": "gpu", "name": name, "ours": ours, "reference": None, "unit": unit}
+
+
+def test_workers_needed_is_the_ceiling_and_at_least_one():
+    assert loader.workers_needed(909.0, 464.0) == 2
+    assert loader.workers_needed(1000.0, 333.0) == 4
+    assert loader.workers_needed(909.0, 909.0) == 1
+    assert loader.workers_needed(909.0, 5000.0) == 1
+
+
+def test_gpu_rate_is_the_fastest_pretraining_step(tmp_path):
+    path = _gpu_json(tmp_path / "gpu.json", [
+        _row("bf16 matmul peak", 800.0, "TFLOP/s"),
+        _row("hubert_base bf16 pretraining step, batch 8: throughput", 909.0),
+        _row("hubert_base bf16 pretraining step, batch 8: step time", 86.0, "ms"),
+        _row("wav2vec2_base bf16 pretraining step, batch 8: throughput", 1200.0),
+        _row("hubert_base inference: throughput", 9000.0),
+    ])  # fmt: skip
+    gpu = loader.gpu_consumption(path)
+    assert gpu["rate"] == 1200.0 and gpu["row"].startswith("wav2vec2_base")
+    assert gpu["device"] == "Test GPU X" and gpu["date"].startswith("2026-01-02")
+    assert loader.gpu_consumption(tmp_path / "missing.json") is None
+    assert loader.gpu_consumption(_gpu_json(tmp_path / "none.json", [_row("matmul", 1.0, "TFLOP/s")])) is None
+
+
+def test_corpus_compresses_like_speech_and_has_a_unit_per_frame():
+    corp = loader.corpus("flac", 3)
+    assert 0.4 < corp.compression < 0.7  # a tone would be ~0.1: decoding would look too cheap
+    assert loader.corpus("wav", 3).seconds == corp.seconds
+    lines = (corp.data_dir / "km" / "labels").read_text().splitlines()
+    for line, seconds in zip(lines, corp.seconds):
+        samples = round(seconds * 16000)
+        assert len(line.split()) - 1 == (samples - 400) // 320 + 1
+    with pytest.raises(ValueError, match="unknown audio format 'mp3'"):
+        loader.corpus("mp3", 3)
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_each_call_is_exactly_one_epoch_of_cropped_audio(num_workers):
+    sizes = loader.sizes(TINY)
+    step = loader.EpochStep("flac", sizes, num_workers=num_workers, pin_memory=False)
+    expected = sum(min(s, sizes.max_seconds) for s in loader.corpus("flac", sizes.num_utts).seconds)
+    for _ in range(3):  # the 2nd and 3rd calls cross the trainer's epoch boundary
+        first, total, audio = step()
+        assert 0 < first <= total
+        assert audio == pytest.approx(expected, abs=1e-3)
+
+
+def _check_rows(rows, sizes):
+    per_worker = [r for r in rows if r.name.endswith("per-worker rate")]
+    feed = [r for r in rows if r.name.endswith("workers to feed one GPU")]
+    assert len(feed) == len(loader.FORMATS) and all(r.unit == "workers" for r in feed)
+    assert len(per_worker) >= len(loader.FORMATS) * len(sizes.workers)
+    assert all(r.ours > 0 and r.unit == "audio-s/s" and r.reference is None for r in per_worker)
+    return per_worker, feed
+
+
+def test_rows_say_how_many_workers_the_gpu_needs(tmp_path):
+    path = _gpu_json(tmp_path / "gpu.json", [_row("hubert_base bf16 pretraining step: throughput", 909.0)])
+    rows = loader.run(TINY, gpu_json=path)
+    per_worker, feed = _check_rows(rows, loader.sizes(TINY))
+    for fmt, row in zip(loader.FORMATS, feed):
+        assert fmt.upper() in row.name
+        rates = [r.ours for r in per_worker if fmt.upper() in r.name and "num_workers=0" not in r.name]
+        assert row.ours == loader.workers_needed(909.0, min(rates))
+        assert "Test GPU X" in row.note and "2026-01-02" in row.note and "909" in row.note
+
+
+def test_without_a_gpu_measurement_the_need_is_unknown(tmp_path):
+    rows = loader.run(TINY, gpu_json=tmp_path / "gpu-latest.json")
+    _, feed = _check_rows(rows, loader.sizes(TINY))
+    assert all(r.ours is None and r.note.startswith("unknown: no GPU consumption rate") for r in feed)
