@@ -60,7 +60,8 @@ class LoaderSizes:
 def sizes(settings: Settings) -> LoaderSizes:
     if settings.tiny:
         return LoaderSizes(num_utts=6, workers=(0, 1), max_batch_seconds=16.0, max_seconds=8.0)
-    return LoaderSizes(num_utts=80 if settings.quick else 400, workers=(0, 1, 2))
+    # quick: about 12 batches an epoch, full: about 35 (the steady rate leaves the first out)
+    return LoaderSizes(num_utts=200 if settings.quick else 600, workers=(0, 1, 2))
 
 
 def speech_like(seconds: float, rng: np.random.Generator) -> np.ndarray:
@@ -116,11 +117,17 @@ def corpus(fmt: str, num_utts: int) -> Corpus:
 
 
 class EpochStep:
-    """One training epoch through the trainer's MicroBatchStream: `__call__` takes exactly one
-    epoch of batches (the first one re-opens the DataLoader, as the trainer does each epoch) and
-    returns (seconds to the first batch, seconds in all, audio seconds delivered)."""
+    """One training epoch through the trainer's MicroBatchStream. Each call takes exactly one
+    epoch of batches (its first batch re-opens the DataLoader, as the trainer does every epoch).
 
-    def __init__(self, fmt: str, sizes: LoaderSizes, *, num_workers: int, pin_memory: bool) -> None:
+    consume_rate: audio-s/s of a simulated GPU that sleeps for each batch's audio at that rate
+    (None: batches are consumed at once). prefetch_factor: the DataLoader's, passed through the
+    trainer's own DataLoader call (None: the trainer's call as it is, i.e. torch's default 2)."""
+
+    def __init__(
+        self, fmt: str, sizes: LoaderSizes, *, num_workers: int, pin_memory: bool,
+        prefetch_factor: int | None = None, consume_rate: float | None = None,
+    ) -> None:  # fmt: skip
         from speechssl.data.batching import BatchingConfig, build_loader
         from speechssl.data.dataset import AudioDataset
         from speechssl.training.config import TrainerConfig
@@ -139,27 +146,54 @@ class EpochStep:
         loader = build_loader(dataset, batching, train=True, seed=seed)
         self.num_batches = len(loader.batch_sampler)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.pin_memory = pin_memory
+        self.pin_memory, self.consume_rate = pin_memory, consume_rate
+        self.head = max(1, num_workers)  # batches the workers make side by side before the first arrives
         config = TrainerConfig(num_workers=num_workers, pin_memory=pin_memory, seed=seed)
         info = DistInfo(rank=0, world_size=1, local_rank=0, device=self.device)
         self.stream = MicroBatchStream(loader.dataset, loader.collate_fn, loader.batch_sampler, config, info)
+        if prefetch_factor is not None:
+            self.stream._open_epoch = functools.partial(_open_with_prefetch, self.stream, prefetch_factor)
 
-    def __call__(self) -> tuple[float, float, float]:
+    def __call__(self) -> dict[str, float]:
+        """first_s: seconds to the first batch (the epoch start); total_s: the epoch; audio_s: audio
+        delivered; head_audio_s: audio of the first max(1, num_workers) batches, which the workers
+        made side by side before the first one arrived; wait_s: seconds spent waiting for the
+        batches after the first."""
         from speechssl.training.trainer import to_device
 
-        samples = 0
+        samples = head_samples = 0
+        first = wait = 0.0
         t0 = time.perf_counter()
-        first = 0.0
         for i in range(self.num_batches):
+            t1 = time.perf_counter()
             batch = self.stream.next()
             if self.device.type == "cuda":  # the trainer's copy (non_blocking with pinned memory)
                 batch = to_device(batch, self.device, non_blocking=self.pin_memory)
-            samples += int(batch.wav_lens.sum())
+            n = int(batch.wav_lens.sum())
+            samples += n
+            head_samples += n if i < self.head else 0
             if i == 0:
                 first = time.perf_counter() - t0
+            else:
+                wait += time.perf_counter() - t1
+            if self.consume_rate is not None:
+                time.sleep(n / SAMPLE_RATE / self.consume_rate)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-        return first, time.perf_counter() - t0, samples / SAMPLE_RATE
+        return {"first_s": first, "total_s": time.perf_counter() - t0, "audio_s": samples / SAMPLE_RATE,
+                "head_audio_s": head_samples / SAMPLE_RATE, "wait_s": wait}  # fmt: skip
+
+
+def _open_with_prefetch(stream: Any, prefetch_factor: int) -> None:
+    """The trainer's `MicroBatchStream._open_epoch` with `prefetch_factor` added to its DataLoader
+    call: exactly the change a `trainer.prefetch_factor` setting would make."""
+    from unittest import mock
+
+    from speechssl.training import trainer
+
+    with_prefetch = functools.partial(trainer.DataLoader, prefetch_factor=prefetch_factor)
+    with mock.patch.object(trainer, "DataLoader", with_prefetch):
+        type(stream)._open_epoch(stream)
 
 
 def gpu_consumption(path: Path = GPU_JSON) -> dict[str, Any] | None:
@@ -190,12 +224,14 @@ def _label(num_workers: int, pin: bool) -> str:
     return f"num_workers={num_workers}, pin_memory={'on' if pin else 'off'}"
 
 
-def measure(fmt: str, sz: LoaderSizes, settings: Settings) -> dict[tuple[int, bool], dict[str, float]]:
-    """Median epoch of every (num_workers, pin_memory) setting, run interleaved (A, B, A, B, ...)
-    after a warm-up epoch each, as benchmarks.harness does: drift hits all settings alike."""
-    pins = (False, True) if torch.cuda.is_available() else (False,)
-    steps = {(w, p): EpochStep(fmt, sz, num_workers=w, pin_memory=p) for w in sz.workers for p in pins}
-    samples: dict[tuple[int, bool], list[tuple[float, float, float]]] = {k: [] for k in steps}
+def measure(steps: dict[Any, EpochStep], settings: Settings) -> dict[Any, dict[str, float]]:
+    """Median epoch of every step, run interleaved (A, B, A, B, ...) after warm-up epochs, as
+    benchmarks.harness does, so drift of the machine hits every setting alike.
+
+    rate: audio-s/s from the first batch to the end of the epoch, not counting the batches made
+    before it (the steady rate: an epoch of a real corpus lasts an hour; its start is measured
+    apart, in first_s); wait: the fraction of that time spent waiting for batches."""
+    samples: dict[Any, list[dict[str, float]]] = {k: [] for k in steps}
     for r in range(settings.warmup + settings.repeats):
         for key, step in steps.items():
             result = step()
@@ -203,24 +239,34 @@ def measure(fmt: str, sz: LoaderSizes, settings: Settings) -> dict[tuple[int, bo
                 samples[key].append(result)
     out = {}
     for key, values in samples.items():
-        audio = values[0][2]
-        total = statistics.median(v[1] for v in values)
-        out[key] = {"first_s": statistics.median(v[0] for v in values), "total_s": total, "audio_s": audio,
-                    "rate": audio / total, "per_worker": audio / total / max(1, key[0])}  # fmt: skip
-    del steps  # shuts the workers down
+        steady = [_steady(v) for v in values]
+        out[key] = {"first_s": statistics.median(v["first_s"] for v in values),
+                    "rate": statistics.median(r for r, _ in steady),
+                    "wait": statistics.median(w for _, w in steady)}  # fmt: skip
     return out
+
+
+def _steady(v: dict[str, float]) -> tuple[float, float]:
+    """(audio-s/s, fraction of time waiting) after the epoch's first batch."""
+    after = v["total_s"] - v["first_s"]
+    if after <= 0:  # a one-batch epoch
+        return v["audio_s"] / v["total_s"], 0.0
+    return (v["audio_s"] - v["head_audio_s"]) / after, v["wait_s"] / after
 
 
 def run(settings: Settings, *, gpu_json: Path = GPU_JSON) -> list[Row]:
     sz = sizes(settings)
     gpu = gpu_consumption(gpu_json)
     cuda = torch.cuda.is_available()
+    pins = (False, True) if cuda else (False,)
     pin_note = "" if cuda else "; no CUDA here: pin_memory=on not measured"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     rows: list[Row] = []
     for fmt in FORMATS:
         corp = corpus(fmt, sz.num_utts)
-        result = measure(fmt, sz, settings)
+        steps = {(w, p): EpochStep(fmt, sz, num_workers=w, pin_memory=p) for w in sz.workers for p in pins}
+        result = measure(steps, settings)
+        del steps  # shuts their workers down
         name = (
             f"pretraining loader, {sz.num_utts} {fmt.upper()} files of 1-16 s ({sum(corp.seconds):.0f} s), "
             f"{sz.max_batch_seconds:g} s batches, {sz.max_seconds:g} s crops"
@@ -228,30 +274,58 @@ def run(settings: Settings, *, gpu_json: Path = GPU_JSON) -> list[Row]:
         for (w, pin), m in result.items():
             who = f"{w} worker{'s' if w > 1 else ''}" if w else "no worker (the main process)"
             rows.append(make_row(
-                GROUP, f"{name}, {_label(w, pin)}: per-worker rate", m["per_worker"], None, "audio-s/s",
-                note=f"total {m['rate']:,.0f} audio-s/s with {who}; first batch of an epoch after "
-                f"{1000 * m['first_s']:.0f} ms{pin_note if w == sz.workers[-1] else ''}",
+                GROUP, f"{name}, {_label(w, pin)}: per-worker rate", m["rate"] / max(w, 1), None, "audio-s/s",
+                note=f"total {m['rate']:,.0f} audio-s/s with {who} after the first batch; the epoch's first "
+                f"batch after {1000 * m['first_s']:.0f} ms{pin_note if w == sz.workers[-1] else ''}",
             ))  # fmt: skip
-        # the slowest per-worker rate among the worker settings: scaling losses included, never flattering
-        worker_keys = [k for k in result if k[0] >= 1] or list(result)
-        slowest = min(worker_keys, key=lambda k: result[k]["per_worker"])
-        per_worker = result[slowest]["per_worker"]
+        # one worker's rate: on a GPU host each worker has a core of its own (16 cores on the H100/H200
+        # machines), which num_workers=2 on this 2-core machine does not give (the main process and
+        # other jobs share the cores); the trainer pins memory by default, so pinned where measured
+        key = (1, cuda)
+        per_worker = result[key]["rate"]
         where = (
-            f"per-worker rate {per_worker:,.0f} audio-s/s ({_label(*slowest)}, the slowest worker setting) "
-            f"on {os.cpu_count()} CPU cores, load average {load:.1f} at the start"
+            f"per-worker rate {per_worker:,.0f} audio-s/s ({_label(*key)}) on a {os.cpu_count()}-core CPU, "
+            f"load average {load:.1f} at the start; files {corp.compression:.2f} of 16-bit PCM size"
         )
+        feed = f"{name}: workers to feed one GPU"
         if gpu is None:
             rows.append(make_row(
-                GROUP, f"{name}: workers to feed one GPU", None, None, "workers", higher_is_better=False,
+                GROUP, feed, None, None, "workers", higher_is_better=False,
                 note=f"unknown: no GPU consumption rate ({gpu_json.name} not found; `make gpu-check` "
                 f"on a GPU writes it); {where}",
             ))  # fmt: skip
             continue
         rows.append(make_row(
-            GROUP, f"{name}: workers to feed one GPU", float(workers_needed(gpu["rate"], per_worker)), None,
-            "workers", higher_is_better=False,
+            GROUP, feed, float(workers_needed(gpu["rate"], per_worker)), None, "workers",
+            higher_is_better=False,
             note=f"ceil({gpu['rate']:,.0f} / {per_worker:,.0f}): {gpu['device']} consumes {gpu['rate']:,.0f} "
-            f"audio-s/s ({gpu['row']}; {gpu['file']}, {gpu['date']}); {where}; "
-            f"files {corp.compression:.2f} of 16-bit PCM size",
+            f"audio-s/s ({gpu['row']}; {gpu['file']}, {gpu['date']}); {where}",
         ))  # fmt: skip
+        if fmt == "flac":
+            rows += prefetch_rows(name, sz, settings, gpu)
     return rows
+
+
+def prefetch_rows(name: str, sz: LoaderSizes, settings: Settings, gpu: dict[str, Any]) -> list[Row]:
+    """Does a GPU run want a deeper prefetch queue than torch's default 2 batches per worker?
+    A simulated GPU consuming the measured GPU rate (sleeping, so it leaves the cores to the
+    workers) takes FLAC epochs from the trainer's stream with prefetch_factor 2 and 4."""
+    workers = [w for w in sz.workers if w >= 1]
+    steps = {(w, k): EpochStep("flac", sz, num_workers=w, pin_memory=torch.cuda.is_available(),
+                               prefetch_factor=k, consume_rate=gpu["rate"])
+             for w in workers for k in (2, 4)}  # fmt: skip
+    result = measure(steps, settings)
+    del steps
+    return [
+        make_row(
+            GROUP,
+            f"{name}, num_workers={w}, simulated GPU at {gpu['rate']:,.0f} audio-s/s: "
+            "time waiting for batches, prefetch_factor 2 (ours) vs 4",
+            100 * result[(w, 2)]["wait"],
+            100 * result[(w, 4)]["wait"],
+            "%",
+            higher_is_better=False,
+            note="after the epoch's first batch; ratio < 1 would mean a deeper queue helps",
+        )  # fmt: skip
+        for w in workers
+    ]

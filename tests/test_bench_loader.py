@@ -64,9 +64,38 @@ def test_each_call_is_exactly_one_epoch_of_cropped_audio(num_workers):
     step = loader.EpochStep("flac", sizes, num_workers=num_workers, pin_memory=False)
     expected = sum(min(s, sizes.max_seconds) for s in loader.corpus("flac", sizes.num_utts).seconds)
     for _ in range(3):  # the 2nd and 3rd calls cross the trainer's epoch boundary
-        first, total, audio = step()
-        assert 0 < first <= total
-        assert audio == pytest.approx(expected, abs=1e-3)
+        epoch = step()
+        assert 0 < epoch["first_s"] <= epoch["total_s"] and 0 <= epoch["wait_s"] <= epoch["total_s"]
+        assert epoch["audio_s"] == pytest.approx(expected, abs=1e-3)
+        assert 0 < epoch["head_audio_s"] < epoch["audio_s"]
+
+
+def test_prefetch_factor_reaches_the_trainers_dataloader(monkeypatch):
+    from speechssl.training import trainer
+
+    seen = []
+    real = trainer.DataLoader
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("prefetch_factor"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "DataLoader", spy)
+    sizes = loader.sizes(TINY)
+    step = loader.EpochStep(
+        "flac", sizes, num_workers=1, pin_memory=False, prefetch_factor=3, consume_rate=1e6
+    )
+    step()
+    assert seen == [3]
+    loader.EpochStep("flac", sizes, num_workers=1, pin_memory=False)()
+    assert seen == [3, None]  # without it: the trainer's own call, untouched
+
+
+def test_steady_rate_leaves_out_the_batches_made_before_the_first_arrived():
+    epoch = {"first_s": 1.0, "total_s": 3.0, "audio_s": 500.0, "head_audio_s": 100.0, "wait_s": 0.5}
+    assert loader._steady(epoch) == (200.0, 0.25)
+    one_batch = {"first_s": 2.0, "total_s": 2.0, "audio_s": 100.0, "head_audio_s": 100.0, "wait_s": 0.0}
+    assert loader._steady(one_batch) == (50.0, 0.0)
 
 
 def _check_rows(rows, sizes):
@@ -84,12 +113,16 @@ def test_rows_say_how_many_workers_the_gpu_needs(tmp_path):
     per_worker, feed = _check_rows(rows, loader.sizes(TINY))
     for fmt, row in zip(loader.FORMATS, feed):
         assert fmt.upper() in row.name
-        rates = [r.ours for r in per_worker if fmt.upper() in r.name and "num_workers=0" not in r.name]
-        assert row.ours == loader.workers_needed(909.0, min(rates))
+        (one_worker,) = [r.ours for r in per_worker if fmt.upper() in r.name and "num_workers=1," in r.name]
+        assert row.ours == loader.workers_needed(909.0, one_worker)
         assert "Test GPU X" in row.note and "2026-01-02" in row.note and "909" in row.note
+    prefetch = [r for r in rows if "prefetch_factor 2 (ours) vs 4" in r.name]
+    assert len(prefetch) == 1 and "FLAC" in prefetch[0].name and "simulated GPU at 909" in prefetch[0].name
+    assert prefetch[0].unit == "%" and 0 <= prefetch[0].ours <= 100 and 0 <= prefetch[0].reference <= 100
 
 
 def test_without_a_gpu_measurement_the_need_is_unknown(tmp_path):
     rows = loader.run(TINY, gpu_json=tmp_path / "gpu-latest.json")
     _, feed = _check_rows(rows, loader.sizes(TINY))
     assert all(r.ours is None and r.note.startswith("unknown: no GPU consumption rate") for r in feed)
+    assert not [r for r in rows if "prefetch_factor" in r.name]  # no GPU rate to simulate
