@@ -11,10 +11,15 @@ compresses about as LibriSpeech does (0.52 of the WAV size; a pure tone would de
 unrealistically fast). Files are in the page cache after the warm-up epoch: this is decoding,
 cropping, label parsing and collation, not disk reads.
 
-Rows: audio-seconds per second PER WORKER (the main process counts as the one worker with
-`num_workers=0`), and `workers to feed one GPU` = ceil(GPU consumption / per-worker rate), the
-GPU consumption being the fastest pretraining step in benchmarks/gpu-latest.json (what
-`make gpu-check` measured), or unknown when that file does not exist.
+Rows, per format and setting (num_workers 0, 1, 2; pin_memory off, and on where CUDA exists):
+- audio-seconds per second PER WORKER after the epoch's first batch (the main process counts as
+  the one worker with `num_workers=0`), with the epoch start (time to the first batch) in the note;
+- `workers to feed one GPU` = ceil(GPU consumption / one worker's rate), the GPU consumption being
+  the fastest pretraining step in benchmarks/gpu-latest.json (what `make gpu-check` measured),
+  or unknown when that file does not exist;
+- FLAC only: the share of time the trainer's `next()` takes while a simulated GPU consumes
+  batches at that rate, with torch's default prefetch_factor 2 and with 4 (is a deeper queue
+  worth a setting?).
 """
 
 from __future__ import annotations
@@ -320,12 +325,13 @@ def prefetch_rows(name: str, sz: LoaderSizes, settings: Settings, gpu: dict[str,
         make_row(
             GROUP,
             f"{name}, num_workers={w}, simulated GPU at {gpu['rate']:,.0f} audio-s/s: "
-            "time waiting for batches, prefetch_factor 2 (ours) vs 4",
+            "time in next(), prefetch_factor 2 (ours) vs 4",
             100 * result[(w, 2)]["wait"],
             100 * result[(w, 4)]["wait"],
             "%",
             higher_is_better=False,
-            note="after the epoch's first batch; ratio < 1 would mean a deeper queue helps",
+            note="share of the epoch after its first batch spent in the trainer's next() (waiting for "
+            "a batch and receiving it); ratio < 1 would mean a deeper queue helps",
         )  # fmt: skip
         for w in workers
     ]

@@ -116,7 +116,7 @@ def test_rows_say_how_many_workers_the_gpu_needs(tmp_path):
         (one_worker,) = [r.ours for r in per_worker if fmt.upper() in r.name and "num_workers=1," in r.name]
         assert row.ours == loader.workers_needed(909.0, one_worker)
         assert "Test GPU X" in row.note and "2026-01-02" in row.note and "909" in row.note
-    prefetch = [r for r in rows if "prefetch_factor 2 (ours) vs 4" in r.name]
+    prefetch = [r for r in rows if "next(), prefetch_factor 2 (ours) vs 4" in r.name]
     assert len(prefetch) == 1 and "FLAC" in prefetch[0].name and "simulated GPU at 909" in prefetch[0].name
     assert prefetch[0].unit == "%" and 0 <= prefetch[0].ours <= 100 and 0 <= prefetch[0].reference <= 100
 
