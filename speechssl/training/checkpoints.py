@@ -6,6 +6,8 @@ Layout (DESIGN.md):
                             /config.yaml         written by the caller's `save_config`
                             /trainer_state.pt    optimizer, scheduler, scaler, sampler, step, RNG
                             /manifest.json       size + sha256 of every file; written last
+                            /.metadata, __<rank>_0.distcp  trainer.strategy fsdp only: the model and
+                                                 optimizer shards (torch.distributed.checkpoint)
     EXP/checkpoints/last -> step_<N>             relative symlinks, replaced atomically
     EXP/checkpoints/best -> step_<M>             (lowest validation loss)
 
@@ -45,6 +47,7 @@ from speechssl.models.checkpoint import (
     verify_manifest,
     write_manifest,
 )
+from speechssl.training.distributed import all_gather_object, broadcast_object, env_rank
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "trainer_state.pt"
@@ -98,7 +101,15 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "verify", "sha256_file"]
+__all__ = [
+    "CheckpointError",
+    "save_checkpoint",
+    "save_sharded_checkpoint",
+    "load_checkpoint",
+    "load_trainer_state",
+    "verify",
+    "sha256_file",
+]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -140,23 +151,83 @@ def save_checkpoint(
     tensors = _model_tensors(model_state)
     try:
         with atomic_directory(final) as tmp:
-            save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": "pt"})
-            with open(tmp / STATE_FILE, "wb") as f:  # a file object: ENOSPC stays an OSError in the chain
-                torch.save(trainer_state, f)
-            if save_config is not None:
-                save_config(tmp / CONFIG_FILE)
-            write_manifest(tmp, {"step": step})
-            _fsync_dir(tmp)
+            _write_files(tmp, step, tensors, trainer_state, save_config)
         _fsync_dir(root)
         point(root, "last", final)
-    except WriteFailedError as err:  # name the checkpoint, not a temp file inside it
-        reason = str(err).split(": ", 1)[-1]
-        raise WriteFailedError(f"cannot write checkpoint {final}: {reason}") from None
     except Exception as err:
-        failure = write_failure(f"checkpoint {final}", err)
-        if failure is None:
-            raise
-        raise failure from None
+        raise _named_failure(final, err) from None
+    return final
+
+
+def _write_files(
+    tmp: Path,
+    step: int,
+    tensors: dict[str, torch.Tensor],
+    trainer_state: dict[str, Any],
+    save_config: Callable[[Path], None] | None,
+) -> None:
+    save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": "pt"})
+    with open(tmp / STATE_FILE, "wb") as f:  # a file object: ENOSPC stays an OSError in the chain
+        torch.save(trainer_state, f)
+    if save_config is not None:
+        save_config(tmp / CONFIG_FILE)
+    write_manifest(tmp, {"step": step})  # lists every file in tmp, the DCP shards too
+    _fsync_dir(tmp)
+
+
+def _named_failure(final: Path, err: Exception) -> Exception:
+    """A write failure as one line naming the checkpoint (not a temp file inside it); others as they are."""
+    if isinstance(err, WriteFailedError):
+        reason = str(err).split(": ", 1)[-1]
+        return WriteFailedError(f"cannot write checkpoint {final}: {reason}")
+    return write_failure(f"checkpoint {final}", err) or err
+
+
+def save_sharded_checkpoint(
+    root: str | Path,
+    step: int,
+    write_shards: Callable[[Path], None],
+    model_state: dict[str, torch.Tensor] | None,
+    trainer_state: dict[str, Any] | None,
+    save_config: Callable[[Path], None] | None = None,
+) -> Path:
+    """`save_checkpoint` for sharded training, called on every rank: rank 0 makes the temp dir,
+    every rank writes its shards into it (`write_shards(tmp)`, a collective such as DCP's save),
+    then rank 0 adds the gathered `model_state`, `trainer_state`, the config and the manifest and
+    renames the dir into place, as `save_checkpoint` does. The dir must be on a file system all
+    ranks share. An error on any rank is raised on every rank, and the temp dir is removed."""
+    root = Path(root)
+    final = root / f"step_{step}"
+    error: Exception | None = None
+    if env_rank() == 0:
+        assert model_state is not None and trainer_state is not None
+        sent = False
+        try:
+            tensors = _model_tensors(model_state)
+            with atomic_directory(final) as tmp:
+                broadcast_object(str(tmp))
+                sent = True
+                write_shards(tmp)
+                _write_files(tmp, step, tensors, trainer_state, save_config)
+            _fsync_dir(root)
+            point(root, "last", final)
+        except Exception as err:  # noqa: BLE001 - shared with the other ranks below
+            error = _named_failure(final, err)
+        if not sent:
+            broadcast_object(None)
+    else:
+        tmp = broadcast_object(None)
+        if tmp is not None:
+            try:
+                write_shards(Path(tmp))
+            except Exception as err:  # noqa: BLE001 - shared with the other ranks below
+                error = err
+    errors = all_gather_object(error)
+    if errors[0] is not None:  # rank 0's account names the checkpoint
+        raise errors[0]
+    first = next((e for e in errors if e is not None), None)
+    if first is not None:
+        raise first
     return final
 
 
@@ -265,11 +336,22 @@ def load_checkpoint(
         raise CheckpointError(
             f"{err}" + (f"; the previous good checkpoint is {good}" if good else "")
         ) from None
+    return model_state, _read_state(ckpt, map_location)
+
+
+def _read_state(ckpt: Path, map_location: str | torch.device) -> dict[str, Any]:
     try:
-        trainer_state = torch.load(ckpt / STATE_FILE, map_location=map_location, weights_only=True)
+        return torch.load(ckpt / STATE_FILE, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"{ckpt / STATE_FILE} holds code or objects that are not training state; refusing "
             f"to load it ({str(err).strip().splitlines()[-1]})"
         ) from None
-    return model_state, trainer_state
+
+
+def load_trainer_state(ckpt: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Verify (sha256) and read only the trainer state: a sharded run reads its weights from the
+    DCP shards, not from the gathered model.safetensors."""
+    ckpt = Path(ckpt)
+    verify_or_explain(ckpt)
+    return _read_state(ckpt, map_location)

@@ -30,6 +30,8 @@ _FLOAT_KEYS = (
 
 Precision = Literal["fp32", "bf16", "fp16"]
 ScheduleName = Literal["linear", "polynomial", "tri_stage", "constant"]
+Strategy = Literal["ddp", "fsdp"]
+STRATEGIES = ("ddp", "fsdp")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,7 +65,10 @@ class TrainerConfig:
     num_workers: int = 0  # DataLoader workers per rank
     pin_memory: bool = True  # only used on CUDA
     sample_rate: int = SAMPLE_RATE  # to turn batch lengths (samples) into audio seconds
-    find_unused_parameters: bool | None = None  # None: True iff the model has LayerDrop > 0
+    find_unused_parameters: bool | None = None  # None: True iff the model has LayerDrop > 0 (ddp)
+    # ddp: a full replica per rank; fsdp: torch's fully_shard per transformer layer (sharded
+    # weights, gradients and optimizer state; checkpoints hold DCP shards + a gathered model.safetensors)
+    strategy: Strategy = "ddp"
     fp16_init_scale: float = 2.0**16
 
     def __post_init__(self) -> None:
@@ -78,6 +83,13 @@ class TrainerConfig:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, found {getattr(self, name)}")
 
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, found {self.strategy!r}")
+        if self.strategy == "fsdp" and self.precision == "fp16":
+            raise ValueError(
+                "strategy fsdp trains in precision fp32 or bf16, found fp16 (GradScaler's inf checks would "
+                "see only each rank's gradient shards); use precision bf16"
+            )
         for name in (
             "max_steps",
             "accum_steps",

@@ -45,8 +45,10 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def init_distributed(*, timeout_s: float = 1800.0) -> tuple[DistInfo, bool]:
-    """Join the process group torchrun describes (if any and not joined yet).
+def init_distributed(*, timeout_s: float = 1800.0, group_of_one: bool = False) -> tuple[DistInfo, bool]:
+    """Join the process group torchrun describes (if any and not joined yet). `group_of_one`:
+    without torchrun, create a group of this process alone (FSDP shards over a device mesh,
+    which needs a group even for one rank).
 
     Returns (info, created): `created` says whether this call created the
     group, so only its creator tears it down."""
@@ -66,6 +68,18 @@ def init_distributed(*, timeout_s: float = 1800.0) -> tuple[DistInfo, bool]:
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s), **kwargs)
         created = True
         log.info("joined %s process group: rank %d of %d", backend, dist.get_rank(), world_size)
+    elif group_of_one and world_size == 1 and not dist.is_initialized():
+        backend = "nccl" if use_cuda else "gloo"
+        kwargs = {"device_id": device} if use_cuda else {}
+        dist.init_process_group(
+            backend,
+            store=dist.HashStore(),
+            rank=0,
+            world_size=1,
+            timeout=timedelta(seconds=timeout_s),
+            **kwargs,
+        )
+        created = True
     return DistInfo(env_rank(), world_size, local_rank, device), created
 
 
@@ -90,9 +104,9 @@ def teardown(created: bool, *, clean: bool = True) -> None:
 
 
 @contextmanager
-def distributed(*, timeout_s: float = 1800.0):
+def distributed(*, timeout_s: float = 1800.0, group_of_one: bool = False):
     """`with distributed() as info:` init and barrier-safe teardown."""
-    info, created = init_distributed(timeout_s=timeout_s)
+    info, created = init_distributed(timeout_s=timeout_s, group_of_one=group_of_one)
     try:
         yield info
     except BaseException:
@@ -119,6 +133,15 @@ def all_gather_object(obj):
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def broadcast_object(obj):
+    """Rank 0's `obj` on every rank (in a group, else `obj` itself)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def on_main_rank(fn):

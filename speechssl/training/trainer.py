@@ -1,4 +1,4 @@
-"""The training loop: DDP, AMP, accumulation, clipping, schedules, NaN skipping,
+"""The training loop: DDP or FSDP, AMP, accumulation, clipping, schedules, NaN skipping,
 exact resume.
 
 Generic over any model whose `forward(batch)` returns `(loss, metrics)`
@@ -15,6 +15,12 @@ Loss normalisation: each micro-batch loss is a mean; an update averages the
 Host syncs: none per update except on log steps (and at checkpoints). A
 NaN/inf loss or gradient is detected on the device and handed to the fused
 AdamW kernel as `found_inf`, which skips the update there.
+
+`strategy: fsdp` (speechssl.training.fsdp) shards the model in place; the same loop runs on
+DTensor parameters: the fused AdamW takes them (CPU and CUDA), `clip_grad_norm_` returns the
+global norm as a replicated DTensor, read here through its local value. Gradients are
+reduce-scattered after every micro-batch and the shards accumulate (no full-size gradient is
+kept, which is what FSDP is for), where DDP accumulates locally and syncs once.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from speechssl.config import save_config as write_config_yaml
 from speechssl.config import to_dict
 from speechssl.errors import SpeechSSLError
 from speechssl.training import checkpoints as ckpt
+from speechssl.training import fsdp
 from speechssl.training.config import TrainerConfig
 from speechssl.training.distributed import (
     DistInfo,
@@ -253,6 +260,11 @@ class Trainer:
         self.save_config = save_config
 
         self.module = model.to(self.device)
+        self.sharded = config.strategy == "fsdp"
+        if self.sharded:
+            if not torch.distributed.is_initialized():
+                raise RuntimeError("trainer.strategy fsdp needs a process group: train through train()")
+            fsdp.shard(self.module, config.precision, self.device)  # before the optimizer sees the params
         self.optimizer = build_optimizer(self.module, config)
         self.fused = bool(getattr(self.optimizer, "_step_supports_amp_scaling", False))
         self.schedule = build_schedule(config)
@@ -286,7 +298,7 @@ class Trainer:
         )
         self.start_step = self.step
         self.model: nn.Module = self.module
-        if info.world_size > 1:
+        if info.world_size > 1 and not self.sharded:
             find_unused = config.find_unused_parameters
             if find_unused is None:
                 find_unused = _uses_layerdrop(self.module)
@@ -323,7 +335,25 @@ class Trainer:
         return path
 
     def _load(self, path: Path) -> tuple[int, int, dict | None]:
-        model_state, state = ckpt.load_checkpoint(path)
+        if self.sharded:
+            state = ckpt.load_trainer_state(path)
+        else:
+            model_state, state = ckpt.load_checkpoint(path)
+        written_by = state.get("strategy", "ddp")
+        if written_by != self.config.strategy:
+            raise ckpt.CheckpointError(
+                f"checkpoint {path} was written with trainer.strategy {written_by}; resume it with "
+                f"{written_by}, not {self.config.strategy}"
+            )
+        if self.sharded:
+            if not (path / fsdp.DCP_METADATA).is_file():
+                raise ckpt.CheckpointError(f"checkpoint {path} is incomplete: its FSDP shards are missing")
+            fsdp.load_shards(path, self.module, self.optimizer)
+        else:
+            self._load_full(path, model_state, state)
+        return self._load_rest(path, state)
+
+    def _load_full(self, path: Path, model_state: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
         try:
             missing, unexpected = self.module.load_state_dict(model_state, strict=False)
         except RuntimeError as err:  # shapes differ: torch lists every tensor over many lines
@@ -336,6 +366,8 @@ class Trainer:
                 f"unexpected {unexpected[:5]}"
             )
         self.optimizer.load_state_dict(state["optimizer"])
+
+    def _load_rest(self, path: Path, state: dict[str, Any]) -> tuple[int, int, dict | None]:
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         if hasattr(self.batch_sampler, "load_state_dict") and state.get("sampler") is not None:
@@ -399,6 +431,7 @@ class Trainer:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm)
         else:
             grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        grad_norm = fsdp.local(grad_norm)  # fsdp: the global norm, replicated on every rank
         step_loss /= cfg.accum_steps
         bad = (~torch.isfinite(grad_norm) | ~torch.isfinite(step_loss)).float()
         bad = all_reduce_max(bad)  # a loss that is inf on one rank only must skip everywhere
@@ -504,6 +537,13 @@ class Trainer:
             self.valid_sampler.set_epoch(0)
         if self.valid_monitor is not None:
             self.valid_monitor.reset()
+        if self.sharded and self.info.world_size > 1 and hasattr(self.valid_sampler, "__len__"):
+            counts = all_gather_object(len(self.valid_sampler))
+            if len(set(counts)) > 1:  # every forward gathers weights from all ranks
+                raise ValueError(
+                    f"the validation sampler gives ranks different numbers of batches ({counts}); "
+                    "trainer.strategy fsdp needs the same number on every rank"
+                )
         loader = DataLoader(
             self.valid_dataset,
             batch_sampler=self.valid_sampler,
@@ -516,7 +556,7 @@ class Trainer:
                 batch = to_device(batch, self.device)
                 loss, metrics = self.module(batch)
                 if self.valid_monitor is not None:
-                    self.valid_monitor.update(batch)
+                    self._monitor_update(batch)
             for key, value in {"loss": loss, **metrics}.items():
                 sums[key] = sums.get(key, 0) + torch.as_tensor(value, device=self.device).detach().double()
             count += 1
@@ -542,6 +582,18 @@ class Trainer:
             raise ValueError("the validation sampler yielded no batches on any rank")
         return {f"valid/{k}": v / total for k, v in zip(keys, values[:-1])}
 
+    def _monitor_update(self, batch: Any) -> None:
+        """The monitor runs a submodule itself; under fsdp the root's weights (all but the layers,
+        which gather their own) are gathered around it."""
+        if not self.sharded:
+            self.valid_monitor.update(batch)
+            return
+        self.module.unshard()
+        try:
+            self.valid_monitor.update(batch)
+        finally:
+            self.module.reshard()
+
     def _sampler_state(self) -> dict | None:
         if self.tracks_position:
             return self.batch_sampler.state_dict(batches_consumed=self.stream.batches_done)
@@ -549,14 +601,20 @@ class Trainer:
 
     def _check_finite_weights(self) -> None:
         """A checkpoint never holds NaN/inf weights: `last` must stay a model worth resuming."""
-        params = [p for p in self.module.parameters() if p.is_floating_point()]
-        if not params or bool(torch.stack([p.detach().isfinite().all() for p in params]).all()):
-            return
-        bad = [
-            name
-            for name, p in self.module.named_parameters()
-            if p.is_floating_point() and not bool(p.detach().isfinite().all())
-        ]
+        if self.sharded:  # each rank checks its shards; all ranks learn the verdict
+            finite, names = fsdp.all_finite(self.module)
+            if finite:
+                return
+            bad = sorted({n for names_of_rank in all_gather_object(names) for n in names_of_rank})
+        else:
+            params = [p for p in self.module.parameters() if p.is_floating_point()]
+            if not params or bool(torch.stack([p.detach().isfinite().all() for p in params]).all()):
+                return
+            bad = [
+                name
+                for name, p in self.module.named_parameters()
+                if p.is_floating_point() and not bool(p.detach().isfinite().all())
+            ]
         last = ckpt.resolve(self.ckpt_root, "last")
         raise NonFiniteWeightsError(
             f"step {self.step}: the model's weights hold NaN/inf ({', '.join(bad[:5])}"
@@ -569,26 +627,27 @@ class Trainer:
         self._check_finite_weights()
         rngs = all_gather_object(ckpt.capture_rng())
         path = None
-        if self.info.is_main:
-            state = {
-                "step": self.step,
-                "epoch": self.stream.epoch,
-                "batches_done": self.stream.batches_done,
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": {"name": self.config.schedule, "step": self.step},
-                "scaler": self.scaler.state_dict(),
-                "sampler": self._sampler_state(),
-                "rng": rngs,
-                "world_size": self.info.world_size,
-                "best_valid_loss": min(
-                    self.best_valid_loss, valid_loss if valid_loss is not None else math.inf
-                ),
-                "skipped_steps": int(self.skipped_total.item()),
-                "trainer_config": to_dict(self.config),
-            }
+        if self.sharded:  # every rank writes its shards; rank 0 the gathered weights and the rest
+            full = fsdp.full_state_dict(self.module)
+            state = self._trainer_state(rngs, valid_loss, optimizer=None) if self.info.is_main else None
+            path = ckpt.save_sharded_checkpoint(
+                self.ckpt_root,
+                self.step,
+                lambda tmp: fsdp.save_shards(tmp, self.module, self.optimizer),
+                full if self.info.is_main else None,
+                state,
+                self.save_config,
+            )
+            del full
+            if not self.info.is_main:
+                path = None
+        elif self.info.is_main:
+            state = self._trainer_state(rngs, valid_loss, optimizer=self.optimizer.state_dict())
             path = ckpt.save_checkpoint(
                 self.ckpt_root, self.step, self.module.state_dict(), state, self.save_config
             )
+        if self.info.is_main:
+            assert path is not None
             if valid_loss is not None and valid_loss < self.best_valid_loss:
                 ckpt.point(self.ckpt_root, "best", path)
             ckpt.prune(self.ckpt_root, self.config.keep_last)
@@ -596,6 +655,26 @@ class Trainer:
             self.best_valid_loss = min(self.best_valid_loss, valid_loss)
         barrier()
         return path
+
+    def _trainer_state(
+        self, rngs: list[dict[str, Any]], valid_loss: float | None, *, optimizer: dict | None
+    ) -> dict[str, Any]:
+        """trainer_state.pt: everything but the weights (and, under fsdp, the optimizer: in the shards)."""
+        return {
+            "step": self.step,
+            "epoch": self.stream.epoch,
+            "batches_done": self.stream.batches_done,
+            "optimizer": optimizer,
+            "strategy": self.config.strategy,
+            "scheduler": {"name": self.config.schedule, "step": self.step},
+            "scaler": self.scaler.state_dict(),
+            "sampler": self._sampler_state(),
+            "rng": rngs,
+            "world_size": self.info.world_size,
+            "best_valid_loss": min(self.best_valid_loss, valid_loss if valid_loss is not None else math.inf),
+            "skipped_steps": int(self.skipped_total.item()),
+            "trainer_config": to_dict(self.config),
+        }
 
     def _set_num_updates(self) -> None:
         """Step-dependent model state (wav2vec 2.0's Gumbel temperature), as fairseq's set_num_updates."""
@@ -717,8 +796,10 @@ def train(
     rank after each checkpoint and once after resuming from one; True stops the run there (early
     stopping). valid_monitor: extra validation metrics (speechssl.analysis.monitor.RankMeMonitor:
     `reset`, `update(batch)`, `compute()`, `check(values)` -> {key: warning} for the log and the summary).
-    The model is trained in place."""
-    with distributed() as info:
+    The model is trained in place; under `strategy: fsdp` it is left sharded (DTensor parameters
+    of a process group that may be gone): read the trained weights from the last checkpoint's
+    model.safetensors."""
+    with distributed(group_of_one=config.strategy == "fsdp") as info:
         trainer = Trainer(
             model,
             train_dataset,
