@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch import nn
 
 from speechssl.errors import SpeechSSLError
+from speechssl.models.checkpoint import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -153,20 +154,41 @@ def _sharded_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[s
     return {"model": model.state_dict(), "optimizer": get_optimizer_state_dict(model, optimizer)}
 
 
-def save_shards(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """Every rank writes its model and optimizer shards into `path` (DCP); a collective."""
-    import torch.distributed.checkpoint as dcp
+def _first_failure(err: BaseException) -> BaseException:
+    """DCP reports every rank's error in one CheckpointException, a BaseException that
+    `except Exception` lets through; the first rank's own error (e.g. ENOSPC's OSError) instead."""
+    failures = getattr(err, "failures", None) or {}
+    if failures:
+        return failures[min(failures)][0]  # (exception, traceback summary) per rank
+    return RuntimeError(str(err).splitlines()[0])
 
-    dcp.save(_sharded_state(model, optimizer), checkpoint_id=str(path))
+
+def save_shards(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Every rank writes its model and optimizer shards into `path` (DCP); a collective. A
+    failure on any rank is raised on every rank (DCP gathers them) as that rank's own error."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        dcp.save(_sharded_state(model, optimizer), checkpoint_id=str(path))
+    except CheckpointException as err:
+        raise _first_failure(err) from None
 
 
 def load_shards(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Read the model and optimizer shards of `path` into the sharded `model` and `optimizer`,
     resharded to this world size; a collective."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
     state = _sharded_state(model, optimizer)
-    dcp.load(state, checkpoint_id=str(path))
+    try:
+        dcp.load(state, checkpoint_id=str(path))
+    except CheckpointException as err:  # e.g. a tensor the model has and the shards lack
+        reason = str(_first_failure(err)).strip().splitlines()
+        raise CheckpointError(
+            f"cannot read the FSDP shards of checkpoint {path}: {reason[-1] if reason else 'unknown error'}"
+        ) from None
     model.load_state_dict(state["model"])
     set_optimizer_state_dict(model, optimizer, optim_state_dict=state["optimizer"])

@@ -207,6 +207,45 @@ def test_bf16_gathers_bf16_weights_and_keeps_fp32_shards_and_gradients(one_rank)
         assert weight.grad.dtype == torch.float32 and weight.grad.to_local().abs().sum() > 0
 
 
+def test_a_full_disk_while_writing_shards_is_one_line_and_keeps_the_last_checkpoint(
+    tmp_path, one_rank, monkeypatch
+):
+    import errno
+
+    import torch.distributed.checkpoint.filesystem as dcp_files
+
+    from speechssl.errors import WriteFailedError
+
+    spec = dict(SPEC, trainer=dict(SPEC["trainer"], strategy="fsdp", accum_steps=1))
+    run(tmp_path, dict(spec, trainer=dict(spec["trainer"], max_steps=3)))
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(dcp_files, "_write_item", full_disk)  # DCP's writer of one shard item
+    with pytest.raises(
+        WriteFailedError, match=r"^cannot write checkpoint .*step_6: .*No space left on device$"
+    ):
+        run(tmp_path, dict(spec, resume=True))
+    assert not torch.distributed.is_initialized()
+    root = tmp_path / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["last", "step_3"]  # no temp dir left behind
+    assert (root / "last").resolve().name == "step_3"
+
+
+def test_non_finite_shards_are_found_and_named(one_rank):
+    from speechssl.training.distributed import distributed
+    from speechssl.training.fsdp import all_finite, shard
+
+    with distributed(group_of_one=True):
+        torch.manual_seed(0)
+        model = shard(LayeredToy(), "fp32", torch.device("cpu"))
+        assert all_finite(model) == (True, [])
+        with torch.no_grad():
+            model.layers[1].feed_forward.output_dense.weight.to_local()[0, 2] = float("inf")
+        assert all_finite(model) == (False, ["layers.1.feed_forward.output_dense.weight"])
+
+
 def test_fsdp_refuses_layerdrop_naming_the_module(tmp_path, one_rank):
     from speechssl.models.encoder import TransformerEncoder
     from speechssl.training.fsdp import check_model
