@@ -330,6 +330,13 @@ def test_pretrain_with_fsdp_matches_ddp_and_its_checkpoint_is_an_upstream(corpus
         want = reference(wav, torch.tensor([7001])).hidden_states
     assert len(got) == 3
     torch.testing.assert_close(got[-1], want[-1], atol=1e-4, rtol=0)
+    from speechssl.cli.main import main
+
+    last = tmp_path / "fsdp" / "checkpoints" / "last"
+    assert (
+        main(["export", "--upstream", str(last), "--format", "torchscript", "--out", str(tmp_path / "ts.pt")])
+        == 0
+    )
 
 
 def test_strategy_and_precision_are_checked():
