@@ -344,6 +344,8 @@ class Batch:
     targets: name -> (B, L...) padded tensor (lengths in `target_lens`),
     (B,) stacked scalars, or a list (strings and other values).
     Code reads `batch.targets[name]`, `batch.target_lens[name]` and `batch.utt_ids`.
+    host_wav_lens: `wav_lens` as the loader made them, on the host, kept by `to` so that a model on
+    an accelerator can read lengths (frame counts, masks) without a device sync.
     """
 
     utt_ids: list[str]
@@ -351,6 +353,7 @@ class Batch:
     wav_lens: torch.Tensor
     targets: dict[str, Any] = field(default_factory=dict)
     target_lens: dict[str, torch.Tensor] = field(default_factory=dict)
+    host_wav_lens: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.utt_ids)
@@ -361,12 +364,14 @@ class Batch:
         def move(x: Any) -> Any:
             return x.to(device, non_blocking=non_blocking) if isinstance(x, torch.Tensor) else x
 
+        host = self.wav_lens if self.wav_lens.device.type == "cpu" else self.host_wav_lens
         return Batch(
             self.utt_ids,
             move(self.wavs),
             move(self.wav_lens),
             {k: move(v) for k, v in self.targets.items()},
             {k: move(v) for k, v in self.target_lens.items()},
+            host,
         )
 
     def pin_memory(self) -> Batch:

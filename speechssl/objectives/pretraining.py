@@ -3,9 +3,12 @@
 `forward(wavs, lengths, targets)` draws the masks (and wav2vec 2.0 distractors) itself,
 with an optional explicit generator, unless they are passed in. The loss is normalised
 per predicted frame (fairseq sums and divides by `sample_size`; `metrics["sample_size"]`
-gives that count back). Metrics are 0-dim tensors: no `.item()`. The host syncs of a step
-are two: reading the frame counts before the network runs (SSLModel.frontend_forward) and
-the size of the masked-frame selection.
+gives that count back). Metrics are 0-dim tensors: no `.item()`.
+
+Host syncs: none when `lengths` are on the host (as the trainer passes them, from the loader):
+the frame counts are read there, the time masks are drawn there and the predicted frames are
+selected there, then copied to the device without blocking. With `lengths` on the device a step
+syncs twice: reading the frame counts (SSLModel.frontend_forward) and sizing the selection.
 
 Module names follow transformers: `Wav2Vec2PretrainModel` holds `wav2vec2`, `quantizer`,
 `project_hid`, `project_q` like Wav2Vec2ForPreTraining; `HubertPretrainModel` holds
@@ -124,7 +127,8 @@ def masked_forward(
     mask_channel_indices: Tensor | None,
     generator: torch.Generator | None,
 ) -> tuple[EncoderOutput, Tensor]:
-    """Run `model` on masked input, drawing the time / channel masks that were not given."""
+    """Run `model` on masked input, drawing the time / channel masks that were not given. The time
+    mask is drawn where `lengths` are and returned there (the host, from the trainer)."""
     if mask_time_indices is None:
         frame_lengths, num_frames = _frame_lengths(model, wavs, lengths)
         mask_time_indices = compute_time_mask(frame_lengths, num_frames, config, generator=generator)
@@ -132,8 +136,25 @@ def masked_forward(
         mask_channel_indices = compute_channel_mask(
             wavs.shape[0], model.hidden_dim, config, device=wavs.device, generator=generator
         )
-    out = model(wavs, lengths, mask_time_indices=mask_time_indices, mask_channel_indices=mask_channel_indices)
+    out = model(
+        wavs, lengths, mask_time_indices=mask_time_indices.to(wavs.device, non_blocking=True),
+        mask_channel_indices=mask_channel_indices,
+    )  # fmt: skip
     return out, mask_time_indices
+
+
+def valid_frames(model: SSLModel, lengths: Tensor, num_frames: int, like: Tensor) -> Tensor:
+    """(B, T) bool, True at valid frames, computed on the device of `like` (a time mask): on the
+    host when the masks were drawn there, so selecting frames needs no device sync."""
+    return ~lengths_to_padding_mask(model.num_frames(lengths.to(like.device, non_blocking=True)), num_frames)
+
+
+def selection(selected: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
+    """(B, T) bool frames to predict -> (the mask, the (M,) flat indices of its True entries),
+    both on `device`. The indices are found where the mask lives: on the host without a device
+    sync (then copied without blocking), on the device with one (the selection's size)."""
+    index = selected.reshape(-1).nonzero().squeeze(1)
+    return selected.to(device, non_blocking=True), index.to(device, non_blocking=True)
 
 
 def _default_lengths(wavs: Tensor, lengths: Tensor | None) -> Tensor:
@@ -186,19 +207,21 @@ class HubertPretrainModel(nn.Module):
             self.backbone, self.mask_config, wavs, lengths, mask_time_indices, mask_channel_indices, generator
         )
         B, T, D = out.last_hidden_state.shape  # batch, frames, embed_dim
-        mask = mask_time_indices & ~out.padding_mask
+        valid = valid_frames(self.backbone, lengths, T, mask_time_indices)
         frames = out.last_hidden_state.reshape(B * T, D)
         labels = [
             F.pad(t[:, :T], (0, max(0, T - t.shape[1])), value=-100).reshape(B * T).long() for t in label_sets
         ]
 
         def on(selected: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-            index = selected.reshape(-1).nonzero().squeeze(1)  # (M,) the one host sync: selection size
+            index = selection(selected, frames.device)[1]  # (M,)
             return self.head(frames[index]), [lab[index] for lab in labels]
 
+        mask = mask_time_indices & valid
         logits_m, labels_m = on(mask) if self.objective.pred_masked_weight > 0 else ([], [])
-        unmasked = ~mask_time_indices & ~out.padding_mask
+        unmasked = ~mask_time_indices & valid
         logits_u, labels_u = on(unmasked) if self.objective.pred_nomask_weight > 0 else ([], [])
+        mask = mask.to(frames.device, non_blocking=True)
         return HubertPredictions(out, mask, logits_m, labels_m, logits_u, labels_u)
 
     @property
@@ -305,7 +328,8 @@ class Wav2Vec2PretrainModel(nn.Module):
             self.wav2vec2, self.mask_config, wavs, lengths, mask_time_indices, mask_channel_indices, generator
         )
         B, T, _ = out.last_hidden_state.shape  # batch, frames, embed_dim
-        mask = mask_time_indices & ~out.padding_mask
+        valid = valid_frames(self.wav2vec2, lengths, T, mask_time_indices)
+        mask, index = selection(mask_time_indices & valid, wavs.device)  # (B, T), (M,)
         predicted = self.project_hid(out.last_hidden_state)  # (B, T, final_dim)
         q = self.quantizer(self.dropout_features(out.extract_features), mask, generator=generator)
         targets = self.project_q(q.codevectors.to(self.project_q.weight.dtype))  # (B, T, final_dim)
@@ -314,7 +338,6 @@ class Wav2Vec2PretrainModel(nn.Module):
                 mask, cfg.num_negatives, cross_sample_negatives=cfg.cross_sample_negatives,
                 lengths=out.lengths, from_everywhere=cfg.negatives_from_everywhere, generator=generator,
             )  # fmt: skip
-        index = mask.reshape(-1).nonzero().squeeze(1)  # (M,) the one host sync: selection size
         rows = torch.cat([index[:, None], negative_indices.reshape(B * T, -1)[index]], dim=1)  # (M, 1 + K)
         candidates = gather_rows(targets.reshape(B * T, -1), rows)  # (M, 1 + K, final_dim): positive first
         logits = candidate_logits(
@@ -354,7 +377,7 @@ class Wav2Vec2PretrainModel(nn.Module):
             "accuracy": _ratio(correct, sample_size),
             "code_perplexity": p.code_perplexity.detach(),
             "prob_perplexity": p.prob_perplexity.detach(),
-            "temperature": torch.tensor(self.quantizer.temperature, device=loss.device),
+            "temperature": loss.new_full((), self.quantizer.temperature),  # a fill: no host-to-device copy
             "sample_size": sample_size,
         }
         if cfg.feature_penalty_weight > 0:
@@ -409,7 +432,7 @@ class WavLMPretrainModel(HubertPretrainModel):
                 wavs, lengths, self.objective.mixing, noise=self.noise, generator=generator
             )
         if normalize:
-            wavs = normalize_waveform(wavs, lengths.to(wavs.device))
+            wavs = normalize_waveform(wavs, lengths.to(wavs.device, non_blocking=True))
         loss, metrics = super().forward(
             wavs, lengths, targets, mask_time_indices=mask_time_indices,
             mask_channel_indices=mask_channel_indices, generator=generator,
@@ -480,18 +503,20 @@ class Data2VecPretrainModel(nn.Module):
         proj = student.feature_projection
         normed = proj.layer_norm(feats)
         clean = proj.projection(normed)  # (B, T, D) fairseq pre_encoder_features
-        if mask_time_indices is None:
-            mask_time_indices = compute_time_mask(frame_lengths, T, self.mask_config, generator=generator)
+        if mask_time_indices is None:  # drawn where the lengths are (the host, from the trainer)
+            host_frames = student.num_frames(lengths)
+            mask_time_indices = compute_time_mask(host_frames, T, self.mask_config, generator=generator)
         if mask_channel_indices is None:
             mask_channel_indices = compute_channel_mask(
                 B, student.hidden_dim, self.mask_config, device=wavs.device, generator=generator
             )
-        x = student.apply_masks(proj.dropout(clean), mask_time_indices, mask_channel_indices)
+        valid = valid_frames(student, lengths, T, mask_time_indices)
+        mask, index = selection(mask_time_indices & valid, wavs.device)  # (B, T), (M,)
+        time_mask = mask_time_indices.to(wavs.device, non_blocking=True)
+        x = student.apply_masks(proj.dropout(clean), time_mask, mask_channel_indices)
         last, hidden = student.encoder_forward(x, padding_mask if padded else None)
         out = EncoderOutput(last, hidden, frame_lengths, padding_mask, normed, feats)
         targets = self.ema.targets(clean.detach(), padding_mask, padded)  # (B, T, D)
-        mask = mask_time_indices & ~padding_mask
-        index = mask.reshape(-1).nonzero().squeeze(1)  # (M,) the one host sync: selection size
         D = last.shape[-1]
         predictions = self.final_proj(last.reshape(B * T, D)[index])
         return Data2VecPredictions(out, mask, predictions, targets.reshape(B * T, -1)[index])
@@ -529,7 +554,7 @@ class Data2VecPretrainModel(nn.Module):
             "regression_loss": loss.detach(),
             "target_var": target_var,
             "pred_var": pred_var,
-            "ema_decay": torch.tensor(ema_decay_now(self), device=loss.device),
+            "ema_decay": loss.new_full((), ema_decay_now(self)),  # a fill: no host-to-device copy
             "sample_size": sample_size,
         }
         return loss, metrics

@@ -165,12 +165,14 @@ class BatchObjective(nn.Module):
 
     def forward(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         targets = [batch.targets[name] for name in self.units]
+        # the loader's lengths on the host: the objective reads frame counts and draws masks there
+        lengths = batch.wav_lens if batch.host_wav_lens is None else batch.host_wav_lens
         if getattr(self.objective, "normalizes_input", False):  # WavLM: normalises after mixing
-            return self.objective(batch.wavs, batch.wav_lens, targets, normalize=self.normalize)
+            return self.objective(batch.wavs, lengths, targets, normalize=self.normalize)
         wavs = normalize_waveform(batch.wavs, batch.wav_lens) if self.normalize else batch.wavs
         if targets:
-            return self.objective(wavs, batch.wav_lens, targets)
-        return self.objective(wavs, batch.wav_lens)
+            return self.objective(wavs, lengths, targets)
+        return self.objective(wavs, lengths)
 
     def set_num_updates(self, num_updates: int) -> None:
         """Quantizer temperature annealing (wav2vec 2.0), the EMA teacher's step (data2vec);
