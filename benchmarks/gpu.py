@@ -13,25 +13,27 @@ CPU numbers are `python -m benchmarks`.
 from __future__ import annotations
 
 import argparse
+import copy
+import functools
 import gc
 import json
+import re
 import sys
 import time
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
+from benchmarks import upstream
 from benchmarks.common import padded_batch, waves
 from benchmarks.harness import Row, machine_info, make_row, to_markdown
 from benchmarks.mfu import forward_flops
-from benchmarks.pretrain import _optimizer, pretrain_config
+from benchmarks.pretrain import pretrain_config, pretrain_step
 from speechssl.io import atomic_write_text
-from speechssl.objectives import build_pretrain_model
-from speechssl.testing.references import to_torchaudio_pretrain_state, torchaudio_hubert_pretrain
 
 GROUP = "gpu"
-PRESET = "hubert_base"
+DEVICE = "cuda"  # a CPU dry run of the code (tests) sets "cpu"
+PRESETS = {"hubert": "hubert_base", "wav2vec2": "wav2vec2_base"}
 # Dense (no 2:4 sparsity) bf16 tensor-core peaks from NVIDIA's datasheets, TFLOP/s; first match
 # of the device name wins. The measured matmul is the other, reachable, reference.
 DATASHEET_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0),
@@ -45,8 +47,8 @@ def datasheet_peak(name: str) -> float | None:
 
 def matmul_peak_bf16(n: int = 8192, repeats: int = 10) -> float:
     """FLOP/s of an n x n bf16 matmul on the current CUDA device (best of `repeats`, CUDA events)."""
-    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    a = torch.randn(n, n, device=DEVICE, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=DEVICE, dtype=torch.bfloat16)
     for _ in range(3):
         a @ b
     best = float("inf")
@@ -60,55 +62,12 @@ def matmul_peak_bf16(n: int = 8192, repeats: int = 10) -> float:
     return 2 * n**3 / best
 
 
-def _step(model: torch.nn.Module, loss_fn: Callable[[], torch.Tensor], ours: bool) -> Callable[[], None]:
-    optimizer = _optimizer(model.train(), "recipe", ours)
-
-    def step() -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = loss_fn()
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
-
-
-def build_step(contender: str, seconds: list[float], num_layers: int | None) -> Callable[[], None]:
-    """A bf16 pretraining step of `contender` ("ours" | "torchaudio") on the GPU, same weights and batch."""
-    config = pretrain_config("hubert", PRESET, num_layers)
-    torch.manual_seed(0)
-    ours = build_pretrain_model(config)
-    wavs, lengths = waves(seconds)
-    frames = ours.hubert.feature_extractor.output_lengths(lengths)
-    labels = torch.randint(0, config.hubert.num_classes[0], (len(seconds), int(frames.max())),
-                           generator=torch.Generator().manual_seed(1))  # fmt: skip
-    wavs, lengths, labels = wavs.cuda(), lengths.cuda(), labels.cuda()
-    if contender == "ours":
-        model = ours.cuda()
-        generator = torch.Generator(device="cuda").manual_seed(1)
-        return _step(model, lambda: model(wavs, lengths, labels, generator=generator)[0], ours=True)
-    if contender != "torchaudio":
-        raise ValueError(f"unknown contender '{contender}'; valid: ours, torchaudio")
-    ref = torchaudio_hubert_pretrain(config)
-    ref.load_state_dict(to_torchaudio_pretrain_state(ours.state_dict()))
-    ref = ref.cuda()
-    del ours
-    weight = config.hubert.feature_penalty_weight
-
-    def ta_loss() -> torch.Tensor:  # torchaudio's examples/hubert loss, as benchmarks.pretrain
-        logit_m, _, penalty = ref(wavs, labels, lengths)
-        target = torch.zeros(logit_m.shape[0], dtype=torch.long, device="cuda")
-        return F.cross_entropy(logit_m.float(), target, reduction="sum") / logit_m.shape[0] + weight * penalty
-
-    return _step(ref, ta_loss, ours=False)
-
-
-def measure(contender: str, seconds: list[float], num_layers: int | None, warmup: int, steps: int):
-    """(seconds per step, peak allocated GiB) of one contender, built, timed and freed."""
+def measure(build: Callable[[], Callable[[], object]], warmup: int, steps: int) -> tuple[float, float]:
+    """(seconds per call, peak allocated GiB) of one contender, built, timed and freed."""
     gc.collect()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
-    step = build_step(contender, seconds, num_layers)
+    step = build()
     for _ in range(warmup):
         step()
     torch.cuda.synchronize()
@@ -122,6 +81,93 @@ def measure(contender: str, seconds: list[float], num_layers: int | None, warmup
     return per_step, peak
 
 
+def training_step(family: str, contender: str, seconds: list[float], **options) -> Callable[[], None]:
+    """A bf16 pretraining step (benchmarks.pretrain.pretrain_step) on the GPU."""
+    preset = PRESETS[family]
+    return pretrain_step(contender, family, preset, seconds, device=DEVICE, amp=torch.bfloat16, **options)
+
+
+def inference_step(contender: str, seconds: list[float]) -> Callable[[], None]:
+    """Upstream inference of hubert_base in bf16 autocast on the GPU, the weights of
+    benchmarks.upstream (ours; torchaudio and transformers loaded with them)."""
+    model = copy.deepcopy(upstream.build(contender, PRESETS["hubert"])).to(DEVICE)
+    host_wavs, lengths = waves(seconds)
+    wavs = host_wavs.to(DEVICE)
+    if contender == "ours":
+        run = lambda: model(wavs, lengths).last_hidden_state  # noqa: E731
+    elif contender == "torchaudio":
+        device_lengths = lengths.to(DEVICE)
+        run = lambda: model(wavs, device_lengths)[0]  # noqa: E731
+    else:
+        mask = (torch.arange(wavs.shape[1])[None, :] < lengths[:, None]).long().to(DEVICE)
+        run = lambda: model(wavs, attention_mask=mask).last_hidden_state  # noqa: E731
+
+    def step() -> None:
+        with torch.inference_mode(), torch.autocast(DEVICE, dtype=torch.bfloat16):
+            run()
+
+    return step
+
+
+def _kernel_time_us(event) -> float:
+    return float(
+        getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0.0)
+    )
+
+
+KERNEL_KINDS = (  # first match wins: cuDNN's implicit-GEMM convolutions also say "gemm"
+    ("convolution", re.compile(r"conv|fprop|dgrad|wgrad|implicit_convolve|winograd", re.I)),
+    ("attention", re.compile(r"flash|fmha|attention|efficient_attention", re.I)),
+    ("matmul", re.compile(r"gemm|nvjet|cutlass|xmma|cublas", re.I)),
+    ("normalisation", re.compile(r"norm", re.I)),
+    ("optimizer", re.compile(r"adam|foreach|multi_tensor", re.I)),
+)
+
+
+def profile_step(seconds: list[float], steps: int = 3, top: int = 25) -> dict:
+    """Where the GPU time of our HuBERT step goes: kernel time by kind, the share of the wall
+    time the GPU is busy, and the top kernels (printed; the numbers are also returned)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    step = training_step("hubert", "ours", seconds)
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+        wall_us = (time.perf_counter() - t0) * 1e6
+    kernels = [e for e in prof.key_averages() if e.device_type == DeviceType.CUDA]
+    total = sum(_kernel_time_us(e) for e in kernels)
+    kinds: dict[str, float] = {}
+    for event in kernels:
+        kind = next(
+            (name for name, pattern in KERNEL_KINDS if pattern.search(event.key)), "elementwise/other"
+        )
+        kinds[kind] = kinds.get(kind, 0.0) + _kernel_time_us(event)
+
+    def ms(us: float) -> float:
+        return us / steps / 1e3
+
+    wall = wall_us
+    print(f"[profile] our {PRESETS['hubert']} bf16 step, {steps} steps: wall {ms(wall):.1f} ms/step, "
+          f"kernels {ms(total):.1f} ms/step (GPU busy {100 * total / wall:.0f} %)")  # fmt: skip
+    for kind, us in sorted(kinds.items(), key=lambda kv: -kv[1]):
+        print(f"[profile]   {kind:18s} {ms(us):8.2f} ms/step  {100 * us / max(total, 1e-9):5.1f} %")
+    print(f"[profile] top {top} kernels (ms per step, calls per step):")
+    for event in sorted(kernels, key=lambda e: -_kernel_time_us(e))[:top]:
+        print(f"[profile]   {ms(_kernel_time_us(event)):8.3f}  {event.count / steps:6.1f}  {event.key[:100]}")
+    print("[profile] top CPU ops by self CPU time (ms per step):")
+    for event in sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:15]:
+        print(
+            f"[profile]   {ms(event.self_cpu_time_total):8.3f}  {event.count / steps:6.1f}  {event.key[:100]}"
+        )
+    return {"wall_ms": ms(wall), "kernel_ms": ms(total), "kinds_ms": {k: ms(v) for k, v in kinds.items()}}
+
+
 def cuda_info() -> dict:
     props = torch.cuda.get_device_properties(0)
     return {
@@ -133,44 +179,90 @@ def cuda_info() -> dict:
     }
 
 
-def run(quick: bool) -> list[Row]:
+def _try(name: str, fn: Callable[[], tuple[float, float]]) -> tuple[float, float] | None:
+    try:
+        return fn()
+    except Exception as err:  # a contender that breaks must not lose the other rows
+        print(f"[gpu] {name} failed: {type(err).__name__}: {err}", file=sys.stderr)
+        return None
+
+
+# (label, family, contender, options); the first contender of a family is the reference of the others
+TRAINING = (
+    ("ours", "hubert", "ours", {}),
+    ("torchaudio HuBERTPretrainModel", "hubert", "torchaudio", {}),
+    ("ours, torch.compile", "hubert", "ours", {"compile": True}),
+    ("ours, lengths on the device (one host read per step)", "hubert", "ours", {"lengths_on_device": True}),
+    ("ours", "wav2vec2", "ours", {}),
+    ("transformers Wav2Vec2ForPreTraining", "wav2vec2", "transformers", {}),
+)
+
+
+def run(quick: bool, profile: bool = False) -> list[Row]:
     # full: ~78 audio-s per step, near fairseq's HuBERT Base batch per GPU (max_tokens 1.4M = 87.5 s)
     seconds = padded_batch(5.0, 4) if quick else padded_batch(15.0, 8)
     warmup, steps = (2, 5) if quick else (3, 20)
-    layers = None
     peak = matmul_peak_bf16()
     rows = [
         make_row(
             GROUP, "bf16 matmul peak (8192x8192)", peak / 1e12, None, "TFLOP/s", note="measured in this run"
         )
     ]
-    results = {}
-    for contender in ("ours", "torchaudio"):
-        try:
-            results[contender] = measure(contender, seconds, layers, warmup, steps)
-        except Exception as err:  # a reference that breaks must not lose our row
-            print(f"[gpu] {contender} failed: {type(err).__name__}: {err}", file=sys.stderr)
-            results[contender] = None
     audio = sum(seconds)
-    label = f"{PRESET} bf16 pretraining step, batch {len(seconds)} x <= {max(seconds):g} s"
-    ours, ref = results["ours"], results["torchaudio"]
-    note = f"{warmup} warm-up + {steps} timed steps; ours vs torchaudio HuBERTPretrainModel"
-    rows.append(make_row(GROUP, f"{label}: throughput", ours and audio / ours[0], ref and audio / ref[0],
-                         "audio-s/s", note=note))  # fmt: skip
-    rows.append(make_row(GROUP, f"{label}: step time", ours and 1e3 * ours[0], ref and 1e3 * ref[0], "ms",
-                         higher_is_better=False, note=note))  # fmt: skip
-    memory_note = "torch.cuda.max_memory_allocated: weights, optimizer, activations"
-    rows.append(make_row(GROUP, f"{label}: peak allocated memory", ours and ours[1], ref and ref[1], "GiB",
-                         higher_is_better=False, note=memory_note))  # fmt: skip
-    if ours:
-        flops = 3 * sum(forward_flops(pretrain_config("hubert", PRESET, layers).model, s) for s in seconds)
-        achieved = flops / ours[0]
-        mfu_note = f"3x analytic forward FLOPs of the valid audio; {achieved / 1e12:.1f} TFLOP/s achieved"
-        rows.append(make_row(GROUP, f"{label}: MFU", 100 * achieved / peak, None, "%", note=mfu_note))
-        sheet = datasheet_peak(torch.cuda.get_device_name())
-        if sheet is not None:
-            rows.append(make_row(GROUP, f"{label}: MFU vs datasheet", 100 * achieved / sheet, None, "%",
-                                 note=f"dense bf16 peak {sheet / 1e12:.0f} TFLOP/s (datasheet)"))  # fmt: skip
+    batch = f"batch {len(seconds)} x <= {max(seconds):g} s"
+    timing = f"{warmup} warm-up + {steps} timed steps"
+    sheet = datasheet_peak(torch.cuda.get_device_name())
+    results = {}
+    for label, family, contender, options in TRAINING:
+        build = functools.partial(training_step, family, contender, seconds, **options)
+        results[family, label] = _try(f"{family} {label}", functools.partial(measure, build, warmup, steps))
+    for family in PRESETS:
+        entries = [(label, results[f, label]) for label, f, _, _ in TRAINING if f == family]
+        ours = entries[0][1]
+        name = f"{PRESETS[family]} bf16 pretraining step, {batch}"
+        for label, ref in entries[1:]:
+            if label.startswith("ours"):  # a variant of ours: the reference is our default
+                rows.append(make_row(GROUP, f"{name}: {label} vs default, throughput", ref and audio / ref[0],
+                                     ours and audio / ours[0], "audio-s/s", note=timing))  # fmt: skip
+                continue
+            note = f"{timing}; ours vs {label}"
+            rate, ref_rate = ours and audio / ours[0], ref and audio / ref[0]
+            rows.append(make_row(GROUP, f"{name}: throughput", rate, ref_rate, "audio-s/s", note=note))
+            step_ms, ref_ms = ours and 1e3 * ours[0], ref and 1e3 * ref[0]
+            rows.append(make_row(GROUP, f"{name}: step time", step_ms, ref_ms, "ms", higher_is_better=False,
+                                 note=note))  # fmt: skip
+            memory_note = "torch.cuda.max_memory_allocated: weights, optimizer, activations"
+            rows.append(make_row(GROUP, f"{name}: peak allocated memory", ours and ours[1], ref and ref[1],
+                                 "GiB", higher_is_better=False, note=memory_note))  # fmt: skip
+        best = min((r for label, r in entries if label.startswith("ours") and r), default=None)
+        if best:
+            config = pretrain_config(family, PRESETS[family], None).model
+            achieved = 3 * sum(forward_flops(config, s) for s in seconds) / best[0]
+            note = (
+                f"best of ours; 3x analytic forward FLOPs of the valid audio; {achieved / 1e12:.1f} TFLOP/s"
+            )
+            rows.append(make_row(GROUP, f"{name}: MFU", 100 * achieved / peak, None, "%", note=note))
+            if sheet is not None:
+                sheet_note = f"dense bf16 peak {sheet / 1e12:.0f} TFLOP/s (datasheet)"
+                rows.append(make_row(GROUP, f"{name}: MFU vs datasheet", 100 * achieved / sheet, None, "%",
+                                     note=sheet_note))  # fmt: skip
+    inference = {}
+    for contender in upstream.CONTENDERS:
+        build = functools.partial(inference_step, contender, seconds)
+        inference[contender] = _try(
+            f"inference {contender}", functools.partial(measure, build, warmup, steps)
+        )
+    name = f"{PRESETS['hubert']} bf16 inference, {batch}"
+    ours = inference["ours"]
+    for contender in upstream.CONTENDERS[1:]:
+        ref = inference[contender]
+        rate, ref_rate = ours and audio / ours[0], ref and audio / ref[0]
+        rows.append(make_row(GROUP, f"{name}: throughput vs {contender}", rate, ref_rate, "audio-s/s",
+                             note=f"{timing}; inference_mode"))  # fmt: skip
+        rows.append(make_row(GROUP, f"{name}: peak allocated memory vs {contender}", ours and ours[1],
+                             ref and ref[1], "GiB", higher_is_better=False))  # fmt: skip
+    if profile:
+        _try("profile", lambda: (profile_step(seconds), 0.0))
     return rows
 
 
@@ -179,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller batch and fewer steps (~1 minute)")
     parser.add_argument("--json", help="write {meta, rows} here")
     parser.add_argument("--md", help="write the markdown table here")
+    parser.add_argument(
+        "--profile", action="store_true", help="also print where our HuBERT step's GPU time goes"
+    )
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("no CUDA: GPU benchmark rows not measured (nothing written)")
@@ -187,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = machine_info(torch.get_num_threads())
     command = "python -m benchmarks.gpu " + " ".join(sys.argv[1:] if argv is None else argv)
     meta.update(cuda_info(), mode="quick" if args.quick else "full", command=command)
-    rows = run(args.quick)
+    rows = run(args.quick, args.profile)
     meta["wall_s"] = time.perf_counter() - start
     if args.json:
         atomic_write_text(

@@ -61,11 +61,19 @@ def _optimizer(model: torch.nn.Module, optimizer: str, ours: bool) -> torch.opti
     return torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
 
 
-def _train_step(model: torch.nn.Module, loss_fn, optimizer: str = "recipe", ours: bool = True) -> Step:
+def _train_step(
+    model: torch.nn.Module,
+    loss_fn,
+    optimizer: str = "recipe",
+    ours: bool = True,
+    amp: torch.dtype | None = None,
+) -> Step:
     optimizer = _optimizer(model.train(), optimizer, ours)
+    device = next(model.parameters()).device.type
 
     def step() -> None:
-        loss = loss_fn()
+        with torch.autocast(device, dtype=amp, enabled=amp is not None):
+            loss = loss_fn()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -75,45 +83,64 @@ def _train_step(model: torch.nn.Module, loss_fn, optimizer: str = "recipe", ours
 
 def pretrain_step(
     contender: str, family: str, preset: str, seconds: list[float], num_layers: int | None = None,
-    frontend: str = "conv", frame_rate: int = 50, optimizer: str = "recipe",
+    frontend: str = "conv", frame_rate: int = 50, optimizer: str = "recipe", device: str = "cpu",
+    amp: torch.dtype | None = None, compile: bool = False, lengths_on_device: bool = False,
 ) -> Step:  # fmt: skip
     """One optimizer step of `contender` ("ours" | "torchaudio" | "transformers") on a padded batch
-    (`optimizer`: see `_optimizer`)."""
+    (`optimizer`: see `_optimizer`) on `device`, under autocast to `amp` if given. Ours gets the
+    lengths on the host, as the trainer's loader gives them (the model reads them without a device
+    sync); the references get them on the device, as their recipes do. `compile`: ours through
+    torch.compile; `lengths_on_device`: ours gets them on the device too (the model then reads them
+    back: one host sync per step)."""
     config = pretrain_config(family, preset, num_layers, frontend, frame_rate)
     torch.manual_seed(0)
     ours = build_pretrain_model(config)
-    wavs, lengths = waves(seconds)
+    host_wavs, lengths = waves(seconds)
+    wavs, device_lengths = host_wavs.to(device), lengths.to(device)
     frames = ours.hubert.feature_extractor.output_lengths(lengths) if family == "hubert" else None
-    generator = torch.Generator().manual_seed(1)
+    # on an accelerator the trainer's way: masks from the global RNGs (seeded above); an explicit
+    # generator would have to live where each draw happens (host masks, device distractors)
+    generator = torch.Generator().manual_seed(1) if device == "cpu" else None
+    if contender == "ours":
+        model = ours.to(device)
+        forward = torch.compile(model) if compile else model
+        lengths = device_lengths if lengths_on_device else lengths
     if family == "hubert":
         T = int(frames.max())
-        labels = torch.randint(0, config.hubert.num_classes[0], (len(seconds), T), generator=generator)
+        labels = torch.randint(0, config.hubert.num_classes[0], (len(seconds), T),
+                               generator=torch.Generator().manual_seed(1)).to(device)  # fmt: skip
         if contender == "ours":
-            return _train_step(ours, lambda: ours(wavs, lengths, labels, generator=generator)[0], optimizer)
+            loss = lambda: forward(wavs, lengths, labels, generator=generator)[0]  # noqa: E731
+            return _train_step(model, loss, optimizer, amp=amp)
         if contender != "torchaudio":
             raise ValueError(f"unknown HuBERT contender '{contender}'; valid: ours, torchaudio")
         ref = torchaudio_hubert_pretrain(config)
         ref.load_state_dict(to_torchaudio_pretrain_state(ours.state_dict()))
+        ref = ref.to(device)
         weight = config.hubert.feature_penalty_weight
 
         def ta_loss() -> torch.Tensor:
             # torchaudio's recipe (examples/hubert/loss): CE over (positive, classes) logits, summed
-            logit_m, _, penalty = ref(wavs, labels, lengths)
-            target = torch.zeros(logit_m.shape[0], dtype=torch.long)
-            return F.cross_entropy(logit_m, target, reduction="sum") / logit_m.shape[0] + weight * penalty
+            logit_m, _, penalty = ref(wavs, labels, device_lengths)
+            target = torch.zeros(logit_m.shape[0], dtype=torch.long, device=device)
+            return (
+                F.cross_entropy(logit_m.float(), target, reduction="sum") / logit_m.shape[0]
+                + weight * penalty
+            )
 
-        return _train_step(ref, ta_loss, optimizer, ours=False)
+        return _train_step(ref, ta_loss, optimizer, ours=False, amp=amp)
     if contender == "ours":
-        return _train_step(ours, lambda: ours(wavs, lengths, generator=generator)[0], optimizer)
+        return _train_step(model, lambda: forward(wavs, lengths, generator=generator)[0], optimizer, amp=amp)
     if contender != "transformers":
         raise ValueError(f"unknown wav2vec 2.0 contender '{contender}'; valid: ours, transformers")
     from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices, _sample_negative_indices
 
     ref = transformers_pretrain(config)
     ref.load_state_dict(ours.state_dict())
+    ref = ref.to(device)
     hf_frames = ours.wav2vec2.feature_extractor.output_lengths(lengths)
     T = int(hf_frames.max())
-    sample_mask = (torch.arange(wavs.shape[1])[None, :] < lengths[:, None]).long()
+    sample_mask = (torch.arange(wavs.shape[1])[None, :] < lengths[:, None]).long().to(device)
     frame_mask = (torch.arange(T)[None, :] < hf_frames[:, None]).long()
     mask_cfg: MaskConfig = config.mask
     num_negatives = config.wav2vec2.num_negatives
@@ -124,11 +151,11 @@ def pretrain_step(
         mask = _compute_mask_indices((len(seconds), T), mask_cfg.mask_prob, mask_cfg.mask_length,
                                      attention_mask=frame_mask, min_masks=2)  # fmt: skip
         negatives = _sample_negative_indices((len(seconds), T), num_negatives, mask_time_indices=mask)
-        out = ref(wavs, attention_mask=sample_mask, mask_time_indices=torch.from_numpy(mask),
-                  sampled_negative_indices=torch.from_numpy(negatives).long())  # fmt: skip
+        out = ref(wavs, attention_mask=sample_mask, mask_time_indices=torch.from_numpy(mask).to(device),
+                  sampled_negative_indices=torch.from_numpy(negatives).long().to(device))  # fmt: skip
         return out.loss / max(int(mask.sum()), 1)
 
-    return _train_step(ref, hf_loss, optimizer, ours=False)
+    return _train_step(ref, hf_loss, optimizer, ours=False, amp=amp)
 
 
 def _sizes(settings: Settings) -> tuple[str, str, int | None, list[float]]:
