@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from speechssl.models.config import EncoderConfig
+from speechssl.models.packing import Packing
 from speechssl.models.relative_position import RelativePositionBias, gated_position_bias
 
 _ACTIVATIONS = {
@@ -129,10 +130,18 @@ class SelfAttention(nn.Module):
         self.out_proj = nn.Linear(inner, embed_dim)
 
     def forward(
-        self, x: Tensor, key_padding_mask: Tensor | None = None, attn_bias: Tensor | None = None
+        self,
+        x: Tensor,
+        key_padding_mask: Tensor | None = None,
+        attn_bias: Tensor | None = None,
+        *,
+        packing: Packing | None = None,
     ) -> Tensor:
         """x: (B, T, D); key_padding_mask: (B, T) bool, True = padded, or None;
-        attn_bias: additive float bias (B or 1, H, T, T) or None."""
+        attn_bias: additive float bias (B or 1, H, T, T) or None. With `packing`, x is the
+        packed valid frames (N, D) and each utterance attends to its own frames."""
+        if packing is not None:
+            return self._packed(x, packing)
         B, T, _ = x.shape  # batch, frames, embed
         H, d = self.num_heads, self.head_dim
 
@@ -150,6 +159,21 @@ class SelfAttention(nn.Module):
             dropout_p=self.dropout if self.training else 0.0,
         )  # (B, H, T, d)
         return self.out_proj(y.transpose(1, 2).reshape(B, T, H * d))
+
+    def _packed(self, x: Tensor, packing: Packing) -> Tensor:
+        """x: (N, D) packed frames -> (N, D), through SDPA on jagged (B, H, j, d) tensors."""
+        N, H, d = x.shape[0], self.num_heads, self.head_dim
+
+        def heads(t: Tensor) -> Tensor:
+            return packing.jagged(t.view(N, H, d)).transpose(1, 2)  # (B, H, j, d)
+
+        y = F.scaled_dot_product_attention(
+            heads(self.q_proj(x)),
+            heads(self.k_proj(x)),
+            heads(self.v_proj(x)),
+            dropout_p=self.dropout if self.training else 0.0,
+        )  # (B, H, j, d)
+        return self.out_proj(y.transpose(1, 2).values().reshape(N, H * d))
 
 
 class RelativeSelfAttention(SelfAttention):
@@ -243,25 +267,40 @@ class EncoderLayer(nn.Module):
         self.norm_first = norm_first
 
     def forward(
-        self, x: Tensor, key_padding_mask: Tensor | None = None, position_bias: Tensor | None = None
+        self,
+        x: Tensor,
+        key_padding_mask: Tensor | None = None,
+        position_bias: Tensor | None = None,
+        *,
+        packing: Packing | None = None,
     ) -> Tensor:
-        """x: (B, T, D) -> (B, T, D); position_bias: WavLM's shared ungated bias or None."""
+        """x: (B, T, D) -> (B, T, D); position_bias: WavLM's shared ungated bias or None.
+        With `packing`: x is (N, D), the packed valid frames (speechssl.models.packing)."""
         if self.norm_first:
             if self.attention is not None:
-                x = x + self.dropout(self._attend(self.layer_norm(x), key_padding_mask, position_bias))
+                y = self._attend(self.layer_norm(x), key_padding_mask, position_bias, packing)
+                x = x + self.dropout(y)
             if self.feed_forward is not None:
                 x = x + self.feed_forward(self.final_layer_norm(x))
             return x
         if self.attention is not None:
-            x = x + self.dropout(self._attend(x, key_padding_mask, position_bias))
+            x = x + self.dropout(self._attend(x, key_padding_mask, position_bias, packing))
         x = self.layer_norm(x)
         if self.feed_forward is not None:
             x = x + self.feed_forward(x)
         return self.final_layer_norm(x)
 
-    def _attend(self, x: Tensor, key_padding_mask: Tensor | None, position_bias: Tensor | None) -> Tensor:
+    def _attend(
+        self,
+        x: Tensor,
+        key_padding_mask: Tensor | None,
+        position_bias: Tensor | None,
+        packing: Packing | None,
+    ) -> Tensor:
         # Without a bias the two-argument call, so attention wrappers of the other families
-        # (prefix tuning) need not know about relative positions.
+        # (prefix tuning) need not know about relative positions, nor, unpacked, about packing.
+        if packing is not None:
+            return self.attention(x, packing=packing)
         if position_bias is None:
             return self.attention(x, key_padding_mask)
         return self.attention(x, key_padding_mask, position_bias)
@@ -313,13 +352,24 @@ class TransformerEncoder(nn.Module):
         return self.relative_position(table, x.shape[1], x.dtype)
 
     def forward(
-        self, x: Tensor, padding_mask: Tensor | None = None, *, num_layers: int | None = None
+        self,
+        x: Tensor,
+        padding_mask: Tensor | None = None,
+        *,
+        num_layers: int | None = None,
+        packing: Packing | None = None,
     ) -> tuple[Tensor, list[Tensor]]:
         """x: (B, T, D); padding_mask: (B, T) bool, True = pad, or None when nothing is padded
         (pass None then: without a mask SDPA may use its fused kernels; the caller knows from
         the lengths, see SSLModel.frontend_forward, so no device sync is spent finding out).
-        `num_layers` stops early (feature extraction from a lower layer).
+        `num_layers` stops early (feature extraction from a lower layer). `packing`: the layers
+        run padding-free on the packed valid frames (the outputs are zero at padded frames).
         Returns (last_hidden_state, hidden_states)."""
+        if packing is not None and self.relative_position is not None:
+            raise ValueError(
+                "padding-free steps need attention without a position bias; WavLM's relative "
+                "position bias is per pair of frames of a padded batch"
+            )
         if padding_mask is not None:
             x = x.masked_fill(padding_mask[..., None], 0.0)  # padding must not leak through the pos conv
         x = x + self.pos_conv_embed(x)
@@ -327,6 +377,8 @@ class TransformerEncoder(nn.Module):
             x = self.layer_norm(x)
         x = self.dropout(x)
         position_bias = self.position_bias(x)  # once per forward
+        if packing is not None:
+            x = packing.pack(x)  # (N, D)
         hidden_states = [x]
         for i, layer in enumerate(self.layers):
             if num_layers is not None and i >= num_layers:
@@ -334,9 +386,11 @@ class TransformerEncoder(nn.Module):
             if self.training and self.layerdrop > 0.0 and torch.rand(()) < self.layerdrop:
                 hidden_states.append(x)  # skipped layer: keep one entry per layer
                 continue
-            x = layer(x, padding_mask, position_bias)
+            x = layer(x, packing=packing) if packing is not None else layer(x, padding_mask, position_bias)
             hidden_states.append(x)
         last = self.layer_norm(x) if self.layer_norm_first else x
+        if packing is not None:
+            return packing.unpack(last), [packing.unpack(h) for h in hidden_states]
         return last, hidden_states
 
 

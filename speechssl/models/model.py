@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from speechssl.models.config import ModelConfig
 from speechssl.models.encoder import FeatureProjection, TransformerEncoder, build_encoder
 from speechssl.models.frontends import build_frontend, lengths_to_padding_mask
+from speechssl.models.packing import Packing
 
 
 @dataclass
@@ -51,6 +52,9 @@ class SSLModel(nn.Module):
         self.encoder = encoder
         # fairseq mask_emb / HF masked_spec_embed: replaces masked frames after the projection
         self.masked_spec_embed = nn.Parameter(torch.empty(config.encoder.embed_dim).uniform_())
+        # padded batches run the transformer layers on their packed valid frames (no compute on
+        # padding; same valid outputs): speechssl.models.packing. A runtime switch, not architecture.
+        self.padding_free = False
 
     @property
     def downsample_rate(self) -> int:
@@ -116,10 +120,15 @@ class SSLModel(nn.Module):
         return x
 
     def encoder_forward(
-        self, x: Tensor, padding_mask: Tensor | None, *, num_layers: int | None = None
+        self,
+        x: Tensor,
+        padding_mask: Tensor | None,
+        *,
+        num_layers: int | None = None,
+        packing: Packing | None = None,
     ) -> tuple[Tensor, list[Tensor]]:
         """Projected features (B, T, D) -> (last_hidden_state, hidden_states)."""
-        return self.encoder(x, padding_mask, num_layers=num_layers)
+        return self.encoder(x, padding_mask, num_layers=num_layers, packing=packing)
 
     def forward(
         self,
@@ -140,7 +149,12 @@ class SSLModel(nn.Module):
         padding_mask = lengths_to_padding_mask(frame_lengths, feats.shape[1])  # (B, T)
         x, extract_features = self.feature_projection(feats)  # (B, T, D), (B, T, C)
         x = self.apply_masks(x, mask_time_indices, mask_channel_indices)
-        last, hidden_states = self.encoder_forward(x, padding_mask if padded else None, num_layers=num_layers)
+        packing = None
+        if padded and self.padding_free:  # frame counts from the host lengths: no device sync
+            packing = Packing.from_lengths(self.num_frames(lengths), feats.shape[1], feats.device)
+        last, hidden_states = self.encoder_forward(
+            x, padding_mask if padded else None, num_layers=num_layers, packing=packing
+        )
         return EncoderOutput(
             last_hidden_state=last,
             hidden_states=hidden_states if output_hidden_states else [],

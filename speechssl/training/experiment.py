@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 RESUMABLE_KEYS = frozenset({
     "trainer.max_steps", "trainer.warmup_steps", "trainer.save_every", "trainer.keep_last",
     "trainer.valid_every", "trainer.log_every", "trainer.max_bad_steps", "trainer.num_workers",
-    "trainer.pin_memory", "trainer.compile", "data.skip_bad",
+    "trainer.pin_memory", "trainer.compile", "data.skip_bad", "data.padding_free",
 })  # fmt: skip
 
 

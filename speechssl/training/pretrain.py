@@ -67,6 +67,9 @@ class PretrainDataConfig(BatchingConfig):
     skip_bad: bool = False  # skip unreadable utterances (counted and logged) instead of stopping
     # units per second; None: the model's frame rate (a stated one must match)
     label_rate: float | None = None
+    # the transformer layers run on each batch's packed valid frames, no compute on padding
+    # (speechssl.models.packing; same results up to rounding). HuBERT and wav2vec 2.0 only.
+    padding_free: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -101,12 +104,19 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         self.network()  # validates that the objective section fits model.family
+        if self.data.padding_free and self.model.family not in PADDING_FREE_FAMILIES:
+            raise ValueError(
+                f"data.padding_free is for {' and '.join(_NAMES[f] for f in PADDING_FREE_FAMILIES)}; "
+                f"{_NAMES.get(self.model.family, self.model.family)} runs its transformer padded "
+                "(WavLM's relative position bias, data2vec's teacher)"
+            )
 
 
 # model.family -> the objective section whose num_classes k-means units fill (the others take none)
 LABEL_SECTIONS = {"hubert": "hubert", "wavlm": "wavlm"}
 _NAMES = {"hubert": "HuBERT", "wavlm": "WavLM", "wav2vec2": "wav2vec 2.0", "data2vec_audio": "data2vec"}
 _NO_UNITS = "remove it or use a HuBERT or WavLM config"
+PADDING_FREE_FAMILIES = ("hubert", "wav2vec2")  # objectives whose transformer runs through SSLModel.forward
 
 
 def units_num_classes(units_dir: Path) -> int:
@@ -411,6 +421,7 @@ def pretrain(
             family, len(train_set), sum(train_set.durations) / 3600, len(train_sampler),
             train_sampler.padding_efficiency(),
         )  # fmt: skip
+        getattr(model, family).padding_free = config.data.padding_free
         objective = BatchObjective(model, units, normalize=config.model.normalize_waveform)
         result = train_on_loaders(
             objective, loaders.train, config.trainer, out_dir, valid_loader=loaders.valid,

@@ -115,3 +115,22 @@ def test_pretrain_logs_its_data_check_and_its_first_update(corpus, tmp_path, cap
     check = next(i for i, line in enumerate(lines) if line.startswith("checking the data: "))
     first = next(i for i, line in enumerate(lines) if line.startswith("step 1/2 (50%) | epoch 0 | loss "))
     assert check < first
+
+
+def test_padding_free_pretraining_runs_and_is_refused_where_it_cannot_hold(corpus, tmp_path, capsys):
+    assert (
+        run_pretrain(corpus, tmp_path / "exp", "--units", "units_iter1", "--set", "data.padding_free=true")
+        == 0
+    )
+    assert "padding_free: true" in (tmp_path / "exp" / "config.yaml").read_text()
+    assert speechssl.load_upstream(tmp_path / "exp" / "checkpoints" / "last").num_layers == 2
+    code = main([
+        "pretrain", "--config", str(CONF / "pretrain_wavlm_tiny.yaml"), "--train", str(corpus / "train"),
+        "--units", "units_iter1", "--out", str(tmp_path / "wavlm"), "--max-steps", "2", *TINY_PRETRAIN_ARGS,
+        "--set", "data.padding_free=true",
+    ])  # fmt: skip
+    assert code == 1
+    assert "data.padding_free is for HuBERT and wav2vec 2.0; WavLM runs its transformer padded" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "wavlm" / "checkpoints").exists()
