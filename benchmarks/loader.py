@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import gc
 import json
 import math
 import os
@@ -122,8 +123,9 @@ def corpus(fmt: str, num_utts: int) -> Corpus:
 
 
 class EpochStep:
-    """One training epoch through the trainer's MicroBatchStream. Each call takes exactly one
-    epoch of batches (its first batch re-opens the DataLoader, as the trainer does every epoch).
+    """One training epoch through the trainer's MicroBatchStream. Each call opens the next epoch
+    (a new DataLoader and its workers, as the trainer does every epoch), takes exactly its batches
+    and then drops the stream, so that no step keeps workers alive while another one forks its own.
 
     consume_rate: audio-s/s of a simulated GPU that sleeps for each batch's audio at that rate
     (None: batches are consumed at once). prefetch_factor: the DataLoader's, passed through the
@@ -149,29 +151,40 @@ class EpochStep:
             seed=seed,
         )  # fmt: skip
         loader = build_loader(dataset, batching, train=True, seed=seed)
-        self.num_batches = len(loader.batch_sampler)
+        self.sampler = loader.batch_sampler
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.pin_memory, self.consume_rate = pin_memory, consume_rate
         self.head = max(1, num_workers)  # batches the workers make side by side before the first arrives
         config = TrainerConfig(num_workers=num_workers, pin_memory=pin_memory, seed=seed)
         info = DistInfo(rank=0, world_size=1, local_rank=0, device=self.device)
-        self.stream = MicroBatchStream(loader.dataset, loader.collate_fn, loader.batch_sampler, config, info)
-        if prefetch_factor is not None:
-            self.stream._open_epoch = functools.partial(_open_with_prefetch, self.stream, prefetch_factor)
+        self.epoch, self.prefetch_factor = 0, prefetch_factor
+        self.open_stream = functools.partial(
+            MicroBatchStream, loader.dataset, loader.collate_fn, loader.batch_sampler, config, info
+        )
+
+    def _stream(self) -> tuple[Any, int]:
+        """The trainer's stream at the next epoch, and that epoch's batch count (it varies)."""
+        stream = self.open_stream(epoch=self.epoch)
+        self.sampler.set_epoch(self.epoch)  # what the stream does when it opens the epoch
+        self.epoch += 1
+        if self.prefetch_factor is not None:
+            stream._open_epoch = functools.partial(_open_with_prefetch, stream, self.prefetch_factor)
+        return stream, len(self.sampler)
 
     def __call__(self) -> dict[str, float]:
         """first_s: seconds to the first batch (the epoch start); total_s: the epoch; audio_s: audio
         delivered; head_audio_s: audio of the first max(1, num_workers) batches, which the workers
         made side by side before the first one arrived; wait_s: seconds spent waiting for the
-        batches after the first."""
+        batches after the first; num_batches: the epoch's."""
         from speechssl.training.trainer import to_device
 
         samples = head_samples = 0
         first = wait = 0.0
+        stream, num_batches = self._stream()
         t0 = time.perf_counter()
-        for i in range(self.num_batches):
+        for i in range(num_batches):
             t1 = time.perf_counter()
-            batch = self.stream.next()
+            batch = stream.next()
             if self.device.type == "cuda":  # the trainer's copy (non_blocking with pinned memory)
                 batch = to_device(batch, self.device, non_blocking=self.pin_memory)
             n = int(batch.wav_lens.sum())
@@ -185,8 +198,13 @@ class EpochStep:
                 time.sleep(n / SAMPLE_RATE / self.consume_rate)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-        return {"first_s": first, "total_s": time.perf_counter() - t0, "audio_s": samples / SAMPLE_RATE,
-                "head_audio_s": head_samples / SAMPLE_RATE, "wait_s": wait}  # fmt: skip
+        total = time.perf_counter() - t0
+        del stream, batch
+        gc.collect()  # the DataLoader iterator sits in a reference cycle: shut its workers down here and
+        # now, or a worker forked later inherits it and tries to shut them down itself at exit
+        return {"first_s": first, "total_s": total, "audio_s": samples / SAMPLE_RATE,
+                "head_audio_s": head_samples / SAMPLE_RATE, "wait_s": wait,
+                "num_batches": num_batches}  # fmt: skip
 
 
 def _open_with_prefetch(stream: Any, prefetch_factor: int) -> None:
@@ -245,9 +263,11 @@ def measure(steps: dict[Any, EpochStep], settings: Settings) -> dict[Any, dict[s
     out = {}
     for key, values in samples.items():
         steady = [_steady(v) for v in values]
+        per_batch = [1000 * v["wait_s"] / max(1, v["num_batches"] - 1) for v in values]
         out[key] = {"first_s": statistics.median(v["first_s"] for v in values),
                     "rate": statistics.median(r for r, _ in steady),
-                    "wait": statistics.median(w for _, w in steady)}  # fmt: skip
+                    "wait": statistics.median(w for _, w in steady),
+                    "wait_ms": statistics.median(per_batch)}  # fmt: skip
     return out
 
 
@@ -330,8 +350,9 @@ def prefetch_rows(name: str, sz: LoaderSizes, settings: Settings, gpu: dict[str,
             100 * result[(w, 4)]["wait"],
             "%",
             higher_is_better=False,
-            note="share of the epoch after its first batch spent in the trainer's next() (waiting for "
-            "a batch and receiving it); ratio < 1 would mean a deeper queue helps",
+            note=f"share of the epoch after its first batch spent in the trainer's next() (waiting for "
+            f"a batch and receiving it): {result[(w, 2)]['wait_ms']:.1f} vs {result[(w, 4)]['wait_ms']:.1f} "
+            "ms per batch; ratio < 1 would mean a deeper queue helps",
         )  # fmt: skip
         for w in workers
     ]

@@ -63,11 +63,14 @@ def test_each_call_is_exactly_one_epoch_of_cropped_audio(num_workers):
     sizes = loader.sizes(TINY)
     step = loader.EpochStep("flac", sizes, num_workers=num_workers, pin_memory=False)
     expected = sum(min(s, sizes.max_seconds) for s in loader.corpus("flac", sizes.num_utts).seconds)
-    for _ in range(3):  # the 2nd and 3rd calls cross the trainer's epoch boundary
+    counts = set()
+    for _ in range(4):  # epochs 0-3: each its own shuffle and batch count
         epoch = step()
+        counts.add(epoch["num_batches"])
         assert 0 < epoch["first_s"] <= epoch["total_s"] and 0 <= epoch["wait_s"] <= epoch["total_s"]
         assert epoch["audio_s"] == pytest.approx(expected, abs=1e-3)
         assert 0 < epoch["head_audio_s"] < epoch["audio_s"]
+    assert step.epoch == 4 and min(counts) >= 2
 
 
 def test_prefetch_factor_reaches_the_trainers_dataloader(monkeypatch):
