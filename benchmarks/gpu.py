@@ -191,10 +191,12 @@ def _try(name: str, fn: Callable[[], tuple[float, float]]) -> tuple[float, float
 TRAINING = (
     ("ours", "hubert", "ours", {}),
     ("torchaudio HuBERTPretrainModel", "hubert", "torchaudio", {}),
+    ("ours, padding-free (data.padding_free)", "hubert", "ours", {"padding_free": True}),
     ("ours, torch.compile", "hubert", "ours", {"compile": True}),
-    ("ours, lengths on the device (one host read per step)", "hubert", "ours", {"lengths_on_device": True}),
+    ("ours, 1-D conv frontend (before the channels-last path)", "hubert", "ours", {"conv_1d": True}),
     ("ours", "wav2vec2", "ours", {}),
     ("transformers Wav2Vec2ForPreTraining", "wav2vec2", "transformers", {}),
+    ("ours, padding-free (data.padding_free)", "wav2vec2", "ours", {"padding_free": True}),
 )
 
 
@@ -215,7 +217,13 @@ def run(quick: bool, profile: bool = False) -> list[Row]:
     results = {}
     for label, family, contender, options in TRAINING:
         build = functools.partial(training_step, family, contender, seconds, **options)
-        results[family, label] = _try(f"{family} {label}", functools.partial(measure, build, warmup, steps))
+        results[family, label] = result = _try(
+            f"{family} {label}", functools.partial(measure, build, warmup, steps)
+        )
+        if result:  # printed as measured: a run cut short still tells
+            print(
+                f"[gpu] {family} {label}: {audio / result[0]:.0f} audio-s/s, {result[1]:.2f} GiB", flush=True
+            )
     for family in PRESETS:
         entries = [(label, results[f, label]) for label, f, _, _ in TRAINING if f == family]
         ours = entries[0][1]

@@ -1,0 +1,53 @@
+"""Padding-free steps on CUDA (jagged-tensor SDPA, its fused variable-length kernels) track the
+padded step in fp32 and bf16, and the channels-last conv frontend gives the CPU's features."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.gpu._gpu import GPU, tiny_batch, tiny_pretrain_model
+
+pytestmark = GPU
+
+TOLERANCE = {"fp32": 1e-4, "bf16": 2e-2}  # relative, loss and gradients (bf16: 8 mantissa bits)
+
+
+def _step(model, padding_free: bool, precision: str):
+    model.hubert.padding_free = padding_free
+    wavs, lengths, targets = tiny_batch(model)
+    torch.manual_seed(7)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        loss = model(wavs, lengths.cpu(), targets, generator=torch.Generator().manual_seed(5))[0]
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    return loss.detach().float(), {
+        n: p.grad.float().clone() for n, p in model.named_parameters() if p.grad is not None
+    }
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_padding_free_step_tracks_the_padded_step_on_cuda(precision):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    model = tiny_pretrain_model("hubert_tiny").cuda().train()
+    padded_loss, padded = _step(model, False, precision)
+    packed_loss, packed = _step(model, True, precision)
+    tolerance = TOLERANCE[precision]
+    assert abs(float(packed_loss - padded_loss)) <= tolerance * abs(float(padded_loss)), (
+        packed_loss,
+        padded_loss,
+    )
+    total = torch.cat([g.flatten() for g in padded.values()])
+    other = torch.cat([packed[n].flatten() for n in padded])
+    assert float((other - total).norm() / total.norm()) <= tolerance
+
+
+def test_channels_last_conv_frontend_on_cuda_matches_the_cpu():
+    torch.backends.cudnn.allow_tf32 = False
+    model = tiny_pretrain_model("hubert_tiny").hubert.eval()
+    wavs, _, _ = tiny_batch(model, device="cpu")
+    with torch.no_grad():
+        cpu = model.feature_extractor.stack(wavs, channels_last=False)
+        gpu = model.cuda().feature_extractor.stack(wavs.cuda(), channels_last=True)
+    assert torch.allclose(gpu.cpu(), cpu, atol=1e-4, rtol=1e-4), float((gpu.cpu() - cpu).abs().max())
