@@ -124,13 +124,14 @@ KERNEL_KINDS = (  # first match wins: cuDNN's implicit-GEMM convolutions also sa
 )
 
 
-def profile_step(seconds: list[float], steps: int = 3, top: int = 25) -> dict:
-    """Where the GPU time of our HuBERT step goes: kernel time by kind, the share of the wall
-    time the GPU is busy, and the top kernels (printed; the numbers are also returned)."""
+def profile_step(seconds: list[float], steps: int = 3, top: int = 25, **options) -> dict:
+    """Where the GPU time of our HuBERT step (`options`: pretrain_step's) goes: kernel time by
+    kind, the share of the wall time the GPU is busy, and the top kernels (printed; the numbers
+    are also returned)."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    step = training_step("hubert", "ours", seconds)
+    step = training_step("hubert", "ours", seconds, **options)
     for _ in range(3):
         step()
     torch.cuda.synchronize()
@@ -153,8 +154,9 @@ def profile_step(seconds: list[float], steps: int = 3, top: int = 25) -> dict:
         return us / steps / 1e3
 
     wall = wall_us
-    print(f"[profile] our {PRESETS['hubert']} bf16 step, {steps} steps: wall {ms(wall):.1f} ms/step, "
-          f"kernels {ms(total):.1f} ms/step (GPU busy {100 * total / wall:.0f} %)")  # fmt: skip
+    label = f"our {PRESETS['hubert']} bf16 step {options or ''}, {steps} steps"
+    print(f"[profile] {label}: wall {ms(wall):.1f} ms/step, kernels {ms(total):.1f} ms/step "
+          f"(GPU busy {100 * total / wall:.0f} %)")  # fmt: skip
     for kind, us in sorted(kinds.items(), key=lambda kv: -kv[1]):
         print(f"[profile]   {kind:18s} {ms(us):8.2f} ms/step  {100 * us / max(total, 1e-9):5.1f} %")
     print(f"[profile] top {top} kernels (ms per step, calls per step):")
@@ -193,7 +195,6 @@ TRAINING = (
     ("torchaudio HuBERTPretrainModel", "hubert", "torchaudio", {}),
     ("ours, padding-free (data.padding_free)", "hubert", "ours", {"padding_free": True}),
     ("ours, torch.compile", "hubert", "ours", {"compile": True}),
-    ("ours, 1-D conv frontend (before the channels-last path)", "hubert", "ours", {"conv_1d": True}),
     ("ours", "wav2vec2", "ours", {}),
     ("transformers Wav2Vec2ForPreTraining", "wav2vec2", "transformers", {}),
     ("ours, padding-free (data.padding_free)", "wav2vec2", "ours", {"padding_free": True}),
@@ -271,6 +272,8 @@ def run(quick: bool, profile: bool = False) -> list[Row]:
                              ref and ref[1], "GiB", higher_is_better=False))  # fmt: skip
     if profile:
         _try("profile", lambda: (profile_step(seconds), 0.0))
+        # padding-free ran at 0.32x the padded step on an H200 (2026-11-28): where its time goes
+        _try("profile padding-free", lambda: (profile_step(seconds, padding_free=True), 0.0))
     return rows
 
 

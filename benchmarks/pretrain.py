@@ -85,15 +85,14 @@ def pretrain_step(
     contender: str, family: str, preset: str, seconds: list[float], num_layers: int | None = None,
     frontend: str = "conv", frame_rate: int = 50, optimizer: str = "recipe", device: str = "cpu",
     amp: torch.dtype | None = None, compile: bool = False, lengths_on_device: bool = False,
-    padding_free: bool = False, conv_1d: bool = False,
+    padding_free: bool = False,
 ) -> Step:  # fmt: skip
     """One optimizer step of `contender` ("ours" | "torchaudio" | "transformers") on a padded batch
     (`optimizer`: see `_optimizer`) on `device`, under autocast to `amp` if given. Ours gets the
     lengths on the host, as the trainer's loader gives them (the model reads them without a device
     sync); the references get them on the device, as their recipes do. `compile`: ours through
     torch.compile; `lengths_on_device`: ours gets them on the device too (the model then reads them
-    back: one host sync per step); `padding_free`: ours with data.padding_free; `conv_1d`: ours with
-    the conv frontend's 1-D path on CUDA too (what ran there before the channels-last path)."""
+    back: one host sync per step); `padding_free`: ours with data.padding_free."""
     config = pretrain_config(family, preset, num_layers, frontend, frame_rate)
     torch.manual_seed(0)
     ours = build_pretrain_model(config)
@@ -104,9 +103,7 @@ def pretrain_step(
     # generator would have to live where each draw happens (host masks, device distractors)
     generator = torch.Generator().manual_seed(1) if device == "cpu" else None
     if contender == "ours":
-        backbone = getattr(ours, family)
-        backbone.padding_free = padding_free
-        backbone.feature_extractor.channels_last_on_cuda = not conv_1d
+        getattr(ours, family).padding_free = padding_free
         model = ours.to(device)
         forward = torch.compile(model) if compile else model
         lengths = device_lengths if lengths_on_device else lengths

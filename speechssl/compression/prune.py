@@ -148,8 +148,7 @@ class GatedModel(nn.Module):
                 return None
             z = self._values[key].to(output.dtype)
             if channel_dim == 1:
-                # conv output (B, C, T), or (B, C, 1, T) channels-last on CUDA
-                return output * z.view(1, -1, *(1,) * (output.dim() - 2))
+                return output * z[None, :, None]  # (B, C, T) conv output
             return output * z  # (B, T, D) block output, z: (1,)
 
         return hook

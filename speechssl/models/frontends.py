@@ -55,10 +55,7 @@ class ChannelLayerNorm(nn.LayerNorm):
 
 
 class ConvLayer(nn.Module):
-    """conv -> optional norm -> GELU. Child names match transformers (`conv`, `layer_norm`).
-
-    Takes (B, C, T), or (B, C, 1, T) in channels-last memory (ConvFeatureEncoder on CUDA): the
-    same convolution as a 2-D one, with the norm computed on the (B, T, C) view of that memory."""
+    """conv -> optional norm -> GELU. Child names match transformers (`conv`, `layer_norm`)."""
 
     def __init__(self, conv: nn.Conv1d, layer_norm: nn.Module | None) -> None:
         super().__init__()
@@ -68,12 +65,9 @@ class ConvLayer(nn.Module):
         self.has_norm = layer_norm is not None
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() == 4:
-            x = self._conv_norm_channels_last(x)
-        else:
-            x = self.conv(x)
-            if self.has_norm:
-                x = self.layer_norm(x)
+        x = self.conv(x)
+        if self.has_norm:
+            x = self.layer_norm(x)
         if torch.is_grad_enabled():
             return F.gelu(x)
         # Without autograd x is this layer's own fresh tensor: GELU in place (same kernel, same
@@ -82,35 +76,9 @@ class ConvLayer(nn.Module):
         # fresh pages that fault in on every call.
         return torch.ops.aten.gelu_(x)
 
-    def _conv_norm_channels_last(self, x: Tensor) -> Tensor:
-        """x: (B, C_in, 1, T) channels-last -> conv and norm, (B, C_out, 1, T') channels-last."""
-        conv = self.conv
-        weight = conv.weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)  # (C_out, C_in, 1, k)
-        x = F.conv2d(x, weight, conv.bias, stride=(1, conv.stride[0]))
-        if not self.has_norm:
-            return x
-        B, C, _, T = x.shape
-        frames = x.permute(0, 2, 3, 1).reshape(B, T, C)  # a view: channels-last memory is (B, 1, T, C)
-        norm = self.layer_norm
-        if isinstance(norm, nn.GroupNorm):  # one group per channel: normalised over time, in fp32
-            y = frames.float()  # as autocast runs group_norm
-            var, mean = torch.var_mean(y, dim=1, keepdim=True, correction=0)
-            y = (y - mean) * torch.rsqrt(var + norm.eps) * norm.weight.float() + norm.bias.float()
-        else:  # ChannelLayerNorm: over channels
-            y = F.layer_norm(frames, (C,), norm.weight, norm.bias, norm.eps)
-        return y.reshape(B, 1, T, C).permute(0, 3, 1, 2)  # (B, C, 1, T), channels-last again
-
 
 class ConvFeatureEncoder(nn.Module):
-    """Strided conv stack on the raw waveform (wav2vec 2.0 / HuBERT feature extractor).
-
-    On CUDA the stack runs as 2-D convolutions in channels-last (NHWC) memory, where cuDNN has
-    tensor-core kernels for these strided convolutions; given (B, C, T) it picked legacy kernels
-    that took 63 % of a HuBERT Base bf16 step's GPU time (benchmarks/gpu.py --profile, H200).
-    The output (B, T, C) is then a view, with no transpose. `channels_last_on_cuda = False`
-    keeps the 1-D path there (for comparison)."""
-
-    channels_last_on_cuda = True
+    """Strided conv stack on the raw waveform (wav2vec 2.0 / HuBERT feature extractor)."""
 
     def __init__(
         self, layers: list[ConvLayer], kernels: list[int], strides: list[int], feature_grad_mult: float = 1.0
@@ -146,25 +114,16 @@ class ConvFeatureEncoder(nn.Module):
     def forward(self, wavs: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """wavs: (batch, samples); lengths: (batch,) valid samples.
         Returns (batch, frames, channels) and valid frames per utterance."""
-        channels_last = wavs.is_cuda and self.channels_last_on_cuda
-        return self.stack(wavs, channels_last=channels_last), self.output_lengths(lengths)
-
-    def stack(self, wavs: Tensor, *, channels_last: bool) -> Tensor:
-        """wavs (B, S) -> the conv stack's output (B, T, C), with 1-D convs on (B, C, T) or 2-D
-        ones on (B, C, 1, T) in channels-last memory (the same values up to rounding)."""
-        if channels_last:
-            x = wavs[:, None, None, :].contiguous(memory_format=torch.channels_last)  # (B, 1, 1, S)
+        x = wavs[:, None, :]  # (B, 1, S)
+        if self.feature_grad_mult == 0.0:
+            with torch.no_grad():
+                for layer in self.conv_layers:
+                    x = layer(x)
         else:
-            x = wavs[:, None, :]  # (B, 1, S)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and self.feature_grad_mult != 0.0):
             for layer in self.conv_layers:
                 x = layer(x)
-        if self.feature_grad_mult != 0.0:
             x = scale_grad(x, self.feature_grad_mult)
-        if channels_last:
-            B, C, _, T = x.shape
-            return x.permute(0, 2, 3, 1).reshape(B, T, C)  # a view of the channels-last memory
-        return x.transpose(1, 2)  # (B, T, C)
+        return x.transpose(1, 2), self.output_lengths(lengths)  # (B, T, C)
 
 
 def build_conv_frontend(config: ConvFrontendConfig) -> ConvFeatureEncoder:
