@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import atexit
 import functools
-import gc
 import json
 import math
 import os
@@ -125,7 +124,7 @@ def corpus(fmt: str, num_utts: int) -> Corpus:
 class EpochStep:
     """One training epoch through the trainer's MicroBatchStream. Each call opens the next epoch
     (a new DataLoader and its workers, as the trainer does every epoch), takes exactly its batches
-    and then drops the stream, so that no step keeps workers alive while another one forks its own.
+    and ends it, so that no step keeps workers alive while another one forks its own.
 
     consume_rate: audio-s/s of a simulated GPU that sleeps for each batch's audio at that rate
     (None: batches are consumed at once). prefetch_factor: the DataLoader's, passed through the
@@ -199,9 +198,12 @@ class EpochStep:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         total = time.perf_counter() - t0
+        # end the epoch as the trainer does: the exhausted iterator shuts its workers down at once
+        # (dropping a live one waits torch's 5 s status interval per worker, and a worker forked
+        # later would inherit it)
+        if next(stream._it, None) is not None:
+            raise AssertionError(f"epoch {self.epoch - 1} has more than {num_batches} batches")
         del stream, batch
-        gc.collect()  # the DataLoader iterator sits in a reference cycle: shut its workers down here and
-        # now, or a worker forked later inherits it and tries to shut them down itself at exit
         return {"first_s": first, "total_s": total, "audio_s": samples / SAMPLE_RATE,
                 "head_audio_s": head_samples / SAMPLE_RATE, "wait_s": wait,
                 "num_batches": num_batches}  # fmt: skip
