@@ -184,9 +184,9 @@ class EpochStep:
         for i in range(num_batches):
             t1 = time.perf_counter()
             batch = stream.next()
+            n = int(batch.wav_lens.sum())  # on the host: no device sync per batch
             if self.device.type == "cuda":  # the trainer's copy (non_blocking with pinned memory)
                 batch = to_device(batch, self.device, non_blocking=self.pin_memory)
-            n = int(batch.wav_lens.sum())
             samples += n
             head_samples += n if i < self.head else 0
             if i == 0:
