@@ -159,6 +159,8 @@ class MicroBatchStream:
     def _open_epoch(self) -> None:
         if hasattr(self.batch_sampler, "set_epoch"):
             self.batch_sampler.set_epoch(self.epoch)
+        if hasattr(self.dataset, "set_epoch"):  # new random crop windows (the workers copy it below)
+            self.dataset.set_epoch(self.epoch)
         if self.info.world_size > 1 and hasattr(self.batch_sampler, "__len__"):
             lengths = all_gather_object(len(self.batch_sampler))
             if len(set(lengths)) > 1:

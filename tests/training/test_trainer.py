@@ -177,3 +177,26 @@ def test_compiled_training_matches_eager(tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
     model_state, _ = load_checkpoint(tmp_path / "compiled" / "checkpoints" / "last")
     assert set(model_state) == set(eager.state_dict())
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_each_epoch_draws_new_random_crops_and_a_restart_draws_them_again(data_dir, num_workers):
+    """The stream tells the dataset its epoch, so crop='random' windows change per epoch (the
+    workers copy the dataset after that), and depend on (seed, epoch, index) only: a stream
+    reopened at epoch 1, as after a resume, gets epoch 1's windows."""
+    from speechssl.data.dataset import AudioDataset, collate_audio
+    from speechssl.training.distributed import DistInfo
+    from speechssl.training.trainer import MicroBatchStream
+
+    dataset = AudioDataset(data_dir.path, max_seconds=0.1, crop="random", seed=3)
+    batches = [[0, 1], [2, 3]]
+    info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    config = TrainerConfig(num_workers=num_workers)
+
+    def epochs(start: int, count: int) -> list[torch.Tensor]:
+        stream = MicroBatchStream(dataset, collate_audio, batches, config, info, epoch=start)
+        return [torch.cat([stream.next().wavs for _ in batches]) for _ in range(count)]
+
+    first, second = epochs(0, 2)
+    assert first.shape == second.shape and not torch.equal(first, second)
+    assert torch.equal(epochs(1, 1)[0], second)
