@@ -42,7 +42,8 @@ lint: install
 # On the device machine (one H100/H200, no network, python3 with torch there; .venv does not travel):
 #   run(command="make gpu-check OUT=$OUT", carry=[".whl"], timeout_s=540)
 # after `make gpu-wheels` here (GPU_ARGS=--quick: about 3 minutes). Installs the carried wheels (--no-index), runs `pytest -m gpu` and
-# benchmarks/gpu.py (benchmarks/gpu-latest.{json,md}, copied to $OUT); without CUDA it says so, exits 0.
+# benchmarks/gpu.py (benchmarks/gpu-latest.{json,md}) and the loader rows (benchmarks/gpu-loader.{json,md}),
+# copied to $OUT; without CUDA it says so, exits 0.
 GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
 GPU_ARGS ?=
 gpu-check:

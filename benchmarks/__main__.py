@@ -17,7 +17,7 @@ if not __package__:  # run as `python path/to/benchmarks`: import the package fr
 
 import torch  # noqa: E402
 
-from benchmarks import compression, head, kmeans_fit, mfu, pretrain, superb, units_data, upstream  # noqa: E402
+from benchmarks import compression, head, kmeans_fit, loader, mfu, pretrain, superb, units_data, upstream  # noqa: E402
 from benchmarks.harness import Row, Settings, machine_info, to_markdown  # noqa: E402
 from speechssl.io import atomic_write_text  # noqa: E402
 
@@ -30,6 +30,7 @@ GROUPS: dict[str, Callable[[Settings], list[Row]]] = {
     "compression": compression.run,
     "mfu": mfu.run,
     "kmeans": kmeans_fit.run,
+    "loader": loader.run,
     "superb": superb.run,
 }
 

@@ -5,8 +5,8 @@
 # /tmp/site), runs the tests marked `gpu` and the GPU benchmark rows (benchmarks/gpu.py), writes
 # benchmarks/gpu-latest.{json,md} and, where $OUT is set, copies them and the logs there.
 # Without CUDA it prints "no CUDA: GPU check skipped" and exits 0: nothing was checked.
-# Budget: at most 8.5 minutes on one H100/H200 (inner limits 150 + 360 s; measured on an H200:
-# tests 26 s, rows and profile about 3 minutes).
+# Budget: at most 8 minutes on one H100/H200 (inner limits 100 + 290 + 90 s); measured on an H200:
+# tests 31 s, rows and profiles about 3.5 minutes; the loader rows (not yet run there) about 1 minute.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -34,17 +34,23 @@ LOGS=$(mktemp -d)
 [ -n "${OUT:-}" ] && mkdir -p "$OUT" && LOGS="$OUT"  # logs land where the device tool fetches them, as they are written
 "$PY" -c 'import torch; print("device:", torch.cuda.get_device_name(), "torch", torch.__version__, "CUDA", torch.version.cuda)'
 
-timeout 150 "$PY" -m pytest -m gpu tests/gpu -q -p no:cacheprovider -o addopts="-ra" 2>&1 | tee "$LOGS/gpu-pytest.log"
+timeout 100 "$PY" -m pytest -m gpu tests/gpu -q -p no:cacheprovider -o addopts="-ra" 2>&1 | tee "$LOGS/gpu-pytest.log"
 tests_rc=${PIPESTATUS[0]}
 [ "$tests_rc" -eq 5 ] && { echo "pytest collected no gpu tests: that is a failure" >&2; tests_rc=1; }
 
-timeout 360 "$PY" -m benchmarks.gpu $QUICK --profile --json benchmarks/gpu-latest.json --md benchmarks/gpu-latest.md \
+timeout 290 "$PY" -m benchmarks.gpu $QUICK --profile --json benchmarks/gpu-latest.json --md benchmarks/gpu-latest.md \
     2>&1 | tee "$LOGS/gpu-bench.log"
 bench_rc=${PIPESTATUS[0]}
 
+# the pretraining loader on this host, pinned memory included: workers per GPU at the rate just measured
+timeout 90 "$PY" -m benchmarks --quick --only loader --no-memory --json benchmarks/gpu-loader.json \
+    --md benchmarks/gpu-loader.md 2>&1 | tee "$LOGS/gpu-loader.log"
+loader_rc=${PIPESTATUS[0]}
+
 if [ -n "${OUT:-}" ]; then
     mkdir -p "$OUT"
-    cp benchmarks/gpu-latest.json benchmarks/gpu-latest.md "$OUT"/ 2>/dev/null
+    cp benchmarks/gpu-latest.json benchmarks/gpu-latest.md benchmarks/gpu-loader.json benchmarks/gpu-loader.md \
+        "$OUT"/ 2>/dev/null
 fi
-echo "gpu-check: pytest rc=$tests_rc, benchmark rc=$bench_rc"
-[ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]
+echo "gpu-check: pytest rc=$tests_rc, benchmark rc=$bench_rc, loader rc=$loader_rc"
+[ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ] && [ "$loader_rc" -eq 0 ]
