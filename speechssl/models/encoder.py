@@ -351,6 +351,20 @@ class TransformerEncoder(nn.Module):
         table = self.layers[self.table_layer].attention.rel_attn_embed
         return self.relative_position(table, x.shape[1], x.dtype)
 
+    def check_packable(self) -> None:
+        """Padding-free layers need plain SelfAttention (LoRA and adapters wrap its parts and are
+        fine): not WavLM's per-frame-pair position bias, nor a tuning wrapper of the module."""
+        if self.relative_position is not None:
+            raise ValueError(
+                "padding-free steps need attention without a position bias; WavLM's relative "
+                "position bias is per pair of frames of a padded batch"
+            )
+        for i, layer in enumerate(self.layers):
+            if layer.attention is not None and type(layer.attention) is not SelfAttention:
+                raise ValueError(
+                    f"padding-free steps need plain attention; layer {i} has {type(layer.attention).__name__}"
+                )
+
     def forward(
         self,
         x: Tensor,
@@ -365,11 +379,8 @@ class TransformerEncoder(nn.Module):
         `num_layers` stops early (feature extraction from a lower layer). `packing`: the layers
         run padding-free on the packed valid frames (the outputs are zero at padded frames).
         Returns (last_hidden_state, hidden_states)."""
-        if packing is not None and self.relative_position is not None:
-            raise ValueError(
-                "padding-free steps need attention without a position bias; WavLM's relative "
-                "position bias is per pair of frames of a padded batch"
-            )
+        if packing is not None:
+            self.check_packable()
         if padding_mask is not None:
             x = x.masked_fill(padding_mask[..., None], 0.0)  # padding must not leak through the pos conv
         x = x + self.pos_conv_embed(x)

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from speechssl.models.config import ModelConfig
+from speechssl.models.devices import to_device
 from speechssl.models.encoder import FeatureProjection, TransformerEncoder, build_encoder
 from speechssl.models.frontends import build_frontend, lengths_to_padding_mask
 from speechssl.models.packing import Packing
@@ -96,7 +97,7 @@ class SSLModel(nn.Module):
                 f"utterance(s) at batch index {too_short} are too short for one frame "
                 f"(lengths {lengths[too_short].tolist()} samples; need at least {field})"
             )
-        feats, frame_lengths = extractor(wavs, lengths.to(wavs.device, non_blocking=True))
+        feats, frame_lengths = extractor(wavs, to_device(lengths, wavs.device))
         return feats, frame_lengths, any(n < num_frames for n in frames)
 
     def apply_masks(

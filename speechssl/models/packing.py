@@ -9,7 +9,7 @@ depend on it (GroupNorm over the padded time axis, as fairseq computes it; the c
 
 Everything a packing needs is computed on the host from the host's frame counts and copied to
 the device without blocking, so packing adds no device sync. Valid frames equal the padded
-path's up to float rounding (tests/test_packing.py: loss and gradients within 1e-5 on a CPU).
+path's up to float rounding (tests/models/test_packing.py: loss and gradients within 1e-5 on a CPU).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from speechssl.models.devices import to_device
 
 
 @dataclass(frozen=True)
@@ -42,18 +44,13 @@ class Packing:
         offsets = torch.zeros(len(lengths) + 1, dtype=torch.long)
         offsets[1:] = lengths.cumsum(0)
         return cls(
-            index=index.to(device, non_blocking=True),
-            offsets=offsets.to(device, non_blocking=True),
+            index=to_device(index, device),
+            offsets=to_device(offsets, device),
             min_len=int(lengths.min()),
             max_len=int(lengths.max()),
             batch=len(lengths),
             frames=frames,
         )
-
-    @property
-    def num_frames(self) -> int:
-        """N, the valid frames of the batch."""
-        return int(self.index.shape[0])
 
     def pack(self, x: Tensor) -> Tensor:
         """(B, T, D) -> (N, D): the valid frames, utterance after utterance."""

@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from speechssl.models.devices import to_device
+
 
 @dataclass(frozen=True, kw_only=True)
 class MixingConfig:
@@ -105,7 +107,7 @@ def mix_batch(
     tensor; padding stays 0) and what was mixed. See the module docstring for the semantics."""
     B, S = wavs.shape  # batch, samples
     device = wavs.device
-    L = lengths.to(device, non_blocking=True).long()  # from the host: no device sync
+    L = to_device(lengths, device).long()  # from the host: no device sync
     u = torch.rand(8, B, device=device, generator=generator)  # one fixed-size draw per batch
     rows = torch.arange(B, device=device)
     mixed = u[0] < config.mix_prob

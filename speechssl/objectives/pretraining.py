@@ -1,7 +1,10 @@
 """Pretraining models: an SSLModel plus the heads of its objective, returning (loss, metrics).
 
 `forward(wavs, lengths, targets)` draws the masks (and wav2vec 2.0 distractors) itself,
-with an optional explicit generator, unless they are passed in. The loss is normalised
+with an optional explicit generator, unless they are passed in. A generator must live where its
+draws happen: the time mask on the device of `lengths`, channel masks, distractors and Gumbel
+noise on that of `wavs`; with host lengths and wavs on an accelerator pass none (the global RNGs,
+as the trainer does). The loss is normalised
 per predicted frame (fairseq sums and divides by `sample_size`; `metrics["sample_size"]`
 gives that count back). Metrics are 0-dim tensors: no `.item()`.
 
@@ -29,6 +32,7 @@ from torch import Tensor, nn
 
 from speechssl.models import presets
 from speechssl.models.config import ModelConfig
+from speechssl.models.devices import to_device
 from speechssl.models.frontends import lengths_to_padding_mask, normalize_waveform
 from speechssl.models.model import EncoderOutput, SSLModel, build_model
 from speechssl.models.quantizer import GumbelVectorQuantizer, QuantizerConfig
@@ -137,24 +141,24 @@ def masked_forward(
             wavs.shape[0], model.hidden_dim, config, device=wavs.device, generator=generator
         )
     out = model(
-        wavs, lengths, mask_time_indices=mask_time_indices.to(wavs.device, non_blocking=True),
+        wavs, lengths, mask_time_indices=to_device(mask_time_indices, wavs.device),
         mask_channel_indices=mask_channel_indices,
     )  # fmt: skip
     return out, mask_time_indices
 
 
-def valid_frames(model: SSLModel, lengths: Tensor, num_frames: int, like: Tensor) -> Tensor:
-    """(B, T) bool, True at valid frames, computed on the device of `like` (a time mask): on the
-    host when the masks were drawn there, so selecting frames needs no device sync."""
-    return ~lengths_to_padding_mask(model.num_frames(lengths.to(like.device, non_blocking=True)), num_frames)
+def valid_frames(model: SSLModel, lengths: Tensor, num_frames: int, device: torch.device) -> Tensor:
+    """(B, T) bool, True at valid frames, computed on `device`: the time mask's, so on the host
+    when the masks were drawn there, and selecting frames needs no device sync."""
+    return ~lengths_to_padding_mask(model.num_frames(to_device(lengths, device)), num_frames)
 
 
-def selection(selected: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
+def select_frames(selected: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
     """(B, T) bool frames to predict -> (the mask, the (M,) flat indices of its True entries),
     both on `device`. The indices are found where the mask lives: on the host without a device
     sync (then copied without blocking), on the device with one (the selection's size)."""
     index = selected.reshape(-1).nonzero().squeeze(1)
-    return selected.to(device, non_blocking=True), index.to(device, non_blocking=True)
+    return to_device(selected, device), to_device(index, device)
 
 
 def _default_lengths(wavs: Tensor, lengths: Tensor | None) -> Tensor:
@@ -207,21 +211,21 @@ class HubertPretrainModel(nn.Module):
             self.backbone, self.mask_config, wavs, lengths, mask_time_indices, mask_channel_indices, generator
         )
         B, T, D = out.last_hidden_state.shape  # batch, frames, embed_dim
-        valid = valid_frames(self.backbone, lengths, T, mask_time_indices)
+        valid = valid_frames(self.backbone, lengths, T, mask_time_indices.device)
         frames = out.last_hidden_state.reshape(B * T, D)
         labels = [
             F.pad(t[:, :T], (0, max(0, T - t.shape[1])), value=-100).reshape(B * T).long() for t in label_sets
         ]
 
-        def on(selected: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-            index = selection(selected, frames.device)[1]  # (M,)
+        def on(index: Tensor) -> tuple[list[Tensor], list[Tensor]]:  # index: (M,) flat frames
             return self.head(frames[index]), [lab[index] for lab in labels]
 
-        mask = mask_time_indices & valid
-        logits_m, labels_m = on(mask) if self.objective.pred_masked_weight > 0 else ([], [])
-        unmasked = ~mask_time_indices & valid
-        logits_u, labels_u = on(unmasked) if self.objective.pred_nomask_weight > 0 else ([], [])
-        mask = mask.to(frames.device, non_blocking=True)
+        mask, masked = select_frames(mask_time_indices & valid, frames.device)
+        logits_m, labels_m = on(masked) if self.objective.pred_masked_weight > 0 else ([], [])
+        if self.objective.pred_nomask_weight > 0:
+            logits_u, labels_u = on(select_frames(~mask_time_indices & valid, frames.device)[1])
+        else:
+            logits_u, labels_u = [], []
         return HubertPredictions(out, mask, logits_m, labels_m, logits_u, labels_u)
 
     @property
@@ -328,8 +332,8 @@ class Wav2Vec2PretrainModel(nn.Module):
             self.wav2vec2, self.mask_config, wavs, lengths, mask_time_indices, mask_channel_indices, generator
         )
         B, T, _ = out.last_hidden_state.shape  # batch, frames, embed_dim
-        valid = valid_frames(self.wav2vec2, lengths, T, mask_time_indices)
-        mask, index = selection(mask_time_indices & valid, wavs.device)  # (B, T), (M,)
+        valid = valid_frames(self.wav2vec2, lengths, T, mask_time_indices.device)
+        mask, index = select_frames(mask_time_indices & valid, wavs.device)  # (B, T), (M,)
         predicted = self.project_hid(out.last_hidden_state)  # (B, T, final_dim)
         q = self.quantizer(self.dropout_features(out.extract_features), mask, generator=generator)
         targets = self.project_q(q.codevectors.to(self.project_q.weight.dtype))  # (B, T, final_dim)
@@ -432,7 +436,7 @@ class WavLMPretrainModel(HubertPretrainModel):
                 wavs, lengths, self.objective.mixing, noise=self.noise, generator=generator
             )
         if normalize:
-            wavs = normalize_waveform(wavs, lengths.to(wavs.device, non_blocking=True))
+            wavs = normalize_waveform(wavs, to_device(lengths, wavs.device))
         loss, metrics = super().forward(
             wavs, lengths, targets, mask_time_indices=mask_time_indices,
             mask_channel_indices=mask_channel_indices, generator=generator,
@@ -510,9 +514,9 @@ class Data2VecPretrainModel(nn.Module):
             mask_channel_indices = compute_channel_mask(
                 B, student.hidden_dim, self.mask_config, device=wavs.device, generator=generator
             )
-        valid = valid_frames(student, lengths, T, mask_time_indices)
-        mask, index = selection(mask_time_indices & valid, wavs.device)  # (B, T), (M,)
-        time_mask = mask_time_indices.to(wavs.device, non_blocking=True)
+        valid = valid_frames(student, lengths, T, mask_time_indices.device)
+        mask, index = select_frames(mask_time_indices & valid, wavs.device)  # (B, T), (M,)
+        time_mask = to_device(mask_time_indices, wavs.device)
         x = student.apply_masks(proj.dropout(clean), time_mask, mask_channel_indices)
         last, hidden = student.encoder_forward(x, padding_mask if padded else None)
         out = EncoderOutput(last, hidden, frame_lengths, padding_mask, normed, feats)

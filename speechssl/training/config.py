@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Literal, get_args
 
 from speechssl.data.audio import SAMPLE_RATE
 
@@ -31,7 +31,7 @@ _FLOAT_KEYS = (
 Precision = Literal["fp32", "bf16", "fp16"]
 ScheduleName = Literal["linear", "polynomial", "tri_stage", "constant"]
 Strategy = Literal["ddp", "fsdp"]
-STRATEGIES = ("ddp", "fsdp")
+STRATEGIES = get_args(Strategy)
 
 
 @dataclass(frozen=True, kw_only=True)

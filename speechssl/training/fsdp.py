@@ -58,7 +58,7 @@ def is_dtensor(t: Any) -> bool:
     return isinstance(t, DTensor)
 
 
-def local(t: torch.Tensor) -> torch.Tensor:
+def local_value(t: torch.Tensor) -> torch.Tensor:
     """This rank's part of a DTensor (a replicated one: the whole value); other tensors as they are."""
     return t.to_local() if is_dtensor(t) else t
 
@@ -77,7 +77,7 @@ def shard_units(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, EncoderLayer) and id(m) not in read_outside]
 
 
-def check_model(model: nn.Module) -> None:
+def refuse_layerdrop(model: nn.Module) -> None:
     """Refuse what FSDP cannot run: LayerDrop skips layers by each rank's own coin flip, so the
     ranks would gather different layers' weights and wait on each other forever."""
     for name, m in model.named_modules():
@@ -99,7 +99,7 @@ def shard(model: nn.Module, precision: str, device: torch.device) -> nn.Module:
     fully_shard, MixedPrecisionPolicy = fsdp_api()
     from torch.distributed.device_mesh import init_device_mesh
 
-    check_model(model)
+    refuse_layerdrop(model)
     world_size = dist.get_world_size()
     if world_size > 1:
         with torch.no_grad():
@@ -121,7 +121,7 @@ def shard(model: nn.Module, precision: str, device: torch.device) -> nn.Module:
 
 def all_finite(model: nn.Module) -> tuple[bool, list[str]]:
     """(every rank's shards finite, names of this rank's non-finite parameters); a collective."""
-    params = [(n, local(p.detach())) for n, p in model.named_parameters() if p.is_floating_point()]
+    params = [(n, local_value(p.detach())) for n, p in model.named_parameters() if p.is_floating_point()]
     flags = [p.isfinite().all() for _, p in params if p.numel()]
     bad = torch.zeros((), device=params[0][1].device) if params else torch.zeros(())
     if flags:

@@ -433,7 +433,7 @@ class Trainer:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm)
         else:
             grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-        grad_norm = fsdp.local(grad_norm)  # fsdp: the global norm, replicated on every rank
+        grad_norm = fsdp.local_value(grad_norm)  # fsdp: the global norm, replicated on every rank
         step_loss /= cfg.accum_steps
         bad = (~torch.isfinite(grad_norm) | ~torch.isfinite(step_loss)).float()
         bad = all_reduce_max(bad)  # a loss that is inf on one rank only must skip everywhere

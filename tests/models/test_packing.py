@@ -96,7 +96,7 @@ def test_packing_round_trip_and_bad_lengths():
     x = torch.randn(3, 5, 2)
     packing = Packing.from_lengths(torch.tensor([5, 2, 3]), 5, torch.device("cpu"))
     packed = packing.pack(x)
-    assert packed.shape == (10, 2) and packing.num_frames == 10
+    assert packed.shape == (10, 2)
     assert torch.equal(packed[5:7], x[1, :2]) and torch.equal(packed[7:], x[2, :3])
     back = packing.unpack(packed)
     assert torch.equal(back[0], x[0]) and not back[1, 2:].any()
@@ -104,3 +104,16 @@ def test_packing_round_trip_and_bad_lengths():
         Packing.from_lengths(torch.tensor([0, 2]), 5, torch.device("cpu"))
     with pytest.raises(ValueError, match="packing is for"):
         packing.pack(torch.randn(2, 5, 2))
+
+
+def test_padding_free_refuses_a_wrapped_attention_in_one_line():
+    from speechssl.tuning.prefix import PrefixConfig, add_prefixes
+
+    model = _model("hubert_tiny").hubert.eval()
+    add_prefixes(model.encoder.layers, PrefixConfig())
+    model.padding_free = True
+    wavs, lengths = random_waves(LENGTHS, seed=3)
+    with pytest.raises(
+        ValueError, match="padding-free steps need plain attention; layer 0 has PrefixSelfAttention"
+    ):
+        model(wavs, lengths)

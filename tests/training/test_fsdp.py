@@ -260,14 +260,14 @@ def test_non_finite_shards_are_found_and_named(one_rank):
 
 def test_fsdp_refuses_layerdrop_naming_the_module(tmp_path, one_rank):
     from speechssl.models.encoder import TransformerEncoder
-    from speechssl.training.fsdp import check_model
+    from speechssl.training.fsdp import refuse_layerdrop
 
     encoder = TransformerEncoder(nn.Identity(), [], embed_dim=8, layer_norm_first=False, dropout=0.0,
                                  layerdrop=0.05)  # fmt: skip
     with pytest.raises(
         ValueError, match=r"LayerDrop \(encoder.layerdrop = 0.05\).*model.encoder.layerdrop=0"
     ):
-        check_model(nn.ModuleDict({"encoder": encoder}))
+        refuse_layerdrop(nn.ModuleDict({"encoder": encoder}))
 
 
 @pytest.fixture(scope="module")
