@@ -53,7 +53,10 @@ def write_failure(path: str | Path, err: BaseException) -> WriteFailedError | No
         cause = cause.__cause__ or cause.__context__
     text = str(err).lower()
     if any(word in text for word in _WRITE_FAILURE_WORDS):
-        return WriteFailedError(f"cannot write {path}: {str(err).splitlines()[0]}")
+        reason = str(err).splitlines()[0]
+        if "unexpected pos" in text:  # torch's zip writer after a short write (torch.distributed.checkpoint)
+            reason = f"a short write: the disk is probably full ({reason})"
+        return WriteFailedError(f"cannot write {path}: {reason}")
     return None
 
 

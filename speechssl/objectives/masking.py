@@ -58,6 +58,14 @@ class MaskConfig:
             raise ValueError(f"mask_type must be 'static', found {self.mask_type!r}")
 
 
+def uniform(*size: int, device: torch.device | str, generator: torch.Generator | None) -> Tensor:
+    """torch.rand, passing `generator` only when there is one: torch.compile with dynamic shapes
+    (trainer.compile) fails on `torch.rand(..., generator=None)` with a symbolic size."""
+    if generator is None:
+        return torch.rand(*size, device=device)
+    return torch.rand(*size, device=device, generator=generator)
+
+
 def _ranks(keys: Tensor) -> Tensor:
     """Rank of each entry along dim 1 (0 = smallest): a random permutation when keys are uniform."""
     return keys.argsort(dim=1).argsort(dim=1)
@@ -97,8 +105,8 @@ def compute_mask_indices(
     lengths = lengths.long().clamp(0, T)
     pos = torch.arange(T, device=device)  # (T,)
     usable = (lengths - 1).clamp(min=0)  # (B,) the last valid frame is never masked
-    uniform = torch.rand(B, device=device, generator=generator)
-    num_mask = (mask_prob * lengths / mask_length + uniform).floor().long().clamp(min=min_masks)  # (B,)
+    draw = uniform(B, device=device, generator=generator)
+    num_mask = (mask_prob * lengths / mask_length + draw).floor().long().clamp(min=min_masks)  # (B,)
 
     if no_overlap:
         # Place n spans with >= min_space gaps uniformly: choose n distinct "slots" y_1 < ... < y_n
@@ -113,7 +121,7 @@ def compute_mask_indices(
         candidates = torch.where(candidates <= num_mask, num_mask + 1, candidates).clamp(max=usable)
         num_mask = torch.minimum(num_mask, candidates)
 
-    keys = torch.rand(B, T, device=device, generator=generator)  # (B, T)
+    keys = uniform(B, T, device=device, generator=generator)  # (B, T)
     keys = keys.masked_fill(pos[None, :] >= candidates[:, None], 2.0)  # non-candidates rank last
     chosen = _ranks(keys) < num_mask[:, None]  # (B, T) chosen starts (or slots)
 
@@ -130,7 +138,7 @@ def compute_mask_indices(
 
     if require_same_masks:
         target = mask.sum(dim=1).min()  # 0-dim tensor: no host sync
-        keys = torch.rand(B, T, device=device, generator=generator).masked_fill(~mask, 2.0)
+        keys = uniform(B, T, device=device, generator=generator).masked_fill(~mask, 2.0)
         mask = mask & (_ranks(keys) < target)
     return mask
 

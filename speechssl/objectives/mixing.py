@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from speechssl.models.devices import to_device
+from speechssl.objectives.masking import uniform
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,7 +109,7 @@ def mix_batch(
     B, S = wavs.shape  # batch, samples
     device = wavs.device
     L = to_device(lengths, device).long()  # from the host: no device sync
-    u = torch.rand(8, B, device=device, generator=generator)  # one fixed-size draw per batch
+    u = uniform(8, B, device=device, generator=generator)  # one fixed-size draw per batch
     rows = torch.arange(B, device=device)
     mixed = u[0] < config.mix_prob
     if noise is not None and config.noise_prob > 0:

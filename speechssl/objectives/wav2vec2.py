@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from speechssl.models.quantizer import QuantizerConfig
+from speechssl.objectives.masking import uniform
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,7 +52,7 @@ def _draw_excluding_self(
     """self_rank: (B, T) each frame's index in its pool; pool: (B, 1) or () pool sizes.
     Returns (B, T, num) uniform draws from [0, pool) minus self (fairseq: shift draws >= self)."""
     B, T = self_rank.shape
-    u = torch.rand(B, T, num, device=self_rank.device, generator=generator)
+    u = uniform(B, T, num, device=self_rank.device, generator=generator)
     draw = (u * (pool - 1).clamp(min=0)[..., None]).long()  # uniform in [0, pool - 1)
     draw = draw + (draw >= self_rank[..., None]).long()
     # a pool of one frame has no distractor: point at self, which the logits then hide (-inf)
@@ -91,14 +92,15 @@ def sample_negatives(
             draw = _draw_excluding_self(rank, mask.sum(dim=1, keepdim=True), num_negatives, generator)
             # masked frames of each row in time order, then the rest (stable sort keeps time order)
             masked_times = torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices  # (B, T)
-            times = masked_times.gather(1, draw.clamp(max=T - 1).view(B, -1)).view(B, T, num_negatives)
+            # rank -1 (unmasked frames before the first masked one) is clamped: those rows are replaced below
+            times = masked_times.gather(1, draw.clamp(0, T - 1).view(B, -1)).view(B, T, num_negatives)
             groups.append(times + offsets[..., None])
     if cross_sample_negatives > 0:
         flat = mask.reshape(-1)
         rank = (flat.long().cumsum(dim=0) - 1).view(B, T)  # index among all masked frames of the batch
         draw = _draw_excluding_self(rank, flat.sum(), cross_sample_negatives, generator)
         masked_flat = torch.sort((~flat).to(torch.uint8), stable=True).indices  # (B * T,)
-        groups.append(masked_flat[draw.clamp(max=B * T - 1)])
+        groups.append(masked_flat[draw.clamp(0, B * T - 1)])
     indices = torch.cat(groups, dim=-1)  # (B, T, K)
     self_index = (offsets + pos)[..., None]  # (B, T, 1)
     return torch.where(mask[..., None], indices, self_index)

@@ -104,11 +104,18 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         self.network()  # validates that the objective section fits model.family
-        if self.data.padding_free and self.model.family not in PADDING_FREE_FAMILIES:
+        family = self.model.family
+        if self.data.padding_free and family not in PADDING_FREE_FAMILIES:
+            why = {"wavlm": "its relative position bias", "data2vec_audio": "its EMA teacher"}.get(family, "")
             raise ValueError(
                 f"data.padding_free is for {' and '.join(_NAMES[f] for f in PADDING_FREE_FAMILIES)}; "
-                f"{_NAMES.get(self.model.family, self.model.family)} runs its transformer padded "
-                "(WavLM's relative position bias, data2vec's teacher)"
+                f"{_NAMES.get(family, family)} runs its transformer padded" + (f" ({why})" if why else "")
+            )
+        if self.trainer.strategy == "fsdp" and self.model.encoder.layerdrop > 0:  # before any file is written
+            raise ValueError(
+                f"trainer.strategy fsdp cannot train with LayerDrop (model.encoder.layerdrop = "
+                f"{self.model.encoder.layerdrop:g}): ranks would skip different layers; set "
+                "model.encoder.layerdrop=0 or use trainer.strategy ddp"
             )
 
 
@@ -244,6 +251,17 @@ class TrainData(NamedTuple):
     valid: DataLoader | None
 
 
+def samples_for_frames(model: SSLModel, frames: int) -> int:
+    """The fewest input samples that give `frames` output frames."""
+    low, high = 1, 1
+    while model.num_frames(high) < frames:
+        low, high = high, high * 2
+    while low < high:  # the smallest n in [low, high] with enough frames
+        mid = (low + high) // 2
+        low, high = (mid + 1, high) if model.num_frames(mid) < frames else (low, mid)
+    return low
+
+
 def build_dataset(
     data_dir: Path, config: Any, model: SSLModel, *, units: Sequence[str] = (),
     num_classes: Sequence[int] = (), train: bool,
@@ -280,12 +298,20 @@ def build_dataset(
     num_samples = {
         utt: round(sec * SAMPLE_RATE) for utt, sec in zip(dataset.utt_ids(), dataset.full_durations)
     }
-    too_short = [utt for utt, n in num_samples.items() if model.num_frames(n) < 1]
+    # wav2vec 2.0 contrasts each masked frame with other masked frames of its utterance: 3 frames
+    # give 2 masked ones (the last frame is never masked); fewer crash or give a NaN step
+    min_frames = 3 if config.model.family == "wav2vec2" else 1
+    too_short = [utt for utt, n in num_samples.items() if model.num_frames(n) < min_frames]
     if too_short:
+        what = (
+            "one model frame"
+            if min_frames == 1
+            else f"{min_frames} model frames (wav2vec 2.0 needs 2 masked ones)"
+        )
         raise ValueError(
-            f"{data_dir}: {len(too_short)} utterance(s) are shorter than one model frame"
-            f" ({model.downsample_rate} samples), e.g. {', '.join(too_short[:5])}; remove them"
-            f" (speechssl data fix after deleting their lines)"
+            f"{data_dir}: {len(too_short)} utterance(s) are shorter than {what}"
+            f" ({samples_for_frames(model, min_frames)} samples), e.g. {', '.join(too_short[:5])};"
+            " remove them (speechssl data fix after deleting their lines)"
         )
     for i, name in enumerate(units):
         path = data_dir / name / "labels"

@@ -98,3 +98,15 @@ def test_config_validation():
         MaskConfig(mask_type="poisson")
     with pytest.raises(ValueError, match=r"lengths must have shape \(batch,\)"):
         compute_mask_indices(torch.ones(2, 2), 5, mask_prob=0.5, mask_length=2)
+
+
+def test_masks_compile_with_dynamic_shapes_and_no_generator():
+    """trainer.compile compiles with dynamic=True and passes no generator: the draws must trace."""
+    from speechssl.objectives.masking import MaskConfig, compute_time_mask
+
+    config = MaskConfig(mask_prob=0.5, mask_length=3)
+    compiled = torch.compile(lambda lengths, T: compute_time_mask(lengths, T, config), dynamic=True)
+    for lengths, T in ((torch.tensor([40, 31, 25]), 40), (torch.tensor([57, 50, 44, 19, 33]), 57)):
+        mask = compiled(lengths, T)
+        assert mask.shape == (len(lengths), T) and mask.any()
+        assert not (mask & (torch.arange(T)[None, :] >= lengths[:, None])).any()  # never on padding

@@ -226,3 +226,17 @@ def test_gradient_does_not_depend_on_thread_scheduling(two_threads):
         got = grads(False)
         differ = [n for n in reference if not torch.equal(reference[n], got[n])]
         assert differ == [], differ
+
+
+def test_negatives_of_a_row_with_one_or_no_masked_frame_stay_in_range():
+    """A masked frame with no other masked frame points at itself (its logits are hidden);
+    unmasked frames before the first masked one (rank -1) must not index out of range."""
+    from speechssl.objectives.wav2vec2 import sample_negatives
+
+    mask = torch.zeros(2, 6, dtype=torch.bool)
+    mask[0, 2] = True  # one masked frame, after two unmasked ones; row 1 has none
+    generator = torch.Generator().manual_seed(0)
+    negatives = sample_negatives(mask, 3, cross_sample_negatives=2, generator=generator)
+    assert negatives.shape == (2, 6, 5)
+    assert ((negatives >= 0) & (negatives < 12)).all()
+    assert (negatives[0, 2] == 2).all()  # only itself to point at

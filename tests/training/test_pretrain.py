@@ -134,3 +134,27 @@ def test_padding_free_pretraining_runs_and_is_refused_where_it_cannot_hold(corpu
         capsys.readouterr().err
     )
     assert not (tmp_path / "wavlm" / "checkpoints").exists()
+
+
+def test_compiled_pretraining_runs(corpus, tmp_path):
+    """trainer.compile (torch.compile with dynamic shapes) through the whole pretraining step."""
+    assert (
+        run_pretrain(corpus, tmp_path / "exp", "--units", "units_iter1", "--set", "trainer.compile=true") == 0
+    )
+    summary = json.loads((tmp_path / "exp" / "train_summary.json").read_text())
+    assert summary["steps"] == 2
+
+
+def test_wav2vec2_refuses_utterances_too_short_for_two_masked_frames(tmp_path, capsys):
+    data = make_data_dir(tmp_path, num_speakers=1, utts_per_speaker=2, base_seconds=0.05, name="short")
+    code = main([
+        "pretrain", "--config", str(CONF / "pretrain_wav2vec2_tiny.yaml"), "--train", str(data.path),
+        "--out", str(tmp_path / "w2v"), "--max-steps", "2", *TINY_PRETRAIN_ARGS,
+    ])  # fmt: skip
+    assert code == 1
+    err = capsys.readouterr().err
+    assert (
+        "are shorter than 3 model frames (wav2vec 2.0 needs 2 masked ones) (1040 samples), e.g. spk1-utt1"
+        in err
+    )
+    assert not (tmp_path / "w2v" / "checkpoints").exists()
