@@ -300,7 +300,8 @@ def build_dataset(
     }
     # wav2vec 2.0 contrasts each masked frame with other masked frames of its utterance: 3 frames
     # give 2 masked ones (the last frame is never masked); fewer crash or give a NaN step
-    min_frames = 3 if config.model.family == "wav2vec2" else 1
+    contrastive = isinstance(config, PretrainConfig) and config.model.family == "wav2vec2"
+    min_frames = 3 if contrastive else 1  # distill and prune (their configs) predict every frame
     too_short = [utt for utt, n in num_samples.items() if model.num_frames(n) < min_frames]
     if too_short:
         what = (
