@@ -25,7 +25,7 @@ from collections.abc import Callable
 import torch
 
 from benchmarks import upstream
-from benchmarks.common import padded_batch, waves
+from benchmarks.common import padded_batch
 from benchmarks.harness import Row, machine_info, make_row, to_markdown
 from benchmarks.mfu import forward_flops
 from benchmarks.pretrain import pretrain_config, pretrain_step
@@ -91,16 +91,7 @@ def inference_step(contender: str, seconds: list[float]) -> Callable[[], None]:
     """Upstream inference of hubert_base in bf16 autocast on the GPU, the weights of
     benchmarks.upstream (ours; torchaudio and transformers loaded with them)."""
     model = copy.deepcopy(upstream.build(contender, PRESETS["hubert"])).to(DEVICE)
-    host_wavs, lengths = waves(seconds)
-    wavs = host_wavs.to(DEVICE)
-    if contender == "ours":
-        run = lambda: model(wavs, lengths).last_hidden_state  # noqa: E731
-    elif contender == "torchaudio":
-        device_lengths = lengths.to(DEVICE)
-        run = lambda: model(wavs, device_lengths)[0]  # noqa: E731
-    else:
-        mask = (torch.arange(wavs.shape[1])[None, :] < lengths[:, None]).long().to(DEVICE)
-        run = lambda: model(wavs, attention_mask=mask).last_hidden_state  # noqa: E731
+    run = upstream.runner(contender, model, seconds, DEVICE)
 
     def step() -> None:
         with torch.inference_mode(), torch.autocast(DEVICE, dtype=torch.bfloat16):

@@ -39,19 +39,24 @@ def build(contender: str, preset: str, num_layers: int | None = None) -> torch.n
     return ref.eval()
 
 
-def _runner(contender: str, model: torch.nn.Module, seconds: list[float]):
-    wavs, lengths = waves(seconds)
+def runner(contender: str, model: torch.nn.Module, seconds: list[float], device: str = "cpu"):
+    """One forward of `contender` on a padded batch of `seconds`, inputs on `device` as each
+    toolkit takes them (ours: lengths on the host, read there without a device sync)."""
+    host_wavs, lengths = waves(seconds)
+    wavs = host_wavs.to(device)
     padded = bool((lengths < wavs.shape[1]).any())
     if contender == "ours":
         return lambda: model(wavs, lengths).last_hidden_state
     if contender == "torchaudio":
-        return lambda: model(wavs, lengths if padded else None)[0]
+        device_lengths = lengths.to(device) if padded else None
+        return lambda: model(wavs, device_lengths)[0]
     attention_mask = (torch.arange(wavs.shape[1])[None, :] < lengths[:, None]).long() if padded else None
+    attention_mask = attention_mask.to(device) if padded else None
     return lambda: model(wavs, attention_mask=attention_mask).last_hidden_state
 
 
 def inference_step(contender: str, preset: str, seconds: list[float], num_layers: int | None = None) -> Step:
-    run = _runner(contender, build(contender, preset, num_layers), seconds)
+    run = runner(contender, build(contender, preset, num_layers), seconds)
 
     def step() -> None:
         with torch.inference_mode():
@@ -69,7 +74,7 @@ def parity(preset: str, seconds: list[float], num_layers: int | None = None) -> 
         mine = models["ours"](wavs, lengths)
         valid = ~mine.padding_mask
         for name in CONTENDERS[1:]:
-            theirs = _runner(name, models[name], seconds)()
+            theirs = runner(name, models[name], seconds)()
             out[name] = float((mine.last_hidden_state - theirs)[valid].abs().max())
     return out
 

@@ -77,6 +77,14 @@ def shard_units(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, EncoderLayer) and id(m) not in read_outside]
 
 
+def layerdrop_refusal(where: str, value: float) -> ValueError:
+    """The one-line refusal of LayerDrop under fsdp (`where` = value names the setting)."""
+    return ValueError(
+        f"trainer.strategy fsdp cannot train with LayerDrop ({where} = {value:g}): ranks would skip "
+        "different layers; set model.encoder.layerdrop=0 or use trainer.strategy ddp"
+    )
+
+
 def refuse_layerdrop(model: nn.Module) -> None:
     """Refuse what FSDP cannot run: LayerDrop skips layers by each rank's own coin flip, so the
     ranks would gather different layers' weights and wait on each other forever."""
@@ -84,11 +92,7 @@ def refuse_layerdrop(model: nn.Module) -> None:
         for attr in ("layerdrop", "layer_drop"):
             value = float(getattr(m, attr, 0.0) or 0.0)
             if value > 0:
-                raise ValueError(
-                    f"trainer.strategy fsdp cannot train with LayerDrop ({name or 'model'}.{attr} = "
-                    f"{value:g}): ranks would skip different layers; set model.encoder.layerdrop=0 or use "
-                    "trainer.strategy ddp"
-                )
+                raise layerdrop_refusal(f"{name or 'model'}.{attr}", value)
 
 
 def shard(model: nn.Module, precision: str, device: torch.device) -> nn.Module:
@@ -120,13 +124,15 @@ def shard(model: nn.Module, precision: str, device: torch.device) -> nn.Module:
 
 
 def all_finite(model: nn.Module) -> tuple[bool, list[str]]:
-    """(every rank's shards finite, names of this rank's non-finite parameters); a collective."""
+    """(every rank's parameters finite, names of this rank's non-finite ones), for replicas and
+    shards alike; a collective in a process group (the verdict is the same on every rank)."""
     params = [(n, local_value(p.detach())) for n, p in model.named_parameters() if p.is_floating_point()]
     flags = [p.isfinite().all() for _, p in params if p.numel()]
     bad = torch.zeros((), device=params[0][1].device) if params else torch.zeros(())
     if flags:
         bad = (~torch.stack(flags).all()).float()
-    dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
     if not bad.item():
         return True, []
     return False, [n for n, p in params if p.numel() and not bool(p.isfinite().all())]

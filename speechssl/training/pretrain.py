@@ -50,6 +50,7 @@ from speechssl.objectives.wavlm import WavLMObjectiveConfig
 from speechssl.training.config import TrainerConfig
 from speechssl.training.distributed import env_rank, env_world_size
 from speechssl.training.experiment import experiment
+from speechssl.training.fsdp import layerdrop_refusal
 from speechssl.training.trainer import TrainResult, train_on_loaders
 from speechssl.units.labels import check_label_lengths, check_unit_ids, parse_units, read_labels
 
@@ -112,11 +113,7 @@ class PretrainConfig:
                 f"{_NAMES.get(family, family)} runs its transformer padded" + (f" ({why})" if why else "")
             )
         if self.trainer.strategy == "fsdp" and self.model.encoder.layerdrop > 0:  # before any file is written
-            raise ValueError(
-                f"trainer.strategy fsdp cannot train with LayerDrop (model.encoder.layerdrop = "
-                f"{self.model.encoder.layerdrop:g}): ranks would skip different layers; set "
-                "model.encoder.layerdrop=0 or use trainer.strategy ddp"
-            )
+            raise layerdrop_refusal("model.encoder.layerdrop", self.model.encoder.layerdrop)
 
 
 # model.family -> the objective section whose num_classes k-means units fill (the others take none)

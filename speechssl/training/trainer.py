@@ -603,20 +603,10 @@ class Trainer:
 
     def _check_finite_weights(self) -> None:
         """A checkpoint never holds NaN/inf weights: `last` must stay a model worth resuming."""
-        if self.sharded:  # each rank checks its shards; all ranks learn the verdict
-            finite, names = fsdp.all_finite(self.module)
-            if finite:
-                return
-            bad = sorted({n for names_of_rank in all_gather_object(names) for n in names_of_rank})
-        else:
-            params = [p for p in self.module.parameters() if p.is_floating_point()]
-            if not params or bool(torch.stack([p.detach().isfinite().all() for p in params]).all()):
-                return
-            bad = [
-                name
-                for name, p in self.module.named_parameters()
-                if p.is_floating_point() and not bool(p.detach().isfinite().all())
-            ]
+        finite, names = fsdp.all_finite(self.module)  # each rank its replica or shards; all learn the verdict
+        if finite:
+            return
+        bad = sorted({n for names_of_rank in all_gather_object(names) for n in names_of_rank})
         last = ckpt.resolve(self.ckpt_root, "last")
         raise NonFiniteWeightsError(
             f"step {self.step}: the model's weights hold NaN/inf ({', '.join(bad[:5])}"
