@@ -17,6 +17,7 @@ alone does 1-4 while the other ranks wait, and every rank raises the same one-li
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -55,16 +56,50 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: value}
 
 
+def _plain(config: Any) -> dict[str, Any]:
+    """A dataclass as the flat, YAML-typed mapping its config.yaml holds."""
+    return _flatten(yaml.safe_load(yaml.safe_dump(to_dict(config), sort_keys=False)))
+
+
+def _field_defaults(config: Any) -> dict[str, Any]:
+    """Flat key -> default value of every field of `config`'s dataclass (nested ones too) that has one."""
+    defaults: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        if f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:
+            value = getattr(config, f.name)
+            if not dataclasses.is_dataclass(value):
+                continue
+            value = _field_defaults(value)  # a required nested section: its own fields' defaults
+            defaults.update({f"{f.name}.{k}": v for k, v in value.items()})
+            continue
+        if dataclasses.is_dataclass(value):
+            defaults.update({f"{f.name}.{k}": v for k, v in _plain(value).items()})
+        else:
+            defaults.update(_flatten(yaml.safe_load(yaml.safe_dump({f.name: to_dict(value)}))))
+    return defaults
+
+
 def config_differences(saved: dict, config: Any, *, allowed: Iterable[str] = RESUMABLE_KEYS) -> list[str]:
     """`key (checkpoint A, now B)` for every key of `config` (a dataclass) that differs from the
-    `saved` mapping (a checkpoint's config.yaml), leaving out `allowed` keys."""
-    now = _flatten(yaml.safe_load(yaml.safe_dump(to_dict(config), sort_keys=False)))
+    `saved` mapping (a checkpoint's config.yaml), leaving out `allowed` keys.
+
+    A key the checkpoint lacks is an option added after it was written: an option is added with
+    a default that keeps the older behaviour, so such a key differs only when set to another value
+    (a run of an older speechssl resumes unless the new option is used)."""
+    now = _plain(config)
     before = _flatten(saved)
+    defaults = _field_defaults(config)
     allowed = set(allowed)
     return [
         f"{key} (checkpoint {before.get(key, '<absent>')!r}, now {now.get(key, '<absent>')!r})"
         for key in sorted(set(now) | set(before))
-        if key not in allowed and now.get(key) != before.get(key)
+        if key not in allowed
+        and now.get(key) != before.get(key)
+        and not (key not in before and key in defaults and now.get(key) == defaults[key])
     ]
 
 

@@ -4,6 +4,8 @@ upstream and data paths, settings fine-tuning does not use, names and one-line e
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 from types import SimpleNamespace
 
@@ -207,6 +209,19 @@ def test_finetuning_resume_ignores_unused_sections(tmp_path):
     frozen = small_config()  # a downstream run still compares its head
     other_head = {**to_dict(frozen), "head": {**to_dict(frozen)["head"], "hidden_dim": 1}}
     assert config_differences(other_head, frozen, allowed=runner._resumable(tmp_path, frozen))
+
+
+def test_resume_of_a_run_from_before_an_option_existed():
+    """An option added since the checkpoint was written (absent from its config.yaml) is a
+    difference only when this run sets it away from its default, which keeps the old behaviour."""
+    config = small_config()
+    saved = to_dict(config)
+    del saved["head"]["sd_hidden_dim"], saved["patience"]  # written by a speechssl without them
+    assert config_differences(saved, config) == []
+    changed = dataclasses.replace(config, head=dataclasses.replace(config.head, sd_hidden_dim=7))
+    assert [d.split(" ")[0] for d in config_differences(saved, changed)] == ["head.sd_hidden_dim"]
+    saved["head"]["sd_hidden_dim"] = 3  # present in the checkpoint: compared as before
+    assert [d.split(" ")[0] for d in config_differences(saved, config)] == ["head.sd_hidden_dim"]
 
 
 # 7. names and messages ---------------------------------------------------------------------
