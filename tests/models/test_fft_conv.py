@@ -1,0 +1,52 @@
+"""The FFT positional conv computes the grouped conv1d it replaces on CUDA: values, gradients, dtypes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from speechssl.models.fft_conv import fft_grouped_conv
+
+
+def same_conv(x, weight, bias, groups):
+    """The path the CPU takes: conv1d with k // 2 padding, the first T frames, time-major."""
+    y = F.conv1d(x.transpose(1, 2), weight, bias, padding=weight.shape[-1] // 2, groups=groups)
+    return y[:, :, : x.shape[1]].transpose(1, 2)
+
+
+@pytest.mark.parametrize(
+    "B, T, C, groups, k",
+    [(2, 37, 12, 4, 16), (3, 5, 6, 3, 7), (1, 1, 4, 2, 128), (2, 200, 8, 1, 9), (2, 64, 10, 2, 2)],
+)
+def test_fft_conv_equals_grouped_conv1d_with_gradients(B, T, C, groups, k):
+    g = torch.Generator().manual_seed(T * k)
+    x = torch.randn(B, T, C, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(C, C // groups, k, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(C, generator=g, dtype=torch.float64, requires_grad=True)
+    probe = torch.randn(B, T, C, generator=g, dtype=torch.float64)
+    ref = same_conv(x, w, b, groups)
+    ref_grads = torch.autograd.grad((ref * probe).sum(), (x, w, b))
+    got = fft_grouped_conv(x, w, b, groups)
+    grads = torch.autograd.grad((got * probe).sum(), (x, w, b))
+    assert got.dtype == torch.float64  # computed in fp32 inside, returned as the input came
+    # fp32 FFT of O(1) values over k * C_in terms: rounding only
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5 * k**0.5)
+    for a, r in zip(grads, ref_grads):
+        torch.testing.assert_close(a, r.to(a.dtype), rtol=1e-5, atol=1e-4 * (k * T) ** 0.5)
+
+
+def test_fft_conv_returns_the_autocast_dtype_like_conv1d():
+    x = torch.randn(2, 30, 8)
+    w, b = torch.randn(8, 2, 6), torch.randn(8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = fft_grouped_conv(x, w, b, 4)
+        ref = same_conv(x, w, b, 4)
+    assert got.dtype == ref.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), same_conv(x, w, b, 4), rtol=1e-2, atol=1e-2)
+
+
+def test_fft_conv_compiles():
+    x, w, b = torch.randn(2, 17, 8), torch.randn(8, 4, 5), torch.randn(8)
+    compiled = torch.compile(fft_grouped_conv, dynamic=True)
+    torch.testing.assert_close(compiled(x, w, b, 2), same_conv(x, w, b, 2), rtol=1e-5, atol=1e-5)
