@@ -21,10 +21,11 @@ import re
 import sys
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 
-from benchmarks import upstream
+from benchmarks import gpu_convs, upstream
 from benchmarks.common import padded_batch
 from benchmarks.harness import Row, machine_info, make_row, to_markdown
 from benchmarks.mfu import forward_flops
@@ -32,6 +33,7 @@ from benchmarks.pretrain import pretrain_config, pretrain_step
 from speechssl.io import atomic_write_text
 
 GROUP = "gpu"
+T = TypeVar("T")
 DEVICE = "cuda"  # a CPU dry run of the code (tests) sets "cpu"
 PRESETS = {"hubert": "hubert_base", "wav2vec2": "wav2vec2_base"}
 # Dense (no 2:4 sparsity) bf16 tensor-core peaks from NVIDIA's datasheets, TFLOP/s; first match
@@ -171,7 +173,7 @@ def cuda_info() -> dict:
     }
 
 
-def _try(name: str, fn: Callable[[], tuple[float, float]]) -> tuple[float, float] | None:
+def _try(name: str, fn: Callable[[], T]) -> T | None:
     try:
         return fn()
     except Exception as err:  # a contender that breaks must not lose the other rows
@@ -202,6 +204,8 @@ def run(quick: bool, profile: bool = False) -> list[Row]:
             GROUP, "bf16 matmul peak (8192x8192)", peak / 1e12, None, "TFLOP/s", note="measured in this run"
         )
     ]
+    # the conv stacks alone (first: no compiled graph has run yet)
+    rows += _try("conv rows", lambda: gpu_convs.rows(quick)) or []
     audio = sum(seconds)
     batch = f"batch {len(seconds)} x <= {max(seconds):g} s"
     timing = f"{warmup} warm-up + {steps} timed steps"
@@ -262,9 +266,9 @@ def run(quick: bool, profile: bool = False) -> list[Row]:
         rows.append(make_row(GROUP, f"{name}: peak allocated memory vs {contender}", ours and ours[1],
                              ref and ref[1], "GiB", higher_is_better=False))  # fmt: skip
     if profile:
-        _try("profile", lambda: (profile_step(seconds), 0.0))
+        _try("profile", lambda: profile_step(seconds))
         # padding-free ran at 0.32x the padded step on an H200 (2026-11-28): where its time goes
-        _try("profile padding-free", lambda: (profile_step(seconds, padding_free=True), 0.0))
+        _try("profile padding-free", lambda: profile_step(seconds, padding_free=True))
     return rows
 
 

@@ -1,10 +1,10 @@
 """Grouped 1-D convolution through the FFT, for the long positional conv on GPUs.
 
 wav2vec 2.0 / HuBERT / WavLM's positional conv has kernel 128 and 16 groups. cuDNN (9.19, H200)
-runs it, in bf16 or fp32, on its legacy implicit-GEMM kernels: 14.8 ms of a 58 ms HuBERT Base
-step (batch 8 x 15 s), forward and backward. The same convolution through an fp32 FFT took
-1.9 ms (`python -m benchmarks.gpu_posconv`). On a CPU the FFT loses at inference lengths (51 vs
-5 ms for one 1 s utterance, 2 cores), so the positional conv takes this path on CUDA only.
+runs it on its legacy implicit-GEMM kernels: forward and backward took 14.8 ms in bf16 (7.8 ms in
+fp32) of a 58 ms HuBERT Base step (batch 8 x 15 s). The same convolution through an fp32 FFT took
+1.9 ms (`python -m benchmarks.gpu`, rows from benchmarks/gpu_convs.py). On a CPU the FFT loses at
+inference lengths (51 vs 5 ms for one 1 s utterance, 2 cores): only CUDA takes this path.
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ def fft_grouped_conv(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int
     B, T, C = x.shape  # batch, frames, channels
     C_out, C_in, k = weight.shape
     pad = k // 2
-    out_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+    out_dtype = (
+        torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+    )
     with torch.autocast(x.device.type, enabled=False):
         n = 1 << (T + k - 2).bit_length()  # a power of two >= T + k - 1: the linear conv, no wrap-around
         # correlation = convolution with the flipped kernel; y[t] sits at t + k - 1 - pad

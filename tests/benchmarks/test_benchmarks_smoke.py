@@ -88,3 +88,23 @@ def test_forward_flops_of_hubert_base():
     # transformer ~ 12 x (8 D^2 + 4 D F) x 49 frames = 8.3 GFLOP; conv frontend ~ 4.9 GFLOP per second
     gflop = forward_flops(get_preset("hubert_base"), 1.0) / 1e9
     assert 12 < gflop < 16
+
+
+def test_gpu_conv_rows_run_and_their_alternatives_compute_the_same_features():
+    """benchmarks.gpu_convs at a tiny size on the CPU: the rows a GPU session measures are formed,
+    and the im2col frontend they time against ours computes our features (so the GPU time is spent
+    on a fair comparison)."""
+    import torch
+
+    from benchmarks.gpu_convs import im2col_frontend, measure
+    from speechssl.models.config import ConvFrontendConfig
+    from speechssl.models.frontends import build_conv_frontend
+
+    rows = measure(1, 0.1, warmup=0, steps=1, device="cpu")
+    assert [r.unit for r in rows] == ["ms"] * 3 and all(r.ours > 0 and r.reference > 0 for r in rows)
+    for mode in ("group_norm", "layer_norm"):
+        encoder = build_conv_frontend(ConvFrontendConfig(mode=mode, conv_bias=mode == "layer_norm"))
+        wavs = torch.randn(2, 5000)
+        with torch.no_grad():
+            ours = encoder(wavs, torch.tensor([5000, 5000]))[0]
+            torch.testing.assert_close(im2col_frontend(encoder, wavs), ours, rtol=1e-4, atol=1e-5)

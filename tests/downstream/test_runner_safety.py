@@ -5,7 +5,6 @@ upstream and data paths, settings fine-tuning does not use, names and one-line e
 from __future__ import annotations
 
 import dataclasses
-
 import logging
 from types import SimpleNamespace
 

@@ -1,0 +1,122 @@
+"""The GPU rows of the two conv stacks of a wav2vec 2.0 / HuBERT step, each timed alone
+(forward + backward, same weights and input), ours against the formulations we did not take.
+
+- The positional conv (768 channels, 16 groups, kernel 128): ours runs it through an fp32 FFT on
+  CUDA (speechssl.models.fft_conv); cuDNN's conv1d in bf16 and in fp32 are the references.
+- The waveform frontend (7 strided convs): ours is cuDNN's conv1d; the reference is the same
+  stack as unfold + one matmul per layer (im2col), which runs on the tensor-core GEMMs.
+Used by benchmarks.gpu (its --quick shrinks the shapes).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.harness import Row, make_row
+from speechssl.models.config import ConvFrontendConfig
+from speechssl.models.encoder import ConvPositionalEmbedding
+from speechssl.models.frontends import ConvFeatureEncoder, build_conv_frontend
+
+GROUP = "gpu"
+
+
+def im2col_frontend(encoder: ConvFeatureEncoder, wavs: torch.Tensor) -> torch.Tensor:
+    """The encoder's features (B, T, C) with every conv as a time-major unfold + matmul."""
+    x = wavs[:, :, None]  # (B, S, 1)
+    for layer, k, s in zip(encoder.conv_layers, encoder.kernels, encoder.strides):
+        w = layer.conv.weight  # (C_out, C_in, k)
+        cols = x.unfold(1, k, s).transpose(2, 3)  # (B, T', k, C_in)
+        x = cols.reshape(*cols.shape[:2], -1) @ w.permute(0, 2, 1).reshape(w.shape[0], -1).t()
+        if layer.conv.bias is not None:
+            x = x + layer.conv.bias
+        if layer.has_norm:
+            norm = layer.layer_norm
+            if isinstance(norm, torch.nn.GroupNorm):  # one group per channel: normalise over time
+                var, mean = torch.var_mean(x.float(), dim=1, keepdim=True, correction=0)
+                x = ((x.float() - mean) * torch.rsqrt(var + norm.eps) * norm.weight + norm.bias).to(x.dtype)
+            else:
+                x = F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+        x = F.gelu(x)
+    return x
+
+
+def cudnn_positional_conv(
+    module: ConvPositionalEmbedding, fp32: bool
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The module's conv as cuDNN's conv1d (bf16 under the caller's autocast, or fp32)."""
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=not fp32):
+            xin = x.float() if fp32 else x
+            y = module.conv(xin.transpose(1, 2))[:, :, : x.shape[1]]  # (B, D, T)
+        return F.gelu(y).transpose(1, 2)
+
+    return run
+
+
+def time_backward(
+    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, warmup: int, steps: int
+) -> float:
+    """Seconds per forward + backward of fn(x) in bf16 autocast."""
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    for i in range(warmup + steps):
+        if i == warmup:
+            sync()
+            start = time.perf_counter()
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            y = fn(x)
+        y.float().square().mean().backward()
+    sync()
+    return (time.perf_counter() - start) / steps
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+def rows(quick: bool) -> list[Row]:
+    """The rows on the CUDA device: batch 8 x 15 s (quick: 4 x 5 s), as benchmarks.gpu's step."""
+    batch, seconds = (4, 5.0) if quick else (8, 15.0)
+    return measure(batch, seconds, *((2, 5) if quick else (3, 10)), device="cuda")
+
+
+def measure(batch: int, seconds: float, warmup: int, steps: int, device: str) -> list[Row]:
+    """The rows for `batch` utterances of `seconds` (a CPU smoke test runs them tiny)."""
+    timing = f"forward + backward in bf16 autocast, {warmup} warm-up + {steps} timed"
+    torch.manual_seed(0)
+    out: list[Row] = []
+
+    pos = ConvPositionalEmbedding(768, 128, 16).to(device)
+    frames = int(seconds * 50)
+    x = torch.randn(batch, frames, 768, device=device, requires_grad=True)
+    with torch.no_grad():
+        check = relative_error(
+            pos(x[:2, : min(frames, 101)]), cudnn_positional_conv(pos, fp32=True)(x[:2, : min(frames, 101)])
+        )
+    ours = time_backward(pos, x, warmup, steps)
+    name = f"positional conv (768 ch, 16 groups, kernel 128), {batch} x {frames} frames"
+    for label, fp32 in (("cuDNN conv1d bf16", False), ("cuDNN conv1d fp32", True)):
+        ref = time_backward(cudnn_positional_conv(pos, fp32), x, warmup, steps)
+        note = f"{timing}; FFT vs fp32 conv1d: relative difference {check:.1e}"
+        out.append(make_row(GROUP, f"{name}: ours (fp32 FFT) vs {label}", 1e3 * ours, 1e3 * ref, "ms",
+                            higher_is_better=False, note=note))  # fmt: skip
+    del pos, x
+
+    encoder = build_conv_frontend(ConvFrontendConfig()).to(device)
+    wavs = torch.randn(batch, int(seconds * 16000), device=device)
+    lengths = torch.full((batch,), wavs.shape[1], device=device)
+    with torch.no_grad():
+        check = relative_error(
+            im2col_frontend(encoder, wavs[:2, : min(wavs.shape[1], 48000)]),
+            encoder(wavs[:2, : min(wavs.shape[1], 48000)], lengths[:2])[0],
+        )
+    ours = time_backward(lambda w: encoder(w, lengths)[0], wavs, warmup, steps)
+    ref = time_backward(lambda w: im2col_frontend(encoder, w), wavs, warmup, steps)
+    name = f"waveform frontend (7 convs, 512 ch), {batch} x {seconds:g} s: ours (cuDNN conv1d) vs im2col"
+    note = f"{timing}; im2col vs conv1d in fp32: relative difference {check:.1e}"
+    out.append(make_row(GROUP, name, 1e3 * ours, 1e3 * ref, "ms", higher_is_better=False, note=note))
+    return out
