@@ -164,19 +164,11 @@ class SelfAttention(nn.Module):
         return self.out_proj(y.transpose(1, 2).reshape(B, T, H * d))
 
     def _packed(self, x: Tensor, packing: Packing) -> Tensor:
-        """x: (N, D) packed frames -> (N, D), through SDPA on jagged (B, H, j, d) tensors."""
+        """x: (N, D) packed frames -> (N, D), each utterance attending to its own (Packing.attention)."""
         N, H, d = x.shape[0], self.num_heads, self.head_dim
-
-        def heads(t: Tensor) -> Tensor:
-            return packing.jagged(t.view(N, H, d)).transpose(1, 2)  # (B, H, j, d)
-
-        y = F.scaled_dot_product_attention(
-            heads(self.q_proj(x)),
-            heads(self.k_proj(x)),
-            heads(self.v_proj(x)),
-            dropout_p=self.dropout if self.training else 0.0,
-        )  # (B, H, j, d)
-        return self.out_proj(y.transpose(1, 2).values().reshape(N, H * d))
+        q, k, v = (proj(x).view(N, H, d) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        y = packing.attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)  # (N, H, d)
+        return self.out_proj(y.reshape(N, H * d))
 
 
 class RelativeSelfAttention(SelfAttention):

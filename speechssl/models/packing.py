@@ -2,10 +2,13 @@
 
 A padded batch (B, T, D) of utterances with T_b valid frames spends B * T - sum(T_b) frames of
 every linear layer, LayerNorm and feed-forward on padding, and its attention on padded keys. Packed,
-the encoder layers run on (N, D) with N = sum(T_b), and attention runs per utterance through SDPA
-on a jagged nested tensor (its variable-length fused kernels on a GPU). The frontend, the feature
-projection and the positional conv still see the padded batch: their results at valid frames
-depend on it (GroupNorm over the padded time axis, as fairseq computes it; the conv's zero padding).
+the encoder layers run on (N, D) with N = sum(T_b), and attention runs per utterance: on a GPU in
+half precision through the variable-length flash-attention kernel directly, elsewhere through SDPA
+on a jagged nested tensor. (The jagged tensor reaches the same kernel on a GPU, but its Python
+dispatch took 82 ms of host time per HuBERT Base step on an H200, which left the GPU idle 68 % of
+the step.) The frontend, the feature projection and the positional conv still see the padded
+batch: their results at valid frames depend on it (GroupNorm over the padded time axis, as fairseq
+computes it; the conv's zero padding).
 
 Everything a packing needs is computed on the host from the host's frame counts and copied to
 the device without blocking, so packing adds no device sync. Valid frames equal the padded
@@ -17,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from speechssl.models.devices import to_device
@@ -28,6 +32,7 @@ class Packing:
 
     index: Tensor  # (N,) flat positions b * T + t of the valid frames, in order, on the device
     offsets: Tensor  # (B + 1,) int64 start of each utterance in the packed tensor, on the device
+    cu_seqlens: Tensor  # the same as int32, as the flash-attention kernel takes them
     min_len: int  # shortest and longest utterance, in frames (host ints: SDPA needs no sync)
     max_len: int
     batch: int
@@ -46,6 +51,7 @@ class Packing:
         return cls(
             index=to_device(index, device),
             offsets=to_device(offsets, device),
+            cu_seqlens=to_device(offsets.to(torch.int32), device),
             min_len=int(lengths.min()),
             max_len=int(lengths.max()),
             batch=len(lengths),
@@ -69,3 +75,32 @@ class Packing:
         return torch.nested.nested_tensor_from_jagged(
             x, self.offsets, min_seqlen=self.min_len, max_seqlen=self.max_len
         )
+
+    def attention(self, q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0) -> Tensor:
+        """Each utterance's frames attend to its own: q, k, v (N, H, d) packed -> (N, H, d)."""
+        if _flash_varlen_serves(q):
+            # the kernel SDPA runs for a jagged tensor on a GPU, called without the subclass:
+            # cumulative lengths and the longest utterance index the packed rows (no host sync)
+            return torch.ops.aten._flash_attention_forward(
+                q, k, v, self.cu_seqlens, self.cu_seqlens, self.max_len, self.max_len, dropout_p, False, False
+            )[0]
+
+        def heads(t: Tensor) -> Tensor:
+            return self.jagged(t).transpose(1, 2)  # (B, H, j, d)
+
+        y = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), dropout_p=dropout_p)
+        return y.transpose(1, 2).values()  # (N, H, d)
+
+
+def _flash_varlen_serves(q: Tensor) -> bool:
+    """Whether the flash kernel takes these packed heads (N, H, d): CUDA, half precision, a head
+    size it was built for, an Ampere or newer GPU, and flash SDPA not switched off."""
+    d = q.shape[-1]
+    return (
+        q.is_cuda
+        and q.dtype in (torch.float16, torch.bfloat16)
+        and d % 8 == 0
+        and d <= 256
+        and torch.backends.cuda.flash_sdp_enabled()
+        and torch.cuda.get_device_capability(q.device)[0] >= 8
+    )
