@@ -5,8 +5,8 @@
 # /tmp/site), runs the tests marked `gpu` and the GPU benchmark rows (benchmarks/gpu.py), writes
 # benchmarks/gpu-latest.{json,md} and, where $OUT is set, copies them and the logs there.
 # Without CUDA it prints "no CUDA: GPU check skipped" and exits 0: nothing was checked.
-# Budget: at most 8 minutes on one H100/H200 (inner limits 100 + 270 + 110 s); measured on an H200:
-# tests 31 s, rows and profiles about 3.5 minutes; the loader rows (not yet run there) about 1 minute.
+# Budget: at most 8 minutes on one H100/H200 (inner limits 100 + 270 + 110 s); measured on an H200
+# (2026-11-28, run D): tests 29 s, rows and profiles 162 s, loader rows 52 s, 279 s in all.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
