@@ -94,12 +94,17 @@ def config_differences(saved: dict, config: Any, *, allowed: Iterable[str] = RES
     before = _flatten(saved)
     defaults = _field_defaults(config)
     allowed = set(allowed)
+
+    def added_at_default(key: str) -> bool:
+        parts = key.split(".")
+        if key in before or any(".".join(parts[:i]) in before for i in range(1, len(parts))):
+            return False  # the checkpoint has it, or has its section as a value (e.g. null)
+        return key in defaults and now.get(key) == defaults[key]
+
     return [
         f"{key} (checkpoint {before.get(key, '<absent>')!r}, now {now.get(key, '<absent>')!r})"
         for key in sorted(set(now) | set(before))
-        if key not in allowed
-        and now.get(key) != before.get(key)
-        and not (key not in before and key in defaults and now.get(key) == defaults[key])
+        if key not in allowed and now.get(key) != before.get(key) and not added_at_default(key)
     ]
 
 

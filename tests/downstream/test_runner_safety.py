@@ -221,6 +221,8 @@ def test_resume_of_a_run_from_before_an_option_existed():
     assert [d.split(" ")[0] for d in config_differences(saved, changed)] == ["head.sd_hidden_dim"]
     saved["head"]["sd_hidden_dim"] = 3  # present in the checkpoint: compared as before
     assert [d.split(" ")[0] for d in config_differences(saved, config)] == ["head.sd_hidden_dim"]
+    saved["head"] = None  # a section the checkpoint has as a value is not an added option
+    assert "head.sd_hidden_dim" in [d.split(" ")[0] for d in config_differences(saved, config)]
 
 
 # 7. names and messages ---------------------------------------------------------------------
