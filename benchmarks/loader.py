@@ -3,9 +3,10 @@
 What is timed is what `speechssl pretrain` runs: an AudioDataset built as
 `training.pretrain.build_dataset` builds it (audio plus 50 Hz k-means units, random crops to
 `max_seconds`), the DurationBucketSampler of `data.batching.build_loader`, `collate_audio`, and
-the trainer's own `MicroBatchStream` (the DataLoader it opens every epoch, with the trainer's
-`num_workers`, `pin_memory` and generator), plus the trainer's host-to-device copy where CUDA
-exists. One call is one epoch over a corpus the benchmark writes to a temp dir: FLAC or WAV
+the DataLoader the trainer opens every epoch (`trainer_loader`: the trainer's `num_workers`,
+`pin_memory` and generator), plus the trainer's host-to-device copy where CUDA exists. One call
+is one epoch over a corpus the benchmark writes to a temp dir (removed at exit, on an exception,
+and on SIGTERM, SIGINT or SIGHUP, `timeout`'s and ^C's signals): FLAC or WAV
 files of 1-16 s (LibriSpeech-like lognormal durations) holding a speech-like signal, so FLAC
 compresses about as LibriSpeech does (0.52 of the WAV size; a pure tone would decode
 unrealistically fast). Files are in the page cache after the warm-up epoch: this is decoding,
@@ -29,13 +30,15 @@ import functools
 import json
 import math
 import os
-import shutil
+import signal
 import statistics
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+from unittest import mock
 
 import numpy as np
 import soundfile as sf
@@ -84,6 +87,44 @@ def speech_like(seconds: float, rng: np.random.Generator) -> np.ndarray:
     return (LEVEL * envelope * (0.6 * voiced + 0.4 * noise)).astype(np.float32)
 
 
+# Temp dirs made here, each with the pid that made it, removed at exit (normal or by an exception:
+# atexit) and when a signal whose default is to kill us arrives (SIGTERM from `timeout`, SIGHUP,
+# SIGINT where it is not Python's KeyboardInterrupt): the full-size corpora take about 200 MB.
+# Forked DataLoader workers inherit the list and the handler: the dirs are never theirs to remove.
+_TEMP_DIRS: list[tuple[int, tempfile.TemporaryDirectory]] = []
+_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, n))
+
+
+def _temp_dir(prefix: str) -> Path:
+    """A new temp dir, removed by this process when it exits or is killed by a signal."""
+    if not _TEMP_DIRS:
+        atexit.register(_remove_temp_dirs)
+        if threading.current_thread() is threading.main_thread():  # signal.signal's rule
+            for signum in _SIGNALS:
+                if signal.getsignal(signum) is signal.SIG_DFL:  # an ignored or handled signal stays so
+                    signal.signal(signum, _remove_and_die)
+    tmp = tempfile.TemporaryDirectory(prefix=prefix, ignore_cleanup_errors=True)
+    _TEMP_DIRS.append((os.getpid(), tmp))
+    return Path(tmp.name)
+
+
+def _remove_temp_dirs() -> None:
+    pid = os.getpid()
+    for owner, tmp in _TEMP_DIRS:
+        if owner == pid:
+            tmp.cleanup()
+
+
+def _remove_and_die(signum: int, frame: Any) -> None:
+    """Remove our temp dirs, then die of the signal as without this handler (the same exit
+    status; no exception that an `except BaseException` could swallow, as pytest's runner does)."""
+    if hasattr(signal, "SIGCHLD"):  # torch's handler raises when our workers die of this same signal
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # which would stop the removal half-way
+    _remove_temp_dirs()
+    signal.signal(signum, signal.SIG_DFL)
+    signal.raise_signal(signum)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Corpus:
     data_dir: Path
@@ -94,13 +135,13 @@ class Corpus:
 @functools.lru_cache(maxsize=4)
 def corpus(fmt: str, num_utts: int) -> Corpus:
     """A data dir of `num_utts` `fmt` files (16 kHz, 16-bit) with a `km` units dir as k-means
-    labelling writes it, in a temp dir that lives until exit. Same durations for every format."""
+    labelling writes it, in a temp dir that lives until exit (see `_temp_dir`). Same durations
+    for every format."""
     from speechssl.data.datadir import write_data_dir
 
     if fmt not in FORMATS:
         raise ValueError(f"unknown audio format '{fmt}'; valid: {', '.join(FORMATS)}")
-    root = Path(tempfile.mkdtemp(prefix=f"speechssl-loader-{fmt}-"))
-    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    root = _temp_dir(f"speechssl-loader-{fmt}-")
     rng = np.random.default_rng(0)
     seconds = np.clip(rng.lognormal(np.log(6.0), 0.6, num_utts), 1.0, 16.0).round(2).tolist()
     (root / "audio").mkdir()
@@ -121,8 +162,46 @@ def corpus(fmt: str, num_utts: int) -> Corpus:
     return Corpus(data_dir=data, seconds=seconds, compression=nbytes / pcm_bytes)
 
 
+def trainer_loader(
+    dataset: Any, collate: Any, batch_sampler: Any, config: Any, info: Any, epoch: int, *,
+    prefetch_factor: int | None = None,
+) -> torch.utils.data.DataLoader:  # fmt: skip
+    """The DataLoader the trainer opens for `epoch` (its sampler and dataset set to that epoch),
+    not yet iterated, so no worker runs. prefetch_factor: added to its DataLoader call, exactly
+    the change a `trainer.prefetch_factor` setting would make (None: the trainer's call as it is).
+
+    Through `speechssl.training.trainer.epoch_loader` where the trainer has it; otherwise the
+    trainer's MicroBatchStream is asked for its first batch and the DataLoader it builds for the
+    epoch is taken before the stream iterates it. Public names only: a refactor of the trainer
+    either keeps working or fails here, loudly."""
+    from speechssl.training import trainer
+
+    extra = {} if prefetch_factor is None else {"prefetch_factor": prefetch_factor}
+    public = getattr(trainer, "epoch_loader", None)
+    if public is not None:
+        return public(dataset, collate, batch_sampler, config, info, epoch, **extra)
+
+    class Built(Exception):  # carries the DataLoader out of the stream before it starts workers
+        pass
+
+    real = trainer.DataLoader
+
+    def take(*args: Any, **kwargs: Any) -> NoReturn:
+        raise Built(real(*args, **kwargs, **extra))
+
+    with mock.patch.object(trainer, "DataLoader", take):
+        try:
+            trainer.MicroBatchStream(dataset, collate, batch_sampler, config, info, epoch=epoch).next()
+        except Built as built:
+            return built.args[0]
+    raise RuntimeError(
+        "speechssl.training.trainer's MicroBatchStream gave a batch without calling the trainer "
+        "module's DataLoader: give the trainer a public epoch_loader (see benchmarks/loader.py)"
+    )
+
+
 class EpochStep:
-    """One training epoch through the trainer's MicroBatchStream. Each call opens the next epoch
+    """One training epoch of the DataLoader the trainer opens. Each call opens the next epoch
     (a new DataLoader and its workers, as the trainer does every epoch), takes exactly its batches
     and ends it, so that no step keeps workers alive while another one forks its own.
 
@@ -138,7 +217,6 @@ class EpochStep:
         from speechssl.data.dataset import AudioDataset
         from speechssl.training.config import TrainerConfig
         from speechssl.training.distributed import DistInfo
-        from speechssl.training.trainer import MicroBatchStream
         from speechssl.units.labels import parse_units
 
         data = corpus(fmt, sizes.num_utts).data_dir
@@ -150,40 +228,34 @@ class EpochStep:
             seed=seed,
         )  # fmt: skip
         loader = build_loader(dataset, batching, train=True, seed=seed)
-        self.sampler = loader.batch_sampler
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.pin_memory, self.consume_rate = pin_memory, consume_rate
         self.head = max(1, num_workers)  # batches the workers make side by side before the first arrives
         config = TrainerConfig(num_workers=num_workers, pin_memory=pin_memory, seed=seed)
         info = DistInfo(rank=0, world_size=1, local_rank=0, device=self.device)
-        self.epoch, self.prefetch_factor = 0, prefetch_factor
-        self.open_stream = functools.partial(
-            MicroBatchStream, loader.dataset, loader.collate_fn, loader.batch_sampler, config, info
-        )
-
-    def _stream(self) -> tuple[Any, int]:
-        """The trainer's stream at the next epoch, and that epoch's batch count (it varies)."""
-        stream = self.open_stream(epoch=self.epoch)
-        self.sampler.set_epoch(self.epoch)  # what the stream does when it opens the epoch
-        self.epoch += 1
-        if self.prefetch_factor is not None:
-            stream._open_epoch = functools.partial(_open_with_prefetch, stream, self.prefetch_factor)
-        return stream, len(self.sampler)
+        self.epoch = 0
+        self.open_loader = functools.partial(
+            trainer_loader, loader.dataset, loader.collate_fn, loader.batch_sampler, config, info,
+            prefetch_factor=prefetch_factor,
+        )  # fmt: skip
 
     def __call__(self) -> dict[str, float]:
         """first_s: seconds to the first batch (the epoch start); total_s: the epoch; audio_s: audio
         delivered; head_audio_s: audio of the first max(1, num_workers) batches, which the workers
         made side by side before the first one arrived; wait_s: seconds spent waiting for the
-        batches after the first; num_batches: the epoch's."""
+        batches after the first; num_batches: the epoch's (it varies)."""
         from speechssl.training.trainer import to_device
 
         samples = head_samples = 0
         first = wait = 0.0
-        stream, num_batches = self._stream()
+        loader = self.open_loader(self.epoch)
+        num_batches = len(loader)
+        self.epoch += 1
         t0 = time.perf_counter()
+        it = iter(loader)
         for i in range(num_batches):
             t1 = time.perf_counter()
-            batch = stream.next()
+            batch = next(it)
             n = int(batch.wav_lens.sum())  # on the host: no device sync per batch
             if self.device.type == "cuda":  # the trainer's copy (non_blocking with pinned memory)
                 batch = to_device(batch, self.device, non_blocking=self.pin_memory)
@@ -201,24 +273,12 @@ class EpochStep:
         # end the epoch as the trainer does: the exhausted iterator shuts its workers down at once
         # (dropping a live one waits torch's 5 s status interval per worker, and a worker forked
         # later would inherit it)
-        if next(stream._it, None) is not None:
+        if next(it, None) is not None:
             raise AssertionError(f"epoch {self.epoch - 1} has more than {num_batches} batches")
-        del stream, batch
+        del it, loader, batch
         return {"first_s": first, "total_s": total, "audio_s": samples / SAMPLE_RATE,
                 "head_audio_s": head_samples / SAMPLE_RATE, "wait_s": wait,
                 "num_batches": num_batches}  # fmt: skip
-
-
-def _open_with_prefetch(stream: Any, prefetch_factor: int) -> None:
-    """The trainer's `MicroBatchStream._open_epoch` with `prefetch_factor` added to its DataLoader
-    call: exactly the change a `trainer.prefetch_factor` setting would make."""
-    from unittest import mock
-
-    from speechssl.training import trainer
-
-    with_prefetch = functools.partial(trainer.DataLoader, prefetch_factor=prefetch_factor)
-    with mock.patch.object(trainer, "DataLoader", with_prefetch):
-        type(stream)._open_epoch(stream)
 
 
 def gpu_consumption(path: Path = GPU_JSON) -> dict[str, Any] | None:
@@ -336,7 +396,7 @@ def run(settings: Settings, *, gpu_json: Path = GPU_JSON) -> list[Row]:
 def prefetch_rows(name: str, sz: LoaderSizes, settings: Settings, gpu: dict[str, Any]) -> list[Row]:
     """Does a GPU run want a deeper prefetch queue than torch's default 2 batches per worker?
     A simulated GPU consuming the measured GPU rate (sleeping, so it leaves the cores to the
-    workers) takes FLAC epochs from the trainer's stream with prefetch_factor 2 and 4."""
+    workers) takes FLAC epochs of the trainer's DataLoader with prefetch_factor 2 and 4."""
     workers = [w for w in sz.workers if w >= 1]
     steps = {(w, k): EpochStep("flac", sz, num_workers=w, pin_memory=torch.cuda.is_available(),
                                prefetch_factor=k, consume_rate=gpu["rate"])
@@ -352,9 +412,9 @@ def prefetch_rows(name: str, sz: LoaderSizes, settings: Settings, gpu: dict[str,
             100 * result[(w, 4)]["wait"],
             "%",
             higher_is_better=False,
-            note=f"share of the epoch after its first batch spent in the trainer's next() (waiting for "
-            f"a batch and receiving it): {result[(w, 2)]['wait_ms']:.1f} vs {result[(w, 4)]['wait_ms']:.1f} "
-            "ms per batch; ratio < 1 would mean a deeper queue helps",
+            note=f"share of the epoch after its first batch spent in next() on the trainer's DataLoader "
+            f"(waiting for a batch and receiving it): {result[(w, 2)]['wait_ms']:.1f} vs "
+            f"{result[(w, 4)]['wait_ms']:.1f} ms per batch; ratio < 1 would mean a deeper queue helps",
         )  # fmt: skip
         for w in workers
     ]

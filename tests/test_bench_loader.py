@@ -1,16 +1,26 @@
 """The loader benchmark rows at tiny sizes: well-formed rows, the workers-per-GPU arithmetic, the
-GPU rate read from gpu-latest.json, and epochs that deliver all the audio. Never timings."""
+GPU rate read from gpu-latest.json, epochs that deliver all the audio and are the trainer's, and a
+temp corpus that is gone however the benchmark ends (exit, exception, SIGTERM, SIGINT). Never
+timings."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks import loader
 from benchmarks.harness import Settings
 
 TINY = Settings(tiny=True, warmup=0, repeats=1, threads=1, memory=False)
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _gpu_json(path, rows):
@@ -129,3 +139,119 @@ def test_without_a_gpu_measurement_the_need_is_unknown(tmp_path):
     _, feed = _check_rows(rows, loader.sizes(TINY))
     assert all(r.ours is None and r.note.startswith("unknown: no GPU consumption rate") for r in feed)
     assert not [r for r in rows if "prefetch_factor" in r.name]  # no GPU rate to simulate
+
+
+@pytest.mark.parametrize("path", ["taken from the stream", "trainer.epoch_loader"])
+def test_the_timed_loader_gives_the_trainers_batches(path):
+    """Same batches, crops and units as the trainer's MicroBatchStream at that epoch, with one worker."""
+    from speechssl.training import trainer
+
+    public = hasattr(trainer, "epoch_loader")
+    if (path == "trainer.epoch_loader") != public:
+        pytest.skip(f"the trainer {'has' if public else 'lacks'} a public epoch_loader")
+    step = loader.EpochStep("flac", loader.sizes(TINY), num_workers=1, pin_memory=True)
+    args = step.open_loader.args  # dataset, collate, batch sampler, TrainerConfig, DistInfo
+    ours = step.open_loader(2)
+    assert ours.num_workers == 1 and not ours.pin_memory  # the trainer pins on CUDA only
+    stream = trainer.MicroBatchStream(*args, epoch=2)
+    theirs = [stream.next() for _ in range(len(ours))]
+    assert stream.epoch == 2 and len(theirs) >= 2
+    for a, b in zip(ours, theirs, strict=True):
+        assert a.utt_ids == b.utt_ids and torch.equal(a.wavs, b.wavs)
+        assert torch.equal(a.targets["km"], b.targets["km"])
+    other_epoch = [b.utt_ids for b in step.open_loader(3)]
+    assert other_epoch != [b.utt_ids for b in theirs]
+
+
+def test_a_public_epoch_loader_is_used_where_the_trainer_has_one(monkeypatch):
+    from speechssl.training import trainer
+
+    calls = []
+    monkeypatch.setattr(trainer, "epoch_loader", lambda *a, **kw: calls.append((a[-1], kw)), raising=False)
+    step = loader.EpochStep("flac", loader.sizes(TINY), num_workers=1, pin_memory=False, prefetch_factor=4)
+    step.open_loader(5)
+    loader.EpochStep("flac", loader.sizes(TINY), num_workers=0, pin_memory=False).open_loader(6)
+    assert calls == [(5, {"prefetch_factor": 4}), (6, {})]
+
+
+def test_a_trainer_that_builds_its_loader_elsewhere_is_an_error_not_a_silent_change(monkeypatch):
+    from speechssl.training import trainer
+
+    class Stream:  # a refactored trainer: its DataLoader comes from somewhere else
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def next(self):
+            return "a batch"
+
+    monkeypatch.delattr(trainer, "epoch_loader", raising=False)
+    monkeypatch.setattr(trainer, "MicroBatchStream", Stream)
+    step = loader.EpochStep("flac", loader.sizes(TINY), num_workers=0, pin_memory=False)
+    with pytest.raises(RuntimeError, match="give the trainer a public epoch_loader"):
+        step.open_loader(0)
+
+
+def _child(tmp_path, code: str) -> subprocess.Popen:
+    """`code` in a fresh interpreter at the repo root, its temp dirs under tmp_path, in a process
+    group of its own (as `timeout` runs its command and as ^C reaches a foreground job)."""
+    env = {**os.environ, "TMPDIR": str(tmp_path), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, "-c", code], cwd=REPO, env=env, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def _wait(proc: subprocess.Popen, timeout: float = 60) -> tuple[str, str]:
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"the benchmark did not exit within {timeout:g} s")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_killed_benchmark_leaves_no_corpus_behind(tmp_path, signum):
+    not_ours = tmp_path / "speechssl-loader-flac-not-ours"  # the benchmark's prefix, but not its dir
+    not_ours.mkdir()
+    (not_ours / "keep").write_text("x")
+    proc = _child(tmp_path, (
+        "import signal\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, not a background job\n"
+        "from benchmarks import loader\n"
+        "from benchmarks.harness import Settings\n"
+        "loader.run(Settings(tiny=True, warmup=0, repeats=10**6, threads=1, memory=False))\n"
+    ))  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("speechssl-loader-flac-*/data/km/labels")):  # the corpus is written
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no corpus after 120 s"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signum)  # the benchmark and its DataLoader workers
+    _, err = _wait(proc, timeout=30)
+    assert proc.returncode == -signum, err  # died of the signal, as without the clean-up
+    # (pymp-* dirs of killed workers are multiprocessing's, as they were before: not ours to remove)
+    assert [p.name for p in tmp_path.glob("speechssl-loader-*")] == [not_ours.name]
+    assert (not_ours / "keep").read_text() == "x"
+
+
+@pytest.mark.parametrize("end", ["exit", "exception"])
+def test_the_corpus_is_removed_at_exit_and_on_an_exception_not_by_a_forked_child(tmp_path, end):
+    proc = _child(tmp_path, (
+        "import os, signal\n"
+        "from benchmarks import loader\n"
+        "data = loader.corpus('flac', 2).data_dir\n"
+        "pid = os.fork()\n"
+        "if pid == 0:  # a forked DataLoader worker killed by timeout: the dir is not its own\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM, status\n"
+        "assert (data / 'km' / 'labels').is_file()\n"
+        "print(data.parent)\n"
+        + ("raise RuntimeError('a benchmark error')\n" if end == "exception" else "")
+    ))  # fmt: skip
+    out, err = _wait(proc)
+    assert proc.returncode == (1 if end == "exception" else 0), err
+    root = Path(out.strip())
+    assert root.parent == tmp_path and root.name.startswith("speechssl-loader-flac-")
+    assert not root.exists() and not list(tmp_path.glob("speechssl-loader-*"))
