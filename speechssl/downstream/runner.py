@@ -577,11 +577,17 @@ def _keys(value: Any, prefix: str) -> set[str]:
     return {key for name, item in value.items() for key in _keys(item, f"{prefix}.{name}")}
 
 
-def _resumable(source: Path, config: DownstreamConfig) -> frozenset[str]:
-    """`RESUMABLE`, and for a fine-tuning run every featurizer/head key (of the checkpoint's
-    config and this one): that run uses neither section, so their defaults may change."""
+# the SD head's sizes (added in place of its lstm_* ones): no other task's head reads them
+SD_HEAD_KEYS = frozenset({"head.sd_rnn_layers", "head.sd_hidden_dim"})
+
+
+def _resumable(source: Path, config: DownstreamConfig, task: str | None = None) -> frozenset[str]:
+    """`RESUMABLE`; for a task other than sd the SD head's keys; and for a fine-tuning run every
+    featurizer/head key (of the checkpoint's config and this one): that run uses neither section,
+    so their defaults may change."""
+    base = (RESUMABLE | SD_HEAD_KEYS) if task is not None and task != "sd" else RESUMABLE
     if config.finetune is None:
-        return RESUMABLE
+        return base
     saved_path = source / "config.yaml"
     try:
         saved = yaml.safe_load(saved_path.read_text()) if saved_path.is_file() else {}
@@ -594,15 +600,15 @@ def _resumable(source: Path, config: DownstreamConfig) -> frozenset[str]:
         for tree in (saved if isinstance(saved, dict) else {}, now)
         for key in _keys(tree.get(section) or {}, section)
     }
-    return RESUMABLE | unused
+    return base | unused
 
 
-def _check_resume(out_dir: Path, config: DownstreamConfig) -> None:
-    """Each run's last checkpoint verifies and was trained with this config, up to `RESUMABLE`."""
+def _check_resume(out_dir: Path, config: DownstreamConfig, task: str) -> None:
+    """Each run's last checkpoint verifies and was trained with this config, up to `_resumable`."""
     for _, run_dir in _run_dirs(out_dir, config):
         source = resume_checkpoint(run_dir, True)
         if source is not None:
-            check_resume(source, config, allowed=_resumable(source, config))
+            check_resume(source, config, allowed=_resumable(source, config, task))
 
 
 def train_downstream(
@@ -665,7 +671,7 @@ def train_downstream(
     def check_resumed() -> None:
         if resume:
             task_obj.check_saved_vocabularies()
-            _check_resume(out_dir, config)
+            _check_resume(out_dir, config, task_obj.name)
 
     if main:
         check_out()

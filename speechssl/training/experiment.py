@@ -17,9 +17,8 @@ alone does 1-4 while the other ranks wait, and every rank raises the same one-li
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,11 @@ RESUMABLE_KEYS = frozenset({
     "trainer.valid_every", "trainer.log_every", "trainer.max_bad_steps", "trainer.num_workers",
     "trainer.pin_memory", "trainer.compile", "data.skip_bad", "data.padding_free",
 })  # fmt: skip
+# Options added after checkpoints of speechssl existed, each with the value that reproduces what a
+# run written before it did: absent from a checkpoint's config.yaml, such a key matches at this
+# value only. (A new option's default need not be the old behaviour: head.sd_* replaced the SD
+# head's lstm_* sizes and `optimizer: adam` replaced AdamW (0.9, 0.98); those stay differences.)
+ADDED_OPTIONS: dict[str, Any] = {"trainer.strategy": "ddp", "model.encoder.layer_head_index": None}
 
 
 class ConfigMismatchError(SpeechSSLError):
@@ -61,50 +65,31 @@ def _plain(config: Any) -> dict[str, Any]:
     return _flatten(yaml.safe_load(yaml.safe_dump(to_dict(config), sort_keys=False)))
 
 
-def _field_defaults(config: Any) -> dict[str, Any]:
-    """Flat key -> default value of every field of `config`'s dataclass (nested ones too) that has one."""
-    defaults: dict[str, Any] = {}
-    for f in dataclasses.fields(config):
-        if f.default is not dataclasses.MISSING:
-            value = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            value = f.default_factory()
-        else:
-            value = getattr(config, f.name)
-            if not dataclasses.is_dataclass(value):
-                continue
-            value = _field_defaults(value)  # a required nested section: its own fields' defaults
-            defaults.update({f"{f.name}.{k}": v for k, v in value.items()})
-            continue
-        if dataclasses.is_dataclass(value):
-            defaults.update({f"{f.name}.{k}": v for k, v in _plain(value).items()})
-        else:
-            defaults.update(_flatten(yaml.safe_load(yaml.safe_dump({f.name: to_dict(value)}))))
-    return defaults
-
-
-def config_differences(saved: dict, config: Any, *, allowed: Iterable[str] = RESUMABLE_KEYS) -> list[str]:
+def config_differences(
+    saved: dict,
+    config: Any,
+    *,
+    allowed: Iterable[str] = RESUMABLE_KEYS,
+    added: Mapping[str, Any] = ADDED_OPTIONS,
+) -> list[str]:
     """`key (checkpoint A, now B)` for every key of `config` (a dataclass) that differs from the
-    `saved` mapping (a checkpoint's config.yaml), leaving out `allowed` keys.
-
-    A key the checkpoint lacks is an option added after it was written: an option is added with
-    a default that keeps the older behaviour, so such a key differs only when set to another value
-    (a run of an older speechssl resumes unless the new option is used)."""
+    `saved` mapping (a checkpoint's config.yaml), leaving out `allowed` keys. A key of `added` that
+    the checkpoint lacks (nor holds its section as a value) matches at its listed value: the
+    option did not exist when the checkpoint was written, and that value is what the run did."""
     now = _plain(config)
     before = _flatten(saved)
-    defaults = _field_defaults(config)
     allowed = set(allowed)
 
-    def added_at_default(key: str) -> bool:
+    def absent_and_as_before(key: str) -> bool:
         parts = key.split(".")
         if key in before or any(".".join(parts[:i]) in before for i in range(1, len(parts))):
-            return False  # the checkpoint has it, or has its section as a value (e.g. null)
-        return key in defaults and now.get(key) == defaults[key]
+            return False
+        return key in added and now.get(key) == added[key]
 
     return [
         f"{key} (checkpoint {before.get(key, '<absent>')!r}, now {now.get(key, '<absent>')!r})"
         for key in sorted(set(now) | set(before))
-        if key not in allowed and now.get(key) != before.get(key) and not added_at_default(key)
+        if key not in allowed and now.get(key) != before.get(key) and not absent_and_as_before(key)
     ]
 
 

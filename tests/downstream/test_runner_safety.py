@@ -31,6 +31,7 @@ from speechssl.interop.upstream import upstream_name
 from speechssl.outputs import write_marker
 from speechssl.testing.cli import run_cli
 from speechssl.training.experiment import config_differences
+from speechssl.training.pretrain import PretrainConfig
 from speechssl.tuning import TuningConfig
 
 SMALL = HeadConfig(hidden_dim=16, lstm_dim=16, lstm_layers=2, xvector_channels=16, xvector_agg_dim=24,
@@ -210,19 +211,36 @@ def test_finetuning_resume_ignores_unused_sections(tmp_path):
     assert config_differences(other_head, frozen, allowed=runner._resumable(tmp_path, frozen))
 
 
-def test_resume_of_a_run_from_before_an_option_existed():
-    """An option added since the checkpoint was written (absent from its config.yaml) is a
-    difference only when this run sets it away from its default, which keeps the old behaviour."""
+def test_resume_of_a_run_from_before_an_option_existed(tmp_path):
+    """Options added since a checkpoint was written count as differences unless the run cannot
+    be affected: the SD head's sizes for any other task, `ADDED_OPTIONS` at their old value.
+    A new option whose default changed what runs did (`optimizer: adam`) is still refused."""
     config = small_config()
     saved = to_dict(config)
-    del saved["head"]["sd_hidden_dim"], saved["patience"]  # written by a speechssl without them
-    assert config_differences(saved, config) == []
-    changed = dataclasses.replace(config, head=dataclasses.replace(config.head, sd_hidden_dim=7))
-    assert [d.split(" ")[0] for d in config_differences(saved, changed)] == ["head.sd_hidden_dim"]
-    saved["head"]["sd_hidden_dim"] = 3  # present in the checkpoint: compared as before
-    assert [d.split(" ")[0] for d in config_differences(saved, config)] == ["head.sd_hidden_dim"]
-    saved["head"] = None  # a section the checkpoint has as a value is not an added option
-    assert "head.sd_hidden_dim" in [d.split(" ")[0] for d in config_differences(saved, config)]
+    del saved["head"]["sd_hidden_dim"], saved["head"]["sd_rnn_layers"]  # a KS run of an older speechssl
+
+    def keys(saved, config, task):
+        return [
+            d.split(" ")[0]
+            for d in config_differences(saved, config, allowed=runner._resumable(tmp_path, config, task))
+        ]
+
+    assert keys(saved, config, "ks") == []
+    assert keys(saved, config, "sd") == ["head.sd_hidden_dim", "head.sd_rnn_layers"]  # the SD head reads them
+    del saved["optimizer"]  # before `optimizer` existed the heads trained with AdamW (0.9, 0.98)
+    assert keys(saved, config, "ks") == ["optimizer"]
+
+    model = PretrainConfig().model
+    pretrain = PretrainConfig(
+        model=dataclasses.replace(model, encoder=dataclasses.replace(model.encoder, layerdrop=0.0))
+    )
+    saved = to_dict(pretrain)
+    del saved["trainer"]["strategy"]  # a run from before FSDP: DDP
+    assert config_differences(saved, pretrain) == []
+    fsdp = dataclasses.replace(pretrain, trainer=dataclasses.replace(pretrain.trainer, strategy="fsdp"))
+    assert [d.split(" ")[0] for d in config_differences(saved, fsdp)] == ["trainer.strategy"]
+    saved["trainer"] = None  # a section the checkpoint holds as a value: every key of it differs
+    assert "trainer.strategy" in [d.split(" ")[0] for d in config_differences(saved, pretrain)]
 
 
 # 7. names and messages ---------------------------------------------------------------------
