@@ -37,8 +37,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
-from unittest import mock
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -46,6 +45,7 @@ import torch
 
 from benchmarks.harness import Row, Settings, make_row
 from speechssl.data.audio import SAMPLE_RATE
+from speechssl.training.trainer import epoch_loader
 
 GROUP = "loader"
 GPU_JSON = Path(__file__).resolve().parent / "gpu-latest.json"
@@ -166,38 +166,11 @@ def trainer_loader(
     dataset: Any, collate: Any, batch_sampler: Any, config: Any, info: Any, epoch: int, *,
     prefetch_factor: int | None = None,
 ) -> torch.utils.data.DataLoader:  # fmt: skip
-    """The DataLoader the trainer opens for `epoch` (its sampler and dataset set to that epoch),
-    not yet iterated, so no worker runs. prefetch_factor: added to its DataLoader call, exactly
-    the change a `trainer.prefetch_factor` setting would make (None: the trainer's call as it is).
-
-    Through `speechssl.training.trainer.epoch_loader` where the trainer has it; otherwise the
-    trainer's MicroBatchStream is asked for its first batch and the DataLoader it builds for the
-    epoch is taken before the stream iterates it. Public names only: a refactor of the trainer
-    either keeps working or fails here, loudly."""
-    from speechssl.training import trainer
-
+    """The DataLoader the trainer opens for `epoch` (speechssl.training.trainer.epoch_loader), not
+    yet iterated, so no worker runs. prefetch_factor: passed to its DataLoader call, exactly the
+    change a `trainer.prefetch_factor` setting would make (None: the trainer's call as it is)."""
     extra = {} if prefetch_factor is None else {"prefetch_factor": prefetch_factor}
-    public = getattr(trainer, "epoch_loader", None)
-    if public is not None:
-        return public(dataset, collate, batch_sampler, config, info, epoch, **extra)
-
-    class Built(Exception):  # carries the DataLoader out of the stream before it starts workers
-        pass
-
-    real = trainer.DataLoader
-
-    def take(*args: Any, **kwargs: Any) -> NoReturn:
-        raise Built(real(*args, **kwargs, **extra))
-
-    with mock.patch.object(trainer, "DataLoader", take):
-        try:
-            trainer.MicroBatchStream(dataset, collate, batch_sampler, config, info, epoch=epoch).next()
-        except Built as built:
-            return built.args[0]
-    raise RuntimeError(
-        "speechssl.training.trainer's MicroBatchStream gave a batch without calling the trainer "
-        "module's DataLoader: give the trainer a public epoch_loader (see benchmarks/loader.py)"
-    )
+    return epoch_loader(dataset, collate, batch_sampler, config, info, epoch, **extra)
 
 
 class EpochStep:

@@ -141,14 +141,10 @@ def test_without_a_gpu_measurement_the_need_is_unknown(tmp_path):
     assert not [r for r in rows if "prefetch_factor" in r.name]  # no GPU rate to simulate
 
 
-@pytest.mark.parametrize("path", ["taken from the stream", "trainer.epoch_loader"])
-def test_the_timed_loader_gives_the_trainers_batches(path):
+def test_the_timed_loader_gives_the_trainers_batches():
     """Same batches, crops and units as the trainer's MicroBatchStream at that epoch, with one worker."""
     from speechssl.training import trainer
 
-    public = hasattr(trainer, "epoch_loader")
-    if (path == "trainer.epoch_loader") != public:
-        pytest.skip(f"the trainer {'has' if public else 'lacks'} a public epoch_loader")
     step = loader.EpochStep("flac", loader.sizes(TINY), num_workers=1, pin_memory=True)
     args = step.open_loader.args  # dataset, collate, batch sampler, TrainerConfig, DistInfo
     ours = step.open_loader(2)
@@ -161,34 +157,6 @@ def test_the_timed_loader_gives_the_trainers_batches(path):
         assert torch.equal(a.targets["km"], b.targets["km"])
     other_epoch = [b.utt_ids for b in step.open_loader(3)]
     assert other_epoch != [b.utt_ids for b in theirs]
-
-
-def test_a_public_epoch_loader_is_used_where_the_trainer_has_one(monkeypatch):
-    from speechssl.training import trainer
-
-    calls = []
-    monkeypatch.setattr(trainer, "epoch_loader", lambda *a, **kw: calls.append((a[-1], kw)), raising=False)
-    step = loader.EpochStep("flac", loader.sizes(TINY), num_workers=1, pin_memory=False, prefetch_factor=4)
-    step.open_loader(5)
-    loader.EpochStep("flac", loader.sizes(TINY), num_workers=0, pin_memory=False).open_loader(6)
-    assert calls == [(5, {"prefetch_factor": 4}), (6, {})]
-
-
-def test_a_trainer_that_builds_its_loader_elsewhere_is_an_error_not_a_silent_change(monkeypatch):
-    from speechssl.training import trainer
-
-    class Stream:  # a refactored trainer: its DataLoader comes from somewhere else
-        def __init__(self, *args, **kwargs):
-            pass
-
-        def next(self):
-            return "a batch"
-
-    monkeypatch.delattr(trainer, "epoch_loader", raising=False)
-    monkeypatch.setattr(trainer, "MicroBatchStream", Stream)
-    step = loader.EpochStep("flac", loader.sizes(TINY), num_workers=0, pin_memory=False)
-    with pytest.raises(RuntimeError, match="give the trainer a public epoch_loader"):
-        step.open_loader(0)
 
 
 def _child(tmp_path, code: str) -> subprocess.Popen:

@@ -129,6 +129,38 @@ def sampler_tracks_position(batch_sampler: Any) -> bool:
     return state_dict is not None and "batches_consumed" in inspect.signature(state_dict).parameters
 
 
+def epoch_loader(
+    dataset: Any,
+    collate: Any,
+    batch_sampler: Any,
+    config: TrainerConfig,
+    info: DistInfo,
+    epoch: int,
+    *,
+    skip: int = 0,
+    prefetch_factor: int | None = None,
+) -> DataLoader:
+    """The training DataLoader the trainer opens for `epoch`, not yet iterated: sampler and dataset
+    set to that epoch, its first `skip` batches left out (a resume). Public for benchmarks.loader,
+    which times exactly this loader. prefetch_factor: None is torch's default (2 with workers)."""
+    if hasattr(batch_sampler, "set_epoch"):
+        batch_sampler.set_epoch(epoch)
+    if hasattr(dataset, "set_epoch"):  # new random crop windows (the workers copy it below)
+        dataset.set_epoch(epoch)
+    # Own generator: worker seeds must not consume the global torch RNG (exact resume).
+    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+    extra = {} if prefetch_factor is None else {"prefetch_factor": prefetch_factor}
+    return DataLoader(
+        dataset,
+        batch_sampler=_SkipBatches(batch_sampler, skip),
+        collate_fn=collate,
+        num_workers=config.num_workers,
+        generator=generator,
+        pin_memory=config.pin_memory and info.device.type == "cuda",
+        **extra,
+    )
+
+
 class MicroBatchStream:
     """Endless micro-batches across epochs; knows (epoch, batches consumed in it).
 
@@ -157,10 +189,15 @@ class MicroBatchStream:
         self._it: Iterator | None = None
 
     def _open_epoch(self) -> None:
-        if hasattr(self.batch_sampler, "set_epoch"):
-            self.batch_sampler.set_epoch(self.epoch)
-        if hasattr(self.dataset, "set_epoch"):  # new random crop windows (the workers copy it below)
-            self.dataset.set_epoch(self.epoch)
+        loader = epoch_loader(
+            self.dataset,
+            self.collate,
+            self.batch_sampler,
+            self.config,
+            self.info,
+            self.epoch,
+            skip=self._skip,
+        )
         if self.info.world_size > 1 and hasattr(self.batch_sampler, "__len__"):
             lengths = all_gather_object(len(self.batch_sampler))
             if len(set(lengths)) > 1:
@@ -169,16 +206,6 @@ class MicroBatchStream:
                     f"({lengths}); DDP would hang at the end of the epoch. Use a sampler that gives every "
                     "rank the same number of batches (DurationBucketSampler does)"
                 )
-        # Own generator: worker seeds must not consume the global torch RNG (exact resume).
-        generator = torch.Generator().manual_seed(self.config.seed * 100_003 + self.epoch)
-        loader = DataLoader(
-            self.dataset,
-            batch_sampler=_SkipBatches(self.batch_sampler, self._skip),
-            collate_fn=self.collate,
-            num_workers=self.config.num_workers,
-            generator=generator,
-            pin_memory=self.config.pin_memory and self.info.device.type == "cuda",
-        )
         self._it = iter(loader)
         self._skip = 0
 
