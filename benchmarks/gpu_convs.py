@@ -11,7 +11,8 @@ Used by benchmarks.gpu (its --quick shrinks the shapes).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +75,18 @@ def time_backward(
     return (time.perf_counter() - start) / steps
 
 
+@contextmanager
+def exact_fp32() -> Iterator[None]:
+    """TF32 off for cuDNN and cuBLAS: the correctness checks compare fp32 with fp32."""
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).norm() / b.float().norm())
 
@@ -93,13 +106,13 @@ def measure(batch: int, seconds: float, warmup: int, steps: int, device: str) ->
     pos = ConvPositionalEmbedding(768, 128, 16).to(device)
     frames = int(seconds * 50)
     x = torch.randn(batch, frames, 768, device=device, requires_grad=True)
-    with torch.no_grad():
+    with torch.no_grad(), exact_fp32():
         check = relative_error(
             pos(x[:2, : min(frames, 101)]), cudnn_positional_conv(pos, fp32=True)(x[:2, : min(frames, 101)])
         )
     ours = time_backward(pos, x, warmup, steps)
     name = f"positional conv (768 ch, 16 groups, kernel 128), {batch} x {frames} frames"
-    for label, fp32 in (("cuDNN conv1d bf16", False), ("cuDNN conv1d fp32", True)):
+    for label, fp32 in (("cuDNN conv1d bf16", False), ("cuDNN conv1d fp32 (TF32, torch's default)", True)):
         ref = time_backward(cudnn_positional_conv(pos, fp32), x, warmup, steps)
         note = f"{timing}; FFT vs fp32 conv1d: relative difference {check:.1e}"
         out.append(make_row(GROUP, f"{name}: ours (fp32 FFT) vs {label}", 1e3 * ours, 1e3 * ref, "ms",
@@ -109,7 +122,7 @@ def measure(batch: int, seconds: float, warmup: int, steps: int, device: str) ->
     encoder = build_conv_frontend(ConvFrontendConfig()).to(device)
     wavs = torch.randn(batch, int(seconds * 16000), device=device)
     lengths = torch.full((batch,), wavs.shape[1], device=device)
-    with torch.no_grad():
+    with torch.no_grad(), exact_fp32():
         check = relative_error(
             im2col_frontend(encoder, wavs[:2, : min(wavs.shape[1], 48000)]),
             encoder(wavs[:2, : min(wavs.shape[1], 48000)], lengths[:2])[0],

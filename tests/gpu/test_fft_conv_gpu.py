@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
 from speechssl.models.encoder import ConvPositionalEmbedding
@@ -13,11 +14,12 @@ from tests.gpu._gpu import GPU
 pytestmark = GPU
 
 
-def test_positional_conv_on_cuda_matches_the_cpu_conv():
+@pytest.mark.parametrize("frames", [301, 3001])  # one FFT block; several (overlap-save)
+def test_positional_conv_on_cuda_matches_the_cpu_conv(frames):
     torch.manual_seed(0)
     cpu = ConvPositionalEmbedding(768, 128, 16)  # the Base models' conv, weight norm included
     gpu = copy.deepcopy(cpu).cuda()
-    x = torch.randn(3, 301, 768)
+    x = torch.randn(2, frames, 768)
     ref = cpu(x.requires_grad_())
     ref.square().sum().backward()
     xg = x.detach().cuda().requires_grad_()

@@ -50,3 +50,39 @@ def test_fft_conv_compiles():
     x, w, b = torch.randn(2, 17, 8), torch.randn(8, 4, 5), torch.randn(8)
     compiled = torch.compile(fft_grouped_conv, dynamic=True)
     torch.testing.assert_close(compiled(x, w, b, 2), same_conv(x, w, b, 2), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("T, k", [(200, 16), (49, 16), (50, 16), (97, 15), (5, 16)])
+def test_long_inputs_go_by_blocks_with_the_same_result(monkeypatch, T, k):
+    """Overlap-save: with 64-frame blocks (49 outputs each for k = 16) every block boundary, a
+    last partial block and an input shorter than a block give conv1d's values, in fp64."""
+    import speechssl.models.fft_conv as fft_conv
+
+    monkeypatch.setattr(fft_conv, "BLOCK", 64)
+    g = torch.Generator().manual_seed(T + k)
+    x = torch.randn(2, T, 8, generator=g, dtype=torch.float64)
+    w, b = (
+        torch.randn(8, 2, k, generator=g, dtype=torch.float64),
+        torch.randn(8, generator=g, dtype=torch.float64),
+    )
+    got = fft_conv.fft_grouped_conv(x, w, b, 4)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, same_conv(x, w, b, 4), rtol=1e-10, atol=1e-10)  # fp64 stays fp64
+
+
+def test_the_weight_spectrum_does_not_grow_with_the_input():
+    """Base-model sizes: the largest tensor the FFT path makes is bounded by the block, not by T."""
+    w, b = torch.randn(768, 48, 128) * 0.02, torch.randn(768)
+    peak = {}
+    for T in (800, 4000):
+        x = torch.randn(1, T, 768)
+        with torch.no_grad(), torch.profiler.profile(profile_memory=True) as prof:
+            fft_grouped_conv(x, w, b, 16)
+        peak[T] = max(e.cpu_memory_usage for e in prof.key_averages())  # the largest op's allocations
+    assert peak[4000] < 2 * peak[800]  # per-op allocation: the 5x longer input does not make it 5x
+
+
+def test_autocast_leaves_fp64_alone_like_conv1d():
+    x, w, b = torch.randn(1, 9, 4, dtype=torch.float64), torch.randn(4, 2, 3, dtype=torch.float64), None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fft_grouped_conv(x, w, b, 2).dtype == same_conv(x, w, b, 2).dtype == torch.float64
