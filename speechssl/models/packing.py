@@ -93,14 +93,19 @@ class Packing:
 
 
 def _flash_varlen_serves(q: Tensor) -> bool:
-    """Whether the flash kernel takes these packed heads (N, H, d): CUDA, half precision, a head
-    size it was built for, an Ampere or newer GPU, and flash SDPA not switched off."""
+    """Whether the flash kernel takes these packed heads (N, H, d): a CUDA (not ROCm) build with
+    flash attention, an Ampere or newer GPU, half precision, flash SDPA not switched off, and a
+    head size every such GPU trains with (<= 128; the wav2vec 2.0 family uses 64). Otherwise the
+    jagged SDPA path picks whatever kernel fits."""
     d = q.shape[-1]
+    available = getattr(torch.backends.cuda, "is_flash_attention_available", lambda: True)
     return (
         q.is_cuda
+        and torch.version.hip is None
         and q.dtype in (torch.float16, torch.bfloat16)
         and d % 8 == 0
-        and d <= 256
+        and d <= 128
         and torch.backends.cuda.flash_sdp_enabled()
+        and available()
         and torch.cuda.get_device_capability(q.device)[0] >= 8
     )
