@@ -48,13 +48,12 @@ def im2col_frontend(encoder: ConvFeatureEncoder, wavs: torch.Tensor) -> torch.Te
 def cudnn_positional_conv(
     module: ConvPositionalEmbedding, fp32: bool
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The module's conv as cuDNN's conv1d (bf16 under the caller's autocast, or fp32)."""
+    """The module's conv as the CPU runs it (ConvPositionalEmbedding.direct: cuDNN's conv1d here),
+    in bf16 under the caller's autocast or in fp32."""
 
     def run(x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, enabled=not fp32):
-            xin = x.float() if fp32 else x
-            y = module.conv(xin.transpose(1, 2))[:, :, : x.shape[1]]  # (B, D, T)
-        return F.gelu(y).transpose(1, 2)
+            return F.gelu(module.direct(x.float() if fp32 else x))
 
     return run
 

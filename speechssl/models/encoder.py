@@ -58,10 +58,14 @@ class ConvPositionalEmbedding(nn.Module):
         """x: (B, T, D) -> positional signal (B, T, D)."""
         if x.is_cuda:  # the same convolution through the FFT: 5.5x faster on an H200 (fft_conv)
             return F.gelu(fft_grouped_conv(x, self.conv.weight, self.conv.bias, self.conv.groups))
+        return F.gelu(self.direct(x))
+
+    def direct(self, x: Tensor) -> Tensor:
+        """The conv as nn.Conv1d computes it, before the GELU: the CPU's path and the FFT's reference."""
         y = self.conv(x.transpose(1, 2))  # (B, D, T + even)
         if self.num_pad_remove:
             y = y[:, :, : -self.num_pad_remove]
-        return F.gelu(y).transpose(1, 2)
+        return y.transpose(1, 2)
 
 
 class LayerNormConvPositionalEmbedding(nn.Module):

@@ -1,11 +1,11 @@
 """Grouped 1-D convolution through the FFT, for the long positional conv on GPUs.
 
 wav2vec 2.0 / HuBERT / WavLM's positional conv has kernel 128 and 16 groups. cuDNN (9.19, H200)
-runs it on its legacy implicit-GEMM kernels: forward and backward took 14.8 ms in bf16 (7.8 ms in
-fp32 with TF32, torch's default) of a 58 ms HuBERT Base step (batch 8 x 15 s). The same convolution
-through an fp32 FFT took 1.9 ms (`python -m benchmarks.gpu`, rows from benchmarks/gpu_convs.py). On
-a CPU the FFT loses at inference lengths (51 vs 5 ms for one 1 s utterance, 2 cores): only CUDA
-takes this path.
+runs it on its legacy implicit-GEMM kernels: forward and backward took 15.6 ms in bf16 (8.6 ms in
+fp32 with TF32, torch's default) beside a 58 ms HuBERT Base step (batch 8 x 15 s). The same
+convolution through an fp32 FFT took 2.9 ms (`python -m benchmarks.gpu`, rows from
+benchmarks/gpu_convs.py, run D in benchmarks/RESULTS.md). On a CPU the FFT loses at inference
+lengths (51 vs 5 ms for one 1 s utterance, 2 cores): only CUDA takes this path.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ def fft_grouped_conv(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int
     x: (B, T, C) with C = groups * C_in; weight: (C_out, C_in, k) as nn.Conv1d keeps it.
     Returns (B, T, C_out): y[t] = sum_j weight[..., j] x[t + j - k // 2] (zero outside 0..T-1),
     which for an even k is the conv's output with its extra last frame dropped (fairseq SamePad).
-    Overlap-save in blocks of at most BLOCK frames, so the weight's spectrum (C_out x C_in x
-    BLOCK / 2 complex numbers: 151 MB for the Base models) does not grow with the input. Computed
+    Overlap-save in FFT blocks of BLOCK frames (more for a kernel over BLOCK / 2), so the weight's
+    spectrum (C_out x C_in x BLOCK / 2 complex numbers: 151 MB for the Base models) does not grow
+    with the input. Computed
     in fp32 (fp64 for fp64 input), also under autocast, and returned in the dtype conv1d gives.
     """
     B, T, C = x.shape  # batch, frames, channels
@@ -35,8 +36,9 @@ def fft_grouped_conv(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int
     out_dtype = torch.get_autocast_dtype(device) if autocast else x.dtype
     real = torch.float64 if x.dtype == torch.float64 else torch.float32
     with torch.autocast(device, enabled=False):
-        n = min(BLOCK, 1 << (T + k - 2).bit_length())  # >= T + k - 1 when one block holds the input
-        n = max(n, 1 << (2 * k - 2).bit_length())  # a block must hold a kernel and as many outputs
+        # one FFT length per kernel, whatever T: under torch.compile(dynamic=True) T stays symbolic
+        # (a length computed from T would recompile for every new batch length)
+        n = max(BLOCK, 1 << (2 * k - 2).bit_length())  # a block holds a kernel and as many outputs
         hop = n - k + 1  # outputs per block (overlap-save: the first k - 1 of a block wrap around)
         blocks = -(-T // hop)
         # y[t] = z[t + k - 1] for z the linear convolution of the padded input with the flipped kernel
