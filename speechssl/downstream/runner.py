@@ -581,11 +581,11 @@ def _keys(value: Any, prefix: str) -> set[str]:
 SD_HEAD_KEYS = frozenset({"head.sd_rnn_layers", "head.sd_hidden_dim"})
 
 
-def _resumable(source: Path, config: DownstreamConfig, task: str | None = None) -> frozenset[str]:
+def _resumable(source: Path, config: DownstreamConfig, task: str) -> frozenset[str]:
     """`RESUMABLE`; for a task other than sd the SD head's keys; and for a fine-tuning run every
     featurizer/head key (of the checkpoint's config and this one): that run uses neither section,
     so their defaults may change."""
-    base = (RESUMABLE | SD_HEAD_KEYS) if task is not None and task != "sd" else RESUMABLE
+    base = RESUMABLE | SD_HEAD_KEYS if task != "sd" else RESUMABLE
     if config.finetune is None:
         return base
     saved_path = source / "config.yaml"

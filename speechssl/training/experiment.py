@@ -44,7 +44,8 @@ RESUMABLE_KEYS = frozenset({
 # run written before it did: absent from a checkpoint's config.yaml, such a key matches at this
 # value only. (A new option's default need not be the old behaviour: head.sd_* replaced the SD
 # head's lstm_* sizes and `optimizer: adam` replaced AdamW (0.9, 0.98); those stay differences.)
-ADDED_OPTIONS: dict[str, Any] = {"trainer.strategy": "ddp", "model.encoder.layer_head_index": None}
+# An absent key also matches null, an option not in use (e.g. model.encoder.layer_head_index).
+ADDED_OPTIONS: dict[str, Any] = {"trainer.strategy": "ddp"}
 
 
 class ConfigMismatchError(SpeechSSLError):
@@ -73,9 +74,10 @@ def config_differences(
     added: Mapping[str, Any] = ADDED_OPTIONS,
 ) -> list[str]:
     """`key (checkpoint A, now B)` for every key of `config` (a dataclass) that differs from the
-    `saved` mapping (a checkpoint's config.yaml), leaving out `allowed` keys. A key of `added` that
-    the checkpoint lacks (nor holds its section as a value) matches at its listed value: the
-    option did not exist when the checkpoint was written, and that value is what the run did."""
+    `saved` mapping (a checkpoint's config.yaml), leaving out `allowed` keys. A key the checkpoint
+    lacks matches null (an option not in use) and, if listed in `added` (and the checkpoint does
+    not hold its section as a value), its listed value: the option did not exist when the
+    checkpoint was written, and that value is what the run did."""
     now = _plain(config)
     before = _flatten(saved)
     allowed = set(allowed)

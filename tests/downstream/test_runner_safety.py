@@ -204,11 +204,11 @@ def test_finetuning_resume_ignores_unused_sections(tmp_path):
     saved["featurizer"] = {**saved["featurizer"], "name": "hconv"}
     saved["lr"] = 1.0
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
-    diffs = config_differences(saved, config, allowed=runner._resumable(tmp_path, config))
+    diffs = config_differences(saved, config, allowed=runner._resumable(tmp_path, config, "asr"))
     assert [d.split(" ")[0] for d in diffs] == ["lr"]
     frozen = small_config()  # a downstream run still compares its head
     other_head = {**to_dict(frozen), "head": {**to_dict(frozen)["head"], "hidden_dim": 1}}
-    assert config_differences(other_head, frozen, allowed=runner._resumable(tmp_path, frozen))
+    assert config_differences(other_head, frozen, allowed=runner._resumable(tmp_path, frozen, "ks"))
 
 
 def test_resume_of_a_run_from_before_an_option_existed(tmp_path):
@@ -236,6 +236,7 @@ def test_resume_of_a_run_from_before_an_option_existed(tmp_path):
     )
     saved = to_dict(pretrain)
     del saved["trainer"]["strategy"]  # a run from before FSDP: DDP
+    del saved["model"]["encoder"]["layer_head_index"]  # null now: an option not in use
     assert config_differences(saved, pretrain) == []
     fsdp = dataclasses.replace(pretrain, trainer=dataclasses.replace(pretrain.trainer, strategy="fsdp"))
     assert [d.split(" ")[0] for d in config_differences(saved, fsdp)] == ["trainer.strategy"]
