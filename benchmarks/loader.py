@@ -3,7 +3,7 @@
 What is timed is what `speechssl pretrain` runs: an AudioDataset built as
 `training.pretrain.build_dataset` builds it (audio plus 50 Hz k-means units, random crops to
 `max_seconds`), the DurationBucketSampler of `data.batching.build_loader`, `collate_audio`, and
-the DataLoader the trainer opens every epoch (`trainer_loader`: the trainer's `num_workers`,
+the DataLoader the trainer opens every epoch (`trainer.epoch_loader`: the trainer's `num_workers`,
 `pin_memory` and generator), plus the trainer's host-to-device copy where CUDA exists. One call
 is one epoch over a corpus the benchmark writes to a temp dir (removed at exit, on an exception,
 and on SIGTERM, SIGINT or SIGHUP, `timeout`'s and ^C's signals): FLAC or WAV
@@ -162,17 +162,6 @@ def corpus(fmt: str, num_utts: int) -> Corpus:
     return Corpus(data_dir=data, seconds=seconds, compression=nbytes / pcm_bytes)
 
 
-def trainer_loader(
-    dataset: Any, collate: Any, batch_sampler: Any, config: Any, info: Any, epoch: int, *,
-    prefetch_factor: int | None = None,
-) -> torch.utils.data.DataLoader:  # fmt: skip
-    """The DataLoader the trainer opens for `epoch` (speechssl.training.trainer.epoch_loader), not
-    yet iterated, so no worker runs. prefetch_factor: passed to its DataLoader call, exactly the
-    change a `trainer.prefetch_factor` setting would make (None: the trainer's call as it is)."""
-    extra = {} if prefetch_factor is None else {"prefetch_factor": prefetch_factor}
-    return epoch_loader(dataset, collate, batch_sampler, config, info, epoch, **extra)
-
-
 class EpochStep:
     """One training epoch of the DataLoader the trainer opens. Each call opens the next epoch
     (a new DataLoader and its workers, as the trainer does every epoch), takes exactly its batches
@@ -208,7 +197,7 @@ class EpochStep:
         info = DistInfo(rank=0, world_size=1, local_rank=0, device=self.device)
         self.epoch = 0
         self.open_loader = functools.partial(
-            trainer_loader, loader.dataset, loader.collate_fn, loader.batch_sampler, config, info,
+            epoch_loader, loader.dataset, loader.collate_fn, loader.batch_sampler, config, info,
             prefetch_factor=prefetch_factor,
         )  # fmt: skip
 
