@@ -268,7 +268,7 @@ def run(quick: bool, profile: bool = False) -> list[Row]:
                              ref and ref[1], "GiB", higher_is_better=False))  # fmt: skip
     if profile:
         _try("profile", lambda: profile_step(seconds))
-        # padding-free ran at 0.32x the padded step on an H200 (2026-11-28): where its time goes
+        # padding-free: 0.31x of the padded step via jagged SDPA (run C), 1.23x calling flash (run D)
         _try("profile padding-free", lambda: profile_step(seconds, padding_free=True))
     return rows
 
