@@ -34,7 +34,7 @@ from speechssl.io import atomic_write_text
 
 GROUP = "gpu"
 T = TypeVar("T")
-DEVICE = "cuda"  # a CPU dry run of the code (tests) sets "cpu"
+DEVICE = "cuda"  # every row runs on the current CUDA device
 PRESETS = {"hubert": "hubert_base", "wav2vec2": "wav2vec2_base"}
 # Dense (no 2:4 sparsity) bf16 tensor-core peaks from NVIDIA's datasheets, TFLOP/s; first match
 # of the device name wins. The measured matmul is the other, reachable, reference.

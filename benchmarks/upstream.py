@@ -50,8 +50,9 @@ def runner(contender: str, model: torch.nn.Module, seconds: list[float], device:
     if contender == "torchaudio":
         device_lengths = lengths.to(device) if padded else None
         return lambda: model(wavs, device_lengths)[0]
-    attention_mask = (torch.arange(wavs.shape[1])[None, :] < lengths[:, None]).long() if padded else None
-    attention_mask = attention_mask.to(device) if padded else None
+    attention_mask = None
+    if padded:
+        attention_mask = (torch.arange(wavs.shape[1])[None, :] < lengths[:, None]).long().to(device)
     return lambda: model(wavs, attention_mask=attention_mask).last_hidden_state
 
 

@@ -17,6 +17,7 @@ path's up to float rounding (tests/models/test_packing.py: loss and gradients wi
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -93,19 +94,23 @@ class Packing:
 
 
 def _flash_varlen_serves(q: Tensor) -> bool:
-    """Whether the flash kernel takes these packed heads (N, H, d): a CUDA (not ROCm) build with
-    flash attention, an Ampere or newer GPU, half precision, flash SDPA not switched off, and a
-    head size every such GPU trains with (<= 128; the wav2vec 2.0 family uses 64). Otherwise the
-    jagged SDPA path picks whatever kernel fits."""
+    """Whether the flash kernel takes these packed heads (N, H, d): half precision, a head size
+    every flash GPU trains with (<= 128; the wav2vec 2.0 family uses 64), flash SDPA not switched
+    off, on a device that has the kernel. Otherwise the jagged SDPA picks whatever kernel fits."""
     d = q.shape[-1]
-    available = getattr(torch.backends.cuda, "is_flash_attention_available", lambda: True)
     return (
         q.is_cuda
-        and torch.version.hip is None
         and q.dtype in (torch.float16, torch.bfloat16)
         and d % 8 == 0
         and d <= 128
         and torch.backends.cuda.flash_sdp_enabled()
-        and available()
-        and torch.cuda.get_device_capability(q.device)[0] >= 8
+        and _flash_device(q.device)
     )
+
+
+@functools.cache
+def _flash_device(device: torch.device) -> bool:
+    """A CUDA (not ROCm) build with flash attention and an Ampere or newer GPU: asked once per
+    device, not in every layer of every step."""
+    available = getattr(torch.backends.cuda, "is_flash_attention_available", lambda: True)
+    return torch.version.hip is None and available() and torch.cuda.get_device_capability(device)[0] >= 8

@@ -61,11 +61,6 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: value}
 
 
-def _plain(config: Any) -> dict[str, Any]:
-    """A dataclass as the flat, YAML-typed mapping its config.yaml holds."""
-    return _flatten(yaml.safe_load(yaml.safe_dump(to_dict(config), sort_keys=False)))
-
-
 def config_differences(
     saved: dict,
     config: Any,
@@ -78,7 +73,7 @@ def config_differences(
     lacks matches null (an option not in use) and, if listed in `added` (and the checkpoint does
     not hold its section as a value), its listed value: the option did not exist when the
     checkpoint was written, and that value is what the run did."""
-    now = _plain(config)
+    now = _flatten(yaml.safe_load(yaml.safe_dump(to_dict(config), sort_keys=False)))
     before = _flatten(saved)
     allowed = set(allowed)
 
