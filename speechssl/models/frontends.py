@@ -15,6 +15,12 @@ from speechssl.data.audio import SAMPLE_RATE
 from speechssl.models.config import ConvFrontendConfig, FbankFrontendConfig
 
 
+def clamp_nonnegative(lengths: Tensor | int) -> Tensor | int:
+    """max(lengths, 0) of a tensor or of a host int. Frame counts of an int are computed with
+    Python arithmetic: under torch.compile a tensor made of it and read back broke the graph."""
+    return lengths.clamp(min=0) if isinstance(lengths, Tensor) else max(lengths, 0)
+
+
 class GradMultiply(torch.autograd.Function):
     """Identity forward, gradient scaled by `scale` backward (fairseq's feature_grad_mult)."""
 
@@ -105,11 +111,11 @@ class ConvFeatureEncoder(nn.Module):
             jump *= s
         return field
 
-    def output_lengths(self, lengths: Tensor) -> Tensor:
+    def output_lengths(self, lengths: Tensor | int) -> Tensor | int:
         """Valid frames for `lengths` valid samples (no padding in any conv: floor((L - k) / s) + 1)."""
         for k, s in zip(self.kernels, self.strides):
-            lengths = torch.div(lengths - k, s, rounding_mode="floor") + 1
-        return lengths.clamp(min=0)
+            lengths = (lengths - k) // s + 1  # floor division, for tensors as for ints
+        return clamp_nonnegative(lengths)
 
     def forward(self, wavs: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """wavs: (batch, samples); lengths: (batch,) valid samples.
@@ -172,12 +178,9 @@ class KaldiFbank(nn.Module):
         window = torch.hann_window(self.win_length, periodic=False).pow(0.85)  # povey window
         self.register_buffer("window", window.float(), persistent=False)
 
-    def num_frames(self, lengths: Tensor) -> Tensor:
-        return torch.where(
-            lengths >= self.win_length,
-            torch.div(lengths - self.win_length, self.hop_length, rounding_mode="floor") + 1,
-            torch.zeros_like(lengths),
-        )
+    def num_frames(self, lengths: Tensor | int) -> Tensor | int:
+        """Frames of `lengths` samples: none below one window (floor division makes those <= 0)."""
+        return clamp_nonnegative((lengths - self.win_length) // self.hop_length + 1)
 
     def forward(self, wavs: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """wavs: (batch, samples) -> (batch, frames, num_mel_bins), frames per utterance."""
@@ -215,11 +218,11 @@ class ConvSubsampler(nn.Module):
             for i in range(num_layers)
         )
 
-    def output_lengths(self, lengths: Tensor) -> Tensor:
+    def output_lengths(self, lengths: Tensor | int) -> Tensor | int:
         pad = self.kernel // 2
         for _ in self.convs:
-            lengths = torch.div(lengths + 2 * pad - self.kernel, 2, rounding_mode="floor") + 1
-        return lengths.clamp(min=0)
+            lengths = (lengths + 2 * pad - self.kernel) // 2 + 1
+        return clamp_nonnegative(lengths)
 
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """x: (batch, frames, in_dim) with padded frames zeroed -> (batch, frames / 2^n, dim)."""
@@ -254,7 +257,7 @@ class FbankFrontend(nn.Module):
     def receptive_field(self) -> int:
         return self.fbank.win_length
 
-    def output_lengths(self, lengths: Tensor) -> Tensor:
+    def output_lengths(self, lengths: Tensor | int) -> Tensor | int:
         return self.subsampler.output_lengths(self.fbank.num_frames(lengths))
 
     def forward(self, wavs: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:

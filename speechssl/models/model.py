@@ -69,9 +69,7 @@ class SSLModel(nn.Module):
         """Valid output frames for `samples` valid input samples: a (B,) tensor (-> (B,) long,
         on its device) or one count (-> int, no device involved). The one frame count of the
         model (its frontend's), for masks, label checks and padding."""
-        if isinstance(samples, Tensor):
-            return self.feature_extractor.output_lengths(samples)
-        return int(self.feature_extractor.output_lengths(torch.tensor(samples)))
+        return self.feature_extractor.output_lengths(samples)
 
     @property
     def hidden_dim(self) -> int:

@@ -33,6 +33,26 @@ def test_tiny_preset_forward_backward(name):
     assert not missing
 
 
+@pytest.mark.parametrize("name", TINY_PRESETS)
+def test_frame_count_of_an_int_equals_the_tensor_one_and_compiles_without_a_graph_break(name):
+    """The padded frame count comes from an int (wavs.shape[1]) by Python arithmetic: the same
+    counts as the tensor path at every boundary (below one window, at it, between strides), and
+    under torch.compile no tensor is made of it and read back (that broke the step's graph)."""
+    model = build_model(get_preset(name))
+    field = model.feature_extractor.receptive_field
+    samples = [0, 1, field - 1, field, field + 1, *range(6000, 6700, 37)]
+    tensor_counts = model.num_frames(torch.tensor(samples)).tolist()
+    int_counts = [model.num_frames(n) for n in samples]
+    assert int_counts == tensor_counts and all(type(n) is int for n in int_counts)
+    assert tensor_counts[:4] == [0, 0, 0, 1]
+
+    def padded_frames(wavs):
+        return wavs.sum() * model.num_frames(wavs.shape[1])
+
+    explained = torch._dynamo.explain(padded_frames)(torch.zeros(2, 6400))
+    assert explained.graph_break_count == 0, [b.reason.splitlines()[0] for b in explained.break_reasons]
+
+
 @pytest.mark.parametrize(
     ("name", "millions"),
     [
