@@ -6,8 +6,10 @@ its own recipe's optimizer (benchmarks.pretrain._optimizer). Per contender: step
 in audio-seconds per second, peak allocated memory; for ours also MFU against a large bf16
 matmul measured in the same run and against the datasheet's dense bf16 peak (both reported).
 Timing: CUDA-synchronised wall clock over `steps` steps after `warmup` steps; contenders run one
-after the other, each freed before the next. Without CUDA it writes nothing and says so (exit 0):
-CPU numbers are `python -m benchmarks`.
+after the other, each freed before the next. With --profile: where our steps' GPU time goes (rows:
+kernel time, GPU busy, launches per step). Last, our step with CUDA graphs (compile
+reduce-overhead). Without CUDA it writes nothing and says so (exit 0): CPU numbers are
+`python -m benchmarks`.
 """
 
 from __future__ import annotations
@@ -117,14 +119,14 @@ KERNEL_KINDS = (  # first match wins: cuDNN's implicit-GEMM convolutions also sa
 )
 
 
-def profile_step(seconds: list[float], steps: int = 3, top: int = 25, **options) -> dict:
-    """Where the GPU time of our HuBERT step (`options`: pretrain_step's) goes: kernel time by
-    kind, the share of the wall time the GPU is busy, and the top kernels (printed; the numbers
-    are also returned)."""
+def profile_step(family: str, seconds: list[float], steps: int = 3, top: int = 25, **options) -> dict:
+    """Where the GPU time of our `family` step (`options`: pretrain_step's) goes: kernel time by
+    kind, the share of the wall time the GPU is busy, kernel launches per step, and the top
+    kernels (printed; the summary is also returned, for the table)."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    step = training_step("hubert", "ours", seconds, **options)
+    step = training_step(family, "ours", seconds, **options)
     for _ in range(3):
         step()
     torch.cuda.synchronize()
@@ -146,9 +148,10 @@ def profile_step(seconds: list[float], steps: int = 3, top: int = 25, **options)
     def ms(us: float) -> float:
         return us / steps / 1e3
 
-    label = f"our {PRESETS['hubert']} bf16 step {options or ''}, {steps} steps"
+    launches = sum(e.count for e in kernels) / steps
+    label = f"our {PRESETS[family]} bf16 step {options or ''}, {steps} steps"
     print(f"[profile] {label}: wall {ms(wall_us):.1f} ms/step, kernels {ms(total):.1f} ms/step "
-          f"(GPU busy {100 * total / wall_us:.0f} %)")  # fmt: skip
+          f"(GPU busy {100 * total / wall_us:.0f} %), {launches:.0f} kernel launches/step")  # fmt: skip
     for kind, us in sorted(kinds.items(), key=lambda kv: -kv[1]):
         print(f"[profile]   {kind:18s} {ms(us):8.2f} ms/step  {100 * us / max(total, 1e-9):5.1f} %")
     print(f"[profile] top {top} kernels (ms per step, calls per step):")
@@ -159,7 +162,27 @@ def profile_step(seconds: list[float], steps: int = 3, top: int = 25, **options)
         print(
             f"[profile]   {ms(event.self_cpu_time_total):8.3f}  {event.count / steps:6.1f}  {event.key[:100]}"
         )
-    return {"wall_ms": ms(wall_us), "kernel_ms": ms(total), "kinds_ms": {k: ms(v) for k, v in kinds.items()}}
+    return {
+        "wall_ms": ms(wall_us),
+        "kernel_ms": ms(total),
+        "busy_pct": 100 * total / wall_us,
+        "launches": launches,
+        "kinds_ms": {k: ms(v) for k, v in kinds.items()},
+    }
+
+
+def profile_rows(family: str, label: str, summary: dict) -> list[Row]:
+    """A profile's summary as rows of the table (the full profile is in the log)."""
+    name = f"{PRESETS[family]} bf16 step, {label}, profiled"
+    note = "torch.profiler, 3 steps; " + ", ".join(
+        f"{kind} {value:.1f}" for kind, value in sorted(summary["kinds_ms"].items(), key=lambda kv: -kv[1])
+    )
+    return [
+        make_row(GROUP, f"{name}: kernel time per step", summary["kernel_ms"], None, "ms", note=note),
+        make_row(GROUP, f"{name}: wall time per step", summary["wall_ms"], None, "ms"),
+        make_row(GROUP, f"{name}: GPU busy", summary["busy_pct"], None, "%", note="kernel time / wall time"),
+        make_row(GROUP, f"{name}: kernel launches per step", summary["launches"], None, "launches"),
+    ]
 
 
 def cuda_info() -> dict:
@@ -193,9 +216,24 @@ TRAINING = (
     # last: in one run every eager row measured after a compiled one came out 20-30 % slower
     ("ours, torch.compile", "hubert", "ours", {"compile": True}),
 )
+# (family, label, options) of the profiled steps: padding-free went from 0.31x of the padded HuBERT
+# step via jagged SDPA (run C) to 1.23x calling flash (run D); wav2vec 2.0's stayed at 0.92x
+PROFILES = (
+    ("hubert", "padded", {}),
+    ("hubert", "padding-free", {"padding_free": True}),
+    ("wav2vec2", "padded", {}),
+    ("wav2vec2", "padding-free", {"padding_free": True}),
+)
+# after everything else, and saved apart: CUDA graphs replay the whole step with no launch cost,
+# an upper bound on what static (bucketed) batch shapes would buy a host-bound step
+CUDA_GRAPHS = ("ours, torch.compile mode reduce-overhead (CUDA graphs)", {"compile": "reduce-overhead"})
 
 
-def run(quick: bool, profile: bool = False) -> list[Row]:
+def run(
+    quick: bool, profile: bool = False, save: Callable[[list[Row]], object] = lambda rows: None
+) -> list[Row]:
+    """The rows; `save(rows)` gets those measured so far after each stage, so a check cut short by
+    its time limit still leaves them."""
     # full: ~78 audio-s per step, near fairseq's HuBERT Base batch per GPU (max_tokens 1.4M = 87.5 s)
     seconds = padded_batch(5.0, 4) if quick else padded_batch(15.0, 8)
     warmup, steps = (2, 5) if quick else (3, 20)
@@ -266,10 +304,28 @@ def run(quick: bool, profile: bool = False) -> list[Row]:
                              note=f"{timing}; inference_mode"))  # fmt: skip
         rows.append(make_row(GROUP, f"{name}: peak allocated memory vs {contender}", ours and ours[1],
                              ref and ref[1], "GiB", higher_is_better=False))  # fmt: skip
+    save(rows)
     if profile:
-        _try("profile", lambda: profile_step(seconds))
-        # padding-free: 0.31x of the padded step via jagged SDPA (run C), 1.23x calling flash (run D)
-        _try("profile padding-free", lambda: profile_step(seconds, padding_free=True))
+        for family, label, options in PROFILES:
+            profiled = functools.partial(profile_step, family, seconds, **options)
+            summary = _try(f"profile {family} {label}", profiled)
+            rows += profile_rows(family, label, summary) if summary else []
+        save(rows)
+    label, options = CUDA_GRAPHS
+    build = functools.partial(training_step, "hubert", "ours", seconds, **options)
+    graphs = _try(f"hubert {label}", functools.partial(measure, build, warmup, steps))
+    eager, compiled = results["hubert", "ours"], results["hubert", "ours, torch.compile"]
+    name = f"{PRESETS['hubert']} bf16 pretraining step, {batch}: {label}"
+    for reference, ref_label in ((eager, "eager"), (compiled, "default compile")):
+        rows.append(make_row(GROUP, f"{name} vs {ref_label}, throughput", graphs and audio / graphs[0],
+                             reference and audio / reference[0], "audio-s/s",
+                             note=f"{timing}; the same batch every step (one static shape)"))  # fmt: skip
+    if graphs:
+        config = pretrain_config("hubert", PRESETS["hubert"], None).model
+        achieved = 3 * sum(forward_flops(config, s) for s in seconds) / graphs[0]
+        rows.append(make_row(GROUP, f"{name}: MFU", 100 * achieved / peak, None, "%",
+                             note=f"{achieved / 1e12:.1f} TFLOP/s; of the measured matmul peak"))  # fmt: skip
+    save(rows)
     return rows
 
 
@@ -278,9 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller batch and fewer steps (~1 minute)")
     parser.add_argument("--json", help="write {meta, rows} here")
     parser.add_argument("--md", help="write the markdown table here")
-    parser.add_argument(
-        "--profile", action="store_true", help="also print where our HuBERT step's GPU time goes"
-    )
+    parser.add_argument("--profile", action="store_true", help="also profile where our steps' GPU time goes")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("no CUDA: GPU benchmark rows not measured (nothing written)")
@@ -289,17 +343,20 @@ def main(argv: list[str] | None = None) -> int:
     meta = machine_info(torch.get_num_threads())
     command = "python -m benchmarks.gpu " + " ".join(sys.argv[1:] if argv is None else argv)
     meta.update(cuda_info(), mode="quick" if args.quick else "full", command=command)
-    rows = run(args.quick, args.profile)
-    meta["wall_s"] = time.perf_counter() - start
-    if args.json:
-        atomic_write_text(
-            args.json, json.dumps({"meta": meta, "rows": [r.as_dict() for r in rows]}, indent=1) + "\n"
-        )
-    table = (f"GPU {meta['gpu']} ({meta['gpu_memory_gib']} GiB), CUDA {meta['cuda']}, "
-             f"cuDNN {meta['cudnn']}.\n\n" + to_markdown(rows, meta))  # fmt: skip
-    if args.md:
-        atomic_write_text(args.md, table)
-    print(table)
+
+    def save(rows: list[Row], complete: bool = False) -> str:
+        meta.update(wall_s=time.perf_counter() - start, complete=complete)
+        if args.json:
+            text = json.dumps({"meta": meta, "rows": [r.as_dict() for r in rows]}, indent=1) + "\n"
+            atomic_write_text(args.json, text)
+        table = (f"GPU {meta['gpu']} ({meta['gpu_memory_gib']} GiB), CUDA {meta['cuda']}, "
+                 f"cuDNN {meta['cudnn']}." + ("" if complete else " **Partial: the run was cut short.**")
+                 + "\n\n" + to_markdown(rows, meta))  # fmt: skip
+        if args.md:
+            atomic_write_text(args.md, table)
+        return table
+
+    print(save(run(args.quick, args.profile, save), complete=True))
     return 0
 
 

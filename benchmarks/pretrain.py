@@ -84,13 +84,14 @@ def _train_step(
 def pretrain_step(
     contender: str, family: str, preset: str, seconds: list[float], num_layers: int | None = None,
     frontend: str = "conv", frame_rate: int = 50, optimizer: str = "recipe", device: str = "cpu",
-    amp: torch.dtype | None = None, compile: bool = False, padding_free: bool = False,
+    amp: torch.dtype | None = None, compile: bool | str = False, padding_free: bool = False,
 ) -> Step:  # fmt: skip
     """One optimizer step of `contender` ("ours" | "torchaudio" | "transformers") on a padded batch
     (`optimizer`: see `_optimizer`) on `device`, under autocast to `amp` if given. Ours gets the
     lengths on the host, as the trainer's loader gives them (the model reads them without a device
     sync); the references get them on the device, as their recipes do. `compile`: ours through
-    torch.compile; `padding_free`: ours with data.padding_free."""
+    torch.compile (a string: its mode, e.g. "reduce-overhead" for CUDA graphs); `padding_free`:
+    ours with data.padding_free."""
     config = pretrain_config(family, preset, num_layers, frontend, frame_rate)
     torch.manual_seed(0)
     ours = build_pretrain_model(config)
@@ -103,7 +104,8 @@ def pretrain_step(
     if contender == "ours":
         getattr(ours, family).padding_free = padding_free
         model = ours.to(device)
-        forward = torch.compile(model) if compile else model
+        mode = compile if isinstance(compile, str) else None
+        forward = torch.compile(model, mode=mode) if compile else model
     if family == "hubert":
         T = int(frames.max())
         labels = torch.randint(0, config.hubert.num_classes[0], (len(seconds), T),
