@@ -17,7 +17,18 @@ if not __package__:  # run as `python path/to/benchmarks`: import the package fr
 
 import torch  # noqa: E402
 
-from benchmarks import compression, head, kmeans_fit, loader, mfu, pretrain, superb, units_data, upstream  # noqa: E402
+from benchmarks import (  # noqa: E402
+    compression,
+    head,
+    host,
+    kmeans_fit,
+    loader,
+    mfu,
+    pretrain,
+    superb,
+    units_data,
+    upstream,
+)
 from benchmarks.harness import Row, Settings, machine_info, to_markdown  # noqa: E402
 from speechssl.io import atomic_write_text  # noqa: E402
 
@@ -25,6 +36,7 @@ GROUPS: dict[str, Callable[[Settings], list[Row]]] = {
     "upstream": upstream.run,
     "pretrain": pretrain.run,
     "frontends": pretrain.run_frontends,
+    "host": host.run,
     "head": head.run,
     "units": units_data.run,
     "compression": compression.run,

@@ -34,16 +34,29 @@ FRONTEND_GROUP = "frontends"
 
 
 def pretrain_config(
-    family: str, preset: str, num_layers: int | None, frontend: str = "conv", frame_rate: int = 50
-) -> PretrainModelConfig:
+    family: str, preset: str, num_layers: int | None, frontend: str = "conv", frame_rate: int = 50,
+    narrow: bool = False,
+) -> PretrainModelConfig:  # fmt: skip
     """The pretraining preset of `preset` (e.g. "hubert_base"), LayerDrop off, optionally fewer layers
-    or the fbank frontend (subsampler as wide as the conv frontend's output)."""
+    or the fbank frontend (subsampler as wide as the conv frontend's output). `narrow`: every width
+    32 or less (the preset's depth, heads of 8 dims), so that a step's time is its dispatch."""
     config = get_pretrain_preset(preset)
     model = model_config(preset, num_layers)
     if frontend == "fbank":
         fe = FbankFrontendConfig(subsampler_dim=model.frontend.output_dim, frame_rate=frame_rate)  # type: ignore[arg-type]
         model = replace(model, frontend=fe)
     assert model.family == family
+    if narrow:
+        if frontend != "conv":
+            raise ValueError("narrow widths are for the conv frontend")
+        frontend_config = replace(model.frontend, conv_dim=[32] * len(model.frontend.conv_dim))  # type: ignore[arg-type]
+        encoder = replace(model.encoder, embed_dim=32, num_heads=4, ffn_dim=64)
+        model = replace(model, frontend=frontend_config, encoder=encoder)
+        if config.hubert is not None:
+            config = replace(config, hubert=replace(config.hubert, final_dim=16, num_classes=[50]))
+        if config.wav2vec2 is not None:
+            quantizer = replace(config.wav2vec2.quantizer, codevector_dim=16)
+            config = replace(config, wav2vec2=replace(config.wav2vec2, final_dim=16, quantizer=quantizer))
     return replace(config, model=model)
 
 
@@ -85,14 +98,15 @@ def pretrain_step(
     contender: str, family: str, preset: str, seconds: list[float], num_layers: int | None = None,
     frontend: str = "conv", frame_rate: int = 50, optimizer: str = "recipe", device: str = "cpu",
     amp: torch.dtype | None = None, compile: bool | str = False, padding_free: bool = False,
+    narrow: bool = False,
 ) -> Step:  # fmt: skip
     """One optimizer step of `contender` ("ours" | "torchaudio" | "transformers") on a padded batch
     (`optimizer`: see `_optimizer`) on `device`, under autocast to `amp` if given. Ours gets the
     lengths on the host, as the trainer's loader gives them (the model reads them without a device
     sync); the references get them on the device, as their recipes do. `compile`: ours through
     torch.compile (a string: its mode, e.g. "reduce-overhead" for CUDA graphs); `padding_free`:
-    ours with data.padding_free."""
-    config = pretrain_config(family, preset, num_layers, frontend, frame_rate)
+    ours with data.padding_free; `narrow`: see `pretrain_config`."""
+    config = pretrain_config(family, preset, num_layers, frontend, frame_rate, narrow)
     torch.manual_seed(0)
     ours = build_pretrain_model(config)
     host_wavs, lengths = waves(seconds)

@@ -1,0 +1,112 @@
+"""Row group "host": what a pretraining step costs the host, which bounds a GPU step (issue 18:
+the H200 profile saw the GPU busy 47 % of our HuBERT Base step, at about 1,350 kernel launches).
+
+At Base depth (7 convs, 12 layers) but widths of 32 (`pretrain_config(narrow=True)`) compute is
+negligible, so a step's CPU time is its dispatch: ours vs torchaudio's HuBERT and transformers'
+wav2vec 2.0, interleaved, each with its own optimizer. Two counts that do not depend on the
+machine's load come with it: the top-level aten ops of one step (each at least one launch on a
+GPU, views aside), and the graphs `torch.compile` splits our step into (`torch._dynamo.explain`;
+every break is host work between two compiled graphs, and CUDA graphs replay one graph at a time).
+"""
+
+from __future__ import annotations
+
+import cProfile
+import pstats
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+import speechssl
+from benchmarks.common import waves
+from benchmarks.harness import Case, Row, Settings, Spec, Step, make_row, run_cases
+from benchmarks.pretrain import pretrain_config
+from speechssl.objectives import build_pretrain_model
+
+GROUP = "host"
+SPEECHSSL_DIR = str(Path(speechssl.__file__).resolve().parent)
+PRESETS = {"hubert": ("hubert_base", "torchaudio"), "wav2vec2": ("wav2vec2_base", "transformers")}
+
+
+def top_level_ops(step: Step) -> int:
+    """aten ops of one steady-state call of `step` that no other aten op called (those each reach
+    the device); the first calls, which create the optimizer's state, are not counted."""
+    for _ in range(2):
+        step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+
+    def top_level(event) -> bool:
+        parent = event.cpu_parent
+        while parent is not None:
+            if parent.name.startswith("aten::"):
+                return False
+            parent = parent.cpu_parent
+        return True
+
+    return sum(1 for e in prof.events() if e.name.startswith("aten::") and top_level(e))
+
+
+def python_shares(step: Step, calls: int = 10) -> tuple[float, float]:
+    """(% of `step`'s profiled CPU time spent in Python frames, % in speechssl's own) by cProfile:
+    the rest is torch's C++ (ops, autograd), which only fewer ops or compiled graphs reduce."""
+    step()
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(calls):
+        step()
+    profiler.disable()
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    total = sum(entry[2] for entry in stats.values())  # self time of every function
+    python = sum(entry[2] for (filename, _, _), entry in stats.items() if filename != "~")  # "~": builtins
+    ours = sum(entry[2] for (filename, _, _), entry in stats.items() if SPEECHSSL_DIR in filename)
+    return 100 * python / total, 100 * ours / total
+
+
+def compiled_graphs(family: str, preset: str, seconds: list[float], padding_free: bool = False) -> int:
+    """How many graphs torch.compile makes of our step's forward (1 = no graph break)."""
+    config = pretrain_config(family, preset, None, narrow=True)
+    torch.manual_seed(0)
+    model = build_pretrain_model(config)
+    getattr(model, family).padding_free = padding_free
+    wavs, lengths = waves(seconds)
+    inputs: list[torch.Tensor] = [wavs, lengths]
+    if family == "hubert":
+        frames = int(model.hubert.num_frames(lengths).max())
+        inputs.append(torch.randint(0, config.hubert.num_classes[0], (len(seconds), frames)))
+    torch._dynamo.reset()
+    graphs = torch._dynamo.explain(model)(*inputs).graph_count
+    torch._dynamo.reset()
+    return graphs
+
+
+def _spec(contender: str, family: str, preset: str, seconds: list[float]) -> Spec:
+    kwargs = {"contender": contender, "family": family, "preset": preset, "seconds": seconds, "narrow": True}
+    return Spec(module="benchmarks.pretrain", factory="pretrain_step", kwargs=kwargs)
+
+
+def run(settings: Settings) -> list[Row]:
+    seconds = [0.5, 0.45] if settings.tiny else [0.5, 0.45, 0.4, 0.35, 0.5, 0.3, 0.45, 0.5]
+    batch = f"batch {len(seconds)} x <= {max(seconds):g} s"
+    rows: list[Row] = []
+    for family, (preset, reference) in PRESETS.items():
+        name = f"{preset} depth at widths of 32, step (fwd+bwd+AdamW), {batch}"
+        specs = {c: _spec(c, family, preset, seconds) for c in ("ours", reference)}
+        case = Case(name=name, work=1.0, unit="steps/s", contenders=specs)
+        no_memory = replace(settings, memory=False)  # the widths make memory meaningless
+        rows += run_cases(GROUP, [case], no_memory, note="dispatch; compute is negligible")
+        python, own = python_shares(specs["ours"].build())
+        rows.append(make_row(GROUP, f"{name}: ours, share of CPU time in Python frames", python, None, "%",
+                             note=f"cProfile self time; {own:.1f} % in speechssl's own"))  # fmt: skip
+        ours, ref = (top_level_ops(spec.build()) for spec in specs.values())
+        rows.append(make_row(GROUP, f"{name}: top-level aten ops per step vs {reference}", ours, ref, "ops",
+                             higher_is_better=False, note="torch.profiler; views included"))  # fmt: skip
+        for padding_free in (False, True):
+            graphs = compiled_graphs(family, preset, seconds, padding_free)
+            kind = "padding-free" if padding_free else "padded"
+            rows.append(make_row(GROUP, f"{preset} {kind} step under torch.compile: graphs", graphs, None,
+                                 "graphs", higher_is_better=False,
+                                 note="torch._dynamo.explain; 1 = no graph break"))  # fmt: skip
+    return rows
