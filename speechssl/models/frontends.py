@@ -15,9 +15,18 @@ from speechssl.data.audio import SAMPLE_RATE
 from speechssl.models.config import ConvFrontendConfig, FbankFrontendConfig
 
 
+# Frame counts of a tensor or of a host int: an int stays Python arithmetic (under torch.compile a
+# tensor made of it and read back broke the graph).
+def floor_div(lengths: Tensor | int, divisor: int) -> Tensor | int:
+    """floor(lengths / divisor). Not `//` on a tensor: the TorchScript-based ONNX exporter lowers
+    aten::floor_divide to a truncating division (1 frame instead of 0 below one window)."""
+    if isinstance(lengths, Tensor):
+        return torch.div(lengths, divisor, rounding_mode="floor")
+    return lengths // divisor
+
+
 def clamp_nonnegative(lengths: Tensor | int) -> Tensor | int:
-    """max(lengths, 0) of a tensor or of a host int. Frame counts of an int are computed with
-    Python arithmetic: under torch.compile a tensor made of it and read back broke the graph."""
+    """max(lengths, 0)."""
     return lengths.clamp(min=0) if isinstance(lengths, Tensor) else max(lengths, 0)
 
 
@@ -114,7 +123,7 @@ class ConvFeatureEncoder(nn.Module):
     def output_lengths(self, lengths: Tensor | int) -> Tensor | int:
         """Valid frames for `lengths` valid samples (no padding in any conv: floor((L - k) / s) + 1)."""
         for k, s in zip(self.kernels, self.strides):
-            lengths = (lengths - k) // s + 1  # floor division, for tensors as for ints
+            lengths = floor_div(lengths - k, s) + 1
         return clamp_nonnegative(lengths)
 
     def forward(self, wavs: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
@@ -180,7 +189,7 @@ class KaldiFbank(nn.Module):
 
     def num_frames(self, lengths: Tensor | int) -> Tensor | int:
         """Frames of `lengths` samples: none below one window (floor division makes those <= 0)."""
-        return clamp_nonnegative((lengths - self.win_length) // self.hop_length + 1)
+        return clamp_nonnegative(floor_div(lengths - self.win_length, self.hop_length) + 1)
 
     def forward(self, wavs: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """wavs: (batch, samples) -> (batch, frames, num_mel_bins), frames per utterance."""
@@ -221,7 +230,7 @@ class ConvSubsampler(nn.Module):
     def output_lengths(self, lengths: Tensor | int) -> Tensor | int:
         pad = self.kernel // 2
         for _ in self.convs:
-            lengths = (lengths + 2 * pad - self.kernel) // 2 + 1
+            lengths = floor_div(lengths + 2 * pad - self.kernel, 2) + 1
         return clamp_nonnegative(lengths)
 
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:

@@ -67,7 +67,7 @@ class SSLModel(nn.Module):
 
     def num_frames(self, samples: Tensor | int) -> Tensor | int:
         """Valid output frames for `samples` valid input samples: a (B,) tensor (-> (B,) long,
-        on its device) or one count (-> int, no device involved). The one frame count of the
+        on its device) or one Python int (-> int, no device involved). The one frame count of the
         model (its frontend's), for masks, label checks and padding."""
         return self.feature_extractor.output_lengths(samples)
 

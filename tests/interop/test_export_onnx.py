@@ -93,6 +93,20 @@ def test_onnxruntime_agrees_with_pytorch_at_new_batch_sizes_and_lengths(checkpoi
         assert_valid_frames_close(hidden, frames, ref, ref_lens)
 
 
+@pytest.mark.parametrize("name", ["conv_group_norm", "fbank"])
+def test_onnx_frame_counts_are_zero_below_one_window(checkpoints, tmp_path, name):
+    """Floor division exported as floor, not truncation: a row shorter than the receptive field
+    has 0 frames, as in PyTorch (the exporter truncates aten::floor_divide: 1 frame)."""
+    out = onnx_export.export_onnx(speechssl.load_upstream(checkpoints[name]), tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    up = speechssl.load_upstream(checkpoints[name])
+    lens = torch.tensor([8000, 399, 200, 1, 0])
+    wavs, _ = random_waves([8000] * len(lens), seed=3)
+    (frames,) = session.run(["lengths"], {"wavs": wavs.numpy(), "wav_lens": lens.numpy()})
+    expected = up.model.num_frames(lens).tolist()
+    assert frames.tolist() == expected and expected[1:] == [0, 0, 0, 0]
+
+
 def test_onnx_graph_declares_the_contract_with_symbolic_batch_and_time(checkpoints, tmp_path):
     out = onnx_export.export_onnx(speechssl.load_upstream(checkpoints["pruned"]), tmp_path / "m.onnx")
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
