@@ -60,18 +60,23 @@ def pretrain_config(
     return replace(config, model=model)
 
 
-OPTIMIZERS = ("recipe", "torch")
+OPTIMIZERS = ("recipe", "recipe_foreach", "torch")
 
 
 def _optimizer(model: torch.nn.Module, optimizer: str, ours: bool) -> torch.optim.Optimizer:
     """ "recipe": what each toolkit's own pretraining uses: speechssl's trainer builds fused AdamW
     (build_optimizer), torchaudio's HuBERT and transformers' wav2vec 2.0 recipes torch's default
-    AdamW. "torch": torch's default AdamW for every contender (the model alone compared)."""
-    if optimizer == "recipe" and ours:
-        return build_optimizer(model, TrainerConfig(lr=1e-5, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01))
+    AdamW. "recipe_foreach": the same, the references' AdamW in its multi-tensor form, which torch
+    picks by default on CUDA (on a CPU it loops over the parameters): what their step issues on a
+    GPU. "torch": torch's default AdamW for every contender (the model alone compared)."""
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer '{optimizer}'; valid: {', '.join(OPTIMIZERS)}")
-    return torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
+    if optimizer != "torch" and ours:
+        return build_optimizer(model, TrainerConfig(lr=1e-5, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01))
+    foreach = True if optimizer == "recipe_foreach" else None
+    return torch.optim.AdamW(
+        model.parameters(), lr=1e-5, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01, foreach=foreach
+    )
 
 
 def _train_step(
