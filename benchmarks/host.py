@@ -35,7 +35,8 @@ MASKS = {  # what the op counts include besides the network
 }
 
 
-# aten ops that launch no kernel on a GPU: views, metadata, allocations
+# aten ops that launch no kernel on a GPU: views, metadata, allocations (and host reads: a sync,
+# not a launch; none is in our GPU step)
 NO_KERNEL = frozenset(
     "aten::" + name
     for name in (
@@ -43,35 +44,43 @@ NO_KERNEL = frozenset(
         "squeeze", "expand", "expand_as", "permute", "slice", "select", "as_strided", "alias", "split",
         "split_with_sizes", "chunk", "unbind", "narrow", "lift_fresh", "view_as", "flatten", "unflatten",
         "movedim", "diagonal", "resolve_conj", "resolve_neg", "empty", "empty_like", "empty_strided",
-        "contiguous", "to", "numpy_T", "result_type", "is_nonzero", "_local_scalar_dense", "item",
+        "new_empty", "contiguous", "to", "numpy_T", "result_type", "is_nonzero", "_local_scalar_dense",
+        "item",
     )
 )  # fmt: skip
 
 
 def device_ops(step: Step) -> int:
-    """aten ops of one steady-state call of `step` that compute: those that call no other aten op,
-    views and allocations left out, and each multi-tensor `_foreach_*` op once (a CPU runs it as a
-    loop of per-tensor ops, a GPU as a few fused launches). On a GPU each is a kernel launch or a
-    copy. The first calls, which create the optimizer's state, are not counted."""
+    """aten ops of one steady-state call of `step` that compute: those with no computing aten op
+    below them (views, allocations and host syncs compute nothing here), each multi-tensor
+    `_foreach_*` op once (a CPU runs it as a loop of per-tensor ops, a GPU as a few fused
+    launches). On a GPU each is about one kernel launch or copy. The first calls, which create the
+    optimizer's state, are not counted."""
     for _ in range(2):
         step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
 
-    def foreach(event) -> bool:
-        return event.name.startswith("aten::_foreach_")
+    def computing(event) -> bool:
+        return event.name.startswith("aten::") and event.name not in NO_KERNEL
 
-    def computes(event) -> bool:
-        if not event.name.startswith("aten::") or event.name in NO_KERNEL:
-            return False
+    def below(event) -> bool:  # a computing op under `event`
+        return any(computing(child) or below(child) for child in event.cpu_children)
+
+    def under_foreach(event) -> bool:
         parent = event.cpu_parent
         while parent is not None:
-            if foreach(parent):
-                return False  # counted as its _foreach_ op
+            if parent.name.startswith("aten::_foreach_"):
+                return True
             parent = parent.cpu_parent
-        return foreach(event) or not any(child.name.startswith("aten::") for child in event.cpu_children)
+        return False
 
-    return sum(1 for e in prof.events() if computes(e))
+    def counted(event) -> bool:
+        if not computing(event) or under_foreach(event):
+            return False
+        return event.name.startswith("aten::_foreach_") or not below(event)
+
+    return sum(1 for e in prof.events() if counted(e))
 
 
 def python_shares(step: Step, calls: int = 10) -> tuple[float, float]:
@@ -127,7 +136,7 @@ def run(settings: Settings) -> list[Row]:
         rows.append(make_row(GROUP, f"{name}: ours, share of CPU time in Python frames", python, None, "%",
                              note=f"cProfile self time; {own:.1f} % in speechssl's own"))  # fmt: skip
         ours, ref = (device_ops(spec.build()) for spec in specs.values())
-        note = "torch.profiler: leaf ops, views and allocations left out; " + MASKS[family]
+        note = "torch.profiler: ops with no computing op below them; " + MASKS[family]
         rows.append(make_row(GROUP, f"{name}: aten ops that compute per step vs {reference}", ours, ref,
                              "ops", higher_is_better=False, note=note))  # fmt: skip
         for padding_free in (False, True):
