@@ -371,12 +371,15 @@ class TransformerEncoder(nn.Module):
         *,
         num_layers: int | None = None,
         packing: Packing | None = None,
+        hidden_states: bool = True,
     ) -> tuple[Tensor, list[Tensor]]:
         """x: (B, T, D); padding_mask: (B, T) bool, True = pad, or None when nothing is padded
         (pass None then: without a mask SDPA may use its fused kernels; the caller knows from
         the lengths, see SSLModel.frontend_forward, so no device sync is spent finding out).
         `num_layers` stops early (feature extraction from a lower layer). `packing`: the layers
         run padding-free on the packed valid frames (the outputs are zero at padded frames).
+        `hidden_states=False` returns no hidden states: packed, each would be unpacked into a
+        padded copy that a masked-prediction step never reads.
         Returns (last_hidden_state, hidden_states)."""
         if packing is not None:
             self.check_packable()
@@ -389,19 +392,21 @@ class TransformerEncoder(nn.Module):
         position_bias = self.position_bias(x)  # once per forward
         if packing is not None:
             x = packing.pack(x)  # (N, D)
-        hidden_states = [x]
+        states = [x]
         for i, layer in enumerate(self.layers):
             if num_layers is not None and i >= num_layers:
                 break
             if self.training and self.layerdrop > 0.0 and torch.rand(()) < self.layerdrop:
-                hidden_states.append(x)  # skipped layer: keep one entry per layer
+                states.append(x)  # skipped layer: keep one entry per layer
                 continue
             x = layer(x, packing=packing) if packing is not None else layer(x, padding_mask, position_bias)
-            hidden_states.append(x)
+            states.append(x)
         last = self.layer_norm(x) if self.layer_norm_first else x
+        if not hidden_states:
+            states = []
         if packing is not None:
-            return packing.unpack(last), [packing.unpack(h) for h in hidden_states]
-        return last, hidden_states
+            return packing.unpack(last), [packing.unpack(h) for h in states]
+        return last, states
 
 
 def build_encoder(config: EncoderConfig) -> TransformerEncoder:

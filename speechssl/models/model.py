@@ -125,9 +125,12 @@ class SSLModel(nn.Module):
         *,
         num_layers: int | None = None,
         packing: Packing | None = None,
+        hidden_states: bool = True,
     ) -> tuple[Tensor, list[Tensor]]:
         """Projected features (B, T, D) -> (last_hidden_state, hidden_states)."""
-        return self.encoder(x, padding_mask, num_layers=num_layers, packing=packing)
+        return self.encoder(
+            x, padding_mask, num_layers=num_layers, packing=packing, hidden_states=hidden_states
+        )
 
     def forward(
         self,
@@ -152,11 +155,12 @@ class SSLModel(nn.Module):
         if padded and self.padding_free:  # frame counts from the host lengths: no device sync
             packing = Packing.from_lengths(self.num_frames(lengths), feats.shape[1], feats.device)
         last, hidden_states = self.encoder_forward(
-            x, padding_mask if padded else None, num_layers=num_layers, packing=packing
-        )
+            x, padding_mask if padded else None, num_layers=num_layers, packing=packing,
+            hidden_states=output_hidden_states,
+        )  # fmt: skip
         return EncoderOutput(
             last_hidden_state=last,
-            hidden_states=hidden_states if output_hidden_states else [],
+            hidden_states=hidden_states,
             lengths=frame_lengths,
             padding_mask=padding_mask,
             extract_features=extract_features,

@@ -142,7 +142,7 @@ def masked_forward(
         )
     out = model(
         wavs, lengths, mask_time_indices=to_device(mask_time_indices, wavs.device),
-        mask_channel_indices=mask_channel_indices,
+        mask_channel_indices=mask_channel_indices, output_hidden_states=False,  # predicted from the last only
     )  # fmt: skip
     return out, mask_time_indices
 

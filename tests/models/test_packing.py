@@ -49,9 +49,13 @@ def test_packed_and_padded_steps_give_the_same_loss_and_gradients(preset, norm_f
             0, 50, (len(LENGTHS), int(frames.max())), generator=torch.Generator().manual_seed(4)
         )
     padded_loss, padded = _step(model, False, targets)
-    with mock.patch.object(Packing, "pack", autospec=True, side_effect=Packing.pack) as pack:
+    with (
+        mock.patch.object(Packing, "pack", autospec=True, side_effect=Packing.pack) as pack,
+        mock.patch.object(Packing, "unpack", autospec=True, side_effect=Packing.unpack) as unpack,
+    ):
         packed_loss, packed = _step(model, True, targets)
     assert pack.call_count == 1  # the layers really ran packed
+    assert unpack.call_count == 1  # only the last hidden state: the step reads no other
     assert torch.allclose(packed_loss, padded_loss, rtol=1e-5, atol=1e-6), (packed_loss, padded_loss)
     assert packed.keys() == padded.keys()
     largest = max(float(g.abs().max()) for g in padded.values())
