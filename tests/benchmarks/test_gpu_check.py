@@ -1,4 +1,5 @@
-"""`make gpu-check` on a machine without CUDA: it says so and exits 0, having run nothing."""
+"""`make gpu-check` (tools/gpu_check.sh): without CUDA it says so and exits 0, having run nothing;
+with a (fake) CUDA python it hands back only the rows the run itself saved, complete or partial."""
 
 from __future__ import annotations
 
@@ -31,3 +32,51 @@ def test_gpu_check_rejects_an_unknown_option():
         ["bash", "tools/gpu_check.sh", "--fast"], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 2 and "usage: tools/gpu_check.sh [--quick]" in done.stderr
+
+
+FAKE_PYTHON = """#!/usr/bin/env bash
+# a python3 with CUDA whose GPU benchmark finishes (MODE=complete), is cut short after saving
+# some rows (partial) or before saving any (nothing)
+case "$*" in
+  *"-m pytest"*) exit 0 ;;
+  *"-m benchmarks.gpu"*)
+    case "$MODE" in
+      complete) echo complete > benchmarks/gpu-latest.md; echo '{}' > benchmarks/gpu-latest.json; exit 0 ;;
+      partial) echo Partial > benchmarks/gpu-latest.md; echo '{}' > benchmarks/gpu-latest.json; exit 124 ;;
+      nothing) exit 124 ;;
+    esac ;;
+  *"-m benchmarks"*) echo loader > benchmarks/gpu-loader.md; echo '{}' > benchmarks/gpu-loader.json; exit 0 ;;
+  *"-c"*) exit 0 ;;
+esac
+exit 99
+"""
+
+
+@pytest.mark.parametrize(
+    ("mode", "copied"), [("complete", "complete"), ("partial", "Partial"), ("nothing", None)]
+)
+def test_gpu_check_hands_back_the_rows_this_run_saved_and_never_an_earlier_runs(tmp_path, mode, copied):
+    """A check cut short by its time limit still returns the rows it saved ("Partial"); a run that
+    saved none returns nothing, not the tracked files of an earlier run."""
+    repo = tmp_path / "repo"
+    (repo / "tools").mkdir(parents=True)
+    (repo / "tools" / "gpu_check.sh").write_text((ROOT / "tools" / "gpu_check.sh").read_text())
+    (repo / "benchmarks").mkdir()
+    for name in ("gpu-latest.json", "gpu-latest.md"):
+        stale = repo / "benchmarks" / name
+        stale.write_text("an earlier run\n")
+        os.utime(stale, (1_000_000_000, 1_000_000_000))
+    python = tmp_path / "python3"
+    python.write_text(FAKE_PYTHON)
+    python.chmod(0o755)
+    out = tmp_path / "out"
+    env = {**os.environ, "PY": str(python), "OUT": str(out), "MODE": mode}
+    done = subprocess.run(["bash", str(repo / "tools" / "gpu_check.sh")], env=env, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert (done.returncode == 0) == (mode == "complete"), done.stdout + done.stderr
+    if copied is None:
+        assert not (out / "gpu-latest.md").exists() and not (out / "gpu-latest.json").exists()
+    else:
+        assert (out / "gpu-latest.md").read_text().strip() == copied
+        assert (out / "gpu-latest.json").exists()
+    assert (out / "gpu-loader.md").read_text().strip() == "loader"
