@@ -174,35 +174,17 @@ def profile_step(family: str, seconds: list[float], steps: int = 3, top: int = 2
 def profile_rows(family: str, label: str, summary: dict) -> list[Row]:
     """A profile's summary as rows of the table (the full profile is in the log)."""
     name = f"{PRESETS[family]} bf16 step, {label}, profiled"
-    note = "torch.profiler, 3 steps; " + ", ".join(
+    kinds = "torch.profiler, 3 steps; " + ", ".join(
         f"{kind} {value:.1f}" for kind, value in sorted(summary["kinds_ms"].items(), key=lambda kv: -kv[1])
     )
     return [
-        make_row(GROUP, f"{name}: kernel time per step", summary["kernel_ms"], None, "ms", note=note),
-        make_row(
-            GROUP,
-            f"{name}: wall time per step",
-            summary["wall_ms"],
-            None,
-            "ms",
-            note="under torch.profiler, its overhead included",
-        ),
-        make_row(
-            GROUP,
-            f"{name}: GPU busy",
-            summary["busy_pct"],
-            None,
-            "%",
-            note="kernel time / wall time under the profiler",
-        ),
-        make_row(
-            GROUP,
-            f"{name}: kernel launches per step",
-            summary["launches"],
-            None,
-            "launches",
-            note="device events: kernels, memcpys and memsets",
-        ),
+        make_row(GROUP, f"{name}: {what}", summary[key], None, unit, note=note)
+        for what, key, unit, note in (
+            ("kernel time per step", "kernel_ms", "ms", kinds),
+            ("wall time per step", "wall_ms", "ms", "under torch.profiler, its overhead included"),
+            ("GPU busy", "busy_pct", "%", "kernel time / wall time under the profiler"),
+            ("kernel launches per step", "launches", "launches", "device events: kernels, memcpys, memsets"),
+        )
     ]
 
 

@@ -125,12 +125,12 @@ def _spec(contender: str, family: str, preset: str, seconds: list[float]) -> Spe
 def run(settings: Settings) -> list[Row]:
     seconds = [0.5, 0.45] if settings.tiny else [0.5, 0.45, 0.4, 0.35, 0.5, 0.3, 0.45, 0.5]
     batch = f"batch {len(seconds)} x <= {max(seconds):g} s"
+    no_memory = replace(settings, memory=False)  # the widths make memory meaningless
     rows: list[Row] = []
     for family, (preset, reference) in PRESETS.items():
         name = f"{preset} depth at widths of 32, step (fwd+bwd+AdamW), {batch}"
         specs = {c: _spec(c, family, preset, seconds) for c in ("ours", reference)}
         case = Case(name=name, work=1.0, unit="steps/s", contenders=specs)
-        no_memory = replace(settings, memory=False)  # the widths make memory meaningless
         rows += run_cases(GROUP, [case], no_memory, note="dispatch; compute is negligible")
         python, own = python_shares(specs["ours"].build())
         rows.append(make_row(GROUP, f"{name}: ours, share of CPU time in Python frames", python, None, "%",
