@@ -4,7 +4,8 @@ One HuBERT Base pretraining step (forward, backward, AdamW step) in bf16 autocas
 device: ours vs torchaudio's HuBERTPretrainModel on the same weights and padded batch, each with
 its own recipe's optimizer (benchmarks.pretrain._optimizer). Per contender: step time, throughput
 in audio-seconds per second, peak allocated memory; for ours also MFU against a large bf16
-matmul measured in the same run and against the datasheet's dense bf16 peak (both reported).
+matmul measured in the same run and against the datasheet's dense bf16 peak (both reported), and
+MFU of our padding-free step on the same batch repeated 2 and 4 times (does a larger batch fill the GPU?).
 Timing: CUDA-synchronised wall clock over `steps` steps after `warmup` steps; contenders run one
 after the other, each freed before the next. With --profile: where our steps' GPU time goes (rows:
 kernel time, GPU busy, launches per step). Last, our step with CUDA graphs (compile
@@ -216,9 +217,12 @@ TRAINING = (
     ("ours", "wav2vec2", "ours", {}),
     ("transformers Wav2Vec2ForPreTraining", "wav2vec2", "transformers", {}),
     ("ours, padding-free (data.padding_free)", "wav2vec2", "ours", {"padding_free": True}),
-    # last: in one run every eager row measured after a compiled one came out 20-30 % slower
-    ("ours, torch.compile", "hubert", "ours", {"compile": True}),
 )
+# after the eager rows: in one run every eager row measured after a compiled one came out 20-30 % slower
+COMPILED = ("ours, torch.compile", "hubert", "ours", {"compile": True})
+# the padding-free HuBERT step on the batch above repeated this many times: MFU that grows with the
+# batch says the step is bound by launches and host work, MFU that stays says the kernels are slow
+SCALING = (2, 4)
 # (family, label, options) of the profiled steps: padding-free went from 0.31x of the padded HuBERT
 # step via jagged SDPA (run C) to 1.23x calling flash (run D); wav2vec 2.0's stayed at 0.92x
 PROFILES = (
@@ -252,19 +256,41 @@ def run(
     batch = f"batch {len(seconds)} x <= {max(seconds):g} s"
     timing = f"{warmup} warm-up + {steps} timed steps"
     sheet = datasheet_peak(torch.cuda.get_device_name())
+
+    def mfu(name: str, family: str, batch_seconds: list[float], per_step: float, note: str = "") -> list[Row]:
+        """MFU rows of a `family` step on `batch_seconds` taking `per_step` s: 3x the analytic
+        forward FLOPs of the valid audio, of the measured matmul peak and of the datasheet's."""
+        model = pretrain_config(family, PRESETS[family], None).model
+        achieved = 3 * sum(forward_flops(model, s) for s in batch_seconds) / per_step
+        note = f"{note}3x analytic forward FLOPs of the valid audio; {achieved / 1e12:.1f} TFLOP/s"
+        out = [make_row(GROUP, f"{name}: MFU", 100 * achieved / peak, None, "%", note=note)]
+        if sheet is not None:
+            out.append(make_row(GROUP, f"{name}: MFU vs datasheet", 100 * achieved / sheet, None, "%",
+                                note=f"dense bf16 peak {sheet / 1e12:.0f} TFLOP/s (datasheet)"))  # fmt: skip
+        return out
+
     save(rows)  # the matmul peak and the conv rows, before the long (compiled) contenders
     results = {}
-    for label, family, contender, options in TRAINING:
-        build = functools.partial(training_step, family, contender, seconds, **options)
-        results[family, label] = result = _try(
-            f"{family} {label}", functools.partial(measure, build, warmup, steps)
-        )
-        if result:  # printed as measured: a run cut short still tells
-            print(
-                f"[gpu] {family} {label}: {audio / result[0]:.0f} audio-s/s, {result[1]:.2f} GiB", flush=True
+
+    def train(entries: tuple, batch_seconds: list[float]) -> None:
+        for label, family, contender, options in entries:
+            build = functools.partial(training_step, family, contender, batch_seconds, **options)
+            results[family, label] = result = _try(
+                f"{family} {label}", functools.partial(measure, build, warmup, steps)
             )
+            if result:  # printed as measured: a run cut short still tells
+                print(f"[gpu] {family} {label}: {sum(batch_seconds) / result[0]:.0f} audio-s/s, "
+                      f"{result[1]:.2f} GiB", flush=True)  # fmt: skip
+
+    train(TRAINING, seconds)
+    free = ("hubert", "ours, padding-free (data.padding_free)")
+    scaled = {times: (f"ours, padding-free, batch x{times}", "hubert", "ours", {"padding_free": True})
+              for times in SCALING}  # fmt: skip
+    for times, entry in scaled.items():
+        train((entry,), seconds * times)
+    train((COMPILED,), seconds)
     for family in PRESETS:
-        entries = [(label, results[f, label]) for label, f, _, _ in TRAINING if f == family]
+        entries = [(label, results[f, label]) for label, f, _, _ in TRAINING + (COMPILED,) if f == family]
         ours = entries[0][1]
         name = f"{PRESETS[family]} bf16 pretraining step, {batch}"
         for label, ref in entries[1:]:
@@ -283,16 +309,16 @@ def run(
                                  "GiB", higher_is_better=False, note=memory_note))  # fmt: skip
         best = min((r for label, r in entries if label.startswith("ours") and r), default=None)
         if best:
-            config = pretrain_config(family, PRESETS[family], None).model
-            achieved = 3 * sum(forward_flops(config, s) for s in seconds) / best[0]
-            note = (
-                f"best of ours; 3x analytic forward FLOPs of the valid audio; {achieved / 1e12:.1f} TFLOP/s"
-            )
-            rows.append(make_row(GROUP, f"{name}: MFU", 100 * achieved / peak, None, "%", note=note))
-            if sheet is not None:
-                sheet_note = f"dense bf16 peak {sheet / 1e12:.0f} TFLOP/s (datasheet)"
-                rows.append(make_row(GROUP, f"{name}: MFU vs datasheet", 100 * achieved / sheet, None, "%",
-                                     note=sheet_note))  # fmt: skip
+            rows += mfu(name, family, seconds, best[0], note="best of ours; ")
+    for times, (label, *_) in scaled.items():
+        result, base = results["hubert", label], results[free]
+        name = f"{PRESETS['hubert']} bf16 pretraining step, padding-free, {batch} repeated x{times}"
+        rate, base_rate = result and times * audio / result[0], base and audio / base[0]
+        rows.append(make_row(GROUP, f"{name}: throughput vs the batch once", rate, base_rate, "audio-s/s",
+                             note=f"{timing}; {len(seconds) * times} utterances"))  # fmt: skip
+        rows.append(make_row(GROUP, f"{name}: peak allocated memory", result and result[1], None, "GiB"))
+        if result:
+            rows += mfu(name, "hubert", seconds * times, result[0])
     save(rows)
     inference = {}
     for contender in upstream.CONTENDERS:
@@ -343,10 +369,7 @@ def run(
         rows.append(make_row(GROUP, f"{name} vs {ref_label}, throughput", graphs and audio / graphs[0],
                              reference and audio / reference[0], "audio-s/s", note=note))  # fmt: skip
     if graphs:
-        config = pretrain_config("hubert", PRESETS["hubert"], None).model
-        achieved = 3 * sum(forward_flops(config, s) for s in seconds) / graphs[0]
-        rows.append(make_row(GROUP, f"{name}: MFU", 100 * achieved / peak, None, "%",
-                             note=f"{achieved / 1e12:.1f} TFLOP/s; of the measured matmul peak"))  # fmt: skip
+        rows += mfu(name, "hubert", seconds, graphs[0])
     save(rows)
     return rows
 

@@ -7,7 +7,8 @@
 # Without CUDA it prints "no CUDA: GPU check skipped" and exits 0: nothing was checked.
 # Budget: at most 8 minutes on one H100/H200 (inner limits 70 + 320 + 90 s); measured on an H200
 # (2026-11-28, run D): tests 29 s, rows and profiles 162 s, loader rows 52 s, 279 s in all (since
-# then: two more profiles and the CUDA-graphs row, about 60 s more, not yet timed).
+# then: two more profiles, the batch-scaling rows and the CUDA-graphs row, about 70 s more, not yet
+# timed).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
