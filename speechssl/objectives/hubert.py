@@ -9,7 +9,8 @@ Two heads, chosen by name:
   here as one normalised matrix product, frames x classes.
 - "linear" (k2SSL / Fast-HuBERT): one linear layer to the label logits.
 
-Both run on the selected frames only (masked, or unmasked when that weight is non-zero).
+Both run on every frame; the loss counts the predicted ones (masked, and unmasked when that
+weight is non-zero), so that a step's shapes do not depend on its mask.
 """
 
 from __future__ import annotations

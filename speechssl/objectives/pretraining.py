@@ -172,12 +172,26 @@ def _ratio(num: Tensor, den: Tensor) -> Tensor:
 
 
 class HubertPredictions(NamedTuple):
+    """The head's logits at every frame, padding included: selecting the predicted frames first
+    would give the step shapes that change with each mask (a host `nonzero`, a graph break under
+    `torch.compile`, new CUDA graphs every step); the loss ignores the other frames instead."""
+
     encoder: EncoderOutput
-    mask: Tensor  # (B, T) bool time mask used
-    logits_masked: list[Tensor]  # per label set, (M, classes_i) over masked valid frames (time order)
-    labels_masked: list[Tensor]  # per label set, (M,) with -100 where no label
-    logits_unmasked: list[Tensor]  # empty when pred_nomask_weight is 0 (fairseq skip_nomask)
-    labels_unmasked: list[Tensor]
+    mask: Tensor  # (B, T) bool: the masked valid frames (the time mask used, padding removed)
+    logits: list[Tensor]  # per label set, (B * T, classes_i)
+    labels: list[Tensor]  # per label set, (B * T,), -100 where a frame has no label
+
+    def frames(self, kind: str) -> Tensor:
+        """(B * T,) bool: the frames predicted as `kind` ("masked" or "unmasked")."""
+        if kind == "masked":
+            return self.mask.reshape(-1)
+        return (~self.mask & ~self.encoder.padding_mask).reshape(-1)
+
+    def selected(self, kind: str, i: int = 0) -> tuple[Tensor, Tensor]:
+        """(logits (M, classes_i), labels (M,)) of label set `i` at the `kind` frames, in time
+        order: fairseq's logit_m_list / logit_u_list (for tests and analysis; a host sync on GPU)."""
+        rows = self.frames(kind)
+        return self.logits[i][rows], self.labels[i][rows]
 
 
 class HubertPretrainModel(nn.Module):
@@ -216,17 +230,8 @@ class HubertPretrainModel(nn.Module):
         labels = [
             F.pad(t[:, :T], (0, max(0, T - t.shape[1])), value=-100).reshape(B * T).long() for t in label_sets
         ]
-
-        def on(index: Tensor) -> tuple[list[Tensor], list[Tensor]]:  # index: (M,) flat frames
-            return self.head(frames[index]), [lab[index] for lab in labels]
-
-        mask, masked = select_frames(mask_time_indices & valid, frames.device)
-        logits_m, labels_m = on(masked) if self.objective.pred_masked_weight > 0 else ([], [])
-        if self.objective.pred_nomask_weight > 0:
-            logits_u, labels_u = on(select_frames(~mask_time_indices & valid, frames.device)[1])
-        else:
-            logits_u, labels_u = [], []
-        return HubertPredictions(out, mask, logits_m, labels_m, logits_u, labels_u)
+        mask = to_device(mask_time_indices & valid, frames.device)
+        return HubertPredictions(out, mask, self.head(frames), labels)
 
     @property
     def backbone(self) -> SSLModel:
@@ -251,21 +256,17 @@ class HubertPretrainModel(nn.Module):
         )  # fmt: skip
         cfg = self.objective
         out = p.encoder
-        valid = ~out.padding_mask
-        # fairseq's hubert_criterion: the frames of every predicted kind (masked, unmasked)
+        # fairseq's hubert_criterion: sample_size counts the frames of every predicted kind
         sample_size = p.mask.new_zeros((), dtype=torch.long)
-        if cfg.pred_masked_weight > 0:
-            sample_size = sample_size + p.mask.sum()
-        if cfg.pred_nomask_weight > 0:
-            sample_size = sample_size + (valid & ~p.mask).sum()
         metrics: dict[str, Tensor] = {}
         total = out.last_hidden_state.new_zeros((), dtype=torch.float32)
-        for kind, weight, logits, labels in (
-            ("masked", cfg.pred_masked_weight, p.logits_masked, p.labels_masked),
-            ("unmasked", cfg.pred_nomask_weight, p.logits_unmasked, p.labels_unmasked),
-        ):
-            for i, (lg, lab) in enumerate(zip(logits, labels)):
-                loss_sum, correct, counted = masked_prediction_loss(lg, lab)
+        for kind, weight in (("masked", cfg.pred_masked_weight), ("unmasked", cfg.pred_nomask_weight)):
+            if weight == 0:  # fairseq's skip_masked / skip_nomask
+                continue
+            frames = p.frames(kind)
+            sample_size = sample_size + frames.sum()
+            for i, (lg, lab) in enumerate(zip(p.logits, p.labels)):
+                loss_sum, correct, counted = masked_prediction_loss(lg, torch.where(frames, lab, -100))
                 total = total + weight * loss_sum
                 suffix = f"_{i}" if i else ""
                 metrics[f"{kind}_loss{suffix}"] = _ratio(loss_sum.detach(), counted)

@@ -81,8 +81,7 @@ def test_encoder_and_logits_equal_torchaudio(monkeypatch, layer_norm_first):
     assert enc_err < 1e-4, enc_err
     # torchaudio: (M, 1 + classes), column 0 the positive and the label's column -inf;
     # ours: (M, classes). Rebuild theirs from ours and compare.
-    for logits, lab, theirs in ((p.logits_masked[0], p.labels_masked[0], ref_m),
-                                (p.logits_unmasked[0], p.labels_unmasked[0], ref_u)):  # fmt: skip
+    for (logits, lab), theirs in ((p.selected("masked"), ref_m), (p.selected("unmasked"), ref_u)):
         rebuilt = torch.cat(
             [logits.gather(1, lab[:, None]), logits.scatter(1, lab[:, None], float("-inf"))], 1
         )
@@ -121,7 +120,7 @@ def test_linear_head_and_several_label_sets():
     no_grad = [n for n, p in ours.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
     assert no_grad == [], no_grad
     p = ours.predict(wavs, lengths, targets, generator=torch.Generator().manual_seed(0))
-    assert [lg.shape[1] for lg in p.logits_masked] == [7, 11]
+    assert [lg.shape for lg in p.logits] == [(2 * frames, 7), (2 * frames, 11)]
 
 
 def test_cosine_head_untied_projection_shapes():
@@ -145,3 +144,42 @@ def test_label_errors():
         ours(wavs, None, torch.zeros(2, 12))
     with pytest.raises(ValueError, match="both 0: nothing to learn"):
         HubertObjectiveConfig(pred_masked_weight=0.0, pred_nomask_weight=0.0)
+
+
+@pytest.mark.parametrize("padding_free", [False, True])
+def test_no_shape_in_a_training_step_depends_on_the_mask(padding_free):
+    """CUDA graphs recorded for one batch shape replay only if every op of the step has the same
+    shapes whatever frames the mask picks: the loss runs over every frame and ignores the others."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Shapes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            flat = out if isinstance(out, (tuple, list)) else (out,)
+            tensors = [t for t in flat if isinstance(t, torch.Tensor)]  # nested: sized by the lengths alone
+            self.seen.append((str(func), ["nested" if t.is_nested else tuple(t.shape) for t in tensors]))
+            return out
+
+    objective = HubertObjectiveConfig(num_classes=[NUM_CLASSES], final_dim=32, pred_nomask_weight=0.5)
+    ours = _ours(objective).train()
+    ours.hubert.padding_free = padding_free
+    g = torch.Generator().manual_seed(0)
+    wavs = torch.randn(3, 8000, generator=g)
+    lengths = torch.tensor([8000, 6001, 4533])
+    frames = ours.hubert.num_frames(lengths)
+    T = int(frames.max())
+    labels = torch.randint(0, NUM_CLASSES, (3, T), generator=g)
+    steps = []
+    for mask_prob in (0.5, 0.3, 0.8):  # a warm-up, then two masks of different sizes
+        mask = compute_mask_indices(frames, T, mask_prob=mask_prob, mask_length=3, min_masks=1, generator=g)
+        ours.zero_grad(set_to_none=True)
+        with Shapes() as shapes:
+            loss, _ = ours(wavs, lengths, labels, mask_time_indices=mask)
+            loss.backward()
+        steps.append((int(mask.sum()), shapes.seen))
+    assert steps[1][0] != steps[2][0]
+    assert steps[1][1] == steps[2][1]

@@ -192,8 +192,7 @@ def test_fairseq_hubert_pt_gives_torchaudio_step0_logits(tmp_path, monkeypatch):
         ref_m, ref_u, _ = ref(wavs, labels, lengths)
         p = ours.predict(wavs, lengths, labels, mask_time_indices=mask)
     # torchaudio: (M, 1 + classes), the positive first and the label's own column -inf
-    for logits, lab, theirs in ((p.logits_masked[0], p.labels_masked[0], ref_m),
-                                (p.logits_unmasked[0], p.labels_unmasked[0], ref_u)):  # fmt: skip
+    for (logits, lab), theirs in ((p.selected("masked"), ref_m), (p.selected("unmasked"), ref_u)):
         rebuilt = torch.cat(
             [logits.gather(1, lab[:, None]), logits.scatter(1, lab[:, None], float("-inf"))], 1
         )
