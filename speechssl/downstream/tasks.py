@@ -8,6 +8,12 @@ indices as training); `check_split` checks a split in seconds before any compute
 once the experiment dir is the runner's; then the runner asks for datasets, a head,
 a loss per batch, and a metric per split.
 
+Start-up checks also refuse, in one line: an utterance with an empty label (ks, lid, ic, sid, the
+languages of mlpr), a training split every utterance of which is longer than `max_batch_seconds`
+(the sampler would drop them all; some dropped: `train_loader` warns, naming the first), and,
+once the upstream is loaded (`bind_upstream`), an example of a checked split or a `max_seconds`
+crop shorter than one frame of the upstream (`min_input_samples`), named with its audio file.
+
 Labels: a dev/test label (KS keyword, IC slot value, SID speaker, PR phone) that is
 neither in the training split nor declared in `<data>/labels.txt` (one label per line;
 IC: a whole "action object location" intent) is an error naming file, line and label,
@@ -161,6 +167,64 @@ def split_utterances(split_dir: Path) -> list[str]:
     return ids
 
 
+def check_values_present(path: Path, what: str) -> None:
+    """Every line of a `utt value` table has a value: an utterance with none would become a
+    class named '' (or score against it)."""
+    for line, utt, value in read_table_lines(path):
+        if not value.strip():
+            raise DataCheckError(f"{path}:{line}: utterance '{utt}' has no {what}")
+
+
+def _frame_counter(upstream: Any) -> Callable[[int], int] | None:
+    """samples -> frames of an upstream's front end, or None when it does not say (duck-typed
+    upstreams). The interface (UpstreamModel) has no such method: the implementations do."""
+    min_samples = getattr(upstream, "min_samples", None)  # exported graphs
+    if isinstance(min_samples, int):
+        return lambda n: int(n >= min_samples)
+    inner = getattr(upstream, "inner", None)  # tokens: the upstream they are computed on
+    if inner is not None:
+        return _frame_counter(inner)
+    for part in (getattr(upstream, "model", None), getattr(upstream, "fbank", None)):
+        count = getattr(part, "num_frames", None)
+        if callable(count):
+            return lambda n: int(count(n))
+    return None
+
+
+def min_input_samples(upstream: Any) -> int | None:
+    """The fewest samples that give the upstream one frame (400 for the conv front end and
+    FBANK's 25 ms window), or None when the upstream does not say."""
+    count = _frame_counter(upstream)
+    if count is None:
+        return None
+    hi = 1
+    while count(hi) < 1:
+        hi *= 2
+        if hi > 1 << 24:  # no frame from 17 minutes of audio: not a front end to judge here
+            return None
+    lo = hi // 2 + 1 if hi > 1 else 1
+    while lo < hi:  # frames grow with samples: the first count >= 1
+        mid = (lo + hi) // 2
+        if count(mid) >= 1:
+            hi = mid
+        else:
+            lo = mid + 1
+    return hi
+
+
+def upstream_label(upstream: Any) -> str:
+    """A name for an upstream in messages when the caller gives none."""
+    source = getattr(upstream, "source", None)
+    if source:
+        return str(source)
+    if getattr(upstream, "fbank", None) is not None and getattr(upstream, "model", None) is None:
+        return "fbank"
+    if getattr(upstream, "inner", None) is not None:
+        return f"tokens of {upstream_label(upstream.inner)}"
+    family = getattr(getattr(upstream, "config", None), "family", None)
+    return str(family or type(upstream).__name__)
+
+
 def train_sentencepiece(
     text_file: str | Path, model_prefix: str | Path, vocab_size: int, *, model_type: str = "unigram"
 ) -> Path:
@@ -237,6 +301,8 @@ class Task:
         self.task_dir = self.exp_dir / "task"
         self._unsaved: dict[str, TokenTable] = {}
         self._builders: dict[str, Callable[[], list[str]]] = {}
+        self._checked: set[str] = set()  # splits check_split passed: bind_upstream checks their lengths
+        self._lengths: dict[str, list[tuple[str, str, float]]] = {}  # split -> (utt, audio path, seconds)
 
     # vocabularies
     def _table(self, filename: str, build: Callable[[], list[str]]) -> TokenTable:
@@ -309,6 +375,59 @@ class Task:
         if split == "train":
             self.check_unknown_label()
         self.check_targets(split, split_dir, ids)
+        if split == "train":
+            self.check_batching()
+        self._checked.add(split)
+
+    def train_durations(self) -> list[float]:
+        """Seconds of each training example as the batch sampler sees them (after any crop)."""
+        return self.dataset("train", train=True).durations
+
+    def check_batching(self) -> None:
+        """Start-up: the sampler drops training utterances longer than max_batch_seconds (unless
+        max_seconds crops them); when that is all of them, no step could ever run."""
+        if self.config.max_seconds is not None:
+            return
+        durations = self.train_durations()
+        cap = float(self.config.max_batch_seconds)
+        if durations and min(durations) > cap + 1e-9:
+            raise DataCheckError(
+                f"every utterance of {self.data_dir / 'train'} is longer than max_batch_seconds {cap} "
+                f"(shortest {round(min(durations), 3)} s): raise max_batch_seconds or set max_seconds"
+            )
+
+    def utterance_lengths(self, split: str) -> list[tuple[str, str, float]]:
+        """(utterance, audio path, seconds) of every example of a split the upstream will see."""
+        if split not in self._lengths:
+            dataset = self.dataset(split, train=False)
+            self._lengths[split] = [
+                (u.utt_id, u.path, d) for u, d in zip(dataset.utterances, dataset.full_durations)
+            ]
+        return self._lengths[split]
+
+    def check_frames(self, upstream: Any, name: str | None = None) -> None:
+        """Start-up, once the upstream is known: every example of the checked splits (and a
+        `max_seconds` crop) gives it at least one frame. Said here, naming the utterance, rather
+        than mid-dump or mid-training by batch index (or, for fbank, a 0-frame example cached and
+        trained on silently)."""
+        need = min_input_samples(upstream)
+        if need is None:
+            return
+        label = name or upstream_label(upstream)
+        crop = self.config.max_seconds
+        if crop is not None and round(crop * SAMPLE_RATE) < need:
+            raise DataCheckError(
+                f"max_seconds {crop} is {round(crop * SAMPLE_RATE)} samples, shorter than one frame of "
+                f"{label} ({need} samples)"
+            )
+        for split in (s for s in SPLITS if s in self._checked):
+            for utt, path, seconds in self.utterance_lengths(split):
+                samples = round(seconds * SAMPLE_RATE)
+                if samples < need:
+                    raise DataCheckError(
+                        f"utterance '{utt}' ({path}) has {samples} samples, shorter than one frame of "
+                        f"{label} ({need} samples)"
+                    )
 
     def check_config(self) -> None:
         """Settings this task cannot train with (a training run checks them at start-up)."""
@@ -415,17 +534,29 @@ class Task:
             num_workers=num_workers,
         )
         weights = self.sample_weights(dataset)
-        if weights is None:
-            return loader
-        plain = loader.batch_sampler
-        sampler = DurationBucketSampler(
-            dataset.durations, plain.max_batch_seconds, max_batch_size=plain.max_batch_size,
-            num_replicas=world_size, rank=rank, seed=seed, num_buckets=plain.num_buckets,
-            long_utterances=plain.long_utterances, weights=weights,
-        )  # fmt: skip
-        return DataLoader(
-            dataset, batch_sampler=sampler, collate_fn=loader.collate_fn, num_workers=loader.num_workers
-        )
+        if weights is not None:
+            plain = loader.batch_sampler
+            sampler = DurationBucketSampler(
+                dataset.durations, plain.max_batch_seconds, max_batch_size=plain.max_batch_size,
+                num_replicas=world_size, rank=rank, seed=seed, num_buckets=plain.num_buckets,
+                long_utterances=plain.long_utterances, weights=weights,
+            )  # fmt: skip
+            loader = DataLoader(
+                dataset, batch_sampler=sampler, collate_fn=loader.collate_fn, num_workers=loader.num_workers
+            )
+        self._warn_dropped(dataset, loader.batch_sampler)
+        return loader
+
+    def _warn_dropped(self, dataset: AudioDataset, sampler: DurationBucketSampler) -> None:
+        """Say which training utterances the sampler leaves out (longer than the cap, not cropped)."""
+        dropped = getattr(sampler, "dropped", [])
+        if dropped:
+            log.warning(
+                "task %s: %d of %d training utterances of %s are longer than max_batch_seconds %s and "
+                "are left out of training (first: '%s'); raise max_batch_seconds or set max_seconds",
+                self.name, len(dropped), len(dataset.utterances), self.data_dir / "train",
+                float(sampler.max_batch_seconds), dataset.utterances[dropped[0]].utt_id,
+            )  # fmt: skip
 
     # model
     def build_head(self, input_dim: int) -> nn.Module:
@@ -472,8 +603,11 @@ class Task:
     # optional hooks (sd uses them; other tasks keep these no-ops)
     feature_cache_bypass: str | None = None  # why the feature cache cannot serve this task
 
-    def bind_upstream(self, upstream: Any) -> None:
-        """Learn what the targets depend on from the prepared upstream (sd: its frame rate)."""
+    def bind_upstream(self, upstream: Any, name: str | None = None) -> None:
+        """Learn what the targets depend on from the prepared upstream (sd: its frame rate), and
+        check that every example gives it a frame (`check_frames`; `name`: the upstream's, for
+        the message)."""
+        self.check_frames(upstream, name)
 
     def write_predictions(self, out_dir: Path, split: str) -> str | None:
         """Write the last evaluation's predictions into the experiment; their path, or None."""
@@ -617,6 +751,11 @@ class MultilingualPhoneRecognition(PhoneRecognition):
 
     def required_files(self, split: str) -> tuple[str, ...]:
         return ("phones", "utt2lang")
+
+    def check_targets(self, split, split_dir, ids):
+        super().check_targets(split, split_dir, ids)
+        check_values_present(split_dir / "utt2lang", "language")
+        load_targets("utt2lang", split_dir / "utt2lang", ids, data_dir=split_dir)
 
     def targets(self, split_dir, *, train):
         targets, transforms = super().targets(split_dir, train=train)
@@ -868,6 +1007,7 @@ class _ClassificationTask(Task):
             raise self._unseen(path, line, utt, value.strip(), self.what, self.classes)
 
     def check_targets(self, split, split_dir, ids):
+        check_values_present(split_dir / self.target_file, self.what)
         super().check_targets(split, split_dir, ids)
         if split == "train":
             labels = [value.strip() for *_, value in self._train_rows()]
@@ -944,6 +1084,7 @@ class IntentClassification(_ClassificationTask):
     an utterance is right only when every slot is."""
 
     name, target_file, target_help = "ic", "intent", "the 'action object location' intent of each utterance"
+    what = "intent"
 
     @cached_property
     def num_slots(self) -> int:
@@ -951,7 +1092,7 @@ class IntentClassification(_ClassificationTask):
         saved = 0
         while (self.task_dir / f"slot{saved}.txt").is_file():
             saved += 1
-        return saved or len(self._train_rows()[0][3].split())
+        return saved or next((len(v.split()) for *_, v in self._train_rows() if v.split()), 0)
 
     @cached_property
     def slots(self) -> list[TokenTable]:
@@ -974,6 +1115,7 @@ class IntentClassification(_ClassificationTask):
 
     def check_targets(self, split, split_dir, ids):
         path = split_dir / "intent"
+        check_values_present(path, self.what)
         for line, utt, value in read_table_lines(path):
             if len(value.split()) != self.num_slots:
                 raise DataCheckError(
@@ -1092,6 +1234,14 @@ class SpeakerVerification(Task):
         dataset.durations = [min(d, cap) for d in dataset.full_durations]
         return dataset
 
+    def utterance_lengths(self, split: str) -> list[tuple[str, str, float]]:
+        if split == "train" and split not in self._lengths:  # those asv_min_seconds keeps
+            dataset = self.dataset(split, train=True)
+            self._lengths[split] = [
+                (u.utt_id, u.path, d) for u, d in zip(dataset.utterances, dataset.full_durations)
+            ]
+        return super().utterance_lengths(split)
+
     def build_head(self, input_dim):
         h = self.config.head
         return nn.ModuleDict(
@@ -1181,14 +1331,22 @@ class SpeakerDiarization(Task):
         self._recordings: dict[str, dict[str, Recording]] = {}
         self.hypotheses: dict[str, dict[str, list[metrics.Turn]]] = {}  # split -> reco -> turns
 
-    def bind_upstream(self, upstream: Any) -> None:
-        """Targets follow the upstream's frames: one per `downsample_rate` samples (runner hook)."""
+    def bind_upstream(self, upstream: Any, name: str | None = None) -> None:
+        """Targets follow the upstream's frames: one per `downsample_rate` samples (runner hook);
+        every recording gives it a frame (Task.check_frames)."""
         if not getattr(upstream, "fixed_rate", True):  # duck-typed upstreams: one frame each
             raise DataCheckError(
                 "task sd needs one upstream frame per downsample_rate samples; de-duplicated or BPE "
                 "tokens (tokens:DIR with --dedup / --bpe-vocab) come at a variable rate"
             )
         self._frame_shift = upstream.downsample_rate / SAMPLE_RATE
+        super().bind_upstream(upstream, name)
+
+    def train_durations(self) -> list[float]:
+        """The training recordings, cut to `max_seconds` windows when set (the training dataset
+        needs the upstream's frame rate, unknown at start-up)."""
+        cap = math.inf if self.config.max_seconds is None else self.config.max_seconds
+        return [min(rec.seconds, cap) for rec in self.recordings("train").values()]
 
     @property
     def frame_shift(self) -> float:
