@@ -19,6 +19,13 @@ Each upstream is named by its experiment record's `name` (`speechssl downstream 
 by default derived from the run, e.g. `hubert_iter2` for `exp/hubert_iter2/checkpoints/last`);
 two experiments of one task under one name are an error, one name over two different upstream
 sources a warning.
+
+Nothing printed is staler than the experiment: the test score is of the checkpoint EXP/best.json
+chooses (else refused: evaluate again), and why each run stopped, its last step and every rate's
+dev result come from best.json, which a --resume rewrites without changing the chosen checkpoint.
+The report's dir is written whole (`speechssl.outputs.output_directory`): a re-run drops the
+earlier report's files it does not write again (a task's curves), keeps the user's, and refuses
+one of its files that was changed since (a hand-edited results.md) unless --overwrite.
 """
 
 from __future__ import annotations
@@ -34,8 +41,16 @@ import yaml
 
 from speechssl.downstream.runner import BEST_FILE, EXP_FILE, RESULTS_FILE, results_file
 from speechssl.downstream.tasks import TASKS
+from speechssl.errors import OutputExistsError
 from speechssl.io import atomic_file, atomic_write_json, atomic_write_text
-from speechssl.outputs import check_output, read_marker, write_marker
+from speechssl.outputs import (
+    FILES_RECORD,
+    MARKER,
+    check_output,
+    output_directory,
+    read_marker,
+    record_output,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,19 +95,57 @@ def load_results(exp_dirs: Sequence[str | Path], split: str = "test") -> list[di
     return rows
 
 
+# what `train --resume` may change while it keeps the chosen checkpoint (and so the test score)
+_CONVERGENCE = ("stopped", "last_step", "patience", "dev_curve")
+
+
 def _check_current(exp: Path, path: Path, row: dict[str, Any], split: str) -> None:
-    """Results of another checkpoint than the one EXP/best.json chooses now (a --resume trained
-    on after they were written) are stale: refused, naming what to run."""
+    """Bring `row` up to date with EXP/best.json. Results of another checkpoint than the one it
+    chooses now (a --resume trained on after they were written), or of one when nothing is chosen
+    (best.json gone), are stale: refused, naming what to run. Results of the chosen checkpoint
+    take its run's convergence and every rate's dev result from best.json, which a --resume
+    rewrites without touching the test score."""
     best_path = exp / BEST_FILE
-    if "checkpoint" not in row or not best_path.is_file():
+    if "checkpoint" not in row:
         return  # nothing was chosen (qbe) or an older record
+    if not best_path.is_file():
+        command = read_marker(exp) or "downstream train"
+        raise FileNotFoundError(
+            f"{path} scored step {row.get('step')} but {best_path} does not exist: training of {exp} did "
+            f"not finish: finish it with `speechssl {command} ... --resume`, then `{_evaluate(exp, split)}`"
+        )
     best = json.loads(best_path.read_text())
     if (row.get("step"), row.get("lr")) != (best.get("step"), best.get("lr")):
         raise ValueError(
             f"{path} scored step {row.get('step')} (lr {row.get('lr')}) but {best_path} now chooses step "
-            f"{best.get('step')} (lr {best.get('lr')}): run `speechssl downstream evaluate --out {exp} "
-            f"--split {split}` again"
+            f"{best.get('step')} (lr {best.get('lr')}): run `{_evaluate(exp, split)}` again"
         )
+    current = {key: best[key] for key in _CONVERGENCE if key in best}
+    if "runs" in best:
+        current["sweep"] = [_sweep_entry(run, row["metric"]) for run in best["runs"]]
+    changed = sorted(key for key, value in current.items() if row.get(key) != value)
+    if changed:  # results_<split>.json is older than the training that best.json records
+        log.info("%s: %s from %s (trained on since %s)", exp, ", ".join(changed), BEST_FILE, path.name)
+    row.update(current)
+
+
+def _sweep_entry(run: dict[str, Any], metric: str) -> dict[str, Any]:
+    """One learning rate's dev result from a run of best.json, as `evaluate` writes it."""
+    dev = run.get("dev") or {}
+    return {
+        "lr": run.get("lr"),
+        "dev": dev.get(metric),
+        "step": run.get("step"),
+        "last_step": run.get("last_step"),
+        "stopped": run.get("stopped"),
+        "dev_curve": run.get("dev_curve"),
+    }
+
+
+def _evaluate(exp: Path, split: str) -> str:
+    """The command that scores EXP's chosen checkpoint on `split`."""
+    command = read_marker(exp) or "downstream train"
+    return f"speechssl {command.split()[0]} evaluate --out {exp} --split {split}"
 
 
 def _missing_results(exp: Path, split: str) -> str:
@@ -101,7 +154,7 @@ def _missing_results(exp: Path, split: str) -> str:
     command = read_marker(exp) or "downstream train"
     if not (exp / EXP_FILE).is_file():
         return f"{exp} is not a trained experiment (no {EXP_FILE}): train it with `speechssl {command}`"
-    evaluate = f"speechssl {command.split()[0]} evaluate --out {exp} --split {split}"
+    evaluate = _evaluate(exp, split)
     if not (exp / BEST_FILE).is_file():
         return (
             f"{exp / results_file(split)} does not exist and training of {exp} did not finish "
@@ -426,21 +479,68 @@ def write_report(
     """Write results.md, results.json, layer_weights.png (when any run has layer weights) and
     dev_curves_<task>.png (when the results hold dev curves) of the `split` scores under out_dir;
     returns the paths written ("curves": the list of curve PNGs). out_dir follows the
-    output-path rule (new, empty, an earlier report, or --overwrite; never an experiment)."""
+    output-path rule (new, empty, an earlier report, or --overwrite; never an experiment) and is
+    written whole (`output_directory`): a re-run drops the files of the earlier report it does
+    not write again and keeps the user's; a file of the earlier report changed since is refused."""
     out_dir = Path(out_dir)
     rows = load_results(exp_dirs, split)
     check_output(out_dir, REPORT_COMMAND, overwrite=overwrite, inputs=tuple(exp_dirs))
+    if not overwrite:
+        _refuse_changed_files(out_dir)
     table = results_table(rows)  # a name collision is refused before anything is written
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_marker(out_dir, REPORT_COMMAND)
     overall = overall_score(rows, table)
-    written: dict[str, Any] = {"markdown": out_dir / "results.md", "json": out_dir / "results.json"}
-    atomic_write_text(written["markdown"], report_markdown(rows, table, overall))
-    atomic_write_json(written["json"], {**table, "overall": overall, "experiments": rows})
-    png = out_dir / "layer_weights.png"
-    if plot_layer_weights(rows, png):
-        written["png"] = png
-    curves = plot_dev_curves(rows, out_dir)
+    names: dict[str, Any] = {"markdown": "results.md", "json": "results.json"}
+    with output_directory(out_dir, REPORT_COMMAND) as tmp:
+        atomic_write_text(tmp / names["markdown"], report_markdown(rows, table, overall))
+        atomic_write_json(tmp / names["json"], {**table, "overall": overall, "experiments": rows})
+        if plot_layer_weights(rows, tmp / "layer_weights.png"):
+            names["png"] = "layer_weights.png"
+        curves = [path.name for path in plot_dev_curves(rows, tmp)]
+        for name in (names["markdown"], names["json"], names.get("png"), *curves):
+            if name is not None:
+                record_output(tmp / name, REPORT_COMMAND)  # a re-run may replace it while unchanged
+    written: dict[str, Any] = {key: out_dir / name for key, name in names.items()}
     if curves:
-        written["curves"] = curves
+        written["curves"] = [out_dir / name for name in curves]
     return written
+
+
+def _refuse_changed_files(out_dir: Path) -> None:
+    """An earlier report's files (its marker lists them) that someone changed since it wrote them
+    (size or mtime differ from `record_output`'s note: a hand-edited results.md) are neither
+    replaced nor dropped by a re-run without --overwrite."""
+    if read_marker(out_dir) != REPORT_COMMAND:
+        return
+    earlier = _read_json(out_dir / MARKER).get("files")
+    if not isinstance(earlier, list):
+        return  # a report of a speechssl that listed no files: its files are replaced as before
+    record = _read_json(out_dir / FILES_RECORD)  # none: nothing can be told unchanged
+    changed = []
+    for name in earlier:
+        path = out_dir / name
+        if name in (MARKER, FILES_RECORD) or not (path.exists() or path.is_symlink()):
+            continue
+        entry = record.get(name)
+        stat = path.lstat()
+        if not (
+            isinstance(entry, dict)
+            and entry.get("command") == REPORT_COMMAND
+            and path.is_file()
+            and (entry.get("bytes"), entry.get("mtime_ns")) == (stat.st_size, stat.st_mtime_ns)
+        ):
+            changed.append(name)
+    if changed:
+        them = "it" if len(changed) == 1 else "them"
+        raise OutputExistsError(
+            f"--out {out_dir}: {', '.join(changed)} changed since `speechssl {REPORT_COMMAND}` wrote "
+            f"{them}; move {them} away, or pass --overwrite to replace {them}"
+        )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object, or {} when the file is missing or holds something else."""
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return content if isinstance(content, dict) else {}
