@@ -8,27 +8,37 @@ and the head on the dump. Layout (DIR is a speechssl output: marker, never writt
 
     DIR/.speechssl_output           marker of `downstream feature-cache`
     DIR/<key>/meta.json             what made the entry (upstream, data, shapes, shards)
-    DIR/<key>/index.json            utt -> [shard, first frame, frames]
-    DIR/<key>/inputs.json           per utterance: [id, audio path, start, end, bytes, mtime_ns]
+    DIR/<key>/index.json            utt -> [shard, first frame, frames, crc32 of its bytes]
+    DIR/<key>/inputs.json           per utterance: [id, audio path, start, end, bytes, mtime_ns,
+                                    ctime_ns, inode]
     DIR/<key>/shard_<k>.f16         (frames, num_layers + 1, hidden_dim) float16, C order, raw:
                                     memory-mapped (np.memmap) by the training loaders
 
 `key` hashes the upstream's fingerprint (class, every module's scalar settings and config, the
 bytes of every parameter and buffer: the weights themselves, not a path's mtime, so a
 checkpoint rewritten in place or a copy under another name is told apart or shared correctly)
-and the split's fingerprint (per utterance: id, audio path, segment bounds, the file's size and
-mtime, as `speechssl features` dumps record them: one stat per file, where hashing the audio
-would cost a read of the whole corpus at every start; a file rewritten in place changes its
-mtime, so the entry is recomputed, never reused). Other weights or other data thus give
-another key: the entry is computed anew (the log names the entry of the same upstream source
-or split it could not use, and why), and the old one stays until the user removes it.
+and the split's fingerprint (per utterance: id, audio path, segment bounds, and the file's size,
+mtime, ctime and inode: one stat per file, where hashing the audio would cost a read of the
+whole corpus at every start). The mtime alone is not enough: `cp -p`, `rsync -t`, `tar -x` and
+`touch -r` rewrite a file and set its old mtime back, but no tool sets the ctime (the kernel
+stamps it on every write or rename) and a new file gets a new inode; a chmod or chown also moves
+the ctime, so it recomputes an entry needlessly, never reuses a stale one. Other weights or
+other data thus give another key: the entry is computed anew (the log names the entry of the
+same upstream source or split it could not use, and why), and the old one stays until the user
+removes it. Entries of format 1 (before checksums and ctime/inode) are under other keys: each is
+recomputed once, the log saying it was made by an older speechssl.
 
 Atomic and concurrent: an entry is written into a temp sibling (speechssl.io.atomic_directory)
 and renamed into place whole, under a per-key lock (`DIR/.<key>.lock`, POSIX lockf: released by
 the kernel when its holder dies), so a killed dump leaves only its temp dir (never read; removed
 by the next writer of that key) and a second writer of the same key (a parallel recipe job, a
 DDP rank) waits and then reads the first one's entry. An entry is checked (shard sizes against
-its meta and index) before it is read.
+its meta and index) when it is opened, and every utterance's bytes against the crc32 its index
+recorded at dump time when they are first read (once per process, not at every epoch): damage that
+keeps the files' sizes (a disk error, an overwritten block: float16 NaNs) stops the run with a
+one-line FeatureCacheError naming the entry and the utterance; deleting the entry dir makes the
+next run recompute it. A read-time check, not a check of the whole entry at open, because that
+would read the whole dump (hundreds of GB for a large corpus) at every start.
 
 What cached training sees, exactly:
 - whole utterances, computed in eval mode as the frozen upstream runs during training; padded
@@ -55,6 +65,7 @@ import logging
 import os
 import shutil
 import time
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, is_dataclass
@@ -71,16 +82,16 @@ from speechssl.data.audio import SAMPLE_RATE
 from speechssl.data.batching import BatchingConfig, build_loader
 from speechssl.data.datadir import DataDir
 from speechssl.data.dataset import AudioDataset, collate_audio
-from speechssl.errors import SpeechSSLError
+from speechssl.errors import OutputExistsError, SpeechSSLError
 from speechssl.features.upstream_features import pads_safely
-from speechssl.io import atomic_directory, atomic_write_json
+from speechssl.io import atomic_directory, atomic_write_json, is_temporary
 from speechssl.models.upstream_api import UpstreamModel
-from speechssl.outputs import check_output, read_marker, write_marker
+from speechssl.outputs import FILES_RECORD, MARKER, check_output, is_experiment_dir, read_marker, write_marker
 
 log = logging.getLogger(__name__)
 
 CACHE_COMMAND = "downstream feature-cache"  # the marker of a cache dir
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-utterance crc32 in the index; ctime and inode in the data key
 DTYPE = np.dtype("<f2")  # float16, little-endian
 META, INDEX, INPUTS = "meta.json", "index.json", "inputs.json"
 SHARD_BYTES = 1 << 30  # a new shard file after 1 GiB
@@ -88,7 +99,15 @@ PROGRESS_SECONDS = 5.0  # a dump logs its progress this often
 
 
 class FeatureCacheError(SpeechSSLError):
-    """The features cannot be cached (e.g. they exceed float16's range)."""
+    """The features cannot be cached (e.g. they exceed float16's range) or an entry is damaged."""
+
+    def __init__(self, message: str) -> None:
+        # raised in a data-loader worker, torch re-raises it as FeatureCacheError("Caught ...
+        # Original Traceback ...: <message>"): keep the one line that says what happened
+        tail = f"{type(self).__name__}: "
+        if "Original Traceback" in message and tail in message:
+            message = message.rsplit(tail, 1)[1].strip()
+        super().__init__(message)
 
 
 # ---------------------------------------------------------------- fingerprints
@@ -108,7 +127,8 @@ def _settings(module: torch.nn.Module) -> dict[str, str]:
 
 def upstream_fingerprint(upstream: UpstreamModel) -> str:
     """What the upstream's features depend on, hashed: class, every module's settings, and the
-    bytes of every parameter and buffer (persistent or not)."""
+    bytes of every parameter and buffer (persistent or not). Public: an entry's key and any
+    record that must tell weights apart by content, not path, use it."""
     h = hashlib.sha256(f"{type(upstream).__module__}.{type(upstream).__qualname__}".encode())
     for name, module in upstream.named_modules():
         h.update(json.dumps([name, type(module).__qualname__, _settings(module)]).encode())
@@ -121,17 +141,18 @@ def upstream_fingerprint(upstream: UpstreamModel) -> str:
 
 
 def split_inputs(split_dir: str | Path) -> list[list[Any]]:
-    """[utt, audio path, start, end, bytes, mtime_ns] of every utterance of a data dir; a file
+    """[utt, audio path, start, end, bytes, mtime_ns, ctime_ns, inode] of every utterance of a
+    data dir (ctime and inode: a rewrite that restores the mtime still changes the key); a file
     that cannot be stat'ed gets -1 (loading it names the problem)."""
-    stats: dict[str, tuple[int, int]] = {}
+    stats: dict[str, tuple[int, ...]] = {}
     rows = []
     for u in DataDir.load(split_dir).utterances():
         if u.path not in stats:
             try:
                 st = os.stat(u.path)
-                stats[u.path] = (int(st.st_size), int(st.st_mtime_ns))
+                stats[u.path] = (int(st.st_size), int(st.st_mtime_ns), int(st.st_ctime_ns), int(st.st_ino))
             except OSError:
-                stats[u.path] = (-1, -1)
+                stats[u.path] = (-1, -1, -1, -1)
         rows.append([u.utt_id, str(u.path), u.start, u.end, *stats[u.path]])
     return rows
 
@@ -165,9 +186,61 @@ def bypass_reason(upstream_spec: str, upstream: UpstreamModel | None, config: An
 # ---------------------------------------------------------------- the cache dir
 
 
+# the option as the user set it: the CLI flag, the recipe's option, the config key
+CACHE_OPTION = "--feature-cache (superb.sh's --feature_cache, downstream.yaml's feature_cache)"
+
+
+def _cache_dir_problem(root: Path, inputs: tuple[str | Path, ...]) -> str | None:
+    """Why `root` cannot be a cache dir (None: it can). The output rule of speechssl.outputs, in
+    words of the cache option: `check_output`'s own messages name --out and offer --overwrite,
+    which the cache dir has not got (no run ever replaces what another command wrote there)."""
+    target = root.resolve()
+    for source in inputs:
+        source_path = Path(source).resolve()
+        if source_path == target or target in source_path.parents:
+            what = "is" if source_path == target else "contains"
+            return f"{what} an input of this run ({source})"
+    for parent in root.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                return f"cannot be made: {parent} is a file"
+            break
+    if not root.exists() and not root.is_symlink():
+        return None
+    if not root.is_dir():
+        return "is a file, not a directory"
+    if read_marker(root) == CACHE_COMMAND:
+        return None  # an earlier cache (experiment dirs never carry this marker)
+    for source in inputs:  # an input's files are never written over
+        if Path(source).is_dir() and Path(source).resolve() in target.parents:
+            return f"already exists inside {source} (an input of this run)"
+    for candidate in (root.absolute(), target):
+        for parent in candidate.parents:
+            if is_experiment_dir(parent, strict=True):
+                return f"already exists inside the experiment dir {parent}"
+    if is_experiment_dir(root):
+        marker = read_marker(root)
+        return f"is an experiment dir{f' of `speechssl {marker}`' if marker else ''}"
+    contents = sorted(
+        p.name for p in root.iterdir() if p.name not in (MARKER, FILES_RECORD) and not is_temporary(p.name)
+    )
+    if contents:
+        shown = ", ".join(contents[:5]) + (f" and {len(contents) - 5} more" if len(contents) > 5 else "")
+        return f"already holds files that are no feature cache ({shown})"
+    return None
+
+
 def claim_cache_dir(root: str | Path, *, inputs: tuple[str | Path, ...] = ()) -> Path:
-    """The output rule for a cache dir (new, empty, or a feature cache already), then its marker."""
-    root = check_output(root, CACHE_COMMAND, inputs=inputs)
+    """The output rule for a cache dir (new, empty, or a feature cache already), then its marker.
+    A refusal names the cache option and never suggests --overwrite: that flag is about --out."""
+    root = Path(root)
+    problem = _cache_dir_problem(root, inputs)
+    if problem is not None:
+        raise OutputExistsError(
+            f"feature cache {root} {problem}: name a new or empty dir, or an earlier feature cache, "
+            f"in {CACHE_OPTION}"
+        )
+    root = check_output(root, CACHE_COMMAND, inputs=inputs)  # the rule itself: refuses nothing more
     root.mkdir(parents=True, exist_ok=True)
     if read_marker(root) != CACHE_COMMAND:
         write_marker(root, CACHE_COMMAND)
@@ -213,29 +286,40 @@ def _remove_unfinished(root: Path, key: str) -> None:
 
 
 class CachedSplit:
-    """A finished entry: utt -> its (frames, num_hidden, hidden_dim) float16 memmap view."""
+    """A finished entry: utt -> its (frames, num_hidden, hidden_dim) float16 memmap view, its
+    bytes checked against the index's crc32 the first time this process reads them."""
 
     def __init__(self, path: Path, meta: dict[str, Any], index: dict[str, list[int]]) -> None:
         self.path, self.meta, self.index = path, meta, index
         self.num_hidden, self.hidden_dim = int(meta["num_hidden"]), int(meta["hidden_dim"])
         self.downsample_rate = int(meta["downsample_rate"])
         self._maps: dict[int, np.memmap] = {}
+        self._checked: set[str] = set()
 
     def __contains__(self, utt: str) -> bool:
         return utt in self.index
 
     def frames(self, utt: str) -> np.ndarray:
-        shard, first, count = self.index[utt]
+        shard, first, count, crc = self.index[utt]
+        info = self.meta["shards"][shard]
         if shard not in self._maps:
-            info = self.meta["shards"][shard]
             self._maps[shard] = np.memmap(
                 self.path / info["file"], dtype=DTYPE, mode="r",
                 shape=(int(info["frames"]), self.num_hidden, self.hidden_dim),
             )  # fmt: skip
-        return self._maps[shard][first : first + count]  # (T, H, D)
+        block = self._maps[shard][first : first + count]  # (T, H, D), C-contiguous
+        if utt not in self._checked:
+            if zlib.crc32(block) != crc:
+                raise FeatureCacheError(
+                    f"feature cache entry {self.path} is damaged: utterance '{utt}' ({info['file']}, "
+                    f"frames {first}..{first + count}) no longer matches the checksum written with it; "
+                    f"delete {self.path} and the next run recomputes it"
+                )
+            self._checked.add(utt)
+        return block
 
-    def __getstate__(self) -> dict[str, Any]:  # data-loader workers map the shards themselves
-        return {**self.__dict__, "_maps": {}}
+    def __getstate__(self) -> dict[str, Any]:  # data-loader workers map (and check) the shards themselves
+        return {**self.__dict__, "_maps": {}, "_checked": set()}
 
 
 def open_entry(path: Path) -> tuple[CachedSplit | None, str | None]:
@@ -250,7 +334,7 @@ def open_entry(path: Path) -> tuple[CachedSplit | None, str | None]:
             return None, f"{path / META} has format {meta.get('format_version')}, expected {FORMAT_VERSION}"
         frame_bytes = int(meta["num_hidden"]) * int(meta["hidden_dim"]) * DTYPE.itemsize
         used = [0] * len(meta["shards"])
-        for utt, (shard, first, count) in index.items():
+        for utt, (shard, first, count, _crc) in index.items():
             if first != used[shard]:
                 return None, f"{path / INDEX}: utterance '{utt}' starts at frame {first}, not {used[shard]}"
             used[shard] += count
@@ -282,8 +366,9 @@ class _ShardWriter:
         if self._file is None or (self.shards[-1]["frames"] and self._bytes + block.nbytes > SHARD_BYTES):
             self._roll()
         shard = self.shards[-1]
-        self.index[utt] = [len(self.shards) - 1, shard["frames"], int(block.shape[0])]
-        self._file.write(block.tobytes())
+        data = block.tobytes()
+        self.index[utt] = [len(self.shards) - 1, shard["frames"], int(block.shape[0]), zlib.crc32(data)]
+        self._file.write(data)
         shard["frames"] += int(block.shape[0])
         self._bytes += block.nbytes
 
@@ -321,6 +406,12 @@ def _describe_miss(root: Path, key: str, source: str, upstream_fp: str, split_di
         if up.get("source") == source and up.get("fingerprint") != upstream_fp:
             return f"entry {meta_path.parent.name} of {source} was made with other weights"
         if up.get("fingerprint") == upstream_fp:
+            if meta.get("format_version") != FORMAT_VERSION:
+                return (
+                    f"entry {meta_path.parent.name} of this split was made by an older speechssl (format "
+                    f"{meta.get('format_version')}, no checksums): computed once more in format "
+                    f"{FORMAT_VERSION}; delete the old entry"
+                )
             try:
                 old = json.loads((meta_path.parent / INPUTS).read_text())
             except (OSError, ValueError):
@@ -338,8 +429,12 @@ def _data_change(old: list, new: list) -> str:
     for utt, row in now.items():
         if row != before[utt]:
             old = before[utt]
-            what = "path" if row[1] != old[1] else "segment" if row[2:4] != old[2:4] else "audio file"
-            return f"utterance '{utt}': its {what} changed ({row[1]})"
+            if row[1] != old[1] or row[2:4] != old[2:4]:
+                what = "path" if row[1] != old[1] else "segment"
+                return f"utterance '{utt}': its {what} changed ({row[1]})"
+            stats = ("size", "mtime", "ctime", "inode")
+            changed = [name for name, a, b in zip(stats, row[4:], old[4:], strict=False) if a != b]
+            return f"utterance '{utt}': its audio file changed ({row[1]}: {', '.join(changed)})"
     return "the order of its utterances changed"
 
 

@@ -8,6 +8,7 @@ import json
 import logging
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 from dataclasses import replace
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile
 import torch
 from safetensors.torch import load_file
 
@@ -25,6 +27,7 @@ from speechssl.downstream import feature_cache as fc
 from speechssl.downstream.feature_cache import (
     CACHE_COMMAND,
     FeatureCache,
+    FeatureCacheError,
     cached_loader,
     crop_frame_count,
     open_entry,
@@ -226,6 +229,63 @@ def test_a_cache_of_other_data_is_never_reused(task_data, upstream, tmp_path, ca
     assert f"utterance '{gone}' is gone" in caplog.text
 
 
+def _rewrite_keeping_mtime(path: str, freq: float) -> None:
+    """Other audio of the same size written into the same file (same inode), then its old mtime
+    set back: what `cp -p`, `rsync -t --inplace` or `touch -r` leave behind."""
+    before = os.stat(path)
+    other = write_tone(Path(path).with_suffix(".other.wav"), soundfile.info(path).duration, freq=freq)
+    data = Path(other).read_bytes()
+    os.unlink(other)
+    assert len(data) == before.st_size and data != Path(path).read_bytes()
+    with open(path, "r+b") as f:
+        f.write(data)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(path)
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert after.st_ino == before.st_ino
+
+
+def test_audio_rewritten_with_its_old_mtime_is_not_reused(task_data, upstream, tmp_path, caplog):
+    split = _copy_split(task_data["ks"] / "train", tmp_path / "data" / "train")
+    first = _cache(tmp_path / "c", upstream).split(split)
+    utt, path = next(iter(read_table(split / "wav.scp").items()))
+    _rewrite_keeping_mtime(path, freq=911.0)
+    with caplog.at_level(logging.INFO, logger=fc.__name__):
+        second = _cache(tmp_path / "c", upstream).split(split)
+    assert second.path != first.path  # the old code's key (size, mtime) reused the stale features
+    assert f"(utterance '{utt}': its audio file changed ({path}: ctime)" in caplog.text
+    assert not np.allclose(np.array(first.frames(utt)), np.array(second.frames(utt)))
+    # a file replaced by another one (tar -x, rsync without --inplace): a new inode, its old mtime
+    replacement = Path(path).with_suffix(".new.wav")
+    shutil.copy2(path, replacement)
+    os.utime(replacement, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns))
+    old_inode = os.stat(path).st_ino
+    os.replace(replacement, path)
+    assert os.stat(path).st_ino != old_inode
+    third = _cache(tmp_path / "c", upstream).split(split)
+    assert third.path not in (first.path, second.path)
+
+
+def test_an_entry_of_the_old_format_is_recomputed_once_and_says_why(task_data, upstream, tmp_path, caplog):
+    """An entry written before checksums (format 1: three numbers per utterance in its index, no
+    ctime or inode in its inputs) lies under another key: computed again, with a log line."""
+    split = task_data["ks"] / "train"
+    cached = _cache(tmp_path / "c", upstream).split(split)
+    old = cached.path.with_name("0" * 24)
+    shutil.copytree(cached.path, old)
+    shutil.rmtree(cached.path)
+    meta = json.loads((old / "meta.json").read_text())
+    (old / "meta.json").write_text(json.dumps({**meta, "format_version": 1}))
+    index = json.loads((old / "index.json").read_text())
+    (old / "index.json").write_text(json.dumps({utt: row[:3] for utt, row in index.items()}))
+    rows = json.loads((old / "inputs.json").read_text())
+    (old / "inputs.json").write_text(json.dumps([row[:6] for row in rows]))
+    with caplog.at_level(logging.INFO, logger=fc.__name__):
+        again = _cache(tmp_path / "c", upstream).split(split)
+    assert again.path == cached.path and f"entry {old.name} of this split was made by an older" in caplog.text
+    assert open_entry(old)[1] == f"{old / 'meta.json'} has format 1, expected {fc.FORMAT_VERSION}"
+
+
 # ---------------------------------------------------------------- torn, damaged, concurrent
 
 
@@ -286,6 +346,64 @@ def test_a_damaged_entry_is_never_read(task_data, upstream, tmp_path, caplog):
         again = _cache(tmp_path / "c", upstream).split(split)
     assert "recomputing" in caplog.text and again.path == cached.path
     assert open_entry(again.path)[1] is None
+
+
+def test_damage_that_keeps_the_sizes_stops_the_run_when_read(task_data, upstream, tmp_path):
+    """40 kB of a shard overwritten with 0xff (float16 NaN): the sizes agree, the checksum not."""
+    conf = config(max_steps=2, feature_cache=str(tmp_path / "c"))
+    train_downstream("ks", upstream, task_data["ks"], tmp_path / "a", conf)
+    (path,) = [
+        tmp_path / "c" / key
+        for key in _entries(tmp_path / "c")
+        if json.loads((tmp_path / "c" / key / "meta.json").read_text())["data"]["split_dir"].endswith("train")
+    ]
+    cached, problem = open_entry(path)
+    assert problem is None
+    # 40 kB from the shard's 10th byte on, then a float16 NaN in every utterance's block but the
+    # last one's (so that the few batches of a 2-step run surely read a damaged one)
+    frame_bytes = cached.num_hidden * cached.hidden_dim * 2
+    order = sorted(cached.index, key=lambda utt: cached.index[utt][1])
+    damaged, intact = order[0], order[-1]
+    shard = path / cached.meta["shards"][0]["file"]
+    size = shard.stat().st_size
+    assert cached.index[intact][1] * frame_bytes > 40_010
+    with open(shard, "r+b") as f:
+        f.seek(10)
+        f.write(b"\xff" * 40_000)
+        for utt in order[:-1]:
+            f.seek(cached.index[utt][1] * frame_bytes)
+            f.write(b"\xff\xff")
+    assert shard.stat().st_size == size
+    reopened, problem = open_entry(path)  # its files still agree with its meta: opened
+    assert problem is None
+    assert np.isfinite(np.array(reopened.frames(intact))).all()
+    entry = re.escape(str(path))
+    message = rf"feature cache entry {entry} is damaged: utterance '%s' .*delete {entry} and the next run"
+    with pytest.raises(FeatureCacheError, match=message % re.escape(damaged)):
+        reopened.frames(damaged)
+    # a training run stops at the read (never trains on the NaNs), with that one line
+    with pytest.raises(FeatureCacheError, match=message % "[^']+") as err:
+        train_downstream("ks", upstream, task_data["ks"], tmp_path / "b", conf)
+    assert "\n" not in str(err.value)
+    # deleting the entry, as the message says, recomputes it
+    shutil.rmtree(path)
+    train_downstream("ks", upstream, task_data["ks"], tmp_path / "c2", conf)
+    again, problem = open_entry(path)
+    assert problem is None and np.isfinite(np.array(again.frames(damaged))).all()
+
+
+def test_a_damaged_entry_read_in_a_loader_worker_still_fails_in_one_line():
+    """torch re-raises a worker's exception as its type with the worker's traceback in the message
+    (`ExceptionWrapper.reraise`, as a DataLoader with num_workers > 0 does): one line remains."""
+    from torch._utils import ExceptionWrapper
+
+    try:
+        raise FeatureCacheError("feature cache entry /c/k is damaged: utterance 'u1'")
+    except FeatureCacheError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(FeatureCacheError) as err:
+        wrapped.reraise()
+    assert str(err.value) == "feature cache entry /c/k is damaged: utterance 'u1'"
 
 
 def _write_and_report(root: Path, upstream_path: Path, split: Path, report: Path, start) -> None:
@@ -414,6 +532,51 @@ def test_the_cache_dir_follows_the_output_rule(task_data, tmp_path):
         "ks", "fbank", task_data["ks"], tmp_path / "b", replace(conf, lr=1e-3, head=HeadConfig(hidden_dim=4))
     )
     assert _entries(tmp_path / "c") == before
+
+
+def test_a_cache_dir_refusal_names_the_cache_option_not_out(task_data, tmp_path, capsys):
+    """The cache dir is no --out: its refusal names --feature-cache (the recipe's --feature_cache,
+    downstream.yaml's feature_cache), and --overwrite, which changes nothing for it, is not offered."""
+    from speechssl.testing.cli import downstream_train
+
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "mine.txt").write_text("x")
+    for extra in ((), ("--overwrite",)):
+        assert downstream_train(task_data["ks"], tmp_path / "exp", "--feature-cache", foreign, *extra) == 1
+        err = capsys.readouterr().err
+        assert f"feature cache {foreign} already holds files that are no feature cache (mine.txt)" in err
+        assert "--feature-cache" in err and "--feature_cache" in err and "feature_cache" in err
+        assert "--overwrite" not in err and "--out" not in err
+    assert (foreign / "mine.txt").read_text() == "x" and sorted(os.listdir(foreign)) == ["mine.txt"]
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(OutputExistsError, match="afile is a file, not a directory: .*--feature-cache"):
+        fc.claim_cache_dir(tmp_path / "afile")
+    with pytest.raises(OutputExistsError, match="is an input of this run.*--feature-cache"):
+        fc.claim_cache_dir(task_data["ks"], inputs=(task_data["ks"],))
+
+
+def test_a_cache_dir_and_an_experiment_dir_are_never_one(task_data, tmp_path):
+    conf = config(max_steps=2)
+    train_downstream("ks", "fbank", task_data["ks"], tmp_path / "exp", conf)
+    # an experiment dir named as the cache
+    with pytest.raises(OutputExistsError, match=r"exp is an experiment dir of `speechssl downstream train`"):
+        train_downstream(
+            "ks", "fbank", task_data["ks"], tmp_path / "b", replace(conf, feature_cache=str(tmp_path / "exp"))
+        )
+    # ... or an existing dir inside one
+    (tmp_path / "exp" / "mine").mkdir()
+    with pytest.raises(OutputExistsError, match=r"already exists inside the experiment dir .*exp"):
+        fc.claim_cache_dir(tmp_path / "exp" / "mine")
+    # a cache dir named as the experiment, with or without --overwrite
+    train_downstream(
+        "ks", "fbank", task_data["ks"], tmp_path / "a", replace(conf, feature_cache=str(tmp_path / "c"))
+    )
+    before = sorted(os.listdir(tmp_path / "c"))
+    for overwrite in (False, True):
+        with pytest.raises(OutputExistsError, match=r"--out \S+/c (is a feature cache|already holds files)"):
+            train_downstream("ks", "fbank", task_data["ks"], tmp_path / "c", conf, overwrite=overwrite)
+    assert sorted(os.listdir(tmp_path / "c")) == before and read_marker(tmp_path / "c") == CACHE_COMMAND
 
 
 def test_cli_feature_cache_option(task_data, tmp_path, capsys):
