@@ -23,9 +23,9 @@ sources a warning.
 Nothing printed is staler than the experiment: the test score is of the checkpoint EXP/best.json
 chooses (else refused: evaluate again), and why each run stopped, its last step and every rate's
 dev result come from best.json, which a --resume rewrites without changing the chosen checkpoint.
-The report's dir is written whole (`speechssl.outputs.output_directory`): a re-run drops the
-earlier report's files it does not write again (a task's curves), keeps the user's, and refuses
-one of its files that was changed since (a hand-edited results.md) unless --overwrite.
+The report's marker lists the files it wrote: a re-run drops the earlier report's files it does
+not write again (a task's curves), keeps the user's, and refuses one of its files that was
+changed since (a hand-edited results.md) unless --overwrite.
 """
 
 from __future__ import annotations
@@ -45,11 +45,12 @@ from speechssl.errors import OutputExistsError
 from speechssl.io import atomic_file, atomic_write_json, atomic_write_text
 from speechssl.outputs import (
     FILES_RECORD,
+    LOCK,
     MARKER,
     check_output,
-    output_directory,
     read_marker,
     record_output,
+    write_marker,
 )
 
 log = logging.getLogger(__name__)
@@ -102,17 +103,24 @@ _CONVERGENCE = ("stopped", "last_step", "patience", "dev_curve")
 def _check_current(exp: Path, path: Path, row: dict[str, Any], split: str) -> None:
     """Bring `row` up to date with EXP/best.json. Results of another checkpoint than the one it
     chooses now (a --resume trained on after they were written), or of one when nothing is chosen
-    (best.json gone), are stale: refused, naming what to run. Results of the chosen checkpoint
-    take its run's convergence and every rate's dev result from best.json, which a --resume
-    rewrites without touching the test score."""
+    (best.json gone) or while a training holds (or a killed one left) EXP's lock, are stale:
+    refused, naming what to run. Results of the chosen checkpoint take its run's convergence and
+    every rate's dev result from best.json, which a --resume rewrites without touching the test
+    score."""
     best_path = exp / BEST_FILE
     if "checkpoint" not in row:
         return  # nothing was chosen (qbe) or an older record
+    command = read_marker(exp) or "downstream train"
     if not best_path.is_file():
-        command = read_marker(exp) or "downstream train"
         raise FileNotFoundError(
             f"{path} scored step {row.get('step')} but {best_path} does not exist: training of {exp} did "
             f"not finish: finish it with `speechssl {command} ... --resume`, then `{_evaluate(exp, split)}`"
+        )
+    if (exp / LOCK).exists():  # best.json is of the training before: the one under way may change it
+        raise ValueError(
+            f"{exp} is being trained, or its last training was killed ({exp / LOCK} exists), so {path} "
+            f"may be stale: let it finish (or finish it with `speechssl {command} ... --resume`), then "
+            f"`{_evaluate(exp, split)}`"
         )
     best = json.loads(best_path.read_text())
     if (row.get("step"), row.get("lr")) != (best.get("step"), best.get("lr")):
@@ -366,14 +374,23 @@ def report_markdown(rows: list[dict[str, Any]], table: dict[str, Any], overall: 
     )
 
 
+def _rows_with_curves(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """task -> its rows that hold dev curves (older results hold none)."""
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if any(run.get("dev_curve") for run in r.get("sweep") or []):
+            by_task.setdefault(r["task"], []).append(r)
+    return by_task
+
+
+def _curves_name(task: str) -> str:
+    return f"dev_curves_{task}.png"
+
+
 def plot_dev_curves(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     """dev_curves_<task>.png: the dev metric over updates, a line per upstream (its chosen rate
     solid, the other rates of its sweep dashed). Rows without curves (older results) are skipped."""
-    by_task: dict[str, list[dict[str, Any]]] = {}
-    for r in rows:
-        runs = r.get("sweep") or []
-        if any(run.get("dev_curve") for run in runs):
-            by_task.setdefault(r["task"], []).append(r)
+    by_task = _rows_with_curves(rows)
     if not by_task:
         return []
     import matplotlib
@@ -407,7 +424,7 @@ def plot_dev_curves(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
         ax.set_ylabel(f"{metric}{' (%)' if metric in _PERCENT_METRICS else ''}")
         ax.legend(fontsize="x-small")
         fig.tight_layout()
-        path = out_dir / f"dev_curves_{task}.png"
+        path = out_dir / _curves_name(task)
         with atomic_file(path) as tmp:
             fig.savefig(tmp, dpi=100)
         plt.close(fig)
@@ -430,11 +447,16 @@ def markdown_table(table: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _rows_with_weights(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows whose runs learned layer weights (more than one hidden state)."""
+    return [r for r in rows if r.get("layer_weights") and len(r["layer_weights"]) > 1]
+
+
 def layer_weights_figure(rows: list[dict[str, Any]]):
     """One bar chart of softmax layer weights per task, a group of bars per hidden state and a
     bar per upstream, the legend outside the axes (right of them) so that it covers no bar;
     None if no run learned any."""
-    with_weights = [r for r in rows if r.get("layer_weights") and len(r["layer_weights"]) > 1]
+    with_weights = _rows_with_weights(rows)
     if not with_weights:
         return None
     import matplotlib
@@ -479,48 +501,76 @@ def write_report(
     """Write results.md, results.json, layer_weights.png (when any run has layer weights) and
     dev_curves_<task>.png (when the results hold dev curves) of the `split` scores under out_dir;
     returns the paths written ("curves": the list of curve PNGs). out_dir follows the
-    output-path rule (new, empty, an earlier report, or --overwrite; never an experiment) and is
-    written whole (`output_directory`): a re-run drops the files of the earlier report it does
-    not write again and keeps the user's; a file of the earlier report changed since is refused."""
+    output-path rule (new, empty, an earlier report, or --overwrite; never an experiment); its
+    marker lists the files the report wrote, so a re-run replaces them and drops those it does
+    not write again (a task's curves) but refuses one changed since (a hand-edited results.md)
+    unless --overwrite, and keeps the user's files. Written in place, each file atomically (not
+    swapped in whole like `output_directory`: `--out .` works)."""
     out_dir = Path(out_dir)
     rows = load_results(exp_dirs, split)
     check_output(out_dir, REPORT_COMMAND, overwrite=overwrite, inputs=tuple(exp_dirs))
-    if not overwrite:
-        _refuse_changed_files(out_dir)
+    earlier = _earlier_files(out_dir)
     table = results_table(rows)  # a name collision is refused before anything is written
     overall = overall_score(rows, table)
-    names: dict[str, Any] = {"markdown": "results.md", "json": "results.json"}
-    with output_directory(out_dir, REPORT_COMMAND) as tmp:
-        atomic_write_text(tmp / names["markdown"], report_markdown(rows, table, overall))
-        atomic_write_json(tmp / names["json"], {**table, "overall": overall, "experiments": rows})
-        if plot_layer_weights(rows, tmp / "layer_weights.png"):
-            names["png"] = "layer_weights.png"
-        curves = [path.name for path in plot_dev_curves(rows, tmp)]
-        for name in (names["markdown"], names["json"], names.get("png"), *curves):
-            if name is not None:
-                record_output(tmp / name, REPORT_COMMAND)  # a re-run may replace it while unchanged
+    names = {"markdown": "results.md", "json": "results.json"}
+    if _rows_with_weights(rows):
+        names["png"] = "layer_weights.png"
+    curves = [_curves_name(task) for task in _rows_with_curves(rows)]
+    files = [*names.values(), *curves]
+    if not overwrite and earlier is not None:
+        _refuse_changed_files(out_dir, earlier, files)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # listed before anything is written: a killed run's files are the next run's to replace
+    write_marker(out_dir, REPORT_COMMAND, files=sorted({*(earlier or ()), *files}))
+    atomic_write_text(out_dir / names["markdown"], report_markdown(rows, table, overall))
+    record_output(out_dir / names["markdown"], REPORT_COMMAND)  # a re-run may replace it while unchanged
+    atomic_write_json(out_dir / names["json"], {**table, "overall": overall, "experiments": rows})
+    record_output(out_dir / names["json"], REPORT_COMMAND)
+    if "png" in names:
+        plot_layer_weights(rows, out_dir / names["png"])
+        record_output(out_dir / names["png"], REPORT_COMMAND)
+    for path in plot_dev_curves(rows, out_dir):
+        record_output(path, REPORT_COMMAND)
+    for name in sorted(set(earlier or ()) - set(files)):  # unchanged (or --overwrite): not the user's
+        path = out_dir / name
+        if path.is_file() or path.is_symlink():
+            path.unlink()
+    write_marker(out_dir, REPORT_COMMAND, files=sorted(files))
     written: dict[str, Any] = {key: out_dir / name for key, name in names.items()}
     if curves:
         written["curves"] = [out_dir / name for name in curves]
     return written
 
 
-def _refuse_changed_files(out_dir: Path) -> None:
-    """An earlier report's files (its marker lists them) that someone changed since it wrote them
-    (size or mtime differ from `record_output`'s note: a hand-edited results.md) are neither
-    replaced nor dropped by a re-run without --overwrite."""
+def _earlier_files(out_dir: Path) -> list[str] | None:
+    """The files an earlier report in out_dir wrote, as its marker lists them (plain names only);
+    None when out_dir is not a report that lists its files (new, another command's, an older
+    speechssl's report: the output rule alone applies)."""
     if read_marker(out_dir) != REPORT_COMMAND:
-        return
-    earlier = _read_json(out_dir / MARKER).get("files")
-    if not isinstance(earlier, list):
-        return  # a report of a speechssl that listed no files: its files are replaced as before
-    record = _read_json(out_dir / FILES_RECORD)  # none: nothing can be told unchanged
-    changed = []
-    for name in earlier:
+        return None
+    listed = _read_json(out_dir / MARKER).get("files")
+    if not isinstance(listed, list):
+        return None
+    plain = [name for name in listed if isinstance(name, str)]
+    return [n for n in plain if n == Path(n).name and n not in ("", "..", MARKER, FILES_RECORD)]
+
+
+def _refuse_changed_files(out_dir: Path, earlier: list[str], files: list[str]) -> None:
+    """A re-run into a report dir neither replaces nor drops a file of the earlier report that was
+    changed since it was written (its size or mtime differ from `record_output`'s note: a
+    hand-edited results.md), nor replaces a file the earlier report did not write (the user's)."""
+    record = _read_json(out_dir / FILES_RECORD)
+    changed, foreign = [], []
+    for name in sorted({*earlier, *files}):
         path = out_dir / name
-        if name in (MARKER, FILES_RECORD) or not (path.exists() or path.is_symlink()):
+        if not (path.exists() or path.is_symlink()):
+            continue
+        if name not in earlier:
+            foreign.append(name)  # the user's, where this report writes
             continue
         entry = record.get(name)
+        if entry is None:
+            continue  # listed but never noted: written by a run killed before it noted it
         stat = path.lstat()
         if not (
             isinstance(entry, dict)
@@ -529,12 +579,20 @@ def _refuse_changed_files(out_dir: Path) -> None:
             and (entry.get("bytes"), entry.get("mtime_ns")) == (stat.st_size, stat.st_mtime_ns)
         ):
             changed.append(name)
+    if not changed and not foreign:
+        return
+    them = "it" if len(changed) + len(foreign) == 1 else "them"
+    why = []
     if changed:
-        them = "it" if len(changed) == 1 else "them"
-        raise OutputExistsError(
-            f"--out {out_dir}: {', '.join(changed)} changed since `speechssl {REPORT_COMMAND}` wrote "
-            f"{them}; move {them} away, or pass --overwrite to replace {them}"
+        why.append(
+            f"{', '.join(changed)} changed since `speechssl {REPORT_COMMAND}` wrote "
+            f"{'it' if len(changed) == 1 else 'them'}"
         )
+    if foreign:
+        why.append(f"{', '.join(foreign)} {'is' if len(foreign) == 1 else 'are'} not the report's own")
+    raise OutputExistsError(
+        f"--out {out_dir}: {'; '.join(why)}; move {them} away, or pass --overwrite to replace {them}"
+    )
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from speechssl.downstream import runner as runner_mod
 from speechssl.downstream.report import load_results, write_report
 from speechssl.downstream.runner import evaluate_downstream, train_downstream
 from speechssl.errors import OutputExistsError
-from speechssl.outputs import MARKER
+from speechssl.outputs import FILES_RECORD, LOCK, MARKER
 from speechssl.testing.cli import run_cli
 
 
@@ -78,21 +78,27 @@ def test_report_after_a_resume_shows_the_current_convergence_and_sweep(task_data
     assert row["sweep"][1]["dev_curve"][-1] == [14, 0.7]
 
 
-def test_results_whose_best_json_is_gone_are_refused(tmp_path):
-    """A results file scored on a chosen checkpoint, but nothing chooses one now (best.json was
-    removed, e.g. by a training that did not finish): stale, not an older record."""
+def test_results_of_an_unfinished_training_are_refused(tmp_path):
+    """Results scored on a chosen checkpoint, but nothing chooses one now (best.json removed) or a
+    training holds the lock (or a killed one left it): best.json may be about to change."""
     exp = tmp_path / "exp"
     exp.mkdir()
     (exp / "downstream.yaml").write_text(yaml.safe_dump({"task": "ks", "upstream": "fbank"}))
     row = {"task": "ks", "metric": "accuracy", "value": 0.3, "split": "test", "upstream": "fbank",
            "checkpoint": str(exp / "checkpoints/step_10"), "step": 10, "lr": 1e-3}  # fmt: skip
     (exp / "results_test.json").write_text(json.dumps(row))
+    evaluate = r"then `speechssl downstream evaluate --out .*exp --split test`$"
     with pytest.raises(
         FileNotFoundError,
         match=r"results_test.json scored step 10 but .*best.json does not exist: training of .* did not "
-        r"finish: finish it with `speechssl downstream train \.\.\. --resume`, then `speechssl downstream "
-        r"evaluate --out .*exp --split test`",
+        r"finish: finish it with `speechssl downstream train \.\.\. --resume`, " + evaluate,
     ):
+        load_results([exp])
+    (exp / "best.json").write_text(json.dumps({"run_dir": ".", "step": 10, "lr": 1e-3}))
+    assert load_results([exp])[0]["value"] == 0.3
+    (exp / LOCK).write_text("{}")
+    killed = r"exp is being trained, or its last training was killed \(.*\.speechssl_lock exists\)"
+    with pytest.raises(ValueError, match=killed + ".*" + evaluate):
         load_results([exp])
 
 
@@ -142,3 +148,27 @@ def test_report_output_follows_the_output_rule(tmp_path):
     assert "My conclusions" not in write_report([ks, pr], out, overwrite=True)["markdown"].read_text()
     write_report([ks], out)  # unchanged since: replaced without --overwrite
     assert (out / "notes.txt").read_text() == "mine\n"
+    # a file of the user's where the report now writes is refused too
+    (out / "dev_curves_pr.png").write_bytes(b"my plot")
+    with pytest.raises(OutputExistsError, match=r"dev_curves_pr.png is not the report's own; move it away"):
+        write_report([ks, pr], out)
+    assert (out / "dev_curves_pr.png").read_bytes() == b"my plot"
+    # files the marker lists but nothing noted (a run killed before it noted them) are its own
+    (out / "dev_curves_pr.png").unlink()
+    (out / FILES_RECORD).unlink()
+    write_report([ks, pr], out)
+
+
+def test_report_into_the_current_directory(tmp_path, monkeypatch, capsys):
+    ks = _scored(tmp_path, "a", "ks", "accuracy", 0.5)
+    (tmp_path / "rep").mkdir()
+    monkeypatch.chdir(tmp_path / "rep")
+    for _ in range(2):  # and again, replacing its own files
+        assert run_cli("downstream", "report", "--exps", ks, "--out", ".") == 0
+    assert "| ks | a | 0.001* | accuracy 50.00 | 2 | 4 | max_steps |" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "rep").iterdir() if not p.name.startswith(".")) == [
+        "dev_curves_ks.png",
+        "layer_weights.png",
+        "results.json",
+        "results.md",
+    ]
