@@ -19,6 +19,16 @@ from speechssl.objectives.masking import MaskConfig
 from speechssl.training import TrainerConfig
 from speechssl.tuning import TuningConfig
 
+# the trainer's keep_last of a downstream run: more checkpoints than any run writes, so none is
+# ever pruned (dev selection reads them all; a resume with another eval_every or max_steps counts
+# its checkpoints differently, and a count of this run's saves would delete earlier ones)
+KEEP_EVERY_CHECKPOINT = 2**62
+
+
+def run_dir_name(lr: float) -> str:
+    """EXP/<this>/: the run dir of one learning rate of a sweep."""
+    return f"lr_{lr:g}"
+
 
 @dataclass(frozen=True, kw_only=True)
 class HeadConfig:
@@ -181,6 +191,14 @@ class DownstreamConfig:
             raise ValueError(f"lr_sweep must hold positive learning rates, found {self.lr_sweep}")
         if len(set(self.lr_sweep)) != len(self.lr_sweep):
             raise ValueError(f"lr_sweep has duplicates: {self.lr_sweep}")
+        named: dict[str, float] = {}
+        for lr in self.lr_sweep:  # one run dir per rate, else the second run reads the first's
+            other = named.setdefault(run_dir_name(lr), lr)
+            if other != lr:
+                raise ValueError(
+                    f"lr_sweep: {other!r} and {lr!r} both name run dir {run_dir_name(lr)} "
+                    "(6 significant digits): give rates that differ there"
+                )
         self.batching()  # validates max_batch_seconds, max_batch_size and max_seconds
         self.trainer()  # validates the schedule (tri_stage_ratios, warmup_steps, ...)
         if self.feature_cache is not None and not self.feature_cache.strip():
@@ -201,8 +219,7 @@ class DownstreamConfig:
 
     def trainer(self, lr: float | None = None) -> TrainerConfig:
         """The trainer's settings for one run (`lr`: one of an lr sweep): a checkpoint every
-        `eval_every` updates, all of them kept for the dev selection."""
-        saves = math.ceil(self.max_steps / self.eval_every)
+        `eval_every` updates, all of them kept for the dev selection (`KEEP_EVERY_CHECKPOINT`)."""
         unused = True if self.finetune is not None and self.finetune.freeze_finetune_updates else None
         return TrainerConfig(
             max_steps=self.max_steps,
@@ -214,7 +231,7 @@ class DownstreamConfig:
             clip_norm=self.clip_norm,
             precision=self.precision,
             save_every=self.eval_every,
-            keep_last=saves + 1,
+            keep_last=KEEP_EVERY_CHECKPOINT,
             log_every=min(self.log_every, self.max_steps),
             seed=self.seed,
             num_workers=self.num_workers,
