@@ -45,6 +45,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     ev = actions.add_parser("evaluate", help="score the chosen checkpoint; writes EXP/results_<split>.json")
     add_evaluate_arguments(ev, "downstream train")
+    ev.add_argument(
+        "--feature-cache",
+        metavar="DIR|none",
+        help="score from the cached features in DIR (new, empty or an earlier cache dir), or 'none': from "
+        "the audio; default: the cache dir the experiment recorded (if any)",
+    )
     ev.set_defaults(func=run_evaluate)
 
     tok = actions.add_parser(
@@ -166,7 +172,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    print_results(evaluate_downstream(args.out, split=args.split))
+    cache = getattr(args, "feature_cache", None)
+    override = {} if cache is None else {"feature_cache": None if cache == "none" else cache}
+    print_results(evaluate_downstream(args.out, split=args.split, **override))
     return 0
 
 

@@ -1,11 +1,13 @@
 """Train and evaluate a task head on an upstream (SUPERB protocol), with the shared trainer.
 
 Experiment layout (EXP = out_dir):
-    EXP/downstream.yaml      task, upstream, data dir and the resolved DownstreamConfig
+    EXP/downstream.yaml      task, upstream (and its weights fingerprint), data dir and the resolved
+                             DownstreamConfig
     EXP/task/                vocabularies (tokens.txt, classes.txt, spm.model, ...); fbank_cmvn.npz: the
                              train split's mean/std for "fbank_global_cmvn" (computed once, used by
                              train, dev/test scoring, evaluate and --resume)
-    EXP/[lr_<lr>/]checkpoints/step_<N>/   head (+ tuned upstream) weights every eval_every updates
+    EXP/[lr_<lr>/]checkpoints/step_<N>/   head (+ tuned upstream) weights every eval_every updates, all
+                                          kept (none is pruned, whatever a resume's eval_every)
     EXP/[lr_<lr>/]dev_scores.json         dev metric of every checkpoint, scored as it is written
     EXP/[lr_<lr>/]selection.json          a finished run: its best checkpoint, dev curve, why it stopped
     EXP/best.json            the chosen run and checkpoint (best dev metric over steps and lrs)
@@ -32,7 +34,17 @@ EXP/task/ holds the vocabularies of the training data and each run's last checkp
 and was trained with the same config (up to `RESUMABLE`; a fine-tuning run also ignores the
 featurizer and head sections it does not use), then it takes the experiment lock
 (`EXP/.speechssl_lock`) and checks EXP again (another run may have finished it meanwhile)
-before it writes anything. A local --upstream is recorded as an absolute path.
+before it writes anything. A local --upstream is recorded as an absolute path. The feature cache
+and EXP never hold one another, and a cache dir is never an --out.
+
+A fresh run into an EXP that the same command, upstream, data and config started but that holds
+nothing trained (no checkpoint, dev score, selection, best.json or results: it failed or was
+killed before its first checkpoint) restarts it; any other earlier EXP needs --resume.
+
+The upstream's weights fingerprint (feature_cache.upstream_fingerprint of the upstream as loaded,
+read and hashed once per command) is recorded in downstream.yaml; --resume, `evaluate_downstream`
+and `load_trained` refuse an upstream replaced in place since (UpstreamChangedError). An EXP
+recorded before the fingerprint is used unchecked, with a log line.
 
 A resumed run with a smaller max_steps than an earlier one chooses its checkpoint among the
 steps <= max_steps (later checkpoints stay on disk and count again with a longer resume).
@@ -65,14 +77,16 @@ import yaml
 
 from speechssl.config import from_dict, to_dict
 from speechssl.data.batching import build_loader
-from speechssl.downstream.config import DownstreamConfig
+from speechssl.downstream.config import DownstreamConfig, run_dir_name
 from speechssl.downstream.feature_cache import (
+    CACHE_COMMAND,
     CachedSplit,
     FeatureCache,
     bypass_reason,
     cached_loader,
     claim_cache_dir,
     crop_frame_count,
+    upstream_fingerprint,
 )
 from speechssl.downstream.featurizers import build_featurizer
 from speechssl.downstream.finetune import (
@@ -84,7 +98,7 @@ from speechssl.downstream.finetune import (
 )
 from speechssl.downstream.model import DownstreamModel
 from speechssl.downstream.tasks import SPLITS, DataCheckError, Task, build_task
-from speechssl.errors import OutputExistsError
+from speechssl.errors import OutputExistsError, SpeechSSLError
 from speechssl.interop.upstream import BUILTIN_UPSTREAMS, UpstreamModel, load_upstream, upstream_name
 from speechssl.io import atomic_file, atomic_write_json, atomic_write_text
 from speechssl.models.checkpoint import save_checkpoint
@@ -118,6 +132,16 @@ CMVN_FILE = "fbank_cmvn.npz"  # EXP/task/: the train split's statistics (fbank_g
 SELECTION = "selection.json"  # per run: written when the run is trained and scored
 SPLIT_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 LEGACY_FINETUNE = ("finetune.yaml", "final/ctc_head.safetensors")  # of the top-level `speechssl finetune`
+# in downstream.yaml: upstream_fingerprint of the upstream as loaded at train time (absent: recorded
+# before speechssl kept it; null: an upstream whose weights it cannot see)
+FINGERPRINT = "upstream_fingerprint"
+RECORDED_CACHE: Any = object()  # evaluate_downstream(feature_cache=...): the cache downstream.yaml records
+
+Loader = Callable[[str | Path], UpstreamModel]
+
+
+class UpstreamChangedError(SpeechSSLError):
+    """The upstream at the recorded path has other weights than the experiment was trained on."""
 
 
 def results_file(split: str) -> str:
@@ -126,13 +150,19 @@ def results_file(split: str) -> str:
 
 # --- building blocks ---------------------------------------------------------------------
 def prepare_upstream(
-    spec: str | Path, config: DownstreamConfig, task: Task | None = None, *, compute_stats: bool = True
+    spec: str | Path,
+    config: DownstreamConfig,
+    task: Task | None = None,
+    *,
+    compute_stats: bool = True,
+    load: Loader | None = None,
 ) -> UpstreamModel:
     """Load the upstream and apply `config.tuning` (speechssl.tuning: the one registry of tuning
     methods, `METHODS`; "frozen" leaves every weight frozen), then the fine-tuning settings.
     An upstream that needs the train split's statistics ("fbank_global_cmvn") gets them from
-    EXP/task/fbank_cmvn.npz, computed there first when missing and `compute_stats`."""
-    upstream = load_upstream(spec)
+    EXP/task/fbank_cmvn.npz, computed there first when missing and `compute_stats`.
+    `load`: what loads it (default load_upstream; `_first_load`: one loaded and checked already)."""
+    upstream = (load or load_upstream)(spec)
     if task is not None:
         task.bind_upstream(upstream)  # targets at the upstream's frame rate (sd)
     if getattr(upstream, "needs_train_stats", False):
@@ -200,15 +230,18 @@ def open_features(
     config: DownstreamConfig,
     splits: tuple[str, ...],
     upstream: UpstreamModel | None = None,
+    load: Loader | None = None,
 ) -> Features | None:
     """The cached features of `splits` (dumped first where missing) when `config.feature_cache`
     is set and the run can use them; None otherwise (a log line says why a set cache is not used).
-    `upstream`: the prepared upstream, when the caller has one."""
+    `upstream`: the prepared upstream, when the caller has one (else `load` loads it)."""
     if config.feature_cache is None:
         return None
     reason = task.feature_cache_bypass or bypass_reason(upstream_spec, None, config)
     if reason is None:
-        upstream = upstream if upstream is not None else prepare_upstream(upstream_spec, config, task)
+        upstream = (
+            upstream if upstream is not None else prepare_upstream(upstream_spec, config, task, load=load)
+        )
         reason = bypass_reason(upstream_spec, upstream, config)
     if reason is not None:
         log.info("feature cache %s not used: %s", config.feature_cache, reason)
@@ -284,6 +317,45 @@ def _device() -> torch.device:
     )
 
 
+def _weights_fingerprint(upstream: UpstreamModel) -> str | None:
+    """upstream_fingerprint (feature_cache's: class, settings, the bytes of every weight) of the
+    upstream as loaded, before task statistics and tuning change it; None where it cannot see the
+    weights (an ONNX graph, a tokens dir: the upstreams whose `feature_cache_bypass` says so)."""
+    return None if upstream.feature_cache_bypass else upstream_fingerprint(upstream)
+
+
+def load_checked_upstream(
+    spec: str, out_dir: Path, exp: dict[str, Any] | None
+) -> tuple[UpstreamModel, str | None]:
+    """load_upstream(spec) and its weights fingerprint, refused (UpstreamChangedError) when `exp`
+    (EXP's downstream.yaml; None: a fresh run, nothing to check) recorded another: the upstream was
+    replaced in place since EXP was trained. The command then reads and hashes its weights once."""
+    upstream = load_upstream(spec)
+    current = _weights_fingerprint(upstream)
+    if exp is None:
+        return upstream, current
+    recorded = exp.get(FINGERPRINT)
+    if FINGERPRINT not in exp:
+        log.info(
+            "%s records no upstream fingerprint: cannot check that %s is unchanged", out_dir / EXP_FILE, spec
+        )
+    elif recorded is None or current is None:
+        log.info("upstream %s: its weights have no fingerprint (not torch tensors): not checked", spec)
+    elif recorded != current:
+        raise UpstreamChangedError(
+            f"upstream {spec} changed since {out_dir} was trained (weights fingerprint {recorded} != "
+            f"{current}): restore it or train into a new --out"
+        )
+    return upstream, current
+
+
+def _first_load(upstream: UpstreamModel | None) -> Loader:
+    """load_upstream, but its first call returns `upstream` (loaded and checked already) instead of
+    reading the weights again."""
+    held = [upstream] if upstream is not None else []
+    return lambda spec: held.pop() if held else load_upstream(spec)
+
+
 def _load_weights(model: DownstreamModel, checkpoint: Path) -> None:
     state, _ = load_checkpoint(checkpoint)
     model.load_state_dict(state)
@@ -322,7 +394,12 @@ def _read_scores(path: Path) -> dict[str, dict[str, float]]:
 
 
 def _select_checkpoint(
-    task: Task, upstream_spec: str, run_dir: Path, config: DownstreamConfig, features: Features | None = None
+    task: Task,
+    upstream_spec: str,
+    run_dir: Path,
+    config: DownstreamConfig,
+    features: Features | None = None,
+    load: Loader | None = None,
 ) -> dict[str, Any]:
     """Score every checkpoint of a run on dev not scored yet (dev_scores.json); the best one
     wins (the earliest of equals). Also returns the run's dev curve."""
@@ -339,7 +416,8 @@ def _select_checkpoint(
         if ckpt.name in cache:
             continue
         if model is None:
-            model = build_model(task, prepare_upstream(upstream_spec, config, task), config).to(_device())
+            upstream = prepare_upstream(upstream_spec, config, task, load=load)
+            model = build_model(task, upstream, config).to(_device())
         _load_weights(model, ckpt)
         cache[ckpt.name] = _score(model, "dev", config, features)
         log.info("%s: dev %s", ckpt, cache[ckpt.name])
@@ -405,6 +483,7 @@ def _train_run(
     lr: float,
     resume: bool,
     features: Features | None = None,
+    load: Loader | None = None,
 ) -> dict[str, Any]:
     finished = _finished(run_dir, config, resume)
     if finished is not None:
@@ -412,7 +491,7 @@ def _train_run(
         return finished
     # every run (each lr of a sweep, and a rerun in the same process) starts from the same head
     seed_everything(config.seed)
-    upstream = prepare_upstream(upstream_spec, config, task)
+    upstream = prepare_upstream(upstream_spec, config, task, load=load)
     # and again: the head's initial weights must not depend on how many random numbers loading drew
     # (building a network draws them; an ONNX/TorchScript export of the same weights draws none)
     seed_everything(config.seed)
@@ -443,7 +522,7 @@ def _train_run(
     )
     if env_rank() != 0:
         return {}
-    chosen = _select_checkpoint(task, upstream_spec, run_dir, config, features)
+    chosen = _select_checkpoint(task, upstream_spec, run_dir, config, features, load)
     last_step = int(chosen["dev_curve"][-1][0])
     _, since, exhausted = patience_state(chosen["dev_curve"], task.better, config.patience)
     selection = {
@@ -488,11 +567,14 @@ def _check_experiment_out(
     overwrite: bool = False,
     config: DownstreamConfig | None = None,
     data_dir: Path | None = None,
+    name: str | None = None,
 ) -> None:
     """The output rule for EXP: new, empty, or this command's own experiment (a finished one
     only with --resume, and only for the same task, upstream and data); an unmarked experiment
     of an older speechssl with its downstream.yaml is resumed as its own. A fresh run refuses
-    files it would otherwise read as its own (`_refuse_foreign_files`)."""
+    files it would otherwise read as its own (`_refuse_foreign_files`), except in an experiment
+    that the same command and config started and that stopped before its first checkpoint (a
+    missing audio file, a bad upstream, ^C): that one it restarts (`_restartable`)."""
     exp_path = out_dir / EXP_FILE
     if not (resume and exp_path.is_file() and read_marker(out_dir) is None):
         check_output(out_dir, command, inputs=inputs, overwrite=overwrite)
@@ -500,12 +582,19 @@ def _check_experiment_out(
         if config is not None and out_dir.is_dir():
             _refuse_foreign_files(out_dir, config)
         return
+    previous = yaml.safe_load(exp_path.read_text()) or {}
     if not resume:
+        if (
+            config is not None
+            and data_dir is not None
+            and _restartable(out_dir, previous, _record(task, upstream_spec, name, data_dir, config), config)
+        ):
+            log.info("%s: the same run stopped there before its first checkpoint: restarting it", out_dir)
+            return
         raise OutputExistsError(
             f"{out_dir} holds an earlier downstream run ({EXP_FILE}): continue it with "
             "--resume, or train into another --out"
         )
-    previous = yaml.safe_load(exp_path.read_text()) or {}
     recorded = previous.get("upstream")
     same_upstream = recorded == upstream_spec or (
         isinstance(recorded, str) and resolve_upstream(recorded, out_dir) == upstream_spec
@@ -522,6 +611,27 @@ def _check_experiment_out(
             f"{recorded_data} (its dev scores and vocabularies are of that data); resume with it, or "
             "train into another --out"
         )
+
+
+def _restartable(
+    out_dir: Path, previous: dict[str, Any], record: dict[str, Any], config: DownstreamConfig
+) -> bool:
+    """EXP was started by this very run (the same task, upstream, name, data and config) and holds
+    nothing trained: no checkpoint, dev score or selection of any of its runs, no best.json, no
+    results, no trained upstream. A fresh run then writes it again (downstream.yaml and task/ are
+    rewritten atomically; nothing is deleted)."""
+    same = yaml.safe_load(yaml.safe_dump(record, sort_keys=False))
+    if {key: previous.get(key) for key in same} != same:
+        return False
+    runs = [run_dir for _, run_dir in _run_dirs(out_dir, config)]
+    trained = [
+        *(run_dir / name for run_dir in runs for name in (DEV_SCORES, SELECTION)),
+        *(out_dir / name for name in (BEST_FILE, TUNED_UPSTREAM, TUNED_WEIGHTS)),
+        *out_dir.glob("results*.json"),
+    ]
+    if any(path.exists() or path.is_symlink() for path in trained):
+        return False
+    return not any(step_dirs(run_dir / "checkpoints") for run_dir in runs)
 
 
 def _refuse_foreign_files(out_dir: Path, config: DownstreamConfig) -> None:
@@ -566,7 +676,8 @@ def resolve_upstream(spec: str | Path, base: Path | None = None) -> str:
 def _run_dirs(out_dir: Path, config: DownstreamConfig) -> list[tuple[float, Path]]:
     """(lr, run dir) of every run: one per lr of the sweep (EXP/lr_<lr>/), else EXP itself."""
     return [
-        (lr, out_dir / f"lr_{lr:g}" if config.lr_sweep else out_dir) for lr in config.lr_sweep or [config.lr]
+        (lr, out_dir / run_dir_name(lr) if config.lr_sweep else out_dir)
+        for lr in config.lr_sweep or [config.lr]
     ]
 
 
@@ -641,6 +752,7 @@ def train_downstream(
         config = replace(config, feature_cache=str(Path(config.feature_cache).absolute()))
     upstream_spec = resolve_upstream(upstream_spec)
     out_dir, data_dir = Path(out_dir), Path(data_dir)
+    _check_cache_apart(out_dir, config)
     if not data_dir.is_dir():
         raise FileNotFoundError(
             f"data dir {data_dir} does not exist (expected {data_dir}/{{train,dev,test}})"
@@ -665,7 +777,7 @@ def train_downstream(
     def check_out() -> None:
         _check_experiment_out(
             out_dir, task, upstream_spec, resume, inputs, command=command, overwrite=overwrite,
-            config=config, data_dir=data_dir,
+            config=config, data_dir=data_dir, name=name,
         )  # fmt: skip
 
     def check_resumed() -> None:
@@ -689,6 +801,38 @@ def train_downstream(
         return _train_locked(task_obj, upstream_spec, data_dir, out_dir, config, resume, name)
 
 
+def _record(
+    task: str, upstream_spec: str, name: str | None, data_dir: Path, config: DownstreamConfig
+) -> dict[str, Any]:
+    """What EXP/downstream.yaml records of a run (and, after training, the upstream's fingerprint)."""
+    return {
+        "task": task,
+        "upstream": upstream_spec,
+        "name": name or default_name(upstream_spec, config),
+        "data_dir": str(data_dir.resolve()),
+        "config": to_dict(config),
+    }
+
+
+def _check_cache_apart(out_dir: Path, config: DownstreamConfig) -> None:
+    """A feature cache is shared by runs and EXP is one run's: neither lives inside the other (EXP's
+    output rule would refuse the cache's files, or the cache's marker would take EXP), and a cache
+    dir is never an --out of train (not even with --overwrite)."""
+    if read_marker(out_dir) == CACHE_COMMAND:
+        raise OutputExistsError(
+            f"--out {out_dir} is a feature cache (`speechssl {CACHE_COMMAND}`), never an experiment dir: "
+            "train into another --out"
+        )
+    if config.feature_cache is None:
+        return
+    cache, out = Path(config.feature_cache).resolve(), out_dir.resolve()
+    if cache == out or out in cache.parents or cache in out.parents:
+        raise ValueError(
+            f"--feature-cache must not be the experiment dir (or inside it, or hold it): "
+            f"--feature-cache {config.feature_cache}, --out {out_dir}"
+        )
+
+
 def default_name(upstream_spec: str, config: DownstreamConfig) -> str:
     """The upstream's name (`upstream_name`), and for a fine-tuning run its method, so that
     `downstream report` puts a fine-tuned and a frozen run of one upstream side by side."""
@@ -709,25 +853,33 @@ def _train_locked(
 ) -> dict[str, Any]:
     task = task_obj.name
     exp_path = out_dir / EXP_FILE
-    if name is None and resume and exp_path.is_file():
-        name = (yaml.safe_load(exp_path.read_text()) or {}).get("name")
-    exp = {
-        "task": task,
-        "upstream": upstream_spec,
-        "name": name or default_name(upstream_spec, config),
-        "data_dir": str(data_dir.resolve()),
-        "config": to_dict(config),
-    }
+    previous = (yaml.safe_load(exp_path.read_text()) or {}) if resume and exp_path.is_file() else None
+    if name is None and previous is not None:
+        name = previous.get("name")
+    exp = _record(task, upstream_spec, name, data_dir, config)
+    load = None
     if env_rank() == 0:
+        # the upstream is read (and hashed) once here: a resumed run refuses one replaced in place
+        # before it writes anything, a new one records its fingerprint
+        upstream, fingerprint = load_checked_upstream(upstream_spec, out_dir, previous)
+        if previous is None or FINGERPRINT in previous:  # an older EXP without one stays unchecked
+            exp[FINGERPRINT] = fingerprint
+        # its first use takes it: a frozen one (a tuning method would draw other initial weights
+        # from the random numbers that loading it again draws: those runs read it again)
+        frozen = config.tuning.method == "frozen" and config.finetune is None
+        load = _first_load(upstream if frozen else None)
+        del upstream
         atomic_write_text(exp_path, yaml.safe_dump(exp, sort_keys=False))
         task_obj.save()
     # cached features (once per split, every lr trains from them); a run all of whose lrs are
     # already trained and scored needs none
     pending = [run for _, run in _run_dirs(out_dir, config) if _finished(run, config, resume) is None]
-    features = open_features(task_obj, upstream_spec, config, ("train", "dev")) if pending else None
+    features = (
+        open_features(task_obj, upstream_spec, config, ("train", "dev"), load=load) if pending else None
+    )
     runs = []
     for lr, run_dir in _run_dirs(out_dir, config):
-        selection = _train_run(task_obj, upstream_spec, run_dir, config, lr, resume, features)
+        selection = _train_run(task_obj, upstream_spec, run_dir, config, lr, resume, features, load)
         runs.append({"run_dir": str(run_dir.relative_to(out_dir)), **selection})
     if env_rank() != 0:
         return {}
@@ -809,7 +961,8 @@ def _upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
 
 def load_trained(out_dir: str | Path, checkpoint: str | Path | None = None) -> DownstreamModel:
     """The model of an experiment (eval mode, on the CPU) with the weights of `checkpoint`
-    (default: the one best.json chose): upstream, tuning and head rebuilt from EXP/downstream.yaml."""
+    (default: the one best.json chose): upstream, tuning and head rebuilt from EXP/downstream.yaml.
+    An upstream replaced in place since training (another weights fingerprint) is refused."""
     out_dir = Path(out_dir)
     exp, config = load_experiment(out_dir)
     if checkpoint is None:
@@ -819,7 +972,10 @@ def load_trained(out_dir: str | Path, checkpoint: str | Path | None = None) -> D
         best = json.loads(best_path.read_text())
         checkpoint = out_dir / best["run_dir"] / best["checkpoint"]
     task = build_task(exp["task"], exp["data_dir"], out_dir, config)
-    upstream = prepare_upstream(_recorded_upstream(out_dir, exp, config), config, task, compute_stats=False)
+    spec = _recorded_upstream(out_dir, exp, config)
+    # the trained copy in EXP/upstream/ (the recorded one is gone) has other weights by design
+    loaded = load_checked_upstream(spec, out_dir, exp)[0] if spec == str(exp["upstream"]) else None
+    upstream = prepare_upstream(spec, config, task, compute_stats=False, load=_first_load(loaded))
     model = build_model(task, upstream, config)
     try:
         _load_weights(model, Path(checkpoint))
@@ -855,13 +1011,21 @@ def check_split_name(split: str) -> str:
     return split
 
 
-def evaluate_downstream(out_dir: str | Path, split: str = "test") -> dict[str, Any]:
+def evaluate_downstream(
+    out_dir: str | Path, split: str = "test", *, feature_cache: str | Path | None = RECORDED_CACHE
+) -> dict[str, Any]:
     """Score the best checkpoint of an experiment on `split`; writes out_dir/results_<split>.json
     (and results.json for the test split, so a dev score never replaces the test score).
-    The split is checked before the upstream is loaded."""
+    The split is checked before the upstream is loaded. `feature_cache`: the cache dir to score
+    from (None: none) instead of the one EXP/downstream.yaml records (the features are the same)."""
     check_split_name(split)
     out_dir = Path(out_dir)
     exp, config = load_experiment(out_dir)
+    recorded_cache = feature_cache is RECORDED_CACHE
+    if not recorded_cache:
+        config = replace(
+            config, feature_cache=None if feature_cache is None else str(Path(feature_cache).absolute())
+        )
     best_path = out_dir / BEST_FILE
     if not best_path.is_file():
         raise FileNotFoundError(f"{best_path} does not exist: training of {out_dir} did not finish")
@@ -873,7 +1037,14 @@ def evaluate_downstream(out_dir: str | Path, split: str = "test") -> dict[str, A
     task.check_split(split)
     checkpoint = out_dir / best["run_dir"] / best["checkpoint"]
     model = load_trained(out_dir, checkpoint).to(_device())
-    features = open_features(task, str(exp["upstream"]), config, (split,), model.upstream)
+    try:
+        features = open_features(task, str(exp["upstream"]), config, (split,), model.upstream)
+    except OutputExistsError as err:  # the recorded cache dir became a file or another command's dir
+        if not recorded_cache:
+            raise
+        raise OutputExistsError(
+            f"{err} (recorded in {out_dir / EXP_FILE}: evaluate with --feature-cache none, or another DIR)"
+        ) from None
     values = _score(model, split, config, features)
     predictions = model.task.write_predictions(out_dir, split)  # sd: EXP/hyp_<split>.rttm
     trainable, total = model.num_parameters()
