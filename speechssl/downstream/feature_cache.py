@@ -127,13 +127,20 @@ def _settings(module: torch.nn.Module) -> dict[str, str]:
 
 def upstream_fingerprint(upstream: UpstreamModel) -> str:
     """What the upstream's features depend on, hashed: class, every module's settings, and the
-    bytes of every parameter and buffer (persistent or not). Public: an entry's key and any
-    record that must tell weights apart by content, not path, use it."""
+    bytes of every parameter and buffer (persistent or not): an entry's key."""
     h = hashlib.sha256(f"{type(upstream).__module__}.{type(upstream).__qualname__}".encode())
     for name, module in upstream.named_modules():
         h.update(json.dumps([name, type(module).__qualname__, _settings(module)]).encode())
-    tensors = [*upstream.named_parameters(), *upstream.named_buffers()]
-    for name, tensor in sorted(tensors, key=lambda item: item[0]):
+    h.update(weights_fingerprint(dict([*upstream.named_parameters(), *upstream.named_buffers()])).encode())
+    return h.hexdigest()[:32]
+
+
+def weights_fingerprint(tensors: dict[str, Tensor]) -> str:
+    """The names, dtypes, shapes and bytes of `tensors` hashed: which weights these are, by
+    content and not path. Without the modules' settings, so that a record of it (an experiment's
+    upstream) survives a speechssl update that adds a setting."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(tensors.items()):
         flat = tensor.detach().cpu().contiguous().reshape(-1)
         h.update(json.dumps([name, str(flat.dtype), list(tensor.shape)]).encode())
         h.update(flat.view(torch.uint8).numpy().tobytes())

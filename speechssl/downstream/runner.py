@@ -41,7 +41,7 @@ A fresh run into an EXP that the same command, upstream, data and config started
 nothing trained (no checkpoint, dev score, selection, best.json or results: it failed or was
 killed before its first checkpoint) restarts it; any other earlier EXP needs --resume.
 
-The upstream's weights fingerprint (feature_cache.upstream_fingerprint of the upstream as loaded,
+The upstream's weights fingerprint (feature_cache.weights_fingerprint of its state dict as loaded,
 read and hashed once per command) is recorded in downstream.yaml; --resume, `evaluate_downstream`
 and `load_trained` refuse an upstream replaced in place since (UpstreamChangedError). An EXP
 recorded before the fingerprint is used unchecked, with a log line.
@@ -86,7 +86,7 @@ from speechssl.downstream.feature_cache import (
     cached_loader,
     claim_cache_dir,
     crop_frame_count,
-    upstream_fingerprint,
+    weights_fingerprint,
 )
 from speechssl.downstream.featurizers import build_featurizer
 from speechssl.downstream.finetune import (
@@ -132,7 +132,7 @@ CMVN_FILE = "fbank_cmvn.npz"  # EXP/task/: the train split's statistics (fbank_g
 SELECTION = "selection.json"  # per run: written when the run is trained and scored
 SPLIT_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 LEGACY_FINETUNE = ("finetune.yaml", "final/ctc_head.safetensors")  # of the top-level `speechssl finetune`
-# in downstream.yaml: upstream_fingerprint of the upstream as loaded at train time (absent: recorded
+# in downstream.yaml: weights_fingerprint of the upstream as loaded at train time (absent: recorded
 # before speechssl kept it; null: an upstream whose weights it cannot see)
 FINGERPRINT = "upstream_fingerprint"
 RECORDED_CACHE: Any = object()  # evaluate_downstream(feature_cache=...): the cache downstream.yaml records
@@ -164,7 +164,7 @@ def prepare_upstream(
     `load`: what loads it (default load_upstream; `_first_load`: one loaded and checked already)."""
     upstream = (load or load_upstream)(spec)
     if task is not None:
-        task.bind_upstream(upstream)  # targets at the upstream's frame rate (sd)
+        task.bind_upstream(upstream, str(spec))  # targets at its frame rate (sd); a frame per example
     if getattr(upstream, "needs_train_stats", False):
         if task is None:
             raise ValueError(f"upstream '{spec}' needs the train split's statistics: pass the task")
@@ -318,10 +318,10 @@ def _device() -> torch.device:
 
 
 def _weights_fingerprint(upstream: UpstreamModel) -> str | None:
-    """upstream_fingerprint (feature_cache's: class, settings, the bytes of every weight) of the
-    upstream as loaded, before task statistics and tuning change it; None where it cannot see the
-    weights (an ONNX graph, a tokens dir: the upstreams whose `feature_cache_bypass` says so)."""
-    return None if upstream.feature_cache_bypass else upstream_fingerprint(upstream)
+    """feature_cache.weights_fingerprint of the upstream's state dict as loaded, before task
+    statistics and tuning change it; None where it cannot see the weights (an ONNX graph, a tokens
+    dir: the upstreams whose `feature_cache_bypass` says so)."""
+    return None if upstream.feature_cache_bypass else weights_fingerprint(upstream.state_dict())
 
 
 def load_checked_upstream(
@@ -862,6 +862,7 @@ def _train_locked(
         # the upstream is read (and hashed) once here: a resumed run refuses one replaced in place
         # before it writes anything, a new one records its fingerprint
         upstream, fingerprint = load_checked_upstream(upstream_spec, out_dir, previous)
+        task_obj.check_frames(upstream, upstream_spec)  # every example gives it a frame: before EXP's files
         if previous is None or FINGERPRINT in previous:  # an older EXP without one stays unchecked
             exp[FINGERPRINT] = fingerprint
         # its first use takes it: a frozen one (a tuning method would draw other initial weights
@@ -1037,6 +1038,7 @@ def evaluate_downstream(
     task.check_split(split)
     checkpoint = out_dir / best["run_dir"] / best["checkpoint"]
     model = load_trained(out_dir, checkpoint).to(_device())
+    task.check_frames(model.upstream, str(exp["upstream"]))  # the split's examples, named, before scoring
     try:
         features = open_features(task, str(exp["upstream"]), config, (split,), model.upstream)
     except OutputExistsError as err:  # the recorded cache dir became a file or another command's dir
