@@ -21,6 +21,7 @@
 #
 # Each finished step leaves a .done marker, so re-running skips it; delete the marker
 # (or the experiment) to redo it. An interrupted training resumes from its checkpoints.
+# Stage 4 evaluates again whenever EXP/best.json is newer than its results (a training since).
 set -euo pipefail
 
 log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') ($(basename "$0"):${BASH_LINENO[0]}) $*"; }
@@ -218,14 +219,15 @@ if run_stage 4; then
     for task in "${task_list[@]}"; do
         for name in "${names[@]}"; do
             exp=$(exp_of "${task}" "${name}")
-            [ -f "${exp}/.eval_${eval_split}.done" ] && continue
             [ "${task}" = qbe ] && continue  # scored in stage 3 (no checkpoint to choose)
+            # evaluated since the training last ended (train and --resume rewrite best.json)
+            [ -f "${exp}/results_${eval_split}.json" ] && [ "${exp}/results_${eval_split}.json" -nt "${exp}/best.json" ] \
+                && continue
             if [ ! -f "${exp}/best.json" ]; then
                 log "Error: ${exp}/best.json is missing: run stage 3 first"; exit 2
             fi
             log "Stage 4: evaluate ${task} on ${name} (${eval_split}) (log: ${exp}/evaluate.log)"
-            pool_run "${exp}/evaluate.log" bash -c '"$@" && touch "'"${exp}/.eval_${eval_split}.done"'"' _ \
-                speechssl downstream evaluate --out "${exp}" --split "${eval_split}"
+            pool_run "${exp}/evaluate.log" speechssl downstream evaluate --out "${exp}" --split "${eval_split}"
         done
     done
     pool_wait

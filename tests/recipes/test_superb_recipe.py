@@ -120,6 +120,13 @@ def test_mini_superb_recipe_runs_every_task(work, tmp_path):
     again = _run(work, "--upstreams", f"fbank {hubert}", "--max_steps", "2", "--stage", "3")
     assert again.returncode == 0, again.stderr[-2000:]
     assert "Stage 3: train" not in again.stdout and "Stage 4: evaluate" not in again.stdout
+    # a training since the evaluation (a --resume rewrites best.json) is evaluated again, alone
+    best = work / "exp" / "ks_fbank" / "best.json"
+    later = (work / "exp" / "ks_fbank" / "results_test.json").stat().st_mtime + 10
+    os.utime(best, (later, later))
+    again = _run(work, "--upstreams", f"fbank {hubert}", "--max_steps", "2", "--stage", "4")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count("Stage 4: evaluate") == 1 and "Stage 4: evaluate ks on fbank" in again.stdout
 
 
 @pytest.mark.parametrize(
