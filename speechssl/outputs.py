@@ -76,9 +76,11 @@ def output_directory(out: str | Path, command: str) -> Iterator[Path]:
     what the command's earlier output held and this run does not write again is dropped, so no
     stale file survives; anything else already there (a model card, notes) is carried over. A
     symlinked `out` is replaced at its target. Check `out` first (`check_output`)."""
-    out = Path(out)
+    out = Path(os.path.abspath(out))  # "." has no name to build a sibling from
     if out.is_symlink():
         out = out.resolve()
+    if Path.cwd().resolve() in (out.resolve(), *out.resolve().parents):
+        logger.warning("--out %s holds the current directory, replaced whole: `cd %s` to see it", out, out)
     with atomic_directory(out) as tmp:
         yield tmp
         written = sorted(p.name for p in tmp.iterdir())

@@ -226,6 +226,20 @@ def test_output_directory_drops_its_own_stale_files_and_keeps_the_users(tmp_path
     ).read_text() == "mine"
 
 
+def test_output_directory_of_the_current_directory_is_written_and_says_where(tmp_path, monkeypatch, caplog):
+    """`--out .` (a re-run from inside the output): "." has no name to build a temp sibling from,
+    so it failed with EINVAL after the command's compute; the user's files are carried over."""
+    out = tmp_path / "tokens"
+    with output_directory(out, "export") as tmp:
+        (tmp / "a.txt").write_text("1")
+    (out / "notes.txt").write_text("mine")
+    monkeypatch.chdir(out)
+    with output_directory(".", "export") as tmp:
+        (tmp / "a.txt").write_text("2")
+    assert (out / "a.txt").read_text() == "2" and (out / "notes.txt").read_text() == "mine"
+    assert "holds the current directory" in caplog.text
+
+
 _HOLD_AND_FORK = textwrap.dedent(
     """
     import os, sys, time
