@@ -382,9 +382,13 @@ def load_transformers(path: str | Path) -> tuple[ModelConfig, dict[str, Tensor],
 
 
 def complete_masked_spec_embed(state: dict[str, Tensor], model_state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """transformers omits masked_spec_embed when mask_time_prob == 0; keep our init then."""
+    """transformers omits masked_spec_embed when mask_time_prob == 0: our init's uniform draw then,
+    from a fixed seed, so that every load of the same files gives the same weights (an
+    experiment's upstream fingerprint, a feature cache key)."""
     if "masked_spec_embed" not in state and "masked_spec_embed" in model_state:
-        state = {**state, "masked_spec_embed": model_state["masked_spec_embed"]}
+        fixed = torch.Generator().manual_seed(0)
+        fill = torch.empty_like(model_state["masked_spec_embed"]).uniform_(generator=fixed)
+        state = {**state, "masked_spec_embed": fill}
     return state
 
 

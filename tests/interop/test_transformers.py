@@ -175,3 +175,21 @@ def test_export_loads_in_transformers_with_normalisation(tmp_path):
     for i, T in enumerate(out.lengths.tolist()):
         for a, b in zip(out.hidden_states, ref.hidden_states):
             assert (a[i, :T] - b[i, :T]).abs().max() < 1e-4
+
+
+def test_a_dir_without_masked_spec_embed_loads_to_the_same_weights_every_time(tmp_path):
+    """transformers saves no masked_spec_embed when mask_time_prob == 0: a random fill would give
+    every load other weights, so an experiment's upstream check and the feature cache's key
+    would never match the next load of the same files."""
+    config = tiny_config(**VARIANTS[next(iter(VARIANTS))])
+    torch.manual_seed(0)
+    perturb_(build_hf_model(config), seed=1).save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    key = next(k for k in weights if k.endswith("masked_spec_embed"))
+    save_file({k: v for k, v in weights.items() if k != key}, tmp_path / "model.safetensors")
+    loads = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        loads.append(speechssl.load_upstream(tmp_path).state_dict())
+    assert loads[0].keys() == loads[1].keys()
+    assert all(torch.equal(loads[0][k], loads[1][k]) for k in loads[0])
