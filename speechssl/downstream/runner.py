@@ -568,20 +568,20 @@ def _check_experiment_out(
     config: DownstreamConfig | None = None,
     data_dir: Path | None = None,
     name: str | None = None,
-) -> None:
+) -> bool:
     """The output rule for EXP: new, empty, or this command's own experiment (a finished one
     only with --resume, and only for the same task, upstream and data); an unmarked experiment
     of an older speechssl with its downstream.yaml is resumed as its own. A fresh run refuses
     files it would otherwise read as its own (`_refuse_foreign_files`), except in an experiment
     that the same command and config started and that stopped before its first checkpoint (a
-    missing audio file, a bad upstream, ^C): that one it restarts (`_restartable`)."""
+    missing audio file, a bad upstream, ^C): that one it restarts (`_restartable`; returns True)."""
     exp_path = out_dir / EXP_FILE
     if not (resume and exp_path.is_file() and read_marker(out_dir) is None):
         check_output(out_dir, command, inputs=inputs, overwrite=overwrite)
     if not exp_path.is_file():
         if config is not None and out_dir.is_dir():
             _refuse_foreign_files(out_dir, config)
-        return
+        return False
     previous = yaml.safe_load(exp_path.read_text()) or {}
     if not resume:
         if (
@@ -590,7 +590,7 @@ def _check_experiment_out(
             and _restartable(out_dir, previous, _record(task, upstream_spec, name, data_dir, config), config)
         ):
             log.info("%s: the same run stopped there before its first checkpoint: restarting it", out_dir)
-            return
+            return True
         raise OutputExistsError(
             f"{out_dir} holds an earlier downstream run ({EXP_FILE}): continue it with "
             "--resume, or train into another --out"
@@ -611,6 +611,7 @@ def _check_experiment_out(
             f"{recorded_data} (its dev scores and vocabularies are of that data); resume with it, or "
             "train into another --out"
         )
+    return False
 
 
 def _restartable(
@@ -618,8 +619,8 @@ def _restartable(
 ) -> bool:
     """EXP was started by this very run (the same task, upstream, name, data and config) and holds
     nothing trained: no checkpoint, dev score or selection of any of its runs, no best.json, no
-    results, no trained upstream. A fresh run then writes it again (downstream.yaml and task/ are
-    rewritten atomically; nothing is deleted)."""
+    results, no trained upstream. A fresh run then writes downstream.yaml again and reuses task/,
+    checked against the data (a vocabulary of other data is refused); nothing is deleted."""
     same = yaml.safe_load(yaml.safe_dump(record, sort_keys=False))
     if {key: previous.get(key) for key in same} != same:
         return False
@@ -774,30 +775,36 @@ def train_downstream(
     main = env_rank() == 0
     inputs = (data_dir, *([Path(upstream_spec)] if Path(upstream_spec).exists() else []))
 
-    def check_out() -> None:
-        _check_experiment_out(
+    def check_out() -> bool:  # True: restarting a run that stopped before its first checkpoint
+        return _check_experiment_out(
             out_dir, task, upstream_spec, resume, inputs, command=command, overwrite=overwrite,
             config=config, data_dir=data_dir, name=name,
         )  # fmt: skip
 
-    def check_resumed() -> None:
+    def check_resumed(restarting: bool) -> None:
+        if restarting:  # its EXP/task/ is read again: of the data as it is now?
+            task_obj.check_saved_vocabularies(
+                f"the data changed since the run stopped: move {out_dir / 'task'} away, or train into "
+                "another --out"
+            )
         if resume:
             task_obj.check_saved_vocabularies()
             _check_resume(out_dir, config, task_obj.name)
 
+    restarting = False
     if main:
-        check_out()
+        restarting = check_out()
         if config.feature_cache is not None and bypass_reason(upstream_spec, None, config) is None:
             claim_cache_dir(config.feature_cache, inputs=inputs)
+    if main:  # before the data checks, which read EXP/task/'s vocabularies when it has them
+        check_resumed(restarting)
     check_task_data(task_obj)
     if main:
-        check_resumed()
         out_dir.mkdir(parents=True, exist_ok=True)
         write_marker(out_dir, command, experiment=True)
     with ExperimentLock(out_dir, command) if main else nullcontext():
         if main:  # another run may have written EXP between the checks and the lock: check again
-            check_out()
-            check_resumed()
+            check_resumed(check_out())
         return _train_locked(task_obj, upstream_spec, data_dir, out_dir, config, resume, name)
 
 

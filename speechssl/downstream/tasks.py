@@ -338,16 +338,18 @@ class Task:
         """Every vocabulary of the task (building them)."""
         return []
 
-    def check_saved_vocabularies(self) -> None:
-        """A resumed run: the vocabularies EXP/task/ holds are those of the training data now
-        (other data would give the head's outputs other meanings)."""
+    def check_saved_vocabularies(
+        self, advice: str = "resume with the same training data, or train into another --out"
+    ) -> None:
+        """A resumed (or restarted) run: the vocabularies EXP/task/ holds are those of the training
+        data now (other data would give the head's outputs other meanings)."""
         self.vocabularies()
         for filename, build in self._builders.items():
             path = self.task_dir / filename
             if path.is_file() and TokenTable.load(path).symbols != build():
                 raise DataCheckError(
                     f"{path} does not match the labels of {self.data_dir / 'train'} ({self.target_file}); "
-                    "resume with the same training data, or train into another --out"
+                    + advice
                 )
 
     # start-up checks

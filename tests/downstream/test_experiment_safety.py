@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from speechssl.data.audio import AudioError
 from speechssl.downstream import DownstreamConfig, HeadConfig
 from speechssl.downstream.feature_cache import CACHE_COMMAND
 from speechssl.downstream.runner import (
@@ -24,6 +25,7 @@ from speechssl.downstream.runner import (
     evaluate_downstream,
     train_downstream,
 )
+from speechssl.downstream.tasks import DataCheckError
 from speechssl.errors import OutputExistsError
 from speechssl.models.checkpoint import save_checkpoint
 from speechssl.models.model import build_model
@@ -180,19 +182,17 @@ def test_an_identical_rerun_restarts_a_run_that_failed_before_its_first_checkpoi
     data, audio = _data_with_own_audio(task_data["ks"], tmp_path / "ks")
     audio.rename(tmp_path / "away")  # the training audio is missing (a disk not mounted)
     out = tmp_path / "exp"
-    with pytest.raises(Exception):  # noqa: B017 (whichever error reading the audio raises)
+    with pytest.raises(AudioError, match="file not found"):  # while dumping or training: EXP was written
         train_downstream("ks", "fbank", data, out, config(), max_steps=2)
-    assert _steps(out) == []
+    assert (out / EXP_FILE).is_file() and _steps(out) == []
     (tmp_path / "away").rename(audio)
-    if out.exists():
-        (out / "notes.txt").write_text("mine")  # a user's file in EXP stays
+    (out / "notes.txt").write_text("mine")  # a user's file in EXP stays
     # another config (or task, upstream, data) is still refused without --resume
-    if (out / EXP_FILE).exists():
-        with pytest.raises(OutputExistsError, match="holds an earlier downstream run"):
-            train_downstream("ks", "fbank", data, out, config(lr=1e-3), max_steps=2)
+    with pytest.raises(OutputExistsError, match="holds an earlier downstream run"):
+        train_downstream("ks", "fbank", data, out, config(lr=1e-3), max_steps=2)
     train_downstream("ks", "fbank", data, out, config(), max_steps=2)
     assert _steps(out) == [2] and (out / BEST_FILE).is_file()
-    assert not (out / "notes.txt").exists() or (out / "notes.txt").read_text() == "mine"
+    assert (out / "notes.txt").read_text() == "mine"
     # with a checkpoint it is an earlier run again: --resume
     with pytest.raises(OutputExistsError, match="holds an earlier downstream run"):
         train_downstream("ks", "fbank", data, out, config(), max_steps=2)
@@ -219,6 +219,26 @@ def test_a_run_killed_before_its_first_checkpoint_restarts(task_data, tmp_path, 
         train_downstream("ks", "fbank", task_data["ks"], out, config(), max_steps=2)
     assert "restarting it" in caplog.text
     assert _steps(out) == [2] and (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_restart_refuses_the_vocabulary_of_data_that_changed_since(task_data, tmp_path, monkeypatch):
+    """A restart reads EXP/task/ again: built from the data as it was when the run stopped, it would
+    give the head's outputs other meanings (or, for ASR, turn new characters into <unk>)."""
+    import speechssl.downstream.runner as runner
+
+    data, _ = _data_with_own_audio(task_data["ks"], tmp_path / "ks")
+    out = tmp_path / "exp"
+    monkeypatch.setattr(runner, "train_on_loaders", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        train_downstream("ks", "fbank", data, out, config(), max_steps=2)
+    assert (out / "task").is_dir()
+    text = data / "train" / "text"
+    word = text.read_text().split()[1]
+    for split in ("train", "dev", "test"):  # the keyword renamed everywhere
+        path = data / split / "text"
+        path.write_text(path.read_text().replace(f" {word}\n", " renamed\n"))
+    with pytest.raises(DataCheckError, match="the data changed since the run stopped"):
+        train_downstream("ks", "fbank", data, out, config(), max_steps=2)
 
 
 # 5. sweep rates name distinct run dirs --------------------------------------------------------
