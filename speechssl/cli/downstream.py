@@ -37,6 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tr.add_argument(
         "--feature-cache",
         metavar="DIR",
+        type=cache_dir,
         help="dump a frozen upstream's hidden layers once per split into DIR (shared by runs: other "
         "heads, tasks on the same data and learning rates reuse them) and train from them; sets "
         "feature_cache (new, empty or an earlier cache dir)",
@@ -48,6 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument(
         "--feature-cache",
         metavar="DIR|none",
+        type=cache_dir,
         help="score from the cached features in DIR (new, empty or an earlier cache dir), or 'none': from "
         "the audio; default: the cache dir the experiment recorded (if any)",
     )
@@ -169,6 +171,13 @@ def run_train(args: argparse.Namespace) -> int:
             f"(lr {best['lr']:g}, dev {best['metric']} {dev if dev is None else f'{dev:.4f}'})"
         )
     return 0
+
+
+def cache_dir(value: str) -> str:
+    """--feature-cache: an empty value would be the current directory, claimed as a cache."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("an empty --feature-cache: name a DIR (or 'none' for evaluate)")
+    return value
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

@@ -212,6 +212,10 @@ def _cache_dir_problem(root: Path, inputs: tuple[str | Path, ...]) -> str | None
             if not parent.is_dir():
                 return f"cannot be made: {parent} is a file"
             break
+    for candidate in (root.absolute(), target):  # new or not: an experiment holds no cache
+        for parent in candidate.parents:
+            if is_experiment_dir(parent, strict=True):
+                return f"is inside the experiment dir {parent}"
     if not root.exists() and not root.is_symlink():
         return None
     if not root.is_dir():
@@ -221,10 +225,6 @@ def _cache_dir_problem(root: Path, inputs: tuple[str | Path, ...]) -> str | None
     for source in inputs:  # an input's files are never written over
         if Path(source).is_dir() and Path(source).resolve() in target.parents:
             return f"already exists inside {source} (an input of this run)"
-    for candidate in (root.absolute(), target):
-        for parent in candidate.parents:
-            if is_experiment_dir(parent, strict=True):
-                return f"already exists inside the experiment dir {parent}"
     if is_experiment_dir(root):
         marker = read_marker(root)
         return f"is an experiment dir{f' of `speechssl {marker}`' if marker else ''}"

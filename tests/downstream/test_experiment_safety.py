@@ -159,6 +159,23 @@ def test_train_never_makes_a_feature_cache_its_experiment(task_data, tmp_path, c
     assert _files(cache) == saved and read_marker(cache) == CACHE_COMMAND
 
 
+def test_a_new_cache_dir_inside_another_experiment_is_refused_by_train_and_evaluate(task_data, tmp_path):
+    """A cache inside an experiment dir (another run's, or the one evaluate scores) would put a
+    shared dump among one run's files: refused while the cache dir does not exist yet, too."""
+    trained = tmp_path / "a"
+    train_downstream("ks", "fbank", task_data["ks"], trained, config(), max_steps=2)
+    saved = _files(tmp_path)
+    with pytest.raises(OutputExistsError, match=r"is inside the experiment dir"):
+        conf = config(feature_cache=str(trained / "cache"))
+        train_downstream("ks", "fbank", task_data["ks"], tmp_path / "b", conf, max_steps=2)
+    with pytest.raises(OutputExistsError, match=r"is inside the experiment dir"):
+        evaluate_downstream(trained, feature_cache=trained / "c2")
+    assert _files(tmp_path) == saved
+    with pytest.raises(SystemExit) as usage:  # an empty DIR would be the current directory
+        run_cli("downstream", "evaluate", "--out", trained, "--feature-cache", "")
+    assert usage.value.code == 2
+
+
 # 4. a run that failed before its first checkpoint restarts ----------------------------------
 def _data_with_own_audio(src: Path, dst: Path) -> tuple[Path, Path]:
     """dst/{train,dev,test}: copies of src's splits, train's audio files copied into dst/audio/.

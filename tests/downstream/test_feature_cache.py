@@ -566,7 +566,7 @@ def test_a_cache_dir_and_an_experiment_dir_are_never_one(task_data, tmp_path):
         )
     # ... or an existing dir inside one
     (tmp_path / "exp" / "mine").mkdir()
-    with pytest.raises(OutputExistsError, match=r"already exists inside the experiment dir .*exp"):
+    with pytest.raises(OutputExistsError, match=r"is inside the experiment dir .*exp"):
         fc.claim_cache_dir(tmp_path / "exp" / "mine")
     # a cache dir named as the experiment, with or without --overwrite
     train_downstream(
