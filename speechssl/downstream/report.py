@@ -39,7 +39,7 @@ from typing import Any
 
 import yaml
 
-from speechssl.downstream.runner import BEST_FILE, EXP_FILE, RESULTS_FILE, results_file
+from speechssl.downstream.runner import BEST_FILE, EXP_FILE, RESULTS_FILE, results_file, sweep_entry
 from speechssl.downstream.tasks import TASKS
 from speechssl.errors import OutputExistsError
 from speechssl.io import atomic_file, atomic_write_json, atomic_write_text
@@ -130,24 +130,11 @@ def _check_current(exp: Path, path: Path, row: dict[str, Any], split: str) -> No
         )
     current = {key: best[key] for key in _CONVERGENCE if key in best}
     if "runs" in best:
-        current["sweep"] = [_sweep_entry(run, row["metric"]) for run in best["runs"]]
+        current["sweep"] = [sweep_entry(run, row["metric"]) for run in best["runs"]]
     changed = sorted(key for key, value in current.items() if row.get(key) != value)
     if changed:  # results_<split>.json is older than the training that best.json records
         log.info("%s: %s from %s (trained on since %s)", exp, ", ".join(changed), BEST_FILE, path.name)
     row.update(current)
-
-
-def _sweep_entry(run: dict[str, Any], metric: str) -> dict[str, Any]:
-    """One learning rate's dev result from a run of best.json, as `evaluate` writes it."""
-    dev = run.get("dev") or {}
-    return {
-        "lr": run.get("lr"),
-        "dev": dev.get(metric),
-        "step": run.get("step"),
-        "last_step": run.get("last_step"),
-        "stopped": run.get("stopped"),
-        "dev_curve": run.get("dev_curve"),
-    }
 
 
 def _evaluate(exp: Path, split: str) -> str:

@@ -922,8 +922,8 @@ def _save_tuned_upstream(
 
 
 # --- evaluation --------------------------------------------------------------------------
-def _sweep_entry(run: dict[str, Any], metric: str) -> dict[str, Any]:
-    """One learning rate's dev result as results_<split>.json keeps it."""
+def sweep_entry(run: dict[str, Any], metric: str) -> dict[str, Any]:
+    """One learning rate's dev result (a run of best.json) as results_<split>.json keeps it."""
     dev = run.get("dev") or {}
     return {
         "lr": run.get("lr"),
@@ -1075,7 +1075,7 @@ def evaluate_downstream(
         "last_step": best.get("last_step"),
         "patience": best.get("patience"),
         "dev_curve": best.get("dev_curve"),
-        "sweep": [_sweep_entry(run, task.metric) for run in best.get("runs", [])],
+        "sweep": [sweep_entry(run, task.metric) for run in best.get("runs", [])],
         "featurizer": config.featurizer.name if config.finetune is None else "last layer (finetune)",
         "layer_weights": model.layer_weights(),
         **({"predictions": predictions} if predictions is not None else {}),
