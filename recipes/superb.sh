@@ -19,8 +19,8 @@
 # short name (--upstream_names, or derived from its path) that names its experiments
 # and, through `downstream train --name`, its column of the report.
 #
-# Each finished step leaves a .done marker, so re-running skips it; delete the marker
-# (or the experiment) to redo it. An interrupted training resumes from its checkpoints.
+# Data preparation and each training leave a .done marker, so re-running skips them; delete the
+# marker (or the experiment) to redo one. An interrupted training resumes from its checkpoints.
 # Stage 4 evaluates again whenever EXP/best.json is newer than its results (a training since).
 set -euo pipefail
 

@@ -65,7 +65,7 @@ class CosineLabelHead(nn.Module):
         self.label_embs_concat = nn.Parameter(torch.empty(sum(self.num_classes), final_dim).uniform_())
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        """x: (N, embed_dim) selected frames -> one (N, classes_i) logit matrix per label set."""
+        """x: (N, embed_dim) frames -> one (N, classes_i) logit matrix per label set."""
         proj = self.final_proj(x)  # (N, final_dim * num_proj)
         projs = proj.chunk(len(self.num_classes), dim=-1) if self.untie else [proj] * len(self.num_classes)
         embs = self.label_embs_concat.split(self.num_classes, dim=0)

@@ -9,9 +9,10 @@ per predicted frame (fairseq sums and divides by `sample_size`; `metrics["sample
 gives that count back). Metrics are 0-dim tensors: no `.item()`.
 
 Host syncs: none when `lengths` are on the host (as the trainer passes them, from the loader):
-the frame counts are read there, the time masks are drawn there and the predicted frames are
-selected there, then copied to the device without blocking. With `lengths` on the device a step
-syncs twice: reading the frame counts (SSLModel.frontend_forward) and sizing the selection.
+the frame counts are read there, the time masks are drawn there and (wav2vec 2.0, data2vec) the
+predicted frames are selected there, then copied to the device without blocking. With `lengths`
+on the device a step syncs when reading the frame counts (SSLModel.frontend_forward) and, but for
+HuBERT and WavLM, whose loss runs over every frame, when sizing the selection.
 
 Module names follow transformers: `Wav2Vec2PretrainModel` holds `wav2vec2`, `quantizer`,
 `project_hid`, `project_q` like Wav2Vec2ForPreTraining; `HubertPretrainModel` holds
@@ -226,7 +227,9 @@ class HubertPretrainModel(nn.Module):
         )
         B, T, D = out.last_hidden_state.shape  # batch, frames, embed_dim
         valid = valid_frames(self.backbone, lengths, T, mask_time_indices.device)
-        frames = out.last_hidden_state.reshape(B * T, D)
+        # padded frames zeroed: the loss ignores their rows, but a non-finite value there would
+        # still reach the head's gradients through the softmax backward
+        frames = out.last_hidden_state.masked_fill(out.padding_mask[..., None], 0.0).reshape(B * T, D)
         labels = [
             F.pad(t[:, :T], (0, max(0, T - t.shape[1])), value=-100).reshape(B * T).long() for t in label_sets
         ]

@@ -9,6 +9,7 @@ from speechssl.models.config import ConvFrontendConfig, EncoderConfig, ModelConf
 from speechssl.objectives.hubert import HubertObjectiveConfig, build_label_head, masked_prediction_loss
 from speechssl.objectives.masking import compute_mask_indices
 from speechssl.objectives.pretraining import PretrainModelConfig, build_pretrain_model
+from speechssl.objectives.wav2vec2 import feature_penalty
 from speechssl.testing.references import to_torchaudio_pretrain_state
 
 CONV = [(32, 10, 5), (32, 3, 2), (32, 3, 2), (32, 3, 2), (32, 3, 2), (64, 2, 2), (64, 2, 2)]
@@ -183,3 +184,40 @@ def test_no_shape_in_a_training_step_depends_on_the_mask(padding_free):
         steps.append((int(mask.sum()), shapes.seen))
     assert steps[1][0] != steps[2][0]
     assert steps[1][1] == steps[2][1]
+
+
+@pytest.mark.parametrize("padding_free", [False, True])
+def test_the_loss_over_every_frame_is_fairseqs_over_the_predicted_ones(padding_free):
+    """The loss ignores the frames it does not predict: weighted cross-entropy summed over the
+    masked (and unmasked) frames of every label set, divided by their count (fairseq's
+    hubert_criterion with sample_size), gradients included."""
+    objective = HubertObjectiveConfig(num_classes=[7, 11], head="linear", pred_nomask_weight=0.5)
+    ours = _ours(objective).train()
+    ours.hubert.padding_free = padding_free
+    g = torch.Generator().manual_seed(0)
+    wavs = torch.randn(3, 8000, generator=g)
+    lengths = torch.tensor([8000, 6001, 4533])
+    frames = ours.hubert.num_frames(lengths)
+    T = int(frames.max())
+    mask = compute_mask_indices(frames, T, mask_prob=0.5, mask_length=3, min_masks=1, generator=g)
+    targets = [torch.randint(0, 7, (3, T), generator=g), torch.randint(0, 11, (3, T - 2), generator=g)]
+    targets[0][0, :4] = -100  # frames without a label
+    torch.manual_seed(1)  # dropout: the same draws for both
+    loss, metrics = ours(wavs, lengths, targets, mask_time_indices=mask)
+    grads = torch.autograd.grad(loss, list(ours.parameters()), allow_unused=True)
+    torch.manual_seed(1)
+    p = ours.predict(wavs, lengths, targets, mask_time_indices=mask)
+    total = sum(
+        weight * torch.nn.functional.cross_entropy(*p.selected(kind, i), ignore_index=-100, reduction="sum")
+        for kind, weight in (("masked", 1.0), ("unmasked", 0.5))
+        for i in range(2)
+    )
+    count = p.frames("masked").sum() + p.frames("unmasked").sum()
+    penalty = feature_penalty(p.encoder.features_unnormed, p.encoder.padding_mask)
+    expected = total / count + objective.feature_penalty_weight * penalty
+    assert int(metrics["sample_size"]) == int(count)
+    assert torch.allclose(loss, expected, rtol=1e-6)
+    for got, want in zip(grads, torch.autograd.grad(expected, list(ours.parameters()), allow_unused=True)):
+        assert (got is None) == (want is None)
+        if got is not None:
+            assert torch.allclose(got, want, rtol=1e-5, atol=1e-7)
