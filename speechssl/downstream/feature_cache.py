@@ -34,7 +34,9 @@ the kernel when its holder dies), so a killed dump leaves only its temp dir (nev
 by the next writer of that key) and a second writer of the same key (a parallel recipe job, a
 DDP rank) waits and then reads the first one's entry. An entry is checked (shard sizes against
 its meta and index) when it is opened, and every utterance's bytes against the crc32 its index
-recorded at dump time when they are first read (once per process, not at every epoch): damage that
+recorded at dump time when a process first reads them (the main process once; data-loader workers,
+which the trainer starts anew each epoch, again every epoch; a crop's first read reads its whole
+utterance, for the check): damage that
 keeps the files' sizes (a disk error, an overwritten block: float16 NaNs) stops the run with a
 one-line FeatureCacheError naming the entry and the utterance; deleting the entry dir makes the
 next run recompute it. A read-time check, not a check of the whole entry at open, because that

@@ -42,7 +42,7 @@ nothing trained (no checkpoint, dev score, selection, best.json or results: it f
 killed before its first checkpoint) restarts it; any other earlier EXP needs --resume.
 
 The upstream's weights fingerprint (feature_cache.weights_fingerprint of its state dict as loaded,
-read and hashed once per command) is recorded in downstream.yaml; --resume, `evaluate_downstream`
+hashed once, at start-up) is recorded in downstream.yaml; --resume, `evaluate_downstream`
 and `load_trained` refuse an upstream replaced in place since (UpstreamChangedError). An EXP
 recorded before the fingerprint is used unchecked, with a log line.
 
