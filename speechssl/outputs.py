@@ -50,14 +50,22 @@ def read_marker(directory: str | Path) -> str | None:
 
 
 def write_marker(
-    directory: str | Path, command: str, *, experiment: bool = False, files: list[str] | None = None
+    directory: str | Path,
+    command: str,
+    *,
+    experiment: bool = False,
+    shared: bool = False,
+    files: list[str] | None = None,
 ) -> None:
     """Mark `directory` as the output of `command` (call before writing anything else into it);
-    `experiment`: a training run's dir, whose files no other command ever writes over; `files`:
-    the names the command wrote (`output_directory` drops them, and only them, on a re-run)."""
+    `experiment`: a training run's dir, whose files no other command ever writes over; `shared`:
+    a dir many runs read (a feature cache), kept from other commands the same way; `files`: the
+    names the command wrote (`output_directory` drops them, and only them, on a re-run)."""
     content: dict = {"command": command, "speechssl": _version()}
     if experiment:
         content["experiment"] = True
+    if shared:
+        content["shared"] = True
     if files is not None:
         content["files"] = files
     atomic_write_json(Path(directory) / MARKER, content)
@@ -158,11 +166,16 @@ def _contents(directory: Path) -> list[str]:
     )
 
 
+def _is_shared(path: Path) -> bool:
+    return path.is_dir() and bool(_marker(path).get("shared"))
+
+
 def _enclosing_experiment(path: Path) -> Path | None:
-    """The nearest experiment dir that holds `path` (as written, or with symlinks resolved)."""
+    """The nearest experiment (or shared) dir that holds `path` (as written, or with symlinks
+    resolved)."""
     for candidate in (path.absolute(), path.resolve()):
         for parent in candidate.parents:
-            if is_experiment_dir(parent, strict=True):
+            if is_experiment_dir(parent, strict=True) or _is_shared(parent):
                 return parent
     return None
 
@@ -213,7 +226,13 @@ def check_output(
     if not own:  # inside an input or an experiment, --overwrite never applies
         for root in (*(Path(p) for p in inputs), _enclosing_experiment(out)):
             if root is not None and root.is_dir() and root.resolve() in out.resolve().parents:
-                kind = "an input of this command" if root in map(Path, inputs) else "an experiment dir"
+                kind = (
+                    "an input of this command"
+                    if root in map(Path, inputs)
+                    else "a shared dir"
+                    if _is_shared(root)
+                    else "an experiment dir"
+                )
                 raise OutputExistsError(
                     f"--out {out} already exists inside {root} ({kind}); {command} never writes over it,"
                     " even with --overwrite: choose another --out"
@@ -224,11 +243,11 @@ def check_output(
         marker = read_marker(out)
         if own:
             return out
-        if is_experiment_dir(out):
+        if is_experiment_dir(out) or _is_shared(out):
             owner = f"of `speechssl {marker}`" if marker else "with checkpoints or logs"
+            kind = "a shared dir" if _is_shared(out) else "an experiment dir"
             raise OutputExistsError(
-                f"--out {out} is an experiment dir {owner}; "
-                f"{command} never writes over one: choose another --out"
+                f"--out {out} is {kind} {owner}; {command} never writes over one: choose another --out"
             )
         contents = _contents(out)
         if (

@@ -251,8 +251,7 @@ def claim_cache_dir(root: str | Path, *, inputs: tuple[str | Path, ...] = ()) ->
         )
     root = check_output(root, CACHE_COMMAND, inputs=inputs)  # the rule itself: refuses nothing more
     root.mkdir(parents=True, exist_ok=True)
-    if read_marker(root) != CACHE_COMMAND:
-        write_marker(root, CACHE_COMMAND)
+    write_marker(root, CACHE_COMMAND, shared=True)  # no other command writes over or into it
     return root
 
 

@@ -12,11 +12,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from speechssl.data.audio import AudioError
-from speechssl.downstream import DownstreamConfig, HeadConfig
+from speechssl.downstream import DownstreamConfig
 from speechssl.downstream.feature_cache import CACHE_COMMAND
 from speechssl.downstream.runner import (
     BEST_FILE,
@@ -27,34 +26,16 @@ from speechssl.downstream.runner import (
 )
 from speechssl.downstream.tasks import DataCheckError
 from speechssl.errors import OutputExistsError
-from speechssl.models.checkpoint import save_checkpoint
-from speechssl.models.model import build_model
 from speechssl.outputs import read_marker
 from speechssl.testing.cli import downstream_train, run_cli
-from speechssl.testing.models import perturb_, tiny_config
-
-SMALL = HeadConfig(hidden_dim=16)
-
-
-def config(**kw) -> DownstreamConfig:
-    base = {
-        "head": SMALL,
-        "max_batch_seconds": 4.0,
-        "eval_every": 2,
-        "log_every": 2,
-        "lr": 1e-2,
-        "patience": None,
-    }
-    return DownstreamConfig(**{**base, **kw})
+from tests.downstream.test_feature_cache import _save_upstream as save_tiny_upstream
+from tests.downstream.test_feature_cache import config
 
 
 def _save_upstream(path: Path, seed: int) -> Path:
-    """A tiny speechssl checkpoint at `path` (replaced in place), its weights moved off init by `seed`."""
-    torch.manual_seed(0)
-    cfg = tiny_config(mode="layer_norm", layer_norm_first=True, embed_dim=24, num_heads=3)
+    """test_feature_cache's tiny checkpoint, replacing what is at `path` (an upstream swapped in place)."""
     shutil.rmtree(path, ignore_errors=True)
-    save_checkpoint(perturb_(build_model(cfg).eval(), seed=seed), cfg, path)
-    return path
+    return save_tiny_upstream(path, seed)
 
 
 def _steps(run_dir: Path) -> list[int]:
@@ -156,6 +137,21 @@ def test_train_never_makes_a_feature_cache_its_experiment(task_data, tmp_path, c
     saved = _files(cache)
     assert downstream_train(task_data["ks"], cache, "--max-steps", "2", "--overwrite") == 1
     assert f"--out {cache} is a feature cache" in capsys.readouterr().err
+    assert _files(cache) == saved and read_marker(cache) == CACHE_COMMAND
+
+
+def test_no_command_writes_over_or_into_a_feature_cache_even_with_overwrite(task_data, tmp_path, capsys):
+    """A report or tokenizer --out a cache (or one of its entries) --overwrite replaced the cache's
+    marker, so no run read the cache again, or wrote among an entry's shards."""
+    cache = tmp_path / "cache"
+    exp = tmp_path / "a"
+    train_downstream("ks", "fbank", task_data["ks"], exp, config(feature_cache=str(cache)), max_steps=2)
+    evaluate_downstream(exp)
+    entry = next(p for p in cache.iterdir() if p.is_dir())
+    saved = _files(cache)
+    for out in (cache, entry):
+        assert run_cli("downstream", "report", "--exps", exp, "--out", out, "--overwrite") == 1
+        assert "never writes over" in capsys.readouterr().err
     assert _files(cache) == saved and read_marker(cache) == CACHE_COMMAND
 
 
