@@ -60,6 +60,7 @@ upstream's frame rate) and `write_predictions(EXP, split)` (evaluate: sd's hypot
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -86,6 +87,7 @@ from speechssl.downstream.feature_cache import (
     cached_loader,
     claim_cache_dir,
     crop_frame_count,
+    split_inputs,
     weights_fingerprint,
 )
 from speechssl.downstream.featurizers import build_featurizer
@@ -254,10 +256,12 @@ def open_features(
     return {split: cache.split(task.data_dir / split) for split in splits}
 
 
-def _train_fingerprint(task: Task) -> tuple[int, float]:
-    """The train split as global CMVN saw it: utterances and total seconds."""
+def _train_fingerprint(task: Task) -> tuple[int, float, str]:
+    """The train split as global CMVN saw it: utterances, total seconds, and its audio files
+    (feature_cache.split_inputs: paths, segments, sizes, mtimes, ctimes, inodes) hashed."""
     durations = task.dataset("train", train=False).full_durations
-    return len(durations), float(sum(durations))
+    files = hashlib.sha256(json.dumps(split_inputs(task.data_dir / "train")).encode()).hexdigest()[:32]
+    return len(durations), float(sum(durations)), files
 
 
 @torch.no_grad()
@@ -269,7 +273,7 @@ def train_cmvn_stats(
     per experiment into EXP/task/fbank_cmvn.npz (atomic) and read back by dev/test scoring,
     `evaluate` and a resumed run, which checks the train split still has the same utterances."""
     path = task.task_dir / CMVN_FILE
-    utterances, seconds = _train_fingerprint(task)
+    utterances, seconds, files = _train_fingerprint(task)
     if path.is_file():
         with np.load(path) as saved:
             stats = {k: saved[k] for k in saved.files}
@@ -280,6 +284,12 @@ def train_cmvn_stats(
                 f"{path} was computed over {int(stats['utterances'])} train utterances "
                 f"({float(stats['seconds']):.3f} s), but {task.data_dir / 'train'} has {utterances} "
                 f"({seconds:.3f} s): the train data changed; train into a new --out"
+            )
+        if "files" in stats and str(stats["files"]) != files:  # statistics of older speechssl: no hash
+            raise DataCheckError(
+                f"{path} was computed over other audio files than {task.data_dir / 'train'} names now "
+                "(a path, size, mtime, ctime or inode differs): train into a new --out, or move "
+                f"{path} away to compute it again"
             )
         return torch.from_numpy(stats["mean"]), torch.from_numpy(stats["std"])
     if not compute:
@@ -303,7 +313,7 @@ def train_cmvn_stats(
             with open(tmp, "wb") as f:
                 np.savez(
                     f, mean=mean.numpy(), std=std.numpy(), frames=np.int64(frames),
-                    utterances=np.int64(utterances), seconds=np.float64(seconds),
+                    utterances=np.int64(utterances), seconds=np.float64(seconds), files=np.str_(files),
                 )  # fmt: skip
         log.info("global CMVN: %d train frames -> %s", frames, path)
     return mean, std

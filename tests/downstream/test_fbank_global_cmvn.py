@@ -5,6 +5,7 @@ EXP/task/fbank_cmvn.npz, equal numpy's over the train frames, and are what dev/t
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,3 +106,31 @@ def test_each_baseline_trains_ks_through_the_cli(upstream, task_data, tmp_path, 
     capsys.readouterr()
     assert run_cli("downstream", "name", upstream) == 0
     assert capsys.readouterr().out.strip() == upstream
+
+
+def test_stats_of_audio_rewritten_since_are_refused(task_data, tmp_path):
+    """Utterances and seconds alone miss a train file rewritten in place with its old mtime (or a
+    restarted run whose data changed): the statistics also record the files' stats."""
+    import os
+    import shutil
+
+    import soundfile as sf
+
+    data = tmp_path / "ks"
+    for split in ("train", "dev", "test"):
+        shutil.copytree(task_data["ks"] / split, data / split)
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    scp = data / "train" / "wav.scp"
+    rows = [line.split(maxsplit=1) for line in scp.read_text().splitlines()]
+    scp.write_text("".join(f"{utt} {shutil.copy(path, audio)}\n" for utt, path in rows))
+    config = small_config()
+    task = build_task("ks", data, tmp_path / "exp", config)
+    prepare_upstream("fbank_global_cmvn", config, task)
+    first = audio / Path(rows[0][1]).name
+    before = first.stat()
+    wav, rate = sf.read(first)
+    sf.write(first, np.random.default_rng(0).standard_normal(len(wav)) * 0.1, rate, subtype="PCM_16")
+    os.utime(first, ns=(before.st_atime_ns, before.st_mtime_ns))  # as cp -p, rsync -t or tar leave it
+    with pytest.raises(DataCheckError, match="other audio files"):
+        prepare_upstream("fbank_global_cmvn", config, task)
