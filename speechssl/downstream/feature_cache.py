@@ -321,7 +321,8 @@ class CachedSplit:
                 raise FeatureCacheError(
                     f"feature cache entry {self.path} is damaged: utterance '{utt}' ({info['file']}, "
                     f"frames {first}..{first + count}) no longer matches the checksum written with it; "
-                    f"delete {self.path} and the next run recomputes it"
+                    f"delete {self.path} and run again (with --resume once EXP has a checkpoint): the "
+                    "entry is computed again"
                 )
             self._checked.add(utt)
         return block
@@ -411,15 +412,16 @@ def _describe_miss(root: Path, key: str, source: str, upstream_fp: str, split_di
         up, data = meta.get("upstream", {}), meta.get("data", {})
         if data.get("split_dir") != here:
             continue
+        older = meta.get("format_version") != FORMAT_VERSION
+        if older and (up.get("source") == source or up.get("fingerprint") == upstream_fp):
+            return (  # its fingerprints are an older speechssl's too: not a sign of other weights
+                f"entry {meta_path.parent.name} of this split was made by an older speechssl (format "
+                f"{meta.get('format_version')}, no checksums): computed once more in format "
+                f"{FORMAT_VERSION}; delete the old entry"
+            )
         if up.get("source") == source and up.get("fingerprint") != upstream_fp:
             return f"entry {meta_path.parent.name} of {source} was made with other weights"
         if up.get("fingerprint") == upstream_fp:
-            if meta.get("format_version") != FORMAT_VERSION:
-                return (
-                    f"entry {meta_path.parent.name} of this split was made by an older speechssl (format "
-                    f"{meta.get('format_version')}, no checksums): computed once more in format "
-                    f"{FORMAT_VERSION}; delete the old entry"
-                )
             try:
                 old = json.loads((meta_path.parent / INPUTS).read_text())
             except (OSError, ValueError):
