@@ -27,7 +27,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -128,6 +128,22 @@ def record_output(path: str | Path, command: str) -> None:
         record = _read_record(path.parent)
         record[path.name] = {"command": command, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
         atomic_write_json(path.parent / FILES_RECORD, record)
+    finally:
+        os.close(fd)
+
+
+def forget_outputs(directory: str | Path, names: Iterable[str]) -> None:
+    """Drop the notes of `record_output` for `names` in `directory`, which the command is about to
+    write again: one that a killed run wrote but never noted is then the next run's to replace,
+    not a file changed since (its new size and mtime against the old note)."""
+    directory = Path(directory)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        record = _read_record(directory)
+        kept = {name: entry for name, entry in record.items() if name not in set(names)}
+        if kept != record:
+            atomic_write_json(directory / FILES_RECORD, kept)
     finally:
         os.close(fd)
 

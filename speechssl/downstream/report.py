@@ -48,6 +48,7 @@ from speechssl.outputs import (
     LOCK,
     MARKER,
     check_output,
+    forget_outputs,
     read_marker,
     record_output,
     write_marker,
@@ -509,6 +510,7 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     # listed before anything is written: a killed run's files are the next run's to replace
     write_marker(out_dir, REPORT_COMMAND, files=sorted({*(earlier or ()), *files}))
+    forget_outputs(out_dir, files)  # checked above; noted again as each is written
     atomic_write_text(out_dir / names["markdown"], report_markdown(rows, table, overall))
     record_output(out_dir / names["markdown"], REPORT_COMMAND)  # a re-run may replace it while unchanged
     atomic_write_json(out_dir / names["json"], {**table, "overall": overall, "experiments": rows})

@@ -172,3 +172,22 @@ def test_report_into_the_current_directory(tmp_path, monkeypatch, capsys):
         "results.json",
         "results.md",
     ]
+
+
+def test_a_report_killed_after_writing_a_file_before_noting_it_is_replaced_by_the_next(tmp_path, monkeypatch):
+    """A re-run killed between writing results.md and noting it left the old note beside the new
+    file: the next run took its own file for one the user changed since."""
+    import speechssl.downstream.report as report
+
+    ks = _scored(tmp_path, "a", "ks", "accuracy", 0.5)
+    out = tmp_path / "report"
+    write_report([ks], out)
+
+    def killed(path, command):
+        raise KeyboardInterrupt  # as kill -9 right after the atomic write
+
+    monkeypatch.setattr(report, "record_output", killed)
+    with pytest.raises(KeyboardInterrupt):  # results.md rewritten (a new mtime), its note the old one
+        write_report([ks], out)
+    monkeypatch.undo()
+    assert write_report([ks], out)["markdown"].is_file()
