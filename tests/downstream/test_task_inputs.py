@@ -10,7 +10,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import torch
 
 from speechssl.downstream import DownstreamConfig, HeadConfig, build_task
 from speechssl.downstream.runner import train_downstream
@@ -151,23 +150,10 @@ def test_every_training_utterance_over_the_cap_fails_at_start_up(tmp_path, capsy
 # ---------------------------------------------------------------- 3. shorter than one frame
 
 
-@pytest.fixture(scope="module")
-def tiny_hubert(tmp_path_factory) -> Path:
-    from speechssl.models.checkpoint import save_checkpoint
-    from speechssl.models.model import build_model
-    from speechssl.models.presets import hubert_tiny
-
-    torch.manual_seed(0)
-    config = hubert_tiny()
-    path = tmp_path_factory.mktemp("up") / "hubert_tiny"
-    save_checkpoint(build_model(config), config, path)
-    return path
-
-
 @pytest.mark.parametrize("upstream", ["fbank", "hubert"])
 @pytest.mark.parametrize(("split", "seconds"), [("train", 0.02), ("dev", 0.01)])
 def test_an_utterance_shorter_than_one_frame_is_named_before_training(
-    tmp_path, tiny_hubert, upstream, split, seconds
+    tmp_path, tiny_upstream, upstream, split, seconds
 ):
     """fbank: 320 samples gave 0 frames, cached and trained on silently; hubert: an error by batch
     index, mid-dump or mid-training. Now one check, the same for both, naming the utterance."""
@@ -177,7 +163,7 @@ def test_an_utterance_shorter_than_one_frame_is_named_before_training(
     utt = f"spk1-{split}-01"
     wav = data / "wav" / f"{utt}.wav"
     out = tmp_path / "exp"
-    spec = "fbank" if upstream == "fbank" else str(tiny_hubert)
+    spec = "fbank" if upstream == "fbank" else str(tiny_upstream)
     with pytest.raises(
         DataCheckError,
         match=rf"^utterance '{utt}' \({wav}\) has {round(seconds * 16000)} samples, shorter than one "

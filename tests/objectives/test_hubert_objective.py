@@ -147,6 +147,17 @@ def test_label_errors():
         HubertObjectiveConfig(pred_masked_weight=0.0, pred_nomask_weight=0.0)
 
 
+def _training_batch(objective: HubertObjectiveConfig, padding_free: bool):
+    """(our model in train mode, padded or padding-free; a generator; wavs of 3 lengths; their
+    lengths; their frame counts)."""
+    ours = _ours(objective).train()
+    ours.hubert.padding_free = padding_free
+    g = torch.Generator().manual_seed(0)
+    wavs = torch.randn(3, 8000, generator=g)
+    lengths = torch.tensor([8000, 6001, 4533])
+    return ours, g, wavs, lengths, ours.hubert.num_frames(lengths)
+
+
 @pytest.mark.parametrize("padding_free", [False, True])
 def test_no_shape_in_a_training_step_depends_on_the_mask(padding_free):
     """CUDA graphs recorded for one batch shape replay only if every op of the step has the same
@@ -166,12 +177,7 @@ def test_no_shape_in_a_training_step_depends_on_the_mask(padding_free):
             return out
 
     objective = HubertObjectiveConfig(num_classes=[NUM_CLASSES], final_dim=32, pred_nomask_weight=0.5)
-    ours = _ours(objective).train()
-    ours.hubert.padding_free = padding_free
-    g = torch.Generator().manual_seed(0)
-    wavs = torch.randn(3, 8000, generator=g)
-    lengths = torch.tensor([8000, 6001, 4533])
-    frames = ours.hubert.num_frames(lengths)
+    ours, g, wavs, lengths, frames = _training_batch(objective, padding_free)
     T = int(frames.max())
     labels = torch.randint(0, NUM_CLASSES, (3, T), generator=g)
     steps = []
@@ -192,12 +198,7 @@ def test_the_loss_over_every_frame_is_fairseqs_over_the_predicted_ones(padding_f
     masked (and unmasked) frames of every label set, divided by their count (fairseq's
     hubert_criterion with sample_size), gradients included."""
     objective = HubertObjectiveConfig(num_classes=[7, 11], head="linear", pred_nomask_weight=0.5)
-    ours = _ours(objective).train()
-    ours.hubert.padding_free = padding_free
-    g = torch.Generator().manual_seed(0)
-    wavs = torch.randn(3, 8000, generator=g)
-    lengths = torch.tensor([8000, 6001, 4533])
-    frames = ours.hubert.num_frames(lengths)
+    ours, g, wavs, lengths, frames = _training_batch(objective, padding_free)
     T = int(frames.max())
     mask = compute_mask_indices(frames, T, mask_prob=0.5, mask_length=3, min_masks=1, generator=g)
     targets = [torch.randint(0, 7, (3, T), generator=g), torch.randint(0, 11, (3, T - 2), generator=g)]
