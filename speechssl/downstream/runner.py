@@ -166,7 +166,7 @@ def prepare_upstream(
     `load`: what loads it (default load_upstream; `_first_load`: one loaded and checked already)."""
     upstream = (load or load_upstream)(spec)
     if task is not None:
-        task.bind_upstream(upstream, str(spec))  # targets at its frame rate (sd); a frame per example
+        task.bind_upstream(upstream)  # targets at the upstream's frame rate (sd)
     if getattr(upstream, "needs_train_stats", False):
         if task is None:
             raise ValueError(f"upstream '{spec}' needs the train split's statistics: pass the task")

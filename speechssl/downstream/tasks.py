@@ -605,11 +605,8 @@ class Task:
     # optional hooks (sd uses them; other tasks keep these no-ops)
     feature_cache_bypass: str | None = None  # why the feature cache cannot serve this task
 
-    def bind_upstream(self, upstream: Any, name: str | None = None) -> None:
-        """Learn what the targets depend on from the prepared upstream (sd: its frame rate), and
-        check that every example gives it a frame (`check_frames`; `name`: the upstream's, for
-        the message)."""
-        self.check_frames(upstream, name)
+    def bind_upstream(self, upstream: Any) -> None:
+        """Learn what the targets depend on from the prepared upstream (sd: its frame rate)."""
 
     def write_predictions(self, out_dir: Path, split: str) -> str | None:
         """Write the last evaluation's predictions into the experiment; their path, or None."""
@@ -1333,16 +1330,14 @@ class SpeakerDiarization(Task):
         self._recordings: dict[str, dict[str, Recording]] = {}
         self.hypotheses: dict[str, dict[str, list[metrics.Turn]]] = {}  # split -> reco -> turns
 
-    def bind_upstream(self, upstream: Any, name: str | None = None) -> None:
-        """Targets follow the upstream's frames: one per `downsample_rate` samples (runner hook);
-        every recording gives it a frame (Task.check_frames)."""
+    def bind_upstream(self, upstream: Any) -> None:
+        """Targets follow the upstream's frames: one per `downsample_rate` samples (runner hook)."""
         if not getattr(upstream, "fixed_rate", True):  # duck-typed upstreams: one frame each
             raise DataCheckError(
                 "task sd needs one upstream frame per downsample_rate samples; de-duplicated or BPE "
                 "tokens (tokens:DIR with --dedup / --bpe-vocab) come at a variable rate"
             )
         self._frame_shift = upstream.downsample_rate / SAMPLE_RATE
-        super().bind_upstream(upstream, name)
 
     def train_durations(self) -> list[float]:
         """The training recordings, cut to `max_seconds` windows when set (the training dataset

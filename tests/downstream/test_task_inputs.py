@@ -182,7 +182,7 @@ def test_a_crop_shorter_than_one_frame_is_refused(tmp_path):
     with pytest.raises(
         DataCheckError, match=r"^max_seconds 0.02 is 320 samples, shorter than one frame of fbank"
     ):
-        task.bind_upstream(load_upstream("fbank"))
+        task.check_frames(load_upstream("fbank"))
 
 
 def test_min_input_samples_is_the_first_length_with_a_frame():
