@@ -148,7 +148,8 @@ def forget_outputs(directory: str | Path, names: Iterable[str]) -> None:
         os.close(fd)
 
 
-def _is_own_file(path: Path, command: str) -> bool:
+def is_own_file(path: Path, command: str) -> bool:
+    """Whether `command` wrote the file `path` (`record_output`) and nobody changed it since."""
     entry = _read_record(path.parent).get(path.name)
     if not isinstance(entry, dict) or entry.get("command") != command:
         return False
@@ -238,7 +239,7 @@ def check_output(
     _refuse_parent_files(out)
     if not out.exists() and not out.is_symlink():
         return out
-    own = read_marker(out) == command if out.is_dir() else _is_own_file(out, command)
+    own = read_marker(out) == command if out.is_dir() else is_own_file(out, command)
     if not own:  # inside an input or an experiment, --overwrite never applies
         for root in (*(Path(p) for p in inputs), _enclosing_experiment(out)):
             if root is not None and root.is_dir() and root.resolve() in out.resolve().parents:

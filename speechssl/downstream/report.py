@@ -49,6 +49,7 @@ from speechssl.outputs import (
     MARKER,
     check_output,
     forget_outputs,
+    is_own_file,
     read_marker,
     record_output,
     write_marker,
@@ -520,9 +521,9 @@ def write_report(
         record_output(out_dir / names["png"], REPORT_COMMAND)
     for path in plot_dev_curves(rows, out_dir):
         record_output(path, REPORT_COMMAND)
-    for name in sorted(set(earlier or ()) - set(files)):  # unchanged (or --overwrite): not the user's
+    for name in sorted(set(earlier or ()) - set(files)):  # ours and unchanged since, even with --overwrite
         path = out_dir / name
-        if path.is_file() or path.is_symlink():
+        if path.is_file() and not path.is_symlink() and is_own_file(path, REPORT_COMMAND):
             path.unlink()
     write_marker(out_dir, REPORT_COMMAND, files=sorted(files))
     written: dict[str, Any] = {key: out_dir / name for key, name in names.items()}

@@ -191,3 +191,15 @@ def test_a_report_killed_after_writing_a_file_before_noting_it_is_replaced_by_th
         write_report([ks], out)
     monkeypatch.undo()
     assert write_report([ks], out)["markdown"].is_file()
+
+
+def test_a_file_it_no_longer_writes_is_dropped_only_if_unchanged_even_with_overwrite(tmp_path):
+    """--overwrite lets the report replace what it writes; a file it drops (a task no longer
+    reported) that the user edited since is not the report's to delete."""
+    ks = _scored(tmp_path, "a", "ks", "accuracy", 0.5)
+    pr = _scored(tmp_path, "a", "pr", "per", 0.4)
+    out = tmp_path / "report"
+    write_report([ks, pr], out)
+    (out / "dev_curves_pr.png").write_bytes(b"annotated by hand")
+    write_report([ks], out, overwrite=True)
+    assert (out / "dev_curves_pr.png").read_bytes() == b"annotated by hand"
