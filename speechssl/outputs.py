@@ -239,7 +239,9 @@ def check_output(
     _refuse_parent_files(out)
     if not out.exists() and not out.is_symlink():
         return out
-    own = read_marker(out) == command if out.is_dir() else is_own_file(out, command)
+    # the marker read once: a parallel job may write it between two reads (a cache made at once)
+    content = _marker(out) if out.is_dir() else {}
+    own = content.get("command") == command if out.is_dir() else is_own_file(out, command)
     if not own:  # inside an input or an experiment, --overwrite never applies
         for root in (*(Path(p) for p in inputs), _enclosing_experiment(out)):
             if root is not None and root.is_dir() and root.resolve() in out.resolve().parents:
@@ -257,12 +259,12 @@ def check_output(
     if out.is_dir():
         if is_file:
             raise OutputExistsError(f"--out {out} is a directory; {command} writes a file there: name a file")
-        marker = read_marker(out)
+        marker = content.get("command") if isinstance(content.get("command"), str) else None
         if own:
             return out
-        if is_experiment_dir(out) or _is_shared(out):
+        if is_experiment_dir(out) or content.get("shared"):
             owner = f"of `speechssl {marker}`" if marker else "with checkpoints or logs"
-            kind = "a shared dir" if _is_shared(out) else "an experiment dir"
+            kind = "a shared dir" if content.get("shared") else "an experiment dir"
             raise OutputExistsError(
                 f"--out {out} is {kind} {owner}; {command} never writes over one: choose another --out"
             )
