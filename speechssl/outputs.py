@@ -263,10 +263,13 @@ def check_output(
         if own:
             return out
         if is_experiment_dir(out) or content.get("shared"):
-            owner = f"of `speechssl {marker}`" if marker else "with checkpoints or logs"
-            kind = "a shared dir" if content.get("shared") else "an experiment dir"
+            if content.get("shared"):  # a marker name, not a command (a feature cache)
+                what = f"a shared dir ({marker})" if marker else "a shared dir"
+            else:
+                owner = f"of `speechssl {marker}`" if marker else "with checkpoints or logs"
+                what = f"an experiment dir {owner}"
             raise OutputExistsError(
-                f"--out {out} is {kind} {owner}; {command} never writes over one: choose another --out"
+                f"--out {out} is {what}; {command} never writes over one: choose another --out"
             )
         contents = _contents(out)
         if (

@@ -65,6 +65,19 @@ def test_experiment_dirs_and_inputs_are_refused_even_with_overwrite(tmp_path):
         check_output(tmp_path, "export hf", overwrite=True, inputs=(ckpt,))
 
 
+def test_a_shared_dir_is_refused_naming_what_it_is_not_a_command(tmp_path):
+    """A feature cache's marker names no CLI command: the refusal must not tell the user to run
+    `speechssl downstream feature-cache` (there is no such command)."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    write_marker(cache, "downstream feature-cache", shared=True)
+    with pytest.raises(OutputExistsError) as refused:
+        check_output(cache, "export hf", overwrite=True)
+    message = str(refused.value)
+    assert "is a shared dir (downstream feature-cache); export hf never writes over one" in message
+    assert "speechssl downstream feature-cache" not in message
+
+
 def test_existing_file_needs_overwrite(tmp_path):
     f = tmp_path / "model.onnx"
     f.write_text("mine")

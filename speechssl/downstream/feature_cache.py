@@ -6,7 +6,7 @@ an utterance in every update, so `speechssl downstream train --feature-cache DIR
 hidden layer of every utterance of a split once and trains the featurizer (weighted sum, ...)
 and the head on the dump. Layout (DIR is a speechssl output: marker, never written over):
 
-    DIR/.speechssl_output           marker of `downstream feature-cache`
+    DIR/.speechssl_output           marker: command name "downstream feature-cache", shared
     DIR/<key>/meta.json             what made the entry (upstream, data, shapes, shards)
     DIR/<key>/index.json            utt -> [shard, first frame, frames, crc32 of its bytes]
     DIR/<key>/inputs.json           per utterance: [id, audio path, start, end, bytes, mtime_ns,

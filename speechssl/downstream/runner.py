@@ -837,8 +837,8 @@ def _check_cache_apart(out_dir: Path, config: DownstreamConfig) -> None:
     dir is never an --out of train (not even with --overwrite)."""
     if read_marker(out_dir) == CACHE_COMMAND:
         raise OutputExistsError(
-            f"--out {out_dir} is a feature cache (`speechssl {CACHE_COMMAND}`), never an experiment dir: "
-            "train into another --out"
+            f"--out {out_dir} is a feature cache (of `downstream train --feature-cache`), never an"
+            " experiment dir: train into another --out"
         )
     if config.feature_cache is None:
         return
