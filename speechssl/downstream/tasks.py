@@ -47,6 +47,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
@@ -226,32 +227,53 @@ def upstream_label(upstream: Any) -> str:
 
 
 def train_sentencepiece(
-    text_file: str | Path, model_prefix: str | Path, vocab_size: int, *, model_type: str = "unigram"
+    text_file: str | Path,
+    model_prefix: str | Path,
+    vocab_size: int,
+    *,
+    model_type: str = "unigram",
+    source: str | Path | None = None,
 ) -> Path:
     """Train a sentencepiece model on `text_file` (one sentence per line); returns the .model path.
     The vocabulary is a soft limit, so tiny corpora still train. Trained in a temp dir and
-    renamed, so a killed run leaves no half-written model."""
+    renamed, so a killed run leaves no half-written model. `source`: the file errors name (the
+    user's transcripts that `text_file` was made from)."""
     import sentencepiece as spm
 
     model_prefix = Path(model_prefix)
+    if vocab_size < 1:
+        raise ValueError(f"sentencepiece vocabulary size must be positive, got {vocab_size}")
+    if not any(line.strip() for line in Path(text_file).read_text(encoding="utf-8").splitlines()):
+        raise ValueError(f"{source or text_file}: no transcript to train a sentencepiece model on")
     model_prefix.parent.mkdir(parents=True, exist_ok=True)
     # a temp name `remove_stale_temporaries` knows, so a killed run's leftovers are cleaned
     tmp = Path(tempfile.mkdtemp(prefix=f".{model_prefix.name}.{os.getpid()}.tmp", dir=model_prefix.parent))
     try:
-        spm.SentencePieceTrainer.train(
-            input=str(text_file),
-            model_prefix=str(tmp / model_prefix.name),
-            vocab_size=vocab_size,
-            model_type=model_type,
-            character_coverage=1.0,
-            hard_vocab_limit=False,
-            bos_id=-1,
-            eos_id=-1,
-            unk_id=1,
-            pad_id=0,
-            pad_piece=BLANK,
-            minloglevel=2,
-        )
+        try:
+            spm.SentencePieceTrainer.train(
+                input=str(text_file),
+                model_prefix=str(tmp / model_prefix.name),
+                vocab_size=vocab_size,
+                model_type=model_type,
+                character_coverage=1.0,
+                hard_vocab_limit=False,
+                bos_id=-1,
+                eos_id=-1,
+                unk_id=1,
+                pad_id=0,
+                pad_piece=BLANK,
+                minloglevel=2,
+            )
+        except RuntimeError as err:  # sentencepiece's own check, e.g. fewer pieces than characters
+            needed = re.search(r"required_chars\. \d+ vs (\d+)", str(err))
+            reason = (
+                f"the transcripts need at least {needed[1]} (a piece per character, <pad> and <unk>)"
+                if needed
+                else str(err).split("] ", 1)[-1].strip()
+            )
+            raise ValueError(
+                f"sentencepiece cannot train {vocab_size} pieces on {source or text_file}: {reason}"
+            ) from err
         for suffix in (".model", ".vocab"):
             os.replace(tmp / f"{model_prefix.name}{suffix}", model_prefix.with_suffix(suffix))
     finally:
@@ -271,14 +293,19 @@ def train_tokenizer(
     text, out_dir = Path(text), Path(out_dir)
     if not text.is_file():
         raise FileNotFoundError(f"transcripts {text} do not exist")
+    transcripts = [v for v in read_table(text).values() if v.strip()]
+    if not transcripts:
+        raise ValueError(f"{text}: no transcript to train a sentencepiece model on")
+    if vocab_size < 1:
+        raise ValueError(f"sentencepiece vocabulary size must be positive, got {vocab_size}")
     if check_out:
         check_output(out_dir, TOKENIZER_COMMAND, overwrite=overwrite, inputs=(text,))
         out_dir.mkdir(parents=True, exist_ok=True)
         write_marker(out_dir, TOKENIZER_COMMAND)
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = out_dir / "spm_train.txt"
-    atomic_write_text(lines, "".join(f"{v}\n" for v in read_table(text).values()))
-    return train_sentencepiece(lines, out_dir / "spm", vocab_size)
+    atomic_write_text(lines, "".join(f"{v}\n" for v in transcripts))
+    return train_sentencepiece(lines, out_dir / "spm", vocab_size, source=text)
 
 
 # ---------------------------------------------------------------- tasks

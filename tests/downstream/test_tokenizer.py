@@ -19,3 +19,27 @@ def test_tokenizer_trains_on_transcripts_without_ids(tmp_path, capsys):
     assert not any("u1" in p or "u2" in p for p in pieces)  # utterance ids are not text
     assert run_cli("downstream", "tokenizer", "--text", tmp_path / "none", "--out", tmp_path / "x") == 1
     assert "none do not exist" in capsys.readouterr().err
+
+
+def test_a_vocabulary_too_small_or_no_transcript_is_one_line_naming_the_file(tmp_path, capsys):
+    """sentencepiece's own checks surface as one line naming the user's transcripts and the least
+    vocabulary that trains, exit 1, and no --out is made for input that cannot train."""
+    text = tmp_path / "text"
+    text.write_text("u1 hello world\nu2 foo bar\n")
+
+    def tokenizer(text, vocab, out):
+        args = ("--text", text, "--vocab-size", vocab, "--out", tmp_path / out)
+        return run_cli("downstream", "tokenizer", *args)
+
+    assert tokenizer(text, "3", "a") == 1
+    err = capsys.readouterr().err
+    assert f"sentencepiece cannot train 3 pieces on {text}: the transcripts need at least 13" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert tokenizer(text, "13", "a") == 0
+    assert tokenizer(text, "0", "b") == 1
+    assert "vocabulary size must be positive" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.write_text("u1\nu2  \n")
+    assert tokenizer(empty, "10", "c") == 1
+    assert f"{empty}: no transcript" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
