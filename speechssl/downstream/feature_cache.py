@@ -84,6 +84,7 @@ from speechssl.data.audio import SAMPLE_RATE
 from speechssl.data.batching import BatchingConfig, build_loader
 from speechssl.data.datadir import DataDir
 from speechssl.data.dataset import AudioDataset, collate_audio
+from speechssl.downstream.tasks import check_batch_frames, min_input_samples
 from speechssl.errors import OutputExistsError, SpeechSSLError
 from speechssl.features.upstream_features import pads_safely
 from speechssl.io import atomic_directory, atomic_write_json, is_temporary
@@ -518,6 +519,7 @@ class FeatureCache:
         batched = pads_safely(upstream)
         batching = self.batching if batched else BatchingConfig(max_batch_seconds=1.0, max_batch_size=1)
         loader = build_loader(dataset, batching, train=False, seed=self.seed)
+        need = min_input_samples(upstream)
         total_seconds = float(sum(dataset.full_durations))
         done, seconds, start = 0, 0.0, time.perf_counter()
         last_log = start
@@ -525,6 +527,7 @@ class FeatureCache:
             writer = _ShardWriter(tmp)
             try:
                 for batch in loader:
+                    check_batch_frames(batch.utt_ids, batch.wav_lens, need, self.source)
                     out = upstream(batch.wavs.to(self.device), batch.wav_lens.to(self.device))
                     hidden = torch.stack(out.hidden_states, dim=2)  # (B, T, H, D)
                     for b, utt in enumerate(batch.utt_ids):

@@ -22,6 +22,7 @@ from torch.nn.modules.module import _IncompatibleKeys
 
 from speechssl.data.dataset import Batch
 from speechssl.downstream.feature_cache import FeatureBatch
+from speechssl.downstream.tasks import check_batch_frames, min_input_samples, upstream_label
 from speechssl.models.upstream_api import UpstreamModel
 
 UPSTREAM = "upstream."
@@ -32,6 +33,7 @@ class DownstreamModel(nn.Module):
         super().__init__()
         self.upstream, self.featurizer, self.head = upstream, featurizer, head
         self.task = task  # plain object: no parameters
+        self._min_samples, self._label = min_input_samples(upstream), upstream_label(upstream)
 
     # --- which upstream weights train -------------------------------------------------
     def upstream_trainable(self) -> bool:
@@ -81,6 +83,8 @@ class DownstreamModel(nn.Module):
             if self.upstream_trainable():
                 raise RuntimeError("cached features of an upstream that trains: the cache is for frozen ones")
             return self.featurizer(batch.hidden_states(), batch.lengths)
+        lengths = batch.host_wav_lens if batch.host_wav_lens is not None else batch.wav_lens
+        check_batch_frames(batch.utt_ids, lengths, self._min_samples, self._label)
         grad = contextlib.nullcontext() if self.upstream_trainable() else torch.no_grad()
         with grad:
             out = self.upstream(batch.wavs, batch.wav_lens)

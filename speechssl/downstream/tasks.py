@@ -213,6 +213,22 @@ def min_input_samples(upstream: Any) -> int | None:
     return hi
 
 
+def check_batch_frames(utt_ids: list[str], lengths: Tensor, need: int | None, label: str) -> None:
+    """Every utterance of a batch, as read, gives the upstream a frame (`need` samples, from
+    `min_input_samples`). `Task.check_frames` said so at start-up from utt2dur or segments; an
+    entry longer than its audio (a stale utt2dur) is named here, before the batch reaches the
+    upstream (the model's error names a batch index; fbank would give a 0-frame example)."""
+    if need is None:
+        return
+    for utt, samples in zip(utt_ids, lengths.tolist()):  # host lengths: no device sync
+        if samples < need:
+            raise DataCheckError(
+                f"utterance '{utt}' has {samples} samples, shorter than one frame of {label} ({need} "
+                "samples), though its utt2dur or segments entry said longer: that file is stale "
+                "(`speechssl data durations DIR` rewrites utt2dur from the audio)"
+            )
+
+
 def upstream_label(upstream: Any) -> str:
     """A name for an upstream in messages when the caller gives none."""
     source = getattr(upstream, "source", None)

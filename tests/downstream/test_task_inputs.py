@@ -173,6 +173,29 @@ def test_an_utterance_shorter_than_one_frame_is_named_before_training(
     assert not list(out.rglob("step_*"))  # no step was trained
 
 
+@pytest.mark.parametrize("upstream", ["fbank", "hubert"])
+@pytest.mark.parametrize("cached", [False, True])
+def test_a_stale_utt2dur_hiding_a_too_short_utterance_is_named_when_read(
+    tmp_path, tiny_upstream, upstream, cached
+):
+    """utt2dur says 0.5 s, the audio holds 0.02 s: the start-up check trusts utt2dur, so the batch
+    that reads the audio names the utterance and the stale file (was hubert's error by batch
+    index, or for fbank a 0-frame example trained on silently), before any step."""
+    data = _data(tmp_path / "ks")
+    utt = "spk1-train-01"
+    write_tone(data / "wav" / f"{utt}.wav", 0.02, freq=250.0)  # utt2dur still says 0.5
+    out = tmp_path / "exp"
+    spec = "fbank" if upstream == "fbank" else str(tiny_upstream)
+    config = _config(feature_cache=str(tmp_path / "cache")) if cached else _config()
+    with pytest.raises(
+        DataCheckError,
+        match=rf"^utterance '{utt}' has 320 samples, shorter than one frame of \S+ \(400 samples\), "
+        r"though its utt2dur or segments entry said longer: that file is stale",
+    ):
+        train_downstream("ks", spec, data, out, config, max_steps=1)
+    assert not list(out.rglob("step_*"))  # no step was trained
+
+
 def test_a_crop_shorter_than_one_frame_is_refused(tmp_path):
     from speechssl.interop.upstream import load_upstream
 
