@@ -706,8 +706,11 @@ SD_HEAD_KEYS = frozenset({"head.sd_rnn_layers", "head.sd_hidden_dim"})
 def _resumable(source: Path, config: DownstreamConfig, task: str) -> frozenset[str]:
     """`RESUMABLE`; for a task other than sd the SD head's keys; and for a fine-tuning run every
     featurizer/head key (of the checkpoint's config and this one): that run uses neither section,
-    so their defaults may change."""
+    so their defaults may change; with `lr_sweep` the top-level `lr`, which no run of a sweep
+    reads (the sweep's rates themselves are still compared)."""
     base = RESUMABLE | SD_HEAD_KEYS if task != "sd" else RESUMABLE
+    if config.lr_sweep:
+        base |= {"lr"}
     if config.finetune is None:
         return base
     saved_path = source / "config.yaml"

@@ -211,6 +211,21 @@ def test_finetuning_resume_ignores_unused_sections(tmp_path):
     assert config_differences(other_head, frozen, allowed=runner._resumable(tmp_path, frozen, "ks"))
 
 
+def test_a_sweeps_resume_ignores_the_top_level_lr_but_not_its_rates(tmp_path):
+    """No run of a sweep reads the top-level lr: a resume with another one (a changed conf default)
+    goes on; other rates, or no sweep, are still refused."""
+    sweep = dataclasses.replace(small_config(), lr_sweep=[1e-2, 1e-3])
+    saved = {**to_dict(sweep), "lr": 5e-4}
+
+    def keys(config):
+        allowed = runner._resumable(tmp_path, config, "ks")
+        return [d.split(" ")[0] for d in config_differences(saved, config, allowed=allowed)]
+
+    assert keys(sweep) == []
+    assert keys(dataclasses.replace(sweep, lr_sweep=[1e-2, 1e-4])) == ["lr_sweep"]
+    assert keys(dataclasses.replace(sweep, lr_sweep=[])) == ["lr", "lr_sweep"]
+
+
 def test_resume_of_a_run_from_before_an_option_existed(tmp_path):
     """Options added since a checkpoint was written count as differences unless the run cannot
     be affected: the SD head's sizes for any other task, `ADDED_OPTIONS` at their old value.
