@@ -97,6 +97,7 @@ class FinetuneModel(DownstreamModel):
         config = self.finetune
         mask = config.mask if self.training and config.apply_mask else None
         no_grad = frozen or not self.upstream_trainable()
+        self.check_frames(batch)
         with torch.no_grad() if no_grad else contextlib.nullcontext():
             x, lengths = encode(self.upstream, batch.wavs, batch.wav_lens, mask)
         return self.featurizer(x, lengths)

@@ -83,12 +83,16 @@ class DownstreamModel(nn.Module):
             if self.upstream_trainable():
                 raise RuntimeError("cached features of an upstream that trains: the cache is for frozen ones")
             return self.featurizer(batch.hidden_states(), batch.lengths)
-        lengths = batch.host_wav_lens if batch.host_wav_lens is not None else batch.wav_lens
-        check_batch_frames(batch.utt_ids, lengths, self._min_samples, self._label)
+        self.check_frames(batch)
         grad = contextlib.nullcontext() if self.upstream_trainable() else torch.no_grad()
         with grad:
             out = self.upstream(batch.wavs, batch.wav_lens)
         return self.featurizer(out.hidden_states, out.lengths)
+
+    def check_frames(self, batch: Batch) -> None:
+        """Each utterance as read gives the upstream a frame (a stale utt2dur hid one that does not)."""
+        lengths = batch.host_wav_lens if batch.host_wav_lens is not None else batch.wav_lens
+        check_batch_frames(batch.utt_ids, lengths, self._min_samples, self._label)
 
     def forward(self, batch: Batch | FeatureBatch) -> tuple[Tensor, dict[str, Tensor]]:
         x, lengths = self.features(batch)

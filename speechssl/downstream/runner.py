@@ -99,7 +99,14 @@ from speechssl.downstream.finetune import (
     scale_run,
 )
 from speechssl.downstream.model import DownstreamModel
-from speechssl.downstream.tasks import SPLITS, DataCheckError, Task, build_task
+from speechssl.downstream.tasks import (
+    SPLITS,
+    DataCheckError,
+    Task,
+    build_task,
+    check_batch_frames,
+    min_input_samples,
+)
 from speechssl.errors import OutputExistsError, SpeechSSLError
 from speechssl.interop.upstream import BUILTIN_UPSTREAMS, UpstreamModel, load_upstream, upstream_name
 from speechssl.io import atomic_file, atomic_write_json, atomic_write_text
@@ -296,7 +303,9 @@ def train_cmvn_stats(
         raise FileNotFoundError(f"{path} does not exist: the experiment's global CMVN statistics are missing")
     total = sq = None
     frames = 0
+    need = min_input_samples(upstream)
     for batch in eval_batches(task, "train", config, torch.device("cpu")):
+        check_batch_frames(batch.utt_ids, batch.wav_lens, need, "fbank_global_cmvn")
         x, lengths = upstream.raw_features(batch.wavs, batch.wav_lens)  # type: ignore[attr-defined]
         x = x.double()
         valid = torch.arange(x.shape[1])[None, :] < lengths[:, None]
@@ -620,6 +629,13 @@ def _check_experiment_out(
             f"{exp_path}: cannot resume on --data {data_dir.resolve()}: the experiment was trained on "
             f"{recorded_data} (its dev scores and vocabularies are of that data); resume with it, or "
             "train into another --out"
+        )
+    recorded_sweep = (previous.get("config") or {}).get("lr_sweep")
+    if config is not None and isinstance(recorded_sweep, list) and recorded_sweep != list(config.lr_sweep):
+        # checked here: with the sweep added or dropped, no run dir of the new shape has a checkpoint
+        raise ValueError(
+            f"{exp_path}: cannot resume with lr_sweep {list(config.lr_sweep)}: the experiment was trained "
+            f"with lr_sweep {recorded_sweep}; resume with it, or train into another --out"
         )
     return False
 

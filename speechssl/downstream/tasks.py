@@ -88,7 +88,7 @@ from speechssl.downstream.heads import (
 from speechssl.errors import SpeechSSLError
 from speechssl.io import atomic_file, atomic_write_text
 from speechssl.objectives.ctc import ctc_greedy, ctc_loss
-from speechssl.outputs import check_output, write_marker
+from speechssl.outputs import check_output, output_directory
 
 log = logging.getLogger(__name__)
 
@@ -224,8 +224,8 @@ def check_batch_frames(utt_ids: list[str], lengths: Tensor, need: int | None, la
         if samples < need:
             raise DataCheckError(
                 f"utterance '{utt}' has {samples} samples, shorter than one frame of {label} ({need} "
-                "samples), though its utt2dur or segments entry said longer: that file is stale "
-                "(`speechssl data durations DIR` rewrites utt2dur from the audio)"
+                "samples), though the data dir's durations (utt2dur, segments or reco2dur) said longer: "
+                "they are stale (`speechssl data durations DIR` rewrites them from the audio)"
             )
 
 
@@ -240,6 +240,9 @@ def upstream_label(upstream: Any) -> str:
         return f"tokens of {upstream_label(upstream.inner)}"
     family = getattr(getattr(upstream, "config", None), "family", None)
     return str(family or type(upstream).__name__)
+
+
+SPM_MAX_LINE_BYTES = 4192  # sentencepiece's max_sentence_length default: longer lines are skipped
 
 
 def train_sentencepiece(
@@ -257,10 +260,6 @@ def train_sentencepiece(
     import sentencepiece as spm
 
     model_prefix = Path(model_prefix)
-    if vocab_size < 1:
-        raise ValueError(f"sentencepiece vocabulary size must be positive, got {vocab_size}")
-    if not any(line.strip() for line in Path(text_file).read_text(encoding="utf-8").splitlines()):
-        raise ValueError(f"{source or text_file}: no transcript to train a sentencepiece model on")
     model_prefix.parent.mkdir(parents=True, exist_ok=True)
     # a temp name `remove_stale_temporaries` knows, so a killed run's leftovers are cleaned
     tmp = Path(tempfile.mkdtemp(prefix=f".{model_prefix.name}.{os.getpid()}.tmp", dir=model_prefix.parent))
@@ -282,11 +281,12 @@ def train_sentencepiece(
             )
         except RuntimeError as err:  # sentencepiece's own check, e.g. fewer pieces than characters
             needed = re.search(r"required_chars\. \d+ vs (\d+)", str(err))
-            reason = (
-                f"the transcripts need at least {needed[1]} (a piece per character, <pad> and <unk>)"
-                if needed
-                else str(err).split("] ", 1)[-1].strip()
-            )
+            if needed:
+                reason = f"the transcripts need at least {needed[1]} (a piece per character, <pad> and <unk>)"
+            elif "sentences_.empty()" in str(err) or "all_chars_count" in str(err):
+                reason = f"no line it can use (it skips lines over {SPM_MAX_LINE_BYTES} bytes and blank text)"
+            else:
+                reason = str(err).strip()
             raise ValueError(
                 f"sentencepiece cannot train {vocab_size} pieces on {source or text_file}: {reason}"
             ) from err
@@ -305,7 +305,7 @@ def train_tokenizer(
 ) -> Path:
     """OUT/spm.model: a sentencepiece model on the transcripts of a Kaldi `text` file (ids dropped).
     `out_dir` follows the output-path rule (speechssl.outputs) unless `check_out` is False
-    (the ASR task training its own model inside its experiment)."""
+    (the ASR task training its own model into a temp dir at start-up)."""
     text, out_dir = Path(text), Path(out_dir)
     if not text.is_file():
         raise FileNotFoundError(f"transcripts {text} do not exist")
@@ -314,14 +314,20 @@ def train_tokenizer(
         raise ValueError(f"{text}: no transcript to train a sentencepiece model on")
     if vocab_size < 1:
         raise ValueError(f"sentencepiece vocabulary size must be positive, got {vocab_size}")
-    if check_out:
-        check_output(out_dir, TOKENIZER_COMMAND, overwrite=overwrite, inputs=(text,))
+
+    def train(directory: Path) -> None:
+        lines = directory / "spm_train.txt"
+        atomic_write_text(lines, "".join(f"{v}\n" for v in transcripts))
+        train_sentencepiece(lines, directory / "spm", vocab_size, source=text)
+
+    if not check_out:
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_marker(out_dir, TOKENIZER_COMMAND)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    lines = out_dir / "spm_train.txt"
-    atomic_write_text(lines, "".join(f"{v}\n" for v in transcripts))
-    return train_sentencepiece(lines, out_dir / "spm", vocab_size, source=text)
+        train(out_dir)
+    else:  # built in a temp sibling: a failed run leaves --out as it was
+        check_output(out_dir, TOKENIZER_COMMAND, overwrite=overwrite, inputs=(text,))
+        with output_directory(out_dir, TOKENIZER_COMMAND) as tmp:
+            train(tmp)
+    return out_dir / "spm.model"
 
 
 # ---------------------------------------------------------------- tasks
@@ -905,11 +911,16 @@ class SpeechRecognition(_CTCTask):
     name, metric = "asr", "wer"
     target_file, target_help = "text", "the transcript of each utterance"
 
+    _trained_spm: tempfile.TemporaryDirectory | None = None  # trained at start-up, saved by save()
+
     def _spm_source(self) -> Path | None:
-        """The sentencepiece model to use: EXP/task/spm.model, else `sentencepiece_model`."""
+        """The sentencepiece model to use: EXP/task/spm.model, else `sentencepiece_model`, else
+        the one the start-up check trained (not yet in EXP)."""
         own = self.task_dir / "spm.model"
         if own.is_file():
             return own
+        if self._trained_spm is not None:
+            return Path(self._trained_spm.name) / "spm.model"
         if self.config.sentencepiece_model is not None:
             given = Path(self.config.sentencepiece_model)
             if not given.is_file():
@@ -931,20 +942,33 @@ class SpeechRecognition(_CTCTask):
 
         return spm.SentencePieceProcessor(model_file=str(model))
 
+    def _train_spm(self) -> None:
+        """Start-up: the model of `sentencepiece_vocab_size` pieces on the training text, trained
+        now (a size too small for its characters is refused before the upstream loads or EXP is
+        written) in a temp dir, and kept in EXP by `save`."""
+        trained = tempfile.TemporaryDirectory(prefix="speechssl-spm-")
+        try:
+            train_tokenizer(
+                self.data_dir / "train" / "text",
+                trained.name,
+                self.config.sentencepiece_vocab_size,
+                check_out=False,
+            )
+        except ValueError as err:
+            trained.cleanup()
+            raise DataCheckError(f"sentencepiece_vocab_size: {err}") from None
+        self._trained_spm = trained
+
     def save(self) -> None:
         if self.config.asr_units == "sentencepiece":
             self.task_dir.mkdir(parents=True, exist_ok=True)
+            if self._spm_source() is None:  # save() without the start-up check
+                self._train_spm()
             model, own = self._spm_source(), self.task_dir / "spm.model"
-            if model is None:
-                train_tokenizer(
-                    self.data_dir / "train" / "text",
-                    self.task_dir,
-                    self.config.sentencepiece_vocab_size,
-                    check_out=False,
-                )
-            elif model != own:  # the experiment keeps its own copy (evaluation reads it back)
-                with atomic_file(own) as tmp:
-                    shutil.copyfile(model, tmp)
+            if model != own:  # the experiment keeps its own copy (evaluation reads it back)
+                for source in sorted(model.parent.iterdir()) if self._trained_spm else [model]:
+                    with atomic_file(self.task_dir / source.name) as tmp:
+                        shutil.copyfile(source, tmp)
         super().save()
 
     def vocabularies(self) -> list[TokenTable]:
@@ -965,7 +989,9 @@ class SpeechRecognition(_CTCTask):
     def check_targets(self, split, split_dir, ids):
         super().check_targets(split, split_dir, ids)
         if self.config.asr_units == "sentencepiece":
-            self._spm_source()  # a given model must exist; sentencepiece has its own unknown piece
+            # a given model must exist; sentencepiece has its own unknown piece
+            if self._spm_source() is None and split == "train":
+                self._train_spm()
             return
         if split == "train":
             return

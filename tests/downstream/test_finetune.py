@@ -4,6 +4,7 @@ vocabulary, greedy decoding and config errors."""
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -206,6 +207,29 @@ def test_resume_continues_the_update_count(data, upstream_dir, tmp_path):
     train_downstream("asr", upstream_dir, data, out, longer, resume=True)
     model = load_trained(out, out / "checkpoints" / "step_5")
     assert int(model.num_micro_batches) == 5 and model.num_updates == 5
+
+
+def test_a_stale_utt2dur_hiding_a_too_short_utterance_is_named(data, upstream_dir, tmp_path):
+    """CTC fine-tuning reads audio through its own features(): the utterance whose audio is shorter
+    than one frame, though utt2dur said 0.5 s, is named, not reported by batch index."""
+    from speechssl.downstream.tasks import DataCheckError
+
+    corpus = tmp_path / "corpus"
+    shutil.copytree(data / "train", corpus)
+    utt = sorted(TEXTS)[0]
+    sf.write(tmp_path / "short.wav", np.zeros(320, dtype=np.float32), 16000, subtype="PCM_16")
+    lines = (corpus / "wav.scp").read_text().splitlines()
+    (corpus / "wav.scp").write_text(
+        "".join(
+            f"{utt} {tmp_path / 'short.wav'}\n" if line.split()[0] == utt else f"{line}\n" for line in lines
+        )
+    )
+    (corpus / "utt2dur").write_text("".join(f"{u} 0.5\n" for u in sorted(TEXTS)))
+    for split in ("train", "dev", "test"):
+        (tmp_path / "asr" / split).parent.mkdir(exist_ok=True)
+        (tmp_path / "asr" / split).symlink_to(corpus)
+    with pytest.raises(DataCheckError, match=rf"^utterance '{utt}' has 320 samples, shorter than one frame"):
+        train_downstream("asr", upstream_dir, tmp_path / "asr", tmp_path / "exp", small_config(2, 1))
 
 
 def test_a_run_length_from_yaml_or_set_keeps_the_head_only_share(tmp_path):

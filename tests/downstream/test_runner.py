@@ -223,6 +223,24 @@ def test_asr_with_sentencepiece_units(task_data, tmp_path):
     assert evaluate_downstream(out)["metric"] == "wer"
 
 
+def test_asr_sentencepiece_too_small_for_the_characters_is_refused_before_exp(task_data, tmp_path):
+    """The model trains at start-up: a size too small for the training text's characters is one
+    line naming the option, before the upstream loads or EXP holds a file, so the same --out
+    takes the corrected run."""
+    from speechssl.downstream.tasks import DataCheckError
+
+    out = tmp_path / "asr_spm"
+
+    def config(size):
+        return small_config(asr_units="sentencepiece", sentencepiece_vocab_size=size)
+
+    with pytest.raises(DataCheckError, match=r"^sentencepiece_vocab_size: sentencepiece cannot train 3"):
+        train_downstream("asr", "fbank", task_data["asr"], out, config(3))
+    assert not out.exists()
+    train_downstream("asr", "fbank", task_data["asr"], out, config(30), max_steps=1)
+    assert {p.name for p in (out / "task").glob("spm*")} == {"spm.model", "spm.vocab", "spm_train.txt"}
+
+
 def test_lora_from_speechssl_tuning_trains_only_its_weights(task_data, tiny_upstream, tmp_path):
     out = tmp_path / "lora"
     config = small_config(tuning=TuningConfig(method="lora"))

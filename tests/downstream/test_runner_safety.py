@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -223,7 +224,20 @@ def test_a_sweeps_resume_ignores_the_top_level_lr_but_not_its_rates(tmp_path):
 
     assert keys(sweep) == []
     assert keys(dataclasses.replace(sweep, lr_sweep=[1e-2, 1e-4])) == ["lr_sweep"]
-    assert keys(dataclasses.replace(sweep, lr_sweep=[])) == ["lr", "lr_sweep"]
+
+
+@pytest.mark.parametrize(("first", "then"), [([1e-2, 1e-3], []), ([], [1e-2, 1e-3])])
+def test_a_resume_that_adds_or_drops_the_sweep_is_refused(task_data, tmp_path, first, then):
+    """No run dir of the new shape has a checkpoint to compare: without the check, a sweep resumed
+    without it trained a fresh run beside its lr_* runs (and the reverse), two setups in one EXP."""
+    out = tmp_path / "exp"
+    train_downstream("ks", "fbank", task_data["ks"], out, small_config(lr_sweep=first), max_steps=2)
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    with pytest.raises(ValueError, match=re.escape(f"cannot resume with lr_sweep {then}: the experiment")):
+        train_downstream(
+            "ks", "fbank", task_data["ks"], out, small_config(lr_sweep=then), max_steps=4, resume=True
+        )
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
 
 
 def test_resume_of_a_run_from_before_an_option_existed(tmp_path):

@@ -173,7 +173,7 @@ def test_an_utterance_shorter_than_one_frame_is_named_before_training(
     assert not list(out.rglob("step_*"))  # no step was trained
 
 
-@pytest.mark.parametrize("upstream", ["fbank", "hubert"])
+@pytest.mark.parametrize("upstream", ["fbank", "fbank_global_cmvn", "hubert"])
 @pytest.mark.parametrize("cached", [False, True])
 def test_a_stale_utt2dur_hiding_a_too_short_utterance_is_named_when_read(
     tmp_path, tiny_upstream, upstream, cached
@@ -185,15 +185,16 @@ def test_a_stale_utt2dur_hiding_a_too_short_utterance_is_named_when_read(
     utt = "spk1-train-01"
     write_tone(data / "wav" / f"{utt}.wav", 0.02, freq=250.0)  # utt2dur still says 0.5
     out = tmp_path / "exp"
-    spec = "fbank" if upstream == "fbank" else str(tiny_upstream)
+    spec = str(tiny_upstream) if upstream == "hubert" else upstream
     config = _config(feature_cache=str(tmp_path / "cache")) if cached else _config()
     with pytest.raises(
         DataCheckError,
         match=rf"^utterance '{utt}' has 320 samples, shorter than one frame of \S+ \(400 samples\), "
-        r"though its utt2dur or segments entry said longer: that file is stale",
+        r"though the data dir's durations \(utt2dur, segments or reco2dur\) said longer: they are stale",
     ):
         train_downstream("ks", spec, data, out, config, max_steps=1)
     assert not list(out.rglob("step_*"))  # no step was trained
+    assert not list(out.rglob("*.npz"))  # nor global CMVN statistics computed without it
 
 
 def test_a_crop_shorter_than_one_frame_is_refused(tmp_path):

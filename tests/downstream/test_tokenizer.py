@@ -35,7 +35,12 @@ def test_a_vocabulary_too_small_or_no_transcript_is_one_line_naming_the_file(tmp
     err = capsys.readouterr().err
     assert f"sentencepiece cannot train 3 pieces on {text}: the transcripts need at least 13" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "a").exists()  # built in a temp sibling: nothing made on failure
     assert tokenizer(text, "13", "a") == 0
+    model = (tmp_path / "a" / "spm.model").read_bytes()
+    assert run_cli("downstream", "tokenizer", "--text", text, "--vocab-size", "3", "--overwrite",
+                   "--out", tmp_path / "a") == 1  # fmt: skip
+    assert (tmp_path / "a" / "spm.model").read_bytes() == model  # a failed --overwrite keeps the old one
     assert tokenizer(text, "0", "b") == 1
     assert "vocabulary size must be positive" in capsys.readouterr().err
     empty = tmp_path / "empty"
@@ -43,3 +48,13 @@ def test_a_vocabulary_too_small_or_no_transcript_is_one_line_naming_the_file(tmp
     assert tokenizer(empty, "10", "c") == 1
     assert f"{empty}: no transcript" in capsys.readouterr().err
     assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+def test_transcripts_with_no_usable_line_name_why(tmp_path, capsys):
+    """sentencepiece skips lines over 4192 bytes: when that is every line its own error has no text."""
+    text = tmp_path / "text"
+    text.write_text(f"u1 {'ab ' * 1500}\n")
+    assert (
+        run_cli("downstream", "tokenizer", "--text", text, "--vocab-size", "30", "--out", tmp_path / "o") == 1
+    )
+    assert f"on {text}: no line it can use (it skips lines over 4192 bytes" in capsys.readouterr().err
