@@ -96,15 +96,29 @@ def read_table_lines(path: str | Path) -> list[tuple[int, str, str]]:
     CR line endings are dropped (`scan_table` reports them)."""
     rows = []
     check_regular_file(path)
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            line = line.rstrip("\n").rstrip("\r")
-            if lineno == 1:
-                line = line.removeprefix(BOM)
-            parts = split_line(line)
-            if parts is not None:
-                rows.append((lineno, *parts))
+    try:
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                line = line.rstrip("\n").rstrip("\r")
+                if lineno == 1:
+                    line = line.removeprefix(BOM)
+                parts = split_line(line)
+                if parts is not None:
+                    rows.append((lineno, *parts))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}:{_first_non_utf8_line(path)}: is not valid UTF-8 ({err.reason})") from None
     return rows
+
+
+def _first_non_utf8_line(path: str | Path) -> int:
+    """The number of the first line of `path` that does not decode as UTF-8 (0: none does not)."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return lineno
+    return 0
 
 
 def read_table(path: str | Path) -> dict[str, str]:

@@ -307,6 +307,8 @@ def train_tokenizer(
     `out_dir` follows the output-path rule (speechssl.outputs) unless `check_out` is False
     (the ASR task training its own model into a temp dir at start-up)."""
     text, out_dir = Path(text), Path(out_dir)
+    if text.is_dir():
+        raise ValueError(f"transcripts {text} is a directory: pass its Kaldi text file")
     if not text.is_file():
         raise FileNotFoundError(f"transcripts {text} do not exist")
     transcripts = [v for v in read_table(text).values() if v.strip()]

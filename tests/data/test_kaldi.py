@@ -25,6 +25,14 @@ def test_read_table_names_duplicate_lines(tmp_path):
         read_table(tmp_path / "t")
 
 
+def test_a_latin1_table_is_one_line_naming_file_and_line(tmp_path):
+    """A Latin-1 transcript (é as one byte) read as a table: the error names the file and the
+    line, not only the codec's byte position."""
+    (tmp_path / "text").write_bytes(b"u1 hello\nu2 caf\xe9\nu3 ok\n")
+    with pytest.raises(ValueError, match=r"^\S+/text:2: is not valid UTF-8 \(invalid continuation byte\)$"):
+        read_table(tmp_path / "text")
+
+
 def test_scan_table_reports_every_problem_with_lines(tmp_path):
     (tmp_path / "t").write_bytes(b"b 1\n\na 2\nb 3\n\xff\xfe bad\nc  spaced   value \n")
     rows, problems = scan_table(tmp_path / "t")

@@ -58,3 +58,17 @@ def test_transcripts_with_no_usable_line_name_why(tmp_path, capsys):
         run_cli("downstream", "tokenizer", "--text", text, "--vocab-size", "30", "--out", tmp_path / "o") == 1
     )
     assert f"on {text}: no line it can use (it skips lines over 4192 bytes" in capsys.readouterr().err
+
+
+def test_a_directory_or_latin1_text_is_named(tmp_path, capsys):
+    def tokenizer(text):
+        args = ("--text", text, "--vocab-size", "30", "--out", tmp_path / "o")
+        return run_cli("downstream", "tokenizer", *args)
+
+    assert tokenizer(tmp_path) == 1
+    assert f"transcripts {tmp_path} is a directory" in capsys.readouterr().err
+    text = tmp_path / "text"
+    text.write_bytes(b"u1 caf\xe9 au lait\n")
+    assert tokenizer(text) == 1
+    assert f"{text}:1: is not valid UTF-8" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
