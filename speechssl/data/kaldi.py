@@ -111,7 +111,7 @@ def read_table_lines(path: str | Path) -> list[tuple[int, str, str]]:
 
 
 def _first_non_utf8_line(path: str | Path) -> int:
-    """The number of the first line of `path` that does not decode as UTF-8 (0: none does not)."""
+    """The number of the first line of `path` that does not decode as UTF-8 (0 when every line does)."""
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             try:
