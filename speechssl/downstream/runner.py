@@ -136,6 +136,8 @@ RESUMABLE = frozenset(
         "feature_cache",
     }
 )  # fmt: skip
+# what the run dirs and EXP/task/ were made with (downstream.yaml's record, checked on every --resume)
+EXP_SHAPE_KEYS = ("lr_sweep", "asr_units", "sentencepiece_model", "sentencepiece_vocab_size")
 DEV_SCORES = "dev_scores.json"  # per run: checkpoint name -> dev metrics
 CMVN_FILE = "fbank_cmvn.npz"  # EXP/task/: the train split's statistics (fbank_global_cmvn)
 SELECTION = "selection.json"  # per run: written when the run is trained and scored
@@ -630,13 +632,16 @@ def _check_experiment_out(
             f"{recorded_data} (its dev scores and vocabularies are of that data); resume with it, or "
             "train into another --out"
         )
-    recorded_sweep = (previous.get("config") or {}).get("lr_sweep")
-    if config is not None and isinstance(recorded_sweep, list) and recorded_sweep != list(config.lr_sweep):
-        # checked here: with the sweep added or dropped, no run dir of the new shape has a checkpoint
-        raise ValueError(
-            f"{exp_path}: cannot resume with lr_sweep {list(config.lr_sweep)}: the experiment was trained "
-            f"with lr_sweep {recorded_sweep}; resume with it, or train into another --out"
-        )
+    recorded_config = previous.get("config") or {}
+    for key in EXP_SHAPE_KEYS if config is not None else ():
+        # checked here, not only against a checkpoint: with the sweep added or dropped no run dir of
+        # the new shape has one, and a run stopped before its first keeps EXP/task/'s model
+        now = getattr(config, key)
+        if key in recorded_config and recorded_config[key] != (list(now) if key == "lr_sweep" else now):
+            raise ValueError(
+                f"{exp_path}: cannot resume with {key} {now}: the experiment was trained with "
+                f"{key} {recorded_config[key]}; resume with it, or train into another --out"
+            )
     return False
 
 

@@ -4,6 +4,7 @@ the CLI and the report."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -239,6 +240,14 @@ def test_asr_sentencepiece_too_small_for_the_characters_is_refused_before_exp(ta
     assert not out.exists()
     train_downstream("asr", "fbank", task_data["asr"], out, config(30), max_steps=1)
     assert {p.name for p in (out / "task").glob("spm*")} == {"spm.model", "spm.vocab", "spm_train.txt"}
+    # a run stopped before its first checkpoint keeps EXP/task/'s model: --resume with another size
+    # would train on the old model under the new record
+    for path in list(out.rglob("step_*")):
+        shutil.rmtree(path)
+    model = (out / "task" / "spm.model").read_bytes()
+    with pytest.raises(ValueError, match=r"cannot resume with sentencepiece_vocab_size 40: .* trained with "):
+        train_downstream("asr", "fbank", task_data["asr"], out, config(40), max_steps=1, resume=True)
+    assert (out / "task" / "spm.model").read_bytes() == model
 
 
 def test_lora_from_speechssl_tuning_trains_only_its_weights(task_data, tiny_upstream, tmp_path):
