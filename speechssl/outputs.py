@@ -45,7 +45,11 @@ _EXPERIMENT_SIGNS = ("checkpoints", "tensorboard", "train_summary.json", LOCK)
 
 def read_marker(directory: str | Path) -> str | None:
     """The command whose output `directory` is, or None when it has no (readable) marker."""
-    command = _marker(Path(directory)).get("command")
+    return _command(_marker(Path(directory)))
+
+
+def _command(marker: dict) -> str | None:
+    command = marker.get("command")
     return command if isinstance(command, str) else None
 
 
@@ -241,7 +245,8 @@ def check_output(
         return out
     # the marker read once: a parallel job may write it between two reads (a cache made at once)
     content = _marker(out) if out.is_dir() else {}
-    own = content.get("command") == command if out.is_dir() else is_own_file(out, command)
+    marker = _command(content)
+    own = marker == command if out.is_dir() else is_own_file(out, command)
     if not own:  # inside an input or an experiment, --overwrite never applies
         for root in (*(Path(p) for p in inputs), _enclosing_experiment(out)):
             if root is not None and root.is_dir() and root.resolve() in out.resolve().parents:
@@ -259,7 +264,6 @@ def check_output(
     if out.is_dir():
         if is_file:
             raise OutputExistsError(f"--out {out} is a directory; {command} writes a file there: name a file")
-        marker = content.get("command") if isinstance(content.get("command"), str) else None
         if own:
             return out
         if is_experiment_dir(out) or content.get("shared"):

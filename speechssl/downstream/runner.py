@@ -632,12 +632,12 @@ def _check_experiment_out(
             f"{recorded_data} (its dev scores and vocabularies are of that data); resume with it, or "
             "train into another --out"
         )
-    recorded_config = previous.get("config") or {}
+    recorded_config, now_config = previous.get("config") or {}, to_dict(config) if config is not None else {}
     for key in EXP_SHAPE_KEYS if config is not None else ():
         # checked here, not only against a checkpoint: with the sweep added or dropped no run dir of
         # the new shape has one, and a run stopped before its first keeps EXP/task/'s model
-        now = getattr(config, key)
-        if key in recorded_config and recorded_config[key] != (list(now) if key == "lr_sweep" else now):
+        now = now_config[key]
+        if key in recorded_config and recorded_config[key] != now:
             raise ValueError(
                 f"{exp_path}: cannot resume with {key} {now}: the experiment was trained with "
                 f"{key} {recorded_config[key]}; resume with it, or train into another --out"
