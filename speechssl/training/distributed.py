@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -18,6 +19,9 @@ import torch.distributed as dist
 from speechssl.errors import SpeechSSLError
 
 log = logging.getLogger(__name__)
+
+# How long teardown releases the GIL after leaving a gloo group, see `teardown`.
+GLOO_DRAIN_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -100,7 +104,15 @@ def teardown(created: bool, *, clean: bool = True) -> None:
             dist.barrier()
     except Exception as err:  # noqa: BLE001 - best effort at shutdown
         log.warning("barrier at teardown failed: %s", err)
+    backend = dist.get_backend()
     dist.destroy_process_group()
+    if backend == "gloo":
+        # gloo's worker threads free a finished collective's tensors after its caller has woken
+        # (the barrier's included), and since torch 2.10 that takes the GIL. If the interpreter
+        # is finalizing by then, the thread is killed inside C++ and the process aborts
+        # ("terminate called without an active exception", pytorch/pytorch#190489; DDP keeps the
+        # group alive, so its destructor never joins them first). Hand them the GIL now.
+        time.sleep(GLOO_DRAIN_S)
 
 
 @contextmanager
