@@ -246,11 +246,28 @@ def point(root: str | Path, name: str, target: Path) -> None:
 
 
 def resolve(root: str | Path, name: str) -> Path | None:
-    """The dir `root/name` (last/best) points to, or None."""
+    """The dir `root/name` (last/best) points to, or None. A copy there instead of a link (an
+    experiment copied by a tool that follows links, `cp -rL`) is refused before any compute: the
+    next checkpoint could not swap it for a link."""
     link = Path(root) / name
-    if not link.is_symlink() and not link.exists():
+    if link.is_symlink():
+        return link.resolve()
+    if not link.exists():
         return None
-    return link.resolve()
+    manifest = link / MANIFEST_FILE
+    twin = next(
+        (p for p in step_dirs(root) if manifest.is_file() and _same_bytes(p / MANIFEST_FILE, manifest)), None
+    )
+    fix = (
+        f"it holds the same files as {twin.name}: rm -r {link} && ln -s {twin.name} {link}"
+        if twin is not None
+        else f"move it out of {link.parent} and link {name} to a step_<N> dir (ln -s step_<N> {link})"
+    )
+    raise CheckpointError(f"{link} is not a symlink to a checkpoint (copied with cp -L?); make it one: {fix}")
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    return a.is_file() and a.read_bytes() == b.read_bytes()
 
 
 def clean_temporary(root: str | Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import shutil
 from types import SimpleNamespace
 
 import pytest
@@ -305,3 +306,23 @@ def test_messages_name_the_right_key_and_command(task_data, tmp_path, capsys):
 def test_cer_counts_unk_as_one_character():
     assert char_error_rate(["ab"], ["a<unk>"]) == pytest.approx(0.5)
     assert char_error_rate(["a <unk>"], ["a <unk>"]) == 0.0
+
+
+def test_a_copy_made_without_symlinks_is_refused_before_training(trained, task_data, tiny_upstream, tmp_path):
+    """`cp -rL` turns checkpoints/last into a real directory: saving the next checkpoint could not
+    swap it for a link. One line naming the step it copies, before any compute; nothing changes."""
+    copy = tmp_path / "copy"
+    shutil.copytree(trained, copy, symlinks=False)
+    before = sorted(str(p.relative_to(copy)) for p in copy.rglob("*"))
+    last = copy / "checkpoints" / "last"
+    with pytest.raises(ValueError, match="is not a symlink to a checkpoint") as err:
+        train_downstream("ks", tiny_upstream, task_data["ks"], copy, small_config(), max_steps=6, resume=True)
+    assert f"same files as step_4: rm -r {last} && ln -s step_4 {last}" in str(err.value)
+    assert "\n" not in str(err.value)
+    assert sorted(str(p.relative_to(copy)) for p in copy.rglob("*")) == before
+    shutil.rmtree(last)
+    last.symlink_to("step_4")  # the fix the message gives
+    best = train_downstream(
+        "ks", tiny_upstream, task_data["ks"], copy, small_config(), max_steps=6, resume=True
+    )
+    assert [step for step, _ in best["dev_curve"]] == [2, 4, 6]

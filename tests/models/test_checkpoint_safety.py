@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import struct
 import time
 from pathlib import Path
@@ -172,3 +173,25 @@ def test_save_checkpoint_never_replaces_a_directory_that_is_not_a_checkpoint(tmp
     assert sorted(p.name for p in mine.iterdir()) == ["README"]
     save_checkpoint(build_model(config), config, tmp_path / "ckpt")
     save_checkpoint(build_model(config), config, tmp_path / "ckpt")  # a checkpoint is replaced
+
+
+def test_a_last_or_best_copied_as_a_directory_is_refused_naming_the_fix(exp_last):
+    """`cp -rL` copies `last`/`best` as directories; `resolve` (resume, pruning, the summary) says so
+    in one line and names the step dir with the same manifest, or how to pick one."""
+    root = exp_last.parent
+    assert tckpt.resolve(root, "last") == root / "step_4"
+    exp_last.unlink()
+    shutil.copytree(root / "step_4", exp_last)
+    with pytest.raises(
+        CheckpointError, match=rf"same files as step_4: rm -r {exp_last} && ln -s step_4 {exp_last}$"
+    ):
+        tckpt.resolve(root, "last")
+    (exp_last / "manifest.json").write_text("{}")  # no longer a copy of any step dir
+    with pytest.raises(
+        CheckpointError, match=r"is not a symlink to a checkpoint .*link last to a step_<N> dir"
+    ):
+        tckpt.resolve(root, "last")
+    assert tckpt.resolve(root, "best") is None
+    assert (exp_last / "model.safetensors").is_file() and (
+        root / "step_4" / "manifest.json"
+    ).stat().st_size > 2
