@@ -938,8 +938,11 @@ class SpeechRecognition(_CTCTask):
         if self.config.asr_units != "sentencepiece":
             return None
         model = self._spm_source()
-        if model is None:
-            raise RuntimeError("the sentencepiece model is trained by save(); call it first")
+        if model is None:  # trained at start-up and kept in EXP/task/ by save()
+            raise FileNotFoundError(
+                f"{self.task_dir / 'spm.model'} does not exist: the experiment's sentencepiece model"
+                " (asr_units: sentencepiece) was removed; restore it or train again"
+            )
         import sentencepiece as spm
 
         return spm.SentencePieceProcessor(model_file=str(model))

@@ -222,6 +222,11 @@ def test_asr_with_sentencepiece_units(task_data, tmp_path):
     )
     assert (out / "task" / "spm.model").is_file()
     assert evaluate_downstream(out)["metric"] == "wer"
+    (out / "task" / "spm.model").rename(tmp_path / "moved.model")
+    with pytest.raises(
+        FileNotFoundError, match=f"^{out / 'task' / 'spm.model'} does not exist: the experiment's"
+    ):
+        evaluate_downstream(out)
 
 
 def test_asr_sentencepiece_too_small_for_the_characters_is_refused_before_exp(task_data, tmp_path):
