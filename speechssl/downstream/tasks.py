@@ -939,13 +939,31 @@ class SpeechRecognition(_CTCTask):
             return None
         model = self._spm_source()
         if model is None:  # trained at start-up and kept in EXP/task/ by save()
-            raise FileNotFoundError(
-                f"{self.task_dir / 'spm.model'} does not exist: the experiment's sentencepiece model"
-                " (asr_units: sentencepiece) was removed; restore it or train again"
-            )
+            raise self._spm_removed()
         import sentencepiece as spm
 
         return spm.SentencePieceProcessor(model_file=str(model))
+
+    def _spm_removed(self) -> FileNotFoundError:
+        return FileNotFoundError(
+            f"{self.task_dir / 'spm.model'} does not exist: the experiment's sentencepiece model"
+            " (asr_units: sentencepiece) was removed; restore it, or train into another --out"
+        )
+
+    def check_saved_vocabularies(
+        self, advice: str = "resume with the same training data, or train into another --out"
+    ) -> None:
+        """A resumed run never trains the experiment's sentencepiece model again: one trained on
+        the train text as it is now could give the head's outputs other pieces. (save() writes
+        spm.model before spm.vocab, so spm.vocab without it means it was removed.)"""
+        own = self.task_dir / "spm.model"
+        if (
+            self.config.asr_units == "sentencepiece"
+            and not own.is_file()
+            and (self.task_dir / "spm.vocab").is_file()
+        ):
+            raise self._spm_removed()
+        super().check_saved_vocabularies(advice)
 
     def _train_spm(self) -> None:
         """Start-up: the model of `sentencepiece_vocab_size` pieces on the training text, trained

@@ -227,6 +227,12 @@ def test_asr_with_sentencepiece_units(task_data, tmp_path):
         FileNotFoundError, match=f"^{out / 'task' / 'spm.model'} does not exist: the experiment's"
     ):
         evaluate_downstream(out)
+    # a resume never trains it again (the train text may have changed: other pieces, same head size)
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    config = small_config(asr_units="sentencepiece", sentencepiece_vocab_size=30)
+    with pytest.raises(FileNotFoundError, match=f"^{out / 'task' / 'spm.model'} does not exist"):
+        train_downstream("asr", "fbank", task_data["asr"], out, config, max_steps=4, resume=True)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
 
 
 def test_asr_sentencepiece_too_small_for_the_characters_is_refused_before_exp(task_data, tmp_path):
