@@ -113,7 +113,13 @@ from speechssl.io import atomic_file, atomic_write_json, atomic_write_text
 from speechssl.models.checkpoint import save_checkpoint
 from speechssl.models.token_upstream import TOKENS_PREFIX
 from speechssl.outputs import ExperimentLock, check_output, read_marker, write_marker
-from speechssl.training.checkpoints import load_checkpoint, seed_everything, step_dirs
+from speechssl.training.checkpoints import (
+    CheckpointError,
+    check_links,
+    load_checkpoint,
+    seed_everything,
+    step_dirs,
+)
 from speechssl.training.distributed import env_rank, env_world_size
 from speechssl.training.experiment import check_resume, resume_checkpoint
 from speechssl.training.trainer import train_on_loaders
@@ -751,6 +757,14 @@ def _resumable(source: Path, config: DownstreamConfig, task: str) -> frozenset[s
 
 def _check_resume(out_dir: Path, config: DownstreamConfig, task: str) -> None:
     """Each run's last checkpoint verifies and was trained with this config, up to `_resumable`."""
+    copied = []
+    for _, run_dir in _run_dirs(out_dir, config):  # an lr sweep copied with cp -rL: every run's links at once
+        try:
+            check_links(run_dir / "checkpoints")
+        except CheckpointError as err:
+            copied.append(str(err))
+    if copied:
+        raise CheckpointError("; ".join(copied))
     for _, run_dir in _run_dirs(out_dir, config):
         source = resume_checkpoint(run_dir, True)
         if source is not None:

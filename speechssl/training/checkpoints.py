@@ -24,10 +24,12 @@ use them directly; each is swapped by creating a temp link and `os.replace`.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import random
 import re
+import shlex
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -53,6 +55,7 @@ MODEL_FILE = "model.safetensors"
 STATE_FILE = "trainer_state.pt"
 CONFIG_FILE = "config.yaml"
 MANIFEST_FILE = "manifest.json"
+LINKS = ("last", "best")
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -247,23 +250,64 @@ def point(root: str | Path, name: str, target: Path) -> None:
 
 def resolve(root: str | Path, name: str) -> Path | None:
     """The dir `root/name` (last/best) points to, or None. A copy there instead of a link (an
-    experiment copied by a tool that follows links, `cp -rL`) is refused before any compute: the
-    next checkpoint could not swap it for a link."""
+    experiment copied by a tool that follows links, `cp -rL`) is refused (`check_links`)."""
     link = Path(root) / name
     if link.is_symlink():
-        return link.resolve()
-    if not link.exists():
-        return None
+        try:
+            return link.resolve()
+        except (RuntimeError, OSError) as err:  # a loop (RuntimeError before Python 3.13)
+            raise CheckpointError(
+                f"{link} cannot be followed ({err}); point it at a step_<N> dir: ln -sfn step_<N> "
+                f"{shlex.quote(str(link))}"
+            ) from None
+    if link.exists():
+        check_links(root)  # raises here: names every copied link, this one included
+    return None
+
+
+def check_links(root: str | Path) -> None:
+    """Refuse, in one line and before any compute, a `last` or `best` under `root` that is not a
+    symlink (a `cp -rL` copy): the next checkpoint could not swap it for a link. Names, for each,
+    the step dir with the same manifest and the commands (quoted for the shell) that relink it."""
+    root = Path(root)
+    copied = [root / n for n in LINKS if (root / n).exists() and not (root / n).is_symlink()]
+    if copied:
+        what = "is not a symlink" if len(copied) == 1 else "are not symlinks"
+        moved: dict[str, Path] = {}
+        raise CheckpointError(
+            f"{' and '.join(map(str, copied))} {what} to a checkpoint (copied with cp -L?); relink: "
+            + "; ".join(_relink(root, link, moved) for link in copied)
+        )
+
+
+def _relink(root: Path, link: Path, moved: dict[str, Path]) -> str:
+    """The shell commands that make the copy `link` a link again. `moved`: step dir name -> the
+    copy that an earlier command renames to it (a copy made without its step dir)."""
     manifest = link / MANIFEST_FILE
-    twin = next(
-        (p for p in step_dirs(root) if manifest.is_file() and _same_bytes(p / MANIFEST_FILE, manifest)), None
+    quoted = shlex.quote(str(link))
+    if manifest.is_file():
+        sources = [(p.name, p) for p in step_dirs(root)] + list(moved.items())
+        twin = next((name for name, p in sources if _same_bytes(p / MANIFEST_FILE, manifest)), None)
+        if twin is not None:
+            return f"{link.name} holds the same files as {twin}: rm -r {quoted} && ln -s {twin} {quoted}"
+        step = _manifest_step(manifest)
+        name = f"step_{step}"
+        if step is not None and name not in moved and not (root / name).exists():
+            moved[name] = link
+            target = shlex.quote(str(root / name))
+            return f"{link.name} is {name} (its manifest): mv {quoted} {target} && ln -s {name} {quoted}"
+    return (
+        f"move {quoted} out of {shlex.quote(str(root))} and link {link.name} to a step_<N> dir"
+        f" (ln -s step_<N> {quoted})"
     )
-    fix = (
-        f"it holds the same files as {twin.name}: rm -r {link} && ln -s {twin.name} {link}"
-        if twin is not None
-        else f"move it out of {link.parent} and link {name} to a step_<N> dir (ln -s step_<N> {link})"
-    )
-    raise CheckpointError(f"{link} is not a symlink to a checkpoint (copied with cp -L?); make it one: {fix}")
+
+
+def _manifest_step(manifest: Path) -> int | None:
+    try:
+        step = json.loads(manifest.read_text()).get("step")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return step if isinstance(step, int) and step >= 0 else None
 
 
 def _same_bytes(a: Path, b: Path) -> bool:

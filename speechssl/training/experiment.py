@@ -101,6 +101,7 @@ def resume_checkpoint(out: Path, resume: bool | str | Path) -> Path | None:
             raise FileNotFoundError(f"resume checkpoint {path} does not exist")
         return path
     root = out / "checkpoints"
+    ckpt.check_links(root)  # best too: a copied one would fail the next checkpoint
     last = ckpt.resolve(root, "last")
     if last is None:
         dirs = ckpt.step_dirs(root)

@@ -195,3 +195,58 @@ def test_a_last_or_best_copied_as_a_directory_is_refused_naming_the_fix(exp_last
     assert (exp_last / "model.safetensors").is_file() and (
         root / "step_4" / "manifest.json"
     ).stat().st_size > 2
+
+
+def test_a_copied_best_is_refused_at_resume_even_when_last_is_a_link(exp_last):
+    """`cp -rL` copies `best` too: a resume that relinked only `last` would train, then fail to swap
+    `best` at its next checkpoint. Both are named at start-up; the commands are quoted for the shell."""
+    from speechssl.training.experiment import resume_checkpoint
+
+    root = exp_last.parent
+    tckpt.point(root, "best", root / "step_4")
+    shutil.copytree(root / "step_4", root / "best.tmp")
+    (root / "best").unlink()
+    (root / "best.tmp").rename(root / "best")
+    with pytest.raises(CheckpointError, match=r"checkpoints/best is not a symlink .*ln -s step_4 \S+/best$"):
+        resume_checkpoint(root.parent, True)
+    exp_last.unlink()
+    shutil.copytree(root / "step_4", exp_last)
+    with pytest.raises(CheckpointError, match=r"last and \S+/best are not symlinks") as err:
+        tckpt.resolve(root, "last")
+    assert "\n" not in str(err.value)
+
+
+def test_the_relink_commands_are_quoted_for_the_shell(tmp_path):
+    """`rm -r EXP copy/checkpoints/last` pasted as printed would remove a dir named EXP."""
+    root = tmp_path / "exp copy" / "checkpoints"
+    tckpt.save_checkpoint(root, 2, {"w": __import__("torch").ones(2)}, {"step": 2})
+    (root / "last").unlink()
+    shutil.copytree(root / "step_2", root / "last")
+    with pytest.raises(CheckpointError) as err:
+        tckpt.resolve(root, "last")
+    assert f"rm -r '{root / 'last'}' && ln -s step_2 '{root / 'last'}'" in str(err.value)
+
+
+def test_a_copied_last_without_its_step_dir_is_renamed_to_the_step_its_manifest_names(exp_last):
+    """A copy that kept only `last` and `best` (`rsync -aL --exclude 'step_*'`): no step dir to link
+    to; the first copy becomes step_4 and the second is relinked to it."""
+    root = exp_last.parent
+    tckpt.point(root, "best", root / "step_4")
+    for name in ("last", "best"):
+        (root / name).unlink()
+        shutil.copytree(root / "step_4", root / name)
+    shutil.rmtree(root / "step_4")
+    with pytest.raises(CheckpointError) as err:
+        tckpt.check_links(root)
+    assert str(err.value).endswith(
+        f"relink: last is step_4 (its manifest): mv {root / 'last'} {root / 'step_4'} && ln -s step_4"
+        f" {root / 'last'}; best holds the same files as step_4: rm -r {root / 'best'} && ln -s step_4"
+        f" {root / 'best'}"
+    )
+
+
+def test_a_last_that_links_to_itself_is_one_line(exp_last):
+    exp_last.unlink()
+    exp_last.symlink_to("last")
+    with pytest.raises(CheckpointError, match=r"last cannot be followed .*ln -sfn step_<N>"):
+        tckpt.resolve(exp_last.parent, "last")
