@@ -374,10 +374,15 @@ def verify_or_explain(ckpt: str | Path) -> None:
             hint = "no earlier checkpoint verifies; train into another --out, without --resume"
         else:
             # --resume continues from checkpoints/last: move the bad dir away and point `last` back
+            last = shlex.quote(str(good.parent / "last"))
+            away = (
+                f"move {shlex.quote(str(ckpt))} out of {shlex.quote(str(good.parent))} and "
+                if ckpt.exists()
+                else ""
+            )
             hint = (
-                f"the previous good checkpoint is {good}; to continue from it, move {ckpt} out of"
-                f" {good.parent} and point last at it (ln -sfn {good.name} {good.parent / 'last'}),"
-                " then run the same command with --resume"
+                f"the previous good checkpoint is {good}; to continue from it, {away}point last at it"
+                f" (ln -sfn {good.name} {last}), then run the same command with --resume"
             )
         raise CheckpointError(f"{err}; {hint}") from None
 

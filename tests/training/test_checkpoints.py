@@ -175,3 +175,15 @@ def test_an_empty_or_partial_manifest_does_not_verify(tmp_path):
     )
     with pytest.raises(ckpt.CheckpointError, match="manifest.json does not list model.safetensors"):
         ckpt.load_checkpoint(path)
+
+
+def test_a_dangling_last_is_not_told_to_move_what_does_not_exist(tmp_path):
+    good = _save(tmp_path, 2, ToyModel())
+    (tmp_path / "last").unlink()
+    (tmp_path / "last").symlink_to("step_99")  # step_99 deleted by hand
+    with pytest.raises(ckpt.CheckpointError) as err:
+        ckpt.load_checkpoint(tmp_path / "last")
+    assert str(err.value).endswith(
+        f"step_99 does not exist; the previous good checkpoint is {good}; to continue from it, point last"
+        f" at it (ln -sfn step_2 {tmp_path / 'last'}), then run the same command with --resume"
+    )
