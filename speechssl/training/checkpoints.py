@@ -109,6 +109,7 @@ __all__ = [
     "save_checkpoint",
     "save_sharded_checkpoint",
     "load_checkpoint",
+    "latest",
     "load_trainer_state",
     "verify",
     "sha256_file",
@@ -263,6 +264,17 @@ def resolve(root: str | Path, name: str) -> Path | None:
     if link.exists():
         check_links(root)  # raises here: names every copied link, this one included
     return None
+
+
+def latest(root: str | Path) -> Path | None:
+    """The checkpoint `--resume` continues from: `last`, else the newest step dir, else None.
+    A copied `last` or `best` is refused first (`check_links`): either would fail the next save."""
+    check_links(root)
+    last = resolve(root, "last")
+    if last is None:
+        dirs = step_dirs(root)
+        last = dirs[-1] if dirs else None
+    return last
 
 
 def check_links(root: str | Path) -> None:

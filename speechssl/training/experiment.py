@@ -100,13 +100,7 @@ def resume_checkpoint(out: Path, resume: bool | str | Path) -> Path | None:
         if not path.is_dir():
             raise FileNotFoundError(f"resume checkpoint {path} does not exist")
         return path
-    root = out / "checkpoints"
-    ckpt.check_links(root)  # best too: a copied one would fail the next checkpoint
-    last = ckpt.resolve(root, "last")
-    if last is None:
-        dirs = ckpt.step_dirs(root)
-        last = dirs[-1] if dirs else None
-    return last
+    return ckpt.latest(out / "checkpoints")
 
 
 def check_resume(source: Path, config: Any, *, allowed: Iterable[str] = RESUMABLE_KEYS) -> None:

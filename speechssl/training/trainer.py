@@ -351,11 +351,7 @@ class Trainer:
         if resume is False or resume is None:
             return None
         if resume is True:
-            ckpt.check_links(self.ckpt_root)  # best too: a copied one would fail the next checkpoint
-            last = ckpt.resolve(self.ckpt_root, "last")
-            if last is None:
-                dirs = ckpt.step_dirs(self.ckpt_root)
-                last = dirs[-1] if dirs else None
+            last = ckpt.latest(self.ckpt_root)
             if last is None:
                 log.info("resume: no checkpoint under %s; starting from scratch", self.ckpt_root)
             return last
