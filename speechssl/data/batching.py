@@ -35,6 +35,9 @@ class BatchingConfig:
     max_seconds: float | None = None  # training utterances are cropped to this length (None: whole)
     crop: Literal["random", "start"] = "random"  # where the crop window goes (random: new each epoch)
     num_buckets: int = 100  # length buckets of the sampler (more: less padding, less shuffling)
+    # > 0: every training batch has one of this many (batch, length) shapes, so CUDA graphs
+    # (trainer.compile_mode reduce-overhead) replay instead of recording anew; costs padding
+    static_shapes: int = 0
 
     def __post_init__(self) -> None:
         for name in ("max_batch_seconds", "max_seconds"):
@@ -45,6 +48,8 @@ class BatchingConfig:
             raise ValueError(f"max_batch_size must be >= 1 or null, found {self.max_batch_size}")
         if self.num_buckets < 1:
             raise ValueError(f"num_buckets must be >= 1, found {self.num_buckets}")
+        if self.static_shapes < 0:
+            raise ValueError(f"static_shapes must be >= 0 (0: off), found {self.static_shapes}")
         if self.crop not in ("random", "start"):
             raise ValueError(f"crop must be 'random' or 'start', found {self.crop!r}")
         if self.max_seconds is not None and self.max_seconds > self.max_batch_seconds:
@@ -68,7 +73,7 @@ def _sampler(
         return DurationBucketSampler(
             durations, config.max_batch_seconds, max_batch_size=config.max_batch_size,
             num_replicas=world_size, rank=rank, seed=seed, num_buckets=config.num_buckets,
-            long_utterances="crop" if config.max_seconds else "drop",
+            long_utterances="crop" if config.max_seconds else "drop", static_shapes=config.static_shapes,
         )  # fmt: skip
     cap = max(config.max_batch_seconds, max(durations, default=0.0))  # never drop at evaluation
     return DurationBucketSampler(
@@ -95,5 +100,8 @@ def build_loader(
     utterance once, in duration order. rank, world_size: this process's share (DDP).
     target_pad_value: padding of sequence targets (-100: CrossEntropyLoss's ignore_index)."""
     sampler = _sampler(dataset.durations, config, train=train, seed=seed, rank=rank, world_size=world_size)
-    collate = partial(collate_audio, target_pad_value=target_pad_value)
+    rate = dataset.sample_rate
+    pad_lengths = [round(seconds * rate) for seconds in sampler.shape_seconds]  # [] unless static shapes
+    collate = partial(collate_audio, target_pad_value=target_pad_value, pad_lengths=pad_lengths,
+                      label_rates=dataset.label_rates, sample_rate=rate)  # fmt: skip
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers)

@@ -389,19 +389,31 @@ class Batch:
         )
 
 
-def collate_audio(items: Sequence[dict[str, Any] | None], *, target_pad_value: int | float = -100) -> Batch:
+def collate_audio(
+    items: Sequence[dict[str, Any] | None],
+    *,
+    target_pad_value: int | float = -100,
+    pad_lengths: Sequence[int] = (),
+    label_rates: Mapping[str, float] | None = None,
+    sample_rate: int = SAMPLE_RATE,
+) -> Batch:
     """Pad dataset items into a `Batch`; None items (skipped utterances) are dropped.
 
     Tensor targets of one or more dims are padded along their first dim with
     `target_pad_value` (-100: CrossEntropyLoss's ignore_index) and their
     lengths go to `target_lens`; scalar tensors are stacked to (B,); other
     values are kept as lists. An all-skipped batch has B = 0.
+    pad_lengths: ascending sample counts (static shapes): the audio is padded to the first
+    that holds the longest utterance (to the longest past the last), and the targets of a
+    frame rate in `label_rates` to that length's frames + 1 (the label-count tolerance).
     """
     kept = [it for it in items if it is not None]
     utt_ids = [it["utt_id"] for it in kept]
     wav_list = [it["wav"] for it in kept]
     wav_lens = torch.tensor([len(w) for w in wav_list], dtype=torch.long)  # (B,)
     wavs = pad_sequence(wav_list, batch_first=True) if kept else torch.zeros(0, 0)  # (B, S)
+    padded = next((n for n in pad_lengths if n >= wavs.shape[1]), wavs.shape[1])
+    wavs = torch.nn.functional.pad(wavs, (0, padded - wavs.shape[1]))
     batch = Batch(utt_ids, wavs, wav_lens)
     names = [k for k in (kept[0] if kept else {}) if k not in ("utt_id", "wav")]
     for name in names:
@@ -412,7 +424,13 @@ def collate_audio(items: Sequence[dict[str, Any] | None], *, target_pad_value: i
                 continue
             if all(v.dim() >= 1 for v in values):
                 batch.target_lens[name] = torch.tensor([v.shape[0] for v in values], dtype=torch.long)  # (B,)
-                batch.targets[name] = pad_sequence(values, batch_first=True, padding_value=target_pad_value)
+                target = pad_sequence(values, batch_first=True, padding_value=target_pad_value)
+                rate = (label_rates or {}).get(name) if pad_lengths else None
+                if rate is not None:  # (B, L, ...) -> (B, max(L, frames + 1), ...)
+                    width = math.ceil(padded * rate / sample_rate) + 1
+                    pad = [0, 0] * (target.dim() - 2) + [0, max(0, width - target.shape[1])]
+                    target = torch.nn.functional.pad(target, pad, value=target_pad_value)
+                batch.targets[name] = target
                 continue  # (B, L, ...)
         batch.targets[name] = values
     return batch

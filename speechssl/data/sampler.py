@@ -29,6 +29,19 @@ How an epoch's batches are made (identical on every rank, from seed+epoch):
    round-robin: rank r gets batches r, r + R, r + 2R, ... Every rank thus gets
    the same number of disjoint batches.
 
+Static shapes (``static_shapes=N``, for CUDA graphs, which replay only the
+shapes they recorded): steps 2-3 become: the kept durations are cut into N
+equal-count groups, each with one padded length (its longest, rounded up to
+10 ms: ``shape_seconds``) and one batch size (as many utterances of that length
+as the cap allows: ``shape_sizes``). Groups are shuffled inside and laid out
+longest first; batches are cut along that order, each as large as its first
+(longest) utterance's group allows, so a batch is never longer than its padded
+length. The last batch is filled up by repeating its own utterances (at most
+size - 1 repeats an epoch). Step 4 then repeats whole batches instead of
+splitting them (a split batch has another shape). Every training batch thus
+has one of N (batch, length) shapes, and the collate pads to the length
+(``speechssl.data.batching``).
+
 Resuming: ``state_dict()`` records the epoch and how many batches this rank
 has yielded; after ``load_state_dict`` the next iteration starts at the
 following batch (and yields nothing if the saved epoch was complete).
@@ -80,6 +93,45 @@ def pack_greedy(
     return batches
 
 
+def shape_grid(
+    durations: Sequence[float], num_shapes: int, max_batch_seconds: float, max_batch_size: int | None = None
+) -> tuple[list[float], list[int]]:
+    """The padded lengths (seconds, ascending) and batch sizes of `num_shapes` equal-count
+    duration groups: each length is its group's longest, rounded up to 10 ms (never past
+    the cap); each size is how many such utterances fit the cap (and `max_batch_size`)."""
+    durs = sorted(durations)
+    if not durs:
+        return [], []
+    n = len(durs)
+    lengths: list[float] = []
+    for k in range(1, min(num_shapes, n) + 1):
+        longest = durs[math.ceil(k * n / min(num_shapes, n)) - 1]
+        length = min(math.ceil(round(longest * 100, 6)) / 100, max_batch_seconds)
+        if not lengths or length > lengths[-1]:
+            lengths.append(length)
+    sizes = [max(1, math.floor(max_batch_seconds / length + _EPS)) for length in lengths]
+    if max_batch_size is not None:
+        sizes = [min(size, max_batch_size) for size in sizes]
+    return lengths, sizes
+
+
+def pack_static(
+    order: Sequence[int], durations: Sequence[float], lengths: Sequence[float], sizes: Sequence[int]
+) -> list[list[int]]:
+    """Cut `order` (longest group first) into batches as large as the first utterance's group
+    allows; the last batch is filled up with repeats of its own utterances."""
+    batches: list[list[int]] = []
+    pos = 0
+    while pos < len(order):
+        d = durations[order[pos]]
+        size = sizes[next(k for k, length in enumerate(lengths) if d <= length + _EPS)]
+        batch = list(order[pos : pos + size])
+        pos += size
+        batch += [batch[j % len(batch)] for j in range(size - len(batch))]
+        batches.append(batch)
+    return batches
+
+
 def split_to_multiple(batches: list[list[int]], multiple: int) -> list[list[int]]:
     """Split the largest batches in two until len(batches) % multiple == 0, if possible.
 
@@ -115,6 +167,8 @@ class DurationBucketSampler(Sampler[list[int]]):
         each epoch draws as many indices as are kept, with replacement, with probability
         proportional to the weight, from (seed, epoch)); the draws are then bucketed and
         packed as usual. None: every kept index once per epoch.
+    static_shapes: 0, or how many (batch, length) shapes every batch is made to have (see
+        the module docstring; `shape_seconds`, `shape_sizes`). Replaces `num_buckets`.
 
     Call `set_epoch(epoch)` before each epoch (as with DistributedSampler).
     `len(sampler)` is this epoch's number of batches per rank (the same on
@@ -135,6 +189,7 @@ class DurationBucketSampler(Sampler[list[int]]):
         long_utterances: Literal["drop", "crop"] = "drop",
         num_buckets: int = 100,
         weights: Sequence[float] | None = None,
+        static_shapes: int = 0,
     ) -> None:
         if not (max_batch_seconds > 0 and math.isfinite(max_batch_seconds)):
             raise ValueError(f"max_batch_seconds must be a positive number, found {max_batch_seconds}")
@@ -150,6 +205,8 @@ class DurationBucketSampler(Sampler[list[int]]):
             raise ValueError(f"long_utterances must be 'drop' or 'crop', found {long_utterances!r}")
         if num_buckets < 1:
             raise ValueError(f"num_buckets must be >= 1, found {num_buckets}")
+        if static_shapes < 0:
+            raise ValueError(f"static_shapes must be >= 0 (0: off), found {static_shapes}")
         durs = [float(d) for d in durations]
         if weights is not None:
             if len(weights) != len(durs):
@@ -172,6 +229,7 @@ class DurationBucketSampler(Sampler[list[int]]):
         self.drop_last = drop_last
         self.long_utterances = long_utterances
         self.num_buckets = num_buckets
+        self.static_shapes = static_shapes
         self.epoch = 0
         self.batches_yielded = 0
         self._resumed = False  # honour a completed position once, right after load_state_dict
@@ -189,6 +247,9 @@ class DurationBucketSampler(Sampler[list[int]]):
             self._kept = list(range(len(durs)))
         # Durations as the batches will see them (cropped ones at the cap).
         self._durations = [min(d, self.max_batch_seconds) for d in durs]
+        self.shape_seconds, self.shape_sizes = ([], []) if not static_shapes else shape_grid(
+            [self._durations[i] for i in self._kept], static_shapes, self.max_batch_seconds, max_batch_size
+        )  # fmt: skip
         self._cache: tuple[int, list[list[int]], int] | None = None  # (epoch, global batches, trimmed)
 
     # ---------------------------------------------------------------- epochs
@@ -220,11 +281,14 @@ class DurationBucketSampler(Sampler[list[int]]):
                 draws = self._rng(3).choice(len(kept), size=len(kept), replace=True, p=p / p.sum())
                 kept = [kept[int(k)] for k in draws]
         order = sorted(kept, key=lambda i: (durs[i], i))
-        if self.shuffle and order:
-            rng = self._rng(0)
-            buckets = np.array_split(np.asarray(order, dtype=np.int64), min(self.num_buckets, len(order)))
-            order = [int(i) for b in buckets for i in rng.permutation(b)]
-        batches = pack_greedy(order, durs, self.max_batch_seconds, self.max_batch_size)
+        if self.static_shapes:
+            batches = pack_static(self._static_order(order), durs, self.shape_seconds, self.shape_sizes)
+        else:
+            if self.shuffle and order:
+                rng = self._rng(0)
+                buckets = np.array_split(np.asarray(order, dtype=np.int64), min(self.num_buckets, len(order)))
+                order = [int(i) for b in buckets for i in rng.permutation(b)]
+            batches = pack_greedy(order, durs, self.max_batch_seconds, self.max_batch_size)
         trimmed = 0
         R = self.num_replicas
         if R > 1 and len(batches) % R:
@@ -236,7 +300,8 @@ class DurationBucketSampler(Sampler[list[int]]):
                 trimmed = sum(len(b) for b in batches[keep:])
                 batches = batches[:keep]
             else:
-                batches = split_to_multiple(batches, R)
+                if not self.static_shapes:  # a split batch would have another shape
+                    batches = split_to_multiple(batches, R)
                 short = (-len(batches)) % R
                 batches = batches + [list(batches[k % len(batches)]) for k in range(short)] if batches else []
         if self.shuffle and batches:
@@ -244,6 +309,17 @@ class DurationBucketSampler(Sampler[list[int]]):
             batches = [batches[k] for k in perm]
         self._cache = (self.epoch, batches, trimmed)
         return batches, trimmed
+
+    def _static_order(self, order: list[int]) -> list[int]:
+        """`order` (ascending) laid out by shape group, longest group first, each shuffled inside."""
+        groups: list[list[int]] = [[] for _ in self.shape_seconds]
+        k = 0
+        for i in order:
+            while self._durations[i] > self.shape_seconds[k] + _EPS:
+                k += 1
+            groups[k].append(i)
+        rng = self._rng(0)
+        return [int(i) for g in reversed(groups) for i in (rng.permutation(g) if self.shuffle else g)]
 
     def rank_batches(self) -> list[list[int]]:
         """This rank's batches for the current epoch, in iteration order."""
@@ -273,8 +349,16 @@ class DurationBucketSampler(Sampler[list[int]]):
         batches, _ = self._epoch_batches()
         durs = self._durations
         real = sum(durs[i] for b in batches for i in b)
-        padded = sum(len(b) * max(durs[i] for i in b) for b in batches)
+        padded = sum(len(b) * self.padded_seconds(b) for b in batches)
         return real / padded if padded else 1.0
+
+    def padded_seconds(self, batch: Sequence[int]) -> float:
+        """The length a batch is padded to: its longest utterance, or with static shapes the
+        padded length of that utterance's group."""
+        longest = max(self._durations[i] for i in batch)
+        if not self.static_shapes:
+            return longest
+        return next((s for s in self.shape_seconds if longest <= s + _EPS), longest)
 
     # -------------------------------------------------------------- resuming
     def state_dict(self, batches_consumed: int | None = None) -> dict[str, Any]:
@@ -295,6 +379,7 @@ class DurationBucketSampler(Sampler[list[int]]):
             "drop_last": self.drop_last,
             "long_utterances": self.long_utterances,
             "num_buckets": self.num_buckets,
+            "static_shapes": self.static_shapes,
             "durations_sha1": self._fingerprint,
             "weighted": self.weights is not None,
         }
@@ -315,6 +400,7 @@ class DurationBucketSampler(Sampler[list[int]]):
             "drop_last",
             "long_utterances",
             "num_buckets",
+            "static_shapes",
             "durations_sha1",
             "weighted",
         ):

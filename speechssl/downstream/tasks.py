@@ -592,7 +592,7 @@ class Task:
             sampler = DurationBucketSampler(
                 dataset.durations, plain.max_batch_seconds, max_batch_size=plain.max_batch_size,
                 num_replicas=world_size, rank=rank, seed=seed, num_buckets=plain.num_buckets,
-                long_utterances=plain.long_utterances, weights=weights,
+                long_utterances=plain.long_utterances, weights=weights, static_shapes=plain.static_shapes,
             )  # fmt: skip
             loader = DataLoader(
                 dataset, batch_sampler=sampler, collate_fn=loader.collate_fn, num_workers=loader.num_workers

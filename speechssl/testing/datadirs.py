@@ -16,6 +16,9 @@ import soundfile as sf
 
 from speechssl.data.audio import SAMPLE_RATE
 from speechssl.data.datadir import DataDir, write_data_dir
+from speechssl.data.dataset import AudioDataset
+from speechssl.data.kaldi import write_table
+from speechssl.units.labels import parse_units
 
 WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel")
 
@@ -177,3 +180,20 @@ def plant_defect(data_dir: str | Path, defect: str) -> Planted:
     utt, seconds = _lines(d / "utt2dur")[0].split()
     edit("utt2dur", 0, f"{utt} {seconds} extra\n")
     return Planted(d / "utt2dur", 1, utt, "expected '<id> <duration in seconds>'")
+
+
+def frame_units_dataset(root: Path) -> AudioDataset:
+    """A training AudioDataset of `make_data_dir`'s 12 utterances (0.5-0.86 s) with 50 Hz units
+    (as many as a 400-sample window at a 320-sample hop gives, ids 0-6) in `units/`, cropped to 1 s."""
+    data = make_data_dir(root, num_speakers=3, utts_per_speaker=4, base_seconds=0.5)
+    plain = AudioDataset(data.path)
+    counts = {u: (round(d * SAMPLE_RATE) - 400) // 320 + 1 for u, d in zip(plain.utt_ids(), plain.durations)}
+    (data.path / "units").mkdir()
+    write_table(
+        data.path / "units" / "labels", {u: " ".join(str(k % 7) for k in range(n)) for u, n in counts.items()}
+    )
+    units = {"units": str(data.path / "units" / "labels")}
+    return AudioDataset(
+        data.path, targets=units, target_transforms={"units": parse_units}, label_rates={"units": 50.0},
+        max_seconds=1.0,
+    )  # fmt: skip

@@ -222,3 +222,39 @@ def test_the_loss_over_every_frame_is_fairseqs_over_the_predicted_ones(padding_f
         assert (got is None) == (want is None)
         if got is not None:
             assert torch.allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("padding_free", [False, True])
+def test_a_batch_padded_to_a_static_shape_gives_the_same_loss_and_gradients(padding_free):
+    """data.static_shapes pads a batch past its longest utterance (audio with zeros, labels with
+    -100): with a layer-norm frontend (a group-norm one normalises over the padding, as fairseq's
+    does) the loss and gradients are those of the batch padded to its longest utterance."""
+    objective = HubertObjectiveConfig(num_classes=[NUM_CLASSES], final_dim=32, pred_nomask_weight=0.5)
+    ours = _ours(objective, layer_norm_first=True).train()
+    ours.hubert.padding_free = padding_free
+    g = torch.Generator().manual_seed(0)
+    wavs, lengths = torch.randn(3, 8000, generator=g), torch.tensor([8000, 6001, 4533])
+    wavs[1, 6001:] = wavs[2, 4533:] = 0.0
+    frames = ours.hubert.num_frames(lengths)
+    T = int(frames.max())
+    mask = compute_mask_indices(frames, T, mask_prob=0.5, mask_length=3, min_masks=1, generator=g)
+    labels = torch.randint(0, NUM_CLASSES, (3, T), generator=g)
+    extra = 3 * 1280 + 17  # samples past the longest utterance
+    T2 = int(ours.hubert.num_frames(torch.tensor([8000 + extra])))
+    static = {
+        "wavs": torch.nn.functional.pad(wavs, (0, extra)),
+        "targets": torch.nn.functional.pad(labels, (0, T2 + 1 - T), value=-100),
+        "mask_time_indices": torch.nn.functional.pad(mask, (0, T2 - T)),
+    }
+    results = []
+    for batch in ({"wavs": wavs, "targets": labels, "mask_time_indices": mask}, static):
+        loss, metrics = ours(
+            batch["wavs"], lengths, batch["targets"], mask_time_indices=batch["mask_time_indices"]
+        )
+        results.append((loss, metrics, torch.autograd.grad(loss, list(ours.parameters()))))
+    (loss, metrics, grads), (loss2, metrics2, grads2) = results
+    assert torch.allclose(loss, loss2, rtol=1e-5) and int(metrics["sample_size"]) == int(
+        metrics2["sample_size"]
+    )
+    for name, got, want in zip([n for n, _ in ours.named_parameters()], grads2, grads):
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-6), name
