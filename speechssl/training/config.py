@@ -32,6 +32,8 @@ Precision = Literal["fp32", "bf16", "fp16"]
 ScheduleName = Literal["linear", "polynomial", "tri_stage", "constant"]
 Strategy = Literal["ddp", "fsdp"]
 STRATEGIES = get_args(Strategy)
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+COMPILE_MODES = get_args(CompileMode)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,6 +42,9 @@ class TrainerConfig:
     accum_steps: int = 1  # micro-batches per update (fairseq: update_freq)
     precision: Precision = "fp32"  # autocast dtype; fp16 adds a GradScaler
     compile: bool = False  # torch.compile the training forward (dynamic shapes: bucketed batches vary)
+    # torch.compile's mode; reduce-overhead (CUDA graphs: no per-kernel launch cost) replays a graph
+    # only for a batch shape it has recorded, so pair it with data.static_shapes
+    compile_mode: CompileMode = "default"
     clip_norm: float = 0.0  # max global grad norm; 0 = no clipping (norm is still logged)
     # AdamW
     lr: float = 5e-4  # peak learning rate
@@ -85,6 +90,12 @@ class TrainerConfig:
 
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, found {self.strategy!r}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(
+                f"compile_mode must be one of {', '.join(COMPILE_MODES)}, found {self.compile_mode!r}"
+            )
+        if self.compile_mode != "default" and not self.compile:
+            raise ValueError(f"compile_mode {self.compile_mode} needs compile: true")
         if self.strategy == "fsdp" and self.precision == "fp16":
             raise ValueError(
                 "strategy fsdp trains in precision fp32 or bf16, found fp16 (GradScaler's inf checks would "

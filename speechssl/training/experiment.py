@@ -38,14 +38,18 @@ logger = logging.getLogger(__name__)
 RESUMABLE_KEYS = frozenset({
     "trainer.max_steps", "trainer.warmup_steps", "trainer.save_every", "trainer.keep_last",
     "trainer.valid_every", "trainer.log_every", "trainer.max_bad_steps", "trainer.num_workers",
-    "trainer.pin_memory", "trainer.compile", "data.skip_bad", "data.padding_free",
+    "trainer.pin_memory", "trainer.compile", "trainer.compile_mode", "data.skip_bad", "data.padding_free",
 })  # fmt: skip
 # Options added after checkpoints of speechssl existed, each with the value that reproduces what a
 # run written before it did: absent from a checkpoint's config.yaml, such a key matches at this
 # value only. (A new option's default need not be the old behaviour: head.sd_* replaced the SD
 # head's lstm_* sizes and `optimizer: adam` replaced AdamW (0.9, 0.98); those stay differences.)
 # An absent key also matches null, an option not in use (e.g. model.encoder.layer_head_index).
-ADDED_OPTIONS: dict[str, Any] = {"trainer.strategy": "ddp"}
+ADDED_OPTIONS: dict[str, Any] = {
+    "trainer.strategy": "ddp",
+    "trainer.compile_mode": "default",
+    "data.static_shapes": 0,
+}
 
 
 class ConfigMismatchError(SpeechSSLError):

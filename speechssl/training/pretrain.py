@@ -112,6 +112,11 @@ class PretrainConfig:
                 f"data.padding_free is for {' and '.join(_NAMES[f] for f in PADDING_FREE_FAMILIES)}; "
                 f"{_NAMES.get(family, family)} runs its transformer padded" + (f" ({why})" if why else "")
             )
+        if self.data.padding_free and self.data.static_shapes:
+            raise ValueError(
+                "data.static_shapes pads every batch to a fixed shape (for CUDA graphs) and data.padding_free "
+                "packs each batch's valid frames into a shape of its own: set one of them"
+            )
         if self.trainer.strategy == "fsdp" and self.model.encoder.layerdrop > 0:  # before any file is written
             raise layerdrop_refusal("model.encoder.layerdrop", self.model.encoder.layerdrop)
 

@@ -339,7 +339,9 @@ class Trainer:
         self.ddp = self.model if isinstance(self.model, DistributedDataParallel) else None
         if config.compile:
             # dynamic: every bucket has its own (batch, samples), so one graph must serve them all
-            self.model = torch.compile(self.model, dynamic=True)
+            # (CUDA graphs are still recorded per shape: data.static_shapes bounds how many)
+            mode = None if config.compile_mode == "default" else config.compile_mode
+            self.model = torch.compile(self.model, dynamic=True, mode=mode)
         self.logger = TrainLogger(
             self.out_dir, enabled=info.is_main, max_steps=config.max_steps, start_step=self.step
         )
@@ -439,11 +441,20 @@ class Trainer:
             lengths = self.batch_lengths(batch)
             if lengths is not None and lengths.device.type == "cpu" and len(lengths):
                 interval.audio_seconds += float(lengths.sum()) / cfg.sample_rate
-                interval.padded_seconds += float(lengths.max()) * len(lengths) / cfg.sample_rate
+                wavs = getattr(batch, "wavs", None)  # static shapes pad past the longest utterance
+                width = (
+                    wavs.shape[1]
+                    if isinstance(wavs, torch.Tensor) and wavs.dim() == 2
+                    else float(lengths.max())
+                )
+                interval.padded_seconds += width * len(lengths) / cfg.sample_rate
             batch = to_device(batch, self.device, non_blocking=cfg.pin_memory)
             last_micro = micro == cfg.accum_steps - 1
             sync = contextlib.nullcontext() if last_micro or self.ddp is None else self.ddp.no_sync()
             with sync:
+                if cfg.compile_mode in ("reduce-overhead", "max-autotune"):
+                    # a new step for CUDA graphs: this forward may overwrite the last one's outputs
+                    torch.compiler.cudagraph_mark_step_begin()
                 with self._autocast():
                     loss, metrics = self.model(batch)
                 self.scaler.scale(loss.float() / cfg.accum_steps).backward()

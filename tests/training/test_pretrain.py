@@ -145,6 +145,43 @@ def test_compiled_pretraining_runs(corpus, tmp_path):
     assert summary["steps"] == 2
 
 
+def test_static_shapes_pretraining_feeds_the_model_only_its_shapes(corpus, tmp_path, monkeypatch, capsys):
+    """data.static_shapes: every training batch the objective sees has one of the sampler's
+    (batch, length) shapes, and its labels one width per length; compile_mode needs compile."""
+    from speechssl.training.pretrain import BatchObjective
+
+    seen, forward = set(), BatchObjective.forward
+
+    def recording(self, batch):
+        if self.training:
+            seen.add((tuple(batch.wavs.shape), tuple(batch.targets["units_iter1"].shape)))
+        return forward(self, batch)
+
+    monkeypatch.setattr(BatchObjective, "forward", recording)
+    args = (
+        "--units",
+        "units_iter1",
+        "--set",
+        "data.static_shapes=2",
+        "--set",
+        "data.max_batch_seconds=4",
+        "--set",
+        "data.max_seconds=4",
+    )
+    assert run_pretrain(corpus, tmp_path / "exp", *args, "--max-steps", "6") == 0
+    assert 1 < len(seen) <= 2, seen  # 6 utterances of 1-2 s: 2 shapes
+    assert all(b * w <= 4 * 16000 for (b, w), _ in seen), seen  # padded seconds within the cap
+    assert all(labels == (b, -(-w * 50 // 16000) + 1) for (b, w), labels in seen), seen  # 50 Hz units
+    resume = ("--resume", "--max-steps", "7")
+    assert run_pretrain(corpus, tmp_path / "exp", *args, *resume, "--set", "data.static_shapes=3") == 1
+    assert "data.static_shapes" in capsys.readouterr().err  # other batches: refused on resume
+    assert run_pretrain(corpus, tmp_path / "x", *args, "--set", "trainer.compile_mode=reduce-overhead") == 1
+    assert "compile_mode reduce-overhead needs compile: true" in capsys.readouterr().err
+    assert run_pretrain(corpus, tmp_path / "y", *args, "--set", "data.padding_free=true") == 1
+    assert "set one of them" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
 def test_wav2vec2_refuses_utterances_too_short_for_two_masked_frames(tmp_path, capsys):
     data = make_data_dir(tmp_path, num_speakers=1, utts_per_speaker=2, base_seconds=0.05, name="short")
     code = main([
