@@ -98,7 +98,9 @@ def shape_grid(
 ) -> tuple[list[float], list[int]]:
     """The padded lengths (seconds, ascending) and batch sizes of `num_shapes` equal-count
     duration groups: each length is its group's longest, rounded up to 10 ms (never past
-    the cap); each size is how many such utterances fit the cap (and `max_batch_size`)."""
+    the cap; no margin, which would cost utterances cropped to a round length, half the cap,
+    a place in their batch); each size is how many such utterances fit the cap (and
+    `max_batch_size`). An utterance longer than its duration says is padded to the next length."""
     durs = sorted(durations)
     if not durs:
         return [], []

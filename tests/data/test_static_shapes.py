@@ -72,10 +72,12 @@ def test_every_batch_has_one_of_the_static_shapes_and_every_utterance_is_used(ca
 def test_the_grid_is_equal_count_groups_rounded_up_to_10_ms_with_the_sizes_the_cap_allows():
     durations = [1.0 + 0.5 * k + 0.003 for k in range(20)]  # 1.003 ... 10.503 s
     lengths, sizes = shape_grid(durations, 4, 30.0)
-    assert lengths == [3.01, 5.51, 8.01, 10.51]  # the 5th, 10th, 15th and 20th, up to 10 ms
+    assert lengths == [3.01, 5.51, 8.01, 10.51]  # the 5th, 10th, 15th and 20th
     assert sizes == [9, 5, 3, 2]  # floor(30 / length)
     assert shape_grid(durations, 4, 30.0, max_batch_size=3)[1] == [3, 3, 3, 2]
     assert shape_grid([2.0, 2.0, 2.0], 3, 5.0) == ([2.0], [2])  # equal lengths collapse
+    # utterances cropped to half the cap go two to a batch: a margin past 8.0 would make it one
+    assert shape_grid([3.0, 8.0, 8.0, 8.0], 2, 16.0) == ([8.0], [2])
     assert shape_grid([7.0], 2, 6.0) == ([6.0], [1])  # never past the cap (a cropped utterance)
 
 
