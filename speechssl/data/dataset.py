@@ -413,7 +413,8 @@ def collate_audio(
     wav_lens = torch.tensor([len(w) for w in wav_list], dtype=torch.long)  # (B,)
     wavs = pad_sequence(wav_list, batch_first=True) if kept else torch.zeros(0, 0)  # (B, S)
     padded = next((n for n in pad_lengths if n >= wavs.shape[1]), wavs.shape[1])
-    wavs = torch.nn.functional.pad(wavs, (0, padded - wavs.shape[1]))
+    if padded > wavs.shape[1]:
+        wavs = torch.nn.functional.pad(wavs, (0, padded - wavs.shape[1]))
     batch = Batch(utt_ids, wavs, wav_lens)
     names = [k for k in (kept[0] if kept else {}) if k not in ("utt_id", "wav")]
     for name in names:
