@@ -101,7 +101,9 @@ def build_loader(
     target_pad_value: padding of sequence targets (-100: CrossEntropyLoss's ignore_index)."""
     sampler = _sampler(dataset.durations, config, train=train, seed=seed, rank=rank, world_size=world_size)
     rate = dataset.sample_rate
-    pad_lengths = [round(seconds * rate) for seconds in sampler.shape_seconds]  # [] unless static shapes
-    collate = partial(collate_audio, target_pad_value=target_pad_value, pad_lengths=pad_lengths,
+    pad_to = None  # static shapes: each utterance's group length, by the duration it was packed by
+    if sampler.static_shapes:
+        pad_to = {u: round(sampler.padded_seconds([i]) * rate) for i, u in enumerate(dataset.utt_ids())}
+    collate = partial(collate_audio, target_pad_value=target_pad_value, pad_to=pad_to,
                       label_rates=dataset.label_rates, sample_rate=rate)  # fmt: skip
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers)

@@ -393,7 +393,7 @@ def collate_audio(
     items: Sequence[dict[str, Any] | None],
     *,
     target_pad_value: int | float = -100,
-    pad_lengths: Sequence[int] = (),
+    pad_to: Mapping[str, int] | None = None,
     label_rates: Mapping[str, float] | None = None,
     sample_rate: int = SAMPLE_RATE,
 ) -> Batch:
@@ -403,16 +403,23 @@ def collate_audio(
     `target_pad_value` (-100: CrossEntropyLoss's ignore_index) and their
     lengths go to `target_lens`; scalar tensors are stacked to (B,); other
     values are kept as lists. An all-skipped batch has B = 0.
-    pad_lengths: ascending sample counts (static shapes): the audio is padded to the first
-    that holds the longest utterance (to the longest past the last), and the targets of a
-    frame rate in `label_rates` to that length's frames + 1 (the label-count tolerance).
+    pad_to (static shapes): utterance id -> the padded length (samples) of the shape group the
+    sampler put it in by its stated duration. The batch is padded to its utterances' largest,
+    so it keeps its shape; audio at most 10 ms longer than that (a utt2dur rounded to 10 ms)
+    is cut to it, audio longer still is kept whole (a batch of its own shape, as without
+    static shapes). Targets of a frame rate in `label_rates` go to that length's frames + 1
+    (the label-count tolerance).
     """
     kept = [it for it in items if it is not None]
     utt_ids = [it["utt_id"] for it in kept]
     wav_list = [it["wav"] for it in kept]
+    limit = max((pad_to[u] for u in utt_ids), default=0) if pad_to else 0
+    if limit:
+        slack = round(0.01 * sample_rate)
+        wav_list = [w[:limit] if limit < len(w) <= limit + slack else w for w in wav_list]
     wav_lens = torch.tensor([len(w) for w in wav_list], dtype=torch.long)  # (B,)
     wavs = pad_sequence(wav_list, batch_first=True) if kept else torch.zeros(0, 0)  # (B, S)
-    padded = next((n for n in pad_lengths if n >= wavs.shape[1]), wavs.shape[1])
+    padded = max(limit, wavs.shape[1])
     if padded > wavs.shape[1]:
         wavs = torch.nn.functional.pad(wavs, (0, padded - wavs.shape[1]))
     batch = Batch(utt_ids, wavs, wav_lens)
@@ -426,7 +433,7 @@ def collate_audio(
             if all(v.dim() >= 1 for v in values):
                 batch.target_lens[name] = torch.tensor([v.shape[0] for v in values], dtype=torch.long)  # (B,)
                 target = pad_sequence(values, batch_first=True, padding_value=target_pad_value)
-                rate = (label_rates or {}).get(name) if pad_lengths else None
+                rate = (label_rates or {}).get(name) if limit else None
                 if rate is not None:  # (B, L, ...) -> (B, max(L, frames + 1), ...)
                     width = math.ceil(padded * rate / sample_rate) + 1
                     pad = [0, 0] * (target.dim() - 2) + [0, max(0, width - target.shape[1])]

@@ -108,7 +108,8 @@ def shape_grid(
     lengths: list[float] = []
     for k in range(1, min(num_shapes, n) + 1):
         longest = durs[math.ceil(k * n / min(num_shapes, n)) - 1]
-        length = min(math.ceil(round(longest * 100, 6)) / 100, max_batch_seconds)
+        # never below the longest: one a few nanoseconds past 10 ms would round down to it
+        length = min(max(math.ceil(round(longest * 100, 6)) / 100, longest), max_batch_seconds)
         if not lengths or length > lengths[-1]:
             lengths.append(length)
     sizes = [max(1, math.floor(max_batch_seconds / length + _EPS)) for length in lengths]
@@ -392,6 +393,7 @@ class DurationBucketSampler(Sampler[list[int]]):
         The settings that decide the batches must match, else the resumed
         epoch would differ from the interrupted one; a mismatch is an error.
         """
+        state = {"static_shapes": 0, **state}  # saved before static shapes existed: they were off
         mine = self.state_dict()
         for key in (
             "seed",

@@ -114,8 +114,8 @@ class PretrainConfig:
             )
         if self.data.padding_free and self.data.static_shapes:
             raise ValueError(
-                "data.static_shapes pads every batch to a fixed shape (for CUDA graphs) and data.padding_free "
-                "packs each batch's valid frames into a shape of its own: set one of them"
+                "data.static_shapes pads every batch to a fixed shape (for CUDA graphs) and "
+                "data.padding_free packs each batch's valid frames into a shape of its own: set one of them"
             )
         if self.trainer.strategy == "fsdp" and self.model.encoder.layerdrop > 0:  # before any file is written
             raise layerdrop_refusal("model.encoder.layerdrop", self.model.encoder.layerdrop)
@@ -450,6 +450,15 @@ def pretrain(
             family, len(train_set), sum(train_set.durations) / 3600, len(train_sampler),
             train_sampler.padding_efficiency(),
         )  # fmt: skip
+        if (
+            config.trainer.compile_mode in ("reduce-overhead", "max-autotune")
+            and not config.data.static_shapes
+        ):
+            logger.warning(
+                "trainer.compile_mode %s records CUDA graphs for every batch shape it meets (%d batches per "
+                "epoch here); data.static_shapes (e.g. 16) bounds them", config.trainer.compile_mode,
+                len(train_sampler),
+            )  # fmt: skip
         getattr(model, family).padding_free = config.data.padding_free
         objective = BatchObjective(model, units, normalize=config.model.normalize_waveform)
         result = train_on_loaders(

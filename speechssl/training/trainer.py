@@ -267,6 +267,7 @@ class Trainer:
         *,
         valid_dataset=None,
         valid_sampler=None,
+        valid_collate: Callable | None = None,
         resume: bool | str | Path = False,
         save_config: Callable[[Path], None] | Any | None = None,
         batch_lengths: Callable[[Any], torch.Tensor | None] = default_batch_lengths,
@@ -282,6 +283,7 @@ class Trainer:
         self.batch_sampler = batch_sampler
         self.valid_dataset, self.valid_sampler = valid_dataset, valid_sampler
         self.collate = collate
+        self.valid_collate = collate if valid_collate is None else valid_collate
         self.batch_lengths = batch_lengths
         if save_config is not None and not callable(save_config):
             config_obj = save_config
@@ -584,7 +586,7 @@ class Trainer:
         loader = DataLoader(
             self.valid_dataset,
             batch_sampler=self.valid_sampler,
-            collate_fn=self.collate,
+            collate_fn=self.valid_collate,
             num_workers=self.config.num_workers,
         )
         total_batches = len(self.valid_sampler) if hasattr(self.valid_sampler, "__len__") else None
@@ -807,6 +809,7 @@ def train(
     *,
     valid_dataset=None,
     valid_sampler=None,
+    valid_collate: Callable | None = None,
     resume: bool | str | Path = False,
     save_config: Callable[[Path], None] | Any | None = None,
     batch_lengths: Callable[[Any], torch.Tensor | None] = default_batch_lengths,
@@ -816,7 +819,8 @@ def train(
     """Train `model` for `config.max_steps` updates, writing `out_dir/checkpoints/` and
     `out_dir/tensorboard/`. Under torchrun joins (and leaves) the process group.
 
-    resume: False (fresh), True (from `checkpoints/last`, or fresh if there is none) or a
+    valid_collate: the validation batches' collate (None: `collate`; the training one may pad
+    to static shapes). resume: False (fresh), True (from `checkpoints/last`, or fresh if there is none) or a
     checkpoint dir. save_config: a dataclass (written as config.yaml) or `fn(path)`.
     batch_lengths: batch -> valid samples per utterance (CPU), for audio-seconds and padding
     efficiency. on_checkpoint(step, checkpoint dir on the main rank, else None): called on every
@@ -837,6 +841,7 @@ def train(
             info,
             valid_dataset=valid_dataset,
             valid_sampler=valid_sampler,
+            valid_collate=valid_collate,
             resume=resume,
             save_config=save_config,
             batch_lengths=batch_lengths,
@@ -868,5 +873,6 @@ def train_on_loaders(
         out_dir,
         valid_dataset=None if valid_loader is None else valid_loader.dataset,
         valid_sampler=None if valid_loader is None else valid_loader.batch_sampler,
+        valid_collate=None if valid_loader is None else valid_loader.collate_fn,
         **kwargs,
     )

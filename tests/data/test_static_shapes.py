@@ -4,6 +4,7 @@ shapes, so CUDA graphs recorded for a shape replay on every later batch of it.""
 from __future__ import annotations
 
 import math
+import random
 from collections import Counter
 
 import pytest
@@ -12,13 +13,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from speechssl.data.batching import BatchingConfig, build_loader
+from speechssl.data.datadir import write_data_dir
+from speechssl.data.dataset import AudioDataset
 from speechssl.data.sampler import _EPS, DurationBucketSampler, shape_grid
-from speechssl.testing.datadirs import frame_units_dataset
+from speechssl.testing.datadirs import frame_units_dataset, make_data_dir, write_tone
 
 cases = st.fixed_dictionaries(
     {
-        "durations": st.lists(st.floats(0.1, 12.0, allow_nan=False), min_size=0, max_size=120),
-        "max_batch_seconds": st.floats(12.0, 40.0),
+        "durations": st.lists(st.floats(0.1, 20.0, allow_nan=False), min_size=0, max_size=120),
+        "max_batch_seconds": st.floats(8.0, 40.0),
+        "long_utterances": st.sampled_from(["drop", "crop"]),
         "num_replicas": st.integers(1, 4),
         "max_batch_size": st.one_of(st.none(), st.integers(1, 8)),
         "seed": st.integers(0, 2**16),
@@ -39,7 +43,7 @@ def all_ranks(case: dict) -> list[DurationBucketSampler]:
         s = DurationBucketSampler(
             case["durations"], case["max_batch_seconds"], max_batch_size=case["max_batch_size"],
             num_replicas=case["num_replicas"], rank=rank, seed=case["seed"], drop_last=case["drop_last"],
-            static_shapes=case["static_shapes"], weights=weights,
+            static_shapes=case["static_shapes"], weights=weights, long_utterances=case["long_utterances"],
         )  # fmt: skip
         s.set_epoch(case["epoch"])
         samplers.append(s)
@@ -63,7 +67,7 @@ def test_every_batch_has_one_of_the_static_shapes_and_every_utterance_is_used(ca
             assert len(b) * length <= case["max_batch_seconds"] + 1e-6 or len(b) == 1
     used = Counter(i for batches in per_rank for b in batches for i in b)
     if not case["weighted"] and not case["drop_last"]:
-        assert set(used) == set(range(len(case["durations"])))  # nothing dropped: 12 s <= every cap
+        assert set(used) == set(range(len(case["durations"]))) - set(s0.dropped)
         # repeats: the last batch's fill (size - 1) and whole batches for the ranks (R - 1)
         largest = max(s0.shape_sizes, default=1)
         assert sum(used.values()) - len(used) <= largest - 1 + (case["num_replicas"] - 1) * largest
@@ -79,6 +83,11 @@ def test_the_grid_is_equal_count_groups_rounded_up_to_10_ms_with_the_sizes_the_c
     # utterances cropped to half the cap go two to a batch: a margin past 8.0 would make it one
     assert shape_grid([3.0, 8.0, 8.0, 8.0], 2, 16.0) == ([8.0], [2])
     assert shape_grid([7.0], 2, 6.0) == ([6.0], [1])  # never past the cap (a cropped utterance)
+
+
+def test_a_duration_just_past_a_10_ms_step_gets_a_length_that_holds_it():
+    sampler = DurationBucketSampler([1.0, 1.230000003], 16.0, static_shapes=1)
+    assert sampler.shape_seconds[-1] >= 1.230000003 and len(list(sampler)) == 1
 
 
 def test_static_batches_are_deterministic_and_resume_mid_epoch():
@@ -98,6 +107,10 @@ def test_static_batches_are_deterministic_and_resume_mid_epoch():
     other = DurationBucketSampler(durations, 24.0, seed=3, static_shapes=5)
     with pytest.raises(ValueError, match="static_shapes was 4 when saved, is 5 now"):
         other.load_state_dict(interrupted.state_dict())
+    before = {k: v for k, v in DurationBucketSampler(durations, 24.0, seed=3).state_dict().items()
+              if k != "static_shapes"}  # fmt: skip  # saved before the key existed: static shapes were off
+    with pytest.raises(ValueError, match="static_shapes was 0 when saved, is 4 now"):
+        make().load_state_dict(before)
 
 
 def test_static_shapes_cost_some_padding_and_more_shapes_cost_less():
@@ -156,3 +169,61 @@ def test_a_static_batch_holds_the_plain_batchs_audio_and_labels(units_dataset):
     assert static.wavs.shape[1] >= S and torch.equal(static.wavs[:, :S], batch.wavs)
     assert torch.equal(static.wav_lens, batch.wav_lens) and static.utt_ids == batch.utt_ids
     assert torch.equal(static.targets["units"][:, :L], batch.targets["units"])
+
+
+def _rounded_utt2dur_dataset(root, stale: str | None = None) -> AudioDataset:
+    """60 tones of 0.5-4 s whose utt2dur is rounded to 10 ms (some data preps write it so): half
+    understate their audio by up to 5 ms. `stale`: one utterance whose utt2dur says 1 s less."""
+    rng = random.Random(1)
+    wav, utt2spk, utt2dur = {}, {}, {}
+    for k in range(60):
+        seconds = rng.randint(8000, 64000) / 16000
+        utt = f"spk{k % 3}-u{k:03d}"
+        wav[utt], utt2spk[utt] = write_tone(root / "audio" / f"{utt}.wav", seconds), f"spk{k % 3}"
+        utt2dur[utt] = round(seconds, 2) - (1.0 if utt == stale else 0.0)
+    return AudioDataset(write_data_dir(root / "data", wav, utt2spk=utt2spk, utt2dur=utt2dur).path)
+
+
+def test_audio_a_rounded_utt2dur_understates_keeps_its_batch_on_the_grid_and_under_the_cap(tmp_path):
+    dataset = _rounded_utt2dur_dataset(tmp_path)
+    loader = build_loader(
+        dataset, BatchingConfig(max_batch_seconds=12.0, static_shapes=4), train=True, seed=0
+    )
+    sampler = loader.batch_sampler
+    grid = {(b, round(s * 16000)) for b, s in zip(sampler.shape_sizes, sampler.shape_seconds)}
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        for batch in loader:
+            assert tuple(batch.wavs.shape) in grid  # the understated audio is cut by at most 5 ms
+            assert batch.wavs.shape[0] * batch.wavs.shape[1] <= 12 * 16000
+
+
+def test_audio_far_longer_than_its_utt2dur_is_kept_whole(tmp_path):
+    """A stale utt2dur (1 s short) is not a rounding: the audio is not cut, its batch gets a shape
+    of its own, as it would without static shapes."""
+    dataset = _rounded_utt2dur_dataset(tmp_path, stale="spk1-u010")
+    stale = dataset.utt_ids().index("spk1-u010")
+    samples = len(dataset[stale]["wav"])
+    loader = build_loader(
+        dataset, BatchingConfig(max_batch_seconds=12.0, static_shapes=4), train=True, seed=0
+    )
+    batch = next(b for b in loader if "spk1-u010" in b.utt_ids)
+    assert int(batch.wav_lens[batch.utt_ids.index("spk1-u010")]) == samples
+
+
+def test_validation_batches_are_not_padded_to_the_training_shapes(tmp_path, monkeypatch):
+    """train_on_loaders hands the trainer the validation loader's own collate."""
+    from speechssl.training import trainer
+
+    train = AudioDataset(make_data_dir(tmp_path, num_speakers=3, utts_per_speaker=4, name="train").path)
+    dev = AudioDataset(make_data_dir(tmp_path, num_speakers=2, utts_per_speaker=2, name="dev").path)
+    config = BatchingConfig(max_batch_seconds=4.0, static_shapes=2)
+    seen = {}
+    monkeypatch.setattr(trainer, "train", lambda *args, **kwargs: seen.update(kwargs))
+    train_loader = build_loader(train, config, train=True, seed=0)
+    trainer.train_on_loaders(
+        None, train_loader, None, tmp_path, valid_loader=build_loader(dev, config, train=False, seed=0)
+    )
+    item = dev[0]
+    assert seen["valid_collate"]([item]).wavs.shape[1] == len(item["wav"])
+    assert train_loader.collate_fn([item]).wavs.shape[1] > len(item["wav"])  # the training collate pads

@@ -136,13 +136,25 @@ def test_padding_free_pretraining_runs_and_is_refused_where_it_cannot_hold(corpu
     assert not (tmp_path / "wavlm" / "checkpoints").exists()
 
 
-def test_compiled_pretraining_runs(corpus, tmp_path):
-    """trainer.compile (torch.compile with dynamic shapes) through the whole pretraining step."""
-    assert (
-        run_pretrain(corpus, tmp_path / "exp", "--units", "units_iter1", "--set", "trainer.compile=true") == 0
+def test_compiled_pretraining_runs(corpus, tmp_path, caplog):
+    """trainer.compile (torch.compile with dynamic shapes) through the whole pretraining step, in
+    compile_mode reduce-overhead (CUDA graphs on a GPU; skipped on a CPU, with their step marks);
+    without static shapes that is said once."""
+    import logging
+
+    args = (
+        "--units",
+        "units_iter1",
+        "--set",
+        "trainer.compile=true",
+        "--set",
+        "trainer.compile_mode=reduce-overhead",
     )
+    with caplog.at_level(logging.WARNING, logger="speechssl"):
+        assert run_pretrain(corpus, tmp_path / "exp", *args) == 0
     summary = json.loads((tmp_path / "exp" / "train_summary.json").read_text())
     assert summary["steps"] == 2
+    assert "records CUDA graphs for every batch shape it meets" in caplog.text
 
 
 def test_static_shapes_pretraining_feeds_the_model_only_its_shapes(corpus, tmp_path, monkeypatch, capsys):
