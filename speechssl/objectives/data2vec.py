@@ -17,9 +17,10 @@ As fairseq's `Data2VecAudioModel` (examples/data2vec; s3prl ships a fairseq-free
   count (fairseq's sample_size), as every objective here returns a per-frame loss.
 
 One deliberate difference: instance norms run over each utterance's valid frames (fairseq's
-F.instance_norm also counts the padded frames of a padded batch), so an utterance's targets do
-not depend on the batch it is in. fairseq's data2vec recipes crop batches to equal lengths,
-where the two agree. And `instance_norm_targets` normalises over time here in every case
+F.instance_norm also counts the padded frames of a padded batch), so the norms add no
+dependence on the batch an utterance is in (the multi-layer positional conv still has one: the
+LayerNorm between its convs makes padded frames non-zero, as in fairseq and transformers).
+fairseq's data2vec recipes crop batches to equal lengths, where the two agree. And `instance_norm_targets` normalises over time here in every case
 (fairseq, without instance_norm_target_layer, applies it to (T, B, C) targets: over the batch).
 """
 
