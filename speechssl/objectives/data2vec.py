@@ -20,8 +20,9 @@ One deliberate difference: instance norms run over each utterance's valid frames
 F.instance_norm also counts the padded frames of a padded batch), so the norms add no
 dependence on the batch an utterance is in (the multi-layer positional conv still has one: the
 LayerNorm between its convs makes padded frames non-zero, as in fairseq and transformers).
-fairseq's data2vec recipes crop batches to equal lengths, where the two agree. And `instance_norm_targets` normalises over time here in every case
-(fairseq, without instance_norm_target_layer, applies it to (T, B, C) targets: over the batch).
+fairseq's data2vec recipes crop batches to equal lengths, where the two agree. And
+`instance_norm_targets` normalises over time here in every case (fairseq, without
+instance_norm_target_layer, applies it to (T, B, C) targets: over the batch).
 """
 
 from __future__ import annotations
