@@ -15,6 +15,14 @@ from speechssl.training.config import TrainerConfig
 from speechssl.training.pretrain import PretrainDataConfig
 
 
+def _refuse_padding_free(data: PretrainDataConfig, command: str) -> None:
+    """The data section is pretraining's; its padding_free would be silently ignored here."""
+    if data.padding_free:
+        raise ValueError(
+            f"data.padding_free is for pretraining: {command} runs its student on padded batches"
+        )
+
+
 def _check_layers(name: str, layers: Sequence[int] | None) -> None:
     if layers is None:
         return
@@ -81,6 +89,7 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         _check_layers("target_layers", self.target_layers)
+        _refuse_padding_free(self.data, "distill")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -125,6 +134,7 @@ class PruneConfig:
         if not (math.isfinite(self.lambda_lr) and self.lambda_lr > 0):
             raise ValueError(f"lambda_lr must be a finite number > 0, found {self.lambda_lr}")
         _check_layers("distill_layers", self.distill_layers)
+        _refuse_padding_free(self.data, "prune")
 
     def layers_for(self, num_layers: int) -> list[int]:
         """The distilled layers of a teacher with `num_layers` layers (checked against it)."""

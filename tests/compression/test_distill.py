@@ -14,6 +14,7 @@ from speechssl.compression import (
     DistillConfig,
     Distiller,
     LossConfig,
+    PruneConfig,
     StudentConfig,
     build_student,
     layer_loss,
@@ -102,6 +103,11 @@ def test_config_errors():
         StudentConfig(num_layers=2, init_layers=[1])
     with pytest.raises(ConfigError, match="unknown key 'target_layer'"):
         from_dict(DistillConfig, {"target_layer": [1]}, source="conf/distill.yaml")
+    for config_class, command in ((DistillConfig, "distill"), (PruneConfig, "prune")):  # it was ignored
+        with pytest.raises(
+            ConfigError, match=f"data.padding_free is for pretraining: {command} runs its student"
+        ):
+            from_dict(config_class, {"data": {"padding_free": True}}, source="conf/x.yaml")
     teacher, config = _teacher(num_layers=2)
     with pytest.raises(ValueError, match=r"student.init_layers \[3\] exceed the teacher's 2 layers"):
         build_student(teacher, config, StudentConfig(num_layers=1, init_layers=[3]))
