@@ -106,8 +106,21 @@ def read_table_lines(path: str | Path) -> list[tuple[int, str, str]]:
                 if parts is not None:
                     rows.append((lineno, *parts))
     except UnicodeDecodeError as err:
-        raise ValueError(f"{path}:{_first_non_utf8_line(path)}: is not valid UTF-8 ({err.reason})") from None
+        with open(path, "rb") as f:
+            head = f.read(2)
+        raise ValueError(f"{path}:{_first_non_utf8_line(path)}: {_not_utf8(head, err.reason)}") from None
     return rows
+
+
+def _not_utf8(head: bytes, reason: str) -> str:
+    """The message for a table that does not decode: a UTF-16 file (Windows editors, PowerShell's
+    `>`) is said to be one, with the command that converts it."""
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return (
+            "is UTF-16 (it starts with a UTF-16 byte-order mark), not UTF-8: convert it with "
+            "iconv -f UTF-16 -t UTF-8"
+        )
+    return f"is not valid UTF-8 ({reason})"
 
 
 def _first_non_utf8_line(path: str | Path) -> int:
@@ -252,11 +265,8 @@ def scan_table(path: str | Path) -> tuple[list[Row], list[Problem]]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                problems.append(
-                    Problem(
-                        str(path), lineno, None, f"is not valid UTF-8 ({err.reason})", ProblemKind.NOT_UTF8
-                    )
-                )
+                message = _not_utf8(raw if lineno == 1 else b"", err.reason)
+                problems.append(Problem(str(path), lineno, None, message, ProblemKind.NOT_UTF8))
                 continue
             line = line.rstrip("\n")
             if line.endswith("\r"):

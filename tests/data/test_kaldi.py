@@ -33,6 +33,18 @@ def test_a_latin1_table_is_one_line_naming_file_and_line(tmp_path):
         read_table(tmp_path / "text")
 
 
+def test_a_utf16_table_is_said_to_be_utf16(tmp_path):
+    """A table saved as UTF-16 (a Windows editor, PowerShell's >) is named as such, with the fix."""
+    (tmp_path / "text").write_bytes("u1 hello\nu2 ok\n".encode("utf-16"))
+    expected = (
+        r"text:1: is UTF-16 \(it starts with a UTF-16 byte-order mark\), not UTF-8: convert it with iconv"
+    )
+    with pytest.raises(ValueError, match=expected):
+        read_table(tmp_path / "text")
+    _, problems = scan_table(tmp_path / "text")
+    assert "is UTF-16" in problems[0].message and problems[0].line == 1
+
+
 def test_scan_table_reports_every_problem_with_lines(tmp_path):
     (tmp_path / "t").write_bytes(b"b 1\n\na 2\nb 3\n\xff\xfe bad\nc  spaced   value \n")
     rows, problems = scan_table(tmp_path / "t")
