@@ -52,6 +52,7 @@ else needs saving.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import math
 from collections.abc import Iterator, Sequence
@@ -118,6 +119,12 @@ def shape_grid(
     return lengths, sizes
 
 
+def shape_group(lengths: Sequence[float], duration: float) -> int:
+    """The group of `duration` in `shape_grid`'s ascending `lengths`: the first that holds it
+    (len(lengths) when none does)."""
+    return bisect.bisect_left(lengths, duration - _EPS)
+
+
 def pack_static(
     order: Sequence[int], durations: Sequence[float], lengths: Sequence[float], sizes: Sequence[int]
 ) -> list[list[int]]:
@@ -126,8 +133,7 @@ def pack_static(
     batches: list[list[int]] = []
     pos = 0
     while pos < len(order):
-        d = durations[order[pos]]
-        size = sizes[next(k for k, length in enumerate(lengths) if d <= length + _EPS)]
+        size = sizes[shape_group(lengths, durations[order[pos]])]
         batch = list(order[pos : pos + size])
         pos += size
         batch += [batch[j % len(batch)] for j in range(size - len(batch))]
@@ -314,13 +320,10 @@ class DurationBucketSampler(Sampler[list[int]]):
         return batches, trimmed
 
     def _static_order(self, order: list[int]) -> list[int]:
-        """`order` (ascending) laid out by shape group, longest group first, each shuffled inside."""
+        """`order` laid out by shape group, longest group first, each shuffled inside."""
         groups: list[list[int]] = [[] for _ in self.shape_seconds]
-        k = 0
         for i in order:
-            while self._durations[i] > self.shape_seconds[k] + _EPS:
-                k += 1
-            groups[k].append(i)
+            groups[shape_group(self.shape_seconds, self._durations[i])].append(i)
         rng = self._rng(0)
         return [int(i) for g in reversed(groups) for i in (rng.permutation(g) if self.shuffle else g)]
 
@@ -361,7 +364,8 @@ class DurationBucketSampler(Sampler[list[int]]):
         longest = max(self._durations[i] for i in batch)
         if not self.static_shapes:
             return longest
-        return next((s for s in self.shape_seconds if longest <= s + _EPS), longest)
+        k = shape_group(self.shape_seconds, longest)
+        return self.shape_seconds[k] if k < len(self.shape_seconds) else longest
 
     # -------------------------------------------------------------- resuming
     def state_dict(self, batches_consumed: int | None = None) -> dict[str, Any]:
