@@ -34,6 +34,7 @@ Strategy = Literal["ddp", "fsdp"]
 STRATEGIES = get_args(Strategy)
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 COMPILE_MODES = get_args(CompileMode)
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the compile modes that record CUDA graphs
 
 
 @dataclass(frozen=True, kw_only=True)

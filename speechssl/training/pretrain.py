@@ -47,7 +47,7 @@ from speechssl.objectives.pretraining import (
 )
 from speechssl.objectives.wav2vec2 import Wav2Vec2ObjectiveConfig
 from speechssl.objectives.wavlm import WavLMObjectiveConfig
-from speechssl.training.config import TrainerConfig
+from speechssl.training.config import CUDA_GRAPH_MODES, TrainerConfig
 from speechssl.training.distributed import env_rank, env_world_size
 from speechssl.training.experiment import experiment
 from speechssl.training.fsdp import layerdrop_refusal
@@ -450,10 +450,7 @@ def pretrain(
             family, len(train_set), sum(train_set.durations) / 3600, len(train_sampler),
             train_sampler.padding_efficiency(),
         )  # fmt: skip
-        if (
-            config.trainer.compile_mode in ("reduce-overhead", "max-autotune")
-            and not config.data.static_shapes
-        ):
+        if config.trainer.compile_mode in CUDA_GRAPH_MODES and not config.data.static_shapes:
             logger.warning(
                 "trainer.compile_mode %s records CUDA graphs for every batch shape it meets (%d batches per "
                 "epoch here); data.static_shapes (e.g. 16) bounds them", config.trainer.compile_mode,

@@ -45,7 +45,7 @@ from speechssl.config import to_dict
 from speechssl.errors import SpeechSSLError
 from speechssl.training import checkpoints as ckpt
 from speechssl.training import fsdp
-from speechssl.training.config import TrainerConfig
+from speechssl.training.config import CUDA_GRAPH_MODES, TrainerConfig
 from speechssl.training.distributed import (
     DistInfo,
     all_gather_object,
@@ -454,7 +454,7 @@ class Trainer:
             last_micro = micro == cfg.accum_steps - 1
             sync = contextlib.nullcontext() if last_micro or self.ddp is None else self.ddp.no_sync()
             with sync:
-                if cfg.compile_mode in ("reduce-overhead", "max-autotune"):
+                if cfg.compile_mode in CUDA_GRAPH_MODES:
                     # a new step for CUDA graphs: this forward may overwrite the last one's outputs
                     torch.compiler.cudagraph_mark_step_begin()
                 with self._autocast():
