@@ -106,9 +106,8 @@ def read_table_lines(path: str | Path) -> list[tuple[int, str, str]]:
                 if parts is not None:
                     rows.append((lineno, *parts))
     except UnicodeDecodeError as err:
-        with open(path, "rb") as f:
-            head = f.read(2)
-        raise ValueError(f"{path}:{_first_non_utf8_line(path)}: {_not_utf8(head, err.reason)}") from None
+        lineno, raw = _first_non_utf8_line(path)
+        raise ValueError(f"{path}:{lineno}: {_not_utf8(raw if lineno == 1 else b'', err.reason)}") from None
     return rows
 
 
@@ -123,15 +122,16 @@ def _not_utf8(head: bytes, reason: str) -> str:
     return f"is not valid UTF-8 ({reason})"
 
 
-def _first_non_utf8_line(path: str | Path) -> int:
-    """The number of the first line of `path` that does not decode as UTF-8 (0 when every line does)."""
+def _first_non_utf8_line(path: str | Path) -> tuple[int, bytes]:
+    """The number and bytes of the first line of `path` that does not decode as UTF-8 ((0, b"")
+    when every line does)."""
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             try:
                 raw.decode("utf-8")
             except UnicodeDecodeError:
-                return lineno
-    return 0
+                return lineno, raw
+    return 0, b""
 
 
 def read_table(path: str | Path) -> dict[str, str]:
