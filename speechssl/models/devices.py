@@ -1,9 +1,15 @@
-"""Copies between the host and an accelerator that never stall a training step, and never race."""
+"""Copies between the host and an accelerator that never stall a training step, and never race;
+and the host work of a step kept out of `torch.compile`'s graphs."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import torch
 from torch import Tensor
+
+F = TypeVar("F", bound=Callable)
 
 
 def to_device(t: Tensor, device: torch.device | str) -> Tensor:
@@ -11,3 +17,12 @@ def to_device(t: Tensor, device: torch.device | str) -> Tensor:
     kernel that reads it, and the host runs on), to the host blocking (a non-blocking copy there
     would hand back memory that the host may read before the copy lands)."""
     return t.to(device, non_blocking=torch.device(device).type != "cpu")
+
+
+def host_side(fn: F) -> F:
+    """Marks the work a step does on the loader's host lengths (frame counts, masks, frame indices,
+    their copies to the device): it runs eagerly, outside `torch.compile`'s graphs, so that every
+    compiled graph takes device tensors only. A graph that mixes host and device tensors is not run
+    as a CUDA graph (trainer.compile_mode reduce-overhead), and inductor failed to compile one (on
+    an H200, torch 2.11). Without torch.compile it changes nothing."""
+    return torch.compiler.disable(fn)  # type: ignore[return-value]

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from speechssl.models.config import ModelConfig
-from speechssl.models.devices import to_device
+from speechssl.models.devices import host_side, to_device
 from speechssl.models.encoder import FeatureProjection, TransformerEncoder, build_encoder
 from speechssl.models.frontends import build_frontend, lengths_to_padding_mask
 from speechssl.models.packing import Packing
@@ -85,18 +85,28 @@ class SSLModel(nn.Module):
         `lengths` on the CPU and `wavs` on an accelerator that read costs no device sync."""
         if wavs.dim() != 2:
             raise ValueError(f"expected waveforms of shape (batch, samples), found {tuple(wavs.shape)}")
-        extractor = self.feature_extractor
-        num_frames = self.num_frames(wavs.shape[1])  # CPU scalar
-        frames = self.num_frames(lengths).tolist()  # the one host read
+        device_lengths, padded = self._checked_lengths(lengths, wavs.shape[1], wavs.device)
+        feats, frame_lengths = self.feature_extractor(wavs, device_lengths)
+        return feats, frame_lengths, padded
+
+    @host_side
+    def _checked_lengths(self, lengths: Tensor, samples: int, device: torch.device) -> tuple[Tensor, bool]:
+        """(lengths on `device`, whether any utterance is padded), after rejecting utterances too
+        short for one frame: the one host read of a step (no sync with host lengths)."""
+        frames = self.num_frames(lengths).tolist()
         too_short = [i for i, n in enumerate(frames) if n <= 0]
         if too_short:
-            field = getattr(extractor, "receptive_field", "?")
+            field = getattr(self.feature_extractor, "receptive_field", "?")
             raise ValueError(
                 f"utterance(s) at batch index {too_short} are too short for one frame "
                 f"(lengths {lengths[too_short].tolist()} samples; need at least {field})"
             )
-        feats, frame_lengths = extractor(wavs, to_device(lengths, wavs.device))
-        return feats, frame_lengths, any(n < num_frames for n in frames)
+        return to_device(lengths, device), any(n < self.num_frames(samples) for n in frames)
+
+    @host_side
+    def _packing(self, lengths: Tensor, frames: int, device: torch.device) -> Packing:
+        """The packing of the valid frames, from the host lengths (no device sync)."""
+        return Packing.from_lengths(self.num_frames(lengths), frames, device)
 
     def apply_masks(
         self, x: Tensor, mask_time_indices: Tensor | None, mask_channel_indices: Tensor | None
@@ -152,8 +162,8 @@ class SSLModel(nn.Module):
         x, extract_features = self.feature_projection(feats)  # (B, T, D), (B, T, C)
         x = self.apply_masks(x, mask_time_indices, mask_channel_indices)
         packing = None
-        if padded and self.padding_free:  # frame counts from the host lengths: no device sync
-            packing = Packing.from_lengths(self.num_frames(lengths), feats.shape[1], feats.device)
+        if padded and self.padding_free:
+            packing = self._packing(lengths, feats.shape[1], feats.device)
         last, hidden_states = self.encoder_forward(
             x, padding_mask if padded else None, num_layers=num_layers, packing=packing,
             hidden_states=output_hidden_states,

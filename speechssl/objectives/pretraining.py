@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from speechssl.models import presets
 from speechssl.models.config import ModelConfig
-from speechssl.models.devices import to_device
+from speechssl.models.devices import host_side, to_device
 from speechssl.models.frontends import lengths_to_padding_mask, normalize_waveform
 from speechssl.models.model import EncoderOutput, SSLModel, build_model
 from speechssl.models.quantizer import GumbelVectorQuantizer, QuantizerConfig
@@ -118,9 +118,40 @@ class PretrainModelConfig:
                 )
 
 
-def _frame_lengths(model: SSLModel, wavs: Tensor, lengths: Tensor) -> tuple[Tensor, int]:
-    """Valid frames per utterance and the padded frame count, before running the network."""
-    return model.num_frames(lengths), model.num_frames(wavs.shape[1])  # the int: a CPU scalar, no device sync
+class MaskedFrames(NamedTuple):
+    """A step's time mask and the frames it predicts, on the device."""
+
+    time_mask: Tensor  # (B, T) bool: the time mask applied to the input
+    predicted: Tensor  # (B, T) bool: its valid frames (padding removed)
+    index: Tensor | None  # (M,) flat positions of the predicted frames in time order, if asked for
+
+
+@host_side
+def masked_frames(
+    model: SSLModel,
+    config: MaskConfig,
+    lengths: Tensor,
+    num_frames: int,
+    device: torch.device,
+    mask_time_indices: Tensor | None,
+    generator: torch.Generator | None,
+    *,
+    index: bool,
+) -> MaskedFrames:
+    """The time mask (drawn where `lengths` are unless given), its valid frames and (`index`) their
+    flat positions, computed where the mask lives and copied to `device`: on the host, from the
+    loader's lengths, with no device sync; on the device, sizing the index syncs once."""
+    if mask_time_indices is None:
+        host_frames = model.num_frames(lengths)
+        mask_time_indices = compute_time_mask(host_frames, num_frames, config, generator=generator)
+    valid_lengths = model.num_frames(to_device(lengths, mask_time_indices.device))
+    predicted = mask_time_indices & ~lengths_to_padding_mask(valid_lengths, num_frames)
+    positions = predicted.reshape(-1).nonzero().squeeze(1) if index else None
+    return MaskedFrames(
+        to_device(mask_time_indices, device),
+        to_device(predicted, device),
+        None if positions is None else to_device(positions, device),
+    )
 
 
 def masked_forward(
@@ -131,35 +162,23 @@ def masked_forward(
     mask_time_indices: Tensor | None,
     mask_channel_indices: Tensor | None,
     generator: torch.Generator | None,
-) -> tuple[EncoderOutput, Tensor]:
-    """Run `model` on masked input, drawing the time / channel masks that were not given. The time
-    mask is drawn where `lengths` are and returned there (the host, from the trainer)."""
-    if mask_time_indices is None:
-        frame_lengths, num_frames = _frame_lengths(model, wavs, lengths)
-        mask_time_indices = compute_time_mask(frame_lengths, num_frames, config, generator=generator)
+    *,
+    index: bool = False,
+) -> tuple[EncoderOutput, MaskedFrames]:
+    """Run `model` on masked input, drawing the time / channel masks that were not given."""
+    frames = masked_frames(
+        model, config, lengths, model.num_frames(wavs.shape[1]), wavs.device, mask_time_indices, generator,
+        index=index,
+    )  # fmt: skip
     if mask_channel_indices is None:
         mask_channel_indices = compute_channel_mask(
             wavs.shape[0], model.hidden_dim, config, device=wavs.device, generator=generator
         )
     out = model(
-        wavs, lengths, mask_time_indices=to_device(mask_time_indices, wavs.device),
-        mask_channel_indices=mask_channel_indices, output_hidden_states=False,  # predicted from the last only
+        wavs, lengths, mask_time_indices=frames.time_mask, mask_channel_indices=mask_channel_indices,
+        output_hidden_states=False,  # predicted from the last only
     )  # fmt: skip
-    return out, mask_time_indices
-
-
-def valid_frames(model: SSLModel, lengths: Tensor, num_frames: int, device: torch.device) -> Tensor:
-    """(B, T) bool, True at valid frames, computed on `device`: the time mask's, so on the host
-    when the masks were drawn there, and selecting frames needs no device sync."""
-    return ~lengths_to_padding_mask(model.num_frames(to_device(lengths, device)), num_frames)
-
-
-def select_frames(selected: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
-    """(B, T) bool frames to predict -> (the mask, the (M,) flat indices of its True entries),
-    both on `device`. The indices are found where the mask lives: on the host without a device
-    sync (then copied without blocking), on the device with one (the selection's size)."""
-    index = selected.reshape(-1).nonzero().squeeze(1)
-    return to_device(selected, device), to_device(index, device)
+    return out, frames
 
 
 def _default_lengths(wavs: Tensor, lengths: Tensor | None) -> Tensor:
@@ -222,19 +241,17 @@ class HubertPretrainModel(nn.Module):
         lengths = _default_lengths(wavs, lengths)
         label_sets = [targets] if isinstance(targets, Tensor) else list(targets)
         check_labels(label_sets, self.objective.num_classes, wavs.shape[0])
-        out, mask_time_indices = masked_forward(
+        out, masked = masked_forward(
             self.backbone, self.mask_config, wavs, lengths, mask_time_indices, mask_channel_indices, generator
         )
         B, T, D = out.last_hidden_state.shape  # batch, frames, embed_dim
-        valid = valid_frames(self.backbone, lengths, T, mask_time_indices.device)
         # padded frames zeroed: the loss ignores their rows, but a non-finite value there would
         # still reach the head's gradients through the softmax backward
         frames = out.last_hidden_state.masked_fill(out.padding_mask[..., None], 0.0).reshape(B * T, D)
         labels = [
             F.pad(t[:, :T], (0, max(0, T - t.shape[1])), value=-100).reshape(B * T).long() for t in label_sets
         ]
-        mask = to_device(mask_time_indices & valid, frames.device)
-        return HubertPredictions(out, mask, self.head(frames), labels)
+        return HubertPredictions(out, masked.predicted, self.head(frames), labels)
 
     @property
     def backbone(self) -> SSLModel:
@@ -332,12 +349,12 @@ class Wav2Vec2PretrainModel(nn.Module):
         `sampled_negative_indices` (drawn here when None)."""
         cfg = self.objective
         lengths = _default_lengths(wavs, lengths)
-        out, mask_time_indices = masked_forward(
-            self.wav2vec2, self.mask_config, wavs, lengths, mask_time_indices, mask_channel_indices, generator
-        )
+        out, masked = masked_forward(
+            self.wav2vec2, self.mask_config, wavs, lengths, mask_time_indices, mask_channel_indices,
+            generator, index=True,
+        )  # fmt: skip
         B, T, _ = out.last_hidden_state.shape  # batch, frames, embed_dim
-        valid = valid_frames(self.wav2vec2, lengths, T, mask_time_indices.device)
-        mask, index = select_frames(mask_time_indices & valid, wavs.device)  # (B, T), (M,)
+        mask, index = masked.predicted, masked.index  # (B, T), (M,)
         predicted = self.project_hid(out.last_hidden_state)  # (B, T, final_dim)
         q = self.quantizer(self.dropout_features(out.extract_features), mask, generator=generator)
         targets = self.project_q(q.codevectors.to(self.project_q.weight.dtype))  # (B, T, final_dim)
@@ -511,17 +528,15 @@ class Data2VecPretrainModel(nn.Module):
         proj = student.feature_projection
         normed = proj.layer_norm(feats)
         clean = proj.projection(normed)  # (B, T, D) fairseq pre_encoder_features
-        if mask_time_indices is None:  # drawn where the lengths are (the host, from the trainer)
-            host_frames = student.num_frames(lengths)
-            mask_time_indices = compute_time_mask(host_frames, T, self.mask_config, generator=generator)
+        masked = masked_frames(
+            student, self.mask_config, lengths, T, wavs.device, mask_time_indices, generator, index=True
+        )
         if mask_channel_indices is None:
             mask_channel_indices = compute_channel_mask(
                 B, student.hidden_dim, self.mask_config, device=wavs.device, generator=generator
             )
-        valid = valid_frames(student, lengths, T, mask_time_indices.device)
-        mask, index = select_frames(mask_time_indices & valid, wavs.device)  # (B, T), (M,)
-        time_mask = to_device(mask_time_indices, wavs.device)
-        x = student.apply_masks(proj.dropout(clean), time_mask, mask_channel_indices)
+        mask, index = masked.predicted, masked.index  # (B, T), (M,)
+        x = student.apply_masks(proj.dropout(clean), masked.time_mask, mask_channel_indices)
         last, hidden = student.encoder_forward(x, padding_mask if padded else None)
         out = EncoderOutput(last, hidden, frame_lengths, padding_mask, normed, feats)
         targets = self.ema.targets(clean.detach(), padding_mask, padded)  # (B, T, D)

@@ -21,8 +21,9 @@ def test_our_hubert_step_computes_fewer_ops_than_torchaudios():
     assert 0 < ours < ref
 
 
-@pytest.mark.parametrize(("padding_free", "most"), [(False, 6), (True, 17)])
+@pytest.mark.parametrize(("padding_free", "most"), [(False, 4), (True, 10)])
 def test_compiled_step_breaks_its_graph_no_more_often_than_measured(padding_free, most):
     """A new host read in the step (an .item(), a .tolist(), a nonzero) splits the compiled step
-    once more: the counts of 2026-11-28 (HuBERT's loss over every frame, no nonzero) are the ceiling."""
+    once more: the counts of 2026-11-28 (HuBERT's loss over every frame, no nonzero; the host work
+    out of the graphs, models.devices.host_side) are the ceiling."""
     assert 1 <= compiled_graphs("hubert", "hubert_tiny", SECONDS, padding_free) <= most
