@@ -353,21 +353,32 @@ def run(
     from torch._dynamo.utils import counters
 
     # new masks every step, as in training: HuBERT's loss runs over every frame, so no shape
-    # depends on the mask and the graphs replay
-    build = functools.partial(training_step, "hubert", "ours", seconds, **options)
-    skips = counters["inductor"]["cudagraph_skips"]
-    graphs = _try(f"hubert {label}", functools.partial(measure, build, warmup, steps))
-    skips = counters["inductor"]["cudagraph_skips"] - skips
-    eager, compiled = results["hubert", "ours"], results["hubert", "ours, torch.compile"]
-    name = f"{PRESETS['hubert']} bf16 pretraining step, {batch}: {label}"
-    note = f"{timing}; the same batch every step, new masks"
-    if graphs:
-        note += f"; {skips} compiled graph(s) (forward and backward counted apart) not run as CUDA graphs"
-    for reference, ref_label in ((eager, "eager"), (compiled, "default compile")):
-        rows.append(make_row(GROUP, f"{name} vs {ref_label}, throughput", graphs and audio / graphs[0],
-                             reference and audio / reference[0], "audio-s/s", note=note))  # fmt: skip
-    if graphs:
-        rows += mfu(name, "hubert", seconds, graphs[0])
+    # depends on the mask and the graphs replay. Then on the largest batch of the scaling rows:
+    # what is left of the step once neither launches nor a small batch hold it back
+    for times in (1, SCALING[-1]):
+        build = functools.partial(training_step, "hubert", "ours", seconds * times, **options)
+        skips = counters["inductor"]["cudagraph_skips"]
+        graphs = _try(f"hubert {label}, batch x{times}", functools.partial(measure, build, warmup, steps))
+        skips = counters["inductor"]["cudagraph_skips"] - skips
+        note = f"{timing}; the same batch every step, new masks"
+        if graphs:
+            note += f"; {skips} compiled graph(s) (forward and backward counted apart) not run as CUDA graphs"
+        if times == 1:
+            name = f"{PRESETS['hubert']} bf16 pretraining step, {batch}: {label}"
+            references = [(results["hubert", "ours"], "eager"),
+                          (results["hubert", COMPILED[0]], "default compile")]  # fmt: skip
+        else:
+            name = f"{PRESETS['hubert']} bf16 pretraining step, {batch} repeated x{times}: {label}"
+            references = [(results["hubert", f"ours, padding-free, batch x{times}"], "padding-free eager")]
+        rate = graphs and times * audio / graphs[0]
+        for reference, ref_label in references:
+            ref_rate = reference and times * audio / reference[0]
+            rows.append(make_row(GROUP, f"{name} vs {ref_label}, throughput", rate, ref_rate, "audio-s/s",
+                                 note=note))  # fmt: skip
+        if graphs:
+            rows += mfu(name, "hubert", seconds * times, graphs[0])
+            rows.append(make_row(GROUP, f"{name}: peak allocated memory", graphs[1], None, "GiB"))
+        save(rows)
     save(rows)
     return rows
 

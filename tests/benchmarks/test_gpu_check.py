@@ -36,8 +36,9 @@ def test_gpu_check_rejects_an_unknown_option():
 
 FAKE_PYTHON = """#!/usr/bin/env bash
 # a python3 with CUDA whose GPU benchmark finishes (MODE=complete), is cut short after saving
-# some rows (partial) or before saving any (nothing)
+# some rows (partial) or before saving any (nothing); its static-shapes test exits STATIC_RC
 case "$*" in
+  *"-m pytest -m gpu tests/gpu/test_static_shapes_gpu.py"*) exit "${STATIC_RC:-0}" ;;
   *"-m pytest"*) exit 0 ;;
   *"-m benchmarks.gpu"*)
     case "$MODE" in
@@ -52,12 +53,8 @@ exit 99
 """
 
 
-@pytest.mark.parametrize(
-    ("mode", "copied"), [("complete", "complete"), ("partial", "Partial"), ("nothing", None)]
-)
-def test_gpu_check_hands_back_the_rows_this_run_saved_and_never_an_earlier_runs(tmp_path, mode, copied):
-    """A check cut short by its time limit still returns the rows it saved ("Partial"); a run that
-    saved none returns nothing, not the tracked files of an earlier run."""
+def _run_check(tmp_path, **env_vars) -> tuple[subprocess.CompletedProcess, Path]:
+    """tools/gpu_check.sh in a copy of the repo, on FAKE_PYTHON -> (the run, its OUT folder)."""
     repo = tmp_path / "repo"
     (repo / "tools").mkdir(parents=True)
     (repo / "tools" / "gpu_check.sh").write_text((ROOT / "tools" / "gpu_check.sh").read_text())
@@ -70,13 +67,34 @@ def test_gpu_check_hands_back_the_rows_this_run_saved_and_never_an_earlier_runs(
     python.write_text(FAKE_PYTHON)
     python.chmod(0o755)
     out = tmp_path / "out"
-    env = {**os.environ, "PY": str(python), "OUT": str(out), "MODE": mode}
+    env = {**os.environ, "PY": str(python), "OUT": str(out), **env_vars}
     done = subprocess.run(["bash", str(repo / "tools" / "gpu_check.sh")], env=env, capture_output=True,
                           text=True, timeout=60)  # fmt: skip
+    return done, out
+
+
+@pytest.mark.parametrize(
+    ("mode", "copied"), [("complete", "complete"), ("partial", "Partial"), ("nothing", None)]
+)
+def test_gpu_check_hands_back_the_rows_this_run_saved_and_never_an_earlier_runs(tmp_path, mode, copied):
+    """A check cut short by its time limit still returns the rows it saved ("Partial"); a run that
+    saved none returns nothing, not the tracked files of an earlier run."""
+    done, out = _run_check(tmp_path, MODE=mode)
     assert (done.returncode == 0) == (mode == "complete"), done.stdout + done.stderr
     if copied is None:
         assert not (out / "gpu-latest.md").exists() and not (out / "gpu-latest.json").exists()
     else:
         assert (out / "gpu-latest.md").read_text().strip() == copied
         assert (out / "gpu-latest.json").exists()
+    assert (out / "gpu-loader.md").read_text().strip() == "loader"
+
+
+def test_a_static_shapes_test_cut_short_fails_the_check_but_not_the_rows(tmp_path):
+    """The static-shapes test (a long compile) runs apart with its own limit: past it the check
+    fails and says so, and the benchmark rows and loader rows still run and come back."""
+    done, out = _run_check(tmp_path, MODE="complete", STATIC_RC="124")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "the static-shapes test did not finish within its 160 s" in done.stderr
+    assert "static shapes rc=124" in done.stdout
+    assert (out / "gpu-latest.md").read_text().strip() == "complete"
     assert (out / "gpu-loader.md").read_text().strip() == "loader"
