@@ -98,3 +98,25 @@ def test_a_static_shapes_test_cut_short_fails_the_check_but_not_the_rows(tmp_pat
     assert "static shapes rc=124" in done.stdout
     assert (out / "gpu-latest.md").read_text().strip() == "complete"
     assert (out / "gpu-loader.md").read_text().strip() == "loader"
+
+
+def test_gpu_rows_are_formed_from_their_measurements(monkeypatch, capsys):
+    """benchmarks.gpu.run on a CPU with the GPU's measurements faked (every step 0.1 s, 1 GiB): the
+    row-forming code, which only a GPU session runs, names every row it promises and computes its
+    throughput from the batch's audio, so a slip there does not cost a GPU session its rows."""
+    from benchmarks import gpu, gpu_convs
+
+    monkeypatch.setattr(gpu, "matmul_peak_bf16", lambda: 800e12)
+    monkeypatch.setattr(gpu_convs, "rows", lambda quick: [])
+    monkeypatch.setattr(gpu, "measure", lambda build, warmup, steps: (0.1, 1.0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args: "NVIDIA H200")
+    saved = []
+    rows = gpu.run(quick=True, save=lambda rows: saved.append(len(rows)))
+    names = [row.name for row in rows]
+    assert len(set(names)) == len(names) and saved[-1] == len(rows)
+    graphs = [row for row in rows if "reduce-overhead" in row.name and row.name.endswith("throughput")]
+    batches = {"batch 4 x <= 5 s", "batch 4 x <= 5 s repeated x4", "batch 16 x 5 s, unpadded"}
+    assert {row.name.split(": ")[0].split(", ", 1)[1] for row in graphs} == batches, [r.name for r in graphs]
+    unpadded = next(row for row in graphs if "unpadded" in row.name)
+    assert unpadded.ours == pytest.approx(16 * 5.0 / 0.1)  # 16 utterances of 5 s per 0.1 s step
+    assert all(row.ours is not None for row in rows) and "failed" not in capsys.readouterr().err
