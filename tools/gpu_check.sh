@@ -7,8 +7,9 @@
 # Without CUDA it prints "no CUDA: GPU check skipped" and exits 0: nothing was checked.
 # Budget: at most 8 minutes on one H100/H200 (inner limits 45 + 160 + 215 + 60 s). Measured on an
 # H200 on 2026-11-28: run E (make gpu-check) 322 s in all: tests 37 s, rows and profiles 200 s,
-# loader rows 48 s; run F: rows 192 s with the batch-x4 CUDA-graphs row, the other tests about 30 s,
-# and the static-shapes test unfinished at 120 s (its compile; it now has a limit of its own).
+# loader rows 48 s; run F: rows 192 s, the other tests about 30 s, and the static-shapes test
+# unfinished at 120 s (its compile; it now has a limit of its own). Since run F the rows trade the
+# x2 scaling row and wav2vec 2.0's two profiles for a CUDA-graphs row on an unpadded batch (not timed).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
