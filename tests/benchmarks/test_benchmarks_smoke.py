@@ -92,19 +92,23 @@ def test_forward_flops_of_hubert_base():
 
 def test_gpu_conv_rows_run_and_their_alternatives_compute_the_same_features():
     """benchmarks.gpu_convs at a tiny size on the CPU: the rows a GPU session measures are formed,
-    and the im2col frontend they time against ours computes our features (so the GPU time is spent
-    on a fair comparison)."""
+    and the im2col and channels-last frontends they time against ours compute our features and
+    their gradients (so the GPU time is spent on a fair comparison)."""
     import torch
 
-    from benchmarks.gpu_convs import im2col_frontend, measure
+    from benchmarks.gpu_convs import channels_last_frontend, im2col_frontend, measure, relative_error
     from speechssl.models.config import ConvFrontendConfig
     from speechssl.models.frontends import build_conv_frontend
 
     rows = measure(1, 0.1, warmup=0, steps=1, device="cpu")
-    assert [r.unit for r in rows] == ["ms"] * 3 and all(r.ours > 0 and r.reference > 0 for r in rows)
+    assert [r.unit for r in rows] == ["ms"] * 4 and all(r.ours > 0 and r.reference > 0 for r in rows)
     for mode in ("group_norm", "layer_norm"):
         encoder = build_conv_frontend(ConvFrontendConfig(mode=mode, conv_bias=mode == "layer_norm"))
-        wavs = torch.randn(2, 5000)
-        with torch.no_grad():
-            ours = encoder(wavs, torch.tensor([5000, 5000]))[0]
-            torch.testing.assert_close(im2col_frontend(encoder, wavs), ours, rtol=1e-4, atol=1e-5)
+        wavs = torch.randn(2, 5000, requires_grad=True)
+        ours = encoder(wavs, torch.tensor([5000, 5000]))[0]
+        (grad,) = torch.autograd.grad(ours.square().sum(), wavs)
+        for formulation in (im2col_frontend, channels_last_frontend):
+            theirs = formulation(encoder, wavs)
+            torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-5)
+            (their_grad,) = torch.autograd.grad(theirs.square().sum(), wavs)
+            assert relative_error(their_grad, grad) < 1e-5, formulation.__name__
