@@ -9,7 +9,7 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
-F = TypeVar("F", bound=Callable)
+HostWork = TypeVar("HostWork", bound=Callable)
 
 
 def to_device(t: Tensor, device: torch.device | str) -> Tensor:
@@ -19,7 +19,7 @@ def to_device(t: Tensor, device: torch.device | str) -> Tensor:
     return t.to(device, non_blocking=torch.device(device).type != "cpu")
 
 
-def host_side(fn: F) -> F:
+def host_side(fn: HostWork) -> HostWork:
     """Marks the work a step does on the loader's host lengths (frame counts, masks, frame indices,
     their copies to the device): it runs eagerly, outside `torch.compile`'s graphs, so that every
     compiled graph takes device tensors only. A graph that mixes host and device tensors is not run
