@@ -26,3 +26,10 @@ def host_side(fn: HostWork) -> HostWork:
     as a CUDA graph (trainer.compile_mode reduce-overhead), and inductor failed to compile one (on
     an H200, torch 2.11). Without torch.compile it changes nothing."""
     return torch.compiler.disable(fn)  # type: ignore[return-value]
+
+
+@host_side
+def host_to_device(t: Tensor, device: torch.device | str) -> Tensor:
+    """`to_device` of a host tensor (the loader's lengths) where the step may be compiled: the copy
+    runs outside the graphs, which then take the device tensor."""
+    return to_device(t, device)

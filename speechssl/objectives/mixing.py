@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from speechssl.models.devices import host_side, to_device
+from speechssl.models.devices import host_to_device
 from speechssl.objectives.masking import uniform
 
 
@@ -96,10 +96,6 @@ def _uniform_int(u: Tensor, high: Tensor) -> Tensor:
     return (u * high.clamp(min=1)).floor().long().clamp(min=0).minimum((high - 1).clamp(min=0))
 
 
-# the loader's host lengths reach the device outside compiled graphs (host_side)
-_copy_lengths = host_side(to_device)
-
-
 def mix_batch(
     wavs: Tensor,
     lengths: Tensor,
@@ -112,7 +108,7 @@ def mix_batch(
     tensor; padding stays 0) and what was mixed. See the module docstring for the semantics."""
     B, S = wavs.shape  # batch, samples
     device = wavs.device
-    L = _copy_lengths(lengths, device).long()  # from the host: no device sync
+    L = host_to_device(lengths, device).long()  # from the host: no device sync
     u = uniform(8, B, device=device, generator=generator)  # one fixed-size draw per batch
     rows = torch.arange(B, device=device)
     mixed = u[0] < config.mix_prob

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from speechssl.models import presets
 from speechssl.models.config import ModelConfig
-from speechssl.models.devices import host_side, to_device
+from speechssl.models.devices import host_side, host_to_device, to_device
 from speechssl.models.frontends import lengths_to_padding_mask, normalize_waveform
 from speechssl.models.model import EncoderOutput, SSLModel, build_model
 from speechssl.models.quantizer import GumbelVectorQuantizer, QuantizerConfig
@@ -122,7 +122,7 @@ class MaskedFrames(NamedTuple):
     """A step's time mask and the frames it predicts, on the device."""
 
     time_mask: Tensor  # (B, T) bool: the time mask applied to the input
-    predicted: Tensor  # (B, T) bool: its valid frames (padding removed)
+    predicted: Tensor  # (B, T) bool: the time mask at valid frames only
     index: Tensor | None  # (M,) flat positions of the predicted frames in time order, if asked for
 
 
@@ -457,7 +457,7 @@ class WavLMPretrainModel(HubertPretrainModel):
                 wavs, lengths, self.objective.mixing, noise=self.noise, generator=generator
             )
         if normalize:
-            wavs = normalize_waveform(wavs, to_device(lengths, wavs.device))
+            wavs = normalize_waveform(wavs, host_to_device(lengths, wavs.device))
         loss, metrics = super().forward(
             wavs, lengths, targets, mask_time_indices=mask_time_indices,
             mask_channel_indices=mask_channel_indices, generator=generator,
