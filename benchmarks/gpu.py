@@ -222,7 +222,7 @@ TRAINING = (
 COMPILED = ("ours, torch.compile", "hubert", "ours", {"compile": True})
 # the padding-free HuBERT step on the batch above repeated this many times: MFU that grows with the
 # batch says the step is bound by launches and host work, MFU that stays says the kernels are slow
-# (x2 measured 2.28x and 1.99x of the batch once in runs E and F, between 1x and x4's 2.6x: dropped)
+# (x2 measured 2.28x and 1.91x of the batch once in runs E and F, between 1x and x4's 2.5-2.6x: dropped)
 SCALING = (4,)
 # (family, label, options) of the profiled steps: padding-free went from 0.31x of the padded HuBERT
 # step via jagged SDPA (run C) to 1.23x calling flash (run D). wav2vec 2.0's two profiles (kernels
@@ -375,11 +375,11 @@ def run(
         note = f"{timing}; the same batch every step, new masks"
         if graphs:
             note += f"; {skips} compiled graph(s) (forward and backward counted apart) not run as CUDA graphs"
-        clip = sum(batch_seconds)
-        rate = graphs and clip / graphs[0]
+        step_audio = sum(batch_seconds)
+        rate = graphs and step_audio / graphs[0]
         for reference, ref_label in references or [(None, "")]:
             row_name = f"{name} vs {ref_label}, throughput" if ref_label else f"{name}: throughput"
-            rows.append(make_row(GROUP, row_name, rate, reference and clip / reference[0], "audio-s/s",
+            rows.append(make_row(GROUP, row_name, rate, reference and step_audio / reference[0], "audio-s/s",
                                  note=note))  # fmt: skip
         if graphs:
             rows += mfu(name, "hubert", batch_seconds, graphs[0])
