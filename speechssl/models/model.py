@@ -101,7 +101,8 @@ class SSLModel(nn.Module):
                 f"utterance(s) at batch index {too_short} are too short for one frame "
                 f"(lengths {lengths[too_short].tolist()} samples; need at least {field})"
             )
-        return to_device(lengths, device), any(n < self.num_frames(samples) for n in frames)
+        padded_frames = self.num_frames(samples)
+        return to_device(lengths, device), any(n < padded_frames for n in frames)
 
     @host_side
     def _packing(self, lengths: Tensor, frames: int, device: torch.device) -> Packing:
