@@ -7,10 +7,11 @@ in audio-seconds per second, peak allocated memory; for ours also MFU against a 
 matmul measured in the same run and against the datasheet's dense bf16 peak (both reported), and
 MFU of our padding-free step on the same batch repeated 4 times (does a larger batch fill the GPU?).
 Timing: CUDA-synchronised wall clock over `steps` steps after `warmup` steps; contenders run one
-after the other, each freed before the next. With --profile: where our steps' GPU time goes (rows:
-kernel time, GPU busy, launches per step). Last, our step with CUDA graphs (compile
-reduce-overhead) on the batch, on it repeated 4 times, and on an unpadded batch as large. Without
-CUDA it writes nothing and says so (exit 0): CPU numbers are `python -m benchmarks`.
+after the other, each freed before the next. Last, our step with CUDA graphs (compile
+reduce-overhead) on the batch and on an unpadded batch of as many utterances as the batch repeated
+4 times. With --profile: where our eager step's GPU time goes and, profiled as it was timed, the
+CUDA-graphs step's on the unpadded batch (rows: kernel time by kind, GPU busy, launches per step).
+Without CUDA it writes nothing and says so (exit 0): CPU numbers are `python -m benchmarks`.
 """
 
 from __future__ import annotations
@@ -67,8 +68,12 @@ def matmul_peak_bf16(n: int = 8192, repeats: int = 10) -> float:
     return 2 * n**3 / best
 
 
-def measure(build: Callable[[], Callable[[], object]], warmup: int, steps: int) -> tuple[float, float]:
-    """(seconds per call, peak allocated GiB) of one contender, built, timed and freed."""
+def measure(
+    build: Callable[[], Callable[[], object]], warmup: int, steps: int,
+    inspect: Callable[[Callable[[], object]], object] | None = None,
+) -> tuple[float, float]:  # fmt: skip
+    """(seconds per call, peak allocated GiB) of one contender, built, timed, handed to `inspect`
+    (a profile of the same warm step, compiled graphs and all) and freed."""
     gc.collect()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
@@ -82,6 +87,8 @@ def measure(build: Callable[[], Callable[[], object]], warmup: int, steps: int) 
     torch.cuda.synchronize()
     per_step = (time.perf_counter() - t0) / steps
     peak = torch.cuda.max_memory_allocated() / 2**30
+    if inspect is not None:
+        inspect(step)
     del step
     return per_step, peak
 
@@ -111,7 +118,9 @@ def _kernel_time_us(event) -> float:
     )
 
 
-KERNEL_KINDS = (  # first match wins: cuDNN's implicit-GEMM convolutions also say "gemm"
+KERNEL_KINDS = (  # first match wins: cuDNN's implicit-GEMM convolutions also say "gemm"; inductor
+    # names its fused kernels after the ops they fuse ("triton_poi_fused_convolution_gelu_3")
+    ("fused by inductor (triton)", re.compile(r"^triton_")),
     ("convolution", re.compile(r"conv|fprop|dgrad|wgrad|implicit_convolve|winograd", re.I)),
     ("attention", re.compile(r"flash|fmha|attention|efficient_attention", re.I)),
     ("matmul", re.compile(r"gemm|nvjet|cutlass|xmma|cublas", re.I)),
@@ -120,16 +129,21 @@ KERNEL_KINDS = (  # first match wins: cuDNN's implicit-GEMM convolutions also sa
 )
 
 
-def profile_step(family: str, seconds: list[float], steps: int = 3, top: int = 25, **options) -> dict:
-    """Where the GPU time of our `family` step (`options`: pretrain_step's) goes: kernel time by
-    kind, the share of the wall time the GPU is busy, kernel launches per step, and the top
-    kernels (printed; the summary is also returned, for the table)."""
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-
+def profile_step(family: str, seconds: list[float], **options) -> dict:
+    """profile_calls of our `family` step (`options`: pretrain_step's), built and warmed up here."""
     step = training_step(family, "ours", seconds, **options)
     for _ in range(3):
         step()
+    return profile_calls(step, f"our {PRESETS[family]} bf16 step {options or ''}")
+
+
+def profile_calls(step: Callable[[], object], label: str, steps: int = 3, top: int = 25) -> dict:
+    """Where the GPU time of `steps` calls of a warm `step` goes: kernel time by kind, the share of
+    the wall time the GPU is busy, kernel launches per step, and the top kernels (printed; the
+    summary is also returned, for the table). Kernels replayed in CUDA graphs count as launched."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         t0 = time.perf_counter()
@@ -150,7 +164,7 @@ def profile_step(family: str, seconds: list[float], steps: int = 3, top: int = 2
         return us / steps / 1e3
 
     launches = sum(e.count for e in kernels) / steps
-    label = f"our {PRESETS[family]} bf16 step {options or ''}, {steps} steps"
+    label = f"{label}, {steps} steps"
     print(f"[profile] {label}: wall {ms(wall_us):.1f} ms/step, kernels {ms(total):.1f} ms/step "
           f"(GPU busy {100 * total / wall_us:.0f} %), {launches:.0f} kernel launches/step")  # fmt: skip
     for kind, us in sorted(kinds.items(), key=lambda kv: -kv[1]):
@@ -224,14 +238,11 @@ COMPILED = ("ours, torch.compile", "hubert", "ours", {"compile": True})
 # batch says the step is bound by launches and host work, MFU that stays says the kernels are slow
 # (x2 measured 2.28x and 1.91x of the batch once in runs E and F, between 1x and x4's 2.5-2.6x: dropped)
 SCALING = (4,)
-# (family, label, options) of the profiled steps: padding-free went from 0.31x of the padded HuBERT
-# step via jagged SDPA (run C) to 1.23x calling flash (run D). wav2vec 2.0's two profiles (kernels
-# 37.5 / 31.1 ms per step padded / padding-free in run E, 37.4 / 31.0 in run F) made room for the
-# unpadded CUDA-graphs row
-PROFILES = (
-    ("hubert", "padded", {}),
-    ("hubert", "padding-free", {"padding_free": True}),
-)
+# (family, label, options) of the profiled eager steps. wav2vec 2.0's two profiles (kernels 37.5 /
+# 31.1 ms per step padded / padding-free in run E, 37.4 / 31.0 in run F) and HuBERT's padding-free
+# one (28.5 ms in both; 0.31x of the padded step via jagged SDPA in run C, 1.23x calling flash in
+# run D) made room for the profile of the compiled step replayed as CUDA graphs (below)
+PROFILES = (("hubert", "padded", {}),)
 # after everything else, and saved apart: CUDA graphs replay the whole step with no launch cost,
 # an upper bound on what static (bucketed) batch shapes would buy a host-bound step
 CUDA_GRAPHS = ("ours, torch.compile mode reduce-overhead (CUDA graphs)", {"compile": "reduce-overhead"})
@@ -354,22 +365,32 @@ def run(
     from torch._dynamo.utils import counters
 
     # new masks every step, as in training: HuBERT's loss runs over every frame, so no shape
-    # depends on the mask and the graphs replay. On the benchmark's batch (35 % padding); on it
-    # repeated, where launches no longer bound the eager step; and on as many utterances all of the
-    # longest length, unpadded, as data.static_shapes batches 15 s crops (2-3 % padding)
+    # depends on the mask and the graphs replay. On the benchmark's batch (35 % padding), and on as
+    # many utterances as the batch repeated, all of the longest length, unpadded, as
+    # data.static_shapes batches 15 s crops (2-3 % padding), where launches no longer bound the
+    # step (the batch repeated x4 itself, padded: 0.98x of padding-free eager in run F, dropped)
     big = SCALING[-1]
     static = [max(seconds)] * (len(seconds) * big)
+    free_big = results["hubert", f"ours, padding-free, batch x{big}"]
     cases = (
         (batch, seconds,
          [(results["hubert", "ours"], "eager"), (results["hubert", COMPILED[0]], "default compile")]),
-        (f"{batch} repeated x{big}", seconds * big,
-         [(results["hubert", f"ours, padding-free, batch x{big}"], "padding-free eager")]),
-        (f"batch {len(static)} x {max(seconds):g} s, unpadded", static, []),
+        (f"batch {len(static)} x {max(seconds):g} s, unpadded", static,
+         [(free_big, f"padding-free eager on the batch x{big}")]),
     )  # fmt: skip
+    profiles: dict[str, dict | None] = {}
+
+    def profile_graphs(what: str, step: Callable[[], object]) -> None:
+        profiles[what] = _try(f"profile {what}", lambda: profile_calls(step, what))
+
     for description, batch_seconds, references in cases:
         build = functools.partial(training_step, "hubert", "ours", batch_seconds, **options)
         skips = counters["inductor"]["cudagraph_skips"]
-        graphs = _try(f"hubert {label}, {description}", functools.partial(measure, build, warmup, steps))
+        # where a compiled step's kernel time goes, replayed as CUDA graphs: the unpadded batch
+        what = f"CUDA graphs, {description}"
+        inspect = functools.partial(profile_graphs, what) if profile and batch_seconds is static else None
+        measured = functools.partial(measure, build, warmup, steps, inspect)
+        graphs = _try(f"hubert {label}, {description}", measured)
         skips = counters["inductor"]["cudagraph_skips"] - skips
         name = f"{PRESETS['hubert']} bf16 pretraining step, {description}: {label}"
         note = f"{timing}; the same batch every step, new masks"
@@ -384,6 +405,8 @@ def run(
         if graphs:
             rows += mfu(name, "hubert", batch_seconds, graphs[0])
             rows.append(make_row(GROUP, f"{name}: peak allocated memory", graphs[1], None, "GiB"))
+        if profiles.get(what):
+            rows += profile_rows("hubert", what, profiles[what])
         save(rows)
     save(rows)
     return rows

@@ -7,7 +7,8 @@
   stack as unfold + one matmul per layer (im2col), which runs on the tensor-core GEMMs, and as
   conv2d on channels-last (time-major) memory, which cuDNN's bf16 kernels take without the layout
   transposes around each conv1d (nchwToNhwc / nhwcToNchw: 4.0 of the 34.9 ms of kernels in the
-  HuBERT Base step of run F).
+  HuBERT Base step of run F), and time-major throughout with every conv as tensor-core GEMMs over
+  blocks of `stride` frames read in place (`time_major_frontend`: no transposes, no im2col copy).
 Used by benchmarks.gpu (its --quick shrinks the shapes).
 """
 
@@ -69,6 +70,100 @@ def channels_last_frontend(encoder: ConvFeatureEncoder, wavs: torch.Tensor) -> t
     return x[:, :, 0, :].transpose(1, 2)  # (B, T, C)
 
 
+def _blocks(x: torch.Tensor, kernel: int, stride: int, frames: int) -> list[torch.Tensor]:
+    """The GEMM operands of a conv over time-major x (B, T, C_in), contiguous: block j holds, for
+    each of the `frames` outputs t, the taps j * stride ... of frame t (frames stride * (t + j) ...),
+    as a (B, frames, taps * C_in) view of x whose rows are stride * C_in apart (no copy)."""
+    B, T, C = x.shape  # batch, frames, channels
+    return [
+        x.as_strided((B, frames, min(stride, kernel - start) * C), (T * C, stride * C, 1),
+                     x.storage_offset() + start * C)
+        for start in range(0, kernel, stride)
+    ]  # fmt: skip
+
+
+def _block_weights(weight: torch.Tensor, stride: int) -> list[torch.Tensor]:
+    """conv1d's weight (C_out, C_in, k) as the (taps * C_in, C_out) matrix of each block."""
+    C_out, C_in, k = weight.shape
+    return [weight[:, :, j : j + stride].permute(2, 1, 0).reshape(-1, C_out) for j in range(0, k, stride)]
+
+
+class BlockConv(torch.autograd.Function):
+    """conv1d (no padding or dilation) of a time-major input (B, T, C_in) -> (B, T', C_out), as
+    one batched GEMM per block of `stride` input frames: the blocks are views of the input, so
+    neither the forward nor the backward copies or transposes an activation. Under autocast it
+    computes in the autocast dtype, as conv1d does."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride):  # type: ignore[override]
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        ctx.dtypes = x.dtype, weight.dtype, None if bias is None else bias.dtype
+        ctx.stride = stride
+        x, weight = x.contiguous().to(dtype), weight.to(dtype)
+        frames = (x.shape[1] - weight.shape[2]) // stride + 1
+        with torch.autocast(device, enabled=False):
+            blocks = _blocks(x, weight.shape[2], stride, frames)
+            mats = [w.expand(x.shape[0], *w.shape) for w in _block_weights(weight, stride)]
+            out = torch.bmm(blocks[0], mats[0])  # (B, T', C_out)
+            for block, mat in zip(blocks[1:], mats[1:]):
+                out.baddbmm_(block, mat)
+            if bias is not None:
+                out += bias.to(dtype)
+        ctx.save_for_backward(x, weight)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        x_dtype, weight_dtype, bias_dtype = ctx.dtypes
+        grad = grad.to(x.dtype).contiguous()  # (B, T', C_out)
+        B, frames, C_out = grad.shape
+        k, stride = weight.shape[2], ctx.stride
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:  # each block's GEMM adds into the input frames it read
+            grad_x = torch.zeros_like(x)
+            mats = [w.t().expand(B, C_out, w.shape[0]) for w in _block_weights(weight, stride)]
+            for block, mat in zip(_blocks(grad_x, k, stride, frames), mats):
+                block.baddbmm_(grad, mat)
+            grad_x = grad_x.to(x_dtype)
+        if ctx.needs_input_grad[1]:  # per block: sum over the batch of block^T @ grad
+            grad_weight = torch.empty(weight.shape, dtype=weight_dtype, device=weight.device)
+            for j, block in zip(range(0, k, stride), _blocks(x, k, stride, frames)):
+                taps = block.shape[2] // weight.shape[1]
+                part = torch.bmm(block.transpose(1, 2), grad).sum(0, dtype=torch.float32)  # (K, C_out)
+                grad_weight[:, :, j : j + taps] = part.view(taps, -1, C_out).permute(2, 1, 0)
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad.sum((0, 1), dtype=torch.float32).to(bias_dtype)
+        return grad_x, grad_weight, grad_bias, None
+
+
+def _time_major_group_norm(x: torch.Tensor, norm: torch.nn.GroupNorm) -> torch.Tensor:
+    """GroupNorm with one group per channel on time-major x (B, T, C): each channel normalised
+    over time, in x's dtype (statistics accumulated in fp32 by var_mean, rounded to x's dtype)."""
+    var, mean = torch.var_mean(x, dim=1, keepdim=True, correction=0)  # (B, 1, C)
+    scale = torch.rsqrt(var.float() + norm.eps) * norm.weight
+    return torch.addcmul((norm.bias - mean * scale).to(x.dtype), x, scale.to(x.dtype))
+
+
+def time_major_frontend(encoder: ConvFeatureEncoder, wavs: torch.Tensor) -> torch.Tensor:
+    """The encoder's features (B, T, C), time-major from the waveform on: every conv a BlockConv
+    (its GEMMs read the previous layer's output in place), the norms over the last dim or, for
+    the GroupNorm, over time in the activation dtype."""
+    x = wavs[:, :, None]  # (B, S, 1)
+    for layer in encoder.conv_layers:
+        conv = layer.conv
+        x = BlockConv.apply(x, conv.weight, conv.bias, conv.stride[0])
+        if layer.has_norm:
+            norm = layer.layer_norm
+            if isinstance(norm, torch.nn.GroupNorm):
+                x = _time_major_group_norm(x, norm)
+            else:  # over channels: the last dim
+                x = F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+        x = F.gelu(x)
+    return x
+
+
 def cudnn_positional_conv(
     module: ConvPositionalEmbedding, fp32: bool
 ) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -111,7 +206,8 @@ def exact_fp32() -> Iterator[None]:
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).norm() / b.float().norm())
+    a, b = a.detach().float(), b.detach().float()
+    return float((a - b).norm() / b.norm())
 
 
 def rows(quick: bool) -> list[Row]:
@@ -148,7 +244,9 @@ def measure(batch: int, seconds: float, warmup: int, steps: int, device: str) ->
     ours = time_backward(lambda w: encoder(w, lengths)[0], wavs, warmup, steps)
     name = f"waveform frontend (7 convs, 512 ch), {batch} x {seconds:g} s: ours (cuDNN conv1d)"
     clip = wavs[:2, : min(wavs.shape[1], 48000)]
-    for label, formulation in (("im2col", im2col_frontend), ("channels-last conv2d", channels_last_frontend)):
+    formulations = (("im2col", im2col_frontend), ("channels-last conv2d", channels_last_frontend),
+                    ("time-major block GEMMs", time_major_frontend))  # fmt: skip
+    for label, formulation in formulations:
         with torch.no_grad(), exact_fp32():
             check = relative_error(formulation(encoder, clip), encoder(clip, lengths[:2])[0])
         ref = time_backward(lambda w: formulation(encoder, w), wavs, warmup, steps)  # noqa: B023

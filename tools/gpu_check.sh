@@ -9,7 +9,8 @@
 # H200 on 2026-11-28: run E (make gpu-check) 322 s in all: tests 37 s, rows and profiles 200 s,
 # loader rows 48 s; run F: rows 192 s, the other tests about 30 s, and the static-shapes test
 # unfinished at 120 s (its compile; it now has a limit of its own). Since run F the rows trade the
-# x2 scaling row and wav2vec 2.0's two profiles for a CUDA-graphs row on an unpadded batch (not timed).
+# x2 scaling row, three of the four eager profiles and the CUDA-graphs row on the padded batch x4
+# for a CUDA-graphs row on an unpadded batch and a profile of it (not timed yet).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}

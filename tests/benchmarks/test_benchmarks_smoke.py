@@ -92,23 +92,33 @@ def test_forward_flops_of_hubert_base():
 
 def test_gpu_conv_rows_run_and_their_alternatives_compute_the_same_features():
     """benchmarks.gpu_convs at a tiny size on the CPU: the rows a GPU session measures are formed,
-    and the im2col and channels-last frontends they time against ours compute our features and
-    their gradients (so the GPU time is spent on a fair comparison)."""
+    and the im2col, channels-last and time-major frontends they time against ours compute our
+    features and their gradients, to the input and to every weight (so the GPU time is spent on a
+    fair comparison)."""
     import torch
 
-    from benchmarks.gpu_convs import channels_last_frontend, im2col_frontend, measure, relative_error
+    from benchmarks.gpu_convs import (
+        channels_last_frontend,
+        im2col_frontend,
+        measure,
+        relative_error,
+        time_major_frontend,
+    )
     from speechssl.models.config import ConvFrontendConfig
     from speechssl.models.frontends import build_conv_frontend
 
     rows = measure(1, 0.1, warmup=0, steps=1, device="cpu")
-    assert [r.unit for r in rows] == ["ms"] * 4 and all(r.ours > 0 and r.reference > 0 for r in rows)
+    assert [r.unit for r in rows] == ["ms"] * 5 and all(r.ours > 0 and r.reference > 0 for r in rows)
     for mode in ("group_norm", "layer_norm"):
         encoder = build_conv_frontend(ConvFrontendConfig(mode=mode, conv_bias=mode == "layer_norm"))
-        wavs = torch.randn(2, 5000, requires_grad=True)
-        ours = encoder(wavs, torch.tensor([5000, 5000]))[0]
-        (grad,) = torch.autograd.grad(ours.square().sum(), wavs)
-        for formulation in (im2col_frontend, channels_last_frontend):
+        with torch.no_grad():  # perturbed norms: an identity affine would hide a swapped weight and bias
+            for p in encoder.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+        params = [wavs := torch.randn(2, 5003, requires_grad=True), *encoder.parameters()]
+        ours = encoder(wavs, torch.tensor([5003, 5003]))[0]
+        grads = torch.autograd.grad(ours.square().sum(), params)
+        for formulation in (im2col_frontend, channels_last_frontend, time_major_frontend):
             theirs = formulation(encoder, wavs)
-            torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-5)
-            (their_grad,) = torch.autograd.grad(theirs.square().sum(), wavs)
-            assert relative_error(their_grad, grad) < 1e-5, formulation.__name__
+            their_grads = torch.autograd.grad(theirs.square().sum(), params)
+            errors = [relative_error(a, b) for a, b in zip((theirs, *their_grads), (ours, *grads))]
+            assert max(errors) < 1e-5, (formulation.__name__, errors)

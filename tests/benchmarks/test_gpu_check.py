@@ -103,19 +103,36 @@ def test_a_static_shapes_test_cut_short_fails_the_check_but_not_the_rows(tmp_pat
 def test_gpu_rows_are_formed_from_their_measurements(monkeypatch, capsys):
     """benchmarks.gpu.run on a CPU with the GPU's measurements faked (every step 0.1 s, 1 GiB): the
     row-forming code, which only a GPU session runs, names every row it promises and computes its
-    throughput from the batch's audio, so a slip there does not cost a GPU session its rows."""
+    throughput from the batch's audio, so a slip there does not cost a GPU session its rows. The
+    profiles: the eager step padded and padding-free, and the CUDA-graphs step on the unpadded
+    batch, profiled as it was timed."""
     from benchmarks import gpu, gpu_convs
+
+    summary = {"wall_ms": 10.0, "kernel_ms": 5.0, "busy_pct": 50.0, "launches": 9.0, "kinds_ms": {"mm": 5.0}}
+    inspected = []
+
+    def measure(build, warmup, steps, inspect=None):
+        if inspect is not None:
+            inspect(lambda: None)
+            inspected.append(build.args[2])  # the batch's utterance lengths
+        return 0.1, 1.0
 
     monkeypatch.setattr(gpu, "matmul_peak_bf16", lambda: 800e12)
     monkeypatch.setattr(gpu_convs, "rows", lambda quick: [])
-    monkeypatch.setattr(gpu, "measure", lambda build, warmup, steps: (0.1, 1.0))
+    monkeypatch.setattr(gpu, "measure", measure)
+    monkeypatch.setattr(gpu, "profile_step", lambda family, seconds, **options: summary)
+    monkeypatch.setattr(gpu, "profile_calls", lambda step, label: summary)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args: "NVIDIA H200")
     saved = []
-    rows = gpu.run(quick=True, save=lambda rows: saved.append(len(rows)))
+    rows = gpu.run(quick=True, profile=True, save=lambda rows: saved.append(len(rows)))
+    assert inspected == [[5.0] * 16]
+    profiled = {row.name.split(", profiled")[0] for row in rows if ", profiled" in row.name}
+    assert profiled == {f"hubert_base bf16 step, {what}" for what in
+                        ("padded", "CUDA graphs, batch 16 x 5 s, unpadded")}  # fmt: skip
     names = [row.name for row in rows]
     assert len(set(names)) == len(names) and saved[-1] == len(rows)
     graphs = [row for row in rows if "reduce-overhead" in row.name and row.name.endswith("throughput")]
-    batches = {"batch 4 x <= 5 s", "batch 4 x <= 5 s repeated x4", "batch 16 x 5 s, unpadded"}
+    batches = {"batch 4 x <= 5 s", "batch 16 x 5 s, unpadded"}
     assert {row.name.split(": ")[0].split(", ", 1)[1] for row in graphs} == batches, [r.name for r in graphs]
     unpadded = next(row for row in graphs if "unpadded" in row.name)
     assert unpadded.ours == pytest.approx(16 * 5.0 / 0.1)  # 16 utterances of 5 s per 0.1 s step
