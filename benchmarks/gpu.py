@@ -93,10 +93,21 @@ def measure(
     return per_step, peak
 
 
-def training_step(family: str, contender: str, seconds: list[float], **options) -> Callable[[], None]:
-    """A bf16 pretraining step (benchmarks.pretrain.pretrain_step) on the GPU."""
+def training_step(
+    family: str, contender: str, seconds: list[float], time_major: bool = False, **options
+) -> Callable[[], None]:
+    """A bf16 pretraining step (benchmarks.pretrain.pretrain_step) on the GPU; `time_major`: ours
+    with the waveform frontend as benchmarks.gpu_convs.time_major_frontend computes it."""
     preset = PRESETS[family]
-    return pretrain_step(contender, family, preset, seconds, device=DEVICE, amp=torch.bfloat16, **options)
+    step = pretrain_step(contender, family, preset, seconds, device=DEVICE, amp=torch.bfloat16, **options)
+    if not time_major:
+        return step
+
+    def time_major_step() -> None:
+        with gpu_convs.time_major_frontends():
+            step()
+
+    return time_major_step
 
 
 def inference_step(contender: str, seconds: list[float]) -> Callable[[], None]:
@@ -228,6 +239,8 @@ TRAINING = (
     ("ours", "hubert", "ours", {}),
     ("torchaudio HuBERTPretrainModel", "hubert", "torchaudio", {}),
     ("ours, padding-free (data.padding_free)", "hubert", "ours", {"padding_free": True}),
+    # the frontend formulation the conv rows time alone, in the whole step (not in the package yet)
+    ("ours, time-major frontend (benchmarks.gpu_convs)", "hubert", "ours", {"time_major": True}),
     ("ours", "wav2vec2", "ours", {}),
     ("transformers Wav2Vec2ForPreTraining", "wav2vec2", "transformers", {}),
     ("ours, padding-free (data.padding_free)", "wav2vec2", "ours", {"padding_free": True}),

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from benchmarks.harness import Row, make_row
 from speechssl.models.config import ConvFrontendConfig
 from speechssl.models.encoder import ConvPositionalEmbedding
-from speechssl.models.frontends import ConvFeatureEncoder, build_conv_frontend
+from speechssl.models.frontends import ConvFeatureEncoder, build_conv_frontend, scale_grad
 
 GROUP = "gpu"
 
@@ -162,6 +162,26 @@ def time_major_frontend(encoder: ConvFeatureEncoder, wavs: torch.Tensor) -> torc
                 x = F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
         x = F.gelu(x)
     return x
+
+
+@contextmanager
+def time_major_frontends() -> Iterator[None]:
+    """Every ConvFeatureEncoder computes through time_major_frontend while inside: the whole
+    training step with that formulation, the package unchanged (same outputs, tested)."""
+    original = ConvFeatureEncoder.forward
+
+    def forward(self: ConvFeatureEncoder, wavs: torch.Tensor, lengths: torch.Tensor):
+        if self.feature_grad_mult == 0.0:
+            with torch.no_grad():
+                return time_major_frontend(self, wavs), self.output_lengths(lengths)
+        features = scale_grad(time_major_frontend(self, wavs), self.feature_grad_mult)
+        return features, self.output_lengths(lengths)
+
+    ConvFeatureEncoder.forward = forward  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        ConvFeatureEncoder.forward = original  # type: ignore[method-assign]
 
 
 def cudnn_positional_conv(

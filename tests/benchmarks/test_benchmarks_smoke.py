@@ -122,3 +122,36 @@ def test_gpu_conv_rows_run_and_their_alternatives_compute_the_same_features():
             their_grads = torch.autograd.grad(theirs.square().sum(), params)
             errors = [relative_error(a, b) for a, b in zip((theirs, *their_grads), (ours, *grads))]
             assert max(errors) < 1e-5, (formulation.__name__, errors)
+
+
+@pytest.mark.parametrize("preset", ["hubert_tiny", "data2vec_tiny"])
+def test_time_major_frontend_step_is_the_step_it_times(preset):
+    """benchmarks.gpu's time-major training row swaps the formulation of every ConvFeatureEncoder
+    for the step it times: the same loss and gradients as the package's step (feature_grad_mult and
+    the frame lengths included), and the package's own forward back afterwards."""
+    import torch
+
+    from benchmarks.gpu_convs import relative_error, time_major_frontends
+    from speechssl.models.frontends import ConvFeatureEncoder
+    from speechssl.objectives import build_pretrain_model, get_pretrain_preset
+    from speechssl.testing.models import random_waves
+
+    torch.manual_seed(0)
+    model = build_pretrain_model(get_pretrain_preset(preset)).eval()  # eval: no dropout between the runs
+    wavs, lengths = random_waves([9617, 7203, 5111], seed=3)
+    targets = torch.randint(0, 50, (3, int(model.backbone.num_frames(lengths).max())))
+
+    def loss_and_grads():
+        torch.manual_seed(1)  # the same masks
+        loss = model(wavs, lengths, targets)[0] if preset.startswith("hubert") else model(wavs, lengths)[0]
+        return [loss, *torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad])]
+
+    original = ConvFeatureEncoder.forward
+    ours = loss_and_grads()
+    with time_major_frontends():
+        assert ConvFeatureEncoder.forward is not original
+        theirs = loss_and_grads()
+    assert ConvFeatureEncoder.forward is original
+    # (the keys' bias gets no gradient but rounding noise: softmax ignores a constant added to every key)
+    errors = [relative_error(a, b) for a, b in zip(theirs, ours) if b.norm() > 1e-6]
+    assert len(errors) > 10 and max(errors) < 1e-5, errors
