@@ -7,7 +7,9 @@ in audio-seconds per second, peak allocated memory; for ours also MFU against a 
 matmul measured in the same run and against the datasheet's dense bf16 peak (both reported), and
 MFU of our padding-free step on the same batch repeated 4 times (does a larger batch fill the GPU?).
 Timing: CUDA-synchronised wall clock over `steps` steps after `warmup` steps; contenders run one
-after the other, each freed before the next. Last, our step with CUDA graphs (compile
+after the other, each freed before the next; ours also padding-free and, for HuBERT, with the
+frontend formulation benchmarks.gpu_convs times alone (not in the package). Last, our step with
+CUDA graphs (compile
 reduce-overhead) on the batch and on an unpadded batch of as many utterances as the batch repeated
 4 times. With --profile: where our eager step's GPU time goes and, profiled as it was timed, the
 CUDA-graphs step's on the unpadded batch (rows: kernel time by kind, GPU busy, launches per step).
@@ -140,7 +142,7 @@ KERNEL_KINDS = (  # first match wins: cuDNN's implicit-GEMM convolutions also sa
 )
 
 
-def profile_step(family: str, seconds: list[float], **options) -> dict:
+def profile_step(family: str, seconds: list[float], **options) -> dict | None:
     """profile_calls of our `family` step (`options`: pretrain_step's), built and warmed up here."""
     step = training_step(family, "ours", seconds, **options)
     for _ in range(3):
@@ -148,10 +150,11 @@ def profile_step(family: str, seconds: list[float], **options) -> dict:
     return profile_calls(step, f"our {PRESETS[family]} bf16 step {options or ''}")
 
 
-def profile_calls(step: Callable[[], object], label: str, steps: int = 3, top: int = 25) -> dict:
+def profile_calls(step: Callable[[], object], label: str, steps: int = 3, top: int = 25) -> dict | None:
     """Where the GPU time of `steps` calls of a warm `step` goes: kernel time by kind, the share of
     the wall time the GPU is busy, kernel launches per step, and the top kernels (printed; the
-    summary is also returned, for the table). Kernels replayed in CUDA graphs count as launched."""
+    summary is also returned, for the table; None if the profiler saw no kernel). Kernels
+    replayed in CUDA graphs count as launched."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
@@ -164,6 +167,9 @@ def profile_calls(step: Callable[[], object], label: str, steps: int = 3, top: i
         wall_us = (time.perf_counter() - t0) * 1e6
     kernels = [e for e in prof.key_averages() if e.device_type == DeviceType.CUDA]
     total = sum(_kernel_time_us(e) for e in kernels)
+    if not total:  # e.g. a profiler that does not see the kernels CUDA graphs replay: no rows of zeros
+        print(f"[profile] {label}: the profiler recorded no kernel time; no rows", file=sys.stderr)
+        return None
     kinds: dict[str, float] = {}
     for event in kernels:
         kind = next(
@@ -245,6 +251,7 @@ TRAINING = (
     ("transformers Wav2Vec2ForPreTraining", "wav2vec2", "transformers", {}),
     ("ours, padding-free (data.padding_free)", "wav2vec2", "ours", {"padding_free": True}),
 )
+TRAINING_OF = {family: [entry for entry in TRAINING if entry[1] == family] for family in PRESETS}
 # after the eager rows: in one run every eager row measured after a compiled one came out 20-30 % slower
 COMPILED = ("ours, torch.compile", "hubert", "ours", {"compile": True})
 # the padding-free HuBERT step on the batch above repeated this many times: MFU that grows with the
@@ -309,7 +316,7 @@ def run(
 
     train(TRAINING, seconds)
     for family in PRESETS:
-        entries = [(label, results[f, label]) for label, f, _, _ in TRAINING if f == family]
+        entries = [(label, results[family, label]) for label, _, _, _ in TRAINING_OF[family]]
         ours = entries[0][1]
         name = f"{PRESETS[family]} bf16 pretraining step, {batch}"
         for label, ref in entries[1:]:
@@ -326,7 +333,10 @@ def run(
             memory_note = "torch.cuda.max_memory_allocated: weights, optimizer, activations"
             rows.append(make_row(GROUP, f"{name}: peak allocated memory", ours and ours[1], ref and ref[1],
                                  "GiB", higher_is_better=False, note=memory_note))  # fmt: skip
-        best = min((r for label, r in entries if label.startswith("ours") and r), default=None)
+        # the package's own steps only: the time-major row times a formulation it does not have yet
+        package = [r for (label, r), entry in zip(entries, TRAINING_OF[family])
+                   if label.startswith("ours") and r and "time_major" not in entry[3]]  # fmt: skip
+        best = min(package, default=None)
         if best:
             rows += mfu(name, family, seconds, best[0], note="best of ours, eager; ")
     save(rows)  # before the longer contenders: a run cut short keeps these

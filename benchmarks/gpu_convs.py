@@ -91,8 +91,8 @@ def _block_weights(weight: torch.Tensor, stride: int) -> list[torch.Tensor]:
 class BlockConv(torch.autograd.Function):
     """conv1d (no padding or dilation) of a time-major input (B, T, C_in) -> (B, T', C_out), as
     one batched GEMM per block of `stride` input frames: the blocks are views of the input, so
-    neither the forward nor the backward copies or transposes an activation. Under autocast it
-    computes in the autocast dtype, as conv1d does."""
+    neither the forward nor the backward copies or transposes an activation (beyond the cast to
+    the autocast dtype, under autocast, which conv1d also makes)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride):  # type: ignore[override]
@@ -100,7 +100,9 @@ class BlockConv(torch.autograd.Function):
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
         ctx.dtypes = x.dtype, weight.dtype, None if bias is None else bias.dtype
         ctx.stride = stride
-        x, weight = x.contiguous().to(dtype), weight.to(dtype)
+        if x.shape[1] < weight.shape[2]:
+            raise ValueError(f"input of {x.shape[1]} frames is shorter than the kernel ({weight.shape[2]})")
+        x, weight = x.to(dtype=dtype, memory_format=torch.contiguous_format), weight.to(dtype)
         frames = (x.shape[1] - weight.shape[2]) // stride + 1
         with torch.autocast(device, enabled=False):
             blocks = _blocks(x, weight.shape[2], stride, frames)
@@ -121,6 +123,7 @@ class BlockConv(torch.autograd.Function):
         B, frames, C_out = grad.shape
         k, stride = weight.shape[2], ctx.stride
         grad_x = grad_weight = grad_bias = None
+        accumulate = torch.promote_types(weight_dtype, torch.float32)  # the weight's sums over the batch
         if ctx.needs_input_grad[0]:  # each block's GEMM adds into the input frames it read
             grad_x = torch.zeros_like(x)
             mats = [w.t().expand(B, C_out, w.shape[0]) for w in _block_weights(weight, stride)]
@@ -131,10 +134,10 @@ class BlockConv(torch.autograd.Function):
             grad_weight = torch.empty(weight.shape, dtype=weight_dtype, device=weight.device)
             for j, block in zip(range(0, k, stride), _blocks(x, k, stride, frames)):
                 taps = block.shape[2] // weight.shape[1]
-                part = torch.bmm(block.transpose(1, 2), grad).sum(0, dtype=torch.float32)  # (K, C_out)
+                part = torch.bmm(block.transpose(1, 2), grad).sum(0, dtype=accumulate)  # (K, C_out)
                 grad_weight[:, :, j : j + taps] = part.view(taps, -1, C_out).permute(2, 1, 0)
         if ctx.needs_input_grad[2]:
-            grad_bias = grad.sum((0, 1), dtype=torch.float32).to(bias_dtype)
+            grad_bias = grad.sum((0, 1), dtype=torch.promote_types(bias_dtype, torch.float32)).to(bias_dtype)
         return grad_x, grad_weight, grad_bias, None
 
 

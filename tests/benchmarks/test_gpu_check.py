@@ -101,11 +101,12 @@ def test_a_static_shapes_test_cut_short_fails_the_check_but_not_the_rows(tmp_pat
 
 
 def test_gpu_rows_are_formed_from_their_measurements(monkeypatch, capsys):
-    """benchmarks.gpu.run on a CPU with the GPU's measurements faked (every step 0.1 s, 1 GiB): the
+    """benchmarks.gpu.run on a CPU with the GPU's measurements faked (every step 0.1 s, 1 GiB; the
+    time-major frontend's 0.05 s): the
     row-forming code, which only a GPU session runs, names every row it promises and computes its
     throughput from the batch's audio, so a slip there does not cost a GPU session its rows. The
-    profiles: the eager step padded and padding-free, and the CUDA-graphs step on the unpadded
-    batch, profiled as it was timed."""
+    profiles: the eager step, padded, and the CUDA-graphs step on the unpadded batch, profiled as
+    it was timed. The eager MFU row is of the package's own steps, not of the time-major row."""
     from benchmarks import gpu, gpu_convs
 
     summary = {"wall_ms": 10.0, "kernel_ms": 5.0, "busy_pct": 50.0, "launches": 9.0, "kinds_ms": {"mm": 5.0}}
@@ -115,7 +116,7 @@ def test_gpu_rows_are_formed_from_their_measurements(monkeypatch, capsys):
         if inspect is not None:
             inspect(lambda: None)
             inspected.append(build.args[2])  # the batch's utterance lengths
-        return 0.1, 1.0
+        return (0.05 if build.keywords.get("time_major") else 0.1), 1.0
 
     monkeypatch.setattr(gpu, "matmul_peak_bf16", lambda: 800e12)
     monkeypatch.setattr(gpu_convs, "rows", lambda quick: [])
@@ -136,4 +137,20 @@ def test_gpu_rows_are_formed_from_their_measurements(monkeypatch, capsys):
     assert {row.name.split(": ")[0].split(", ", 1)[1] for row in graphs} == batches, [r.name for r in graphs]
     unpadded = next(row for row in graphs if "unpadded" in row.name)
     assert unpadded.ours == pytest.approx(16 * 5.0 / 0.1)  # 16 utterances of 5 s per 0.1 s step
+    time_major = next(row for row in rows if "time-major frontend" in row.name)
+    assert time_major.ratio == pytest.approx(2.0)  # vs ours, default
+    eager_mfu = {row.name: row for row in rows}["hubert_base bf16 pretraining step, batch 4 x <= 5 s: MFU"]
+    flops = 3 * sum(gpu.forward_flops(gpu.pretrain_config("hubert", "hubert_base", None).model, s)
+                    for s in gpu.padded_batch(5.0, 4))  # fmt: skip
+    assert eager_mfu.ours == pytest.approx(100 * flops / 0.1 / 800e12)  # the package's step, 0.1 s
     assert all(row.ours is not None for row in rows) and "failed" not in capsys.readouterr().err
+
+
+def test_a_profile_that_saw_no_kernels_gives_no_rows(monkeypatch, capsys):
+    """A profiler that records no kernel time (a CPU here; on a GPU, one blind to the kernels CUDA
+    graphs replay) yields no summary, so the table gets no rows of zeros."""
+    from benchmarks import gpu
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    assert gpu.profile_calls(lambda: torch.ones(64).cumsum(0), "a CPU step", steps=2) is None
+    assert "a CPU step: the profiler recorded no kernel time; no rows" in capsys.readouterr().err
