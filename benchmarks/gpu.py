@@ -9,10 +9,10 @@ MFU of our padding-free step on the same batch repeated 4 times (does a larger b
 Timing: CUDA-synchronised wall clock over `steps` steps after `warmup` steps; contenders run one
 after the other, each freed before the next; ours also padding-free and, for HuBERT, with the
 frontend formulation benchmarks.gpu_convs times alone (not in the package). Last, our step with
-CUDA graphs (compile
-reduce-overhead) on the batch and on an unpadded batch of as many utterances as the batch repeated
-4 times. With --profile: where our eager step's GPU time goes and, profiled as it was timed, the
-CUDA-graphs step's on the unpadded batch (rows: kernel time by kind, GPU busy, launches per step).
+CUDA graphs (compile reduce-overhead) on the batch and on an unpadded batch of as many utterances
+as the batch repeated 4 times. With --profile: where our eager step's GPU time goes and,
+profiled as it was timed, the CUDA-graphs step's on the unpadded batch (rows: kernel time by kind,
+GPU busy, launches per step).
 Without CUDA it writes nothing and says so (exit 0): CPU numbers are `python -m benchmarks`.
 """
 
