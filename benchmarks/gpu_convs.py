@@ -92,7 +92,10 @@ class BlockConv(torch.autograd.Function):
     """conv1d (no padding or dilation) of a time-major input (B, T, C_in) -> (B, T', C_out), as
     one batched GEMM per block of `stride` input frames: the blocks are views of the input, so
     neither the forward nor the backward copies or transposes an activation (beyond the cast to
-    the autocast dtype, under autocast, which conv1d also makes)."""
+    the autocast dtype, under autocast, which conv1d also makes). Eager only, as timed: under
+    torch.compile the blocks' storage_offset() breaks the graph (without that break, compile
+    refuses the backward's accumulation into as_strided views); in the package it would be a
+    torch.library custom op."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride):  # type: ignore[override]
