@@ -4,7 +4,8 @@
 - The positional conv (768 channels, 16 groups, kernel 128): ours runs it through an fp32 FFT on
   CUDA (speechssl.models.fft_conv); cuDNN's conv1d in bf16 and in fp32 are the references.
 - The waveform frontend (7 strided convs): ours is cuDNN's conv1d; the references are the same
-  stack as unfold + one matmul per layer (im2col), which runs on the tensor-core GEMMs, and as
+  stack with its norms in the activation dtype (not in fp32, as CUDA's autocast runs them), as
+  unfold + one matmul per layer (im2col), which runs on the tensor-core GEMMs, and as
   conv2d on channels-last (time-major) memory, which cuDNN's bf16 kernels take without the layout
   transposes around each conv1d (nchwToNhwc / nhwcToNchw: 4.0 of the 34.9 ms of kernels in the
   HuBERT Base step of run F), and time-major throughout with every conv as tensor-core GEMMs over
@@ -47,6 +48,26 @@ def im2col_frontend(encoder: ConvFeatureEncoder, wavs: torch.Tensor) -> torch.Te
                 x = F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
         x = F.gelu(x)
     return x
+
+
+def activation_dtype_norm_frontend(encoder: ConvFeatureEncoder, wavs: torch.Tensor) -> torch.Tensor:
+    """The encoder's features (B, T, C), ours but for the norms: computed in the activation dtype
+    (bf16 under autocast, statistics accumulated in fp32) where CUDA's autocast runs GroupNorm and
+    LayerNorm in fp32 and so copies the largest activations to fp32 and back (fairseq's
+    Fp32GroupNorm also returns the input's dtype). Isolates that lever from the layout ones."""
+    x = wavs[:, None, :]  # (B, 1, S)
+    for layer in encoder.conv_layers:
+        x = layer.conv(x)
+        if layer.has_norm:
+            norm = layer.layer_norm
+            with torch.autocast(x.device.type, enabled=False):
+                w, b = norm.weight.to(x.dtype), norm.bias.to(x.dtype)
+                if isinstance(norm, torch.nn.GroupNorm):
+                    x = F.group_norm(x, norm.num_groups, w, b, norm.eps)
+                else:  # over channels
+                    x = F.layer_norm(x.transpose(1, 2), norm.normalized_shape, w, b, norm.eps).transpose(1, 2)
+        x = F.gelu(x)
+    return x.transpose(1, 2)  # (B, T, C)
 
 
 def channels_last_frontend(encoder: ConvFeatureEncoder, wavs: torch.Tensor) -> torch.Tensor:
@@ -270,7 +291,8 @@ def measure(batch: int, seconds: float, warmup: int, steps: int, device: str) ->
     ours = time_backward(lambda w: encoder(w, lengths)[0], wavs, warmup, steps)
     name = f"waveform frontend (7 convs, 512 ch), {batch} x {seconds:g} s: ours (cuDNN conv1d)"
     clip = wavs[:2, : min(wavs.shape[1], 48000)]
-    formulations = (("im2col", im2col_frontend), ("channels-last conv2d", channels_last_frontend),
+    formulations = (("norms in the activation dtype", activation_dtype_norm_frontend),
+                    ("im2col", im2col_frontend), ("channels-last conv2d", channels_last_frontend),
                     ("time-major block GEMMs", time_major_frontend))  # fmt: skip
     for label, formulation in formulations:
         with torch.no_grad(), exact_fp32():

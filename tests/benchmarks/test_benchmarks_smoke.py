@@ -92,12 +92,13 @@ def test_forward_flops_of_hubert_base():
 
 def test_gpu_conv_rows_run_and_their_alternatives_compute_the_same_features():
     """benchmarks.gpu_convs at a tiny size on the CPU: the rows a GPU session measures are formed,
-    and the im2col, channels-last and time-major frontends they time against ours compute our
-    features and their gradients, to the input and to every weight (so the GPU time is spent on a
-    fair comparison)."""
+    and the frontends they time against ours (norms in the activation dtype, im2col, channels-last,
+    time-major) compute our features and their gradients, to the input and to every weight (so the
+    GPU time is spent on a fair comparison)."""
     import torch
 
     from benchmarks.gpu_convs import (
+        activation_dtype_norm_frontend,
         channels_last_frontend,
         im2col_frontend,
         measure,
@@ -108,7 +109,7 @@ def test_gpu_conv_rows_run_and_their_alternatives_compute_the_same_features():
     from speechssl.models.frontends import build_conv_frontend
 
     rows = measure(1, 0.1, warmup=0, steps=1, device="cpu")
-    assert [r.unit for r in rows] == ["ms"] * 5 and all(r.ours > 0 and r.reference > 0 for r in rows)
+    assert [r.unit for r in rows] == ["ms"] * 6 and all(r.ours > 0 and r.reference > 0 for r in rows)
     for mode in ("group_norm", "layer_norm"):
         encoder = build_conv_frontend(ConvFrontendConfig(mode=mode, conv_bias=mode == "layer_norm"))
         with torch.no_grad():  # perturbed norms: an identity affine would hide a swapped weight and bias
@@ -117,7 +118,8 @@ def test_gpu_conv_rows_run_and_their_alternatives_compute_the_same_features():
         params = [wavs := torch.randn(2, 5003, requires_grad=True), *encoder.parameters()]
         ours = encoder(wavs, torch.tensor([5003, 5003]))[0]
         grads = torch.autograd.grad(ours.square().sum(), params)
-        for formulation in (im2col_frontend, channels_last_frontend, time_major_frontend):
+        for formulation in (activation_dtype_norm_frontend, im2col_frontend, channels_last_frontend,
+                            time_major_frontend):  # fmt: skip
             theirs = formulation(encoder, wavs)
             their_grads = torch.autograd.grad(theirs.square().sum(), params)
             errors = [relative_error(a, b) for a, b in zip((theirs, *their_grads), (ours, *grads))]
