@@ -10,7 +10,8 @@
 # loader rows 48 s; run F: rows 192 s, the other tests about 30 s, and the static-shapes test
 # unfinished at 120 s (its compile; it now has a limit of its own). Since run F the rows trade the
 # x2 scaling row, three of the four eager profiles and the CUDA-graphs row on the padded batch x4
-# for a CUDA-graphs row on an unpadded batch and a profile of it (not timed yet).
+# for a CUDA-graphs row on an unpadded batch and a profile of it, a HuBERT step with the time-major
+# frontend and two more frontend rows (not timed yet; estimated 175-190 s of the rows' 215).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}

@@ -102,9 +102,9 @@ def test_a_static_shapes_test_cut_short_fails_the_check_but_not_the_rows(tmp_pat
 
 def test_gpu_rows_are_formed_from_their_measurements(monkeypatch, capsys):
     """benchmarks.gpu.run on a CPU with the GPU's measurements faked (every step 0.1 s, 1 GiB; the
-    time-major frontend's 0.05 s): the
-    row-forming code, which only a GPU session runs, names every row it promises and computes its
-    throughput from the batch's audio, so a slip there does not cost a GPU session its rows. The
+    time-major frontend's 0.05 s): the row-forming code, which only a GPU session runs, names every
+    row it promises and computes its throughput from the batch's audio, so a slip there does not
+    cost a GPU session its rows. The
     profiles: the eager step, padded, and the CUDA-graphs step on the unpadded batch, profiled as
     it was timed. The eager MFU row is of the package's own steps, not of the time-major row."""
     from benchmarks import gpu, gpu_convs
