@@ -97,6 +97,7 @@ def test_gpu_conv_rows_run_and_their_alternatives_compute_the_same_features():
     GPU time is spent on a fair comparison)."""
     import torch
 
+    from benchmarks import gpu_convs
     from benchmarks.gpu_convs import (
         activation_dtype_norm_frontend,
         channels_last_frontend,
@@ -110,6 +111,11 @@ def test_gpu_conv_rows_run_and_their_alternatives_compute_the_same_features():
 
     rows = measure(1, 0.1, warmup=0, steps=1, device="cpu")
     assert [r.unit for r in rows] == ["ms"] * 6 and all(r.ours > 0 and r.reference > 0 for r in rows)
+    with pytest.MonkeyPatch.context() as patch:  # one that fails on the device costs only its own row
+        patch.setattr(gpu_convs, "im2col_frontend", lambda encoder, wavs: 1 / 0)
+        assert [r.name for r in measure(1, 0.1, warmup=0, steps=1, device="cpu")] == [
+            r.name for r in rows if not r.name.endswith("vs im2col")
+        ]
     for mode in ("group_norm", "layer_norm"):
         encoder = build_conv_frontend(ConvFrontendConfig(mode=mode, conv_bias=mode == "layer_norm"))
         with torch.no_grad():  # perturbed norms: an identity affine would hide a swapped weight and bias
