@@ -141,10 +141,11 @@ def masked_frames(
     """The time mask (drawn where `lengths` are unless given), its valid frames and (`index`) their
     flat positions, computed where the mask lives and copied to `device`: on the host, from the
     loader's lengths, with no device sync; on the device, sizing the index syncs once."""
-    if mask_time_indices is None:
-        host_frames = model.num_frames(lengths)
-        mask_time_indices = compute_time_mask(host_frames, num_frames, config, generator=generator)
-    valid_lengths = model.num_frames(to_device(lengths, mask_time_indices.device))
+    if mask_time_indices is None:  # drawn where the lengths are: their frame counts serve both
+        valid_lengths = model.num_frames(lengths)
+        mask_time_indices = compute_time_mask(valid_lengths, num_frames, config, generator=generator)
+    else:
+        valid_lengths = model.num_frames(to_device(lengths, mask_time_indices.device))
     predicted = mask_time_indices & ~lengths_to_padding_mask(valid_lengths, num_frames)
     positions = predicted.reshape(-1).nonzero().squeeze(1) if index else None
     return MaskedFrames(
