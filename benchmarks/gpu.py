@@ -334,9 +334,9 @@ def run(
             rows.append(make_row(GROUP, f"{name}: peak allocated memory", ours and ours[1], ref and ref[1],
                                  "GiB", higher_is_better=False, note=memory_note))  # fmt: skip
         # the package's own steps only: the time-major row times a formulation it does not have yet
-        package = [r for (label, r), entry in zip(entries, TRAINING_OF[family])
-                   if label.startswith("ours") and r and "time_major" not in entry[3]]  # fmt: skip
-        best = min(package, default=None)
+        package = [results[family, label] for label, _, contender, options in TRAINING_OF[family]
+                   if contender == "ours" and "time_major" not in options]  # fmt: skip
+        best = min((r for r in package if r), default=None)
         if best:
             rows += mfu(name, family, seconds, best[0], note="best of ours, eager; ")
     save(rows)  # before the longer contenders: a run cut short keeps these
@@ -421,9 +421,9 @@ def run(
             note += f"; {skips} compiled graph(s) (forward and backward counted apart) not run as CUDA graphs"
         step_audio = sum(batch_seconds)
         rate = graphs and step_audio / graphs[0]
-        for reference, ref_label in references or [(None, "")]:
-            row_name = f"{name} vs {ref_label}, throughput" if ref_label else f"{name}: throughput"
-            rows.append(make_row(GROUP, row_name, rate, reference and step_audio / reference[0], "audio-s/s",
+        for reference, ref_label in references:
+            ref_rate = reference and step_audio / reference[0]
+            rows.append(make_row(GROUP, f"{name} vs {ref_label}, throughput", rate, ref_rate, "audio-s/s",
                                  note=note))  # fmt: skip
         if graphs:
             rows += mfu(name, "hubert", batch_seconds, graphs[0])

@@ -42,9 +42,8 @@ def im2col_frontend(encoder: ConvFeatureEncoder, wavs: torch.Tensor) -> torch.Te
             x = x + layer.conv.bias
         if layer.has_norm:
             norm = layer.layer_norm
-            if isinstance(norm, torch.nn.GroupNorm):  # one group per channel: normalise over time
-                var, mean = torch.var_mean(x.float(), dim=1, keepdim=True, correction=0)
-                x = ((x.float() - mean) * torch.rsqrt(var + norm.eps) * norm.weight + norm.bias).to(x.dtype)
+            if isinstance(norm, torch.nn.GroupNorm):  # over time, in fp32 as CUDA's autocast runs it
+                x = _time_major_group_norm(x.float(), norm).to(x.dtype)
             else:
                 x = F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
         x = F.gelu(x)
