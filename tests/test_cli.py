@@ -69,7 +69,7 @@ def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback(monkeypatch, cap
         parser.add_argument("-v", "--verbose", action="store_true")
         sub = parser.add_subparsers(dest="command")
         sub.add_parser("demo").set_defaults(func=func)
-        return lambda: parser
+        return lambda *_: parser
 
     def espeak(_):
         raise EspeakError("espeak-ng is not installed")
@@ -141,3 +141,33 @@ def test_training_commands_take_num_threads(capsys):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_command_imports_its_own_module_only_and_parses_as_in_the_whole_parser():
+    """`speechssl CMD ...` builds CMD's parser alone (the others import torch and most of the
+    library for nothing), so each command module must register the command of its own name."""
+    from speechssl.cli.main import command_names
+
+    whole = build_parser()._subparsers._group_actions[0].choices  # noqa: SLF001
+    assert sorted(whole) == command_names()
+    for name in command_names():
+        alone = build_parser(name)._subparsers._group_actions[0].choices  # noqa: SLF001
+        assert list(alone) == [name]
+        assert alone[name].format_help() == whole[name].format_help()
+    probe = """
+import sys
+from speechssl.cli.main import main
+try:
+    main(["data", "validate", "--help"])
+finally:
+    print(sorted(m for m in sys.modules if m.startswith("speechssl.cli.")), "torch._dynamo" in sys.modules)
+"""
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: speechssl data validate")
+    last_line = result.stdout.splitlines()[-1]
+    assert last_line == "['speechssl.cli.common', 'speechssl.cli.data', 'speechssl.cli.main'] False"
+    from speechssl.cli.main import _command_word
+
+    assert _command_word(["-v", "synth", "--help"]) == "synth"
+    assert _command_word(["-v", "--help", "synth"]) is None  # the top-level help, every command listed

@@ -1,5 +1,6 @@
 """`speechssl <command>`: argument parsing only; every command calls the library.
 
-Each module in this package that defines `register(subparsers)` adds one
-command; `main` discovers them, so adding a command touches one file.
+Each module in this package but `common` and `main` is one command, named after it, that its
+`register(subparsers)` adds; `main` discovers them, so adding a command touches one file, and
+imports only the module of the command it runs.
 """
