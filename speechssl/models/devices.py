@@ -24,8 +24,12 @@ def host_side(fn: HostWork) -> HostWork:
     their copies to the device): it runs eagerly, outside `torch.compile`'s graphs, so that every
     compiled graph takes device tensors only. A graph that mixes host and device tensors is not run
     as a CUDA graph (trainer.compile_mode reduce-overhead), and inductor failed to compile one (on
-    an H200, torch 2.11). Without torch.compile it changes nothing."""
-    return torch.compiler.disable(fn)  # type: ignore[return-value]
+    an H200, torch 2.11). Without torch.compile it changes nothing.
+
+    torch's lazy form of `torch.compiler.disable`: torch.compile's machinery (torch._dynamo, about
+    1.4 s to import) loads at the first call rather than when this module is imported, so the
+    commands that never run a model (data, kmeans, units, ...) start that much sooner."""
+    return torch._disable_dynamo(fn)  # type: ignore[return-value]
 
 
 @host_side

@@ -55,3 +55,19 @@ def test_compiled_step_graphs_take_device_tensors_only(preset, normalize, host_b
     assert loss.device.type == "meta"
     with_tensors = [devices for devices in graphs if devices]
     assert with_tensors and all(devices == {"meta"} for devices in with_tensors), graphs
+
+
+def test_the_library_imports_without_torch_compiles_machinery():
+    """host_side marks its functions lazily: torch._dynamo (about 1.4 s) loads at the first host-side
+    call, not at import, so the commands that never run a model start without it."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\nfrom speechssl.cli.main import build_parser\n"
+        "build_parser()  # every command's module, so the whole library\n"
+        "print('torch._dynamo' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
