@@ -171,3 +171,17 @@ finally:
 
     assert _command_word(["-v", "synth", "--help"]) == "synth"
     assert _command_word(["-v", "--help", "synth"]) is None  # the top-level help, every command listed
+
+
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
+    from speechssl.cli import main as cli_main
+
+    def interrupted(_):
+        raise KeyboardInterrupt
+
+    parser = argparse.ArgumentParser(prog="speechssl")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_subparsers(dest="command").add_parser("demo").set_defaults(func=interrupted)
+    monkeypatch.setattr(cli_main, "build_parser", lambda *_: parser)
+    assert cli_main.main(["demo"]) == 130
+    assert capsys.readouterr().err == "speechssl demo: interrupted\n"

@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if args.command is None else 2
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt:  # Ctrl-C: every output is written to a temp sibling, so none is torn
+        print(f"speechssl {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (SpeechSSLError, ValueError, OSError) as err:
         if not _is_user_error(err):
             raise
