@@ -15,7 +15,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -173,16 +173,23 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temporaries(directory: str | Path) -> list[Path]:
+def remove_stale_temporaries(directory: str | Path, of: Collection[str] | None = None) -> list[Path]:
     """Remove the temp files and dirs of `atomic_file` / `atomic_directory` in `directory` whose
-    writer no longer runs (a killed job). Returns what was removed."""
+    writer no longer runs (a killed job); with `of`, only those of the files or dirs so named (in a
+    dir that may also hold a user's files). Returns what was removed."""
     directory = Path(directory)
     removed: list[Path] = []
     if not directory.is_dir():
         return removed
+    # a file's temp name carries its stem (`_temp_name`), a dir's its name
+    targets = None if of is None else {*of, *(Path(name).stem for name in of)}
     for entry in directory.iterdir():
         m = _TEMP_NAME.match(entry.name)
-        if m is None or pid_alive(int(m.group("pid"))):
+        if (
+            m is None
+            or pid_alive(int(m.group("pid")))
+            or (targets is not None and m.group("name") not in targets)
+        ):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)

@@ -7,8 +7,8 @@ import argparse
 
 from speechssl.cli.common import add_overwrite_argument, check_device
 from speechssl.features.dump import FeatureReader
-from speechssl.outputs import claim_directories
-from speechssl.units.kmeans import KMeansConfig, KMeansModel, fit_kmeans, is_kmeans_output, label
+from speechssl.outputs import check_output, claim_directories
+from speechssl.units.kmeans import FitPlan, KMeansConfig, KMeansModel, fit_kmeans, is_kmeans_output, label
 from speechssl.units.kmeans_import import import_kmeans, read_sklearn_kmeans
 
 
@@ -102,14 +102,20 @@ def run_fit(args: argparse.Namespace) -> int:
     # a bad option (--backend, --max-memory) is named before anything is read or claimed
     KMeansConfig(num_clusters=args.num_clusters, percent=args.percent, seed=args.seed, **options)
     reader = FeatureReader(args.feats)  # a damaged shard is named before the output dir is touched
-    _claim(args.out, "kmeans fit", args.overwrite, (args.feats,), labels=False)
+    check_output(args.out, "kmeans fit", overwrite=args.overwrite, inputs=(args.feats,),
+                 earlier_output=is_kmeans_output)  # fmt: skip
+
+    def claim(plan: FitPlan) -> None:  # after every check of the fit, before any frame is read
+        print(f"kmeans: {plan.describe()}", flush=True)
+        _claim(args.out, "kmeans fit", args.overwrite, (args.feats,), labels=False)
+
     model = fit_kmeans(
         reader,
         args.num_clusters,
         percent=args.percent,
         seed=args.seed,
         out_dir=args.out,
-        on_plan=lambda plan: print(f"kmeans: {plan.describe()}", flush=True),
+        on_plan=claim,
         **options,
     )
     print(
@@ -122,6 +128,7 @@ def run_fit(args: argparse.Namespace) -> int:
 def run_label(args: argparse.Namespace) -> int:
     check_device(args.device)  # one line, before anything is read or claimed
     reader, model = FeatureReader(args.feats), KMeansModel.load(args.model)
+    model.check_features(reader)
     _claim(args.out, "kmeans label", args.overwrite, (args.feats, args.model), labels=True)
     labels = label(reader, model, args.out, device=args.device)
     print(f"kmeans: labelled {len(labels)} utterances into {args.out}/labels")

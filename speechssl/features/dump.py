@@ -565,11 +565,16 @@ class FeatureReader:
             self.lengths.append(lengths)
             self.ids.append(ids)
         first = self.meta[0]
-        for meta in self.meta[1:]:
-            if (meta["feature"], meta["feature_dim"]) != (first["feature"], first["feature_dim"]):
+        for rank, meta in enumerate(self.meta[1:], start=1):
+            key = ("feature", "feature_dim", "frame_rate")
+            if [meta[k] for k in key] != [first[k] for k in key]:
                 raise ValueError(
-                    f"{self.dir}: shards hold different features ({first['feature']} vs {meta['feature']})"
+                    f"{self.dir}: shards hold different features (shard 0_{nshard}: {first['feature']}, "
+                    f"{first['feature_dim']} dims at {first['frame_rate']} Hz; shard {rank}_{nshard}: "
+                    f"{meta['feature']}, {meta['feature_dim']} dims at {meta['frame_rate']} Hz)"
                 )
+        # where each utterance starts in its shard's array
+        self._offsets = [np.concatenate([[0], np.cumsum(n)]) for n in self.lengths]
         self.feature_name: str = first["feature"]
         self.feature_dim: int = first["feature_dim"]
         self.frame_rate: float = first["frame_rate"]
@@ -607,8 +612,7 @@ class FeatureReader:
         """(utt_id, (frames, dim) read-only view in the stored dtype), shard by shard; NaN or
         infinite features are an error naming the shard file and utterance."""
         for rank in range(self.nshard):
-            arr = self._array(rank)
-            offsets = np.concatenate([[0], np.cumsum(self.lengths[rank])])
+            arr, offsets = self._array(rank), self._offsets[rank]
             for i, utt in enumerate(self.ids[rank]):
                 feats = arr[offsets[i] : offsets[i + 1]]
                 self.check_finite(rank, i, feats)
@@ -633,31 +637,43 @@ class FeatureReader:
     def count_frames(self, selection: Sequence[tuple[int, int]]) -> int:
         return int(sum(int(self.lengths[r][i]) for r, i in selection))
 
-    def check_finite(self, rank: int, index: int, feats: np.ndarray) -> None:
+    def check_finite(self, rank: int, index: int, feats: np.ndarray, start: int = 0) -> None:
         """Raise NonFiniteFeaturesError naming the shard file and utterance when `feats` (the frames of
-        utterance `index` of shard `rank`) hold NaN or infinite values."""
+        utterance `index` of shard `rank`, from frame `start` on) hold NaN or infinite values."""
         finite = np.isfinite(feats).all(axis=1)  # (frames,)
         if finite.all():
             return
         bad = int((~finite).sum())
+        span = (
+            f"its {len(finite)} frames"
+            if len(finite) == self.lengths[rank][index]
+            else f"its frames {start}-{start + len(finite) - 1}"
+        )
         raise NonFiniteFeaturesError(
             f"{self.npy_path(rank)}: utterance '{self.ids[rank][index]}' holds NaN or infinite features "
-            f"({bad} of its {len(finite)} frames, "
-            f"first at frame {int(np.flatnonzero(~finite)[0])}); they come "
+            f"({bad} of {span}, "
+            f"first at frame {start + int(np.flatnonzero(~finite)[0])}); they come "
             f"from {self.feature_name}: fix that model or audio and dump the features again"
         )
 
     def gather(self, selection: Sequence[tuple[int, int]]) -> np.ndarray:
         """The frames of the selected utterances, concatenated: (frames, dim) float32."""
         out = np.empty((self.count_frames(selection), self.feature_dim), dtype=np.float32)
-        offsets = [np.concatenate([[0], np.cumsum(n)]) for n in self.lengths]
         pos = 0
         for rank, i in selection:
-            a, b = offsets[rank][i], offsets[rank][i + 1]
+            a, b = self._offsets[rank][i], self._offsets[rank][i + 1]
             out[pos : pos + b - a] = self._array(rank)[a:b]
             self.check_finite(rank, i, out[pos : pos + b - a])
             pos += b - a
         return out
+
+    def read(self, rank: int, index: int, start: int, stop: int) -> np.ndarray:
+        """Frames `start:stop` of utterance `index` of shard `rank`, float32: only those are read
+        from the memory-mapped shard, so a long recording is read a block at a time."""
+        a = self._offsets[rank][index]
+        feats = np.array(self._array(rank)[a + start : a + min(stop, self.lengths[rank][index])], np.float32)
+        self.check_finite(rank, index, feats, start)
+        return feats
 
 
 FEATURES = ("mfcc", "upstream")

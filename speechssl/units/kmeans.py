@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -116,7 +117,7 @@ def write_pair(
     pair untouched; then the old `second` is removed, `first` renamed into place, then `second`.
     A kill between the renames leaves `first` without `second` (a missing file, named by whatever
     reads it), never files of two runs. Temp files of an earlier killed run are removed first."""
-    for stale in remove_stale_temporaries(first.parent):
+    for stale in remove_stale_temporaries(first.parent, of=(first.name, second.name)):
         logger.info("removed %s (a temp file of a killed run)", stale)
     with atomic_file(second) as tmp_second:
         write_second(tmp_second)
@@ -160,8 +161,12 @@ class KMeansConfig:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown k-means backend '{self.backend}'; valid: {', '.join(BACKENDS)}")
-        if self.max_memory_gb is not None and not self.max_memory_gb > 0:
-            raise ValueError(f"max_memory_gb must be > 0, found {self.max_memory_gb}")
+        if self.max_memory_gb is not None and not 0 < self.max_memory_gb < math.inf:
+            raise ValueError(
+                f"max_memory_gb must be > 0 and finite (none: no cap), found {self.max_memory_gb}"
+            )
+        if not 0 <= self.seed < 2**31:  # faiss takes a C int, sklearn a uint32
+            raise ValueError(f"seed must be in [0, 2**31), found {self.seed}")
         if self.stream_passes < 1:
             raise ValueError(f"stream_passes must be >= 1, found {self.stream_passes}")
         if self.num_clusters < 2:
@@ -204,15 +209,37 @@ class KMeansModel:
         path = km_dir / CENTROIDS
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist; run `speechssl kmeans fit --out {km_dir}` first")
-        centroids = np.load(path, allow_pickle=False)
-        if centroids.ndim != 2:
-            raise ValueError(f"{path}: expected (clusters, dim) centroids, found shape {centroids.shape}")
+        try:
+            centroids = np.load(path, allow_pickle=False)
+        except (ValueError, EOFError) as err:  # empty, truncated or pickled
+            raise ValueError(f"{path} is not a centroids array ({err}); fit the model again") from None
+        if centroids.ndim != 2 or centroids.shape[0] < 1 or not np.issubdtype(centroids.dtype, np.number):
+            raise ValueError(
+                f"{path}: expected a numeric (clusters, dim) array, found {centroids.dtype} of shape "
+                f"{centroids.shape}; fit the model again"
+            )
         if not np.isfinite(centroids).all():
             raise NonFiniteFeaturesError(
                 f"{path}: centroids hold NaN or infinite values; fit the model again"
             )
-        params = json.loads((km_dir / PARAMS).read_text()) if (km_dir / PARAMS).is_file() else {}
+        params_path = km_dir / PARAMS
+        if not params_path.is_file():  # `write_pair` renames centroids.npy first: a kill in between
+            raise FileNotFoundError(
+                f"{params_path} does not exist (a fit killed while saving?); fit the model again"
+            )
+        try:
+            params = json.loads(params_path.read_text())
+        except ValueError as err:
+            raise ValueError(f"{params_path} is not valid JSON ({err}); fit the model again") from None
         return cls(centroids.astype(np.float32), params)
+
+    def check_features(self, reader: FeatureReader) -> None:
+        """A one-line error unless `reader`'s features have the centroids' dimension."""
+        if self.centroids.shape[1] != reader.feature_dim:
+            raise ValueError(
+                f"k-means model has {self.centroids.shape[1]}-dim centroids but {reader.dir} holds "
+                f"{reader.feature_dim}-dim features ({reader.feature_name})"
+            )
 
     def predict(self, feats: np.ndarray | torch.Tensor, block: int = 65536) -> np.ndarray:
         """(frames, D) -> (frames,) int64 index of the nearest centroid."""
@@ -226,9 +253,9 @@ class KMeansModel:
 def _memory(num_frames: int, dim: int, config: KMeansConfig) -> int:
     """Bytes for the sampled float32 frames plus MiniBatchKMeans' working arrays
     (init sample of 3 * batch_size rows, batch distances to every centroid)."""
-    init_rows = min(num_frames, 3 * config.batch_size)
+    batch = min(num_frames, config.batch_size)
     return 4 * num_frames * dim + 8 * (
-        init_rows * (dim + config.num_clusters) + config.batch_size * config.num_clusters
+        min(num_frames, 3 * batch) * (dim + config.num_clusters) + batch * config.num_clusters
     )
 
 
@@ -238,7 +265,7 @@ _FAISS_BLOCK = 4096 * 1024  # faiss' distance tile (query block x centroid block
 def _faiss_memory(num_frames: int, dim: int, config: KMeansConfig) -> int:
     """Bytes for faiss' fit: the float32 frames, its per-frame assignment (int64) and distance
     (float32), the centroids, one distance tile and the init sample with its distances."""
-    init = 8 * 3 * config.batch_size * (dim + config.num_clusters)
+    init = 8 * min(num_frames, 3 * config.batch_size) * (dim + config.num_clusters)
     return 4 * num_frames * dim + 12 * num_frames + 8 * config.num_clusters * dim + 4 * _FAISS_BLOCK + init
 
 
@@ -280,6 +307,8 @@ def plan_fit(num_frames: int, dim: int, config: KMeansConfig) -> FitPlan:
     """Decide in memory / streamed / sampled from the frame count and `config.max_memory_gb`;
     a cap too small for even one batch is a one-line error."""
     cap = None if config.max_memory_gb is None else int(config.max_memory_gb * 2**30)
+    if config.backend == "faiss":
+        import_faiss()  # a missing faiss is named before anything is read
     faiss = config.backend == "faiss"
     full = (_faiss_memory if faiss else _memory)(num_frames, dim, config)
     common = {"backend": config.backend, "num_frames": num_frames, "dim": dim, "cap_bytes": cap}
@@ -296,6 +325,11 @@ def plan_fit(num_frames: int, dim: int, config: KMeansConfig) -> FitPlan:
             )
         return FitPlan(
             mode="sampled", held_frames=int(held), bytes=_faiss_memory(held, dim, config), **common
+        )
+    if config.batch_size < config.num_clusters:  # partial_fit initialises on its first batch
+        raise ValueError(
+            f"--max-memory {config.max_memory_gb} GB makes the fit stream, and a streamed fit needs "
+            f"--batch-size ({config.batch_size}) of at least --num-clusters ({config.num_clusters})"
         )
     fixed = _stream_fixed(dim, config)
     held = (cap - fixed) // (4 * dim)
@@ -322,9 +356,8 @@ def _blocks(
             yield reader.gather(group)
             group, count = [], 0
         if n > max_frames:
-            feats = reader.gather([(rank, i)])
             for a in range(0, n, max_frames):
-                yield feats[a : a + max_frames]
+                yield reader.read(rank, i, a, a + max_frames)
             continue
         group.append((rank, i))
         count += n
@@ -445,19 +478,24 @@ def _fit_streamed(
 def _sample(
     reader: FeatureReader, selection: Sequence[tuple[int, int]], config: KMeansConfig, plan: FitPlan
 ) -> np.ndarray:
-    """A random sample of at most `plan.held_frames` frames (each kept with the same probability),
-    read block by block into one preallocated array."""
+    """A uniform random sample of exactly `plan.held_frames` frames, read block by block into one
+    preallocated array (reservoir sampling: frame i >= held takes a random slot with probability
+    held / (i + 1); within a block the last frame to take a slot keeps it, as one at a time would)."""
     rng = np.random.default_rng(config.seed)
-    keep = plan.held_frames / plan.num_frames
-    out = np.empty((plan.held_frames, plan.dim), dtype=np.float32)
-    fill = 0
+    held = plan.held_frames
+    out = np.empty((held, plan.dim), dtype=np.float32)
+    seen = 0
     for feats in _blocks(reader, selection, config.batch_size):
-        picked = feats[rng.random(len(feats)) < keep][: plan.held_frames - fill]
-        out[fill : fill + len(picked)] = picked
-        fill += len(picked)
-        if fill == plan.held_frames:
-            break
-    return out[:fill]
+        first = min(len(feats), max(held - seen, 0))  # the first `held` frames fill the slots
+        out[seen : seen + first] = feats[:first]
+        slots = rng.integers(0, np.arange(seen + first, seen + len(feats)) + 1)
+        rows = first + np.flatnonzero(slots < held)
+        slots = slots[rows - first]
+        _, last = np.unique(slots[::-1], return_index=True)  # the last row of each slot
+        pick = len(slots) - 1 - last
+        out[slots[pick]] = feats[rows[pick]]
+        seen += len(feats)
+    return out
 
 
 _REFINE_ITERS = 5
@@ -495,9 +533,20 @@ def _init_centroids(
             counts = torch.bincount(assign, minlength=len(c)).unsqueeze(1)
             c = torch.where(counts > 0, sums / counts.clamp_min(1), c)  # an empty cluster keeps its centre
         inertia = float(dist.double().sum())
-        if inertia < best_inertia:
+        if best is None or inertia < best_inertia:
             best, best_inertia = c.numpy(), inertia
     return np.ascontiguousarray(best, dtype=np.float32)
+
+
+def import_faiss() -> Any:
+    """The faiss module, or a one-line error saying how to install it."""
+    try:
+        import faiss
+    except ImportError as err:
+        raise SpeechSSLError(
+            "--backend faiss needs faiss: pip install faiss-cpu (or a faiss GPU build)"
+        ) from err
+    return faiss
 
 
 def _fit_faiss(
@@ -505,12 +554,7 @@ def _fit_faiss(
 ) -> tuple[np.ndarray, dict]:
     """faiss.Kmeans (Lloyd's algorithm, `max_iter` iterations over every given frame) from the
     `_init_centroids` init; on a GPU when faiss has one. Returns (centroids, the faiss settings)."""
-    try:
-        import faiss
-    except ImportError as err:
-        raise SpeechSSLError(
-            "--backend faiss needs faiss: pip install faiss-cpu (or a faiss GPU build)"
-        ) from err
+    faiss = import_faiss()
     gpu = bool(getattr(faiss, "get_num_gpus", lambda: 0)())
     settings = {
         "niter": config.max_iter,
@@ -593,6 +637,11 @@ def fit_kmeans(
         else:
             centroids = _fit_streamed(reader, selection, config, plan, progress)
             inertia = inertia_per_frame(reader, selection, centroids, config.batch_size, progress)
+    if not math.isfinite(inertia):  # finite features too large for float32 distances (|x| ~ 1e19)
+        raise ValueError(
+            f"{reader.dir}: the fit's inertia is {inertia}: some features are too large for float32 "
+            "distances; nothing was saved"
+        )
     logger.info("k-means: inertia per frame %.5f", inertia)
     params = {
         **asdict(config),
@@ -623,11 +672,7 @@ def label(
     (as one pair: see `write_pair`). NaN or infinite features are an error naming the shard file
     and utterance, and leave `out_dir` as it was."""
     model = km_dir if isinstance(km_dir, KMeansModel) else KMeansModel.load(km_dir)
-    if model.centroids.shape[1] != reader.feature_dim:
-        raise ValueError(
-            f"k-means model has {model.centroids.shape[1]}-dim centroids but {reader.dir} holds "
-            f"{reader.feature_dim}-dim features ({reader.feature_name})"
-        )
+    model.check_features(reader)
     centroids = torch.from_numpy(model.centroids).to(device)
     counts = np.zeros(model.num_clusters, dtype=np.int64)
     labels: dict[str, list[int]] = {}

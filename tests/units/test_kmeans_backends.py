@@ -159,3 +159,97 @@ def test_faiss_missing_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(SpeechSSLError, match="pip install faiss-cpu") as err:
         fit_kmeans(FeatureReader(feats_dir), 6, backend="faiss", **FAST)
     assert "\n" not in str(err.value)
+
+
+def test_a_long_recording_is_read_a_block_at_a_time_under_the_cap(tmp_path):
+    """One utterance longer than the whole cap (a 2-hour recording): the streamed fit reads it a
+    batch at a time from the memory-mapped shard, and the cap the plan printed holds."""
+    rng = np.random.default_rng(0)
+    means = rng.normal(scale=10.0, size=(6, 16))
+    long = (means[rng.integers(0, 6, 60_000)] + rng.normal(size=(60_000, 16))).astype(np.float32)
+    write_shard(tmp_path / "feats", {"long": long}, feature="synthetic", frame_rate=50.0)
+    reader = FeatureReader(tmp_path / "feats")
+    cap_gb = 0.3 * long.nbytes / 2**30
+    plans = []
+    tracemalloc.start()
+    try:
+        model = fit_kmeans(reader, 6, seed=0, max_memory_gb=cap_gb, on_plan=plans.append, **FAST)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert plans[0].mode == "streamed" and peak <= plans[0].cap_bytes, (peak, plans[0].cap_bytes)
+    assert model.params["inertia_per_frame"] < 20  # found the blobs (noise 1 per dim: 16)
+    # and a NaN deep inside it is named with its frame
+    long[45_000, 3] = np.nan
+    write_shard(tmp_path / "bad", {"long": long}, feature="synthetic", frame_rate=50.0)
+    with pytest.raises(
+        ValueError, match=r"'long' holds NaN .*\(1 of its frames 44800-45055, first at frame 45000\)"
+    ):
+        fit_kmeans(FeatureReader(tmp_path / "bad"), 6, max_memory_gb=cap_gb, **FAST)
+
+
+@needs_faiss
+@pytest.mark.parametrize("seed", range(6))
+def test_a_faiss_sample_holds_exactly_the_planned_frames(tmp_path, seed):
+    """A cap with room for barely more frames than clusters: the sample is the planned size (it
+    was a coin toss per frame, and could hold fewer frames than clusters)."""
+    feats_dir, _ = blobs_dump(tmp_path, num_utts=200, dim=16, k=20, seed=4)
+    reader = FeatureReader(feats_dir)
+    config = {"n_init": 1, "batch_size": 256, "max_iter": 10, "backend": "faiss"}
+    fixed = plan_fit(0, 16, KMeansConfig(num_clusters=20, **config)).bytes
+    cap_gb = (fixed + 21.5 * (4 * 16 + 12)) / 2**30
+    model = fit_kmeans(reader, 20, seed=seed, max_memory_gb=cap_gb, **config)
+    assert model.params["fit_mode"] == "sampled" and model.params["fit_frames_in_memory"] == 21
+
+
+def test_options_a_fit_cannot_take_are_refused_in_one_line():
+    for bad, match in (
+        ({"seed": 2**31}, r"seed must be in \[0, 2\*\*31\), found 2147483648"),
+        ({"seed": -1}, r"seed must be in \[0, 2\*\*31\), found -1"),
+        ({"max_memory_gb": float("inf")}, "max_memory_gb must be > 0 and finite"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            KMeansConfig(num_clusters=4, **bad)
+    # a streamed fit initialises on its first batch: it needs a batch of at least K frames
+    with pytest.raises(ValueError, match=r"--batch-size \(10\) of at least --num-clusters \(20\)"):
+        plan_fit(20_000, 16, KMeansConfig(num_clusters=20, batch_size=10, max_memory_gb=1e-3))
+    # a batch larger than the frames costs no more than all the frames
+    plan = plan_fit(20_000, 16, KMeansConfig(num_clusters=20, batch_size=10**7, max_memory_gb=1.0))
+    assert plan.mode == "in memory" and plan.bytes < 10 * 2**20, plan.describe()
+
+
+def test_every_check_of_a_fit_or_labelling_comes_before_its_out_dir(tmp_path, capsys, monkeypatch):
+    feats_dir, _ = blobs_dump(tmp_path, num_utts=20, dim=7)
+    fit = ("kmeans", "fit", "--feats", feats_dir, "--n-init", 1)
+    refused = {
+        "cap": (*fit, "--num-clusters", 6, "--max-memory", 1e-7),
+        "k": (*fit, "--num-clusters", 30_000),
+        "seed": (*fit, "--num-clusters", 6, "--seed", 2**32 - 1),
+    }
+    for name, args in refused.items():
+        assert run_cli(*args, "--out", tmp_path / name) == 1, name
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1 and not (tmp_path / name).exists(), name
+    monkeypatch.setitem(__import__("sys").modules, "faiss", None)  # `import faiss` raises ImportError
+    assert run_cli(*fit, "--num-clusters", 6, "--backend", "faiss", "--out", tmp_path / "nofaiss") == 1
+    assert "pip install faiss-cpu" in capsys.readouterr().err and not (tmp_path / "nofaiss").exists()
+    monkeypatch.undo()
+    assert run_cli(*fit, "--num-clusters", 6, "--out", tmp_path / "km") == 0
+    other, _ = blobs_dump(tmp_path / "other", num_utts=10, dim=5)
+    assert (
+        run_cli("kmeans", "label", "--feats", other, "--model", tmp_path / "km", "--out", tmp_path / "lab")
+        == 1
+    )
+    assert "7-dim centroids but" in capsys.readouterr().err and not (tmp_path / "lab").exists()
+
+
+@needs_faiss
+@pytest.mark.parametrize("backend", ["sklearn", "faiss"])
+def test_features_too_large_for_float32_distances_save_nothing(tmp_path, backend):
+    feats_dir, _ = blobs_dump(tmp_path, num_utts=20, dim=7)
+    shard = next(feats_dir.glob("*.npy"))
+    arr = np.load(shard, mmap_mode="r+")
+    arr[5] = 3e38  # finite, but its squared distance is not
+    arr.flush()
+    with pytest.raises(ValueError, match="inertia is (inf|nan): some features are too large"):
+        fit_kmeans(FeatureReader(feats_dir), 6, backend=backend, out_dir=tmp_path / "km", **FAST)
+    assert not (tmp_path / "km" / "centroids.npy").exists()

@@ -253,3 +253,44 @@ def test_units_score_out_and_plot_rule(phone_corpus, tmp_path, capsys):
         assert run_cli(*score, "--out", tmp_path / "s.json", "--plot", tmp_path / "s.png") == 0
     assert run_cli(*score, "--out", report, "--overwrite") == 0
     assert json.loads(report.read_text())["results"][0]["name"] == "units"
+
+
+def test_a_damaged_model_is_one_line_naming_its_file(tmp_path, capsys):
+    feats = two_blobs(tmp_path)
+    fit_kmeans(FeatureReader(feats), 2, n_init=1, out_dir=tmp_path / "km")
+    good = (tmp_path / "km" / "centroids.npy").read_bytes()
+    damages = {
+        "empty": lambda km: (km / "centroids.npy").write_bytes(b""),
+        "truncated": lambda km: (km / "centroids.npy").write_bytes(good[:100]),
+        "strings": lambda km: np.save(km / "centroids.npy", np.array([["a"] * 3] * 2)),
+        "no clusters": lambda km: np.save(km / "centroids.npy", np.zeros((0, 3), np.float32)),
+        "bad json": lambda km: (km / "kmeans.json").write_text("{bad"),
+        # write_pair renames centroids.npy first: a fit killed between the renames
+        "no kmeans.json": lambda km: (km / "kmeans.json").unlink(),
+    }
+    for name, damage in damages.items():
+        km = tmp_path / name
+        km.mkdir()
+        for f in ("centroids.npy", "kmeans.json"):
+            (km / f).write_bytes((tmp_path / "km" / f).read_bytes())
+        damage(km)
+        assert (
+            run_cli("kmeans", "label", "--feats", feats, "--model", km, "--out", tmp_path / f"lab-{name}")
+            == 1
+        )
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(km) in err[0], (name, err)
+        assert not (tmp_path / f"lab-{name}").exists(), name
+
+
+def test_overwrite_removes_only_its_own_leftovers(tmp_path):
+    from speechssl.io import pid_alive
+
+    dead = next(pid for pid in range(4_000_000, 4_100_000) if not pid_alive(pid))
+    feats = two_blobs(tmp_path)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / f".data.{dead}.tmp").write_text("a user's file, named like a temp file")
+    (mine / f".centroids.{dead}.tmp.npy").write_text("a killed fit's temp file")
+    assert run_cli("kmeans", "fit", "--feats", feats, "--num-clusters", 2, "--out", mine, "--overwrite") == 0
+    assert (mine / f".data.{dead}.tmp").exists() and not (mine / f".centroids.{dead}.tmp.npy").exists()
