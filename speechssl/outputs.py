@@ -7,8 +7,9 @@ Rule for every `--out`:
   size and mtime in the parent's `.speechssl_files.json`), is written again: re-running a stage is safe;
 - anything else (a non-empty directory without that marker, an existing file) is refused unless
   the user passes `--overwrite`;
-- an input of the command, a directory that contains one, or an experiment dir of another
-  command is refused even with `--overwrite`; so is anything that already exists inside an
+- an input of the command, a directory that contains one, an experiment dir or any non-empty
+  output dir of another command (its marker would become ours) is refused even with
+  `--overwrite`; so is anything that already exists inside an
   input or an experiment dir (new files may be added there), unless this command wrote it.
 
 Experiment dirs (pretrain, distill, prune, downstream train, finetune train) are locked while a run
@@ -276,6 +277,11 @@ def check_output(
                 f"--out {out} is {what}; {command} never writes over one: choose another --out"
             )
         contents = _contents(out)
+        if contents and overwrite and marker is not None:  # its marker would become ours
+            raise OutputExistsError(
+                f"--out {out} holds the output of `speechssl {marker}`; {command} never writes into "
+                "another command's output, even with --overwrite: choose another --out"
+            )
         if (
             not contents
             or overwrite

@@ -20,7 +20,9 @@ from speechssl.outputs import (
     MARKER,
     ExperimentLock,
     check_output,
+    claim_directories,
     output_directory,
+    read_marker,
     record_output,
     write_marker,
 )
@@ -294,3 +296,15 @@ def test_written_files_and_dirs_get_the_umask_mode_not_private_temp_modes(tmp_pa
     assert oct((tmp_path / "w.safetensors").stat().st_mode & 0o777) == "0o644"
     assert oct((tmp_path / "ckpt").stat().st_mode & 0o777) == "0o755"
     assert oct((tmp_path / "ckpt" / "model.safetensors").stat().st_mode & 0o777) == "0o644"
+
+
+def test_overwrite_never_takes_over_another_commands_output(tmp_path):
+    """--overwrite lets a command write into a user's dir, not into another command's output: its
+    marker would then name the new command, and the first one refuse its own dir."""
+    dump = tmp_path / "dump"
+    claim_directories([dump], "features")
+    (dump / "0_1.npy").write_bytes(b"features")
+    with pytest.raises(OutputExistsError, match=r"output of `speechssl features`; kmeans fit never"):
+        check_output(dump, "kmeans fit", overwrite=True)
+    assert read_marker(dump) == "features"
+    check_output(dump, "features")  # its own command still writes there
