@@ -54,12 +54,15 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import logging
 import math
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
 from torch.utils.data import Sampler
+
+logger = logging.getLogger(__name__)
 
 _EPS = 1e-9  # float slack on the cap comparison
 
@@ -396,12 +399,14 @@ class DurationBucketSampler(Sampler[list[int]]):
 
         The settings that decide the batches must match, else the resumed
         epoch would differ from the interrupted one; a mismatch is an error.
+        On another number of ranks the epoch's batches are dealt anew, and each
+        rank continues after the same share of them (a few batches around that
+        point are seen twice or not at all; a warning says so).
         """
         state = {"static_shapes": 0, **state}  # saved before static shapes existed: they were off
         mine = self.state_dict()
         for key in (
             "seed",
-            "num_replicas",
             "max_batch_seconds",
             "max_batch_size",
             "shuffle",
@@ -420,6 +425,15 @@ class DurationBucketSampler(Sampler[list[int]]):
         epoch, done = int(state["epoch"]), int(state["batches_yielded"])
         self.epoch = epoch
         self._cache = None
+        saved_ranks = int(state.get("num_replicas", self.num_replicas))
+        if saved_ranks != self.num_replicas and 0 <= done:
+            share = min(len(self), done * saved_ranks // self.num_replicas)
+            logger.warning(
+                "the sampler's state was saved by %d ranks, now %d: epoch %d continues after batch %d of "
+                "%d per rank (the same share of its batches), not bit for bit",
+                saved_ranks, self.num_replicas, epoch, share, len(self),
+            )  # fmt: skip
+            done = share
         if not 0 <= done <= len(self):
             raise ValueError(
                 f"cannot resume sampler: batches_yielded={done} outside [0, {len(self)}] for epoch {epoch}"
