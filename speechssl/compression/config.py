@@ -15,11 +15,16 @@ from speechssl.training.config import TrainerConfig
 from speechssl.training.pretrain import PretrainDataConfig
 
 
-def _refuse_padding_free(data: PretrainDataConfig, command: str) -> None:
-    """The data section is pretraining's; its padding_free would be silently ignored here."""
-    if data.padding_free:
+def _refuse_pretraining_only(data: PretrainDataConfig, trainer: TrainerConfig, command: str) -> None:
+    """The data and trainer sections are pretraining's; two of their options do not apply here."""
+    if data.padding_free:  # it would be silently ignored
         raise ValueError(
             f"data.padding_free is for pretraining: {command} runs its student on padded batches"
+        )
+    if trainer.strategy == "fsdp":  # it trained, then failed to save or prune the sharded student
+        raise ValueError(
+            f"trainer.strategy fsdp is for pretraining: {command} trains, prunes and saves its student "
+            "whole on each rank (use ddp)"
         )
 
 
@@ -89,7 +94,7 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         _check_layers("target_layers", self.target_layers)
-        _refuse_padding_free(self.data, "distill")
+        _refuse_pretraining_only(self.data, self.trainer, "distill")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -134,7 +139,7 @@ class PruneConfig:
         if not (math.isfinite(self.lambda_lr) and self.lambda_lr > 0):
             raise ValueError(f"lambda_lr must be a finite number > 0, found {self.lambda_lr}")
         _check_layers("distill_layers", self.distill_layers)
-        _refuse_padding_free(self.data, "prune")
+        _refuse_pretraining_only(self.data, self.trainer, "prune")
 
     def layers_for(self, num_layers: int) -> list[int]:
         """The distilled layers of a teacher with `num_layers` layers (checked against it)."""

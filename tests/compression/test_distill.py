@@ -108,6 +108,8 @@ def test_config_errors():
             ConfigError, match=f"data.padding_free is for pretraining: {command} runs its student"
         ):
             from_dict(config_class, {"data": {"padding_free": True}}, source="conf/x.yaml")
+        with pytest.raises(ConfigError, match=f"trainer.strategy fsdp is for pretraining: {command} trains"):
+            from_dict(config_class, {"trainer": {"strategy": "fsdp"}}, source="conf/x.yaml")
     teacher, config = _teacher(num_layers=2)
     with pytest.raises(ValueError, match=r"student.init_layers \[3\] exceed the teacher's 2 layers"):
         build_student(teacher, config, StudentConfig(num_layers=1, init_layers=[3]))
