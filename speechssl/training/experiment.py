@@ -143,6 +143,11 @@ def check_experiment_out(
         if marker is None:
             return  # an experiment of a speechssl without markers: its own checks follow
     check_output(out, command, overwrite=overwrite)
+    if marker != command and (out / "config.yaml").exists():  # --overwrite: the run would replace it
+        raise OutputExistsError(
+            f"--out {out} holds a config.yaml that {command} did not write; --overwrite writes beside "
+            "your files, never over one: move it or choose another --out"
+        )
 
 
 def _lock(out: Path, command: str, *, resume: bool, overwrite: bool, inputs: tuple) -> ExperimentLock:

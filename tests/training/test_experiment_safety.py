@@ -206,7 +206,12 @@ def test_a_fresh_run_refuses_foreign_files_and_other_commands_experiments(corpus
     assert "is an experiment dir of `speechssl distill`" in one_line_error(capsys)
     assert sorted(os.listdir(other)) == [MARKER, "checkpoints"]
 
-    # --overwrite: the user's file stays, the run writes beside it
+    # --overwrite: the user's file stays, the run writes beside it, never over one of its name
+    (notes / "config.yaml").write_text("my own config")
+    assert main(pretrain_args(corpus, notes, "--overwrite")) == 1
+    assert "holds a config.yaml that pretrain did not write" in one_line_error(capsys)
+    assert sorted(os.listdir(notes)) == ["config.yaml", "notes.txt"]
+    (notes / "config.yaml").unlink()
     assert main(pretrain_args(corpus, notes, "--overwrite")) == 0
     assert (notes / "notes.txt").read_text() == "precious"
     assert read_marker(notes) == "pretrain"
