@@ -307,9 +307,9 @@ def plan_fit(num_frames: int, dim: int, config: KMeansConfig) -> FitPlan:
     """Decide in memory / streamed / sampled from the frame count and `config.max_memory_gb`;
     a cap too small for even one batch is a one-line error."""
     cap = None if config.max_memory_gb is None else int(config.max_memory_gb * 2**30)
-    if config.backend == "faiss":
-        import_faiss()  # a missing faiss is named before anything is read
     faiss = config.backend == "faiss"
+    if faiss:
+        import_faiss()  # a missing faiss is named before anything is read
     full = (_faiss_memory if faiss else _memory)(num_frames, dim, config)
     common = {"backend": config.backend, "num_frames": num_frames, "dim": dim, "cap_bytes": cap}
     if cap is None or full <= cap:
