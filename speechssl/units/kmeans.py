@@ -262,10 +262,12 @@ def _memory(num_frames: int, dim: int, config: KMeansConfig) -> int:
 _FAISS_BLOCK = 4096 * 1024  # faiss' distance tile (query block x centroid block), float32
 
 
-def _faiss_memory(num_frames: int, dim: int, config: KMeansConfig) -> int:
-    """Bytes for faiss' fit: the float32 frames, its per-frame assignment (int64) and distance
-    (float32), the centroids, one distance tile and the init sample with its distances."""
-    init = 8 * min(num_frames, 3 * config.batch_size) * (dim + config.num_clusters)
+def _faiss_memory(num_frames: int, dim: int, config: KMeansConfig, init_rows: int | None = None) -> int:
+    """Bytes for faiss' fit of `num_frames` frames: the float32 frames, its per-frame assignment
+    (int64) and distance (float32), the centroids, one distance tile and the init sample of
+    `init_rows` (default: as many as the fit draws from those frames) with its distances."""
+    init_rows = min(num_frames, 3 * config.batch_size) if init_rows is None else init_rows
+    init = 8 * init_rows * (dim + config.num_clusters)
     return 4 * num_frames * dim + 12 * num_frames + 8 * config.num_clusters * dim + 4 * _FAISS_BLOCK + init
 
 
@@ -314,9 +316,9 @@ def plan_fit(num_frames: int, dim: int, config: KMeansConfig) -> FitPlan:
     common = {"backend": config.backend, "num_frames": num_frames, "dim": dim, "cap_bytes": cap}
     if cap is None or full <= cap:
         return FitPlan(mode="in memory", held_frames=num_frames, bytes=full, **common)
-    if faiss:
-        fixed = _faiss_memory(0, dim, config)
-        held = (cap - fixed) // (4 * dim + 12)
+    if faiss:  # the init sample is drawn from the held frames: at most as many rows as from all
+        fixed = _faiss_memory(0, dim, config, init_rows=min(num_frames, 3 * config.batch_size))
+        held = min((cap - fixed) // (4 * dim + 12), num_frames)
         if held < config.num_clusters:
             raise ValueError(
                 f"--max-memory {config.max_memory_gb} GB is too small for a faiss fit of "

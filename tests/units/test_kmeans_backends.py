@@ -10,7 +10,7 @@ import pytest
 
 from speechssl.features.dump import FeatureReader, write_shard
 from speechssl.testing.cli import run_cli
-from speechssl.units.kmeans import KMeansConfig, fit_kmeans, inertia_per_frame, plan_fit
+from speechssl.units.kmeans import KMeansConfig, _faiss_memory, fit_kmeans, inertia_per_frame, plan_fit
 
 try:
     import faiss as _faiss  # noqa: F401
@@ -196,7 +196,8 @@ def test_a_faiss_sample_holds_exactly_the_planned_frames(tmp_path, seed):
     feats_dir, _ = blobs_dump(tmp_path, num_utts=200, dim=16, k=20, seed=4)
     reader = FeatureReader(feats_dir)
     config = {"n_init": 1, "batch_size": 256, "max_iter": 10, "backend": "faiss"}
-    fixed = plan_fit(0, 16, KMeansConfig(num_clusters=20, **config)).bytes
+    init_rows = min(reader.num_frames, 3 * config["batch_size"])  # the sampled plan's fixed part
+    fixed = _faiss_memory(0, 16, KMeansConfig(num_clusters=20, **config), init_rows=init_rows)
     cap_gb = (fixed + 21.5 * (4 * 16 + 12)) / 2**30
     model = fit_kmeans(reader, 20, seed=seed, max_memory_gb=cap_gb, **config)
     assert model.params["fit_mode"] == "sampled" and model.params["fit_frames_in_memory"] == 21
@@ -253,3 +254,16 @@ def test_features_too_large_for_float32_distances_save_nothing(tmp_path, backend
     with pytest.raises(ValueError, match="inertia is (inf|nan): some features are too large"):
         fit_kmeans(FeatureReader(feats_dir), 6, backend=backend, out_dir=tmp_path / "km", **FAST)
     assert not (tmp_path / "km" / "centroids.npy").exists()
+
+
+@needs_faiss
+def test_a_sampled_faiss_plan_stays_under_its_cap_and_within_the_frames():
+    """The init sample counts in the fixed part (it did not: plans ran 290 MiB over the cap at 768
+    dims, K 500, and near the full size planned more frames than exist, fitting on empty rows)."""
+    config = {"num_clusters": 500, "backend": "faiss"}
+    frames, dim = 2_000_000, 768
+    full = plan_fit(frames, dim, KMeansConfig(**config)).bytes
+    for share in (0.3, 0.6, 0.9, 0.99, 0.999):
+        plan = plan_fit(frames, dim, KMeansConfig(max_memory_gb=share * full / 2**30, **config))
+        assert plan.mode == "sampled" and plan.held_frames < frames, (share, plan.describe())
+        assert plan.bytes <= plan.cap_bytes, (share, plan.describe())
