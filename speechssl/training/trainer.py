@@ -400,8 +400,11 @@ class Trainer:
     def _load_rest(self, path: Path, state: dict[str, Any]) -> tuple[int, int, dict | None]:
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+        batches_done = int(state["batches_done"])
         if hasattr(self.batch_sampler, "load_state_dict") and state.get("sampler") is not None:
             self.batch_sampler.load_state_dict(state["sampler"])
+            if sampler_tracks_position(self.batch_sampler):  # on another number of ranks it moves
+                batches_done = int(self.batch_sampler.state_dict()["batches_yielded"])
         self.step = int(state["step"])
         self._set_num_updates()
         self.best_valid_loss = float(state.get("best_valid_loss", math.inf))
@@ -423,9 +426,9 @@ class Trainer:
             path,
             self.step,
             state["epoch"],
-            state["batches_done"],
+            batches_done,
         )
-        return int(state["epoch"]), int(state["batches_done"]), rng_state
+        return int(state["epoch"]), batches_done, rng_state
 
     # --- one update --------------------------------------------------------------------
     def _autocast(self):
