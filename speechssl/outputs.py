@@ -277,7 +277,7 @@ def check_output(
                 f"--out {out} is {what}; {command} never writes over one: choose another --out"
             )
         contents = _contents(out)
-        if contents and overwrite and marker is not None:  # its marker would become ours
+        if contents and marker is not None:  # its marker would become ours
             raise OutputExistsError(
                 f"--out {out} holds the output of `speechssl {marker}`; {command} never writes into "
                 "another command's output, even with --overwrite: choose another --out"
