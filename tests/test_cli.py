@@ -6,7 +6,7 @@ import argparse
 import subprocess
 import sys
 
-from speechssl.cli.main import build_parser, main
+from speechssl.cli.main import _command_word, build_parser, command_names, main
 
 
 def test_help_lists_every_command(capsys):
@@ -146,8 +146,6 @@ def test_training_commands_take_num_threads(capsys):
 def test_a_command_imports_its_own_module_only_and_parses_as_in_the_whole_parser():
     """`speechssl CMD ...` builds CMD's parser alone (the others import torch and most of the
     library for nothing), so each command module must register the command of its own name."""
-    from speechssl.cli.main import command_names
-
     whole = build_parser()._subparsers._group_actions[0].choices  # noqa: SLF001
     assert sorted(whole) == command_names()
     for name in command_names():
@@ -167,8 +165,6 @@ finally:
     assert result.stdout.startswith("usage: speechssl data validate")
     last_line = result.stdout.splitlines()[-1]
     assert last_line == "['speechssl.cli.common', 'speechssl.cli.data', 'speechssl.cli.main'] False"
-    from speechssl.cli.main import _command_word
-
     assert _command_word(["-v", "synth", "--help"]) == "synth"
     assert _command_word(["-v", "--help", "synth"]) is None  # the top-level help, every command listed
 
