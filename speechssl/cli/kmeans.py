@@ -7,7 +7,7 @@ import argparse
 
 from speechssl.cli.common import add_overwrite_argument, check_device
 from speechssl.features.dump import FeatureReader
-from speechssl.outputs import check_output, claim_directories
+from speechssl.outputs import claim_directories
 from speechssl.units.kmeans import FitPlan, KMeansConfig, KMeansModel, fit_kmeans, is_kmeans_output, label
 from speechssl.units.kmeans_import import import_kmeans, read_sklearn_kmeans
 
@@ -102,8 +102,6 @@ def run_fit(args: argparse.Namespace) -> int:
     # a bad option (--backend, --max-memory) is named before anything is read or claimed
     KMeansConfig(num_clusters=args.num_clusters, percent=args.percent, seed=args.seed, **options)
     reader = FeatureReader(args.feats)  # a damaged shard is named before the output dir is touched
-    check_output(args.out, "kmeans fit", overwrite=args.overwrite, inputs=(args.feats,),
-                 earlier_output=is_kmeans_output)  # fmt: skip
 
     def claim(plan: FitPlan) -> None:  # after every check of the fit, before any frame is read
         print(f"kmeans: {plan.describe()}", flush=True)
