@@ -282,11 +282,7 @@ def check_output(
                 f"--out {out} holds the output of `speechssl {marker}`; {command} never writes into "
                 "another command's output, even with --overwrite: choose another --out"
             )
-        if (
-            not contents
-            or overwrite
-            or (marker is None and earlier_output is not None and earlier_output(out))
-        ):
+        if not contents or overwrite or (earlier_output is not None and earlier_output(out)):
             return out
         shown = ", ".join(contents[:5]) + (f" and {len(contents) - 5} more" if len(contents) > 5 else "")
         raise OutputExistsError(
