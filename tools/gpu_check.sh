@@ -7,8 +7,7 @@
 # Without CUDA it prints "no CUDA: GPU check skipped" and exits 0: nothing was checked.
 # Budget: at most 8 minutes on one H100/H200: limits of 45 s (tests), 215 s (rows), 60 s (loader),
 # then the static-shapes test gets what is left (at least 150 s; about 190 s at run E's pace).
-# Measured on an
-# H200 on 2026-11-28: run E (make gpu-check) 322 s in all: tests 37 s, rows and profiles 200 s,
+# Measured on an H200 on 2026-11-28: run E (make gpu-check) 322 s in all: tests 37 s, rows and profiles 200 s,
 # loader rows 48 s; run F: rows 192 s, the other tests about 30 s, and the static-shapes test
 # unfinished at 120 s (its compile; it now has a limit of its own). Since run F the rows trade the
 # x2 scaling row, three of the four eager profiles and the CUDA-graphs row on the padded batch x4

@@ -426,7 +426,7 @@ class DurationBucketSampler(Sampler[list[int]]):
         self.epoch = epoch
         self._cache = None
         saved_ranks = int(state.get("num_replicas", self.num_replicas))
-        if saved_ranks != self.num_replicas and 0 <= done:
+        if saved_ranks != self.num_replicas:
             share = min(len(self), done * saved_ranks // self.num_replicas)
             logger.warning(
                 "the sampler's state was saved by %d ranks, now %d: epoch %d continues after batch %d of "
