@@ -4,7 +4,7 @@ targets, the permutation-invariant loss, and turns decoded from activity.
 SUPERB's SD (s3prl's diarization expert, after Hitachi's EEND) predicts, for every upstream frame,
 an independent activity logit per speaker slot and trains with binary cross-entropy under the
 speaker permutation that costs least per recording (PIT); decoding thresholds the sigmoid at 0.5
-after a median filter, and turns are scored with DER (`metrics.diarization_counts`).
+and median-filters the 0/1 activity, and turns are scored with DER (`metrics.diarization_counts`).
 """
 
 from __future__ import annotations
