@@ -145,8 +145,11 @@ def save_checkpoint(
     model_state: dict[str, torch.Tensor],
     trainer_state: dict[str, Any],
     save_config: Callable[[Path], None] | None = None,
+    *,
+    best: bool = False,
 ) -> Path:
-    """Write `root/step_<step>/` atomically and point `last` at it. Returns the dir.
+    """Write `root/step_<step>/` atomically and point `last` at it (and `best` first, when `best`:
+    see `_point_links`). Returns the dir.
 
     A write failure (disk full, quota, read-only file system) raises WriteFailedError naming the
     checkpoint; the temp dir is removed and `last` keeps pointing at the previous checkpoint."""
@@ -157,10 +160,21 @@ def save_checkpoint(
         with atomic_directory(final) as tmp:
             _write_files(tmp, step, tensors, trainer_state, save_config)
         _fsync_dir(root)
-        point(root, "last", final)
+        _point_links(root, final, best)
     except Exception as err:
         raise _named_failure(final, err) from None
     return final
+
+
+def _point_links(root: Path, final: Path, best: bool) -> None:
+    """`best` before `last`: the state `last` resumes from records the best validation loss so far,
+    so a run stopped between the two links must not find that loss recorded while `best` still
+    points at an older checkpoint (it would never point `best` again, and pruning could delete the
+    checkpoint that earned it). Stopped the other way round, the resumed run computes this step
+    again and points both."""
+    if best:
+        point(root, "best", final)
+    point(root, "last", final)
 
 
 def _write_files(
@@ -194,6 +208,8 @@ def save_sharded_checkpoint(
     model_state: dict[str, torch.Tensor] | None,
     trainer_state: dict[str, Any] | None,
     save_config: Callable[[Path], None] | None = None,
+    *,
+    best: bool = False,
 ) -> Path:
     """`save_checkpoint` for sharded training, called on every rank: rank 0 makes the temp dir,
     every rank writes its shards into it (`write_shards(tmp)`, a collective such as DCP's save),
@@ -214,7 +230,7 @@ def save_sharded_checkpoint(
                 write_shards(tmp)
                 _write_files(tmp, step, tensors, trainer_state, save_config)
             _fsync_dir(root)
-            point(root, "last", final)
+            _point_links(root, final, best)
         except Exception as err:  # noqa: BLE001 - shared with the other ranks below
             error = _named_failure(final, err)
         if not sent:
@@ -238,7 +254,7 @@ def save_sharded_checkpoint(
 def point(root: str | Path, name: str, target: Path) -> None:
     """Atomically make `root/name` a relative symlink to `target`."""
     root = Path(root)
-    tmp = root / f".{name}.tmp{os.getpid()}"
+    tmp = root / f".{name}.{os.getpid()}.tmp"  # a temp name: `clean_temporary` removes a killed run's
     if tmp.is_symlink() or tmp.exists():
         tmp.unlink()
     try:
@@ -352,7 +368,8 @@ def verify(ckpt: str | Path) -> None:
     (sizes and sha256) and the manifest lists the weights and the trainer state."""
     ckpt = Path(ckpt)
     if not ckpt.is_dir():
-        raise CheckpointError(f"checkpoint {ckpt} does not exist")
+        what = "is a file, not a checkpoint dir" if ckpt.exists() else "does not exist"
+        raise CheckpointError(f"checkpoint {ckpt} {what}")
     if not (ckpt / MANIFEST_FILE).is_file():
         raise CheckpointError(
             f"checkpoint {ckpt} is incomplete: {MANIFEST_FILE} is missing (the run stopped while writing it?)"

@@ -408,6 +408,8 @@ class Trainer:
         self.step = int(state["step"])
         self._set_num_updates()
         self.best_valid_loss = float(state.get("best_valid_loss", math.inf))
+        if state.get("best") and self.info.is_main:
+            self._repoint_best(path)
         self.skipped_total.fill_(float(state.get("skipped_steps", 0)))
         rngs = state["rng"]
         rng_state = None
@@ -659,6 +661,7 @@ class Trainer:
         self._check_finite_weights()
         rngs = all_gather_object(ckpt.capture_rng())
         path = None
+        best = valid_loss is not None and valid_loss < self.best_valid_loss
         if self.sharded:  # every rank writes its shards; rank 0 the gathered weights and the rest
             full = fsdp.full_state_dict(self.module)
             state = self._trainer_state(rngs, valid_loss, optimizer=None) if self.info.is_main else None
@@ -669,6 +672,7 @@ class Trainer:
                 full if self.info.is_main else None,
                 state,
                 self.save_config,
+                best=best,
             )
             del full
             if not self.info.is_main:
@@ -676,17 +680,26 @@ class Trainer:
         elif self.info.is_main:
             state = self._trainer_state(rngs, valid_loss, optimizer=self.optimizer.state_dict())
             path = ckpt.save_checkpoint(
-                self.ckpt_root, self.step, self.module.state_dict(), state, self.save_config
+                self.ckpt_root, self.step, self.module.state_dict(), state, self.save_config, best=best
             )
         if self.info.is_main:
             assert path is not None
-            if valid_loss is not None and valid_loss < self.best_valid_loss:
-                ckpt.point(self.ckpt_root, "best", path)
             ckpt.prune(self.ckpt_root, self.config.keep_last)
         if valid_loss is not None:
             self.best_valid_loss = min(self.best_valid_loss, valid_loss)
         barrier()
         return path
+
+    def _repoint_best(self, path: Path) -> None:
+        """Point `best` at `path`, the checkpoint resumed from, which was the best when saved: a run
+        stopped between writing it and pointing `best` there left `best` on an older checkpoint (or
+        none), which the resumed run would never move again, since no later loss beats this one's."""
+        if path.resolve().parent != self.ckpt_root.resolve():
+            return  # a checkpoint of another experiment (--resume PATH)
+        if ckpt.resolve(self.ckpt_root, "best") != path.resolve():
+            log.warning("resume: %s was the best checkpoint when saved; %s/best now points at it", path,
+                        self.ckpt_root)  # fmt: skip
+            ckpt.point(self.ckpt_root, "best", path)
 
     def _trainer_state(
         self, rngs: list[dict[str, Any]], valid_loss: float | None, *, optimizer: dict | None
@@ -704,6 +717,7 @@ class Trainer:
             "rng": rngs,
             "world_size": self.info.world_size,
             "best_valid_loss": min(self.best_valid_loss, valid_loss if valid_loss is not None else math.inf),
+            "best": valid_loss is not None and valid_loss < self.best_valid_loss,  # `best` points here
             "skipped_steps": int(self.skipped_total.item()),
             "trainer_config": to_dict(self.config),
         }

@@ -187,3 +187,22 @@ def test_a_dangling_last_is_not_told_to_move_what_does_not_exist(tmp_path):
         f"step_99 does not exist; the previous good checkpoint is {good}; to continue from it, point last"
         f" at it (ln -sfn step_2 {tmp_path / 'last'}), then run the same command with --resume"
     )
+
+
+def test_a_link_left_half_made_by_a_killed_run_is_cleaned(tmp_path, monkeypatch):
+    """`point` builds the link under a temp name (then renames it): a run killed in between leaves
+    that link, which the next run's `clean_temporary` removes once its writer is gone."""
+    made = []
+    symlink = os.symlink
+    monkeypatch.setattr(os, "symlink", lambda src, dst: (made.append(Path(dst)), symlink(src, dst))[1])
+    ckpt.point(tmp_path, "last", _save(tmp_path, 1, ToyModel()))
+    left = tmp_path / made[-1].name.replace(str(os.getpid()), "999999999")  # a pid no process has
+    os.symlink("step_1", left)
+    ckpt.clean_temporary(tmp_path)
+    assert not left.is_symlink() and ckpt.resolve(tmp_path, "last").name == "step_1"
+
+
+def test_a_file_where_a_checkpoint_dir_should_be_is_named_as_one(tmp_path):
+    (tmp_path / "x").write_text("not a checkpoint")
+    with pytest.raises(ckpt.CheckpointError, match=r"checkpoint .*x is a file, not a checkpoint dir$"):
+        ckpt.verify(tmp_path / "x")
