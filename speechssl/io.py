@@ -15,7 +15,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,8 @@ from speechssl.errors import SpeechSSLError, WriteFailedError
 
 # errnos that say "the machine cannot take this write" (or read), not "the program is wrong"
 MACHINE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO, errno.EACCES, errno.EPERM}
+# errnos of a file system that has no hard links (`_hard_link` then renames)
+_NO_HARD_LINKS = {errno.EPERM, errno.EMLINK, errno.EXDEV, errno.ENOTSUP, errno.EOPNOTSUPP}
 # Writers that are not Python file objects (torch.save, safetensors, onnx) report ENOSPC in words;
 # torch.save(path) on a full disk says only "unexpected pos" or "basic_ios::clear: iostream error".
 _WRITE_FAILURE_WORDS = (
@@ -128,11 +130,18 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
 
 
 @contextmanager
-def atomic_directory(path: str | Path) -> Iterator[Path]:
+def atomic_directory(
+    path: str | Path, keep: Callable[[Path], Collection[str]] | None = None
+) -> Iterator[Path]:
     """Yield a temp dir beside `path` to write into; when the block ends it replaces `path`
     (the old dir is removed), and when the block raises it is deleted. A crash leaves either
     the old directory or the new one, never a mix. Callers that replace a directory they did not
-    write check it first (`speechssl.outputs.check_output`)."""
+    write check it first (`speechssl.outputs.check_output`).
+
+    `keep(new_dir)`: the names of entries of the old `path` that live on in the new one (a user's
+    notes beside a command's outputs). They are carried over at the swap, files as hard links, so
+    until the swap the old dir still holds them all; a failure or Ctrl-C puts the old dir and
+    everything carried back as they were."""
     path = Path(path)
     _make_parent(path)
     try:
@@ -141,12 +150,9 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         raise (write_failure(path, err) or err) from None
     try:
         yield tmp
-        _share(tmp)
+        _share(tmp)  # before the carrying: a user's files keep their modes
         if path.exists():
-            old = path.with_name(f".{path.name}.{os.getpid()}.tmpold")
-            path.replace(old)
-            tmp.replace(path)
-            shutil.rmtree(old, ignore_errors=True)
+            _swap(path, tmp, keep(tmp) if keep is not None else ())
         else:
             tmp.replace(path)
     except BaseException as err:
@@ -155,6 +161,54 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         if failure is not None:
             raise failure from None
         raise
+
+
+def _swap(path: Path, new: Path, keep: Collection[str]) -> None:
+    """Replace the dir `path` by `new`, carrying `keep` over; on any error (or Ctrl-C) before `new`
+    is in place, `path` is put back as it was. Only a kill between the two renames is not covered:
+    it leaves the old dir as `.<name>.<pid>.tmpold`, which `remove_stale_temporaries` renames back."""
+    moved: list[str] = []  # carried by renaming (a file system without hard links): put back on failure
+    old = path.with_name(f".{path.name}.{os.getpid()}.tmpold")
+    try:
+        for name in keep:
+            if not _hard_link(path / name, new / name):
+                moved.append(name)
+                (path / name).rename(new / name)
+        path.replace(old)
+        new.replace(path)
+    except BaseException:
+        if os.path.lexists(new):  # stopped before the new dir went in
+            if not os.path.lexists(path):
+                old.replace(path)
+            for name in moved:
+                (new / name).rename(path / name)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _hard_link(entry: Path, target: Path) -> bool:
+    """Give the file, symlink or whole tree `entry` a second name `target` made of hard links (the
+    data is not copied; `entry` stays whole), or False where the file system has none."""
+
+    def link(src: str, dst: str) -> None:
+        os.link(src, dst, follow_symlinks=False)
+
+    try:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, target, symlinks=True, copy_function=link)
+        else:
+            link(str(entry), str(target))
+    except OSError as err:  # copytree gathers its files' errors into one shutil.Error
+        if not isinstance(err, shutil.Error) and err.errno not in _NO_HARD_LINKS:
+            raise
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif os.path.lexists(target):
+            target.unlink()
+        return False
+    return True
 
 
 def is_temporary(name: str) -> bool:
@@ -176,7 +230,8 @@ def pid_alive(pid: int) -> bool:
 def remove_stale_temporaries(directory: str | Path, of: Collection[str] | None = None) -> list[Path]:
     """Remove the temp files and dirs of `atomic_file` / `atomic_directory` in `directory` whose
     writer no longer runs (a killed job); with `of`, only those of the files or dirs so named (in a
-    dir that may also hold a user's files). Returns what was removed."""
+    dir that may also hold a user's files). Returns what was removed. A dir the killed job had moved
+    aside to replace it, and not yet replaced, is renamed back instead."""
     directory = Path(directory)
     removed: list[Path] = []
     if not directory.is_dir():
@@ -190,6 +245,10 @@ def remove_stale_temporaries(directory: str | Path, of: Collection[str] | None =
             or pid_alive(int(m.group("pid")))
             or (targets is not None and m.group("name") not in targets)
         ):
+            continue
+        replaced = directory / m.group("name")
+        if entry.name.endswith(".tmpold") and entry.is_dir() and not os.path.lexists(replaced):
+            entry.rename(replaced)  # a run killed between the two renames of `_swap`: the old dir is back
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)

@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from speechssl.errors import ExperimentLockedError, OutputExistsError
-from speechssl.io import atomic_directory, atomic_write_json, is_temporary
+from speechssl.io import atomic_directory, atomic_write_json, is_temporary, remove_stale_temporaries
 
 logger = logging.getLogger(__name__)
 
@@ -94,16 +94,18 @@ def output_directory(out: str | Path, command: str) -> Iterator[Path]:
         out = out.resolve()
     if Path.cwd().resolve() in (out.resolve(), *out.resolve().parents):
         logger.warning("--out %s holds the current directory, replaced whole: `cd %s` to see it", out, out)
-    with atomic_directory(out) as tmp:
+    remove_stale_temporaries(out.parent, of=(out.name,))  # a killed run's, of this dir only
+
+    def kept(new: Path) -> list[str]:
+        """What `out` holds that is neither this run's output nor the earlier run's."""
+        earlier = _marker(out).get("files") if read_marker(out) == command else None
+        earlier = earlier if isinstance(earlier, list) else []
+        dropped = {p.name for p in new.iterdir()} | set(earlier) | {MARKER}
+        return [e.name for e in out.iterdir() if e.name not in dropped and not is_temporary(e.name)]
+
+    with atomic_directory(out, keep=kept) as tmp:
         yield tmp
-        written = sorted(p.name for p in tmp.iterdir())
-        write_marker(tmp, command, files=written)
-        if out.is_dir():
-            earlier = _marker(out).get("files") if read_marker(out) == command else None
-            dropped = set(written) | set(earlier if isinstance(earlier, list) else ()) | {MARKER}
-            for entry in out.iterdir():
-                if entry.name not in dropped and not is_temporary(entry.name):
-                    os.rename(entry, tmp / entry.name)
+        write_marker(tmp, command, files=sorted(p.name for p in tmp.iterdir()))
 
 
 def _marker(directory: Path) -> dict:

@@ -312,3 +312,81 @@ def test_overwrite_never_takes_over_another_commands_output(tmp_path):
         assert "pass --overwrite" not in str(err.value)
     assert read_marker(dump) == "features"
     check_output(dump, "features")  # its own command still writes there
+
+
+def _rerun_with_users_files(tmp_path: Path) -> Path:
+    """An export's output dir, with a user's notes file, private file and notes dir added."""
+    out = tmp_path / "hf"
+    with output_directory(out, "export") as tmp:
+        (tmp / "config.json").write_text("1")
+    (out / "README.md").write_text("my model card")
+    (out / "private.txt").write_text("mine only")
+    (out / "private.txt").chmod(0o600)
+    (out / "notes").mkdir()
+    (out / "notes" / "a.txt").write_text("mine")
+    return out
+
+
+def _as_the_user_left_it(out: Path, config: str = "1") -> None:
+    """`out` holds the command's `config.json` of that run and every file of the user's, unchanged."""
+    assert sorted(p.name for p in out.iterdir()) == [
+        MARKER,
+        "README.md",
+        "config.json",
+        "notes",
+        "private.txt",
+    ]
+    assert (out / "config.json").read_text() == config and (out / "README.md").read_text() == "my model card"
+    assert (out / "notes" / "a.txt").read_text() == "mine" and (
+        out / "private.txt"
+    ).stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in out.parent.iterdir()] == [out.name]  # no temp dir left beside it
+
+
+@pytest.mark.parametrize("at", ["carrying the user's files", "between the renames", "after the swap"])
+def test_ctrl_c_while_a_rerun_swaps_its_output_in_leaves_it_and_the_users_files_as_they_were(
+    tmp_path, monkeypatch, at
+):
+    """A re-run carries the user's files into its new dir and swaps it in: Ctrl-C before the new
+    dir is in puts the old one back whole, and after, the new one stays, the user's files in it
+    (it deleted the user's notes, or left no dir at all)."""
+    out = _rerun_with_users_files(tmp_path)
+    replace, link = Path.replace, os.link
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    if at == "carrying the user's files":
+        monkeypatch.setattr(
+            os, "link", lambda *a, **k: (link(*a, **k), stop()) if "private" in str(a[0]) else link(*a, **k)
+        )
+    else:
+        renaming = "tmpold" if at == "between the renames" else out.name
+
+        def replacing(self, target):
+            replace(self, target)
+            if Path(target).name.endswith(renaming) and Path(target).name != self.name:
+                stop()
+
+        monkeypatch.setattr(Path, "replace", replacing)
+    with pytest.raises(KeyboardInterrupt):
+        with output_directory(out, "export") as tmp:
+            (tmp / "config.json").write_text("2")
+    monkeypatch.undo()
+    _as_the_user_left_it(out, config="2" if at == "after the swap" else "1")
+    with output_directory(out, "export") as tmp:  # and a later run goes through, keeping them
+        (tmp / "config.json").write_text("2")
+    assert (out / "config.json").read_text() == "2" and (out / "notes" / "a.txt").read_text() == "mine"
+    assert (out / "private.txt").stat().st_mode & 0o777 == 0o600  # never given the umask's mode
+
+
+def test_a_run_killed_between_the_renames_of_its_swap_gets_its_old_dir_back(tmp_path):
+    """Killed after moving its old output aside and before renaming the new one in: the next run
+    that writes there finds `.hf.<pid>.tmpold` of a dead pid and no `hf`, and puts it back."""
+    out = _rerun_with_users_files(tmp_path)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    out.rename(tmp_path / f".hf.{int(dead.stdout)}.tmpold")
+    remove_stale_temporaries(tmp_path, of=("hf",))
+    _as_the_user_left_it(out)
