@@ -33,7 +33,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from speechssl.errors import ExperimentLockedError, OutputExistsError
-from speechssl.io import atomic_directory, atomic_write_json, is_temporary, remove_stale_temporaries
+from speechssl.io import (
+    atomic_directory,
+    atomic_write_json,
+    is_temporary,
+    remove_stale_temporaries,
+    write_failure,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -358,7 +364,10 @@ class ExperimentLock:
                 f" {socket.gethostname()}, this very process); wait for it or choose another --out"
             )
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as err:
+                raise (write_failure(self.path, err) or err) from None
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:  # EACCES or EAGAIN: held by a live process
@@ -390,8 +399,13 @@ class ExperimentLock:
             "command": self.command,
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(info).encode(), 0)
+        except OSError as err:  # a full disk or quota: one line, and no empty lock left in EXP
+            self.path.unlink(missing_ok=True)
+            os.close(fd)
+            raise (write_failure(self.path, err) or err) from None
         self._fd, self._key = fd, key
         _HELD[key] = self.command
 

@@ -120,6 +120,20 @@ def test_lock_refuses_a_second_process_and_names_the_holder(tmp_path):
     assert not (exp / LOCK).exists()
 
 
+def test_a_full_disk_when_taking_the_lock_is_one_line_and_leaves_no_lock_file(tmp_path, monkeypatch):
+    """The lock's record is the first thing a training command writes: a full disk there is the
+    one-line error of every write (it was a traceback), and EXP keeps no empty lock file."""
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    monkeypatch.setattr(os, "pwrite", _enospc)
+    with pytest.raises(WriteFailedError, match=rf"^cannot write {exp / LOCK}: No space left on device$"):
+        ExperimentLock(exp, "pretrain").acquire()
+    monkeypatch.undo()
+    assert os.listdir(exp) == []
+    with ExperimentLock(exp, "pretrain"):  # and the lock is free
+        pass
+
+
 def test_atomic_file_leaves_old_content_when_the_writer_fails(tmp_path):
     f = tmp_path / "a.txt"
     f.write_text("old")
