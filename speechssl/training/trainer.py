@@ -83,6 +83,10 @@ class TrainResult:
     audio_seconds: float  # this rank's audio, all epochs of this session
     stopped_early: bool = False  # `on_checkpoint` stopped the run before max_steps
     warnings: tuple[str, ...] = ()  # the valid_monitor's warnings, the first of each kind, for the summary
+    # the whole run, every session up to this one (a resumed run's earlier ones as its checkpoint
+    # recorded them): training time, and the audio of all ranks
+    run_wall_seconds: float = 0.0
+    run_audio_seconds: float = 0.0
 
 
 def default_batch_lengths(batch: Any) -> torch.Tensor | None:
@@ -276,6 +280,8 @@ class Trainer:
     ) -> None:
         self.config, self.info = config, info
         self.valid_monitor, self.warnings = valid_monitor, {}
+        self.earlier_seconds, self.earlier_audio = 0.0, 0.0  # the earlier sessions' (run_* in the state)
+        self.session_start, self.total_audio = time.monotonic(), 0.0
         self.on_checkpoint = on_checkpoint
         self.out_dir = Path(out_dir)
         self.ckpt_root = self.out_dir / "checkpoints"
@@ -411,6 +417,9 @@ class Trainer:
         if state.get("best") and self.info.is_main:
             self._repoint_best(path)
         self.skipped_total.fill_(float(state.get("skipped_steps", 0)))
+        self.earlier_seconds = float(state.get("run_seconds", 0.0))
+        self.earlier_audio = float(state.get("run_audio_seconds", 0.0))
+        self.warnings.update(state.get("warnings") or {})  # each kind's first, maybe before this session
         rngs = state["rng"]
         rng_state = None
         if len(rngs) == self.info.world_size:
@@ -448,6 +457,7 @@ class Trainer:
             lengths = self.batch_lengths(batch)
             if lengths is not None and lengths.device.type == "cpu" and len(lengths):
                 interval.audio_seconds += float(lengths.sum()) / cfg.sample_rate
+                self.total_audio += float(lengths.sum()) / cfg.sample_rate
                 wavs = getattr(batch, "wavs", None)  # static shapes pad past the longest utterance
                 width = (
                     wavs.shape[1]
@@ -551,7 +561,6 @@ class Trainer:
         out.update(memory_stats(self.device))
         self.logger.scalars(self.step, out)
         self.logger.progress(self.step, self.stream.epoch, out)
-        self.total_audio += interval.audio_seconds
         interval.reset()
 
     def _heartbeat(self, interval: _Interval) -> None:
@@ -660,11 +669,16 @@ class Trainer:
     def save(self, valid_loss: float | None) -> Path | None:
         self._check_finite_weights()
         rngs = all_gather_object(ckpt.capture_rng())
+        run_audio = self.earlier_audio + sum(all_gather_object(self.total_audio))
         path = None
         best = valid_loss is not None and valid_loss < self.best_valid_loss
         if self.sharded:  # every rank writes its shards; rank 0 the gathered weights and the rest
             full = fsdp.full_state_dict(self.module)
-            state = self._trainer_state(rngs, valid_loss, optimizer=None) if self.info.is_main else None
+            state = (
+                self._trainer_state(rngs, valid_loss, run_audio, optimizer=None)
+                if self.info.is_main
+                else None
+            )
             path = ckpt.save_sharded_checkpoint(
                 self.ckpt_root,
                 self.step,
@@ -678,7 +692,7 @@ class Trainer:
             if not self.info.is_main:
                 path = None
         elif self.info.is_main:
-            state = self._trainer_state(rngs, valid_loss, optimizer=self.optimizer.state_dict())
+            state = self._trainer_state(rngs, valid_loss, run_audio, optimizer=self.optimizer.state_dict())
             path = ckpt.save_checkpoint(
                 self.ckpt_root, self.step, self.module.state_dict(), state, self.save_config, best=best
             )
@@ -702,7 +716,12 @@ class Trainer:
             ckpt.point(self.ckpt_root, "best", path)
 
     def _trainer_state(
-        self, rngs: list[dict[str, Any]], valid_loss: float | None, *, optimizer: dict | None
+        self,
+        rngs: list[dict[str, Any]],
+        valid_loss: float | None,
+        run_audio: float,
+        *,
+        optimizer: dict | None,
     ) -> dict[str, Any]:
         """trainer_state.pt: everything but the weights (and, under fsdp, the optimizer: in the shards)."""
         return {
@@ -720,6 +739,9 @@ class Trainer:
             "best": valid_loss is not None and valid_loss < self.best_valid_loss,  # `best` points here
             "skipped_steps": int(self.skipped_total.item()),
             "trainer_config": to_dict(self.config),
+            "run_seconds": self.earlier_seconds + time.monotonic() - self.session_start,
+            "run_audio_seconds": run_audio,
+            "warnings": dict(self.warnings),
         }
 
     def _set_num_updates(self) -> None:
@@ -741,7 +763,7 @@ class Trainer:
     # --- the loop ----------------------------------------------------------------------
     def fit(self) -> TrainResult:
         cfg = self.config
-        start = time.monotonic()
+        start = self.session_start = time.monotonic()
         self.total_audio = 0.0
         interval = _Interval(self.device)
         check_every = min(cfg.log_every, cfg.max_bad_steps)
@@ -785,6 +807,7 @@ class Trainer:
         finally:
             self.logger.close()
         wall = time.monotonic() - start
+        run_audio = self.earlier_audio + sum(all_gather_object(self.total_audio))
         result = TrainResult(
             step=self.step,
             epoch=self.stream.epoch,
@@ -796,12 +819,15 @@ class Trainer:
             audio_seconds=self.total_audio,
             stopped_early=stopped,
             warnings=tuple(self.warnings.values()),
+            run_wall_seconds=self.earlier_seconds + wall,
+            run_audio_seconds=run_audio,
         )
+        earlier = format_duration(result.run_wall_seconds) if self.earlier_seconds else ""
         lines = {
             "updates": f"{self.step} ({self.step - self.start_step} in this session, "
             f"{result.skipped_steps} skipped for NaN/inf"
             f"{'; stopped early by on_checkpoint' if stopped else ''})",
-            "wall time": format_duration(wall),
+            "wall time": format_duration(wall) + (earlier and f" ({earlier} over all sessions)"),
             "audio seen": f"{self.total_audio * self.info.world_size / 3600:.2f} h "
             f"(~{self.total_audio * self.info.world_size / max(wall, 1e-9):.0f} audio-s/s, "
             f"all ranks)",

@@ -1,5 +1,5 @@
-"""A run stopped (Ctrl-C, kill) while it points `last` and `best` at a new checkpoint resumes to the
-`best` an uninterrupted run ends with: the checkpoint of the lowest validation loss, never pruned."""
+"""Runs stopped (Ctrl-C, kill) and resumed end as an uninterrupted run ends: the same `best`, the
+checkpoint of the lowest validation loss, never pruned; a result that counts every session."""
 
 import pytest
 import torch
@@ -8,12 +8,22 @@ from speechssl.testing.training import ToyBatchSampler, ToyDataset, ToyModel, to
 from speechssl.training import TrainerConfig, checkpoints, train
 
 
-def _train(out, max_steps, resume=False):
+def _train(out, max_steps, resume=False, monitor=None):
     torch.manual_seed(0)
     config = TrainerConfig(max_steps=max_steps, save_every=2, log_every=2, keep_last=1, lr=0.01)
     data, sampler = ToyDataset(16), ToyBatchSampler(16, 4, shuffle=False)
     valid = {"valid_dataset": ToyDataset(8, seed=5), "valid_sampler": ToyBatchSampler(8, 4, shuffle=False)}
-    return train(ToyModel(dropout=0.0), data, toy_collate, sampler, config, out, resume=resume, **valid)
+    return train(
+        ToyModel(dropout=0.0),
+        data,
+        toy_collate,
+        sampler,
+        config,
+        out,
+        resume=resume,
+        valid_monitor=monitor,
+        **valid,
+    )
 
 
 def _stop_at(monkeypatch, call):
@@ -49,3 +59,38 @@ def test_a_run_stopped_while_linking_resumes_to_the_same_best(tmp_path, monkeypa
     assert resumed.best_valid_loss == whole.best_valid_loss
     weights = tmp_path / "stopped" / "checkpoints" / "best" / "model.safetensors"
     assert weights.read_bytes() == (whole.best_checkpoint / "model.safetensors").read_bytes()
+
+
+class _WarnsOnce:
+    """A validation monitor that warns at its first check only, as a collapse seen before a kill."""
+
+    calls = 0
+
+    def reset(self):
+        pass
+
+    def update(self, batch):
+        pass
+
+    def compute(self):
+        return {}
+
+    def check(self, values):
+        _WarnsOnce.calls += 1
+        return {"collapse": "RankMe fell"} if _WarnsOnce.calls == 1 else {}
+
+
+def test_a_resumed_runs_result_counts_every_session_and_keeps_earlier_warnings(tmp_path):
+    """What the run's summary (train_summary.json, the recipe's table) reports: the audio and time
+    of the whole run, not of the last session (a resume after the final checkpoint said 0 s and
+    0 audio-s/s), and a warning of an earlier session."""
+    whole = _train(tmp_path / "whole", 8)
+    _WarnsOnce.calls = 0
+    first = _train(tmp_path / "resumed", 4, monitor=_WarnsOnce())
+    resumed = _train(tmp_path / "resumed", 8, resume=True, monitor=_WarnsOnce())
+    assert resumed.run_audio_seconds == pytest.approx(whole.run_audio_seconds) and whole.run_audio_seconds > 0
+    assert resumed.run_wall_seconds > first.run_wall_seconds > 0
+    assert resumed.warnings == ("first at step 2: RankMe fell",)
+    again = _train(tmp_path / "resumed", 8, resume=True)  # nothing left to train
+    assert again.run_audio_seconds == pytest.approx(whole.run_audio_seconds)
+    assert again.run_wall_seconds > first.run_wall_seconds and again.warnings == resumed.warnings
