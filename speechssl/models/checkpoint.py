@@ -309,7 +309,9 @@ def save_checkpoint(
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
     with atomic_directory(path) as tmp:
         save_config(config, tmp / CONFIG_NAME)
-        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "library": "speechssl"})
+        # one metadata key: safetensors writes the map in a random order, and the same weights must
+        # give the same bytes (sha256, cmp of two runs' results)
+        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         write_manifest(tmp)
     return path
 

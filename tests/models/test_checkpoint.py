@@ -35,6 +35,18 @@ def test_overwrite_replaces_the_whole_checkpoint(tmp_path):
     assert all(torch.equal(loaded[k], v) for k, v in state.items())
 
 
+def test_the_same_weights_give_the_same_bytes(tmp_path):
+    """Two identical runs' results compare with sha256 or cmp (the safetensors header included:
+    its metadata map was written in a random order)."""
+    config = get_preset("hubert_tiny")
+    state = build_model(config).state_dict()
+    for i in range(12):  # a random order differs from the first in 12 writes but with p = 2 ** -11
+        save_checkpoint(state, config, tmp_path / f"ckpt_{i}")
+    first = (tmp_path / "ckpt_0" / "model.safetensors").read_bytes()
+    for i in range(1, 12):
+        assert (tmp_path / f"ckpt_{i}" / "model.safetensors").read_bytes() == first, i
+
+
 def test_missing_and_unexpected_keys_are_listed(tmp_path):
     config = get_preset("hubert_tiny")
     save_checkpoint(build_model(config), config, tmp_path / "ckpt")
