@@ -64,10 +64,9 @@ class TrainLogger:
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
-            # purge_step drops points a killed run logged after the checkpoint we resume from
-            self.writer = SummaryWriter(
-                str(Path(out_dir) / "tensorboard"), purge_step=start_step + 1 if start_step else None
-            )
+            # purge_step drops the points a killed run logged after the checkpoint this one resumes
+            # from, or all of them when this one starts from scratch (killed before a checkpoint)
+            self.writer = SummaryWriter(str(Path(out_dir) / "tensorboard"), purge_step=start_step + 1)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if self.writer is not None:
