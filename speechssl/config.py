@@ -249,6 +249,11 @@ def apply_override(data: dict[str, Any], item: str) -> None:
     node[parts[-1]] = yaml.safe_load(raw)
 
 
+def config_yaml(config: Any) -> str:
+    """A dataclass config as the YAML `save_config` writes (a run compares it with EXP/config.yaml)."""
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
 def save_config(config: Any, path: str | Path) -> None:
     """Write a dataclass config as YAML (atomic: temp file, then rename)."""
-    atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
+    atomic_write_text(path, config_yaml(config))

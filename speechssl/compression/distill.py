@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from speechssl.compression.config import DistillConfig, LossConfig, StudentConfig
-from speechssl.config import load_config, save_config
+from speechssl.config import load_config
 from speechssl.data.dataset import Batch
 from speechssl.interop.upstream import Upstream, load_upstream, normalize_waveform, require_network
 from speechssl.models.checkpoint import save_checkpoint
@@ -37,7 +37,7 @@ from speechssl.models.model import SSLModel, build_model
 from speechssl.models.relative_position import TABLE_KEY
 from speechssl.objectives.masking import MaskConfig, compute_mask_indices
 from speechssl.training.distributed import env_rank
-from speechssl.training.experiment import Experiment, experiment
+from speechssl.training.experiment import experiment
 from speechssl.training.pretrain import build_data
 from speechssl.training.trainer import TrainResult, train_on_loaders
 
@@ -226,18 +226,6 @@ def run_training(
     )  # fmt: skip
 
 
-def begin_and_save_config(run: Experiment, config: Any, out_dir: Path) -> Callable[[], None]:
-    """`begin` for `run_training`: mark EXP as this command's, then write the resolved config as
-    EXP/config.yaml (rank 0), as `speechssl pretrain` does."""
-
-    def begin() -> None:
-        run.begin()
-        if env_rank() == 0:
-            save_config(config, out_dir / "config.yaml")
-
-    return begin
-
-
 def load_teacher(source: str | Path) -> Upstream:
     upstream = require_network(load_upstream(source), source, "a teacher")
     logger.info(
@@ -298,7 +286,7 @@ def distill(
             teacher.model,
             resume=run.resume_from or False,
             save_config=config,
-            begin=begin_and_save_config(run, config, out_dir),
+            begin=run.begin,
         )
         final = out_dir / "final"
         if env_rank() == 0:

@@ -45,7 +45,6 @@ from torch import Tensor, nn
 from speechssl.compression.config import GatesConfig, PruneConfig
 from speechssl.compression.distill import (
     Distiller,
-    begin_and_save_config,
     count_params,
     load_teacher,
     run_training,
@@ -630,7 +629,7 @@ def _prune(
         teacher.model,
         resume=run.resume_from or False,
         save_config=config,
-        begin=begin_and_save_config(run, config, out_dir),
+        begin=run.begin,
     )
     gated: GatedModel = pruner.student
     gated.eval()

@@ -121,7 +121,7 @@ from speechssl.training.checkpoints import (
     step_dirs,
 )
 from speechssl.training.distributed import env_rank, env_world_size
-from speechssl.training.experiment import check_resume, resume_checkpoint
+from speechssl.training.experiment import check_resume, remove_killed_temporaries, resume_checkpoint
 from speechssl.training.trainer import train_on_loaders
 from speechssl.tuning import apply_tuning, save_tuned
 
@@ -925,6 +925,7 @@ def _train_locked(
         frozen = config.tuning.method == "frozen" and config.finetune is None
         load = _first_load(upstream if frozen else None)
         del upstream
+        remove_killed_temporaries(out_dir)  # every check passed: the run begins writing EXP
         atomic_write_text(exp_path, yaml.safe_dump(exp, sort_keys=False))
         task_obj.save()
     # cached features (once per split, every lr trains from them); a run all of whose lrs are

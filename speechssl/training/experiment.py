@@ -8,8 +8,12 @@
 2. the lock (`EXP/.speechssl_lock`, pid and host): a second run on the same `--out` is refused naming it;
 3. on `--resume`: the checkpoint verifies (manifest) and its config matches the new one, except
    for keys that only set the run's length, logging and loading (`RESUMABLE_KEYS`);
-4. the command checks its inputs, then calls `begin()` (the marker is written) and only then
-   writes into EXP (config.yaml, tensorboard/, summaries).
+4. EXP/config.yaml, which the run writes, holds a config a run wrote: this run's, or that of the
+   checkpoint it resumes (an earlier session's). Anything else is the user's (their own file, or
+   an edit), which a run never reads and would write over, so it is refused;
+5. the command checks its inputs, then calls `begin()`: the marker is written, temp files of
+   killed runs are removed, the resolved config is written as EXP/config.yaml; only then does the
+   run write into EXP (tensorboard/, checkpoints, summaries).
 
 So a refused or failed start leaves EXP byte for byte as it was. Under torchrun global rank 0
 alone does 1-4 while the other ranks wait, and every rank raises the same one-line error.
@@ -25,13 +29,16 @@ from typing import Any
 
 import yaml
 
-from speechssl.config import to_dict
+from speechssl.config import config_yaml, save_config
 from speechssl.errors import OutputExistsError, SpeechSSLError
+from speechssl.io import remove_stale_temporaries
 from speechssl.outputs import LOCK, ExperimentLock, check_output, read_marker, refuse_inputs, write_marker
 from speechssl.training import checkpoints as ckpt
 from speechssl.training.distributed import all_gather_object, distributed, env_rank, on_main_rank
 
 logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"  # EXP/config.yaml: the resolved config of the run
 
 # Config keys a resumed run may change: how long it runs, how often it logs and saves, how it
 # loads data. Anything else (the model, the objective, the optimizer) must match the checkpoint.
@@ -77,7 +84,7 @@ def config_differences(
     lacks matches null (an option not in use) and, if listed in `added` (and the checkpoint does
     not hold its section as a value), its listed value: the option did not exist when the
     checkpoint was written, and that value is what the run did."""
-    now = _flatten(yaml.safe_load(yaml.safe_dump(to_dict(config), sort_keys=False)))
+    now = _flatten(yaml.safe_load(config_yaml(config)))
     before = _flatten(saved)
     allowed = set(allowed)
 
@@ -143,11 +150,32 @@ def check_experiment_out(
         if marker is None:
             return  # an experiment of a speechssl without markers: its own checks follow
     check_output(out, command, overwrite=overwrite)
-    if marker != command and (out / "config.yaml").exists():  # --overwrite: the run would replace it
-        raise OutputExistsError(
-            f"--out {out} holds a config.yaml that {command} did not write; --overwrite writes beside "
-            "your files, never over one: move it or choose another --out"
-        )
+
+
+def check_config_file(out: Path, command: str, text: str, source: Path | None) -> None:
+    """Refuse a run whose EXP/config.yaml (`text`) would replace a file that is not a run's config
+    as written (step 4 above): the user's own (--overwrite keeps it), or one edited since, perhaps
+    in the hope that a resume reads it."""
+    path = out / CONFIG_FILE
+    if not (path.exists() or path.is_symlink()):
+        return
+    written = [text.encode()]
+    if source is not None and (source / ckpt.CONFIG_FILE).is_file():
+        written.append((source / ckpt.CONFIG_FILE).read_bytes())
+    if path.is_file() and path.read_bytes() in written:
+        return
+    raise OutputExistsError(
+        f"{path} is not a config that {command} wrote (your own file, or edited since): a run takes its"
+        " settings from the command line and, resumed, from the checkpoint, never from this file, and would"
+        " write over it; restore it or move it aside, and pass changes with --set"
+    )
+
+
+def remove_killed_temporaries(out: Path) -> None:
+    """Temp files and dirs that killed runs left in EXP (the lock holder is the only writer there,
+    so any other pid's are stale): called by a run that holds the lock and begins writing."""
+    for stale in remove_stale_temporaries(out):
+        logger.info("removed %s (a temp file of a killed run)", stale)
 
 
 def _lock(out: Path, command: str, *, resume: bool, overwrite: bool, inputs: tuple) -> ExperimentLock:
@@ -166,15 +194,23 @@ def _lock(out: Path, command: str, *, resume: bool, overwrite: bool, inputs: tup
 class Experiment:
     """What `experiment` yields: the checked checkpoint to resume from (or None) and `begin()`."""
 
-    def __init__(self, out: Path, command: str, resume_from: Path | None, *, fresh: bool) -> None:
+    def __init__(
+        self, out: Path, command: str, resume_from: Path | None, *, fresh: bool, config: Any = None
+    ) -> None:
         self.out, self.command, self.resume_from, self.fresh = out, command, resume_from, fresh
+        self.config = config
         self.begun = False
 
     def begin(self) -> None:
-        """Every check passed: mark the dir as this command's experiment (rank 0). Call before
-        the first write into EXP."""
-        if env_rank() == 0 and read_marker(self.out) != self.command:
-            write_marker(self.out, self.command, experiment=True)
+        """Every check passed: mark the dir as this command's experiment, remove killed runs'
+        temp files and write the config as EXP/config.yaml (rank 0). Call before the first write
+        into EXP."""
+        if env_rank() == 0:
+            if read_marker(self.out) != self.command:
+                write_marker(self.out, self.command, experiment=True)
+            remove_killed_temporaries(self.out)
+            if self.config is not None:
+                save_config(self.config, self.out / CONFIG_FILE)
         self.begun = True
 
 
@@ -185,7 +221,8 @@ def experiment(
     allowed: Iterable[str] = RESUMABLE_KEYS,
 ) -> Iterator[Experiment]:  # fmt: skip
     """Join the process group (`distributed()`, a no-op outside torchrun), then lock and check
-    `out` for a run of `command` (see the module docstring)."""
+    `out` for a run of `command` (see the module docstring); `config`: the run's, written by
+    `begin()` as EXP/config.yaml."""
     out = Path(out)
     created = not out.exists()
     read = tuple(p for p in inputs if p is not None)
@@ -198,13 +235,17 @@ def experiment(
             check_resume(source, config, allowed=allowed)
         elif resume:
             logger.info("resume: no checkpoint under %s; starting from scratch", out / "checkpoints")
+        if config is not None:
+            check_config_file(out, command, config_yaml(config), source)
         return None if source is None else str(source)
 
     run: Experiment | None = None
     with distributed():
         try:
             source = all_gather_object(on_main_rank(start))[0]  # every rank resumes from rank 0's choice
-            run = Experiment(out, command, None if source is None else Path(source), fresh=source is None)
+            run = Experiment(
+                out, command, None if source is None else Path(source), fresh=source is None, config=config
+            )
             yield run
         finally:
             for lock in locks:

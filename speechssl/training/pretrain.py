@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from speechssl.analysis.monitor import RankMeMonitor, RankMeMonitorConfig
-from speechssl.config import ConfigError, apply_override, from_dict, load_yaml, save_config
+from speechssl.config import ConfigError, apply_override, from_dict, load_yaml
 from speechssl.data.audio import SAMPLE_RATE, audio_info, load_audio
 from speechssl.data.batching import BatchingConfig, build_loader
 from speechssl.data.dataset import AudioDataset, Batch
@@ -442,9 +442,7 @@ def pretrain(
         if loaders.valid is not None and config.monitor.enabled:
             backbone = getattr(model, family)
             monitor = RankMeMonitor(config.monitor, backbone, normalize=config.model.normalize_waveform)
-        run.begin()
-        if env_rank() == 0:
-            save_config(config, out_dir / "config.yaml")  # the resolved config, next to the experiment
+        run.begin()  # also writes the resolved config, next to the experiment
         logger.info(
             "pretraining %s: %d train utterances (%.2f h), %d batches/epoch/rank, padding efficiency %.2f",
             family, len(train_set), sum(train_set.durations) / 3600, len(train_sampler),

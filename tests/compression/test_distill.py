@@ -214,3 +214,10 @@ def test_distill_and_prune_guard_their_experiment_dirs(tmp_path, capsys):
     assert main([*distill_args, "--resume", "--valid", str(empty)]) == 1
     assert f"validation data dir {empty} holds no utterances" in capsys.readouterr().err
     assert _snapshot(tmp_path / "d") == before
+    # an edited config.yaml: a resume never reads it, and would have written over it
+    edited = tmp_path / "d" / "config.yaml"
+    edited.write_text(edited.read_text() + "# lr 0.01 next time\n")
+    before = _snapshot(tmp_path / "d")
+    assert main([*distill_args, "--resume"]) == 1
+    assert f"{edited} is not a config that distill wrote" in capsys.readouterr().err
+    assert _snapshot(tmp_path / "d") == before

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 from pathlib import Path
@@ -30,6 +31,7 @@ from speechssl.outputs import read_marker
 from speechssl.testing.cli import downstream_train, run_cli
 from tests.downstream.test_feature_cache import _save_upstream as save_tiny_upstream
 from tests.downstream.test_feature_cache import config
+from tests.features.test_fingerprint import dead_pid
 
 
 def _save_upstream(path: Path, seed: int) -> Path:
@@ -58,6 +60,24 @@ def test_a_resume_with_a_larger_eval_every_keeps_every_checkpoint(task_data, tmp
     after = json.loads((out / BEST_FILE).read_text())
     assert after["dev_curve"][:4] == before["dev_curve"]
     assert [step for step, _ in after["dev_curve"]] == [1, 2, 3, 4, 10, 20]
+
+
+def test_a_resume_removes_the_temp_files_killed_runs_left_in_exp(task_data, tmp_path, caplog):
+    out = tmp_path / "exp"
+    train_downstream("ks", "fbank", task_data["ks"], out, config(), max_steps=2)
+    pid = dead_pid()
+    stale = [out / f".best.{pid}.tmp.json", out / f".upstream.{pid}.tmpk3"]
+    stale[0].write_text("{")
+    stale[1].mkdir()
+    (stale[1] / "model.safetensors").write_bytes(b"half a model")
+    live = out / f".notes.{os.getpid()}.tmp.txt"  # a live writer's (this process)
+    live.write_text("being written")
+    with caplog.at_level(logging.INFO, logger="speechssl.training.experiment"):
+        train_downstream("ks", "fbank", task_data["ks"], out, config(), max_steps=3, resume=True)
+    assert [p for p in stale if p.exists()] == []
+    for p in stale:
+        assert f"removed {p} (a temp file of a killed run)" in caplog.text
+    assert live.read_text() == "being written"
 
 
 def test_a_downstream_run_keeps_every_checkpoint_whatever_its_length():

@@ -4,6 +4,7 @@ inputs and config values refused at start-up, never a checkpoint of NaN weights.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -31,6 +32,7 @@ from speechssl.training import TrainerConfig, train
 from speechssl.training import checkpoints as ckpt
 from speechssl.training.experiment import experiment
 from speechssl.training.trainer import NonFiniteWeightsError
+from tests.features.test_fingerprint import dead_pid
 
 CONF = Path(__file__).resolve().parents[2] / "egs/mini_synth/ssl1/conf/pretrain_wav2vec2_tiny.yaml"
 
@@ -187,6 +189,46 @@ def test_resume_may_lengthen_the_run(finished, tmp_path, corpus):
     assert json.loads((exp / "train_summary.json").read_text())["steps"] == 3
 
 
+def test_a_resume_refuses_to_write_over_an_edited_config_yaml(finished, tmp_path, corpus, capsys):
+    """A user who edits EXP/config.yaml and resumes learns that the run never reads it; before, the
+    edit was silently written over."""
+    exp = copy_exp(finished, tmp_path / "exp")
+    written = (exp / "config.yaml").read_text()
+    assert "lr: 0.0015\n" in written
+    (exp / "config.yaml").write_text(written.replace("lr: 0.0015\n", "lr: 0.01\n"))
+    before = snapshot(exp)
+    assert main(pretrain_args(corpus, exp, "--resume", "--max-steps", "3")) == 1
+    line = one_line_error(capsys)
+    assert f"{exp / 'config.yaml'} is not a config that pretrain wrote (your own file, or edited" in line
+    assert "from the command line and, resumed, from the checkpoint, never from this file" in line
+    assert "restore it or move it aside, and pass changes with --set" in line
+    assert snapshot(exp) == before
+    # as the run wrote it: resumed (and lengthened) as before, the file now says the new length
+    (exp / "config.yaml").write_text(written)
+    assert main(pretrain_args(corpus, exp, "--resume", "--max-steps", "3")) == 0
+    assert "max_steps: 3\n" in (exp / "config.yaml").read_text()
+
+
+def test_a_run_removes_the_temp_files_killed_runs_left_in_its_experiment(finished, tmp_path, corpus, caplog):
+    exp = copy_exp(finished, tmp_path / "exp")
+    pid = dead_pid()
+    names = (f"..speechssl_output.{pid}.tmp", f".config.{pid}.tmp.yaml", f".final.{pid}.tmpk3")
+    stale = [exp / name for name in names]
+    stale[0].write_text("{")
+    stale[1].write_text("trainer:")
+    stale[2].mkdir()
+    (stale[2] / "model.safetensors").write_bytes(b"half a model")
+    live = exp / f".notes.{os.getpid()}.tmp.txt"  # a live writer's (this process)
+    live.write_text("being written")
+    (exp / "notes.txt").write_text("mine")
+    with caplog.at_level(logging.INFO, logger="speechssl.training.experiment"):
+        assert main(pretrain_args(corpus, exp, "--resume", "--max-steps", "3")) == 0
+    assert [p for p in stale if p.exists() or p.is_symlink()] == []
+    for p in stale:
+        assert f"removed {p} (a temp file of a killed run)" in caplog.text
+    assert live.read_text() == "being written" and (exp / "notes.txt").read_text() == "mine"
+
+
 # ---------------------------------------------------------------- the output rule for experiments
 
 
@@ -209,7 +251,7 @@ def test_a_fresh_run_refuses_foreign_files_and_other_commands_experiments(corpus
     # --overwrite: the user's file stays, the run writes beside it, never over one of its name
     (notes / "config.yaml").write_text("my own config")
     assert main(pretrain_args(corpus, notes, "--overwrite")) == 1
-    assert "holds a config.yaml that pretrain did not write" in one_line_error(capsys)
+    assert f"{notes / 'config.yaml'} is not a config that pretrain wrote" in one_line_error(capsys)
     assert sorted(os.listdir(notes)) == ["config.yaml", "notes.txt"]
     (notes / "config.yaml").unlink()
     assert main(pretrain_args(corpus, notes, "--overwrite")) == 0
