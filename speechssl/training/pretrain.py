@@ -466,14 +466,15 @@ def pretrain(
 
 
 def write_run_summary(out_dir: Path, result: TrainResult, *, world_size: int) -> None:
-    """EXP/train_summary.json: what the recipe's summary stage reports for this run."""
-    wall = max(result.wall_seconds, 1e-9)
+    """EXP/train_summary.json: what the recipe's summary stage reports for this run, every session
+    of it (a resumed run's earlier ones as its checkpoint recorded them)."""
+    wall = max(result.run_wall_seconds, 1e-9)
     summary = {
         "steps": result.step,
         "skipped_steps": result.skipped_steps,
-        "wall_seconds": round(result.wall_seconds, 2),
-        "audio_hours": round(result.audio_seconds * world_size / 3600, 4),
-        "audio_seconds_per_second": round(result.audio_seconds * world_size / wall, 2),
+        "wall_seconds": round(result.run_wall_seconds, 2),
+        "audio_hours": round(result.run_audio_seconds / 3600, 4),
+        "audio_seconds_per_second": round(result.run_audio_seconds / wall, 2),
         "world_size": world_size,
         "best_valid_loss": result.best_valid_loss,
         "last_checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None,
