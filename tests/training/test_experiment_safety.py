@@ -189,7 +189,8 @@ def test_resume_may_lengthen_the_run(finished, tmp_path, corpus):
     first = json.loads((finished / "train_summary.json").read_text())
     summary = json.loads((exp / "train_summary.json").read_text())
     assert summary["steps"] == 3  # and the time and audio of both sessions
-    assert summary["wall_seconds"] > first["wall_seconds"] * 0.5 and summary["audio_hours"] > first["audio_hours"]
+    assert summary["audio_hours"] > first["audio_hours"]
+    assert summary["wall_seconds"] > first["wall_seconds"] / 2
 
 
 def test_a_resume_refuses_to_write_over_an_edited_config_yaml(finished, tmp_path, corpus, capsys):
