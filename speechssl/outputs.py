@@ -90,23 +90,33 @@ def _version() -> str:
 
 
 @contextmanager
-def output_directory(out: str | Path, command: str) -> Iterator[Path]:
+def output_directory(out: str | Path, command: str, *, overwrite: bool = False) -> Iterator[Path]:
     """Build a command's output dir in a temp sibling and swap it in whole (`atomic_directory`):
     what the command's earlier output held and this run does not write again is dropped, so no
-    stale file survives; anything else already there (a model card, notes) is carried over. A
-    symlinked `out` is replaced at its target. Check `out` first (`check_output`)."""
+    stale file survives; anything else already there (a model card, notes) is carried over, and
+    one that this run would write over is refused (unless `overwrite`) with `out` left as it was.
+    A symlinked `out` is replaced at its target. Check `out` first (`check_output`)."""
     out = Path(os.path.abspath(out))  # "." has no name to build a sibling from
     if out.is_symlink():
         out = out.resolve()
-    if Path.cwd().resolve() in (out.resolve(), *out.resolve().parents):
+    cwd = Path.cwd().resolve()
+    if out.resolve() in (cwd, *cwd.parents):
         logger.warning("--out %s holds the current directory, replaced whole: `cd %s` to see it", out, out)
     remove_stale_temporaries(out.parent, of=(out.name,))  # a killed run's, of this dir only
 
     def kept(new: Path) -> list[str]:
         """What `out` holds that is neither this run's output nor the earlier run's."""
         earlier = _marker(out).get("files") if read_marker(out) == command else None
-        earlier = earlier if isinstance(earlier, list) else []
-        dropped = {p.name for p in new.iterdir()} | set(earlier) | {MARKER}
+        written = {p.name for p in new.iterdir()}
+        if isinstance(earlier, list) and not overwrite:  # (a marker without the list: all ours)
+            theirs = sorted(written & ({e.name for e in out.iterdir()} - set(earlier) - {MARKER}))
+            if theirs:
+                raise OutputExistsError(
+                    f"{out} holds {', '.join(theirs)}, which `speechssl {command}` did not write (added since"
+                    f" its earlier run), and this run writes {'a file' if len(theirs) == 1 else 'files'} of"
+                    " that name; nothing was changed: move yours aside, or pass --overwrite to replace it"
+                )
+        dropped = written | set(earlier if isinstance(earlier, list) else ()) | {MARKER}
         return [e.name for e in out.iterdir() if e.name not in dropped and not is_temporary(e.name)]
 
     with atomic_directory(out, keep=kept) as tmp:
@@ -210,16 +220,26 @@ def _enclosing_experiment(path: Path) -> Path | None:
     return None
 
 
-def _refuse_parent_files(out: Path) -> None:
+def _refuse_parent_files(out: Path, option: str) -> None:
     """A parent that exists but is not a directory makes every write fail: say so first."""
     for parent in out.absolute().parents:
         if parent.exists():
             if not parent.is_dir():
-                raise OutputExistsError(f"--out {out}: {parent} is a file, not a directory")
+                raise OutputExistsError(f"{option} {out}: {parent} is a file, not a directory")
             return
 
 
-def refuse_inputs(out: str | Path, inputs: tuple[str | Path, ...]) -> None:
+def _enclosing_output(path: Path, command: str) -> tuple[Path, str] | None:
+    """The nearest dir above `path` marked as an output, and its command, when that is another
+    command's (a k-means model's dir, an export)."""
+    for parent in path.absolute().parents:
+        marker = read_marker(parent)
+        if marker is not None:
+            return None if marker == command else (parent, marker)
+    return None
+
+
+def refuse_inputs(out: str | Path, inputs: tuple[str | Path, ...], option: str = "--out") -> None:
     """Raise when `out` is one of the command's inputs or a directory that contains one."""
     target = Path(out).resolve()
     for source in inputs:
@@ -227,7 +247,7 @@ def refuse_inputs(out: str | Path, inputs: tuple[str | Path, ...]) -> None:
         if source_path == target or target in source_path.parents:
             what = "is" if source_path == target else "contains"
             raise OutputExistsError(
-                f"--out {out} {what} an input of this command ({source}); choose another --out"
+                f"{option} {out} {what} an input of this command ({source}); choose another {option}"
             )
 
 
@@ -239,17 +259,18 @@ def check_output(
     inputs: tuple[str | Path, ...] = (),
     is_file: bool = False,
     earlier_output: Callable[[Path], bool] | None = None,
+    option: str = "--out",
 ) -> Path:
     """Raise `OutputExistsError` unless `command` may write `out` (the rule of this module).
 
     `inputs` are the paths the command reads; `is_file` says `out` is a file, not a directory;
     `earlier_output(out)` recognises this command's output of a speechssl that wrote no markers
-    (dumps, k-means dirs), which is then reused like a marked one. Call it before any compute is
-    spent. Returns `out` as a Path.
+    (dumps, k-means dirs), which is then reused like a marked one; `option` names `out` in the
+    errors (`--plot`). Call it before any compute is spent. Returns `out` as a Path.
     """
     out = Path(out)
-    refuse_inputs(out, inputs)
-    _refuse_parent_files(out)
+    refuse_inputs(out, inputs, option)
+    _refuse_parent_files(out, option)
     if not out.exists() and not out.is_symlink():
         return out
     # the marker read once: a parallel job may write it between two reads (a cache made at once)
@@ -267,12 +288,20 @@ def check_output(
                     else "an experiment dir"
                 )
                 raise OutputExistsError(
-                    f"--out {out} already exists inside {root} ({kind}); {command} never writes over it,"
-                    " even with --overwrite: choose another --out"
+                    f"{option} {out} already exists inside {root} ({kind}); {command} never writes over it,"
+                    f" even with --overwrite: choose another {option}"
                 )
+        other = _enclosing_output(out, command)
+        if other is not None:
+            raise OutputExistsError(
+                f"{option} {out} already exists inside {other[0]} (the output of `speechssl {other[1]}`);"
+                f" {command} never writes over it, even with --overwrite: choose another {option}"
+            )
     if out.is_dir():
         if is_file:
-            raise OutputExistsError(f"--out {out} is a directory; {command} writes a file there: name a file")
+            raise OutputExistsError(
+                f"{option} {out} is a directory; {command} writes a file there: name a file"
+            )
         if own:
             return out
         if is_experiment_dir(out) or content.get("shared"):
@@ -282,27 +311,27 @@ def check_output(
                 owner = f"of `speechssl {marker}`" if marker else "with checkpoints or logs"
                 what = f"an experiment dir {owner}"
             raise OutputExistsError(
-                f"--out {out} is {what}; {command} never writes over one: choose another --out"
+                f"{option} {out} is {what}; {command} never writes over one: choose another {option}"
             )
         contents = _contents(out)
         if contents and marker is not None:  # its marker would become ours
             raise OutputExistsError(
-                f"--out {out} holds the output of `speechssl {marker}`; {command} never writes into "
-                "another command's output, even with --overwrite: choose another --out"
+                f"{option} {out} holds the output of `speechssl {marker}`; {command} never writes into "
+                f"another command's output, even with --overwrite: choose another {option}"
             )
         if not contents or overwrite or (earlier_output is not None and earlier_output(out)):
             return out
         shown = ", ".join(contents[:5]) + (f" and {len(contents) - 5} more" if len(contents) > 5 else "")
         raise OutputExistsError(
-            f"--out {out} already holds files that `speechssl {command}` did not write ({shown});"
-            " choose another --out, or pass --overwrite to replace them"
+            f"{option} {out} already holds files that `speechssl {command}` did not write ({shown});"
+            f" choose another {option}, or pass --overwrite to replace them"
         )
     if not is_file:
-        raise OutputExistsError(f"--out {out} is a file; {command} writes a directory there")
+        raise OutputExistsError(f"{option} {out} is a file; {command} writes a directory there")
     if overwrite or own:
         return out
     raise OutputExistsError(
-        f"--out {out} already exists; choose another --out, or pass --overwrite to replace it"
+        f"{option} {out} already exists; choose another {option}, or pass --overwrite to replace it"
     )
 
 

@@ -404,3 +404,45 @@ def test_a_run_killed_between_the_renames_of_its_swap_gets_its_old_dir_back(tmp_
     out.rename(tmp_path / f".hf.{int(dead.stdout)}.tmpold")
     remove_stale_temporaries(tmp_path, of=("hf",))
     _as_the_user_left_it(out)
+
+
+def test_a_rerun_refuses_to_write_over_a_file_the_user_added_under_a_name_it_now_writes(
+    tmp_path, caplog, monkeypatch
+):
+    """The earlier run's marker lists what it wrote; a file added since is the user's, even when
+    this run would write one of that name (it was replaced silently): refused, nothing changed,
+    unless --overwrite. A normal run below the current directory gives no warning about it."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "combined"
+    with output_directory(out, "data combine") as tmp:
+        (tmp / "text").write_text("a hi\n")
+    (out / "utt2lang").write_text("a en-GB\n")  # the user's own table
+    with (
+        caplog.at_level("WARNING"),
+        pytest.raises(OutputExistsError, match=r"holds utt2lang, which .* did not"),
+    ):
+        with output_directory(out, "data combine") as tmp:
+            (tmp / "text").write_text("a hello\n")
+            (tmp / "utt2lang").write_text("a en\n")
+    assert (out / "utt2lang").read_text() == "a en-GB\n" and (out / "text").read_text() == "a hi\n"
+    assert "holds the current directory" not in caplog.text
+    with output_directory(out, "data combine", overwrite=True) as tmp:
+        (tmp / "text").write_text("a hello\n")
+        (tmp / "utt2lang").write_text("a en\n")
+    assert (out / "utt2lang").read_text() == "a en\n"
+
+
+def test_overwrite_never_replaces_a_file_inside_another_commands_output(tmp_path):
+    """`units score --plot km/kmeans.json --overwrite` wrote a PNG over a k-means model: a file
+    inside another command's output is that command's, as the dir is. A new file may be added."""
+    km = tmp_path / "km"
+    with output_directory(km, "kmeans fit") as tmp:
+        (tmp / "kmeans.json").write_text("{}")
+    with pytest.raises(
+        OutputExistsError,
+        match=r"^--plot .*kmeans.json already exists inside .*km \(the output"
+        r" of `speechssl kmeans fit`\); units score never writes over it, even with --overwrite",
+    ):
+        check_output(km / "kmeans.json", "units score", overwrite=True, is_file=True, option="--plot")
+    assert (km / "kmeans.json").read_text() == "{}"
+    assert check_output(km / "scores.png", "units score", is_file=True, option="--plot") == km / "scores.png"

@@ -118,7 +118,7 @@ def analyze(
         "num_frames_seen": features[0].num_frames_seen,
         "num_frames": int(len(features[0].frames[0])),
     }
-    with output_directory(out_dir, command(kind)) as tmp:
+    with output_directory(out_dir, command(kind), overwrite=overwrite) as tmp:
         if kind == "rankme":
             doc["results"] = _rankme(features, tmp)
         elif kind == "cka":

@@ -46,9 +46,9 @@ def run_score(args: argparse.Namespace) -> int:
     inputs = (*args.labels, args.alignments)
     if args.out and plot and Path(args.out).resolve() == Path(plot).resolve():
         raise ValueError(f"--out and --plot are the same file ({args.out}): name two files")
-    for path in (args.out, plot):  # checked before any scoring; an earlier score file of ours is replaced
+    for path, option in ((args.out, "--out"), (plot, "--plot")):  # before any scoring; ours are replaced
         if path:
-            check_output(path, COMMAND, overwrite=args.overwrite, inputs=inputs, is_file=True)
+            check_output(path, COMMAND, overwrite=args.overwrite, inputs=inputs, is_file=True, option=option)
     results = score_label_files(args.labels, args.alignments, frame_shift=args.frame_shift, names=args.names)
     print(format_table(results), end="")
     if args.out:

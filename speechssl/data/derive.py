@@ -221,7 +221,7 @@ def derive_data_dir(
             src / RTTM_FILE, lambda r: reco(r) if r in recos else None, scale=time_scale, speaker=spk
         )
 
-    with output_directory(out, command) as tmp:
+    with output_directory(out, command, overwrite=overwrite) as tmp:
         if audio is not None:
             written = audio(tmp, sorted(recos, key=c_sort_key))
             tables["wav.scp"] = {reco(r): a.path for r, a in written.items()}

@@ -168,7 +168,7 @@ def evaluate_qbe(
         "scoring": "subsequence DTW (s3prl quesst14_dtw); MTWV, p_target 0.0008, c_miss 100, c_fa 1",
         "best_layer": best, "layers": {str(k): v for k, v in per_layer.items()},
     }  # fmt: skip
-    with output_directory(out_dir, QBE_COMMAND) as tmp:
+    with output_directory(out_dir, QBE_COMMAND, overwrite=overwrite) as tmp:
         atomic_write_json(tmp / "qbe.json", doc)
         atomic_write_json(tmp / results_file("test"), results)
         atomic_write_json(tmp / "results.json", results)

@@ -327,7 +327,7 @@ def train_tokenizer(
         train(out_dir)
     else:  # built in a temp sibling: a failed run leaves --out as it was
         check_output(out_dir, TOKENIZER_COMMAND, overwrite=overwrite, inputs=(text,))
-        with output_directory(out_dir, TOKENIZER_COMMAND) as tmp:
+        with output_directory(out_dir, TOKENIZER_COMMAND, overwrite=overwrite) as tmp:
             train(tmp)
     return out_dir / "spm.model"
 

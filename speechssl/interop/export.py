@@ -140,7 +140,7 @@ def export_upstream(
     if fmt == "hf":
         from speechssl.interop.transformers_io import save_transformers
 
-        save_transformers(state, up.config, out, command=COMMAND)
+        save_transformers(state, up.config, out, command=COMMAND, overwrite=overwrite)
     elif fmt == "fairseq":
         from speechssl.interop.fairseq_io import to_fairseq
 

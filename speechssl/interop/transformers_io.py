@@ -393,7 +393,12 @@ def complete_masked_spec_embed(state: dict[str, Tensor], model_state: dict[str, 
 
 
 def save_transformers(
-    model_or_state: Any, config: ModelConfig, path: str | Path, *, command: str = "export"
+    model_or_state: Any,
+    config: ModelConfig,
+    path: str | Path,
+    *,
+    command: str = "export",
+    overwrite: bool = False,
 ) -> Path:
     """Write a transformers directory (config.json, preprocessor_config.json, model.safetensors)
     that the family's transformers model (HubertModel, Wav2Vec2Model, WavLMModel, UniSpeechSatModel,
@@ -413,7 +418,7 @@ def save_transformers(
         "do_normalize": config.normalize_waveform,
         "return_attention_mask": True,
     }
-    with output_directory(path, command) as tmp:
+    with output_directory(path, command, overwrite=overwrite) as tmp:
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
         (tmp / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})

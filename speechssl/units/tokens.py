@@ -240,7 +240,7 @@ def extract_tokens(
     centroids = torch.from_numpy(model.centroids).to(extractor.device)
     frames = tokens = samples = utts = 0
     used = np.zeros(K, dtype=bool)
-    with output_directory(out_dir, COMMAND) as tmp:
+    with output_directory(out_dir, COMMAND, overwrite=overwrite) as tmp:
         first = tmp / (".units" if config.bpe_vocab is not None else TOKENS)  # BPE: units first
         longest = 0
         with (
