@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from pathlib import Path
 
 from speechssl.cli.common import add_overwrite_argument
 from speechssl.compression.report import check_comparison_output, compare_upstreams, write_comparison
@@ -19,12 +21,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="NAME=SOURCE",
         help="named load_upstream sources, e.g. teacher=exp/hubert distilled=exp/distill/final",
     )
-    parser.add_argument("--seconds", type=float, default=10.0, help="length of the test utterance")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per model (median)")
-    parser.add_argument("--num-threads", type=int, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--out", required=True, help="markdown file (a .json is written beside it)")
+    parser.add_argument(
+        "--seconds", type=positive(float), default=10.0, help="length of the test utterance (default: 10)"
+    )
+    parser.add_argument("--repeats", type=positive(int), default=5, help="timed runs per model (median)")
+    parser.add_argument("--num-threads", type=positive(int), help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--out", required=True, type=markdown_path, help="markdown file (a .json is written beside it)"
+    )
     add_overwrite_argument(parser)
     parser.set_defaults(func=run)
+
+
+def positive(kind: type) -> Callable[[str], float]:
+    """An argparse type: a number of `kind` above zero (a late, nameless error otherwise: no median
+    of zero runs, no frame of a zero-second utterance)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, found {text!r}") from None
+        if not value > 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be a finite number above 0, found {text}")
+        return value
+
+    return parse
+
+
+def markdown_path(text: str) -> str:
+    """--out: the JSON is written beside it with the suffix .json, so OUT itself must not be that."""
+    if Path(text).suffix.lower() == ".json":  # .JSON too: the same file where case is ignored (macOS)
+        raise argparse.ArgumentTypeError(
+            f"{text} ends in .json, where the JSON report goes beside the markdown one: name the"
+            f" markdown file, e.g. {Path(text).with_suffix('.md')}"
+        )
+    return text
 
 
 def run(args: argparse.Namespace) -> int:
