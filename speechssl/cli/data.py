@@ -68,6 +68,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     durations.add_argument("dir")
     durations.add_argument("--nj", type=int, default=1, help="parallel header readers (default: 1)")
+    durations.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a utt2dur / reco2dur that `data durations` did not write and that differs"
+        " (measured by hand, by another tool, or edited); the original is kept in DIR/.backup",
+    )
     durations.set_defaults(func=run_durations)
 
     combine = actions.add_parser("combine", help="union of data dirs (utils/combine_data.sh)")
@@ -210,10 +216,15 @@ def run_fix(args: argparse.Namespace) -> int:
 def run_durations(args: argparse.Namespace) -> int:
     if args.nj < 1:
         raise ValueError(f"--nj must be at least 1, found {args.nj}")
-    data = compute_durations(args.dir, nj=args.nj, progress=True)
-    written = "utt2dur and reco2dur" if data.reco2dur is not None and data.segments is not None else "utt2dur"
+    report = compute_durations(args.dir, nj=args.nj, progress=True, overwrite=args.overwrite)
+    data = report.data
     total = sum(data.utt2dur.values()) if data.utt2dur else 0.0
-    print(f"{args.dir}: wrote {written} for {len(data.utt2dur or {})} utterances ({total / 3600:.3f} hours)")
+    what = f"{len(data.utt2dur or {})} utterances ({total / 3600:.3f} hours)"
+    if not report.written:
+        print(f"{args.dir}: already holds these durations for {what}; nothing written")
+        return 0
+    backup = f"; originals in {report.backup_dir}" if report.backup_dir is not None else ""
+    print(f"{args.dir}: wrote {' and '.join(report.written)} for {what}{backup}")
     return 0
 
 

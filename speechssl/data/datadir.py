@@ -28,12 +28,14 @@ as in Kaldi recipes; absolute paths are safest.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from speechssl.data.alignments import scan_phone_ctm
 from speechssl.data.audio import AudioInfo, audio_info
+from speechssl.data.backup import refuse_symlinked, write_backup
 from speechssl.data.kaldi import (
     Problem,
     ProblemKind,
@@ -41,6 +43,7 @@ from speechssl.data.kaldi import (
     c_sort_key,
     fatal_problems,
     format_seconds,
+    format_table,
     scan_table,
     write_table,
 )
@@ -55,7 +58,7 @@ from speechssl.data.layout import (
 )
 from speechssl.data.rttm import format_rttm, read_rttm
 from speechssl.io import atomic_write_text
-from speechssl.outputs import check_output, output_directory
+from speechssl.outputs import check_output, is_own_file, output_directory, record_output
 
 PIPE_POLICY = (
     "Kaldi pipe entries (`cmd |`) are not supported: write the audio to files first"
@@ -405,12 +408,17 @@ def summarize_data_dir(path: str | Path) -> DataSummary:
 # ---------------------------------------------------------------- durations
 
 
-def compute_durations(path: str | Path, *, nj: int = 1, progress: bool = True) -> DataDir:
-    """Write utt2dur (and reco2dur when there are segments) from audio headers; nothing is decoded.
+DURATIONS = "data durations"  # the command named in the record of the tables it wrote
+
+
+def measure_durations(
+    path: str | Path, *, nj: int = 1, progress: bool = True
+) -> tuple[DataDir, dict[str, str]]:
+    """The dir with utt2dur (and reco2dur when there are segments) from audio headers, and those
+    tables' text by name; nothing is decoded, nothing written.
 
     With segments, an utterance lasts end - start (as Kaldi's get_utt2dur.sh).
-    If any header cannot be read, raises ValueError naming every bad entry and
-    writes nothing.
+    If any header cannot be read, raises ValueError naming every bad entry.
     """
     data = DataDir.load(path)
     infos = read_headers(data.wav_scp, nj, progress, "durations")
@@ -423,13 +431,79 @@ def compute_durations(path: str | Path, *, nj: int = 1, progress: bool = True) -
         raise ValueError(f"cannot read {len(errors)} audio headers:\n" + "\n".join(errors[:10]) + more)
     headers = {k: v.duration for k, v in infos.items()}
     if data.segments is not None:
-        data.reco2dur = dict(headers)
         data.utt2dur = {u: end - start for u, (_, start, end) in data.segments.items()}
-        write_table(data.path / "reco2dur", {k: format_seconds(v) for k, v in data.reco2dur.items()})
+        data.reco2dur = dict(headers)
     else:
         data.utt2dur = dict(headers)
-    write_table(data.path / "utt2dur", {k: format_seconds(v) for k, v in data.utt2dur.items()})
-    return data
+    durations = {"utt2dur": data.utt2dur, "reco2dur": data.reco2dur if data.segments is not None else None}
+    tables = {
+        name: format_table({k: format_seconds(v) for k, v in table.items()})
+        for name, table in durations.items()
+        if table is not None
+    }
+    return data, tables
+
+
+@dataclass(frozen=True)
+class DurationsReport:
+    """What `compute_durations` did: the tables it wrote (none when they already held these
+    durations) and where the originals it replaced are."""
+
+    data: DataDir
+    written: tuple[str, ...]
+    backup_dir: Path | None
+
+
+def compute_durations(
+    path: str | Path, *, nj: int = 1, progress: bool = True, overwrite: bool = False
+) -> DurationsReport:
+    """`speechssl data durations`: write utt2dur (and reco2dur) of `measure_durations`.
+
+    A table that already holds these durations is left alone; one this command wrote and nobody
+    changed since (`record_output`) is replaced. Any other (measured by hand, by another tool, or
+    edited) is refused before anything is written, naming its first differing line, unless
+    `overwrite`; then the originals go to a `.backup/` dir first, as `data fix` keeps them.
+    """
+    data, tables = measure_durations(path, nj=nj, progress=progress)
+    changed = [
+        name
+        for name, text in tables.items()
+        if not (data.path / name).is_file() or (data.path / name).read_bytes() != text.encode("utf-8")
+    ]
+    refuse_symlinked(data.path, changed, "data durations")
+    foreign = [name for name in changed if os.path.lexists(data.path / name) and not _own(data.path / name)]
+    if foreign and not overwrite:
+        name = foreign[0]
+        raise ValueError(
+            f"{data.path / name}: {_first_difference(data, name)}; `speechssl data durations` did not"
+            " write this file (measured by hand or by another tool, or edited): pass --overwrite to"
+            " replace it (the original is kept in a .backup dir, as `data fix` does)"
+        )
+    backup = write_backup(data.path, foreign) if foreign else None
+    for name in changed:
+        atomic_write_text(data.path / name, tables[name])
+        record_output(data.path / name, DURATIONS)
+    return DurationsReport(data, tuple(changed), backup)
+
+
+def _own(table: Path) -> bool:
+    return table.is_file() and is_own_file(table, DURATIONS)
+
+
+def _first_difference(data: DataDir, name: str) -> str:
+    """Where the table `name` on disk first differs from the durations just measured."""
+    rows = {row.key: row for row in reversed(scan_table(data.path / name)[0])}  # the first of duplicates
+    new = data.utt2dur if name == "utt2dur" else data.reco2dur
+    assert new is not None
+    for key in sorted(new.keys() | rows.keys(), key=c_sort_key):
+        if key not in rows:
+            return f"'{key}' is missing (the audio says {format_seconds(new[key])} s)"
+        if key not in new:
+            return f"line {rows[key].line}: '{key}' is not in this dir"
+        measured = format_seconds(new[key])
+        if rows[key].value != measured:
+            return f"line {rows[key].line}: '{key}' {rows[key].value} s, the audio says {measured} s"
+    return "differs from the durations the audio gives (in its layout only)"
 
 
 # ---------------------------------------------------------------- combine
@@ -505,7 +579,7 @@ def combine_data_dirs(out: str | Path, sources: list[str | Path], *, overwrite: 
         if (d.path / RTTM_FILE).is_file():
             for reco, turns in read_rttm(d.path / RTTM_FILE).items():
                 rttm.setdefault(reco, []).extend(turns)
-    with output_directory(out, COMBINE) as tmp:
+    with output_directory(out, COMBINE, overwrite=overwrite) as tmp:
         data = write_data_dir(tmp, **tables)
         if ctm_lines:
             ctm_lines.sort(key=lambda row: c_sort_key(row.uttid))  # stable: each alignment in time order

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from speechssl.data.alignments import format_ctm_row
 from speechssl.data.datadir import UTT2UNIQ, spk2utt_from_utt2spk
-from speechssl.data.kaldi import ProblemKind, c_sort_key, format_seconds, format_table
+from speechssl.data.kaldi import ProblemKind, c_sort_key, format_seconds, format_table, read_lines
 from speechssl.data.layout import (
     CTM_FILE,
     RECORDING,
@@ -279,21 +279,19 @@ def derive_data_dir(
 def _trials(path: Path, kept: set[str], utt: Callable[[str], str], notes: list[str]) -> str | None:
     """The trials whose two utterances are kept, renamed; a malformed line is an error naming it."""
     lines, total, kinds = [], 0, set()
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 3 or fields[2] not in ("target", "nontarget"):
-                raise ValueError(
-                    f"{path}:{lineno}: expected 'enroll_utt test_utt target|nontarget',"
-                    f" found '{line.strip()}'"
-                )
-            total += 1
-            a, b, kind = fields
-            if a in kept and b in kept:
-                lines.append(f"{utt(a)} {utt(b)} {kind}\n")
-                kinds.add(kind)
+    for lineno, line in enumerate(read_lines(path), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 3 or fields[2] not in ("target", "nontarget"):
+            raise ValueError(
+                f"{path}:{lineno}: expected 'enroll_utt test_utt target|nontarget', found '{line.strip()}'"
+            )
+        total += 1
+        a, b, kind = fields
+        if a in kept and b in kept:
+            lines.append(f"{utt(a)} {utt(b)} {kind}\n")
+            kinds.add(kind)
     if not lines:
         notes.append(f"trials: none of the {total} trials has both utterances kept: not written")
         return None

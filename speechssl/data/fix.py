@@ -2,26 +2,23 @@
 
 What it may touch: only the tables of `speechssl.data.layout` (other files are listed as ignored,
 never read, never changed), and it never deletes a file. Before it changes anything, the
-originals of every table are copied into a new backup dir: `.backup/` the first time, then
-`.backup.1/`, `.backup.2/`..., so the first originals are never replaced. The backup is written
-to a temp dir and renamed; the changed tables are written as temp files and renamed together at
-the end, so a crash leaves every table whole (old or new) and the originals in the backup. A fix
-that would keep no utterance changes nothing unless asked (`allow_empty`), and a fix with nothing
-to change writes nothing (no backup either).
+originals of every table are copied into a new backup dir (`speechssl.data.backup`): `.backup/`
+the first time, then `.backup.1/`, `.backup.2/`..., so the first originals are never replaced. A
+table to change that is a symlink is refused (its target may be shared; the link is the user's).
+The backup is written to a temp dir and renamed; the changed tables are written as temp files and
+renamed together at the end, so a crash leaves every table whole (old or new) and the originals
+in the backup. A fix that would keep no utterance changes nothing unless asked (`allow_empty`),
+and a fix with nothing to change writes nothing (no backup either).
 """
 
 from __future__ import annotations
 
-import errno
-import itertools
-import os
-import shutil
-import tempfile
 from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+from speechssl.data.backup import refuse_symlinked, write_backup
 from speechssl.data.datadir import spk2utt_from_utt2spk
 from speechssl.data.kaldi import Problem, ProblemKind, c_sort_key, format_table
 from speechssl.data.layout import CTM_FILE, RECORDING, RTTM_FILE, SPEAKER, UTTERANCE
@@ -29,7 +26,6 @@ from speechssl.data.rttm import derive_rttm, rttm_lines
 from speechssl.data.validate import ScannedDir, check_phone_ctm
 from speechssl.io import atomic_file
 
-BACKUP = ".backup"
 # lines fix removes (the first of duplicates is kept) and characters it removes from the lines it keeps
 REMOVED_LINES = frozenset(
     {ProblemKind.NOT_UTF8, ProblemKind.DUPLICATE, ProblemKind.MALFORMED, ProblemKind.PIPE}
@@ -76,30 +72,6 @@ class FixReport:
     backup_dir: Path | None
     num_utterances: int
     alignments: tuple[DroppedAlignment, ...] = ()  # phone_ctm lines removed, by utterance
-
-
-def _write_backup(path: Path, names: list[str]) -> Path:
-    """Copy the tables `names` into the first free backup dir (.backup, .backup.1, ...),
-    whole or not at all."""
-    tmp = Path(tempfile.mkdtemp(prefix=f"{BACKUP}.{os.getpid()}.tmp", dir=path))
-    try:
-        for name in names:
-            shutil.copy2(path / name, tmp / name)
-        for n in itertools.count():
-            target = path / (BACKUP if n == 0 else f"{BACKUP}.{n}")
-            if target.exists() or target.is_symlink():
-                continue
-            try:
-                os.rename(tmp, target)
-            except OSError as err:  # another fix took this name between the check and the rename
-                if err.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                    continue
-                raise
-            return target
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    raise AssertionError("unreachable")
 
 
 def _why_empty(dropped: list[Dropped], total: int) -> str:
@@ -204,8 +176,9 @@ def fix_data_dir(path: str | Path, *, allow_empty: bool = False) -> FixReport:
     ]
     backup = None
     if changed:
+        refuse_symlinked(path, changed, "fix")
         originals = list(files.listing.tables) + extra
-        backup = _write_backup(path, originals)
+        backup = write_backup(path, originals)
         with ExitStack() as stack:  # every temp file is written before the first rename
             for name in changed:
                 stack.enter_context(atomic_file(path / name)).write_text(contents[name], encoding="utf-8")

@@ -20,10 +20,11 @@ import os
 import re
 import stat
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import BinaryIO
 
 from speechssl.data.layout import file_kind
 from speechssl.io import atomic_write_text
@@ -106,9 +107,29 @@ def read_table_lines(path: str | Path) -> list[tuple[int, str, str]]:
                 if parts is not None:
                     rows.append((lineno, *parts))
     except UnicodeDecodeError as err:
-        lineno, raw = _first_non_utf8_line(path)
-        raise ValueError(f"{path}:{lineno}: {_not_utf8(raw if lineno == 1 else b'', err.reason)}") from None
+        raise _decode_error(path, err) from None
     return rows
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """The lines of a UTF-8 text file that is not a table (trials, rttm, a corpus's lists), split as
+    `scan_table` splits them; bytes that are not UTF-8 are a ValueError naming the file and line, not
+    the codec's bare message."""
+    lines = []
+    with open(path, "rb") as f:
+        for lineno, (raw, _) in enumerate(_split_lines(f), start=1):
+            try:
+                lines.append(raw.decode("utf-8"))
+            except UnicodeDecodeError as err:
+                raise ValueError(
+                    f"{path}:{lineno}: {_not_utf8(raw if lineno == 1 else b'', err.reason)}"
+                ) from None
+    return lines
+
+
+def _decode_error(path: str | Path, err: UnicodeDecodeError) -> ValueError:
+    lineno, raw = _first_non_utf8_line(path)
+    return ValueError(f"{path}:{lineno}: {_not_utf8(raw if lineno == 1 else b'', err.reason)}")
 
 
 def _not_utf8(head: bytes, reason: str) -> str:
@@ -122,11 +143,25 @@ def _not_utf8(head: bytes, reason: str) -> str:
     return f"is not valid UTF-8 ({reason})"
 
 
+def _split_lines(f: BinaryIO) -> Iterator[tuple[bytes, bytes]]:
+    """(line, its end) of a binary file: LF, CR LF, or a CR alone (old Mac files; Python's universal
+    newlines, which `read_table_lines` reads with, split there too); b"" ends a last line without one."""
+    for raw in f:
+        body, end = (raw[:-1], b"\n") if raw.endswith(b"\n") else (raw, b"")
+        if end and body.endswith(b"\r"):
+            body, end = body[:-1], b"\r\n"
+        *ended_by_cr, last = body.split(b"\r")
+        for line in ended_by_cr:
+            yield line, b"\r"
+        if last or end:
+            yield last, end
+
+
 def _first_non_utf8_line(path: str | Path) -> tuple[int, bytes]:
     """The number and bytes of the first line of `path` that does not decode as UTF-8 ((0, b"")
     when every line does)."""
     with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
+        for lineno, (raw, _) in enumerate(_split_lines(f), start=1):
             try:
                 raw.decode("utf-8")
             except UnicodeDecodeError:
@@ -248,7 +283,8 @@ def scan_table(path: str | Path) -> tuple[list[Row], list[Problem]]:
     Reports lines that are not UTF-8, duplicate keys (the later line; the first
     one wins), the first line out of C-locale order (once per file, since
     one misplaced line makes every later comparison meaningless), a byte-order
-    mark, CR line endings (once per file, with their count) and every line
+    mark, CR LF and CR-alone line endings (once per file each, with their count; a CR alone ends a
+    line, as in Python's universal newlines) and every line
     with other invisible characters. Returns all rows in file order, duplicates
     included, with the invisible characters removed (`clean_line`).
     """
@@ -258,20 +294,18 @@ def scan_table(path: str | Path) -> tuple[list[Row], list[Problem]]:
     first_line: dict[str, int] = {}
     unsorted_reported = False
     prev: Row | None = None
-    crlf: list[int] = []
+    ends: dict[bytes, list[int]] = {b"\r\n": [], b"\r": []}  # lines ended otherwise than by LF
     fix = "`speechssl data fix` removes it"
     with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
+        for lineno, (raw, end) in enumerate(_split_lines(f), start=1):
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as err:
                 message = _not_utf8(raw if lineno == 1 else b"", err.reason)
                 problems.append(Problem(str(path), lineno, None, message, ProblemKind.NOT_UTF8))
                 continue
-            line = line.rstrip("\n")
-            if line.endswith("\r"):
-                crlf.append(lineno)
-                line = line[:-1]
+            if end in ends:
+                ends[end].append(lineno)
             found: list[Problem] = []
             if lineno == 1 and line.startswith(BOM):
                 line = line[1:]
@@ -332,15 +366,16 @@ def scan_table(path: str | Path) -> tuple[list[Row], list[Problem]]:
                 unsorted_reported = True
             prev = row
             rows.append(row)
-    if crlf:
-        problems.append(
-            Problem(
-                str(path),
-                crlf[0],
-                None,
-                f"has Windows line endings (CR LF) on {len(crlf)} line(s),"
-                " first on this one; `speechssl data fix` rewrites them with LF",
-                ProblemKind.LINE_ENDINGS,
+    for end, what in ((b"\r\n", "Windows line endings (CR LF)"), (b"\r", "old Mac line endings (CR alone)")):
+        if ends[end]:
+            problems.append(
+                Problem(
+                    str(path),
+                    ends[end][0],
+                    None,
+                    f"has {what} on {len(ends[end])} line(s), first on this one;"
+                    " `speechssl data fix` rewrites them with LF",
+                    ProblemKind.LINE_ENDINGS,
+                )
             )
-        )
     return rows, problems

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from speechssl.data.kaldi import read_lines
 from speechssl.errors import SpeechSSLError
 
 
@@ -31,7 +32,7 @@ class RTTMError(SpeechSSLError, ValueError):
 def rttm_lines(path: str | Path) -> list[tuple[int, str, Turn]]:
     """(line number, recording, turn) of each SPEAKER line, so that checks can name the line."""
     rows = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(read_lines(path), 1):
         fields = line.split()
         if not fields or fields[0] != "SPEAKER":
             continue

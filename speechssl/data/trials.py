@@ -109,6 +109,6 @@ def write_trials(
             f"{len(set(data.utt2spk.values()))} speakers); an EER needs both: a speaker with two "
             "utterances and at least two speakers"
         )
-    atomic_write_text(out, format_trials(trials))
+    atomic_write_text(out.resolve(), format_trials(trials))  # a symlinked `out` is written at its target
     record_output(out, TRIALS_COMMAND)
     return trials

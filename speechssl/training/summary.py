@@ -24,12 +24,26 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     ]
 
 
+def _read_json(path: Path, what: str) -> dict:
+    """The JSON object in `path`; anything else is one line naming the file (a wrong file given)."""
+    try:
+        content = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not {what} (not JSON: {err})") from None
+    if not isinstance(content, dict):
+        raise ValueError(f"{path}: not {what} (a JSON {type(content).__name__}, not an object)")
+    return content
+
+
 def summarize_runs(runs: Sequence[str | Path], unit_scores: Sequence[str | Path] = ()) -> str:
     """Markdown: unit quality per label set, then steps, wall time, throughput and paths per run."""
     lines = ["# Pretraining summary", ""]
     unit_rows = []
     for path in unit_scores:
-        for item in json.loads(Path(path).read_text())["results"]:
+        scores = _read_json(Path(path), "the JSON of `speechssl units score`")
+        if not isinstance(scores.get("results"), list):
+            raise ValueError(f"{path}: not the JSON of `speechssl units score` (no 'results' list)")
+        for item in scores["results"]:
             unit_rows.append([item["name"], f"{item['pnmi']:.3f}", f"{item['phone_purity']:.3f}",
                               f"{item['cluster_purity']:.3f}", str(item["num_units"])])  # fmt: skip
     if unit_rows:
@@ -42,7 +56,7 @@ def summarize_runs(runs: Sequence[str | Path], unit_scores: Sequence[str | Path]
         path = Path(run) / "train_summary.json"
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: has `speechssl pretrain --out {run}` finished?")
-        s = json.loads(path.read_text())
+        s = _read_json(path, "the train_summary.json of `speechssl pretrain`")
         best = f"{s['best_valid_loss']:.3f}" if s.get("best_valid_loss") is not None else "-"
         run_rows.append([str(run), str(s["steps"]), f"{s['wall_seconds'] / 60:.1f}",
                          f"{s['audio_seconds_per_second']:.0f}", best, str(s["last_checkpoint"]),

@@ -238,7 +238,7 @@ def test_fix_needs_utt2spk(data_dir):
 
 def test_durations_equal_real_lengths(data_dir):
     (data_dir.path / "utt2dur").unlink()
-    data = compute_durations(data_dir.path, nj=2, progress=False)
+    data = compute_durations(data_dir.path, nj=2, progress=False).data
     for utt in data.utt_ids():
         info = sf.info(data.wav_scp[utt])
         assert data.utt2dur[utt] == pytest.approx(info.frames / info.samplerate, abs=1e-6)
@@ -250,7 +250,7 @@ def test_durations_equal_real_lengths(data_dir):
 def test_durations_with_segments_write_reco2dur(segmented_data_dir):
     d = segmented_data_dir.path
     (d / "utt2dur").unlink()
-    data = compute_durations(d, progress=False)
+    data = compute_durations(d, progress=False).data
     assert data.reco2dur == pytest.approx({"spk1-rec": 1.1, "spk2-rec": 1.16})
     assert data.utt2dur == pytest.approx(
         {u: utt_seconds(i, j) for i in range(2) for j in range(2) for u in [f"spk{i + 1}-utt{j + 1}"]}

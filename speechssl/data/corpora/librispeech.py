@@ -20,10 +20,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from speechssl.data.datadir import compute_durations, write_data_dir
-from speechssl.outputs import claim_directories
+from speechssl.data.datadir import measure_durations, write_data_dir
+from speechssl.data.kaldi import read_lines
+from speechssl.io import atomic_write_text
+from speechssl.outputs import check_output, claim_directories
 
 logger = logging.getLogger(__name__)
+
+COMMAND = "prepare librispeech"
 
 SUBSETS = (
     "dev-clean",
@@ -58,7 +62,7 @@ def read_transcripts(chapter_dir: Path) -> dict[str, str]:
     if len(files) != 1:
         raise ValueError(f"{chapter_dir}: expected one *.trans.txt file, found {len(files)}")
     text = {}
-    for lineno, line in enumerate(files[0].read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in enumerate(read_lines(files[0]), start=1):
         if not line.strip():
             continue
         parts = line.split(maxsplit=1)
@@ -66,6 +70,30 @@ def read_transcripts(chapter_dir: Path) -> dict[str, str]:
             raise ValueError(f"{files[0]}:{lineno}: utterance {parts[0]} has an empty transcript")
         text[parts[0]] = parts[1]
     return text
+
+
+def _read_subset(subset_dir: Path) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """wav.scp, text and utt2spk of one subset's chapters."""
+    wav_scp, text, utt2spk = {}, {}, {}
+    chapters = sorted(p for p in subset_dir.glob("*/*") if p.is_dir())
+    for chapter_dir in tqdm(chapters, desc=f"librispeech {subset_dir.name}", unit="chapter"):
+        transcripts = read_transcripts(chapter_dir)
+        audio = {p.stem: p for p in chapter_dir.glob("*.flac")}
+        if set(audio) != set(transcripts):
+            missing = sorted(set(transcripts) - set(audio))[:3]
+            extra = sorted(set(audio) - set(transcripts))[:3]
+            raise ValueError(
+                f"{chapter_dir}: transcripts and .flac files disagree"
+                f" (no audio for {missing}, no transcript for {extra})"
+            )
+        speaker = f"{chapter_dir.parent.name}-{chapter_dir.name}"
+        for utt_id, path in audio.items():
+            wav_scp[utt_id] = str(path.resolve())
+            text[utt_id] = transcripts[utt_id]
+            utt2spk[utt_id] = speaker
+    if not wav_scp:
+        raise ValueError(f"{subset_dir}: no utterances found (expected <reader>/<chapter>/*.flac)")
+    return wav_scp, text, utt2spk
 
 
 def prepare_librispeech(
@@ -83,32 +111,18 @@ def prepare_librispeech(
         if subset not in SUBSETS:
             raise ValueError(f"unknown LibriSpeech subset '{subset}'; valid: {', '.join(SUBSETS)}")
     subset_dirs = {subset: _find_subset(root, subset) for subset in subsets}  # inputs before outputs
-    targets = [out_dir / subset.replace("-", "_") for subset in subsets]
-    claim_directories(targets, "prepare librispeech", overwrite=overwrite, inputs=(root,))
+    targets = {subset: out_dir / subset.replace("-", "_") for subset in subsets}
+    for target in targets.values():  # refused before the corpus is read
+        check_output(target, COMMAND, overwrite=overwrite, inputs=(root,))
+    # every transcript is read before any dir is made: a bad one leaves nothing behind
+    tables = {subset: _read_subset(subset_dir) for subset, subset_dir in subset_dirs.items()}
+    claim_directories(list(targets.values()), COMMAND, overwrite=overwrite, inputs=(root,))
     written = {}
-    for subset, subset_dir in subset_dirs.items():
-        wav_scp, text, utt2spk = {}, {}, {}
-        chapters = sorted(p for p in subset_dir.glob("*/*") if p.is_dir())
-        for chapter_dir in tqdm(chapters, desc=f"librispeech {subset}", unit="chapter"):
-            transcripts = read_transcripts(chapter_dir)
-            audio = {p.stem: p for p in chapter_dir.glob("*.flac")}
-            if set(audio) != set(transcripts):
-                missing = sorted(set(transcripts) - set(audio))[:3]
-                extra = sorted(set(audio) - set(transcripts))[:3]
-                raise ValueError(
-                    f"{chapter_dir}: transcripts and .flac files disagree"
-                    f" (no audio for {missing}, no transcript for {extra})"
-                )
-            speaker = f"{chapter_dir.parent.name}-{chapter_dir.name}"
-            for utt_id, path in audio.items():
-                wav_scp[utt_id] = str(path.resolve())
-                text[utt_id] = transcripts[utt_id]
-                utt2spk[utt_id] = speaker
-        if not wav_scp:
-            raise ValueError(f"{subset_dir}: no utterances found (expected <reader>/<chapter>/*.flac)")
-        target = out_dir / subset.replace("-", "_")
+    for subset, (wav_scp, text, utt2spk) in tables.items():
+        target = targets[subset]
         write_data_dir(target, wav_scp, utt2spk=utt2spk, text=text)
-        compute_durations(target, nj=nj)
+        for name, table in measure_durations(target, nj=nj)[1].items():
+            atomic_write_text(target / name, table)
         logger.info(
             "%s: %d utterances, %d speakers -> %s", subset, len(wav_scp), len(set(utt2spk.values())), target
         )

@@ -26,7 +26,9 @@ import numpy as np
 import soundfile as sf
 
 from speechssl.data.audio import SAMPLE_RATE
-from speechssl.data.datadir import compute_durations, write_data_dir
+from speechssl.data.datadir import measure_durations, write_data_dir
+from speechssl.data.kaldi import read_lines
+from speechssl.io import atomic_write_text
 from speechssl.outputs import claim_directories
 
 logger = logging.getLogger(__name__)
@@ -58,7 +60,7 @@ def _check_root(root: Path) -> None:
 def read_split_list(path: Path, root: Path) -> set[str]:
     """`<word>/<file>.wav` lines -> set of relative paths; each must exist under root."""
     entries = set()
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in enumerate(read_lines(path), start=1):
         rel = line.strip()
         if not rel:
             continue
@@ -158,7 +160,8 @@ def prepare_speech_commands(
         target = out_dir / split
         target.mkdir(parents=True, exist_ok=True)
         write_data_dir(target, t["wav"], utt2spk=t["spk"], text=t["text"])
-        compute_durations(target, nj=nj)
+        for name, table in measure_durations(target, nj=nj)[1].items():
+            atomic_write_text(target / name, table)
         counts = {c: sum(v == c for v in t["text"].values()) for c in CLASSES}
         logger.info("speech commands %s: %d clips -> %s; per class %s", split, len(t["wav"]), target, counts)
         written[split] = target

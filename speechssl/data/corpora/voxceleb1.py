@@ -24,7 +24,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from speechssl.data.datadir import compute_durations, write_data_dir
+from speechssl.data.datadir import measure_durations, write_data_dir
+from speechssl.data.kaldi import read_lines
 from speechssl.data.trials import format_trials, make_trials
 from speechssl.io import atomic_write_text
 from speechssl.outputs import claim_directories
@@ -75,7 +76,7 @@ def read_iden_split(path: Path) -> list[tuple[int, str, str]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist (VoxCeleb1's identification split list)")
     rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in enumerate(read_lines(path), start=1):
         if not line.strip():
             continue
         parts = line.split()
@@ -92,7 +93,7 @@ def read_veri_trials(path: Path) -> list[tuple[int, str, str, bool]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist (VoxCeleb1-O trial list, veri_test2.txt)")
     rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in enumerate(read_lines(path), start=1):
         if not line.strip():
             continue
         parts = line.split()
@@ -107,7 +108,8 @@ def read_veri_trials(path: Path) -> list[tuple[int, str, str, bool]]:
 def _write(target: Path, wavs: dict[str, str], nj: int) -> Path:
     target.mkdir(parents=True, exist_ok=True)
     write_data_dir(target, wavs, utt2spk={u: u.split("-")[0] for u in wavs})
-    compute_durations(target, nj=nj)
+    for name, table in measure_durations(target, nj=nj)[1].items():
+        atomic_write_text(target / name, table)
     return target
 
 

@@ -1,0 +1,53 @@
+"""The originals of the tables a data tool rewrites in place (`data fix`, `data durations
+--overwrite`): copied into a new `.backup/` dir first, then `.backup.1/`, `.backup.2/`..., so the
+first originals are never replaced and nothing the user wrote is lost."""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+BACKUP = ".backup"
+
+
+def write_backup(path: Path, names: Iterable[str]) -> Path:
+    """Copy the files `names` of dir `path` into the first free backup dir (.backup, .backup.1, ...),
+    whole or not at all, and return it."""
+    tmp = path / f"{BACKUP}.{os.getpid()}.tmp"  # a temp name `remove_stale_temporaries` knows
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run whose pid this process now has
+    os.mkdir(tmp)  # not mkdtemp (mode 0700): the backup gets the mode the user's umask gives
+    try:
+        for name in names:
+            shutil.copy2(path / name, tmp / name)
+        for n in itertools.count():
+            target = path / (BACKUP if n == 0 else f"{BACKUP}.{n}")
+            if target.exists() or target.is_symlink():
+                continue
+            try:
+                os.rename(tmp, target)
+            except OSError as err:  # another fix took this name between the check and the rename
+                if err.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    continue
+                raise
+            return target
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    raise AssertionError("unreachable")
+
+
+def refuse_symlinked(path: Path, names: Iterable[str], command: str) -> None:
+    """Raise when a table `command` is about to rewrite in `path` is a symlink: writing through it
+    would change a file other dirs may share, and replacing it would delete the user's link."""
+    for name in names:
+        link = path / name
+        if link.is_symlink():
+            raise ValueError(
+                f"{link} is a symlink to {os.readlink(link)}; {command} writes neither through it (other"
+                f" dirs may share that file) nor over it: nothing changed. Replace the link by a copy"
+                f" (cp --remove-destination {link.resolve()} {link}) and run {command} again"
+            )

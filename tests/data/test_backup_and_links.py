@@ -1,0 +1,49 @@
+"""`data fix` backups get the umask's mode (not mkdtemp's 0700); a symlinked table is never replaced
+by a file (fix refuses to write through or over it); `data trials --out LINK` writes at the target."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from speechssl.cli.main import main
+from speechssl.data.fix import fix_data_dir
+from speechssl.testing.datadirs import plant_defect
+
+
+def test_backup_dir_has_the_umask_mode(data_dir):
+    plant_defect(data_dir.path, "text_extra_utt")
+    old = os.umask(0o022)
+    try:
+        report = fix_data_dir(data_dir.path)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(report.backup_dir.stat().st_mode) == 0o755
+
+
+def test_fix_refuses_a_symlinked_table_it_would_change(data_dir, tmp_path):
+    d = data_dir.path
+    shared = tmp_path / "shared_text"
+    shared.write_text((d / "text").read_text() + "zzz-utt9 a line of another dir\n")
+    (d / "text").unlink()
+    (d / "text").symlink_to(shared)
+    before = shared.read_text()
+    with pytest.raises(
+        ValueError, match=r"text is a symlink to .*shared_text; fix writes neither through it"
+    ):
+        fix_data_dir(d)
+    assert (d / "text").is_symlink() and shared.read_text() == before
+    assert not (d / ".backup").exists()
+
+
+def test_trials_overwrite_writes_at_the_symlink_target(data_dir, tmp_path, capsys):
+    target = tmp_path / "lists" / "trials.txt"
+    target.parent.mkdir()
+    target.write_text("mine\n")
+    link = tmp_path / "trials"
+    link.symlink_to(target)
+    assert main(["data", "trials", str(data_dir.path), "--out", str(link), "--overwrite"]) == 0
+    assert link.is_symlink() and target.read_text().endswith("target\n")
+    assert main(["data", "trials", str(data_dir.path), "--out", str(link)]) == 0  # its own now: re-run
