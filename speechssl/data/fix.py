@@ -6,13 +6,16 @@ originals of every table are copied into a new backup dir (`speechssl.data.backu
 the first time, then `.backup.1/`, `.backup.2/`..., so the first originals are never replaced. A
 table to change that is a symlink is refused (its target may be shared; the link is the user's).
 The backup is written to a temp dir and renamed; the changed tables are written as temp files and
-renamed together at the end, so a crash leaves every table whole (old or new) and the originals
-in the backup. A fix that would keep no utterance changes nothing unless asked (`allow_empty`),
-and a fix with nothing to change writes nothing (no backup either).
+renamed together at the end: a failure or Ctrl-C among the renames puts the replaced tables back
+from the backup, and a kill there leaves every table whole (old or new), the originals in the
+backup and a dir that `fix` run again fixes (it removes the killed run's temp tables). A fix that
+would keep no utterance changes nothing unless asked (`allow_empty`), and a fix with nothing to
+change writes nothing (no backup either).
 """
 
 from __future__ import annotations
 
+import shutil
 from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -24,7 +27,7 @@ from speechssl.data.kaldi import Problem, ProblemKind, c_sort_key, format_table
 from speechssl.data.layout import CTM_FILE, RECORDING, RTTM_FILE, SPEAKER, UTTERANCE
 from speechssl.data.rttm import derive_rttm, rttm_lines
 from speechssl.data.validate import ScannedDir, check_phone_ctm
-from speechssl.io import atomic_file
+from speechssl.io import atomic_file, remove_stale_temporaries
 
 # lines fix removes (the first of duplicates is kept) and characters it removes from the lines it keeps
 REMOVED_LINES = frozenset(
@@ -174,14 +177,19 @@ def fix_data_dir(path: str | Path, *, allow_empty: bool = False) -> FixReport:
         if not (files.has(name) or name in extra)
         or (path / name).read_bytes() != contents[name].encode("utf-8")
     ]
+    originals = list(files.listing.tables) + extra
+    remove_stale_temporaries(path, of={*contents, *originals})  # a killed fix's temp tables
     backup = None
     if changed:
         refuse_symlinked(path, changed, "fix")
-        originals = list(files.listing.tables) + extra
         backup = write_backup(path, originals)
-        with ExitStack() as stack:  # every temp file is written before the first rename
-            for name in changed:
-                stack.enter_context(atomic_file(path / name)).write_text(contents[name], encoding="utf-8")
+        try:
+            with ExitStack() as stack:  # every temp file is written before the first rename
+                for name in changed:
+                    stack.enter_context(atomic_file(path / name)).write_text(contents[name], encoding="utf-8")
+        except BaseException:
+            _put_back(path, backup, changed)
+            raise
     return FixReport(
         dropped=tuple(dropped),
         removed_lines=removed,
@@ -192,6 +200,18 @@ def fix_data_dir(path: str | Path, *, allow_empty: bool = False) -> FixReport:
         num_utterances=len(kept_utts),
         alignments=tuple(alignments),
     )
+
+
+def _put_back(path: Path, backup: Path, changed: list[str]) -> None:
+    """After a failure (or Ctrl-C) among the renames: the tables already replaced get their
+    originals back from `backup` and new ones go, so the dir is as it was, not half fixed."""
+    for name in changed:
+        original, table = backup / name, path / name
+        if not original.is_file():
+            table.unlink(missing_ok=True)
+        elif table.read_bytes() != original.read_bytes():
+            with atomic_file(table) as tmp:
+                shutil.copy2(original, tmp)
 
 
 def _filter_ctm(files: ScannedDir, kept: set[str]) -> tuple[str, list[DroppedAlignment]]:

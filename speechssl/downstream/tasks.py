@@ -225,7 +225,8 @@ def check_batch_frames(utt_ids: list[str], lengths: Tensor, need: int | None, la
             raise DataCheckError(
                 f"utterance '{utt}' has {samples} samples, shorter than one frame of {label} ({need} "
                 "samples), though the data dir's durations (utt2dur, segments or reco2dur) said longer: "
-                "they are stale (`speechssl data durations DIR` rewrites them from the audio)"
+                "they are stale (`speechssl data durations DIR` rewrites them from the audio, with"
+                " --overwrite if another tool wrote them)"
             )
 
 

@@ -189,6 +189,39 @@ def test_fix_that_fails_while_writing_leaves_every_table_whole(data_dir, monkeyp
     assert not [p for p in os.listdir(d) if ".tmp" in p]
 
 
+def test_fix_stopped_among_its_renames_puts_the_replaced_tables_back(data_dir, monkeypatch):
+    """Ctrl-C (or a table that cannot be replaced) after the first table went in: that one gets its
+    original back from the backup, so the dir is as it was, not half fixed (spk2utt stayed new)."""
+    d = data_dir.path
+    plant_defect(d, "text_extra_utt")
+    plant_defect(d, "spk2utt_mismatch")
+    before = snapshot(d)
+    replace, renamed = os.replace, []
+
+    def stopping(src, dst):  # the second rename is stopped, no other
+        renamed.append(Path(dst).name)
+        if len(renamed) == 2:
+            raise KeyboardInterrupt
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", stopping)
+    with pytest.raises(KeyboardInterrupt):
+        fix_data_dir(d)
+    monkeypatch.undo()
+    assert renamed and {k: v for k, v in snapshot(d).items() if not k.startswith(".")} == before
+    assert not [p for p in os.listdir(d) if ".tmp" in p]
+
+
+def test_fix_removes_the_temp_tables_of_a_killed_fix(data_dir):
+    d = data_dir.path
+    plant_defect(d, "text_extra_utt")
+    dead = max(int(p) for p in os.listdir("/proc") if p.isdigit()) + 100_000  # no process has it
+    (d / f".text.{dead}.tmp").write_text("half a table")
+    (d / f".NOTES.{dead}.tmp").write_text("not a table's: left alone")
+    fix_data_dir(d)
+    assert sorted(p for p in os.listdir(d) if ".tmp" in p) == [f".NOTES.{dead}.tmp"]
+
+
 def test_fix_write_failure_is_one_line_naming_the_file(data_dir, monkeypatch):
     d = data_dir.path
     plant_defect(d, "text_extra_utt")
