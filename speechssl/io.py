@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
@@ -37,7 +38,16 @@ _WRITE_FAILURE_WORDS = (
     "unexpected pos",
     "iostream error",
 )
-_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp")
+# `.<name>.<pid>@<host>.tmp...` (`temp_tag`; names without the host: older speechssl versions)
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)(?:@(?P<host>[A-Za-z0-9-]+))?\.tmp")
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname().split(".")[0]) or "localhost"
+
+
+def temp_tag() -> str:
+    """What every temp name carries, `<pid>@<host>`: a killed writer's leftovers can be told from a
+    live one's, and on a file system shared by several hosts (NFS, parallel feature jobs) a job
+    never takes another host's live writer, whose pid it cannot check, for a dead one."""
+    return f"{os.getpid()}@{_HOST}"
 
 
 def write_failure(path: str | Path, err: BaseException) -> WriteFailedError | None:
@@ -84,7 +94,7 @@ def _share(path: Path) -> None:
 
 
 def _temp_name(path: Path) -> Path:
-    return path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    return path.with_name(f".{path.stem}.{temp_tag()}.tmp{path.suffix}")
 
 
 def _make_parent(path: Path) -> None:
@@ -145,7 +155,7 @@ def atomic_directory(
     path = Path(path)
     _make_parent(path)
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.tmp", dir=path.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{temp_tag()}.tmp", dir=path.parent))
     except OSError as err:
         raise (write_failure(path, err) or err) from None
     try:
@@ -168,7 +178,7 @@ def _swap(path: Path, new: Path, keep: Collection[str]) -> None:
     is in place, `path` is put back as it was. Only a kill between the two renames is not covered:
     it leaves the old dir as `.<name>.<pid>.tmpold`, which `remove_stale_temporaries` renames back."""
     moved: list[str] = []  # carried by renaming (a file system without hard links): put back on failure
-    old = path.with_name(f".{path.name}.{os.getpid()}.tmpold")
+    old = path.with_name(f".{path.name}.{temp_tag()}.tmpold")
     try:
         for name in keep:
             if not _hard_link(path / name, new / name):
@@ -229,9 +239,10 @@ def pid_alive(pid: int) -> bool:
 
 def remove_stale_temporaries(directory: str | Path, of: Collection[str] | None = None) -> list[Path]:
     """Remove the temp files and dirs of `atomic_file` / `atomic_directory` in `directory` whose
-    writer no longer runs (a killed job); with `of`, only those of the files or dirs so named (in a
-    dir that may also hold a user's files). Returns what was removed. A dir the killed job had moved
-    aside to replace it, and not yet replaced, is renamed back instead."""
+    writer no longer runs (a killed job of this host: another host's pids cannot be checked);
+    with `of`, only those of the files or dirs so named (in a dir that may also hold a user's files).
+    Returns what was removed. A dir the killed job had moved aside to replace it, and not yet
+    replaced, is renamed back instead."""
     directory = Path(directory)
     removed: list[Path] = []
     if not directory.is_dir():
@@ -242,6 +253,7 @@ def remove_stale_temporaries(directory: str | Path, of: Collection[str] | None =
         m = _TEMP_NAME.match(entry.name)
         if (
             m is None
+            or m.group("host") not in (None, _HOST)
             or pid_alive(int(m.group("pid")))
             or (targets is not None and m.group("name") not in targets)
         ):

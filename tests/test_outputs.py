@@ -197,6 +197,25 @@ def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
     assert sorted(os.listdir(tmp_path)) == sorted([live.name, "0_1.npy"])
 
 
+def test_stale_temporaries_of_another_host_are_never_taken_for_dead(tmp_path):
+    """On a file system several hosts share (NFS; parallel feature jobs of a cluster), a pid says
+    nothing about another host's writer: its temp files stay (it deleted a live job's files)."""
+    from speechssl.io import temp_tag
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    pid, host = int(dead.stdout), temp_tag().split("@")[1]
+    with atomic_file(tmp_path / "made.npy") as tmp:
+        assert tmp.name == f".made.{temp_tag()}.tmp.npy"  # our writers' names carry the host
+        tmp.write_text("x")
+    ours, theirs = tmp_path / f".a.{pid}@{host}.tmp.npy", tmp_path / f".b.{pid}@{host}x.tmp.npy"
+    ours.write_text("killed here")
+    theirs.write_text("another host's writer, perhaps alive")
+    assert remove_stale_temporaries(tmp_path) == [ours]
+    assert sorted(os.listdir(tmp_path)) == [theirs.name, "made.npy"]
+
+
 def test_a_file_this_command_wrote_is_replaced_until_someone_edits_it(tmp_path):
     f = tmp_path / "compare.md"
     f.write_text("table")

@@ -87,7 +87,7 @@ from speechssl.data.dataset import AudioDataset, collate_audio
 from speechssl.downstream.tasks import check_batch_frames, min_input_samples
 from speechssl.errors import OutputExistsError, SpeechSSLError
 from speechssl.features.upstream_features import pads_safely
-from speechssl.io import atomic_directory, atomic_write_json, is_temporary
+from speechssl.io import atomic_directory, atomic_write_json, is_temporary, temp_tag
 from speechssl.models.upstream_api import UpstreamModel
 from speechssl.outputs import FILES_RECORD, MARKER, check_output, is_experiment_dir, read_marker, write_marker
 
@@ -497,7 +497,7 @@ class FeatureCache:
         key = entry.name
         if problem is not None:  # our own entry, damaged (a disk error, a hand edit): never read
             log.warning("feature cache: %s: recomputing", problem)
-            stale = entry.with_name(f".{key}.{os.getpid()}.tmpdamaged")
+            stale = entry.with_name(f".{key}.{temp_tag()}.tmpdamaged")
             entry.rename(stale)
             shutil.rmtree(stale, ignore_errors=True)
         else:

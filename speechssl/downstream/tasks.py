@@ -86,7 +86,7 @@ from speechssl.downstream.heads import (
     XVectorHead,
 )
 from speechssl.errors import SpeechSSLError
-from speechssl.io import atomic_file, atomic_write_text
+from speechssl.io import atomic_file, atomic_write_text, temp_tag
 from speechssl.objectives.ctc import ctc_greedy, ctc_loss
 from speechssl.outputs import check_output, output_directory
 
@@ -263,7 +263,7 @@ def train_sentencepiece(
     model_prefix = Path(model_prefix)
     model_prefix.parent.mkdir(parents=True, exist_ok=True)
     # a temp name `remove_stale_temporaries` knows, so a killed run's leftovers are cleaned
-    tmp = Path(tempfile.mkdtemp(prefix=f".{model_prefix.name}.{os.getpid()}.tmp", dir=model_prefix.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{model_prefix.name}.{temp_tag()}.tmp", dir=model_prefix.parent))
     try:
         try:
             spm.SentencePieceTrainer.train(

@@ -39,7 +39,7 @@ import torch
 from tqdm import tqdm
 
 from speechssl.errors import SpeechSSLError
-from speechssl.io import atomic_file, atomic_write_text, pid_alive, remove_stale_temporaries
+from speechssl.io import atomic_file, atomic_write_text, pid_alive, remove_stale_temporaries, temp_tag
 
 logger = logging.getLogger(__name__)
 
@@ -334,7 +334,7 @@ def dump_features(
     paths["json"].unlink(missing_ok=True)  # from here on the shard is unfinished
 
     np_dtype = np.dtype(dtype)
-    raw = out_dir / f".{rank}_{nshard}.raw.{os.getpid()}.tmp"  # remove_stale_temporaries' pattern
+    raw = out_dir / f".{rank}_{nshard}.raw.{temp_tag()}.tmp"  # remove_stale_temporaries' pattern
     lengths: list[int] = []
     budget = int(batch_seconds * extractor.sample_rate)
     stream_samples = (

@@ -40,7 +40,7 @@ import torch
 from safetensors.torch import save_file
 
 from speechssl.errors import WriteFailedError
-from speechssl.io import atomic_directory, remove_stale_temporaries, write_failure
+from speechssl.io import atomic_directory, remove_stale_temporaries, temp_tag, write_failure
 from speechssl.models.checkpoint import (
     CheckpointError,
     check_finite,
@@ -254,7 +254,7 @@ def save_sharded_checkpoint(
 def point(root: str | Path, name: str, target: Path) -> None:
     """Atomically make `root/name` a relative symlink to `target`."""
     root = Path(root)
-    tmp = root / f".{name}.{os.getpid()}.tmp"  # a temp name: `clean_temporary` removes a killed run's
+    tmp = root / f".{name}.{temp_tag()}.tmp"  # a temp name: `clean_temporary` removes a killed run's
     if tmp.is_symlink() or tmp.exists():
         tmp.unlink()
     try:
