@@ -32,7 +32,16 @@ import yaml
 from speechssl.config import config_yaml, save_config
 from speechssl.errors import OutputExistsError, SpeechSSLError
 from speechssl.io import remove_stale_temporaries
-from speechssl.outputs import LOCK, ExperimentLock, check_output, read_marker, refuse_inputs, write_marker
+from speechssl.outputs import (
+    LOCK,
+    ExperimentLock,
+    check_output,
+    is_own_file,
+    read_marker,
+    record_output,
+    refuse_inputs,
+    write_marker,
+)
 from speechssl.training import checkpoints as ckpt
 from speechssl.training.distributed import all_gather_object, distributed, env_rank, on_main_rank
 
@@ -155,9 +164,11 @@ def check_experiment_out(
 def check_config_file(out: Path, command: str, text: str, source: Path | None) -> None:
     """Refuse a run whose EXP/config.yaml (`text`) would replace a file that is not a run's config
     as written (step 4 above): the user's own (--overwrite keeps it), or one edited since, perhaps
-    in the hope that a resume reads it."""
+    in the hope that a resume reads it. One that `command` wrote (`begin`) and nobody changed is
+    the run's, whatever it holds (a run stopped before its first checkpoint, then started with
+    other settings)."""
     path = out / CONFIG_FILE
-    if not (path.exists() or path.is_symlink()):
+    if not (path.exists() or path.is_symlink()) or is_own_file(path, command):
         return
     written = [text.encode()]
     if source is not None and (source / ckpt.CONFIG_FILE).is_file():
@@ -211,6 +222,7 @@ class Experiment:
             remove_killed_temporaries(self.out)
             if self.config is not None:
                 save_config(self.config, self.out / CONFIG_FILE)
+                record_output(self.out / CONFIG_FILE, self.command)
         self.begun = True
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -210,6 +211,17 @@ def test_a_resume_refuses_to_write_over_an_edited_config_yaml(finished, tmp_path
     # as the run wrote it: resumed (and lengthened) as before, the file now says the new length
     (exp / "config.yaml").write_text(written)
     assert main(pretrain_args(corpus, exp, "--resume", "--max-steps", "3")) == 0
+    assert "max_steps: 3\n" in (exp / "config.yaml").read_text()
+
+
+def test_a_run_stopped_before_its_first_checkpoint_starts_again_with_other_settings(
+    finished, tmp_path, corpus
+):
+    """EXP/config.yaml as the stopped run wrote it is the run's, not the user's: a new start with
+    another --max-steps replaces it (it was refused as 'edited since')."""
+    exp = copy_exp(finished, tmp_path / "exp")
+    shutil.rmtree(exp / "checkpoints")  # stopped before its first checkpoint
+    assert main(pretrain_args(corpus, exp, "--max-steps", "3", "--set", "trainer.save_every=3")) == 0
     assert "max_steps: 3\n" in (exp / "config.yaml").read_text()
 
 
