@@ -25,7 +25,7 @@ from speechssl.errors import SpeechSSLError, WriteFailedError
 
 # errnos that say "the machine cannot take this write" (or read), not "the program is wrong"
 MACHINE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO, errno.EACCES, errno.EPERM}
-# errnos of a file system that has no hard links (`_hard_link` then renames)
+# errnos of a file system that has no hard links (`_carry` then copies)
 _NO_HARD_LINKS = {errno.EPERM, errno.EMLINK, errno.EXDEV, errno.ENOTSUP, errno.EOPNOTSUPP}
 # Writers that are not Python file objects (torch.save, safetensors, onnx) report ENOSPC in words;
 # torch.save(path) on a full disk says only "unexpected pos" or "basic_ios::clear: iostream error".
@@ -176,49 +176,47 @@ def atomic_directory(
 def _swap(path: Path, new: Path, keep: Collection[str]) -> None:
     """Replace the dir `path` by `new`, carrying `keep` over; on any error (or Ctrl-C) before `new`
     is in place, `path` is put back as it was. Only a kill between the two renames is not covered:
-    it leaves the old dir as `.<name>.<pid>.tmpold`, which `remove_stale_temporaries` renames back."""
-    moved: list[str] = []  # carried by renaming (a file system without hard links): put back on failure
+    it leaves the old dir as `.<name>.<pid>@<host>.tmpold`, which `remove_stale_temporaries` renames
+    back. The old dir holds everything it held until the swap: what is carried is never moved."""
     old = path.with_name(f".{path.name}.{temp_tag()}.tmpold")
     try:
         for name in keep:
-            if not _hard_link(path / name, new / name):
-                moved.append(name)
-                (path / name).rename(new / name)
+            _carry(path / name, new / name)
         path.replace(old)
         new.replace(path)
     except BaseException:
         if os.path.lexists(new):  # stopped before the new dir went in
             if not os.path.lexists(path):
                 old.replace(path)
-            for name in moved:
-                (new / name).rename(path / name)
         else:
             shutil.rmtree(old, ignore_errors=True)
         raise
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _hard_link(entry: Path, target: Path) -> bool:
-    """Give the file, symlink or whole tree `entry` a second name `target` made of hard links (the
-    data is not copied; `entry` stays whole), or False where the file system has none."""
+def _carry(entry: Path, target: Path) -> None:
+    """Give the file, symlink or whole tree `entry` a second name `target`: hard links (the data is
+    not copied), or a copy where the file system has none."""
 
     def link(src: str, dst: str) -> None:
         os.link(src, dst, follow_symlinks=False)
 
+    tree = entry.is_dir() and not entry.is_symlink()
     try:
-        if entry.is_dir() and not entry.is_symlink():
+        if tree:
             shutil.copytree(entry, target, symlinks=True, copy_function=link)
         else:
             link(str(entry), str(target))
+        return
     except OSError as err:  # copytree gathers its files' errors into one shutil.Error
         if not isinstance(err, shutil.Error) and err.errno not in _NO_HARD_LINKS:
             raise
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        elif os.path.lexists(target):
-            target.unlink()
-        return False
-    return True
+    if tree:
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(entry, target, symlinks=True)
+    else:
+        Path(target).unlink(missing_ok=True)
+        shutil.copy2(entry, target, follow_symlinks=False)
 
 
 def is_temporary(name: str) -> bool:

@@ -465,3 +465,34 @@ def test_overwrite_never_replaces_a_file_inside_another_commands_output(tmp_path
         check_output(km / "kmeans.json", "units score", overwrite=True, is_file=True, option="--plot")
     assert (km / "kmeans.json").read_text() == "{}"
     assert check_output(km / "scores.png", "units score", is_file=True, option="--plot") == km / "scores.png"
+
+
+def test_without_hard_links_a_rerun_copies_the_users_files_and_never_moves_them(tmp_path, monkeypatch):
+    """A file system without hard links (some network and FUSE mounts): the user's files are copied
+    into the new dir, so the old one still holds them all if the run is stopped before the swap
+    (they were moved, and a kill left them only in a temp dir the next run deleted)."""
+    out = _rerun_with_users_files(tmp_path)
+
+    def no_links(*args, **kwargs):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_links)
+    replace = Path.replace
+
+    def stop_between(self, target):
+        replace(self, target)
+        if Path(target).name.endswith(".tmpold"):
+            assert sorted(p.name for p in Path(target).iterdir()) == [
+                MARKER, "README.md", "config.json", "notes", "private.txt"
+            ]  # fmt: skip
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "replace", stop_between)
+        with pytest.raises(KeyboardInterrupt):
+            with output_directory(out, "export") as tmp:
+                (tmp / "config.json").write_text("2")
+    _as_the_user_left_it(out)
+    with output_directory(out, "export") as tmp:
+        (tmp / "config.json").write_text("2")
+    _as_the_user_left_it(out, config="2")

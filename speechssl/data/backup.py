@@ -11,7 +11,7 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from speechssl.io import temp_tag
+from speechssl.io import remove_stale_temporaries, temp_tag
 
 BACKUP = ".backup"
 
@@ -19,6 +19,7 @@ BACKUP = ".backup"
 def write_backup(path: Path, names: Iterable[str]) -> Path:
     """Copy the files `names` of dir `path` into the first free backup dir (.backup, .backup.1, ...),
     whole or not at all, and return it."""
+    remove_stale_temporaries(path, of=(BACKUP[1:],))  # a killed run's half-copied backup
     tmp = path / f"{BACKUP}.{temp_tag()}.tmp"  # a temp name `remove_stale_temporaries` knows
     shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run whose pid this process now has
     os.mkdir(tmp)  # not mkdtemp (mode 0700): the backup gets the mode the user's umask gives

@@ -23,6 +23,16 @@ def test_backup_dir_has_the_umask_mode(data_dir):
     assert stat.S_IMODE(report.backup_dir.stat().st_mode) == 0o755
 
 
+def test_a_killed_fixs_half_copied_backup_is_removed_by_the_next(data_dir):
+    d = data_dir.path
+    plant_defect(d, "text_extra_utt")
+    dead = max(int(p) for p in os.listdir("/proc") if p.isdigit()) + 100_000  # no process has it
+    (d / f".backup.{dead}.tmp").mkdir()
+    (d / f".backup.{dead}.tmp" / "text").write_text("half")
+    report = fix_data_dir(d)
+    assert report.backup_dir.name == ".backup" and not (d / f".backup.{dead}.tmp").exists()
+
+
 def test_fix_refuses_a_symlinked_table_it_would_change(data_dir, tmp_path):
     d = data_dir.path
     shared = tmp_path / "shared_text"
