@@ -11,7 +11,7 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from speechssl.io import remove_stale_temporaries, temp_tag
+from speechssl.io import remove_stale_temporaries, temp_tag, write_failure
 
 BACKUP = ".backup"
 
@@ -25,7 +25,10 @@ def write_backup(path: Path, names: Iterable[str]) -> Path:
     os.mkdir(tmp)  # not mkdtemp (mode 0700): the backup gets the mode the user's umask gives
     try:
         for name in names:
-            shutil.copy2(path / name, tmp / name)
+            try:
+                shutil.copy2(path / name, tmp / name)
+            except OSError as err:  # a full disk: name the backup, not the table copied from
+                raise (write_failure(tmp / name, err) or err) from None
         for n in itertools.count():
             target = path / (BACKUP if n == 0 else f"{BACKUP}.{n}")
             if target.exists() or target.is_symlink():

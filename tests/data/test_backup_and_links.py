@@ -57,3 +57,26 @@ def test_trials_overwrite_writes_at_the_symlink_target(data_dir, tmp_path, capsy
     assert main(["data", "trials", str(data_dir.path), "--out", str(link), "--overwrite"]) == 0
     assert link.is_symlink() and target.read_text().endswith("target\n")
     assert main(["data", "trials", str(data_dir.path), "--out", str(link)]) == 0  # its own now: re-run
+
+
+def test_a_full_disk_while_backing_up_names_the_backup_and_changes_nothing(data_dir, monkeypatch):
+    import errno
+    import shutil
+
+    from speechssl.errors import WriteFailedError
+
+    d = data_dir.path
+    plant_defect(d, "text_extra_utt")
+    before = {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()}
+
+    def full(src, dst, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(src))
+
+    monkeypatch.setattr(shutil, "copy2", full)
+    with pytest.raises(
+        WriteFailedError, match=r"cannot write .*/\.backup\.[^/]*\.tmp/\S+: No space left on device"
+    ):
+        fix_data_dir(d)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()} == before
+    assert not [p for p in os.listdir(d) if p.startswith(".backup")]
