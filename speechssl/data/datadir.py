@@ -444,6 +444,13 @@ def measure_durations(
     return data, tables
 
 
+def write_durations(path: str | Path, *, nj: int = 1, progress: bool = True) -> None:
+    """`measure_durations` written into a dir the caller has just made (`prepare`'s own output);
+    `compute_durations` is the command that checks what is there first."""
+    for name, table in measure_durations(path, nj=nj, progress=progress)[1].items():
+        atomic_write_text(Path(path) / name, table)
+
+
 @dataclass(frozen=True)
 class DurationsReport:
     """What `compute_durations` did: the tables it wrote (none when they already held these

@@ -121,15 +121,17 @@ def read_lines(path: str | Path) -> list[str]:
             try:
                 lines.append(raw.decode("utf-8"))
             except UnicodeDecodeError as err:
-                raise ValueError(
-                    f"{path}:{lineno}: {_not_utf8(raw if lineno == 1 else b'', err.reason)}"
-                ) from None
+                raise _not_utf8_at(path, lineno, raw, err.reason) from None
     return lines
 
 
 def _decode_error(path: str | Path, err: UnicodeDecodeError) -> ValueError:
     lineno, raw = _first_non_utf8_line(path)
-    return ValueError(f"{path}:{lineno}: {_not_utf8(raw if lineno == 1 else b'', err.reason)}")
+    return _not_utf8_at(path, lineno, raw, err.reason)
+
+
+def _not_utf8_at(path: str | Path, lineno: int, raw: bytes, reason: str) -> ValueError:
+    return ValueError(f"{path}:{lineno}: {_not_utf8(raw if lineno == 1 else b'', reason)}")
 
 
 def _not_utf8(head: bytes, reason: str) -> str:

@@ -76,7 +76,7 @@ import numpy as np
 import torch
 import yaml
 
-from speechssl.config import from_dict, to_dict
+from speechssl.config import from_dict, save_config, to_dict
 from speechssl.data.batching import build_loader
 from speechssl.downstream.config import DownstreamConfig, run_dir_name
 from speechssl.downstream.feature_cache import (
@@ -544,7 +544,7 @@ def _train_run(
         config.trainer(lr),
         run_dir,
         resume=resume,
-        save_config=lambda path: atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False)),
+        save_config=lambda path: save_config(config, path),
         on_checkpoint=_patience_hook(task, model, run_dir, config, features),
     )
     if env_rank() != 0:

@@ -675,7 +675,7 @@ class Trainer:
         if self.sharded:  # every rank writes its shards; rank 0 the gathered weights and the rest
             full = fsdp.full_state_dict(self.module)
             state = (
-                self._trainer_state(rngs, valid_loss, run_audio, optimizer=None)
+                self._trainer_state(rngs, valid_loss, run_audio, best, optimizer=None)
                 if self.info.is_main
                 else None
             )
@@ -692,7 +692,9 @@ class Trainer:
             if not self.info.is_main:
                 path = None
         elif self.info.is_main:
-            state = self._trainer_state(rngs, valid_loss, run_audio, optimizer=self.optimizer.state_dict())
+            state = self._trainer_state(
+                rngs, valid_loss, run_audio, best, optimizer=self.optimizer.state_dict()
+            )
             path = ckpt.save_checkpoint(
                 self.ckpt_root, self.step, self.module.state_dict(), state, self.save_config, best=best
             )
@@ -720,6 +722,7 @@ class Trainer:
         rngs: list[dict[str, Any]],
         valid_loss: float | None,
         run_audio: float,
+        best: bool,
         *,
         optimizer: dict | None,
     ) -> dict[str, Any]:
@@ -736,7 +739,7 @@ class Trainer:
             "rng": rngs,
             "world_size": self.info.world_size,
             "best_valid_loss": min(self.best_valid_loss, valid_loss if valid_loss is not None else math.inf),
-            "best": valid_loss is not None and valid_loss < self.best_valid_loss,  # `best` points here
+            "best": best,  # `best` points here
             "skipped_steps": int(self.skipped_total.item()),
             "trainer_config": to_dict(self.config),
             "run_seconds": self.earlier_seconds + time.monotonic() - self.session_start,

@@ -20,9 +20,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from speechssl.data.datadir import measure_durations, write_data_dir
+from speechssl.data.datadir import write_data_dir, write_durations
 from speechssl.data.kaldi import read_lines
-from speechssl.io import atomic_write_text
 from speechssl.outputs import check_output, claim_directories
 
 logger = logging.getLogger(__name__)
@@ -121,8 +120,7 @@ def prepare_librispeech(
     for subset, (wav_scp, text, utt2spk) in tables.items():
         target = targets[subset]
         write_data_dir(target, wav_scp, utt2spk=utt2spk, text=text)
-        for name, table in measure_durations(target, nj=nj)[1].items():
-            atomic_write_text(target / name, table)
+        write_durations(target, nj=nj)
         logger.info(
             "%s: %d utterances, %d speakers -> %s", subset, len(wav_scp), len(set(utt2spk.values())), target
         )

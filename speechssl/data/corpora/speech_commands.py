@@ -26,9 +26,8 @@ import numpy as np
 import soundfile as sf
 
 from speechssl.data.audio import SAMPLE_RATE
-from speechssl.data.datadir import measure_durations, write_data_dir
+from speechssl.data.datadir import write_data_dir, write_durations
 from speechssl.data.kaldi import read_lines
-from speechssl.io import atomic_write_text
 from speechssl.outputs import claim_directories
 
 logger = logging.getLogger(__name__)
@@ -160,8 +159,7 @@ def prepare_speech_commands(
         target = out_dir / split
         target.mkdir(parents=True, exist_ok=True)
         write_data_dir(target, t["wav"], utt2spk=t["spk"], text=t["text"])
-        for name, table in measure_durations(target, nj=nj)[1].items():
-            atomic_write_text(target / name, table)
+        write_durations(target, nj=nj)
         counts = {c: sum(v == c for v in t["text"].values()) for c in CLASSES}
         logger.info("speech commands %s: %d clips -> %s; per class %s", split, len(t["wav"]), target, counts)
         written[split] = target

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from speechssl.data.datadir import measure_durations, write_data_dir
+from speechssl.data.datadir import write_data_dir, write_durations
 from speechssl.data.kaldi import read_lines
 from speechssl.data.trials import format_trials, make_trials
 from speechssl.io import atomic_write_text
@@ -108,8 +108,7 @@ def read_veri_trials(path: Path) -> list[tuple[int, str, str, bool]]:
 def _write(target: Path, wavs: dict[str, str], nj: int) -> Path:
     target.mkdir(parents=True, exist_ok=True)
     write_data_dir(target, wavs, utt2spk={u: u.split("-")[0] for u in wavs})
-    for name, table in measure_durations(target, nj=nj)[1].items():
-        atomic_write_text(target / name, table)
+    write_durations(target, nj=nj)
     return target
 
 
