@@ -46,6 +46,8 @@ def test_librispeech_transcript_leaves_no_output_dir(tmp_path):
     [
         (b"utt1 hello\n", r"not JSON: Expecting value: line 1 column 1"),
         (b"\x80 binary", "not JSON: .utf-8. codec"),
+        (b"[1, 2]", "a JSON list, not an object"),
+        (b'{"scores": []}', "no 'results' list"),
     ],
 )
 def test_unit_scores_that_are_not_json_name_the_file(tmp_path, content, found):
