@@ -10,6 +10,7 @@ leftovers from a live writer's.
 from __future__ import annotations
 
 import errno
+import glob
 import json
 import os
 import re
@@ -235,6 +236,27 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def _dead_writer(m: re.Match) -> bool:
+    """Whether the writer of a temp name (`_TEMP_NAME` match) is gone: a pid of this host that no
+    longer runs (another host's pid cannot be checked)."""
+    return m.group("host") in (None, _HOST) and not pid_alive(int(m.group("pid")))
+
+
+def restore_moved_aside(path: str | Path) -> bool:
+    """Rename back the dir that a killed job had moved aside to replace `path` (`_swap`) and never
+    replaced, so that `path` is as it was before that job; True if one was. Call before judging
+    what `path` holds (the output-path rule)."""
+    path = Path(path)
+    if os.path.lexists(path) or not path.parent.is_dir():
+        return False
+    for entry in path.parent.glob(f".{glob.escape(path.name)}.*.tmpold"):
+        m = _TEMP_NAME.match(entry.name)
+        if m is not None and m.group("name") == path.name and entry.is_dir() and _dead_writer(m):
+            entry.rename(path)
+            return True
+    return False
+
+
 def remove_stale_temporaries(directory: str | Path, of: Collection[str] | None = None) -> list[Path]:
     """Remove the temp files and dirs of `atomic_file` / `atomic_directory` in `directory` whose
     writer no longer runs (a killed job of this host: another host's pids cannot be checked);
@@ -249,16 +271,9 @@ def remove_stale_temporaries(directory: str | Path, of: Collection[str] | None =
     targets = None if of is None else {*of, *(Path(name).stem for name in of)}
     for entry in directory.iterdir():
         m = _TEMP_NAME.match(entry.name)
-        if (
-            m is None
-            or m.group("host") not in (None, _HOST)
-            or pid_alive(int(m.group("pid")))
-            or (targets is not None and m.group("name") not in targets)
-        ):
+        if m is None or not _dead_writer(m) or (targets is not None and m.group("name") not in targets):
             continue
-        replaced = directory / m.group("name")
-        if entry.name.endswith(".tmpold") and entry.is_dir() and not os.path.lexists(replaced):
-            entry.rename(replaced)  # a run killed between the two renames of `_swap`: the old dir is back
+        if entry.name.endswith(".tmpold") and restore_moved_aside(directory / m.group("name")):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)

@@ -38,6 +38,7 @@ from speechssl.io import (
     atomic_write_json,
     is_temporary,
     remove_stale_temporaries,
+    restore_moved_aside,
     write_failure,
 )
 
@@ -271,6 +272,8 @@ def check_output(
     out = Path(out)
     refuse_inputs(out, inputs, option)
     _refuse_parent_files(out, option)
+    if restore_moved_aside(out):  # judged as it was before a run killed while replacing it
+        logger.warning("%s: put back as it was before a run killed while replacing it", out)
     if not out.exists() and not out.is_symlink():
         return out
     # the marker read once: a parallel job may write it between two reads (a cache made at once)

@@ -496,3 +496,17 @@ def test_without_hard_links_a_rerun_copies_the_users_files_and_never_moves_them(
     with output_directory(out, "export") as tmp:
         (tmp / "config.json").write_text("2")
     _as_the_user_left_it(out, config="2")
+
+
+def test_a_dir_a_killed_run_moved_aside_is_put_back_before_the_rule_judges_it(tmp_path):
+    """Killed between the two renames of its swap, a run leaves no `out`, only its old dir moved
+    aside: another command given that --out must find it back and be refused (it was let in, and
+    the old dir's files then carried into its output)."""
+    out = _rerun_with_users_files(tmp_path)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    out.rename(tmp_path / f".hf.{int(dead.stdout)}.tmpold")
+    with pytest.raises(OutputExistsError, match="holds the output of `speechssl export`"):
+        check_output(out, "data combine")
+    _as_the_user_left_it(out)

@@ -75,12 +75,13 @@ def describe_characters(chars: Iterable[str]) -> str:
 
 
 def clean_line(text: str) -> str:
-    """`text` without invisible characters: spaces become ASCII spaces, the others are removed."""
+    """`text` without invisible characters: spaces (and CRs) become ASCII spaces, the others are
+    removed."""
     out = []
     for c in text:
         if not _is_invisible(c):
             out.append(c)
-        elif unicodedata.category(c) in ("Zs", "Zl", "Zp"):
+        elif c.isspace():  # no-break and other spaces, line separators, a CR inside a line
             out.append(" ")
     return "".join(out)
 
@@ -94,20 +95,14 @@ def check_regular_file(path: str | Path) -> None:
 
 def read_table_lines(path: str | Path) -> list[tuple[int, str, str]]:
     """(line number, key, value) for each non-empty line; value may be ''. A byte-order mark and
-    CR line endings are dropped (`scan_table` reports them)."""
-    rows = []
+    CR line endings are dropped (`scan_table` reports them); lines are split as `scan_table` splits
+    them (`_split_lines`), so both number them alike."""
     check_regular_file(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                line = line.rstrip("\n").rstrip("\r")
-                if lineno == 1:
-                    line = line.removeprefix(BOM)
-                parts = split_line(line)
-                if parts is not None:
-                    rows.append((lineno, *parts))
-    except UnicodeDecodeError as err:
-        raise _decode_error(path, err) from None
+    rows = []
+    for lineno, line in enumerate(read_lines(path), start=1):
+        parts = split_line(line.removeprefix(BOM) if lineno == 1 else line)
+        if parts is not None:
+            rows.append((lineno, *parts))
     return rows
 
 
@@ -123,11 +118,6 @@ def read_lines(path: str | Path) -> list[str]:
             except UnicodeDecodeError as err:
                 raise _not_utf8_at(path, lineno, raw, err.reason) from None
     return lines
-
-
-def _decode_error(path: str | Path, err: UnicodeDecodeError) -> ValueError:
-    lineno, raw = _first_non_utf8_line(path)
-    return _not_utf8_at(path, lineno, raw, err.reason)
 
 
 def _not_utf8_at(path: str | Path, lineno: int, raw: bytes, reason: str) -> ValueError:
@@ -146,29 +136,25 @@ def _not_utf8(head: bytes, reason: str) -> str:
 
 
 def _split_lines(f: BinaryIO) -> Iterator[tuple[bytes, bytes]]:
-    """(line, its end) of a binary file: LF, CR LF, or a CR alone (old Mac files; Python's universal
-    newlines, which `read_table_lines` reads with, split there too); b"" ends a last line without one."""
+    """(line, its end) of a binary file: LF, CR LF, or, in a file without any LF (an old Mac file), a
+    CR alone; b"" ends a last line without one. In a file of LF lines a CR inside a line is not a
+    line end (Kaldi's tools never take it for one): it stays in the line, an invisible character
+    that `scan_table` names and `clean_line` turns into a space."""
+    lf_file = None
     for raw in f:
         body, end = (raw[:-1], b"\n") if raw.endswith(b"\n") else (raw, b"")
+        if lf_file is None:
+            lf_file = bool(end)  # the first line says: iteration splits at LF only
         if end and body.endswith(b"\r"):
             body, end = body[:-1], b"\r\n"
+        if lf_file:
+            yield body, end
+            continue
         *ended_by_cr, last = body.split(b"\r")
         for line in ended_by_cr:
             yield line, b"\r"
         if last or end:
             yield last, end
-
-
-def _first_non_utf8_line(path: str | Path) -> tuple[int, bytes]:
-    """The number and bytes of the first line of `path` that does not decode as UTF-8 ((0, b"")
-    when every line does)."""
-    with open(path, "rb") as f:
-        for lineno, (raw, _) in enumerate(_split_lines(f), start=1):
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError:
-                return lineno, raw
-    return 0, b""
 
 
 def read_table(path: str | Path) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""Old Mac (CR alone) line endings: named as such, and each CR ends a line (never glued lines)."""
+"""Old Mac (CR alone) line endings: named as such, and each CR ends a line (never glued lines); a CR
+inside a line of an LF file is no line end but an invisible character."""
 
 from __future__ import annotations
 
@@ -40,3 +41,19 @@ def test_crlf_is_still_called_windows_line_endings(tmp_path):
         "has Windows line endings (CR LF) on 2 line(s), first on this one;"
         " `speechssl data fix` rewrites them with LF"
     ]
+
+
+def test_a_cr_inside_a_line_of_an_lf_file_is_no_line_end(data_dir, capsys):
+    """A CR pasted into a transcript (spreadsheets, web forms): the line is one utterance, the CR an
+    invisible character fix turns into a space (it cut the transcript there and reported the word
+    after the CR as a dropped utterance)."""
+    d = data_dir.path
+    lines = (d / "text").read_text().splitlines()
+    key = lines[1].split()[0]
+    lines[1] = f"{key} hello\rworld 1"
+    (d / "text").write_text("\n".join(lines) + "\n")
+    problems = validate_data_dir(d, check_audio=False)
+    assert [p.message.split(" U+")[0] for p in problems] == ["invisible character(s)"]
+    assert main(["data", "fix", str(d)]) == 0
+    assert f"{key} hello world 1\n" in (d / "text").read_text()
+    assert len(DataDir.load(d).utt_ids()) == 4 and "dropped 0" in capsys.readouterr().out
