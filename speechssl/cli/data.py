@@ -186,7 +186,7 @@ def run_validate(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    print(f"{args.dir}: OK: {summarize_data_dir(args.dir)}")
+    print(f"{args.dir}: OK: {summarize_data_dir(args.dir, read_audio=not args.no_audio)}")
     return 0
 
 

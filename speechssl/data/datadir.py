@@ -378,29 +378,35 @@ class DataSummary:
     num_utterances: int
     num_speakers: int
     num_recordings: int
-    seconds: float
+    seconds: float | None  # None: no utt2dur or segments, and the audio was not to be read
 
     @property
-    def hours(self) -> float:
-        return self.seconds / 3600.0
+    def hours(self) -> float | None:
+        return None if self.seconds is None else self.seconds / 3600.0
 
     def __str__(self) -> str:
-        return (
-            f"{self.num_utterances} utterances, {self.num_speakers} speakers,"
-            f" {self.num_recordings} recordings, {self.hours:.3f} hours ({self.seconds:.1f} s)"
-        )
+        counts = f"{self.num_utterances} utterances, {self.num_speakers} speakers,"
+        counts += f" {self.num_recordings} recordings"
+        if self.seconds is None:
+            return (
+                f"{counts}, hours unknown (no utt2dur or segments; `speechssl data durations` writes utt2dur)"
+            )
+        return f"{counts}, {self.hours:.3f} hours ({self.seconds:.1f} s)"
 
 
-def summarize_data_dir(path: str | Path) -> DataSummary:
-    """Counts and total duration: from utt2dur, else segments, else audio headers."""
+def summarize_data_dir(path: str | Path, *, read_audio: bool = True) -> DataSummary:
+    """Counts and total duration: from utt2dur, else segments, else audio headers (unless not
+    `read_audio`: `data validate --no-audio` reads no audio)."""
     data = DataDir.load(path)
     utts = data.utt_ids()
     if data.utt2dur is not None:
         seconds = sum(data.utt2dur.get(u, 0.0) for u in utts)
     elif data.segments is not None:
         seconds = sum(data.segments[u][2] - data.segments[u][1] for u in utts if u in data.segments)
-    else:
+    elif read_audio:
         seconds = sum(audio_info(data.wav_scp[u], utt_id=u).duration for u in utts if u in data.wav_scp)
+    else:
+        seconds = None
     speakers = set(data.utt2spk.values()) if data.utt2spk is not None else set(utts)
     return DataSummary(len(utts), len(speakers), len(data.wav_scp), seconds)
 

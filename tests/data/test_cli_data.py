@@ -36,6 +36,11 @@ def test_validate_no_audio_skips_headers(data_dir, capsys):
     assert "cannot read audio header" in capsys.readouterr().out
     # --no-audio skips the header check; the summary then comes from utt2dur.
     assert main(["data", "validate", "--no-audio", str(data_dir.path)]) == 0
+    # and without utt2dur it reads no audio either: the hours are unknown (it failed on the audio)
+    (data_dir.path / "utt2dur").unlink()
+    capsys.readouterr()
+    assert main(["data", "validate", "--no-audio", str(data_dir.path)]) == 0
+    assert "4 recordings, hours unknown (no utt2dur or segments;" in capsys.readouterr().out
 
 
 def test_validate_missing_dir_is_one_line_error(tmp_path, capsys):
