@@ -84,14 +84,23 @@ def _share(path: Path) -> None:
     safetensors make them private, 0700 / 0600): colleagues on a shared cluster can load them."""
     mask = _umask()
     if path.is_dir():
-        os.chmod(path, 0o777 & ~mask)
+        _chmod(path, 0o777 & ~mask)
         for root, dirs, files in os.walk(path):
             for name in dirs:
-                os.chmod(os.path.join(root, name), 0o777 & ~mask)
+                _chmod(os.path.join(root, name), 0o777 & ~mask)
             for name in files:
-                os.chmod(os.path.join(root, name), 0o666 & ~mask)
+                _chmod(os.path.join(root, name), 0o666 & ~mask)
     else:
-        os.chmod(path, 0o666 & ~mask)
+        _chmod(path, 0o666 & ~mask)
+
+
+def _chmod(path: str | Path, mode: int) -> None:
+    """os.chmod, skipped on a file system without modes (FAT, some FUSE mounts), where it fails."""
+    try:
+        os.chmod(path, mode)
+    except OSError as err:
+        if err.errno not in (errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
 
 
 def _temp_name(path: Path) -> Path:

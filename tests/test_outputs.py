@@ -510,3 +510,17 @@ def test_a_dir_a_killed_run_moved_aside_is_put_back_before_the_rule_judges_it(tm
     with pytest.raises(OutputExistsError, match="holds the output of `speechssl export`"):
         check_output(out, "data combine")
     _as_the_user_left_it(out)
+
+
+def test_a_file_system_without_modes_takes_writes(tmp_path, monkeypatch):
+    """FAT and some FUSE mounts fail chmod (ENOSYS): the mode fix-up is skipped, the write done (every
+    write there was a traceback)."""
+
+    def no_modes(path, mode):
+        raise OSError(errno.ENOSYS, "Function not implemented", str(path))
+
+    monkeypatch.setattr(os, "chmod", no_modes)
+    atomic_write_text(tmp_path / "a.txt", "written")
+    with output_directory(tmp_path / "out", "export") as tmp:
+        (tmp / "config.json").write_text("1")
+    assert (tmp_path / "a.txt").read_text() == "written" and (tmp_path / "out" / "config.json").is_file()
