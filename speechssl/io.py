@@ -3,8 +3,8 @@ into place, so a crash, a kill or a full disk leaves the old file or the new one
 
 A write that fails for a reason of the machine (disk full, quota, read-only file system) becomes a
 one-line `WriteFailedError` naming the path, and its temp file is removed. Temp names carry the
-writer's pid (`.<name>.<pid>.tmp...`), so `remove_stale_temporaries` can tell a killed job's
-leftovers from a live writer's.
+writer's pid and host (`.<name>.<pid>@<host>.tmp...`), so `remove_stale_temporaries` can tell a
+killed job's leftovers from a live writer's.
 """
 
 from __future__ import annotations
@@ -159,9 +159,9 @@ def atomic_directory(
     write check it first (`speechssl.outputs.check_output`).
 
     `keep(new_dir)`: the names of entries of the old `path` that live on in the new one (a user's
-    notes beside a command's outputs). They are carried over at the swap, files as hard links, so
-    until the swap the old dir still holds them all; a failure or Ctrl-C puts the old dir and
-    everything carried back as they were."""
+    notes beside a command's outputs). They are carried over at the swap (`_carry`: hard links, or
+    copies), so until the swap the old dir still holds them all, and a failure or Ctrl-C before it
+    leaves the old dir as it was."""
     path = Path(path)
     _make_parent(path)
     try:
