@@ -8,9 +8,10 @@
 2. the lock (`EXP/.speechssl_lock`, pid and host): a second run on the same `--out` is refused naming it;
 3. on `--resume`: the checkpoint verifies (manifest) and its config matches the new one, except
    for keys that only set the run's length, logging and loading (`RESUMABLE_KEYS`);
-4. EXP/config.yaml, which the run writes, holds a config a run wrote: this run's, or that of the
-   checkpoint it resumes (an earlier session's). Anything else is the user's (their own file, or
-   an edit), which a run never reads and would write over, so it is refused;
+4. EXP/config.yaml, which the run writes, holds a config a run wrote: one this command wrote
+   there and nobody changed since, this run's, or that of the checkpoint it resumes. Anything else
+   is the user's (their own file, or an edit), which a run never reads and would write over, so it
+   is refused;
 5. the command checks its inputs, then calls `begin()`: the marker is written, temp files of
    killed runs are removed, the resolved config is written as EXP/config.yaml; only then does the
    run write into EXP (tensorboard/, checkpoints, summaries).
