@@ -40,8 +40,9 @@ _WRITE_FAILURE_WORDS = (
     "iostream error",
 )
 # `.<name>.<pid>@<host>.tmp...` (`temp_tag`; names without the host: older speechssl versions)
-_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)(?:@(?P<host>[A-Za-z0-9-]+))?\.tmp")
-_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname().split(".")[0]) or "localhost"
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)(?:@(?P<host>[A-Za-z0-9._-]+))?\.tmp")
+_HOST = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname()) or "localhost"
+_PID_MAX = 1 << 22  # Linux's largest pid_max: a larger number in a temp-like name is not a pid of ours
 
 
 def temp_tag() -> str:
@@ -248,7 +249,8 @@ def pid_alive(pid: int) -> bool:
 def _dead_writer(m: re.Match) -> bool:
     """Whether the writer of a temp name (`_TEMP_NAME` match) is gone: a pid of this host that no
     longer runs (another host's pid cannot be checked)."""
-    return m.group("host") in (None, _HOST) and not pid_alive(int(m.group("pid")))
+    pid = int(m.group("pid"))  # (a date in a user's file name is no pid: never taken for a dead one)
+    return m.group("host") in (None, _HOST) and pid <= _PID_MAX and not pid_alive(pid)
 
 
 def restore_moved_aside(path: str | Path) -> bool:
@@ -260,7 +262,9 @@ def restore_moved_aside(path: str | Path) -> bool:
         return False
     for entry in path.parent.glob(f".{glob.escape(path.name)}.*.tmpold"):
         m = _TEMP_NAME.match(entry.name)
-        if m is not None and m.group("name") == path.name and entry.is_dir() and _dead_writer(m):
+        if m is None or m.group("name") != path.name or entry.is_symlink() or not entry.is_dir():
+            continue
+        if _dead_writer(m):
             entry.rename(path)
             return True
     return False

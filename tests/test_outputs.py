@@ -524,3 +524,16 @@ def test_a_file_system_without_modes_takes_writes(tmp_path, monkeypatch):
     with output_directory(tmp_path / "out", "export") as tmp:
         (tmp / "config.json").write_text("1")
     assert (tmp_path / "a.txt").read_text() == "written" and (tmp_path / "out" / "config.json").is_file()
+
+
+def test_names_that_only_look_like_temp_names_are_left_alone(tmp_path):
+    """A user's dated copy (`.text.202611291200.tmp`: no pid is that large) is not a killed writer's
+    temp file (its cleanup crashed with OverflowError), and a symlink named like a moved-aside dir
+    is not restored in place of the dir."""
+    dated = tmp_path / ".text.202611291200.tmp"
+    dated.write_text("my copy")
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink("elsewhere", tmp_path / ".out.999999.tmpold")
+    assert remove_stale_temporaries(tmp_path, of=("text",)) == []
+    assert check_output(tmp_path / "out", "export") == tmp_path / "out"
+    assert dated.read_text() == "my copy" and not (tmp_path / "out").exists()

@@ -81,7 +81,7 @@ def clean_line(text: str) -> str:
     for c in text:
         if not _is_invisible(c):
             out.append(c)
-        elif c.isspace():  # no-break and other spaces, line separators, a CR inside a line
+        elif c == "\r" or unicodedata.category(c) in ("Zs", "Zl", "Zp"):  # spaces, a pasted CR
             out.append(" ")
     return "".join(out)
 
@@ -136,18 +136,17 @@ def _not_utf8(head: bytes, reason: str) -> str:
 
 
 def _split_lines(f: BinaryIO) -> Iterator[tuple[bytes, bytes]]:
-    """(line, its end) of a binary file: LF, CR LF, or, in a file without any LF (an old Mac file), a
-    CR alone; b"" ends a last line without one. In a file of LF lines a CR inside a line is not a
-    line end (Kaldi's tools never take it for one): it stays in the line, an invisible character
-    that `scan_table` names and `clean_line` turns into a space."""
-    lf_file = None
+    """(line, its end) of a binary file: LF, CR LF, or, in an old Mac file, a CR alone; b"" ends a
+    last line without one. A file is an old Mac file when its CRs alone outnumber its LFs (LF lines
+    may have been appended to it); in a file of LF lines a CR inside a line is no line end (Kaldi's
+    tools never take it for one) but an invisible character that `scan_table` names and
+    `clean_line` turns into a space."""
+    cr_ends = _cr_ends_lines(f)
     for raw in f:
         body, end = (raw[:-1], b"\n") if raw.endswith(b"\n") else (raw, b"")
-        if lf_file is None:
-            lf_file = bool(end)  # the first line says: iteration splits at LF only
         if end and body.endswith(b"\r"):
             body, end = body[:-1], b"\r\n"
-        if lf_file:
+        if not cr_ends:
             yield body, end
             continue
         *ended_by_cr, last = body.split(b"\r")
@@ -155,6 +154,16 @@ def _split_lines(f: BinaryIO) -> Iterator[tuple[bytes, bytes]]:
             yield line, b"\r"
         if last or end:
             yield last, end
+
+
+def _cr_ends_lines(f: BinaryIO) -> bool:
+    """Whether CRs alone (not in CR LF) outnumber LFs in the rest of `f`, which is read and rewound."""
+    start, cr, lf = f.tell(), 0, 0
+    while chunk := f.read(1 << 20):
+        cr += chunk.count(b"\r") - chunk.count(b"\r\n")  # a CR LF split by the chunking: off by one
+        lf += chunk.count(b"\n")
+    f.seek(start)
+    return cr > lf
 
 
 def read_table(path: str | Path) -> dict[str, str]:

@@ -11,6 +11,7 @@ import pytest
 from speechssl.cli.main import main
 from speechssl.data.fix import fix_data_dir
 from speechssl.testing.datadirs import plant_defect
+from tests.features.test_fingerprint import dead_pid
 
 
 def test_backup_dir_has_the_umask_mode(data_dir):
@@ -26,7 +27,7 @@ def test_backup_dir_has_the_umask_mode(data_dir):
 def test_a_killed_fixs_half_copied_backup_is_removed_by_the_next(data_dir):
     d = data_dir.path
     plant_defect(d, "text_extra_utt")
-    dead = max(int(p) for p in os.listdir("/proc") if p.isdigit()) + 100_000  # no process has it
+    dead = dead_pid()
     (d / f".backup.{dead}.tmp").mkdir()
     (d / f".backup.{dead}.tmp" / "text").write_text("half")
     report = fix_data_dir(d)

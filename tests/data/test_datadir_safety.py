@@ -18,6 +18,7 @@ from speechssl.data.fix import fix_data_dir
 from speechssl.data.validate import check_data_dir, validate_data_dir
 from speechssl.errors import WriteFailedError
 from speechssl.testing.datadirs import make_data_dir, plant_defect, write_tone
+from tests.features.test_fingerprint import dead_pid
 
 UTTS = ["spk1-utt1", "spk1-utt2", "spk2-utt1", "spk2-utt2"]
 
@@ -215,7 +216,7 @@ def test_fix_stopped_among_its_renames_puts_the_replaced_tables_back(data_dir, m
 def test_fix_removes_the_temp_tables_of_a_killed_fix(data_dir):
     d = data_dir.path
     plant_defect(d, "text_extra_utt")
-    dead = max(int(p) for p in os.listdir("/proc") if p.isdigit()) + 100_000  # no process has it
+    dead = dead_pid()
     (d / f".text.{dead}.tmp").write_text("half a table")
     (d / f".NOTES.{dead}.tmp").write_text("not a table's: left alone")
     fix_data_dir(d)

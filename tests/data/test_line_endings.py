@@ -57,3 +57,12 @@ def test_a_cr_inside_a_line_of_an_lf_file_is_no_line_end(data_dir, capsys):
     assert main(["data", "fix", str(d)]) == 0
     assert f"{key} hello world 1\n" in (d / "text").read_text()
     assert len(DataDir.load(d).utt_ids()) == 4 and "dropped 0" in capsys.readouterr().out
+
+
+def test_an_old_mac_file_with_an_lf_line_appended_is_still_split_at_its_crs(tmp_path):
+    """`echo "c three" >> text` on an old Mac file: its CRs still end lines (one LF made it read as
+    one line, and fix kept one utterance with every transcript)."""
+    table = tmp_path / "text"
+    table.write_bytes(b"a one\rb two\rc three\n")
+    rows, _ = scan_table(table)
+    assert [(r.line, r.key, r.value) for r in rows] == [(1, "a", "one"), (2, "b", "two"), (3, "c", "three")]

@@ -7,6 +7,7 @@ import torch
 from speechssl.errors import WriteFailedError
 from speechssl.testing.training import ToyModel
 from speechssl.training import checkpoints as ckpt
+from tests.features.test_fingerprint import dead_pid
 
 
 def _save(root: Path, step: int, model: torch.nn.Module) -> Path:
@@ -196,7 +197,7 @@ def test_a_link_left_half_made_by_a_killed_run_is_cleaned(tmp_path, monkeypatch)
     symlink = os.symlink
     monkeypatch.setattr(os, "symlink", lambda src, dst: (made.append(Path(dst)), symlink(src, dst))[1])
     ckpt.point(tmp_path, "last", _save(tmp_path, 1, ToyModel()))
-    left = tmp_path / made[-1].name.replace(str(os.getpid()), "999999999")  # a pid no process has
+    left = tmp_path / made[-1].name.replace(str(os.getpid()), str(dead_pid()))
     os.symlink("step_1", left)
     ckpt.clean_temporary(tmp_path)
     assert not left.is_symlink() and ckpt.resolve(tmp_path, "last").name == "step_1"
