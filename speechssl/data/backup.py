@@ -20,9 +20,7 @@ def write_backup(path: Path, names: Iterable[str]) -> Path:
     """Copy the files `names` of dir `path` into the first free backup dir (.backup, .backup.1, ...),
     whole or not at all, and return it."""
     remove_stale_temporaries(path, of=(BACKUP[1:],))  # a killed run's half-copied backup
-    tmp = path / f"{BACKUP}.{temp_tag()}.tmp"  # a temp name `remove_stale_temporaries` knows
-    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run whose pid this process now has
-    os.mkdir(tmp)  # not mkdtemp (mode 0700): the backup gets the mode the user's umask gives
+    tmp = _new_dir(path / f"{BACKUP}.{temp_tag()}.tmp")
     try:
         for name in names:
             try:
@@ -43,6 +41,18 @@ def write_backup(path: Path, names: Iterable[str]) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    raise AssertionError("unreachable")
+
+
+def _new_dir(prefix: Path) -> Path:
+    """A dir named `prefix` plus the first free number, made here (os.mkdir, not mkdtemp: it gets
+    the mode the user's umask gives, not 0700); an existing one, whoever made it, is never reused."""
+    for n in itertools.count():
+        try:
+            os.mkdir(candidate := prefix.with_name(f"{prefix.name}{n}"))
+            return candidate
+        except FileExistsError:
+            continue
     raise AssertionError("unreachable")
 
 

@@ -183,12 +183,13 @@ def fix_data_dir(path: str | Path, *, allow_empty: bool = False) -> FixReport:
     if changed:
         refuse_symlinked(path, changed, "fix")
         backup = write_backup(path, originals)
+        created = [name for name in changed if not (path / name).exists() and not (path / name).is_symlink()]
         try:
             with ExitStack() as stack:  # every temp file is written before the first rename
                 for name in changed:
                     stack.enter_context(atomic_file(path / name)).write_text(contents[name], encoding="utf-8")
         except BaseException:
-            _put_back(path, backup, changed)
+            _put_back(path, backup, changed, created)
             raise
     return FixReport(
         dropped=tuple(dropped),
@@ -202,14 +203,15 @@ def fix_data_dir(path: str | Path, *, allow_empty: bool = False) -> FixReport:
     )
 
 
-def _put_back(path: Path, backup: Path, changed: list[str]) -> None:
+def _put_back(path: Path, backup: Path, changed: list[str], created: list[str]) -> None:
     """After a failure (or Ctrl-C) among the renames: the tables already replaced get their
-    originals back from `backup` and new ones go, so the dir is as it was, not half fixed."""
+    originals back from `backup`, and the ones this fix created (`created`: absent before it) go,
+    so the dir is as it was, not half fixed."""
     for name in changed:
         original, table = backup / name, path / name
-        if not original.is_file():
+        if name in created:
             table.unlink(missing_ok=True)
-        elif table.read_bytes() != original.read_bytes():
+        elif original.is_file() and table.read_bytes() != original.read_bytes():
             with atomic_file(table) as tmp:
                 shutil.copy2(original, tmp)
 

@@ -75,9 +75,23 @@ def test_a_full_disk_while_backing_up_names_the_backup_and_changes_nothing(data_
 
     monkeypatch.setattr(shutil, "copy2", full)
     with pytest.raises(
-        WriteFailedError, match=r"cannot write .*/\.backup\.[^/]*\.tmp/\S+: No space left on device"
+        WriteFailedError, match=r"cannot write .*/\.backup\.[^/]*\.tmp\d*/\S+: No space left on device"
     ):
         fix_data_dir(d)
     monkeypatch.undo()
     assert {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()} == before
     assert not [p for p in os.listdir(d) if p.startswith(".backup")]
+
+
+def test_a_dir_named_like_this_runs_backup_temp_is_never_removed(data_dir):
+    """The backup's temp dir is a new one: a dir already there under the name this process would
+    use (a pid reused after a kill, or anyone's) is left as it is."""
+    from speechssl.io import temp_tag
+
+    d = data_dir.path
+    plant_defect(d, "text_extra_utt")
+    there = d / f".backup.{temp_tag()}.tmp"
+    there.mkdir()
+    (there / "text").write_text("not this run's")
+    report = fix_data_dir(d)
+    assert (there / "text").read_text() == "not this run's" and report.backup_dir.name == ".backup"
