@@ -118,7 +118,7 @@ def output_directory(out: str | Path, command: str, *, overwrite: bool = False) 
                     " that name; nothing was changed: move yours aside, or pass --overwrite to replace it"
                 )
         dropped = written | set(earlier if isinstance(earlier, list) else ()) | {MARKER}
-        return [e.name for e in out.iterdir() if e.name not in dropped and not is_temporary(e.name)]
+        return [e.name for e in out.iterdir() if e.name not in dropped]  # temp-like names too: no writer's
 
     with atomic_directory(out, keep=kept) as tmp:
         yield tmp

@@ -537,3 +537,13 @@ def test_names_that_only_look_like_temp_names_are_left_alone(tmp_path):
     assert remove_stale_temporaries(tmp_path, of=("text",)) == []
     assert check_output(tmp_path / "out", "export") == tmp_path / "out"
     assert dated.read_text() == "my copy" and not (tmp_path / "out").exists()
+
+
+def test_a_rerun_keeps_a_users_file_named_like_a_temp_file(tmp_path):
+    """Nothing writes temp files inside an output dir while it is replaced, so a name there that
+    looks like one (`.table.2.tmp`, a user's copy) is the user's: carried over, not dropped."""
+    out = _rerun_with_users_files(tmp_path)
+    (out / ".table.2.tmp").write_text("my copy")
+    with output_directory(out, "export") as tmp:
+        (tmp / "config.json").write_text("2")
+    assert (out / ".table.2.tmp").read_text() == "my copy"
